@@ -1,0 +1,438 @@
+// Package driver is tartan's network driver: it validates networks, keeps
+// their local and cluster records, and programs the routed data plane of
+// DESIGN.md §3 through driver/kernel and driver/firewall.
+package driver
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/ipam"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// Config holds the driver's settings.
+type Config struct {
+	Host       string // this host's ID
+	Scope      string // local or global
+	VXLANPort  int
+	Advertise  string // ADVERTISE setting
+	SysctlRoot string // where the host's /proc/sys is mounted
+}
+
+// Driver implements the network half of tartan.
+type Driver struct {
+	mu      sync.Mutex
+	cluster kv.Store
+	local   kv.Store
+	cfg     Config
+	fw      *firewall.Firewall
+	log     logrus.FieldLogger
+	st      localState
+	synced  bool // the first full reconcile has run
+}
+
+// New returns a driver; Restore must run before it serves endpoints of
+// networks made before a restart.
+func New(cluster, local kv.Store, fw *firewall.Firewall, cfg Config, log logrus.FieldLogger) *Driver {
+	if cfg.VXLANPort == 0 {
+		cfg.VXLANPort = 8472
+	}
+	return &Driver{cluster: cluster, local: local, cfg: cfg, fw: fw, log: log,
+		st: localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}}}
+}
+
+// Capabilities answers GetCapabilities.
+func (d *Driver) Capabilities() *network.CapabilitiesResponse {
+	scope := network.LocalScope
+	if d.cfg.Scope == network.GlobalScope {
+		scope = network.GlobalScope
+	}
+	return &network.CapabilitiesResponse{Scope: scope, ConnectivityScope: network.GlobalScope}
+}
+
+// Restore loads the local state written before a restart. It is cheap (the
+// embedded store) and runs before the socket is served.
+func (d *Driver) Restore(ctx context.Context) error {
+	st, err := loadLocal(ctx, d.local)
+	if err != nil {
+		return fmt.Errorf("load local state: %w", err)
+	}
+	d.mu.Lock()
+	d.st = st
+	d.mu.Unlock()
+	d.log.WithFields(logrus.Fields{"networks": len(st.networks), "endpoints": len(st.endpoints)}).Info("local state restored")
+	return nil
+}
+
+// ipv4Data checks the IPAM data of a network request.
+func ipv4Data(v4 []*network.IPAMData, v6 []*network.IPAMData) (netip.Prefix, error) {
+	if len(v6) > 0 {
+		return netip.Prefix{}, kv.Invalid("tartan does not support IPv6 yet: create the network without --ipv6")
+	}
+	if len(v4) != 1 || v4[0] == nil {
+		return netip.Prefix{}, kv.Invalid("a tartan network takes exactly one IPv4 --subnet (got %d)", len(v4))
+	}
+	if s := v4[0].AddressSpace; s != ipam.LocalSpace && s != ipam.GlobalSpace {
+		return netip.Prefix{}, kv.Invalid("tartan networks need tartan's IPAM: add --ipam-driver tartan:latest (the plugin's name) to docker network create")
+	}
+	p, err := netip.ParsePrefix(v4[0].Pool)
+	if err != nil {
+		return netip.Prefix{}, kv.Invalid("pool %q from IPAM is not a CIDR", v4[0].Pool)
+	}
+	return p, nil
+}
+
+// CreateNetwork validates and creates a network on this host.
+func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequest) error {
+	if r.NetworkID == "" {
+		return kv.Invalid("CreateNetwork without a NetworkID")
+	}
+	opts, err := ParseNetworkOptions(r.Options)
+	if err != nil {
+		return err
+	}
+	pool, err := ipv4Data(r.IPv4Data, r.IPv6Data)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if n, ok := d.st.networks[r.NetworkID]; ok && n.Pool == pool.String() {
+		return d.ensureNetwork(n) // a replay
+	}
+	for _, n := range d.st.networks {
+		if n.Pool == pool.String() {
+			return kv.InUse("subnet %s is already used by tartan network %.12s on this host: use another --subnet", pool, n.ID)
+		}
+	}
+	rec, created, err := d.clusterNetwork(ctx, pool, opts)
+	if err != nil {
+		return err
+	}
+	n := netRec{ID: r.NetworkID, Pool: pool.String(), Backend: rec.Backend, VNI: rec.VNI,
+		Internal: opts.Internal, Direct: opts.DirectRouting, Gateway: d.nextGateway().String()}
+	if n.Backend == BackendVXLAN {
+		n.Device = kernel.VXLANName(n.VNI)
+	}
+	undo := func() {
+		if n.Device != "" {
+			_ = kernel.DeleteLink(n.Device)
+		}
+		if created {
+			_ = kv.DeleteNetwork(context.WithoutCancel(ctx), d.cluster, rec)
+		}
+	}
+	if n.MTU, err = d.mtu(n.Backend, opts.MTU); err != nil {
+		undo()
+		return err
+	}
+	if err := d.ensureNetwork(n); err != nil {
+		undo()
+		return err
+	}
+	d.st.networks[n.ID] = n
+	if err := d.applyFirewall(); err != nil {
+		delete(d.st.networks, n.ID)
+		undo()
+		return err
+	}
+	if err := putLocal(ctx, d.local, localNetworks+n.ID, n); err != nil {
+		delete(d.st.networks, n.ID)
+		undo()
+		return fmt.Errorf("save network %.12s: %w", n.ID, err)
+	}
+	d.log.WithFields(logrus.Fields{"network": n.ID[:min(12, len(n.ID))], "pool": n.Pool, "backend": n.Backend, "vni": n.VNI, "mtu": n.MTU}).Info("network created")
+	return nil
+}
+
+// clusterNetwork creates the cluster record of the network, or checks that
+// the one another host made agrees with these options.
+func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o NetworkOptions) (kv.Network, bool, error) {
+	created := false
+	var rec kv.Network
+	for attempt := 0; attempt < 20; attempt++ {
+		var cur kv.Network
+		_, err := kv.GetJSON(ctx, d.cluster, kv.NetworkPath(pool.String()), &cur)
+		if err == nil {
+			if cur.Backend != o.Backend {
+				return cur, false, kv.Invalid("subnet %s is a %s network in the cluster: use -o %s=%s on every host", pool, cur.Backend, OptBackend, cur.Backend)
+			}
+			if o.VNI != 0 && cur.VNI != o.VNI {
+				return cur, false, kv.Invalid("subnet %s has VNI %d in the cluster: use -o %s=%d or leave it out", pool, cur.VNI, OptVNI, cur.VNI)
+			}
+			return cur, false, nil
+		}
+		if !errors.Is(err, kv.ErrNotFound) {
+			return rec, false, fmt.Errorf("read network %s: %w", pool, err)
+		}
+		rec = kv.Network{Pool: pool.String(), Backend: o.Backend, Internal: o.Internal, MTU: o.MTU, Options: o.Raw, Created: time.Now().UTC()}
+		if o.Backend == BackendVXLAN {
+			if rec.VNI, err = kv.ClaimVNI(ctx, d.cluster, o.VNI, pool.String()); err != nil {
+				return rec, false, err
+			}
+		}
+		_, err = kv.PutJSON(ctx, d.cluster, kv.NetworkPath(pool.String()), rec, 0)
+		if err == nil {
+			created = true
+			return rec, created, nil
+		}
+		if rec.VNI != 0 {
+			_ = d.cluster.Delete(ctx, kv.VNIPath(rec.VNI), 0)
+		}
+		if !errors.Is(err, kv.ErrConflict) {
+			return rec, false, fmt.Errorf("record network %s: %w", pool, err)
+		}
+	}
+	return rec, false, fmt.Errorf("record network %s: %w", pool, kv.ErrConflict)
+}
+
+// nextGateway picks the first link-local gateway address no local network uses.
+func (d *Driver) nextGateway() netip.Addr {
+	used := map[string]bool{}
+	for _, n := range d.st.networks {
+		used[n.Gateway] = true
+	}
+	a := netip.MustParseAddr("169.254.1.1")
+	for used[a.String()] {
+		a = a.Next()
+	}
+	return a
+}
+
+func (d *Driver) mtu(backend string, want int) (int, error) {
+	u, err := kernel.FindUnderlay(d.cfg.Advertise)
+	if err != nil {
+		return 0, err
+	}
+	limit := u.MTU
+	if backend == BackendVXLAN {
+		limit -= 50
+	}
+	if want == 0 {
+		return limit, nil
+	}
+	if want > limit {
+		return 0, kv.Invalid("-o %s=%d is larger than the underlay allows (%d on %s): use %d or less", OptMTU, want, limit, u.Interface, limit)
+	}
+	return want, nil
+}
+
+// ensureNetwork makes the network's kernel objects exist.
+func (d *Driver) ensureNetwork(n netRec) error {
+	if n.Backend != BackendVXLAN {
+		return nil
+	}
+	u, err := kernel.FindUnderlay(d.cfg.Advertise)
+	if err != nil {
+		return err
+	}
+	return kernel.EnsureVXLAN(kernel.VXLAN{Name: n.Device, VNI: n.VNI, Port: d.cfg.VXLANPort, Local: u.Address, Parent: u.Interface, MTU: n.MTU})
+}
+
+func (d *Driver) applyFirewall() error {
+	var nets []firewall.Network
+	seen := map[string]bool{}
+	for _, n := range d.st.networks {
+		if !seen[n.Pool] {
+			seen[n.Pool] = true
+			nets = append(nets, firewall.Network{Pool: n.pool(), Internal: n.Internal})
+		}
+	}
+	return d.fw.Apply(nets)
+}
+
+// DeleteNetwork removes the network from this host. The cluster record stays
+// until the pool's last holder releases it (ipam.ReleasePool).
+func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.st.networks[r.NetworkID]
+	if !ok {
+		return nil
+	}
+	for _, e := range d.st.endpoints {
+		if e.Network == n.ID {
+			if err := d.removeEndpoint(ctx, e); err != nil {
+				return err
+			}
+		}
+	}
+	if n.Device != "" {
+		if err := kernel.DeleteLink(n.Device); err != nil {
+			return err
+		}
+	}
+	delete(d.st.networks, n.ID)
+	if err := d.applyFirewall(); err != nil {
+		d.st.networks[n.ID] = n
+		return err
+	}
+	if err := d.local.Delete(ctx, localNetworks+n.ID, 0); err != nil {
+		return fmt.Errorf("forget network %.12s: %w", n.ID, err)
+	}
+	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "pool": n.Pool}).Info("network deleted")
+	return nil
+}
+
+func shortID(id string) string { return id[:min(12, len(id))] }
+
+// CreateEndpoint makes the endpoint's veth pair and its /32 route.
+func (d *Driver) CreateEndpoint(ctx context.Context, r *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	if r.Interface == nil || r.Interface.Address == "" {
+		return nil, kv.Invalid("endpoint %s has no IPv4 address: tartan networks need --ipam-driver tartan:latest", shortID(r.EndpointID))
+	}
+	if r.Interface.AddressIPv6 != "" {
+		return nil, kv.Invalid("tartan does not support IPv6 yet: create the network without --ipv6")
+	}
+	addr, err := netip.ParsePrefix(r.Interface.Address)
+	if err != nil {
+		return nil, kv.Invalid("endpoint address %q is not a CIDR", r.Interface.Address)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.st.networks[r.NetworkID]
+	if !ok {
+		return nil, kv.Invalid("network %s is not known to tartan on this host: remove it and create it again", shortID(r.NetworkID))
+	}
+	resp := &network.CreateEndpointResponse{}
+	mac := r.Interface.MacAddress
+	if e, ok := d.st.endpoints[r.EndpointID]; ok && e.IP == addr.Addr().String() {
+		mac = e.MAC
+	} else if mac == "" {
+		mac = randomMAC()
+	}
+	if r.Interface.MacAddress == "" {
+		resp.Interface = &network.EndpointInterface{MacAddress: mac}
+	}
+	host, peer := kernel.EndpointNames(r.EndpointID)
+	e := epRec{ID: r.EndpointID, Network: n.ID, IP: addr.Addr().String(), MAC: mac, HostIf: host, PeerIf: peer,
+		Block: d.blockOf(ctx, n.Pool, addr.Addr())}
+	if err := d.ensureEndpoint(n, e); err != nil {
+		_ = kernel.DeleteLink(host)
+		return nil, err
+	}
+	if err := putLocal(ctx, d.local, localEndpoints+e.ID, e); err != nil {
+		_ = kernel.DeleteLink(host)
+		return nil, fmt.Errorf("save endpoint %s: %w", shortID(e.ID), err)
+	}
+	d.st.endpoints[e.ID] = e
+	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "endpoint": shortID(e.ID), "ip": e.IP, "if": host}).Info("endpoint created")
+	return resp, nil
+}
+
+func (d *Driver) ensureEndpoint(n netRec, e epRec) error {
+	if err := kernel.EnsureVeth(e.HostIf, e.PeerIf, n.MTU, e.MAC); err != nil {
+		return err
+	}
+	return kernel.ConfigureHostSide(e.HostIf, n.gateway(), e.ip())
+}
+
+// blockOf names the block an address belongs to, for EndpointOperInfo.
+func (d *Driver) blockOf(ctx context.Context, pool string, ip netip.Addr) string {
+	var p kv.Pool
+	if _, err := kv.GetJSON(ctx, d.cluster, kv.PoolPath(pool), &p); err != nil || p.BlockBits == 0 {
+		return ""
+	}
+	b, _ := ip.Prefix(p.BlockBits)
+	return b.String()
+}
+
+func randomMAC() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	b[0] = (b[0] | 0x02) & 0xfe // locally administered, unicast
+	return net.HardwareAddr(b).String()
+}
+
+// DeleteEndpoint removes the veth pair (the route goes with it).
+func (d *Driver) DeleteEndpoint(ctx context.Context, r *network.DeleteEndpointRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, ok := d.st.endpoints[r.EndpointID]
+	if !ok {
+		host, _ := kernel.EndpointNames(r.EndpointID)
+		return kernel.DeleteLink(host)
+	}
+	return d.removeEndpoint(ctx, e)
+}
+
+func (d *Driver) removeEndpoint(ctx context.Context, e epRec) error {
+	if err := kernel.DeleteLink(e.HostIf); err != nil {
+		return err
+	}
+	if err := d.local.Delete(ctx, localEndpoints+e.ID, 0); err != nil {
+		return fmt.Errorf("forget endpoint %s: %w", shortID(e.ID), err)
+	}
+	delete(d.st.endpoints, e.ID)
+	d.log.WithFields(logrus.Fields{"network": shortID(e.Network), "endpoint": shortID(e.ID), "ip": e.IP}).Info("endpoint deleted")
+	return nil
+}
+
+// EndpointInfo shows where an endpoint lives (docker network inspect).
+func (d *Driver) EndpointInfo(r *network.InfoRequest) (*network.InfoResponse, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, ok := d.st.endpoints[r.EndpointID]
+	if !ok {
+		return nil, kv.Invalid("endpoint %s is not known to tartan on this host", shortID(r.EndpointID))
+	}
+	n := d.st.networks[e.Network]
+	v := map[string]string{"tartan.backend": n.Backend, "tartan.host": d.cfg.Host, "tartan.block": e.Block, "tartan.interface": e.HostIf}
+	if n.VNI != 0 {
+		v["tartan.vni"] = fmt.Sprint(n.VNI)
+	}
+	return &network.InfoResponse{Value: v}, nil
+}
+
+// Join tells Docker which interface to move into the container and how the
+// container routes: everything through the host-side link-local gateway.
+func (d *Driver) Join(r *network.JoinRequest) (*network.JoinResponse, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, ok := d.st.endpoints[r.EndpointID]
+	if !ok {
+		return nil, kv.Invalid("endpoint %s is not known to tartan on this host", shortID(r.EndpointID))
+	}
+	n := d.st.networks[e.Network]
+	gw := n.Gateway
+	resp := &network.JoinResponse{
+		InterfaceName: network.InterfaceName{SrcName: e.PeerIf, DstPrefix: "eth"},
+		StaticRoutes: []*network.StaticRoute{
+			{Destination: gw + "/32", RouteType: 1}, // connected
+			{Destination: n.Pool, RouteType: 0, NextHop: gw},
+		},
+	}
+	if n.Internal {
+		resp.DisableGatewayService = true
+	} else {
+		resp.Gateway = gw
+	}
+	return resp, nil
+}
+
+// Leave has nothing to undo: the veth goes with DeleteEndpoint.
+func (d *Driver) Leave(*network.LeaveRequest) error { return nil }
+
+// AllocateNetwork (swarm managers, global scope) validates the options so
+// that a bad network fails on the manager before it reaches any node.
+func (d *Driver) AllocateNetwork(_ context.Context, r *network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+	opts := map[string]any{}
+	for k, v := range r.Options {
+		opts[k] = v
+	}
+	if _, err := ParseNetworkOptions(map[string]any{dockerGeneric: opts}); err != nil {
+		return nil, err
+	}
+	return &network.AllocateNetworkResponse{Options: map[string]string{}}, nil
+}

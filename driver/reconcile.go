@@ -1,0 +1,94 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver/kernel"
+)
+
+// Reconcile makes the kernel match the local state: every network's device
+// and every endpoint whose veth still exists are ensured, the firewall is
+// rewritten, and links and routes tartan owns that nothing needs are removed.
+// It runs once after a (re)start and then periodically; it repairs objects
+// deleted by hand and adopts what a previous plugin process left.
+func (d *Driver) Reconcile(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	wantLinks := map[string]bool{}
+	wantRoutes := map[netip.Prefix]string{}
+	for _, n := range d.st.networks {
+		if n.Device != "" {
+			wantLinks[n.Device] = true
+		}
+		if err := d.ensureNetwork(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, e := range d.st.endpoints {
+		wantLinks[e.HostIf], wantLinks[e.PeerIf] = true, true
+		n, ok := d.st.networks[e.Network]
+		if !ok {
+			continue
+		}
+		if !kernel.LinkExists(e.HostIf) {
+			d.log.WithFields(logrus.Fields{"endpoint": shortID(e.ID), "if": e.HostIf}).Warn("endpoint's veth is gone; Docker must remove the endpoint")
+			continue
+		}
+		wantRoutes[netip.PrefixFrom(e.ip(), 32)] = e.HostIf
+		if err := kernel.ConfigureHostSide(e.HostIf, n.gateway(), e.ip()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := d.applyFirewall(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, prefix := range []string{kernel.EndpointPrefix, kernel.PeerPrefix, kernel.VXLANPrefix} {
+		names, err := kernel.Links(prefix)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, name := range names {
+			if !wantLinks[name] && owned(name) {
+				d.log.WithField("if", name).Info("removing a link tartan owns and no longer needs")
+				if err := kernel.DeleteLink(name); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	routes, err := kernel.OwnedRoutes()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, r := range routes {
+		if link, ok := wantRoutes[r.Dst]; ok && link == r.Link && !r.Via.IsValid() {
+			continue
+		}
+		d.log.WithField("route", r.String()).Info("removing a route tartan owns and no longer needs")
+		if err := kernel.DeleteRoute(r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.synced = true
+	return errors.Join(errs...)
+}
+
+// owned tells tartan's link names from others that share a prefix: endpoint
+// links are tn/tp plus 11 hex digits, VXLAN devices tartan.<number>.
+func owned(name string) bool {
+	switch {
+	case strings.HasPrefix(name, kernel.VXLANPrefix):
+		rest := strings.TrimPrefix(name, kernel.VXLANPrefix)
+		return rest != "" && strings.Trim(rest, "0123456789") == ""
+	case strings.HasPrefix(name, kernel.EndpointPrefix), strings.HasPrefix(name, kernel.PeerPrefix):
+		rest := name[2:]
+		return len(rest) == 11 && strings.Trim(rest, "0123456789abcdef") == ""
+	}
+	return false
+}

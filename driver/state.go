@@ -1,0 +1,93 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/tartan-net/tartan/kv"
+)
+
+// Local state lives in the host's embedded store: Docker never replays
+// CreateNetwork, so this is how a restarted plugin knows its networks.
+const (
+	localNetworks  = "local/networks/"
+	localEndpoints = "local/endpoints/"
+)
+
+// netRec is this host's record of a Docker network.
+type netRec struct {
+	ID       string `json:"id"`
+	Pool     string `json:"pool"`
+	Backend  string `json:"backend"`
+	VNI      int    `json:"vni,omitempty"`
+	MTU      int    `json:"mtu"`
+	Internal bool   `json:"internal,omitempty"`
+	Direct   bool   `json:"directRouting,omitempty"`
+	// Gateway is the link-local address that containers of this network
+	// ARP for; one per network on this host, so that a container on two
+	// networks gets two distinct connected routes.
+	Gateway string `json:"gateway"`
+	Device  string `json:"device,omitempty"`
+}
+
+func (n netRec) pool() netip.Prefix {
+	p, _ := netip.ParsePrefix(n.Pool)
+	return p
+}
+
+func (n netRec) gateway() netip.Addr {
+	a, _ := netip.ParseAddr(n.Gateway)
+	return a
+}
+
+// epRec is this host's record of an endpoint.
+type epRec struct {
+	ID      string `json:"id"`
+	Network string `json:"network"`
+	IP      string `json:"ip"`
+	MAC     string `json:"mac"`
+	Block   string `json:"block,omitempty"`
+	HostIf  string `json:"hostIf"`
+	PeerIf  string `json:"peerIf"`
+}
+
+func (e epRec) ip() netip.Addr {
+	a, _ := netip.ParseAddr(e.IP)
+	return a
+}
+
+type localState struct {
+	networks  map[string]netRec
+	endpoints map[string]epRec
+}
+
+func loadLocal(ctx context.Context, s kv.Store) (localState, error) {
+	st := localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}}
+	if _, err := kv.ListJSON(ctx, s, localNetworks, func(_ string, _ uint64, n netRec) error {
+		st.networks[n.ID] = n
+		return nil
+	}); err != nil {
+		return st, err
+	}
+	_, err := kv.ListJSON(ctx, s, localEndpoints, func(_ string, _ uint64, e epRec) error {
+		st.endpoints[e.ID] = e
+		return nil
+	})
+	return st, err
+}
+
+// putLocal writes a local record whatever its version (this host is its only
+// writer, under the driver's lock).
+func putLocal(ctx context.Context, s kv.Store, key string, v any) error {
+	for {
+		p, err := s.Get(ctx, key)
+		if err != nil && !errors.Is(err, kv.ErrNotFound) {
+			return err
+		}
+		_, err = kv.PutJSON(ctx, s, key, v, p.Version)
+		if !errors.Is(err, kv.ErrConflict) {
+			return err
+		}
+	}
+}

@@ -1,0 +1,150 @@
+package kv
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	boltData = []byte("kv")
+	boltMeta = []byte("meta")
+	boltRev  = []byte("rev")
+)
+
+// Bolt is the embedded single-host Store: one bbolt file in the plugin's
+// state directory. Values are stored behind their 8-byte version.
+type Bolt struct {
+	db   *bolt.DB
+	path string
+	rev  *revision
+}
+
+// OpenBolt opens (creating if needed) the bbolt file at path.
+func OpenBolt(path string) (*Bolt, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open embedded store %s: %w", path, err)
+	}
+	var rev uint64
+	err = db.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(boltData); err != nil {
+			return err
+		}
+		meta, err := tx.CreateBucketIfNotExists(boltMeta)
+		if err != nil {
+			return err
+		}
+		if b := meta.Get(boltRev); len(b) == 8 {
+			rev = binary.BigEndian.Uint64(b)
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialise embedded store %s: %w", path, err)
+	}
+	return &Bolt{db: db, path: path, rev: newRevision(rev)}, nil
+}
+
+func (b *Bolt) String() string { return "embedded store " + b.path }
+
+func (b *Bolt) Close() error { return b.db.Close() }
+
+func decodeBolt(key string, raw []byte) Pair {
+	return Pair{Key: key, Version: binary.BigEndian.Uint64(raw[:8]), Value: append([]byte(nil), raw[8:]...)}
+}
+
+func (b *Bolt) Get(_ context.Context, key string) (Pair, error) {
+	var p Pair
+	err := b.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(boltData).Get([]byte(key))
+		if raw == nil {
+			return ErrNotFound
+		}
+		p = decodeBolt(key, raw)
+		return nil
+	})
+	return p, err
+}
+
+// write runs fn in a write transaction that also advances the revision; the
+// in-memory revision is bumped only after the commit succeeded.
+func (b *Bolt) write(fn func(data *bolt.Bucket, next uint64) error) (uint64, error) {
+	var next uint64
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(boltMeta)
+		next = 1
+		if raw := meta.Get(boltRev); len(raw) == 8 {
+			next = binary.BigEndian.Uint64(raw) + 1
+		}
+		if err := fn(tx.Bucket(boltData), next); err != nil {
+			return err
+		}
+		var buf [8]byte
+		binary.BigEndian.PutUint64(buf[:], next)
+		return meta.Put(boltRev, buf[:])
+	})
+	if err != nil {
+		return 0, err
+	}
+	b.rev.advance(next)
+	return next, nil
+}
+
+func (b *Bolt) Put(_ context.Context, key string, value []byte, version uint64) (uint64, error) {
+	return b.write(func(data *bolt.Bucket, next uint64) error {
+		var cur uint64
+		if raw := data.Get([]byte(key)); raw != nil {
+			cur = binary.BigEndian.Uint64(raw[:8])
+		}
+		if cur != version {
+			return ErrConflict
+		}
+		buf := make([]byte, 8+len(value))
+		binary.BigEndian.PutUint64(buf, next)
+		copy(buf[8:], value)
+		return data.Put([]byte(key), buf)
+	})
+}
+
+func (b *Bolt) Delete(_ context.Context, key string, version uint64) error {
+	_, err := b.write(func(data *bolt.Bucket, _ uint64) error {
+		raw := data.Get([]byte(key))
+		if raw == nil {
+			return nil
+		}
+		if version != 0 && binary.BigEndian.Uint64(raw[:8]) != version {
+			return ErrConflict
+		}
+		return data.Delete([]byte(key))
+	})
+	return err
+}
+
+func (b *Bolt) List(_ context.Context, prefix string) ([]Pair, uint64, error) {
+	var out []Pair
+	var index uint64
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(boltData).Cursor()
+		pre := []byte(prefix)
+		for k, v := c.Seek(pre); k != nil && len(k) >= len(pre) && string(k[:len(pre)]) == prefix; k, v = c.Next() {
+			out = append(out, decodeBolt(string(k), v))
+		}
+		if raw := tx.Bucket(boltMeta).Get(boltRev); len(raw) == 8 {
+			index = binary.BigEndian.Uint64(raw)
+		}
+		return nil
+	})
+	return out, index, err
+}
+
+func (b *Bolt) Watch(ctx context.Context, prefix string, index uint64) ([]Pair, uint64, error) {
+	if err := b.rev.wait(ctx, index); err != nil {
+		return nil, index, err
+	}
+	return b.List(ctx, prefix)
+}

@@ -1,0 +1,48 @@
+// Package kv is tartan's narrow store: versioned keys with compare-and-set
+// writes, prefix listing and a blocking watch. Three implementations share one
+// contract (and one conformance suite): Consul for clusters, an embedded bbolt
+// file for a single host, and memory for tests.
+package kv
+
+import (
+	"context"
+	"errors"
+)
+
+var (
+	// ErrNotFound: the key does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: a compare-and-set lost against a concurrent writer.
+	ErrConflict = errors.New("changed concurrently")
+	// ErrUnavailable: the store cannot be reached.
+	ErrUnavailable = errors.New("store unavailable")
+)
+
+// Pair is one key with its value and version. Versions are positive and
+// change on every write of the key.
+type Pair struct {
+	Key     string
+	Value   []byte
+	Version uint64
+}
+
+// Store is what the rest of tartan needs of a key-value store.
+type Store interface {
+	// Get returns the key or ErrNotFound.
+	Get(ctx context.Context, key string) (Pair, error)
+	// Put writes the key when its version equals version (0: the key must not
+	// exist yet) and returns the new version; otherwise ErrConflict.
+	Put(ctx context.Context, key string, value []byte, version uint64) (uint64, error)
+	// Delete removes the key when its version equals version (0: whatever
+	// it is). Deleting a missing key succeeds.
+	Delete(ctx context.Context, key string, version uint64) error
+	// List returns every key under prefix and an index for Watch.
+	List(ctx context.Context, prefix string) ([]Pair, uint64, error)
+	// Watch blocks until something under prefix may have changed after index
+	// (or ctx ends) and returns the full listing with the new index.
+	Watch(ctx context.Context, prefix string, index uint64) ([]Pair, uint64, error)
+	// Close releases the store.
+	Close() error
+	// String names the store in errors and logs.
+	String() string
+}

@@ -1,0 +1,219 @@
+package kv
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Cluster objects (DESIGN.md §2). One key per object.
+
+// Pool is an address pool registered once in the cluster.
+type Pool struct {
+	CIDR      string          `json:"cidr"`
+	Range     string          `json:"range,omitempty"` // --ip-range
+	BlockBits int             `json:"blockBits"`       // prefix length of a block
+	Gateway   string          `json:"gateway,omitempty"`
+	Auto      bool            `json:"auto,omitempty"`
+	Holders   map[string]bool `json:"holders"` // "<host>/<address space>"
+	Created   time.Time       `json:"created"`
+}
+
+// Block is one host's lease on a slice of a pool.
+type Block struct {
+	CIDR    string    `json:"cidr"`
+	Pool    string    `json:"pool"`
+	Host    string    `json:"host"`
+	Expires time.Time `json:"expires"`
+}
+
+// Address kinds.
+const (
+	KindEndpoint = "endpoint"
+	KindGateway  = "gateway"
+	KindAux      = "aux"
+)
+
+// Address is one allocated address.
+type Address struct {
+	IP      string    `json:"ip"`
+	Pool    string    `json:"pool"`
+	Host    string    `json:"host"`
+	Kind    string    `json:"kind"`
+	MAC     string    `json:"mac,omitempty"`
+	Created time.Time `json:"created"`
+}
+
+// Network is the cluster-wide record of a network; its identity is its pool.
+type Network struct {
+	Pool     string            `json:"pool"`
+	Backend  string            `json:"backend"`
+	VNI      int               `json:"vni,omitempty"`
+	MTU      int               `json:"mtu,omitempty"`
+	Internal bool              `json:"internal,omitempty"`
+	Options  map[string]string `json:"options,omitempty"`
+	Created  time.Time         `json:"created"`
+}
+
+// Host is a host running the plugin.
+type Host struct {
+	ID      string    `json:"id"`
+	Address string    `json:"address"`
+	Version string    `json:"version"`
+	Renewed time.Time `json:"renewed"`
+}
+
+// PoolKey turns a CIDR into the key segment that names its pool.
+func PoolKey(cidr string) string { return strings.ReplaceAll(cidr, "/", "-") }
+
+// Key layout.
+func PoolPath(cidr string) string         { return "pools/" + PoolKey(cidr) }
+func BlockPrefix(pool string) string      { return "blocks/" + PoolKey(pool) + "/" }
+func BlockPath(pool, block string) string { return BlockPrefix(pool) + PoolKey(block) }
+func AddressPrefix(pool string) string    { return "addrs/" + PoolKey(pool) + "/" }
+func AddressPath(pool, ip string) string  { return AddressPrefix(pool) + ip }
+func NetworkPath(pool string) string      { return "networks/" + PoolKey(pool) }
+func VNIPath(vni int) string              { return fmt.Sprintf("vnis/%d", vni) }
+func HostPath(id string) string           { return "hosts/" + id }
+
+// Key prefixes for listing.
+const (
+	PoolsPrefix    = "pools/"
+	PoolsGuard     = "pools.guard"
+	NetworksPrefix = "networks/"
+	HostsPrefix    = "hosts/"
+	VNIsPrefix     = "vnis/"
+)
+
+// GetJSON reads key into v and returns its version.
+func GetJSON(ctx context.Context, s Store, key string, v any) (uint64, error) {
+	p, err := s.Get(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	if err := json.Unmarshal(p.Value, v); err != nil {
+		return 0, fmt.Errorf("decode %s in %s: %w", key, s, err)
+	}
+	return p.Version, nil
+}
+
+// PutJSON writes v at key with compare-and-set on version.
+func PutJSON(ctx context.Context, s Store, key string, v any, version uint64) (uint64, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, fmt.Errorf("encode %s: %w", key, err)
+	}
+	return s.Put(ctx, key, b, version)
+}
+
+// ListJSON decodes every value under prefix, calling fn for each.
+func ListJSON[T any](ctx context.Context, s Store, prefix string, fn func(key string, version uint64, v T) error) (uint64, error) {
+	ps, index, err := s.List(ctx, prefix)
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range ps {
+		var v T
+		if err := json.Unmarshal(p.Value, &v); err != nil {
+			return 0, fmt.Errorf("decode %s in %s: %w", p.Key, s, err)
+		}
+		if err := fn(p.Key, p.Version, v); err != nil {
+			return 0, err
+		}
+	}
+	return index, nil
+}
+
+// ErrUnchanged, returned by an Update function, ends the update without a write.
+var ErrUnchanged = errors.New("unchanged")
+
+// ErrDelete, returned by an Update function, deletes the key.
+var ErrDelete = errors.New("delete")
+
+// Update reads key (zero value and exists=false when missing), lets fn change
+// it and writes it back with compare-and-set, retrying on conflicts.
+func Update[T any](ctx context.Context, s Store, key string, fn func(v *T, exists bool) error) (T, error) {
+	for attempt := 0; ; attempt++ {
+		var v T
+		version, err := GetJSON(ctx, s, key, &v)
+		exists := err == nil
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return v, err
+		}
+		switch ferr := fn(&v, exists); {
+		case errors.Is(ferr, ErrUnchanged):
+			return v, nil
+		case errors.Is(ferr, ErrDelete):
+			if !exists {
+				return v, nil
+			}
+			err = s.Delete(ctx, key, version)
+		case ferr != nil:
+			return v, ferr
+		default:
+			_, err = PutJSON(ctx, s, key, v, version)
+		}
+		if err == nil {
+			return v, nil
+		}
+		if !errors.Is(err, ErrConflict) || attempt > 100 {
+			return v, err
+		}
+		if err := ctx.Err(); err != nil {
+			return v, err
+		}
+	}
+}
+
+// MaxVNI is the largest VXLAN network identifier.
+const MaxVNI = 1<<24 - 1
+
+// ClaimVNI reserves a VNI for the network of pool: want when given (an error
+// when another network has it), else the lowest free one.
+func ClaimVNI(ctx context.Context, s Store, want int, pool string) (int, error) {
+	if want != 0 {
+		_, err := s.Put(ctx, VNIPath(want), []byte(pool), 0)
+		if errors.Is(err, ErrConflict) {
+			p, gerr := s.Get(ctx, VNIPath(want))
+			if gerr == nil && string(p.Value) == pool {
+				return want, nil
+			}
+			return 0, InUse("VNI %d is used by network %s: pick another -o tartan.vni or leave it out", want, string(p.Value))
+		}
+		return want, err
+	}
+	ps, _, err := s.List(ctx, VNIsPrefix)
+	if err != nil {
+		return 0, err
+	}
+	used := map[string]bool{}
+	for _, p := range ps {
+		used[p.Key] = true
+	}
+	for vni := 1; vni <= MaxVNI; vni++ {
+		if used[VNIPath(vni)] {
+			continue
+		}
+		_, err := s.Put(ctx, VNIPath(vni), []byte(pool), 0)
+		if err == nil {
+			return vni, nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return 0, err
+		}
+	}
+	return 0, InUse("every VNI is in use")
+}
+
+// DeleteNetwork removes a network's cluster record and its VNI.
+func DeleteNetwork(ctx context.Context, s Store, n Network) error {
+	if n.VNI != 0 {
+		if err := s.Delete(ctx, VNIPath(n.VNI), 0); err != nil {
+			return err
+		}
+	}
+	return s.Delete(ctx, NetworkPath(n.Pool), 0)
+}

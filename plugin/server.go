@@ -1,0 +1,208 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	ipamapi "github.com/docker/go-plugins-helpers/ipam"
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/ipam"
+	"github.com/tartan-net/tartan/kv"
+)
+
+const contentType = "application/vnd.docker.plugins.v1+json"
+
+// RequestTimeout bounds every request so that an unreachable store fails it
+// within seconds, with an error that names the store.
+const RequestTimeout = 8 * time.Second
+
+// ipamCapabilities adds RequiresRequestReplay, which go-plugins-helpers lacks.
+type ipamCapabilities struct {
+	RequiresMACAddress    bool
+	RequiresRequestReplay bool
+}
+
+// Handler serves both libnetwork APIs on one socket.
+type Handler struct {
+	mux  *http.ServeMux
+	drv  *driver.Driver
+	ipam *ipam.IPAM
+	log  logrus.FieldLogger
+	// broken, when set, is returned for every request: the settings were
+	// wrong, and this is how the person running docker sees why.
+	broken error
+}
+
+// NewHandler builds the mux. With broken set, every call but Activate
+// returns that error.
+func NewHandler(drv *driver.Driver, im *ipam.IPAM, log logrus.FieldLogger, broken error) *Handler {
+	h := &Handler{mux: http.NewServeMux(), drv: drv, ipam: im, log: log, broken: broken}
+	h.mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
+	})
+	// Network driver.
+	handle(h, "/NetworkDriver.GetCapabilities", func(context.Context, *struct{}) (any, error) {
+		return h.drv.Capabilities(), nil
+	})
+	handle(h, "/NetworkDriver.CreateNetwork", func(ctx context.Context, r *network.CreateNetworkRequest) (any, error) {
+		return nil, h.drv.CreateNetwork(ctx, r)
+	})
+	handle(h, "/NetworkDriver.DeleteNetwork", func(ctx context.Context, r *network.DeleteNetworkRequest) (any, error) {
+		return nil, h.drv.DeleteNetwork(ctx, r)
+	})
+	handle(h, "/NetworkDriver.AllocateNetwork", func(ctx context.Context, r *network.AllocateNetworkRequest) (any, error) {
+		return h.drv.AllocateNetwork(ctx, r)
+	})
+	handle(h, "/NetworkDriver.FreeNetwork", func(ctx context.Context, r *network.FreeNetworkRequest) (any, error) {
+		return nil, nil
+	})
+	handle(h, "/NetworkDriver.CreateEndpoint", func(ctx context.Context, r *network.CreateEndpointRequest) (any, error) {
+		return h.drv.CreateEndpoint(ctx, r)
+	})
+	handle(h, "/NetworkDriver.DeleteEndpoint", func(ctx context.Context, r *network.DeleteEndpointRequest) (any, error) {
+		return nil, h.drv.DeleteEndpoint(ctx, r)
+	})
+	handle(h, "/NetworkDriver.EndpointOperInfo", func(_ context.Context, r *network.InfoRequest) (any, error) {
+		return h.drv.EndpointInfo(r)
+	})
+	handle(h, "/NetworkDriver.Join", func(_ context.Context, r *network.JoinRequest) (any, error) {
+		return h.drv.Join(r)
+	})
+	handle(h, "/NetworkDriver.Leave", func(_ context.Context, r *network.LeaveRequest) (any, error) {
+		return nil, h.drv.Leave(r)
+	})
+	handle(h, "/NetworkDriver.DiscoverNew", func(context.Context, *network.DiscoveryNotification) (any, error) {
+		return nil, nil
+	})
+	handle(h, "/NetworkDriver.DiscoverDelete", func(context.Context, *network.DiscoveryNotification) (any, error) {
+		return nil, nil
+	})
+	handle(h, "/NetworkDriver.ProgramExternalConnectivity", func(context.Context, *network.ProgramExternalConnectivityRequest) (any, error) {
+		return nil, nil
+	})
+	handle(h, "/NetworkDriver.RevokeExternalConnectivity", func(context.Context, *network.RevokeExternalConnectivityRequest) (any, error) {
+		return nil, nil
+	})
+	// IPAM driver.
+	handle(h, "/IpamDriver.GetCapabilities", func(context.Context, *struct{}) (any, error) {
+		return ipamCapabilities{RequiresMACAddress: true, RequiresRequestReplay: true}, nil
+	})
+	handle(h, "/IpamDriver.GetDefaultAddressSpaces", func(context.Context, *struct{}) (any, error) {
+		return ipamapi.AddressSpacesResponse{LocalDefaultAddressSpace: ipam.LocalSpace, GlobalDefaultAddressSpace: ipam.GlobalSpace}, nil
+	})
+	handle(h, "/IpamDriver.RequestPool", func(ctx context.Context, r *ipamapi.RequestPoolRequest) (any, error) {
+		id, err := h.ipam.RequestPool(ctx, ipam.PoolRequest{Space: r.AddressSpace, Pool: r.Pool, SubPool: r.SubPool, Options: r.Options, V6: r.V6})
+		if err != nil {
+			return nil, err
+		}
+		return ipamapi.RequestPoolResponse{PoolID: id.String(), Pool: id.CIDR.String(), Data: map[string]string{}}, nil
+	})
+	handle(h, "/IpamDriver.ReleasePool", func(ctx context.Context, r *ipamapi.ReleasePoolRequest) (any, error) {
+		id, err := ipam.ParsePoolID(r.PoolID)
+		if err != nil {
+			return nil, err
+		}
+		return nil, h.ipam.ReleasePool(ctx, id)
+	})
+	handle(h, "/IpamDriver.RequestAddress", func(ctx context.Context, r *ipamapi.RequestAddressRequest) (any, error) {
+		id, err := ipam.ParsePoolID(r.PoolID)
+		if err != nil {
+			return nil, err
+		}
+		addr, err := h.ipam.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: r.Address, Options: r.Options})
+		if err != nil {
+			return nil, err
+		}
+		return ipamapi.RequestAddressResponse{Address: addr.String(), Data: map[string]string{}}, nil
+	})
+	handle(h, "/IpamDriver.ReleaseAddress", func(ctx context.Context, r *ipamapi.ReleaseAddressRequest) (any, error) {
+		id, err := ipam.ParsePoolID(r.PoolID)
+		if err != nil {
+			return nil, err
+		}
+		return nil, h.ipam.ReleaseAddress(ctx, id, r.Address)
+	})
+	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusNotFound, errorBody{Err: fmt.Sprintf("tartan does not implement %s", r.URL.Path)})
+	})
+	return h
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+type errorBody struct{ Err string }
+
+// handle registers a JSON endpoint: decode, call, classify the error once.
+func handle[Req any](h *Handler, path string, fn func(context.Context, *Req) (any, error)) {
+	h.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		req := new(Req)
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			reply(w, http.StatusBadRequest, errorBody{Err: fmt.Sprintf("read request to %s: %v", path, err)})
+			return
+		}
+		if len(body) > 0 {
+			if err := json.Unmarshal(body, req); err != nil {
+				h.log.WithField("call", path).Warnf("malformed request: %v", err)
+				reply(w, http.StatusBadRequest, errorBody{Err: fmt.Sprintf("malformed JSON in request to %s: %v", path, err)})
+				return
+			}
+		}
+		if h.broken != nil && path != "/NetworkDriver.GetCapabilities" && path != "/IpamDriver.GetCapabilities" {
+			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: " + h.broken.Error()})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)
+		defer cancel()
+		start := time.Now()
+		resp, err := fn(ctx, req)
+		log := h.log.WithFields(logrus.Fields{"call": path, "took": time.Since(start).Round(time.Microsecond)})
+		if err != nil {
+			status := Status(err)
+			log.WithField("status", status).Warn(err)
+			reply(w, status, errorBody{Err: "tartan: " + err.Error()})
+			return
+		}
+		log.Debug("ok")
+		if resp == nil || isNilPtr(resp) {
+			resp = struct{}{}
+		}
+		reply(w, http.StatusOK, resp)
+	})
+}
+
+func isNilPtr(v any) bool {
+	switch t := v.(type) {
+	case *network.CreateEndpointResponse:
+		return t == nil
+	case *network.AllocateNetworkResponse:
+		return t == nil
+	}
+	return false
+}
+
+// Status classifies an error for the HTTP edge.
+func Status(err error) int {
+	switch {
+	case errors.Is(err, kv.ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, kv.ErrInUse), errors.Is(err, kv.ErrConflict):
+		return http.StatusConflict
+	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+func reply(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", contentType)
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

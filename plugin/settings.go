@@ -1,0 +1,137 @@
+package plugin
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// Settings are the plugin's settings (docker plugin set tartan KEY=VALUE).
+type Settings struct {
+	Store      string // "" (embedded) or consul[+https]://host[:port][/prefix]
+	Consul     *kv.ConsulConfig
+	Advertise  string
+	Scope      string
+	VXLANPort  int
+	LeaseTTL   time.Duration
+	LogLevel   logrus.Level
+	AutoPool   netip.Prefix
+	AutoBits   int
+	StateDir   string
+	SysctlRoot string
+}
+
+// ParseSettings reads the settings from env (os.Getenv in production). Each
+// error names the setting and the fix.
+func ParseSettings(env func(string) string) (Settings, error) {
+	s := Settings{Advertise: strings.TrimSpace(env("ADVERTISE")), StateDir: "/var/lib/tartan", SysctlRoot: "/host/proc/sys"}
+	if v := env("STATE_DIR"); v != "" {
+		s.StateDir = v
+	}
+	if v := env("SYSCTL_ROOT"); v != "" {
+		s.SysctlRoot = v
+	}
+	s.Store = strings.TrimSpace(env("STORE"))
+	if s.Store != "" {
+		c, err := ParseStore(s.Store)
+		if err != nil {
+			return s, err
+		}
+		c.Token = env("CONSUL_HTTP_TOKEN")
+		c.CAFile, c.CertFile, c.KeyFile = env("CONSUL_CACERT"), env("CONSUL_CLIENT_CERT"), env("CONSUL_CLIENT_KEY")
+		for name, f := range map[string]string{"CONSUL_CACERT": c.CAFile, "CONSUL_CLIENT_CERT": c.CertFile, "CONSUL_CLIENT_KEY": c.KeyFile} {
+			if f != "" {
+				if _, err := os.Stat(f); err != nil {
+					return s, fmt.Errorf("%s=%s: %v: mount the file into the plugin and give its path inside", name, f, err)
+				}
+			}
+		}
+		s.Consul = &c
+	}
+	switch v := strings.TrimSpace(env("SCOPE")); v {
+	case "", "local":
+		s.Scope = "local"
+	case "global":
+		s.Scope = "global"
+	default:
+		return s, fmt.Errorf("SCOPE=%s: use local or global", v)
+	}
+	s.VXLANPort = 8472
+	if v := strings.TrimSpace(env("VXLAN_PORT")); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 65535 {
+			return s, fmt.Errorf("VXLAN_PORT=%s: use a UDP port number from 1 to 65535 (default 8472)", v)
+		}
+		s.VXLANPort = n
+	}
+	s.LeaseTTL = 24 * time.Hour
+	if v := strings.TrimSpace(env("LEASE_TTL")); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 10*time.Second {
+			return s, fmt.Errorf("LEASE_TTL=%s: use a duration of at least 10s, such as 24h", v)
+		}
+		s.LeaseTTL = d
+	}
+	s.LogLevel = logrus.InfoLevel
+	if v := strings.TrimSpace(env("LOG_LEVEL")); v != "" {
+		l, err := logrus.ParseLevel(v)
+		if err != nil {
+			return s, fmt.Errorf("LOG_LEVEL=%s: use debug, info, warn or error", v)
+		}
+		s.LogLevel = l
+	}
+	s.AutoPool, s.AutoBits = netip.MustParsePrefix("10.240.0.0/12"), 24
+	if v := strings.TrimSpace(env("AUTO_POOL")); v != "" {
+		p, err := netip.ParsePrefix(v)
+		if err != nil || !p.Addr().Is4() || p.Masked() != p {
+			return s, fmt.Errorf("AUTO_POOL=%s: use an IPv4 CIDR such as 10.240.0.0/12", v)
+		}
+		s.AutoPool = p
+	}
+	if v := strings.TrimSpace(env("AUTO_POOL_SIZE")); v != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(v, "/"))
+		if err != nil || n < s.AutoPool.Bits() || n > 30 {
+			return s, fmt.Errorf("AUTO_POOL_SIZE=%s: use a prefix length from %d to 30", v, s.AutoPool.Bits())
+		}
+		s.AutoBits = n
+	}
+	return s, nil
+}
+
+// ParseStore reads a STORE URL: consul://host[:port][/prefix], or
+// consul+https://... for TLS.
+func ParseStore(v string) (kv.ConsulConfig, error) {
+	bad := fmt.Errorf("STORE=%s: use consul://host:8500[/prefix] (or consul+https://...), or leave it empty for the embedded single-host store", v)
+	u, err := url.Parse(v)
+	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return kv.ConsulConfig{}, bad
+	}
+	c := kv.ConsulConfig{Scheme: "http", Prefix: "tartan/"}
+	switch u.Scheme {
+	case "consul":
+	case "consul+https":
+		c.Scheme = "https"
+	default:
+		return kv.ConsulConfig{}, bad
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil {
+		host, port = u.Host, "8500"
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || host == "" {
+		return kv.ConsulConfig{}, bad
+	}
+	c.Address = net.JoinHostPort(host, port)
+	if p := strings.Trim(u.Path, "/"); p != "" {
+		c.Prefix = p + "/"
+	}
+	return c, nil
+}
