@@ -1,0 +1,141 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ConsulBin is the consul binary (CONSUL_BIN, else consul on PATH).
+func ConsulBin(t testing.TB) string {
+	t.Helper()
+	if v := os.Getenv("CONSUL_BIN"); v != "" {
+		_, err := os.Stat(v)
+		Require(t, err == nil, "CONSUL_BIN="+v+" does not exist (run make consul)")
+		return v
+	}
+	p, err := exec.LookPath("consul")
+	Require(t, err == nil, "no consul binary: run make consul, or set CONSUL_BIN")
+	return p
+}
+
+// Consul is a real single-node Consul server started by the test.
+type Consul struct {
+	Addr string // host:port of the HTTP API
+	ns   *NS
+	bin  string
+}
+
+// StartConsul runs "consul agent -dev" bound to bind (inside ns when ns is
+// not nil) with the HTTP API on httpPort, waits for a leader, and stops it at
+// cleanup. Ports other than HTTP, server and serf LAN are off.
+func StartConsul(t testing.TB, ns *NS, bind string, httpPort int) *Consul {
+	t.Helper()
+	c, stop, err := LaunchConsul(ConsulBin(t), ns, bind, httpPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if log := stop(); t.Failed() {
+			t.Logf("consul log:\n%s", log)
+		}
+	})
+	return c
+}
+
+// LaunchConsul is StartConsul for callers without a test (TestMain). stop
+// ends the server, removes its data and returns its log.
+func LaunchConsul(bin string, ns *NS, bind string, httpPort int) (*Consul, func() string, error) {
+	dir, err := os.MkdirTemp("", "tartan-consul")
+	if err != nil {
+		return nil, nil, err
+	}
+	hcl := fmt.Sprintf(`ports { http = %d, dns = -1, grpc = -1, grpc_tls = -1, serf_wan = -1, server = %d, serf_lan = %d }`,
+		httpPort, httpPort+1, httpPort+2)
+	args := []string{"agent", "-dev", "-bind", bind, "-client", bind, "-data-dir", dir, "-hcl", hcl, "-log-level", "warn"}
+	var cmd *exec.Cmd
+	if ns != nil {
+		cmd = exec.Command("nsenter", append([]string{"--net=" + ns.Path(), bin}, args...)...)
+	} else {
+		cmd = exec.Command(bin, args...)
+	}
+	logPath := filepath.Join(dir, "consul.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start consul: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+	stop := func() string {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		b, _ := os.ReadFile(logPath)
+		os.RemoveAll(dir)
+		return string(b)
+	}
+	c := &Consul{Addr: fmt.Sprintf("%s:%d", bind, httpPort), ns: ns, bin: bin}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-done:
+			return nil, nil, fmt.Errorf("consul exited:\n%s", stop())
+		default:
+		}
+		out, err := c.CLI("operator", "raft", "list-peers")
+		if err == nil && contains(out, "leader") {
+			return c, stop, nil
+		}
+		if time.Now().After(deadline) {
+			log := stop()
+			return nil, nil, fmt.Errorf("consul has no leader after 60s: %v\n%s", err, log)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// CLI runs the consul CLI against this server (inside its namespace).
+func (c *Consul) CLI(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	full := append([]string{c.bin}, args...)
+	var cmd *exec.Cmd
+	if c.ns != nil {
+		cmd = exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + c.ns.Path()}, full...)...)
+	} else {
+		cmd = exec.CommandContext(ctx, full[0], full[1:]...)
+	}
+	cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR=http://"+c.Addr)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("consul %v: %w: %s", args, err, out)
+	}
+	return string(out), nil
+}
+
+// Keys lists the keys under prefix.
+func (c *Consul) Keys(t testing.TB, prefix string) []string {
+	t.Helper()
+	out, err := c.CLI("kv", "get", "-keys", "-separator=", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, l := range splitLines(out) {
+		keys = append(keys, l)
+	}
+	return keys
+}

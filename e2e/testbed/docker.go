@@ -1,0 +1,283 @@
+package testbed
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Host is one test host: a namespace with its own dockerd.
+type Host struct {
+	NS
+	Dir      string // data, logs
+	ExecRoot string // exec-root (short: plugin socket paths are limited)
+	Socket   string
+	cmd      *exec.Cmd
+	done     chan struct{}
+	log      string
+}
+
+// DockerdBin is the dockerd to run (DOCKERD env to choose another engine).
+func DockerdBin() string {
+	if v := os.Getenv("DOCKERD"); v != "" {
+		return v
+	}
+	return "dockerd"
+}
+
+// StartDockerd starts a dockerd inside ns and waits until it answers. It is
+// stopped (by its pid), and its mounts and directories removed, at cleanup.
+func StartDockerd(t testing.TB, ns NS) *Host {
+	t.Helper()
+	h := &Host{NS: ns, Dir: filepath.Join(os.TempDir(), "tartan-e2e", ns.Name), ExecRoot: "/run/tt/" + ns.Name}
+	h.Socket = filepath.Join(h.ExecRoot, "docker.sock")
+	cleanDir(h.Dir)
+	cleanDir(h.ExecRoot)
+	for _, d := range []string{h.Dir, h.ExecRoot} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.log = filepath.Join(h.Dir, "dockerd.log")
+	logf, err := os.Create(h.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--net=" + ns.Path(), DockerdBin(),
+		"--data-root", filepath.Join(h.Dir, "data"), "--exec-root", h.ExecRoot,
+		"-H", "unix://" + h.Socket, "--pidfile", filepath.Join(h.ExecRoot, "docker.pid"),
+		"--label", "tartan-test-host=" + ns.Name}
+	h.cmd = exec.Command("nsenter", args...)
+	h.cmd.Stdout, h.cmd.Stderr = logf, logf
+	h.cmd.Env = os.Environ()
+	if p := os.Getenv("DOCKERD_PATH"); p != "" {
+		h.cmd.Env = append(h.cmd.Env, "PATH="+p)
+	}
+	if err := h.cmd.Start(); err != nil {
+		t.Fatalf("start dockerd in %s: %v", ns.Name, err)
+	}
+	h.done = make(chan struct{})
+	go func() { _ = h.cmd.Wait(); logf.Close(); close(h.done) }()
+	t.Cleanup(func() { h.stop(t) })
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if _, err := h.Docker("version", "--format", "{{.Server.Version}}"); err == nil {
+			break
+		}
+		select {
+		case <-h.done:
+			t.Fatalf("dockerd in %s exited:\n%s", ns.Name, h.LogTail(30))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dockerd in %s did not answer in 90s:\n%s", ns.Name, h.LogTail(30))
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	return h
+}
+
+func (h *Host) stop(t testing.TB) {
+	if t.Failed() {
+		t.Logf("dockerd log of %s (last lines):\n%s", h.Name, h.LogTail(60))
+	}
+	// Containers first, so that the daemon's shutdown is quick.
+	if ids, err := h.Docker("ps", "-aq"); err == nil && ids != "" {
+		_, _ = h.Docker(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
+	}
+	_ = h.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-h.done:
+	case <-time.After(45 * time.Second):
+		_ = h.cmd.Process.Kill()
+		<-h.done
+	}
+	unmountUnder(h.Dir)
+	unmountUnder(h.ExecRoot)
+	cleanDir(h.Dir)
+	cleanDir(h.ExecRoot)
+}
+
+func cleanDir(dir string) {
+	unmountUnder(dir)
+	_ = os.RemoveAll(dir)
+}
+
+// unmountUnder lazily unmounts whatever a daemon left mounted below dir.
+func unmountUnder(dir string) {
+	f, err := os.Open("/proc/self/mounts")
+	if err != nil {
+		return
+	}
+	var mounts []string
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) > 1 && strings.HasPrefix(fields[1], dir+"/") {
+			mounts = append(mounts, fields[1])
+		}
+	}
+	f.Close()
+	for i := len(mounts) - 1; i >= 0; i-- {
+		_ = exec.Command("umount", "-l", mounts[i]).Run()
+	}
+}
+
+// LogTail returns the last n lines of the daemon's log.
+func (h *Host) LogTail(n int) string {
+	b, _ := os.ReadFile(h.log)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// PluginLog returns the plugin's lines from the daemon's log.
+func (h *Host) PluginLog() string {
+	b, _ := os.ReadFile(h.log)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "plugin=") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// Env is the environment for docker commands against this host.
+func (h *Host) Env() []string { return append(os.Environ(), "DOCKER_HOST=unix://"+h.Socket) }
+
+// Docker runs the docker CLI against this host.
+func (h *Host) Docker(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "docker", args...)
+	cmd.Env = h.Env()
+	out, err := cmd.CombinedOutput()
+	s := strings.TrimSpace(string(out))
+	if err != nil {
+		return s, fmt.Errorf("docker %s: %w: %s", strings.Join(args, " "), err, s)
+	}
+	return s, nil
+}
+
+// MustDocker is Docker that fails the test on error.
+func (h *Host) MustDocker(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := h.Docker(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Make runs a target of the project's Makefile against this host.
+func (h *Host) Make(t testing.TB, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("make", append([]string{"-C", RepoRoot(t)}, args...)...)
+	cmd.Env = h.Env()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("make %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// InstallPlugin installs the plugin the way a user does (make plugin), with
+// settings applied before it is enabled.
+func (h *Host) InstallPlugin(t testing.TB, settings ...string) {
+	t.Helper()
+	args := []string{"plugin"}
+	if len(settings) > 0 {
+		args = append(args, "SETTINGS="+strings.Join(settings, " "))
+	}
+	h.Make(t, args...)
+	h.WaitPlugin(t)
+}
+
+// WaitPlugin waits until the plugin answers on its socket.
+func (h *Host) WaitPlugin(t testing.TB) {
+	t.Helper()
+	Eventually(t, 30*time.Second, "plugin serving on "+h.Name, func() error {
+		_, err := h.PluginCall("/Plugin.Activate", "{}")
+		return err
+	})
+}
+
+// PluginID is the full ID of the installed plugin.
+func (h *Host) PluginID(t testing.TB) string {
+	t.Helper()
+	return h.MustDocker(t, "plugin", "inspect", "-f", "{{.Id}}", PluginName)
+}
+
+// PluginName is how tests name the plugin.
+const PluginName = "tartan:latest"
+
+// PluginCall posts a raw body to the plugin's socket and returns the answer
+// (with the HTTP status on the first line).
+func (h *Host) PluginCall(path, body string) (string, error) {
+	ids, err := h.Docker("plugin", "inspect", "-f", "{{.Id}}", PluginName)
+	if err != nil {
+		return "", err
+	}
+	sock := filepath.Join(h.ExecRoot, "plugins", ids, "tartan.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return Run(ctx, "curl", "-sS", "--unix-socket", sock, "-w", "\n%{http_code}", "-X", "POST", "-d", body, "http://plugin"+path)
+}
+
+var imageOnce sync.Mutex
+
+// Image imports the busybox test image ("tbox") into the host's daemon.
+func (h *Host) Image(t testing.TB) string {
+	t.Helper()
+	imageOnce.Lock()
+	defer imageOnce.Unlock()
+	tar := BusyboxTar(t)
+	cmd := exec.Command("docker", "import", tar, "tbox")
+	cmd.Env = h.Env()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("import test image: %v: %s", err, out)
+	}
+	return "tbox"
+}
+
+// BusyboxTar builds (once per process) a tar of a root filesystem holding
+// Debian's static busybox and its applets.
+func BusyboxTar(t testing.TB) string {
+	t.Helper()
+	tar := filepath.Join(os.TempDir(), "tartan-e2e-busybox.tar")
+	if _, err := os.Stat(tar); err == nil {
+		return tar
+	}
+	bb, err := exec.LookPath("busybox")
+	Require(t, err == nil, "busybox is not installed (apt-get install busybox-static)")
+	dir, err := os.MkdirTemp("", "tbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	for _, d := range []string{"bin", "etc", "tmp", "proc", "sys", "dev"} {
+		_ = os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	MustRun(t, "cp", bb, filepath.Join(dir, "bin/busybox"))
+	for _, a := range []string{"sh", "ip", "ping", "nc", "sleep", "cat", "echo", "ls", "wc", "head", "dd", "seq",
+		"timeout", "hostname", "nslookup", "wget", "md5sum", "true", "grep", "awk", "sed", "ifconfig", "route", "arp", "tr", "date", "sort", "uniq"} {
+		_ = os.Symlink("busybox", filepath.Join(dir, "bin", a))
+	}
+	tmp := tar + ".tmp"
+	MustRun(t, "tar", "-C", dir, "-cf", tmp, ".")
+	if err := os.Rename(tmp, tar); err != nil {
+		t.Fatal(err)
+	}
+	return tar
+}

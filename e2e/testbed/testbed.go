@@ -1,0 +1,101 @@
+// Package testbed builds real test environments for tartan: network
+// namespaces acting as hosts, a dockerd per host, Consul servers, a local
+// registry and the test image. Everything it makes is torn down by
+// t.Cleanup, also when the test fails. It never sends traffic outside the
+// namespaces it made (or loopback).
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Require fails in CI and skips loudly elsewhere when a need is not met: a
+// test that cannot run where it must is a failure, not a silent pass.
+func Require(t testing.TB, ok bool, why string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("CI cannot run this test: %s", why)
+	}
+	t.Skipf("SKIPPED (not in CI): %s", why)
+}
+
+// RequireRoot needs root and the commands named.
+func RequireRoot(t testing.TB, cmds ...string) {
+	t.Helper()
+	Require(t, os.Geteuid() == 0, "needs root (network namespaces, dockerd)")
+	for _, c := range cmds {
+		_, err := exec.LookPath(c)
+		Require(t, err == nil, c+" is not installed (run make deps)")
+	}
+}
+
+// Run runs a command and returns its combined output.
+func Run(ctx context.Context, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	s := strings.TrimSpace(out.String())
+	if err != nil {
+		return s, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, s)
+	}
+	return s, nil
+}
+
+// MustRun runs a command and fails the test on error.
+func MustRun(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := Run(ctx, name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Eventually polls fn until it returns nil or the timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = fn(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// RepoRoot finds the repository (the folder with go.mod) above the test.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("go.mod not found above the test")
+		}
+		dir = parent
+	}
+}

@@ -1,0 +1,286 @@
+package kv_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// consulAddr is the Consul server TestMain started for the package ("" when
+// there is no consul binary: the Consul runs then fail in CI, skip elsewhere).
+var consulAddr string
+
+func consulStore(t *testing.T) kv.Store {
+	t.Helper()
+	testbed.Require(t, consulAddr != "", "no consul server (run make consul, or set CONSUL_BIN)")
+	prefix := "test/" + strings.NewReplacer("/", "_").Replace(t.Name()) + fmt.Sprint(time.Now().UnixNano()) + "/"
+	s, err := kv.NewConsul(kv.ConsulConfig{Address: consulAddr, Scheme: "http", Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// stores are the three implementations under one contract.
+func stores(t *testing.T) map[string]func(t *testing.T) kv.Store {
+	return map[string]func(t *testing.T) kv.Store{
+		"memory": func(t *testing.T) kv.Store { return kv.NewMemory() },
+		"bolt": func(t *testing.T) kv.Store {
+			s, err := kv.OpenBolt(filepath.Join(t.TempDir(), "t.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
+		"consul": consulStore,
+	}
+}
+
+func TestConformance(t *testing.T) {
+	for name, mk := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			t.Run("CAS", func(t *testing.T) { testCAS(t, mk(t)) })
+			t.Run("List", func(t *testing.T) { testList(t, mk(t)) })
+			t.Run("Watch", func(t *testing.T) { testWatch(t, mk(t)) })
+			t.Run("ConcurrentUpdates", func(t *testing.T) { testConcurrent(t, mk(t)) })
+			t.Run("UpdateHelpers", func(t *testing.T) { testUpdate(t, mk(t)) })
+		})
+	}
+}
+
+func testCAS(t *testing.T, s kv.Store) {
+	ctx := context.Background()
+	if _, err := s.Get(ctx, "a"); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("get missing: want ErrNotFound, got %v", err)
+	}
+	v1, err := s.Put(ctx, "a", []byte("one"), 0)
+	if err != nil || v1 == 0 {
+		t.Fatalf("create: %d %v", v1, err)
+	}
+	if _, err := s.Put(ctx, "a", []byte("again"), 0); !errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("second create: want ErrConflict, got %v", err)
+	}
+	v2, err := s.Put(ctx, "a", []byte("two"), v1)
+	if err != nil || v2 <= v1 {
+		t.Fatalf("update: %d (after %d) %v", v2, v1, err)
+	}
+	if _, err := s.Put(ctx, "a", []byte("stale"), v1); !errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("stale update: want ErrConflict, got %v", err)
+	}
+	p, err := s.Get(ctx, "a")
+	if err != nil || string(p.Value) != "two" || p.Version != v2 {
+		t.Fatalf("get: %+v %v", p, err)
+	}
+	if err := s.Delete(ctx, "a", v1); !errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("stale delete: want ErrConflict, got %v", err)
+	}
+	if err := s.Delete(ctx, "a", v2); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if err := s.Delete(ctx, "a", v2); err != nil {
+		t.Fatalf("delete of a missing key must succeed: %v", err)
+	}
+	if err := s.Delete(ctx, "never", 0); err != nil {
+		t.Fatalf("unconditional delete of a missing key: %v", err)
+	}
+	if _, err := s.Get(ctx, "a"); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("get deleted: want ErrNotFound, got %v", err)
+	}
+}
+
+func testList(t *testing.T, s kv.Store) {
+	ctx := context.Background()
+	for _, k := range []string{"p/b", "p/a", "p/c/d", "q/x", "pz"} {
+		if _, err := s.Put(ctx, k, []byte(k), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ps, index, err := s.List(ctx, "p/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, p := range ps {
+		keys = append(keys, p.Key)
+		if string(p.Value) != p.Key || p.Version == 0 {
+			t.Errorf("pair %+v", p)
+		}
+	}
+	if got := strings.Join(keys, ","); got != "p/a,p/b,p/c/d" {
+		t.Fatalf("list p/: %s", got)
+	}
+	if index == 0 {
+		t.Fatal("list index is 0")
+	}
+	if ps, _, err := s.List(ctx, "none/"); err != nil || len(ps) != 0 {
+		t.Fatalf("empty list: %v %v", ps, err)
+	}
+}
+
+func testWatch(t *testing.T, s kv.Store) {
+	ctx := context.Background()
+	if _, err := s.Put(ctx, "w/1", []byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	_, index, err := s.List(ctx, "w/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		_, _ = s.Put(context.Background(), "w/2", []byte("y"), 0)
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	for {
+		ps, next, err := s.Watch(wctx, "w/", index)
+		if err != nil {
+			t.Fatalf("watch: %v", err)
+		}
+		if len(ps) == 2 {
+			if next <= index {
+				t.Fatalf("watch index did not advance: %d -> %d", index, next)
+			}
+			if time.Since(start) < 250*time.Millisecond {
+				t.Fatalf("watch returned before the write (%s)", time.Since(start))
+			}
+			break
+		}
+		index = next
+	}
+	// A watch with nothing changing ends with its context.
+	short, cancel2 := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel2()
+	_, idx, _ := s.List(ctx, "w/")
+	if _, _, err := s.Watch(short, "w/", idx); err == nil {
+		t.Fatal("watch without changes returned without error before its context ended")
+	}
+}
+
+func testConcurrent(t *testing.T, s kv.Store) {
+	ctx := context.Background()
+	const workers, each = 4, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				_, err := kv.Update(ctx, s, "counter", func(n *int, _ bool) error { *n++; return nil })
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	p, err := s.Get(ctx, "counter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := strconv.Atoi(string(p.Value)); n != workers*each {
+		t.Fatalf("lost updates: counter %d, want %d", n, workers*each)
+	}
+}
+
+func testUpdate(t *testing.T, s kv.Store) {
+	ctx := context.Background()
+	v, err := kv.Update(ctx, s, "u", func(p *kv.Pool, exists bool) error {
+		if exists {
+			t.Error("exists on first update")
+		}
+		p.CIDR = "10.0.0.0/8"
+		return nil
+	})
+	if err != nil || v.CIDR != "10.0.0.0/8" {
+		t.Fatalf("%+v %v", v, err)
+	}
+	if _, err := kv.Update(ctx, s, "u", func(p *kv.Pool, _ bool) error { return kv.ErrUnchanged }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, s, "u", func(p *kv.Pool, _ bool) error { return kv.ErrDelete }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, "u"); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("after ErrDelete: %v", err)
+	}
+}
+
+func TestBoltPersistsAcrossReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.db")
+	s, err := kv.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, err := s.Put(context.Background(), "k", []byte("v"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err = kv.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p, err := s.Get(context.Background(), "k")
+	if err != nil || string(p.Value) != "v" || p.Version != v1 {
+		t.Fatalf("after reopen: %+v %v", p, err)
+	}
+	v2, err := s.Put(context.Background(), "k2", nil, 0)
+	if err != nil || v2 <= v1 {
+		t.Fatalf("versions must keep increasing after reopen: %d then %d (%v)", v1, v2, err)
+	}
+}
+
+func TestConsulUnreachableIsClassified(t *testing.T) {
+	s, err := kv.NewConsul(kv.ConsulConfig{Address: "127.0.0.1:1", Scheme: "http", Prefix: "x/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = s.Get(ctx, "k")
+	if !errors.Is(err, kv.ErrUnavailable) {
+		t.Fatalf("want ErrUnavailable, got %v", err)
+	}
+	if !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("error must name the store: %v", err)
+	}
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(runWithConsul(m))
+}
+
+func runWithConsul(m *testing.M) int {
+	bin := os.Getenv("CONSUL_BIN")
+	if bin == "" {
+		return m.Run()
+	}
+	c, stop, err := testbed.LaunchConsul(bin, nil, "127.0.0.1", 18500)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer stop()
+	consulAddr = c.Addr
+	return m.Run()
+}
