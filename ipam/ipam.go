@@ -279,10 +279,10 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 // returned; the last holder removes the pool with its blocks and addresses.
 func (m *IPAM) ReleasePool(ctx context.Context, id PoolID) error {
 	cidr := id.CIDR.String()
-	last := false
+	last, gone := false, false
 	_, err := kv.Update(ctx, m.store, kv.PoolPath(cidr), func(p *kv.Pool, exists bool) error {
 		if !exists {
-			last = false
+			gone = true
 			return kv.ErrUnchanged
 		}
 		delete(p.Holders, m.holder(id.Space))
@@ -295,9 +295,18 @@ func (m *IPAM) ReleasePool(ctx context.Context, id PoolID) error {
 	if err != nil {
 		return fmt.Errorf("release pool %s: %w", cidr, err)
 	}
+	if gone {
+		return nil
+	}
 	if last {
 		m.log.WithField("pool", cidr).Info("last holder released the pool; removing it")
-		for _, prefix := range []string{kv.AddressPrefix(cidr), kv.BlockPrefix(cidr), kv.NetworkPath(cidr)} {
+		var n kv.Network
+		if _, err := kv.GetJSON(ctx, m.store, kv.NetworkPath(cidr), &n); err == nil {
+			if err := kv.DeleteNetwork(ctx, m.store, n); err != nil {
+				return err
+			}
+		}
+		for _, prefix := range []string{kv.AddressPrefix(cidr), kv.BlockPrefix(cidr)} {
 			if err := m.deletePrefix(ctx, prefix); err != nil {
 				return err
 			}

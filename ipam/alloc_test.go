@@ -1,0 +1,72 @@
+package ipam
+
+import (
+	"net/netip"
+	"testing"
+)
+
+func TestDefaultBlockBits(t *testing.T) {
+	for _, c := range []struct {
+		pool string
+		want int
+	}{{"10.0.0.0/8", 26}, {"10.0.0.0/16", 26}, {"10.0.0.0/24", 26}, {"10.0.0.0/25", 27}, {"10.0.0.0/28", 30}, {"10.0.0.0/30", 30}} {
+		if got := DefaultBlockBits(netip.MustParsePrefix(c.pool)); got != c.want {
+			t.Errorf("%s: %d, want %d", c.pool, got, c.want)
+		}
+	}
+}
+
+func TestLayoutRange(t *testing.T) {
+	l, err := NewLayout(netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("10.1.5.0/24"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, ok := l.FreeBlock(map[netip.Prefix]bool{})
+	if !ok || b.String() != "10.1.5.0/26" {
+		t.Fatalf("first block %s", b)
+	}
+	if l.Capacity() != 256 {
+		t.Fatalf("capacity %d", l.Capacity())
+	}
+	if l.Allocatable(netip.MustParseAddr("10.1.6.1")) || !l.Usable(netip.MustParseAddr("10.1.6.1")) {
+		t.Fatal("range not honoured")
+	}
+}
+
+// FuzzLayout checks the allocator's invariants on arbitrary pools: whatever
+// it hands out is allocatable, inside the block asked for, and unused.
+func FuzzLayout(f *testing.F) {
+	f.Add(uint32(0x0af40000), uint8(16), uint8(26), uint8(0), uint16(3))
+	f.Add(uint32(0x0a000000), uint8(30), uint8(30), uint8(0), uint16(0))
+	f.Add(uint32(0xc0a80000), uint8(24), uint8(28), uint8(26), uint16(70))
+	f.Fuzz(func(t *testing.T, base uint32, bits, blockBits, rangeBits uint8, used uint16) {
+		bits = 8 + bits%23 // 8..30
+		pool := netip.PrefixFrom(uintToAddr(base), int(bits)).Masked()
+		var rng netip.Prefix
+		if rangeBits != 0 {
+			rng = netip.PrefixFrom(pool.Addr(), int(bits)+int(rangeBits)%(31-int(bits))).Masked()
+		}
+		l, err := NewLayout(pool, rng, int(blockBits%33))
+		if err != nil {
+			return
+		}
+		inUse := map[netip.Addr]bool{}
+		a := l.Range.Addr()
+		for i := 0; i < int(used)%300 && l.Range.Contains(a); i++ {
+			inUse[a] = true
+			a = a.Next()
+		}
+		b, ok := l.FreeBlock(map[netip.Prefix]bool{})
+		if !ok {
+			t.Fatalf("no free block in an empty layout %+v", l)
+		}
+		if got, ok := l.FreeIn(b, inUse); ok {
+			if !b.Contains(got) || !l.Allocatable(got) || inUse[got] {
+				t.Fatalf("FreeIn(%s) = %s: outside, unallocatable or used (%+v)", b, got, l)
+			}
+		}
+		if l.Allocatable(l.Pool.Addr()) && l.Pool.Bits() < 31 {
+			t.Fatalf("network address allocatable in %+v", l)
+		}
+	})
+}

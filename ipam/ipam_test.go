@@ -1,0 +1,371 @@
+package ipam_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/ipam"
+	"github.com/tartan-net/tartan/kv"
+)
+
+var consulAddr string
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		if bin := os.Getenv("CONSUL_BIN"); bin != "" {
+			c, stop, err := testbed.LaunchConsul(bin, nil, "127.0.0.1", 18600)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			defer stop()
+			consulAddr = c.Addr
+		}
+		return m.Run()
+	}())
+}
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+
+// env is one store shared by several simulated hosts.
+type env struct {
+	store kv.Store
+	clock *clock
+}
+
+func (e env) host(id string) *ipam.IPAM {
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	return ipam.New(e.store, ipam.Config{Host: id, AutoRange: netip.MustParsePrefix("10.240.0.0/22"), AutoBits: 24,
+		LeaseTTL: time.Hour, Now: e.clock.Now}, log)
+}
+
+func forEachStore(t *testing.T, fn func(t *testing.T, e env)) {
+	mk := map[string]func(t *testing.T) kv.Store{
+		"memory": func(t *testing.T) kv.Store { return kv.NewMemory() },
+		"bolt": func(t *testing.T) kv.Store {
+			s, err := kv.OpenBolt(filepath.Join(t.TempDir(), "t.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
+		"consul": func(t *testing.T) kv.Store {
+			testbed.Require(t, consulAddr != "", "no consul server (run make consul, or set CONSUL_BIN)")
+			s, err := kv.NewConsul(kv.ConsulConfig{Address: consulAddr, Scheme: "http",
+				Prefix: fmt.Sprintf("ipamtest/%s-%d/", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano())})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+	}
+	for _, name := range []string{"memory", "bolt", "consul"} {
+		t.Run(name, func(t *testing.T) {
+			fn(t, env{store: mk[name](t), clock: &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}})
+		})
+	}
+}
+
+var ctx = context.Background()
+
+func pool(t *testing.T, m *ipam.IPAM, cidr, rng string, opts map[string]string) ipam.PoolID {
+	t.Helper()
+	id, err := m.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: cidr, SubPool: rng, Options: opts})
+	if err != nil {
+		t.Fatalf("RequestPool %s: %v", cidr, err)
+	}
+	return id
+}
+
+func addr(t *testing.T, m *ipam.IPAM, id ipam.PoolID, want, mac string) netip.Prefix {
+	t.Helper()
+	opts := map[string]string{}
+	if mac != "" {
+		opts[ipam.OptMACAddress] = mac
+	}
+	a, err := m.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: want, Options: opts})
+	if err != nil {
+		t.Fatalf("RequestAddress %q: %v", want, err)
+	}
+	return a
+}
+
+func mac(i int) string { return fmt.Sprintf("02:42:00:00:%02x:%02x", i>>8, i&0xff) }
+
+func wantErr(t *testing.T, err error, class error, words ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("want an error with %q, got none", words)
+	}
+	if class != nil && !errors.Is(err, class) {
+		t.Fatalf("error %q is not %v", err, class)
+	}
+	for _, w := range words {
+		if !strings.Contains(err.Error(), w) {
+			t.Fatalf("error %q does not say %q", err, w)
+		}
+	}
+}
+
+func TestPools(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a, b := e.host("a"), e.host("b")
+		id := pool(t, a, "10.244.0.0/16", "", nil)
+		if id.String() != "local:10.244.0.0/16" {
+			t.Fatalf("pool id %s", id)
+		}
+		// The same pool again, here and on another host, is the same pool.
+		if pool(t, a, "10.244.0.0/16", "", nil) != id || pool(t, b, "10.244.0.0/16", "", nil) != id {
+			t.Fatal("same pool, different ID")
+		}
+		_, err := b.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.244.128.0/20"})
+		wantErr(t, err, kv.ErrInUse, "10.244.128.0/20", "overlaps", "10.244.0.0/16")
+		_, err = b.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.0.0.0/8"})
+		wantErr(t, err, kv.ErrInUse, "10.244.0.0/16")
+		_, err = b.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.244.0.0/16", SubPool: "10.244.1.0/24"})
+		wantErr(t, err, kv.ErrInvalid, "--ip-range")
+		_, err = b.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.244.0.0/16", Options: map[string]string{ipam.OptBlockSize: "24"}})
+		wantErr(t, err, kv.ErrInvalid, "tartan.blocksize=26")
+		for _, bad := range []struct{ pool, sub, word string }{
+			{"10.1.0.1/16", "", "use 10.1.0.0/16"},
+			{"banana", "", "not a CIDR"},
+			{"fd00::/64", "", "IPv4"},
+			{"10.2.0.0/31", "", "too small"},
+			{"10.3.0.0/16", "10.4.0.0/24", "not inside"},
+		} {
+			_, err := a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: bad.pool, SubPool: bad.sub})
+			wantErr(t, err, kv.ErrInvalid, bad.word)
+		}
+		_, err = a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.5.0.0/16", Options: map[string]string{"color": "red"}})
+		wantErr(t, err, kv.ErrInvalid, `"color"`, ipam.OptBlockSize)
+		_, err = a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.5.0.0/16", Options: map[string]string{ipam.OptBlockSize: "12"}})
+		wantErr(t, err, kv.ErrInvalid, "does not fit")
+		_, err = a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, V6: true})
+		wantErr(t, err, kv.ErrInvalid, "IPv6")
+		// Automatic pools do not collide.
+		p1, err := a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p2, err := b.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p1.CIDR.Overlaps(p2.CIDR) || p1.CIDR.Bits() != 24 {
+			t.Fatalf("automatic pools %s and %s", p1, p2)
+		}
+	})
+}
+
+func TestAddresses(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a, b := e.host("a"), e.host("b")
+		id := pool(t, a, "10.244.0.0/16", "", nil)
+		pool(t, b, "10.244.0.0/16", "", nil)
+		gw, err := a.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Options: map[string]string{ipam.OptRequestType: ipam.GatewayType}})
+		if err != nil || gw.String() != "10.244.0.1/16" {
+			t.Fatalf("gateway %s %v", gw, err)
+		}
+		// Every host asking for the gateway gets the same one.
+		gw2, err := b.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Options: map[string]string{ipam.OptRequestType: ipam.GatewayType}})
+		if err != nil || gw2 != gw {
+			t.Fatalf("second host's gateway %s %v", gw2, err)
+		}
+		_, err = b.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: "10.244.0.9", Options: map[string]string{ipam.OptRequestType: ipam.GatewayType}})
+		wantErr(t, err, kv.ErrInUse, "already has gateway 10.244.0.1")
+		first := addr(t, a, id, "", mac(1))
+		if first.Bits() != 32 || !id.CIDR.Contains(first.Addr()) || first.Addr() == gw.Addr() {
+			t.Fatalf("first address %s", first)
+		}
+		onB := addr(t, b, id, "", mac(2))
+		blockA, _ := first.Addr().Prefix(26)
+		if blockA.Contains(onB.Addr()) {
+			t.Fatalf("host b got %s from host a's block %s", onB, blockA)
+		}
+		// A specific address: taken once, confirmed on replay, refused to others.
+		fixed := addr(t, a, id, "10.244.200.7", mac(3))
+		if fixed.String() != "10.244.200.7/32" {
+			t.Fatalf("fixed %s", fixed)
+		}
+		if again := addr(t, a, id, "10.244.200.7", mac(3)); again != fixed {
+			t.Fatalf("replay %s", again)
+		}
+		_, err = b.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: "10.244.200.7", Options: map[string]string{ipam.OptMACAddress: mac(4)}})
+		wantErr(t, err, kv.ErrInUse, "10.244.200.7", "already in use", "host a")
+		_, err = a.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: "10.245.0.1", Options: map[string]string{ipam.OptMACAddress: mac(5)}})
+		wantErr(t, err, kv.ErrInvalid, "outside pool")
+		_, err = a.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: "10.244.255.255", Options: map[string]string{ipam.OptMACAddress: mac(5)}})
+		wantErr(t, err, kv.ErrInvalid, "broadcast")
+		// Aux reservations belong to the pool: both hosts may reserve them.
+		aux := addr(t, a, id, "10.244.100.100", "")
+		if addr(t, b, id, "10.244.100.100", "") != aux {
+			t.Fatal("aux reservation not shared")
+		}
+		// Releases: endpoint addresses go, reservations stay, missing is fine.
+		if err := a.ReleaseAddress(ctx, id, "10.244.200.7"); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.ReleaseAddress(ctx, id, "10.244.200.7"); err != nil {
+			t.Fatalf("second release: %v", err)
+		}
+		if err := a.ReleaseAddress(ctx, id, "10.244.100.100"); err != nil {
+			t.Fatal(err)
+		}
+		_, err = b.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: "10.244.100.100", Options: map[string]string{ipam.OptMACAddress: mac(6)}})
+		wantErr(t, err, kv.ErrInUse, "aux")
+		if got := addr(t, b, id, "10.244.200.7", mac(7)); got.String() != "10.244.200.7/32" {
+			t.Fatalf("released address not reusable: %s", got)
+		}
+	})
+}
+
+func keys(t *testing.T, s kv.Store, prefix string) []string {
+	t.Helper()
+	ps, _, err := s.List(ctx, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.Key)
+	}
+	return out
+}
+
+func TestReleasePool(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a, b := e.host("a"), e.host("b")
+		id := pool(t, a, "10.50.0.0/24", "", nil)
+		pool(t, b, "10.50.0.0/24", "", nil)
+		x := addr(t, a, id, "", mac(1))
+		addr(t, b, id, "", mac(2))
+		if err := b.ReleaseAddress(ctx, id, addr(t, b, id, "", mac(3)).Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.ReleaseAddress(ctx, id, x.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(keys(t, e.store, kv.BlockPrefix("10.50.0.0/24"))); n != 2 {
+			t.Fatalf("%d blocks, want 2", n)
+		}
+		// a is not the last holder: only its (now empty) block goes.
+		if err := a.ReleasePool(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(keys(t, e.store, kv.BlockPrefix("10.50.0.0/24"))); n != 1 {
+			t.Fatalf("%d blocks after a released, want 1", n)
+		}
+		if err := b.ReleasePool(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if left := keys(t, e.store, ""); len(left) > 1 || (len(left) == 1 && left[0] != kv.PoolsGuard) {
+			t.Fatalf("left in the store after the last release: %v", left)
+		}
+		if err := b.ReleasePool(ctx, id); err != nil {
+			t.Fatalf("second release: %v", err)
+		}
+	})
+}
+
+// A small pool is used to its last address by two hosts, through blocks and
+// then borrowing, with no duplicate, and then refuses clearly.
+func TestNoDuplicatesUntilFull(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		hosts := []*ipam.IPAM{e.host("a"), e.host("b"), e.host("c")}
+		var id ipam.PoolID
+		for _, h := range hosts {
+			id = pool(t, h, "10.60.0.0/26", "", map[string]string{ipam.OptBlockSize: "29"})
+		}
+		capacity := 62
+		var mu sync.Mutex
+		seen := map[netip.Addr]string{}
+		var wg sync.WaitGroup
+		errs := make(chan error, 3*capacity)
+		for i, h := range hosts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; ; j++ {
+					a, err := h.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Options: map[string]string{ipam.OptMACAddress: mac(i*100 + j)}})
+					if err != nil {
+						if !errors.Is(err, kv.ErrInUse) || !strings.Contains(err.Error(), "full") {
+							errs <- err
+						}
+						return
+					}
+					mu.Lock()
+					if prev, dup := seen[a.Addr()]; dup {
+						errs <- fmt.Errorf("duplicate %s (hosts %s and %d)", a, prev, i)
+					}
+					seen[a.Addr()] = fmt.Sprint(i)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		if len(seen) != capacity {
+			t.Fatalf("handed out %d addresses of %d", len(seen), capacity)
+		}
+	})
+}
+
+func TestLeaseExpiry(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a, b := e.host("a"), e.host("b")
+		id := pool(t, a, "10.70.0.0/30", "", nil) // one block
+		pool(t, b, "10.70.0.0/30", "", nil)
+		got := addr(t, a, id, "", mac(1))
+		if err := a.ReleaseAddress(ctx, id, got.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		// b borrows while a's lease is live: the block stays a's.
+		borrowed := addr(t, b, id, "", mac(2))
+		if err := b.ReleaseAddress(ctx, id, borrowed.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		e.clock.Add(2 * time.Hour) // a's lease ran out, and a did not renew it
+		addr(t, b, id, "", mac(3))
+		var blk kv.Block
+		if _, err := kv.GetJSON(ctx, e.store, kv.BlockPath("10.70.0.0/30", "10.70.0.0/30"), &blk); err != nil {
+			t.Fatal(err)
+		}
+		if blk.Host != "b" {
+			t.Fatalf("expired block not reclaimed: %+v", blk)
+		}
+		// Renewal keeps a live lease: b renews, time passes, a cannot take it.
+		e.clock.Add(40 * time.Minute)
+		if err := b.RenewLeases(ctx); err != nil {
+			t.Fatal(err)
+		}
+		e.clock.Add(40 * time.Minute)
+		addr(t, a, id, "", mac(4))
+		if _, err := kv.GetJSON(ctx, e.store, kv.BlockPath("10.70.0.0/30", "10.70.0.0/30"), &blk); err != nil {
+			t.Fatal(err)
+		}
+		if blk.Host != "b" {
+			t.Fatalf("renewed lease was taken: %+v", blk)
+		}
+	})
+}
