@@ -1,0 +1,224 @@
+package plugin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/ipam"
+	"github.com/tartan-net/tartan/kv"
+)
+
+func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestSettings(t *testing.T) {
+	s, err := ParseSettings(envOf(nil))
+	if err != nil || s.Consul != nil || s.Scope != "local" || s.VXLANPort != 8472 || s.LeaseTTL.Hours() != 24 {
+		t.Fatalf("defaults: %+v %v", s, err)
+	}
+	s, err = ParseSettings(envOf(map[string]string{"STORE": "consul://10.0.0.5/cluster-a", "SCOPE": "global", "CONSUL_HTTP_TOKEN": "tok"}))
+	if err != nil || s.Consul.Address != "10.0.0.5:8500" || s.Consul.Prefix != "cluster-a/" || s.Consul.Token != "tok" || s.Scope != "global" {
+		t.Fatalf("consul: %+v %+v %v", s, s.Consul, err)
+	}
+	s, err = ParseSettings(envOf(map[string]string{"STORE": "consul+https://c.example:8501"}))
+	if err != nil || s.Consul.Scheme != "https" || s.Consul.Prefix != "tartan/" {
+		t.Fatalf("https: %+v %v", s.Consul, err)
+	}
+	for env, word := range map[string]string{
+		"STORE=etcd://x":             "STORE=etcd://x: use consul://",
+		"STORE=consul://":            "STORE=consul://",
+		"STORE=consul://h:99999":     "STORE=",
+		"SCOPE=swarm":                "SCOPE=swarm: use local or global",
+		"VXLAN_PORT=0":               "VXLAN_PORT=0",
+		"LEASE_TTL=1s":               "LEASE_TTL=1s",
+		"LOG_LEVEL=loud":             "LOG_LEVEL=loud",
+		"AUTO_POOL=10.0.0.1/8":       "AUTO_POOL=10.0.0.1/8",
+		"AUTO_POOL_SIZE=4":           "AUTO_POOL_SIZE=4",
+		"CONSUL_CACERT=/nonexistent": "",
+	} {
+		k, v, _ := strings.Cut(env, "=")
+		m := map[string]string{k: v}
+		if k == "CONSUL_CACERT" {
+			m["STORE"] = "consul://127.0.0.1:8500"
+			word = "CONSUL_CACERT=/nonexistent"
+		}
+		_, err := ParseSettings(envOf(m))
+		if err == nil || !strings.Contains(err.Error(), word) {
+			t.Errorf("%s: error %v does not say %q", env, err, word)
+		}
+	}
+}
+
+func newTestHandler(t testing.TB, broken error) *Handler {
+	t.Helper()
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	store := kv.NewMemory()
+	fw, err := firewall.New()
+	if err != nil {
+		t.Skipf("SKIPPED: %v", err)
+	}
+	drv := driver.New(store, store, fw, driver.Config{Host: "h1"}, log)
+	im := ipam.New(store, ipam.Config{Host: "h1", AutoRange: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}, log)
+	return NewHandler(drv, im, log, broken)
+}
+
+func call(t testing.TB, h http.Handler, path, body string) (int, map[string]any) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, strings.NewReader(body)))
+	var out map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+		t.Fatalf("%s answered non-JSON %q: %v", path, rec.Body.String(), err)
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != contentType {
+		t.Fatalf("%s content type %q", path, ct)
+	}
+	return rec.Code, out
+}
+
+func TestMux(t *testing.T) {
+	h := newTestHandler(t, nil)
+	code, out := call(t, h, "/Plugin.Activate", "")
+	if code != 200 || fmt.Sprint(out["Implements"]) != "[NetworkDriver IpamDriver]" {
+		t.Fatalf("activate: %d %v", code, out)
+	}
+	code, out = call(t, h, "/IpamDriver.GetCapabilities", "")
+	if code != 200 || out["RequiresMACAddress"] != true || out["RequiresRequestReplay"] != true {
+		t.Fatalf("ipam caps: %d %v", code, out)
+	}
+	code, out = call(t, h, "/NetworkDriver.GetCapabilities", "{}")
+	if code != 200 || out["Scope"] != "local" || out["ConnectivityScope"] != "global" {
+		t.Fatalf("driver caps: %d %v", code, out)
+	}
+	code, out = call(t, h, "/IpamDriver.GetDefaultAddressSpaces", "")
+	if code != 200 || out["LocalDefaultAddressSpace"] != ipam.LocalSpace {
+		t.Fatalf("spaces: %d %v", code, out)
+	}
+	code, out = call(t, h, "/IpamDriver.RequestPool", `{"AddressSpace":"tartan-local","Pool":"10.9.0.0/16"}`)
+	if code != 200 || out["PoolID"] != "local:10.9.0.0/16" || out["Pool"] != "10.9.0.0/16" {
+		t.Fatalf("pool: %d %v", code, out)
+	}
+	code, out = call(t, h, "/IpamDriver.RequestAddress", `{"PoolID":"local:10.9.0.0/16","Options":{"com.docker.network.endpoint.macaddress":"02:42:00:00:00:01"}}`)
+	if code != 200 || out["Address"] != "10.9.0.1/32" {
+		t.Fatalf("address: %d %v", code, out)
+	}
+	for _, c := range []struct {
+		path, body string
+		code       int
+		word       string
+	}{
+		{"/NetworkDriver.CreateNetwork", `{"NetworkID":`, 400, "malformed JSON"},
+		{"/IpamDriver.RequestPool", `[1,2]`, 400, "malformed JSON"},
+		{"/IpamDriver.RequestPool", `{"AddressSpace":"tartan-local","Pool":"10.9.128.0/17"}`, 409, "overlaps tartan pool 10.9.0.0/16"},
+		{"/IpamDriver.RequestAddress", `{"PoolID":"LocalDefault/10.1.0.0/16"}`, 400, "--ipam-driver tartan:latest"},
+		{"/NetworkDriver.CreateNetwork", `{"NetworkID":"n1","Options":{"com.docker.network.generic":{"tartan.backend":"carrier-pigeon"}},"IPv4Data":[{"AddressSpace":"tartan-local","Pool":"10.9.0.0/16"}]}`, 400, "unknown backend"},
+		{"/NetworkDriver.CreateNetwork", `{"NetworkID":"n1","Options":{"com.docker.network.generic":{"colour":"red"}},"IPv4Data":[{"AddressSpace":"tartan-local","Pool":"10.9.0.0/16"}]}`, 400, "unknown option -o colour"},
+		{"/NetworkDriver.CreateNetwork", `{"NetworkID":"n1","Options":{},"IPv4Data":[{"AddressSpace":"LocalDefault","Pool":"172.19.0.0/16"}]}`, 400, "add --ipam-driver tartan:latest"},
+		{"/NetworkDriver.Join", `{"NetworkID":"n1","EndpointID":"nope"}`, 400, "not known"},
+		{"/NetworkDriver.Nonsense", `{}`, 404, "does not implement"},
+	} {
+		code, out := call(t, h, c.path, c.body)
+		msg, _ := out["Err"].(string)
+		if code != c.code || !strings.Contains(msg, c.word) {
+			t.Errorf("%s %s: %d %q, want %d with %q", c.path, c.body, code, msg, c.code, c.word)
+		}
+	}
+}
+
+func TestBrokenSettingsReachTheUser(t *testing.T) {
+	h := newTestHandler(t, errors.New("STORE=etcd://x: use consul://host:8500"))
+	if code, _ := call(t, h, "/Plugin.Activate", ""); code != 200 {
+		t.Fatal("activate must work so that Docker shows the error")
+	}
+	code, out := call(t, h, "/IpamDriver.RequestPool", `{"AddressSpace":"tartan-local","Pool":"10.9.0.0/16"}`)
+	if code != 503 || !strings.Contains(out["Err"].(string), "STORE=etcd://x") {
+		t.Fatalf("%d %v", code, out)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	for err, want := range map[error]int{
+		kv.Invalid("x"):                              400,
+		kv.InUse("x"):                                409,
+		fmt.Errorf("wrapped: %w", kv.ErrUnavailable): 503,
+		errors.New("boom"):                           500,
+	} {
+		if got := Status(err); got != want {
+			t.Errorf("%v: %d, want %d", err, got, want)
+		}
+	}
+}
+
+var fuzzPaths = []string{"/NetworkDriver.CreateNetwork", "/NetworkDriver.CreateEndpoint", "/NetworkDriver.Join",
+	"/NetworkDriver.Leave", "/NetworkDriver.DeleteEndpoint", "/NetworkDriver.DeleteNetwork", "/NetworkDriver.AllocateNetwork",
+	"/NetworkDriver.EndpointOperInfo", "/NetworkDriver.ProgramExternalConnectivity", "/IpamDriver.RequestPool",
+	"/IpamDriver.RequestAddress", "/IpamDriver.ReleaseAddress", "/IpamDriver.ReleasePool"}
+
+// FuzzRequestDecoding sends arbitrary bodies to every endpoint of a plugin
+// whose settings are broken (so no request reaches the kernel): every answer
+// must be JSON with an error, never a crash.
+func FuzzRequestDecoding(f *testing.F) {
+	f.Add(0, `{"NetworkID":"x","Options":{"com.docker.network.generic":{"a":1}}}`)
+	f.Add(3, `{`)
+	f.Add(9, `{"AddressSpace":"tartan-local","Pool":"10.0.0.0/8","Options":null}`)
+	f.Add(10, `{"PoolID":"local:10.0.0.0/8","Address":"10.0.0.1"}`)
+	f.Add(1, `{"Interface":{"Address":5}}`)
+	h := newTestHandler(f, errors.New("broken for the fuzzer"))
+	f.Fuzz(func(t *testing.T, which int, body string) {
+		path := fuzzPaths[uint(which)%uint(len(fuzzPaths))]
+		code, out := call(t, h, path, body)
+		if code != 400 && code != 503 {
+			t.Fatalf("%s %q: status %d", path, body, code)
+		}
+		if _, ok := out["Err"].(string); !ok {
+			t.Fatalf("%s %q: no Err in %v", path, body, out)
+		}
+	})
+}
+
+// FuzzIPAMRequests drives the real IPAM (in memory) with arbitrary pools,
+// ranges, options and addresses: no crash, and every refusal is classified
+// as the caller's mistake or a conflict, never an internal error.
+func FuzzIPAMRequests(f *testing.F) {
+	f.Add("10.1.0.0/16", "", "26", "10.1.0.5")
+	f.Add("10.1.0.0/30", "10.1.0.0/31", "x", "")
+	f.Add("::/0", "1.2.3.4/5", "", "banana")
+	f.Add("", "", "", "")
+	f.Fuzz(func(t *testing.T, pool, sub, bs, address string) {
+		log := logrus.New()
+		log.SetOutput(io.Discard)
+		im := ipam.New(kv.NewMemory(), ipam.Config{Host: "h", AutoRange: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}, log)
+		opts := map[string]string{}
+		if bs != "" {
+			opts[ipam.OptBlockSize] = bs
+		}
+		ctx := t.Context()
+		id, err := im.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: pool, SubPool: sub, Options: opts})
+		if err != nil {
+			if s := Status(err); s != 400 && s != 409 {
+				t.Fatalf("RequestPool(%q,%q,%q): %d %v", pool, sub, bs, s, err)
+			}
+			return
+		}
+		a, err := im.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: address, Options: map[string]string{ipam.OptMACAddress: "02:00:00:00:00:01"}})
+		if err != nil {
+			if s := Status(err); s != 400 && s != 409 {
+				t.Fatalf("RequestAddress(%q): %d %v", address, s, err)
+			}
+			return
+		}
+		if !id.CIDR.Contains(a.Addr()) {
+			t.Fatalf("address %s outside pool %s", a, id.CIDR)
+		}
+	})
+}
