@@ -48,6 +48,9 @@ func New(cluster, local kv.Store, fw *firewall.Firewall, cfg Config, log logrus.
 	if cfg.VXLANPort == 0 {
 		cfg.VXLANPort = 8472
 	}
+	if cfg.SysctlRoot == "" {
+		cfg.SysctlRoot = "/proc/sys"
+	}
 	return &Driver{cluster: cluster, local: local, cfg: cfg, fw: fw, log: log,
 		st: localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}}}
 }
@@ -228,8 +231,12 @@ func (d *Driver) mtu(backend string, want int) (int, error) {
 	return want, nil
 }
 
-// ensureNetwork makes the network's kernel objects exist.
+// ensureNetwork makes the network's kernel objects exist. Routed networks
+// need forwarding; Docker turns it on too, but tartan does not rely on that.
 func (d *Driver) ensureNetwork(n netRec) error {
+	if err := kernel.Sysctl(d.cfg.SysctlRoot, "net.ipv4.ip_forward", "1"); err != nil {
+		return fmt.Errorf("routed networks need forwarding: %w (the plugin mounts the host's /proc/sys at %s)", err, d.cfg.SysctlRoot)
+	}
 	if n.Backend != BackendVXLAN {
 		return nil
 	}
@@ -316,6 +323,11 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r *network.CreateEndpointRe
 		resp.Interface = &network.EndpointInterface{MacAddress: mac}
 	}
 	host, peer := kernel.EndpointNames(r.EndpointID)
+	for _, other := range d.st.endpoints {
+		if other.HostIf == host && other.ID != r.EndpointID {
+			return nil, kv.InUse("endpoint %s would share interface %s with endpoint %s: retry with a new endpoint", shortID(r.EndpointID), host, shortID(other.ID))
+		}
+	}
 	e := epRec{ID: r.EndpointID, Network: n.ID, IP: addr.Addr().String(), MAC: mac, HostIf: host, PeerIf: peer,
 		Block: d.blockOf(ctx, n.Pool, addr.Addr())}
 	if err := d.ensureEndpoint(n, e); err != nil {

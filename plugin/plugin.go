@@ -98,9 +98,6 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 // background does the work that must never hold up a request: the first
 // full reconcile, then periodic ones, host registration and lease renewal.
 func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, cluster kv.Store, host string, s Settings, log logrus.FieldLogger) {
-	if err := kernel.Sysctl(s.SysctlRoot, "net.ipv4.ip_forward", "1"); err != nil {
-		log.Debugf("ip_forward left to Docker: %v", err)
-	}
 	reconcile := time.NewTicker(ReconcileEvery)
 	renew := time.NewTicker(RenewEvery)
 	defer reconcile.Stop()

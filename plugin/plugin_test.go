@@ -148,8 +148,8 @@ func TestBrokenSettingsReachTheUser(t *testing.T) {
 
 func TestStatus(t *testing.T) {
 	for err, want := range map[error]int{
-		kv.Invalid("x"):                              400,
-		kv.InUse("x"):                                409,
+		kv.Invalid("x"): 400,
+		kv.InUse("x"):   409,
 		fmt.Errorf("wrapped: %w", kv.ErrUnavailable): 503,
 		errors.New("boom"):                           500,
 	} {

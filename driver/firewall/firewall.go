@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"sort"
 	"strings"
@@ -45,12 +46,22 @@ func New() (*Firewall, error) {
 		return nil, fmt.Errorf("no iptables command found: the plugin image must include iptables")
 	}
 	for _, f := range found {
+		// Listing legacy tables creates them: only look where they exist.
+		if strings.Contains(f, "legacy") && !legacyTablesLoaded() {
+			continue
+		}
 		if exec.Command(f, "-w", "-t", "filter", "-n", "-L", "DOCKER-USER").Run() == nil ||
 			exec.Command(f, "-w", "-t", "nat", "-n", "-L", "DOCKER").Run() == nil {
 			return &Firewall{iptables: f}, nil
 		}
 	}
 	return &Firewall{iptables: found[0]}, nil
+}
+
+// legacyTablesLoaded says whether this namespace has legacy (x_tables) tables.
+func legacyTablesLoaded() bool {
+	b, err := os.ReadFile("/proc/net/ip_tables_names")
+	return err == nil && strings.TrimSpace(string(b)) != ""
 }
 
 // Flavour names the iptables command in use.
