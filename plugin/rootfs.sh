@@ -4,7 +4,7 @@
 # the shared libraries and extensions they load).
 # Usage: plugin/rootfs.sh <tartan binary> <config.json> <output dir>
 set -euo pipefail
-bin=$1 config=$2 out=$3
+bin=$1 config=$2 out=$(realpath -m "$3")
 rm -rf "$out"
 root="$out/rootfs"
 mkdir -p "$root"/{etc,run,tmp,var/lib/tartan,host/proc/sys,usr/sbin,proc,sys,dev}

@@ -1,0 +1,74 @@
+# tartan — build, install and test the managed Docker plugin.
+#   make plugin    build the binary and rootfs, (re)create and enable the plugin
+#   make test      everything CI runs: deps, Consul, unit, data-plane, fuzz, e2e
+SHELL := /bin/bash
+PLUGIN   ?= tartan:latest
+SETTINGS ?=
+REGISTRY ?=
+TAG      ?= latest
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+BUILD    := build
+GO       ?= go
+CONSUL_VERSION := 1.20.1
+CONSUL_BIN ?= $(HOME)/.cache/tartan/consul-$(CONSUL_VERSION)/consul
+FUZZTIME ?= 10s
+E2E_TIMEOUT ?= 40m
+export CONSUL_BIN
+
+.PHONY: all build plugin-dir plugin push deps consul test unit fuzz e2e bench lint clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X github.com/tartan-net/tartan/plugin.Version=$(VERSION)" -o $(BUILD)/tartan ./plugin/tartan
+
+plugin-dir: build
+	plugin/rootfs.sh $(BUILD)/tartan config.json $(BUILD)/plugin
+
+# Replaces an older plugin of the same name. SETTINGS="STORE=consul://... ADVERTISE=eth1"
+# are applied before it is enabled.
+plugin: plugin-dir
+	-docker plugin disable -f $(PLUGIN) >/dev/null 2>&1
+	-docker plugin rm -f $(PLUGIN) >/dev/null 2>&1
+	docker plugin create $(PLUGIN) $(BUILD)/plugin
+	$(if $(strip $(SETTINGS)),docker plugin set $(PLUGIN) $(SETTINGS))
+	docker plugin enable $(PLUGIN)
+
+# Publishes the plugin: make push REGISTRY=registry.example:5000 [TAG=v1]
+push: plugin-dir
+	@test -n "$(REGISTRY)" || { echo "make push needs REGISTRY=host:port" >&2; exit 1; }
+	-docker plugin rm -f $(REGISTRY)/tartan:$(TAG) >/dev/null 2>&1
+	docker plugin create $(REGISTRY)/tartan:$(TAG) $(BUILD)/plugin
+	docker plugin push $(REGISTRY)/tartan:$(TAG)
+	docker plugin rm -f $(REGISTRY)/tartan:$(TAG)
+
+deps:
+	e2e/deps.sh
+
+# A real Consul server for the tests, built once from the Go module proxy.
+consul: $(CONSUL_BIN)
+$(CONSUL_BIN):
+	@mkdir -p $(dir $(CONSUL_BIN))
+	@echo "building consul $(CONSUL_VERSION) (once; several minutes on 2 cores)"
+	cd e2e/consulbuild && $(GO) build -o $(CONSUL_BIN) github.com/hashicorp/consul
+
+test: deps consul unit fuzz e2e
+
+unit:
+	$(GO) vet ./...
+	$(GO) test -count=1 ./kv/... ./ipam/... ./driver/... ./plugin/...
+
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzLayout -fuzztime=$(FUZZTIME) ./ipam
+	$(GO) test -run='^$$' -fuzz=FuzzRequestDecoding -fuzztime=$(FUZZTIME) ./plugin
+	$(GO) test -run='^$$' -fuzz=FuzzIPAMRequests -fuzztime=$(FUZZTIME) ./plugin
+
+e2e: plugin-dir
+	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v ./e2e/
+
+lint:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+clean:
+	rm -rf $(BUILD)

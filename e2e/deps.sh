@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what building and testing tartan needs on a fresh Debian machine:
+# Docker's engine (20.10, Debian's docker.io), busybox for the test image,
+# iptables, curl, util-linux's nsenter/unshare and Debian's registry. Quick
+# when everything is there already.
+set -euo pipefail
+declare -A pkg=([dockerd]=docker.io [busybox]=busybox-static [iptables]=iptables [curl]=curl
+  [nsenter]=util-linux [unshare]=util-linux [docker-registry]=docker-registry [ip]=iproute2 [iperf3]=iperf3)
+need=()
+for cmd in "${!pkg[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || need+=("${pkg[$cmd]}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "deps: installing ${need[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u)
+fi
+if [ "$(id -u)" != 0 ]; then echo "deps: the tests need root (network namespaces, dockerd)" >&2; exit 1; fi
