@@ -229,7 +229,8 @@ func (h *Host) PluginCall(path, body string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	sock := filepath.Join(h.ExecRoot, "plugins", ids, "tartan.sock")
+	// Docker puts plugin sockets here whatever its --exec-root.
+	sock := filepath.Join("/run/docker/plugins", ids, "tartan.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return Run(ctx, "curl", "-sS", "--unix-socket", sock, "-w", "\n%{http_code}", "-X", "POST", "-d", body, "http://plugin"+path)
@@ -271,7 +272,7 @@ func BusyboxTar(t testing.TB) string {
 	}
 	MustRun(t, "cp", bb, filepath.Join(dir, "bin/busybox"))
 	for _, a := range []string{"sh", "ip", "ping", "nc", "sleep", "cat", "echo", "ls", "wc", "head", "dd", "seq",
-		"timeout", "hostname", "nslookup", "wget", "md5sum", "true", "grep", "awk", "sed", "ifconfig", "route", "arp", "tr", "date", "sort", "uniq"} {
+		"timeout", "hostname", "nslookup", "wget", "httpd", "kill", "sync", "md5sum", "true", "grep", "awk", "sed", "ifconfig", "route", "arp", "tr", "date", "sort", "uniq"} {
 		_ = os.Symlink("busybox", filepath.Join(dir, "bin", a))
 	}
 	tmp := tar + ".tmp"

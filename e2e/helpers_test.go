@@ -1,0 +1,123 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(m.Run())
+}
+
+// single is one test host with an "outside" namespace behind its default
+// route: 198.18.<n>.1 stands for the internet.
+type single struct {
+	*testbed.Host
+	outside  testbed.NS
+	internet string
+}
+
+func newSingle(t *testing.T, name string, n int) *single {
+	t.Helper()
+	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
+	hostNS := testbed.NewNS(t, "tt-"+name)
+	out := testbed.NewNS(t, "tt-"+name+"o")
+	testbed.Link(t, hostNS, "ext0", fmt.Sprintf("10.99.%d.2/24", n), out, "in0", fmt.Sprintf("10.99.%d.1/24", n), 1500)
+	hostNS.MustIP(t, "route", "add", "default", "via", fmt.Sprintf("10.99.%d.1", n))
+	internet := fmt.Sprintf("198.18.%d.1", n)
+	out.MustIP(t, "addr", "add", internet+"/32", "dev", "lo")
+	h := testbed.StartDockerd(t, hostNS)
+	h.Image(t)
+	return &single{Host: h, outside: out, internet: internet}
+}
+
+// run runs a throwaway container and returns its output.
+func (s *single) run(t *testing.T, network string, cmd string) (string, error) {
+	t.Helper()
+	return s.Docker("run", "--rm", "--network", network, "tbox", "sh", "-c", cmd)
+}
+
+// daemon starts a long-running container.
+func (s *single) daemon(t *testing.T, name, network string, args ...string) string {
+	t.Helper()
+	full := append([]string{"run", "-d", "--name", name, "--network", network}, args...)
+	if len(args) == 0 || strings.HasPrefix(args[len(args)-1], "-") {
+		full = append(full, "tbox", "sleep", "3600")
+	}
+	s.MustDocker(t, full...)
+	return s.ip(t, name)
+}
+
+func (s *single) ip(t *testing.T, name string) string {
+	t.Helper()
+	return s.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
+}
+
+func (s *single) mustReach(t *testing.T, network, target string) {
+	t.Helper()
+	if out, err := s.run(t, network, "ping -c 2 -W 2 "+target); err != nil {
+		t.Fatalf("a container on %s does not reach %s: %v\n%s", network, target, err, out)
+	}
+}
+
+func (s *single) mustNotReach(t *testing.T, network, target string) {
+	t.Helper()
+	if out, err := s.run(t, network, "ping -c 2 -W 1 "+target); err == nil {
+		t.Fatalf("a container on %s reaches %s, and must not:\n%s", network, target, out)
+	}
+}
+
+// transfer sends 8 MiB over TCP from an httpd in container server to a
+// wget in a new container and checks the checksum.
+func (s *single) transfer(t *testing.T, network, server string) {
+	t.Helper()
+	s.MustDocker(t, "exec", server, "sh", "-c", "mkdir -p /www && dd if=/dev/urandom of=/www/blob bs=1024 count=8192 2>/dev/null && httpd -p 8080 -h /www")
+	want := strings.Fields(s.MustDocker(t, "exec", server, "md5sum", "/www/blob"))[0]
+	out, err := s.run(t, network, "wget -q -O - http://"+server+":8080/blob | md5sum")
+	if err != nil {
+		t.Fatalf("transfer from %s: %v\n%s", server, err, out)
+	}
+	if got := strings.Fields(out)[0]; got != want {
+		t.Fatalf("transfer from %s: checksum %s, want %s", server, got, want)
+	}
+}
+
+// kernelClean checks that no tartan link or route is left on the host.
+func (s *single) kernelClean(t *testing.T) {
+	t.Helper()
+	testbed.Eventually(t, 20*time.Second, "no tartan links or routes left on "+s.Name, func() error {
+		links := s.MustIP(t, "-br", "link")
+		for _, l := range strings.Split(links, "\n") {
+			f := strings.Fields(l)
+			if len(f) > 0 && (strings.HasPrefix(f[0], "tn") || strings.HasPrefix(f[0], "tp") || strings.HasPrefix(f[0], "tartan.")) {
+				return fmt.Errorf("link left: %s", l)
+			}
+		}
+		if r := strings.TrimSpace(s.MustIP(t, "route", "show", "proto", "84")); r != "" {
+			return fmt.Errorf("routes left: %s", r)
+		}
+		return nil
+	})
+}
+
+func mustFail(t *testing.T, out string, err error, words ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("want a failure saying %q, got success:\n%s", words, out)
+	}
+	for _, w := range words {
+		if !strings.Contains(err.Error(), w) {
+			t.Fatalf("error does not say %q:\n%v", w, err)
+		}
+	}
+}
+
+const tnet = "-d=tartan:latest"
+const tipam = "--ipam-driver=tartan:latest"

@@ -1,0 +1,68 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// The quick start on one host with the embedded store, for both backends:
+// containers reach each other (ping by name, a TCP transfer), other tartan
+// networks are isolated, the outside is reached unless --internal, and
+// removing everything leaves no kernel object behind.
+func TestSingleHostEmbedded(t *testing.T) {
+	s := newSingle(t, "s1", 1)
+	s.InstallPlugin(t)
+	for i, backend := range []string{"vxlan", "host-gw"} {
+		subnet := fmt.Sprintf("10.%d.0.0/16", 30+i)
+		net := "net-" + backend
+		s.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.backend="+backend, "--subnet", subnet, net)
+		srv := "srv-" + backend
+		ip := s.daemon(t, srv, net)
+		if !strings.HasPrefix(ip, fmt.Sprintf("10.%d.", 30+i)) {
+			t.Fatalf("%s got %q, outside %s", srv, ip, subnet)
+		}
+		s.mustReach(t, net, srv)
+		s.mustReach(t, net, ip)
+		s.transfer(t, net, srv)
+		s.mustReach(t, net, s.internet)
+	}
+	// Isolation between the two networks, both ways.
+	s.mustNotReach(t, "net-vxlan", s.ip(t, "srv-host-gw"))
+	s.mustNotReach(t, "net-host-gw", s.ip(t, "srv-vxlan"))
+	// An internal network reaches its own containers and nothing else.
+	s.MustDocker(t, "network", "create", tnet, tipam, "--internal", "--subnet", "10.32.0.0/16", "net-internal")
+	s.daemon(t, "srv-internal", "net-internal")
+	s.mustReach(t, "net-internal", "srv-internal")
+	s.mustNotReach(t, "net-internal", s.internet)
+	s.mustNotReach(t, "net-internal", s.ip(t, "srv-vxlan"))
+	// The VXLAN device and its MTU (underlay 1500 - 50).
+	if out := s.MustIP(t, "-d", "link", "show", "tartan.1"); !strings.Contains(out, "mtu 1450") || !strings.Contains(out, "dstport 8472") {
+		t.Fatalf("vxlan device:\n%s", out)
+	}
+	if out, _ := s.run(t, "net-vxlan", "cat /sys/class/net/eth0/mtu"); strings.TrimSpace(out) != "1450" {
+		t.Fatalf("container mtu on vxlan: %q", out)
+	}
+	// EndpointOperInfo says where an endpoint lives.
+	nid := s.MustDocker(t, "network", "inspect", "-f", "{{.Id}}", "net-vxlan")
+	eid := s.MustDocker(t, "inspect", "-f", `{{(index .NetworkSettings.Networks "net-vxlan").EndpointID}}`, "srv-vxlan")
+	info, err := s.PluginCall("/NetworkDriver.EndpointOperInfo", fmt.Sprintf(`{"NetworkID":%q,"EndpointID":%q}`, nid, eid))
+	if err != nil || !strings.Contains(info, `"tartan.backend":"vxlan"`) || !strings.Contains(info, `"tartan.block":"10.30.`) {
+		t.Fatalf("EndpointOperInfo: %v\n%s", err, info)
+	}
+	// An explicit MTU.
+	s.MustDocker(t, "network", "create", tnet, tipam, "-o", "com.docker.network.driver.mtu=1400", "--subnet", "10.33.0.0/16", "net-mtu")
+	if out, _ := s.run(t, "net-mtu", "cat /sys/class/net/eth0/mtu"); strings.TrimSpace(out) != "1400" {
+		t.Fatalf("container mtu with -o mtu=1400: %q", out)
+	}
+	// Everything removed: nothing left in the kernel.
+	s.MustDocker(t, "rm", "-f", "srv-vxlan", "srv-host-gw", "srv-internal")
+	s.MustDocker(t, "network", "rm", "net-vxlan", "net-host-gw", "net-internal", "net-mtu")
+	s.kernelClean(t)
+	out, err := s.Exec("iptables", "-S", "TARTAN-FORWARD")
+	if err != nil || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Fatalf("firewall rules left after all networks were removed:\n%s %v", out, err)
+	}
+}
