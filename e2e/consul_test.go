@@ -1,0 +1,123 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
+)
+
+// With STORE=consul://… against a real Consul server: the store holds the
+// pool, the block and the addresses; 200 containers started concurrently get
+// 200 distinct addresses; removing them and the network leaves no address,
+// block, network or kernel object behind.
+func TestConsulStore(t *testing.T) {
+	s := newSingle(t, "c1", 2)
+	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
+	s.InstallPlugin(t, "STORE=consul://127.0.0.1:8500", "LOG_LEVEL=debug")
+
+	s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "10.40.0.0/16", "big")
+	a := s.daemon(t, "ca", "big")
+	s.mustReach(t, "big", "ca")
+	s.transfer(t, "big", "ca")
+	s.mustReach(t, "big", s.internet)
+	keys := strings.Join(consul.Keys(t, "tartan/"), "\n")
+	for _, want := range []string{"tartan/pools/10.40.0.0-16", "tartan/blocks/10.40.0.0-16/10.40.0.0-26",
+		"tartan/addrs/10.40.0.0-16/10.40.0.1", "tartan/addrs/10.40.0.0-16/" + a, "tartan/networks/10.40.0.0-16", "tartan/vnis/1", "tartan/hosts/"} {
+		if !strings.Contains(keys, want) {
+			t.Fatalf("store lacks %s:\n%s", want, keys)
+		}
+	}
+	s.MustDocker(t, "rm", "-f", "ca")
+
+	// 200 containers, four at a time.
+	const total, workers = 200, 4
+	var wg sync.WaitGroup
+	errs := make(chan error, total)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < total; i += workers {
+				if _, err := s.Docker("run", "-d", "--name", fmt.Sprintf("m%03d", i), "--network", "big", "tbox", "sleep", "3600"); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	names := make([]string, total)
+	for i := range names {
+		names[i] = fmt.Sprintf("m%03d", i)
+	}
+	out := s.MustDocker(t, append([]string{"inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"}, names...)...)
+	ips := strings.Fields(out)
+	seen := map[string]bool{}
+	for _, ip := range ips {
+		if seen[ip] {
+			t.Fatalf("duplicate IP %s", ip)
+		}
+		seen[ip] = true
+	}
+	if len(seen) != total {
+		t.Fatalf("%d distinct addresses for %d containers", len(seen), total)
+	}
+	var stored []string
+	for _, k := range consul.Keys(t, "tartan/addrs/10.40.0.0-16/") {
+		if ip := k[strings.LastIndex(k, "/")+1:]; ip != "10.40.0.1" {
+			stored = append(stored, ip)
+		}
+	}
+	sort.Strings(stored)
+	sort.Strings(ips)
+	if strings.Join(stored, " ") != strings.Join(ips, " ") {
+		t.Fatalf("store and Docker disagree:\nstore  %v\ndocker %v", stored, ips)
+	}
+	if n := strings.Count(s.MustIP(t, "route", "show", "proto", "84"), "\n"); n != total {
+		t.Fatalf("%d routes for %d containers", n, total)
+	}
+	for i := 0; i < total; i += 50 {
+		s.MustDocker(t, append([]string{"rm", "-f"}, names[i:i+50]...)...)
+	}
+	if left := consul.Keys(t, "tartan/addrs/10.40.0.0-16/"); len(left) != 1 {
+		t.Fatalf("addresses left after removing every container (only the gateway may stay): %v", left)
+	}
+	s.MustDocker(t, "network", "rm", "big")
+	s.kernelClean(t)
+	for _, k := range consul.Keys(t, "tartan/") {
+		if !strings.HasPrefix(k, "tartan/hosts/") && k != "tartan/pools.guard" {
+			t.Fatalf("left in Consul after docker network rm: %s", k)
+		}
+	}
+
+	// An unreachable store fails requests within seconds, naming the store;
+	// an unparsable one names the setting.
+	s.MustDocker(t, "plugin", "disable", "-f", testbed.PluginName)
+	s.MustDocker(t, "plugin", "set", testbed.PluginName, "STORE=consul://127.0.0.1:9")
+	s.MustDocker(t, "plugin", "enable", testbed.PluginName)
+	start := time.Now()
+	o, err := s.Docker("network", "create", tnet, tipam, "--subnet", "10.41.0.0/16", "nostore")
+	mustFail(t, o, err, "consul at http://127.0.0.1:9", "store unavailable")
+	if took := time.Since(start); took > 15*time.Second {
+		t.Fatalf("an unreachable store took %s to fail the request", took)
+	}
+	s.MustDocker(t, "plugin", "disable", "-f", testbed.PluginName)
+	s.MustDocker(t, "plugin", "set", testbed.PluginName, "STORE=etcd://somewhere")
+	s.MustDocker(t, "plugin", "enable", testbed.PluginName)
+	o, err = s.Docker("network", "create", tnet, tipam, "--subnet", "10.41.0.0/16", "nostore")
+	mustFail(t, o, err, "STORE=etcd://somewhere", "use consul://")
+	if ls := s.MustDocker(t, "network", "ls", "-q", "-f", "name=nostore"); ls != "" {
+		t.Fatalf("a failed create left network %s", ls)
+	}
+}
