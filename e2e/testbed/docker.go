@@ -282,3 +282,28 @@ func BusyboxTar(t testing.TB) string {
 	}
 	return tar
 }
+
+// PluginPIDs finds the tartan processes running in this host's namespace.
+func (h *Host) PluginPIDs(t testing.TB) []int {
+	t.Helper()
+	want, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", h.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
+			continue
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if !strings.HasPrefix(string(cmdline), "/tartan\x00") && string(cmdline) != "/tartan" {
+			continue
+		}
+		if ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); ns == want {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
