@@ -1,0 +1,78 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
+)
+
+// startRegistry runs Debian's registry (distribution) on 127.0.0.1:5000
+// inside the host's namespace.
+func startRegistry(t *testing.T, ns testbed.NS) string {
+	t.Helper()
+	bin, err := exec.LookPath("docker-registry")
+	testbed.Require(t, err == nil, "docker-registry is not installed (make deps)")
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5000\n", filepath.Join(dir, "data"))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("nsenter", "--net="+ns.Path(), bin, "serve", cfg)
+	logf, _ := os.Create(filepath.Join(dir, "registry.log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		logf.Close()
+	})
+	testbed.Eventually(t, 20*time.Second, "registry answers", func() error {
+		_, err := ns.Exec("curl", "-sf", "http://127.0.0.1:5000/v2/")
+		return err
+	})
+	return "127.0.0.1:5000"
+}
+
+// The way most users get the plugin: make push publishes it to a registry,
+// docker plugin install fetches it with a STORE setting, and the quick start
+// works against Consul.
+func TestInstallFromRegistry(t *testing.T) {
+	s := newSingle(t, "i1", 5)
+	reg := startRegistry(t, s.NS)
+	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
+	s.Make(t, "push", "REGISTRY="+reg, "TAG=e2e")
+	ref := reg + "/tartan:e2e"
+	s.MustDocker(t, "plugin", "install", "--grant-all-permissions", ref, "STORE=consul://127.0.0.1:8500/installed")
+	if env := s.MustDocker(t, "plugin", "inspect", "-f", "{{.Settings.Env}}", ref); !strings.Contains(env, "STORE=consul://127.0.0.1:8500/installed") {
+		t.Fatalf("setting not applied: %s", env)
+	}
+	s.MustDocker(t, "network", "create", "-d", ref, "--ipam-driver", ref, "-o", "tartan.backend=vxlan", "--subnet", "10.244.0.0/16", "web")
+	s.daemon(t, "web1", "web")
+	s.mustReach(t, "web", "web1")
+	if keys := strings.Join(consul.Keys(t, "installed/"), " "); !strings.Contains(keys, "installed/pools/10.244.0.0-16") {
+		t.Fatalf("the installed plugin does not use Consul: %s", keys)
+	}
+	s.MustDocker(t, "rm", "-f", "web1")
+	s.MustDocker(t, "network", "rm", "web")
+	s.MustDocker(t, "plugin", "disable", ref)
+	s.MustDocker(t, "plugin", "rm", ref)
+	s.kernelClean(t)
+}
