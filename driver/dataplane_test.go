@@ -190,6 +190,27 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	if !strings.Contains(nat, "-s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE") || strings.Contains(nat, "10.247.0.0/16") {
 		t.Fatalf("nat rules:\n%s", nat)
 	}
+	// Published ports: DNAT plus a forward accept, withdrawn on revoke.
+	pm := map[string]any{"com.docker.network.portmap": []map[string]any{{"Proto": 6, "IP": "10.244.0.2", "Port": 8080, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}}}
+	if err := b.drv.ProgramExternalConnectivity(b.ctx, &network.ProgramExternalConnectivityRequest{NetworkID: "net-web", EndpointID: "01aaaaaaaaaaaa", Options: pm}); err != nil {
+		t.Fatal(err)
+	}
+	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport 18080 -j DNAT --to-destination 10.244.0.2:8080") {
+		t.Fatalf("dnat rules:\n%s", out)
+	}
+	if out := sh(t, "iptables -S "+firewall.ForwardChain); !strings.Contains(out, "-d 10.244.0.2/32 -p tcp -m tcp --dport 8080 -j ACCEPT") {
+		t.Fatalf("forward rules:\n%s", out)
+	}
+	noHostPort := map[string]any{"com.docker.network.portmap": []map[string]any{{"Proto": 6, "Port": 80}}}
+	if err := b.drv.ProgramExternalConnectivity(b.ctx, &network.ProgramExternalConnectivityRequest{NetworkID: "net-web", EndpointID: "02aaaaaaaaaaaa", Options: noHostPort}); err == nil || !strings.Contains(err.Error(), "use -p HOSTPORT:80") {
+		t.Fatalf("port without a host port: %v", err)
+	}
+	if err := b.drv.RevokeExternalConnectivity(b.ctx, &network.RevokeExternalConnectivityRequest{NetworkID: "net-web", EndpointID: "01aaaaaaaaaaaa"}); err != nil {
+		t.Fatal(err)
+	}
+	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); strings.Contains(out, "18080") {
+		t.Fatalf("dnat rule left after revoke:\n%s", out)
+	}
 	info, err := b.drv.EndpointInfo(&network.InfoRequest{NetworkID: "net-web", EndpointID: "01aaaaaaaaaaaa"})
 	if err != nil || info.Value["tartan.backend"] != "vxlan" || info.Value["tartan.host"] != "h1" || info.Value["tartan.vni"] != "1" {
 		t.Fatalf("oper info: %v %v", info, err)

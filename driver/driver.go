@@ -39,7 +39,10 @@ type Driver struct {
 	fw      *firewall.Firewall
 	log     logrus.FieldLogger
 	st      localState
-	synced  bool // the first full reconcile has run
+	// inflight marks endpoints whose kernel objects a call is changing
+	// outside the lock; closed channels wake calls waiting for them.
+	inflight map[string]chan struct{}
+	synced   bool // the first full reconcile has run
 }
 
 // New returns a driver; Restore must run before it serves endpoints of
@@ -51,7 +54,7 @@ func New(cluster, local kv.Store, fw *firewall.Firewall, cfg Config, log logrus.
 	if cfg.SysctlRoot == "" {
 		cfg.SysctlRoot = "/proc/sys"
 	}
-	return &Driver{cluster: cluster, local: local, cfg: cfg, fw: fw, log: log,
+	return &Driver{cluster: cluster, local: local, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
 		st: localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}}}
 }
 
@@ -81,13 +84,13 @@ func (d *Driver) Restore(ctx context.Context) error {
 // ipv4Data checks the IPAM data of a network request.
 func ipv4Data(v4 []*network.IPAMData, v6 []*network.IPAMData) (netip.Prefix, error) {
 	if len(v6) > 0 {
-		return netip.Prefix{}, kv.Invalid("tartan does not support IPv6 yet: create the network without --ipv6")
+		return netip.Prefix{}, kv.ErrNoIPv6
 	}
 	if len(v4) != 1 || v4[0] == nil {
-		return netip.Prefix{}, kv.Invalid("a tartan network takes exactly one IPv4 --subnet (got %d)", len(v4))
+		return netip.Prefix{}, kv.Invalid("give exactly one IPv4 --subnet (got %d)", len(v4))
 	}
 	if s := v4[0].AddressSpace; s != ipam.LocalSpace && s != ipam.GlobalSpace {
-		return netip.Prefix{}, kv.Invalid("tartan networks need tartan's IPAM: add --ipam-driver tartan:latest (the plugin's name) to docker network create")
+		return netip.Prefix{}, kv.Invalid("this network needs tartan's IPAM as well: add --ipam-driver tartan:latest (the plugin's name) to docker network create")
 	}
 	p, err := netip.ParsePrefix(v4[0].Pool)
 	if err != nil {
@@ -256,7 +259,7 @@ func (d *Driver) applyFirewall() error {
 			nets = append(nets, firewall.Network{Pool: n.pool(), Internal: n.Internal})
 		}
 	}
-	return d.fw.Apply(nets)
+	return d.fw.Apply(nets, d.firewallPorts())
 }
 
 // DeleteNetwork removes the network from this host. The cluster record stays
@@ -300,16 +303,18 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r *network.CreateEndpointRe
 		return nil, kv.Invalid("endpoint %s has no IPv4 address: tartan networks need --ipam-driver tartan:latest", shortID(r.EndpointID))
 	}
 	if r.Interface.AddressIPv6 != "" {
-		return nil, kv.Invalid("tartan does not support IPv6 yet: create the network without --ipv6")
+		return nil, kv.ErrNoIPv6
 	}
 	addr, err := netip.ParsePrefix(r.Interface.Address)
 	if err != nil {
 		return nil, kv.Invalid("endpoint address %q is not a CIDR", r.Interface.Address)
 	}
+	release := d.claim(r.EndpointID)
+	defer release()
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	n, ok := d.st.networks[r.NetworkID]
 	if !ok {
+		d.mu.Unlock()
 		return nil, kv.Invalid("network %s is not known to tartan on this host: remove it and create it again", shortID(r.NetworkID))
 	}
 	resp := &network.CreateEndpointResponse{}
@@ -323,11 +328,14 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r *network.CreateEndpointRe
 		resp.Interface = &network.EndpointInterface{MacAddress: mac}
 	}
 	host, peer := kernel.EndpointNames(r.EndpointID)
-	for _, other := range d.st.endpoints {
-		if other.HostIf == host && other.ID != r.EndpointID {
-			return nil, kv.InUse("endpoint %s would share interface %s with endpoint %s: retry with a new endpoint", shortID(r.EndpointID), host, shortID(other.ID))
-		}
+	if other := d.interfaceUser(host, r.EndpointID); other != "" {
+		d.mu.Unlock()
+		return nil, kv.InUse("endpoint %s would share interface %s with endpoint %s: retry with a new endpoint", shortID(r.EndpointID), host, shortID(other))
 	}
+	d.mu.Unlock()
+
+	// Kernel and store work happens outside the lock: endpoints are
+	// independent, and claim keeps two calls for one endpoint apart.
 	e := epRec{ID: r.EndpointID, Network: n.ID, IP: addr.Addr().String(), MAC: mac, HostIf: host, PeerIf: peer,
 		Block: d.blockOf(ctx, n.Pool, addr.Addr())}
 	if err := d.ensureEndpoint(n, e); err != nil {
@@ -338,9 +346,52 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r *network.CreateEndpointRe
 		_ = kernel.DeleteLink(host)
 		return nil, fmt.Errorf("save endpoint %s: %w", shortID(e.ID), err)
 	}
+	d.mu.Lock()
 	d.st.endpoints[e.ID] = e
+	d.mu.Unlock()
 	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "endpoint": shortID(e.ID), "ip": e.IP, "if": host}).Info("endpoint created")
 	return resp, nil
+}
+
+// claim waits until no other call works on the endpoint and marks it busy
+// until the returned function is called. Reconcile leaves busy endpoints'
+// links alone. Called without d.mu held.
+func (d *Driver) claim(id string) (release func()) {
+	d.mu.Lock()
+	for {
+		ch, busy := d.inflight[id]
+		if !busy {
+			break
+		}
+		d.mu.Unlock()
+		<-ch
+		d.mu.Lock()
+	}
+	ch := make(chan struct{})
+	d.inflight[id] = ch
+	d.mu.Unlock()
+	return func() {
+		d.mu.Lock()
+		delete(d.inflight, id)
+		close(ch)
+		d.mu.Unlock()
+	}
+}
+
+// interfaceUser returns another endpoint (known or in flight) whose veth
+// has the name host. Called with d.mu held.
+func (d *Driver) interfaceUser(host, id string) string {
+	for _, other := range d.st.endpoints {
+		if other.HostIf == host && other.ID != id {
+			return other.ID
+		}
+	}
+	for other := range d.inflight {
+		if h, _ := kernel.EndpointNames(other); h == host && other != id {
+			return other
+		}
+	}
+	return ""
 }
 
 func (d *Driver) ensureEndpoint(n netRec, e epRec) error {
@@ -369,24 +420,51 @@ func randomMAC() string {
 
 // DeleteEndpoint removes the veth pair (the route goes with it).
 func (d *Driver) DeleteEndpoint(ctx context.Context, r *network.DeleteEndpointRequest) error {
+	release := d.claim(r.EndpointID)
+	defer release()
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	e, ok := d.st.endpoints[r.EndpointID]
+	d.mu.Unlock()
 	if !ok {
 		host, _ := kernel.EndpointNames(r.EndpointID)
 		return kernel.DeleteLink(host)
 	}
-	return d.removeEndpoint(ctx, e)
+	if err := d.deleteEndpointObjects(ctx, e); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.forgetEndpoint(e)
 }
 
+// removeEndpoint deletes an endpoint entirely. Called with d.mu held.
 func (d *Driver) removeEndpoint(ctx context.Context, e epRec) error {
+	if err := d.deleteEndpointObjects(ctx, e); err != nil {
+		return err
+	}
+	return d.forgetEndpoint(e)
+}
+
+// deleteEndpointObjects removes the veth and the local record.
+func (d *Driver) deleteEndpointObjects(ctx context.Context, e epRec) error {
 	if err := kernel.DeleteLink(e.HostIf); err != nil {
 		return err
 	}
 	if err := d.local.Delete(ctx, localEndpoints+e.ID, 0); err != nil {
 		return fmt.Errorf("forget endpoint %s: %w", shortID(e.ID), err)
 	}
+	return nil
+}
+
+// forgetEndpoint drops the endpoint from the tables (and its published
+// ports from the firewall). Called with d.mu held.
+func (d *Driver) forgetEndpoint(e epRec) error {
 	delete(d.st.endpoints, e.ID)
+	if len(e.Ports) > 0 {
+		if err := d.applyFirewall(); err != nil {
+			return err
+		}
+	}
 	d.log.WithFields(logrus.Fields{"network": shortID(e.Network), "endpoint": shortID(e.ID), "ip": e.IP}).Info("endpoint deleted")
 	return nil
 }

@@ -112,7 +112,7 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 		}
 	}
 	if o.IPv6 {
-		return o, kv.Invalid("tartan does not support IPv6 yet: create the network without --ipv6")
+		return o, kv.ErrNoIPv6
 	}
 	return o, nil
 }

@@ -29,8 +29,17 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	busy := map[string]bool{} // links of endpoints a call is changing now
+	for id := range d.inflight {
+		host, peer := kernel.EndpointNames(id)
+		wantLinks[host], wantLinks[peer] = true, true
+		busy[host] = true
+	}
 	for _, e := range d.st.endpoints {
 		wantLinks[e.HostIf], wantLinks[e.PeerIf] = true, true
+		if busy[e.HostIf] {
+			continue
+		}
 		n, ok := d.st.networks[e.Network]
 		if !ok {
 			continue
@@ -68,6 +77,9 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 	}
 	for _, r := range routes {
 		if link, ok := wantRoutes[r.Dst]; ok && link == r.Link && !r.Via.IsValid() {
+			continue
+		}
+		if busy[r.Link] {
 			continue
 		}
 		d.log.WithField("route", r.String()).Info("removing a route tartan owns and no longer needs")

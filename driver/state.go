@@ -50,6 +50,8 @@ type epRec struct {
 	Block   string `json:"block,omitempty"`
 	HostIf  string `json:"hostIf"`
 	PeerIf  string `json:"peerIf"`
+	// Ports are published with docker run -p.
+	Ports []published `json:"ports,omitempty"`
 }
 
 func (e epRec) ip() netip.Addr {

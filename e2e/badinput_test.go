@@ -45,7 +45,7 @@ func TestBadInput(t *testing.T) {
 	// Nothing half-made: every refused subnet works now.
 	for _, subnet := range []string{"10.51.0.0/16", "10.52.0.0/16", "10.53.0.0/16", "10.54.0.0/16", "10.55.0.0/16", "10.56.0.0/16", "10.58.0.0/16"} {
 		s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", subnet, "retry")
-		s.MustDocker(t, "network", "rm", "retry")
+		s.removeNetworks(t, "retry")
 	}
 	if out := s.MustIP(t, "-br", "link"); strings.Count(out, "tartan.") != 1 {
 		t.Fatalf("VXLAN devices other than the good network's:\n%s", out)

@@ -38,6 +38,7 @@ func TestConsulStore(t *testing.T) {
 
 	// 200 containers, four at a time.
 	const total, workers = 200, 4
+	began := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, total)
 	for w := 0; w < workers; w++ {
@@ -57,6 +58,7 @@ func TestConsulStore(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+	t.Logf("started %d containers in %s", total, time.Since(began).Round(time.Millisecond))
 	names := make([]string, total)
 	for i := range names {
 		names[i] = fmt.Sprintf("m%03d", i)
@@ -87,13 +89,18 @@ func TestConsulStore(t *testing.T) {
 	if n := strings.Count(s.MustIP(t, "route", "show", "proto", "84"), "\n"); n != total {
 		t.Fatalf("%d routes for %d containers", n, total)
 	}
+	start := time.Now()
 	for i := 0; i < total; i += 50 {
 		s.MustDocker(t, append([]string{"rm", "-f"}, names[i:i+50]...)...)
 	}
-	if left := consul.Keys(t, "tartan/addrs/10.40.0.0-16/"); len(left) != 1 {
-		t.Fatalf("addresses left after removing every container (only the gateway may stay): %v", left)
-	}
-	s.MustDocker(t, "network", "rm", "big")
+	t.Logf("removed %d containers in %s", total, time.Since(start).Round(time.Millisecond))
+	testbed.Eventually(t, 60*time.Second, "every container's address released (only the gateway stays)", func() error {
+		if left := consul.Keys(t, "tartan/addrs/10.40.0.0-16/"); len(left) != 1 {
+			return fmt.Errorf("%d addresses left: %v", len(left), left[:min(5, len(left))])
+		}
+		return nil
+	})
+	s.removeNetworks(t, "big")
 	s.kernelClean(t)
 	for _, k := range consul.Keys(t, "tartan/") {
 		if !strings.HasPrefix(k, "tartan/hosts/") && k != "tartan/pools.guard" {
@@ -106,7 +113,7 @@ func TestConsulStore(t *testing.T) {
 	s.MustDocker(t, "plugin", "disable", "-f", testbed.PluginName)
 	s.MustDocker(t, "plugin", "set", testbed.PluginName, "STORE=consul://127.0.0.1:9")
 	s.MustDocker(t, "plugin", "enable", testbed.PluginName)
-	start := time.Now()
+	start = time.Now()
 	o, err := s.Docker("network", "create", tnet, tipam, "--subnet", "10.41.0.0/16", "nostore")
 	mustFail(t, o, err, "consul at http://127.0.0.1:9", "store unavailable")
 	if took := time.Since(start); took > 15*time.Second {

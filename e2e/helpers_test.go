@@ -89,6 +89,19 @@ func (s *single) transfer(t *testing.T, network, server string) {
 	}
 }
 
+// removeNetworks removes networks once Docker has released their endpoints:
+// Docker deletes a removed container's endpoints in the background, so a
+// network rm right after docker rm -f may still see them, as a user would.
+func (s *single) removeNetworks(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		testbed.Eventually(t, 60*time.Second, "docker network rm "+n, func() error {
+			_, err := s.Docker("network", "rm", n)
+			return err
+		})
+	}
+}
+
 // kernelClean checks that no tartan link or route is left on the host.
 func (s *single) kernelClean(t *testing.T) {
 	t.Helper()

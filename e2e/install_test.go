@@ -71,7 +71,7 @@ func TestInstallFromRegistry(t *testing.T) {
 		t.Fatalf("the installed plugin does not use Consul: %s", keys)
 	}
 	s.MustDocker(t, "rm", "-f", "web1")
-	s.MustDocker(t, "network", "rm", "web")
+	s.removeNetworks(t, "web")
 	s.MustDocker(t, "plugin", "disable", ref)
 	s.MustDocker(t, "plugin", "rm", ref)
 	s.kernelClean(t)

@@ -64,6 +64,6 @@ func TestRestart(t *testing.T) {
 		t.Fatalf("ping across the restart and the kill lost packets:\n%s", logs)
 	}
 	s.MustDocker(t, "rm", "-f", "srv", "pinger", "after-restart", "after-kill")
-	s.MustDocker(t, "network", "rm", "rs")
+	s.removeNetworks(t, "rs")
 	s.kernelClean(t)
 }

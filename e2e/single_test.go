@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
 )
 
 // The quick start on one host with the embedded store, for both backends:
@@ -57,11 +60,25 @@ func TestSingleHostEmbedded(t *testing.T) {
 	if out, _ := s.run(t, "net-mtu", "cat /sys/class/net/eth0/mtu"); strings.TrimSpace(out) != "1400" {
 		t.Fatalf("container mtu with -o mtu=1400: %q", out)
 	}
+	// A published port is reached from the outside through the host's address.
+	s.MustDocker(t, "run", "-d", "--name", "pub", "--network", "net-vxlan", "-p", "18080:8080", "tbox",
+		"sh", "-c", "mkdir -p /www && echo hello-tartan > /www/i && httpd -f -p 8080 -h /www")
+	testbed.Eventually(t, 15*time.Second, "published port answers from outside", func() error {
+		out, err := s.outside.Exec("curl", "-s", "-m", "2", "http://10.99.1.2:18080/i")
+		if err != nil || strings.TrimSpace(out) != "hello-tartan" {
+			return fmt.Errorf("%q %v", out, err)
+		}
+		return nil
+	})
+	out, err := s.Docker("run", "--rm", "--network", "net-vxlan", "-p", "8080", "tbox", "true")
+	mustFail(t, out, err, "use -p HOSTPORT:8080")
+	s.MustDocker(t, "rm", "-f", "pub")
+
 	// Everything removed: nothing left in the kernel.
 	s.MustDocker(t, "rm", "-f", "srv-vxlan", "srv-host-gw", "srv-internal")
-	s.MustDocker(t, "network", "rm", "net-vxlan", "net-host-gw", "net-internal", "net-mtu")
+	s.removeNetworks(t, "net-vxlan", "net-host-gw", "net-internal", "net-mtu")
 	s.kernelClean(t)
-	out, err := s.Exec("iptables", "-S", "TARTAN-FORWARD")
+	out, err = s.Exec("iptables", "-S", "TARTAN-FORWARD")
 	if err != nil || strings.Count(strings.TrimSpace(out), "\n") != 0 {
 		t.Fatalf("firewall rules left after all networks were removed:\n%s %v", out, err)
 	}

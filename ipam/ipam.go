@@ -100,7 +100,7 @@ type PoolRequest struct {
 // RequestPool registers (or joins) a pool and returns its ID.
 func (m *IPAM) RequestPool(ctx context.Context, r PoolRequest) (PoolID, error) {
 	if r.V6 {
-		return PoolID{}, kv.Invalid("tartan does not support IPv6 yet: create the network without --ipv6")
+		return PoolID{}, kv.ErrNoIPv6
 	}
 	if r.Space != LocalSpace && r.Space != GlobalSpace {
 		return PoolID{}, kv.Invalid("address space %q is not tartan's: use %s or %s", r.Space, LocalSpace, GlobalSpace)

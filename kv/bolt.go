@@ -47,6 +47,7 @@ func OpenBolt(path string) (*Bolt, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialise embedded store %s: %w", path, err)
 	}
+	db.MaxBatchDelay = time.Millisecond // what a lone writer waits for company
 	return &Bolt{db: db, path: path, rev: newRevision(rev)}, nil
 }
 
@@ -72,10 +73,13 @@ func (b *Bolt) Get(_ context.Context, key string) (Pair, error) {
 }
 
 // write runs fn in a write transaction that also advances the revision; the
-// in-memory revision is bumped only after the commit succeeded.
+// in-memory revision is bumped only after the commit succeeded. Concurrent
+// writers share one commit (bbolt's Batch), so that many endpoints created at
+// once do not each wait for their own fsync; a writer whose fn fails is run
+// again on its own, so fn must only depend on the transaction it is given.
 func (b *Bolt) write(fn func(data *bolt.Bucket, next uint64) error) (uint64, error) {
 	var next uint64
-	err := b.db.Update(func(tx *bolt.Tx) error {
+	err := b.db.Batch(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(boltMeta)
 		next = 1
 		if raw := meta.Get(boltRev); len(raw) == 8 {

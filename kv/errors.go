@@ -31,3 +31,6 @@ func Invalid(format string, args ...any) error {
 func InUse(format string, args ...any) error {
 	return &classified{msg: fmt.Sprintf(format, args...), class: ErrInUse}
 }
+
+// ErrNoIPv6 refuses IPv6 networks, pools and endpoints.
+var ErrNoIPv6 = Invalid("IPv6 is not supported yet: create the network without --ipv6")

@@ -84,11 +84,11 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, log logrus.FieldLogger, broke
 	handle(h, "/NetworkDriver.DiscoverDelete", func(context.Context, *network.DiscoveryNotification) (any, error) {
 		return nil, nil
 	})
-	handle(h, "/NetworkDriver.ProgramExternalConnectivity", func(context.Context, *network.ProgramExternalConnectivityRequest) (any, error) {
-		return nil, nil
+	handle(h, "/NetworkDriver.ProgramExternalConnectivity", func(ctx context.Context, r *network.ProgramExternalConnectivityRequest) (any, error) {
+		return nil, h.drv.ProgramExternalConnectivity(ctx, r)
 	})
-	handle(h, "/NetworkDriver.RevokeExternalConnectivity", func(context.Context, *network.RevokeExternalConnectivityRequest) (any, error) {
-		return nil, nil
+	handle(h, "/NetworkDriver.RevokeExternalConnectivity", func(ctx context.Context, r *network.RevokeExternalConnectivityRequest) (any, error) {
+		return nil, h.drv.RevokeExternalConnectivity(ctx, r)
 	})
 	// IPAM driver.
 	handle(h, "/IpamDriver.GetCapabilities", func(context.Context, *struct{}) (any, error) {

@@ -20,12 +20,23 @@ import (
 const (
 	ForwardChain     = "TARTAN-FORWARD"
 	PostroutingChain = "TARTAN-POSTROUTING"
+	DNATChain        = "TARTAN-DNAT"
 )
 
 // Network is what the firewall needs to know of a network.
 type Network struct {
 	Pool     netip.Prefix
 	Internal bool
+}
+
+// Port is a published port: HostPort on the host (on HostIP only, when set)
+// forwarded to Port of the container at IP.
+type Port struct {
+	Proto    string // tcp, udp or sctp
+	HostIP   netip.Addr
+	HostPort int
+	IP       netip.Addr
+	Port     int
 }
 
 // Firewall applies rule sets with one iptables flavour.
@@ -67,12 +78,22 @@ func legacyTablesLoaded() bool {
 // Flavour names the iptables command in use.
 func (f *Firewall) Flavour() string { return f.iptables }
 
-// Rules renders the full rule set for the given networks, per table.
-func Rules(nets []Network) (filter, nat []string) {
+// Rules renders the full rule set for the given networks and published
+// ports: the filter table's forward chain, the nat table's postrouting and
+// DNAT chains.
+func Rules(nets []Network, ports []Port) (filter, nat, dnat []string) {
 	nets = append([]Network(nil), nets...)
 	sort.Slice(nets, func(i, j int) bool { return nets[i].Pool.String() < nets[j].Pool.String() })
 	for _, n := range nets {
 		filter = append(filter, fmt.Sprintf("-A %s -d %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", ForwardChain, n.Pool))
+	}
+	for _, p := range ports {
+		filter = append(filter, fmt.Sprintf("-A %s -d %s/32 -p %s -m %s --dport %d -j ACCEPT", ForwardChain, p.IP, p.Proto, p.Proto, p.Port))
+		dst := ""
+		if p.HostIP.IsValid() && !p.HostIP.IsUnspecified() {
+			dst = fmt.Sprintf(" -d %s/32", p.HostIP)
+		}
+		dnat = append(dnat, fmt.Sprintf("-A %s%s -p %s -m %s --dport %d -j DNAT --to-destination %s:%d", DNATChain, dst, p.Proto, p.Proto, p.HostPort, p.IP, p.Port))
 	}
 	for _, n := range nets {
 		p := n.Pool
@@ -93,60 +114,72 @@ func Rules(nets []Network) (filter, nat []string) {
 			fmt.Sprintf("-A %s -d %s -j DROP", ForwardChain, p))
 		nat = append(nat, fmt.Sprintf("-A %s -s %s ! -d %s -j MASQUERADE", PostroutingChain, p, p))
 	}
-	return filter, nat
+	return filter, nat, dnat
 }
 
-// Apply replaces tartan's chains with the rules for nets and makes sure the
-// built-in chains jump to them. Running it twice changes nothing.
-func (f *Firewall) Apply(nets []Network) error {
-	filter, nat := Rules(nets)
+// jumps are the rules that send traffic from built-in chains to tartan's.
+var jumps = []struct {
+	table, builtin string
+	spec           []string
+}{
+	{"filter", "FORWARD", []string{"-j", ForwardChain}},
+	{"nat", "POSTROUTING", []string{"-j", PostroutingChain}},
+	{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}},
+	{"nat", "OUTPUT", []string{"!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}},
+}
+
+// Apply replaces tartan's chains with the rules for nets and ports and makes
+// sure the built-in chains jump to them. Running it twice changes nothing.
+func (f *Firewall) Apply(nets []Network, ports []Port) error {
+	filter, nat, dnat := Rules(nets, ports)
 	var in bytes.Buffer
-	writeTable(&in, "filter", ForwardChain, filter)
-	writeTable(&in, "nat", PostroutingChain, nat)
+	fmt.Fprintf(&in, "*filter\n")
+	writeChain(&in, ForwardChain, filter)
+	fmt.Fprintf(&in, "COMMIT\n*nat\n")
+	writeChain(&in, PostroutingChain, nat)
+	writeChain(&in, DNATChain, dnat)
+	fmt.Fprintf(&in, "COMMIT\n")
 	cmd := exec.Command(f.iptables+"-restore", "-w", "5", "--noflush")
 	cmd.Stdin = &in
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%s-restore: %w: %s", f.iptables, err, strings.TrimSpace(string(out)))
 	}
-	if err := f.ensureJump("filter", "FORWARD", ForwardChain); err != nil {
-		return err
+	for _, j := range jumps {
+		if err := f.ensureJump(j.table, j.builtin, j.spec); err != nil {
+			return err
+		}
 	}
-	return f.ensureJump("nat", "POSTROUTING", PostroutingChain)
+	return nil
 }
 
-func writeTable(b *bytes.Buffer, table, chain string, rules []string) {
-	fmt.Fprintf(b, "*%s\n:%s - [0:0]\n-F %s\n", table, chain, chain)
+func writeChain(b *bytes.Buffer, chain string, rules []string) {
+	fmt.Fprintf(b, ":%s - [0:0]\n-F %s\n", chain, chain)
 	for _, r := range rules {
 		b.WriteString(r + "\n")
 	}
-	b.WriteString("COMMIT\n")
 }
 
-// ensureJump puts "-j chain" first in the built-in chain unless it is there.
-func (f *Firewall) ensureJump(table, builtin, chain string) error {
-	out, err := exec.Command(f.iptables, "-w", "-t", table, "-S", builtin).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s -t %s -S %s: %w: %s", f.iptables, table, builtin, err, strings.TrimSpace(string(out)))
+// ensureJump puts the jump first in the built-in chain unless it is there.
+func (f *Firewall) ensureJump(table, builtin string, spec []string) error {
+	if exec.Command(f.iptables, append([]string{"-w", "-t", table, "-C", builtin}, spec...)...).Run() == nil {
+		return nil
 	}
-	want := fmt.Sprintf("-A %s -j %s", builtin, chain)
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.TrimSpace(line) == want {
-			return nil
-		}
-	}
-	if out, err := exec.Command(f.iptables, "-w", "-t", table, "-I", builtin, "1", "-j", chain).CombinedOutput(); err != nil {
-		return fmt.Errorf("%s -t %s -I %s 1 -j %s: %w: %s", f.iptables, table, builtin, chain, err, strings.TrimSpace(string(out)))
+	args := append([]string{"-w", "-t", table, "-I", builtin, "1"}, spec...)
+	if out, err := exec.Command(f.iptables, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s %s: %w: %s", f.iptables, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
 
 // Remove deletes tartan's jumps and chains (used by tests and uninstall).
 func (f *Firewall) Remove() error {
-	for _, t := range [][3]string{{"filter", "FORWARD", ForwardChain}, {"nat", "POSTROUTING", PostroutingChain}} {
-		for exec.Command(f.iptables, "-w", "-t", t[0], "-D", t[1], "-j", t[2]).Run() == nil {
+	for _, j := range jumps {
+		for exec.Command(f.iptables, append([]string{"-w", "-t", j.table, "-D", j.builtin}, j.spec...)...).Run() == nil {
 		}
-		_ = exec.Command(f.iptables, "-w", "-t", t[0], "-F", t[2]).Run()
-		_ = exec.Command(f.iptables, "-w", "-t", t[0], "-X", t[2]).Run()
+	}
+	for _, c := range [][2]string{{"filter", ForwardChain}, {"nat", PostroutingChain}, {"nat", DNATChain}} {
+		_ = exec.Command(f.iptables, "-w", "-t", c[0], "-F", c[1]).Run()
+		_ = exec.Command(f.iptables, "-w", "-t", c[0], "-X", c[1]).Run()
 	}
 	return nil
 }

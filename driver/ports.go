@@ -1,0 +1,139 @@
+package driver
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// Docker's key for published ports in ProgramExternalConnectivity.
+const dockerPortMap = "com.docker.network.portmap"
+
+// portBinding is libnetwork's types.PortBinding as it travels in JSON.
+type portBinding struct {
+	Proto       int
+	IP          string
+	Port        int
+	HostIP      string
+	HostPort    int
+	HostPortEnd int
+}
+
+// published is one port an endpoint publishes, as kept in its record.
+type published struct {
+	Proto    string `json:"proto"`
+	HostIP   string `json:"hostIP,omitempty"`
+	HostPort int    `json:"hostPort"`
+	Port     int    `json:"port"`
+}
+
+var protocols = map[int]string{6: "tcp", 17: "udp", 132: "sctp"}
+
+// parsePorts reads the port map Docker sends for docker run -p.
+func parsePorts(opts map[string]any) ([]published, error) {
+	raw, ok := opts[dockerPortMap]
+	if !ok || raw == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return nil, kv.Invalid("published ports have an unexpected form: %v", err)
+	}
+	var bindings []portBinding
+	if err := json.Unmarshal(b, &bindings); err != nil {
+		return nil, kv.Invalid("published ports have an unexpected form: %v", err)
+	}
+	var out []published
+	for _, pb := range bindings {
+		proto, ok := protocols[pb.Proto]
+		if !ok {
+			return nil, kv.Invalid("published port %d uses protocol %d: tartan publishes tcp, udp and sctp", pb.Port, pb.Proto)
+		}
+		if pb.HostPort == 0 {
+			return nil, kv.Invalid("port %d/%s has no host port: tartan publishes explicit ports only, use -p HOSTPORT:%d", pb.Port, proto, pb.Port)
+		}
+		if pb.HostPortEnd != 0 && pb.HostPortEnd != pb.HostPort {
+			return nil, kv.Invalid("host port range %d-%d for %d/%s: tartan publishes single ports, use -p HOSTPORT:%d", pb.HostPort, pb.HostPortEnd, pb.Port, proto, pb.Port)
+		}
+		if pb.Port < 1 || pb.Port > 65535 || pb.HostPort < 1 || pb.HostPort > 65535 {
+			return nil, kv.Invalid("published port %d:%d/%s is out of range", pb.HostPort, pb.Port, proto)
+		}
+		p := published{Proto: proto, HostPort: pb.HostPort, Port: pb.Port}
+		if pb.HostIP != "" {
+			ip, err := netip.ParseAddr(pb.HostIP)
+			if err != nil || !ip.Is4() {
+				return nil, kv.Invalid("host address %q of published port %d: use an IPv4 address of this host", pb.HostIP, pb.HostPort)
+			}
+			if !ip.IsUnspecified() {
+				p.HostIP = ip.String()
+			}
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// ProgramExternalConnectivity publishes the endpoint's ports (docker run -p).
+func (d *Driver) ProgramExternalConnectivity(ctx context.Context, r *network.ProgramExternalConnectivityRequest) error {
+	ports, err := parsePorts(r.Options)
+	if err != nil {
+		return err
+	}
+	return d.setPorts(ctx, r.EndpointID, ports)
+}
+
+// RevokeExternalConnectivity withdraws the endpoint's published ports.
+func (d *Driver) RevokeExternalConnectivity(ctx context.Context, r *network.RevokeExternalConnectivityRequest) error {
+	return d.setPorts(ctx, r.EndpointID, nil)
+}
+
+func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []published) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, ok := d.st.endpoints[endpointID]
+	if !ok {
+		if len(ports) == 0 {
+			return nil
+		}
+		return kv.Invalid("endpoint %s is not known to tartan on this host", shortID(endpointID))
+	}
+	if d.st.networks[e.Network].Internal {
+		ports = nil // Docker's internal networks publish nothing either
+	}
+	prev := e.Ports
+	e.Ports = ports
+	d.st.endpoints[e.ID] = e
+	if err := d.applyFirewall(); err != nil {
+		e.Ports = prev
+		d.st.endpoints[e.ID] = e
+		return err
+	}
+	if err := putLocal(ctx, d.local, localEndpoints+e.ID, e); err != nil {
+		return fmt.Errorf("save endpoint %s: %w", shortID(e.ID), err)
+	}
+	if len(ports) > 0 {
+		d.log.WithFields(logrus.Fields{"endpoint": shortID(e.ID), "ports": ports}).Info("ports published")
+	}
+	return nil
+}
+
+// firewallPorts lists every published port of this host's endpoints.
+func (d *Driver) firewallPorts() []firewall.Port {
+	var out []firewall.Port
+	for _, e := range d.st.endpoints {
+		for _, p := range e.Ports {
+			fp := firewall.Port{Proto: p.Proto, HostPort: p.HostPort, IP: e.ip(), Port: p.Port}
+			if p.HostIP != "" {
+				fp.HostIP, _ = netip.ParseAddr(p.HostIP)
+			}
+			out = append(out, fp)
+		}
+	}
+	return out
+}
