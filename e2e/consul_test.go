@@ -34,7 +34,16 @@ func TestConsulStore(t *testing.T) {
 			t.Fatalf("store lacks %s:\n%s", want, keys)
 		}
 	}
-	s.MustDocker(t, "rm", "-f", "ca")
+
+	// host-gw against Consul too, isolated from the vxlan network.
+	s.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.backend=host-gw", "--subnet", "10.42.0.0/16", "gw")
+	s.daemon(t, "cgw", "gw")
+	s.mustReach(t, "gw", "cgw")
+	s.transfer(t, "gw", "cgw")
+	s.mustNotReach(t, "gw", a)
+	s.mustNotReach(t, "big", s.ip(t, "cgw"))
+	s.MustDocker(t, "rm", "-f", "ca", "cgw")
+	s.removeNetworks(t, "gw")
 
 	// 200 containers, four at a time.
 	const total, workers = 200, 4

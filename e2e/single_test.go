@@ -60,6 +60,17 @@ func TestSingleHostEmbedded(t *testing.T) {
 	if out, _ := s.run(t, "net-mtu", "cat /sys/class/net/eth0/mtu"); strings.TrimSpace(out) != "1400" {
 		t.Fatalf("container mtu with -o mtu=1400: %q", out)
 	}
+	// Without --subnet, a pool comes from AUTO_POOL (10.240.0.0/12 by default).
+	s.MustDocker(t, "network", "create", tnet, tipam, "net-auto")
+	if sub := s.MustDocker(t, "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", "net-auto"); sub != "" && !strings.HasPrefix(sub, "10.24") {
+		t.Fatalf("automatic subnet %q", sub)
+	}
+	s.daemon(t, "srv-auto", "net-auto")
+	if ip := s.ip(t, "srv-auto"); !strings.HasPrefix(ip, "10.240.") {
+		t.Fatalf("container on an automatic pool got %q, want 10.240.x.x", ip)
+	}
+	s.mustReach(t, "net-auto", "srv-auto")
+
 	// A published port is reached from the outside through the host's address.
 	s.MustDocker(t, "run", "-d", "--name", "pub", "--network", "net-vxlan", "-p", "18080:8080", "tbox",
 		"sh", "-c", "mkdir -p /www && echo hello-tartan > /www/i && httpd -f -p 8080 -h /www")
@@ -75,8 +86,8 @@ func TestSingleHostEmbedded(t *testing.T) {
 	s.MustDocker(t, "rm", "-f", "pub")
 
 	// Everything removed: nothing left in the kernel.
-	s.MustDocker(t, "rm", "-f", "srv-vxlan", "srv-host-gw", "srv-internal")
-	s.removeNetworks(t, "net-vxlan", "net-host-gw", "net-internal", "net-mtu")
+	s.MustDocker(t, "rm", "-f", "srv-vxlan", "srv-host-gw", "srv-internal", "srv-auto")
+	s.removeNetworks(t, "net-vxlan", "net-host-gw", "net-internal", "net-mtu", "net-auto")
 	s.kernelClean(t)
 	out, err = s.Exec("iptables", "-S", "TARTAN-FORWARD")
 	if err != nil || strings.Count(strings.TrimSpace(out), "\n") != 0 {
