@@ -469,15 +469,23 @@ func (d *Driver) forgetEndpoint(e epRec) error {
 	return nil
 }
 
-// EndpointInfo shows where an endpoint lives (docker network inspect).
-func (d *Driver) EndpointInfo(r *network.InfoRequest) (*network.InfoResponse, error) {
+// endpoint returns a known endpoint and its network.
+func (d *Driver) endpoint(id string) (epRec, netRec, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	e, ok := d.st.endpoints[r.EndpointID]
+	e, ok := d.st.endpoints[id]
 	if !ok {
-		return nil, kv.Invalid("endpoint %s is not known to tartan on this host", shortID(r.EndpointID))
+		return e, netRec{}, kv.Invalid("endpoint %s is not known to tartan on this host", shortID(id))
 	}
-	n := d.st.networks[e.Network]
+	return e, d.st.networks[e.Network], nil
+}
+
+// EndpointInfo shows where an endpoint lives (docker network inspect).
+func (d *Driver) EndpointInfo(r *network.InfoRequest) (*network.InfoResponse, error) {
+	e, n, err := d.endpoint(r.EndpointID)
+	if err != nil {
+		return nil, err
+	}
 	v := map[string]string{"tartan.backend": n.Backend, "tartan.host": d.cfg.Host, "tartan.block": e.Block, "tartan.interface": e.HostIf}
 	if n.VNI != 0 {
 		v["tartan.vni"] = fmt.Sprint(n.VNI)
@@ -488,13 +496,10 @@ func (d *Driver) EndpointInfo(r *network.InfoRequest) (*network.InfoResponse, er
 // Join tells Docker which interface to move into the container and how the
 // container routes: everything through the host-side link-local gateway.
 func (d *Driver) Join(r *network.JoinRequest) (*network.JoinResponse, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	e, ok := d.st.endpoints[r.EndpointID]
-	if !ok {
-		return nil, kv.Invalid("endpoint %s is not known to tartan on this host", shortID(r.EndpointID))
+	e, n, err := d.endpoint(r.EndpointID)
+	if err != nil {
+		return nil, err
 	}
-	n := d.st.networks[e.Network]
 	gw := n.Gateway
 	resp := &network.JoinResponse{
 		InterfaceName: network.InterfaceName{SrcName: e.PeerIf, DstPrefix: "eth"},

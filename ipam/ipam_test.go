@@ -21,18 +21,7 @@ import (
 var consulAddr string
 
 func TestMain(m *testing.M) {
-	os.Exit(func() int {
-		if bin := os.Getenv("CONSUL_BIN"); bin != "" {
-			c, stop, err := testbed.LaunchConsul(bin, nil, "127.0.0.1", 18600)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 1
-			}
-			defer stop()
-			consulAddr = c.Addr
-		}
-		return m.Run()
-	}())
+	os.Exit(testbed.MainWithConsul(m, 18600, &consulAddr))
 }
 
 type clock struct {

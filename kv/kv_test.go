@@ -267,20 +267,5 @@ func TestConsulUnreachableIsClassified(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
-	os.Exit(runWithConsul(m))
-}
-
-func runWithConsul(m *testing.M) int {
-	bin := os.Getenv("CONSUL_BIN")
-	if bin == "" {
-		return m.Run()
-	}
-	c, stop, err := testbed.LaunchConsul(bin, nil, "127.0.0.1", 18500)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer stop()
-	consulAddr = c.Addr
-	return m.Run()
+	os.Exit(testbed.MainWithConsul(m, 18500, &consulAddr))
 }

@@ -139,3 +139,21 @@ func (c *Consul) Keys(t testing.TB, prefix string) []string {
 	}
 	return keys
 }
+
+// MainWithConsul runs a package's tests with a Consul server on 127.0.0.1 at
+// httpPort when CONSUL_BIN is set, storing its address in *addr (left empty
+// otherwise: tests needing it then fail in CI and skip loudly elsewhere).
+func MainWithConsul(m *testing.M, httpPort int, addr *string) int {
+	bin := os.Getenv("CONSUL_BIN")
+	if bin == "" {
+		return m.Run()
+	}
+	c, stop, err := LaunchConsul(bin, nil, "127.0.0.1", httpPort)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer stop()
+	*addr = c.Addr
+	return m.Run()
+}
