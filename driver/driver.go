@@ -26,8 +26,10 @@ type Config struct {
 	Host       string // this host's ID
 	Scope      string // local or global
 	VXLANPort  int
-	Advertise  string // ADVERTISE setting
-	SysctlRoot string // where the host's /proc/sys is mounted
+	Advertise  string        // ADVERTISE setting
+	SysctlRoot string        // where the host's /proc/sys is mounted
+	LeaseTTL   time.Duration // a host silent this long is gone
+	Resync     time.Duration // full peer resync period
 }
 
 // Driver implements the network half of tartan.
@@ -42,7 +44,10 @@ type Driver struct {
 	// inflight marks endpoints whose kernel objects a call is changing
 	// outside the lock; closed channels wake calls waiting for them.
 	inflight map[string]chan struct{}
-	synced   bool // the first full reconcile has run
+	// Peer state: one watcher per network, the last plan applied.
+	bg      context.Context
+	watches map[string]context.CancelFunc
+	plans   map[string]peerPlan
 }
 
 // New returns a driver; Restore must run before it serves endpoints of
@@ -54,8 +59,26 @@ func New(cluster, local kv.Store, fw *firewall.Firewall, cfg Config, log logrus.
 	if cfg.SysctlRoot == "" {
 		cfg.SysctlRoot = "/proc/sys"
 	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 24 * time.Hour
+	}
+	if cfg.Resync == 0 {
+		cfg.Resync = 30 * time.Second
+	}
 	return &Driver{cluster: cluster, local: local, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
-		st: localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}}}
+		st:      localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}},
+		bg:      context.Background(),
+		watches: map[string]context.CancelFunc{}, plans: map[string]peerPlan{}}
+}
+
+// Start runs the networks' watchers until ctx ends. Call it after Restore.
+func (d *Driver) Start(ctx context.Context) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.bg = ctx
+	for _, n := range d.st.networks {
+		d.startWatch(n)
+	}
 }
 
 // Capabilities answers GetCapabilities.
@@ -158,7 +181,8 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 		undo()
 		return fmt.Errorf("save network %.12s: %w", n.ID, err)
 	}
-	d.log.WithFields(logrus.Fields{"network": n.ID[:min(12, len(n.ID))], "pool": n.Pool, "backend": n.Backend, "vni": n.VNI, "mtu": n.MTU}).Info("network created")
+	d.startWatch(n)
+	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "pool": n.Pool, "backend": n.Backend, "vni": n.VNI, "mtu": n.MTU}).Info("network created")
 	return nil
 }
 
@@ -247,7 +271,8 @@ func (d *Driver) ensureNetwork(n netRec) error {
 	if err != nil {
 		return err
 	}
-	return kernel.EnsureVXLAN(kernel.VXLAN{Name: n.Device, VNI: n.VNI, Port: d.cfg.VXLANPort, Local: u.Address, Parent: u.Interface, MTU: n.MTU})
+	return kernel.EnsureVXLAN(kernel.VXLAN{Name: n.Device, VNI: n.VNI, Port: d.cfg.VXLANPort, Local: u.Address, Parent: u.Interface,
+		MTU: n.MTU, MAC: kernel.VTEPMAC(d.cfg.Host, n.VNI)})
 }
 
 func (d *Driver) applyFirewall() error {
@@ -277,6 +302,10 @@ func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequ
 				return err
 			}
 		}
+	}
+	d.stopWatch(n.ID)
+	if err := d.applyPeers(n, peerPlan{}); err != nil {
+		return err
 	}
 	if n.Device != "" {
 		if err := kernel.DeleteLink(n.Device); err != nil {

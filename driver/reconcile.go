@@ -75,9 +75,22 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	// Peer entries: the last plan of each network, applied again (this
+	// repairs what was deleted by hand). A network without a plan yet keeps
+	// whatever is in its pool until its first full sync.
+	for id, plan := range d.plans {
+		if n, ok := d.st.networks[id]; ok {
+			if err := d.applyPeers(n, plan); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	for _, r := range routes {
 		if link, ok := wantRoutes[r.Dst]; ok && link == r.Link && !r.Via.IsValid() {
 			continue
+		}
+		if r.Via.IsValid() && d.inLocalPool(r.Dst) {
+			continue // a peer route: applyPeers owns it
 		}
 		if busy[r.Link] {
 			continue
@@ -87,7 +100,6 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	d.synced = true
 	return errors.Join(errs...)
 }
 

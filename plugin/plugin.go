@@ -63,11 +63,14 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		return err
 	}
 	drv := driver.New(cluster, local, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
-		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot}, entry.WithField("part", "driver"))
+		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL}, entry.WithField("part", "driver"))
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL},
 		entry.WithField("part", "ipam"))
 	if err := drv.Restore(ctx); err != nil {
 		return err
+	}
+	if serr == nil {
+		drv.Start(ctx) // the networks' watchers: background, never in a request
 	}
 	if serr != nil {
 		entry.Errorf("settings: %v (every request will fail with this until it is fixed)", serr)

@@ -245,6 +245,7 @@ type VXLAN struct {
 	Local  netip.Addr // underlay address
 	Parent string     // underlay interface
 	MTU    int
+	MAC    net.HardwareAddr // VTEPMAC of this host
 }
 
 // EnsureVXLAN creates the device or adopts an existing one that matches; one
@@ -262,6 +263,7 @@ func EnsureVXLAN(v VXLAN) error {
 		Port:         v.Port,
 		Learning:     false,
 	}
+	want.HardwareAddr = v.MAC
 	if l, err := netlink.LinkByName(v.Name); err == nil {
 		cur, ok := l.(*netlink.Vxlan)
 		if ok && cur.VxlanId == v.VNI && cur.Port == v.Port && cur.VtepDevIndex == want.VtepDevIndex &&
@@ -269,6 +271,11 @@ func EnsureVXLAN(v VXLAN) error {
 			if cur.MTU != v.MTU {
 				if err := netlink.LinkSetMTU(l, v.MTU); err != nil {
 					return fmt.Errorf("vxlan %s: set mtu %d: %w", v.Name, v.MTU, err)
+				}
+			}
+			if v.MAC != nil && cur.HardwareAddr.String() != v.MAC.String() {
+				if err := netlink.LinkSetHardwareAddr(l, v.MAC); err != nil {
+					return fmt.Errorf("vxlan %s: set mac %s: %w", v.Name, v.MAC, err)
 				}
 			}
 			return setUp(l)
@@ -300,6 +307,7 @@ func setUp(l netlink.Link) error {
 type Underlay struct {
 	Interface string
 	Address   netip.Addr
+	Prefix    netip.Prefix // the address with its mask: the L2 segment's subnet
 	MTU       int
 }
 
@@ -345,14 +353,21 @@ func FindUnderlay(advertise string) (Underlay, error) {
 }
 
 func underlayOf(l netlink.Link, ip netip.Addr) (Underlay, error) {
-	if !ip.IsValid() {
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
-		if err != nil || len(addrs) == 0 {
-			return Underlay{}, fmt.Errorf("interface %s has no IPv4 address: set ADVERTISE to one that has", l.Attrs().Name)
-		}
-		ip, _ = netip.AddrFromSlice(addrs[0].IP.To4())
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil || len(addrs) == 0 {
+		return Underlay{}, fmt.Errorf("interface %s has no IPv4 address: set ADVERTISE to one that has", l.Attrs().Name)
 	}
-	return Underlay{Interface: l.Attrs().Name, Address: ip, MTU: l.Attrs().MTU}, nil
+	u := Underlay{Interface: l.Attrs().Name, MTU: l.Attrs().MTU}
+	for _, a := range addrs {
+		got, _ := netip.AddrFromSlice(a.IP.To4())
+		if ip.IsValid() && got != ip {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		u.Address, u.Prefix = got, netip.PrefixFrom(got, ones).Masked()
+		return u, nil
+	}
+	return Underlay{}, fmt.Errorf("interface %s does not carry %s", l.Attrs().Name, ip)
 }
 
 // Sysctl sets a sysctl under root (the host's /proc/sys mounted into the

@@ -1,0 +1,124 @@
+package driver
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// snapshot is what the store says about one network's pool, in full.
+type snapshot struct {
+	Hosts  map[string]kv.Host
+	Blocks []kv.Block
+	Addrs  []kv.Address
+}
+
+// peerPlan is the desired cross-host state of one network on this host:
+// flannel's three entries per remote host (neighbour, FDB, route per block)
+// for vxlan, plain routes for host-gw, and /32 routes for addresses that live
+// on a host other than their block's owner.
+type peerPlan struct {
+	Routes   []kernel.Route
+	Neighs   []kernel.Neigh
+	FDBs     []kernel.FDB
+	Problems []string // peers that cannot be reached, said plainly
+}
+
+// planInput is everything planPeers needs; it does no I/O.
+type planInput struct {
+	Self     string
+	Net      netRec
+	Underlay kernel.Underlay
+	TTL      time.Duration // a host silent this long is gone
+	Now      time.Time
+	Snap     snapshot
+}
+
+// alive says whether a block still counts: its lease runs, or its host still
+// renews its registration (a host that is alive renews its leases too).
+func (in planInput) alive(b kv.Block) bool {
+	if b.Expires.After(in.Now) {
+		return true
+	}
+	h, ok := in.Snap.Hosts[b.Host]
+	return ok && in.Now.Sub(h.Renewed) < in.TTL
+}
+
+// planPeers computes the desired peer state of a network.
+func planPeers(in planInput) peerPlan {
+	var plan peerPlan
+	pool := in.Net.pool()
+	owner := map[netip.Prefix]string{}
+	var blocks []netip.Prefix
+	for _, b := range in.Snap.Blocks {
+		p, err := netip.ParsePrefix(b.CIDR)
+		if err != nil || !pool.Overlaps(p) || !in.alive(b) {
+			continue
+		}
+		owner[p] = b.Host
+		blocks = append(blocks, p)
+	}
+	sort.Slice(blocks, func(i, j int) bool { return blocks[i].Addr().Less(blocks[j].Addr()) })
+	peersDone := map[string]bool{}
+	add := func(dst netip.Prefix, hostID string) {
+		h, ok := in.Snap.Hosts[hostID]
+		via, err := netip.ParseAddr(h.Address)
+		if !ok || err != nil {
+			plan.Problems = append(plan.Problems, fmt.Sprintf("%s belongs to host %s, which has no registered address", dst, hostID))
+			return
+		}
+		onL2 := in.Underlay.Prefix.Contains(via)
+		direct := in.Net.Backend == BackendHostGW || (in.Net.Direct && onL2)
+		if direct {
+			if !onL2 {
+				plan.Problems = append(plan.Problems, fmt.Sprintf("host %s (%s) is not on this host's L2 segment %s: host-gw cannot reach %s; use -o %s=vxlan -o %s=true",
+					hostID, via, in.Underlay.Prefix, dst, OptBackend, OptDirectRouting))
+				return
+			}
+			plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Underlay.Interface, Via: via})
+			return
+		}
+		plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Net.Device, Via: via, Onlink: true})
+		if !peersDone[hostID] {
+			peersDone[hostID] = true
+			mac := kernel.VTEPMAC(hostID, in.Net.VNI).String()
+			plan.Neighs = append(plan.Neighs, kernel.Neigh{Link: in.Net.Device, IP: via, MAC: mac})
+			plan.FDBs = append(plan.FDBs, kernel.FDB{Link: in.Net.Device, MAC: mac, Dst: via})
+		}
+	}
+	for _, b := range blocks {
+		if owner[b] != in.Self {
+			add(b, owner[b])
+		}
+	}
+	// Addresses that live away from their block's owner (borrowed, or
+	// allocated on a swarm manager for a task elsewhere) get a /32.
+	for _, a := range in.Snap.Addrs {
+		ip, err := netip.ParseAddr(a.IP)
+		if err != nil || a.Kind != kv.KindEndpoint || a.Host == in.Self || !pool.Contains(ip) {
+			continue
+		}
+		blockOwner := ""
+		for b, o := range owner {
+			if b.Contains(ip) {
+				blockOwner = o
+				break
+			}
+		}
+		if blockOwner != a.Host {
+			add(netip.PrefixFrom(ip, 32), a.Host)
+		}
+	}
+	sort.Slice(plan.Routes, func(i, j int) bool {
+		a, b := plan.Routes[i].Dst, plan.Routes[j].Dst
+		if a.Addr() != b.Addr() {
+			return a.Addr().Less(b.Addr())
+		}
+		return a.Bits() < b.Bits()
+	})
+	return plan
+}
