@@ -1,0 +1,146 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
+)
+
+type mhNet struct {
+	name, subnet string
+	opts         []string
+}
+
+// Three hosts, one network per backend created with the same --subnet on
+// each: containers on every host reach containers on every other host (all
+// pairs, ping and a TCP transfer), and each host holds exactly one route
+// per remote block and, for VXLAN, one neighbour and one FDB entry per
+// remote host, nothing stale.
+func TestMultiHost(t *testing.T) {
+	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
+	c := testbed.NewCluster(t, "m", 1500)
+	for i := 0; i < 3; i++ {
+		c.AddHost(t, "LOG_LEVEL=debug")
+	}
+	nets := []mhNet{
+		{"mvx", "10.61.0.0/16", []string{"-o", "tartan.backend=vxlan"}},
+		{"mgw", "10.62.0.0/16", []string{"-o", "tartan.backend=host-gw"}},
+		{"mdr", "10.63.0.0/16", []string{"-o", "tartan.backend=vxlan", "-o", "tartan.directrouting=true"}},
+	}
+	for _, n := range nets {
+		for _, h := range c.Hosts {
+			h.MustDocker(t, append(append([]string{"network", "create", tnet, tipam}, n.opts...), "--subnet", n.subnet, n.name)...)
+		}
+	}
+	ips := map[string][]string{} // network -> container IP per host
+	for _, n := range nets {
+		for i, h := range c.Hosts {
+			name := fmt.Sprintf("%s-%d", n.name, i+1)
+			h.MustDocker(t, "run", "-d", "--name", name, "--network", n.name, "tbox", "sh", "-c",
+				"mkdir -p /www && dd if=/dev/urandom of=/www/blob bs=1024 count=4096 2>/dev/null && httpd -f -p 8080 -h /www")
+			ips[n.name] = append(ips[n.name], h.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name))
+		}
+	}
+	t.Logf("addresses: %v", ips)
+	for _, n := range nets {
+		for i, h := range c.Hosts {
+			for j := range c.Hosts {
+				if i == j {
+					continue
+				}
+				target := ips[n.name][j]
+				testbed.Eventually(t, 20*time.Second, fmt.Sprintf("%s: host %d reaches host %d's container %s", n.name, i+1, j+1, target), func() error {
+					out, err := h.Docker("exec", fmt.Sprintf("%s-%d", n.name, i+1), "ping", "-c", "1", "-W", "1", target)
+					if err != nil {
+						return fmt.Errorf("%v: %s", err, out)
+					}
+					return nil
+				})
+				want := strings.Fields(c.Hosts[j].MustDocker(t, "exec", fmt.Sprintf("%s-%d", n.name, j+1), "md5sum", "/www/blob"))[0]
+				got, err := h.Docker("exec", fmt.Sprintf("%s-%d", n.name, i+1), "sh", "-c", "wget -q -O - http://"+target+":8080/blob | md5sum")
+				if err != nil || strings.Fields(got)[0] != want {
+					t.Fatalf("%s: TCP transfer host %d <- host %d: %v %q (want %s)", n.name, i+1, j+1, err, got, want)
+				}
+			}
+		}
+	}
+	// Exactly one route per remote block, one neighbour and FDB entry per
+	// remote VXLAN peer, on every host.
+	for i, h := range c.Hosts {
+		routes := h.MustIP(t, "route", "show", "proto", "84")
+		for _, n := range nets {
+			prefix := strings.TrimSuffix(n.subnet, "0.0/16")
+			var peerRoutes []string
+			for _, l := range strings.Split(routes, "\n") {
+				if strings.HasPrefix(l, prefix) && strings.Contains(l, " via ") {
+					peerRoutes = append(peerRoutes, l)
+				}
+			}
+			if len(peerRoutes) != 2 {
+				t.Fatalf("host %d, %s: want 2 peer routes (one per remote block), got:\n%s", i+1, n.name, strings.Join(peerRoutes, "\n"))
+			}
+			for _, r := range peerRoutes {
+				viaVXLAN := strings.Contains(r, "dev tartan.")
+				if (n.name == "mvx") != viaVXLAN {
+					t.Fatalf("host %d, %s: route %q goes the wrong way", i+1, n.name, r)
+				}
+			}
+		}
+		dev := ""
+		for _, l := range strings.Split(h.MustIP(t, "-br", "link"), "\n") {
+			if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], "tartan.") {
+				if out, _ := h.IP("-d", "link", "show", f[0]); strings.Contains(out, "nolearning") {
+					if rs := strings.Count(routes, "dev "+f[0]); rs == 2 {
+						dev = f[0]
+					}
+				}
+			}
+		}
+		if dev == "" {
+			t.Fatalf("host %d: no VXLAN device carries the vxlan network's two routes:\n%s", i+1, routes)
+		}
+		neigh := h.MustIP(t, "neigh", "show", "dev", dev)
+		if n := strings.Count(neigh, "PERMANENT"); n != 2 {
+			t.Fatalf("host %d: %d permanent neighbours on %s, want 2:\n%s", i+1, n, dev, neigh)
+		}
+		fdb, err := h.Exec("bridge", "fdb", "show", "dev", dev)
+		if err != nil || strings.Count(fdb, " dst ") != 2 {
+			t.Fatalf("host %d: want 2 FDB entries on %s: %v\n%s", i+1, dev, err, fdb)
+		}
+	}
+	// Removing a network on one host disturbs nobody else.
+	c.Hosts[2].MustDocker(t, "rm", "-f", "mvx-3")
+	removeNetworks(t, c.Hosts[2], "mvx")
+	testbed.Eventually(t, 20*time.Second, "host 3's vxlan block withdrawn from host 1", func() error {
+		if r := c.Hosts[0].MustIP(t, "route", "show", "proto", "84"); strings.Count(r, "10.61.") != 2 { // own /32 + host 2's block
+			return fmt.Errorf("routes:\n%s", r)
+		}
+		return nil
+	})
+	out, err := c.Hosts[0].Docker("exec", "mvx-1", "ping", "-c", "2", "-W", "1", ips["mvx"][1])
+	if err != nil {
+		t.Fatalf("host 1 lost host 2 when host 3 left: %v %s", err, out)
+	}
+	var wg sync.WaitGroup
+	for _, h := range c.Hosts {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, _ = h.Docker("rm", "-f", "mvx-1", "mvx-2", "mgw-1", "mgw-2", "mgw-3", "mdr-1", "mdr-2", "mdr-3") }()
+	}
+	wg.Wait()
+}
+
+func removeNetworks(t *testing.T, h *testbed.Host, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		testbed.Eventually(t, 60*time.Second, "docker network rm "+n, func() error {
+			_, err := h.Docker("network", "rm", n)
+			return err
+		})
+	}
+}

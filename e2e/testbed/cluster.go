@@ -1,0 +1,66 @@
+package testbed
+
+import (
+	"fmt"
+	"testing"
+)
+
+// Cluster is N hosts on one isolated L2 underlay: a bridge inside a
+// "switch" namespace of its own (so the root namespace's netfilter is never
+// touched), each host a namespace with its own dockerd, and a Consul server
+// on the same segment. Hosts have no default route.
+type Cluster struct {
+	Name   string
+	Switch NS
+	Hosts  []*Host
+	Consul *Consul
+	MTU    int
+	// Addr is each host's underlay address, by index.
+	Addr []string
+}
+
+// Underlay addresses: 10.98.0.0/24; hosts from .11, Consul at .100.
+const (
+	UnderlayPrefix = "10.98.0."
+	ConsulAddr     = UnderlayPrefix + "100"
+)
+
+// NewCluster builds the switch and Consul; hosts come with AddHost.
+func NewCluster(t testing.TB, name string, mtu int) *Cluster {
+	t.Helper()
+	c := &Cluster{Name: name, MTU: mtu}
+	c.Switch = NewNS(t, "tt-"+name+"-sw")
+	c.Switch.MustIP(t, "link", "add", "br0", "mtu", fmt.Sprint(mtu), "type", "bridge")
+	c.Switch.MustIP(t, "link", "set", "br0", "up")
+	cns := NewNS(t, "tt-"+name+"-cs")
+	c.plug(t, cns, "cs", ConsulAddr)
+	c.Consul = StartConsul(t, &cns, ConsulAddr, 8500)
+	return c
+}
+
+// plug connects a namespace to the switch with underlay address addr.
+func (c *Cluster) plug(t testing.TB, ns NS, port, addr string) {
+	t.Helper()
+	MustRun(t, "ip", "link", "add", "eth1", "mtu", fmt.Sprint(c.MTU), "netns", ns.Name, "type", "veth",
+		"peer", "name", port, "mtu", fmt.Sprint(c.MTU), "netns", c.Switch.Name)
+	c.Switch.MustIP(t, "link", "set", port, "master", "br0")
+	c.Switch.MustIP(t, "link", "set", port, "up")
+	ns.MustIP(t, "addr", "add", addr+"/24", "dev", "eth1")
+	ns.MustIP(t, "link", "set", "eth1", "up")
+}
+
+// AddHost adds host i (1-based) with dockerd, the test image and the plugin
+// pointed at the cluster's Consul; settings are extra plugin settings.
+func (c *Cluster) AddHost(t testing.TB, settings ...string) *Host {
+	t.Helper()
+	i := len(c.Hosts) + 1
+	ns := NewNS(t, fmt.Sprintf("tt-%s-h%d", c.Name, i))
+	addr := fmt.Sprintf("%s%d", UnderlayPrefix, 10+i)
+	c.plug(t, ns, fmt.Sprintf("h%d", i), addr)
+	h := StartDockerd(t, ns)
+	h.Image(t)
+	h.InstallPlugin(t, append([]string{"STORE=consul://" + ConsulAddr + ":8500", "ADVERTISE=eth1"}, settings...)...)
+	c.Hosts = append(c.Hosts, h)
+	c.Addr = append(c.Addr, addr)
+	return h
+}
