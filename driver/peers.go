@@ -41,10 +41,12 @@ type planInput struct {
 // alive says whether a block still counts: its lease runs, or its host still
 // renews its registration (a host that is alive renews its leases too).
 func (in planInput) alive(b kv.Block) bool {
-	if b.Expires.After(in.Now) {
-		return true
-	}
-	h, ok := in.Snap.Hosts[b.Host]
+	return b.Expires.After(in.Now) || in.hostAlive(b.Host)
+}
+
+// hostAlive says whether a host renewed its registration within the TTL.
+func (in planInput) hostAlive(id string) bool {
+	h, ok := in.Snap.Hosts[id]
 	return ok && in.Now.Sub(h.Renewed) < in.TTL
 }
 
@@ -99,7 +101,7 @@ func planPeers(in planInput) peerPlan {
 	// allocated on a swarm manager for a task elsewhere) get a /32.
 	for _, a := range in.Snap.Addrs {
 		ip, err := netip.ParseAddr(a.IP)
-		if err != nil || a.Kind != kv.KindEndpoint || a.Host == in.Self || !pool.Contains(ip) {
+		if err != nil || a.Kind != kv.KindEndpoint || a.Host == in.Self || !pool.Contains(ip) || !in.hostAlive(a.Host) {
 			continue
 		}
 		blockOwner := ""

@@ -130,7 +130,10 @@ func TestMultiHost(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, h := range c.Hosts {
 		wg.Add(1)
-		go func() { defer wg.Done(); _, _ = h.Docker("rm", "-f", "mvx-1", "mvx-2", "mgw-1", "mgw-2", "mgw-3", "mdr-1", "mdr-2", "mdr-3") }()
+		go func() {
+			defer wg.Done()
+			_, _ = h.Docker("rm", "-f", "mvx-1", "mvx-2", "mgw-1", "mgw-2", "mgw-3", "mdr-1", "mdr-2", "mdr-3")
+		}()
 	}
 	wg.Wait()
 }

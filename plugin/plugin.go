@@ -26,11 +26,9 @@ import (
 // Version is set at build time.
 var Version = "dev"
 
-// Intervals of the background work.
-const (
-	ReconcileEvery = 30 * time.Second
-	RenewEvery     = time.Minute
-)
+// renewEvery is how often the host renews its registration and leases: a
+// tenth of the lease lifetime, at most a minute, so a live host never lapses.
+func renewEvery(ttl time.Duration) time.Duration { return min(time.Minute, ttl/10) }
 
 // Run serves the plugin on socket until ctx ends.
 func Run(ctx context.Context, socket string, env func(string) string, log *logrus.Logger) error {
@@ -63,7 +61,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		return err
 	}
 	drv := driver.New(cluster, local, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
-		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL}, entry.WithField("part", "driver"))
+		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync}, entry.WithField("part", "driver"))
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL},
 		entry.WithField("part", "ipam"))
 	if err := drv.Restore(ctx); err != nil {
@@ -101,8 +99,8 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 // background does the work that must never hold up a request: the first
 // full reconcile, then periodic ones, host registration and lease renewal.
 func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, cluster kv.Store, host string, s Settings, log logrus.FieldLogger) {
-	reconcile := time.NewTicker(ReconcileEvery)
-	renew := time.NewTicker(RenewEvery)
+	reconcile := time.NewTicker(s.Resync)
+	renew := time.NewTicker(renewEvery(s.LeaseTTL))
 	defer reconcile.Stop()
 	defer renew.Stop()
 	doReconcile := func() {

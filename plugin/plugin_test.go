@@ -41,6 +41,7 @@ func TestSettings(t *testing.T) {
 		"VXLAN_PORT=0":               "VXLAN_PORT=0",
 		"LEASE_TTL=1s":               "LEASE_TTL=1s",
 		"LOG_LEVEL=loud":             "LOG_LEVEL=loud",
+		"RESYNC=0s":                  "RESYNC=0s",
 		"AUTO_POOL=10.0.0.1/8":       "AUTO_POOL=10.0.0.1/8",
 		"AUTO_POOL_SIZE=4":           "AUTO_POOL_SIZE=4",
 		"CONSUL_CACERT=/nonexistent": "",

@@ -22,6 +22,7 @@ type Settings struct {
 	Scope      string
 	VXLANPort  int
 	LeaseTTL   time.Duration
+	Resync     time.Duration
 	LogLevel   logrus.Level
 	AutoPool   netip.Prefix
 	AutoBits   int
@@ -79,6 +80,14 @@ func ParseSettings(env func(string) string) (Settings, error) {
 			return s, fmt.Errorf("LEASE_TTL=%s: use a duration of at least 10s, such as 24h", v)
 		}
 		s.LeaseTTL = d
+	}
+	s.Resync = 30 * time.Second
+	if v := strings.TrimSpace(env("RESYNC")); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second || d > time.Hour {
+			return s, fmt.Errorf("RESYNC=%s: use a duration from 1s to 1h, such as 30s", v)
+		}
+		s.Resync = d
 	}
 	s.LogLevel = logrus.InfoLevel
 	if v := strings.TrimSpace(env("LOG_LEVEL")); v != "" {
