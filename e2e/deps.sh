@@ -5,7 +5,7 @@
 # when everything is there already.
 set -euo pipefail
 declare -A pkg=([dockerd]=docker.io [busybox]=busybox-static [iptables]=iptables [curl]=curl
-  [nsenter]=util-linux [unshare]=util-linux [docker-registry]=docker-registry [ip]=iproute2 [iperf3]=iperf3)
+  [nsenter]=util-linux [unshare]=util-linux [docker-registry]=docker-registry [ip]=iproute2 [iperf3]=iperf3 [ping]=iputils-ping)
 need=()
 for cmd in "${!pkg[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("${pkg[$cmd]}")
