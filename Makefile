@@ -11,11 +11,12 @@ BUILD    := build
 GO       ?= go
 CONSUL_VERSION := 1.20.1
 CONSUL_BIN ?= $(HOME)/.cache/tartan/consul-$(CONSUL_VERSION)/consul
+DOCKER26_DIR ?= $(HOME)/.cache/tartan/docker26
 FUZZTIME ?= 10s
 E2E_TIMEOUT ?= 40m
 export CONSUL_BIN
 
-.PHONY: all build plugin-dir plugin push deps consul test unit fuzz e2e bench lint clean
+.PHONY: all build plugin-dir plugin push deps consul docker26 test unit fuzz e2e e2e26 bench lint clean
 
 all: build
 
@@ -52,7 +53,11 @@ $(CONSUL_BIN):
 	@echo "building consul $(CONSUL_VERSION) (once; several minutes on 2 cores)"
 	cd e2e/consulbuild && $(GO) build -o $(CONSUL_BIN) github.com/hashicorp/consul
 
-test: deps consul unit fuzz e2e
+# A current engine (Docker 26, Debian trixie's) beside the system's 20.10.
+docker26:
+	e2e/docker26.sh $(DOCKER26_DIR)
+
+test: deps consul docker26 unit fuzz e2e e2e26
 
 unit:
 	$(GO) vet ./...
@@ -65,6 +70,11 @@ fuzz:
 
 e2e: plugin-dir
 	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v ./e2e/
+
+# The quick start, restarts and the 3-host suite again on Docker 26.
+e2e26: plugin-dir docker26
+	DOCKERD=$(DOCKER26_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER26_DIR)/bin:$$PATH \
+	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$' ./e2e/
 
 lint:
 	$(GO) vet ./...

@@ -69,7 +69,8 @@ func StartDockerd(t testing.TB, ns NS) *Host {
 	t.Cleanup(func() { h.stop(t) })
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		if _, err := h.Docker("version", "--format", "{{.Server.Version}}"); err == nil {
+		if v, err := h.Docker("version", "--format", "{{.Server.Version}}"); err == nil {
+			t.Logf("dockerd %s running in %s", v, ns.Name)
 			break
 		}
 		select {
