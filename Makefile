@@ -76,6 +76,11 @@ e2e26: plugin-dir docker26
 	DOCKERD=$(DOCKER26_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER26_DIR)/bin:$$PATH \
 	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$' ./e2e/
 
+# Throughput, latency and control-plane figures against the host's network and
+# Docker's own drivers, side by side; the table lands in build/bench.md.
+bench: plugin-dir
+	$(GO) test -count=1 -tags bench -timeout 60m -v -run TestBench ./e2e/ 2>&1 | grep -v 'level=' 
+
 lint:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -1,0 +1,248 @@
+//go:build bench
+
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
+)
+
+// TestBench measures tartan against the host's own network and Docker's own
+// drivers on the same test bed, in one run, interleaving the paths round by
+// round (A B C A B C …) and reporting medians, because such a machine drifts.
+// It prints a markdown table and writes it to build/bench.md. It asserts
+// nothing about the figures: targets are read, not enforced.
+func TestBench(t *testing.T) {
+	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "iperf3")
+	rounds := envInt("BENCH_ROUNDS", 5)
+	secs := envInt("BENCH_SECONDS", 3)
+	root := testbed.RepoRoot(t)
+	rr := filepath.Join(t.TempDir(), "rr")
+	testbed.MustRun(t, "go", "build", "-o", rr, filepath.Join(root, "e2e", "rr"))
+
+	c := testbed.NewCluster(t, "bn", 1500)
+	for i := 0; i < 3; i++ {
+		c.AddHost(t)
+	}
+	h1, h2, h3 := c.Hosts[0], c.Hosts[1], c.Hosts[2]
+
+	// Docker's overlay needs a swarm of the same hosts.
+	h1.MustDocker(t, "swarm", "init", "--advertise-addr", c.Addr[0], "--listen-addr", c.Addr[0]+":2377")
+	token := h1.MustDocker(t, "swarm", "join-token", "-q", "worker")
+	h2.MustDocker(t, "swarm", "join", "--token", token, "--advertise-addr", c.Addr[1], c.Addr[0]+":2377")
+	h1.MustDocker(t, "network", "create", "-d", "overlay", "--attachable", "--subnet", "10.70.0.0/24", "ov")
+
+	for _, n := range []struct{ name, subnet, opts string }{
+		{"bvx", "10.71.0.0/16", "tartan.backend=vxlan"},
+		{"bgw", "10.72.0.0/16", "tartan.backend=host-gw"},
+		{"bdr", "10.73.0.0/16", "tartan.directrouting=true"},
+	} {
+		for _, h := range []*testbed.Host{h1, h2} {
+			h.MustDocker(t, "network", "create", tnet, tipam, "-o", n.opts, "--subnet", n.subnet, n.name)
+		}
+	}
+	h1.MustDocker(t, "network", "create", "--subnet", "10.74.0.0/24", "bbr")
+
+	type endpoint struct{ netns, ip string }
+	ctr := func(h *testbed.Host, name, network string) endpoint {
+		h.MustDocker(t, "run", "-d", "--name", name, "--network", network, "tbox", "sleep", "36000")
+		pid := h.MustDocker(t, "inspect", "-f", "{{.State.Pid}}", name)
+		ip := h.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
+		return endpoint{"/proc/" + pid + "/ns/net", ip}
+	}
+	type path struct {
+		name, versus string
+		client, srv  endpoint
+	}
+	paths := []path{
+		{"host to host (underlay)", "", endpoint{h1.Path(), c.Addr[0]}, endpoint{h2.Path(), c.Addr[1]}},
+		{"tartan vxlan", "Docker overlay", ctr(h1, "vx1", "bvx"), ctr(h2, "vx2", "bvx")},
+		{"tartan host-gw", "Docker overlay", ctr(h1, "gw1", "bgw"), ctr(h2, "gw2", "bgw")},
+		{"tartan vxlan + directrouting", "Docker overlay", ctr(h1, "dr1", "bdr"), ctr(h2, "dr2", "bdr")},
+		{"Docker overlay (swarm)", "", ctr(h1, "ov1", "ov"), ctr(h2, "ov2", "ov")},
+		{"tartan vxlan, same host", "Docker bridge", ctr(h1, "vx3", "bvx"), ctr(h1, "vx4", "bvx")},
+		{"Docker bridge, same host", "", ctr(h1, "br1", "bbr"), ctr(h1, "br2", "bbr")},
+	}
+	// One iperf3 and one rr server per destination.
+	for _, p := range paths {
+		for _, args := range [][]string{{"iperf3", "-s", "-B", p.srv.ip}, {rr, "-s", p.srv.ip + ":7000"}} {
+			cmd := exec.Command("nsenter", append([]string{"--net=" + p.srv.netns}, args...)...)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		}
+	}
+	time.Sleep(time.Second)
+	in := func(e endpoint, args ...string) string {
+		out, err := testbed.Run(t.Context(), "nsenter", append([]string{"--net=" + e.netns}, args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	iperf := func(p path, streams int) float64 {
+		out := in(p.client, "iperf3", "-c", p.srv.ip, "-t", fmt.Sprint(secs), "-P", fmt.Sprint(streams), "-J")
+		var r struct {
+			End struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("iperf3 %s: %v\n%s", p.name, err, out)
+		}
+		return r.End.SumReceived.BitsPerSecond / 1e9
+	}
+	one, four, p50, p99 := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
+	for r := 0; r < rounds; r++ {
+		for _, p := range paths {
+			one[p.name] = append(one[p.name], iperf(p, 1))
+		}
+		for _, p := range paths {
+			four[p.name] = append(four[p.name], iperf(p, 4))
+		}
+		for _, p := range paths {
+			f := strings.Fields(in(p.client, rr, "-c", p.srv.ip+":7000", "-n", "3000"))
+			a, _ := strconv.ParseFloat(f[0], 64)
+			b, _ := strconv.ParseFloat(f[1], 64)
+			p50[p.name], p99[p.name] = append(p50[p.name], a), append(p99[p.name], b)
+		}
+		t.Logf("round %d of %d done", r+1, rounds)
+	}
+
+	// Control plane: docker run on tartan against Docker's bridge, interleaved.
+	var runT, runB []float64
+	for i := 0; i < 30; i++ {
+		for _, n := range []string{"bvx", "bbr"} {
+			start := time.Now()
+			h1.MustDocker(t, "run", "--rm", "--network", n, "tbox", "true")
+			d := time.Since(start).Seconds() * 1000
+			if n == "bvx" {
+				runT = append(runT, d)
+			} else {
+				runB = append(runB, d)
+			}
+		}
+	}
+	// A new host's block: host 3 claims one (through the plugin's IPAM, as
+	// Docker would) and hosts 1 and 2 are polled until both route it.
+	h3.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.backend=vxlan", "--subnet", "10.71.0.0/16", "bvx")
+	var prop []float64
+	for i := 0; i < 20; i++ {
+		poolID := "local:10.71.0.0/16"
+		if _, err := h3.PluginCall("/IpamDriver.RequestPool", `{"AddressSpace":"tartan-local","Pool":"10.71.0.0/16"}`); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		out, err := h3.PluginCall("/IpamDriver.RequestAddress", fmt.Sprintf(`{"PoolID":%q,"Options":{"com.docker.network.endpoint.macaddress":"02:42:00:00:01:%02x"}}`, poolID, i))
+		if err != nil || !strings.HasSuffix(out, "200") {
+			t.Fatalf("request address on host 3: %v %s", err, out)
+		}
+		var seen [2]bool
+		for !(seen[0] && seen[1]) {
+			for k, h := range []*testbed.Host{h1, h2} {
+				if !seen[k] && strings.Contains(h.MustIP(t, "route", "show", "proto", "84"), "via "+c.Addr[2]) {
+					seen[k] = true
+				}
+			}
+			if time.Since(start) > 30*time.Second {
+				t.Fatal("host 3's block never reached hosts 1 and 2")
+			}
+		}
+		prop = append(prop, time.Since(start).Seconds()*1000)
+		var resp struct{ Address string }
+		_ = json.Unmarshal([]byte(out[:strings.LastIndex(out, "\n")]), &resp)
+		_, _ = h3.PluginCall("/IpamDriver.ReleaseAddress", fmt.Sprintf(`{"PoolID":%q,"Address":%q}`, poolID, strings.Split(resp.Address, "/")[0]))
+		// Releasing the pool on host 3 gives its empty block back; wait until
+		// hosts 1 and 2 withdraw the route before the next round.
+		_, _ = h3.PluginCall("/IpamDriver.ReleasePool", fmt.Sprintf(`{"PoolID":%q}`, poolID))
+		testbed.Eventually(t, 30*time.Second, "block withdrawn", func() error {
+			for _, h := range []*testbed.Host{h1, h2} {
+				if strings.Contains(h.MustIP(t, "route", "show", "proto", "84"), "via "+c.Addr[2]) {
+					return fmt.Errorf("still routed")
+				}
+			}
+			return nil
+		})
+	}
+
+	// The table.
+	var b strings.Builder
+	host := os.Getenv("BENCH_MACHINE")
+	if host == "" {
+		host = machine()
+	}
+	fmt.Fprintf(&b, "Measured %s on %s; Docker %s; %d interleaved rounds of %ds per path, medians.\n\n",
+		time.Now().UTC().Format("2006-01-02"), host, h1.MustDocker(t, "version", "-f", "{{.Server.Version}}"), rounds, secs)
+	fmt.Fprintf(&b, "| path (container to container unless said) | 1 stream Gbit/s | × host | × Docker | 4 streams Gbit/s | × host | × Docker | RR p50 µs | RR p99 µs |\n|---|---|---|---|---|---|---|---|---|\n")
+	hostName := paths[0].name
+	for _, p := range paths {
+		vs := func(m map[string][]float64, other string) string {
+			if other == "" {
+				return "—"
+			}
+			return fmt.Sprintf("%.2f", median(m[p.name])/median(m[other]))
+		}
+		docker := map[string]string{"Docker overlay": "Docker overlay (swarm)", "Docker bridge": "Docker bridge, same host"}[p.versus]
+		hostRef := hostName
+		if p.name == hostName {
+			hostRef = ""
+		}
+		fmt.Fprintf(&b, "| %s | %.2f | %s | %s | %.2f | %s | %s | %.0f | %.0f |\n", p.name,
+			median(one[p.name]), vs(one, hostRef), vs(one, docker), median(four[p.name]), vs(four, hostRef), vs(four, docker), median(p50[p.name]), median(p99[p.name]))
+	}
+	sort.Float64s(prop)
+	fmt.Fprintf(&b, "\n| control plane | tartan | Docker bridge | ratio |\n|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| `docker run --rm` (median of 30, interleaved) | %.0f ms | %.0f ms | %.2f |\n", median(runT), median(runB), median(runT)/median(runB))
+	fmt.Fprintf(&b, "| new host's block in every peer's routing table (20 blocks) | p50 %.0f ms, p99 %.0f ms | — | — |\n", median(prop), prop[len(prop)*99/100])
+	fmt.Println("\n" + b.String())
+	_ = os.MkdirAll(filepath.Join(root, "build"), 0o755)
+	if err := os.WriteFile(filepath.Join(root, "build", "bench.md"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h2.MustDocker(t, "swarm", "leave", "--force")
+	h1.MustDocker(t, "swarm", "leave", "--force")
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				model = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	out, _ := exec.Command("nproc").Output()
+	kernel, _ := exec.Command("uname", "-r").Output()
+	return fmt.Sprintf("%s cores of %s, kernel %s, veth underlay MTU 1500", strings.TrimSpace(string(out)), model, strings.TrimSpace(string(kernel)))
+}
