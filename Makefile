@@ -2,6 +2,7 @@
 #   make plugin    build the binary and rootfs, (re)create and enable the plugin
 #   make test      everything CI runs: deps, Consul, unit, data-plane, fuzz, e2e
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PLUGIN   ?= tartan:latest
 SETTINGS ?=
 REGISTRY ?=

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -519,6 +520,11 @@ func (d *Driver) EndpointInfo(r *network.InfoRequest) (*network.InfoResponse, er
 	if n.VNI != 0 {
 		v["tartan.vni"] = fmt.Sprint(n.VNI)
 	}
+	d.mu.Lock()
+	if p := d.plans[n.ID]; len(p.Problems) > 0 {
+		v["tartan.problems"] = strings.Join(p.Problems, "; ")
+	}
+	d.mu.Unlock()
 	return &network.InfoResponse{Value: v}, nil
 }
 

@@ -366,10 +366,11 @@ type poolState struct {
 	layout  Layout
 	blocks  map[netip.Prefix]blockState
 	used    map[netip.Addr]bool
+	renewed map[string]time.Time // hosts' last registration renewals
 }
 
 func (m *IPAM) state(ctx context.Context, cidr string) (*poolState, error) {
-	st := &poolState{blocks: map[netip.Prefix]blockState{}, used: map[netip.Addr]bool{}}
+	st := &poolState{blocks: map[netip.Prefix]blockState{}, used: map[netip.Addr]bool{}, renewed: map[string]time.Time{}}
 	v, err := kv.GetJSON(ctx, m.store, kv.PoolPath(cidr), &st.pool)
 	if errors.Is(err, kv.ErrNotFound) {
 		return nil, kv.Invalid("pool %s is not registered (it was released): recreate the network", cidr)
@@ -398,6 +399,12 @@ func (m *IPAM) state(ctx context.Context, cidr string) (*poolState, error) {
 		if ip, err := netip.ParseAddr(a.IP); err == nil {
 			st.used[ip] = true
 		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := kv.ListJSON(ctx, m.store, kv.HostsPrefix, func(_ string, _ uint64, h kv.Host) error {
+		st.renewed[h.ID] = h.Renewed
 		return nil
 	}); err != nil {
 		return nil, err
@@ -565,7 +572,9 @@ func (m *IPAM) pick(ctx context.Context, st *poolState) (netip.Addr, error) {
 	now := m.cfg.Now()
 	claimed := map[netip.Prefix]bool{}
 	for b, bs := range st.blocks {
-		live := bs.block.Expires.After(now)
+		// A lease counts while it runs, and after that for as long as its
+		// host keeps renewing its registration: only a gone host loses blocks.
+		live := bs.block.Expires.After(now) || now.Sub(st.renewed[bs.block.Host]) < m.cfg.LeaseTTL
 		if bs.block.Host == m.cfg.Host {
 			if a, ok := st.layout.FreeIn(b, st.used); ok {
 				if !live {

@@ -334,9 +334,22 @@ func TestLeaseExpiry(t *testing.T) {
 		if err := b.ReleaseAddress(ctx, id, borrowed.Addr().String()); err != nil {
 			t.Fatal(err)
 		}
-		e.clock.Add(2 * time.Hour) // a's lease ran out, and a did not renew it
-		addr(t, b, id, "", mac(3))
+		// a's lease ran out, but a is alive (it renews its registration):
+		// b keeps borrowing instead of taking a's block.
+		e.clock.Add(2 * time.Hour)
+		if _, err := kv.PutJSON(ctx, e.store, kv.HostPath("a"), kv.Host{ID: "a", Renewed: e.clock.Now()}, 0); err != nil {
+			t.Fatal(err)
+		}
+		kept := addr(t, b, id, "", mac(5))
 		var blk kv.Block
+		if _, err := kv.GetJSON(ctx, e.store, kv.BlockPath("10.70.0.0/30", "10.70.0.0/30"), &blk); err != nil || blk.Host != "a" {
+			t.Fatalf("a live host's block was taken: %+v %v", blk, err)
+		}
+		if err := b.ReleaseAddress(ctx, id, kept.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		e.clock.Add(2 * time.Hour) // now a is silent too: its block is reclaimed
+		addr(t, b, id, "", mac(3))
 		if _, err := kv.GetJSON(ctx, e.store, kv.BlockPath("10.70.0.0/30", "10.70.0.0/30"), &blk); err != nil {
 			t.Fatal(err)
 		}

@@ -29,7 +29,12 @@ type Consul struct {
 	Addr string // host:port of the HTTP API
 	ns   *NS
 	bin  string
+	cmd  *exec.Cmd
 }
+
+// Signal sends sig to the server (SIGSTOP freezes it: unreachable but intact;
+// SIGCONT brings it back).
+func (c *Consul) Signal(sig syscall.Signal) error { return c.cmd.Process.Signal(sig) }
 
 // StartConsul runs "consul agent -dev" bound to bind (inside ns when ns is
 // not nil) with the HTTP API on httpPort, waits for a leader, and stops it at
@@ -76,6 +81,7 @@ func LaunchConsul(bin string, ns *NS, bind string, httpPort int) (*Consul, func(
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
 	stop := func() string {
+		_ = cmd.Process.Signal(syscall.SIGCONT) // a frozen server cannot stop
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-done:
@@ -87,7 +93,7 @@ func LaunchConsul(bin string, ns *NS, bind string, httpPort int) (*Consul, func(
 		os.RemoveAll(dir)
 		return string(b)
 	}
-	c := &Consul{Addr: fmt.Sprintf("%s:%d", bind, httpPort), ns: ns, bin: bin}
+	c := &Consul{Addr: fmt.Sprintf("%s:%d", bind, httpPort), ns: ns, bin: bin, cmd: cmd}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		select {
