@@ -66,6 +66,7 @@ func New(cluster, local kv.Store, fw *firewall.Firewall, cfg Config, log logrus.
 	if cfg.Resync == 0 {
 		cfg.Resync = 30 * time.Second
 	}
+	fw.VXLANPort = cfg.VXLANPort
 	return &Driver{cluster: cluster, local: local, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
 		st:      localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}},
 		bg:      context.Background(),

@@ -21,6 +21,7 @@ const (
 	ForwardChain     = "TARTAN-FORWARD"
 	PostroutingChain = "TARTAN-POSTROUTING"
 	DNATChain        = "TARTAN-DNAT"
+	RawChain         = "TARTAN-RAW"
 )
 
 // Network is what the firewall needs to know of a network.
@@ -42,6 +43,10 @@ type Port struct {
 // Firewall applies rule sets with one iptables flavour.
 type Firewall struct {
 	iptables string // iptables, iptables-nft or iptables-legacy
+	// VXLANPort, when set, is exempted from connection tracking: the
+	// encapsulated packets need none (the inner ones are tracked), and
+	// tracking them twice costs VXLAN a good part of its throughput.
+	VXLANPort int
 }
 
 // New picks the flavour whose tables hold Docker's chains, else nft, else
@@ -126,6 +131,8 @@ var jumps = []struct {
 	{"nat", "POSTROUTING", []string{"-j", PostroutingChain}},
 	{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}},
 	{"nat", "OUTPUT", []string{"!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}},
+	{"raw", "PREROUTING", []string{"-j", RawChain}},
+	{"raw", "OUTPUT", []string{"-j", RawChain}},
 }
 
 // Apply replaces tartan's chains with the rules for nets and ports and makes
@@ -138,6 +145,12 @@ func (f *Firewall) Apply(nets []Network, ports []Port) error {
 	fmt.Fprintf(&in, "COMMIT\n*nat\n")
 	writeChain(&in, PostroutingChain, nat)
 	writeChain(&in, DNATChain, dnat)
+	fmt.Fprintf(&in, "COMMIT\n*raw\n")
+	var raw []string
+	if f.VXLANPort != 0 {
+		raw = append(raw, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j NOTRACK", RawChain, f.VXLANPort))
+	}
+	writeChain(&in, RawChain, raw)
 	fmt.Fprintf(&in, "COMMIT\n")
 	cmd := exec.Command(f.iptables+"-restore", "-w", "5", "--noflush")
 	cmd.Stdin = &in
@@ -177,7 +190,7 @@ func (f *Firewall) Remove() error {
 		for exec.Command(f.iptables, append([]string{"-w", "-t", j.table, "-D", j.builtin}, j.spec...)...).Run() == nil {
 		}
 	}
-	for _, c := range [][2]string{{"filter", ForwardChain}, {"nat", PostroutingChain}, {"nat", DNATChain}} {
+	for _, c := range [][2]string{{"filter", ForwardChain}, {"nat", PostroutingChain}, {"nat", DNATChain}, {"raw", RawChain}} {
 		_ = exec.Command(f.iptables, "-w", "-t", c[0], "-F", c[1]).Run()
 		_ = exec.Command(f.iptables, "-w", "-t", c[0], "-X", c[1]).Run()
 	}
