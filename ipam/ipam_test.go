@@ -58,7 +58,7 @@ func forEachStore(t *testing.T, fn func(t *testing.T, e env)) {
 		},
 		"consul": func(t *testing.T) kv.Store {
 			testbed.Require(t, consulAddr != "", "no consul server (run make consul, or set CONSUL_BIN)")
-			s, err := kv.NewConsul(kv.ConsulConfig{Address: consulAddr, Scheme: "http",
+			s, err := kv.NewConsul(kv.ConsulConfig{Addresses: []string{consulAddr}, Scheme: "http",
 				Prefix: fmt.Sprintf("ipamtest/%s-%d/", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano())})
 			if err != nil {
 				t.Fatal(err)

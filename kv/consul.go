@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -14,59 +15,102 @@ import (
 
 // ConsulConfig says how to reach Consul and where tartan's keys live.
 type ConsulConfig struct {
-	Address  string // host:port
-	Scheme   string // http or https
-	Prefix   string // key prefix, ending in "/"
-	Token    string
-	CAFile   string
-	CertFile string
-	KeyFile  string
+	Addresses []string // host:port of one or more servers (or local agents)
+	Scheme    string   // http or https
+	Prefix    string   // key prefix, ending in "/"
+	Token     string
+	CAFile    string
+	CertFile  string
+	KeyFile   string
 }
 
-// Consul is the cluster Store over Consul's KV API.
+// AttemptTimeout bounds one attempt against one server, so that a server
+// that hangs leaves time to try the next.
+const AttemptTimeout = 2500 * time.Millisecond
+
+// Consul is the cluster Store over Consul's KV API. With several addresses
+// it sticks to one server and moves to the next when that one is
+// unreachable; every domain write is idempotent, so a retried write is safe.
 type Consul struct {
-	kv     *api.KV
+	kvs    []*api.KV
 	cfg    ConsulConfig
 	prefix string
+	cur    atomic.Int32
 }
 
-// NewConsul builds a Consul store; it does not contact the server.
+// NewConsul builds a Consul store; it does not contact the servers.
 func NewConsul(cfg ConsulConfig) (*Consul, error) {
-	c := api.DefaultNonPooledConfig()
-	c.Address = cfg.Address
-	c.Scheme = cfg.Scheme
-	c.Token = cfg.Token
-	c.TLSConfig = api.TLSConfig{CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
-	client, err := api.NewClient(c)
-	if err != nil {
-		return nil, fmt.Errorf("consul client for %s: %w", cfg.Address, err)
+	if len(cfg.Addresses) == 0 {
+		return nil, errors.New("consul: no address")
 	}
-	prefix := strings.TrimPrefix(cfg.Prefix, "/")
-	if prefix != "" && !strings.HasSuffix(prefix, "/") {
-		prefix += "/"
+	c := &Consul{cfg: cfg}
+	for _, addr := range cfg.Addresses {
+		ac := api.DefaultNonPooledConfig()
+		ac.Address = addr
+		ac.Scheme = cfg.Scheme
+		ac.Token = cfg.Token
+		ac.TLSConfig = api.TLSConfig{CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
+		client, err := api.NewClient(ac)
+		if err != nil {
+			return nil, fmt.Errorf("consul client for %s: %w", addr, err)
+		}
+		c.kvs = append(c.kvs, client.KV())
 	}
-	return &Consul{kv: client.KV(), cfg: cfg, prefix: prefix}, nil
+	c.prefix = strings.TrimPrefix(cfg.Prefix, "/")
+	if c.prefix != "" && !strings.HasSuffix(c.prefix, "/") {
+		c.prefix += "/"
+	}
+	return c, nil
 }
 
 func (c *Consul) String() string {
-	return fmt.Sprintf("consul at %s://%s (prefix %q)", c.cfg.Scheme, c.cfg.Address, c.prefix)
+	return fmt.Sprintf("consul at %s://%s (prefix %q)", c.cfg.Scheme, strings.Join(c.cfg.Addresses, ","), c.prefix)
 }
 
 func (c *Consul) Close() error { return nil }
 
+func unavailable(err error) bool {
+	var ue *url.Error
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ue) || errors.As(err, &ne) ||
+		strings.Contains(err.Error(), "No cluster leader") || strings.Contains(err.Error(), "Unexpected response code: 5")
+}
+
 // classify turns transport failures into ErrUnavailable so that callers can
 // tell "Consul is down" from "Consul said no".
 func (c *Consul) classify(op, key string, err error) error {
-	var ue *url.Error
-	var ne net.Error
 	switch {
 	case errors.Is(err, context.Canceled):
 		return err
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ue), errors.As(err, &ne),
-		strings.Contains(err.Error(), "No cluster leader"), strings.Contains(err.Error(), "Unexpected response code: 5"):
+	case unavailable(err):
 		return fmt.Errorf("%s %s: %s: %w (%v)", op, key, c, ErrUnavailable, err)
 	}
 	return fmt.Errorf("%s %s: %s: %w", op, key, c, err)
+}
+
+// do runs op against the current server and, while servers are unreachable,
+// against the next ones, each attempt with its own timeout (blocking queries
+// bring their own, with attempt false).
+func (c *Consul) do(ctx context.Context, name, key string, attempt bool, op func(ctx context.Context, kv *api.KV) error) error {
+	var err error
+	start := int(c.cur.Load())
+	for i := 0; i < len(c.kvs); i++ {
+		idx := (start + i) % len(c.kvs)
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if attempt && len(c.kvs) > 1 {
+			actx, cancel = context.WithTimeout(ctx, AttemptTimeout)
+		}
+		err = op(actx, c.kvs[idx])
+		cancel()
+		if err == nil || !unavailable(err) || ctx.Err() != nil {
+			break
+		}
+		c.cur.CompareAndSwap(int32(start), int32((idx+1)%len(c.kvs)))
+	}
+	if err != nil {
+		return c.classify(name, key, err)
+	}
+	return nil
 }
 
 func (c *Consul) query(ctx context.Context) *api.QueryOptions {
@@ -74,9 +118,13 @@ func (c *Consul) query(ctx context.Context) *api.QueryOptions {
 }
 
 func (c *Consul) Get(ctx context.Context, key string) (Pair, error) {
-	p, _, err := c.kv.Get(c.prefix+key, c.query(ctx))
+	var p *api.KVPair
+	err := c.do(ctx, "get", key, true, func(ctx context.Context, kv *api.KV) (err error) {
+		p, _, err = kv.Get(c.prefix+key, c.query(ctx))
+		return err
+	})
 	if err != nil {
-		return Pair{}, c.classify("get", key, err)
+		return Pair{}, err
 	}
 	if p == nil {
 		return Pair{}, ErrNotFound
@@ -85,10 +133,15 @@ func (c *Consul) Get(ctx context.Context, key string) (Pair, error) {
 }
 
 func (c *Consul) Put(ctx context.Context, key string, value []byte, version uint64) (uint64, error) {
+	var ok bool
+	var resp *api.KVTxnResponse
 	ops := api.KVTxnOps{{Verb: api.KVCAS, Key: c.prefix + key, Value: value, Index: version}}
-	ok, resp, _, err := c.kv.Txn(ops, c.query(ctx))
+	err := c.do(ctx, "put", key, true, func(ctx context.Context, kv *api.KV) (err error) {
+		ok, resp, _, err = kv.Txn(ops, c.query(ctx))
+		return err
+	})
 	if err != nil {
-		return 0, c.classify("put", key, err)
+		return 0, err
 	}
 	if !ok || resp == nil || len(resp.Results) != 1 {
 		return 0, ErrConflict
@@ -97,17 +150,18 @@ func (c *Consul) Put(ctx context.Context, key string, value []byte, version uint
 }
 
 func (c *Consul) Delete(ctx context.Context, key string, version uint64) error {
-	w := (&api.WriteOptions{}).WithContext(ctx)
-	if version == 0 {
-		_, err := c.kv.Delete(c.prefix+key, w)
-		if err != nil {
-			return c.classify("delete", key, err)
+	ok := true
+	err := c.do(ctx, "delete", key, true, func(ctx context.Context, kv *api.KV) (err error) {
+		w := (&api.WriteOptions{}).WithContext(ctx)
+		if version == 0 {
+			_, err = kv.Delete(c.prefix+key, w)
+			return err
 		}
-		return nil
-	}
-	ok, _, err := c.kv.DeleteCAS(&api.KVPair{Key: c.prefix + key, ModifyIndex: version}, w)
+		ok, _, err = kv.DeleteCAS(&api.KVPair{Key: c.prefix + key, ModifyIndex: version}, w)
+		return err
+	})
 	if err != nil {
-		return c.classify("delete", key, err)
+		return err
 	}
 	if !ok {
 		// A CAS delete of a key that is already gone is a success.
@@ -120,14 +174,19 @@ func (c *Consul) Delete(ctx context.Context, key string, version uint64) error {
 }
 
 func (c *Consul) list(ctx context.Context, prefix string, wait uint64) ([]Pair, uint64, error) {
-	q := c.query(ctx)
-	if wait > 0 {
-		q.WaitIndex = wait
-		q.WaitTime = 5 * time.Minute
-	}
-	ps, meta, err := c.kv.List(c.prefix+prefix, q)
+	var ps api.KVPairs
+	var meta *api.QueryMeta
+	err := c.do(ctx, "list", prefix, wait == 0, func(ctx context.Context, kv *api.KV) (err error) {
+		q := c.query(ctx)
+		if wait > 0 {
+			q.WaitIndex = wait
+			q.WaitTime = 5 * time.Minute
+		}
+		ps, meta, err = kv.List(c.prefix+prefix, q)
+		return err
+	})
 	if err != nil {
-		return nil, wait, c.classify("list", prefix, err)
+		return nil, wait, err
 	}
 	out := make([]Pair, 0, len(ps))
 	for _, p := range ps {

@@ -24,7 +24,7 @@ func consulStore(t *testing.T) kv.Store {
 	t.Helper()
 	testbed.Require(t, consulAddr != "", "no consul server (run make consul, or set CONSUL_BIN)")
 	prefix := "test/" + strings.NewReplacer("/", "_").Replace(t.Name()) + fmt.Sprint(time.Now().UnixNano()) + "/"
-	s, err := kv.NewConsul(kv.ConsulConfig{Address: consulAddr, Scheme: "http", Prefix: prefix})
+	s, err := kv.NewConsul(kv.ConsulConfig{Addresses: []string{consulAddr}, Scheme: "http", Prefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestBoltPersistsAcrossReopen(t *testing.T) {
 }
 
 func TestConsulUnreachableIsClassified(t *testing.T) {
-	s, err := kv.NewConsul(kv.ConsulConfig{Address: "127.0.0.1:1", Scheme: "http", Prefix: "x/"})
+	s, err := kv.NewConsul(kv.ConsulConfig{Addresses: []string{"127.0.0.1:1"}, Scheme: "http", Prefix: "x/"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,4 +268,22 @@ func TestConsulUnreachableIsClassified(t *testing.T) {
 
 func TestMain(m *testing.M) {
 	os.Exit(testbed.MainWithConsul(m, 18500, &consulAddr))
+}
+
+func TestConsulFailsOver(t *testing.T) {
+	testbed.Require(t, consulAddr != "", "no consul server (run make consul, or set CONSUL_BIN)")
+	s, err := kv.NewConsul(kv.ConsulConfig{Addresses: []string{"127.0.0.1:1", consulAddr}, Scheme: "http", Prefix: "failover/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := s.Put(ctx, "k", []byte("v"), 0); err != nil {
+		t.Fatalf("put with the first server down: %v", err)
+	}
+	if p, err := s.Get(ctx, "k"); err != nil || string(p.Value) != "v" {
+		t.Fatalf("get: %+v %v", p, err)
+	}
+	if err := s.Delete(ctx, "k", 0); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -26,8 +26,12 @@ func TestSettings(t *testing.T) {
 		t.Fatalf("defaults: %+v %v", s, err)
 	}
 	s, err = ParseSettings(envOf(map[string]string{"STORE": "consul://10.0.0.5/cluster-a", "SCOPE": "global", "CONSUL_HTTP_TOKEN": "tok"}))
-	if err != nil || s.Consul.Address != "10.0.0.5:8500" || s.Consul.Prefix != "cluster-a/" || s.Consul.Token != "tok" || s.Scope != "global" {
+	if err != nil || s.Consul.Addresses[0] != "10.0.0.5:8500" || s.Consul.Prefix != "cluster-a/" || s.Consul.Token != "tok" || s.Scope != "global" {
 		t.Fatalf("consul: %+v %+v %v", s, s.Consul, err)
+	}
+	s, err = ParseSettings(envOf(map[string]string{"STORE": "consul://a:8500,b,c:9500/x"}))
+	if err != nil || strings.Join(s.Consul.Addresses, " ") != "a:8500 b:8500 c:9500" || s.Consul.Prefix != "x/" {
+		t.Fatalf("several servers: %+v %v", s.Consul, err)
 	}
 	s, err = ParseSettings(envOf(map[string]string{"STORE": "consul+https://c.example:8501"}))
 	if err != nil || s.Consul.Scheme != "https" || s.Consul.Prefix != "tartan/" {

@@ -115,10 +115,11 @@ func ParseSettings(env func(string) string) (Settings, error) {
 	return s, nil
 }
 
-// ParseStore reads a STORE URL: consul://host[:port][/prefix], or
-// consul+https://... for TLS.
+// ParseStore reads a STORE URL: consul://host[:port][,host[:port]...][/prefix],
+// or consul+https://... for TLS. Several hosts are servers (or agents) of one
+// Consul cluster, tried in turn when one is unreachable.
 func ParseStore(v string) (kv.ConsulConfig, error) {
-	bad := fmt.Errorf("STORE=%s: use consul://host:8500[/prefix] (or consul+https://...), or leave it empty for the embedded single-host store", v)
+	bad := fmt.Errorf("STORE=%s: use consul://host:8500[,host2:8500...][/prefix] (or consul+https://...), or leave it empty for the embedded single-host store", v)
 	u, err := url.Parse(v)
 	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return kv.ConsulConfig{}, bad
@@ -131,14 +132,16 @@ func ParseStore(v string) (kv.ConsulConfig, error) {
 	default:
 		return kv.ConsulConfig{}, bad
 	}
-	host, port, err := net.SplitHostPort(u.Host)
-	if err != nil {
-		host, port = u.Host, "8500"
+	for _, hp := range strings.Split(u.Host, ",") {
+		host, port, err := net.SplitHostPort(hp)
+		if err != nil {
+			host, port = hp, "8500"
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || host == "" {
+			return kv.ConsulConfig{}, bad
+		}
+		c.Addresses = append(c.Addresses, net.JoinHostPort(host, port))
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || host == "" {
-		return kv.ConsulConfig{}, bad
-	}
-	c.Address = net.JoinHostPort(host, port)
 	if p := strings.Trim(u.Path, "/"); p != "" {
 		c.Prefix = p + "/"
 	}

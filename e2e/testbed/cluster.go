@@ -10,11 +10,12 @@ import (
 // touched), each host a namespace with its own dockerd, and a Consul server
 // on the same segment. Hosts have no default route.
 type Cluster struct {
-	Name   string
-	Switch NS
-	Hosts  []*Host
-	Consul *Consul
-	MTU    int
+	Name    string
+	Switch  NS
+	Hosts   []*Host
+	Consul  *Consul   // the first server
+	Servers []*Consul // every server (one, or three with NewClusterHA)
+	MTU     int
 	// Addr is each host's underlay address, by index.
 	Addr []string
 }
@@ -35,7 +36,70 @@ func NewCluster(t testing.TB, name string, mtu int) *Cluster {
 	cns := NewNS(t, "tt-"+name+"-cs")
 	c.plug(t, cns, "cs", ConsulAddr)
 	c.Consul = StartConsul(t, &cns, ConsulAddr, 8500)
+	c.Servers = []*Consul{c.Consul}
 	return c
+}
+
+// NewClusterHA is NewCluster with a three-server Consul cluster (.100-.102),
+// for the fault cases; hosts are given all three addresses.
+func NewClusterHA(t testing.TB, name string, mtu int) *Cluster {
+	t.Helper()
+	c := &Cluster{Name: name, MTU: mtu}
+	c.Switch = NewNS(t, "tt-"+name+"-sw")
+	c.Switch.MustIP(t, "link", "add", "br0", "mtu", fmt.Sprint(mtu), "type", "bridge")
+	c.Switch.MustIP(t, "link", "set", "br0", "up")
+	addrs := []string{ConsulAddr, UnderlayPrefix + "101", UnderlayPrefix + "102"}
+	nss := make([]NS, 3)
+	for i, a := range addrs {
+		nss[i] = NewNS(t, fmt.Sprintf("tt-%s-cs%d", name, i+1))
+		c.plug(t, nss[i], fmt.Sprintf("cs%d", i+1), a)
+	}
+	bin := ConsulBin(t)
+	type result struct {
+		c    *Consul
+		stop func() string
+		err  error
+	}
+	results := make([]chan result, 3)
+	for i := range addrs {
+		results[i] = make(chan result, 1)
+		var join []string
+		for j, a := range addrs {
+			if j != i {
+				join = append(join, a+":8502")
+			}
+		}
+		go func() {
+			s, stop, err := LaunchConsul(bin, &nss[i], addrs[i], 8500, join...)
+			results[i] <- result{s, stop, err}
+		}()
+	}
+	for i := range addrs {
+		r := <-results[i]
+		if r.err != nil {
+			t.Fatalf("consul server %d: %v", i+1, r.err)
+		}
+		t.Cleanup(func() {
+			if log := r.stop(); t.Failed() {
+				t.Logf("consul server %d log:\n%s", i+1, log)
+			}
+		})
+		c.Servers = append(c.Servers, r.c)
+	}
+	c.Consul = c.Servers[0]
+	return c
+}
+
+// StoreURL is the STORE setting that names every Consul server.
+func (c *Cluster) StoreURL() string {
+	url := "consul://"
+	for i, s := range c.Servers {
+		if i > 0 {
+			url += ","
+		}
+		url += s.Addr
+	}
+	return url
 }
 
 // plug connects a namespace to the switch with underlay address addr.
@@ -59,7 +123,7 @@ func (c *Cluster) AddHost(t testing.TB, settings ...string) *Host {
 	c.plug(t, ns, fmt.Sprintf("h%d", i), addr)
 	h := StartDockerd(t, ns)
 	h.Image(t)
-	h.InstallPlugin(t, append([]string{"STORE=consul://" + ConsulAddr + ":8500", "ADVERTISE=eth1"}, settings...)...)
+	h.InstallPlugin(t, append([]string{"STORE=" + c.StoreURL(), "ADVERTISE=eth1"}, settings...)...)
 	c.Hosts = append(c.Hosts, h)
 	c.Addr = append(c.Addr, addr)
 	return h

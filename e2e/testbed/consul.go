@@ -39,9 +39,9 @@ func (c *Consul) Signal(sig syscall.Signal) error { return c.cmd.Process.Signal(
 // StartConsul runs "consul agent -dev" bound to bind (inside ns when ns is
 // not nil) with the HTTP API on httpPort, waits for a leader, and stops it at
 // cleanup. Ports other than HTTP, server and serf LAN are off.
-func StartConsul(t testing.TB, ns *NS, bind string, httpPort int) *Consul {
+func StartConsul(t testing.TB, ns *NS, bind string, httpPort int, join ...string) *Consul {
 	t.Helper()
-	c, stop, err := LaunchConsul(ConsulBin(t), ns, bind, httpPort)
+	c, stop, err := LaunchConsul(ConsulBin(t), ns, bind, httpPort, join...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,8 +54,9 @@ func StartConsul(t testing.TB, ns *NS, bind string, httpPort int) *Consul {
 }
 
 // LaunchConsul is StartConsul for callers without a test (TestMain). stop
-// ends the server, removes its data and returns its log.
-func LaunchConsul(bin string, ns *NS, bind string, httpPort int) (*Consul, func() string, error) {
+// ends the server, removes its data and returns its log. With join, it is one
+// server of a cluster of len(join)+1 (it waits for the cluster's leader).
+func LaunchConsul(bin string, ns *NS, bind string, httpPort int, join ...string) (*Consul, func() string, error) {
 	dir, err := os.MkdirTemp("", "tartan-consul")
 	if err != nil {
 		return nil, nil, err
@@ -63,6 +64,13 @@ func LaunchConsul(bin string, ns *NS, bind string, httpPort int) (*Consul, func(
 	hcl := fmt.Sprintf(`ports { http = %d, dns = -1, grpc = -1, grpc_tls = -1, serf_wan = -1, server = %d, serf_lan = %d }`,
 		httpPort, httpPort+1, httpPort+2)
 	args := []string{"agent", "-dev", "-bind", bind, "-client", bind, "-data-dir", dir, "-hcl", hcl, "-log-level", "warn"}
+	if len(join) > 0 {
+		args = []string{"agent", "-server", "-bootstrap-expect", fmt.Sprint(len(join) + 1), "-bind", bind, "-client", bind,
+			"-data-dir", dir, "-hcl", hcl, "-log-level", "warn", "-node", "consul-" + bind}
+		for _, j := range join {
+			args = append(args, "-retry-join", j)
+		}
+	}
 	var cmd *exec.Cmd
 	if ns != nil {
 		cmd = exec.Command("nsenter", append([]string{"--net=" + ns.Path(), bin}, args...)...)
