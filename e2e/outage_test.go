@@ -12,6 +12,54 @@ import (
 	"github.com/tartan-net/tartan/e2e/testbed"
 )
 
+// spanned is one tartan network created with the same subnet on every host
+// of a cluster.
+type spanned struct {
+	t    *testing.T
+	name string
+}
+
+func span(t *testing.T, c *testbed.Cluster, name, subnet string) *spanned {
+	t.Helper()
+	for _, h := range c.Hosts {
+		h.MustDocker(t, "network", "create", tnet, tipam, "--subnet", subnet, name)
+	}
+	return &spanned{t: t, name: name}
+}
+
+// run starts a container on h and returns its address.
+func (s *spanned) run(h *testbed.Host, ctr string) (string, error) {
+	_, _ = h.Docker("rm", "-f", ctr)
+	if _, err := h.Docker("run", "-d", "--name", ctr, "--network", s.name, "tbox", "sleep", "3600"); err != nil {
+		return "", err
+	}
+	return h.Docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", ctr)
+}
+
+// reach pings target from container ctr on h.
+func (s *spanned) reach(h *testbed.Host, ctr, target string) error {
+	out, err := h.Docker("exec", ctr, "ping", "-c", "1", "-W", "1", target)
+	if err != nil {
+		return fmt.Errorf("%v %s", err, out)
+	}
+	return nil
+}
+
+// startAcross runs a container on the first two hosts and waits until the
+// first reaches the second; it returns the second's address.
+func (s *spanned) startAcross(c *testbed.Cluster, a, b string) string {
+	s.t.Helper()
+	if _, err := s.run(c.Hosts[0], a); err != nil {
+		s.t.Fatal(err)
+	}
+	ip, err := s.run(c.Hosts[1], b)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	testbed.Eventually(s.t, 20*time.Second, "connected across hosts", func() error { return s.reach(c.Hosts[0], a, ip) })
+	return ip
+}
+
 // Consul becomes unreachable (frozen): running containers keep their
 // cross-host connectivity, new requests fail within seconds with an error
 // that names the store, and when Consul is back everything resumes without a
@@ -23,23 +71,8 @@ func TestConsulOutage(t *testing.T) {
 		c.AddHost(t, "RESYNC=2s")
 	}
 	h1, h2 := c.Hosts[0], c.Hosts[1]
-	for _, h := range c.Hosts {
-		h.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "10.68.0.0/16", "out")
-	}
-	run := func(h *testbed.Host, name string) string {
-		h.MustDocker(t, "run", "-d", "--name", name, "--network", "out", "tbox", "sleep", "3600")
-		return h.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
-	}
-	run(h1, "o1")
-	ip2 := run(h2, "o2")
-	reach := func(target string) error {
-		out, err := h1.Docker("exec", "o1", "ping", "-c", "1", "-W", "1", target)
-		if err != nil {
-			return fmt.Errorf("%v %s", err, out)
-		}
-		return nil
-	}
-	testbed.Eventually(t, 20*time.Second, "connected before the outage", func() error { return reach(ip2) })
+	n := span(t, c, "out", "10.68.0.0/16")
+	ip2 := n.startAcross(c, "o1", "o2")
 
 	if err := c.Consul.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -53,7 +86,7 @@ func TestConsulOutage(t *testing.T) {
 	t.Logf("a docker run during the outage failed after %s: %v", time.Since(start).Round(time.Millisecond), strings.SplitN(err.Error(), "\n", 2)[0])
 	// Several resync periods pass with the store gone: nothing is withdrawn.
 	for i := 0; i < 5; i++ {
-		if err := reach(ip2); err != nil {
+		if err := n.reach(h1, "o1", ip2); err != nil {
 			t.Fatalf("connectivity lost during the outage: %v", err)
 		}
 		time.Sleep(time.Second)
@@ -63,15 +96,11 @@ func TestConsulOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ip3 string
-	testbed.Eventually(t, 30*time.Second, "docker run works again", func() error {
-		_, _ = h2.Docker("rm", "-f", "o3")
-		_, err := h2.Docker("run", "-d", "--name", "o3", "--network", "out", "tbox", "sleep", "3600")
-		if err == nil {
-			ip3 = h2.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "o3")
-		}
+	testbed.Eventually(t, 30*time.Second, "docker run works again", func() (err error) {
+		ip3, err = n.run(h2, "o3")
 		return err
 	})
-	testbed.Eventually(t, 20*time.Second, "the new container reached from the other host", func() error { return reach(ip3) })
+	testbed.Eventually(t, 20*time.Second, "the new container reached from the other host", func() error { return n.reach(h1, "o1", ip3) })
 }
 
 // With three Consul servers, losing the one a plugin talks to (frozen, as a
@@ -84,23 +113,8 @@ func TestConsulServerLoss(t *testing.T) {
 		c.AddHost(t, "RESYNC=2s")
 	}
 	h1, h2 := c.Hosts[0], c.Hosts[1]
-	for _, h := range c.Hosts {
-		h.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "10.69.0.0/16", "ha")
-	}
-	run := func(h *testbed.Host, name string) string {
-		h.MustDocker(t, "run", "-d", "--name", name, "--network", "ha", "tbox", "sleep", "3600")
-		return h.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
-	}
-	run(h1, "a1")
-	ip2 := run(h2, "a2")
-	reach := func(target string) error {
-		out, err := h1.Docker("exec", "a1", "ping", "-c", "1", "-W", "1", target)
-		if err != nil {
-			return fmt.Errorf("%v %s", err, out)
-		}
-		return nil
-	}
-	testbed.Eventually(t, 20*time.Second, "connected", func() error { return reach(ip2) })
+	n := span(t, c, "ha", "10.69.0.0/16")
+	ip2 := n.startAcross(c, "a1", "a2")
 	if err := c.Servers[0].Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -109,17 +123,13 @@ func TestConsulServerLoss(t *testing.T) {
 	// first; requests fail meanwhile (naming the store) and then succeed.
 	start := time.Now()
 	var ip3 string
-	testbed.Eventually(t, 45*time.Second, "docker run with the first Consul server frozen", func() error {
-		_, _ = h2.Docker("rm", "-f", "a3")
-		if _, err := h2.Docker("run", "-d", "--name", "a3", "--network", "ha", "tbox", "sleep", "3600"); err != nil {
-			return err
-		}
-		ip3 = h2.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "a3")
-		return nil
+	testbed.Eventually(t, 45*time.Second, "docker run with the first Consul server frozen", func() (err error) {
+		ip3, err = n.run(h2, "a3")
+		return err
 	})
 	t.Logf("first docker run that succeeded with the first Consul server frozen: %s after the freeze", time.Since(start).Round(time.Millisecond))
-	testbed.Eventually(t, 30*time.Second, "new container reached across hosts without the first server", func() error { return reach(ip3) })
-	if err := reach(ip2); err != nil {
+	testbed.Eventually(t, 30*time.Second, "new container reached across hosts without the first server", func() error { return n.reach(h1, "a1", ip3) })
+	if err := n.reach(h1, "a1", ip2); err != nil {
 		t.Fatalf("lost an existing container: %v", err)
 	}
 }

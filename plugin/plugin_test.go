@@ -63,6 +63,20 @@ func TestSettings(t *testing.T) {
 	}
 }
 
+// A wrong setting must leave the plugin runnable (it then answers every
+// request with the error): every interval and limit keeps its default.
+func TestBrokenSettingsKeepDefaults(t *testing.T) {
+	for _, env := range []map[string]string{{"STORE": "etcd://x"}, {"SCOPE": "x"}, {"RESYNC": "0s"}, {"LOG_LEVEL": "x"}} {
+		s, err := ParseSettings(envOf(env))
+		if err == nil {
+			t.Fatalf("%v: no error", env)
+		}
+		if s.Resync <= 0 || s.LeaseTTL <= 0 || renewEvery(s.LeaseTTL) <= 0 || s.VXLANPort == 0 || !s.AutoPool.IsValid() || s.StateDir == "" {
+			t.Fatalf("%v: unusable settings after an error: %+v", env, s)
+		}
+	}
+}
+
 func newTestHandler(t testing.TB, broken error) *Handler {
 	t.Helper()
 	log := logrus.New()

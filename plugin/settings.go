@@ -30,10 +30,20 @@ type Settings struct {
 	SysctlRoot string
 }
 
+// defaults are the settings' values when unset. ParseSettings starts from
+// them, so that even with an error it returns settings the plugin can run on
+// (it then serves every request with that error).
+func defaults() Settings {
+	return Settings{StateDir: "/var/lib/tartan", SysctlRoot: "/host/proc/sys", Scope: "local", VXLANPort: 8472,
+		LeaseTTL: 24 * time.Hour, Resync: 30 * time.Second, LogLevel: logrus.InfoLevel,
+		AutoPool: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}
+}
+
 // ParseSettings reads the settings from env (os.Getenv in production). Each
 // error names the setting and the fix.
 func ParseSettings(env func(string) string) (Settings, error) {
-	s := Settings{Advertise: strings.TrimSpace(env("ADVERTISE")), StateDir: "/var/lib/tartan", SysctlRoot: "/host/proc/sys"}
+	s := defaults()
+	s.Advertise = strings.TrimSpace(env("ADVERTISE"))
 	if v := env("STATE_DIR"); v != "" {
 		s.StateDir = v
 	}
@@ -59,13 +69,11 @@ func ParseSettings(env func(string) string) (Settings, error) {
 	}
 	switch v := strings.TrimSpace(env("SCOPE")); v {
 	case "", "local":
-		s.Scope = "local"
 	case "global":
 		s.Scope = "global"
 	default:
 		return s, fmt.Errorf("SCOPE=%s: use local or global", v)
 	}
-	s.VXLANPort = 8472
 	if v := strings.TrimSpace(env("VXLAN_PORT")); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 65535 {
@@ -73,7 +81,6 @@ func ParseSettings(env func(string) string) (Settings, error) {
 		}
 		s.VXLANPort = n
 	}
-	s.LeaseTTL = 24 * time.Hour
 	if v := strings.TrimSpace(env("LEASE_TTL")); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 10*time.Second {
@@ -81,7 +88,6 @@ func ParseSettings(env func(string) string) (Settings, error) {
 		}
 		s.LeaseTTL = d
 	}
-	s.Resync = 30 * time.Second
 	if v := strings.TrimSpace(env("RESYNC")); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < time.Second || d > time.Hour {
@@ -89,7 +95,6 @@ func ParseSettings(env func(string) string) (Settings, error) {
 		}
 		s.Resync = d
 	}
-	s.LogLevel = logrus.InfoLevel
 	if v := strings.TrimSpace(env("LOG_LEVEL")); v != "" {
 		l, err := logrus.ParseLevel(v)
 		if err != nil {
@@ -97,7 +102,6 @@ func ParseSettings(env func(string) string) (Settings, error) {
 		}
 		s.LogLevel = l
 	}
-	s.AutoPool, s.AutoBits = netip.MustParsePrefix("10.240.0.0/12"), 24
 	if v := strings.TrimSpace(env("AUTO_POOL")); v != "" {
 		p, err := netip.ParsePrefix(v)
 		if err != nil || !p.Addr().Is4() || p.Masked() != p {

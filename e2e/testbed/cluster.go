@@ -29,10 +29,7 @@ const (
 // NewCluster builds the switch and Consul; hosts come with AddHost.
 func NewCluster(t testing.TB, name string, mtu int) *Cluster {
 	t.Helper()
-	c := &Cluster{Name: name, MTU: mtu}
-	c.Switch = NewNS(t, "tt-"+name+"-sw")
-	c.Switch.MustIP(t, "link", "add", "br0", "mtu", fmt.Sprint(mtu), "type", "bridge")
-	c.Switch.MustIP(t, "link", "set", "br0", "up")
+	c := newSwitch(t, name, mtu)
 	cns := NewNS(t, "tt-"+name+"-cs")
 	c.plug(t, cns, "cs", ConsulAddr)
 	c.Consul = StartConsul(t, &cns, ConsulAddr, 8500)
@@ -44,10 +41,7 @@ func NewCluster(t testing.TB, name string, mtu int) *Cluster {
 // for the fault cases; hosts are given all three addresses.
 func NewClusterHA(t testing.TB, name string, mtu int) *Cluster {
 	t.Helper()
-	c := &Cluster{Name: name, MTU: mtu}
-	c.Switch = NewNS(t, "tt-"+name+"-sw")
-	c.Switch.MustIP(t, "link", "add", "br0", "mtu", fmt.Sprint(mtu), "type", "bridge")
-	c.Switch.MustIP(t, "link", "set", "br0", "up")
+	c := newSwitch(t, name, mtu)
 	addrs := []string{ConsulAddr, UnderlayPrefix + "101", UnderlayPrefix + "102"}
 	nss := make([]NS, 3)
 	for i, a := range addrs {
@@ -100,6 +94,16 @@ func (c *Cluster) StoreURL() string {
 		url += s.Addr
 	}
 	return url
+}
+
+// newSwitch makes the cluster's switch: a bridge in a namespace of its own.
+func newSwitch(t testing.TB, name string, mtu int) *Cluster {
+	t.Helper()
+	c := &Cluster{Name: name, MTU: mtu}
+	c.Switch = NewNS(t, "tt-"+name+"-sw")
+	c.Switch.MustIP(t, "link", "add", "br0", "mtu", fmt.Sprint(mtu), "type", "bridge")
+	c.Switch.MustIP(t, "link", "set", "br0", "up")
+	return c
 }
 
 // plug connects a namespace to the switch with underlay address addr.
