@@ -94,9 +94,15 @@ func (s *single) transfer(t *testing.T, network, server string) {
 // network rm right after docker rm -f may still see them, as a user would.
 func (s *single) removeNetworks(t *testing.T, names ...string) {
 	t.Helper()
+	removeNetworks(t, s.Host, names...)
+}
+
+// removeNetworks is the same for any test host.
+func removeNetworks(t *testing.T, h *testbed.Host, names ...string) {
+	t.Helper()
 	for _, n := range names {
 		testbed.Eventually(t, 60*time.Second, "docker network rm "+n, func() error {
-			_, err := s.Docker("network", "rm", n)
+			_, err := h.Docker("network", "rm", n)
 			return err
 		})
 	}

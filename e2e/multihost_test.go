@@ -137,13 +137,3 @@ func TestMultiHost(t *testing.T) {
 	}
 	wg.Wait()
 }
-
-func removeNetworks(t *testing.T, h *testbed.Host, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		testbed.Eventually(t, 60*time.Second, "docker network rm "+n, func() error {
-			_, err := h.Docker("network", "rm", n)
-			return err
-		})
-	}
-}

@@ -579,7 +579,7 @@ func (m *IPAM) pick(ctx context.Context, st *poolState) (netip.Addr, error) {
 			if a, ok := st.layout.FreeIn(b, st.used); ok {
 				if !live {
 					// Our own lease ran out but nobody took it: take it back.
-					if err := m.renewBlock(ctx, st.pool.CIDR, b, bs); err != nil {
+					if err := m.claimBlock(ctx, st.pool.CIDR, b, bs); err != nil {
 						return netip.Addr{}, nil
 					}
 				}
@@ -616,6 +616,8 @@ func (m *IPAM) pick(ctx context.Context, st *poolState) (netip.Addr, error) {
 	return borrowed, nil
 }
 
+// claimBlock takes block b for this host, or renews this host's lease on it,
+// with a fresh expiry, by compare-and-set over the version it was read at.
 func (m *IPAM) claimBlock(ctx context.Context, pool string, b netip.Prefix, prev blockState) error {
 	blk := kv.Block{CIDR: b.String(), Pool: pool, Host: m.cfg.Host, Expires: m.cfg.Now().Add(m.cfg.LeaseTTL).UTC()}
 	_, err := kv.PutJSON(ctx, m.store, kv.BlockPath(pool, blk.CIDR), blk, prev.version)
@@ -623,10 +625,6 @@ func (m *IPAM) claimBlock(ctx context.Context, pool string, b netip.Prefix, prev
 		m.log.WithFields(logrus.Fields{"pool": pool, "block": blk.CIDR, "expires": blk.Expires}).Info("block claimed")
 	}
 	return err
-}
-
-func (m *IPAM) renewBlock(ctx context.Context, pool string, b netip.Prefix, cur blockState) error {
-	return m.claimBlock(ctx, pool, b, cur)
 }
 
 // RenewLeases extends every block lease of this host that has used more than
@@ -646,7 +644,7 @@ func (m *IPAM) RenewLeases(ctx context.Context) error {
 			if perr != nil {
 				return nil
 			}
-			if err := m.renewBlock(ctx, cidr, p, blockState{block: b, version: ver}); err != nil && !errors.Is(err, kv.ErrConflict) {
+			if err := m.claimBlock(ctx, cidr, p, blockState{block: b, version: ver}); err != nil && !errors.Is(err, kv.ErrConflict) {
 				return err
 			}
 			return nil
@@ -681,10 +679,3 @@ func (m *IPAM) ReleaseAddress(ctx context.Context, id PoolID, address string) er
 	}
 	return nil
 }
-
-// Kinds re-exported for callers that only import ipam.
-const (
-	KindEndpoint = kv.KindEndpoint
-	KindGateway  = kv.KindGateway
-	KindAux      = kv.KindAux
-)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -110,7 +111,7 @@ func LaunchConsul(bin string, ns *NS, bind string, httpPort int, join ...string)
 		default:
 		}
 		out, err := c.CLI("operator", "raft", "list-peers")
-		if err == nil && contains(out, "leader") {
+		if err == nil && strings.Contains(out, "leader") {
 			return c, stop, nil
 		}
 		if time.Now().After(deadline) {
@@ -147,11 +148,7 @@ func (c *Consul) Keys(t testing.TB, prefix string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var keys []string
-	for _, l := range splitLines(out) {
-		keys = append(keys, l)
-	}
-	return keys
+	return splitLines(out)
 }
 
 // MainWithConsul runs a package's tests with a Consul server on 127.0.0.1 at
