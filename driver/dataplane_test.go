@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -81,7 +82,7 @@ func newBed(t *testing.T) *bed {
 func (b *bed) restart() {
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	b.drv = driver.New(b.store, b.local, b.fw, driver.Config{Host: "h1", Advertise: "under0"}, log)
+	b.drv = driver.New(b.store, b.local, ipam.New(b.store, ipam.Config{Host: "h1"}, log), b.fw, driver.Config{Host: "h1", Advertise: "under0"}, log)
 	if err := b.drv.Restore(b.ctx); err != nil {
 		b.t.Fatal(err)
 	}
@@ -128,7 +129,11 @@ func (b *bed) container(netID, epID, ns, ip string) {
 	}
 }
 
+// pings says whether namespace ns ("" for the test's own) reaches ip.
 func pings(ns, ip string) bool {
+	if ns == "" {
+		return exec.Command("busybox", "ping", "-c1", "-W1", ip).Run() == nil
+	}
 	return exec.Command("ip", "netns", "exec", ns, "busybox", "ping", "-c1", "-W1", ip).Run() == nil
 }
 
@@ -271,7 +276,12 @@ func TestOptionErrors(t *testing.T) {
 		{generic("tartan.vni", "5", "tartan.backend", "host-gw"), "vxlan backend only"},
 		{generic("tartan.directrouting", "maybe"), "not a boolean"},
 		{generic("com.docker.network.driver.mtu", "12"), "not a usable MTU"},
-		{generic("parent", "eth0"), "unknown option -o parent"},
+		{generic("parent", "eth0"), "-o parent applies to the macvlan backend only"},
+		{generic("tartan.backend", "macvlan", "macvlan_mode", "l2"), "use bridge, private, vepa or passthru"},
+		{generic("tartan.backend", "macvlan", "parent", "eth0.5000"), "VLAN IDs go from 1 to 4094"},
+		{generic("tartan.backend", "macvlan", "parent", "a/b"), "is not an interface name"},
+		{generic("tartan.backend", "macvlan", "tartan.hostaccess", "true", "macvlan_mode", "vepa"), "needs -o macvlan_mode=bridge"},
+		{generic("tartan.backend", "macvlan", "tartan.vni", "3"), "vxlan backend only"},
 		{map[string]any{"com.docker.network.enable_ipv6": true}, "IPv6"},
 	} {
 		_, err := driver.ParseNetworkOptions(c.opts)
@@ -282,5 +292,167 @@ func TestOptionErrors(t *testing.T) {
 	o, err := driver.ParseNetworkOptions(generic("tartan.backend", "vxlan", "tartan.vni", "42", "tartan.directrouting", "true", "com.docker.network.driver.mtu", "1400", "com.docker.network.bridge.name", "ignored"))
 	if err != nil || o.VNI != 42 || !o.DirectRouting || o.MTU != 1400 {
 		t.Fatalf("%+v %v", o, err)
+	}
+}
+
+// macvlan plays Docker's part for a macvlan endpoint: create, join, move the
+// link into namespace ns with the pool's mask and the gateway Join returns.
+func (b *bed) macvlan(netID, epID, ns, ip string) *network.JoinResponse {
+	t := b.t
+	t.Helper()
+	if _, err := b.drv.CreateEndpoint(b.ctx, &network.CreateEndpointRequest{NetworkID: netID, EndpointID: epID,
+		Interface: &network.EndpointInterface{Address: ip + "/24", MacAddress: "02:42:0a:63:00:" + epID[:2]}}); err != nil {
+		t.Fatalf("CreateEndpoint: %v", err)
+	}
+	j, err := b.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: epID, SandboxKey: "/run/netns/" + ns})
+	if err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	if len(j.StaticRoutes) != 0 {
+		t.Fatalf("a macvlan endpoint got routes: %+v", j.StaticRoutes)
+	}
+	sh(t, fmt.Sprintf("ip netns del %[1]s 2>/dev/null; ip netns add %[1]s && ip link set %[2]s netns %[1]s && ip -n %[1]s link set %[2]s name %[3]s0 && ip -n %[1]s addr add %[4]s/24 dev %[3]s0 && ip -n %[1]s link set %[3]s0 up && ip -n %[1]s link set lo up",
+		ns, j.InterfaceName.SrcName, j.InterfaceName.DstPrefix, ip))
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	if j.Gateway != "" {
+		sh(t, fmt.Sprintf("ip -n %s route add default via %s dev eth0", ns, j.Gateway))
+	}
+	return j
+}
+
+func (b *bed) macvlanNetwork(id, pool, gateway string, opts map[string]any) error {
+	im := ipam.New(b.store, ipam.Config{Host: "h1"}, logrus.New())
+	pid, err := im.RequestPool(b.ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: pool})
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	// Docker reserves the gateway before it creates the network.
+	if gw, err := netip.ParsePrefix(gateway); err == nil && pid.CIDR.Contains(gw.Addr()) {
+		if _, err := im.RequestAddress(b.ctx, ipam.AddressRequest{Pool: pid, Address: gw.Addr().String(),
+			Options: map[string]string{ipam.OptRequestType: ipam.GatewayType}}); err != nil {
+			b.t.Fatal(err)
+		}
+	}
+	return b.drv.CreateNetwork(b.ctx, &network.CreateNetworkRequest{NetworkID: id, Options: opts,
+		IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: pool, Gateway: gateway}}})
+}
+
+func TestMacvlan(t *testing.T) {
+	b := newBed(t)
+	// The "physical" segment: mvp0 here, mvp1 in a router namespace that
+	// holds the gateway 10.99.0.1 and, behind it, 198.51.100.1.
+	sh(t, "ip link del mvp0 2>/dev/null; ip netns del tdp-rt 2>/dev/null; ip link add mvp0 mtu 1500 type veth peer name mvp1 && ip link set mvp0 up && ip netns add tdp-rt && ip link set mvp1 netns tdp-rt && ip -n tdp-rt addr add 10.99.0.1/24 dev mvp1 && ip -n tdp-rt link set mvp1 up && ip -n tdp-rt addr add 198.51.100.1/32 dev lo && ip -n tdp-rt link set lo up")
+	t.Cleanup(func() { _ = exec.Command("sh", "-c", "ip netns del tdp-rt; ip link del mvp0").Run() })
+	mv := func(kv ...string) map[string]any { return generic(append([]string{"tartan.backend", "macvlan"}, kv...)...) }
+
+	// Bad input first: each refused, nothing left behind.
+	for _, c := range []struct {
+		opts map[string]any
+		gw   string
+		word string
+	}{
+		{mv("parent", "nope0"), "10.99.0.1/24", "parent interface nope0 does not exist on this host"},
+		{mv("parent", "nope0.100"), "10.99.0.1/24", "its base interface nope0 does not exist"},
+		{mv("parent", "mvp0", "com.docker.network.driver.mtu", "9000"), "10.99.0.1/24", "larger than parent mvp0 allows (1500)"},
+		{mv("parent", "mvp0"), "10.98.0.1/24", "gateway 10.98.0.1/24 is outside subnet 10.99.0.0/24"},
+		{mv("parent", "lo"), "10.99.0.1/24", "parent lo is not an Ethernet interface"},
+	} {
+		if err := b.macvlanNetwork("mv-bad", "10.99.0.0/24", c.gw, c.opts); err == nil || !strings.Contains(err.Error(), c.word) {
+			t.Errorf("%v: %v, want %q", c.opts, err, c.word)
+		}
+	}
+	// A VLAN parent: made and removed with the network where the kernel has
+	// 802.1q, a clear error where it has not.
+	err := b.macvlanNetwork("mv-vlan", "10.97.0.0/24", "10.97.0.1/24", mv("parent", "mvp0.100"))
+	if err == nil {
+		if out := sh(t, "ip -d link show mvp0.100"); !strings.Contains(out, "vlan protocol 802.1Q id 100") {
+			t.Fatalf("VLAN parent:\n%s", out)
+		}
+		if err := b.drv.DeleteNetwork(b.ctx, &network.DeleteNetworkRequest{NetworkID: "mv-vlan"}); err != nil {
+			t.Fatal(err)
+		}
+		if kernel.LinkExists("mvp0.100") {
+			t.Fatal("the VLAN link tartan made outlived its network")
+		}
+	} else if !strings.Contains(err.Error(), "this kernel has no 802.1q support") {
+		t.Fatalf("VLAN parent: %v", err)
+	}
+	if kernel.LinkExists("mvp0.100") {
+		t.Fatal("a refused VLAN parent was left behind")
+	}
+
+	if err := b.macvlanNetwork("mv-net", "10.99.0.0/24", "10.99.0.1/24", mv("parent", "mvp0", "tartan.hostaccess", "true")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.macvlanNetwork("mv-two", "10.96.0.0/24", "10.96.0.1/24", mv("parent", "mvp0", "macvlan_mode", "private")); err == nil || !strings.Contains(err.Error(), "parent mvp0 is already used by tartan macvlan network mv-net (bridge mode)") {
+		t.Fatalf("second network on a bridge-mode parent: %v", err)
+	}
+	shim := sh(t, "ip -d -4 addr show tmmv-net")
+	if !strings.Contains(shim, "macvlan mode bridge") || !strings.Contains(shim, "mtu 1500") {
+		t.Fatalf("shim:\n%s", shim)
+	}
+	j := b.macvlan("mv-net", "11dddddddddddd", "tdp-m1", "10.99.0.11")
+	b.macvlan("mv-net", "12dddddddddddd", "tdp-m2", "10.99.0.12")
+	if j.Gateway != "10.99.0.1" {
+		t.Fatalf("gateway %q, want the physical router 10.99.0.1", j.Gateway)
+	}
+	if out := sh(t, "ip netns exec tdp-m1 ip -d link show eth0"); !strings.Contains(out, "macvlan mode bridge") {
+		t.Fatalf("container link:\n%s", out)
+	}
+	for _, c := range [][2]string{{"tdp-m1", "10.99.0.12"}, {"tdp-m1", "10.99.0.1"}, {"tdp-m2", "198.51.100.1"}} {
+		if !pings(c[0], c[1]) {
+			t.Fatalf("%s does not reach %s (another container, the gateway, beyond it):\n%s", c[0], c[1], sh(t, "ip netns exec "+c[0]+" ip -d addr; ip netns exec "+c[0]+" ip route; ip -d link show mvp0"))
+		}
+	}
+	if out := sh(t, "ip netns exec tdp-m1 ip neigh show 10.99.0.12"); !strings.Contains(out, "02:42:0a:63:00:12") {
+		t.Fatalf("neighbour 10.99.0.12 not resolved straight to the container's MAC:\n%s", out)
+	}
+	// Host access through the shim, with a route per local container.
+	routes := sh(t, "ip route show proto 84")
+	if !strings.Contains(routes, "10.99.0.11 dev tmmv-net") || !strings.Contains(routes, "10.99.0.12 dev tmmv-net") {
+		t.Fatalf("shim routes:\n%s", routes)
+	}
+	if !pings("", "10.99.0.11") {
+		t.Fatal("the host does not reach its container through the shim")
+	}
+	if err := b.drv.ProgramExternalConnectivity(b.ctx, &network.ProgramExternalConnectivityRequest{NetworkID: "mv-net", EndpointID: "11dddddddddddd",
+		Options: map[string]any{"com.docker.network.portmap": []map[string]any{{"Proto": 6, "Port": 80, "HostPort": 8080}}}}); err == nil || !strings.Contains(err.Error(), "reachable at its own address 10.99.0.11") {
+		t.Fatalf("-p on macvlan: %v", err)
+	}
+	if nat := sh(t, "iptables -t nat -S "+firewall.PostroutingChain); strings.Contains(nat, "10.99.0.0") {
+		t.Fatalf("macvlan network in the firewall:\n%s", nat)
+	}
+
+	// Restart: the shim and its routes come back, a stray shim goes.
+	sh(t, "ip link del tmmv-net; ip link add tm0123456789a link mvp0 type macvlan mode bridge")
+	b.restart()
+	if err := b.drv.Reconcile(b.ctx); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	if kernel.LinkExists("tm0123456789a") || !kernel.LinkExists("tmmv-net") {
+		t.Fatal("reconcile did not repair the shim or kept a stray one")
+	}
+	if !pings("", "10.99.0.12") || !pings("tdp-m2", "10.99.0.11") {
+		t.Fatal("no host access or connectivity after the restart")
+	}
+
+	for i := 0; i < 2; i++ {
+		for _, ep := range []string{"11dddddddddddd", "12dddddddddddd"} {
+			if err := b.drv.DeleteEndpoint(b.ctx, &network.DeleteEndpointRequest{NetworkID: "mv-net", EndpointID: ep}); err != nil {
+				t.Fatalf("DeleteEndpoint %s: %v", ep, err)
+			}
+		}
+		if err := b.drv.DeleteNetwork(b.ctx, &network.DeleteNetworkRequest{NetworkID: "mv-net"}); err != nil {
+			t.Fatalf("DeleteNetwork: %v", err)
+		}
+	}
+	if left := sh(t, "ip -br link | grep -E '^(tn|tp|tm|tartan\\.)' || true; ip route show proto 84"); strings.TrimSpace(left) != "" {
+		t.Fatalf("left behind: %s", left)
+	}
+	addrs, _, _ := b.store.List(b.ctx, kv.AddressPrefix("10.99.0.0/24"))
+	for _, a := range addrs {
+		if !strings.HasSuffix(a.Key, "10.99.0.1") {
+			t.Fatalf("the shim's address is still reserved: %v", a.Key)
+		}
 	}
 }

@@ -33,11 +33,19 @@ type Config struct {
 	Resync     time.Duration // full peer resync period
 }
 
+// Addresses is the part of the IPAM the driver uses: macvlan host-access
+// shims take an address of their network.
+type Addresses interface {
+	RequestAddress(ctx context.Context, r ipam.AddressRequest) (netip.Prefix, error)
+	ReleaseAddress(ctx context.Context, id ipam.PoolID, address string) error
+}
+
 // Driver implements the network half of tartan.
 type Driver struct {
 	mu      sync.Mutex
 	cluster kv.Store
 	local   kv.Store
+	addrs   Addresses
 	cfg     Config
 	fw      *firewall.Firewall
 	log     logrus.FieldLogger
@@ -53,7 +61,7 @@ type Driver struct {
 
 // New returns a driver; Restore must run before it serves endpoints of
 // networks made before a restart.
-func New(cluster, local kv.Store, fw *firewall.Firewall, cfg Config, log logrus.FieldLogger) *Driver {
+func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Config, log logrus.FieldLogger) *Driver {
 	if cfg.VXLANPort == 0 {
 		cfg.VXLANPort = 8472
 	}
@@ -67,7 +75,7 @@ func New(cluster, local kv.Store, fw *firewall.Firewall, cfg Config, log logrus.
 		cfg.Resync = 30 * time.Second
 	}
 	fw.VXLANPort = cfg.VXLANPort
-	return &Driver{cluster: cluster, local: local, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
+	return &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
 		st:      localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}},
 		bg:      context.Background(),
 		watches: map[string]context.CancelFunc{}, plans: map[string]peerPlan{}}
@@ -107,21 +115,21 @@ func (d *Driver) Restore(ctx context.Context) error {
 }
 
 // ipv4Data checks the IPAM data of a network request.
-func ipv4Data(v4 []*network.IPAMData, v6 []*network.IPAMData) (netip.Prefix, error) {
+func ipv4Data(v4 []*network.IPAMData, v6 []*network.IPAMData) (netip.Prefix, *network.IPAMData, error) {
 	if len(v6) > 0 {
-		return netip.Prefix{}, kv.ErrNoIPv6
+		return netip.Prefix{}, nil, kv.ErrNoIPv6
 	}
 	if len(v4) != 1 || v4[0] == nil {
-		return netip.Prefix{}, kv.Invalid("give exactly one IPv4 --subnet (got %d)", len(v4))
+		return netip.Prefix{}, nil, kv.Invalid("give exactly one IPv4 --subnet (got %d)", len(v4))
 	}
 	if s := v4[0].AddressSpace; s != ipam.LocalSpace && s != ipam.GlobalSpace {
-		return netip.Prefix{}, kv.Invalid("this network needs tartan's IPAM as well: add --ipam-driver tartan:latest (the plugin's name) to docker network create")
+		return netip.Prefix{}, nil, kv.Invalid("this network needs tartan's IPAM as well: add --ipam-driver tartan:latest (the plugin's name) to docker network create")
 	}
 	p, err := netip.ParsePrefix(v4[0].Pool)
 	if err != nil {
-		return netip.Prefix{}, kv.Invalid("pool %q from IPAM is not a CIDR", v4[0].Pool)
+		return netip.Prefix{}, nil, kv.Invalid("pool %q from IPAM is not a CIDR", v4[0].Pool)
 	}
-	return p, nil
+	return p, v4[0], nil
 }
 
 // CreateNetwork validates and creates a network on this host.
@@ -133,7 +141,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 	if err != nil {
 		return err
 	}
-	pool, err := ipv4Data(r.IPv4Data, r.IPv6Data)
+	pool, data, err := ipv4Data(r.IPv4Data, r.IPv6Data)
 	if err != nil {
 		return err
 	}
@@ -151,7 +159,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 	if err != nil {
 		return err
 	}
-	n := netRec{ID: r.NetworkID, Pool: pool.String(), Backend: rec.Backend, VNI: rec.VNI,
+	n := netRec{ID: r.NetworkID, Pool: pool.String(), Backend: rec.Backend, VNI: rec.VNI, Space: data.AddressSpace,
 		Internal: opts.Internal, Direct: opts.DirectRouting, Gateway: d.nextGateway().String()}
 	if n.Backend == BackendVXLAN {
 		n.Device = kernel.VXLANName(n.VNI)
@@ -160,11 +168,19 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 		if n.Device != "" {
 			_ = kernel.DeleteLink(n.Device)
 		}
+		if n.bridged() {
+			_ = d.undoMacvlan(context.WithoutCancel(ctx), n)
+		}
 		if created {
 			_ = kv.DeleteNetwork(context.WithoutCancel(ctx), d.cluster, rec)
 		}
 	}
-	if n.MTU, err = d.mtu(n.Backend, opts.MTU); err != nil {
+	if n.bridged() {
+		err = d.prepareMacvlan(ctx, &n, opts, data)
+	} else {
+		n.MTU, err = d.mtu(n.Backend, opts.MTU)
+	}
+	if err != nil {
 		undo()
 		return err
 	}
@@ -263,6 +279,9 @@ func (d *Driver) mtu(backend string, want int) (int, error) {
 // ensureNetwork makes the network's kernel objects exist. Routed networks
 // need forwarding; Docker turns it on too, but tartan does not rely on that.
 func (d *Driver) ensureNetwork(n netRec) error {
+	if n.bridged() {
+		return ensureMacvlanNetwork(n)
+	}
 	if err := kernel.Sysctl(d.cfg.SysctlRoot, "net.ipv4.ip_forward", "1"); err != nil {
 		return fmt.Errorf("routed networks need forwarding: %w (the plugin mounts the host's /proc/sys at %s)", err, d.cfg.SysctlRoot)
 	}
@@ -281,7 +300,7 @@ func (d *Driver) applyFirewall() error {
 	var nets []firewall.Network
 	seen := map[string]bool{}
 	for _, n := range d.st.networks {
-		if !seen[n.Pool] {
+		if !seen[n.Pool] && !n.bridged() {
 			seen[n.Pool] = true
 			nets = append(nets, firewall.Network{Pool: n.pool(), Internal: n.Internal})
 		}
@@ -311,6 +330,11 @@ func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequ
 	}
 	if n.Device != "" {
 		if err := kernel.DeleteLink(n.Device); err != nil {
+			return err
+		}
+	}
+	if n.bridged() {
+		if err := d.undoMacvlan(ctx, n); err != nil {
 			return err
 		}
 	}
@@ -370,11 +394,11 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r *network.CreateEndpointRe
 	e := epRec{ID: r.EndpointID, Network: n.ID, IP: addr.Addr().String(), MAC: mac, HostIf: host, PeerIf: peer,
 		Block: d.blockOf(ctx, n.Pool, addr.Addr())}
 	if err := d.ensureEndpoint(n, e); err != nil {
-		_ = kernel.DeleteLink(host)
+		_ = deleteEndpointLinks(n, e)
 		return nil, err
 	}
 	if err := putLocal(ctx, d.local, localEndpoints+e.ID, e); err != nil {
-		_ = kernel.DeleteLink(host)
+		_ = deleteEndpointLinks(n, e)
 		return nil, fmt.Errorf("save endpoint %s: %w", shortID(e.ID), err)
 	}
 	d.mu.Lock()
@@ -426,6 +450,9 @@ func (d *Driver) interfaceUser(host, id string) string {
 }
 
 func (d *Driver) ensureEndpoint(n netRec, e epRec) error {
+	if n.bridged() {
+		return ensureMacvlanEndpoint(n, e)
+	}
 	if err := kernel.EnsureVeth(e.HostIf, e.PeerIf, n.MTU, e.MAC); err != nil {
 		return err
 	}
@@ -455,12 +482,13 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, r *network.DeleteEndpointRe
 	defer release()
 	d.mu.Lock()
 	e, ok := d.st.endpoints[r.EndpointID]
+	n := d.st.networks[e.Network]
 	d.mu.Unlock()
 	if !ok {
-		host, _ := kernel.EndpointNames(r.EndpointID)
-		return kernel.DeleteLink(host)
+		host, peer := kernel.EndpointNames(r.EndpointID)
+		return errors.Join(kernel.DeleteLink(host), kernel.DeleteLink(peer))
 	}
-	if err := d.deleteEndpointObjects(ctx, e); err != nil {
+	if err := d.deleteEndpointObjects(ctx, n, e); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -470,15 +498,15 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, r *network.DeleteEndpointRe
 
 // removeEndpoint deletes an endpoint entirely. Called with d.mu held.
 func (d *Driver) removeEndpoint(ctx context.Context, e epRec) error {
-	if err := d.deleteEndpointObjects(ctx, e); err != nil {
+	if err := d.deleteEndpointObjects(ctx, d.st.networks[e.Network], e); err != nil {
 		return err
 	}
 	return d.forgetEndpoint(e)
 }
 
-// deleteEndpointObjects removes the veth and the local record.
-func (d *Driver) deleteEndpointObjects(ctx context.Context, e epRec) error {
-	if err := kernel.DeleteLink(e.HostIf); err != nil {
+// deleteEndpointObjects removes the endpoint's links and the local record.
+func (d *Driver) deleteEndpointObjects(ctx context.Context, n netRec, e epRec) error {
+	if err := deleteEndpointLinks(n, e); err != nil {
 		return err
 	}
 	if err := d.local.Delete(ctx, localEndpoints+e.ID, 0); err != nil {
@@ -500,6 +528,17 @@ func (d *Driver) forgetEndpoint(e epRec) error {
 	return nil
 }
 
+// deleteEndpointLinks removes an endpoint's veth (its route goes with it), or
+// its macvlan when Docker has moved it back (a link inside a container goes
+// with the container) and the shim's route to it.
+func deleteEndpointLinks(n netRec, e epRec) error {
+	errs := []error{kernel.DeleteLink(e.HostIf), kernel.DeleteLink(e.PeerIf)}
+	if r, ok := shimRoute(n, e); ok {
+		errs = append(errs, kernel.DeleteRoute(r))
+	}
+	return errors.Join(errs...)
+}
+
 // endpoint returns a known endpoint and its network.
 func (d *Driver) endpoint(id string) (epRec, netRec, error) {
 	d.mu.Lock()
@@ -518,6 +557,9 @@ func (d *Driver) EndpointInfo(r *network.InfoRequest) (*network.InfoResponse, er
 		return nil, err
 	}
 	v := map[string]string{"tartan.backend": n.Backend, "tartan.host": d.cfg.Host, "tartan.block": e.Block, "tartan.interface": e.HostIf}
+	if n.bridged() {
+		v["tartan.interface"], v["tartan.parent"], v["tartan.mode"] = "", n.Parent, n.Mode
+	}
 	if n.VNI != 0 {
 		v["tartan.vni"] = fmt.Sprint(n.VNI)
 	}
@@ -535,6 +577,15 @@ func (d *Driver) Join(r *network.JoinRequest) (*network.JoinResponse, error) {
 	e, n, err := d.endpoint(r.EndpointID)
 	if err != nil {
 		return nil, err
+	}
+	if n.bridged() {
+		resp := &network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: e.PeerIf, DstPrefix: "eth"}}
+		if n.Internal || n.Gateway == "" {
+			resp.DisableGatewayService = true
+		} else {
+			resp.Gateway = n.Gateway
+		}
+		return resp, nil
 	}
 	gw := n.Gateway
 	resp := &network.JoinResponse{

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -13,6 +15,8 @@ import (
 const (
 	BackendVXLAN  = "vxlan"
 	BackendHostGW = "host-gw"
+	// BackendMacvlan puts containers straight on the parent's L2 segment.
+	BackendMacvlan = ipam.BackendBridged
 )
 
 // Option names (-o on docker network create).
@@ -21,6 +25,11 @@ const (
 	OptVNI           = "tartan.vni"
 	OptDirectRouting = "tartan.directrouting"
 	OptMTU           = "com.docker.network.driver.mtu"
+	// macvlan, with the names of Docker's own macvlan driver
+	OptParent       = "parent"
+	OptMacvlanMode  = "macvlan_mode"
+	OptHostAccess   = "tartan.hostaccess"
+	defaultMacvlanM = "bridge"
 )
 
 // Docker's own keys in a CreateNetwork request.
@@ -31,14 +40,17 @@ const (
 	dockerPrefix   = "com.docker."
 )
 
-var knownOptions = []string{OptBackend, OptVNI, OptDirectRouting, OptMTU}
+var knownOptions = []string{OptBackend, OptVNI, OptDirectRouting, OptMTU, OptParent, OptMacvlanMode, OptHostAccess}
 
 // NetworkOptions are a network's validated options.
 type NetworkOptions struct {
 	Backend       string
 	VNI           int // 0: allocate
 	DirectRouting bool
-	MTU           int // 0: from the underlay
+	MTU           int    // 0: from the underlay (or the macvlan parent)
+	Parent        string // macvlan: "" for the default route's interface
+	MacvlanMode   string // macvlan: bridge, private, vepa or passthru
+	HostAccess    bool   // macvlan: a shim so the host reaches its containers
 	Internal      bool
 	IPv6          bool
 	Raw           map[string]string // the -o options as given
@@ -47,7 +59,7 @@ type NetworkOptions struct {
 // ParseNetworkOptions validates the options of a CreateNetwork (or
 // AllocateNetwork) request. Unknown options are refused by name.
 func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
-	o := NetworkOptions{Backend: BackendVXLAN, Raw: map[string]string{}}
+	o := NetworkOptions{Backend: BackendVXLAN, MacvlanMode: defaultMacvlanM, Raw: map[string]string{}}
 	o.Internal = truthy(opts[dockerInternal])
 	o.IPv6 = truthy(opts[dockerIPv6])
 	generic := map[string]string{}
@@ -73,8 +85,8 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 		v := strings.TrimSpace(generic[k])
 		switch k {
 		case OptBackend:
-			if v != BackendVXLAN && v != BackendHostGW {
-				return o, kv.Invalid("unknown backend -o %s=%s: use %s or %s", OptBackend, v, BackendVXLAN, BackendHostGW)
+			if v != BackendVXLAN && v != BackendHostGW && v != BackendMacvlan {
+				return o, kv.Invalid("unknown backend -o %s=%s: use %s, %s or %s", OptBackend, v, BackendVXLAN, BackendHostGW, BackendMacvlan)
 			}
 			o.Backend = v
 		case OptVNI:
@@ -89,6 +101,25 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 				return o, kv.Invalid("-o %s=%s is not a boolean: use true or false", OptDirectRouting, v)
 			}
 			o.DirectRouting = b
+		case OptParent:
+			if v == "" || len(v) > 15 || strings.ContainsAny(v, "/ \t:") {
+				return o, kv.Invalid("-o %s=%q is not an interface name: use a host interface such as eth0, or eth0.100 for VLAN 100", OptParent, v)
+			}
+			if _, _, _, err := kernel.ParseVLANParent(v); err != nil {
+				return o, kv.Invalid("-o %s=%s: %v", OptParent, v, err)
+			}
+			o.Parent = v
+		case OptMacvlanMode:
+			if !kernel.MacvlanMode(v) {
+				return o, kv.Invalid("unknown -o %s=%s: use bridge, private, vepa or passthru", OptMacvlanMode, v)
+			}
+			o.MacvlanMode = v
+		case OptHostAccess:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return o, kv.Invalid("-o %s=%s is not a boolean: use true or false", OptHostAccess, v)
+			}
+			o.HostAccess = b
 		case OptMTU:
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 576 || n > 65535 {
@@ -110,6 +141,16 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 		if o.DirectRouting {
 			return o, kv.Invalid("-o %s applies to the vxlan backend only: remove it or use -o %s=vxlan", OptDirectRouting, OptBackend)
 		}
+	}
+	if o.Backend != BackendMacvlan {
+		for _, k := range []string{OptParent, OptMacvlanMode, OptHostAccess} {
+			if _, ok := o.Raw[k]; ok {
+				return o, kv.Invalid("-o %s applies to the macvlan backend only: remove it or use -o %s=%s", k, OptBackend, BackendMacvlan)
+			}
+		}
+	}
+	if o.HostAccess && o.MacvlanMode != "bridge" {
+		return o, kv.Invalid("-o %s=true needs -o %s=bridge (the host's shim reaches containers only in bridge mode)", OptHostAccess, OptMacvlanMode)
 	}
 	if o.IPv6 {
 		return o, kv.ErrNoIPv6

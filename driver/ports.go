@@ -103,8 +103,12 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []publis
 		}
 		return kv.Invalid("endpoint %s is not known to tartan on this host", shortID(endpointID))
 	}
-	if d.st.networks[e.Network].Internal {
+	n := d.st.networks[e.Network]
+	if n.Internal {
 		ports = nil // Docker's internal networks publish nothing either
+	}
+	if n.bridged() && len(ports) > 0 {
+		return kv.Invalid("ports cannot be published on macvlan network %s: the container is reachable at its own address %s on the parent's segment, remove -p", shortID(n.ID), e.IP)
 	}
 	prev := e.Ports
 	e.Ports = ports

@@ -25,6 +25,9 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 		if n.Device != "" {
 			wantLinks[n.Device] = true
 		}
+		if n.Shim != "" {
+			wantLinks[n.Shim] = true
+		}
 		if err := d.ensureNetwork(n); err != nil {
 			errs = append(errs, err)
 		}
@@ -44,6 +47,17 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 		if !ok {
 			continue
 		}
+		if n.bridged() {
+			// The macvlan lives in the container; only the shim's route
+			// to it is the host's to keep.
+			if r, ok := shimRoute(n, e); ok {
+				wantRoutes[r.Dst] = r.Link
+				if err := kernel.ReplaceRoute(r); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			continue
+		}
 		if !kernel.LinkExists(e.HostIf) {
 			d.log.WithFields(logrus.Fields{"endpoint": shortID(e.ID), "if": e.HostIf}).Warn("endpoint's veth is gone; Docker must remove the endpoint")
 			continue
@@ -56,7 +70,7 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 	if err := d.applyFirewall(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, prefix := range []string{kernel.EndpointPrefix, kernel.PeerPrefix, kernel.VXLANPrefix} {
+	for _, prefix := range []string{kernel.EndpointPrefix, kernel.PeerPrefix, kernel.ShimPrefix, kernel.VXLANPrefix} {
 		names, err := kernel.Links(prefix)
 		if err != nil {
 			errs = append(errs, err)
@@ -104,13 +118,14 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 }
 
 // owned tells tartan's link names from others that share a prefix: endpoint
-// links are tn/tp plus 11 hex digits, VXLAN devices tartan.<number>.
+// links are tn/tp plus 11 hex digits (host-access shims tm), VXLAN devices
+// tartan.<number>.
 func owned(name string) bool {
 	switch {
 	case strings.HasPrefix(name, kernel.VXLANPrefix):
 		rest := strings.TrimPrefix(name, kernel.VXLANPrefix)
 		return rest != "" && strings.Trim(rest, "0123456789") == ""
-	case strings.HasPrefix(name, kernel.EndpointPrefix), strings.HasPrefix(name, kernel.PeerPrefix):
+	case strings.HasPrefix(name, kernel.EndpointPrefix), strings.HasPrefix(name, kernel.PeerPrefix), strings.HasPrefix(name, kernel.ShimPrefix):
 		rest := name[2:]
 		return len(rest) == 11 && strings.Trim(rest, "0123456789abcdef") == ""
 	}

@@ -27,9 +27,21 @@ type netRec struct {
 	// Gateway is the link-local address that containers of this network
 	// ARP for; one per network on this host, so that a container on two
 	// networks gets two distinct connected routes.
+	// On macvlan networks it is the physical router (--gateway).
 	Gateway string `json:"gateway"`
 	Device  string `json:"device,omitempty"`
+	Space   string `json:"space,omitempty"` // the pool's address space
+	// macvlan: the parent interface (ParentCreated: a VLAN link tartan
+	// made), the mode, and the host-access shim with its address.
+	Parent        string `json:"parent,omitempty"`
+	ParentCreated bool   `json:"parentCreated,omitempty"`
+	Mode          string `json:"mode,omitempty"`
+	Shim          string `json:"shim,omitempty"`
+	ShimMAC       string `json:"shimMAC,omitempty"`
+	ShimIP        string `json:"shimIP,omitempty"`
 }
+
+func (n netRec) bridged() bool { return n.Backend == BackendMacvlan }
 
 func (n netRec) pool() netip.Prefix {
 	p, _ := netip.ParsePrefix(n.Pool)

@@ -19,6 +19,9 @@ import (
 
 // startWatch starts the network's watcher. Called with d.mu held.
 func (d *Driver) startWatch(n netRec) {
+	if n.bridged() {
+		return // no peers: containers meet on the parent's segment
+	}
 	if _, ok := d.watches[n.ID]; ok {
 		return
 	}

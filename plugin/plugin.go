@@ -60,10 +60,10 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if err != nil {
 		return err
 	}
-	drv := driver.New(cluster, local, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
-		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync}, entry.WithField("part", "driver"))
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL},
 		entry.WithField("part", "ipam"))
+	drv := driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
+		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync}, entry.WithField("part", "driver"))
 	if err := drv.Restore(ctx); err != nil {
 		return err
 	}

@@ -86,8 +86,8 @@ func newTestHandler(t testing.TB, broken error) *Handler {
 	if err != nil {
 		t.Skipf("SKIPPED: %v", err)
 	}
-	drv := driver.New(store, store, fw, driver.Config{Host: "h1"}, log)
 	im := ipam.New(store, ipam.Config{Host: "h1", AutoRange: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}, log)
+	drv := driver.New(store, store, im, fw, driver.Config{Host: "h1"}, log)
 	return NewHandler(drv, im, log, broken)
 }
 

@@ -142,6 +142,7 @@ type Route struct {
 	Dst    netip.Prefix
 	Link   string
 	Via    netip.Addr
+	Src    netip.Addr // preferred source, when set
 	Onlink bool
 }
 
@@ -152,6 +153,9 @@ func (r Route) String() string {
 	}
 	if r.Link != "" {
 		s += " dev " + r.Link
+	}
+	if r.Src.IsValid() {
+		s += " src " + r.Src.String()
 	}
 	if r.Onlink {
 		s += " onlink"
@@ -172,6 +176,9 @@ func (r Route) netlink() (*netlink.Route, error) {
 		nr.Gw = r.Via.AsSlice()
 	} else {
 		nr.Scope = netlink.SCOPE_LINK
+	}
+	if r.Src.IsValid() {
+		nr.Src = r.Src.AsSlice()
 	}
 	if r.Onlink {
 		nr.Flags = int(netlink.FLAG_ONLINK)
@@ -216,6 +223,9 @@ func OwnedRoutes() ([]Route, error) {
 		route := Route{Dst: netip.PrefixFrom(dst, ones), Link: name, Onlink: r.Flags&int(netlink.FLAG_ONLINK) != 0}
 		if gw, ok := netip.AddrFromSlice(r.Gw.To4()); ok && r.Gw != nil {
 			route.Via = gw
+		}
+		if src, ok := netip.AddrFromSlice(r.Src.To4()); ok && r.Src != nil {
+			route.Src = src
 		}
 		out = append(out, route)
 	}
@@ -315,20 +325,11 @@ type Underlay struct {
 // host, or empty for the interface of the default route.
 func FindUnderlay(advertise string) (Underlay, error) {
 	if advertise == "" {
-		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+		name, err := DefaultRouteInterface()
 		if err != nil {
-			return Underlay{}, fmt.Errorf("list routes: %w", err)
+			return Underlay{}, errors.New("no default route to find the advertise address: set ADVERTISE to an interface or address (docker plugin set tartan:latest ADVERTISE=eth0)")
 		}
-		for _, r := range routes {
-			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-				l, err := netlink.LinkByIndex(r.LinkIndex)
-				if err != nil {
-					continue
-				}
-				return underlayOf(l, netip.Addr{})
-			}
-		}
-		return Underlay{}, errors.New("no default route to find the advertise address: set ADVERTISE to an interface or address (docker plugin set tartan:latest ADVERTISE=eth0)")
+		advertise = name
 	}
 	if ip, err := netip.ParseAddr(advertise); err == nil {
 		links, err := netlink.LinkList()

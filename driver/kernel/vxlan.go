@@ -14,7 +14,12 @@ import (
 // VTEPMAC is the MAC of a host's VXLAN device for a VNI, derived from the
 // host's ID so that it survives restarts and every peer can compute it.
 func VTEPMAC(host string, vni int) net.HardwareAddr {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("tartan-vtep/%s/%d", host, vni)))
+	return StableMAC(fmt.Sprintf("tartan-vtep/%s/%d", host, vni))
+}
+
+// StableMAC derives a locally administered unicast MAC from seed.
+func StableMAC(seed string) net.HardwareAddr {
+	sum := sha256.Sum256([]byte(seed))
 	mac := net.HardwareAddr(sum[:6])
 	mac[0] = (mac[0] | 0x02) & 0xfe // locally administered, unicast
 	return mac
