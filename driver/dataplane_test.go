@@ -343,7 +343,9 @@ func TestMacvlan(t *testing.T) {
 	// holds the gateway 10.99.0.1 and, behind it, 198.51.100.1.
 	sh(t, "ip link del mvp0 2>/dev/null; ip netns del tdp-rt 2>/dev/null; ip link add mvp0 mtu 1500 type veth peer name mvp1 && ip link set mvp0 up && ip netns add tdp-rt && ip link set mvp1 netns tdp-rt && ip -n tdp-rt addr add 10.99.0.1/24 dev mvp1 && ip -n tdp-rt link set mvp1 up && ip -n tdp-rt addr add 198.51.100.1/32 dev lo && ip -n tdp-rt link set lo up")
 	t.Cleanup(func() { _ = exec.Command("sh", "-c", "ip netns del tdp-rt; ip link del mvp0").Run() })
-	mv := func(kv ...string) map[string]any { return generic(append([]string{"tartan.backend", "macvlan"}, kv...)...) }
+	mv := func(kv ...string) map[string]any {
+		return generic(append([]string{"tartan.backend", "macvlan"}, kv...)...)
+	}
 
 	// Bad input first: each refused, nothing left behind.
 	for _, c := range []struct {
