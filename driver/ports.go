@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
@@ -111,6 +112,9 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []publis
 		return kv.Invalid("ports cannot be published on macvlan network %s: the container is reachable at its own address %s on the parent's segment, remove -p", shortID(n.ID), e.IP)
 	}
 	prev := e.Ports
+	if slices.Equal(prev, ports) {
+		return nil // Docker revokes on every stop: nothing to rewrite
+	}
 	e.Ports = ports
 	d.st.endpoints[e.ID] = e
 	if err := d.applyFirewall(); err != nil {

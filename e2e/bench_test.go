@@ -52,6 +52,13 @@ func TestBench(t *testing.T) {
 		}
 	}
 	h1.MustDocker(t, "network", "create", "--subnet", "10.74.0.0/24", "bbr")
+	// macvlan on the hosts' "physical" NIC: tartan's, and Docker's own with
+	// a hand-carved --ip-range per host (its IPAM is per host).
+	for i, h := range []*testbed.Host{h1, h2} {
+		h.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.backend=macvlan", "-o", "parent=eth1", "--subnet", "10.77.0.0/24", "bmv")
+		h.MustDocker(t, "network", "create", "-d", "macvlan", "-o", "parent=eth1", "--subnet", "10.78.0.0/24",
+			"--ip-range", fmt.Sprintf("10.78.0.%d/26", 64*(i+1)), "dmv")
+	}
 
 	type endpoint struct{ netns, ip string }
 	ctr := func(h *testbed.Host, name, network string) endpoint {
@@ -70,6 +77,8 @@ func TestBench(t *testing.T) {
 		{"tartan host-gw", "Docker overlay", ctr(h1, "gw1", "bgw"), ctr(h2, "gw2", "bgw")},
 		{"tartan vxlan + directrouting", "Docker overlay", ctr(h1, "dr1", "bdr"), ctr(h2, "dr2", "bdr")},
 		{"Docker overlay (swarm)", "", ctr(h1, "ov1", "ov"), ctr(h2, "ov2", "ov")},
+		{"tartan macvlan", "Docker macvlan", ctr(h1, "mv1", "bmv"), ctr(h2, "mv2", "bmv")},
+		{"Docker macvlan", "", ctr(h1, "dm1", "dmv"), ctr(h2, "dm2", "dmv")},
 		{"tartan vxlan, same host", "Docker bridge", ctr(h1, "vx3", "bvx"), ctr(h1, "vx4", "bvx")},
 		{"Docker bridge, same host", "", ctr(h1, "br1", "bbr"), ctr(h1, "br2", "bbr")},
 	}
@@ -195,7 +204,7 @@ func TestBench(t *testing.T) {
 			}
 			return fmt.Sprintf("%.2f", median(m[p.name])/median(m[other]))
 		}
-		docker := map[string]string{"Docker overlay": "Docker overlay (swarm)", "Docker bridge": "Docker bridge, same host"}[p.versus]
+		docker := map[string]string{"Docker overlay": "Docker overlay (swarm)", "Docker bridge": "Docker bridge, same host", "Docker macvlan": "Docker macvlan"}[p.versus]
 		hostRef := hostName
 		if p.name == hostName {
 			hostRef = ""

@@ -201,25 +201,6 @@ func EnsureShim(name, parent string, mtu int, mac string, ip netip.Addr) error {
 	return setUp(l)
 }
 
-// MacvlansOn lists the macvlan links on parent (in this namespace).
-func MacvlansOn(parent string) ([]string, error) {
-	p, err := netlink.LinkByName(parent)
-	if err != nil {
-		return nil, fmt.Errorf("look up %s: %w", parent, err)
-	}
-	ls, err := netlink.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	var out []string
-	for _, l := range ls {
-		if l.Type() == "macvlan" && l.Attrs().ParentIndex == p.Attrs().Index {
-			out = append(out, l.Attrs().Name)
-		}
-	}
-	return out, nil
-}
-
 // DefaultRouteInterface names the interface of the IPv4 default route.
 func DefaultRouteInterface() (string, error) {
 	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)

@@ -17,7 +17,8 @@ type Cluster struct {
 	Servers []*Consul // every server (one, or three with NewClusterHA)
 	MTU     int
 	// Addr is each host's underlay address, by index.
-	Addr []string
+	Addr    []string
+	routers int
 }
 
 // Underlay addresses: 10.98.0.0/24; hosts from .11, Consul at .100.
@@ -131,4 +132,16 @@ func (c *Cluster) AddHost(t testing.TB, settings ...string) *Host {
 	c.Hosts = append(c.Hosts, h)
 	c.Addr = append(c.Addr, addr)
 	return h
+}
+
+// AddRouter plugs a namespace into the segment with an underlay address
+// (.200 and up) and addr, say the physical router of a macvlan network.
+func (c *Cluster) AddRouter(t testing.TB, name, addr string) NS {
+	t.Helper()
+	c.routers++
+	ns := NewNS(t, fmt.Sprintf("tt-%s-%s", c.Name, name))
+	c.plug(t, ns, name, fmt.Sprintf("%s%d", UnderlayPrefix, 199+c.routers))
+	ns.MustIP(t, "addr", "add", addr, "dev", "eth1")
+	ns.MustIP(t, "link", "set", "lo", "up")
+	return ns
 }

@@ -88,6 +88,7 @@ func StartDockerd(t testing.TB, ns NS) *Host {
 
 func (h *Host) stop(t testing.TB) {
 	if t.Failed() {
+		t.Logf("dockerd log of %s, errors and warnings (first 40):\n%s", h.Name, h.Problems(40))
 		t.Logf("dockerd log of %s (last lines):\n%s", h.Name, h.LogTail(60))
 	}
 	// Containers first, so that the daemon's shutdown is quick.
@@ -140,6 +141,19 @@ func (h *Host) LogTail(n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// Problems returns the first n error and warning lines of the daemon's log
+// (the plugin's included).
+func (h *Host) Problems(n int) string {
+	b, _ := os.ReadFile(h.log)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if len(out) < n && (strings.Contains(l, "level=error") || strings.Contains(l, "level=warn")) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // PluginLog returns the plugin's lines from the daemon's log.
