@@ -31,6 +31,9 @@ type Config struct {
 	SysctlRoot string        // where the host's /proc/sys is mounted
 	LeaseTTL   time.Duration // a host silent this long is gone
 	Resync     time.Duration // full peer resync period
+	// NoClusterNetworks says why -o tartan.cluster=true cannot work on this
+	// host (nil when it can).
+	NoClusterNetworks error
 }
 
 // Addresses is the part of the IPAM the driver uses: macvlan host-access
@@ -140,6 +143,9 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 	opts, err := ParseNetworkOptions(r.Options)
 	if err != nil {
 		return err
+	}
+	if opts.Cluster && d.cfg.NoClusterNetworks != nil {
+		return kv.Invalid("-o %s=true: %v", OptCluster, d.cfg.NoClusterNetworks)
 	}
 	pool, data, err := ipv4Data(r.IPv4Data, r.IPv6Data)
 	if err != nil {

@@ -26,9 +26,11 @@ const (
 	OptDirectRouting = "tartan.directrouting"
 	OptMTU           = "com.docker.network.driver.mtu"
 	// macvlan, with the names of Docker's own macvlan driver
-	OptParent       = "parent"
-	OptMacvlanMode  = "macvlan_mode"
-	OptHostAccess   = "tartan.hostaccess"
+	OptParent      = "parent"
+	OptMacvlanMode = "macvlan_mode"
+	OptHostAccess  = "tartan.hostaccess"
+	// OptCluster makes the network appear on every host (plugin/clusternet).
+	OptCluster      = "tartan.cluster"
 	defaultMacvlanM = "bridge"
 )
 
@@ -40,7 +42,7 @@ const (
 	dockerPrefix   = "com.docker."
 )
 
-var knownOptions = []string{OptBackend, OptVNI, OptDirectRouting, OptMTU, OptParent, OptMacvlanMode, OptHostAccess}
+var knownOptions = []string{OptBackend, OptVNI, OptDirectRouting, OptMTU, OptParent, OptMacvlanMode, OptHostAccess, OptCluster}
 
 // NetworkOptions are a network's validated options.
 type NetworkOptions struct {
@@ -51,6 +53,7 @@ type NetworkOptions struct {
 	Parent        string // macvlan: "" for the default route's interface
 	MacvlanMode   string // macvlan: bridge, private, vepa or passthru
 	HostAccess    bool   // macvlan: a shim so the host reaches its containers
+	Cluster       bool   // created on every host by the replicator
 	Internal      bool
 	IPv6          bool
 	Raw           map[string]string // the -o options as given
@@ -120,6 +123,12 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 				return o, kv.Invalid("-o %s=%s is not a boolean: use true or false", OptHostAccess, v)
 			}
 			o.HostAccess = b
+		case OptCluster:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return o, kv.Invalid("-o %s=%s is not a boolean: use true or false", OptCluster, v)
+			}
+			o.Cluster = b
 		case OptMTU:
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 576 || n > 65535 {
@@ -143,7 +152,7 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 		}
 	}
 	if o.Backend != BackendMacvlan {
-		for _, k := range []string{OptParent, OptMacvlanMode, OptHostAccess} {
+		for _, k := range []string{OptParent, OptMacvlanMode, OptHostAccess, OptCluster} {
 			if _, ok := o.Raw[k]; ok {
 				return o, kv.Invalid("-o %s applies to the macvlan backend only: remove it or use -o %s=%s", k, OptBackend, BackendMacvlan)
 			}

@@ -19,7 +19,7 @@ func TestBadInput(t *testing.T) {
 		words []string
 	}{
 		{"unknown option", []string{tnet, tipam, "-o", "colour=red", "--subnet", "10.51.0.0/16"}, []string{"unknown option -o colour", "tartan.backend"}},
-		{"unknown backend", []string{tnet, tipam, "-o", "tartan.backend=ipsec", "--subnet", "10.52.0.0/16"}, []string{"unknown backend -o tartan.backend=ipsec", "vxlan or host-gw"}},
+		{"unknown backend", []string{tnet, tipam, "-o", "tartan.backend=ipsec", "--subnet", "10.52.0.0/16"}, []string{"unknown backend -o tartan.backend=ipsec", "vxlan, host-gw or macvlan"}},
 		{"bad vni", []string{tnet, tipam, "-o", "tartan.vni=0", "--subnet", "10.53.0.0/16"}, []string{"tartan.vni=0", "1 to 16777215"}},
 		{"mtu above underlay", []string{tnet, tipam, "-o", "com.docker.network.driver.mtu=9000", "--subnet", "10.54.0.0/16"}, []string{"larger than the underlay allows", "1450"}},
 		{"overlapping pool", []string{tnet, tipam, "--subnet", "10.50.128.0/20"}, []string{"overlaps tartan pool 10.50.0.0/16", "pick a subnet outside it"}},
@@ -28,6 +28,7 @@ func TestBadInput(t *testing.T) {
 		{"host bits", []string{tnet, tipam, "--subnet", "10.57.0.1/16"}, []string{"10.57.0.1/16"}},
 		{"no tartan ipam", []string{tnet, "--subnet", "10.58.0.0/16"}, []string{"add --ipam-driver tartan:latest"}},
 		{"gateway outside", []string{tnet, tipam, "--subnet", "10.59.0.0/16", "--gateway", "10.60.0.1"}, []string{"10.60.0.1"}},
+		{"cluster network without a store", []string{tnet, tipam, "-o", "tartan.cluster=true", "--subnet", "10.61.0.0/16"}, []string{"cluster-wide networks need a cluster store", "STORE=consul://"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -14,8 +14,8 @@ import (
 )
 
 // With STORE=consul://… against a real Consul server: the store holds the
-// pool, the block and the addresses; 200 containers started concurrently get
-// 200 distinct addresses; removing them and the network leaves no address,
+// pool, the block and the addresses; 100 containers started concurrently get
+// 100 distinct addresses; removing them and the network leaves no address,
 // block, network or kernel object behind.
 func TestConsulStore(t *testing.T) {
 	s := newSingle(t, "c1", 2)
@@ -45,8 +45,8 @@ func TestConsulStore(t *testing.T) {
 	s.MustDocker(t, "rm", "-f", "ca", "cgw")
 	s.removeNetworks(t, "gw")
 
-	// 200 containers, four at a time.
-	const total, workers = 200, 4
+	// 100 containers, four at a time.
+	const total, workers = 100, 4
 	began := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, total)

@@ -60,7 +60,7 @@ func TestInstallFromRegistry(t *testing.T) {
 	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
 	s.Make(t, "push", "REGISTRY="+reg, "TAG=e2e")
 	ref := reg + "/tartan:e2e"
-	s.MustDocker(t, "plugin", "install", "--grant-all-permissions", ref, "STORE=consul://127.0.0.1:8500/installed")
+	s.MustDocker(t, "plugin", "install", "--grant-all-permissions", ref, "STORE=consul://127.0.0.1:8500/installed", s.DockerMount())
 	if env := s.MustDocker(t, "plugin", "inspect", "-f", "{{.Settings.Env}}", ref); !strings.Contains(env, "STORE=consul://127.0.0.1:8500/installed") {
 		t.Fatalf("setting not applied: %s", env)
 	}

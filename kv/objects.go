@@ -58,6 +58,27 @@ type Network struct {
 	Created  time.Time         `json:"created"`
 }
 
+// ClusterNet is a network created once and made on every host by each
+// host's replicator through its Docker API (-o tartan.cluster=true). It
+// holds what docker network create needs; its identity is its name.
+type ClusterNet struct {
+	Name        string            `json:"name"`
+	Origin      string            `json:"origin"`   // host that made it
+	OriginID    string            `json:"originID"` // its Docker network ID there
+	Driver      string            `json:"driver"`
+	IPAMDriver  string            `json:"ipamDriver"`
+	Subnet      string            `json:"subnet"`
+	IPRange     string            `json:"ipRange,omitempty"`
+	Gateway     string            `json:"gateway,omitempty"`
+	Aux         map[string]string `json:"aux,omitempty"`
+	IPAMOptions map[string]string `json:"ipamOptions,omitempty"`
+	Options     map[string]string `json:"options,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Internal    bool              `json:"internal,omitempty"`
+	Attachable  bool              `json:"attachable,omitempty"`
+	Created     time.Time         `json:"created"`
+}
+
 // Host is a host running the plugin.
 type Host struct {
 	ID      string    `json:"id"`
@@ -78,6 +99,7 @@ func AddressPath(pool, ip string) string  { return AddressPrefix(pool) + ip }
 func NetworkPath(pool string) string      { return "networks/" + PoolKey(pool) }
 func VNIPath(vni int) string              { return fmt.Sprintf("vnis/%d", vni) }
 func HostPath(id string) string           { return "hosts/" + id }
+func ClusterNetPath(name string) string   { return ClusterNetsPrefix + name }
 
 // Key prefixes for listing.
 const (
@@ -86,6 +108,8 @@ const (
 	NetworksPrefix = "networks/"
 	HostsPrefix    = "hosts/"
 	VNIsPrefix     = "vnis/"
+	// ClusterNetsPrefix holds ClusterNet records by network name.
+	ClusterNetsPrefix = "clusternets/"
 )
 
 // GetJSON reads key into v and returns its version.

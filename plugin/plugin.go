@@ -21,6 +21,7 @@ import (
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/plugin/clusternet"
 )
 
 // Version is set at build time.
@@ -62,13 +63,18 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	}
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL},
 		entry.WithField("part", "ipam"))
+	docker, noCluster := dockerAPI(s)
 	drv := driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
-		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync}, entry.WithField("part", "driver"))
+		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync, NoClusterNetworks: noCluster},
+		entry.WithField("part", "driver"))
 	if err := drv.Restore(ctx); err != nil {
 		return err
 	}
 	if serr == nil {
 		drv.Start(ctx) // the networks' watchers: background, never in a request
+		if noCluster == nil {
+			go clusternet.New(cluster, docker, host, s.Resync, entry.WithField("part", "clusternet")).Run(ctx)
+		}
 	}
 	if serr != nil {
 		entry.Errorf("settings: %v (every request will fail with this until it is fixed)", serr)
@@ -94,6 +100,19 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		return err
 	}
 	return nil
+}
+
+// dockerAPI connects to the Docker API for cluster-wide networks, or says
+// why they cannot work on this host.
+func dockerAPI(s Settings) (*clusternet.API, error) {
+	if s.Consul == nil {
+		return nil, errors.New("cluster-wide networks need a cluster store: set STORE=consul://… on every host")
+	}
+	if fi, err := os.Stat(s.DockerSocket); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return nil, fmt.Errorf("cluster-wide networks need the Docker API inside the plugin and %s is not a socket: "+
+			"point the plugin's docker mount at Docker's socket (docker plugin set tartan:latest docker.source=/var/run/docker.sock)", s.DockerSocket)
+	}
+	return clusternet.NewAPI(s.DockerSocket)
 }
 
 // background does the work that must never hold up a request: the first

@@ -28,13 +28,16 @@ type Settings struct {
 	AutoBits   int
 	StateDir   string
 	SysctlRoot string
+	// DockerSocket is the Docker API inside the plugin (config.json mounts
+	// the host's socket there), for cluster-wide networks.
+	DockerSocket string
 }
 
 // defaults are the settings' values when unset. ParseSettings starts from
 // them, so that even with an error it returns settings the plugin can run on
 // (it then serves every request with that error).
 func defaults() Settings {
-	return Settings{StateDir: "/var/lib/tartan", SysctlRoot: "/host/proc/sys", Scope: "local", VXLANPort: 8472,
+	return Settings{StateDir: "/var/lib/tartan", SysctlRoot: "/host/proc/sys", DockerSocket: "/run/docker.sock", Scope: "local", VXLANPort: 8472,
 		LeaseTTL: 24 * time.Hour, Resync: 30 * time.Second, LogLevel: logrus.InfoLevel,
 		AutoPool: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}
 }
@@ -49,6 +52,9 @@ func ParseSettings(env func(string) string) (Settings, error) {
 	}
 	if v := env("SYSCTL_ROOT"); v != "" {
 		s.SysctlRoot = v
+	}
+	if v := env("DOCKER_SOCKET"); v != "" {
+		s.DockerSocket = v
 	}
 	s.Store = strings.TrimSpace(env("STORE"))
 	if s.Store != "" {

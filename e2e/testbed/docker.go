@@ -208,16 +208,18 @@ func (h *Host) Make(t testing.TB, args ...string) string {
 }
 
 // InstallPlugin installs the plugin the way a user does (make plugin), with
-// settings applied before it is enabled.
+// settings applied before it is enabled. The plugin's docker mount points at
+// this host's daemon socket (a real host's is /var/run/docker.sock, the
+// default).
 func (h *Host) InstallPlugin(t testing.TB, settings ...string) {
 	t.Helper()
-	args := []string{"plugin"}
-	if len(settings) > 0 {
-		args = append(args, "SETTINGS="+strings.Join(settings, " "))
-	}
+	args := []string{"plugin", "SETTINGS=" + strings.Join(append([]string{h.DockerMount()}, settings...), " ")}
 	h.Make(t, args...)
 	h.WaitPlugin(t)
 }
+
+// DockerMount is the plugin setting that mounts this host's Docker socket.
+func (h *Host) DockerMount() string { return "docker.source=" + h.Socket }
 
 // WaitPlugin waits until the plugin answers on its socket.
 func (h *Host) WaitPlugin(t testing.TB) {

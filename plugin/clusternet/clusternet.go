@@ -1,0 +1,244 @@
+// Package clusternet makes networks created once appear on every host:
+// a network made with -o tartan.cluster=true is published in the cluster
+// store by the host that made it, and every other host's replicator creates
+// it through its own Docker API, from background work, never from a request
+// handler. When the host that made it removes it, the record goes and every
+// replica is removed as soon as its host has no endpoints left on it.
+package clusternet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// LabelSource marks a replica with the Docker network ID of its origin.
+const LabelSource = "tartan.cluster.source"
+
+// Network is a tartan network as this host's Docker reports it.
+type Network struct {
+	ID      string
+	Cluster bool   // made with -o tartan.cluster=true
+	Source  string // LabelSource: set on replicas
+	Spec    kv.ClusterNet
+}
+
+// Docker is what the replicator needs from the local Docker API.
+type Docker interface {
+	// Networks lists this host's networks whose driver is a tartan plugin.
+	Networks(ctx context.Context) ([]Network, error)
+	// Drivers names the enabled tartan plugins here, as -d takes them.
+	Drivers(ctx context.Context) ([]string, error)
+	Create(ctx context.Context, spec kv.ClusterNet, driver, ipamDriver string) error
+	Remove(ctx context.Context, id string) error
+	// Changes calls poke whenever a network changes here, until ctx ends
+	// or the event stream fails.
+	Changes(ctx context.Context, poke func()) error
+}
+
+// Replicator keeps this host's Docker in line with the cluster's records.
+type Replicator struct {
+	store  kv.Store
+	docker Docker
+	host   string
+	resync time.Duration
+	log    logrus.FieldLogger
+	warned map[string]string // conflicts already logged, by name
+}
+
+// New returns a replicator for host.
+func New(store kv.Store, docker Docker, host string, resync time.Duration, log logrus.FieldLogger) *Replicator {
+	return &Replicator{store: store, docker: docker, host: host, resync: resync, log: log, warned: map[string]string{}}
+}
+
+// Run syncs on every change of the records or of Docker's networks, and
+// every resync period, until ctx ends.
+func (r *Replicator) Run(ctx context.Context) {
+	trigger := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case trigger <- struct{}{}:
+		default:
+		}
+	}
+	go r.watchStore(ctx, poke)
+	go r.watchDocker(ctx, poke)
+	tick := time.NewTicker(r.resync)
+	defer tick.Stop()
+	poke()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-trigger:
+		case <-tick.C:
+		}
+		if err := r.Sync(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warnf("cluster networks: %v (retrying)", err)
+		}
+	}
+}
+
+func (r *Replicator) watchStore(ctx context.Context, poke func()) {
+	var index uint64
+	for ctx.Err() == nil {
+		_, next, err := r.store.Watch(ctx, kv.ClusterNetsPrefix, index)
+		if err != nil {
+			sleep(ctx, 2*time.Second)
+			continue
+		}
+		if next != index {
+			index = next
+			poke()
+		}
+	}
+}
+
+func (r *Replicator) watchDocker(ctx context.Context, poke func()) {
+	for ctx.Err() == nil {
+		err := r.docker.Changes(ctx, poke)
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Debugf("docker events: %v", err)
+		sleep(ctx, 2*time.Second)
+		poke() // events may have been missed
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+type record struct {
+	kv.ClusterNet
+	version uint64
+}
+
+// Sync runs one pass: publish the cluster networks made here, withdraw
+// those removed here, create the others' networks, remove stale replicas.
+// Nothing is removed unless both the store and Docker answered.
+func (r *Replicator) Sync(ctx context.Context) error {
+	records := map[string]record{}
+	if _, err := kv.ListJSON(ctx, r.store, kv.ClusterNetsPrefix, func(_ string, ver uint64, c kv.ClusterNet) error {
+		records[c.Name] = record{c, ver}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("list cluster networks: %w", err)
+	}
+	locals, err := r.docker.Networks(ctx)
+	if err != nil {
+		return fmt.Errorf("list Docker networks: %w", err)
+	}
+	byName, byID := map[string]Network{}, map[string]bool{}
+	for _, n := range locals {
+		byName[n.Spec.Name], byID[n.ID] = n, true
+	}
+	var errs []error
+	// Networks made here with the switch: publish them.
+	for _, n := range locals {
+		if !n.Cluster || n.Source != "" {
+			continue
+		}
+		rec, ok := records[n.Spec.Name]
+		switch {
+		case !ok || (rec.Origin == r.host && rec.OriginID != n.ID && !byID[rec.OriginID]):
+			spec := n.Spec
+			spec.Origin, spec.OriginID, spec.Created = r.host, n.ID, time.Now().UTC()
+			if _, err := kv.PutJSON(ctx, r.store, kv.ClusterNetPath(spec.Name), spec, rec.version); err != nil {
+				errs = append(errs, fmt.Errorf("publish %s: %w", spec.Name, err))
+				continue
+			}
+			records[spec.Name] = record{spec, 0}
+			r.log.WithFields(logrus.Fields{"network": spec.Name, "subnet": spec.Subnet}).Info("cluster network published")
+		case rec.OriginID != n.ID:
+			r.warnOnce(n.Spec.Name, fmt.Sprintf("network %s was made with -o %s=true here and on host %s: this host's is not replicated; remove one of them", n.Spec.Name, driver.OptCluster, rec.Origin))
+		}
+	}
+	names := make([]string, 0, len(records))
+	for name := range records {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	drivers, derr := r.docker.Drivers(ctx)
+	for _, name := range names {
+		rec := records[name]
+		if rec.Origin == r.host {
+			if !byID[rec.OriginID] {
+				// Removed where it was made: withdraw it everywhere.
+				if err := r.store.Delete(ctx, kv.ClusterNetPath(name), rec.version); err != nil && !errors.Is(err, kv.ErrNotFound) {
+					errs = append(errs, fmt.Errorf("withdraw %s: %w", name, err))
+				} else {
+					r.log.WithField("network", name).Info("cluster network withdrawn")
+				}
+			}
+			continue
+		}
+		local, ok := byName[name]
+		if ok {
+			if local.Source == "" && local.ID != rec.OriginID {
+				r.warnOnce(name, fmt.Sprintf("network %s of host %s is not replicated here: a network of that name exists; remove it to get the cluster's", name, rec.Origin))
+			}
+			continue
+		}
+		if derr != nil {
+			errs = append(errs, fmt.Errorf("list tartan plugins: %w", derr))
+			continue
+		}
+		driver, ipamDriver := pick(drivers, rec.Driver), pick(drivers, rec.IPAMDriver)
+		if driver == "" || ipamDriver == "" {
+			errs = append(errs, fmt.Errorf("create %s: no enabled tartan plugin here", name))
+			continue
+		}
+		if err := r.docker.Create(ctx, rec.ClusterNet, driver, ipamDriver); err != nil {
+			errs = append(errs, fmt.Errorf("create %s: %w", name, err))
+			continue
+		}
+		r.log.WithFields(logrus.Fields{"network": name, "subnet": rec.Subnet, "origin": rec.Origin}).Info("cluster network created here")
+	}
+	// Replicas whose record is gone (or names another network): remove
+	// them; Docker refuses while endpoints remain, and a later pass retries.
+	for _, n := range locals {
+		if n.Source == "" {
+			continue
+		}
+		if rec, ok := records[n.Spec.Name]; ok && rec.OriginID == n.Source {
+			continue
+		}
+		if err := r.docker.Remove(ctx, n.ID); err != nil {
+			r.log.WithField("network", n.Spec.Name).Debugf("replica not removed yet: %v", err)
+			continue
+		}
+		r.log.WithField("network", n.Spec.Name).Info("cluster network removed here")
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Replicator) warnOnce(name, msg string) {
+	if r.warned[name] != msg {
+		r.warned[name] = msg
+		r.log.Warn(msg)
+	}
+}
+
+// pick chooses how this host names the plugin: as the origin did if a
+// plugin of that name is here, else the first tartan plugin.
+func pick(drivers []string, want string) string {
+	if slices.Contains(drivers, want) {
+		return want
+	}
+	if len(drivers) > 0 {
+		return drivers[0]
+	}
+	return ""
+}

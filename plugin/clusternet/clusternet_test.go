@@ -1,0 +1,136 @@
+package clusternet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// fakeDocker is one host's Docker for the replicator's unit tests (the e2e
+// test drives real daemons).
+type fakeDocker struct {
+	nets      map[string]Network // by ID
+	endpoints map[string]int     // by ID
+	next      int
+}
+
+func newFake() *fakeDocker {
+	return &fakeDocker{nets: map[string]Network{}, endpoints: map[string]int{}}
+}
+
+func (f *fakeDocker) Networks(context.Context) ([]Network, error) {
+	var out []Network
+	for _, n := range f.nets {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+func (f *fakeDocker) Drivers(context.Context) ([]string, error) { return []string{"tartan:latest"}, nil }
+func (f *fakeDocker) Create(_ context.Context, s kv.ClusterNet, driver, _ string) error {
+	for _, n := range f.nets {
+		if n.Spec.Name == s.Name {
+			return errors.New("network with name " + s.Name + " already exists")
+		}
+	}
+	f.next++
+	id := fmt.Sprintf("replica%d", f.next)
+	s.Driver = driver
+	f.nets[id] = Network{ID: id, Cluster: true, Source: s.OriginID, Spec: s}
+	return nil
+}
+func (f *fakeDocker) Remove(_ context.Context, id string) error {
+	if f.endpoints[id] > 0 {
+		return errors.New("has active endpoints")
+	}
+	delete(f.nets, id)
+	return nil
+}
+func (f *fakeDocker) Changes(ctx context.Context, _ func()) error { <-ctx.Done(); return ctx.Err() }
+
+func (f *fakeDocker) byName(name string) (Network, bool) {
+	for _, n := range f.nets {
+		if n.Spec.Name == name {
+			return n, true
+		}
+	}
+	return Network{}, false
+}
+
+func TestReplication(t *testing.T) {
+	ctx := context.Background()
+	store := kv.NewMemory()
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	d1, d2 := newFake(), newFake()
+	r1 := New(store, d1, "h1", time.Minute, log)
+	r2 := New(store, d2, "h2", time.Minute, log)
+	sync := func() {
+		t.Helper()
+		for _, r := range []*Replicator{r1, r2, r1, r2} {
+			if err := r.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	spec := kv.ClusterNet{Name: "web", Driver: "tartan:latest", IPAMDriver: "tartan:latest", Subnet: "10.80.0.0/16",
+		Options: map[string]string{"tartan.cluster": "true", "tartan.backend": "vxlan"}}
+	d1.nets["orig"] = Network{ID: "orig", Cluster: true, Spec: spec}
+	d1.nets["plain"] = Network{ID: "plain", Spec: kv.ClusterNet{Name: "local-only", Subnet: "10.81.0.0/16"}}
+	sync()
+	rep, ok := d2.byName("web")
+	if !ok || rep.Source != "orig" || rep.Spec.Subnet != "10.80.0.0/16" || rep.Spec.Options["tartan.backend"] != "vxlan" {
+		t.Fatalf("replica on h2: %+v %v", rep, ok)
+	}
+	if _, ok := d2.byName("local-only"); ok {
+		t.Fatal("a network without -o tartan.cluster=true was replicated")
+	}
+	if len(d1.nets) != 2 {
+		t.Fatalf("h1 got a replica of its own network: %v", d1.nets)
+	}
+	// Removed on h2 by hand: it comes back.
+	delete(d2.nets, rep.ID)
+	sync()
+	if _, ok := d2.byName("web"); !ok {
+		t.Fatal("a replica removed by hand did not come back")
+	}
+	// Removed where it was made: withdrawn, and removed on h2 once h2 has
+	// no endpoints on it.
+	rep, _ = d2.byName("web")
+	d2.endpoints[rep.ID] = 1
+	delete(d1.nets, "orig")
+	sync()
+	if _, err := store.Get(ctx, kv.ClusterNetPath("web")); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("record still there: %v", err)
+	}
+	if _, ok := d2.byName("web"); !ok {
+		t.Fatal("a replica with endpoints was removed")
+	}
+	d2.endpoints[rep.ID] = 0
+	sync()
+	if _, ok := d2.byName("web"); ok {
+		t.Fatal("the replica outlived its origin")
+	}
+	// Same name made on two hosts: the first is published, the second left
+	// alone (and not removed).
+	d1.nets["a"] = Network{ID: "a", Cluster: true, Spec: spec}
+	sync()
+	rep, _ = d2.byName("web")
+	delete(d2.nets, rep.ID)
+	d2.nets["b"] = Network{ID: "b", Cluster: true, Spec: spec}
+	sync()
+	var rec kv.ClusterNet
+	if _, err := kv.GetJSON(ctx, store, kv.ClusterNetPath("web"), &rec); err != nil || rec.Origin != "h1" || rec.OriginID != "a" {
+		t.Fatalf("record %+v %v", rec, err)
+	}
+	if _, ok := d2.nets["b"]; !ok {
+		t.Fatal("h2's own network of the same name was removed")
+	}
+}

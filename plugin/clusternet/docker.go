@@ -1,0 +1,112 @@
+package clusternet
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"strconv"
+
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// pluginSocket is the socket name in config.json: how the replicator tells
+// tartan plugins from other plugins, whatever their names.
+const pluginSocket = "tartan.sock"
+
+// API is the Docker API over a unix socket.
+type API struct{ c *client.Client }
+
+// NewAPI connects to the Docker API at socket (negotiating the version, so
+// that Docker 20.10 and later both answer).
+func NewAPI(socket string) (*API, error) {
+	c, err := client.NewClientWithOpts(client.WithHost("unix://"+socket), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("docker API at %s: %w", socket, err)
+	}
+	return &API{c: c}, nil
+}
+
+// Drivers names the enabled tartan plugins.
+func (a *API) Drivers(ctx context.Context) ([]string, error) {
+	ps, err := a.c.PluginList(ctx, filters.NewArgs(filters.Arg("enabled", "true")))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range ps {
+		if p.Config.Interface.Socket == pluginSocket {
+			out = append(out, p.Name)
+		}
+	}
+	return out, nil
+}
+
+// Networks lists the networks whose driver is a tartan plugin.
+func (a *API) Networks(ctx context.Context) ([]Network, error) {
+	drivers, err := a.Drivers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ours := map[string]bool{}
+	for _, d := range drivers {
+		ours[d] = true
+	}
+	list, err := a.c.NetworkList(ctx, network.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var out []Network
+	for _, n := range list {
+		if !ours[n.Driver] || n.ConfigOnly || len(n.IPAM.Config) == 0 || n.Scope == "swarm" {
+			continue
+		}
+		on, _ := strconv.ParseBool(n.Options[driver.OptCluster])
+		cfg := n.IPAM.Config[0]
+		labels := maps.Clone(n.Labels)
+		delete(labels, LabelSource)
+		out = append(out, Network{ID: n.ID, Cluster: on, Source: n.Labels[LabelSource], Spec: kv.ClusterNet{
+			Name: n.Name, Driver: n.Driver, IPAMDriver: n.IPAM.Driver, Subnet: cfg.Subnet, IPRange: cfg.IPRange,
+			Gateway: cfg.Gateway, Aux: cfg.AuxAddress, IPAMOptions: n.IPAM.Options, Options: n.Options, Labels: labels,
+			Internal: n.Internal, Attachable: n.Attachable,
+		}})
+	}
+	return out, nil
+}
+
+// Create makes the network here, labelled with its origin.
+func (a *API) Create(ctx context.Context, s kv.ClusterNet, driver, ipamDriver string) error {
+	labels := maps.Clone(s.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[LabelSource] = s.OriginID
+	_, err := a.c.NetworkCreate(ctx, s.Name, network.CreateOptions{
+		Driver: driver, Options: s.Options, Labels: labels, Internal: s.Internal, Attachable: s.Attachable,
+		IPAM: &network.IPAM{Driver: ipamDriver, Options: s.IPAMOptions, Config: []network.IPAMConfig{{
+			Subnet: s.Subnet, IPRange: s.IPRange, Gateway: s.Gateway, AuxAddress: s.Aux}}},
+	})
+	return err
+}
+
+// Remove removes a network by ID.
+func (a *API) Remove(ctx context.Context, id string) error { return a.c.NetworkRemove(ctx, id) }
+
+// Changes pokes on every network event.
+func (a *API) Changes(ctx context.Context, poke func()) error {
+	msgs, errs := a.c.Events(ctx, events.ListOptions{Filters: filters.NewArgs(filters.Arg("type", "network"))})
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errs:
+			return err
+		case <-msgs:
+			poke()
+		}
+	}
+}
