@@ -282,6 +282,7 @@ func TestOptionErrors(t *testing.T) {
 		{generic("tartan.backend", "macvlan", "parent", "a/b"), "is not an interface name"},
 		{generic("tartan.backend", "macvlan", "tartan.hostaccess", "true", "macvlan_mode", "vepa"), "needs -o macvlan_mode=bridge"},
 		{generic("tartan.backend", "macvlan", "tartan.vni", "3"), "vxlan backend only"},
+		{generic("tartan.cluster", "maybe"), "-o tartan.cluster=maybe is not a boolean"},
 		{map[string]any{"com.docker.network.enable_ipv6": true}, "IPv6"},
 	} {
 		_, err := driver.ParseNetworkOptions(c.opts)

@@ -152,7 +152,7 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 		}
 	}
 	if o.Backend != BackendMacvlan {
-		for _, k := range []string{OptParent, OptMacvlanMode, OptHostAccess, OptCluster} {
+		for _, k := range []string{OptParent, OptMacvlanMode, OptHostAccess} {
 			if _, ok := o.Raw[k]; ok {
 				return o, kv.Invalid("-o %s applies to the macvlan backend only: remove it or use -o %s=%s", k, OptBackend, BackendMacvlan)
 			}
