@@ -147,6 +147,9 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 	if opts.Cluster && d.cfg.NoClusterNetworks != nil {
 		return kv.Invalid("-o %s=true: %v", OptCluster, d.cfg.NoClusterNetworks)
 	}
+	if err := d.checkStore(ctx, opts); err != nil {
+		return err
+	}
 	pool, data, err := ipv4Data(r.IPv4Data, r.IPv6Data)
 	if err != nil {
 		return err
@@ -612,15 +615,66 @@ func (d *Driver) Join(r *network.JoinRequest) (*network.JoinResponse, error) {
 // Leave has nothing to undo: the veth goes with DeleteEndpoint.
 func (d *Driver) Leave(*network.LeaveRequest) error { return nil }
 
-// AllocateNetwork (swarm managers, global scope) validates the options so
-// that a bad network fails on the manager before it reaches any node.
-func (d *Driver) AllocateNetwork(_ context.Context, r *network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+// AllocateNetwork runs on the swarm manager (SCOPE=global): it validates
+// the options, so that a bad network fails there before it reaches a node,
+// records the network cluster-wide (claiming its VNI) and returns the
+// options every node's CreateNetwork gets: the user's, the VNI and the
+// store's identity.
+func (d *Driver) AllocateNetwork(ctx context.Context, r *network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
 	opts := map[string]any{}
 	for k, v := range r.Options {
 		opts[k] = v
 	}
-	if _, err := ParseNetworkOptions(map[string]any{dockerGeneric: opts}); err != nil {
+	o, err := ParseNetworkOptions(map[string]any{dockerGeneric: opts})
+	if err != nil {
 		return nil, err
 	}
-	return &network.AllocateNetworkResponse{Options: map[string]string{}}, nil
+	out := map[string]string{}
+	for k, v := range r.Options {
+		out[k] = v
+	}
+	if len(r.IPv4Data) == 0 {
+		return &network.AllocateNetworkResponse{Options: out}, nil // IPAM is not tartan's: CreateNetwork refuses it
+	}
+	v4 := make([]*network.IPAMData, len(r.IPv4Data))
+	for i := range r.IPv4Data {
+		v4[i] = &r.IPv4Data[i]
+	}
+	if len(r.IPv6Data) > 0 {
+		return nil, kv.ErrNoIPv6
+	}
+	pool, _, err := ipv4Data(v4, nil)
+	if err != nil {
+		return nil, err
+	}
+	rec, _, err := d.clusterNetwork(ctx, pool, o)
+	if err != nil {
+		return nil, err
+	}
+	if rec.VNI != 0 {
+		out[OptVNI] = fmt.Sprint(rec.VNI)
+	}
+	if out[OptStoreID], err = kv.ClusterID(ctx, d.cluster); err != nil {
+		return nil, err
+	}
+	return &network.AllocateNetworkResponse{Options: out}, nil
+}
+
+// FreeNetwork (swarm manager) has nothing to free: the cluster record and
+// VNI go with the pool's last holder (ipam.ReleasePool).
+func (d *Driver) FreeNetwork(context.Context, *network.FreeNetworkRequest) error { return nil }
+
+// checkStore refuses a swarm network allocated against another store.
+func (d *Driver) checkStore(ctx context.Context, o NetworkOptions) error {
+	if o.StoreID == "" {
+		return nil
+	}
+	id, err := kv.ClusterID(ctx, d.cluster)
+	if err != nil {
+		return err
+	}
+	if id != o.StoreID {
+		return kv.Invalid("the swarm manager's plugin uses another store than this node's (%s): set the same STORE on every node", d.cluster)
+	}
+	return nil
 }

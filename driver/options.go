@@ -30,7 +30,10 @@ const (
 	OptMacvlanMode = "macvlan_mode"
 	OptHostAccess  = "tartan.hostaccess"
 	// OptCluster makes the network appear on every host (plugin/clusternet).
-	OptCluster      = "tartan.cluster"
+	OptCluster = "tartan.cluster"
+	// OptStoreID is set by AllocateNetwork on the swarm manager (never by
+	// users): the identity of the manager's store, checked on every node.
+	OptStoreID      = "tartan.store.id"
 	defaultMacvlanM = "bridge"
 )
 
@@ -54,6 +57,7 @@ type NetworkOptions struct {
 	MacvlanMode   string // macvlan: bridge, private, vepa or passthru
 	HostAccess    bool   // macvlan: a shim so the host reaches its containers
 	Cluster       bool   // created on every host by the replicator
+	StoreID       string // swarm: the manager's store identity
 	Internal      bool
 	IPv6          bool
 	Raw           map[string]string // the -o options as given
@@ -129,6 +133,8 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 				return o, kv.Invalid("-o %s=%s is not a boolean: use true or false", OptCluster, v)
 			}
 			o.Cluster = b
+		case OptStoreID:
+			o.StoreID = v
 		case OptMTU:
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 576 || n > 65535 {

@@ -495,6 +495,22 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 			if m.confirms(cur, rec) {
 				return ip, m.noteGateway(ctx, cidr, kind, ip)
 			}
+			if r.Pool.Space == GlobalSpace && kind == kv.KindEndpoint && cur.Kind == kv.KindEndpoint {
+				// The swarm manager is the allocator of the global space:
+				// its replays (no MAC) confirm, and the node that runs the
+				// task takes the address over (with its MAC) so that
+				// every other host routes it there.
+				if mac == "" {
+					return ip, nil
+				}
+				if err := m.takeOver(ctx, cidr, rec); err != nil {
+					if errors.Is(err, kv.ErrConflict) {
+						continue
+					}
+					return netip.Addr{}, err
+				}
+				return ip, nil
+			}
 			if want != "" {
 				return netip.Addr{}, kv.InUse("address %s is already in use (%s on host %s): pick another address or leave it out", ip, cur.Kind, cur.Host)
 			}
@@ -507,6 +523,22 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 		return ip, m.noteGateway(ctx, cidr, kind, ip)
 	}
 	return netip.Addr{}, fmt.Errorf("allocate in pool %s: too many concurrent allocations: %w", cidr, kv.ErrConflict)
+}
+
+// takeOver makes this host the holder of an address the swarm manager
+// allocated (a task or node attachment that runs here).
+func (m *IPAM) takeOver(ctx context.Context, cidr string, rec kv.Address) error {
+	_, err := kv.Update(ctx, m.store, kv.AddressPath(cidr, rec.IP), func(a *kv.Address, exists bool) error {
+		if exists && a.Host == rec.Host && a.MAC == rec.MAC {
+			return kv.ErrUnchanged
+		}
+		*a = rec
+		return nil
+	})
+	if err == nil {
+		m.log.WithFields(logrus.Fields{"pool": cidr, "ip": rec.IP, "mac": rec.MAC}).Debug("address taken over from the swarm allocator")
+	}
+	return err
 }
 
 // KindFor tells what an address request is for. Docker asks for the gateway
@@ -668,8 +700,14 @@ func (m *IPAM) ReleaseAddress(ctx context.Context, id PoolID, address string) er
 		if !exists || a.Kind != kv.KindEndpoint {
 			return kv.ErrUnchanged
 		}
-		if a.Host != m.cfg.Host && id.Space != GlobalSpace {
-			m.log.WithFields(logrus.Fields{"ip": ip, "owner": a.Host}).Warn("not releasing an address another host holds")
+		// In the global space the swarm manager releases what it
+		// allocated (no MAC), and the node running a task what it took
+		// over; the manager's release of a task a node still runs waits
+		// for that node's own.
+		if a.Host != m.cfg.Host && (id.Space != GlobalSpace || a.MAC != "") {
+			if id.Space != GlobalSpace {
+				m.log.WithFields(logrus.Fields{"ip": ip, "owner": a.Host}).Warn("not releasing an address another host holds")
+			}
 			return kv.ErrUnchanged
 		}
 		return kv.ErrDelete

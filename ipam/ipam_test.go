@@ -371,3 +371,73 @@ func TestLeaseExpiry(t *testing.T) {
 		}
 	})
 }
+
+// In the global space (swarm, SCOPE=global) the manager allocates without
+// MACs; the node that runs a task asks for that address with its MAC and
+// takes it over; the manager's replays confirm; releases go by holder.
+func TestGlobalSpaceSwarm(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		ctx := context.Background()
+		mgr, w1, w2 := e.host("mgr"), e.host("w1"), e.host("w2")
+		id, err := mgr.RequestPool(ctx, ipam.PoolRequest{Space: ipam.GlobalSpace, Pool: "10.90.0.0/16"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, err := mgr.RequestAddress(ctx, ipam.AddressRequest{Pool: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ip := task.Addr().String()
+		// The manager restarts and replays its allocation.
+		if _, err := mgr.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: ip}); err != nil {
+			t.Fatalf("manager replay: %v", err)
+		}
+		for _, w := range []*ipam.IPAM{w1, w2} {
+			if _, err := w.RequestPool(ctx, ipam.PoolRequest{Space: ipam.GlobalSpace, Pool: "10.90.0.0/16"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// w1 runs the task: it takes the address over, twice (a replay).
+		for i := 0; i < 2; i++ {
+			if _, err := w1.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: ip, Options: map[string]string{ipam.OptMACAddress: mac(1)}}); err != nil {
+				t.Fatalf("w1 takes over (%d): %v", i, err)
+			}
+		}
+		var a kv.Address
+		if _, err := kv.GetJSON(ctx, e.store, kv.AddressPath("10.90.0.0/16", ip), &a); err != nil || a.Host != "w1" || a.MAC != mac(1) {
+			t.Fatalf("record after the take-over: %+v %v", a, err)
+		}
+		// The manager's release of a task w1 still runs leaves it to w1.
+		if err := mgr.ReleaseAddress(ctx, id, ip); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.store.Get(ctx, kv.AddressPath("10.90.0.0/16", ip)); err != nil {
+			t.Fatalf("the manager released a running task's address: %v", err)
+		}
+		if err := w2.ReleaseAddress(ctx, id, ip); err != nil {
+			t.Fatal(err)
+		}
+		if err := w1.ReleaseAddress(ctx, id, ip); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.store.Get(ctx, kv.AddressPath("10.90.0.0/16", ip)); !errors.Is(err, kv.ErrNotFound) {
+			t.Fatalf("w1's release left the address: %v", err)
+		}
+		// A VIP (manager only) is released by the manager.
+		vip, err := mgr.RequestAddress(ctx, ipam.AddressRequest{Pool: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := mgr.ReleaseAddress(ctx, id, vip.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.store.Get(ctx, kv.AddressPath("10.90.0.0/16", vip.Addr().String())); !errors.Is(err, kv.ErrNotFound) {
+			t.Fatalf("the manager's VIP was not released: %v", err)
+		}
+		// In the local space the same request is a conflict, naming the holder.
+		lid := pool(t, w1, "10.91.0.0/16", "", nil)
+		taken := addr(t, w1, lid, "", mac(2))
+		_, err = w2.RequestAddress(ctx, ipam.AddressRequest{Pool: lid, Address: taken.Addr().String(), Options: map[string]string{ipam.OptMACAddress: mac(3)}})
+		wantErr(t, err, kv.ErrInUse, "already in use", "host w1")
+	})
+}

@@ -2,6 +2,8 @@ package kv
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -240,4 +242,28 @@ func DeleteNetwork(ctx context.Context, s Store, n Network) error {
 		}
 	}
 	return s.Delete(ctx, NetworkPath(n.Pool), 0)
+}
+
+// ClusterIDKey holds the store's identity: a random ID made once, which
+// tells nodes pointed at different stores apart.
+const ClusterIDKey = "cluster.id"
+
+// ClusterID returns the store's identity, creating it the first time.
+func ClusterID(ctx context.Context, s Store) (string, error) {
+	for {
+		p, err := s.Get(ctx, ClusterIDKey)
+		if err == nil {
+			return string(p.Value), nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return "", fmt.Errorf("read the store's identity: %w", err)
+		}
+		b := make([]byte, 8)
+		if _, err := rand.Read(b); err != nil {
+			return "", err
+		}
+		if _, err := s.Put(ctx, ClusterIDKey, []byte(hex.EncodeToString(b)), 0); err != nil && !errors.Is(err, ErrConflict) {
+			return "", fmt.Errorf("record the store's identity: %w", err)
+		}
+	}
 }

@@ -61,7 +61,7 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, log logrus.FieldLogger, broke
 		return h.drv.AllocateNetwork(ctx, r)
 	})
 	handle(h, "/NetworkDriver.FreeNetwork", func(ctx context.Context, r *network.FreeNetworkRequest) (any, error) {
-		return nil, nil
+		return nil, h.drv.FreeNetwork(ctx, r)
 	})
 	handle(h, "/NetworkDriver.CreateEndpoint", func(ctx context.Context, r *network.CreateEndpointRequest) (any, error) {
 		return h.drv.CreateEndpoint(ctx, r)

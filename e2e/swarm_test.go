@@ -1,0 +1,197 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
+)
+
+// Swarm services on a tartan network in local scope (SCOPE=local, the
+// default): a --config-only network on every node, a --scope swarm network
+// made from it on the manager. Tasks take addresses from their own node's
+// blocks; every task reaches every other by IP; Docker's service DNS
+// (tasks.<service>, dnsrr) answers with all of them on every node; scaling
+// up and down leaves no address behind.
+func TestSwarmLocalScope(t *testing.T) {
+	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
+	c := testbed.NewCluster(t, "sw", 1500)
+	for i := 0; i < 3; i++ {
+		c.AddHost(t, "LOG_LEVEL=debug")
+	}
+	mgr := c.Hosts[0]
+	mgr.MustDocker(t, "swarm", "init", "--advertise-addr", c.Addr[0], "--listen-addr", c.Addr[0]+":2377")
+	t.Cleanup(func() {
+		for _, h := range c.Hosts {
+			_, _ = h.Docker("swarm", "leave", "--force")
+		}
+	})
+	token := mgr.MustDocker(t, "swarm", "join-token", "-q", "worker")
+	for i, h := range c.Hosts[1:] {
+		h.MustDocker(t, "swarm", "join", "--token", token, "--advertise-addr", c.Addr[i+1], c.Addr[0]+":2377")
+	}
+	// As contrib/stack.yaml says.
+	for _, h := range c.Hosts {
+		h.MustDocker(t, "network", "create", "--config-only", "--ipam-driver", testbed.PluginName,
+			"-o", "tartan.backend=vxlan", "--subnet", "10.86.0.0/16", "tartan-cfg")
+	}
+	mgr.MustDocker(t, "network", "create", tnet, "--scope", "swarm", "--config-from", "tartan-cfg", "--attachable", "tartan-swarm")
+
+	mgr.MustDocker(t, "service", "create", "--detach", "--no-resolve-image", "--name", "web", "--network", "tartan-swarm",
+		"--endpoint-mode", "dnsrr", "--replicas", "6", "--restart-condition", "none", "tbox", "sleep", "36000")
+	tasks := waitTasks(t, c, "web", 6)
+	nodes := map[string]bool{}
+	for _, tk := range tasks {
+		nodes[tk.host.Name] = true
+	}
+	if len(nodes) != 3 {
+		t.Fatalf("6 tasks on %d nodes, want all 3", len(nodes))
+	}
+	t.Logf("tasks: %v", tasks)
+	// Every task reaches every other by IP.
+	for _, a := range tasks {
+		for _, b := range tasks {
+			if a.ip == b.ip {
+				continue
+			}
+			testbed.Eventually(t, 15*time.Second, fmt.Sprintf("task %s (%s) reaches %s (%s)", a.ip, a.host.Name, b.ip, b.host.Name), func() error {
+				if out, err := a.host.Docker("exec", a.id, "ping", "-c", "1", "-W", "1", b.ip); err != nil {
+					return fmt.Errorf("%v: %s", err, out)
+				}
+				return nil
+			})
+		}
+	}
+	// tasks.web answers with all six from every node.
+	want := ips(tasks)
+	seen := map[string]bool{}
+	for _, tk := range tasks {
+		if seen[tk.host.Name] {
+			continue
+		}
+		seen[tk.host.Name] = true
+		testbed.Eventually(t, 20*time.Second, "tasks.web from "+tk.host.Name, func() error {
+			out, _ := tk.host.Docker("exec", tk.id, "nslookup", "tasks.web")
+			if got := answers(out); strings.Join(got, " ") != strings.Join(want, " ") {
+				return fmt.Errorf("tasks.web is %v, want %v\n%s", got, want, out)
+			}
+			return nil
+		})
+	}
+	// Scale up and down: the store ends with exactly the two tasks' addresses.
+	mgr.MustDocker(t, "service", "scale", "--detach", "web=12")
+	waitTasks(t, c, "web", 12)
+	mgr.MustDocker(t, "service", "scale", "--detach", "web=2")
+	tasks = waitTasks(t, c, "web", 2)
+	testbed.Eventually(t, 60*time.Second, "only the 2 remaining tasks' addresses in the store", func() error {
+		var got []string
+		for _, k := range c.Consul.Keys(t, "tartan/addrs/10.86.0.0-16/") {
+			got = append(got, k[strings.LastIndex(k, "/")+1:])
+		}
+		sort.Strings(got)
+		if strings.Join(got, " ") != strings.Join(append([]string{"10.86.0.1"}, ips(tasks)...), " ") {
+			return fmt.Errorf("store holds %v, tasks %v", got, ips(tasks))
+		}
+		return nil
+	})
+	mgr.MustDocker(t, "service", "rm", "web")
+
+	// contrib/stack.yaml, with the test image: its clients reach the web
+	// service by name from every node.
+	stack, err := os.ReadFile(filepath.Join(testbed.RepoRoot(t), "contrib", "stack.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "stack.yaml")
+	if err := os.WriteFile(file, []byte(strings.ReplaceAll(string(stack), "image: busybox", "image: tbox")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mgr.MustDocker(t, "stack", "deploy", "--detach=true", "--resolve-image", "never", "-c", file, "app")
+	waitTasks(t, c, "app_web", 3)
+	for _, cl := range waitTasks(t, c, "app_client", 3) {
+		testbed.Eventually(t, 30*time.Second, "a client on "+cl.host.Name+" reaches web", func() error {
+			out, err := cl.host.Docker("exec", cl.id, "wget", "-q", "-O", "-", "http://web/")
+			if err != nil || !strings.Contains(out, "hello from") {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			return nil
+		})
+	}
+	mgr.MustDocker(t, "stack", "rm", "app")
+	testbed.Eventually(t, 60*time.Second, "no task address left", func() error {
+		if left := c.Consul.Keys(t, "tartan/addrs/10.86.0.0-16/"); len(left) > 1 {
+			return fmt.Errorf("left: %v", left)
+		}
+		return nil
+	})
+}
+
+type task struct {
+	host *testbed.Host
+	id   string
+	ip   string
+}
+
+func (t task) String() string { return t.ip + "@" + t.host.Name }
+
+// waitTasks waits until exactly n tasks of service run (across the nodes)
+// with an address, and returns them.
+func waitTasks(t *testing.T, c *testbed.Cluster, service string, n int) []task {
+	t.Helper()
+	var tasks []task
+	testbed.Eventually(t, 120*time.Second, fmt.Sprintf("%d tasks of %s running", n, service), func() error {
+		tasks = nil
+		for _, h := range c.Hosts {
+			out, err := h.Docker("ps", "-q", "-f", "label=com.docker.swarm.service.name="+service, "-f", "status=running")
+			if err != nil {
+				return err
+			}
+			for _, id := range strings.Fields(out) {
+				ip, err := h.Docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", id)
+				if err != nil || ip == "" {
+					return fmt.Errorf("task %s has no address yet", id)
+				}
+				tasks = append(tasks, task{h, id, ip})
+			}
+		}
+		if len(tasks) != n {
+			return fmt.Errorf("%d running", len(tasks))
+		}
+		return nil
+	})
+	return tasks
+}
+
+func ips(tasks []task) []string {
+	var out []string
+	for _, tk := range tasks {
+		out = append(out, tk.ip)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// answers lists the addresses in nslookup's answer section.
+func answers(out string) []string {
+	var got []string
+	parts := strings.SplitN(out, "Name:", 2)
+	if len(parts) < 2 {
+		return nil
+	}
+	for _, l := range strings.Split(parts[1], "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "Address:" {
+			got = append(got, f[1])
+		} else if len(f) >= 3 && f[0] == "Address" {
+			got = append(got, f[2])
+		}
+	}
+	sort.Strings(got)
+	return got
+}
