@@ -33,7 +33,9 @@ func (f *fakeDocker) Networks(context.Context) ([]Network, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
-func (f *fakeDocker) Drivers(context.Context) ([]string, error) { return []string{"tartan:latest"}, nil }
+func (f *fakeDocker) Drivers(context.Context) ([]string, error) {
+	return []string{"tartan:latest"}, nil
+}
 func (f *fakeDocker) Create(_ context.Context, s kv.ClusterNet, driver, _ string) error {
 	for _, n := range f.nets {
 		if n.Spec.Name == s.Name {
