@@ -135,7 +135,9 @@ func TestMacvlan(t *testing.T) {
 	for hi, h := range c.Hosts {
 		var got []struct {
 			Name            string
-			NetworkSettings struct{ Networks map[string]struct{ IPAddress string } }
+			NetworkSettings struct {
+				Networks map[string]struct{ IPAddress string }
+			}
 		}
 		ids := strings.Fields(h.MustDocker(t, "ps", "-q"))
 		if len(ids) != perHost {
