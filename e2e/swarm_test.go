@@ -162,7 +162,8 @@ func waitTasks(t *testing.T, c *testbed.Cluster, service string, n int) []task {
 			}
 		}
 		if len(tasks) != n {
-			return fmt.Errorf("%d running", len(tasks))
+			ps, _ := c.Hosts[0].Docker("service", "ps", "--no-trunc", "--format", "{{.Name}} {{.Node}} {{.CurrentState}} {{.Error}}", service)
+			return fmt.Errorf("%d running:\n%s", len(tasks), ps)
 		}
 		return nil
 	})
@@ -194,4 +195,153 @@ func answers(out string) []string {
 	}
 	sort.Strings(got)
 	return got
+}
+
+// Swarm services on a swarm-scoped tartan network (SCOPE=global): the
+// manager's plugin allocates the network (its VNI travels to every node in
+// the options) and the task and VIP addresses (global address space); each
+// node takes over its tasks' addresses and every other host routes them.
+func TestSwarmGlobalScope(t *testing.T) {
+	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
+	c := testbed.NewCluster(t, "sg", 1500)
+	for i := 0; i < 3; i++ {
+		c.AddHost(t, "LOG_LEVEL=debug", "SCOPE=global")
+	}
+	mgr := c.Hosts[0]
+	mgr.MustDocker(t, "swarm", "init", "--advertise-addr", c.Addr[0], "--listen-addr", c.Addr[0]+":2377")
+	t.Cleanup(func() {
+		for _, h := range c.Hosts {
+			_, _ = h.Docker("swarm", "leave", "--force")
+		}
+	})
+	token := mgr.MustDocker(t, "swarm", "join-token", "-q", "worker")
+	for i, h := range c.Hosts[1:] {
+		h.MustDocker(t, "swarm", "join", "--token", token, "--advertise-addr", c.Addr[i+1], c.Addr[0]+":2377")
+	}
+	mgr.MustDocker(t, "network", "create", tnet, tipam, "--scope", "swarm", "--attachable",
+		"-o", "tartan.backend=vxlan", "--subnet", "10.87.0.0/16", "gnet")
+	if got := mgr.MustDocker(t, "network", "inspect", "-f", "{{.Scope}} {{index .Options \"tartan.vni\"}}", "gnet"); !strings.HasPrefix(got, "swarm ") || strings.HasSuffix(got, " ") {
+		t.Fatalf("gnet on the manager: %q, want a swarm network with the VNI the plugin allocated", got)
+	}
+	mgr.MustDocker(t, "service", "create", "--detach", "--no-resolve-image", "--name", "app", "--network", "gnet",
+		"--endpoint-mode", "dnsrr", "--replicas", "6", "tbox", "sleep", "36000")
+	tasks := waitTasks(t, c, "app", 6)
+	checkTasks(t, c, "app", tasks)
+	// tasks.app from every node.
+	want := ips(tasks)
+	seen := map[string]bool{}
+	for _, tk := range tasks {
+		if seen[tk.host.Name] {
+			continue
+		}
+		seen[tk.host.Name] = true
+		testbed.Eventually(t, 20*time.Second, "tasks.app from "+tk.host.Name, func() error {
+			out, _ := tk.host.Docker("exec", tk.id, "nslookup", "tasks.app")
+			if got := answers(out); strings.Join(got, " ") != strings.Join(want, " ") {
+				return fmt.Errorf("tasks.app is %v, want %v\n%s", got, want, out)
+			}
+			return nil
+		})
+	}
+	// A VIP service: the VIP comes from the pool through tartan's IPAM (this
+	// kernel has no IPVS, so VIP traffic itself is not tested here).
+	mgr.MustDocker(t, "service", "create", "--detach", "--no-resolve-image", "--name", "vip", "--network", "gnet",
+		"--replicas", "1", "tbox", "sleep", "36000")
+	vip := strings.Split(mgr.MustDocker(t, "service", "inspect", "-f", "{{range .Endpoint.VirtualIPs}}{{.Addr}}{{end}}", "vip"), "/")[0]
+	if !strings.HasPrefix(vip, "10.87.") {
+		t.Fatalf("VIP %q is not from the pool", vip)
+	}
+	if a := storeAddrs(t, c, "10.87.0.0/16"); a[vip] != "endpoint" {
+		t.Fatalf("VIP %s is not in the store: %v", vip, a)
+	}
+	mgr.MustDocker(t, "service", "rm", "vip")
+
+	// Scale up and down; drain a worker and bring it back; restart the
+	// manager's plugin: no duplicate address, every task reaches every other.
+	mgr.MustDocker(t, "service", "scale", "--detach", "app=12")
+	checkTasks(t, c, "app", waitTasks(t, c, "app", 12))
+	mgr.MustDocker(t, "service", "scale", "--detach", "app=6")
+	waitTasks(t, c, "app", 6)
+	w2 := strings.TrimSpace(c.Hosts[1].MustDocker(t, "info", "-f", "{{.Swarm.NodeID}}"))
+	mgr.MustDocker(t, "node", "update", "--availability", "drain", w2)
+	waitTasksOn(t, c, "app", 6, c.Hosts[1], 0)
+	mgr.MustDocker(t, "node", "update", "--availability", "active", w2)
+	mgr.MustDocker(t, "plugin", "disable", "-f", testbed.PluginName)
+	mgr.MustDocker(t, "plugin", "enable", testbed.PluginName)
+	mgr.MustDocker(t, "service", "update", "--detach", "--force", "app") // reschedules onto host 2 again
+	testbed.Eventually(t, 180*time.Second, "service update completed", func() error {
+		if st := mgr.MustDocker(t, "service", "inspect", "-f", "{{.UpdateStatus.State}}", "app"); st != "completed" {
+			return fmt.Errorf("update %s", st)
+		}
+		return nil
+	})
+	tasks = waitTasks(t, c, "app", 6)
+	checkTasks(t, c, "app", tasks)
+
+	mgr.MustDocker(t, "service", "rm", "app")
+	testbed.Eventually(t, 60*time.Second, "every task address released", func() error {
+		for ip, kind := range storeAddrs(t, c, "10.87.0.0/16") {
+			for _, tk := range tasks {
+				if tk.ip == ip {
+					return fmt.Errorf("task address %s (%s) still in the store", ip, kind)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// checkTasks: distinct addresses, in the store as held by the node that
+// runs each task, and every task reaches every other.
+func checkTasks(t *testing.T, c *testbed.Cluster, service string, tasks []task) {
+	t.Helper()
+	seen := map[string]string{}
+	for _, tk := range tasks {
+		if prev, dup := seen[tk.ip]; dup {
+			t.Fatalf("duplicate address %s: %s and %s", tk.ip, prev, tk.host.Name)
+		}
+		seen[tk.ip] = tk.host.Name
+	}
+	stored := storeAddrs(t, c, "10.87.0.0/16")
+	for _, tk := range tasks {
+		if stored[tk.ip] != "endpoint" {
+			t.Fatalf("task address %s is %q in the store", tk.ip, stored[tk.ip])
+		}
+	}
+	for _, a := range tasks {
+		for _, b := range tasks {
+			if a.ip == b.ip {
+				continue
+			}
+			testbed.Eventually(t, 15*time.Second, fmt.Sprintf("%s: %s reaches %s", service, a, b), func() error {
+				if out, err := a.host.Docker("exec", a.id, "ping", "-c", "1", "-W", "1", b.ip); err != nil {
+					return fmt.Errorf("%v: %s", err, out)
+				}
+				return nil
+			})
+		}
+	}
+}
+
+// waitTasksOn waits until n tasks run and exactly on of them on host h.
+func waitTasksOn(t *testing.T, c *testbed.Cluster, service string, n int, h *testbed.Host, on int) {
+	t.Helper()
+	testbed.Eventually(t, 120*time.Second, fmt.Sprintf("%d tasks of %s, %d on %s", n, service, on, h.Name), func() error {
+		total, here := 0, 0
+		for _, x := range c.Hosts {
+			out, err := x.Docker("ps", "-q", "-f", "label=com.docker.swarm.service.name="+service, "-f", "status=running")
+			if err != nil {
+				return err
+			}
+			k := len(strings.Fields(out))
+			total += k
+			if x == h {
+				here = k
+			}
+		}
+		if total != n || here != on {
+			return fmt.Errorf("%d running, %d on %s", total, here, h.Name)
+		}
+		return nil
+	})
 }

@@ -246,10 +246,16 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 		if err != nil {
 			return err
 		}
+		same := false
 		for cidr, p := range pools {
-			if p.Overlaps(l.Pool) {
+			if p == l.Pool {
+				same = true // another host registered it just now: join it
+			} else if p.Overlaps(l.Pool) {
 				return kv.InUse("--subnet %s overlaps tartan pool %s that is already registered: pick a subnet outside it", l.Pool, cidr)
 			}
+		}
+		if same {
+			continue
 		}
 		pool := kv.Pool{CIDR: l.Pool.String(), Range: rng, BlockBits: l.BlockBits, Auto: auto,
 			Holders: map[string]bool{m.holder(space): true}, Created: m.cfg.Now().UTC()}

@@ -441,3 +441,31 @@ func TestGlobalSpaceSwarm(t *testing.T) {
 		wantErr(t, err, kv.ErrInUse, "already in use", "host w1")
 	})
 }
+
+// Hosts registering the same new pool at the same moment all join it
+// (swarm nodes creating a node-local network for their first tasks do).
+func TestConcurrentSamePool(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := e.host(fmt.Sprintf("h%d", i)).RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.92.0.0/16"})
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		var p kv.Pool
+		if _, err := kv.GetJSON(ctx, e.store, kv.PoolPath("10.92.0.0/16"), &p); err != nil || len(p.Holders) != 8 {
+			t.Fatalf("pool %+v %v, want 8 holders", p, err)
+		}
+	})
+}
