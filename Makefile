@@ -70,12 +70,13 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzIPAMRequests -fuzztime=$(FUZZTIME) ./plugin
 
 e2e: plugin-dir
-	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v ./e2e/
+	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -skip 'TestSwarmGlobalScope' ./e2e/
 
-# The quick start, restarts and the 3-host suite again on Docker 26.
+# The quick start, restarts and the 3-host suite again on Docker 26, and
+# swarm's global scope (Docker 26 only).
 e2e26: plugin-dir docker26
 	DOCKERD=$(DOCKER26_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER26_DIR)/bin:$$PATH \
-	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$' ./e2e/
+	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope' ./e2e/
 
 # Throughput, latency and control-plane figures against the host's network and
 # Docker's own drivers, side by side; the table lands in build/bench.md.

@@ -636,16 +636,17 @@ func (d *Driver) AllocateNetwork(ctx context.Context, r *network.AllocateNetwork
 	if len(r.IPv4Data) == 0 {
 		return &network.AllocateNetworkResponse{Options: out}, nil // IPAM is not tartan's: CreateNetwork refuses it
 	}
-	v4 := make([]*network.IPAMData, len(r.IPv4Data))
-	for i := range r.IPv4Data {
-		v4[i] = &r.IPv4Data[i]
-	}
+	// The manager's allocator sends the pool without its address space;
+	// every node's CreateNetwork checks that the IPAM is tartan's.
 	if len(r.IPv6Data) > 0 {
 		return nil, kv.ErrNoIPv6
 	}
-	pool, _, err := ipv4Data(v4, nil)
+	if len(r.IPv4Data) != 1 {
+		return nil, kv.Invalid("give exactly one IPv4 --subnet (got %d)", len(r.IPv4Data))
+	}
+	pool, err := netip.ParsePrefix(r.IPv4Data[0].Pool)
 	if err != nil {
-		return nil, err
+		return nil, kv.Invalid("pool %q from IPAM is not a CIDR", r.IPv4Data[0].Pool)
 	}
 	rec, _, err := d.clusterNetwork(ctx, pool, o)
 	if err != nil {

@@ -146,7 +146,7 @@ func (t task) String() string { return t.ip + "@" + t.host.Name }
 func waitTasks(t *testing.T, c *testbed.Cluster, service string, n int) []task {
 	t.Helper()
 	var tasks []task
-	testbed.Eventually(t, 120*time.Second, fmt.Sprintf("%d tasks of %s running", n, service), func() error {
+	testbed.Eventually(t, waitFor(n), fmt.Sprintf("%d tasks of %s running", n, service), func() error {
 		tasks = nil
 		for _, h := range c.Hosts {
 			out, err := h.Docker("ps", "-q", "-f", "label=com.docker.swarm.service.name="+service, "-f", "status=running")
@@ -220,12 +220,17 @@ func TestSwarmGlobalScope(t *testing.T) {
 	}
 	mgr.MustDocker(t, "network", "create", tnet, tipam, "--scope", "swarm", "--attachable",
 		"-o", "tartan.backend=vxlan", "--subnet", "10.87.0.0/16", "gnet")
-	if got := mgr.MustDocker(t, "network", "inspect", "-f", "{{.Scope}} {{index .Options \"tartan.vni\"}}", "gnet"); !strings.HasPrefix(got, "swarm ") || strings.HasSuffix(got, " ") {
-		t.Fatalf("gnet on the manager: %q, want a swarm network with the VNI the plugin allocated", got)
-	}
 	mgr.MustDocker(t, "service", "create", "--detach", "--no-resolve-image", "--name", "app", "--network", "gnet",
 		"--endpoint-mode", "dnsrr", "--replicas", "6", "tbox", "sleep", "36000")
 	tasks := waitTasks(t, c, "app", 6)
+	// The VNI the manager's plugin allocated reached every node.
+	var vnis []string
+	for _, h := range c.Hosts {
+		vnis = append(vnis, h.MustDocker(t, "network", "inspect", "-f", "{{.Scope}} {{index .Options \"tartan.vni\"}} {{len (index .Options \"tartan.store.id\")}}", "gnet"))
+	}
+	if vnis[0] != vnis[1] || vnis[1] != vnis[2] || !strings.HasPrefix(vnis[0], "swarm ") || strings.HasSuffix(vnis[0], " 0") {
+		t.Fatalf("gnet on the three nodes: %q, want one swarm network with the VNI and store identity from the manager", vnis)
+	}
 	checkTasks(t, c, "app", tasks)
 	// tasks.app from every node.
 	want := ips(tasks)
@@ -345,3 +350,6 @@ func waitTasksOn(t *testing.T, c *testbed.Cluster, service string, n int, h *tes
 		return nil
 	})
 }
+
+// waitFor is how long n tasks may take to start on this machine.
+func waitFor(n int) time.Duration { return time.Duration(30+10*n) * time.Second }

@@ -501,11 +501,13 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 			if m.confirms(cur, rec) {
 				return ip, m.noteGateway(ctx, cidr, kind, ip)
 			}
-			if r.Pool.Space == GlobalSpace && kind == kv.KindEndpoint && cur.Kind == kv.KindEndpoint {
-				// The swarm manager is the allocator of the global space:
-				// its replays (no MAC) confirm, and the node that runs the
-				// task takes the address over (with its MAC) so that
-				// every other host routes it there.
+			// The swarm manager allocates in the global space, without
+			// MACs: its replays confirm, and the node that runs the task
+			// (which asks in either space, with the task's MAC) takes the
+			// address over so that every other host routes it there.
+			swarm := kind == kv.KindEndpoint && cur.Kind == kv.KindEndpoint &&
+				(r.Pool.Space == GlobalSpace || (cur.MAC == "" && want != ""))
+			if swarm {
 				if mac == "" {
 					return ip, nil
 				}

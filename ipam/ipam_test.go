@@ -397,9 +397,11 @@ func TestGlobalSpaceSwarm(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		// w1 runs the task: it takes the address over, twice (a replay).
+		// w1 runs the task: it takes the address over, twice (a replay),
+		// asking in the local space as Docker's nodes do.
+		lid := ipam.PoolID{Space: ipam.LocalSpace, CIDR: id.CIDR}
 		for i := 0; i < 2; i++ {
-			if _, err := w1.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: ip, Options: map[string]string{ipam.OptMACAddress: mac(1)}}); err != nil {
+			if _, err := w1.RequestAddress(ctx, ipam.AddressRequest{Pool: lid, Address: ip, Options: map[string]string{ipam.OptMACAddress: mac(1)}}); err != nil {
 				t.Fatalf("w1 takes over (%d): %v", i, err)
 			}
 		}
@@ -417,7 +419,7 @@ func TestGlobalSpaceSwarm(t *testing.T) {
 		if err := w2.ReleaseAddress(ctx, id, ip); err != nil {
 			t.Fatal(err)
 		}
-		if err := w1.ReleaseAddress(ctx, id, ip); err != nil {
+		if err := w1.ReleaseAddress(ctx, lid, ip); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := e.store.Get(ctx, kv.AddressPath("10.90.0.0/16", ip)); !errors.Is(err, kv.ErrNotFound) {
@@ -435,9 +437,9 @@ func TestGlobalSpaceSwarm(t *testing.T) {
 			t.Fatalf("the manager's VIP was not released: %v", err)
 		}
 		// In the local space the same request is a conflict, naming the holder.
-		lid := pool(t, w1, "10.91.0.0/16", "", nil)
-		taken := addr(t, w1, lid, "", mac(2))
-		_, err = w2.RequestAddress(ctx, ipam.AddressRequest{Pool: lid, Address: taken.Addr().String(), Options: map[string]string{ipam.OptMACAddress: mac(3)}})
+		other := pool(t, w1, "10.91.0.0/16", "", nil)
+		taken := addr(t, w1, other, "", mac(2))
+		_, err = w2.RequestAddress(ctx, ipam.AddressRequest{Pool: other, Address: taken.Addr().String(), Options: map[string]string{ipam.OptMACAddress: mac(3)}})
 		wantErr(t, err, kv.ErrInUse, "already in use", "host w1")
 	})
 }
