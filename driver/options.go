@@ -88,6 +88,7 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	var err error
 	for _, k := range keys {
 		v := strings.TrimSpace(generic[k])
 		switch k {
@@ -103,11 +104,9 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 			}
 			o.VNI = n
 		case OptDirectRouting:
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return o, kv.Invalid("-o %s=%s is not a boolean: use true or false", OptDirectRouting, v)
+			if o.DirectRouting, err = boolOption(k, v); err != nil {
+				return o, err
 			}
-			o.DirectRouting = b
 		case OptParent:
 			if v == "" || len(v) > 15 || strings.ContainsAny(v, "/ \t:") {
 				return o, kv.Invalid("-o %s=%q is not an interface name: use a host interface such as eth0, or eth0.100 for VLAN 100", OptParent, v)
@@ -122,17 +121,13 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 			}
 			o.MacvlanMode = v
 		case OptHostAccess:
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return o, kv.Invalid("-o %s=%s is not a boolean: use true or false", OptHostAccess, v)
+			if o.HostAccess, err = boolOption(k, v); err != nil {
+				return o, err
 			}
-			o.HostAccess = b
 		case OptCluster:
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return o, kv.Invalid("-o %s=%s is not a boolean: use true or false", OptCluster, v)
+			if o.Cluster, err = boolOption(k, v); err != nil {
+				return o, err
 			}
-			o.Cluster = b
 		case OptStoreID:
 			o.StoreID = v
 		case OptMTU:
@@ -171,6 +166,15 @@ func ParseNetworkOptions(opts map[string]any) (NetworkOptions, error) {
 		return o, kv.ErrNoIPv6
 	}
 	return o, nil
+}
+
+// boolOption reads a true/false -o option.
+func boolOption(k, v string) (bool, error) {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, kv.Invalid("-o %s=%s is not a boolean: use true or false", k, v)
+	}
+	return b, nil
 }
 
 func truthy(v any) bool {

@@ -26,17 +26,7 @@ func TestSwarmLocalScope(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		c.AddHost(t, "LOG_LEVEL=debug")
 	}
-	mgr := c.Hosts[0]
-	mgr.MustDocker(t, "swarm", "init", "--advertise-addr", c.Addr[0], "--listen-addr", c.Addr[0]+":2377")
-	t.Cleanup(func() {
-		for _, h := range c.Hosts {
-			_, _ = h.Docker("swarm", "leave", "--force")
-		}
-	})
-	token := mgr.MustDocker(t, "swarm", "join-token", "-q", "worker")
-	for i, h := range c.Hosts[1:] {
-		h.MustDocker(t, "swarm", "join", "--token", token, "--advertise-addr", c.Addr[i+1], c.Addr[0]+":2377")
-	}
+	mgr := swarmUp(t, c)
 	// As contrib/stack.yaml says.
 	for _, h := range c.Hosts {
 		h.MustDocker(t, "network", "create", "--config-only", "--ipam-driver", testbed.PluginName,
@@ -55,36 +45,8 @@ func TestSwarmLocalScope(t *testing.T) {
 		t.Fatalf("6 tasks on %d nodes, want all 3", len(nodes))
 	}
 	t.Logf("tasks: %v", tasks)
-	// Every task reaches every other by IP.
-	for _, a := range tasks {
-		for _, b := range tasks {
-			if a.ip == b.ip {
-				continue
-			}
-			testbed.Eventually(t, 15*time.Second, fmt.Sprintf("task %s (%s) reaches %s (%s)", a.ip, a.host.Name, b.ip, b.host.Name), func() error {
-				if out, err := a.host.Docker("exec", a.id, "ping", "-c", "1", "-W", "1", b.ip); err != nil {
-					return fmt.Errorf("%v: %s", err, out)
-				}
-				return nil
-			})
-		}
-	}
-	// tasks.web answers with all six from every node.
-	want := ips(tasks)
-	seen := map[string]bool{}
-	for _, tk := range tasks {
-		if seen[tk.host.Name] {
-			continue
-		}
-		seen[tk.host.Name] = true
-		testbed.Eventually(t, 20*time.Second, "tasks.web from "+tk.host.Name, func() error {
-			out, _ := tk.host.Docker("exec", tk.id, "nslookup", "tasks.web")
-			if got := answers(out); strings.Join(got, " ") != strings.Join(want, " ") {
-				return fmt.Errorf("tasks.web is %v, want %v\n%s", got, want, out)
-			}
-			return nil
-		})
-	}
+	checkTasks(t, c, "10.86.0.0/16", "web", tasks)
+	checkDNS(t, "web", tasks)
 	// Scale up and down: the store ends with exactly the two tasks' addresses.
 	mgr.MustDocker(t, "service", "scale", "--detach", "web=12")
 	waitTasks(t, c, "web", 12)
@@ -131,6 +93,45 @@ func TestSwarmLocalScope(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// swarmUp makes host 1 a swarm manager and the others workers; the swarm is
+// left at cleanup.
+func swarmUp(t *testing.T, c *testbed.Cluster) *testbed.Host {
+	t.Helper()
+	mgr := c.Hosts[0]
+	mgr.MustDocker(t, "swarm", "init", "--advertise-addr", c.Addr[0], "--listen-addr", c.Addr[0]+":2377")
+	t.Cleanup(func() {
+		for _, h := range c.Hosts {
+			_, _ = h.Docker("swarm", "leave", "--force")
+		}
+	})
+	token := mgr.MustDocker(t, "swarm", "join-token", "-q", "worker")
+	for i, h := range c.Hosts[1:] {
+		h.MustDocker(t, "swarm", "join", "--token", token, "--advertise-addr", c.Addr[i+1], c.Addr[0]+":2377")
+	}
+	return mgr
+}
+
+// checkDNS: tasks.<service> answers with every task's address on every
+// node that runs one.
+func checkDNS(t *testing.T, service string, tasks []task) {
+	t.Helper()
+	want := ips(tasks)
+	seen := map[string]bool{}
+	for _, tk := range tasks {
+		if seen[tk.host.Name] {
+			continue
+		}
+		seen[tk.host.Name] = true
+		testbed.Eventually(t, 20*time.Second, "tasks."+service+" from "+tk.host.Name, func() error {
+			out, _ := tk.host.Docker("exec", tk.id, "nslookup", "tasks."+service)
+			if got := answers(out); strings.Join(got, " ") != strings.Join(want, " ") {
+				return fmt.Errorf("tasks.%s is %v, want %v\n%s", service, got, want, out)
+			}
+			return nil
+		})
+	}
 }
 
 type task struct {
@@ -207,17 +208,7 @@ func TestSwarmGlobalScope(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		c.AddHost(t, "LOG_LEVEL=debug", "SCOPE=global")
 	}
-	mgr := c.Hosts[0]
-	mgr.MustDocker(t, "swarm", "init", "--advertise-addr", c.Addr[0], "--listen-addr", c.Addr[0]+":2377")
-	t.Cleanup(func() {
-		for _, h := range c.Hosts {
-			_, _ = h.Docker("swarm", "leave", "--force")
-		}
-	})
-	token := mgr.MustDocker(t, "swarm", "join-token", "-q", "worker")
-	for i, h := range c.Hosts[1:] {
-		h.MustDocker(t, "swarm", "join", "--token", token, "--advertise-addr", c.Addr[i+1], c.Addr[0]+":2377")
-	}
+	mgr := swarmUp(t, c)
 	mgr.MustDocker(t, "network", "create", tnet, tipam, "--scope", "swarm", "--attachable",
 		"-o", "tartan.backend=vxlan", "--subnet", "10.87.0.0/16", "gnet")
 	mgr.MustDocker(t, "service", "create", "--detach", "--no-resolve-image", "--name", "app", "--network", "gnet",
@@ -231,23 +222,8 @@ func TestSwarmGlobalScope(t *testing.T) {
 	if vnis[0] != vnis[1] || vnis[1] != vnis[2] || !strings.HasPrefix(vnis[0], "swarm ") || strings.HasSuffix(vnis[0], " 0") {
 		t.Fatalf("gnet on the three nodes: %q, want one swarm network with the VNI and store identity from the manager", vnis)
 	}
-	checkTasks(t, c, "app", tasks)
-	// tasks.app from every node.
-	want := ips(tasks)
-	seen := map[string]bool{}
-	for _, tk := range tasks {
-		if seen[tk.host.Name] {
-			continue
-		}
-		seen[tk.host.Name] = true
-		testbed.Eventually(t, 20*time.Second, "tasks.app from "+tk.host.Name, func() error {
-			out, _ := tk.host.Docker("exec", tk.id, "nslookup", "tasks.app")
-			if got := answers(out); strings.Join(got, " ") != strings.Join(want, " ") {
-				return fmt.Errorf("tasks.app is %v, want %v\n%s", got, want, out)
-			}
-			return nil
-		})
-	}
+	checkTasks(t, c, "10.87.0.0/16", "app", tasks)
+	checkDNS(t, "app", tasks)
 	// A VIP service: the VIP comes from the pool through tartan's IPAM (this
 	// kernel has no IPVS, so VIP traffic itself is not tested here).
 	mgr.MustDocker(t, "service", "create", "--detach", "--no-resolve-image", "--name", "vip", "--network", "gnet",
@@ -264,7 +240,36 @@ func TestSwarmGlobalScope(t *testing.T) {
 	// Scale up and down; drain a worker and bring it back; restart the
 	// manager's plugin: no duplicate address, every task reaches every other.
 	mgr.MustDocker(t, "service", "scale", "--detach", "app=12")
-	checkTasks(t, c, "app", waitTasks(t, c, "app", 12))
+	checkTasks(t, c, "10.87.0.0/16", "app", waitTasks(t, c, "app", 12))
+	mgr.MustDocker(t, "service", "scale", "--detach", "app=2")
+	waitTasks(t, c, "app", 2)
+	// No leak: the store holds exactly the addresses Docker uses on the
+	// nodes (the 2 tasks and each node's load-balancer attachment) and the
+	// gateway.
+	testbed.Eventually(t, 60*time.Second, "store == the nodes' endpoints", func() error {
+		used := map[string]bool{"10.87.0.1": true}
+		for _, h := range c.Hosts {
+			out, err := h.Docker("network", "inspect", "-f", "{{range .Containers}}{{.IPv4Address}} {{end}}", "gnet")
+			if err != nil {
+				return err
+			}
+			for _, a := range strings.Fields(out) {
+				used[strings.Split(a, "/")[0]] = true
+			}
+		}
+		stored := storeAddrs(t, c, "10.87.0.0/16")
+		for ip := range stored {
+			if !used[ip] {
+				return fmt.Errorf("store holds %s, which no node uses (nodes use %v)", ip, used)
+			}
+		}
+		for ip := range used {
+			if _, ok := stored[ip]; !ok {
+				return fmt.Errorf("a node uses %s, which the store lacks", ip)
+			}
+		}
+		return nil
+	})
 	mgr.MustDocker(t, "service", "scale", "--detach", "app=6")
 	waitTasks(t, c, "app", 6)
 	w2 := strings.TrimSpace(c.Hosts[1].MustDocker(t, "info", "-f", "{{.Swarm.NodeID}}"))
@@ -281,7 +286,7 @@ func TestSwarmGlobalScope(t *testing.T) {
 		return nil
 	})
 	tasks = waitTasks(t, c, "app", 6)
-	checkTasks(t, c, "app", tasks)
+	checkTasks(t, c, "10.87.0.0/16", "app", tasks)
 
 	mgr.MustDocker(t, "service", "rm", "app")
 	testbed.Eventually(t, 60*time.Second, "every task address released", func() error {
@@ -298,7 +303,7 @@ func TestSwarmGlobalScope(t *testing.T) {
 
 // checkTasks: distinct addresses, in the store as held by the node that
 // runs each task, and every task reaches every other.
-func checkTasks(t *testing.T, c *testbed.Cluster, service string, tasks []task) {
+func checkTasks(t *testing.T, c *testbed.Cluster, subnet, service string, tasks []task) {
 	t.Helper()
 	seen := map[string]string{}
 	for _, tk := range tasks {
@@ -307,7 +312,7 @@ func checkTasks(t *testing.T, c *testbed.Cluster, service string, tasks []task) 
 		}
 		seen[tk.ip] = tk.host.Name
 	}
-	stored := storeAddrs(t, c, "10.87.0.0/16")
+	stored := storeAddrs(t, c, subnet)
 	for _, tk := range tasks {
 		if stored[tk.ip] != "endpoint" {
 			t.Fatalf("task address %s is %q in the store", tk.ip, stored[tk.ip])
