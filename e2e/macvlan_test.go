@@ -176,8 +176,7 @@ func TestMacvlan(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// In chunks: 300 parallel removals overload this 2-core
-			// machine until Docker 20.10 loses count of an endpoint.
+			// In chunks: 300 parallel removals overload this 2-core machine.
 			ids := strings.Fields(h.MustDocker(t, "ps", "-aq"))
 			for len(ids) > 0 {
 				n := min(25, len(ids))
@@ -195,34 +194,14 @@ func TestMacvlan(t *testing.T) {
 		}
 		return nil
 	})
-	stale := map[int]bool{}
-	for i, h := range c.Hosts {
-		var out string
-		var err error
-		for try := 0; try < 30; try++ {
-			if out, err = h.Docker("network", "rm", "mv"); err == nil {
-				break
-			}
-			time.Sleep(2 * time.Second)
-		}
-		if err != nil {
-			// Docker 20.10's libnetwork can lose count of a network's
-			// endpoints when containers start concurrently: it refuses the
-			// removal with no container left. That is Docker's state, not
-			// tartan's (every address was released above).
-			inspect := h.MustDocker(t, "network", "inspect", "-f", "{{len .Containers}}", "mv")
-			if !strings.Contains(out, "has active endpoints") || inspect != "0" {
-				t.Fatalf("host %d: docker network rm mv: %v\n%s", i+1, err, out)
-			}
-			t.Logf("host %d: Docker keeps a stale endpoint count on mv (no container left): %s", i+1, out)
-			stale[i] = true
-		}
+	for _, h := range c.Hosts {
+		removeNetworks(t, h, "mv")
 	}
-	if left := c.Consul.Keys(t, "tartan/addrs/"); len(left) != 0 && len(stale) == 0 {
+	if left := c.Consul.Keys(t, "tartan/addrs/"); len(left) != 0 {
 		t.Fatalf("addresses left after the network's removal: %v", left)
 	}
 	for i, h := range c.Hosts {
-		if l := h.MustIP(t, "-br", "link"); !stale[i] && (strings.Contains(l, "tm") || strings.Contains(l, "tp")) {
+		if l := h.MustIP(t, "-br", "link"); strings.Contains(l, "tm") || strings.Contains(l, "tp") {
 			t.Fatalf("host %d keeps tartan links:\n%s", i+1, l)
 		}
 	}

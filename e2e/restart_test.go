@@ -63,6 +63,11 @@ func TestRestart(t *testing.T) {
 	if m == nil || m[1] != strconv.Itoa(count) || m[2] != m[1] {
 		t.Fatalf("ping across the restart and the kill lost packets:\n%s", logs)
 	}
+	// dockerd itself restarts (its containers stop with it, the plugin comes
+	// back with its state): the network is usable again at once.
+	s.Restart(t)
+	s.MustDocker(t, "start", "srv")
+	s.mustReach(t, "rs", "srv")
 	s.MustDocker(t, "rm", "-f", "srv", "pinger", "after-restart", "after-kill")
 	s.removeNetworks(t, "rs")
 	s.kernelClean(t)

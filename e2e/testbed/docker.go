@@ -47,14 +47,22 @@ func StartDockerd(t testing.TB, ns NS) *Host {
 		}
 	}
 	h.log = filepath.Join(h.Dir, "dockerd.log")
-	logf, err := os.Create(h.log)
+	h.launch(t)
+	t.Cleanup(func() { h.stop(t) })
+	return h
+}
+
+// launch starts the daemon (appending to its log) and waits until it answers.
+func (h *Host) launch(t testing.TB) {
+	t.Helper()
+	logf, err := os.OpenFile(h.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"--net=" + ns.Path(), DockerdBin(),
+	args := []string{"--net=" + h.Path(), DockerdBin(),
 		"--data-root", filepath.Join(h.Dir, "data"), "--exec-root", h.ExecRoot,
 		"-H", "unix://" + h.Socket, "--pidfile", filepath.Join(h.ExecRoot, "docker.pid"),
-		"--label", "tartan-test-host=" + ns.Name}
+		"--label", "tartan-test-host=" + h.Name}
 	h.cmd = exec.Command("nsenter", args...)
 	h.cmd.Stdout, h.cmd.Stderr = logf, logf
 	h.cmd.Env = os.Environ()
@@ -62,28 +70,44 @@ func StartDockerd(t testing.TB, ns NS) *Host {
 		h.cmd.Env = append(h.cmd.Env, "PATH="+p)
 	}
 	if err := h.cmd.Start(); err != nil {
-		t.Fatalf("start dockerd in %s: %v", ns.Name, err)
+		t.Fatalf("start dockerd in %s: %v", h.Name, err)
 	}
-	h.done = make(chan struct{})
-	go func() { _ = h.cmd.Wait(); logf.Close(); close(h.done) }()
-	t.Cleanup(func() { h.stop(t) })
+	done := make(chan struct{})
+	h.done = done
+	go func() { _ = h.cmd.Wait(); logf.Close(); close(done) }()
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		if v, err := h.Docker("version", "--format", "{{.Server.Version}}"); err == nil {
-			t.Logf("dockerd %s running in %s", v, ns.Name)
-			break
+			t.Logf("dockerd %s running in %s", v, h.Name)
+			return
 		}
 		select {
-		case <-h.done:
-			t.Fatalf("dockerd in %s exited:\n%s", ns.Name, h.LogTail(30))
+		case <-done:
+			t.Fatalf("dockerd in %s exited:\n%s", h.Name, h.LogTail(30))
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("dockerd in %s did not answer in 90s:\n%s", ns.Name, h.LogTail(30))
+			t.Fatalf("dockerd in %s did not answer in 90s:\n%s", h.Name, h.LogTail(30))
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
-	return h
+}
+
+// Restart stops the daemon and starts it again on the same data (and waits
+// for the plugin, which the daemon starts again with it).
+func (h *Host) Restart(t testing.TB) {
+	t.Helper()
+	_ = h.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-h.done:
+	case <-time.After(45 * time.Second):
+		_ = h.cmd.Process.Kill()
+		<-h.done
+	}
+	h.launch(t)
+	if out, err := h.Docker("plugin", "ls", "-q"); err == nil && strings.TrimSpace(out) != "" {
+		h.WaitPlugin(t)
+	}
 }
 
 func (h *Host) stop(t testing.TB) {
