@@ -17,7 +17,7 @@ FUZZTIME ?= 10s
 E2E_TIMEOUT ?= 40m
 export CONSUL_BIN
 
-.PHONY: all build plugin-dir plugin push deps consul docker26 test unit fuzz e2e e2e26 bench lint clean
+.PHONY: all build plugin-dir plugin push deps consul docker26 test unit fuzz e2e e2e26 e2e-all bench lint clean
 
 all: build
 
@@ -58,7 +58,7 @@ $(CONSUL_BIN):
 docker26:
 	e2e/docker26.sh $(DOCKER26_DIR)
 
-test: deps consul docker26 unit fuzz e2e e2e26
+test: deps consul docker26 unit fuzz e2e-all
 
 unit:
 	$(GO) vet ./...
@@ -69,14 +69,26 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzRequestDecoding -fuzztime=$(FUZZTIME) ./plugin
 	$(GO) test -run='^$$' -fuzz=FuzzIPAMRequests -fuzztime=$(FUZZTIME) ./plugin
 
-e2e: plugin-dir
-	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -skip 'TestSwarmGlobalScope' ./e2e/
+# Each test host builds and installs the plugin with make plugin (BUILD in
+# its own folder); tests marked parallel (mostly waiting) run side by side.
+e2e:
+	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -parallel 4 -v -skip 'TestSwarmGlobalScope' ./e2e/
 
 # The quick start, restarts and the 3-host suite again on Docker 26, and
-# swarm's global scope (Docker 26 only).
-e2e26: plugin-dir docker26
-	DOCKERD=$(DOCKER26_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER26_DIR)/bin:$$PATH \
+# swarm's global scope (Docker 26 only). Its namespaces are t6-*, so that it
+# can run beside make e2e.
+e2e26: docker26
+	DOCKERD=$(DOCKER26_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER26_DIR)/bin:$$PATH TARTAN_E2E_PREFIX=t6- \
 	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope' ./e2e/
+
+# Both engines at once (the Docker 26 run is mostly waiting); its output is
+# printed after the Docker 20.10 run's.
+e2e-all: docker26
+	@rm -f $(BUILD)/e2e26.log; mkdir -p $(BUILD)
+	@( $(MAKE) --no-print-directory e2e26 > $(BUILD)/e2e26.log 2>&1; echo "e2e26 exit $$?" >> $(BUILD)/e2e26.log ) & \
+	  rc=0; $(MAKE) --no-print-directory e2e || rc=$$?; wait; \
+	  echo "===== Docker 26 run ====="; cat $(BUILD)/e2e26.log; \
+	  grep -q '^e2e26 exit 0$$' $(BUILD)/e2e26.log && exit $$rc; exit 1
 
 # Throughput, latency and control-plane figures against the host's network and
 # Docker's own drivers, side by side; the table lands in build/bench.md.

@@ -58,7 +58,7 @@ func TestInstallFromRegistry(t *testing.T) {
 	s := newSingle(t, "i1", 5)
 	reg := startRegistry(t, s.NS)
 	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
-	s.Make(t, "push", "REGISTRY="+reg, "TAG=e2e")
+	s.Make(t, "push", "BUILD="+filepath.Join(s.Dir, "build"), "REGISTRY="+reg, "TAG=e2e")
 	ref := reg + "/tartan:e2e"
 	s.MustDocker(t, "plugin", "install", "--grant-all-permissions", ref, "STORE=consul://127.0.0.1:8500/installed", s.DockerMount())
 	if env := s.MustDocker(t, "plugin", "inspect", "-f", "{{.Settings.Env}}", ref); !strings.Contains(env, "STORE=consul://127.0.0.1:8500/installed") {

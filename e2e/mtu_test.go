@@ -15,6 +15,7 @@ import (
 // a TCP transfer at the network's MTU, on underlays of 1500 and 9000 bytes,
 // for vxlan (MTU = underlay - 50) and host-gw (MTU = underlay).
 func TestLargePackets(t *testing.T) {
+	t.Parallel() // mostly waiting: runs beside the other waiting tests
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "ping", "busybox")
 	for _, under := range []int{1500, 9000} {
 		t.Run(fmt.Sprint(under), func(t *testing.T) {

@@ -65,6 +65,7 @@ func (s *spanned) startAcross(c *testbed.Cluster, a, b string) string {
 // that names the store, and when Consul is back everything resumes without a
 // hand: a container started afterwards is reached from the other host.
 func TestConsulOutage(t *testing.T) {
+	t.Parallel() // mostly waiting: runs beside the other waiting tests
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox")
 	c := testbed.NewCluster(t, "out", 1500)
 	for i := 0; i < 2; i++ {
@@ -107,6 +108,7 @@ func TestConsulOutage(t *testing.T) {
 // hung machine) costs nothing but a failover: new containers start and are
 // reached across hosts, existing ones never lose connectivity.
 func TestConsulServerLoss(t *testing.T) {
+	t.Parallel() // mostly waiting: runs beside the other waiting tests
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox")
 	c := testbed.NewClusterHA(t, "ha", 1500)
 	for i := 0; i < 2; i++ {

@@ -21,6 +21,7 @@ import (
 // (tasks.<service>, dnsrr) answers with all of them on every node; scaling
 // up and down leaves no address behind.
 func TestSwarmLocalScope(t *testing.T) {
+	t.Parallel() // mostly waiting: runs beside the other waiting tests
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	c := testbed.NewCluster(t, "sw", 1500)
 	for i := 0; i < 3; i++ {

@@ -237,7 +237,9 @@ func (h *Host) Make(t testing.TB, args ...string) string {
 // default).
 func (h *Host) InstallPlugin(t testing.TB, settings ...string) {
 	t.Helper()
-	args := []string{"plugin", "SETTINGS=" + strings.Join(append([]string{h.DockerMount()}, settings...), " ")}
+	// BUILD per host: tests (and two engines' runs) install at once.
+	args := []string{"plugin", "BUILD=" + filepath.Join(h.Dir, "build"),
+		"SETTINGS=" + strings.Join(append([]string{h.DockerMount()}, settings...), " ")}
 	h.Make(t, args...)
 	h.WaitPlugin(t)
 }

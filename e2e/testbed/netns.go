@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -17,8 +18,13 @@ func (n NS) Path() string { return "/run/netns/" + n.Name }
 
 // NewNS makes a namespace with lo up, deleted at cleanup (which also removes
 // every link inside it).
+// Names start with "tt-"; TARTAN_E2E_PREFIX replaces it, so that two runs
+// (Docker 20.10 and Docker 26, as make test does) can share the machine.
 func NewNS(t testing.TB, name string) NS {
 	t.Helper()
+	if p := os.Getenv("TARTAN_E2E_PREFIX"); p != "" {
+		name = p + strings.TrimPrefix(name, "tt-")
+	}
 	_ = exec.Command("ip", "netns", "del", name).Run() // a leftover of a killed run
 	MustRun(t, "ip", "netns", "add", name)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
