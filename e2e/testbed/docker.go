@@ -97,16 +97,21 @@ func (h *Host) launch(t testing.TB) {
 // for the plugin, which the daemon starts again with it).
 func (h *Host) Restart(t testing.TB) {
 	t.Helper()
+	h.halt()
+	h.launch(t)
+	if out, err := h.Docker("plugin", "ls", "-q"); err == nil && strings.TrimSpace(out) != "" {
+		h.WaitPlugin(t)
+	}
+}
+
+// halt stops the daemon: SIGTERM, and SIGKILL if it is not gone in 45 s.
+func (h *Host) halt() {
 	_ = h.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-h.done:
 	case <-time.After(45 * time.Second):
 		_ = h.cmd.Process.Kill()
 		<-h.done
-	}
-	h.launch(t)
-	if out, err := h.Docker("plugin", "ls", "-q"); err == nil && strings.TrimSpace(out) != "" {
-		h.WaitPlugin(t)
 	}
 }
 
@@ -119,13 +124,7 @@ func (h *Host) stop(t testing.TB) {
 	if ids, err := h.Docker("ps", "-aq"); err == nil && ids != "" {
 		_, _ = h.Docker(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
 	}
-	_ = h.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-h.done:
-	case <-time.After(45 * time.Second):
-		_ = h.cmd.Process.Kill()
-		<-h.done
-	}
+	h.halt()
 	unmountUnder(h.Dir)
 	unmountUnder(h.ExecRoot)
 	cleanDir(h.Dir)
