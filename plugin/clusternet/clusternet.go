@@ -32,8 +32,8 @@ type Network struct {
 
 // Docker is what the replicator needs from the local Docker API.
 type Docker interface {
-	// Networks lists this host's networks whose driver is a tartan plugin.
-	Networks(ctx context.Context) ([]Network, error)
+	// Networks lists this host's networks whose driver is one of drivers.
+	Networks(ctx context.Context, drivers []string) ([]Network, error)
 	// Drivers names the enabled tartan plugins here, as -d takes them.
 	Drivers(ctx context.Context) ([]string, error)
 	Create(ctx context.Context, spec kv.ClusterNet, driver, ipamDriver string) error
@@ -136,7 +136,11 @@ func (r *Replicator) Sync(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("list cluster networks: %w", err)
 	}
-	locals, err := r.docker.Networks(ctx)
+	drivers, err := r.docker.Drivers(ctx)
+	if err != nil {
+		return fmt.Errorf("list tartan plugins: %w", err)
+	}
+	locals, err := r.docker.Networks(ctx, drivers)
 	if err != nil {
 		return fmt.Errorf("list Docker networks: %w", err)
 	}
@@ -170,7 +174,6 @@ func (r *Replicator) Sync(ctx context.Context) error {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	drivers, derr := r.docker.Drivers(ctx)
 	for _, name := range names {
 		rec := records[name]
 		if rec.Origin == r.host {
@@ -189,10 +192,6 @@ func (r *Replicator) Sync(ctx context.Context) error {
 			if local.Source == "" && local.ID != rec.OriginID {
 				r.warnOnce(name, fmt.Sprintf("network %s of host %s is not replicated here: a network of that name exists; remove it to get the cluster's", name, rec.Origin))
 			}
-			continue
-		}
-		if derr != nil {
-			errs = append(errs, fmt.Errorf("list tartan plugins: %w", derr))
 			continue
 		}
 		driver, ipamDriver := pick(drivers, rec.Driver), pick(drivers, rec.IPAMDriver)

@@ -25,7 +25,7 @@ func newFake() *fakeDocker {
 	return &fakeDocker{nets: map[string]Network{}, endpoints: map[string]int{}}
 }
 
-func (f *fakeDocker) Networks(context.Context) ([]Network, error) {
+func (f *fakeDocker) Networks(context.Context, []string) ([]Network, error) {
 	var out []Network
 	for _, n := range f.nets {
 		out = append(out, n)

@@ -46,12 +46,8 @@ func (a *API) Drivers(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// Networks lists the networks whose driver is a tartan plugin.
-func (a *API) Networks(ctx context.Context) ([]Network, error) {
-	drivers, err := a.Drivers(ctx)
-	if err != nil {
-		return nil, err
-	}
+// Networks lists the networks whose driver is one of drivers (tartan plugins).
+func (a *API) Networks(ctx context.Context, drivers []string) ([]Network, error) {
 	ours := map[string]bool{}
 	for _, d := range drivers {
 		ours[d] = true
