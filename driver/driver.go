@@ -117,6 +117,20 @@ func (d *Driver) Restore(ctx context.Context) error {
 	return nil
 }
 
+// UsesPool says whether a network of this host uses the pool in that
+// address space. The IPAM asks before it releases a pool: Docker releases
+// the pool of a refused create, which may be a live network's.
+func (d *Driver) UsesPool(space string, pool netip.Prefix) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, n := range d.st.networks {
+		if n.Pool == pool.String() && (n.Space == space || n.Space == "") {
+			return true
+		}
+	}
+	return false
+}
+
 // ipv4Data checks the IPAM data of a network request.
 func ipv4Data(v4 []*network.IPAMData, v6 []*network.IPAMData) (netip.Prefix, *network.IPAMData, error) {
 	if len(v6) > 0 {
@@ -164,7 +178,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 			return kv.InUse("subnet %s is already used by tartan network %.12s on this host: use another --subnet", pool, n.ID)
 		}
 	}
-	rec, created, err := d.clusterNetwork(ctx, pool, opts)
+	rec, undoRecord, err := d.clusterNetwork(ctx, pool, opts, false)
 	if err != nil {
 		return err
 	}
@@ -180,9 +194,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 		if n.bridged() {
 			_ = d.undoMacvlan(context.WithoutCancel(ctx), n)
 		}
-		if created {
-			_ = kv.DeleteNetwork(context.WithoutCancel(ctx), d.cluster, rec)
-		}
+		undoRecord(context.WithoutCancel(ctx))
 	}
 	if n.bridged() {
 		err = d.prepareMacvlan(ctx, &n, opts, data)
@@ -214,44 +226,98 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 }
 
 // clusterNetwork creates the cluster record of the network, or checks that
-// the one another host made agrees with these options.
-func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o NetworkOptions) (kv.Network, bool, error) {
-	created := false
-	var rec kv.Network
+// the one another host made agrees with these options. The record and its
+// VNI live as long as the pool (the last holder's ipam.ReleasePool removes
+// both); undo takes back a record this call made when the create fails on
+// this host, unless another host holds the pool and may use the record.
+// swarm says the caller is a swarm manager's AllocateNetwork.
+func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o NetworkOptions, swarm bool) (kv.Network, func(context.Context), error) {
+	undo := func(context.Context) {}
+	key := kv.NetworkPath(pool.String())
 	for attempt := 0; attempt < 20; attempt++ {
 		var cur kv.Network
-		_, err := kv.GetJSON(ctx, d.cluster, kv.NetworkPath(pool.String()), &cur)
+		_, err := kv.GetJSON(ctx, d.cluster, key, &cur)
 		if err == nil {
-			if cur.Backend != o.Backend {
-				return cur, false, kv.Invalid("subnet %s is a %s network in the cluster: use -o %s=%s on every host", pool, cur.Backend, OptBackend, cur.Backend)
+			if swarm {
+				cur.Swarm = true // Docker tells the manager nothing of --internal
 			}
-			if o.VNI != 0 && cur.VNI != o.VNI {
-				return cur, false, kv.Invalid("subnet %s has VNI %d in the cluster: use -o %s=%d or leave it out", pool, cur.VNI, OptVNI, cur.VNI)
-			}
-			return cur, false, nil
+			return cur, undo, agrees(pool, cur, o)
 		}
 		if !errors.Is(err, kv.ErrNotFound) {
-			return rec, false, fmt.Errorf("read network %s: %w", pool, err)
+			return cur, undo, fmt.Errorf("read network %s: %w", pool, err)
 		}
-		rec = kv.Network{Pool: pool.String(), Backend: o.Backend, Internal: o.Internal, MTU: o.MTU, Options: o.Raw, Created: time.Now().UTC()}
+		rec := kv.Network{Pool: pool.String(), Backend: o.Backend, Internal: o.Internal, MTU: o.MTU, DirectRouting: o.DirectRouting,
+			Swarm: swarm, Options: o.Raw, Created: time.Now().UTC()}
+		vniCreated := false
 		if o.Backend == BackendVXLAN {
-			if rec.VNI, err = kv.ClaimVNI(ctx, d.cluster, o.VNI, pool.String()); err != nil {
-				return rec, false, err
+			if rec.VNI, vniCreated, err = kv.ClaimVNI(ctx, d.cluster, o.VNI, pool.String()); err != nil {
+				return rec, undo, err
 			}
 		}
-		_, err = kv.PutJSON(ctx, d.cluster, kv.NetworkPath(pool.String()), rec, 0)
+		version, err := kv.PutJSON(ctx, d.cluster, key, rec, 0)
 		if err == nil {
-			created = true
-			return rec, created, nil
+			return rec, func(ctx context.Context) { d.dropRecord(ctx, rec, version, vniCreated) }, nil
 		}
-		if rec.VNI != 0 {
-			_ = d.cluster.Delete(ctx, kv.VNIPath(rec.VNI), 0)
+		// Another host recorded the network first (or the write failed).
+		// A VNI claim this call made is given back unless the winner's
+		// record uses it: the claim names the pool, so the winner may have
+		// found it and kept it (audit M10).
+		if vniCreated {
+			var winner kv.Network
+			if _, gerr := kv.GetJSON(ctx, d.cluster, key, &winner); gerr != nil || winner.VNI != rec.VNI {
+				_ = kv.DeleteVNIOf(context.WithoutCancel(ctx), d.cluster, rec.VNI, rec.Pool)
+			}
 		}
 		if !errors.Is(err, kv.ErrConflict) {
-			return rec, false, fmt.Errorf("record network %s: %w", pool, err)
+			return rec, undo, fmt.Errorf("record network %s: %w", pool, err)
 		}
 	}
-	return rec, false, fmt.Errorf("record network %s: %w", pool, kv.ErrConflict)
+	return kv.Network{}, undo, fmt.Errorf("record network %s: %w", pool, kv.ErrConflict)
+}
+
+// dropRecord removes a network record this host wrote (at version) and the
+// VNI claim it made, when no other host holds the pool: a host that holds it
+// may have found the record and created the network with it.
+func (d *Driver) dropRecord(ctx context.Context, rec kv.Network, version uint64, vniCreated bool) {
+	var p kv.Pool
+	if _, err := kv.GetJSON(ctx, d.cluster, kv.PoolPath(rec.Pool), &p); err == nil {
+		for h := range p.Holders {
+			if !strings.HasPrefix(h, d.cfg.Host+"/") {
+				return
+			}
+		}
+	}
+	if err := d.cluster.Delete(ctx, kv.NetworkPath(rec.Pool), version); err != nil {
+		return
+	}
+	if vniCreated {
+		_ = kv.DeleteVNIOf(ctx, d.cluster, rec.VNI, rec.Pool)
+	}
+}
+
+// agrees checks this host's options for a network against the cluster's
+// record: one subnet is one network, so a host must not make it internal,
+// give it another MTU or route it differently (audit M14).
+func agrees(pool netip.Prefix, cur kv.Network, o NetworkOptions) error {
+	switch {
+	case cur.Backend != o.Backend:
+		return kv.Invalid("subnet %s is a %s network in the cluster: use -o %s=%s on every host", pool, cur.Backend, OptBackend, cur.Backend)
+	case o.VNI != 0 && cur.VNI != o.VNI:
+		return kv.Invalid("subnet %s has VNI %d in the cluster: use -o %s=%d or leave it out", pool, cur.VNI, OptVNI, cur.VNI)
+	case cur.Internal != o.Internal && !cur.Swarm:
+		if cur.Internal {
+			return kv.Invalid("subnet %s is an --internal network in the cluster: add --internal on every host", pool)
+		}
+		return kv.Invalid("subnet %s is not --internal in the cluster: remove --internal, or use another --subnet", pool)
+	case cur.MTU != o.MTU:
+		if cur.MTU == 0 {
+			return kv.Invalid("subnet %s takes its MTU from the underlay in the cluster: remove -o %s", pool, OptMTU)
+		}
+		return kv.Invalid("subnet %s has -o %s=%d in the cluster: use the same value on every host", pool, OptMTU, cur.MTU)
+	case cur.DirectRouting != o.DirectRouting:
+		return kv.Invalid("subnet %s has -o %s=%t in the cluster: use the same value on every host", pool, OptDirectRouting, cur.DirectRouting)
+	}
+	return nil
 }
 
 // nextGateway picks the first link-local gateway address no local network uses.
@@ -648,7 +714,7 @@ func (d *Driver) AllocateNetwork(ctx context.Context, r *network.AllocateNetwork
 	if err != nil {
 		return nil, kv.Invalid("pool %q from IPAM is not a CIDR", r.IPv4Data[0].Pool)
 	}
-	rec, _, err := d.clusterNetwork(ctx, pool, o)
+	rec, _, err := d.clusterNetwork(ctx, pool, o, true)
 	if err != nil {
 		return nil, err
 	}

@@ -38,6 +38,11 @@ type Config struct {
 	AutoBits  int           // prefix length of automatic pools
 	LeaseTTL  time.Duration // block lease lifetime
 	Now       func() time.Time
+	// InUse says whether a network of this host's driver still uses the
+	// pool (nil: none does). Docker's rollback of a refused create releases
+	// a pool that another network of the same host holds; the hold is that
+	// network's, so ReleasePool keeps it (audit H1).
+	InUse func(PoolID) bool
 }
 
 // IPAM implements the allocation half of tartan.
@@ -208,10 +213,26 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 	for attempt := 0; attempt < 100; attempt++ {
 		var existing kv.Pool
 		version, err := kv.GetJSON(ctx, m.store, key, &existing)
+		if err == nil && existing.Releasing {
+			// The last holder is removing it (or died doing so): finish
+			// the removal, then register afresh.
+			if err := m.finishRelease(ctx, l.Pool.String()); err != nil {
+				return err
+			}
+			continue
+		}
 		if err == nil {
-			if existing.Auto != auto {
+			held := existing.Holders[m.holder(space)]
+			switch {
+			case auto:
+				// An automatic pick never joins: another network, maybe
+				// on another host, picked it first.
+				return kv.InUse("automatic pool %s was just taken by another network", l.Pool)
+			case existing.Auto && !held:
 				return kv.InUse("pool %s is already registered by another network: pick another --subnet", l.Pool)
 			}
+			// An explicit request for an automatic pool this host holds is
+			// Docker replaying the pool it got (daemon restart).
 			if existing.Range != rng {
 				have := existing.Range
 				if have == "" {
@@ -222,7 +243,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 			if explicitBits && existing.BlockBits != l.BlockBits {
 				return kv.Invalid("pool %s is registered with %s=%d: use the same value or leave it out", l.Pool, OptBlockSize, existing.BlockBits)
 			}
-			if existing.Holders[m.holder(space)] {
+			if held {
 				return nil
 			}
 			if existing.Holders == nil {
@@ -255,6 +276,9 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 			}
 		}
 		if same {
+			if auto {
+				return kv.InUse("automatic pool %s was just taken by another network", l.Pool)
+			}
 			continue
 		}
 		pool := kv.Pool{CIDR: l.Pool.String(), Range: rng, BlockBits: l.BlockBits, Auto: auto,
@@ -281,21 +305,33 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 	return fmt.Errorf("register pool %s: too many concurrent registrations: %w", l.Pool, kv.ErrConflict)
 }
 
-// ReleasePool drops this host's hold on the pool. The host's empty blocks are
-// returned; the last holder removes the pool with its blocks and addresses.
+// ReleasePool drops this host's hold on the pool, unless a network of this
+// host still uses it (Docker releases the pool of a refused create, which
+// may be the pool a live network of the host holds). The host's empty blocks
+// are returned; the last holder marks the pool as being released and removes
+// its blocks, addresses and network record, each by compare-and-set on the
+// version it read, and the pool record last, so that a concurrent
+// registration of the same subnet waits for (or finishes) the removal instead
+// of losing what it writes.
 func (m *IPAM) ReleasePool(ctx context.Context, id PoolID) error {
 	cidr := id.CIDR.String()
+	if m.cfg.InUse != nil && m.cfg.InUse(id) {
+		m.log.WithField("pool", cidr).Info("pool release ignored: a network on this host still uses the pool")
+		return nil
+	}
 	last, gone := false, false
 	_, err := kv.Update(ctx, m.store, kv.PoolPath(cidr), func(p *kv.Pool, exists bool) error {
 		if !exists {
 			gone = true
 			return kv.ErrUnchanged
 		}
+		if p.Releasing {
+			last = true
+			return kv.ErrUnchanged
+		}
 		delete(p.Holders, m.holder(id.Space))
 		last = len(p.Holders) == 0
-		if last {
-			return kv.ErrDelete
-		}
+		p.Releasing = last
 		return nil
 	})
 	if err != nil {
@@ -306,31 +342,37 @@ func (m *IPAM) ReleasePool(ctx context.Context, id PoolID) error {
 	}
 	if last {
 		m.log.WithField("pool", cidr).Info("last holder released the pool; removing it")
-		var n kv.Network
-		if _, err := kv.GetJSON(ctx, m.store, kv.NetworkPath(cidr), &n); err == nil {
-			if err := kv.DeleteNetwork(ctx, m.store, n); err != nil {
-				return err
-			}
-		}
-		for _, prefix := range []string{kv.AddressPrefix(cidr), kv.BlockPrefix(cidr)} {
-			if err := m.deletePrefix(ctx, prefix); err != nil {
-				return err
-			}
-		}
-		return nil
+		return m.finishRelease(ctx, cidr)
 	}
 	return m.releaseEmptyBlocks(ctx, cidr)
 }
 
-func (m *IPAM) deletePrefix(ctx context.Context, prefix string) error {
-	ps, _, err := m.store.List(ctx, prefix)
+// finishRelease removes a pool marked as being released: its network record
+// and VNI, blocks and addresses, then the pool record. Every delete is
+// compare-and-set on the version read; anyone may run it (the releaser, or a
+// host registering the subnet again after the releaser died half way).
+func (m *IPAM) finishRelease(ctx context.Context, cidr string) error {
+	var pool kv.Pool
+	pv, err := kv.GetJSON(ctx, m.store, kv.PoolPath(cidr), &pool)
+	if errors.Is(err, kv.ErrNotFound) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	for _, p := range ps {
-		if err := m.store.Delete(ctx, p.Key, 0); err != nil {
-			return err
+	if !pool.Releasing {
+		return nil
+	}
+	if err := kv.DeleteNetworkCAS(ctx, m.store, cidr); err != nil {
+		return fmt.Errorf("remove network record of pool %s: %w", cidr, err)
+	}
+	for _, prefix := range []string{kv.AddressPrefix(cidr), kv.BlockPrefix(cidr)} {
+		if err := kv.DeletePrefixCAS(ctx, m.store, prefix); err != nil {
+			return fmt.Errorf("remove pool %s: %w", cidr, err)
 		}
+	}
+	if err := m.store.Delete(ctx, kv.PoolPath(cidr), pv); err != nil && !errors.Is(err, kv.ErrConflict) {
+		return fmt.Errorf("remove pool %s: %w", cidr, err)
 	}
 	return nil
 }
@@ -383,6 +425,9 @@ func (m *IPAM) state(ctx context.Context, cidr string) (*poolState, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if st.pool.Releasing {
+		return nil, kv.Invalid("pool %s is being released (its network was removed on its last host): recreate the network", cidr)
 	}
 	st.version = v
 	pool, _ := netip.ParsePrefix(st.pool.CIDR)

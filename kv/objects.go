@@ -21,7 +21,10 @@ type Pool struct {
 	Gateway   string          `json:"gateway,omitempty"`
 	Auto      bool            `json:"auto,omitempty"`
 	Holders   map[string]bool `json:"holders"` // "<host>/<address space>"
-	Created   time.Time       `json:"created"`
+	// Releasing: the last holder is removing the pool's records; nobody
+	// allocates in it and a new registration finishes the removal first.
+	Releasing bool      `json:"releasing,omitempty"`
+	Created   time.Time `json:"created"`
 }
 
 // Block is one host's lease on a slice of a pool.
@@ -51,13 +54,18 @@ type Address struct {
 
 // Network is the cluster-wide record of a network; its identity is its pool.
 type Network struct {
-	Pool     string            `json:"pool"`
-	Backend  string            `json:"backend"`
-	VNI      int               `json:"vni,omitempty"`
-	MTU      int               `json:"mtu,omitempty"`
-	Internal bool              `json:"internal,omitempty"`
-	Options  map[string]string `json:"options,omitempty"`
-	Created  time.Time         `json:"created"`
+	Pool     string `json:"pool"`
+	Backend  string `json:"backend"`
+	VNI      int    `json:"vni,omitempty"`
+	MTU      int    `json:"mtu,omitempty"` // as given with -o; 0: from the underlay
+	Internal bool   `json:"internal,omitempty"`
+	// Swarm: recorded by a swarm manager's AllocateNetwork, which is not
+	// told whether the network is internal.
+	Swarm bool `json:"swarm,omitempty"`
+	// DirectRouting: vxlan peers on the same L2 are routed directly.
+	DirectRouting bool              `json:"directRouting,omitempty"`
+	Options       map[string]string `json:"options,omitempty"`
+	Created       time.Time         `json:"created"`
 }
 
 // ClusterNet is a network created once and made on every host by each
@@ -198,22 +206,24 @@ func Update[T any](ctx context.Context, s Store, key string, fn func(v *T, exist
 const MaxVNI = 1<<24 - 1
 
 // ClaimVNI reserves a VNI for the network of pool: want when given (an error
-// when another network has it), else the lowest free one.
-func ClaimVNI(ctx context.Context, s Store, want int, pool string) (int, error) {
+// when another network has it), else the lowest free one. created says
+// whether this call wrote the claim (false: the network's claim was there),
+// so that a caller undoing its work releases only what it made.
+func ClaimVNI(ctx context.Context, s Store, want int, pool string) (vni int, created bool, err error) {
 	if want != 0 {
 		_, err := s.Put(ctx, VNIPath(want), []byte(pool), 0)
 		if errors.Is(err, ErrConflict) {
 			p, gerr := s.Get(ctx, VNIPath(want))
 			if gerr == nil && string(p.Value) == pool {
-				return want, nil
+				return want, false, nil
 			}
-			return 0, InUse("VNI %d is used by network %s: pick another -o tartan.vni or leave it out", want, string(p.Value))
+			return 0, false, InUse("VNI %d is used by network %s: pick another -o tartan.vni or leave it out", want, string(p.Value))
 		}
-		return want, err
+		return want, err == nil, err
 	}
 	ps, _, err := s.List(ctx, VNIsPrefix)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	used := map[string]bool{}
 	for _, p := range ps {
@@ -225,23 +235,82 @@ func ClaimVNI(ctx context.Context, s Store, want int, pool string) (int, error) 
 		}
 		_, err := s.Put(ctx, VNIPath(vni), []byte(pool), 0)
 		if err == nil {
-			return vni, nil
+			return vni, true, nil
 		}
 		if !errors.Is(err, ErrConflict) {
-			return 0, err
+			return 0, false, err
 		}
 	}
-	return 0, InUse("every VNI is in use")
+	return 0, false, InUse("every VNI is in use")
 }
 
-// DeleteNetwork removes a network's cluster record and its VNI.
-func DeleteNetwork(ctx context.Context, s Store, n Network) error {
+// DeleteNetworkCAS removes the network record of pool and the VNI it claimed,
+// each only as read (a VNI record naming another pool is not this network's).
+func DeleteNetworkCAS(ctx context.Context, s Store, pool string) error {
+	var n Network
+	nv, err := GetJSON(ctx, s, NetworkPath(pool), &n)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
 	if n.VNI != 0 {
-		if err := s.Delete(ctx, VNIPath(n.VNI), 0); err != nil {
+		if err := DeleteVNIOf(ctx, s, n.VNI, pool); err != nil {
 			return err
 		}
 	}
-	return s.Delete(ctx, NetworkPath(n.Pool), 0)
+	return deleteAsRead(ctx, s, NetworkPath(pool), nv)
+}
+
+// DeleteVNIOf releases a VNI claim if it names pool.
+func DeleteVNIOf(ctx context.Context, s Store, vni int, pool string) error {
+	p, err := s.Get(ctx, VNIPath(vni))
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if string(p.Value) != pool {
+		return nil
+	}
+	return deleteAsRead(ctx, s, VNIPath(vni), p.Version)
+}
+
+// DeletePrefixCAS deletes every key under prefix, each at the version it was
+// listed with; a key rewritten meanwhile is listed and deleted again.
+func DeletePrefixCAS(ctx context.Context, s Store, prefix string) error {
+	for attempt := 0; attempt < 10; attempt++ {
+		ps, _, err := s.List(ctx, prefix)
+		if err != nil {
+			return err
+		}
+		conflict := false
+		for _, p := range ps {
+			err := s.Delete(ctx, p.Key, p.Version)
+			if errors.Is(err, ErrConflict) {
+				conflict = true
+				continue
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if !conflict {
+			return nil
+		}
+	}
+	return fmt.Errorf("delete %s: %w", prefix, ErrConflict)
+}
+
+// deleteAsRead deletes key at version; a key changed meanwhile is left to
+// whoever changed it.
+func deleteAsRead(ctx context.Context, s Store, key string, version uint64) error {
+	if err := s.Delete(ctx, key, version); err != nil && !errors.Is(err, ErrConflict) {
+		return err
+	}
+	return nil
 }
 
 // ClusterIDKey holds the store's identity: a random ID made once, which

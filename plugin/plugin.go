@@ -61,10 +61,12 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if err != nil {
 		return err
 	}
-	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL},
+	var drv *driver.Driver
+	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL,
+		InUse: func(id ipam.PoolID) bool { return drv.UsesPool(id.Space, id.CIDR) }},
 		entry.WithField("part", "ipam"))
 	docker, noCluster := dockerAPI(s)
-	drv := driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
+	drv = driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
 		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync, NoClusterNetworks: noCluster},
 		entry.WithField("part", "driver"))
 	if err := drv.Restore(ctx); err != nil {

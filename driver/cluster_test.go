@@ -1,0 +1,132 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// racyStore lets a test run something just before the first Put of a key.
+type racyStore struct {
+	kv.Store
+	key    string
+	before func()
+}
+
+func (s *racyStore) Put(ctx context.Context, key string, v []byte, version uint64) (uint64, error) {
+	if key == s.key && s.before != nil {
+		f := s.before
+		s.before = nil
+		f()
+	}
+	return s.Store.Put(ctx, key, v, version)
+}
+
+func testDriver(host string, store kv.Store) *Driver {
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	return New(store, kv.NewMemory(), nil, &firewall.Firewall{}, Config{Host: host}, log)
+}
+
+// Audit M10: with -o tartan.vni=N on two hosts at once, the host that lost
+// the race for the network record deleted vnis/N, freeing the winner's VNI
+// for another network. Only a claim this call made is given back.
+func TestExplicitVNIRaceKeepsWinnersClaim(t *testing.T) {
+	ctx := context.Background()
+	mem := kv.NewMemory()
+	pool := netip.MustParsePrefix("10.61.0.0/16")
+	opts := NetworkOptions{Backend: BackendVXLAN, VNI: 100}
+	store := &racyStore{Store: mem, key: kv.NetworkPath(pool.String())}
+	b := testDriver("b", store)
+	store.before = func() { // a wins the network record while b is past its VNI claim
+		if _, _, err := testDriver("a", mem).clusterNetwork(ctx, pool, opts, false); err != nil {
+			t.Errorf("a: %v", err)
+		}
+	}
+	// b claims VNI 100 first (created), then loses the record to a... but a
+	// finds b's claim and keeps it; whichever order, the claim must survive.
+	rec, _, err := b.clusterNetwork(ctx, pool, opts, false)
+	if err != nil || rec.VNI != 100 {
+		t.Fatalf("b: %+v %v", rec, err)
+	}
+	if p, err := mem.Get(ctx, kv.VNIPath(100)); err != nil || string(p.Value) != pool.String() {
+		t.Fatalf("vnis/100 after the race: %q %v", p.Value, err)
+	}
+}
+
+// Audit M14: --internal, the MTU and directrouting were per host: a network
+// internal on one host had egress on another. They must agree cluster-wide.
+func TestOptionsAgreeWithClusterRecord(t *testing.T) {
+	pool := netip.MustParsePrefix("10.63.0.0/16")
+	cur := kv.Network{Pool: pool.String(), Backend: BackendVXLAN, VNI: 5, Internal: true, MTU: 1400}
+	same := NetworkOptions{Backend: BackendVXLAN, Internal: true, MTU: 1400}
+	if err := agrees(pool, cur, same); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		o    NetworkOptions
+		word string
+	}{
+		{NetworkOptions{Backend: BackendHostGW, Internal: true, MTU: 1400}, "tartan.backend=vxlan"},
+		{NetworkOptions{Backend: BackendVXLAN, VNI: 6, Internal: true, MTU: 1400}, "VNI 5"},
+		{NetworkOptions{Backend: BackendVXLAN, MTU: 1400}, "--internal"},
+		{NetworkOptions{Backend: BackendVXLAN, Internal: true}, "mtu=1400"},
+		{NetworkOptions{Backend: BackendVXLAN, Internal: true, MTU: 1400, DirectRouting: true}, "directrouting=false"},
+	} {
+		err := agrees(pool, cur, c.o)
+		if !errors.Is(err, kv.ErrInvalid) || !strings.Contains(err.Error(), c.word) || !strings.Contains(err.Error(), pool.String()) {
+			t.Errorf("%+v: %v, want an error naming %q", c.o, err, c.word)
+		}
+	}
+	// A swarm manager is not told about --internal: its record does not decide it.
+	cur.Swarm = true
+	if err := agrees(pool, cur, NetworkOptions{Backend: BackendVXLAN, MTU: 1400}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A failed create takes back the record it made only while no other host
+// holds the pool: a holder may have created its network with the record.
+func TestUndoKeepsRecordOtherHostsMayUse(t *testing.T) {
+	ctx := context.Background()
+	mem := kv.NewMemory()
+	pool := netip.MustParsePrefix("10.62.0.0/16")
+	poolRec := kv.Pool{CIDR: pool.String(), BlockBits: 26, Holders: map[string]bool{"a/tartan-local": true, "b/tartan-local": true}}
+	if _, err := kv.PutJSON(ctx, mem, kv.PoolPath(pool.String()), poolRec, 0); err != nil {
+		t.Fatal(err)
+	}
+	rec, undo, err := testDriver("a", mem).clusterNetwork(ctx, pool, NetworkOptions{Backend: BackendVXLAN}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	undo(ctx)
+	if _, err := mem.Get(ctx, kv.NetworkPath(pool.String())); err != nil {
+		t.Fatalf("record b may use, after a's undo: %v", err)
+	}
+	if err := mem.Delete(ctx, kv.NetworkPath(pool.String()), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.DeleteVNIOf(ctx, mem, rec.VNI, rec.Pool); err != nil {
+		t.Fatal(err)
+	}
+	delete(poolRec.Holders, "b/tartan-local")
+	if _, err := kv.Update(ctx, mem, kv.PoolPath(pool.String()), func(p *kv.Pool, _ bool) error { *p = poolRec; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	rec, undo, err = testDriver("a", mem).clusterNetwork(ctx, pool, NetworkOptions{Backend: BackendVXLAN}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	undo(ctx)
+	for _, k := range []string{kv.NetworkPath(pool.String()), kv.VNIPath(rec.VNI)} {
+		if _, err := mem.Get(ctx, k); !errors.Is(err, kv.ErrNotFound) {
+			t.Fatalf("%s after the sole holder's undo: %v", k, err)
+		}
+	}
+}
