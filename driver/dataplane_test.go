@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
@@ -82,7 +83,7 @@ func newBed(t *testing.T) *bed {
 func (b *bed) restart() {
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	b.drv = driver.New(b.store, b.local, ipam.New(b.store, ipam.Config{Host: "h1"}, log), b.fw, driver.Config{Host: "h1", Advertise: "under0"}, log)
+	b.drv = driver.New(b.store, b.local, ipam.New(b.store, ipam.Config{Host: "h1"}, log), b.fw, driver.Config{Host: "h1", Advertise: "under0", OrphanGrace: 300 * time.Millisecond}, log)
 	if err := b.drv.Restore(b.ctx); err != nil {
 		b.t.Fatal(err)
 	}
@@ -223,7 +224,13 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 
 	// Restart: a new driver from the same local state adopts everything,
 	// repairs what was deleted by hand and removes only stray objects it owns.
+	// A stray pair with both ends here goes once it stayed unknown for the
+	// grace period; the host end of a pair whose other end a container
+	// holds stays, whatever the records say (audit H4: a reinstalled plugin
+	// with no records deleted every container's link).
 	sh(t, "ip link del tartan.1; ip route del 10.244.0.3/32; ip link add tn0123456789a type veth peer name tnfoo")
+	sh(t, "ip netns add tdp-held && ip link add tn0123456789b type veth peer name eth9 netns tdp-held")
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", "tdp-held").Run() })
 	b.restart()
 	if err := b.drv.Reconcile(b.ctx); err != nil {
 		t.Fatalf("reconcile: %v", err)
@@ -231,9 +238,20 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	if !kernel.LinkExists("tartan.1") || !strings.Contains(sh(t, "ip route show proto 84"), "10.244.0.3 dev") {
 		t.Fatal("reconcile did not repair the VXLAN device and the route")
 	}
+	if !kernel.LinkExists("tn0123456789a") {
+		t.Fatal("reconcile removed an unknown link before its grace period")
+	}
+	time.Sleep(400 * time.Millisecond)
+	if err := b.drv.Reconcile(b.ctx); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
 	if kernel.LinkExists("tn0123456789a") {
 		t.Fatal("reconcile kept a stray endpoint link")
 	}
+	if !kernel.LinkExists("tn0123456789b") {
+		t.Fatal("reconcile removed a link whose other end a container holds")
+	}
+	sh(t, "ip link del tn0123456789b")
 	if !pings("tdp-c1", "10.244.0.3") {
 		t.Fatal("no connectivity after the restart")
 	}
@@ -429,6 +447,10 @@ func TestMacvlan(t *testing.T) {
 	// Restart: the shim and its routes come back, a stray shim goes.
 	sh(t, "ip link del tmmv-net; ip link add tm0123456789a link mvp0 type macvlan mode bridge")
 	b.restart()
+	if err := b.drv.Reconcile(b.ctx); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	time.Sleep(400 * time.Millisecond) // the stray shim's grace period
 	if err := b.drv.Reconcile(b.ctx); err != nil {
 		t.Fatalf("reconcile: %v", err)
 	}

@@ -31,6 +31,9 @@ type Config struct {
 	SysctlRoot string        // where the host's /proc/sys is mounted
 	LeaseTTL   time.Duration // a host silent this long is gone
 	Resync     time.Duration // full peer resync period
+	// OrphanGrace is how long a link tartan owns but has no record of
+	// stays before it is removed (default: two resync periods).
+	OrphanGrace time.Duration
 	// NoClusterNetworks says why -o tartan.cluster=true cannot work on this
 	// host (nil when it can).
 	NoClusterNetworks error
@@ -56,6 +59,9 @@ type Driver struct {
 	// inflight marks endpoints whose kernel objects a call is changing
 	// outside the lock; closed channels wake calls waiting for them.
 	inflight map[string]chan struct{}
+	// orphans are links tartan owns but has no record of, with the time
+	// they were first seen so; they go only once proven dead (reconcile.go).
+	orphans map[string]time.Time
 	// Peer state: one watcher per network, the last plan applied.
 	bg      context.Context
 	watches map[string]context.CancelFunc
@@ -77,8 +83,12 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 	if cfg.Resync == 0 {
 		cfg.Resync = 30 * time.Second
 	}
+	if cfg.OrphanGrace == 0 {
+		cfg.OrphanGrace = 2 * cfg.Resync
+	}
 	fw.VXLANPort = cfg.VXLANPort
 	return &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
+		orphans: map[string]time.Time{},
 		st:      localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}},
 		bg:      context.Background(),
 		watches: map[string]context.CancelFunc{}, plans: map[string]peerPlan{}}

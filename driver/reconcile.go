@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/kernel"
@@ -70,6 +71,8 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 	if err := d.applyFirewall(); err != nil {
 		errs = append(errs, err)
 	}
+	now := time.Now()
+	present := map[string]bool{}
 	for _, prefix := range []string{kernel.EndpointPrefix, kernel.PeerPrefix, kernel.ShimPrefix, kernel.VXLANPrefix} {
 		names, err := kernel.Links(prefix)
 		if err != nil {
@@ -77,12 +80,19 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 			continue
 		}
 		for _, name := range names {
-			if !wantLinks[name] && owned(name) {
-				d.log.WithField("if", name).Info("removing a link tartan owns and no longer needs")
-				if err := kernel.DeleteLink(name); err != nil {
-					errs = append(errs, err)
-				}
+			present[name] = true
+			if wantLinks[name] || !owned(name) || !d.provenDeadLocked(name, now) {
+				continue
 			}
+			d.log.WithField("if", name).Info("removing a link tartan owns and no longer needs")
+			if err := kernel.DeleteLink(name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for name := range d.orphans {
+		if !present[name] || wantLinks[name] {
+			delete(d.orphans, name)
 		}
 	}
 	routes, err := kernel.OwnedRoutes()
@@ -106,8 +116,8 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 		if r.Via.IsValid() && d.inLocalPool(r.Dst) {
 			continue // a peer route: applyPeers owns it
 		}
-		if busy[r.Link] {
-			continue
+		if busy[r.Link] || (r.Link != "" && present[r.Link] && !wantLinks[r.Link]) {
+			continue // a link kept until it is proven dead keeps its route
 		}
 		d.log.WithField("route", r.String()).Info("removing a route tartan owns and no longer needs")
 		if err := kernel.DeleteRoute(r); err != nil {
@@ -115,6 +125,30 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// provenDeadLocked says whether a link tartan owns but has no record of may
+// go. The plugin deletes only what it can prove is dead: the host end of a
+// veth whose other end a container holds is alive (the pair goes with the
+// container's namespace), whatever the local records say; anything else is
+// removed once it has stayed unknown for OrphanGrace (an endpoint
+// between Docker's CreateEndpoint and Join has both ends here, briefly).
+// Called with d.mu held.
+func (d *Driver) provenDeadLocked(name string, now time.Time) bool {
+	if strings.HasPrefix(name, kernel.EndpointPrefix) && kernel.PeerInContainer(name) {
+		if _, seen := d.orphans[name]; !seen {
+			d.orphans[name] = now
+			d.log.WithField("if", name).Warn("keeping an endpoint link tartan has no record of: a container still holds its other end")
+		}
+		return false
+	}
+	first, seen := d.orphans[name]
+	if !seen {
+		d.orphans[name] = now
+		d.log.WithField("if", name).Info("a link tartan owns has no record: removing it if it is still unknown in two resync periods")
+		return false
+	}
+	return now.Sub(first) >= d.cfg.OrphanGrace
 }
 
 // owned tells tartan's link names from others that share a prefix: endpoint

@@ -60,7 +60,7 @@ func TestInstallFromRegistry(t *testing.T) {
 	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
 	s.Make(t, "push", "BUILD="+filepath.Join(s.Dir, "build"), "REGISTRY="+reg, "TAG=e2e")
 	ref := reg + "/tartan:e2e"
-	s.MustDocker(t, "plugin", "install", "--grant-all-permissions", ref, "STORE=consul://127.0.0.1:8500/installed", s.DockerMount())
+	s.MustDocker(t, append([]string{"plugin", "install", "--grant-all-permissions", ref, "STORE=consul://127.0.0.1:8500/installed"}, s.Mounts(t)...)...)
 	if env := s.MustDocker(t, "plugin", "inspect", "-f", "{{.Settings.Env}}", ref); !strings.Contains(env, "STORE=consul://127.0.0.1:8500/installed") {
 		t.Fatalf("setting not applied: %s", env)
 	}

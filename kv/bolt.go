@@ -3,11 +3,16 @@ package kv
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
+
+// ErrLocked: another process (another tartan plugin on this host) has the
+// embedded store open.
+var ErrLocked = errors.New("in use by another process")
 
 var (
 	boltData = []byte("kv")
@@ -26,6 +31,9 @@ type Bolt struct {
 // OpenBolt opens (creating if needed) the bbolt file at path.
 func OpenBolt(path string) (*Bolt, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("open embedded store %s: %w", path, ErrLocked)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open embedded store %s: %w", path, err)
 	}

@@ -37,10 +37,23 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if serr == nil {
 		log.SetLevel(s.LogLevel)
 	}
+	// The state lives on the host (config.json's "state" mount), not in the
+	// plugin: the host ID and the local records survive docker plugin rm +
+	// install and upgrade, so a new plugin adopts what the old one made.
 	if err := os.MkdirAll(s.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir %s: %w", s.StateDir, err)
 	}
 	local, err := kv.OpenBolt(filepath.Join(s.StateDir, "tartan.db"))
+	if errors.Is(err, kv.ErrLocked) {
+		// A second tartan plugin on this host: it must not touch the first
+		// one's links, routes and rules. It serves, so that Docker shows
+		// the reason to whoever uses it, and does nothing else.
+		why := fmt.Errorf("another tartan plugin is running on this host (its state %s is locked): "+
+			"use that plugin (docker plugin ls), or disable it first; one tartan plugin per host", s.StateDir)
+		log.Error(why)
+		drv := driver.New(kv.NewMemory(), kv.NewMemory(), nil, &firewall.Firewall{}, driver.Config{Scope: s.Scope}, log)
+		return serve(ctx, socket, NewHandler(drv, nil, log.WithField("part", "api"), why))
+	}
 	if err != nil {
 		return err
 	}
@@ -81,6 +94,13 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if serr != nil {
 		entry.Errorf("settings: %v (every request will fail with this until it is fixed)", serr)
 	}
+	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "state": s.StateDir, "version": Version, "firewall": fw.Flavour()}).Info("tartan serving")
+	go background(ctx, drv, im, cluster, host, s, entry)
+	return serve(ctx, socket, NewHandler(drv, im, entry.WithField("part", "api"), serr))
+}
+
+// serve serves h on the unix socket until ctx ends.
+func serve(ctx context.Context, socket string, h http.Handler) error {
 	_ = os.Remove(socket)
 	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
 		return err
@@ -89,9 +109,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", socket, err)
 	}
-	srv := &http.Server{Handler: NewHandler(drv, im, entry.WithField("part", "api"), serr), ReadHeaderTimeout: 10 * time.Second}
-	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "version": Version, "firewall": fw.Flavour()}).Info("tartan serving")
-	go background(ctx, drv, im, cluster, host, s, entry)
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)

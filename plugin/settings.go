@@ -37,7 +37,7 @@ type Settings struct {
 // them, so that even with an error it returns settings the plugin can run on
 // (it then serves every request with that error).
 func defaults() Settings {
-	return Settings{StateDir: "/var/lib/tartan", SysctlRoot: "/host/proc/sys", DockerSocket: "/run/docker.sock", Scope: "local", VXLANPort: 8472,
+	return Settings{StateDir: "/host/var/lib/tartan", SysctlRoot: "/host/proc/sys", DockerSocket: "/run/docker.sock", Scope: "local", VXLANPort: 8472,
 		LeaseTTL: 24 * time.Hour, Resync: 30 * time.Second, LogLevel: logrus.InfoLevel,
 		AutoPool: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}
 }

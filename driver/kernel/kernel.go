@@ -121,6 +121,18 @@ func LinkExists(name string) bool {
 	return err == nil
 }
 
+// PeerInContainer says whether name is a veth whose other end is in
+// another network namespace: a container's, which is alive while it holds it
+// (the pair goes with the namespace).
+func PeerInContainer(name string) bool {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return false
+	}
+	_, veth := l.(*netlink.Veth)
+	return veth && l.Attrs().NetNsID >= 0
+}
+
 // Links lists the names of links whose names start with prefix.
 func Links(prefix string) ([]string, error) {
 	ls, err := netlink.LinkList()

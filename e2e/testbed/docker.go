@@ -238,13 +238,28 @@ func (h *Host) InstallPlugin(t testing.TB, settings ...string) {
 	t.Helper()
 	// BUILD per host: tests (and two engines' runs) install at once.
 	args := []string{"plugin", "BUILD=" + filepath.Join(h.Dir, "build"),
-		"SETTINGS=" + strings.Join(append([]string{h.DockerMount()}, settings...), " ")}
+		"SETTINGS=" + strings.Join(append(h.Mounts(t), settings...), " ")}
 	h.Make(t, args...)
 	h.WaitPlugin(t)
 }
 
 // DockerMount is the plugin setting that mounts this host's Docker socket.
 func (h *Host) DockerMount() string { return "docker.source=" + h.Socket }
+
+// StateDir is this test host's stand-in for the host's /var/lib, where the
+// plugin keeps its state across reinstalls (test hosts share one
+// filesystem; a real host's is /var/lib, the default).
+func (h *Host) StateDir() string { return filepath.Join(h.Dir, "varlib") }
+
+// Mounts are the plugin settings that give the plugin this host's Docker
+// socket and state folder.
+func (h *Host) Mounts(t testing.TB) []string {
+	t.Helper()
+	if err := os.MkdirAll(h.StateDir(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return []string{h.DockerMount(), "state.source=" + h.StateDir()}
+}
 
 // WaitPlugin waits until the plugin answers on its socket.
 func (h *Host) WaitPlugin(t testing.TB) {
