@@ -62,6 +62,8 @@ type Driver struct {
 	// orphans are links tartan owns but has no record of, with the time
 	// they were first seen so; they go only once proven dead (reconcile.go).
 	orphans map[string]time.Time
+	// fwPeers is the VXLAN peer set the firewall was last applied with.
+	fwPeers string
 	// Peer state: one watcher per network, the last plan applied.
 	bg      context.Context
 	watches map[string]context.CancelFunc
@@ -86,7 +88,6 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 	if cfg.OrphanGrace == 0 {
 		cfg.OrphanGrace = 2 * cfg.Resync
 	}
-	fw.VXLANPort = cfg.VXLANPort
 	return &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
 		orphans: map[string]time.Time{},
 		st:      localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}},
@@ -381,16 +382,64 @@ func (d *Driver) ensureNetwork(n netRec) error {
 		MTU: n.MTU, MAC: kernel.VTEPMAC(d.cfg.Host, n.VNI)})
 }
 
+// applyFirewall renders the firewall from the local networks, their
+// published ports and the peers of the plans. Called with d.mu held.
 func (d *Driver) applyFirewall() error {
-	var nets []firewall.Network
+	st := firewall.State{Ports: d.firewallPorts()}
 	seen := map[string]bool{}
+	vxlan := false
 	for _, n := range d.st.networks {
 		if !seen[n.Pool] && !n.bridged() {
 			seen[n.Pool] = true
-			nets = append(nets, firewall.Network{Pool: n.pool(), Internal: n.Internal})
+			st.Networks = append(st.Networks, firewall.Network{Pool: n.pool(), Internal: n.Internal, Device: n.Device})
+			vxlan = vxlan || n.Device != ""
 		}
 	}
-	return d.fw.Apply(nets, d.firewallPorts())
+	if vxlan {
+		st.VXLANPort = d.cfg.VXLANPort
+		st.Peers = d.vxlanPeersLocked()
+	}
+	if u, err := kernel.FindUnderlay(d.cfg.Advertise); err == nil {
+		st.Underlay = u.Interface
+	}
+	st.Bridges, _ = kernel.Bridges()
+	d.fwPeers = peersKey(st.Peers)
+	if len(st.Networks) == 0 && len(st.Ports) == 0 {
+		return d.fw.Remove()
+	}
+	return d.fw.Apply(st)
+}
+
+// peersKey tells peer sets apart, unknown (nil) from empty.
+func peersKey(p []netip.Addr) string {
+	if p == nil {
+		return "unknown"
+	}
+	return fmt.Sprint(p)
+}
+
+// vxlanPeersLocked is the underlay addresses of every VXLAN peer in the
+// plans, or nil while a VXLAN network has no plan yet (its peers are not
+// known: the port stays open until they are). Called with d.mu held.
+func (d *Driver) vxlanPeersLocked() []netip.Addr {
+	peers := []netip.Addr{}
+	seen := map[netip.Addr]bool{}
+	for id, n := range d.st.networks {
+		if n.Device == "" {
+			continue
+		}
+		plan, ok := d.plans[id]
+		if !ok {
+			return nil
+		}
+		for _, f := range plan.FDBs {
+			if !seen[f.Dst] {
+				seen[f.Dst] = true
+				peers = append(peers, f.Dst)
+			}
+		}
+	}
+	return peers
 }
 
 // DeleteNetwork removes the network from this host. The cluster record stays

@@ -152,7 +152,12 @@ func (d *Driver) syncPeers(ctx context.Context, id string) (peerPlan, error) {
 		return plan, nil // deleted meanwhile
 	}
 	d.plans[id] = plan
-	return plan, d.applyPeers(n, plan)
+	err = d.applyPeers(n, plan)
+	if n.Device != "" && peersKey(d.vxlanPeersLocked()) != d.fwPeers {
+		// The VXLAN port admits the current peers only.
+		err = errors.Join(err, d.applyFirewall())
+	}
+	return plan, err
 }
 
 // applyPeers makes the kernel hold exactly the plan's peer entries for the

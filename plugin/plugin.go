@@ -48,8 +48,8 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		// A second tartan plugin on this host: it must not touch the first
 		// one's links, routes and rules. It serves, so that Docker shows
 		// the reason to whoever uses it, and does nothing else.
-		why := fmt.Errorf("another tartan plugin is running on this host (its state %s is locked): "+
-			"use that plugin (docker plugin ls), or disable it first; one tartan plugin per host", s.StateDir)
+		why := errors.New("another tartan plugin is running on this host (it holds the state folder, /var/lib/tartan unless its state mount was moved): " +
+			"use that plugin (docker plugin ls), or disable it first; one tartan plugin per host")
 		log.Error(why)
 		drv := driver.New(kv.NewMemory(), kv.NewMemory(), nil, &firewall.Firewall{}, driver.Config{Scope: s.Scope}, log)
 		return serve(ctx, socket, NewHandler(drv, nil, log.WithField("part", "api"), why))

@@ -139,6 +139,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.Serv
 
 type errorBody struct{ Err string }
 
+// discovery are the calls Docker makes to register the drivers: answered
+// even when the plugin is broken, so that Docker registers it and shows the
+// reason on the first real request (otherwise it says only "invalid ipam
+// driver").
+func discovery(path string) bool {
+	switch path {
+	case "/NetworkDriver.GetCapabilities", "/IpamDriver.GetCapabilities", "/IpamDriver.GetDefaultAddressSpaces":
+		return true
+	}
+	return false
+}
+
 // handle registers a JSON endpoint: decode, call, classify the error once.
 func handle[Req any](h *Handler, path string, fn func(context.Context, *Req) (any, error)) {
 	h.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
@@ -155,7 +167,7 @@ func handle[Req any](h *Handler, path string, fn func(context.Context, *Req) (an
 				return
 			}
 		}
-		if h.broken != nil && path != "/NetworkDriver.GetCapabilities" && path != "/IpamDriver.GetCapabilities" {
+		if h.broken != nil && !discovery(path) {
 			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: " + h.broken.Error()})
 			return
 		}

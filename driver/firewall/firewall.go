@@ -1,33 +1,50 @@
 // Package firewall keeps tartan's netfilter rules: its networks are let
 // through Docker's FORWARD policy (DROP on real hosts), isolated from each
-// other as Docker's bridge networks are, masqueraded to the outside unless
-// internal. The whole rule set is rendered from the desired networks and
-// swapped in with one iptables-restore per table, in the flavour (nft or
-// legacy) that Docker itself uses on the host.
+// other and from Docker's bridge networks as Docker's bridge networks are
+// from each other, by ingress interface; masqueraded to the outside unless
+// internal; and the VXLAN port is open to the cluster's hosts only. The whole
+// rule set is rendered from the desired state and swapped in with one
+// iptables-restore per table, in the flavour (nft or legacy) that Docker
+// itself uses on the host, detected again on every apply.
 package firewall
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Chains tartan owns.
 const (
 	ForwardChain     = "TARTAN-FORWARD"
+	InputChain       = "TARTAN-INPUT"
 	PostroutingChain = "TARTAN-POSTROUTING"
 	DNATChain        = "TARTAN-DNAT"
-	RawChain         = "TARTAN-RAW"
+	RawChain         = "TARTAN-RAW"     // raw PREROUTING
+	RawOutputChain   = "TARTAN-RAW-OUT" // raw OUTPUT
 )
+
+// Interfaces tartan makes (driver/kernel names them).
+const (
+	endpointIfs = "tn+"      // host ends of endpoint veths
+	vxlanIfs    = "tartan.+" // VXLAN devices
+)
+
+// commandTimeout bounds every iptables run: a stuck xtables lock must not
+// hang the plugin.
+const commandTimeout = 20 * time.Second
 
 // Network is what the firewall needs to know of a network.
 type Network struct {
 	Pool     netip.Prefix
 	Internal bool
+	Device   string // the VXLAN device, if the network has one
 }
 
 // Port is a published port: HostPort on the host (on HostIP only, when set)
@@ -40,38 +57,213 @@ type Port struct {
 	Port     int
 }
 
-// Firewall applies rule sets with one iptables flavour.
-type Firewall struct {
-	iptables string // iptables, iptables-nft or iptables-legacy
-	// VXLANPort, when set, is exempted from connection tracking: the
-	// encapsulated packets need none (the inner ones are tracked), and
-	// tracking them twice costs VXLAN a good part of its throughput.
+// State is everything the rules are rendered from.
+type State struct {
+	Networks []Network
+	Ports    []Port
+	// Underlay is the interface peers' host-gw and direct-routed packets
+	// arrive on ("" when unknown).
+	Underlay string
+	// Bridges are the host's bridge interfaces (Docker's among them):
+	// tartan traffic never enters them except through a published port.
+	Bridges []string
+	// VXLANPort, when set, is the port of the VXLAN devices: exempt from
+	// connection tracking (the inner packets are tracked), closed to
+	// forwarded traffic, and open only to Peers.
 	VXLANPort int
+	// Peers are the underlay addresses of the cluster's other hosts; nil
+	// while they are not known yet (the VXLAN port then stays open).
+	Peers []netip.Addr
 }
 
-// New picks the flavour whose tables hold Docker's chains, else nft, else
-// whatever "iptables" is.
+// Rules is the rendered rule set, per chain.
+type Rules struct {
+	Forward, Input, Postrouting, DNAT, Raw, RawOutput []string
+}
+
+// Render computes the rule set. It does no I/O.
+func Render(st State) Rules {
+	var r Rules
+	nets := append([]Network(nil), st.Networks...)
+	sort.Slice(nets, func(i, j int) bool { return nets[i].Pool.String() < nets[j].Pool.String() })
+	ports := append([]Port(nil), st.Ports...)
+	sort.Slice(ports, func(i, j int) bool { return portKey(ports[i]) < portKey(ports[j]) })
+	peers := append([]netip.Addr(nil), st.Peers...)
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Less(peers[j]) })
+	fwd := func(format string, args ...any) {
+		r.Forward = append(r.Forward, fmt.Sprintf("-A %s ", ForwardChain)+fmt.Sprintf(format, args...))
+	}
+	if len(nets) == 0 {
+		return r
+	}
+	for _, n := range nets {
+		fwd("-d %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", n.Pool)
+	}
+	// A VXLAN device carries its own pool only (audit M4).
+	for _, n := range nets {
+		if n.Device != "" {
+			fwd("-i %s ! -s %s -j DROP", n.Device, n.Pool)
+		}
+	}
+	if st.VXLANPort != 0 {
+		// Containers never reach another host's VXLAN port (audit M5).
+		fwd("-i %s -p udp -m udp --dport %d -j DROP", endpointIfs, st.VXLANPort)
+		for _, p := range peers {
+			fwd("-d %s/32 -p udp -m udp --dport %d -j DROP", p, st.VXLANPort)
+		}
+	}
+	// Published ports are reached through the host's address (DNAT), not
+	// directly at the container from other networks (audit L3).
+	for _, p := range ports {
+		fwd("-d %s/32 -p %s -m %s --dport %d -m conntrack --ctstate DNAT -j ACCEPT", p.IP, p.Proto, p.Proto, p.Port)
+	}
+	// Within a network, from tartan's own interfaces only: a packet from a
+	// Docker bridge with a spoofed source in the pool gets nowhere (the
+	// endpoint veths have strict reverse-path filtering, the VXLAN devices
+	// the rule above).
+	ingress := []string{endpointIfs, vxlanIfs}
+	if st.Underlay != "" {
+		ingress = append(ingress, st.Underlay)
+	}
+	for _, n := range nets {
+		for _, in := range ingress {
+			fwd("-i %s -s %s -d %s -j ACCEPT", in, n.Pool, n.Pool)
+		}
+	}
+	// Nothing else enters a tartan network: other tartan networks, Docker's
+	// bridges, the outside.
+	for _, n := range nets {
+		fwd("-d %s -j DROP", n.Pool)
+	}
+	// Leaving: internal networks go nowhere else.
+	for _, n := range nets {
+		if n.Internal {
+			fwd("-s %s -j DROP", n.Pool)
+		}
+	}
+	// To a published port (DNAT), Docker's or tartan's rules decide, as for
+	// Docker's bridges; into a bridge otherwise never.
+	fwd("-i %s -m conntrack --ctstate DNAT -j RETURN", endpointIfs)
+	bridges := append([]string{"docker0", "br-+"}, st.Bridges...)
+	seen := map[string]bool{}
+	for _, b := range bridges {
+		if !seen[b] {
+			seen[b] = true
+			fwd("-i %s -o %s -j DROP", endpointIfs, b)
+		}
+	}
+	for _, n := range nets {
+		if !n.Internal {
+			fwd("-i %s -s %s -j ACCEPT", endpointIfs, n.Pool)
+			r.Postrouting = append(r.Postrouting, fmt.Sprintf("-A %s -s %s ! -d %s -j MASQUERADE", PostroutingChain, n.Pool, n.Pool))
+		}
+	}
+	for _, p := range ports {
+		dst := ""
+		if p.HostIP.IsValid() && !p.HostIP.IsUnspecified() {
+			dst = fmt.Sprintf(" -d %s/32", p.HostIP)
+		}
+		r.DNAT = append(r.DNAT, fmt.Sprintf("-A %s%s -p %s -m %s --dport %d -j DNAT --to-destination %s:%d", DNATChain, dst, p.Proto, p.Proto, p.HostPort, p.IP, p.Port))
+	}
+	// A container sends with its own address only: strict reverse-path
+	// check on the endpoint veths, whatever the host's rp_filter sysctls
+	// say (audit M4: a container with CAP_NET_RAW spoofed another
+	// network's source).
+	r.Raw = append(r.Raw, fmt.Sprintf("-A %s -i %s -m rpfilter --invert -j DROP", RawChain, endpointIfs))
+	if st.VXLANPort != 0 {
+		// Only this host's own tunnels: forwarded container traffic to
+		// UDP/VXLANPort elsewhere is tracked (and masqueraded) as any other
+		// (audit L1).
+		r.Raw = append(r.Raw, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --dst-type LOCAL -j NOTRACK", RawChain, st.VXLANPort))
+		r.RawOutput = append(r.RawOutput, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --src-type LOCAL -j NOTRACK", RawOutputChain, st.VXLANPort))
+		if st.Peers != nil {
+			for _, p := range peers {
+				r.Input = append(r.Input, fmt.Sprintf("-A %s -s %s/32 -p udp -m udp --dport %d -j RETURN", InputChain, p, st.VXLANPort))
+			}
+			r.Input = append(r.Input, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j DROP", InputChain, st.VXLANPort))
+		}
+	}
+	return r
+}
+
+func portKey(p Port) string {
+	return fmt.Sprintf("%s/%05d/%s/%s", p.Proto, p.HostPort, p.HostIP, p.IP)
+}
+
+// jump is a rule that sends traffic from a built-in chain to tartan's.
+type jump struct {
+	table, builtin string
+	spec           []string
+	// after: the jump goes right below this chain's jump when there is one
+	// (DOCKER-USER: operators' rules come first, as for Docker's own).
+	after string
+}
+
+var jumps = []jump{
+	{"filter", "FORWARD", []string{"-j", ForwardChain}, "DOCKER-USER"},
+	{"filter", "INPUT", []string{"-j", InputChain}, ""},
+	{"nat", "POSTROUTING", []string{"-j", PostroutingChain}, ""},
+	{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}, ""},
+	{"nat", "OUTPUT", []string{"!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}, ""},
+	{"raw", "PREROUTING", []string{"-j", RawChain}, ""},
+	{"raw", "OUTPUT", []string{"-j", RawOutputChain}, ""},
+}
+
+var chains = [][2]string{{"filter", ForwardChain}, {"filter", InputChain}, {"nat", PostroutingChain}, {"nat", DNATChain}, {"raw", RawChain}, {"raw", RawOutputChain}}
+
+// Firewall applies rule sets. It is not safe for concurrent use.
+type Firewall struct {
+	iptables string // the flavour last applied with: iptables-nft or iptables-legacy
+	removed  bool   // nothing of tartan's is installed since the last Remove
+}
+
+// New returns a firewall; the flavour is found on each Apply.
 func New() (*Firewall, error) {
+	if len(flavours()) == 0 {
+		return nil, fmt.Errorf("no iptables command found: the plugin image must include iptables")
+	}
+	f := &Firewall{}
+	f.iptables = detect()
+	return f, nil
+}
+
+func flavours() []string {
 	var found []string
 	for _, f := range []string{"iptables-nft", "iptables-legacy", "iptables"} {
 		if _, err := exec.LookPath(f); err == nil {
 			found = append(found, f)
 		}
 	}
+	return found
+}
+
+// detect picks the flavour whose tables hold Docker's chains; without them
+// (Docker has not made them yet, at boot) legacy when legacy tables are
+// loaded, else nft. Apply detects again every time, so a guess made before
+// Docker made its chains is corrected within a resync (audit M9).
+func detect() string {
+	found := flavours()
 	if len(found) == 0 {
-		return nil, fmt.Errorf("no iptables command found: the plugin image must include iptables")
+		return ""
 	}
 	for _, f := range found {
 		// Listing legacy tables creates them: only look where they exist.
 		if strings.Contains(f, "legacy") && !legacyTablesLoaded() {
 			continue
 		}
-		if exec.Command(f, "-w", "-t", "filter", "-n", "-L", "DOCKER-USER").Run() == nil ||
-			exec.Command(f, "-w", "-t", "nat", "-n", "-L", "DOCKER").Run() == nil {
-			return &Firewall{iptables: f}, nil
+		if run(f, "-w", "5", "-t", "filter", "-n", "-L", "DOCKER-USER") == nil ||
+			run(f, "-w", "5", "-t", "nat", "-n", "-L", "DOCKER") == nil {
+			return f
 		}
 	}
-	return &Firewall{iptables: found[0]}, nil
+	if legacyTablesLoaded() {
+		for _, f := range found {
+			if strings.Contains(f, "legacy") {
+				return f
+			}
+		}
+	}
+	return found[0]
 }
 
 // legacyTablesLoaded says whether this namespace has legacy (x_tables) tables.
@@ -83,82 +275,41 @@ func legacyTablesLoaded() bool {
 // Flavour names the iptables command in use.
 func (f *Firewall) Flavour() string { return f.iptables }
 
-// Rules renders the full rule set for the given networks and published
-// ports: the filter table's forward chain, the nat table's postrouting and
-// DNAT chains.
-func Rules(nets []Network, ports []Port) (filter, nat, dnat []string) {
-	nets = append([]Network(nil), nets...)
-	sort.Slice(nets, func(i, j int) bool { return nets[i].Pool.String() < nets[j].Pool.String() })
-	for _, n := range nets {
-		filter = append(filter, fmt.Sprintf("-A %s -d %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", ForwardChain, n.Pool))
+// Apply replaces tartan's chains with the rules for st and makes sure the
+// built-in chains jump to them, in the right place. Running it twice
+// changes nothing. When Docker's flavour changed since the last apply (it
+// made its chains after tartan started), the old flavour's rules go.
+func (f *Firewall) Apply(st State) error {
+	flavour := detect()
+	if flavour == "" {
+		return fmt.Errorf("no iptables command found: the plugin image must include iptables")
 	}
-	for _, p := range ports {
-		filter = append(filter, fmt.Sprintf("-A %s -d %s/32 -p %s -m %s --dport %d -j ACCEPT", ForwardChain, p.IP, p.Proto, p.Proto, p.Port))
-		dst := ""
-		if p.HostIP.IsValid() && !p.HostIP.IsUnspecified() {
-			dst = fmt.Sprintf(" -d %s/32", p.HostIP)
-		}
-		dnat = append(dnat, fmt.Sprintf("-A %s%s -p %s -m %s --dport %d -j DNAT --to-destination %s:%d", DNATChain, dst, p.Proto, p.Proto, p.HostPort, p.IP, p.Port))
+	if f.iptables != "" && f.iptables != flavour {
+		_ = removeWith(f.iptables)
 	}
-	for _, n := range nets {
-		p := n.Pool
-		filter = append(filter, fmt.Sprintf("-A %s -s %s -d %s -j ACCEPT", ForwardChain, p, p))
-		if n.Internal {
-			filter = append(filter,
-				fmt.Sprintf("-A %s -s %s -j DROP", ForwardChain, p),
-				fmt.Sprintf("-A %s -d %s -j DROP", ForwardChain, p))
-			continue
-		}
-		for _, o := range nets {
-			if o.Pool != p {
-				filter = append(filter, fmt.Sprintf("-A %s -s %s -d %s -j DROP", ForwardChain, p, o.Pool))
-			}
-		}
-		filter = append(filter,
-			fmt.Sprintf("-A %s -s %s -j ACCEPT", ForwardChain, p),
-			fmt.Sprintf("-A %s -d %s -j DROP", ForwardChain, p))
-		nat = append(nat, fmt.Sprintf("-A %s -s %s ! -d %s -j MASQUERADE", PostroutingChain, p, p))
-	}
-	return filter, nat, dnat
-}
-
-// jumps are the rules that send traffic from built-in chains to tartan's.
-var jumps = []struct {
-	table, builtin string
-	spec           []string
-}{
-	{"filter", "FORWARD", []string{"-j", ForwardChain}},
-	{"nat", "POSTROUTING", []string{"-j", PostroutingChain}},
-	{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}},
-	{"nat", "OUTPUT", []string{"!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}},
-	{"raw", "PREROUTING", []string{"-j", RawChain}},
-	{"raw", "OUTPUT", []string{"-j", RawChain}},
-}
-
-// Apply replaces tartan's chains with the rules for nets and ports and makes
-// sure the built-in chains jump to them. Running it twice changes nothing.
-func (f *Firewall) Apply(nets []Network, ports []Port) error {
-	filter, nat, dnat := Rules(nets, ports)
+	f.iptables = flavour
+	f.removed = false
+	r := Render(st)
 	var in bytes.Buffer
 	fmt.Fprintf(&in, "*filter\n")
-	writeChain(&in, ForwardChain, filter)
+	writeChain(&in, ForwardChain, r.Forward)
+	writeChain(&in, InputChain, r.Input)
 	fmt.Fprintf(&in, "COMMIT\n*nat\n")
-	writeChain(&in, PostroutingChain, nat)
-	writeChain(&in, DNATChain, dnat)
+	writeChain(&in, PostroutingChain, r.Postrouting)
+	writeChain(&in, DNATChain, r.DNAT)
 	fmt.Fprintf(&in, "COMMIT\n*raw\n")
-	var raw []string
-	if f.VXLANPort != 0 {
-		raw = append(raw, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j NOTRACK", RawChain, f.VXLANPort))
-	}
-	writeChain(&in, RawChain, raw)
+	writeChain(&in, RawChain, r.Raw)
+	writeChain(&in, RawOutputChain, r.RawOutput)
 	fmt.Fprintf(&in, "COMMIT\n")
-	cmd := exec.Command(f.iptables+"-restore", "-w", "5", "--noflush")
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, f.iptables+"-restore", "-w", "5", "--noflush")
 	cmd.Stdin = &in
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%s-restore: %w: %s", f.iptables, err, strings.TrimSpace(string(out)))
 	}
 	for _, j := range jumps {
-		if err := f.ensureJump(j.table, j.builtin, j.spec); err != nil {
+		if err := f.ensureJump(j); err != nil {
 			return err
 		}
 	}
@@ -172,27 +323,103 @@ func writeChain(b *bytes.Buffer, chain string, rules []string) {
 	}
 }
 
-// ensureJump puts the jump first in the built-in chain unless it is there.
-func (f *Firewall) ensureJump(table, builtin string, spec []string) error {
-	if exec.Command(f.iptables, append([]string{"-w", "-t", table, "-C", builtin}, spec...)...).Run() == nil {
-		return nil
+// ensureJump makes the jump exist once, right below the jump to j.after
+// when the built-in chain has one, else first.
+func (f *Firewall) ensureJump(j jump) error {
+	out, err := output(f.iptables, "-w", "5", "-t", j.table, "-S", j.builtin)
+	if err != nil {
+		return fmt.Errorf("%s -t %s -S %s: %w: %s", f.iptables, j.table, j.builtin, err, out)
 	}
-	args := append([]string{"-w", "-t", table, "-I", builtin, "1"}, spec...)
-	if out, err := exec.Command(f.iptables, args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", f.iptables, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	want := JumpPosition(out, j.after)
+	rule := "-A " + j.builtin + " " + strings.Join(j.spec, " ")
+	if have := rulePositions(out, rule); len(have) == 1 && have[0] == want {
+		return nil
+	} else if len(have) > 0 {
+		for range have {
+			if err := run(f.iptables, append([]string{"-w", "5", "-t", j.table, "-D", j.builtin}, j.spec...)...); err != nil {
+				return fmt.Errorf("%s: move the jump to %s: %w", f.iptables, j.spec[len(j.spec)-1], err)
+			}
+		}
+		out, _ = output(f.iptables, "-w", "5", "-t", j.table, "-S", j.builtin)
+		want = JumpPosition(out, j.after)
+	}
+	args := append([]string{"-w", "5", "-t", j.table, "-I", j.builtin, fmt.Sprint(want)}, j.spec...)
+	if out, err := output(f.iptables, args...); err != nil {
+		return fmt.Errorf("%s %s: %w: %s", f.iptables, strings.Join(args, " "), err, out)
 	}
 	return nil
 }
 
-// Remove deletes tartan's jumps and chains (used by tests and uninstall).
-func (f *Firewall) Remove() error {
-	for _, j := range jumps {
-		for exec.Command(f.iptables, append([]string{"-w", "-t", j.table, "-D", j.builtin}, j.spec...)...).Run() == nil {
+// JumpPosition is the rule number (from 1) a jump goes to in a built-in
+// chain listed by iptables -S: right below the jump to after, or first.
+func JumpPosition(listing, after string) int {
+	if after != "" {
+		if p := rulePositions(listing, "-j "+after); len(p) > 0 {
+			return p[0] + 1
 		}
 	}
-	for _, c := range [][2]string{{"filter", ForwardChain}, {"nat", PostroutingChain}, {"nat", DNATChain}, {"raw", RawChain}} {
-		_ = exec.Command(f.iptables, "-w", "-t", c[0], "-F", c[1]).Run()
-		_ = exec.Command(f.iptables, "-w", "-t", c[0], "-X", c[1]).Run()
+	return 1
+}
+
+// rulePositions returns the rule numbers of the lines of an iptables -S
+// listing that are rule, or (when rule starts with "-j ") that jump there.
+func rulePositions(listing, rule string) []int {
+	var out []int
+	n := 0
+	for _, l := range strings.Split(listing, "\n") {
+		l = strings.TrimSpace(l)
+		if !strings.HasPrefix(l, "-A ") {
+			continue
+		}
+		n++
+		if l == rule || (strings.HasPrefix(rule, "-j ") && strings.HasSuffix(l, " "+rule) && strings.Count(l, " ") == 3) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Remove deletes tartan's jumps and chains in the current flavour: when a
+// host has no tartan network left, nothing of tartan's stays in its
+// firewall, so that removing the networks and then the plugin leaves the
+// host as it was.
+func (f *Firewall) Remove() error {
+	if f.iptables == "" || f.removed {
+		return nil
+	}
+	if err := removeWith(f.iptables); err != nil {
+		return err
+	}
+	f.removed = true
+	return nil
+}
+
+func removeWith(iptables string) error {
+	for _, j := range jumps {
+		for run(iptables, append([]string{"-w", "5", "-t", j.table, "-D", j.builtin}, j.spec...)...) == nil {
+		}
+	}
+	var errs []string
+	for _, c := range chains {
+		_ = run(iptables, "-w", "5", "-t", c[0], "-F", c[1])
+		if out, err := output(iptables, "-w", "5", "-t", c[0], "-X", c[1]); err != nil && !strings.Contains(out, "No chain") && !strings.Contains(out, "does not exist") {
+			errs = append(errs, fmt.Sprintf("%s -X %s: %s", iptables, c[1], out))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove tartan's chains: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+func run(name string, args ...string) error {
+	_, err := output(name, args...)
+	return err
+}
+
+func output(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
 }

@@ -133,6 +133,21 @@ func PeerInContainer(name string) bool {
 	return veth && l.Attrs().NetNsID >= 0
 }
 
+// Bridges lists the host's bridge interfaces.
+func Bridges() ([]string, error) {
+	ls, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var out []string
+	for _, l := range ls {
+		if l.Type() == "bridge" {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	return out, nil
+}
+
 // Links lists the names of links whose names start with prefix.
 func Links(prefix string) ([]string, error) {
 	ls, err := netlink.LinkList()

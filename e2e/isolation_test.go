@@ -1,0 +1,108 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
+)
+
+// httpd starts a container on network that serves "ok" on port 7000 and
+// returns its address there.
+func (s *single) httpd(t *testing.T, name, network string, extra ...string) string {
+	t.Helper()
+	args := append([]string{"run", "-d", "--name", name, "--network", network}, extra...)
+	args = append(args, "tbox", "sh", "-c", "mkdir -p /www && echo ok > /www/i && httpd -f -p 7000 -h /www")
+	s.MustDocker(t, args...)
+	return s.ip(t, name)
+}
+
+// fetch tries to GET port 7000 of ip from a new container on network.
+func (s *single) fetch(t *testing.T, network, ip string) bool {
+	t.Helper()
+	out, err := s.run(t, network, "wget -q -T 2 -O - http://"+ip+":7000/i")
+	return err == nil && strings.TrimSpace(out) == "ok"
+}
+
+// echoes reads how many ICMP echo requests a container has received.
+func (s *single) echoes(t *testing.T, name string) string {
+	t.Helper()
+	out := s.MustDocker(t, "exec", name, "cat", "/proc/net/snmp")
+	m := regexp.MustCompile(`(?m)^Icmp: \d+ \d+ \d+ \d+ \d+ \d+ \d+ (\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no Icmp InEchos in %s's /proc/net/snmp:\n%s", name, out)
+	}
+	return m[1]
+}
+
+// Tartan networks are isolated from Docker's bridge networks both ways and
+// from each other by ingress interface; DOCKER-USER holds for tartan
+// traffic (issue 9, audit H3 and M4). Before the fix a tartan container
+// reached every port of bridge containers ("-s <pool> -j ACCEPT" above
+// Docker's rules), and a container with NET_ADMIN/NET_RAW sent packets into
+// another tartan network with a spoofed source.
+func TestIsolation(t *testing.T) {
+	s := newSingle(t, "is1", 7)
+	s.InstallPlugin(t)
+	s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "10.97.0.0/24", "ta")
+	s.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.backend=host-gw", "--subnet", "10.98.0.0/24", "tb")
+	s.MustDocker(t, "network", "create", "--subnet", "10.99.200.0/24", "bnet")
+	s.MustDocker(t, "network", "create", "--internal", "--subnet", "10.99.201.0/24", "bint")
+	ta := s.httpd(t, "ta1", "ta")
+	tb := s.httpd(t, "tb1", "tb")
+	b := s.httpd(t, "b1", "bnet")
+	bi := s.httpd(t, "bi1", "bint")
+	d := s.httpd(t, "d1", "bridge")
+	testbed.Eventually(t, 20*time.Second, "the servers answer within their own networks", func() error {
+		if !s.fetch(t, "ta", ta) || !s.fetch(t, "bnet", b) || !s.fetch(t, "tb", tb) {
+			return fmt.Errorf("no answer")
+		}
+		return nil
+	})
+	for _, c := range []struct{ from, to, ip string }{
+		{"ta", "bridge network bnet", b}, {"ta", "internal bridge network bint", bi}, {"ta", "the default bridge", d},
+		{"bnet", "tartan network ta", ta}, {"bridge", "tartan network ta", ta}, {"tb", "tartan network ta", ta}, {"ta", "tartan network tb", tb},
+	} {
+		if s.fetch(t, c.from, c.ip) {
+			t.Errorf("a container on %s reaches port 7000 of %s (%s)", c.from, c.to, c.ip)
+		}
+	}
+	// Through a published port, as between Docker's bridges.
+	s.MustDocker(t, "run", "-d", "--name", "pub", "--network", "bnet", "-p", "17000:7000", "tbox", "sh", "-c", "mkdir -p /www && echo ok > /www/i && httpd -f -p 7000 -h /www")
+	testbed.Eventually(t, 10*time.Second, "a tartan container reaches a bridge container's published port through the host", func() error {
+		out, err := s.run(t, "ta", "wget -q -T 2 -O - http://10.99.7.2:17000/i")
+		if err != nil || strings.TrimSpace(out) != "ok" {
+			return fmt.Errorf("%q %v", out, err)
+		}
+		return nil
+	})
+
+	// A spoofed source from network ta into network tb gets nowhere: the
+	// spoofer takes an address of tb on its own interface and pings tb1.
+	before := s.echoes(t, "tb1")
+	out, _ := s.Docker("run", "--rm", "--cap-add", "NET_ADMIN", "--network", "ta", "tbox", "sh", "-c",
+		"ip addr add 10.98.0.250/32 dev eth0 && ping -c 3 -W 1 -I 10.98.0.250 "+tb)
+	if after := s.echoes(t, "tb1"); after != before {
+		t.Fatalf("a spoofed source crossed from ta into tb (echo requests %s before, %s after):\n%s", before, after, out)
+	}
+	// DOCKER-USER holds for tartan traffic.
+	s.mustReach(t, "ta", s.internet)
+	rule := []string{"-s", "10.97.0.0/24", "-d", s.internet, "-j", "DROP"}
+	if out, err := s.Exec("iptables", append([]string{"-I", "DOCKER-USER"}, rule...)...); err != nil {
+		t.Fatalf("iptables: %v %s", err, out)
+	}
+	s.mustNotReach(t, "ta", s.internet)
+	if out, err := s.Exec("iptables", append([]string{"-D", "DOCKER-USER"}, rule...)...); err != nil {
+		t.Fatalf("iptables: %v %s", err, out)
+	}
+	s.mustReach(t, "ta", s.internet)
+
+	s.MustDocker(t, "rm", "-f", "ta1", "tb1", "b1", "bi1", "d1", "pub")
+	s.removeNetworks(t, "ta", "tb", "bnet", "bint")
+	s.kernelClean(t)
+}
