@@ -15,6 +15,9 @@ type snapshot struct {
 	Hosts  map[string]kv.Host
 	Blocks []kv.Block
 	Addrs  []kv.Address
+	// Problems are records the listings left out (they cannot be read);
+	// the plan reports them with its own.
+	Problems []string
 }
 
 // peerPlan is the desired cross-host state of one network on this host:
@@ -52,7 +55,7 @@ func (in planInput) hostAlive(id string) bool {
 
 // planPeers computes the desired peer state of a network.
 func planPeers(in planInput) peerPlan {
-	var plan peerPlan
+	plan := peerPlan{Problems: append([]string(nil), in.Snap.Problems...)}
 	pool := in.Net.pool()
 	owner := map[netip.Prefix]string{}
 	var blocks []netip.Prefix

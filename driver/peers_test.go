@@ -1,11 +1,14 @@
 package driver
 
 import (
+	"context"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -77,4 +80,67 @@ func routes(p peerPlan) string {
 		s = append(s, r.String())
 	}
 	return strings.Join(s, "|")
+}
+
+// M6: the peer snapshot used to fail on the first record that did not
+// decode ("peer sync (working state kept)"), so one bad hosts/ value froze
+// every network's peers on every host. Now the bad record is left out and
+// named in the plan's problems, which the watcher logs.
+func TestSnapshotSkipsUnreadableRecords(t *testing.T) {
+	ctx, store := context.Background(), kv.NewMemory()
+	pool := "10.244.0.0/16"
+	put := func(key, value string) {
+		t.Helper()
+		if _, err := store.Put(ctx, key, []byte(value), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(kv.HostPath("b"), `{"id":"b","address":"10.98.0.12"}`)
+	put(kv.HostPath("zzz"), "garbage")
+	put(kv.BlockPath(pool, "10.244.0.64/26"), `{"cidr":"10.244.0.64/26","host":"b"}`)
+	put(kv.BlockPath(pool, "10.244.0.128/26"), "{")
+	put(kv.AddressPath(pool, "10.244.0.70"), "[]")
+	d := &Driver{cluster: store}
+	snap, err := d.snapshot(ctx, pool)
+	if err != nil {
+		t.Fatalf("one bad record must not fail the snapshot: %v", err)
+	}
+	if len(snap.Hosts) != 1 || len(snap.Blocks) != 1 || len(snap.Addrs) != 0 {
+		t.Fatalf("snapshot: %+v", snap)
+	}
+	plan := planPeers(planInput{Self: "a", Net: netRec{Pool: pool, Backend: BackendVXLAN, VNI: 7, Device: "tartan.7"},
+		TTL: time.Hour, Now: time.Now(), Snap: snap})
+	problems := strings.Join(plan.Problems, "\n")
+	for _, key := range []string{"hosts/zzz", "blocks/10.244.0.0-16/10.244.0.128-26", "addrs/10.244.0.0-16/10.244.0.70"} {
+		if !strings.Contains(problems, key) {
+			t.Errorf("problems do not name %s:\n%s", key, problems)
+		}
+	}
+}
+
+// M6 (and L12): a damaged local record used to fail Restore, and with it
+// the plugin's start. Now Restore loads everything else and logs the key.
+func TestRestoreSkipsUnreadableRecords(t *testing.T) {
+	ctx, local := context.Background(), kv.NewMemory()
+	if _, err := local.Put(ctx, localNetworks+"good", []byte(`{"id":"good","pool":"10.244.0.0/16"}`), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := local.Put(ctx, localNetworks+"bad", []byte("garbage"), 0); err != nil {
+		t.Fatal(err)
+	}
+	log, hook := logtest.NewNullLogger()
+	d := &Driver{local: local, log: log}
+	if err := d.Restore(ctx); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if _, ok := d.st.networks["good"]; !ok || len(d.st.networks) != 1 {
+		t.Fatalf("networks: %+v", d.st.networks)
+	}
+	found := false
+	for _, e := range hook.AllEntries() {
+		found = found || (e.Level == logrus.WarnLevel && e.Data["key"] == localNetworks+"bad")
+	}
+	if !found {
+		t.Fatalf("no warning names %sbad", localNetworks)
+	}
 }

@@ -107,22 +107,25 @@ func (d *Driver) watchPrefix(ctx context.Context, prefix string, poke func()) {
 
 func (d *Driver) snapshot(ctx context.Context, pool string) (snapshot, error) {
 	snap := snapshot{Hosts: map[string]kv.Host{}}
+	// A record that cannot be read is left out and reported with the
+	// plan's problems: one bad key must not stop the sync of every peer.
+	skipped := func(e *kv.DecodeError) { snap.Problems = append(snap.Problems, e.Error()) }
 	if _, err := kv.ListJSON(ctx, d.cluster, kv.HostsPrefix, func(_ string, _ uint64, h kv.Host) error {
 		snap.Hosts[h.ID] = h
 		return nil
-	}); err != nil {
+	}, skipped); err != nil {
 		return snap, err
 	}
 	if _, err := kv.ListJSON(ctx, d.cluster, kv.BlockPrefix(pool), func(_ string, _ uint64, b kv.Block) error {
 		snap.Blocks = append(snap.Blocks, b)
 		return nil
-	}); err != nil {
+	}, skipped); err != nil {
 		return snap, err
 	}
 	_, err := kv.ListJSON(ctx, d.cluster, kv.AddressPrefix(pool), func(_ string, _ uint64, a kv.Address) error {
 		snap.Addrs = append(snap.Addrs, a)
 		return nil
-	})
+	}, skipped)
 	return snap, err
 }
 

@@ -287,3 +287,43 @@ func TestConsulFailsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// M6: ListJSON used to end at the first record that did not decode, so one
+// bad value hid every other record under the prefix. Now it is handed to
+// the caller's skipped function and the listing goes on; without one, the
+// listing still fails with a *DecodeError that names the key and the store.
+func TestListJSONSkipsUnreadable(t *testing.T) {
+	for name, mk := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			s, ctx := mk(t), context.Background()
+			for key, value := range map[string]string{"hosts/a": `{"id":"a"}`, "hosts/b": "garbage", "hosts/c": `{"id":"c"}`} {
+				if _, err := s.Put(ctx, key, []byte(value), 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var got, skipped []string
+			_, err := kv.ListJSON(ctx, s, kv.HostsPrefix, func(_ string, _ uint64, h kv.Host) error {
+				got = append(got, h.ID)
+				return nil
+			}, func(e *kv.DecodeError) { skipped = append(skipped, e.Key) })
+			if err != nil || strings.Join(got, ",") != "a,c" || strings.Join(skipped, ",") != "hosts/b" {
+				t.Fatalf("got %v, skipped %v, err %v", got, skipped, err)
+			}
+			_, err = kv.ListJSON(ctx, s, kv.HostsPrefix, func(string, uint64, kv.Host) error { return nil }, nil)
+			var derr *kv.DecodeError
+			if !errors.As(err, &derr) || derr.Key != "hosts/b" || !strings.Contains(err.Error(), s.String()) || !strings.Contains(err.Error(), "delete the key") {
+				t.Fatalf("without skipped: want a DecodeError naming hosts/b, the store and the fix, got %v", err)
+			}
+		})
+	}
+}
+
+func TestPrefixFromKey(t *testing.T) {
+	p, err := kv.PrefixFromKey(kv.PoolKey("10.244.1.64/26"))
+	if err != nil || p.String() != "10.244.1.64/26" {
+		t.Fatalf("%v %v", p, err)
+	}
+	if _, err := kv.PrefixFromKey("garbage"); err == nil {
+		t.Fatal("a segment without a prefix must fail")
+	}
+}
