@@ -24,6 +24,11 @@ type Pair struct {
 	Key     string
 	Value   []byte
 	Version uint64
+	// Err is set, in listings only, on a key whose value the store cannot
+	// read (a damaged embedded file); Value and Version are then empty.
+	// Listing it instead of failing keeps one damaged key from hiding all
+	// the others; ListJSON reports it like a value that does not decode.
+	Err error
 }
 
 // Store is what the rest of tartan needs of a key-value store.
@@ -36,7 +41,8 @@ type Store interface {
 	// Delete removes the key when its version equals version (0: whatever
 	// it is). Deleting a missing key succeeds.
 	Delete(ctx context.Context, key string, version uint64) error
-	// List returns every key under prefix and an index for Watch.
+	// List returns every key under prefix and an index for Watch. A key
+	// whose value cannot be read is listed with Pair.Err set.
 	List(ctx context.Context, prefix string) ([]Pair, uint64, error)
 	// Watch blocks until something under prefix may have changed after index
 	// (or ctx ends) and returns the full listing with the new index.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tartan-net/tartan/e2e/testbed"
 	"github.com/tartan-net/tartan/kv"
+	bolt "go.etcd.io/bbolt"
 )
 
 // consulAddr is the Consul server TestMain started for the package ("" when
@@ -325,5 +326,62 @@ func TestPrefixFromKey(t *testing.T) {
 	}
 	if _, err := kv.PrefixFromKey("garbage"); err == nil {
 		t.Fatal("a segment without a prefix must fail")
+	}
+}
+
+// L12: a value shorter than its 8-byte version (a damaged file) used to
+// panic on raw[:8] in Get, List, Put and Delete, during Restore, before the
+// socket was served: the plugin crash-looped. Now the key is an error of
+// its own: Get and Put name it, List lists it with Pair.Err (ListJSON
+// reports it like any unreadable record), and Delete(key, 0) removes it.
+func TestBoltDamagedValueIsAnError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.db")
+	ctx := context.Background()
+	s, err := kv.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, "hosts/a", []byte(`{"id":"a"}`), 0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("kv")).Put([]byte("hosts/b"), []byte{1, 2, 3}) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s, err = kv.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Get(ctx, "hosts/b"); err == nil || errors.Is(err, kv.ErrNotFound) || !strings.Contains(err.Error(), "hosts/b") || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("get: want an error naming the damaged key, got %v", err)
+	}
+	ps, _, err := s.List(ctx, "hosts/")
+	if err != nil || len(ps) != 2 || ps[0].Err != nil || ps[1].Err == nil {
+		t.Fatalf("list: %+v %v", ps, err)
+	}
+	var got, skipped []string
+	if _, err := kv.ListJSON(ctx, s, "hosts/", func(_ string, _ uint64, h kv.Host) error {
+		got = append(got, h.ID)
+		return nil
+	}, func(e *kv.DecodeError) { skipped = append(skipped, e.Key) }); err != nil || len(got) != 1 || len(skipped) != 1 || skipped[0] != "hosts/b" {
+		t.Fatalf("ListJSON: got %v, skipped %v, %v", got, skipped, err)
+	}
+	if _, err := s.Put(ctx, "hosts/b", []byte("{}"), 0); err == nil || errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("put over a damaged value: want an error that is not a conflict, got %v", err)
+	}
+	if err := s.Delete(ctx, "hosts/b", 7); err == nil {
+		t.Fatal("a versioned delete of a damaged value must fail")
+	}
+	if err := s.Delete(ctx, "hosts/b", 0); err != nil {
+		t.Fatalf("unconditional delete: %v", err)
+	}
+	if _, err := s.Get(ctx, "hosts/b"); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
 	}
 }

@@ -166,7 +166,11 @@ func ListJSON[T any](ctx context.Context, s Store, prefix string, fn func(key st
 	}
 	for _, p := range ps {
 		var v T
-		if err := json.Unmarshal(p.Value, &v); err != nil {
+		err := p.Err
+		if err == nil {
+			err = json.Unmarshal(p.Value, &v)
+		}
+		if err != nil {
 			derr := &DecodeError{Key: p.Key, Store: s.String(), Err: err}
 			if skipped == nil {
 				return 0, derr
