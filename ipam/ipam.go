@@ -647,8 +647,12 @@ func (m *IPAM) pick(ctx context.Context, st *poolState) (netip.Addr, error) {
 			if a, ok := st.layout.FreeIn(b, st.used); ok {
 				if !live {
 					// Our own lease ran out but nobody took it: take it back.
-					if err := m.claimBlock(ctx, st.pool.CIDR, b, bs); err != nil {
+					// Only a lost race means "look again"; any other error
+					// (store down, access denied) is the answer.
+					if err := m.claimBlock(ctx, st.pool.CIDR, b, bs); errors.Is(err, kv.ErrConflict) {
 						return netip.Addr{}, nil
+					} else if err != nil {
+						return netip.Addr{}, err
 					}
 				}
 				return a, nil

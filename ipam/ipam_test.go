@@ -513,3 +513,41 @@ func TestUnreadableRecordsAreSkipped(t *testing.T) {
 		wantErr(t, err, kv.ErrInUse, "10.81.0.0/16")
 	})
 }
+
+// denyingStore refuses every write the way the Consul store reports an ACL
+// refusal, and counts the attempts.
+type denyingStore struct {
+	kv.Store
+	mu   sync.Mutex
+	puts int
+}
+
+func (s *denyingStore) Put(context.Context, string, []byte, uint64) (uint64, error) {
+	s.mu.Lock()
+	s.puts++
+	s.mu.Unlock()
+	return 0, fmt.Errorf("put: %w (Permission denied)", kv.ErrDenied)
+}
+
+// M12 (and L10): a refused write must end an allocation at once. Taking
+// back this host's own expired block swallowed every error as "state
+// changed, look again", so a refusal cost 100 full-state reads and ended as
+// "too many concurrent allocations: changed concurrently" (this test failed
+// with that before the fix); now the refusal is the answer.
+func TestRefusedWriteEndsAllocation(t *testing.T) {
+	e := env{store: kv.NewMemory(), clock: &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
+	a := e.host("a")
+	id := pool(t, a, "10.71.0.0/30", "", nil) // one block
+	got := addr(t, a, id, "", mac(1))
+	if err := a.ReleaseAddress(ctx, id, got.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Add(2 * time.Hour) // a's lease ran out and a never registered: it must take its block back
+	deny := &denyingStore{Store: e.store}
+	denied := env{store: deny, clock: e.clock}.host("a")
+	_, err := denied.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Options: map[string]string{ipam.OptMACAddress: mac(2)}})
+	wantErr(t, err, kv.ErrDenied, "Permission denied")
+	if errors.Is(err, kv.ErrConflict) || deny.puts != 1 {
+		t.Fatalf("want one refused write and no conflict, got %d writes: %v", deny.puts, err)
+	}
+}

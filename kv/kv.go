@@ -16,6 +16,9 @@ var (
 	ErrConflict = errors.New("changed concurrently")
 	// ErrUnavailable: the store cannot be reached.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrDenied: the store refused the operation (its access rules, e.g. a
+	// Consul ACL token without write access). Retrying cannot help.
+	ErrDenied = errors.New("permission denied")
 )
 
 // Pair is one key with its value and version. Versions are positive and
@@ -36,7 +39,8 @@ type Store interface {
 	// Get returns the key or ErrNotFound.
 	Get(ctx context.Context, key string) (Pair, error)
 	// Put writes the key when its version equals version (0: the key must not
-	// exist yet) and returns the new version; otherwise ErrConflict.
+	// exist yet) and returns the new version; otherwise ErrConflict. Only a
+	// lost compare-and-set is ErrConflict: callers retry on it.
 	Put(ctx context.Context, key string, value []byte, version uint64) (uint64, error)
 	// Delete removes the key when its version equals version (0: whatever
 	// it is). Deleting a missing key succeeds.

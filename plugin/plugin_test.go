@@ -170,6 +170,7 @@ func TestStatus(t *testing.T) {
 		kv.Invalid("x"): 400,
 		kv.InUse("x"):   409,
 		fmt.Errorf("wrapped: %w", kv.ErrUnavailable): 503,
+		fmt.Errorf("wrapped: %w", kv.ErrDenied):      403,
 		errors.New("boom"):                           500,
 	} {
 		if got := Status(err); got != want {
