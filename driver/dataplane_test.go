@@ -481,3 +481,49 @@ func TestMacvlan(t *testing.T) {
 		}
 	}
 }
+
+// H2: block records that only overlap the pool ("0.0.0.0/0", "10.0.0.0/8")
+// became routes via their host; RouteReplace then overwrote the host's
+// default route. Before the fix the default route below was replaced by
+// one via 10.77.0.2 dev tartan.N; now only the real block is routed.
+func TestForeignBlockRecordsAreNotRouted(t *testing.T) {
+	b := newBed(t)
+	ctx, cancel := context.WithCancel(b.ctx)
+	defer cancel()
+	pool := "10.232.0.0/16"
+	if _, err := kv.PutJSON(b.ctx, b.store, kv.HostPath("h2"), kv.Host{ID: "h2", Address: "10.77.0.2", Renewed: time.Now().UTC()}, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, cidr := range []string{"10.232.0.64/26", "0.0.0.0/0", "10.0.0.0/8"} {
+		blk := kv.Block{CIDR: cidr, Pool: pool, Host: "h2", Expires: time.Now().Add(time.Hour).UTC()}
+		if _, err := kv.PutJSON(b.ctx, b.store, kv.BlockPath(pool, cidr), blk, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.network("net-h2", pool, generic("tartan.backend", "vxlan")); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := b.drv.DeleteNetwork(b.ctx, &network.DeleteNetworkRequest{NetworkID: "net-h2"}); err != nil {
+			t.Error(err)
+		}
+	}()
+	before := sh(t, "ip route show default")
+	b.drv.Start(ctx)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(sh(t, "ip route show proto 84"), "10.232.0.64/26 via 10.77.0.2") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the peer's block was not routed:\n%s\n%s", sh(t, "ip route show proto 84"), b.drv.PeerState())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if after := sh(t, "ip route show default"); after != before {
+		t.Fatalf("default route changed:\n%s\nnow\n%s", before, after)
+	}
+	if routes := sh(t, "ip route show proto 84"); strings.Contains(routes, "10.0.0.0/8") || strings.Contains(routes, "default") {
+		t.Fatalf("foreign blocks were routed:\n%s", routes)
+	}
+	if state := b.drv.PeerState(); strings.Count(state, "not inside the network's pool") != 2 {
+		t.Fatalf("want a problem per foreign block: %s", state)
+	}
+}

@@ -117,7 +117,7 @@ func (d *Driver) Capabilities() *network.CapabilitiesResponse {
 // Restore loads the local state written before a restart. It is cheap (the
 // embedded store) and runs before the socket is served.
 func (d *Driver) Restore(ctx context.Context) error {
-	st, err := loadLocal(ctx, d.local)
+	st, err := loadLocal(ctx, d.local, d.skipped)
 	if err != nil {
 		return fmt.Errorf("load local state: %w", err)
 	}
@@ -140,6 +140,12 @@ func (d *Driver) UsesPool(space string, pool netip.Prefix) bool {
 		}
 	}
 	return false
+}
+
+// skipped reports a record that a listing left out because it cannot be
+// read; the listing goes on without it.
+func (d *Driver) skipped(e *kv.DecodeError) {
+	d.log.WithField("key", e.Key).Warnf("ignoring a record: %v", e)
 }
 
 // ipv4Data checks the IPAM data of a network request.

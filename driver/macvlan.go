@@ -87,7 +87,7 @@ func (d *Driver) shimAddress(ctx context.Context, n netRec) (netip.Addr, error) 
 			found, _ = netip.ParseAddr(a.IP)
 		}
 		return nil
-	}); err != nil {
+	}, d.skipped); err != nil {
 		return netip.Addr{}, fmt.Errorf("look for the host-access address of %s: %w", n.Pool, err)
 	}
 	req := ipam.AddressRequest{Pool: ipam.PoolID{Space: n.Space, CIDR: n.pool()}, Options: map[string]string{ipam.OptMACAddress: n.ShimMAC}}

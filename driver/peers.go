@@ -15,6 +15,12 @@ type snapshot struct {
 	Hosts  map[string]kv.Host
 	Blocks []kv.Block
 	Addrs  []kv.Address
+	// BlockBits is the prefix length of the pool's blocks, from its pool
+	// record (0: unknown, the record is gone).
+	BlockBits int
+	// Problems are records the listings left out (they cannot be read);
+	// the plan reports them with its own.
+	Problems []string
 }
 
 // peerPlan is the desired cross-host state of one network on this host:
@@ -50,15 +56,61 @@ func (in planInput) hostAlive(id string) bool {
 	return ok && in.Now.Sub(h.Renewed) < in.TTL
 }
 
-// planPeers computes the desired peer state of a network.
+// inside says whether prefix p lies entirely within pool.
+func inside(pool, p netip.Prefix) bool {
+	return p.IsValid() && p.Bits() >= pool.Bits() && pool.Contains(p.Addr())
+}
+
+// blockProblem says why a block record must not become a route, or "".
+// Store records are not trusted with the host's routing table: a block that
+// merely overlapped the pool (0.0.0.0/0, 10.0.0.0/8) would replace every
+// host's default route or capture a whole range.
+func (in planInput) blockProblem(p netip.Prefix, perr error) string {
+	pool := in.Net.pool()
+	switch {
+	case perr != nil:
+		return "not a CIDR"
+	case p.Masked() != p:
+		return fmt.Sprintf("host bits set (the block would be %s)", p.Masked())
+	case !inside(pool, p):
+		return fmt.Sprintf("not inside the network's pool %s", pool)
+	case in.Snap.BlockBits != 0 && p.Bits() != in.Snap.BlockBits:
+		return fmt.Sprintf("pool %s has /%d blocks", pool, in.Snap.BlockBits)
+	}
+	return ""
+}
+
+// hostAddrProblem says why a host's registered address cannot be a next
+// hop, or "".
+func (in planInput) hostAddrProblem(ip netip.Addr, perr error) string {
+	switch {
+	case perr != nil:
+		return "not an IP address"
+	case !ip.Is4():
+		return "not an IPv4 address"
+	case !ip.IsGlobalUnicast():
+		// Rules out unspecified, loopback, multicast, link-local, broadcast.
+		return "not a unicast address another host can reach"
+	case in.Net.pool().Contains(ip):
+		return fmt.Sprintf("inside the network's own pool %s", in.Net.pool())
+	}
+	return ""
+}
+
+// planPeers computes the desired peer state of a network. Records that
+// cannot be routed safely are left out, each with a problem that says why.
 func planPeers(in planInput) peerPlan {
-	var plan peerPlan
+	plan := peerPlan{Problems: append([]string(nil), in.Snap.Problems...)}
 	pool := in.Net.pool()
 	owner := map[netip.Prefix]string{}
 	var blocks []netip.Prefix
 	for _, b := range in.Snap.Blocks {
 		p, err := netip.ParsePrefix(b.CIDR)
-		if err != nil || !pool.Overlaps(p) || !in.alive(b) {
+		if why := in.blockProblem(p, err); why != "" {
+			plan.Problems = append(plan.Problems, fmt.Sprintf("block record %q of host %s ignored: %s", b.CIDR, b.Host, why))
+			continue
+		}
+		if !in.alive(b) {
 			continue
 		}
 		owner[p] = b.Host
@@ -66,11 +118,19 @@ func planPeers(in planInput) peerPlan {
 	}
 	sort.Slice(blocks, func(i, j int) bool { return blocks[i].Addr().Less(blocks[j].Addr()) })
 	peersDone := map[string]bool{}
+	badHost := map[string]bool{}
 	add := func(dst netip.Prefix, hostID string) {
 		h, ok := in.Snap.Hosts[hostID]
-		via, err := netip.ParseAddr(h.Address)
-		if !ok || err != nil {
+		if !ok || h.Address == "" {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("%s belongs to host %s, which has no registered address", dst, hostID))
+			return
+		}
+		via, err := netip.ParseAddr(h.Address)
+		if why := in.hostAddrProblem(via, err); why != "" {
+			if !badHost[hostID] {
+				badHost[hostID] = true
+				plan.Problems = append(plan.Problems, fmt.Sprintf("host record %s ignored: its address %q is %s; no routes to its blocks", hostID, h.Address, why))
+			}
 			return
 		}
 		onL2 := in.Underlay.Prefix.Contains(via)
@@ -101,7 +161,11 @@ func planPeers(in planInput) peerPlan {
 	// allocated on a swarm manager for a task elsewhere) get a /32.
 	for _, a := range in.Snap.Addrs {
 		ip, err := netip.ParseAddr(a.IP)
-		if err != nil || a.Kind != kv.KindEndpoint || a.Host == in.Self || !pool.Contains(ip) || !in.hostAlive(a.Host) {
+		if err != nil || !ip.Is4() || !pool.Contains(ip) {
+			plan.Problems = append(plan.Problems, fmt.Sprintf("address record %q of host %s ignored: not an address of the network's pool %s", a.IP, a.Host, pool))
+			continue
+		}
+		if a.Kind != kv.KindEndpoint || a.Host == in.Self || !in.hostAlive(a.Host) {
 			continue
 		}
 		blockOwner := ""

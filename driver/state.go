@@ -76,18 +76,21 @@ type localState struct {
 	endpoints map[string]epRec
 }
 
-func loadLocal(ctx context.Context, s kv.Store) (localState, error) {
+// loadLocal reads this host's records. One that cannot be read (a damaged
+// file) is handed to skipped and left out, so that the plugin still starts
+// with everything else.
+func loadLocal(ctx context.Context, s kv.Store, skipped func(*kv.DecodeError)) (localState, error) {
 	st := localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}}
 	if _, err := kv.ListJSON(ctx, s, localNetworks, func(_ string, _ uint64, n netRec) error {
 		st.networks[n.ID] = n
 		return nil
-	}); err != nil {
+	}, skipped); err != nil {
 		return st, err
 	}
 	_, err := kv.ListJSON(ctx, s, localEndpoints, func(_ string, _ uint64, e epRec) error {
 		st.endpoints[e.ID] = e
 		return nil
-	})
+	}, skipped)
 	return st, err
 }
 

@@ -107,22 +107,43 @@ func (d *Driver) watchPrefix(ctx context.Context, prefix string, poke func()) {
 
 func (d *Driver) snapshot(ctx context.Context, pool string) (snapshot, error) {
 	snap := snapshot{Hosts: map[string]kv.Host{}}
+	// A record that cannot be read is left out and reported with the
+	// plan's problems: one bad key must not stop the sync of every peer.
+	skipped := func(e *kv.DecodeError) { snap.Problems = append(snap.Problems, e.Error()) }
+	// The pool record says how large its blocks are; a block record of
+	// another size is not one the IPAM made.
+	var p kv.Pool
+	var derr *kv.DecodeError
+	switch _, err := kv.GetJSON(ctx, d.cluster, kv.PoolPath(pool), &p); {
+	case err == nil:
+		if pfx, perr := netip.ParsePrefix(pool); perr == nil && p.BlockBits >= pfx.Bits() && p.BlockBits <= 32 {
+			snap.BlockBits = p.BlockBits
+		} else {
+			snap.Problems = append(snap.Problems, fmt.Sprintf("pool record %s has block size /%d, which does not fit the pool: blocks are checked against the pool alone", pool, p.BlockBits))
+		}
+	case errors.Is(err, kv.ErrNotFound):
+		// Released meanwhile: blocks are checked against the pool alone.
+	case errors.As(err, &derr):
+		skipped(derr)
+	default:
+		return snap, err
+	}
 	if _, err := kv.ListJSON(ctx, d.cluster, kv.HostsPrefix, func(_ string, _ uint64, h kv.Host) error {
 		snap.Hosts[h.ID] = h
 		return nil
-	}); err != nil {
+	}, skipped); err != nil {
 		return snap, err
 	}
 	if _, err := kv.ListJSON(ctx, d.cluster, kv.BlockPrefix(pool), func(_ string, _ uint64, b kv.Block) error {
 		snap.Blocks = append(snap.Blocks, b)
 		return nil
-	}); err != nil {
+	}, skipped); err != nil {
 		return snap, err
 	}
 	_, err := kv.ListJSON(ctx, d.cluster, kv.AddressPrefix(pool), func(_ string, _ uint64, a kv.Address) error {
 		snap.Addrs = append(snap.Addrs, a)
 		return nil
-	})
+	}, skipped)
 	return snap, err
 }
 
@@ -198,6 +219,13 @@ func (d *Driver) applyPeers(n netRec, plan peerPlan) error {
 	}
 	want := map[kernel.Route]bool{}
 	for _, r := range plan.Routes {
+		if !inside(pool, r.Dst) {
+			// planPeers never plans one; refusing it here as well keeps a
+			// store record from ever replacing a host route (RouteReplace
+			// would overwrite a default route in the main table).
+			errs = append(errs, fmt.Errorf("refusing peer route %s: outside the network's pool %s", r, pool))
+			continue
+		}
 		want[r] = true
 		if err := kernel.ReplaceRoute(r); err != nil {
 			errs = append(errs, err)
@@ -208,7 +236,11 @@ func (d *Driver) applyPeers(n netRec, plan peerPlan) error {
 		errs = append(errs, err)
 	}
 	for _, r := range routes {
-		if r.Via.IsValid() && pool.Contains(r.Dst.Addr()) && !want[r] {
+		// Peer routes of this network: anything tartan routed via a peer
+		// that touches the pool (also a wider prefix an older version let
+		// in from a bad record) or that sits on the network's device.
+		mine := pool.Overlaps(r.Dst) || (n.Device != "" && r.Link == n.Device)
+		if r.Via.IsValid() && mine && !want[r] {
 			errs = append(errs, kernel.DeleteRoute(r))
 		}
 	}
@@ -219,7 +251,7 @@ func (d *Driver) applyPeers(n netRec, plan peerPlan) error {
 // Called with d.mu held.
 func (d *Driver) inLocalPool(dst netip.Prefix) bool {
 	for _, n := range d.st.networks {
-		if n.pool().Contains(dst.Addr()) {
+		if inside(n.pool(), dst) {
 			return true
 		}
 	}

@@ -196,8 +196,20 @@ func (m *IPAM) pools(ctx context.Context) (map[string]netip.Prefix, error) {
 			out[p.CIDR] = c
 		}
 		return nil
+	}, func(e *kv.DecodeError) {
+		m.skipped(e)
+		// Its key still names the pool: keep it out of other pools' way.
+		if c, err := kv.PrefixFromKey(strings.TrimPrefix(e.Key, kv.PoolsPrefix)); err == nil {
+			out[c.String()] = c
+		}
 	})
 	return out, err
+}
+
+// skipped reports a record that a listing left out because it cannot be
+// read; the listing goes on without it.
+func (m *IPAM) skipped(e *kv.DecodeError) {
+	m.log.WithField("key", e.Key).Warnf("ignoring a record: %v", e)
 }
 
 // register creates the pool cluster-wide or joins it. Overlap checks are
@@ -415,10 +427,14 @@ type poolState struct {
 	blocks  map[netip.Prefix]blockState
 	used    map[netip.Addr]bool
 	renewed map[string]time.Time // hosts' last registration renewals
+	// unreadable holds blocks whose record cannot be read: their owner is
+	// unknown, so they are never claimed (nor handed out from).
+	unreadable map[netip.Prefix]bool
 }
 
 func (m *IPAM) state(ctx context.Context, cidr string) (*poolState, error) {
-	st := &poolState{blocks: map[netip.Prefix]blockState{}, used: map[netip.Addr]bool{}, renewed: map[string]time.Time{}}
+	st := &poolState{blocks: map[netip.Prefix]blockState{}, used: map[netip.Addr]bool{}, renewed: map[string]time.Time{},
+		unreadable: map[netip.Prefix]bool{}}
 	v, err := kv.GetJSON(ctx, m.store, kv.PoolPath(cidr), &st.pool)
 	if errors.Is(err, kv.ErrNotFound) {
 		return nil, kv.Invalid("pool %s is not registered (it was released): recreate the network", cidr)
@@ -443,6 +459,11 @@ func (m *IPAM) state(ctx context.Context, cidr string) (*poolState, error) {
 			st.blocks[p] = blockState{block: b, version: ver}
 		}
 		return nil
+	}, func(e *kv.DecodeError) {
+		m.skipped(e)
+		if p, err := kv.PrefixFromKey(strings.TrimPrefix(e.Key, kv.BlockPrefix(cidr))); err == nil {
+			st.unreadable[p] = true
+		}
 	}); err != nil {
 		return nil, err
 	}
@@ -451,13 +472,20 @@ func (m *IPAM) state(ctx context.Context, cidr string) (*poolState, error) {
 			st.used[ip] = true
 		}
 		return nil
+	}, func(e *kv.DecodeError) {
+		m.skipped(e)
+		// The key exists, so its address is taken whatever the value says:
+		// handing it out again would only fail the create-only write.
+		if ip, err := netip.ParseAddr(strings.TrimPrefix(e.Key, kv.AddressPrefix(cidr))); err == nil {
+			st.used[ip] = true
+		}
 	}); err != nil {
 		return nil, err
 	}
 	if _, err := kv.ListJSON(ctx, m.store, kv.HostsPrefix, func(_ string, _ uint64, h kv.Host) error {
 		st.renewed[h.ID] = h.Renewed
 		return nil
-	}); err != nil {
+	}, m.skipped); err != nil {
 		return nil, err
 	}
 	return st, nil
@@ -664,8 +692,12 @@ func (m *IPAM) pick(ctx context.Context, st *poolState) (netip.Addr, error) {
 			if a, ok := st.layout.FreeIn(b, st.used); ok {
 				if !live {
 					// Our own lease ran out but nobody took it: take it back.
-					if err := m.claimBlock(ctx, st.pool.CIDR, b, bs); err != nil {
+					// Only a lost race means "look again"; any other error
+					// (store down, access denied) is the answer.
+					if err := m.claimBlock(ctx, st.pool.CIDR, b, bs); errors.Is(err, kv.ErrConflict) {
 						return netip.Addr{}, nil
+					} else if err != nil {
+						return netip.Addr{}, err
 					}
 				}
 				return a, nil
@@ -674,6 +706,9 @@ func (m *IPAM) pick(ctx context.Context, st *poolState) (netip.Addr, error) {
 		if live || bs.block.Host == m.cfg.Host {
 			claimed[b] = true
 		}
+	}
+	for b := range st.unreadable {
+		claimed[b] = true
 	}
 	if b, ok := st.layout.FreeBlock(claimed); ok {
 		if a, ok := st.layout.FreeIn(b, st.used); ok {
@@ -733,7 +768,7 @@ func (m *IPAM) RenewLeases(ctx context.Context) error {
 				return err
 			}
 			return nil
-		})
+		}, m.skipped)
 		if err != nil {
 			return err
 		}

@@ -63,8 +63,22 @@ func (b *Bolt) String() string { return "embedded store " + b.path }
 
 func (b *Bolt) Close() error { return b.db.Close() }
 
-func decodeBolt(key string, raw []byte) Pair {
-	return Pair{Key: key, Version: binary.BigEndian.Uint64(raw[:8]), Value: append([]byte(nil), raw[8:]...)}
+// versionOf reads the version in front of a stored value. A value too
+// short to hold one can only come from a damaged file: it is an error for
+// the key, never a panic, so that a plugin with a damaged store still starts.
+func (b *Bolt) versionOf(key string, raw []byte) (uint64, error) {
+	if len(raw) < 8 {
+		return 0, fmt.Errorf("value of %s in %s is damaged (%d bytes, shorter than its 8-byte version)", key, b, len(raw))
+	}
+	return binary.BigEndian.Uint64(raw[:8]), nil
+}
+
+func (b *Bolt) decode(key string, raw []byte) (Pair, error) {
+	v, err := b.versionOf(key, raw)
+	if err != nil {
+		return Pair{Key: key, Err: err}, err
+	}
+	return Pair{Key: key, Version: v, Value: append([]byte(nil), raw[8:]...)}, nil
 }
 
 func (b *Bolt) Get(_ context.Context, key string) (Pair, error) {
@@ -74,10 +88,14 @@ func (b *Bolt) Get(_ context.Context, key string) (Pair, error) {
 		if raw == nil {
 			return ErrNotFound
 		}
-		p = decodeBolt(key, raw)
-		return nil
+		var err error
+		p, err = b.decode(key, raw)
+		return err
 	})
-	return p, err
+	if err != nil {
+		return Pair{}, err
+	}
+	return p, nil
 }
 
 // write runs fn in a write transaction that also advances the revision; the
@@ -111,7 +129,10 @@ func (b *Bolt) Put(_ context.Context, key string, value []byte, version uint64) 
 	return b.write(func(data *bolt.Bucket, next uint64) error {
 		var cur uint64
 		if raw := data.Get([]byte(key)); raw != nil {
-			cur = binary.BigEndian.Uint64(raw[:8])
+			var err error
+			if cur, err = b.versionOf(key, raw); err != nil {
+				return err // no compare-and-set against an unknown version; Delete(key, 0) removes it
+			}
 		}
 		if cur != version {
 			return ErrConflict
@@ -129,7 +150,14 @@ func (b *Bolt) Delete(_ context.Context, key string, version uint64) error {
 		if raw == nil {
 			return nil
 		}
-		if version != 0 && binary.BigEndian.Uint64(raw[:8]) != version {
+		if version == 0 {
+			return data.Delete([]byte(key))
+		}
+		cur, err := b.versionOf(key, raw)
+		if err != nil {
+			return err
+		}
+		if cur != version {
 			return ErrConflict
 		}
 		return data.Delete([]byte(key))
@@ -144,7 +172,8 @@ func (b *Bolt) List(_ context.Context, prefix string) ([]Pair, uint64, error) {
 		c := tx.Bucket(boltData).Cursor()
 		pre := []byte(prefix)
 		for k, v := c.Seek(pre); k != nil && len(k) >= len(pre) && string(k[:len(pre)]) == prefix; k, v = c.Next() {
-			out = append(out, decodeBolt(string(k), v))
+			p, _ := b.decode(string(k), v) // a damaged value is listed with its Err
+			out = append(out, p)
 		}
 		if raw := tx.Bucket(boltMeta).Get(boltRev); len(raw) == 8 {
 			index = binary.BigEndian.Uint64(raw)

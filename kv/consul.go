@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -69,21 +70,63 @@ func (c *Consul) String() string {
 
 func (c *Consul) Close() error { return nil }
 
-func unavailable(err error) bool {
+// failure says what kind of failure err is: ErrUnavailable (Consul cannot
+// answer now: try the next server, or later), ErrDenied (the token may not
+// do this: nothing but a fix helps), or nil (anything else).
+func failure(err error) error {
+	switch {
+	case errors.Is(err, ErrDenied):
+		return ErrDenied
+	case errors.Is(err, ErrUnavailable):
+		return ErrUnavailable
+	}
+	var se api.StatusError
+	if errors.As(err, &se) {
+		switch {
+		case se.Code == http.StatusForbidden:
+			return ErrDenied
+		case se.Code >= 500, se.Code == http.StatusTooManyRequests:
+			return ErrUnavailable
+		}
+		return nil
+	}
 	var ue *url.Error
 	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ue) || errors.As(err, &ne) ||
-		strings.Contains(err.Error(), "No cluster leader") || strings.Contains(err.Error(), "Unexpected response code: 5")
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ue) || errors.As(err, &ne) {
+		return ErrUnavailable
+	}
+	// Fallbacks for errors the api package gives as text only: its Txn
+	// turns every status but 200 and 409 into "Failed request: <body>".
+	msg := err.Error()
+	switch {
+	case deniedText(msg):
+		return ErrDenied
+	case strings.Contains(msg, "No cluster leader"), strings.Contains(msg, "Unexpected response code: 5"):
+		return ErrUnavailable
+	}
+	return nil
 }
 
-// classify turns transport failures into ErrUnavailable so that callers can
-// tell "Consul is down" from "Consul said no".
+// deniedText recognises Consul's ACL refusals: "Permission denied" (the
+// token lacks a permission) and "ACL not found" (the token is unknown).
+func deniedText(msg string) bool {
+	return strings.Contains(msg, "Permission denied") || strings.Contains(msg, "ACL not found")
+}
+
+func unavailable(err error) bool { return failure(err) == ErrUnavailable }
+
+// classify turns failures into ErrUnavailable and ErrDenied so that callers
+// can tell "Consul is down" and "the token may not" from "Consul said no".
 func (c *Consul) classify(op, key string, err error) error {
-	switch {
-	case errors.Is(err, context.Canceled):
+	if errors.Is(err, context.Canceled) {
 		return err
-	case unavailable(err):
+	}
+	switch failure(err) {
+	case ErrUnavailable:
 		return fmt.Errorf("%s %s: %s: %w (%v)", op, key, c, ErrUnavailable, err)
+	case ErrDenied:
+		return fmt.Errorf("%s %s: %s: %w (%v): set CONSUL_HTTP_TOKEN to a Consul token with write access to key_prefix %q",
+			op, key, c, ErrDenied, err, c.prefix)
 	}
 	return fmt.Errorf("%s %s: %s: %w", op, key, c, err)
 }
@@ -143,10 +186,58 @@ func (c *Consul) Put(ctx context.Context, key string, value []byte, version uint
 	if err != nil {
 		return 0, err
 	}
-	if !ok || resp == nil || len(resp.Results) != 1 {
-		return 0, ErrConflict
+	next, err := txnOutcome(ok, resp)
+	if err != nil && !errors.Is(err, ErrConflict) {
+		return 0, c.classify("put", key, err)
 	}
-	return resp.Results[0].ModifyIndex, nil
+	return next, err
+}
+
+// txnError is an operation of a transaction that Consul refused.
+type txnError struct {
+	what  string
+	class error // ErrDenied, or nil
+}
+
+func (e *txnError) Error() string        { return "Consul refused the write: " + e.what }
+func (e *txnError) Is(target error) bool { return e.class != nil && target == e.class }
+
+// txnOutcome reads the answer to a one-operation KV transaction. Consul
+// rolls a transaction back with a reason per failed operation: only a stale
+// index is a lost compare-and-set (ErrConflict, which callers retry); an ACL
+// refusal, a value over the size limit or anything else is Consul saying no,
+// which retrying cannot change.
+func txnOutcome(ok bool, resp *api.KVTxnResponse) (uint64, error) {
+	if ok && resp != nil && len(resp.Results) == 1 && resp.Results[0] != nil {
+		return resp.Results[0].ModifyIndex, nil
+	}
+	if resp == nil || len(resp.Errors) == 0 {
+		return 0, &txnError{what: "no result and no reason given"}
+	}
+	var what []string
+	stale, denied := true, false
+	for _, e := range resp.Errors {
+		if e == nil {
+			continue
+		}
+		what = append(what, e.What)
+		switch {
+		case strings.Contains(e.What, "index is stale"): // "failed to set key \"k\", index is stale"
+		case deniedText(e.What):
+			stale, denied = false, true
+		default:
+			stale = false
+		}
+	}
+	switch {
+	case len(what) == 0:
+		return 0, &txnError{what: "no result and no reason given"}
+	case stale:
+		return 0, ErrConflict
+	case denied:
+		return 0, &txnError{what: strings.Join(what, "; "), class: ErrDenied}
+	}
+	return 0, &txnError{what: strings.Join(what, "; ")}
 }
 
 func (c *Consul) Delete(ctx context.Context, key string, version uint64) error {

@@ -16,6 +16,9 @@ var (
 	ErrConflict = errors.New("changed concurrently")
 	// ErrUnavailable: the store cannot be reached.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrDenied: the store refused the operation (its access rules, e.g. a
+	// Consul ACL token without write access). Retrying cannot help.
+	ErrDenied = errors.New("permission denied")
 )
 
 // Pair is one key with its value and version. Versions are positive and
@@ -24,6 +27,11 @@ type Pair struct {
 	Key     string
 	Value   []byte
 	Version uint64
+	// Err is set, in listings only, on a key whose value the store cannot
+	// read (a damaged embedded file); Value and Version are then empty.
+	// Listing it instead of failing keeps one damaged key from hiding all
+	// the others; ListJSON reports it like a value that does not decode.
+	Err error
 }
 
 // Store is what the rest of tartan needs of a key-value store.
@@ -31,12 +39,14 @@ type Store interface {
 	// Get returns the key or ErrNotFound.
 	Get(ctx context.Context, key string) (Pair, error)
 	// Put writes the key when its version equals version (0: the key must not
-	// exist yet) and returns the new version; otherwise ErrConflict.
+	// exist yet) and returns the new version; otherwise ErrConflict. Only a
+	// lost compare-and-set is ErrConflict: callers retry on it.
 	Put(ctx context.Context, key string, value []byte, version uint64) (uint64, error)
 	// Delete removes the key when its version equals version (0: whatever
 	// it is). Deleting a missing key succeeds.
 	Delete(ctx context.Context, key string, version uint64) error
-	// List returns every key under prefix and an index for Watch.
+	// List returns every key under prefix and an index for Watch. A key
+	// whose value cannot be read is listed with Pair.Err set.
 	List(ctx context.Context, prefix string) ([]Pair, uint64, error)
 	// Watch blocks until something under prefix may have changed after index
 	// (or ctx ends) and returns the full listing with the new index.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tartan-net/tartan/e2e/testbed"
 	"github.com/tartan-net/tartan/kv"
+	bolt "go.etcd.io/bbolt"
 )
 
 // consulAddr is the Consul server TestMain started for the package ("" when
@@ -285,5 +286,102 @@ func TestConsulFailsOver(t *testing.T) {
 	}
 	if err := s.Delete(ctx, "k", 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// M6: ListJSON used to end at the first record that did not decode, so one
+// bad value hid every other record under the prefix. Now it is handed to
+// the caller's skipped function and the listing goes on; without one, the
+// listing still fails with a *DecodeError that names the key and the store.
+func TestListJSONSkipsUnreadable(t *testing.T) {
+	for name, mk := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			s, ctx := mk(t), context.Background()
+			for key, value := range map[string]string{"hosts/a": `{"id":"a"}`, "hosts/b": "garbage", "hosts/c": `{"id":"c"}`} {
+				if _, err := s.Put(ctx, key, []byte(value), 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var got, skipped []string
+			_, err := kv.ListJSON(ctx, s, kv.HostsPrefix, func(_ string, _ uint64, h kv.Host) error {
+				got = append(got, h.ID)
+				return nil
+			}, func(e *kv.DecodeError) { skipped = append(skipped, e.Key) })
+			if err != nil || strings.Join(got, ",") != "a,c" || strings.Join(skipped, ",") != "hosts/b" {
+				t.Fatalf("got %v, skipped %v, err %v", got, skipped, err)
+			}
+			_, err = kv.ListJSON(ctx, s, kv.HostsPrefix, func(string, uint64, kv.Host) error { return nil }, nil)
+			var derr *kv.DecodeError
+			if !errors.As(err, &derr) || derr.Key != "hosts/b" || !strings.Contains(err.Error(), s.String()) || !strings.Contains(err.Error(), "delete the key") {
+				t.Fatalf("without skipped: want a DecodeError naming hosts/b, the store and the fix, got %v", err)
+			}
+		})
+	}
+}
+
+func TestPrefixFromKey(t *testing.T) {
+	p, err := kv.PrefixFromKey(kv.PoolKey("10.244.1.64/26"))
+	if err != nil || p.String() != "10.244.1.64/26" {
+		t.Fatalf("%v %v", p, err)
+	}
+	if _, err := kv.PrefixFromKey("garbage"); err == nil {
+		t.Fatal("a segment without a prefix must fail")
+	}
+}
+
+// L12: a value shorter than its 8-byte version (a damaged file) used to
+// panic on raw[:8] in Get, List, Put and Delete, during Restore, before the
+// socket was served: the plugin crash-looped. Now the key is an error of
+// its own: Get and Put name it, List lists it with Pair.Err (ListJSON
+// reports it like any unreadable record), and Delete(key, 0) removes it.
+func TestBoltDamagedValueIsAnError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.db")
+	ctx := context.Background()
+	s, err := kv.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, "hosts/a", []byte(`{"id":"a"}`), 0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("kv")).Put([]byte("hosts/b"), []byte{1, 2, 3}) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s, err = kv.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Get(ctx, "hosts/b"); err == nil || errors.Is(err, kv.ErrNotFound) || !strings.Contains(err.Error(), "hosts/b") || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("get: want an error naming the damaged key, got %v", err)
+	}
+	ps, _, err := s.List(ctx, "hosts/")
+	if err != nil || len(ps) != 2 || ps[0].Err != nil || ps[1].Err == nil {
+		t.Fatalf("list: %+v %v", ps, err)
+	}
+	var got, skipped []string
+	if _, err := kv.ListJSON(ctx, s, "hosts/", func(_ string, _ uint64, h kv.Host) error {
+		got = append(got, h.ID)
+		return nil
+	}, func(e *kv.DecodeError) { skipped = append(skipped, e.Key) }); err != nil || len(got) != 1 || len(skipped) != 1 || skipped[0] != "hosts/b" {
+		t.Fatalf("ListJSON: got %v, skipped %v, %v", got, skipped, err)
+	}
+	if _, err := s.Put(ctx, "hosts/b", []byte("{}"), 0); err == nil || errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("put over a damaged value: want an error that is not a conflict, got %v", err)
+	}
+	if err := s.Delete(ctx, "hosts/b", 7); err == nil {
+		t.Fatal("a versioned delete of a damaged value must fail")
+	}
+	if err := s.Delete(ctx, "hosts/b", 0); err != nil {
+		t.Fatalf("unconditional delete: %v", err)
+	}
+	if _, err := s.Get(ctx, "hosts/b"); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 )
@@ -122,6 +123,20 @@ const (
 	ClusterNetsPrefix = "clusternets/"
 )
 
+// DecodeError is a stored record that cannot be read as what its key holds:
+// garbage written by hand, a damaged file, a field another version changed.
+type DecodeError struct {
+	Key   string // the key, without the store's prefix
+	Store string // the store, as its String names it
+	Err   error
+}
+
+func (e *DecodeError) Error() string {
+	return fmt.Sprintf("record %s in %s cannot be read (%v): fix or delete the key", e.Key, e.Store, e.Err)
+}
+
+func (e *DecodeError) Unwrap() error { return e.Err }
+
 // GetJSON reads key into v and returns its version.
 func GetJSON(ctx context.Context, s Store, key string, v any) (uint64, error) {
 	p, err := s.Get(ctx, key)
@@ -129,7 +144,7 @@ func GetJSON(ctx context.Context, s Store, key string, v any) (uint64, error) {
 		return 0, err
 	}
 	if err := json.Unmarshal(p.Value, v); err != nil {
-		return 0, fmt.Errorf("decode %s in %s: %w", key, s, err)
+		return 0, &DecodeError{Key: key, Store: s.String(), Err: err}
 	}
 	return p.Version, nil
 }
@@ -144,21 +159,48 @@ func PutJSON(ctx context.Context, s Store, key string, v any, version uint64) (u
 }
 
 // ListJSON decodes every value under prefix, calling fn for each.
-func ListJSON[T any](ctx context.Context, s Store, prefix string, fn func(key string, version uint64, v T) error) (uint64, error) {
+//
+// One unreadable record must not hide all the others (a bad hosts/ value
+// would otherwise stop every allocation and every peer sync in the
+// cluster), so a record that does not decode is left out and handed to
+// skipped, whose caller reports it with the key (and may still use the key:
+// an address key names a taken address even when its value is garbage).
+// Without skipped, the first such record ends the listing with its
+// *DecodeError: nothing is ever left out silently.
+func ListJSON[T any](ctx context.Context, s Store, prefix string, fn func(key string, version uint64, v T) error, skipped func(*DecodeError)) (uint64, error) {
 	ps, index, err := s.List(ctx, prefix)
 	if err != nil {
 		return 0, err
 	}
 	for _, p := range ps {
 		var v T
-		if err := json.Unmarshal(p.Value, &v); err != nil {
-			return 0, fmt.Errorf("decode %s in %s: %w", p.Key, s, err)
+		err := p.Err
+		if err == nil {
+			err = json.Unmarshal(p.Value, &v)
+		}
+		if err != nil {
+			derr := &DecodeError{Key: p.Key, Store: s.String(), Err: err}
+			if skipped == nil {
+				return 0, derr
+			}
+			skipped(derr)
+			continue
 		}
 		if err := fn(p.Key, p.Version, v); err != nil {
 			return 0, err
 		}
 	}
 	return index, nil
+}
+
+// PrefixFromKey reads a key segment made by PoolKey back into a prefix, so
+// that the key of a record that cannot be read still says what it holds.
+func PrefixFromKey(segment string) (netip.Prefix, error) {
+	i := strings.LastIndexByte(segment, '-')
+	if i < 0 {
+		return netip.Prefix{}, fmt.Errorf("key segment %q does not name a prefix", segment)
+	}
+	return netip.ParsePrefix(segment[:i] + "/" + segment[i+1:])
 }
 
 // ErrUnchanged, returned by an Update function, ends the update without a write.

@@ -150,7 +150,7 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, cluster 
 	doRenew := func() {
 		c, cancel := context.WithTimeout(ctx, RequestTimeout)
 		defer cancel()
-		if err := registerHost(c, cluster, host, s.Advertise); err != nil {
+		if err := registerHost(c, cluster, host, s.Advertise, kernel.FindUnderlay); err != nil {
 			log.Warnf("host registration: %v", err)
 		}
 		if err := im.RenewLeases(c); err != nil {
@@ -171,16 +171,41 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, cluster 
 	}
 }
 
-func registerHost(ctx context.Context, cluster kv.Store, host, advertise string) error {
-	addr := ""
-	if u, err := kernel.FindUnderlay(advertise); err == nil {
-		addr = u.Address.String()
+// registerHost writes this host's registration: its underlay address,
+// found by lookup (kernel.FindUnderlay), and the renewal time.
+//
+// When the lookup fails (a default route that flaps during a DHCP renewal
+// or a link bounce) the registered address is kept and only the renewal
+// time advances: an empty address would make every peer withdraw its routes
+// to this host's containers at once. The renewal then returns an error
+// saying so, for the log. A host that has no address registered yet is not
+// registered at all until the lookup works.
+func registerHost(ctx context.Context, cluster kv.Store, host, advertise string, lookup func(advertise string) (kernel.Underlay, error)) error {
+	u, lerr := lookup(advertise)
+	if lerr == nil && !u.Address.IsValid() {
+		lerr = fmt.Errorf("the underlay interface %s has no usable address: set ADVERTISE to an interface or address (docker plugin set tartan:latest ADVERTISE=eth0)", u.Interface)
 	}
-	_, err := kv.Update(ctx, cluster, kv.HostPath(host), func(h *kv.Host, _ bool) error {
+	kept := ""
+	_, err := kv.Update(ctx, cluster, kv.HostPath(host), func(h *kv.Host, exists bool) error {
+		addr := ""
+		switch {
+		case lerr == nil:
+			addr = u.Address.String()
+		case exists && h.Address != "":
+			addr, kept = h.Address, h.Address
+		default:
+			return fmt.Errorf("host %s is not registered until its underlay address is found: %w", host, lerr)
+		}
 		*h = kv.Host{ID: host, Address: addr, Version: Version, Renewed: time.Now().UTC()}
 		return nil
 	})
-	return err
+	switch {
+	case err != nil:
+		return err
+	case kept != "":
+		return fmt.Errorf("registration renewed with the last known address %s: %w", kept, lerr)
+	}
+	return nil
 }
 
 // hostID is generated once and kept in the local store.

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,10 +11,12 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -170,6 +173,7 @@ func TestStatus(t *testing.T) {
 		kv.Invalid("x"): 400,
 		kv.InUse("x"):   409,
 		fmt.Errorf("wrapped: %w", kv.ErrUnavailable): 503,
+		fmt.Errorf("wrapped: %w", kv.ErrDenied):      403,
 		errors.New("boom"):                           500,
 	} {
 		if got := Status(err); got != want {
@@ -240,4 +244,49 @@ func FuzzIPAMRequests(f *testing.F) {
 			t.Fatalf("address %s outside pool %s", a, id.CIDR)
 		}
 	})
+}
+
+// M7: a failed underlay lookup used to register Address "" and every peer
+// then withdrew its routes to this host at once. Before the fix the second
+// renewal below stored "" (and the first registration of h2 stored "" too).
+func TestRegisterHostKeepsAddressWhenLookupFails(t *testing.T) {
+	ctx := context.Background()
+	store := kv.NewMemory()
+	found := func(string) (kernel.Underlay, error) {
+		return kernel.Underlay{Interface: "eth0", Address: netip.MustParseAddr("10.98.0.11")}, nil
+	}
+	flap := func(string) (kernel.Underlay, error) {
+		return kernel.Underlay{}, errors.New("no default route to find the advertise address: set ADVERTISE")
+	}
+	if err := registerHost(ctx, store, "h1", "", found); err != nil {
+		t.Fatal(err)
+	}
+	var first kv.Host
+	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &first); err != nil || first.Address != "10.98.0.11" {
+		t.Fatalf("first registration: %+v %v", first, err)
+	}
+	time.Sleep(2 * time.Millisecond)
+	err := registerHost(ctx, store, "h1", "", flap)
+	if err == nil || !strings.Contains(err.Error(), "last known address 10.98.0.11") || !strings.Contains(err.Error(), "no default route") {
+		t.Fatalf("a renewal without a lookup must say it kept the address: %v", err)
+	}
+	var renewed kv.Host
+	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &renewed); err != nil || renewed.Address != "10.98.0.11" || !renewed.Renewed.After(first.Renewed) {
+		t.Fatalf("renewal: %+v (first %+v) %v", renewed, first, err)
+	}
+	// A host that never had an address is not registered with none.
+	err = registerHost(ctx, store, "h2", "", flap)
+	if err == nil || !strings.Contains(err.Error(), "h2 is not registered") {
+		t.Fatalf("first registration without an address: %v", err)
+	}
+	if _, err := store.Get(ctx, kv.HostPath("h2")); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("h2 was registered without an address: %v", err)
+	}
+	// An invalid answer is a failed lookup too.
+	if err := registerHost(ctx, store, "h1", "", func(string) (kernel.Underlay, error) { return kernel.Underlay{Interface: "eth9"}, nil }); err == nil {
+		t.Fatal("an underlay without an address must not be registered")
+	}
+	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &renewed); err != nil || renewed.Address != "10.98.0.11" {
+		t.Fatalf("after an empty lookup: %+v %v", renewed, err)
+	}
 }

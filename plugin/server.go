@@ -209,6 +209,8 @@ func Status(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, kv.ErrDenied):
+		return http.StatusForbidden
 	}
 	return http.StatusInternalServerError
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -130,9 +131,17 @@ type record struct {
 // Nothing is removed unless both the store and Docker answered.
 func (r *Replicator) Sync(ctx context.Context) error {
 	records := map[string]record{}
+	// A record that cannot be read says neither what to create nor that its
+	// network is gone: its name is left alone here (not published over,
+	// not removed) until someone fixes or deletes the key.
+	unreadable := map[string]bool{}
 	if _, err := kv.ListJSON(ctx, r.store, kv.ClusterNetsPrefix, func(_ string, ver uint64, c kv.ClusterNet) error {
 		records[c.Name] = record{c, ver}
 		return nil
+	}, func(e *kv.DecodeError) {
+		name := strings.TrimPrefix(e.Key, kv.ClusterNetsPrefix)
+		unreadable[name] = true
+		r.warnOnce(name, fmt.Sprintf("%v; network %s is left as it is on this host until then", e, name))
 	}); err != nil {
 		return fmt.Errorf("list cluster networks: %w", err)
 	}
@@ -156,6 +165,7 @@ func (r *Replicator) Sync(ctx context.Context) error {
 		}
 		rec, ok := records[n.Spec.Name]
 		switch {
+		case !ok && unreadable[n.Spec.Name]:
 		case !ok || (rec.Origin == r.host && rec.OriginID != n.ID && !byID[rec.OriginID]):
 			spec := n.Spec
 			spec.Origin, spec.OriginID, spec.Created = r.host, n.ID, time.Now().UTC()
@@ -211,7 +221,7 @@ func (r *Replicator) Sync(ctx context.Context) error {
 		if n.Source == "" {
 			continue
 		}
-		if rec, ok := records[n.Spec.Name]; ok && rec.OriginID == n.Source {
+		if rec, ok := records[n.Spec.Name]; (ok && rec.OriginID == n.Source) || unreadable[n.Spec.Name] {
 			continue
 		}
 		if err := r.docker.Remove(ctx, n.ID); err != nil {

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -134,5 +136,61 @@ func TestReplication(t *testing.T) {
 	}
 	if _, ok := d2.nets["b"]; !ok {
 		t.Fatal("h2's own network of the same name was removed")
+	}
+}
+
+// M6: one cluster network record that could not be read used to fail every
+// pass (no network replicated anywhere). Now the others are replicated and
+// the name of the unreadable one is left alone: its replica is not removed
+// (there is no readable record, but that does not mean the network is
+// gone) and a network of that name made here does not overwrite it.
+func TestUnreadableRecordIsLeftAlone(t *testing.T) {
+	ctx := context.Background()
+	store := kv.NewMemory()
+	log, hook := logtest.NewNullLogger()
+	d1, d2 := newFake(), newFake()
+	r1, r2 := New(store, d1, "h1", time.Minute, log), New(store, d2, "h2", time.Minute, log)
+	web := kv.ClusterNet{Name: "web", Driver: "tartan:latest", IPAMDriver: "tartan:latest", Subnet: "10.80.0.0/16"}
+	db := web
+	db.Name, db.Subnet = "db", "10.82.0.0/16"
+	d1.nets["orig-web"] = Network{ID: "orig-web", Cluster: true, Spec: web}
+	for _, r := range []*Replicator{r1, r2} {
+		if err := r.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := d2.byName("web"); !ok {
+		t.Fatal("web was not replicated")
+	}
+	if _, err := store.Put(ctx, kv.ClusterNetPath("web"), []byte("garbage"), 0); err == nil {
+		t.Fatal("the record should exist already")
+	}
+	p, _ := store.Get(ctx, kv.ClusterNetPath("web"))
+	if _, err := store.Put(ctx, kv.ClusterNetPath("web"), []byte("garbage"), p.Version); err != nil {
+		t.Fatal(err)
+	}
+	d1.nets["orig-db"] = Network{ID: "orig-db", Cluster: true, Spec: db}
+	for _, r := range []*Replicator{r1, r2, r1, r2} {
+		if err := r.Sync(ctx); err != nil {
+			t.Fatalf("one unreadable record must not fail the pass: %v", err)
+		}
+	}
+	if _, ok := d2.byName("db"); !ok {
+		t.Fatal("db was not replicated next to an unreadable record")
+	}
+	if _, ok := d2.byName("web"); !ok {
+		t.Fatal("the replica of a network whose record cannot be read was removed")
+	}
+	if p, _ := store.Get(ctx, kv.ClusterNetPath("web")); string(p.Value) != "garbage" {
+		t.Fatalf("the unreadable record was overwritten: %q", p.Value)
+	}
+	warned := 0
+	for _, e := range hook.AllEntries() {
+		if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "clusternets/web") {
+			warned++
+		}
+	}
+	if warned != 2 { // once per replicator, not once per pass
+		t.Fatalf("want one warning naming clusternets/web per host, got %d", warned)
 	}
 }
