@@ -61,8 +61,8 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if err != nil {
 		return err
 	}
-	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL},
-		entry.WithField("part", "ipam"))
+	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL,
+		Taken: kernel.OverlapsHostRoute}, entry.WithField("part", "ipam"))
 	docker, noCluster := dockerAPI(s)
 	drv := driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
 		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync, NoClusterNetworks: noCluster},
