@@ -266,6 +266,22 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	}
 }
 
+// TestRoutedPoolOverUnderlay: a vxlan or host-gw network over the underlay's
+// subnet (10.77.0.0/24 on under0) is refused before anything is made; before
+// the fix (M11) both were created and captured the hosts' own segment.
+func TestRoutedPoolOverUnderlay(t *testing.T) {
+	b := newBed(t)
+	for _, c := range []struct{ id, pool, backend string }{{"net-lan", "10.77.0.0/24", "vxlan"}, {"net-lan16", "10.77.0.0/16", "host-gw"}} {
+		err := b.network(c.id, c.pool, generic("tartan.backend", c.backend))
+		if err == nil || !strings.Contains(err.Error(), "overlaps this host's underlay network 10.77.0.0/24 (on under0)") {
+			t.Fatalf("%s %s: %v", c.backend, c.pool, err)
+		}
+		if _, err := b.store.Get(b.ctx, kv.NetworkPath(c.pool)); err == nil {
+			t.Fatalf("%s: a refused network left its cluster record", c.pool)
+		}
+	}
+}
+
 func TestOptionErrors(t *testing.T) {
 	for _, c := range []struct {
 		opts map[string]any

@@ -164,6 +164,9 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 			return kv.InUse("subnet %s is already used by tartan network %.12s on this host: use another --subnet", pool, n.ID)
 		}
 	}
+	if err := d.checkUnderlay(pool, opts.Backend); err != nil {
+		return err
+	}
 	rec, created, err := d.clusterNetwork(ctx, pool, opts)
 	if err != nil {
 		return err
