@@ -110,6 +110,7 @@ func (d *Driver) Restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load local state: %w", err)
 	}
+	shareParentOwnership(st.networks)
 	d.mu.Lock()
 	d.st = st
 	d.mu.Unlock()
