@@ -338,6 +338,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequ
 		}
 	}
 	d.stopWatch(n.ID)
+	defer d.rewatch(n.ID)
 	if err := d.applyPeers(n, peerPlan{}); err != nil {
 		return err
 	}
