@@ -343,6 +343,15 @@ func TestPublishedPortConflicts(t *testing.T) {
 	if err := publish("0bbbbbbbbbbbbb", 6, "", 18090); err != nil {
 		t.Fatalf("18090 after its holder withdrew it: %v", err)
 	}
+	// A holder whose veth is gone (its container ended without Docker
+	// removing the endpoint) does not keep the port: its rule leads nowhere.
+	sh(t, "ip link del tn0bbbbbbbbbb")
+	if err := publish("0aaaaaaaaaaaaa", 6, "", 18090); err != nil {
+		t.Fatalf("18090 held by an endpoint without its veth: %v", err)
+	}
+	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport 18090 -j DNAT --to-destination 10.248.0.2:80") || strings.Contains(out, "10.248.0.3") {
+		t.Fatalf("dnat rules:\n%s", out)
+	}
 }
 
 func TestOptionErrors(t *testing.T) {

@@ -118,15 +118,24 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []publis
 	if slices.Equal(prev, ports) {
 		return nil // Docker revokes on every stop: nothing to rewrite
 	}
-	if err := checkPorts(e.ID, ports, prev, d.st.endpoints); err != nil {
+	dead := deadHolders(e.ID, ports, d.st.endpoints, d.st.networks, kernel.LinkExists)
+	if err := checkPorts(e.ID, ports, prev, d.st.endpoints, dead); err != nil {
 		return err
 	}
+	held := withdrawPorts(d.st.endpoints, dead)
 	e.Ports = ports
 	d.st.endpoints[e.ID] = e
 	if err := d.applyFirewall(); err != nil {
+		maps.Copy(d.st.endpoints, held)
 		e.Ports = prev
 		d.st.endpoints[e.ID] = e
 		return err
+	}
+	for _, id := range dead {
+		d.log.WithFields(logrus.Fields{"endpoint": shortID(id), "ports": held[id].Ports}).Warn("withdrew the published ports of an endpoint whose veth is gone")
+		if err := putLocal(ctx, d.local, localEndpoints+id, d.st.endpoints[id]); err != nil {
+			return fmt.Errorf("save endpoint %s: %w", shortID(id), err)
+		}
 	}
 	if err := putLocal(ctx, d.local, localEndpoints+e.ID, e); err != nil {
 		return fmt.Errorf("save endpoint %s: %w", shortID(e.ID), err)
@@ -168,8 +177,12 @@ func comparePublished(a, b published) int {
 // publishes, or that a host process holds (sshd on 22, Docker's proxy for a
 // bridge container's -p, ...): tartan's DNAT would silently take their
 // traffic. Ports the endpoint published already are its own.
-func checkPorts(id string, ports, prev []published, endpoints map[string]epRec) error {
-	if err := publishedConflict(id, ports, endpoints); err != nil {
+func checkPorts(id string, ports, prev []published, endpoints map[string]epRec, dead []string) error {
+	live := maps.Clone(endpoints)
+	for _, d := range dead {
+		delete(live, d)
+	}
+	if err := publishedConflict(id, ports, live); err != nil {
 		return err
 	}
 	var fresh []published
@@ -186,6 +199,40 @@ func checkPorts(id string, ports, prev []published, endpoints map[string]epRec) 
 		return fmt.Errorf("check the host's ports before publishing: %w", err)
 	}
 	return listenerConflict(fresh, socks)
+}
+
+// deadHolders lists the other endpoints that publish one of ports' host
+// ports although their container is gone: a routed endpoint whose host-side
+// veth no longer exists, or a record whose network this host no longer has
+// (Docker never removed them, see staleEndpoints). Their DNAT rules lead
+// nowhere, so they must not keep a new container from the port.
+func deadHolders(id string, ports []published, endpoints map[string]epRec, networks map[string]netRec, linkExists func(string) bool) []string {
+	var out []string
+	for _, oid := range slices.Sorted(maps.Keys(endpoints)) {
+		o := endpoints[oid]
+		if oid == id || !slices.ContainsFunc(o.Ports, func(q published) bool {
+			return slices.ContainsFunc(ports, func(p published) bool { return samePort(p, q) })
+		}) {
+			continue
+		}
+		if n, ok := networks[o.Network]; !ok || (!n.bridged() && !linkExists(o.HostIf)) {
+			out = append(out, oid)
+		}
+	}
+	return out
+}
+
+// withdrawPorts clears the published ports of the endpoints ids and returns
+// their records as they were, to put back if the change fails.
+func withdrawPorts(endpoints map[string]epRec, ids []string) map[string]epRec {
+	held := map[string]epRec{}
+	for _, id := range ids {
+		e := endpoints[id]
+		held[id] = e
+		e.Ports = nil
+		endpoints[id] = e
+	}
+	return held
 }
 
 // publishedConflict finds a host port of ports that overlaps one another

@@ -131,3 +131,31 @@ func TestListenerConflict(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadHolders: endpoints that hold a wanted port but whose container is
+// gone (routed, veth missing; or network gone) do not block it, and only
+// those that hold a wanted port are named.
+func TestDeadHolders(t *testing.T) {
+	nets := map[string]netRec{"vx": {ID: "vx", Backend: BackendVXLAN}}
+	tcp8080 := []published{{Proto: "tcp", HostPort: 8080, Port: 80}}
+	eps := map[string]epRec{
+		"me":       {ID: "me", Network: "vx", HostIf: "tnme"},
+		"alive":    {ID: "alive", Network: "vx", HostIf: "tnalive", Ports: tcp8080},
+		"gone":     {ID: "gone", Network: "vx", HostIf: "tngone", Ports: tcp8080},
+		"orphan":   {ID: "orphan", Network: "deleted", HostIf: "tnorphan", Ports: tcp8080},
+		"gone9090": {ID: "gone9090", Network: "vx", HostIf: "tngone9090", Ports: []published{{Proto: "tcp", HostPort: 9090, Port: 90}}},
+	}
+	exists := func(name string) bool { return name == "tnalive" || name == "tnme" }
+	if got := deadHolders("me", tcp8080, eps, nets, exists); !slices.Equal(got, []string{"gone", "orphan"}) {
+		t.Fatalf("dead holders %v, want [gone orphan]", got)
+	}
+	// The live holder still blocks the port.
+	err := checkPorts("me", tcp8080, nil, eps, []string{"gone", "orphan"})
+	if !errors.Is(err, kv.ErrInUse) || !strings.Contains(err.Error(), "endpoint alive") {
+		t.Fatalf("live holder: %v", err)
+	}
+	held := withdrawPorts(eps, []string{"gone"})
+	if len(eps["gone"].Ports) != 0 || !slices.Equal(held["gone"].Ports, tcp8080) {
+		t.Fatalf("withdraw: now %v, held %v", eps["gone"].Ports, held["gone"].Ports)
+	}
+}
