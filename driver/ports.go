@@ -118,7 +118,10 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []publis
 	if slices.Equal(prev, ports) {
 		return nil // Docker revokes on every stop: nothing to rewrite
 	}
-	dead := deadHolders(e.ID, ports, d.st.endpoints, d.st.networks, kernel.LinkExists)
+	dead := deadHolders(e.ID, ports, d.st.endpoints, d.st.networks, func(o epRec) bool {
+		_, busy := d.inflight[o.ID] // a call is making or removing its links
+		return busy || kernel.LinkExists(o.HostIf)
+	})
 	if err := checkPorts(e.ID, ports, prev, d.st.endpoints, dead); err != nil {
 		return err
 	}
@@ -205,8 +208,9 @@ func checkPorts(id string, ports, prev []published, endpoints map[string]epRec, 
 // ports although their container is gone: a routed endpoint whose host-side
 // veth no longer exists, or a record whose network this host no longer has
 // (Docker never removed them, see staleEndpoints). Their DNAT rules lead
-// nowhere, so they must not keep a new container from the port.
-func deadHolders(id string, ports []published, endpoints map[string]epRec, networks map[string]netRec, linkExists func(string) bool) []string {
+// nowhere, so they must not keep a new container from the port. alive says
+// whether a routed endpoint's veth is there.
+func deadHolders(id string, ports []published, endpoints map[string]epRec, networks map[string]netRec, alive func(epRec) bool) []string {
 	var out []string
 	for _, oid := range slices.Sorted(maps.Keys(endpoints)) {
 		o := endpoints[oid]
@@ -215,7 +219,7 @@ func deadHolders(id string, ports []published, endpoints map[string]epRec, netwo
 		}) {
 			continue
 		}
-		if n, ok := networks[o.Network]; !ok || (!n.bridged() && !linkExists(o.HostIf)) {
+		if n, ok := networks[o.Network]; !ok || (!n.bridged() && !alive(o)) {
 			out = append(out, oid)
 		}
 	}

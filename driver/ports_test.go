@@ -145,7 +145,7 @@ func TestDeadHolders(t *testing.T) {
 		"orphan":   {ID: "orphan", Network: "deleted", HostIf: "tnorphan", Ports: tcp8080},
 		"gone9090": {ID: "gone9090", Network: "vx", HostIf: "tngone9090", Ports: []published{{Proto: "tcp", HostPort: 9090, Port: 90}}},
 	}
-	exists := func(name string) bool { return name == "tnalive" || name == "tnme" }
+	exists := func(e epRec) bool { return e.HostIf == "tnalive" || e.HostIf == "tnme" }
 	if got := deadHolders("me", tcp8080, eps, nets, exists); !slices.Equal(got, []string{"gone", "orphan"}) {
 		t.Fatalf("dead holders %v, want [gone orphan]", got)
 	}
