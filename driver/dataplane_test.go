@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -281,6 +282,93 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	}
 	if ps, _, _ := b.local.List(b.ctx, "local/"); len(ps) != 0 {
 		t.Fatalf("local records left: %v", ps)
+	}
+}
+
+// TestRoutedPoolOverUnderlay: a vxlan or host-gw network over the underlay's
+// subnet (10.77.0.0/24 on under0) is refused before anything is made; before
+// the fix (M11) both were created and captured the hosts' own segment.
+func TestRoutedPoolOverUnderlay(t *testing.T) {
+	b := newBed(t)
+	for _, c := range []struct{ id, pool, backend string }{{"net-lan", "10.77.0.0/24", "vxlan"}, {"net-lan16", "10.77.0.0/16", "host-gw"}} {
+		err := b.network(c.id, c.pool, generic("tartan.backend", c.backend))
+		if err == nil || !strings.Contains(err.Error(), "overlaps this host's underlay network 10.77.0.0/24 (on under0)") {
+			t.Fatalf("%s %s: %v", c.backend, c.pool, err)
+		}
+		if _, err := b.store.Get(b.ctx, kv.NetworkPath(c.pool)); err == nil {
+			t.Fatalf("%s: a refused network left its cluster record", c.pool)
+		}
+	}
+}
+
+// TestPublishedPortConflicts: through ProgramExternalConnectivity, a host
+// port another endpoint publishes or a process of the namespace listens on
+// is refused. Before the fix (M8) every one of these calls succeeded.
+func TestPublishedPortConflicts(t *testing.T) {
+	b := newBed(t)
+	if err := b.network("net-ports", "10.248.0.0/16", generic("tartan.backend", "host-gw")); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := b.drv.DeleteNetwork(b.ctx, &network.DeleteNetworkRequest{NetworkID: "net-ports"}); err != nil {
+			t.Errorf("DeleteNetwork: %v", err)
+		}
+	}()
+	for i, ep := range []string{"0aaaaaaaaaaaaa", "0bbbbbbbbbbbbb"} {
+		if _, err := b.drv.CreateEndpoint(b.ctx, &network.CreateEndpointRequest{NetworkID: "net-ports", EndpointID: ep,
+			Interface: &network.EndpointInterface{Address: fmt.Sprintf("10.248.0.%d/32", i+2), MacAddress: "02:42:0a:f8:00:0" + fmt.Sprint(i+2)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish := func(ep string, proto int, hostIP string, hostPort int) error {
+		pm := map[string]any{"com.docker.network.portmap": []map[string]any{{"Proto": proto, "Port": 80, "HostIP": hostIP, "HostPort": hostPort}}}
+		return b.drv.ProgramExternalConnectivity(b.ctx, &network.ProgramExternalConnectivityRequest{NetworkID: "net-ports", EndpointID: ep, Options: pm})
+	}
+	if err := publish("0aaaaaaaaaaaaa", 6, "", 18090); err != nil {
+		t.Fatal(err)
+	}
+	if err := publish("0aaaaaaaaaaaaa", 6, "", 18090); err != nil {
+		t.Fatalf("the same ports again: %v", err)
+	}
+	for _, hostIP := range []string{"", "10.77.0.1"} {
+		if err := publish("0bbbbbbbbbbbbb", 6, hostIP, 18090); err == nil || !strings.Contains(err.Error(), "port 18090/tcp is already published by endpoint 0aaaaaaaaaaa on this host") {
+			t.Fatalf("second endpoint on 18090 (host ip %q): %v", hostIP, err)
+		}
+	}
+	tl, err := net.Listen("tcp4", "0.0.0.0:18091")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tl.Close()
+	if err := publish("0bbbbbbbbbbbbb", 6, "", 18091); err == nil || !strings.Contains(err.Error(), "port 18091/tcp is in use on this host (a process listens on 0.0.0.0:18091/tcp)") {
+		t.Fatalf("port of a listening socket: %v", err)
+	}
+	ul, err := net.ListenPacket("udp", "127.0.0.1:18092")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ul.Close()
+	if err := publish("0bbbbbbbbbbbbb", 17, "", 18092); err == nil || !strings.Contains(err.Error(), "port 18092/udp is in use on this host") {
+		t.Fatalf("port of a bound udp socket: %v", err)
+	}
+	if err := publish("0bbbbbbbbbbbbb", 6, "", 18093); err != nil {
+		t.Fatal(err)
+	}
+	// Withdrawn ports are free again.
+	if err := b.drv.RevokeExternalConnectivity(b.ctx, &network.RevokeExternalConnectivityRequest{NetworkID: "net-ports", EndpointID: "0aaaaaaaaaaaaa"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := publish("0bbbbbbbbbbbbb", 6, "", 18090); err != nil {
+		t.Fatalf("18090 after its holder withdrew it: %v", err)
+	}
+	// A holder whose veth is gone (its container ended without Docker
+	// removing the endpoint) does not keep the port: its rule leads nowhere.
+	sh(t, "ip link del tn0bbbbbbbbbb")
+	if err := publish("0aaaaaaaaaaaaa", 6, "", 18090); err != nil {
+		t.Fatalf("18090 held by an endpoint without its veth: %v", err)
+	}
+	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport 18090 -j DNAT --to-destination 10.248.0.2:80") || strings.Contains(out, "10.248.0.3") {
+		t.Fatalf("dnat rules:\n%s", out)
 	}
 }
 

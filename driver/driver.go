@@ -121,6 +121,7 @@ func (d *Driver) Restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load local state: %w", err)
 	}
+	shareParentOwnership(st.networks)
 	d.mu.Lock()
 	d.st = st
 	d.mu.Unlock()
@@ -194,6 +195,9 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 		if n.Pool == pool.String() {
 			return kv.InUse("subnet %s is already used by tartan network %.12s on this host: use another --subnet", pool, n.ID)
 		}
+	}
+	if err := d.checkUnderlay(pool, opts.Backend); err != nil {
+		return err
 	}
 	rec, undoRecord, err := d.clusterNetwork(ctx, pool, opts, false)
 	if err != nil {
@@ -465,6 +469,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequ
 		}
 	}
 	d.stopWatch(n.ID)
+	defer d.rewatch(n.ID)
 	if err := d.applyPeers(n, peerPlan{}); err != nil {
 		return err
 	}

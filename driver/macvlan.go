@@ -51,7 +51,7 @@ func (d *Driver) prepareMacvlan(ctx context.Context, n *netRec, o NetworkOptions
 	if err != nil {
 		return kv.Invalid("%v", err)
 	}
-	n.ParentCreated = p.Created
+	n.ParentCreated = p.Created || parentOwned(*n, d.st.networks)
 	switch {
 	case o.MTU == 0:
 		n.MTU = p.MTU
@@ -114,20 +114,56 @@ func (d *Driver) undoMacvlan(ctx context.Context, n netRec) error {
 			}
 		}
 	}
-	if n.ParentCreated && !d.parentInUse(n) {
+	if removeParent(n, d.st.networks) {
 		errs = append(errs, kernel.DeleteParent(n.Parent))
 	}
 	return errors.Join(errs...)
 }
 
-// parentInUse says whether another local network hangs off n's parent.
-func (d *Driver) parentInUse(n netRec) bool {
-	for _, other := range d.st.networks {
-		if other.ID != n.ID && other.Backend == BackendMacvlan && other.Parent == n.Parent {
+// A VLAN parent that tartan made is shared by every local macvlan network
+// on it: each of their records says ParentCreated, so that whichever of them
+// goes last removes the link, in whatever order they go.
+
+// parentOwned says whether tartan made n's parent: n's record says so, or
+// the record of another local macvlan network on the same parent does.
+func parentOwned(n netRec, networks map[string]netRec) bool {
+	if n.ParentCreated {
+		return true
+	}
+	for _, o := range networks {
+		if o.ID != n.ID && o.Backend == BackendMacvlan && o.Parent == n.Parent && o.ParentCreated {
 			return true
 		}
 	}
 	return false
+}
+
+// parentInUse says whether another local network hangs off n's parent.
+func parentInUse(n netRec, networks map[string]netRec) bool {
+	for _, o := range networks {
+		if o.ID != n.ID && o.Backend == BackendMacvlan && o.Parent == n.Parent {
+			return true
+		}
+	}
+	return false
+}
+
+// removeParent says whether removing n takes its parent link with it:
+// tartan made the link and no other local network is left on it.
+func removeParent(n netRec, networks map[string]netRec) bool {
+	return n.Backend == BackendMacvlan && parentOwned(n, networks) && !parentInUse(n, networks)
+}
+
+// shareParentOwnership marks every macvlan network on a parent that tartan
+// made as sharing it. Records written before ownership was shared carry the
+// mark only on the network that made the link; Restore evens them out.
+func shareParentOwnership(networks map[string]netRec) {
+	for id, n := range networks {
+		if n.Backend == BackendMacvlan && !n.ParentCreated && parentOwned(n, networks) {
+			n.ParentCreated = true
+			networks[id] = n
+		}
+	}
 }
 
 // ensureMacvlanNetwork makes the parent (a VLAN link tartan created comes

@@ -1,15 +1,18 @@
 package driver
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -115,12 +118,27 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []publis
 	if slices.Equal(prev, ports) {
 		return nil // Docker revokes on every stop: nothing to rewrite
 	}
+	dead := deadHolders(e.ID, ports, d.st.endpoints, d.st.networks, func(o epRec) bool {
+		_, busy := d.inflight[o.ID] // a call is making or removing its links
+		return busy || kernel.LinkExists(o.HostIf)
+	})
+	if err := checkPorts(e.ID, ports, prev, d.st.endpoints, dead); err != nil {
+		return err
+	}
+	held := withdrawPorts(d.st.endpoints, dead)
 	e.Ports = ports
 	d.st.endpoints[e.ID] = e
 	if err := d.applyFirewall(); err != nil {
+		maps.Copy(d.st.endpoints, held)
 		e.Ports = prev
 		d.st.endpoints[e.ID] = e
 		return err
+	}
+	for _, id := range dead {
+		d.log.WithFields(logrus.Fields{"endpoint": shortID(id), "ports": held[id].Ports}).Warn("withdrew the published ports of an endpoint whose veth is gone")
+		if err := putLocal(ctx, d.local, localEndpoints+id, d.st.endpoints[id]); err != nil {
+			return fmt.Errorf("save endpoint %s: %w", shortID(id), err)
+		}
 	}
 	if err := putLocal(ctx, d.local, localEndpoints+e.ID, e); err != nil {
 		return fmt.Errorf("save endpoint %s: %w", shortID(e.ID), err)
@@ -132,10 +150,18 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []publis
 }
 
 // firewallPorts lists every published port of this host's endpoints.
-func (d *Driver) firewallPorts() []firewall.Port {
+func (d *Driver) firewallPorts() []firewall.Port { return portRules(d.st.endpoints) }
+
+// portRules lists the endpoints' published ports in a fixed order (endpoint
+// ID, then port): the DNAT rules are rendered in this order, and a map's
+// order would let the owner of a contested port change at every rewrite.
+func portRules(endpoints map[string]epRec) []firewall.Port {
 	var out []firewall.Port
-	for _, e := range d.st.endpoints {
-		for _, p := range e.Ports {
+	for _, id := range slices.Sorted(maps.Keys(endpoints)) {
+		e := endpoints[id]
+		ports := slices.Clone(e.Ports)
+		slices.SortFunc(ports, comparePublished)
+		for _, p := range ports {
 			fp := firewall.Port{Proto: p.Proto, HostPort: p.HostPort, IP: e.ip(), Port: p.Port}
 			if p.HostIP != "" {
 				fp.HostIP, _ = netip.ParseAddr(p.HostIP)
@@ -144,4 +170,127 @@ func (d *Driver) firewallPorts() []firewall.Port {
 		}
 	}
 	return out
+}
+
+func comparePublished(a, b published) int {
+	return cmp.Or(cmp.Compare(a.HostPort, b.HostPort), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.HostIP, b.HostIP), cmp.Compare(a.Port, b.Port))
+}
+
+// checkPorts refuses host ports that another endpoint of this host
+// publishes, or that a host process holds (sshd on 22, Docker's proxy for a
+// bridge container's -p, ...): tartan's DNAT would silently take their
+// traffic. Ports the endpoint published already are its own.
+func checkPorts(id string, ports, prev []published, endpoints map[string]epRec, dead []string) error {
+	live := maps.Clone(endpoints)
+	for _, d := range dead {
+		delete(live, d)
+	}
+	if err := publishedConflict(id, ports, live); err != nil {
+		return err
+	}
+	var fresh []published
+	for _, p := range ports {
+		if !slices.Contains(prev, p) {
+			fresh = append(fresh, p)
+		}
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	socks, err := kernel.ListeningSockets()
+	if err != nil {
+		return fmt.Errorf("check the host's ports before publishing: %w", err)
+	}
+	return listenerConflict(fresh, socks)
+}
+
+// deadHolders lists the other endpoints that publish one of ports' host
+// ports although their container is gone: a routed endpoint whose host-side
+// veth no longer exists, or a record whose network this host no longer has
+// (Docker never removed them, see staleEndpoints). Their DNAT rules lead
+// nowhere, so they must not keep a new container from the port. alive says
+// whether a routed endpoint's veth is there.
+func deadHolders(id string, ports []published, endpoints map[string]epRec, networks map[string]netRec, alive func(epRec) bool) []string {
+	var out []string
+	for _, oid := range slices.Sorted(maps.Keys(endpoints)) {
+		o := endpoints[oid]
+		if oid == id || !slices.ContainsFunc(o.Ports, func(q published) bool {
+			return slices.ContainsFunc(ports, func(p published) bool { return samePort(p, q) })
+		}) {
+			continue
+		}
+		if n, ok := networks[o.Network]; !ok || (!n.bridged() && !alive(o)) {
+			out = append(out, oid)
+		}
+	}
+	return out
+}
+
+// withdrawPorts clears the published ports of the endpoints ids and returns
+// their records as they were, to put back if the change fails.
+func withdrawPorts(endpoints map[string]epRec, ids []string) map[string]epRec {
+	held := map[string]epRec{}
+	for _, id := range ids {
+		e := endpoints[id]
+		held[id] = e
+		e.Ports = nil
+		endpoints[id] = e
+	}
+	return held
+}
+
+// publishedConflict finds a host port of ports that overlaps one another
+// endpoint publishes (same protocol and port; an unspecified host address
+// overlaps every address), or that ports itself binds to two targets.
+func publishedConflict(id string, ports []published, endpoints map[string]epRec) error {
+	for i, p := range ports {
+		for _, q := range ports[:i] {
+			if samePort(p, q) && p != q {
+				return kv.Invalid("port %s is published twice by this container (to %d and %d): give it one -p", hostPort(p), q.Port, p.Port)
+			}
+		}
+		for _, other := range slices.Sorted(maps.Keys(endpoints)) {
+			if other == id {
+				continue
+			}
+			for _, q := range endpoints[other].Ports {
+				if samePort(p, q) {
+					return kv.InUse("port %s is already published by endpoint %s on this host: pick another host port", hostPort(q), shortID(other))
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// samePort says whether two published ports claim the same traffic.
+func samePort(a, b published) bool {
+	return a.Proto == b.Proto && a.HostPort == b.HostPort && (a.HostIP == "" || b.HostIP == "" || a.HostIP == b.HostIP)
+}
+
+// listenerConflict finds a host port of ports that a socket of the host
+// holds. Wildcard sockets (0.0.0.0, ::) hold the port on every address; an
+// IPv6 socket on a specific address is left alone (tartan publishes IPv4).
+func listenerConflict(ports []published, socks []kernel.Socket) error {
+	for _, p := range ports {
+		for _, s := range socks {
+			if s.Proto != p.Proto || s.Port != p.HostPort {
+				continue
+			}
+			a := s.Addr.Unmap()
+			if !a.IsUnspecified() && (!a.Is4() || (p.HostIP != "" && p.HostIP != a.String())) {
+				continue
+			}
+			return kv.InUse("port %s is in use on this host (a process listens on %s/%s): pick another host port", hostPort(p), s, s.Proto)
+		}
+	}
+	return nil
+}
+
+// hostPort names a published port as the user wrote it: [ip:]port/proto.
+func hostPort(p published) string {
+	if p.HostIP == "" {
+		return fmt.Sprintf("%d/%s", p.HostPort, p.Proto)
+	}
+	return fmt.Sprintf("%s:%d/%s", p.HostIP, p.HostPort, p.Proto)
 }

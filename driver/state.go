@@ -32,7 +32,8 @@ type netRec struct {
 	Device  string `json:"device,omitempty"`
 	Space   string `json:"space,omitempty"` // the pool's address space
 	// macvlan: the parent interface (ParentCreated: a VLAN link tartan
-	// made), the mode, and the host-access shim with its address.
+	// made, set on every local network that shares it), the mode, and the
+	// host-access shim with its address.
 	Parent        string `json:"parent,omitempty"`
 	ParentCreated bool   `json:"parentCreated,omitempty"`
 	Mode          string `json:"mode,omitempty"`

@@ -39,6 +39,17 @@ func (d *Driver) stopWatch(id string) {
 	delete(d.plans, id)
 }
 
+// rewatch gives a network its watcher back when it is still here: a
+// DeleteNetwork that stopped the watcher and then failed leaves the network
+// in place, and without a watcher it would get no new peers (and no plan
+// for Reconcile to repair) until a plugin restart. The watcher's first sync
+// rebuilds the plan. Called with d.mu held.
+func (d *Driver) rewatch(id string) {
+	if n, ok := d.st.networks[id]; ok {
+		d.startWatch(n)
+	}
+}
+
 func (d *Driver) watchNetwork(ctx context.Context, id, pool string) {
 	trigger := make(chan struct{}, 1)
 	poke := func() {

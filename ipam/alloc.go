@@ -19,7 +19,7 @@ type Layout struct {
 const MaxPoolBits = 30
 
 // ParsePool validates a pool CIDR: IPv4, written as its network address, no
-// longer than /30.
+// longer than /30, clear of the ranges with a fixed meaning (CheckSpecial).
 func ParsePool(what, s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
@@ -34,7 +34,39 @@ func ParsePool(what, s string) (netip.Prefix, error) {
 	if p.Bits() > MaxPoolBits {
 		return p, kv.Invalid("%s %s is too small: use a /%d or larger", what, s, MaxPoolBits)
 	}
-	return p, nil
+	return p, CheckSpecial(what, p)
+}
+
+// specialRange is an IPv4 range no pool may overlap, with the reason.
+type specialRange struct {
+	prefix netip.Prefix
+	why    string
+}
+
+// specialRanges are the ranges whose addresses the kernel will not route to
+// or from containers (martians), or that tartan itself uses. A pool that
+// touches one breaks more than its own network: 0.0.0.0/0 would put
+// "-s 0.0.0.0/0 -j ACCEPT" in FORWARD and route everything into the overlay.
+func specialRanges() []specialRange {
+	return []specialRange{
+		{netip.MustParsePrefix("0.0.0.0/8"), `"this network", never routed`},
+		{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+		{netip.MustParsePrefix("169.254.0.0/16"), "link-local, where tartan puts its containers' gateways"},
+		{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
+		{netip.MustParsePrefix("240.0.0.0/4"), "reserved, with the broadcast address 255.255.255.255"},
+	}
+}
+
+// CheckSpecial refuses a pool that overlaps (contains, or lies in) a range
+// with a fixed meaning. what names the flag the pool came from.
+func CheckSpecial(what string, p netip.Prefix) error {
+	for _, r := range specialRanges() {
+		if p.Overlaps(r.prefix) {
+			return kv.Invalid("%s %s overlaps %s (%s): pick a subnet outside it, such as one in 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
+				what, p, r.prefix, r.why)
+		}
+	}
+	return nil
 }
 
 // DefaultBlockBits picks a block size for an allocation range: /26 for large

@@ -1,8 +1,12 @@
 package ipam
 
 import (
+	"errors"
 	"net/netip"
+	"strings"
 	"testing"
+
+	"github.com/tartan-net/tartan/kv"
 )
 
 func TestDefaultBlockBits(t *testing.T) {
@@ -69,4 +73,51 @@ func FuzzLayout(f *testing.F) {
 			t.Fatalf("network address allocatable in %+v", l)
 		}
 	})
+}
+
+// TestParsePoolSpecialRanges: pools that touch a range with a fixed meaning
+// are refused with one line naming the range and the fix. Before the fix
+// ParsePool accepted all of them (M11: 0.0.0.0/0 turned FORWARD into
+// accept-all, 169.254.0.0/16 handed out tartan's own gateway 169.254.1.1).
+func TestParsePoolSpecialRanges(t *testing.T) {
+	for _, c := range []struct{ pool, rng string }{
+		{"0.0.0.0/0", "0.0.0.0/8"},
+		{"0.0.0.0/8", "0.0.0.0/8"},
+		{"0.0.0.0/16", "0.0.0.0/8"},
+		{"0.0.0.0/1", "0.0.0.0/8"},
+		{"127.0.0.0/24", "127.0.0.0/8"},
+		{"126.0.0.0/7", "127.0.0.0/8"}, // contains loopback
+		{"169.254.0.0/16", "169.254.0.0/16"},
+		{"169.254.1.0/24", "169.254.0.0/16"},
+		{"169.0.0.0/8", "169.254.0.0/16"},
+		{"224.0.0.0/24", "224.0.0.0/4"},
+		{"239.255.0.0/16", "224.0.0.0/4"},
+		{"192.0.0.0/2", "224.0.0.0/4"},
+		{"240.0.0.0/4", "240.0.0.0/4"},
+		{"255.255.255.252/30", "240.0.0.0/4"}, // holds 255.255.255.255
+		{"128.0.0.0/1", "169.254.0.0/16"},
+	} {
+		_, err := ParsePool("--subnet", c.pool)
+		if err == nil || !errors.Is(err, kv.ErrInvalid) {
+			t.Errorf("%s: got %v, want an invalid-request error", c.pool, err)
+			continue
+		}
+		msg := err.Error()
+		for _, w := range []string{"--subnet " + c.pool, "overlaps " + c.rng, "pick a subnet outside it"} {
+			if !strings.Contains(msg, w) {
+				t.Errorf("%s: %q does not say %q", c.pool, msg, w)
+			}
+		}
+		if strings.Contains(msg, "\n") {
+			t.Errorf("%s: message is not one line: %q", c.pool, msg)
+		}
+	}
+	if _, err := ParsePool("--ip-range", "169.254.7.0/24"); err == nil || !strings.Contains(err.Error(), "--ip-range 169.254.7.0/24 overlaps 169.254.0.0/16") {
+		t.Errorf("--ip-range: %v", err)
+	}
+	for _, ok := range []string{"10.0.0.0/8", "1.0.0.0/8", "126.0.0.0/8", "128.0.0.0/3", "169.253.0.0/16", "172.16.0.0/12", "192.168.0.0/16", "223.255.255.0/24"} {
+		if _, err := ParsePool("--subnet", ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
 }

@@ -43,6 +43,14 @@ type Config struct {
 	// a pool that another network of the same host holds; the hold is that
 	// network's, so ReleasePool keeps it (audit H1).
 	InUse func(PoolID) bool
+	// Taken, when set, says whether a prefix is in use on this host outside
+	// tartan (the plugin passes a check against the host's routes): an
+	// automatic pool there would capture LAN, VPN or Docker bridge
+	// destinations with more specific routes, so such candidates are skipped.
+	// Docker's own exclusion list (its on-link routes) never reaches a
+	// remote IPAM: the RequestPool wire request has no such field, and
+	// Docker applies the list itself by asking again for local pools.
+	Taken func(netip.Prefix) bool
 }
 
 // IPAM implements the allocation half of tartan.
@@ -167,11 +175,14 @@ func (m *IPAM) autoPool(ctx context.Context, space string, blockBits int) (PoolI
 					return true
 				}
 			}
+			if m.excluded(p) {
+				return true
+			}
 			chosen = p
 			return false
 		})
 		if !chosen.IsValid() {
-			return PoolID{}, kv.InUse("automatic pool range %s is used up: give --subnet", m.cfg.AutoRange)
+			return PoolID{}, kv.InUse("automatic pool range %s is used up (by tartan pools and this host's routes): give --subnet", m.cfg.AutoRange)
 		}
 		layout, err := NewLayout(chosen, netip.Prefix{}, blockBits)
 		if err != nil {
@@ -187,6 +198,13 @@ func (m *IPAM) autoPool(ctx context.Context, space string, blockBits int) (PoolI
 		return PoolID{Space: space, CIDR: chosen}, nil
 	}
 	return PoolID{}, fmt.Errorf("automatic pool: too many concurrent registrations: %w", kv.ErrConflict)
+}
+
+// excluded says whether an automatic pool candidate must be skipped: it
+// touches a special range (AUTO_POOL may be set to anything) or something
+// of this host (Config.Taken).
+func (m *IPAM) excluded(p netip.Prefix) bool {
+	return CheckSpecial("", p) != nil || (m.cfg.Taken != nil && m.cfg.Taken(p))
 }
 
 func (m *IPAM) pools(ctx context.Context) (map[string]netip.Prefix, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -549,5 +550,56 @@ func TestRefusedWriteEndsAllocation(t *testing.T) {
 	wantErr(t, err, kv.ErrDenied, "Permission denied")
 	if errors.Is(err, kv.ErrConflict) || deny.puts != 1 {
 		t.Fatalf("want one refused write and no conflict, got %d writes: %v", deny.puts, err)
+	}
+}
+
+// TestRequestPoolRefusesSpecialRanges: --subnet and --ip-range in or around
+// a special range are refused before anything is registered. Before the fix
+// (M11) every one of these pools was registered and handed out addresses.
+func TestRequestPoolRefusesSpecialRanges(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a := e.host("a")
+		for _, c := range []struct{ pool, sub, word string }{
+			{"0.0.0.0/0", "", "overlaps 0.0.0.0/8"},
+			{"127.0.0.0/24", "", "overlaps 127.0.0.0/8"},
+			{"169.254.0.0/16", "", "overlaps 169.254.0.0/16"},
+			{"224.0.0.0/4", "", "overlaps 224.0.0.0/4"},
+			{"255.255.255.0/24", "", "overlaps 240.0.0.0/4"},
+			{"0.0.0.0/0", "10.0.0.0/24", "--subnet 0.0.0.0/0"},
+		} {
+			_, err := a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: c.pool, SubPool: c.sub})
+			wantErr(t, err, kv.ErrInvalid, c.word, "pick a subnet outside it")
+		}
+		ps, _, err := e.store.List(ctx, kv.PoolsPrefix)
+		if err != nil || len(ps) != 0 {
+			t.Fatalf("refused pools left records: %v %v", ps, err)
+		}
+	})
+}
+
+// TestAutoPoolSkipsHostRoutes: automatic pools skip candidates the host
+// uses (Config.Taken, the host's routes in the plugin) and special ranges
+// in AUTO_POOL. Before the fix the first candidate, 10.240.0.0/24, was
+// taken even with a host route to 10.240.0.0/23.
+func TestAutoPoolSkipsHostRoutes(t *testing.T) {
+	route := netip.MustParsePrefix("10.240.0.0/23")
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	im := ipam.New(kv.NewMemory(), ipam.Config{Host: "a", AutoRange: netip.MustParsePrefix("10.240.0.0/22"), AutoBits: 24,
+		Taken: route.Overlaps}, log)
+	id, err := im.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace})
+	if err != nil || id.CIDR.String() != "10.240.2.0/24" {
+		t.Fatalf("automatic pool %v %v, want 10.240.2.0/24", id, err)
+	}
+	if id, err = im.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace}); err != nil || id.CIDR.String() != "10.240.3.0/24" {
+		t.Fatalf("second automatic pool %v %v, want 10.240.3.0/24", id, err)
+	}
+	_, err = im.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace})
+	wantErr(t, err, kv.ErrInUse, "10.240.0.0/22", "this host's routes", "give --subnet")
+
+	// An AUTO_POOL over link-local never yields a pool there.
+	im = ipam.New(kv.NewMemory(), ipam.Config{Host: "a", AutoRange: netip.MustParsePrefix("169.254.0.0/15"), AutoBits: 24}, log)
+	if id, err := im.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace}); err != nil || id.CIDR.String() != "169.255.0.0/24" {
+		t.Fatalf("automatic pool %v %v, want 169.255.0.0/24", id, err)
 	}
 }

@@ -259,6 +259,48 @@ func OwnedRoutes() ([]Route, error) {
 	return out, nil
 }
 
+// HostRoutes lists the destinations of the host's own IPv4 routes in the
+// main table: connected subnets, Docker's bridges, routes to the LAN or a
+// VPN. The default route and tartan's routes (protocol 84) are left out.
+func HostRoutes() ([]netip.Prefix, error) {
+	rs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("list routes: %w", err)
+	}
+	return hostPrefixes(rs), nil
+}
+
+func hostPrefixes(rs []netlink.Route) []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range rs {
+		if r.Dst == nil || r.Protocol == RouteProtocol {
+			continue
+		}
+		dst, ok := netip.AddrFromSlice(r.Dst.IP.To4())
+		ones, bits := r.Dst.Mask.Size()
+		if !ok || bits != 32 || ones == 0 {
+			continue
+		}
+		out = append(out, netip.PrefixFrom(dst, ones).Masked())
+	}
+	return out
+}
+
+// OverlapsHostRoute says whether p overlaps a destination of HostRoutes. A
+// failed lookup counts as no overlap: the caller's own checks still hold.
+func OverlapsHostRoute(p netip.Prefix) bool {
+	rs, err := HostRoutes()
+	if err != nil {
+		return false
+	}
+	for _, r := range rs {
+		if r.Overlaps(p) {
+			return true
+		}
+	}
+	return false
+}
+
 // DeleteRoute removes a route tartan owns; a missing route is fine.
 func DeleteRoute(r Route) error {
 	nr, err := r.netlink()

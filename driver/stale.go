@@ -1,0 +1,76 @@
+package driver
+
+import (
+	"slices"
+	"time"
+)
+
+// Local endpoint records outlive their containers when Docker never calls
+// DeleteEndpoint (dockerd crashed or was down when the container died, the
+// plugin was unreachable during the delete). Reconcile then finds the record
+// without its veth and, until now, kept it and warned at every pass. A
+// record is only this host's note of an endpoint: dropping it loses nothing
+// Docker still needs (a later DeleteEndpoint for an unknown endpoint
+// succeeds), and the endpoint's address belongs to the IPAM, not to it.
+
+// staleInput is what staleEndpoints decides on.
+type staleInput struct {
+	Endpoints map[string]epRec
+	Networks  map[string]netRec
+	// Busy are the endpoints a call is changing now (d.inflight): their
+	// links may be missing for a moment, and the call settles the record.
+	Busy map[string]bool
+	// VethGone are the routed endpoints whose host-side veth is missing
+	// now (kernel.LinkExists). macvlan endpoints live in their container
+	// and are never looked at.
+	VethGone map[string]bool
+	// Missing is the previous pass's result: when each endpoint was first
+	// seen without its veth.
+	Missing map[string]time.Time
+	Now     time.Time
+	// Grace is how long a veth must stay missing before the record goes.
+	// It covers a lookup that failed for another reason (LinkExists says
+	// false on any error) and a DeleteEndpoint that Docker is about to send.
+	Grace time.Duration
+}
+
+// staleResult says which records to drop and what to remember.
+type staleResult struct {
+	Drop    []string             // endpoint IDs, sorted
+	Missing map[string]time.Time // the next pass's staleInput.Missing
+}
+
+// staleEndpoints decides which local endpoint records to drop: at once those
+// whose network is no longer in the local state (nothing can use them: the
+// network's DeleteNetwork has run), and those of routed networks whose veth
+// has been missing for at least Grace. The caller (Reconcile, with d.mu
+// held) deletes each dropped record from the local store and d.st.endpoints,
+// rewrites the firewall when a dropped record had published ports, and keeps
+// Missing for its next pass.
+func staleEndpoints(in staleInput) staleResult {
+	out := staleResult{Missing: map[string]time.Time{}}
+	for id, e := range in.Endpoints {
+		if in.Busy[id] {
+			continue
+		}
+		n, ok := in.Networks[e.Network]
+		if !ok {
+			out.Drop = append(out.Drop, id)
+			continue
+		}
+		if n.bridged() || !in.VethGone[id] {
+			continue
+		}
+		since, seen := in.Missing[id]
+		if !seen {
+			since = in.Now
+		}
+		if in.Now.Sub(since) >= in.Grace {
+			out.Drop = append(out.Drop, id)
+			continue
+		}
+		out.Missing[id] = since
+	}
+	slices.Sort(out.Drop)
+	return out
+}

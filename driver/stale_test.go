@@ -1,0 +1,66 @@
+package driver
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestStaleEndpoints: records of networks this host no longer has are
+// dropped at once; records whose veth is gone are dropped once it has been
+// gone for the grace period; busy and macvlan endpoints are left alone.
+// Before the fix (L5) Reconcile kept every such record forever and logged
+// it at every RESYNC (there was no decision to test: nothing was dropped).
+func TestStaleEndpoints(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	nets := map[string]netRec{
+		"vx": {ID: "vx", Backend: BackendVXLAN},
+		"mv": {ID: "mv", Backend: BackendMacvlan},
+	}
+	eps := map[string]epRec{
+		"orphan":      {ID: "orphan", Network: "deleted"},      // network gone
+		"orphan-busy": {ID: "orphan-busy", Network: "deleted"}, // network gone, call in flight
+		"live":        {ID: "live", Network: "vx"},             // veth present
+		"gone":        {ID: "gone", Network: "vx"},             // veth missing
+		"gone-busy":   {ID: "gone-busy", Network: "vx"},        // veth missing, call in flight
+		"macvlan":     {ID: "macvlan", Network: "mv"},          // its link is in the container
+	}
+	in := staleInput{Endpoints: eps, Networks: nets, Busy: map[string]bool{"orphan-busy": true, "gone-busy": true},
+		VethGone: map[string]bool{"gone": true, "gone-busy": true, "macvlan": true}, Now: t0, Grace: 2 * time.Minute}
+
+	// First pass: the orphan goes at once, the missing veth starts its clock.
+	r := staleEndpoints(in)
+	if !slices.Equal(r.Drop, []string{"orphan"}) {
+		t.Fatalf("first pass drops %v, want [orphan]", r.Drop)
+	}
+	if len(r.Missing) != 1 || !r.Missing["gone"].Equal(t0) {
+		t.Fatalf("first pass remembers %v, want gone since %s", r.Missing, t0)
+	}
+
+	// Within the grace period nothing more goes, and the clock is not reset.
+	in.Missing, in.Now = r.Missing, t0.Add(time.Minute)
+	r = staleEndpoints(in)
+	if !slices.Equal(r.Drop, []string{"orphan"}) || !r.Missing["gone"].Equal(t0) {
+		t.Fatalf("within grace: drop %v, missing %v", r.Drop, r.Missing)
+	}
+
+	// A veth that comes back forgets its clock.
+	in.VethGone = map[string]bool{"gone-busy": true, "macvlan": true}
+	if r2 := staleEndpoints(in); len(r2.Missing) != 0 {
+		t.Fatalf("veth back, still remembered: %v", r2.Missing)
+	}
+	in.VethGone = map[string]bool{"gone": true, "gone-busy": true, "macvlan": true}
+
+	// After the grace period the record goes; busy and macvlan ones stay.
+	in.Missing, in.Now = r.Missing, t0.Add(2*time.Minute)
+	r = staleEndpoints(in)
+	if !slices.Equal(r.Drop, []string{"gone", "orphan"}) || len(r.Missing) != 0 {
+		t.Fatalf("after grace: drop %v, missing %v", r.Drop, r.Missing)
+	}
+
+	// With no grace, a missing veth's record goes at first sight.
+	in.Missing, in.Grace = nil, 0
+	if r = staleEndpoints(in); !slices.Equal(r.Drop, []string{"gone", "orphan"}) {
+		t.Fatalf("no grace: drop %v", r.Drop)
+	}
+}
