@@ -62,6 +62,9 @@ type Driver struct {
 	// orphans are links tartan owns but has no record of, with the time
 	// they were first seen so; they go only once proven dead (reconcile.go).
 	orphans map[string]time.Time
+	// creating maps pools to the networks being created on them, while
+	// their cluster records are written without the lock.
+	creating map[string]string
 	// fwPeers is the VXLAN peer set the firewall was last applied with.
 	fwPeers string
 	// Peer state: one watcher per network, the last plan applied.
@@ -89,7 +92,7 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 		cfg.OrphanGrace = 2 * cfg.Resync
 	}
 	return &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
-		orphans: map[string]time.Time{},
+		orphans: map[string]time.Time{}, creating: map[string]string{},
 		st:      localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}},
 		bg:      context.Background(),
 		watches: map[string]context.CancelFunc{}, plans: map[string]peerPlan{}}
@@ -129,6 +132,17 @@ func (d *Driver) Restore(ctx context.Context) error {
 	return nil
 }
 
+// poolUserLocked names the network of this host that uses pool, or is
+// being created on it. Called with d.mu held.
+func (d *Driver) poolUserLocked(pool netip.Prefix) string {
+	for _, n := range d.st.networks {
+		if n.Pool == pool.String() {
+			return n.ID
+		}
+	}
+	return d.creating[pool.String()]
+}
+
 // UsesPool says whether a network of this host uses the pool in that
 // address space. The IPAM asks before it releases a pool: Docker releases
 // the pool of a refused create, which may be a live network's.
@@ -140,7 +154,7 @@ func (d *Driver) UsesPool(space string, pool netip.Prefix) bool {
 			return true
 		}
 	}
-	return false
+	return d.creating[pool.String()] != ""
 }
 
 // skipped reports a record that a listing left out because it cannot be
@@ -186,20 +200,26 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if n, ok := d.st.networks[r.NetworkID]; ok && n.Pool == pool.String() {
-		return d.ensureNetwork(n) // a replay
-	}
-	for _, n := range d.st.networks {
-		if n.Pool == pool.String() {
-			return kv.InUse("subnet %s is already used by tartan network %.12s on this host: use another --subnet", pool, n.ID)
-		}
-	}
 	if err := d.checkUnderlay(pool, opts.Backend); err != nil {
 		return err
 	}
+	d.mu.Lock()
+	if n, ok := d.st.networks[r.NetworkID]; ok && n.Pool == pool.String() {
+		d.mu.Unlock()
+		return d.ensureNetwork(n) // a replay
+	}
+	if other := d.poolUserLocked(pool); other != "" {
+		d.mu.Unlock()
+		return kv.InUse("subnet %s is already used by tartan network %.12s on this host: use another --subnet", pool, other)
+	}
+	d.creating[pool.String()] = r.NetworkID
+	d.mu.Unlock()
+	// The cluster record is the store's work: done without the lock that
+	// every other request of this host waits on (audit M13).
 	rec, undoRecord, err := d.clusterNetwork(ctx, pool, opts, false)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.creating, pool.String())
 	if err != nil {
 		return err
 	}

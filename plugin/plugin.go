@@ -138,10 +138,6 @@ func dockerAPI(s Settings) (*clusternet.API, error) {
 // background does the work that must never hold up a request: the first
 // full reconcile, then periodic ones, host registration and lease renewal.
 func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, cluster kv.Store, host string, s Settings, log logrus.FieldLogger) {
-	reconcile := time.NewTicker(s.Resync)
-	renew := time.NewTicker(renewEvery(s.LeaseTTL))
-	defer reconcile.Stop()
-	defer renew.Stop()
 	doReconcile := func() {
 		if err := drv.Reconcile(ctx); err != nil {
 			log.Warnf("reconcile: %v", err)
@@ -157,16 +153,23 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, cluster 
 			log.Warnf("lease renewal: %v", err)
 		}
 	}
-	doReconcile()
-	doRenew()
+	// Two loops: a reconcile that is slow (a busy xtables lock, a slow
+	// kernel) must not stop the host's renewals, or every peer would take
+	// a live host for gone (audit M13).
+	go every(ctx, renewEvery(s.LeaseTTL), doRenew)
+	every(ctx, s.Resync, doReconcile)
+}
+
+// every runs fn now and then every period until ctx ends.
+func every(ctx context.Context, period time.Duration, fn func()) {
+	t := time.NewTicker(period)
+	defer t.Stop()
 	for {
+		fn()
 		select {
 		case <-ctx.Done():
 			return
-		case <-reconcile.C:
-			doReconcile()
-		case <-renew.C:
-			doRenew()
+		case <-t.C:
 		}
 	}
 }

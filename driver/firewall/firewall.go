@@ -1,7 +1,6 @@
 // Package firewall keeps tartan's netfilter rules: its networks are let
 // through Docker's FORWARD policy (DROP on real hosts), isolated from each
-// other and from Docker's bridge networks as Docker's bridge networks are
-// from each other, by ingress interface; masqueraded to the outside unless
+// other and from Docker's bridge networks both ways, by ingress interface; masqueraded to the outside unless
 // internal; and the VXLAN port is open to the cluster's hosts only. The whole
 // rule set is rendered from the desired state and swapped in with one
 // iptables-restore per table, in the flavour (nft or legacy) that Docker
@@ -22,7 +21,8 @@ import (
 
 // Chains tartan owns.
 const (
-	ForwardChain     = "TARTAN-FORWARD"
+	ForwardChain     = "TARTAN-FORWARD" // filter FORWARD: what tartan lets through
+	IsolateChain     = "TARTAN-ISOLATE" // mangle FORWARD: what tartan stops
 	InputChain       = "TARTAN-INPUT"
 	PostroutingChain = "TARTAN-POSTROUTING"
 	DNATChain        = "TARTAN-DNAT"
@@ -78,10 +78,18 @@ type State struct {
 
 // Rules is the rendered rule set, per chain.
 type Rules struct {
-	Forward, Input, Postrouting, DNAT, Raw, RawOutput []string
+	Forward, Isolate, Input, Postrouting, DNAT, Raw, RawOutput []string
 }
 
 // Render computes the rule set. It does no I/O.
+//
+// Isolation (every DROP) lives in the mangle table's FORWARD chain, which
+// runs before any filter rule: Docker inserts its bridges' accept rules at
+// the top of filter FORWARD whenever it makes a bridge network, so a filter
+// rule of tartan's cannot stay ahead of "-i br-x ! -o br-x -j ACCEPT".
+// What tartan lets through Docker's DROP policy (every ACCEPT) lives in the
+// filter table, right below DOCKER-USER, so that operators' rules there hold
+// for tartan traffic as for Docker's.
 func Render(st State) Rules {
 	var r Rules
 	nets := append([]Network(nil), st.Networks...)
@@ -90,36 +98,41 @@ func Render(st State) Rules {
 	sort.Slice(ports, func(i, j int) bool { return portKey(ports[i]) < portKey(ports[j]) })
 	peers := append([]netip.Addr(nil), st.Peers...)
 	sort.Slice(peers, func(i, j int) bool { return peers[i].Less(peers[j]) })
-	fwd := func(format string, args ...any) {
-		r.Forward = append(r.Forward, fmt.Sprintf("-A %s ", ForwardChain)+fmt.Sprintf(format, args...))
-	}
 	if len(nets) == 0 {
 		return r
 	}
+	both := func(format string, args ...any) { // RETURN in mangle, ACCEPT in filter
+		rule := fmt.Sprintf(format, args...)
+		r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s %s -j RETURN", IsolateChain, rule))
+		r.Forward = append(r.Forward, fmt.Sprintf("-A %s %s -j ACCEPT", ForwardChain, rule))
+	}
+	drop := func(format string, args ...any) {
+		r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s ", IsolateChain)+fmt.Sprintf(format, args...)+" -j DROP")
+	}
 	for _, n := range nets {
-		fwd("-d %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", n.Pool)
+		both("-d %s -m conntrack --ctstate RELATED,ESTABLISHED", n.Pool)
 	}
 	// A VXLAN device carries its own pool only (audit M4).
 	for _, n := range nets {
 		if n.Device != "" {
-			fwd("-i %s ! -s %s -j DROP", n.Device, n.Pool)
+			drop("-i %s ! -s %s", n.Device, n.Pool)
 		}
 	}
 	if st.VXLANPort != 0 {
 		// Containers never reach another host's VXLAN port (audit M5).
-		fwd("-i %s -p udp -m udp --dport %d -j DROP", endpointIfs, st.VXLANPort)
+		drop("-i %s -p udp -m udp --dport %d", endpointIfs, st.VXLANPort)
 		for _, p := range peers {
-			fwd("-d %s/32 -p udp -m udp --dport %d -j DROP", p, st.VXLANPort)
+			drop("-d %s/32 -p udp -m udp --dport %d", p, st.VXLANPort)
 		}
 	}
 	// Published ports are reached through the host's address (DNAT), not
 	// directly at the container from other networks (audit L3).
 	for _, p := range ports {
-		fwd("-d %s/32 -p %s -m %s --dport %d -m conntrack --ctstate DNAT -j ACCEPT", p.IP, p.Proto, p.Proto, p.Port)
+		both("-d %s/32 -p %s -m %s --dport %d -m conntrack --ctstate DNAT", p.IP, p.Proto, p.Proto, p.Port)
 	}
 	// Within a network, from tartan's own interfaces only: a packet from a
 	// Docker bridge with a spoofed source in the pool gets nowhere (the
-	// endpoint veths have strict reverse-path filtering, the VXLAN devices
+	// endpoint veths have a strict reverse-path check, the VXLAN devices
 	// the rule above).
 	ingress := []string{endpointIfs, vxlanIfs}
 	if st.Underlay != "" {
@@ -127,34 +140,33 @@ func Render(st State) Rules {
 	}
 	for _, n := range nets {
 		for _, in := range ingress {
-			fwd("-i %s -s %s -d %s -j ACCEPT", in, n.Pool, n.Pool)
+			both("-i %s -s %s -d %s", in, n.Pool, n.Pool)
 		}
 	}
 	// Nothing else enters a tartan network: other tartan networks, Docker's
 	// bridges, the outside.
 	for _, n := range nets {
-		fwd("-d %s -j DROP", n.Pool)
+		drop("-d %s", n.Pool)
 	}
 	// Leaving: internal networks go nowhere else.
 	for _, n := range nets {
 		if n.Internal {
-			fwd("-s %s -j DROP", n.Pool)
+			drop("-s %s", n.Pool)
 		}
 	}
 	// To a published port (DNAT), Docker's or tartan's rules decide, as for
 	// Docker's bridges; into a bridge otherwise never.
-	fwd("-i %s -m conntrack --ctstate DNAT -j RETURN", endpointIfs)
-	bridges := append([]string{"docker0", "br-+"}, st.Bridges...)
+	r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s -i %s -m conntrack --ctstate DNAT -j RETURN", IsolateChain, endpointIfs))
 	seen := map[string]bool{}
-	for _, b := range bridges {
+	for _, b := range append([]string{"docker0", "br-+"}, st.Bridges...) {
 		if !seen[b] {
 			seen[b] = true
-			fwd("-i %s -o %s -j DROP", endpointIfs, b)
+			drop("-i %s -o %s", endpointIfs, b)
 		}
 	}
 	for _, n := range nets {
 		if !n.Internal {
-			fwd("-i %s -s %s -j ACCEPT", endpointIfs, n.Pool)
+			r.Forward = append(r.Forward, fmt.Sprintf("-A %s -i %s -s %s -j ACCEPT", ForwardChain, endpointIfs, n.Pool))
 			r.Postrouting = append(r.Postrouting, fmt.Sprintf("-A %s -s %s ! -d %s -j MASQUERADE", PostroutingChain, n.Pool, n.Pool))
 		}
 	}
@@ -202,6 +214,7 @@ type jump struct {
 var jumps = []jump{
 	{"filter", "FORWARD", []string{"-j", ForwardChain}, "DOCKER-USER"},
 	{"filter", "INPUT", []string{"-j", InputChain}, ""},
+	{"mangle", "FORWARD", []string{"-j", IsolateChain}, ""},
 	{"nat", "POSTROUTING", []string{"-j", PostroutingChain}, ""},
 	{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}, ""},
 	{"nat", "OUTPUT", []string{"!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}, ""},
@@ -209,7 +222,7 @@ var jumps = []jump{
 	{"raw", "OUTPUT", []string{"-j", RawOutputChain}, ""},
 }
 
-var chains = [][2]string{{"filter", ForwardChain}, {"filter", InputChain}, {"nat", PostroutingChain}, {"nat", DNATChain}, {"raw", RawChain}, {"raw", RawOutputChain}}
+var chains = [][2]string{{"filter", ForwardChain}, {"filter", InputChain}, {"mangle", IsolateChain}, {"nat", PostroutingChain}, {"nat", DNATChain}, {"raw", RawChain}, {"raw", RawOutputChain}}
 
 // Firewall applies rule sets. It is not safe for concurrent use.
 type Firewall struct {
@@ -294,6 +307,8 @@ func (f *Firewall) Apply(st State) error {
 	fmt.Fprintf(&in, "*filter\n")
 	writeChain(&in, ForwardChain, r.Forward)
 	writeChain(&in, InputChain, r.Input)
+	fmt.Fprintf(&in, "COMMIT\n*mangle\n")
+	writeChain(&in, IsolateChain, r.Isolate)
 	fmt.Fprintf(&in, "COMMIT\n*nat\n")
 	writeChain(&in, PostroutingChain, r.Postrouting)
 	writeChain(&in, DNATChain, r.DNAT)

@@ -84,6 +84,16 @@ func verdict(t *testing.T, rules []string, p packet) string {
 	return "RETURN"
 }
 
+// decide runs a forwarded packet through mangle's TARTAN-ISOLATE, then
+// filter's TARTAN-FORWARD: DROP, ACCEPT, or RETURN (Docker's rules decide).
+func decide(t *testing.T, r Rules, p packet) string {
+	t.Helper()
+	if v := verdict(t, r.Isolate, p); v == "DROP" {
+		return v
+	}
+	return verdict(t, r.Forward, p)
+}
+
 var (
 	poolA = netip.MustParsePrefix("10.244.0.0/16")
 	poolB = netip.MustParsePrefix("10.245.0.0/16")
@@ -104,7 +114,7 @@ func testState() State {
 // ACCEPT" let a tartan container reach every port of a bridge container,
 // and rules matched source addresses only.
 func TestForwardIsolation(t *testing.T) {
-	fwd := Render(testState()).Forward
+	r := Render(testState())
 	for _, c := range []struct {
 		name string
 		p    packet
@@ -118,7 +128,7 @@ func TestForwardIsolation(t *testing.T) {
 		{"to Docker's bridge", packet{in: "tn1", out: "docker0", src: "10.244.0.2", dst: "172.17.0.2", state: "NEW"}, "DROP"},
 		{"to a user bridge", packet{in: "tn1", out: "br-0123", src: "10.244.0.2", dst: "172.18.0.2", state: "NEW"}, "DROP"},
 		{"to a bridge with its own name", packet{in: "tn1", out: "mybridge", src: "10.244.0.2", dst: "172.19.0.2", state: "NEW"}, "DROP"},
-		{"to a bridge's published port: Docker decides", packet{in: "tn1", out: "docker0", src: "10.244.0.2", dst: "172.17.0.2", state: "DNAT"}, "RETURN"},
+		{"to a bridge's published port, as from a bridge", packet{in: "tn1", out: "docker0", src: "10.244.0.2", dst: "172.17.0.2", state: "DNAT"}, "ACCEPT"},
 		{"from Docker's bridge", packet{in: "docker0", out: "tn1", src: "172.17.0.2", dst: "10.244.0.2", state: "NEW"}, "DROP"},
 		{"from a bridge, spoofed pool source", packet{in: "docker0", out: "tn1", src: "10.244.0.7", dst: "10.244.0.2", state: "NEW"}, "DROP"},
 		{"published port through DNAT", packet{in: "eth0", out: "tn1", src: "198.51.100.1", dst: "10.244.0.9", state: "DNAT", proto: "tcp", port: 80}, "ACCEPT"},
@@ -132,8 +142,8 @@ func TestForwardIsolation(t *testing.T) {
 		{"bridge container to a peer's VXLAN port", packet{in: "docker0", out: "eth1", src: "172.17.0.2", dst: "192.0.2.20", state: "NEW", proto: "udp", port: 8472}, "DROP"},
 		{"Docker's own traffic is Docker's", packet{in: "docker0", out: "eth0", src: "172.17.0.2", dst: "198.51.100.1", state: "NEW"}, "RETURN"},
 	} {
-		if got := verdict(t, fwd, c.p); got != c.want {
-			t.Errorf("%s: %s, want %s\n%s", c.name, got, c.want, strings.Join(fwd, "\n"))
+		if got := decide(t, r, c.p); got != c.want {
+			t.Errorf("%s: %s, want %s\n%s\n%s", c.name, got, c.want, strings.Join(r.Isolate, "\n"), strings.Join(r.Forward, "\n"))
 		}
 	}
 }
@@ -163,12 +173,21 @@ func TestVXLANPortPeers(t *testing.T) {
 // No rule ever accepts by source alone, and without networks there are no
 // rules at all.
 func TestNoSourceOnlyAccept(t *testing.T) {
-	for _, r := range Render(testState()).Forward {
+	rules := Render(testState())
+	for _, r := range rules.Forward {
+		if !strings.HasSuffix(r, "-j ACCEPT") {
+			t.Errorf("filter rules only accept (isolation is mangle's): %s", r)
+		}
 		if strings.HasSuffix(r, "-j ACCEPT") && !strings.Contains(r, "-i ") && !strings.Contains(r, "--ctstate") {
 			t.Errorf("accept without an ingress interface or connection state: %s", r)
 		}
 	}
-	if r := Render(State{VXLANPort: 8472}); len(r.Forward)+len(r.Input)+len(r.Postrouting) != 0 {
+	for _, r := range rules.Isolate {
+		if strings.HasSuffix(r, "-j ACCEPT") {
+			t.Errorf("mangle never accepts (DOCKER-USER must see tartan traffic): %s", r)
+		}
+	}
+	if r := Render(State{VXLANPort: 8472}); len(r.Forward)+len(r.Isolate)+len(r.Input)+len(r.Postrouting) != 0 {
 		t.Fatalf("rules without networks: %+v", r)
 	}
 }
@@ -182,7 +201,8 @@ func TestDeterministic(t *testing.T) {
 	st.Ports[0], st.Ports[1] = st.Ports[1], st.Ports[0]
 	st.Networks[0], st.Networks[2] = st.Networks[2], st.Networks[0]
 	b := Render(st)
-	if strings.Join(a.DNAT, "\n") != strings.Join(b.DNAT, "\n") || strings.Join(a.Forward, "\n") != strings.Join(b.Forward, "\n") {
+	if strings.Join(a.DNAT, "\n") != strings.Join(b.DNAT, "\n") || strings.Join(a.Forward, "\n") != strings.Join(b.Forward, "\n") ||
+		strings.Join(a.Isolate, "\n") != strings.Join(b.Isolate, "\n") {
 		t.Fatal("rule order depends on input order")
 	}
 }
