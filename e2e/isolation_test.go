@@ -22,10 +22,18 @@ func (s *single) httpd(t *testing.T, name, network string, extra ...string) stri
 	return s.ip(t, name)
 }
 
+// get fetches a URL from a new container on network, giving up after 3 s.
+// (busybox wget's own -T crashes; and timeout must not be the container's
+// PID 1, which ignores the signal: "&& true" keeps sh there.)
+func (s *single) get(t *testing.T, network, url string) (string, error) {
+	t.Helper()
+	return s.run(t, network, "timeout 3 wget -q -O - "+url+" && true")
+}
+
 // fetch tries to GET port 7000 of ip from a new container on network.
 func (s *single) fetch(t *testing.T, network, ip string) bool {
 	t.Helper()
-	out, err := s.run(t, network, "wget -q -T 2 -O - http://"+ip+":7000/i")
+	out, err := s.get(t, network, "http://"+ip+":7000/i")
 	return err == nil && strings.TrimSpace(out) == "ok"
 }
 
@@ -59,8 +67,10 @@ func TestIsolation(t *testing.T) {
 	bi := s.httpd(t, "bi1", "bint")
 	d := s.httpd(t, "d1", "bridge")
 	testbed.Eventually(t, 20*time.Second, "the servers answer within their own networks", func() error {
-		if !s.fetch(t, "ta", ta) || !s.fetch(t, "bnet", b) || !s.fetch(t, "tb", tb) {
-			return fmt.Errorf("no answer")
+		for _, c := range []struct{ network, ip string }{{"ta", ta}, {"tb", tb}, {"bnet", b}} {
+			if out, err := s.get(t, c.network, "http://"+c.ip+":7000/i"); err != nil || strings.TrimSpace(out) != "ok" {
+				return fmt.Errorf("%s on %s: %q %v", c.ip, c.network, out, err)
+			}
 		}
 		return nil
 	})
@@ -75,7 +85,7 @@ func TestIsolation(t *testing.T) {
 	// Through a published port, as between Docker's bridges.
 	s.MustDocker(t, "run", "-d", "--name", "pub", "--network", "bnet", "-p", "17000:7000", "tbox", "sh", "-c", "mkdir -p /www && echo ok > /www/i && httpd -f -p 7000 -h /www")
 	testbed.Eventually(t, 10*time.Second, "a tartan container reaches a bridge container's published port through the host", func() error {
-		out, err := s.run(t, "ta", "wget -q -T 2 -O - http://10.99.7.2:17000/i")
+		out, err := s.get(t, "ta", "http://10.99.7.2:17000/i")
 		if err != nil || strings.TrimSpace(out) != "ok" {
 			return fmt.Errorf("%q %v", out, err)
 		}
