@@ -579,6 +579,11 @@ func TestForeignBlockRecordsAreNotRouted(t *testing.T) {
 	ctx, cancel := context.WithCancel(b.ctx)
 	defer cancel()
 	pool := "10.232.0.0/16"
+	// This host's own registration, as the plugin writes it (a listing
+	// without it is not trusted for pruning).
+	if _, err := kv.PutJSON(b.ctx, b.store, kv.HostPath("h1"), kv.Host{ID: "h1", Address: "10.77.0.1", Renewed: time.Now().UTC()}, 0); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := kv.PutJSON(b.ctx, b.store, kv.HostPath("h2"), kv.Host{ID: "h2", Address: "10.77.0.2", Renewed: time.Now().UTC()}, 0); err != nil {
 		t.Fatal(err)
 	}

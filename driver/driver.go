@@ -143,6 +143,19 @@ func (d *Driver) poolUserLocked(pool netip.Prefix) string {
 	return d.creating[pool.String()]
 }
 
+// EndpointHas says whether an endpoint of this host on a network of pool
+// has the address: the IPAM asks before it releases one.
+func (d *Driver) EndpointHas(pool netip.Prefix, ip netip.Addr) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, e := range d.st.endpoints {
+		if e.IP == ip.String() && d.st.networks[e.Network].Pool == pool.String() {
+			return true
+		}
+	}
+	return false
+}
+
 // UsesPool says whether a network of this host uses the pool in that
 // address space. The IPAM asks before it releases a pool: Docker releases
 // the pool of a refused create, which may be a live network's.

@@ -173,6 +173,13 @@ func (d *Driver) syncPeers(ctx context.Context, id string) (peerPlan, error) {
 	if err != nil {
 		return peerPlan{}, err
 	}
+	if _, ok := snap.Hosts[d.cfg.Host]; !ok {
+		// A listing without this host's own registration is not the
+		// cluster: a token that lost read access to the prefix gets empty
+		// listings without an error, and pruning by them would withdraw
+		// every peer (audit S3). The host registers within a renewal.
+		return peerPlan{}, fmt.Errorf("the store's listing of hosts lacks this host (%s): keeping the working state until it shows (does the store's token still read the prefix?)", d.cfg.Host)
+	}
 	u, err := kernel.FindUnderlay(d.cfg.Advertise)
 	if err != nil {
 		return peerPlan{}, err

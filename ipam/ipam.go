@@ -43,6 +43,9 @@ type Config struct {
 	// a pool that another network of the same host holds; the hold is that
 	// network's, so ReleasePool keeps it (audit H1).
 	InUse func(PoolID) bool
+	// AddressInUse says whether an endpoint of this host's driver has the
+	// address (nil: none has).
+	AddressInUse func(PoolID, netip.Addr) bool
 	// Taken, when set, says whether a prefix is in use on this host outside
 	// tartan (the plugin passes a check against the host's routes): an
 	// automatic pool there would capture LAN, VPN or Docker bridge
@@ -802,6 +805,13 @@ func (m *IPAM) ReleaseAddress(ctx context.Context, id PoolID, address string) er
 		return kv.Invalid("address %q is not an IP address", address)
 	}
 	cidr := id.CIDR.String()
+	if m.cfg.AddressInUse != nil && m.cfg.AddressInUse(id, ip) {
+		// Docker releases after DeleteEndpoint: an endpoint of this host
+		// that has the address now is a newer holder, and this a late
+		// second release of the old one (audit S6).
+		m.log.WithFields(logrus.Fields{"pool": cidr, "ip": ip}).Info("not releasing an address a live endpoint of this host has")
+		return nil
+	}
 	_, err = kv.Update(ctx, m.store, kv.AddressPath(cidr, ip.String()), func(a *kv.Address, exists bool) error {
 		if !exists || a.Kind != kv.KindEndpoint {
 			return kv.ErrUnchanged

@@ -142,3 +142,38 @@ func TestAutomaticPoolsNeverJoin(t *testing.T) {
 		wantErr(t, err, kv.ErrInUse, "already registered")
 	})
 }
+
+// Audit S6: Docker releases an address with no allocation identity; a late
+// second release (dockerd crashed during cleanup) after the address went to
+// a new container of the same host freed the new holder's record. The
+// driver's live endpoints now keep it.
+func TestLateReleaseKeepsNewHolder(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		var mu sync.Mutex
+		live := map[netip.Addr]bool{}
+		a := e.host("a")
+		id := pool(t, a, "10.93.0.0/24", "", nil)
+		log := logrus.New()
+		log.SetLevel(logrus.WarnLevel)
+		a = ipam.New(e.store, ipam.Config{Host: "a", LeaseTTL: 3600e9, Now: e.clock.Now,
+			AddressInUse: func(_ ipam.PoolID, ip netip.Addr) bool { mu.Lock(); defer mu.Unlock(); return live[ip] }}, log)
+		first := addr(t, a, id, "", mac(1))
+		if err := a.ReleaseAddress(ctx, id, first.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		second := addr(t, a, id, "", mac(2))
+		if second.Addr() != first.Addr() {
+			t.Fatalf("lowest free address not reused (%s, then %s): the test needs the reuse", first, second)
+		}
+		mu.Lock()
+		live[second.Addr()] = true // the new container's endpoint exists
+		mu.Unlock()
+		if err := a.ReleaseAddress(ctx, id, first.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		var rec kv.Address
+		if _, err := kv.GetJSON(ctx, e.store, kv.AddressPath("10.93.0.0/24", second.Addr().String()), &rec); err != nil || rec.MAC != mac(2) {
+			t.Fatalf("the new holder's record after a late release: %+v %v", rec, err)
+		}
+	})
+}

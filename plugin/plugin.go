@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -76,7 +77,8 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	}
 	var drv *driver.Driver
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL,
-		Taken: kernel.OverlapsHostRoute, InUse: func(id ipam.PoolID) bool { return drv.UsesPool(id.Space, id.CIDR) }},
+		Taken: kernel.OverlapsHostRoute, InUse: func(id ipam.PoolID) bool { return drv.UsesPool(id.Space, id.CIDR) },
+		AddressInUse: func(id ipam.PoolID, ip netip.Addr) bool { return drv.EndpointHas(id.CIDR, ip) }},
 		entry.WithField("part", "ipam"))
 	docker, noCluster := dockerAPI(s)
 	drv = driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
