@@ -43,7 +43,9 @@ func pingLoss(t *testing.T, h *testbed.Host, name string, count int) float64 {
 	}
 	sent, _ := strconv.Atoi(m[1])
 	got, _ := strconv.Atoi(m[2])
-	return float64(sent-got) * pingEvery
+	lost := float64(sent-got) * pingEvery
+	t.Logf("%s: %d of %d pings answered (%.1f s lost)", name, got, sent, lost)
+	return lost
 }
 
 // endpointHost is the tartan host ID that EndpointOperInfo reports for a
