@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -63,6 +65,15 @@ func TestSettings(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), word) {
 			t.Errorf("%s: error %v does not say %q", env, err, word)
 		}
+	}
+	// Audit L8: TLS files with a plain-HTTP store were silently unused.
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ParseSettings(envOf(map[string]string{"STORE": "consul://127.0.0.1:8500", "CONSUL_CACERT": ca}))
+	if err == nil || !strings.Contains(err.Error(), "use consul+https://") {
+		t.Errorf("TLS files with consul://: %v", err)
 	}
 }
 

@@ -71,6 +71,9 @@ func ParseSettings(env func(string) string) (Settings, error) {
 				}
 			}
 		}
+		if c.Scheme == "http" && (c.CAFile != "" || c.CertFile != "" || c.KeyFile != "") {
+			return s, fmt.Errorf("STORE=%s is plain HTTP but CONSUL_CACERT/CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY are set: use consul+https://… so that they are used (and the token is not sent in clear)", s.Store)
+		}
 		s.Consul = &c
 	}
 	switch v := strings.TrimSpace(env("SCOPE")); v {
