@@ -62,6 +62,8 @@ type Driver struct {
 	// orphans are links tartan owns but has no record of, with the time
 	// they were first seen so; they go only once proven dead (reconcile.go).
 	orphans map[string]time.Time
+	// missing are endpoints first seen without their veth (stale.go).
+	missing map[string]time.Time
 	// creating maps pools to the networks being created on them, while
 	// their cluster records are written without the lock.
 	creating map[string]string

@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"time"
@@ -34,11 +35,13 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 		}
 	}
 	busy := map[string]bool{} // links of endpoints a call is changing now
+	busyIDs := map[string]bool{}
 	for id := range d.inflight {
 		host, peer := kernel.EndpointNames(id)
 		wantLinks[host], wantLinks[peer] = true, true
-		busy[host] = true
+		busy[host], busyIDs[id] = true, true
 	}
+	vethGone := map[string]bool{}
 	for _, e := range d.st.endpoints {
 		wantLinks[e.HostIf], wantLinks[e.PeerIf] = true, true
 		if busy[e.HostIf] {
@@ -60,7 +63,7 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 			continue
 		}
 		if !kernel.LinkExists(e.HostIf) {
-			d.log.WithFields(logrus.Fields{"endpoint": shortID(e.ID), "if": e.HostIf}).Warn("endpoint's veth is gone; Docker must remove the endpoint")
+			vethGone[e.ID] = true
 			continue
 		}
 		wantRoutes[netip.PrefixFrom(e.ip(), 32)] = e.HostIf
@@ -68,10 +71,11 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	now := time.Now()
+	errs = append(errs, d.dropStaleLocked(ctx, busyIDs, vethGone, now))
 	if err := d.applyFirewall(); err != nil {
 		errs = append(errs, err)
 	}
-	now := time.Now()
 	present := map[string]bool{}
 	for _, prefix := range []string{kernel.EndpointPrefix, kernel.PeerPrefix, kernel.ShimPrefix, kernel.VXLANPrefix} {
 		names, err := kernel.Links(prefix)
@@ -123,6 +127,26 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 		if err := kernel.DeleteRoute(r); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// dropStaleLocked removes local endpoint records that nothing uses any more
+// (staleEndpoints says which): Docker never sent DeleteEndpoint for them.
+// Called with d.mu held.
+func (d *Driver) dropStaleLocked(ctx context.Context, busy, vethGone map[string]bool, now time.Time) error {
+	res := staleEndpoints(staleInput{Endpoints: d.st.endpoints, Networks: d.st.networks, Busy: busy, VethGone: vethGone,
+		Missing: d.missing, Now: now, Grace: d.cfg.OrphanGrace})
+	d.missing = res.Missing
+	var errs []error
+	for _, id := range res.Drop {
+		e := d.st.endpoints[id]
+		if err := d.local.Delete(ctx, localEndpoints+id, 0); err != nil {
+			errs = append(errs, fmt.Errorf("forget stale endpoint %s: %w", shortID(id), err))
+			continue
+		}
+		delete(d.st.endpoints, id)
+		d.log.WithFields(logrus.Fields{"endpoint": shortID(id), "ip": e.IP, "network": shortID(e.Network)}).Info("forgot an endpoint whose veth or network is gone (Docker never deleted it)")
 	}
 	return errors.Join(errs...)
 }
