@@ -6,7 +6,9 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/kv"
@@ -129,4 +131,43 @@ func TestUndoKeepsRecordOtherHostsMayUse(t *testing.T) {
 			t.Fatalf("%s after the sole holder's undo: %v", k, err)
 		}
 	}
+}
+
+// slowStore answers every Get after a delay: a Consul under load.
+type slowStore struct {
+	kv.Store
+	delay time.Duration
+}
+
+func (s slowStore) Get(ctx context.Context, key string) (kv.Pair, error) {
+	time.Sleep(s.delay)
+	return s.Store.Get(ctx, key)
+}
+
+// Audit M13: CreateNetwork held the lock every request waits on across its
+// store calls, so a slow Consul stalled Join, Leave and DeleteEndpoint of
+// every other network of the host.
+func TestSlowStoreDoesNotStallOtherRequests(t *testing.T) {
+	d := testDriver("a", slowStore{Store: kv.NewMemory(), delay: 2 * time.Second})
+	d.st.networks["n1"] = netRec{ID: "n1", Pool: "10.64.0.0/24", Backend: BackendVXLAN, Gateway: "169.254.1.1"}
+	d.st.endpoints["e1"] = epRec{ID: "e1", Network: "n1", IP: "10.64.0.2", HostIf: "tne1", PeerIf: "tpe1"}
+	done := make(chan error, 1)
+	go func() {
+		done <- d.CreateNetwork(context.Background(), &network.CreateNetworkRequest{NetworkID: "n2",
+			IPv4Data: []*network.IPAMData{{AddressSpace: "tartan-local", Pool: "10.65.0.0/24"}}})
+	}()
+	time.Sleep(300 * time.Millisecond) // CreateNetwork is in the store now
+	start := time.Now()
+	if _, err := d.Join(&network.JoinRequest{NetworkID: "n1", EndpointID: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 100*time.Millisecond {
+		t.Fatalf("Join waited %s for another network's store calls", took)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("CreateNetwork finished before its store answered: %v", err)
+	default:
+	}
+	<-done // it goes on in this test's network namespace; let it end here
 }

@@ -67,8 +67,13 @@ type Driver struct {
 	// creating maps pools to the networks being created on them, while
 	// their cluster records are written without the lock.
 	creating map[string]string
-	// fwPeers is the VXLAN peer set the firewall was last applied with.
+	// fwPeers is the VXLAN peer set the firewall was last rendered with.
 	fwPeers string
+	// fwGen numbers rendered firewall states (under mu); fwMu serialises
+	// their writes, fwWritten is the newest written.
+	fwGen     uint64
+	fwMu      sync.Mutex
+	fwWritten uint64
 	// Peer state: one watcher per network, the last plan applied.
 	bg      context.Context
 	watches map[string]context.CancelFunc
@@ -428,8 +433,32 @@ func (d *Driver) ensureNetwork(n netRec) error {
 }
 
 // applyFirewall renders the firewall from the local networks, their
-// published ports and the peers of the plans. Called with d.mu held.
+// published ports and the peers of the plans, under d.mu, and writes it
+// without d.mu (iptables may wait for its lock: no request of this host
+// waits on that, audit M13). Called with d.mu held, which it releases while
+// iptables runs and holds again on return: callers read the tables afresh
+// afterwards. Writes are serialised and never go back to an older state
+// than one already written.
 func (d *Driver) applyFirewall() error {
+	st := d.firewallStateLocked()
+	d.fwGen++
+	gen := d.fwGen
+	d.mu.Unlock()
+	defer d.mu.Lock()
+	d.fwMu.Lock()
+	defer d.fwMu.Unlock()
+	if gen < d.fwWritten {
+		return nil // a newer state is in place already
+	}
+	d.fwWritten = gen
+	if len(st.Networks) == 0 && len(st.Ports) == 0 {
+		return d.fw.Remove()
+	}
+	return d.fw.Apply(st)
+}
+
+// firewallStateLocked is the desired firewall. Called with d.mu held.
+func (d *Driver) firewallStateLocked() firewall.State {
 	st := firewall.State{Ports: d.firewallPorts()}
 	seen := map[string]bool{}
 	vxlan := false
@@ -449,10 +478,7 @@ func (d *Driver) applyFirewall() error {
 	}
 	st.Bridges, _ = kernel.Bridges()
 	d.fwPeers = peersKey(st.Peers)
-	if len(st.Networks) == 0 && len(st.Ports) == 0 {
-		return d.fw.Remove()
-	}
-	return d.fw.Apply(st)
+	return st
 }
 
 // peersKey tells peer sets apart, unknown (nil) from empty.
@@ -496,11 +522,15 @@ func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequ
 	if !ok {
 		return nil
 	}
+	var left []epRec // a copy: removing one releases d.mu while the firewall is written
 	for _, e := range d.st.endpoints {
 		if e.Network == n.ID {
-			if err := d.removeEndpoint(ctx, e); err != nil {
-				return err
-			}
+			left = append(left, e)
+		}
+	}
+	for _, e := range left {
+		if err := d.removeEndpoint(ctx, e); err != nil {
+			return err
 		}
 	}
 	d.stopWatch(n.ID)

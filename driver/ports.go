@@ -129,16 +129,30 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []publis
 	e.Ports = ports
 	d.st.endpoints[e.ID] = e
 	if err := d.applyFirewall(); err != nil {
-		maps.Copy(d.st.endpoints, held)
-		e.Ports = prev
-		d.st.endpoints[e.ID] = e
+		// (d.mu was released meanwhile: put back only what still exists.)
+		for id, h := range held {
+			if _, ok := d.st.endpoints[id]; ok {
+				d.st.endpoints[id] = h
+			}
+		}
+		if cur, ok := d.st.endpoints[e.ID]; ok {
+			cur.Ports = prev
+			d.st.endpoints[e.ID] = cur
+		}
 		return err
 	}
 	for _, id := range dead {
+		cur, ok := d.st.endpoints[id]
+		if !ok {
+			continue
+		}
 		d.log.WithFields(logrus.Fields{"endpoint": shortID(id), "ports": held[id].Ports}).Warn("withdrew the published ports of an endpoint whose veth is gone")
-		if err := putLocal(ctx, d.local, localEndpoints+id, d.st.endpoints[id]); err != nil {
+		if err := putLocal(ctx, d.local, localEndpoints+id, cur); err != nil {
 			return fmt.Errorf("save endpoint %s: %w", shortID(id), err)
 		}
+	}
+	if _, ok := d.st.endpoints[e.ID]; !ok {
+		return nil // deleted while the firewall was written
 	}
 	if err := putLocal(ctx, d.local, localEndpoints+e.ID, e); err != nil {
 		return fmt.Errorf("save endpoint %s: %w", shortID(e.ID), err)

@@ -73,9 +73,6 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 	}
 	now := time.Now()
 	errs = append(errs, d.dropStaleLocked(ctx, busyIDs, vethGone, now))
-	if err := d.applyFirewall(); err != nil {
-		errs = append(errs, err)
-	}
 	present := map[string]bool{}
 	for _, prefix := range []string{kernel.EndpointPrefix, kernel.PeerPrefix, kernel.ShimPrefix, kernel.VXLANPrefix} {
 		names, err := kernel.Links(prefix)
@@ -127,6 +124,10 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 		if err := kernel.DeleteRoute(r); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// Last: applyFirewall releases d.mu while iptables runs.
+	if err := d.applyFirewall(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
