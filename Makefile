@@ -60,9 +60,8 @@ docker26:
 
 test: deps consul docker26 unit fuzz e2e-all
 
-unit:
-	$(GO) vet ./...
-	$(GO) test -count=1 ./kv/... ./ipam/... ./driver/... ./plugin/...
+unit: lint
+	$(GO) test -race -count=1 ./kv/... ./ipam/... ./driver/... ./plugin/...
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzLayout -fuzztime=$(FUZZTIME) ./ipam

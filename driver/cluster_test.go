@@ -5,12 +5,14 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -170,4 +172,54 @@ func TestSlowStoreDoesNotStallOtherRequests(t *testing.T) {
 	default:
 	}
 	<-done // it goes on in this test's network namespace; let it end here
+}
+
+// pools records the pool releases the driver makes.
+type pools struct {
+	mu       sync.Mutex
+	released []string
+}
+
+func (p *pools) RequestAddress(context.Context, ipam.AddressRequest) (netip.Prefix, error) {
+	return netip.Prefix{}, errors.New("not in this test")
+}
+func (p *pools) ReleaseAddress(context.Context, ipam.PoolID, string) error { return nil }
+func (p *pools) Release(_ context.Context, id ipam.PoolID) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.released = append(p.released, id.String())
+	return nil
+}
+
+// Audit H1, as Docker orders things: on docker network rm Docker releases
+// the pool before it deletes the network; on a refused duplicate create it
+// releases the pool a live network holds. Both defer to the network's
+// deletion, which releases the pool once.
+func TestPoolReleaseWaitsForTheNetwork(t *testing.T) {
+	p := &pools{}
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	d := New(kv.NewMemory(), kv.NewMemory(), p, &firewall.Firewall{}, Config{Host: "a"}, log)
+	d.st.networks["n1"] = netRec{ID: "n1", Pool: "10.66.0.0/24", Backend: BackendHostGW, Space: ipam.LocalSpace, Gateway: "169.254.1.1"}
+	d.st.networks["n2"] = netRec{ID: "n2", Pool: "10.67.0.0/24", Backend: BackendHostGW, Space: ipam.LocalSpace, Gateway: "169.254.1.2"}
+	id := ipam.PoolID{Space: ipam.LocalSpace, CIDR: netip.MustParsePrefix("10.66.0.0/24")}
+	if !d.DeferRelease(id) || !d.st.networks["n1"].ReleasePending {
+		t.Fatal("a release of a pool a network uses is not deferred")
+	}
+	if d.DeferRelease(ipam.PoolID{Space: ipam.LocalSpace, CIDR: netip.MustParsePrefix("10.68.0.0/24")}) {
+		t.Fatal("a release of a pool no network uses is deferred")
+	}
+	ctx := context.Background()
+	if err := d.DeleteNetwork(ctx, &network.DeleteNetworkRequest{NetworkID: "n2"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.released) != 0 {
+		t.Fatalf("a network whose pool release was not deferred released %v", p.released)
+	}
+	if err := d.DeleteNetwork(ctx, &network.DeleteNetworkRequest{NetworkID: "n1"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.released) != 1 || p.released[0] != id.String() {
+		t.Fatalf("released %v, want %s once", p.released, id)
+	}
 }

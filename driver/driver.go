@@ -40,10 +40,12 @@ type Config struct {
 }
 
 // Addresses is the part of the IPAM the driver uses: macvlan host-access
-// shims take an address of their network.
+// shims take an address of their network, and a deleted network releases
+// the pool whose release it deferred.
 type Addresses interface {
 	RequestAddress(ctx context.Context, r ipam.AddressRequest) (netip.Prefix, error)
 	ReleaseAddress(ctx context.Context, id ipam.PoolID, address string) error
+	Release(ctx context.Context, id ipam.PoolID) error
 }
 
 // Driver implements the network half of tartan.
@@ -163,18 +165,27 @@ func (d *Driver) EndpointHas(pool netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
-// UsesPool says whether a network of this host uses the pool in that
-// address space. The IPAM asks before it releases a pool: Docker releases
-// the pool of a refused create, which may be a live network's.
-func (d *Driver) UsesPool(space string, pool netip.Prefix) bool {
+// DeferRelease is the IPAM's question before it releases a pool: when a
+// network of this host uses the pool (Docker releases a network's pool
+// before it deletes the network, and releases the pool of a refused create
+// that another network of the host holds), the network is marked and the
+// pool is released when the network is deleted (DeleteNetwork).
+func (d *Driver) DeferRelease(id ipam.PoolID) bool {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	for _, n := range d.st.networks {
-		if n.Pool == pool.String() && (n.Space == space || n.Space == "") {
+		if n.Pool == id.CIDR.String() && (n.Space == id.Space || n.Space == "") {
+			n.ReleasePending = true
+			d.st.networks[n.ID] = n
+			d.mu.Unlock()
+			if err := putLocal(context.Background(), d.local, localNetworks+n.ID, n); err != nil {
+				d.log.WithField("network", shortID(n.ID)).Warnf("record the deferred pool release: %v", err)
+			}
 			return true
 		}
 	}
-	return d.creating[pool.String()] != ""
+	creating := d.creating[id.CIDR.String()] != ""
+	d.mu.Unlock()
+	return creating
 }
 
 // skipped reports a record that a listing left out because it cannot be
@@ -516,6 +527,14 @@ func (d *Driver) vxlanPeersLocked() []netip.Addr {
 // DeleteNetwork removes the network from this host. The cluster record stays
 // until the pool's last holder releases it (ipam.ReleasePool).
 func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequest) error {
+	var release *ipam.PoolID
+	defer func() { // after the unlock below: store I/O
+		if release != nil {
+			if err := d.addrs.Release(context.WithoutCancel(ctx), *release); err != nil {
+				d.log.WithField("pool", release.CIDR).Warnf("release the pool of the deleted network: %v", err)
+			}
+		}
+	}()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	n, ok := d.st.networks[r.NetworkID]
@@ -557,6 +576,12 @@ func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequ
 		return fmt.Errorf("forget network %.12s: %w", n.ID, err)
 	}
 	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "pool": n.Pool}).Info("network deleted")
+	if cur, ok := d.st.networks[n.ID]; (ok && cur.ReleasePending) || n.ReleasePending {
+		release = &ipam.PoolID{Space: n.Space, CIDR: n.pool()}
+		if release.Space == "" {
+			release.Space = ipam.LocalSpace
+		}
+	}
 	return nil
 }
 

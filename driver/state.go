@@ -40,6 +40,9 @@ type netRec struct {
 	Shim          string `json:"shim,omitempty"`
 	ShimMAC       string `json:"shimMAC,omitempty"`
 	ShimIP        string `json:"shimIP,omitempty"`
+	// ReleasePending: Docker released the pool while this network used
+	// it; the pool goes when the network is deleted.
+	ReleasePending bool `json:"releasePending,omitempty"`
 }
 
 func (n netRec) bridged() bool { return n.Backend == BackendMacvlan }

@@ -38,11 +38,13 @@ type Config struct {
 	AutoBits  int           // prefix length of automatic pools
 	LeaseTTL  time.Duration // block lease lifetime
 	Now       func() time.Time
-	// InUse says whether a network of this host's driver still uses the
-	// pool (nil: none does). Docker's rollback of a refused create releases
-	// a pool that another network of the same host holds; the hold is that
-	// network's, so ReleasePool keeps it (audit H1).
-	InUse func(PoolID) bool
+	// DeferRelease, when a network of this host's driver uses the pool,
+	// says so and has the driver release the pool itself once that network
+	// is deleted (nil: no driver). Docker releases a network's pool before
+	// it deletes the network, and it also releases the pool of a refused
+	// create, which may be the pool a live network of the host holds: the
+	// hold is that network's (audit H1).
+	DeferRelease func(PoolID) bool
 	// AddressInUse says whether an endpoint of this host's driver has the
 	// address (nil: none has).
 	AddressInUse func(PoolID, netip.Addr) bool
@@ -338,9 +340,8 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 	return fmt.Errorf("register pool %s: too many concurrent registrations: %w", l.Pool, kv.ErrConflict)
 }
 
-// ReleasePool drops this host's hold on the pool, unless a network of this
-// host still uses it (Docker releases the pool of a refused create, which
-// may be the pool a live network of the host holds). The host's empty blocks
+// ReleasePool drops this host's hold on the pool, or defers that until the
+// network of this host that uses it is deleted (see Config.DeferRelease). The host's empty blocks
 // are returned; the last holder marks the pool as being released and removes
 // its blocks, addresses and network record, each by compare-and-set on the
 // version it read, and the pool record last, so that a concurrent
@@ -348,10 +349,17 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 // of losing what it writes.
 func (m *IPAM) ReleasePool(ctx context.Context, id PoolID) error {
 	cidr := id.CIDR.String()
-	if m.cfg.InUse != nil && m.cfg.InUse(id) {
-		m.log.WithField("pool", cidr).Info("pool release ignored: a network on this host still uses the pool")
+	if m.cfg.DeferRelease != nil && m.cfg.DeferRelease(id) {
+		m.log.WithField("pool", cidr).Info("pool release deferred: a network on this host uses the pool; it goes when that network is deleted")
 		return nil
 	}
+	return m.Release(ctx, id)
+}
+
+// Release drops this host's hold on the pool now (ReleasePool, or the
+// driver once the network that deferred it is deleted).
+func (m *IPAM) Release(ctx context.Context, id PoolID) error {
+	cidr := id.CIDR.String()
 	last, gone := false, false
 	_, err := kv.Update(ctx, m.store, kv.PoolPath(cidr), func(p *kv.Pool, exists bool) error {
 		if !exists {

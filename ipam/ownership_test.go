@@ -17,7 +17,7 @@ func (e env) hostUsing(id string, inUse func(ipam.PoolID) bool) *ipam.IPAM {
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
 	return ipam.New(e.store, ipam.Config{Host: id, AutoRange: netip.MustParsePrefix("10.240.0.0/22"), AutoBits: 24,
-		LeaseTTL: 3600e9, Now: e.clock.Now, InUse: inUse}, log)
+		LeaseTTL: 3600e9, Now: e.clock.Now, DeferRelease: inUse}, log)
 }
 
 // Audit H1: a refused duplicate create (same subnet, second network on the
@@ -51,11 +51,18 @@ func TestRefusedDuplicateKeepsPool(t *testing.T) {
 			}
 		}
 		addr(t, a, id, "", mac(2)) // n1 still allocates
-		// n1 removed (the driver first, then Docker releases the pool).
+		// n1 removed: Docker releases the pool (deferred: n1 still
+		// exists), then the driver deletes n1 and releases it.
+		if err := a.ReleasePool(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.store.Get(ctx, kv.PoolPath("10.95.0.0/24")); err != nil {
+			t.Fatalf("pool released before its network was deleted: %v", err)
+		}
 		mu.Lock()
 		live["10.95.0.0/24"] = false
 		mu.Unlock()
-		if err := a.ReleasePool(ctx, id); err != nil {
+		if err := a.Release(ctx, id); err != nil {
 			t.Fatal(err)
 		}
 		if left := keys(t, e.store, ""); len(left) > 1 || (len(left) == 1 && left[0] != kv.PoolsGuard) {

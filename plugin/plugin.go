@@ -77,7 +77,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	}
 	var drv *driver.Driver
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL,
-		Taken: kernel.OverlapsHostRoute, InUse: func(id ipam.PoolID) bool { return drv.UsesPool(id.Space, id.CIDR) },
+		Taken: kernel.OverlapsHostRoute, DeferRelease: func(id ipam.PoolID) bool { return drv.DeferRelease(id) },
 		AddressInUse: func(id ipam.PoolID, ip netip.Addr) bool { return drv.EndpointHas(id.CIDR, ip) }},
 		entry.WithField("part", "ipam"))
 	docker, noCluster := dockerAPI(s)
