@@ -184,7 +184,7 @@ func (p *pools) RequestAddress(context.Context, ipam.AddressRequest) (netip.Pref
 	return netip.Prefix{}, errors.New("not in this test")
 }
 func (p *pools) ReleaseAddress(context.Context, ipam.PoolID, string) error { return nil }
-func (p *pools) Release(_ context.Context, id ipam.PoolID) error {
+func (p *pools) ReleasePool(_ context.Context, id ipam.PoolID) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.released = append(p.released, id.String())

@@ -45,7 +45,7 @@ type Config struct {
 type Addresses interface {
 	RequestAddress(ctx context.Context, r ipam.AddressRequest) (netip.Prefix, error)
 	ReleaseAddress(ctx context.Context, id ipam.PoolID, address string) error
-	Release(ctx context.Context, id ipam.PoolID) error
+	ReleasePool(ctx context.Context, id ipam.PoolID) error
 }
 
 // Driver implements the network half of tartan.
@@ -153,7 +153,9 @@ func (d *Driver) poolUserLocked(pool netip.Prefix) string {
 }
 
 // EndpointHas says whether an endpoint of this host on a network of pool
-// has the address: the IPAM asks before it releases one.
+// has the address: asked before Docker's ReleaseAddress reaches the IPAM.
+// Docker releases after DeleteEndpoint, so an endpoint that has the address
+// now is a newer holder and the release a late second one (audit S6).
 func (d *Driver) EndpointHas(pool netip.Prefix, ip netip.Addr) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -165,11 +167,11 @@ func (d *Driver) EndpointHas(pool netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
-// DeferRelease is the IPAM's question before it releases a pool: when a
-// network of this host uses the pool (Docker releases a network's pool
+// DeferRelease is asked before Docker's ReleasePool reaches the IPAM: when
+// a network of this host uses the pool (Docker releases a network's pool
 // before it deletes the network, and releases the pool of a refused create
-// that another network of the host holds), the network is marked and the
-// pool is released when the network is deleted (DeleteNetwork).
+// that another network of the host holds, audit H1), the network is marked
+// and the pool is released when the network is deleted (DeleteNetwork).
 func (d *Driver) DeferRelease(id ipam.PoolID) bool {
 	d.mu.Lock()
 	for _, n := range d.st.networks {
@@ -530,7 +532,9 @@ func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequ
 	var release *ipam.PoolID
 	defer func() { // after the unlock below: store I/O
 		if release != nil {
-			if err := d.addrs.Release(context.WithoutCancel(ctx), *release); err != nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if err := d.addrs.ReleasePool(rctx, *release); err != nil {
 				d.log.WithField("pool", release.CIDR).Warnf("release the pool of the deleted network: %v", err)
 			}
 		}

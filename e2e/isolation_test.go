@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/e2e/testbed"
 )
 
@@ -49,15 +50,16 @@ func (s *single) echoes(t *testing.T, name string) string {
 }
 
 // Tartan networks are isolated from Docker's bridge networks both ways and
-// from each other by ingress interface; DOCKER-USER holds for tartan
-// traffic (issue 9, audit H3 and M4). Before the fix a tartan container
+// from each other by ingress interface; the VXLAN port is closed to
+// containers; DOCKER-USER holds for tartan traffic (issue 9, audit H3, M4,
+// M5). Before the fix a tartan container
 // reached every port of bridge containers ("-s <pool> -j ACCEPT" above
 // Docker's rules), and a container with NET_ADMIN/NET_RAW sent packets into
 // another tartan network with a spoofed source.
 func TestIsolation(t *testing.T) {
 	s := newSingle(t, "is1", 7)
 	s.InstallPlugin(t)
-	s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "10.97.0.0/24", "ta")
+	s.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.vni=77", "--subnet", "10.97.0.0/24", "ta")
 	s.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.backend=host-gw", "--subnet", "10.98.0.0/24", "tb")
 	s.MustDocker(t, "network", "create", "--subnet", "10.99.200.0/24", "bnet")
 	s.MustDocker(t, "network", "create", "--internal", "--subnet", "10.99.201.0/24", "bint")
@@ -100,6 +102,23 @@ func TestIsolation(t *testing.T) {
 	if after := s.echoes(t, "tb1"); after != before {
 		t.Fatalf("a spoofed source crossed from ta into tb (echo requests %s before, %s after):\n%s", before, after, out)
 	}
+	// A container sends a VXLAN packet of network ta (VNI 77, to the host's
+	// VTEP MAC, inner source in ta's pool) from network tb to its gateway's
+	// VXLAN port (audit M5: the port was open to every container, and the
+	// decapsulated packet was forwarded into ta).
+	before = s.echoes(t, "ta1")
+	mac := kernel.VTEPMAC(endpointHost(t, s, "ta", "ta1"), 77)
+	out, _ = s.Docker("run", "--rm", "--cap-add", "NET_ADMIN", "--network", "tb", "tbox", "sh", "-c",
+		"gw=$(ip route | awk '/default/ {print $3}') && ip link add vx0 type vxlan id 77 remote $gw dstport 8472 dev eth0 && "+
+			"ip addr add 10.97.0.250/24 dev vx0 && ip link set vx0 up && ip neigh replace "+ta+" lladdr "+mac.String()+" dev vx0 nud permanent && "+
+			"ping -c 3 -W 1 "+ta+"; ip -s link show vx0")
+	if !strings.Contains(out, "TX:") {
+		t.Fatalf("the injecting container did not send:\n%s", out)
+	}
+	if after := s.echoes(t, "ta1"); after != before {
+		t.Fatalf("a VXLAN packet from a container reached network ta (echo requests %s before, %s after):\n%s", before, after, out)
+	}
+
 	// DOCKER-USER holds for tartan traffic.
 	s.mustReach(t, "ta", s.internet)
 	rule := []string{"-s", "10.97.0.0/24", "-d", s.internet, "-j", "DROP"}

@@ -38,16 +38,6 @@ type Config struct {
 	AutoBits  int           // prefix length of automatic pools
 	LeaseTTL  time.Duration // block lease lifetime
 	Now       func() time.Time
-	// DeferRelease, when a network of this host's driver uses the pool,
-	// says so and has the driver release the pool itself once that network
-	// is deleted (nil: no driver). Docker releases a network's pool before
-	// it deletes the network, and it also releases the pool of a refused
-	// create, which may be the pool a live network of the host holds: the
-	// hold is that network's (audit H1).
-	DeferRelease func(PoolID) bool
-	// AddressInUse says whether an endpoint of this host's driver has the
-	// address (nil: none has).
-	AddressInUse func(PoolID, netip.Addr) bool
 	// Taken, when set, says whether a prefix is in use on this host outside
 	// tartan (the plugin passes a check against the host's routes): an
 	// automatic pool there would capture LAN, VPN or Docker bridge
@@ -340,25 +330,14 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 	return fmt.Errorf("register pool %s: too many concurrent registrations: %w", l.Pool, kv.ErrConflict)
 }
 
-// ReleasePool drops this host's hold on the pool, or defers that until the
-// network of this host that uses it is deleted (see Config.DeferRelease). The host's empty blocks
+// ReleasePool drops this host's hold on the pool. The host's empty blocks
 // are returned; the last holder marks the pool as being released and removes
 // its blocks, addresses and network record, each by compare-and-set on the
 // version it read, and the pool record last, so that a concurrent
 // registration of the same subnet waits for (or finishes) the removal instead
-// of losing what it writes.
+// of losing what it writes. (Docker's own ReleasePool calls reach this only
+// when no network of the host uses the pool: plugin/server.go.)
 func (m *IPAM) ReleasePool(ctx context.Context, id PoolID) error {
-	cidr := id.CIDR.String()
-	if m.cfg.DeferRelease != nil && m.cfg.DeferRelease(id) {
-		m.log.WithField("pool", cidr).Info("pool release deferred: a network on this host uses the pool; it goes when that network is deleted")
-		return nil
-	}
-	return m.Release(ctx, id)
-}
-
-// Release drops this host's hold on the pool now (ReleasePool, or the
-// driver once the network that deferred it is deleted).
-func (m *IPAM) Release(ctx context.Context, id PoolID) error {
 	cidr := id.CIDR.String()
 	last, gone := false, false
 	_, err := kv.Update(ctx, m.store, kv.PoolPath(cidr), func(p *kv.Pool, exists bool) error {
@@ -813,13 +792,6 @@ func (m *IPAM) ReleaseAddress(ctx context.Context, id PoolID, address string) er
 		return kv.Invalid("address %q is not an IP address", address)
 	}
 	cidr := id.CIDR.String()
-	if m.cfg.AddressInUse != nil && m.cfg.AddressInUse(id, ip) {
-		// Docker releases after DeleteEndpoint: an endpoint of this host
-		// that has the address now is a newer holder, and this a late
-		// second release of the old one (audit S6).
-		m.log.WithFields(logrus.Fields{"pool": cidr, "ip": ip}).Info("not releasing an address a live endpoint of this host has")
-		return nil
-	}
 	_, err = kv.Update(ctx, m.store, kv.AddressPath(cidr, ip.String()), func(a *kv.Address, exists bool) error {
 		if !exists || a.Kind != kv.KindEndpoint {
 			return kv.ErrUnchanged

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -75,13 +74,10 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if err != nil {
 		return err
 	}
-	var drv *driver.Driver
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL,
-		Taken: kernel.OverlapsHostRoute, DeferRelease: func(id ipam.PoolID) bool { return drv.DeferRelease(id) },
-		AddressInUse: func(id ipam.PoolID, ip netip.Addr) bool { return drv.EndpointHas(id.CIDR, ip) }},
-		entry.WithField("part", "ipam"))
+		Taken: kernel.OverlapsHostRoute}, entry.WithField("part", "ipam"))
 	docker, noCluster := dockerAPI(s)
-	drv = driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
+	drv := driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
 		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync, NoClusterNetworks: noCluster},
 		entry.WithField("part", "driver"))
 	if err := drv.Restore(ctx); err != nil {

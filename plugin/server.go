@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"time"
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
@@ -109,6 +110,10 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, log logrus.FieldLogger, broke
 		if err != nil {
 			return nil, err
 		}
+		if h.drv.DeferRelease(id) {
+			h.log.WithField("pool", id.CIDR).Info("pool release deferred: a network of this host uses the pool; it goes when that network is deleted")
+			return nil, nil
+		}
 		return nil, h.ipam.ReleasePool(ctx, id)
 	})
 	handle(h, "/IpamDriver.RequestAddress", func(ctx context.Context, r *ipamapi.RequestAddressRequest) (any, error) {
@@ -126,6 +131,10 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, log logrus.FieldLogger, broke
 		id, err := ipam.ParsePoolID(r.PoolID)
 		if err != nil {
 			return nil, err
+		}
+		if ip, err := netip.ParseAddr(r.Address); err == nil && h.drv.EndpointHas(id.CIDR, ip) {
+			h.log.WithFields(logrus.Fields{"pool": id.CIDR, "ip": ip}).Info("not releasing an address a live endpoint of this host has (a late second release)")
+			return nil, nil
 		}
 		return nil, h.ipam.ReleaseAddress(ctx, id, r.Address)
 	})
