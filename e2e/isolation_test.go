@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strings"
@@ -108,12 +109,22 @@ func TestIsolation(t *testing.T) {
 	// decapsulated packet was forwarded into ta).
 	before = s.echoes(t, "ta1")
 	mac := kernel.VTEPMAC(endpointHost(t, s, "ta", "ta1"), 77)
-	out, _ = s.Docker("run", "--rm", "--cap-add", "NET_ADMIN", "--network", "tb", "tbox", "sh", "-c",
-		"gw=$(ip route | awk '/default/ {print $3}') && ip link add vx0 type vxlan id 77 remote $gw dstport 8472 dev eth0 && "+
-			"ip addr add 10.97.0.250/24 dev vx0 && ip link set vx0 up && ip neigh replace "+ta+" lladdr "+mac.String()+" dev vx0 nud permanent && "+
-			"ping -c 3 -W 1 "+ta+"; ip -s link show vx0")
-	if !strings.Contains(out, "TX:") {
-		t.Fatalf("the injecting container did not send:\n%s", out)
+	s.MustDocker(t, "run", "-d", "--name", "injector", "--cap-add", "NET_ADMIN", "--network", "tb", "tbox", "sleep", "600")
+	pid := s.MustDocker(t, "inspect", "-f", "{{.State.Pid}}", "injector")
+	gw := strings.Fields(s.MustDocker(t, "exec", "injector", "sh", "-c", "ip route | grep default"))[2]
+	in := func(args ...string) { // the host's iproute2 (busybox's has no vxlan) in the container's namespace
+		t.Helper()
+		if out, err := testbed.Run(context.Background(), "nsenter", append([]string{"--net=/proc/" + pid + "/ns/net", "ip"}, args...)...); err != nil {
+			t.Fatalf("ip %v in the injecting container: %v %s", args, err, out)
+		}
+	}
+	in("link", "add", "vx0", "type", "vxlan", "id", "77", "remote", gw, "dstport", "8472", "dev", "eth0")
+	in("addr", "add", "10.97.0.250/24", "dev", "vx0")
+	in("link", "set", "vx0", "up")
+	in("neigh", "replace", ta, "lladdr", mac.String(), "dev", "vx0", "nud", "permanent")
+	out, _ = s.Docker("exec", "injector", "ping", "-c", "3", "-W", "1", ta)
+	if sent, _ := testbed.Run(context.Background(), "nsenter", "--net=/proc/"+pid+"/ns/net", "ip", "-s", "link", "show", "vx0"); !regexp.MustCompile(`TX:.*\n\s+\d+\s+[1-9]`).MatchString(sent) {
+		t.Fatalf("the injecting container sent nothing through its VXLAN device:\n%s\n%s", sent, out)
 	}
 	if after := s.echoes(t, "ta1"); after != before {
 		t.Fatalf("a VXLAN packet from a container reached network ta (echo requests %s before, %s after):\n%s", before, after, out)
@@ -131,7 +142,7 @@ func TestIsolation(t *testing.T) {
 	}
 	s.mustReach(t, "ta", s.internet)
 
-	s.MustDocker(t, "rm", "-f", "ta1", "tb1", "b1", "bi1", "d1", "pub")
+	s.MustDocker(t, "rm", "-f", "ta1", "tb1", "b1", "bi1", "d1", "pub", "injector")
 	s.removeNetworks(t, "ta", "tb", "bnet", "bint")
 	s.kernelClean(t)
 }
