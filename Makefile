@@ -17,7 +17,7 @@ FUZZTIME ?= 10s
 E2E_TIMEOUT ?= 40m
 export CONSUL_BIN
 
-.PHONY: all build plugin-dir plugin push deps consul docker26 test unit fuzz e2e e2e26 e2e-all bench lint clean
+.PHONY: all build plugin-dir plugin push deps consul docker26 test unit fuzz e2e e2e26 e2e-all chaos bench lint clean
 
 all: build
 
@@ -88,6 +88,12 @@ e2e-all: docker26
 	  rc=0; $(MAKE) --no-print-directory e2e || rc=$$?; wait; \
 	  echo "===== Docker 26 run ====="; cat $(BUILD)/e2e26.log; \
 	  grep -q '^e2e26 exit 0$$' $(BUILD)/e2e26.log && exit $$rc; exit 1
+
+# The fault suite: 3 hosts, a 3-server Consul, 3 x 100 concurrent docker runs
+# per scenario while the plugin is killed, the Consul leader is killed, a host
+# is cut off from Consul; four numbers per scenario, all must be 0.
+chaos: deps consul
+	$(GO) test -count=1 -tags 'e2e chaos' -timeout 30m -v -run TestChaos ./e2e/
 
 # Throughput, latency and control-plane figures against the host's network and
 # Docker's own drivers, side by side; the table lands in build/bench.md.

@@ -1,0 +1,399 @@
+//go:build chaos
+
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
+)
+
+// chaosPerHost is how many containers each host starts per scenario.
+const chaosPerHost = 100
+
+const chaosPool = "10.181.0.0/16"
+
+// The fault suite of issue 9 (make chaos): three hosts, a three-server
+// Consul, one vxlan network on every host, and per scenario 3 × 100
+// concurrent docker runs while a fault hits: the plugin of one host killed
+// (kill -9) twice; the Consul leader killed; one host cut off from Consul
+// for longer than LEASE_TTL. Runs that fail during the fault are retried
+// once it is over. After each scenario the suite prints and checks four
+// numbers: duplicate addresses (every daemon's inspect output and the
+// store), leaked addresses (the store against the running endpoints),
+// unreachable container pairs (a sample across hosts) and kernel objects
+// that no endpoint needs.
+func TestChaos(t *testing.T) {
+	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "iptables", "busybox")
+	c := testbed.NewClusterHA(t, "ch", 1500)
+	for i := 0; i < 3; i++ {
+		c.AddHost(t, "LEASE_TTL=10s", "RESYNC=2s")
+	}
+	for _, h := range c.Hosts {
+		h.MustDocker(t, "network", "create", tnet, tipam, "--subnet", chaosPool, "chaos")
+	}
+	scenarios := []struct {
+		name  string
+		fault func(t *testing.T)
+	}{
+		{"plugin killed twice (kill -9)", func(t *testing.T) {
+			h := c.Hosts[0]
+			for k := 0; k < 2; k++ {
+				time.Sleep(3 * time.Second)
+				pids := h.PluginPIDs(t)
+				if len(pids) != 1 {
+					t.Fatalf("want one plugin process on %s, found %v", h.Name, pids)
+				}
+				if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				testbed.Eventually(t, 60*time.Second, "Docker restarts the killed plugin", func() error {
+					if p := h.PluginPIDs(t); len(p) != 1 || p[0] == pids[0] {
+						return fmt.Errorf("plugin processes %v", p)
+					}
+					_, err := h.PluginCall("/Plugin.Activate", "{}")
+					return err
+				})
+			}
+		}},
+		{"Consul leader killed", func(t *testing.T) {
+			time.Sleep(3 * time.Second)
+			leader := consulLeader(t, c)
+			t.Logf("killing Consul server %s, the leader", leader.Addr)
+			if err := leader.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Second) // the election, and runs against two servers
+		}},
+		{"host cut off from Consul past LEASE_TTL", func(t *testing.T) {
+			h := c.Hosts[2]
+			cut := []string{"OUTPUT", "-p", "tcp", "-m", "iprange", "--dst-range", testbed.ConsulAddr + "-" + testbed.UnderlayPrefix + "102", "-j", "DROP"}
+			time.Sleep(3 * time.Second)
+			if out, err := h.Exec("iptables", append([]string{"-I"}, cut...)...); err != nil {
+				t.Fatalf("cut %s off: %v %s", h.Name, err, out)
+			}
+			time.Sleep(15 * time.Second)
+			if out, err := h.Exec("iptables", append([]string{"-D"}, cut...)...); err != nil {
+				t.Fatalf("reconnect %s: %v %s", h.Name, err, out)
+			}
+		}},
+	}
+	for _, sc := range scenarios {
+		began := time.Now()
+		failed := chaosRuns(t, c, sc.fault)
+		dup, leaked, unreachable, leftover := chaosMeasure(t, c)
+		t.Logf("chaos %q: %d runs failed during the fault (retried after); duplicate addresses %d, leaked addresses %d, unreachable pairs %d, leftover kernel objects %d (%s)",
+			sc.name, failed, dup, leaked, unreachable, leftover, time.Since(began).Round(time.Second))
+		if dup+leaked+unreachable+leftover != 0 {
+			t.Fatalf("chaos %q: duplicate addresses %d, leaked addresses %d, unreachable pairs %d, leftover kernel objects %d: want all 0",
+				sc.name, dup, leaked, unreachable, leftover)
+		}
+		chaosClean(t, c)
+	}
+	for _, h := range c.Hosts {
+		removeNetworks(t, h, "chaos")
+	}
+	testbed.Eventually(t, 30*time.Second, "nothing of the network left in the store", func() error {
+		var left []string
+		for _, k := range strings.Split(storeCLI(t, c, "kv", "get", "-keys", "-separator=", "tartan/"), "\n") {
+			if strings.Contains(k, "10.181.") {
+				left = append(left, k)
+			}
+		}
+		if len(left) > 0 {
+			return fmt.Errorf("left: %v", left)
+		}
+		return nil
+	})
+}
+
+// chaosRuns starts chaosPerHost containers on every host, four at a time
+// per host, while fault runs; runs that failed are retried after the fault.
+// It returns how many runs failed the first time.
+func chaosRuns(t *testing.T, c *testbed.Cluster, fault func(t *testing.T)) int {
+	t.Helper()
+	var mu sync.Mutex
+	var retry [][2]int // host, container
+	var wg sync.WaitGroup
+	for hi, h := range c.Hosts {
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < chaosPerHost; i += 4 {
+					if _, err := h.Docker("run", "-d", "--name", chaosName(hi, i), "--network", "chaos", "tbox", "sleep", "3600"); err != nil {
+						_, _ = h.Docker("rm", "-f", chaosName(hi, i)) // a failed run may leave a created container
+						mu.Lock()
+						retry = append(retry, [2]int{hi, i})
+						mu.Unlock()
+					}
+				}
+			}()
+		}
+	}
+	fault(t)
+	wg.Wait()
+	for _, r := range retry {
+		h := c.Hosts[r[0]]
+		testbed.Eventually(t, 90*time.Second, "retried run "+chaosName(r[0], r[1]), func() error {
+			_, err := h.Docker("run", "-d", "--name", chaosName(r[0], r[1]), "--network", "chaos", "tbox", "sleep", "3600")
+			if err != nil {
+				_, _ = h.Docker("rm", "-f", chaosName(r[0], r[1]))
+			}
+			return err
+		})
+	}
+	return len(retry)
+}
+
+func chaosName(host, i int) string { return fmt.Sprintf("x%d-%03d", host+1, i) }
+
+// running maps each running container's address on the chaos network to
+// its name, per host, and counts addresses that two containers of one host
+// share.
+func running(t *testing.T, c *testbed.Cluster) ([]map[string]string, int) {
+	t.Helper()
+	out := make([]map[string]string, len(c.Hosts))
+	dup := 0
+	for hi, h := range c.Hosts {
+		out[hi] = map[string]string{}
+		ids := strings.Fields(h.MustDocker(t, "ps", "-q"))
+		if len(ids) == 0 {
+			continue
+		}
+		lines := h.MustDocker(t, append([]string{"inspect", "-f", `{{.Name}} {{(index .NetworkSettings.Networks "chaos").IPAddress}}`}, ids...)...)
+		for _, l := range strings.Split(lines, "\n") {
+			f := strings.Fields(l)
+			if len(f) != 2 {
+				continue
+			}
+			if prev, ok := out[hi][f[1]]; ok {
+				t.Logf("duplicate address %s on %s: %s and %s", f[1], h.Name, prev, f[0])
+				dup++
+			}
+			out[hi][f[1]] = strings.TrimPrefix(f[0], "/")
+		}
+	}
+	return out, dup
+}
+
+// chaosMeasure computes the four numbers.
+func chaosMeasure(t *testing.T, c *testbed.Cluster) (dup, leaked, unreachable, leftover int) {
+	t.Helper()
+	run, dup := running(t, c)
+	ids := make([]string, len(c.Hosts))
+	for i := range c.Hosts {
+		ids[i] = hostID(t, c, i)
+	}
+	where := map[string]int{} // address -> host index
+	for hi, m := range run {
+		for ip := range m {
+			if _, ok := where[ip]; ok {
+				t.Logf("address %s runs on hosts %d and %d", ip, where[ip]+1, hi+1)
+				dup++
+			}
+			where[ip] = hi
+		}
+	}
+	// The store against the running endpoints, once the background work has
+	// caught up (releases retried, stale records collected).
+	testbed.Eventually(t, 60*time.Second, "the store equals the running endpoints", func() error {
+		dupStore, leakedNow := 0, 0
+		recs := storeEndpoints(t, c)
+		for ip, host := range recs {
+			if _, ok := where[ip]; !ok {
+				leakedNow++
+				continue
+			}
+			if host != ids[where[ip]] {
+				dupStore++ // the store says another host holds it
+			}
+		}
+		for ip := range where {
+			if _, ok := recs[ip]; !ok {
+				leakedNow++ // running without a record: the next allocation may hand it out again
+			}
+		}
+		leaked = leakedNow + dupStore
+		if leaked != 0 {
+			return fmt.Errorf("%d addresses differ between the store and the running endpoints", leaked)
+		}
+		return nil
+	})
+	// A sample of pairs across hosts: five containers per host, each pinging
+	// the other hosts' five.
+	type probe struct{ from, to, ip string }
+	var probes []probe
+	sample := make([][]string, len(c.Hosts))
+	ips := make([][]string, len(c.Hosts))
+	for hi, m := range run {
+		for ip, name := range m {
+			if len(sample[hi]) < 5 {
+				sample[hi], ips[hi] = append(sample[hi], name), append(ips[hi], ip)
+			}
+		}
+	}
+	for a := range c.Hosts {
+		for b := range c.Hosts {
+			if a == b {
+				continue
+			}
+			for _, from := range sample[a] {
+				for _, ip := range ips[b] {
+					probes = append(probes, probe{from, fmt.Sprint(a), ip})
+				}
+			}
+		}
+	}
+	var mu sync.Mutex
+	work := make(chan probe)
+	var wg sync.WaitGroup
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range work {
+				var hi int
+				fmt.Sscan(p.to, &hi)
+				_, err := c.Hosts[hi].Docker("exec", p.from, "ping", "-c", "1", "-W", "2", p.ip)
+				if err != nil {
+					_, err = c.Hosts[hi].Docker("exec", p.from, "ping", "-c", "2", "-W", "2", p.ip)
+				}
+				if err != nil {
+					mu.Lock()
+					unreachable++
+					t.Logf("%s does not reach %s", p.from, p.ip)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, p := range probes {
+		work <- p
+	}
+	close(work)
+	wg.Wait()
+	// Kernel objects: endpoint links and /32 routes that no running
+	// container needs.
+	for hi, h := range c.Hosts {
+		links := 0
+		for _, l := range strings.Split(h.MustIP(t, "-br", "link"), "\n") {
+			if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], "tn") {
+				links++
+			}
+		}
+		if extra := links - len(run[hi]); extra > 0 {
+			t.Logf("%s: %d endpoint links for %d containers", h.Name, links, len(run[hi]))
+			leftover += extra
+		}
+		for _, r := range strings.Split(h.MustIP(t, "route", "show", "proto", "84"), "\n") {
+			f := strings.Fields(r)
+			if len(f) < 3 || strings.Contains(f[0], "/") || f[1] != "dev" || !strings.HasPrefix(f[2], "tn") {
+				continue // peer routes (blocks, other hosts' addresses)
+			}
+			if _, ok := run[hi][f[0]]; !ok {
+				t.Logf("%s: route to %s, which no container here has", h.Name, f[0])
+				leftover++
+			}
+		}
+	}
+	return dup, leaked, unreachable, leftover
+}
+
+// storeEndpoints reads the pool's endpoint address records: address ->
+// holder host ID.
+func storeEndpoints(t *testing.T, c *testbed.Cluster) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	raw := storeCLI(t, c, "kv", "get", "-recurse", "tartan/addrs/10.181.0.0-16/")
+	for _, l := range strings.Split(raw, "\n") {
+		_, v, ok := strings.Cut(l, ":{")
+		if !ok {
+			continue
+		}
+		var a struct{ IP, Host, Kind string }
+		if err := json.Unmarshal([]byte("{"+v), &a); err == nil && a.Kind == "endpoint" {
+			out[a.IP] = a.Host
+		}
+	}
+	return out
+}
+
+// hostID is the tartan host ID of the i-th host (from its host record).
+func hostID(t *testing.T, c *testbed.Cluster, i int) string {
+	t.Helper()
+	raw := storeCLI(t, c, "kv", "get", "-recurse", "tartan/hosts/")
+	for _, l := range strings.Split(raw, "\n") {
+		if _, v, ok := strings.Cut(l, ":{"); ok {
+			var h struct{ ID, Address string }
+			if json.Unmarshal([]byte("{"+v), &h) == nil && h.Address == c.Addr[i] {
+				return h.ID
+			}
+		}
+	}
+	t.Fatalf("no host record with address %s", c.Addr[i])
+	return ""
+}
+
+// storeCLI runs a consul command against the first server that answers (a
+// scenario kills one).
+func storeCLI(t *testing.T, c *testbed.Cluster, args ...string) string {
+	t.Helper()
+	var last error
+	for _, s := range c.Servers {
+		out, err := s.CLI(args...)
+		if err == nil {
+			return out
+		}
+		last = err
+	}
+	t.Fatalf("consul %v: no server answers: %v", args, last)
+	return ""
+}
+
+// consulLeader finds the server that leads the Raft cluster.
+func consulLeader(t *testing.T, c *testbed.Cluster) *testbed.Consul {
+	t.Helper()
+	for _, s := range c.Servers {
+		out, err := s.CLI("operator", "raft", "list-peers")
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 4 && f[3] == "leader" {
+				addr := strings.Split(f[2], ":")[0]
+				for _, x := range c.Servers {
+					if strings.HasPrefix(x.Addr, addr+":") {
+						return x
+					}
+				}
+			}
+		}
+	}
+	t.Fatal("no Consul leader found")
+	return nil
+}
+
+// chaosClean removes every container of the scenario.
+func chaosClean(t *testing.T, c *testbed.Cluster) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for _, h := range c.Hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ids := strings.Fields(h.MustDocker(t, "ps", "-aq")); len(ids) > 0 {
+				for i := 0; i < len(ids); i += 50 {
+					_, _ = h.Docker(append([]string{"rm", "-f"}, ids[i:min(i+50, len(ids))]...)...)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
