@@ -787,13 +787,21 @@ func (m *IPAM) RenewLeases(ctx context.Context) error {
 // ReleaseAddress frees an endpoint address. Gateway and aux reservations
 // belong to the pool and go with it; releasing a missing address succeeds.
 func (m *IPAM) ReleaseAddress(ctx context.Context, id PoolID, address string) error {
+	return m.ReleaseAddressBefore(ctx, id, address, time.Time{})
+}
+
+// ReleaseAddressBefore is ReleaseAddress for a release retried later: it
+// frees the record only if it was made before the release was first asked
+// for (not zero), so that a retry never frees a newer allocation of the
+// same address.
+func (m *IPAM) ReleaseAddressBefore(ctx context.Context, id PoolID, address string, before time.Time) error {
 	ip, err := netip.ParseAddr(address)
 	if err != nil {
 		return kv.Invalid("address %q is not an IP address", address)
 	}
 	cidr := id.CIDR.String()
 	_, err = kv.Update(ctx, m.store, kv.AddressPath(cidr, ip.String()), func(a *kv.Address, exists bool) error {
-		if !exists || a.Kind != kv.KindEndpoint {
+		if !exists || a.Kind != kv.KindEndpoint || (!before.IsZero() && !a.Created.Before(before)) {
 			return kv.ErrUnchanged
 		}
 		// In the global space the swarm manager releases what it

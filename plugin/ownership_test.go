@@ -2,8 +2,12 @@ package plugin
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
@@ -17,9 +21,14 @@ import (
 // a restarted plugin finds them.
 func ownershipBed(t *testing.T, endpointIP string) (*Handler, kv.Store) {
 	t.Helper()
+	return ownershipBedOn(t, kv.NewMemory(), endpointIP)
+}
+
+func ownershipBedOn(t *testing.T, cluster kv.Store, endpointIP string) (*Handler, kv.Store) {
+	t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	cluster, local := kv.NewMemory(), kv.NewMemory()
+	local := kv.NewMemory()
 	ctx := context.Background()
 	if _, err := kv.PutJSON(ctx, local, "local/networks/n1", map[string]any{"id": "n1", "pool": "10.95.0.0/24", "backend": "host-gw",
 		"space": ipam.LocalSpace, "gateway": "169.254.1.1"}, 0); err != nil {
@@ -36,7 +45,7 @@ func ownershipBed(t *testing.T, endpointIP string) (*Handler, kv.Store) {
 	if err := drv.Restore(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return NewHandler(drv, im, log, nil), cluster
+	return NewHandler(drv, im, NewOutbox(local, im, drv, log), log, nil), cluster
 }
 
 // Audit H1: a refused duplicate create (the same subnet as a live network
@@ -92,5 +101,62 @@ func TestLateReleaseKeepsNewHolder(t *testing.T) {
 	var rec kv.Address
 	if _, err := kv.GetJSON(context.Background(), cluster, kv.AddressPath("10.95.0.0/24", "10.95.0.1"), &rec); err != nil || rec.MAC != "02:42:00:00:00:02" {
 		t.Fatalf("the live endpoint's address after a late release: %+v %v", rec, err)
+	}
+}
+
+// downStore fails every call with ErrUnavailable while down is set.
+type downStore struct {
+	kv.Store
+	down atomic.Bool
+}
+
+func (s *downStore) Get(ctx context.Context, key string) (kv.Pair, error) {
+	if s.down.Load() {
+		return kv.Pair{}, fmt.Errorf("get %s: %w", key, kv.ErrUnavailable)
+	}
+	return s.Store.Get(ctx, key)
+}
+
+// Audit M3: a release that failed while the store was down leaked its
+// address for good (Docker releases once). It is queued and retried, and a
+// retry never frees a newer allocation of the address.
+func TestReleaseQueuedWhileStoreIsDown(t *testing.T) {
+	for _, reallocated := range []bool{false, true} {
+		store := &downStore{Store: kv.NewMemory()}
+		h, _ := ownershipBedOn(t, store, "")
+		call(t, h, "/IpamDriver.RequestPool", `{"AddressSpace":"tartan-local","Pool":"10.95.0.0/24"}`)
+		code, out := call(t, h, "/IpamDriver.RequestAddress", `{"PoolID":"local:10.95.0.0/24","Options":{"com.docker.network.endpoint.macaddress":"02:42:00:00:00:01"}}`)
+		if code != 200 {
+			t.Fatalf("RequestAddress: %d %v", code, out)
+		}
+		ip := strings.Split(out["Address"].(string), "/")[0]
+		store.down.Store(true)
+		if code, out = call(t, h, "/IpamDriver.ReleaseAddress", `{"PoolID":"local:10.95.0.0/24","Address":"`+ip+`"}`); code != 200 {
+			t.Fatalf("ReleaseAddress while the store is down: %d %v (want it queued)", code, out)
+		}
+		ctx := context.Background()
+		if landed, left, _ := h.outbox.Flush(ctx); landed != 0 || left != 1 {
+			t.Fatalf("flush while down: %d landed, %d left", landed, left)
+		}
+		store.down.Store(false)
+		time.Sleep(10 * time.Millisecond) // a later allocation is later
+		if reallocated {                  // the store's record was freed and the address given again meanwhile
+			if err := store.Delete(ctx, kv.AddressPath("10.95.0.0/24", ip), 0); err != nil {
+				t.Fatal(err)
+			}
+			if code, out = call(t, h, "/IpamDriver.RequestAddress", `{"PoolID":"local:10.95.0.0/24","Address":"`+ip+`","Options":{"com.docker.network.endpoint.macaddress":"02:42:00:00:00:02"}}`); code != 200 {
+				t.Fatalf("RequestAddress: %d %v", code, out)
+			}
+		}
+		if landed, left, err := h.outbox.Flush(ctx); err != nil || landed != 1 || left != 0 {
+			t.Fatalf("flush: %d landed, %d left, %v", landed, left, err)
+		}
+		_, err := store.Get(ctx, kv.AddressPath("10.95.0.0/24", ip))
+		if reallocated && err != nil {
+			t.Fatalf("the queued release freed a newer allocation: %v", err)
+		}
+		if !reallocated && err == nil {
+			t.Fatal("the queued release did not land")
+		}
 	}
 }

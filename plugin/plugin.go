@@ -52,7 +52,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 			"use that plugin (docker plugin ls), or disable it first; one tartan plugin per host")
 		log.Error(why)
 		drv := driver.New(kv.NewMemory(), kv.NewMemory(), nil, &firewall.Firewall{}, driver.Config{Scope: s.Scope}, log)
-		return serve(ctx, socket, NewHandler(drv, nil, log.WithField("part", "api"), why))
+		return serve(ctx, socket, NewHandler(drv, nil, nil, log.WithField("part", "api"), why))
 	}
 	if err != nil {
 		return err
@@ -93,8 +93,9 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		entry.Errorf("settings: %v (every request will fail with this until it is fixed)", serr)
 	}
 	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "state": s.StateDir, "version": Version, "firewall": fw.Flavour()}).Info("tartan serving")
-	go background(ctx, drv, im, cluster, host, s, entry)
-	return serve(ctx, socket, NewHandler(drv, im, entry.WithField("part", "api"), serr))
+	outbox := NewOutbox(local, im, drv, entry.WithField("part", "outbox"))
+	go background(ctx, drv, im, outbox, cluster, host, s, entry)
+	return serve(ctx, socket, NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr))
 }
 
 // serve serves h on the unix socket until ctx ends.
@@ -135,7 +136,7 @@ func dockerAPI(s Settings) (*clusternet.API, error) {
 
 // background does the work that must never hold up a request: the first
 // full reconcile, then periodic ones, host registration and lease renewal.
-func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, cluster kv.Store, host string, s Settings, log logrus.FieldLogger) {
+func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, cluster kv.Store, host string, s Settings, log logrus.FieldLogger) {
 	doReconcile := func() {
 		if err := drv.Reconcile(ctx); err != nil {
 			log.Warnf("reconcile: %v", err)
@@ -149,6 +150,13 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, cluster 
 		}
 		if err := im.RenewLeases(c); err != nil {
 			log.Warnf("lease renewal: %v", err)
+		}
+		landed, left, err := outbox.Flush(c)
+		if err != nil {
+			log.Warnf("queued releases: %v", err)
+		}
+		if landed > 0 || left > 0 {
+			log.WithFields(logrus.Fields{"landed": landed, "left": left}).Info("queued address releases retried")
 		}
 	}
 	// Two loops: a reconcile that is slow (a busy xtables lock, a slow

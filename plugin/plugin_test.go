@@ -102,7 +102,7 @@ func newTestHandler(t testing.TB, broken error) *Handler {
 	}
 	im := ipam.New(store, ipam.Config{Host: "h1", AutoRange: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}, log)
 	drv := driver.New(store, store, im, fw, driver.Config{Host: "h1"}, log)
-	return NewHandler(drv, im, log, broken)
+	return NewHandler(drv, im, nil, log, broken)
 }
 
 func call(t testing.TB, h http.Handler, path, body string) (int, map[string]any) {

@@ -35,7 +35,9 @@ type Handler struct {
 	mux  *http.ServeMux
 	drv  *driver.Driver
 	ipam *ipam.IPAM
-	log  logrus.FieldLogger
+	// outbox, when set, keeps releases the store could not take.
+	outbox *Outbox
+	log    logrus.FieldLogger
 	// broken, when set, is returned for every request: the settings were
 	// wrong, and this is how the person running docker sees why.
 	broken error
@@ -43,8 +45,8 @@ type Handler struct {
 
 // NewHandler builds the mux. With broken set, every call but Activate
 // returns that error.
-func NewHandler(drv *driver.Driver, im *ipam.IPAM, log logrus.FieldLogger, broken error) *Handler {
-	h := &Handler{mux: http.NewServeMux(), drv: drv, ipam: im, log: log, broken: broken}
+func NewHandler(drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, log logrus.FieldLogger, broken error) *Handler {
+	h := &Handler{mux: http.NewServeMux(), drv: drv, ipam: im, outbox: outbox, log: log, broken: broken}
 	h.mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
 	})
@@ -132,11 +134,24 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, log logrus.FieldLogger, broke
 		if err != nil {
 			return nil, err
 		}
-		if ip, err := netip.ParseAddr(r.Address); err == nil && h.drv.EndpointHas(id.CIDR, ip) {
+		ip, err := netip.ParseAddr(r.Address)
+		if err != nil {
+			return nil, kv.Invalid("address %q is not an IP address", r.Address)
+		}
+		if h.drv.EndpointHas(id.CIDR, ip) {
 			h.log.WithFields(logrus.Fields{"pool": id.CIDR, "ip": ip}).Info("not releasing an address a live endpoint of this host has (a late second release)")
 			return nil, nil
 		}
-		return nil, h.ipam.ReleaseAddress(ctx, id, r.Address)
+		err = h.ipam.ReleaseAddress(ctx, id, r.Address)
+		if errors.Is(err, kv.ErrUnavailable) && h.outbox != nil {
+			// Docker does not retry a failed release: keep it and retry it
+			// until the store takes it.
+			if qerr := h.outbox.Add(context.WithoutCancel(ctx), id, ip); qerr == nil {
+				h.log.WithFields(logrus.Fields{"pool": id.CIDR, "ip": ip}).Warnf("release queued until the store is back: %v", err)
+				return nil, nil
+			}
+		}
+		return nil, err
 	})
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusNotFound, errorBody{Err: fmt.Sprintf("tartan does not implement %s", r.URL.Path)})
