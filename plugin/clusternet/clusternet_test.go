@@ -21,14 +21,18 @@ type fakeDocker struct {
 	nets      map[string]Network // by ID
 	endpoints map[string]int     // by ID
 	next      int
+	disabled  bool // the plugin is not (yet) listed as enabled
 }
 
 func newFake() *fakeDocker {
 	return &fakeDocker{nets: map[string]Network{}, endpoints: map[string]int{}}
 }
 
-func (f *fakeDocker) Networks(context.Context, []string) ([]Network, error) {
+func (f *fakeDocker) Networks(_ context.Context, drivers []string) ([]Network, error) {
 	var out []Network
+	if len(drivers) == 0 {
+		return nil, nil // Docker lists networks of the enabled tartan plugins
+	}
 	for _, n := range f.nets {
 		out = append(out, n)
 	}
@@ -36,6 +40,9 @@ func (f *fakeDocker) Networks(context.Context, []string) ([]Network, error) {
 	return out, nil
 }
 func (f *fakeDocker) Drivers(context.Context) ([]string, error) {
+	if f.disabled {
+		return nil, nil
+	}
 	return []string{"tartan:latest"}, nil
 }
 func (f *fakeDocker) Create(_ context.Context, s kv.ClusterNet, driver, _ string) error {
@@ -192,5 +199,39 @@ func TestUnreadableRecordIsLeftAlone(t *testing.T) {
 	}
 	if warned != 2 { // once per replicator, not once per pass
 		t.Fatalf("want one warning naming clusternets/web per host, got %d", warned)
+	}
+}
+
+// Audit M1: during docker plugin enable the replicator's first pass runs
+// before Docker lists the plugin as enabled: it saw no tartan network and
+// withdrew every cluster network this host made, so every other host
+// removed and re-created its copy.
+func TestEnableDoesNotWithdraw(t *testing.T) {
+	ctx := context.Background()
+	store := kv.NewMemory()
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	d1 := newFake()
+	r1 := New(store, d1, "h1", time.Minute, log)
+	spec := kv.ClusterNet{Name: "web", Driver: "tartan:latest", IPAMDriver: "tartan:latest", Subnet: "10.80.0.0/16",
+		Options: map[string]string{"tartan.cluster": "true"}}
+	d1.nets["orig"] = Network{ID: "orig", Cluster: true, Spec: spec}
+	if err := r1.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d1.disabled = true // the plugin restarts: Docker does not list it yet
+	if err := r1.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Get(ctx, kv.ClusterNetPath("web")); err != nil {
+		t.Fatalf("the record was withdrawn while the plugin was being enabled: %v", err)
+	}
+	d1.disabled = false
+	delete(d1.nets, "orig") // really removed, the plugin listed
+	if err := r1.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Get(ctx, kv.ClusterNetPath("web")); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("the record of a removed network stays: %v", err)
 	}
 }
