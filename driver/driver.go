@@ -152,6 +152,32 @@ func (d *Driver) poolUserLocked(pool netip.Prefix) string {
 	return d.creating[pool.String()]
 }
 
+// LocalAddress is an address a live endpoint of this host has.
+type LocalAddress struct {
+	Pool ipam.PoolID
+	IP   string
+	MAC  string
+}
+
+// LocalAddresses lists the addresses of this host's endpoints.
+func (d *Driver) LocalAddresses() []LocalAddress {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []LocalAddress
+	for _, e := range d.st.endpoints {
+		n, ok := d.st.networks[e.Network]
+		if !ok || (!n.bridged() && !kernel.LinkExists(e.HostIf)) {
+			continue // not live: its record is not to be taken back
+		}
+		space := n.Space
+		if space == "" {
+			space = ipam.LocalSpace
+		}
+		out = append(out, LocalAddress{Pool: ipam.PoolID{Space: space, CIDR: n.pool()}, IP: e.IP, MAC: e.MAC})
+	}
+	return out
+}
+
 // EndpointHas says whether an endpoint of this host on a network of pool
 // has the address: asked before Docker's ReleaseAddress reaches the IPAM.
 // Docker releases after DeleteEndpoint, so an endpoint that has the address

@@ -159,10 +159,28 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 			log.WithFields(logrus.Fields{"landed": landed, "left": left}).Info("queued address releases retried")
 		}
 	}
-	// Two loops: a reconcile that is slow (a busy xtables lock, a slow
+	doCollect := func() {
+		c, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		for _, a := range drv.LocalAddresses() {
+			if err := im.Reassert(c, a.Pool, a.IP, a.MAC); err != nil {
+				log.Errorf("address of a live endpoint: %v", err)
+			}
+		}
+		got, err := im.CollectGone(c)
+		if err != nil {
+			log.Warnf("collecting gone hosts: %v", err)
+		}
+		if got != (ipam.Collected{}) {
+			log.WithFields(logrus.Fields{"addresses": got.Addresses, "blocks": got.Blocks, "hosts": got.Hosts}).Info("collected what gone hosts held")
+		}
+	}
+	// Three loops: a reconcile that is slow (a busy xtables lock, a slow
 	// kernel) must not stop the host's renewals, or every peer would take
-	// a live host for gone (audit M13).
+	// a live host for gone (audit M13); gone hosts are collected at the
+	// pace of leases.
 	go every(ctx, renewEvery(s.LeaseTTL), doRenew)
+	go every(ctx, max(s.LeaseTTL, time.Minute), doCollect)
 	every(ctx, s.Resync, doReconcile)
 }
 

@@ -1,0 +1,120 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// GoneAfter is how long a host's registration must have lapsed (in lease
+// lifetimes) before its addresses are collected: its blocks are claimable
+// after one lifetime, its addresses only after two, so that a host cut off
+// for a while keeps them.
+const GoneAfter = 2
+
+// Collected says what CollectGone removed.
+type Collected struct {
+	Addresses, Blocks, Hosts int
+}
+
+// CollectGone removes, cluster-wide, the endpoint addresses and blocks of
+// hosts that are gone: their registration is missing or has not been
+// renewed for GoneAfter lease lifetimes (audit M3). Every delete is
+// compare-and-set on the version read, so several hosts may run it at once
+// and a record rewritten meanwhile (a host that came back) stays. The
+// records of a gone host go last, once nothing of it is left.
+func (m *IPAM) CollectGone(ctx context.Context) (Collected, error) {
+	var got Collected
+	now := m.cfg.Now()
+	renewed := map[string]time.Time{}
+	hostVersion := map[string]uint64{}
+	if _, err := kv.ListJSON(ctx, m.store, kv.HostsPrefix, func(_ string, ver uint64, h kv.Host) error {
+		renewed[h.ID], hostVersion[h.ID] = h.Renewed, ver
+		return nil
+	}, m.skipped); err != nil {
+		return got, err
+	}
+	gone := func(host string) bool {
+		r, ok := renewed[host]
+		return host != m.cfg.Host && (!ok || now.Sub(r) > GoneAfter*m.cfg.LeaseTTL)
+	}
+	pools, err := m.pools(ctx)
+	if err != nil {
+		return got, err
+	}
+	holding := map[string]bool{} // gone hosts that still hold something
+	var errs []error
+	for cidr := range pools {
+		if _, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(cidr), func(key string, ver uint64, a kv.Address) error {
+			if a.Kind != kv.KindEndpoint || !gone(a.Host) {
+				return nil
+			}
+			if err := m.store.Delete(ctx, key, ver); err != nil {
+				holding[a.Host] = true
+				if !errors.Is(err, kv.ErrConflict) {
+					errs = append(errs, err)
+				}
+				return nil
+			}
+			got.Addresses++
+			m.log.WithFields(logrus.Fields{"ip": a.IP, "host": a.Host}).Info("collected the address of a gone host")
+			return nil
+		}, m.skipped); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if _, err := kv.ListJSON(ctx, m.store, kv.BlockPrefix(cidr), func(key string, ver uint64, b kv.Block) error {
+			if !gone(b.Host) || b.Expires.After(now) {
+				return nil
+			}
+			if err := m.store.Delete(ctx, key, ver); err != nil {
+				holding[b.Host] = true
+				if !errors.Is(err, kv.ErrConflict) {
+					errs = append(errs, err)
+				}
+				return nil
+			}
+			got.Blocks++
+			return nil
+		}, m.skipped); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for host, ver := range hostVersion {
+		if gone(host) && !holding[host] && len(errs) == 0 {
+			if err := m.store.Delete(ctx, kv.HostPath(host), ver); err == nil {
+				got.Hosts++
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return got, fmt.Errorf("collect gone hosts: %w", err)
+	}
+	return got, nil
+}
+
+// Reassert makes sure the record of an address a live endpoint of this host
+// has exists: a host cut off from the store for longer than GoneAfter lease
+// lifetimes finds its addresses collected, and takes them back unless
+// another host was given one meanwhile (then it says so: that address is
+// now on two hosts, and the container here must be restarted).
+func (m *IPAM) Reassert(ctx context.Context, id PoolID, ip, mac string) error {
+	rec := kv.Address{IP: ip, Pool: id.CIDR.String(), Host: m.cfg.Host, Kind: kv.KindEndpoint, MAC: mac, Created: m.cfg.Now().UTC()}
+	var cur kv.Address
+	_, err := kv.GetJSON(ctx, m.store, kv.AddressPath(rec.Pool, ip), &cur)
+	switch {
+	case err == nil && cur.Host != m.cfg.Host && id.Space != GlobalSpace:
+		return fmt.Errorf("address %s of a container of this host is held by host %s (this host was cut off from the store for more than %d lease lifetimes): restart the container to give it a new address", ip, cur.Host, GoneAfter)
+	case err == nil || !errors.Is(err, kv.ErrNotFound):
+		return err
+	}
+	if _, err := kv.PutJSON(ctx, m.store, kv.AddressPath(rec.Pool, ip), rec, 0); err != nil && !errors.Is(err, kv.ErrConflict) {
+		return err
+	}
+	m.log.WithFields(logrus.Fields{"pool": rec.Pool, "ip": ip}).Warn("took back the address of a live endpoint whose record was gone")
+	return nil
+}
