@@ -1,6 +1,6 @@
 # tartan — build, install and test the managed Docker plugin.
 #   make plugin    build the binary and rootfs, (re)create and enable the plugin
-#   make test      everything CI runs: deps, Consul, unit, data-plane, fuzz, e2e
+#   make test      everything CI runs: deps, Consul, unit, data-plane, fuzz, e2e, chaos
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PLUGIN   ?= tartan:latest
@@ -58,7 +58,7 @@ $(CONSUL_BIN):
 docker26:
 	e2e/docker26.sh $(DOCKER26_DIR)
 
-test: deps consul docker26 unit fuzz e2e-all
+test: deps consul docker26 unit fuzz e2e-all chaos
 
 unit: lint
 	$(GO) test -race -count=1 ./kv/... ./ipam/... ./driver/... ./plugin/...
