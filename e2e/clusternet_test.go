@@ -75,6 +75,33 @@ func TestClusterNetworks(t *testing.T) {
 			})
 		}
 	}
+	// The origin's plugin restarted (disable, enable: how settings change
+	// and upgrades go) does not withdraw the network (audit M1: the first
+	// pass ran before Docker listed the plugin as enabled and withdrew every
+	// network the host had made; other hosts then dropped their copies).
+	createIndex := func() string { // the record's Consul CreateIndex: withdrawn and published again changes it
+		t.Helper()
+		out, err := c.Consul.CLI("kv", "get", "-detailed", "tartan/clusternets/cw")
+		if err != nil {
+			t.Fatalf("the cluster record is gone: %v %s", err, out)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) == 2 && f[0] == "CreateIndex" {
+				return f[1]
+			}
+		}
+		t.Fatalf("no CreateIndex in %s", out)
+		return ""
+	}
+	before := createIndex()
+	h1.MustDocker(t, "plugin", "disable", "-f", testbed.PluginName)
+	h1.MustDocker(t, "plugin", "enable", testbed.PluginName)
+	h1.WaitPlugin(t)
+	time.Sleep(5 * time.Second) // several replicator passes
+	if after := createIndex(); after != before {
+		t.Fatalf("the cluster record was withdrawn and published again when host 1's plugin was enabled (CreateIndex %s, then %s)", before, after)
+	}
+
 	// A copy removed by hand on host 3 comes back (the network is the
 	// cluster's; remove it where it was made).
 	h3.MustDocker(t, "rm", "-f", "cw-3")

@@ -141,6 +141,17 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 		if err := drv.Reconcile(ctx); err != nil {
 			log.Warnf("reconcile: %v", err)
 		}
+		// Releases queued while the store was unreachable, every resync
+		// (an empty queue costs a local listing).
+		c, cancel := context.WithTimeout(ctx, RequestTimeout)
+		defer cancel()
+		landed, left, err := outbox.Flush(c)
+		if err != nil {
+			log.Warnf("queued releases: %v", err)
+		}
+		if landed > 0 || left > 0 {
+			log.WithFields(logrus.Fields{"landed": landed, "left": left}).Info("queued address releases retried")
+		}
 	}
 	doRenew := func() {
 		c, cancel := context.WithTimeout(ctx, RequestTimeout)
@@ -150,13 +161,6 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 		}
 		if err := im.RenewLeases(c); err != nil {
 			log.Warnf("lease renewal: %v", err)
-		}
-		landed, left, err := outbox.Flush(c)
-		if err != nil {
-			log.Warnf("queued releases: %v", err)
-		}
-		if landed > 0 || left > 0 {
-			log.WithFields(logrus.Fields{"landed": landed, "left": left}).Info("queued address releases retried")
 		}
 	}
 	doCollect := func() {
