@@ -73,12 +73,14 @@ fuzz:
 e2e:
 	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -parallel 4 -v -skip 'TestSwarmGlobalScope' ./e2e/
 
-# The quick start, restarts, lifecycle safety, isolation, upgrade and the
-# 3-host suite again on Docker 26, and swarm's global scope (Docker 26 only). Its namespaces are t6-*, so that it
+# The quick start, restarts, the 3-host suite and issue 9's safety tests
+# (lifecycle, isolation, upgrade, store input, concurrent creates, cluster
+# networks, Consul outage) again on Docker 26, and swarm's global scope
+# (Docker 26 only). Its namespaces are t6-*, so that it
 # can run beside make e2e.
 e2e26: docker26
 	DOCKERD=$(DOCKER26_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER26_DIR)/bin:$$PATH TARTAN_E2E_PREFIX=t6- \
-	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade' ./e2e/
+	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage' ./e2e/
 
 # Both engines at once (the Docker 26 run is mostly waiting); its output is
 # printed after the Docker 20.10 run's.
