@@ -28,22 +28,7 @@ import (
 const inNetns = "TARTAN_TEST_IN_NETNS"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(inNetns) == "" && os.Geteuid() == 0 {
-		if _, err := exec.LookPath("unshare"); err == nil {
-			cmd := exec.Command("unshare", append([]string{"--net", "--", os.Args[0]}, os.Args[1:]...)...)
-			cmd.Env = append(os.Environ(), inNetns+"=1")
-			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-			if err := cmd.Run(); err != nil {
-				if ee, ok := err.(*exec.ExitError); ok {
-					os.Exit(ee.ExitCode())
-				}
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-			os.Exit(0)
-		}
-	}
-	os.Exit(m.Run())
+	os.Exit(testbed.MainInOwnNetns(m, inNetns))
 }
 
 type bed struct {

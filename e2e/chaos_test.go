@@ -43,23 +43,9 @@ func TestChaos(t *testing.T) {
 		fault func(t *testing.T)
 	}{
 		{"plugin killed twice (kill -9)", func(t *testing.T) {
-			h := c.Hosts[0]
 			for k := 0; k < 2; k++ {
 				time.Sleep(3 * time.Second)
-				pids := h.PluginPIDs(t)
-				if len(pids) != 1 {
-					t.Fatalf("want one plugin process on %s, found %v", h.Name, pids)
-				}
-				if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
-					t.Fatal(err)
-				}
-				testbed.Eventually(t, 60*time.Second, "Docker restarts the killed plugin", func() error {
-					if p := h.PluginPIDs(t); len(p) != 1 || p[0] == pids[0] {
-						return fmt.Errorf("plugin processes %v", p)
-					}
-					_, err := h.PluginCall("/Plugin.Activate", "{}")
-					return err
-				})
+				c.Hosts[0].KillPlugin(t)
 			}
 		}},
 		{"Consul leader killed", func(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -33,20 +32,7 @@ func TestRestart(t *testing.T) {
 	s.mustReach(t, "rs", "srv")
 	s.daemon(t, "after-restart", "rs")
 
-	pids := s.PluginPIDs(t)
-	if len(pids) != 1 {
-		t.Fatalf("want one plugin process, found %v", pids)
-	}
-	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	testbed.Eventually(t, 60*time.Second, "Docker restarts the killed plugin", func() error {
-		if p := s.PluginPIDs(t); len(p) != 1 || p[0] == pids[0] {
-			return fmt.Errorf("plugin processes %v", p)
-		}
-		_, err := s.PluginCall("/Plugin.Activate", "{}")
-		return err
-	})
+	s.KillPlugin(t)
 	s.mustReach(t, "rs", "srv")
 	s.mustReach(t, "rs", "after-restart")
 	s.daemon(t, "after-kill", "rs")

@@ -1,36 +1,21 @@
 package firewall
 
 import (
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
 )
 
 const inNetns = "TARTAN_FIREWALL_TEST_IN_NETNS"
 
 // TestMain runs the package's tests in a network namespace of their own when
-// root (the flavour test writes real rules); elsewhere the pure tests run as
-// they are and the namespace test says loudly why it does not.
+// root (the flavour test writes real rules).
 func TestMain(m *testing.M) {
-	if os.Getenv(inNetns) == "" && os.Geteuid() == 0 {
-		if _, err := exec.LookPath("unshare"); err == nil {
-			cmd := exec.Command("unshare", append([]string{"--net", "--", os.Args[0]}, os.Args[1:]...)...)
-			cmd.Env = append(os.Environ(), inNetns+"=1")
-			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-			if err := cmd.Run(); err != nil {
-				if ee, ok := err.(*exec.ExitError); ok {
-					os.Exit(ee.ExitCode())
-				}
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-			os.Exit(0)
-		}
-	}
-	os.Exit(m.Run())
+	os.Exit(testbed.MainInOwnNetns(m, inNetns))
 }
 
 func sh(t *testing.T, cmd string) string {

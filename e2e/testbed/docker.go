@@ -364,3 +364,23 @@ func (h *Host) PluginPIDs(t testing.TB) []int {
 	}
 	return pids
 }
+
+// KillPlugin kills the plugin process with SIGKILL and waits until Docker
+// has restarted it and it answers.
+func (h *Host) KillPlugin(t testing.TB) {
+	t.Helper()
+	pids := h.PluginPIDs(t)
+	if len(pids) != 1 {
+		t.Fatalf("want one plugin process on %s, found %v", h.Name, pids)
+	}
+	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 60*time.Second, "Docker restarts the killed plugin on "+h.Name, func() error {
+		if p := h.PluginPIDs(t); len(p) != 1 || p[0] == pids[0] {
+			return fmt.Errorf("plugin processes %v", p)
+		}
+		_, err := h.PluginCall("/Plugin.Activate", "{}")
+		return err
+	})
+}
