@@ -58,7 +58,7 @@ $(CONSUL_BIN):
 docker26:
 	e2e/docker26.sh $(DOCKER26_DIR)
 
-test: deps consul docker26 unit fuzz e2e-all chaos
+test: deps consul docker26 unit fuzz e2e-all
 
 unit: lint
 	$(GO) test -race -count=1 ./kv/... ./ipam/... ./driver/... ./plugin/...
