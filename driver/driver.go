@@ -178,6 +178,29 @@ func (d *Driver) LocalAddresses() []LocalAddress {
 	return out
 }
 
+// Holding lists, for each pool of a local-scope network of this host, the
+// addresses its endpoints have (every record, live or not: a record not yet
+// proven stale still holds its address). It is ipam.Holding for the sweep
+// of this host's orphaned address records.
+func (d *Driver) Holding() map[string]map[string]bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[string]map[string]bool{}
+	for _, n := range d.st.networks {
+		if n.Space == "" || n.Space == ipam.LocalSpace {
+			if out[n.Pool] == nil {
+				out[n.Pool] = map[string]bool{}
+			}
+		}
+	}
+	for _, e := range d.st.endpoints {
+		if n, ok := d.st.networks[e.Network]; ok && out[n.Pool] != nil {
+			out[n.Pool][e.IP] = true
+		}
+	}
+	return out
+}
+
 // EndpointHas says whether an endpoint of this host on a network of pool
 // has the address: asked before Docker's ReleaseAddress reaches the IPAM.
 // Docker releases after DeleteEndpoint, so an endpoint that has the address

@@ -41,7 +41,7 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 		wantLinks[host], wantLinks[peer] = true, true
 		busy[host], busyIDs[id] = true, true
 	}
-	vethGone := map[string]bool{}
+	vethGone, unjoined := map[string]bool{}, map[string]bool{}
 	for _, e := range d.st.endpoints {
 		wantLinks[e.HostIf], wantLinks[e.PeerIf] = true, true
 		if busy[e.HostIf] {
@@ -66,13 +66,16 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 			vethGone[e.ID] = true
 			continue
 		}
+		if !kernel.PeerInContainer(e.HostIf) {
+			unjoined[e.ID] = true
+		}
 		wantRoutes[netip.PrefixFrom(e.ip(), 32)] = e.HostIf
 		if err := kernel.ConfigureHostSide(e.HostIf, n.gateway(), e.ip()); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	now := time.Now()
-	errs = append(errs, d.dropStaleLocked(ctx, busyIDs, vethGone, now))
+	errs = append(errs, d.dropStaleLocked(ctx, busyIDs, vethGone, unjoined, now))
 	present := map[string]bool{}
 	for _, prefix := range []string{kernel.EndpointPrefix, kernel.PeerPrefix, kernel.ShimPrefix, kernel.VXLANPrefix} {
 		names, err := kernel.Links(prefix)
@@ -135,9 +138,9 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 // dropStaleLocked removes local endpoint records that nothing uses any more
 // (staleEndpoints says which): Docker never sent DeleteEndpoint for them.
 // Called with d.mu held.
-func (d *Driver) dropStaleLocked(ctx context.Context, busy, vethGone map[string]bool, now time.Time) error {
+func (d *Driver) dropStaleLocked(ctx context.Context, busy, vethGone, unjoined map[string]bool, now time.Time) error {
 	res := staleEndpoints(staleInput{Endpoints: d.st.endpoints, Networks: d.st.networks, Busy: busy, VethGone: vethGone,
-		Missing: d.missing, Now: now, Grace: d.cfg.OrphanGrace})
+		Unjoined: unjoined, JoinGrace: max(d.cfg.OrphanGrace, JoinGrace), Missing: d.missing, Now: now, Grace: d.cfg.OrphanGrace})
 	d.missing = res.Missing
 	var errs []error
 	for _, id := range res.Drop {
@@ -147,10 +150,14 @@ func (d *Driver) dropStaleLocked(ctx context.Context, busy, vethGone map[string]
 			continue
 		}
 		delete(d.st.endpoints, id)
-		d.log.WithFields(logrus.Fields{"endpoint": shortID(id), "ip": e.IP, "network": shortID(e.Network)}).Info("forgot an endpoint whose veth or network is gone (Docker never deleted it)")
+		d.log.WithFields(logrus.Fields{"endpoint": shortID(id), "ip": e.IP, "network": shortID(e.Network)}).Info("forgot an endpoint Docker never deleted: its veth or its network is gone, or no container took its veth")
 	}
 	return errors.Join(errs...)
 }
+
+// JoinGrace is the least time an endpoint's veth may stay out of every
+// container before its record is taken for stale (staleInput.Unjoined).
+const JoinGrace = time.Minute
 
 // provenDeadLocked says whether a link tartan owns but has no record of may
 // go. The plugin deletes only what it can prove is dead: the host end of a

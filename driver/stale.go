@@ -24,8 +24,15 @@ type staleInput struct {
 	// now (kernel.LinkExists). macvlan endpoints live in their container
 	// and are never looked at.
 	VethGone map[string]bool
+	// Unjoined are the routed endpoints whose veth is here but whose other
+	// end no container holds (kernel.PeerInContainer): Docker moves it into
+	// the container right after CreateEndpoint, so one still here after
+	// JoinGrace belongs to a start that failed half-way (the plugin killed
+	// before its reply reached Docker, which then gave the container up).
+	Unjoined  map[string]bool
+	JoinGrace time.Duration
 	// Missing is the previous pass's result: when each endpoint was first
-	// seen without its veth.
+	// seen without its veth (or with it unjoined).
 	Missing map[string]time.Time
 	Now     time.Time
 	// Grace is how long a veth must stay missing before the record goes.
@@ -42,8 +49,10 @@ type staleResult struct {
 
 // staleEndpoints decides which local endpoint records to drop: at once those
 // whose network is no longer in the local state (nothing can use them: the
-// network's DeleteNetwork has run), and those of routed networks whose veth
-// has been missing for at least Grace. The caller (Reconcile, with d.mu
+// network's DeleteNetwork has run), those of routed networks whose veth
+// has been missing for at least Grace, and those whose veth no container
+// has taken for at least JoinGrace (the link goes later, as one tartan owns
+// and has no record of). The caller (Reconcile, with d.mu
 // held) deletes each dropped record from the local store and d.st.endpoints,
 // rewrites the firewall when a dropped record had published ports, and keeps
 // Missing for its next pass.
@@ -58,14 +67,22 @@ func staleEndpoints(in staleInput) staleResult {
 			out.Drop = append(out.Drop, id)
 			continue
 		}
-		if n.bridged() || !in.VethGone[id] {
+		if n.bridged() {
+			continue
+		}
+		grace := in.Grace
+		switch {
+		case in.VethGone[id]:
+		case in.Unjoined[id]:
+			grace = in.JoinGrace
+		default:
 			continue
 		}
 		since, seen := in.Missing[id]
 		if !seen {
 			since = in.Now
 		}
-		if in.Now.Sub(since) >= in.Grace {
+		if in.Now.Sub(since) >= grace {
 			out.Drop = append(out.Drop, id)
 			continue
 		}

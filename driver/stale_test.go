@@ -64,3 +64,36 @@ func TestStaleEndpoints(t *testing.T) {
 		t.Fatalf("no grace: drop %v", r.Drop)
 	}
 }
+
+// An endpoint whose veth is here but in no container (the plugin was killed
+// before its CreateEndpoint reply reached Docker, which gave the start up
+// and could not delete the endpoint) is dropped after JoinGrace, not
+// before; its clock stops when a container takes the veth.
+func TestStaleUnjoinedEndpoints(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	in := staleInput{
+		Networks:  map[string]netRec{"vx": {ID: "vx", Backend: BackendVXLAN}, "mv": {ID: "mv", Backend: BackendMacvlan}},
+		Endpoints: map[string]epRec{"half": {ID: "half", Network: "vx"}, "joined": {ID: "joined", Network: "vx"}, "mac": {ID: "mac", Network: "mv"}, "busy": {ID: "busy", Network: "vx"}},
+		Unjoined:  map[string]bool{"half": true, "mac": true, "busy": true},
+		Busy:      map[string]bool{"busy": true},
+		Now:       t0, Grace: 4 * time.Second, JoinGrace: time.Minute,
+	}
+	r := staleEndpoints(in)
+	if len(r.Drop) != 0 || len(r.Missing) != 1 || !r.Missing["half"].Equal(t0) {
+		t.Fatalf("first pass: drop %v, missing %v", r.Drop, r.Missing)
+	}
+	in.Missing, in.Now = r.Missing, t0.Add(30*time.Second) // past Grace, within JoinGrace
+	if r = staleEndpoints(in); len(r.Drop) != 0 {
+		t.Fatalf("dropped %v within JoinGrace", r.Drop)
+	}
+	// Joined meanwhile: the clock is forgotten.
+	in.Unjoined = map[string]bool{"mac": true, "busy": true}
+	if r2 := staleEndpoints(in); len(r2.Missing) != 0 {
+		t.Fatalf("joined, still remembered: %v", r2.Missing)
+	}
+	in.Unjoined = map[string]bool{"half": true, "mac": true, "busy": true}
+	in.Missing, in.Now = r.Missing, t0.Add(time.Minute)
+	if r = staleEndpoints(in); !slices.Equal(r.Drop, []string{"half"}) {
+		t.Fatalf("after JoinGrace: drop %v, want [half]", r.Drop)
+	}
+}

@@ -16,9 +16,27 @@ import (
 // for a while keeps them.
 const GoneAfter = 2
 
+// OrphanAfter is how old a record of this host's own must be before the
+// sweep may take it for an orphan. Docker asks for an address and creates
+// the endpoint right after, so a record that no endpoint has after this long
+// was left by a call that failed half-way: the plugin killed between the
+// two, a reply lost and the request sent again (a second address), a
+// release Docker gave up on while the plugin was down.
+const OrphanAfter = time.Minute
+
+// Holding lists what this host's endpoints hold now: for each pool of a
+// local-scope network of this host, the addresses of its endpoints. Pools
+// it does not list are not swept (global-scope pools are allocated by swarm
+// managers for tasks on any node; a pool with no tartan network here is
+// another driver's).
+type Holding func() map[string]map[string]bool
+
 // Collected says what CollectGone removed.
 type Collected struct {
+	// Addresses, Blocks and Hosts are those of gone hosts.
 	Addresses, Blocks, Hosts int
+	// Orphans are this host's own address records that no endpoint has.
+	Orphans int
 }
 
 // CollectGone removes, cluster-wide, the endpoint addresses and blocks of
@@ -27,7 +45,11 @@ type Collected struct {
 // compare-and-set on the version read, so several hosts may run it at once
 // and a record rewritten meanwhile (a host that came back) stays. The
 // records of a gone host go last, once nothing of it is left.
-func (m *IPAM) CollectGone(ctx context.Context) (Collected, error) {
+//
+// With local, it also sweeps this host's own endpoint address records
+// older than OrphanAfter that no endpoint of the host has (local is asked
+// after each pool's listing, so an endpoint created meanwhile is seen).
+func (m *IPAM) CollectGone(ctx context.Context, local Holding) (Collected, error) {
 	var got Collected
 	now := m.cfg.Now()
 	renewed := map[string]time.Time{}
@@ -48,9 +70,21 @@ func (m *IPAM) CollectGone(ctx context.Context) (Collected, error) {
 	}
 	holding := map[string]bool{} // gone hosts that still hold something
 	var errs []error
+	type candidate struct {
+		key, ip string
+		ver     uint64
+	}
 	for cidr := range pools {
+		var own []candidate
 		if _, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(cidr), func(key string, ver uint64, a kv.Address) error {
-			if a.Kind != kv.KindEndpoint || !gone(a.Host) {
+			if a.Kind != kv.KindEndpoint {
+				return nil
+			}
+			if a.Host == m.cfg.Host && local != nil && now.Sub(a.Created) > OrphanAfter {
+				own = append(own, candidate{key, a.IP, ver})
+				return nil
+			}
+			if !gone(a.Host) {
 				return nil
 			}
 			if err := m.store.Delete(ctx, key, ver); err != nil {
@@ -66,6 +100,22 @@ func (m *IPAM) CollectGone(ctx context.Context) (Collected, error) {
 		}, m.skipped); err != nil {
 			errs = append(errs, err)
 			continue
+		}
+		if len(own) > 0 {
+			held := local()[cidr]
+			for _, c := range own {
+				if held == nil || held[c.ip] {
+					continue
+				}
+				if err := m.store.Delete(ctx, c.key, c.ver); err != nil {
+					if !errors.Is(err, kv.ErrConflict) {
+						errs = append(errs, err)
+					}
+					continue
+				}
+				got.Orphans++
+				m.log.WithFields(logrus.Fields{"pool": cidr, "ip": c.ip}).Warn("released an address of this host that no endpoint has (a request or a release failed half-way)")
+			}
 		}
 		if _, err := kv.ListJSON(ctx, m.store, kv.BlockPrefix(cidr), func(key string, ver uint64, b kv.Block) error {
 			if !gone(b.Host) || b.Expires.After(now) {

@@ -33,12 +33,12 @@ func TestCollectGone(t *testing.T) {
 		ipA := addr(t, a, id, "", mac(2)).Addr().String()
 		e.clock.Add(90 * time.Minute) // b silent for 1.5 lifetimes: not gone yet
 		register(t, e, "a")
-		if got, err := a.CollectGone(ctx); err != nil || got != (ipam.Collected{}) {
+		if got, err := a.CollectGone(ctx, nil); err != nil || got != (ipam.Collected{}) {
 			t.Fatalf("collected %+v %v before b was gone", got, err)
 		}
 		e.clock.Add(time.Hour) // 2.5 lifetimes
 		register(t, e, "a")
-		got, err := a.CollectGone(ctx)
+		got, err := a.CollectGone(ctx, nil)
 		if err != nil || got.Addresses != 1 || got.Blocks != 1 || got.Hosts != 1 {
 			t.Fatalf("collected %+v %v, want b's address, block and host record", got, err)
 		}
@@ -57,5 +57,52 @@ func TestCollectGone(t *testing.T) {
 		}
 		// An address another host holds is not taken, and said so.
 		wantErr(t, b.Reassert(ctx, id, ipA, mac(3)), nil, ipA, "held by host a", "restart the container")
+	})
+}
+
+// A record of this host's own that no endpoint has (the plugin killed
+// between RequestAddress and CreateEndpoint, a reply lost and the request
+// sent again, a release Docker gave up on) is released once it is older
+// than OrphanAfter; held, young, other hosts' and unlisted pools' records
+// stay.
+func TestCollectOrphans(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a, b := e.host("a"), e.host("b")
+		register(t, e, "a")
+		register(t, e, "b")
+		id := pool(t, a, "10.83.0.0/24", "", nil)
+		pool(t, b, "10.83.0.0/24", "", nil)
+		other := pool(t, a, "10.84.0.0/24", "", nil)
+		held := addr(t, a, id, "", mac(1)).Addr().String()
+		orphan := addr(t, a, id, "", mac(2)).Addr().String()
+		ofB := addr(t, b, id, "", mac(3)).Addr().String()
+		unlisted := addr(t, a, other, "", mac(4)).Addr().String()
+		holding := func() map[string]map[string]bool {
+			return map[string]map[string]bool{"10.83.0.0/24": {held: true}}
+		}
+		e.clock.Add(ipam.OrphanAfter / 2)
+		young := addr(t, a, id, "", mac(5)).Addr().String()
+		if got, err := a.CollectGone(ctx, holding); err != nil || got != (ipam.Collected{}) {
+			t.Fatalf("collected %+v %v before anything was old enough", got, err)
+		}
+		e.clock.Add(ipam.OrphanAfter/2 + time.Second)
+		register(t, e, "a")
+		register(t, e, "b")
+		got, err := a.CollectGone(ctx, holding)
+		if err != nil || got != (ipam.Collected{Orphans: 1}) {
+			t.Fatalf("collected %+v %v, want the one orphan", got, err)
+		}
+		for ip, want := range map[string]error{held: nil, orphan: kv.ErrNotFound, ofB: nil, young: nil} {
+			if _, err := e.store.Get(ctx, kv.AddressPath("10.83.0.0/24", ip)); !errors.Is(err, want) && !(want == nil && err == nil) {
+				t.Fatalf("%s: %v, want %v", ip, err, want)
+			}
+		}
+		if _, err := e.store.Get(ctx, kv.AddressPath("10.84.0.0/24", unlisted)); err != nil {
+			t.Fatalf("a pool the driver does not list was swept: %v", err)
+		}
+		// The address is free again.
+		if got := addr(t, a, id, orphan, mac(6)).Addr().String(); got != orphan {
+			t.Fatalf("asked for %s, got %s", orphan, got)
+		}
 	})
 }

@@ -171,12 +171,12 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 				log.Errorf("address of a live endpoint: %v", err)
 			}
 		}
-		got, err := im.CollectGone(c)
+		got, err := im.CollectGone(c, drv.Holding)
 		if err != nil {
 			log.Warnf("collecting gone hosts: %v", err)
 		}
 		if got != (ipam.Collected{}) {
-			log.WithFields(logrus.Fields{"addresses": got.Addresses, "blocks": got.Blocks, "hosts": got.Hosts}).Info("collected what gone hosts held")
+			log.WithFields(logrus.Fields{"addresses": got.Addresses, "blocks": got.Blocks, "hosts": got.Hosts, "orphans": got.Orphans}).Info("collected what gone hosts held and this host's orphaned addresses")
 		}
 	}
 	// Three loops: a reconcile that is slow (a busy xtables lock, a slow
