@@ -28,9 +28,12 @@ func ConsulBin(t testing.TB) string {
 // Consul is a real single-node Consul server started by the test.
 type Consul struct {
 	Addr string // host:port of the HTTP API
-	ns   *NS
-	bin  string
-	cmd  *exec.Cmd
+	// Token is the token the CLI uses: the management token of a server
+	// with ACLs on (StartConsulACL), else empty.
+	Token string
+	ns    *NS
+	bin   string
+	cmd   *exec.Cmd
 }
 
 // Signal sends sig to the server (SIGSTOP freezes it: unreachable but intact;
@@ -40,9 +43,21 @@ func (c *Consul) Signal(sig syscall.Signal) error { return c.cmd.Process.Signal(
 // StartConsul runs "consul agent -dev" bound to bind (inside ns when ns is
 // not nil) with the HTTP API on httpPort, waits for a leader, and stops it at
 // cleanup. Ports other than HTTP, server and serf LAN are off.
-func StartConsul(t testing.TB, ns *NS, bind string, httpPort int, join ...string) *Consul {
+func StartConsul(t testing.TB, ns *NS, bind string, httpPort int) *Consul {
 	t.Helper()
-	c, stop, err := LaunchConsul(ConsulBin(t), ns, bind, httpPort, join...)
+	return startConsul(t, ns, bind, httpPort, "")
+}
+
+// StartConsulACL is StartConsul for a server with Consul's ACLs on and
+// deny by default; mgmt is its management token, which its CLI uses.
+func StartConsulACL(t testing.TB, ns *NS, bind string, httpPort int, mgmt string) *Consul {
+	t.Helper()
+	return startConsul(t, ns, bind, httpPort, mgmt)
+}
+
+func startConsul(t testing.TB, ns *NS, bind string, httpPort int, mgmt string) *Consul {
+	t.Helper()
+	c, stop, err := launchConsul(ConsulBin(t), ns, bind, httpPort, mgmt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,12 +73,19 @@ func StartConsul(t testing.TB, ns *NS, bind string, httpPort int, join ...string
 // ends the server, removes its data and returns its log. With join, it is one
 // server of a cluster of len(join)+1 (it waits for the cluster's leader).
 func LaunchConsul(bin string, ns *NS, bind string, httpPort int, join ...string) (*Consul, func() string, error) {
+	return launchConsul(bin, ns, bind, httpPort, "", join)
+}
+
+func launchConsul(bin string, ns *NS, bind string, httpPort int, mgmt string, join []string) (*Consul, func() string, error) {
 	dir, err := os.MkdirTemp("", "tartan-consul")
 	if err != nil {
 		return nil, nil, err
 	}
 	hcl := fmt.Sprintf(`ports { http = %d, dns = -1, grpc = -1, grpc_tls = -1, serf_wan = -1, server = %d, serf_lan = %d }`,
 		httpPort, httpPort+1, httpPort+2)
+	if mgmt != "" {
+		hcl += fmt.Sprintf(` acl { enabled = true, default_policy = "deny", tokens { initial_management = %q, agent = %q } }`, mgmt, mgmt)
+	}
 	args := []string{"agent", "-dev", "-bind", bind, "-client", bind, "-data-dir", dir, "-hcl", hcl, "-log-level", "warn"}
 	if len(join) > 0 {
 		args = []string{"agent", "-server", "-bootstrap-expect", fmt.Sprint(len(join) + 1), "-bind", bind, "-client", bind,
@@ -102,7 +124,7 @@ func LaunchConsul(bin string, ns *NS, bind string, httpPort int, join ...string)
 		os.RemoveAll(dir)
 		return string(b)
 	}
-	c := &Consul{Addr: fmt.Sprintf("%s:%d", bind, httpPort), ns: ns, bin: bin, cmd: cmd}
+	c := &Consul{Addr: fmt.Sprintf("%s:%d", bind, httpPort), Token: mgmt, ns: ns, bin: bin, cmd: cmd}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		select {
@@ -134,6 +156,9 @@ func (c *Consul) CLI(args ...string) (string, error) {
 		cmd = exec.CommandContext(ctx, full[0], full[1:]...)
 	}
 	cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR=http://"+c.Addr)
+	if c.Token != "" {
+		cmd.Env = append(cmd.Env, "CONSUL_HTTP_TOKEN="+c.Token)
+	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("consul %v: %w: %s", args, err, out)
