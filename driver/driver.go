@@ -516,7 +516,12 @@ func (d *Driver) applyFirewall() error {
 	if len(st.Networks) == 0 && len(st.Ports) == 0 {
 		return d.fw.Remove()
 	}
-	return d.fw.Apply(st)
+	was := d.fw.Flavour()
+	err := d.fw.Apply(st)
+	if now := d.fw.Flavour(); now != was {
+		d.log.WithFields(logrus.Fields{"was": was, "now": now}).Info("firewall flavour changed: Docker's chains are in the other iptables; tartan's rules moved there")
+	}
+	return err
 }
 
 // firewallStateLocked is the desired firewall. Called with d.mu held.

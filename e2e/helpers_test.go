@@ -27,15 +27,23 @@ type single struct {
 func newSingle(t *testing.T, name string, n int) *single {
 	t.Helper()
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
-	hostNS := testbed.NewNS(t, "tt-"+name)
-	out := testbed.NewNS(t, "tt-"+name+"o")
-	testbed.Link(t, hostNS, "ext0", fmt.Sprintf("10.99.%d.2/24", n), out, "in0", fmt.Sprintf("10.99.%d.1/24", n), 1500)
-	hostNS.MustIP(t, "route", "add", "default", "via", fmt.Sprintf("10.99.%d.1", n))
-	internet := fmt.Sprintf("198.18.%d.1", n)
-	out.MustIP(t, "addr", "add", internet+"/32", "dev", "lo")
+	hostNS, out, internet := plumb(t, name, n)
 	h := testbed.StartDockerd(t, hostNS)
 	h.Image(t)
 	return &single{Host: h, outside: out, internet: internet}
+}
+
+// plumb makes a host namespace (tt-<name>) and its outside (tt-<name>o)
+// behind its default route, with 198.18.<n>.1 on the outside.
+func plumb(t *testing.T, name string, n int) (host, outside testbed.NS, internet string) {
+	t.Helper()
+	host = testbed.NewNS(t, "tt-"+name)
+	outside = testbed.NewNS(t, "tt-"+name+"o")
+	testbed.Link(t, host, "ext0", fmt.Sprintf("10.99.%d.2/24", n), outside, "in0", fmt.Sprintf("10.99.%d.1/24", n), 1500)
+	host.MustIP(t, "route", "add", "default", "via", fmt.Sprintf("10.99.%d.1", n))
+	internet = fmt.Sprintf("198.18.%d.1", n)
+	outside.MustIP(t, "addr", "add", internet+"/32", "dev", "lo")
+	return host, outside, internet
 }
 
 // run runs a throwaway container and returns its output.

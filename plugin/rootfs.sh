@@ -7,7 +7,7 @@ set -euo pipefail
 bin=$1 config=$2 out=$(realpath -m "$3")
 rm -rf "$out"
 root="$out/rootfs"
-mkdir -p "$root"/{etc,run,tmp,host/var/lib,host/proc/sys,usr/sbin,proc,sys,dev}
+mkdir -p "$root"/{etc,run,tmp,host/var/lib,host/proc/sys,host/run,usr/sbin,proc,sys,dev}
 # Mirror a merged /usr so that library links resolve the same way inside.
 for d in lib lib64 bin sbin; do
   if [ -L "/$d" ]; then mkdir -p "$root/usr/$d"; ln -sfn "usr/$d" "$root/$d"; fi

@@ -264,8 +264,14 @@ func detect() string {
 		if strings.Contains(f, "legacy") && !legacyTablesLoaded() {
 			continue
 		}
-		if run(f, "-w", "5", "-t", "filter", "-n", "-L", "DOCKER-USER") == nil ||
-			run(f, "-w", "5", "-t", "nat", "-n", "-L", "DOCKER") == nil {
+		out, err := output(f, "-w", "5", "-t", "filter", "-n", "-L", "DOCKER-USER")
+		if err == nil || strings.Contains(out, "xtables lock") {
+			// (A busy lock means another program is writing these
+			// tables, most likely Docker: waiting again for the DOCKER
+			// chain would only double the wait.)
+			return f
+		}
+		if run(f, "-w", "5", "-t", "nat", "-n", "-L", "DOCKER") == nil {
 			return f
 		}
 	}

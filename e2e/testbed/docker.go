@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -23,6 +24,7 @@ type Host struct {
 	cmd      *exec.Cmd
 	done     chan struct{}
 	log      string
+	path     string // PATH for the daemon; empty: DOCKERD_PATH, else the test's own
 }
 
 // DockerdBin is the dockerd to run (DOCKERD env to choose another engine).
@@ -37,16 +39,44 @@ func DockerdBin() string {
 // stopped (by its pid), and its mounts and directories removed, at cleanup.
 func StartDockerd(t testing.TB, ns NS) *Host {
 	t.Helper()
+	return startDockerd(t, ns, false)
+}
+
+// StartDockerdLegacy is StartDockerd for a daemon whose iptables is
+// iptables-legacy (a host where Docker uses the legacy tables): its PATH
+// starts with a folder where iptables, ip6tables and their -save and
+// -restore are the legacy ones.
+func StartDockerdLegacy(t testing.TB, ns NS) *Host {
+	t.Helper()
+	return startDockerd(t, ns, true)
+}
+
+func startDockerd(t testing.TB, ns NS, legacy bool) *Host {
+	t.Helper()
 	h := &Host{NS: ns, Dir: filepath.Join(os.TempDir(), "tartan-e2e", ns.Name), ExecRoot: "/run/tt/" + ns.Name}
 	h.Socket = filepath.Join(h.ExecRoot, "docker.sock")
 	cleanDir(h.Dir)
 	cleanDir(h.ExecRoot)
-	for _, d := range []string{h.Dir, h.ExecRoot} {
+	for _, d := range []string{h.Dir, h.ExecRoot, h.RunDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
 	h.log = filepath.Join(h.Dir, "dockerd.log")
+	if legacy {
+		multi, err := exec.LookPath("xtables-legacy-multi")
+		Require(t, err == nil, "no xtables-legacy-multi (Debian's iptables package has it)")
+		bin := filepath.Join(h.Dir, "legacy-bin")
+		if err := os.MkdirAll(bin, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, cmd := range []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"} {
+			if err := os.Symlink(multi, filepath.Join(bin, cmd)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h.path = bin + ":" + cmp.Or(os.Getenv("DOCKERD_PATH"), os.Getenv("PATH"))
+	}
 	h.launch(t)
 	t.Cleanup(func() { h.stop(t) })
 	return h
@@ -66,7 +96,8 @@ func (h *Host) launch(t testing.TB) {
 	h.cmd = exec.Command("nsenter", args...)
 	h.cmd.Stdout, h.cmd.Stderr = logf, logf
 	h.cmd.Env = os.Environ()
-	if p := os.Getenv("DOCKERD_PATH"); p != "" {
+	h.cmd.Env = append(h.cmd.Env, "XTABLES_LOCKFILE="+filepath.Join(h.RunDir(), "xtables.lock"))
+	if p := cmp.Or(h.path, os.Getenv("DOCKERD_PATH")); p != "" {
 		h.cmd.Env = append(h.cmd.Env, "PATH="+p)
 	}
 	if err := h.cmd.Start(); err != nil {
@@ -102,6 +133,18 @@ func (h *Host) Restart(t testing.TB) {
 	if out, err := h.Docker("plugin", "ls", "-q"); err == nil && strings.TrimSpace(out) != "" {
 		h.WaitPlugin(t)
 	}
+}
+
+// Boot stops the daemon and starts it again on the same data in ns, a
+// fresh namespace: what a reboot is to Docker and the plugin (no links, no
+// routes, no firewall tables, not even loaded ones). Docker starts the
+// enabled plugin again before it makes its own chains.
+func (h *Host) Boot(t testing.TB, ns NS) {
+	t.Helper()
+	h.halt()
+	h.NS = ns
+	h.launch(t)
+	h.WaitPlugin(t)
 }
 
 // halt stops the daemon: SIGTERM, and SIGKILL if it is not gone in 45 s.
@@ -252,14 +295,22 @@ func (h *Host) DockerMount() string { return "docker.source=" + h.Socket }
 func (h *Host) StateDir() string { return filepath.Join(h.Dir, "varlib") }
 
 // Mounts are the plugin settings that give the plugin this host's Docker
-// socket and state folder.
+// socket, state folder and /run (for the xtables lock).
 func (h *Host) Mounts(t testing.TB) []string {
 	t.Helper()
 	if err := os.MkdirAll(h.StateDir(), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return []string{h.DockerMount(), "state.source=" + h.StateDir()}
+	if err := os.MkdirAll(h.RunDir(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return []string{h.DockerMount(), "state.source=" + h.StateDir(), "xtables.source=" + h.RunDir()}
 }
+
+// RunDir stands for this host's /run where the xtables lock lives: its
+// daemon's iptables and its plugin's take the lock there (XTABLES_LOCKFILE),
+// as on a machine of its own.
+func (h *Host) RunDir() string { return filepath.Join(h.Dir, "run") }
 
 // WaitPlugin waits until the plugin answers on its socket.
 func (h *Host) WaitPlugin(t testing.TB) {
