@@ -129,8 +129,8 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	if err := b.network("net-web", "10.244.0.0/16", generic("tartan.backend", "vxlan")); err != nil {
 		t.Fatal(err)
 	}
-	vx := sh(t, "ip -d link show tartan.1")
-	for _, want := range []string{"mtu 1450", "vxlan id 1", "local 10.77.0.1", "dev under0", "dstport 8472", "nolearning"} {
+	vx := sh(t, "ip -d link show tartan.256") // the first automatic VNI (kv.FirstAutoVNI)
+	for _, want := range []string{"mtu 1450", "vxlan id 256 ", "local 10.77.0.1", "dev under0", "dstport 8472", "nolearning"} {
 		if !strings.Contains(vx, want) {
 			t.Fatalf("vxlan device lacks %q:\n%s", want, vx)
 		}
@@ -145,7 +145,7 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	if err := b.network("net-big", "10.245.0.0/16", generic("com.docker.network.driver.mtu", "9000")); err == nil || !strings.Contains(err.Error(), "larger than the underlay allows") {
 		t.Fatalf("mtu: %v", err)
 	}
-	if kernel.LinkExists("tartan.2") {
+	if kernel.LinkExists("tartan.257") {
 		t.Fatal("a refused network left its VXLAN device behind")
 	}
 	if err := b.network("net-gw", "10.246.0.0/16", generic("tartan.backend", "host-gw")); err != nil {
@@ -204,7 +204,7 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 		t.Fatalf("dnat rule left after revoke:\n%s", out)
 	}
 	info, err := b.drv.EndpointInfo(&network.InfoRequest{NetworkID: "net-web", EndpointID: "01aaaaaaaaaaaa"})
-	if err != nil || info.Value["tartan.backend"] != "vxlan" || info.Value["tartan.host"] != "h1" || info.Value["tartan.vni"] != "1" {
+	if err != nil || info.Value["tartan.backend"] != "vxlan" || info.Value["tartan.host"] != "h1" || info.Value["tartan.vni"] != "256" {
 		t.Fatalf("oper info: %v %v", info, err)
 	}
 
@@ -214,14 +214,14 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	// grace period; the host end of a pair whose other end a container
 	// holds stays, whatever the records say (audit H4: a reinstalled plugin
 	// with no records deleted every container's link).
-	sh(t, "ip link del tartan.1; ip route del 10.244.0.3/32; ip link add tn0123456789a type veth peer name tnfoo")
+	sh(t, "ip link del tartan.256; ip route del 10.244.0.3/32; ip link add tn0123456789a type veth peer name tnfoo")
 	sh(t, "ip netns add tdp-held && ip link add tn0123456789b type veth peer name eth9 netns tdp-held")
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", "tdp-held").Run() })
 	b.restart()
 	if err := b.drv.Reconcile(b.ctx); err != nil {
 		t.Fatalf("reconcile: %v", err)
 	}
-	if !kernel.LinkExists("tartan.1") || !strings.Contains(sh(t, "ip route show proto 84"), "10.244.0.3 dev") {
+	if !kernel.LinkExists("tartan.256") || !strings.Contains(sh(t, "ip route show proto 84"), "10.244.0.3 dev") {
 		t.Fatalf("reconcile did not repair the VXLAN device and the route:\n%s\n%s", sh(t, "ip -br link"), sh(t, "ip route show proto 84"))
 	}
 	if !kernel.LinkExists("tn0123456789a") {
@@ -603,5 +603,33 @@ func TestForeignBlockRecordsAreNotRouted(t *testing.T) {
 	}
 	if state := b.drv.PeerState(); strings.Count(state, "not inside the network's pool") != 2 {
 		t.Fatalf("want a problem per foreign block: %s", state)
+	}
+}
+
+// Audit L7: another program's VXLAN device that receives the network's VNI
+// on tartan's port (flannel's flannel.1 has VNI 1 on 8472, Cilium takes
+// every VNI on 8472) made CreateNetwork fail with the kernel's bare "file
+// exists". Now the error names the device and the two ways out, nothing is
+// left behind, and the create works once the port is free.
+func TestForeignVXLANDevice(t *testing.T) {
+	b := newBed(t)
+	sh(t, "ip link add fl.300 type vxlan id 300 dstport 8472 dev under0")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "fl.300").Run() })
+	err := b.network("net-fl", "10.230.0.0/16", generic("tartan.vni", "300"))
+	if err == nil || !strings.Contains(err.Error(), "fl.300") || !strings.Contains(err.Error(), "VXLAN_PORT") || !strings.Contains(err.Error(), "tartan.vni") {
+		t.Fatalf("a VNI another device receives on the port: %v", err)
+	}
+	if kernel.LinkExists("tartan.300") {
+		t.Fatal("the refused network left its VXLAN device behind")
+	}
+	if _, err := b.store.Get(b.ctx, kv.VNIPath(300)); err == nil {
+		t.Fatal("the refused network left its VNI claim behind")
+	}
+	sh(t, "ip link del fl.300")
+	if err := b.network("net-fl", "10.230.0.0/16", generic("tartan.vni", "300")); err != nil {
+		t.Fatalf("once the port is free: %v", err)
+	}
+	if err := b.drv.DeleteNetwork(b.ctx, &network.DeleteNetworkRequest{NetworkID: "net-fl"}); err != nil {
+		t.Fatal(err)
 	}
 }

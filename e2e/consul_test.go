@@ -29,7 +29,7 @@ func TestConsulStore(t *testing.T) {
 	s.mustReach(t, "big", s.internet)
 	keys := strings.Join(consul.Keys(t, "tartan/"), "\n")
 	for _, want := range []string{"tartan/pools/10.40.0.0-16", "tartan/blocks/10.40.0.0-16/10.40.0.0-26",
-		"tartan/addrs/10.40.0.0-16/10.40.0.1", "tartan/addrs/10.40.0.0-16/" + a, "tartan/networks/10.40.0.0-16", "tartan/vnis/1", "tartan/hosts/"} {
+		"tartan/addrs/10.40.0.0-16/10.40.0.1", "tartan/addrs/10.40.0.0-16/" + a, "tartan/networks/10.40.0.0-16", "tartan/vnis/256", "tartan/hosts/"} {
 		if !strings.Contains(keys, want) {
 			t.Fatalf("store lacks %s:\n%s", want, keys)
 		}

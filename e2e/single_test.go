@@ -42,7 +42,7 @@ func TestSingleHostEmbedded(t *testing.T) {
 	s.mustNotReach(t, "net-internal", s.internet)
 	s.mustNotReach(t, "net-internal", s.ip(t, "srv-vxlan"))
 	// The VXLAN device and its MTU (underlay 1500 - 50).
-	if out := s.MustIP(t, "-d", "link", "show", "tartan.1"); !strings.Contains(out, "mtu 1450") || !strings.Contains(out, "dstport 8472") {
+	if out := s.MustIP(t, "-d", "link", "show", "tartan.256"); !strings.Contains(out, "mtu 1450") || !strings.Contains(out, "dstport 8472") {
 		t.Fatalf("vxlan device:\n%s", out)
 	}
 	if out, _ := s.run(t, "net-vxlan", "cat /sys/class/net/eth0/mtu"); strings.TrimSpace(out) != "1450" {

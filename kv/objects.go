@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -247,10 +248,22 @@ func Update[T any](ctx context.Context, s Store, key string, fn func(v *T, exist
 // MaxVNI is the largest VXLAN network identifier.
 const MaxVNI = 1<<24 - 1
 
+// FirstAutoVNI is where automatic VNIs start: above flannel's default VNI
+// (1, on the same default UDP port 8472), so that tartan's devices and
+// flannel's can live on one host, and above the low numbers people pick
+// by hand with -o tartan.vni (audit L7).
+const FirstAutoVNI = 256
+
 // ClaimVNI reserves a VNI for the network of pool: want when given (an error
-// when another network has it), else the lowest free one. created says
-// whether this call wrote the claim (false: the network's claim was there),
-// so that a caller undoing its work releases only what it made.
+// when another network has it), else the network's existing claim, else the
+// lowest free one from FirstAutoVNI. created says whether this call wrote
+// the claim (false: the network's claim was there), so that a caller undoing
+// its work releases only what it made.
+//
+// A claim whose write committed but whose answer was lost (a failover to
+// the next Consul server retries it there, and it conflicts with itself) is
+// recognised as this pool's, not taken for another network's: the lost
+// answer used to make the next VNI claimed and the first leak (audit S4).
 func ClaimVNI(ctx context.Context, s Store, want int, pool string) (vni int, created bool, err error) {
 	if want != 0 {
 		_, err := s.Put(ctx, VNIPath(want), []byte(pool), 0)
@@ -269,9 +282,16 @@ func ClaimVNI(ctx context.Context, s Store, want int, pool string) (vni int, cre
 	}
 	used := map[string]bool{}
 	for _, p := range ps {
+		if string(p.Value) == pool {
+			// The network's claim from an earlier try (or another host's
+			// concurrent create of the same network): one VNI per network.
+			if n, err := strconv.Atoi(strings.TrimPrefix(p.Key, VNIsPrefix)); err == nil && n > 0 && n <= MaxVNI {
+				return n, false, nil
+			}
+		}
 		used[p.Key] = true
 	}
-	for vni := 1; vni <= MaxVNI; vni++ {
+	for vni := FirstAutoVNI; vni <= MaxVNI; vni++ {
 		if used[VNIPath(vni)] {
 			continue
 		}
@@ -281,6 +301,9 @@ func ClaimVNI(ctx context.Context, s Store, want int, pool string) (vni int, cre
 		}
 		if !errors.Is(err, ErrConflict) {
 			return 0, false, err
+		}
+		if p, gerr := s.Get(ctx, VNIPath(vni)); gerr == nil && string(p.Value) == pool {
+			return vni, true, nil // this call's own write, its answer lost
 		}
 	}
 	return 0, false, InUse("every VNI is in use")

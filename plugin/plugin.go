@@ -185,6 +185,16 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 	// pace of leases.
 	go every(ctx, renewEvery(s.LeaseTTL), doRenew)
 	go every(ctx, max(s.LeaseTTL, time.Minute), doCollect)
+	// A start is often the end of a crash, whose half-made requests left
+	// orphaned records: one more pass once they are old enough to sweep
+	// (the periodic one may be a lease lifetime away).
+	go func() {
+		select {
+		case <-time.After(2 * ipam.OrphanAfter):
+			doCollect()
+		case <-ctx.Done():
+		}
+	}()
 	every(ctx, s.Resync, doReconcile)
 }
 

@@ -366,6 +366,11 @@ func EnsureVXLAN(v VXLAN) error {
 		return fmt.Errorf("look up %s: %w", v.Name, err)
 	}
 	if err := netlink.LinkAdd(want); err != nil {
+		if other := vxlanUsing(v.Port, v.VNI, v.Name); other != "" {
+			return fmt.Errorf("create vxlan %s: %w: the VXLAN device %s of another program already receives VNI %d on UDP port %d on this host "+
+				"(flannel uses VNI 1 on port 8472, Cilium every VNI on 8472): set VXLAN_PORT to a free port on every host, or give the network another -o tartan.vni",
+				v.Name, err, other, v.VNI, v.Port)
+		}
 		return fmt.Errorf("create vxlan %s (vni %d, port %d, local %s dev %s): %w", v.Name, v.VNI, v.Port, v.Local, v.Parent, err)
 	}
 	l, err := netlink.LinkByName(v.Name)
@@ -373,6 +378,26 @@ func EnsureVXLAN(v VXLAN) error {
 		return fmt.Errorf("look up %s: %w", v.Name, err)
 	}
 	return setUp(l)
+}
+
+// vxlanUsing names a VXLAN device other than self that receives vni on
+// port: one with that VNI, or one in external (collect-metadata) mode,
+// which takes every VNI of its port.
+func vxlanUsing(port, vni int, self string) string {
+	ls, err := netlink.LinkList()
+	if err != nil {
+		return ""
+	}
+	for _, l := range ls {
+		x, ok := l.(*netlink.Vxlan)
+		if !ok || x.Name == self || x.Port != port {
+			continue
+		}
+		if x.VxlanId == vni || x.FlowBased {
+			return x.Name
+		}
+	}
+	return ""
 }
 
 func setUp(l netlink.Link) error {
