@@ -27,9 +27,16 @@ import (
 // Version is set at build time.
 var Version = "dev"
 
-// renewEvery is how often the host renews its registration and leases: a
-// tenth of the lease lifetime, at most a minute, so a live host never lapses.
+// renewEvery is how often the host checks its registration and leases: a
+// tenth of the lease lifetime, at most a minute, so that a new underlay
+// address is published within a minute and a live host never lapses.
 func renewEvery(ttl time.Duration) time.Duration { return min(time.Minute, ttl/10) }
+
+// renewAfter is how old the registration's renewal time may get before a
+// check rewrites it: a quarter of the lease lifetime, at most an hour. Every
+// rewrite of hosts/<id> wakes every watcher of hosts/ on every host, so an
+// idle host writes it only at this pace, not at every check (issue 10).
+func renewAfter(ttl time.Duration) time.Duration { return min(time.Hour, ttl/4) }
 
 // Run serves the plugin on socket until ctx ends.
 func Run(ctx context.Context, socket string, env func(string) string, log *logrus.Logger) error {
@@ -156,7 +163,7 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 	doRenew := func() {
 		c, cancel := context.WithTimeout(ctx, RequestTimeout)
 		defer cancel()
-		if err := registerHost(c, cluster, host, s.Advertise, kernel.FindUnderlay); err != nil {
+		if err := registerHost(c, cluster, host, s.Advertise, renewAfter(s.LeaseTTL), kernel.FindUnderlay); err != nil {
 			log.Warnf("host registration: %v", err)
 		}
 		if err := im.RenewLeases(c); err != nil {
@@ -221,7 +228,10 @@ func every(ctx context.Context, period time.Duration, fn func()) {
 // to this host's containers at once. The renewal then returns an error
 // saying so, for the log. A host that has no address registered yet is not
 // registered at all until the lookup works.
-func registerHost(ctx context.Context, cluster kv.Store, host, advertise string, lookup func(advertise string) (kernel.Underlay, error)) error {
+//
+// A registration with the same address and version renewed less than
+// fresh ago is left as it is (no write).
+func registerHost(ctx context.Context, cluster kv.Store, host, advertise string, fresh time.Duration, lookup func(advertise string) (kernel.Underlay, error)) error {
 	u, lerr := lookup(advertise)
 	if lerr == nil && !u.Address.IsValid() {
 		lerr = fmt.Errorf("the underlay interface %s has no usable address: set ADVERTISE to an interface or address (docker plugin set tartan:latest ADVERTISE=eth0)", u.Interface)
@@ -237,7 +247,11 @@ func registerHost(ctx context.Context, cluster kv.Store, host, advertise string,
 		default:
 			return fmt.Errorf("host %s is not registered until its underlay address is found: %w", host, lerr)
 		}
-		*h = kv.Host{ID: host, Address: addr, Version: Version, Renewed: time.Now().UTC()}
+		now := time.Now().UTC()
+		if exists && h.Address == addr && h.Version == Version && now.Sub(h.Renewed) < fresh {
+			return kv.ErrUnchanged
+		}
+		*h = kv.Host{ID: host, Address: addr, Version: Version, Renewed: now}
 		return nil
 	})
 	switch {
