@@ -224,6 +224,9 @@ func storeAddrs(t *testing.T, c *testbed.Cluster, subnet string) map[string]stri
 	}
 	m := map[string]string{}
 	for _, p := range pairs {
+		if strings.HasSuffix(p.Key, "/") {
+			continue // the prefix's folder marker (kv.KeepFolder)
+		}
 		var a struct {
 			IP   string `json:"ip"`
 			Kind string `json:"kind"`

@@ -269,6 +269,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 				return kv.Invalid("pool %s is registered with %s=%d: use the same value or leave it out", l.Pool, OptBlockSize, existing.BlockBits)
 			}
 			if held {
+				m.keepFolders(ctx, l.Pool.String())
 				return nil
 			}
 			if existing.Holders == nil {
@@ -277,9 +278,11 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 			existing.Holders[m.holder(space)] = true
 			if _, err := kv.PutJSON(ctx, m.store, key, existing, version); errors.Is(err, kv.ErrConflict) {
 				continue
-			} else {
+			} else if err != nil {
 				return err
 			}
+			m.keepFolders(ctx, l.Pool.String())
+			return nil
 		}
 		if !errors.Is(err, kv.ErrNotFound) {
 			return err
@@ -318,6 +321,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 		_, err = m.store.Put(ctx, kv.PoolsGuard, []byte(pool.CIDR), guard.Version)
 		if err == nil {
 			m.log.WithField("pool", pool.CIDR).Info("pool registered")
+			m.keepFolders(ctx, pool.CIDR)
 			return nil
 		}
 		if derr := m.store.Delete(ctx, key, pv); derr != nil && !errors.Is(derr, kv.ErrConflict) {
@@ -328,6 +332,18 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 		}
 	}
 	return fmt.Errorf("register pool %s: too many concurrent registrations: %w", l.Pool, kv.ErrConflict)
+}
+
+// keepFolders marks the pool's block and address prefixes, which every
+// host of the network watches, so that they are never empty (kv.KeepFolder).
+// The markers live as long as the pool: the last holder's removal deletes
+// them with the prefixes. A failure costs only wake-ups, so it is logged.
+func (m *IPAM) keepFolders(ctx context.Context, cidr string) {
+	for _, prefix := range []string{kv.BlockPrefix(cidr), kv.AddressPrefix(cidr)} {
+		if err := kv.KeepFolder(ctx, m.store, prefix); err != nil {
+			m.log.WithField("prefix", prefix).Warnf("mark the watched prefix: %v", err)
+		}
+	}
 }
 
 // ReleasePool drops this host's hold on the pool. The host's empty blocks

@@ -228,6 +228,7 @@ func TestAddresses(t *testing.T) {
 	})
 }
 
+// keys lists the records under prefix (folder markers left out).
 func keys(t *testing.T, s kv.Store, prefix string) []string {
 	t.Helper()
 	ps, _, err := s.List(ctx, prefix)
@@ -236,7 +237,9 @@ func keys(t *testing.T, s kv.Store, prefix string) []string {
 	}
 	var out []string
 	for _, p := range ps {
-		out = append(out, p.Key)
+		if !kv.IsFolder(p.Key) {
+			out = append(out, p.Key)
+		}
 	}
 	return out
 }

@@ -174,6 +174,9 @@ func ListJSON[T any](ctx context.Context, s Store, prefix string, fn func(key st
 		return 0, err
 	}
 	for _, p := range ps {
+		if IsFolder(p.Key) {
+			continue
+		}
 		var v T
 		err := p.Err
 		if err == nil {
@@ -192,6 +195,26 @@ func ListJSON[T any](ctx context.Context, s Store, prefix string, fn func(key st
 		}
 	}
 	return index, nil
+}
+
+// IsFolder says whether key is a folder marker (KeepFolder), not a record.
+func IsFolder(key string) bool { return strings.HasSuffix(key, "/") }
+
+// KeepFolder writes the marker of a watched prefix (a key equal to the
+// prefix, ending in /, with no value) unless it is there. A Consul blocking
+// query on a prefix with no key answers with the index of the whole KV
+// store, so it wakes on every write anywhere in the cluster; with the
+// marker it wakes only when something under the prefix changes (issue 10).
+// Listings skip markers (ListJSON); DeletePrefixCAS removes them with the
+// rest.
+func KeepFolder(ctx context.Context, s Store, prefix string) error {
+	if !IsFolder(prefix) {
+		return fmt.Errorf("folder %q must end in /", prefix)
+	}
+	if _, err := s.Put(ctx, prefix, nil, 0); err != nil && !errors.Is(err, ErrConflict) {
+		return err
+	}
+	return nil
 }
 
 // PrefixFromKey reads a key segment made by PoolKey back into a prefix, so

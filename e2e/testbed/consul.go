@@ -166,14 +166,21 @@ func (c *Consul) CLI(args ...string) (string, error) {
 	return string(out), nil
 }
 
-// Keys lists the keys under prefix.
+// Keys lists the record keys under prefix: tartan's folder markers (keys
+// ending in /, kv.KeepFolder) are left out.
 func (c *Consul) Keys(t testing.TB, prefix string) []string {
 	t.Helper()
 	out, err := c.CLI("kv", "get", "-keys", "-separator=", prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return splitLines(out)
+	var keys []string
+	for _, k := range splitLines(out) {
+		if !strings.HasSuffix(k, "/") {
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 // MainWithConsul runs a package's tests with a Consul server on 127.0.0.1 at

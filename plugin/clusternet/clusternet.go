@@ -90,6 +90,14 @@ func (r *Replicator) Run(ctx context.Context) {
 func (r *Replicator) watchStore(ctx context.Context, poke func()) {
 	var index uint64
 	for ctx.Err() == nil {
+		if index == 0 {
+			// Most clusters have no cluster-wide network: without its
+			// marker this prefix is empty and the watch wakes on every
+			// write in the store.
+			if err := kv.KeepFolder(ctx, r.store, kv.ClusterNetsPrefix); err != nil {
+				r.log.Debugf("mark %s: %v", kv.ClusterNetsPrefix, err)
+			}
+		}
 		_, next, err := r.store.Watch(ctx, kv.ClusterNetsPrefix, index)
 		if err != nil {
 			sleep(ctx, 2*time.Second)

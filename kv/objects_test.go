@@ -2,8 +2,11 @@ package kv_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tartan-net/tartan/kv"
 )
@@ -56,5 +59,69 @@ func TestClaimVNI(t *testing.T) {
 				t.Fatalf("an explicit low VNI: %d %v %v", v, created, err)
 			}
 		})
+	}
+}
+
+// Issue 10: a Consul blocking query on a prefix that holds no key answers
+// with the index of the whole store, so it wakes on every write anywhere
+// (every tartan watch of an empty prefix on every host did); with the
+// marker KeepFolder writes it sleeps until something under it changes.
+// Measured against the real Consul server: five writes elsewhere.
+func TestKeepFolderQuietsWatches(t *testing.T) {
+	s := consulStore(t)
+	ctx := context.Background()
+	wakes := func(prefix string) int {
+		t.Helper()
+		_, index, err := s.List(ctx, prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 0; i < 5; i++ {
+				time.Sleep(100 * time.Millisecond)
+				if _, err := s.Put(ctx, fmt.Sprintf("elsewhere/%s-%d", strings.TrimSuffix(prefix, "/"), i), []byte("x"), 0); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+		wctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+		defer cancel()
+		n := 0
+		for {
+			_, next, err := s.Watch(wctx, prefix, index)
+			if err != nil || wctx.Err() != nil {
+				break
+			}
+			if next != index {
+				n++
+				index = next
+			}
+		}
+		<-done
+		return n
+	}
+	empty := wakes("empty/")
+	if err := kv.KeepFolder(ctx, s, "marked/"); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.KeepFolder(ctx, s, "marked/"); err != nil {
+		t.Fatalf("a second KeepFolder: %v", err)
+	}
+	marked := wakes("marked/")
+	t.Logf("five writes elsewhere woke a watch of an empty prefix %d times, of a marked one %d times", empty, marked)
+	if marked != 0 {
+		t.Fatalf("the marked prefix's watch woke %d times on writes elsewhere", marked)
+	}
+	if empty == 0 {
+		t.Fatal("the empty prefix's watch never woke: Consul no longer behaves as this marker assumes")
+	}
+	var got []string
+	if _, err := kv.ListJSON(ctx, s, "marked/", func(k string, _ uint64, _ json.RawMessage) error { got = append(got, k); return nil }, nil); err != nil || len(got) != 0 {
+		t.Fatalf("ListJSON lists the marker: %v %v", got, err)
+	}
+	if err := kv.KeepFolder(ctx, s, "no-slash"); err == nil {
+		t.Fatal("a folder without a trailing / was accepted")
 	}
 }
