@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/kv"
 )
 
 // macvlan on three hosts whose "physical" NICs (eth1) share one L2 segment
@@ -224,7 +225,7 @@ func storeAddrs(t *testing.T, c *testbed.Cluster, subnet string) map[string]stri
 	}
 	m := map[string]string{}
 	for _, p := range pairs {
-		if strings.HasSuffix(p.Key, "/") {
+		if kv.IsFolder(p.Key) {
 			continue // the prefix's folder marker (kv.KeepFolder)
 		}
 		var a struct {

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tartan-net/tartan/kv"
 )
 
 // ConsulBin is the consul binary (CONSUL_BIN, else consul on PATH).
@@ -176,7 +178,7 @@ func (c *Consul) Keys(t testing.TB, prefix string) []string {
 	}
 	var keys []string
 	for _, k := range splitLines(out) {
-		if !strings.HasSuffix(k, "/") {
+		if !kv.IsFolder(k) {
 			keys = append(keys, k)
 		}
 	}
