@@ -41,7 +41,7 @@ func TestFailedDeleteKeepsWatcher(t *testing.T) {
 	if _, ok := d.st.networks[n.ID]; !ok {
 		t.Fatal("the network is gone after a failed delete")
 	}
-	if _, ok := d.watches[n.ID]; !ok {
+	if !d.routes.Has(n.ID) {
 		t.Fatal("the network has no watcher after a failed delete")
 	}
 	d.stopWatch(n.ID)

@@ -18,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -76,10 +77,10 @@ type Driver struct {
 	fwGen     uint64
 	fwMu      sync.Mutex
 	fwWritten uint64
-	// Peer state: one watcher per network, the last plan applied.
-	bg      context.Context
-	watches map[string]context.CancelFunc
-	plans   map[string]peerPlan
+	// routes keeps the peers of the routed networks; fwPoke wakes the
+	// firewall writer when their VXLAN peers changed.
+	routes *routing.Router
+	fwPoke chan struct{}
 }
 
 // New returns a driver; Restore must run before it serves endpoints of
@@ -100,22 +101,77 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 	if cfg.OrphanGrace == 0 {
 		cfg.OrphanGrace = 2 * cfg.Resync
 	}
-	return &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
+	d := &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
 		orphans: map[string]time.Time{}, creating: map[string]string{},
-		st:      localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}},
-		bg:      context.Background(),
-		watches: map[string]context.CancelFunc{}, plans: map[string]peerPlan{}}
+		st:     localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}},
+		fwPoke: make(chan struct{}, 1)}
+	d.routes = routing.New(cluster, routing.Netlink{}, routing.Config{Host: cfg.Host, TTL: cfg.LeaseTTL, Replan: cfg.Resync,
+		Underlay: func() (kernel.Underlay, error) { return kernel.FindUnderlay(cfg.Advertise) },
+		OnPeers:  d.pokeFirewall, Log: log})
+	return d
 }
 
-// Start runs the networks' watchers until ctx ends. Call it after Restore.
+// Start runs the networks' routing and the firewall writer until ctx
+// ends. Call it after Restore.
 func (d *Driver) Start(ctx context.Context) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.bg = ctx
 	for _, n := range d.st.networks {
 		d.startWatch(n)
 	}
+	d.mu.Unlock()
+	d.routes.Start(ctx)
+	go d.firewallWriter(ctx)
 }
+
+func (d *Driver) pokeFirewall() {
+	select {
+	case d.fwPoke <- struct{}{}:
+	default:
+	}
+}
+
+// firewallWriter rewrites the firewall when the VXLAN peers changed: the
+// VXLAN port admits the current peers only.
+func (d *Driver) firewallWriter(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.fwPoke:
+		}
+		d.mu.Lock()
+		if peersKey(d.routes.VXLANPeers()) != d.fwPeers {
+			if err := d.applyFirewall(); err != nil {
+				d.log.Warnf("firewall for the new VXLAN peers: %v", err)
+			}
+		}
+		d.mu.Unlock()
+	}
+}
+
+// startWatch gives a routed network its routing. Called with d.mu held.
+func (d *Driver) startWatch(n netRec) {
+	if !n.bridged() {
+		d.routes.Add(n.routing())
+	}
+}
+
+// stopWatch stops it and waits until its writer is done. Called with d.mu
+// held (the writer never waits for d.mu).
+func (d *Driver) stopWatch(id string) { d.routes.Remove(id) }
+
+// rewatch gives a network its routing back when it is still here: a
+// DeleteNetwork that stopped it and then failed leaves the network in
+// place, and without routing it would get no new peers until a plugin
+// restart. Called with d.mu held.
+func (d *Driver) rewatch(id string) {
+	if n, ok := d.st.networks[id]; ok {
+		d.startWatch(n)
+	}
+}
+
+// PeerState describes the peers of every network, for logs and tests.
+func (d *Driver) PeerState() string { return d.routes.State() }
 
 // Capabilities answers GetCapabilities.
 func (d *Driver) Capabilities() *network.CapabilitiesResponse {
@@ -556,29 +612,10 @@ func peersKey(p []netip.Addr) string {
 	return fmt.Sprint(p)
 }
 
-// vxlanPeersLocked is the underlay addresses of every VXLAN peer in the
-// plans, or nil while a VXLAN network has no plan yet (its peers are not
-// known: the port stays open until they are). Called with d.mu held.
-func (d *Driver) vxlanPeersLocked() []netip.Addr {
-	peers := []netip.Addr{}
-	seen := map[netip.Addr]bool{}
-	for id, n := range d.st.networks {
-		if n.Device == "" {
-			continue
-		}
-		plan, ok := d.plans[id]
-		if !ok {
-			return nil
-		}
-		for _, f := range plan.FDBs {
-			if !seen[f.Dst] {
-				seen[f.Dst] = true
-				peers = append(peers, f.Dst)
-			}
-		}
-	}
-	return peers
-}
+// vxlanPeersLocked is the underlay addresses of every VXLAN peer of the
+// routed networks, or nil while one has no plan yet (routing.VXLANPeers).
+// Called with d.mu held.
+func (d *Driver) vxlanPeersLocked() []netip.Addr { return d.routes.VXLANPeers() }
 
 // DeleteNetwork removes the network from this host. The cluster record stays
 // until the pool's last holder releases it (ipam.ReleasePool).
@@ -612,7 +649,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequ
 	}
 	d.stopWatch(n.ID)
 	defer d.rewatch(n.ID)
-	if err := d.applyPeers(n, peerPlan{}); err != nil {
+	if err := routing.Apply(routing.Netlink{}, n.routing(), routing.Plan{}); err != nil {
 		return err
 	}
 	if n.Device != "" {
@@ -856,11 +893,9 @@ func (d *Driver) EndpointInfo(r *network.InfoRequest) (*network.InfoResponse, er
 	if n.VNI != 0 {
 		v["tartan.vni"] = fmt.Sprint(n.VNI)
 	}
-	d.mu.Lock()
-	if p := d.plans[n.ID]; len(p.Problems) > 0 {
+	if p, ok := d.routes.Plan(n.ID); ok && len(p.Problems) > 0 {
 		v["tartan.problems"] = strings.Join(p.Problems, "; ")
 	}
-	d.mu.Unlock()
 	return &network.InfoResponse{Value: v}, nil
 }
 

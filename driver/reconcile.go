@@ -18,6 +18,14 @@ import (
 // It runs once after a (re)start and then periodically; it repairs objects
 // deleted by hand and adopts what a previous plugin process left.
 func (d *Driver) Reconcile(ctx context.Context) error {
+	err := d.reconcileLocal(ctx)
+	// Peer entries: every network's last plan applied in full, outside
+	// d.mu (this repairs what was deleted by hand).
+	return errors.Join(err, d.routes.Repair())
+}
+
+// reconcileLocal is Reconcile's part for this host's own objects.
+func (d *Driver) reconcileLocal(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error
@@ -103,22 +111,12 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	// Peer entries: the last plan of each network, applied again (this
-	// repairs what was deleted by hand). A network without a plan yet keeps
-	// whatever is in its pool until its first full sync.
-	for id, plan := range d.plans {
-		if n, ok := d.st.networks[id]; ok {
-			if err := d.applyPeers(n, plan); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
 	for _, r := range routes {
 		if link, ok := wantRoutes[r.Dst]; ok && link == r.Link && !r.Via.IsValid() {
 			continue
 		}
 		if r.Via.IsValid() && d.inLocalPool(r.Dst) {
-			continue // a peer route: applyPeers owns it
+			continue // a peer route: routing owns it
 		}
 		if busy[r.Link] || (r.Link != "" && present[r.Link] && !wantLinks[r.Link]) {
 			continue // a link kept until it is proven dead keeps its route
@@ -194,6 +192,18 @@ func owned(name string) bool {
 	case strings.HasPrefix(name, kernel.EndpointPrefix), strings.HasPrefix(name, kernel.PeerPrefix), strings.HasPrefix(name, kernel.ShimPrefix):
 		rest := name[2:]
 		return len(rest) == 11 && strings.Trim(rest, "0123456789abcdef") == ""
+	}
+	return false
+}
+
+// inLocalPool says whether dst is inside the pool of a network of this host.
+// Called with d.mu held.
+func (d *Driver) inLocalPool(dst netip.Prefix) bool {
+	for _, n := range d.st.networks {
+		p := n.pool()
+		if dst.IsValid() && dst.Bits() >= p.Bits() && p.Contains(dst.Addr()) {
+			return true
+		}
 	}
 	return false
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 
+	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -46,6 +47,11 @@ type netRec struct {
 }
 
 func (n netRec) bridged() bool { return n.Backend == BackendMacvlan }
+
+// routing is the network as its routing sees it (routed networks only).
+func (n netRec) routing() routing.Network {
+	return routing.Network{ID: n.ID, Pool: n.pool(), HostGW: n.Backend == BackendHostGW, Device: n.Device, VNI: n.VNI, Direct: n.Direct}
+}
 
 func (n netRec) pool() netip.Prefix {
 	p, _ := netip.ParsePrefix(n.Pool)

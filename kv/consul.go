@@ -34,6 +34,7 @@ const AttemptTimeout = 2500 * time.Millisecond
 // unreachable; every domain write is idempotent, so a retried write is safe.
 type Consul struct {
 	kvs    []*api.KV
+	idle   []*http.Transport
 	cfg    ConsulConfig
 	prefix string
 	cur    atomic.Int32
@@ -46,7 +47,11 @@ func NewConsul(cfg ConsulConfig) (*Consul, error) {
 	}
 	c := &Consul{cfg: cfg}
 	for _, addr := range cfg.Addresses {
-		ac := api.DefaultNonPooledConfig()
+		// Pooled connections: a blocking query re-issued on a kept-alive
+		// connection costs no TCP (or TLS) setup. Keep enough idle ones
+		// for every watch of a host to find its own.
+		ac := api.DefaultConfig()
+		ac.Transport.MaxIdleConnsPerHost = MaxIdleConns
 		ac.Address = addr
 		ac.Scheme = cfg.Scheme
 		ac.Token = cfg.Token
@@ -56,6 +61,7 @@ func NewConsul(cfg ConsulConfig) (*Consul, error) {
 			return nil, fmt.Errorf("consul client for %s: %w", addr, err)
 		}
 		c.kvs = append(c.kvs, client.KV())
+		c.idle = append(c.idle, ac.Transport)
 	}
 	c.prefix = strings.TrimPrefix(cfg.Prefix, "/")
 	if c.prefix != "" && !strings.HasSuffix(c.prefix, "/") {
@@ -68,7 +74,16 @@ func (c *Consul) String() string {
 	return fmt.Sprintf("consul at %s://%s (prefix %q)", c.cfg.Scheme, strings.Join(c.cfg.Addresses, ","), c.prefix)
 }
 
-func (c *Consul) Close() error { return nil }
+// MaxIdleConns is how many idle connections a Consul store keeps per server.
+const MaxIdleConns = 64
+
+// Close drops the store's idle connections.
+func (c *Consul) Close() error {
+	for _, t := range c.idle {
+		t.CloseIdleConnections()
+	}
+	return nil
+}
 
 // failure says what kind of failure err is: ErrUnavailable (Consul cannot
 // answer now: try the next server, or later), ErrDenied (the token may not
@@ -270,8 +285,13 @@ func (c *Consul) list(ctx context.Context, prefix string, wait uint64) ([]Pair, 
 	err := c.do(ctx, "list", prefix, wait == 0, func(ctx context.Context, kv *api.KV) (err error) {
 		q := c.query(ctx)
 		if wait > 0 {
+			// Watches may be served by any server (a follower is at most
+			// a few tens of milliseconds behind): they only say what to
+			// look at, and the leader keeps its capacity for the
+			// compare-and-set writes and the reads they depend on.
 			q.WaitIndex = wait
 			q.WaitTime = 5 * time.Minute
+			q.AllowStale = true
 		}
 		ps, meta, err = kv.List(c.prefix+prefix, q)
 		return err

@@ -173,6 +173,14 @@ func ListJSON[T any](ctx context.Context, s Store, prefix string, fn func(key st
 	if err != nil {
 		return 0, err
 	}
+	if err := DecodeJSON(s, ps, fn, skipped); err != nil {
+		return 0, err
+	}
+	return index, nil
+}
+
+// DecodeJSON is ListJSON over a listing already read (a watch's answer).
+func DecodeJSON[T any](s Store, ps []Pair, fn func(key string, version uint64, v T) error, skipped func(*DecodeError)) error {
 	for _, p := range ps {
 		if IsFolder(p.Key) {
 			continue
@@ -185,16 +193,16 @@ func ListJSON[T any](ctx context.Context, s Store, prefix string, fn func(key st
 		if err != nil {
 			derr := &DecodeError{Key: p.Key, Store: s.String(), Err: err}
 			if skipped == nil {
-				return 0, derr
+				return derr
 			}
 			skipped(derr)
 			continue
 		}
 		if err := fn(p.Key, p.Version, v); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	return index, nil
+	return nil
 }
 
 // IsFolder says whether key is a folder marker (KeepFolder), not a record.

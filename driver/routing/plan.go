@@ -1,8 +1,9 @@
-package driver
+package routing
 
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -10,11 +11,14 @@ import (
 	"github.com/tartan-net/tartan/kv"
 )
 
-// snapshot is what the store says about one network's pool, in full.
-type snapshot struct {
-	Hosts  map[string]kv.Host
-	Blocks []kv.Block
-	Addrs  []kv.Address
+// View is what the store says about one network's pool: the hosts, the
+// pool's blocks and the addresses that live away from their block's owner
+// (Exceptions; a listing of every address of the pool serves as well, the
+// plan keeps only those that need a route of their own).
+type View struct {
+	Hosts      map[string]kv.Host
+	Blocks     []kv.Block
+	Exceptions []kv.Address
 	// BlockBits is the prefix length of the pool's blocks, from its pool
 	// record (0: unknown, the record is gone).
 	BlockBits int
@@ -23,50 +27,58 @@ type snapshot struct {
 	Problems []string
 }
 
-// peerPlan is the desired cross-host state of one network on this host:
+// Plan is the desired cross-host state of one network on this host:
 // flannel's three entries per remote host (neighbour, FDB, route per block)
 // for vxlan, plain routes for host-gw, and /32 routes for addresses that live
 // on a host other than their block's owner.
-type peerPlan struct {
+type Plan struct {
 	Routes   []kernel.Route
 	Neighs   []kernel.Neigh
 	FDBs     []kernel.FDB
 	Problems []string // peers that cannot be reached, said plainly
 }
 
-// planInput is everything planPeers needs; it does no I/O.
-type planInput struct {
+// Network is a routed network of this host, as routing sees it.
+type Network struct {
+	ID   string
+	Pool netip.Prefix
+	// HostGW: every peer is reached by a plain route on the underlay.
+	// Otherwise Device is the network's VXLAN device and VNI its VNI;
+	// Direct (directrouting) routes peers on the underlay's L2 directly.
+	HostGW bool
+	Device string
+	VNI    int
+	Direct bool
+}
+
+// Input is everything Compute needs; it does no I/O.
+type Input struct {
 	Self     string
-	Net      netRec
+	Net      Network
 	Underlay kernel.Underlay
 	TTL      time.Duration // a host silent this long is gone
 	Now      time.Time
-	Snap     snapshot
+	View     View
 }
 
 // alive says whether a block still counts: its lease runs, or its host still
 // renews its registration (a host that is alive renews its leases too).
-func (in planInput) alive(b kv.Block) bool {
+func (in Input) alive(b kv.Block) bool {
 	return b.Expires.After(in.Now) || in.hostAlive(b.Host)
 }
 
 // hostAlive says whether a host renewed its registration within the TTL.
-func (in planInput) hostAlive(id string) bool {
-	h, ok := in.Snap.Hosts[id]
+func (in Input) hostAlive(id string) bool {
+	h, ok := in.View.Hosts[id]
 	return ok && in.Now.Sub(h.Renewed) < in.TTL
-}
-
-// inside says whether prefix p lies entirely within pool.
-func inside(pool, p netip.Prefix) bool {
-	return p.IsValid() && p.Bits() >= pool.Bits() && pool.Contains(p.Addr())
 }
 
 // blockProblem says why a block record must not become a route, or "".
 // Store records are not trusted with the host's routing table: a block that
 // merely overlapped the pool (0.0.0.0/0, 10.0.0.0/8) would replace every
 // host's default route or capture a whole range.
-func (in planInput) blockProblem(p netip.Prefix, perr error) string {
-	pool := in.Net.pool()
+func (in Input) blockProblem(p netip.Prefix, perr error) string {
+	pool := in.Net.Pool
 	switch {
 	case perr != nil:
 		return "not a CIDR"
@@ -74,15 +86,15 @@ func (in planInput) blockProblem(p netip.Prefix, perr error) string {
 		return fmt.Sprintf("host bits set (the block would be %s)", p.Masked())
 	case !inside(pool, p):
 		return fmt.Sprintf("not inside the network's pool %s", pool)
-	case in.Snap.BlockBits != 0 && p.Bits() != in.Snap.BlockBits:
-		return fmt.Sprintf("pool %s has /%d blocks", pool, in.Snap.BlockBits)
+	case in.View.BlockBits != 0 && p.Bits() != in.View.BlockBits:
+		return fmt.Sprintf("pool %s has /%d blocks", pool, in.View.BlockBits)
 	}
 	return ""
 }
 
 // hostAddrProblem says why a host's registered address cannot be a next
 // hop, or "".
-func (in planInput) hostAddrProblem(ip netip.Addr, perr error) string {
+func (in Input) hostAddrProblem(ip netip.Addr, perr error) string {
 	switch {
 	case perr != nil:
 		return "not an IP address"
@@ -91,20 +103,21 @@ func (in planInput) hostAddrProblem(ip netip.Addr, perr error) string {
 	case !ip.IsGlobalUnicast():
 		// Rules out unspecified, loopback, multicast, link-local, broadcast.
 		return "not a unicast address another host can reach"
-	case in.Net.pool().Contains(ip):
-		return fmt.Sprintf("inside the network's own pool %s", in.Net.pool())
+	case in.Net.Pool.Contains(ip):
+		return fmt.Sprintf("inside the network's own pool %s", in.Net.Pool)
 	}
 	return ""
 }
 
-// planPeers computes the desired peer state of a network. Records that
-// cannot be routed safely are left out, each with a problem that says why.
-func planPeers(in planInput) peerPlan {
-	plan := peerPlan{Problems: append([]string(nil), in.Snap.Problems...)}
-	pool := in.Net.pool()
+// Compute plans the peer state of a network. Records that cannot be routed
+// safely are left out, each with a problem that says why.
+func Compute(in Input) Plan {
+	plan := Plan{Problems: append([]string(nil), in.View.Problems...)}
+	pool := in.Net.Pool
 	owner := map[netip.Prefix]string{}
 	var blocks []netip.Prefix
-	for _, b := range in.Snap.Blocks {
+	var sizes []int // block prefix lengths (one, unless records disagree)
+	for _, b := range in.View.Blocks {
 		p, err := netip.ParsePrefix(b.CIDR)
 		if why := in.blockProblem(p, err); why != "" {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("block record %q of host %s ignored: %s", b.CIDR, b.Host, why))
@@ -115,12 +128,15 @@ func planPeers(in planInput) peerPlan {
 		}
 		owner[p] = b.Host
 		blocks = append(blocks, p)
+		if !slices.Contains(sizes, p.Bits()) {
+			sizes = append(sizes, p.Bits())
+		}
 	}
 	sort.Slice(blocks, func(i, j int) bool { return blocks[i].Addr().Less(blocks[j].Addr()) })
 	peersDone := map[string]bool{}
 	badHost := map[string]bool{}
 	add := func(dst netip.Prefix, hostID string) {
-		h, ok := in.Snap.Hosts[hostID]
+		h, ok := in.View.Hosts[hostID]
 		if !ok || h.Address == "" {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("%s belongs to host %s, which has no registered address", dst, hostID))
 			return
@@ -134,11 +150,11 @@ func planPeers(in planInput) peerPlan {
 			return
 		}
 		onL2 := in.Underlay.Prefix.Contains(via)
-		direct := in.Net.Backend == BackendHostGW || (in.Net.Direct && onL2)
+		direct := in.Net.HostGW || (in.Net.Direct && onL2)
 		if direct {
 			if !onL2 {
-				plan.Problems = append(plan.Problems, fmt.Sprintf("host %s (%s) is not on this host's L2 segment %s: host-gw cannot reach %s; use -o %s=vxlan -o %s=true",
-					hostID, via, in.Underlay.Prefix, dst, OptBackend, OptDirectRouting))
+				plan.Problems = append(plan.Problems, fmt.Sprintf("host %s (%s) is not on this host's L2 segment %s: host-gw cannot reach %s; use -o tartan.backend=vxlan -o tartan.directrouting=true",
+					hostID, via, in.Underlay.Prefix, dst))
 				return
 			}
 			plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Underlay.Interface, Via: via})
@@ -159,7 +175,7 @@ func planPeers(in planInput) peerPlan {
 	}
 	// Addresses that live away from their block's owner (borrowed, or
 	// allocated on a swarm manager for a task elsewhere) get a /32.
-	for _, a := range in.Snap.Addrs {
+	for _, a := range in.View.Exceptions {
 		ip, err := netip.ParseAddr(a.IP)
 		if err != nil || !ip.Is4() || !pool.Contains(ip) {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("address record %q of host %s ignored: not an address of the network's pool %s", a.IP, a.Host, pool))
@@ -169,8 +185,8 @@ func planPeers(in planInput) peerPlan {
 			continue
 		}
 		blockOwner := ""
-		for b, o := range owner {
-			if b.Contains(ip) {
+		for _, bits := range sizes {
+			if o, ok := owner[netip.PrefixFrom(ip, bits).Masked()]; ok {
 				blockOwner = o
 				break
 			}

@@ -1,0 +1,545 @@
+// Package routing keeps the cross-host state of this host's routed networks
+// (vxlan, host-gw): it follows the store with one watch per prefix per host
+// (hosts/ once, and each pool's blocks and route exceptions once, whatever
+// the number of networks), keeps what each watch returns as its cache, plans
+// every network from the caches (Compute, no I/O) and applies the difference
+// from the last plan to the kernel (Update); a full apply with a dump of the
+// kernel's tables (Apply) is for the first time and for Repair.
+//
+// Nothing here holds a lock while it calls the store or the kernel: each
+// network has one writer goroutine, and Repair takes the same per-network
+// turn.
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// Config holds what the router needs of its host.
+type Config struct {
+	Host string        // this host's ID
+	TTL  time.Duration // a host silent this long is gone (its blocks too)
+	// Replan is how often plans are computed again without a change in the
+	// store: leases and host registrations run out with time alone.
+	Replan time.Duration
+	// Gap is the least time between two reads of one watched prefix, so
+	// that a busy prefix costs the store a bounded rate of queries per host.
+	Gap time.Duration
+	// Underlay finds the host's underlay interface and address.
+	Underlay func() (kernel.Underlay, error)
+	// OnPeers is called, without any lock held, after the VXLAN peer set of
+	// a network changed (the firewall admits VXLAN from peers only). It
+	// must not block.
+	OnPeers func()
+	Log     logrus.FieldLogger
+}
+
+// Router is the routing of one host.
+type Router struct {
+	store kv.Store
+	k     Kernel
+	cfg   Config
+
+	mu    sync.Mutex
+	ctx   context.Context // nil until Start
+	hosts *hostsCache
+	pools map[netip.Prefix]*poolCache
+	nets  map[string]*netWatch
+}
+
+// hostsCache is the hosts/ prefix as its watch last returned it.
+type hostsCache struct {
+	cancel   context.CancelFunc
+	ready    bool
+	hosts    map[string]kv.Host
+	problems []string
+}
+
+// poolCache is a pool's blocks and route exceptions, shared by every network
+// of the host on that pool.
+type poolCache struct {
+	users                 int
+	cancel                context.CancelFunc
+	blocksReady, excReady bool
+	blocks                []kv.Block
+	exceptions            []kv.Address
+	blockBits             int
+	bitsKnown             bool
+	blockProblems         []string
+	excProblems           []string
+	poolProblem           string
+}
+
+// netWatch is one network's writer: its goroutine plans and applies.
+type netWatch struct {
+	n      Network
+	poke   chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
+	// turn is held while the kernel is changed for the network (by its
+	// goroutine or by Repair); applied is then what the kernel holds, nil
+	// when unknown (next time: a full Apply).
+	turn    sync.Mutex
+	applied *Plan
+	plan    *Plan // the last plan computed, under Router.mu
+}
+
+// New returns a router; Start runs it.
+func New(store kv.Store, k Kernel, cfg Config) *Router {
+	if cfg.TTL == 0 {
+		cfg.TTL = 24 * time.Hour
+	}
+	if cfg.Replan == 0 {
+		cfg.Replan = 30 * time.Second
+	}
+	if cfg.Gap == 0 {
+		cfg.Gap = 100 * time.Millisecond
+	}
+	if cfg.OnPeers == nil {
+		cfg.OnPeers = func() {}
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.StandardLogger()
+	}
+	return &Router{store: store, k: k, cfg: cfg, pools: map[netip.Prefix]*poolCache{}, nets: map[string]*netWatch{}}
+}
+
+// Start runs the watches of the networks added so far and of those added
+// later, until ctx ends.
+func (r *Router) Start(ctx context.Context) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ctx = ctx
+	for _, w := range r.nets {
+		r.runLocked(w)
+	}
+}
+
+// Add starts routing a network (again, if it changed).
+func (r *Router) Add(n Network) {
+	r.mu.Lock()
+	if w, ok := r.nets[n.ID]; ok {
+		if w.n == n {
+			r.mu.Unlock()
+			return
+		}
+		r.mu.Unlock()
+		r.Remove(n.ID)
+		r.mu.Lock()
+	}
+	w := &netWatch{n: n, poke: make(chan struct{}, 1)}
+	r.nets[n.ID] = w
+	r.runLocked(w)
+	r.mu.Unlock()
+}
+
+// runLocked starts a network's goroutine and the watches it needs, once the
+// router runs. Called with r.mu held.
+func (r *Router) runLocked(w *netWatch) {
+	if r.ctx == nil || w.cancel != nil {
+		return
+	}
+	if r.hosts == nil {
+		ctx, cancel := context.WithCancel(r.ctx)
+		r.hosts = &hostsCache{cancel: cancel}
+		go r.follow(ctx, kv.HostsPrefix, r.hostsListed)
+	}
+	pc, ok := r.pools[w.n.Pool]
+	if !ok {
+		ctx, cancel := context.WithCancel(r.ctx)
+		pc = &poolCache{cancel: cancel}
+		r.pools[w.n.Pool] = pc
+		pool := w.n.Pool
+		go r.follow(ctx, kv.BlockPrefix(pool.String()), func(ps []kv.Pair) { r.blocksListed(ctx, pool, ps) })
+		go r.follow(ctx, ExceptionPrefix(pool.String()), func(ps []kv.Pair) { r.exceptionsListed(pool, ps) })
+	}
+	pc.users++
+	ctx, cancel := context.WithCancel(r.ctx)
+	w.cancel, w.done = cancel, make(chan struct{})
+	go r.run(ctx, w)
+	w.pokeNow()
+}
+
+// Remove stops routing a network and waits until its writer has stopped.
+// The kernel entries stay: they go with the network's device, and the
+// driver's reconcile removes peer routes outside its networks' pools.
+func (r *Router) Remove(id string) {
+	r.mu.Lock()
+	w, ok := r.nets[id]
+	if !ok {
+		r.mu.Unlock()
+		return
+	}
+	delete(r.nets, id)
+	if w.cancel != nil {
+		w.cancel()
+		if pc := r.pools[w.n.Pool]; pc != nil {
+			if pc.users--; pc.users == 0 {
+				pc.cancel()
+				delete(r.pools, w.n.Pool)
+			}
+		}
+		if len(r.nets) == 0 && r.hosts != nil {
+			r.hosts.cancel()
+			r.hosts = nil
+		}
+	}
+	r.mu.Unlock()
+	if w.done != nil {
+		<-w.done
+	}
+}
+
+func (w *netWatch) pokeNow() {
+	select {
+	case w.poke <- struct{}{}:
+	default:
+	}
+}
+
+// follow lists prefix, then watches it, and hands every listing whose
+// content changed to listed. Errors only delay: they never remove the cache.
+func (r *Router) follow(ctx context.Context, prefix string, listed func([]kv.Pair)) {
+	var index uint64
+	var last string
+	backoff := time.Second
+	for ctx.Err() == nil {
+		var ps []kv.Pair
+		var next uint64
+		var err error
+		if index == 0 {
+			ps, next, err = r.store.List(ctx, prefix)
+		} else {
+			ps, next, err = r.store.Watch(ctx, prefix, index)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.cfg.Log.WithField("prefix", prefix).Debugf("watch: %v", err)
+			if !sleep(ctx, backoff) {
+				return
+			}
+			backoff = min(2*backoff, 10*time.Second)
+			continue
+		}
+		backoff = time.Second
+		if fp := fingerprint(ps); index == 0 || fp != last {
+			last = fp
+			listed(ps)
+		}
+		index = max(next, 1)
+		if !sleep(ctx, r.cfg.Gap) {
+			return
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// fingerprint tells listings apart by their keys and versions.
+func fingerprint(ps []kv.Pair) string {
+	var b strings.Builder
+	for _, p := range ps {
+		fmt.Fprintf(&b, "%s@%d\n", p.Key, p.Version)
+	}
+	return b.String()
+}
+
+func (r *Router) hostsListed(ps []kv.Pair) {
+	hosts := map[string]kv.Host{}
+	var problems []string
+	_ = kv.DecodeJSON(r.store, ps, func(_ string, _ uint64, h kv.Host) error {
+		hosts[h.ID] = h
+		return nil
+	}, func(e *kv.DecodeError) { problems = append(problems, e.Error()) })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.hosts == nil {
+		return
+	}
+	r.hosts.ready, r.hosts.hosts, r.hosts.problems = true, hosts, problems
+	for _, w := range r.nets {
+		w.pokeNow()
+	}
+}
+
+func (r *Router) blocksListed(ctx context.Context, pool netip.Prefix, ps []kv.Pair) {
+	var blocks []kv.Block
+	var problems []string
+	_ = kv.DecodeJSON(r.store, ps, func(_ string, _ uint64, b kv.Block) error {
+		blocks = append(blocks, b)
+		return nil
+	}, func(e *kv.DecodeError) { problems = append(problems, e.Error()) })
+	r.mu.Lock()
+	pc := r.pools[pool]
+	known := pc != nil && pc.bitsKnown
+	r.mu.Unlock()
+	// The pool record says how large its blocks are (it never changes); a
+	// block record of another size is not one the IPAM made.
+	bits, bitsKnown, poolProblem := 0, known, ""
+	if !known {
+		var p kv.Pool
+		var derr *kv.DecodeError
+		_, err := kv.GetJSON(ctx, r.store, kv.PoolPath(pool.String()), &p)
+		switch {
+		case err == nil && p.BlockBits >= pool.Bits() && p.BlockBits <= 32:
+			bits, bitsKnown = p.BlockBits, true
+		case err == nil:
+			poolProblem = fmt.Sprintf("pool record %s has block size /%d, which does not fit the pool: blocks are checked against the pool alone", pool, p.BlockBits)
+		case errors.As(err, &derr):
+			poolProblem = derr.Error()
+		}
+		// Released, or the store is down: blocks are checked against the
+		// pool alone until a later listing reads the record.
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if pc = r.pools[pool]; pc == nil {
+		return
+	}
+	if !pc.bitsKnown {
+		pc.blockBits, pc.bitsKnown = bits, bitsKnown
+	}
+	pc.blocksReady, pc.blocks, pc.blockProblems, pc.poolProblem = true, blocks, problems, poolProblem
+	r.pokePoolLocked(pool)
+}
+
+func (r *Router) exceptionsListed(pool netip.Prefix, ps []kv.Pair) {
+	var exc []kv.Address
+	var problems []string
+	_ = kv.DecodeJSON(r.store, ps, func(_ string, _ uint64, a kv.Address) error {
+		exc = append(exc, a)
+		return nil
+	}, func(e *kv.DecodeError) { problems = append(problems, e.Error()) })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pc := r.pools[pool]
+	if pc == nil {
+		return
+	}
+	pc.excReady, pc.exceptions, pc.excProblems = true, exc, problems
+	r.pokePoolLocked(pool)
+}
+
+func (r *Router) pokePoolLocked(pool netip.Prefix) {
+	for _, w := range r.nets {
+		if w.n.Pool == pool {
+			w.pokeNow()
+		}
+	}
+}
+
+// viewLocked is a network's view from the caches, or false until every
+// watch it needs has answered once. Called with r.mu held.
+func (r *Router) viewLocked(pool netip.Prefix) (View, bool) {
+	pc := r.pools[pool]
+	if r.hosts == nil || !r.hosts.ready || pc == nil || !pc.blocksReady || !pc.excReady {
+		return View{}, false
+	}
+	v := View{Hosts: r.hosts.hosts, Blocks: pc.blocks, Exceptions: pc.exceptions, BlockBits: pc.blockBits}
+	v.Problems = slices.Concat(r.hosts.problems, pc.blockProblems, pc.excProblems)
+	if pc.poolProblem != "" {
+		v.Problems = append(v.Problems, pc.poolProblem)
+	}
+	return v, true
+}
+
+// run is a network's writer: it plans on every change and every Replan.
+func (r *Router) run(ctx context.Context, w *netWatch) {
+	defer close(w.done)
+	tick := time.NewTicker(r.cfg.Replan)
+	defer tick.Stop()
+	log := r.cfg.Log.WithFields(logrus.Fields{"network": shortID(w.n.ID), "pool": w.n.Pool})
+	var lastProblems string
+	selfMissing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.poke:
+		case <-tick.C:
+		}
+		r.mu.Lock()
+		view, ready := r.viewLocked(w.n.Pool)
+		r.mu.Unlock()
+		if !ready {
+			continue
+		}
+		if _, ok := view.Hosts[r.cfg.Host]; !ok {
+			// A listing without this host's own registration is not the
+			// cluster: a token that lost read access to the prefix gets
+			// empty listings without an error, and pruning by them would
+			// withdraw every peer (audit S3). The host registers within a
+			// renewal.
+			if !selfMissing {
+				selfMissing = true
+				log.Warnf("the store's listing of hosts lacks this host (%s): keeping the working state until it shows (does the store's token still read the prefix?)", r.cfg.Host)
+			}
+			continue
+		}
+		selfMissing = false
+		u, err := r.cfg.Underlay()
+		if err != nil {
+			log.Warnf("peer sync (working state kept): %v", err)
+			continue
+		}
+		plan := Compute(Input{Self: r.cfg.Host, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: time.Now(), View: view})
+		changed, err := r.install(ctx, w, plan)
+		if err != nil && ctx.Err() == nil {
+			log.Warnf("peer sync: %v", err)
+		}
+		if changed {
+			r.cfg.OnPeers()
+		}
+		if p := strings.Join(plan.Problems, "; "); p != lastProblems {
+			lastProblems = p
+			for _, problem := range plan.Problems {
+				log.Warn(problem)
+			}
+		}
+	}
+}
+
+// install applies a plan in the network's turn and records it; changed
+// says whether its VXLAN peer set differs from the previous plan's.
+func (r *Router) install(ctx context.Context, w *netWatch, plan Plan) (changed bool, err error) {
+	w.turn.Lock()
+	defer w.turn.Unlock()
+	if ctx.Err() != nil {
+		return false, nil // removed meanwhile: its device may be gone already
+	}
+	if w.applied == nil {
+		err = Apply(r.k, w.n, plan)
+	} else {
+		err = Update(r.k, w.n, *w.applied, plan)
+	}
+	w.applied = &plan
+	if err != nil {
+		w.applied = nil // the kernel is not known: the next apply is a full one
+	}
+	r.mu.Lock()
+	old := w.plan
+	w.plan = &plan
+	r.mu.Unlock()
+	if w.n.Device != "" {
+		changed = old == nil || !slices.Equal(old.VXLANPeers(), plan.VXLANPeers())
+	}
+	return changed, err
+}
+
+// Repair applies every network's last plan in full (dumping the kernel's
+// tables): what was deleted by hand comes back, what was added goes. A
+// network without a plan yet keeps whatever is in its pool until its first.
+func (r *Router) Repair() error {
+	r.mu.Lock()
+	ws := make([]*netWatch, 0, len(r.nets))
+	for _, w := range r.nets {
+		ws = append(ws, w)
+	}
+	r.mu.Unlock()
+	var errs []string
+	for _, w := range ws {
+		w.turn.Lock()
+		r.mu.Lock()
+		plan, live := w.plan, r.nets[w.n.ID] == w
+		r.mu.Unlock()
+		if plan != nil && live {
+			err := Apply(r.k, w.n, *plan)
+			w.applied = plan
+			if err != nil {
+				w.applied = nil
+				errs = append(errs, err.Error())
+			}
+		}
+		w.turn.Unlock()
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("peer entries: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// Plan is the network's last plan.
+func (r *Router) Plan(id string) (Plan, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w, ok := r.nets[id]; ok && w.plan != nil {
+		return *w.plan, true
+	}
+	return Plan{}, false
+}
+
+// VXLANPeers is the underlay addresses of every VXLAN peer of every network,
+// or nil while a VXLAN network has no plan yet (its peers are not known: the
+// firewall keeps the port open until they are).
+func (r *Router) VXLANPeers() []netip.Addr {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	peers := []netip.Addr{}
+	seen := map[netip.Addr]bool{}
+	for _, w := range r.nets {
+		if w.n.Device == "" {
+			continue
+		}
+		if w.plan == nil {
+			return nil
+		}
+		for _, a := range w.plan.VXLANPeers() {
+			if !seen[a] {
+				seen[a] = true
+				peers = append(peers, a)
+			}
+		}
+	}
+	slices.SortFunc(peers, func(a, b netip.Addr) int { return a.Compare(b) })
+	return peers
+}
+
+// State describes every network's plan, for logs and tests.
+func (r *Router) State() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	for id, w := range r.nets {
+		if w.plan != nil {
+			fmt.Fprintf(&b, "%s: %d routes, %d peers, problems %v\n", shortID(id), len(w.plan.Routes), len(w.plan.Neighs), w.plan.Problems)
+		}
+	}
+	return b.String()
+}
+
+func shortID(id string) string { return id[:min(12, len(id))] }
+
+// ExceptionPrefix is where the addresses that need a route of their own are
+// listed for a pool. Today that is every address of the pool; Compute keeps
+// the endpoints that live away from their block's owner.
+func ExceptionPrefix(pool string) string { return kv.AddressPrefix(pool) }
+
+// Has says whether the network is routed.
+func (r *Router) Has(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.nets[id]
+	return ok
+}
