@@ -165,6 +165,46 @@ func (b *Bolt) Delete(_ context.Context, key string, version uint64) error {
 	return err
 }
 
+func (b *Bolt) Txn(_ context.Context, ops []Op) error {
+	if err := checkOps(ops); err != nil {
+		return err
+	}
+	_, err := b.write(func(data *bolt.Bucket, next uint64) error {
+		for _, op := range ops {
+			raw := data.Get([]byte(op.Key))
+			var cur uint64
+			if raw != nil {
+				var err error
+				if cur, err = b.versionOf(op.Key, raw); err != nil && !(op.Delete && op.Version == 0) {
+					return err
+				}
+			}
+			switch {
+			case op.Delete && op.Version != 0 && raw != nil && cur != op.Version:
+				return ErrConflict
+			case !op.Delete && cur != op.Version:
+				return ErrConflict
+			}
+		}
+		for _, op := range ops {
+			var err error
+			if op.Delete {
+				err = data.Delete([]byte(op.Key))
+			} else {
+				buf := make([]byte, 8+len(op.Value))
+				binary.BigEndian.PutUint64(buf, next)
+				copy(buf[8:], op.Value)
+				err = data.Put([]byte(op.Key), buf)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return err
+}
+
 func (b *Bolt) List(_ context.Context, prefix string) ([]Pair, uint64, error) {
 	var out []Pair
 	var index uint64

@@ -208,6 +208,39 @@ func (c *Consul) Put(ctx context.Context, key string, value []byte, version uint
 	return next, err
 }
 
+func (c *Consul) Txn(ctx context.Context, ops []Op) error {
+	if err := checkOps(ops); err != nil {
+		return err
+	}
+	tops := make(api.KVTxnOps, 0, len(ops))
+	for _, op := range ops {
+		t := &api.KVTxnOp{Verb: api.KVCAS, Key: c.prefix + op.Key, Value: op.Value, Index: op.Version}
+		switch {
+		case op.Delete && op.Version == 0:
+			t = &api.KVTxnOp{Verb: api.KVDelete, Key: c.prefix + op.Key}
+		case op.Delete:
+			t = &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: c.prefix + op.Key, Index: op.Version}
+		}
+		tops = append(tops, t)
+	}
+	var ok bool
+	var resp *api.KVTxnResponse
+	err := c.do(ctx, "txn", ops[0].Key, true, func(ctx context.Context, kv *api.KV) (err error) {
+		ok, resp, _, err = kv.Txn(tops, c.query(ctx))
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if ok {
+		return nil
+	}
+	if _, err := txnOutcome(false, resp); !errors.Is(err, ErrConflict) {
+		return c.classify("txn", ops[0].Key, err)
+	}
+	return ErrConflict
+}
+
 // txnError is an operation of a transaction that Consul refused.
 type txnError struct {
 	what  string

@@ -34,3 +34,18 @@ func InUse(format string, args ...any) error {
 
 // ErrNoIPv6 refuses IPv6 networks, pools and endpoints.
 var ErrNoIPv6 = Invalid("IPv6 is not supported yet: create the network without --ipv6")
+
+// checkOps refuses transactions a store cannot run.
+func checkOps(ops []Op) error {
+	if len(ops) == 0 || len(ops) > MaxTxnOps {
+		return fmt.Errorf("a transaction holds 1 to %d operations, not %d", MaxTxnOps, len(ops))
+	}
+	seen := map[string]bool{}
+	for _, op := range ops {
+		if seen[op.Key] {
+			return fmt.Errorf("a transaction changes key %s twice", op.Key)
+		}
+		seen[op.Key] = true
+	}
+	return nil
+}

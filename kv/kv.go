@@ -34,6 +34,18 @@ type Pair struct {
 	Err error
 }
 
+// Op is one write of a transaction (Store.Txn).
+type Op struct {
+	Key     string
+	Value   []byte
+	Version uint64 // as in Put (0: the key must not exist) and Delete (0: whatever it is)
+	Delete  bool
+}
+
+// MaxTxnOps is the most operations one transaction may hold (Consul's
+// limit since 1.14 is 128).
+const MaxTxnOps = 64
+
 // Store is what the rest of tartan needs of a key-value store.
 type Store interface {
 	// Get returns the key or ErrNotFound.
@@ -51,6 +63,10 @@ type Store interface {
 	// Watch blocks until something under prefix may have changed after index
 	// (or ctx ends) and returns the full listing with the new index.
 	Watch(ctx context.Context, prefix string, index uint64) ([]Pair, uint64, error)
+	// Txn applies every operation or none: puts and deletes compare and set
+	// on their versions as Put and Delete do (deleting a missing key
+	// succeeds); ErrConflict when one does not match.
+	Txn(ctx context.Context, ops []Op) error
 	// Close releases the store.
 	Close() error
 	// String names the store in errors and logs.

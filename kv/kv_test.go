@@ -56,6 +56,7 @@ func TestConformance(t *testing.T) {
 			t.Run("Watch", func(t *testing.T) { testWatch(t, mk(t)) })
 			t.Run("ConcurrentUpdates", func(t *testing.T) { testConcurrent(t, mk(t)) })
 			t.Run("UpdateHelpers", func(t *testing.T) { testUpdate(t, mk(t)) })
+			t.Run("Txn", func(t *testing.T) { testTxn(t, mk(t)) })
 		})
 	}
 }
@@ -97,6 +98,46 @@ func testCAS(t *testing.T, s kv.Store) {
 	}
 	if _, err := s.Get(ctx, "a"); !errors.Is(err, kv.ErrNotFound) {
 		t.Fatalf("get deleted: want ErrNotFound, got %v", err)
+	}
+}
+
+// testTxn: a transaction applies all of its operations or none.
+func testTxn(t *testing.T, s kv.Store) {
+	ctx := context.Background()
+	va, err := s.Put(ctx, "t/a", []byte("a"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Creating b and c while a holds a stale version: nothing happens.
+	err = s.Txn(ctx, []kv.Op{{Key: "t/b", Value: []byte("b")}, {Key: "t/c", Value: []byte("c")}, {Key: "t/a", Value: []byte("a2"), Version: va + 1000}})
+	if !errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("stale transaction: want ErrConflict, got %v", err)
+	}
+	if _, err := s.Get(ctx, "t/b"); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("a failed transaction wrote t/b: %v", err)
+	}
+	// The same with the right version: all three are written.
+	if err := s.Txn(ctx, []kv.Op{{Key: "t/b", Value: []byte("b")}, {Key: "t/c", Value: []byte("c")}, {Key: "t/a", Value: []byte("a2"), Version: va}}); err != nil {
+		t.Fatalf("transaction: %v", err)
+	}
+	ps, _, err := s.List(ctx, "t/")
+	if err != nil || len(ps) != 3 || string(ps[0].Value) != "a2" || ps[1].Version != ps[2].Version {
+		t.Fatalf("after the transaction: %+v %v", ps, err)
+	}
+	// Deletes: a stale version fails the whole transaction; then one by
+	// version, one whatever it is, and missing keys (which succeed).
+	err = s.Txn(ctx, []kv.Op{{Key: "t/b", Delete: true, Version: ps[1].Version}, {Key: "t/c", Delete: true, Version: ps[1].Version + 1000}})
+	if !errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("stale delete: want ErrConflict, got %v", err)
+	}
+	if err := s.Txn(ctx, []kv.Op{{Key: "t/b", Delete: true, Version: ps[1].Version}, {Key: "t/c", Delete: true}, {Key: "t/zz", Delete: true}, {Key: "t/zy", Delete: true, Version: 7}}); err != nil {
+		t.Fatalf("deletes: %v", err)
+	}
+	if ps, _, _ := s.List(ctx, "t/"); len(ps) != 1 || ps[0].Key != "t/a" {
+		t.Fatalf("after the deletes: %+v", ps)
+	}
+	if err := s.Txn(ctx, []kv.Op{{Key: "t/x"}, {Key: "t/x"}}); err == nil || errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("a transaction that writes a key twice must be refused, got %v", err)
 	}
 }
 

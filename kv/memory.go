@@ -80,3 +80,29 @@ func (m *Memory) Watch(ctx context.Context, prefix string, index uint64) ([]Pair
 	}
 	return m.List(ctx, prefix)
 }
+
+func (m *Memory) Txn(_ context.Context, ops []Op) error {
+	if err := checkOps(ops); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, op := range ops {
+		p, ok := m.data[op.Key]
+		switch {
+		case op.Delete && op.Version != 0 && ok && p.Version != op.Version:
+			return ErrConflict
+		case !op.Delete && p.Version != op.Version:
+			return ErrConflict
+		}
+	}
+	v := m.rev.bump()
+	for _, op := range ops {
+		if op.Delete {
+			delete(m.data, op.Key)
+		} else {
+			m.data[op.Key] = Pair{Key: op.Key, Value: append([]byte(nil), op.Value...), Version: v}
+		}
+	}
+	return nil
+}
