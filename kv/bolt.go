@@ -165,11 +165,11 @@ func (b *Bolt) Delete(_ context.Context, key string, version uint64) error {
 	return err
 }
 
-func (b *Bolt) Txn(_ context.Context, ops []Op) error {
+func (b *Bolt) Txn(_ context.Context, ops []Op) (uint64, error) {
 	if err := checkOps(ops); err != nil {
-		return err
+		return 0, err
 	}
-	_, err := b.write(func(data *bolt.Bucket, next uint64) error {
+	return b.write(func(data *bolt.Bucket, next uint64) error {
 		for _, op := range ops {
 			raw := data.Get([]byte(op.Key))
 			var cur uint64
@@ -182,12 +182,15 @@ func (b *Bolt) Txn(_ context.Context, ops []Op) error {
 			switch {
 			case op.Delete && op.Version != 0 && raw != nil && cur != op.Version:
 				return ErrConflict
-			case !op.Delete && cur != op.Version:
+			case !op.Delete && op.Version != Any && cur != op.Version:
 				return ErrConflict
 			}
 		}
 		for _, op := range ops {
 			var err error
+			if op.Check {
+				continue
+			}
 			if op.Delete {
 				err = data.Delete([]byte(op.Key))
 			} else {
@@ -202,7 +205,6 @@ func (b *Bolt) Txn(_ context.Context, ops []Op) error {
 		}
 		return nil
 	})
-	return err
 }
 
 func (b *Bolt) List(_ context.Context, prefix string) ([]Pair, uint64, error) {

@@ -208,14 +208,20 @@ func (c *Consul) Put(ctx context.Context, key string, value []byte, version uint
 	return next, err
 }
 
-func (c *Consul) Txn(ctx context.Context, ops []Op) error {
+func (c *Consul) Txn(ctx context.Context, ops []Op) (uint64, error) {
 	if err := checkOps(ops); err != nil {
-		return err
+		return 0, err
 	}
 	tops := make(api.KVTxnOps, 0, len(ops))
 	for _, op := range ops {
 		t := &api.KVTxnOp{Verb: api.KVCAS, Key: c.prefix + op.Key, Value: op.Value, Index: op.Version}
 		switch {
+		case op.Check && op.Version == 0:
+			t = &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: c.prefix + op.Key}
+		case op.Check:
+			t = &api.KVTxnOp{Verb: api.KVCheckIndex, Key: c.prefix + op.Key, Index: op.Version}
+		case !op.Delete && op.Version == Any:
+			t = &api.KVTxnOp{Verb: api.KVSet, Key: c.prefix + op.Key, Value: op.Value}
 		case op.Delete && op.Version == 0:
 			t = &api.KVTxnOp{Verb: api.KVDelete, Key: c.prefix + op.Key}
 		case op.Delete:
@@ -230,15 +236,32 @@ func (c *Consul) Txn(ctx context.Context, ops []Op) error {
 		return err
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if ok {
-		return nil
+	if ok && resp != nil {
+		// Written keys answer with the transaction's index; checked ones
+		// with their own, older one.
+		var index uint64
+		for _, r := range resp.Results {
+			if r != nil {
+				index = max(index, r.ModifyIndex)
+			}
+		}
+		return index, nil
 	}
 	if _, err := txnOutcome(false, resp); !errors.Is(err, ErrConflict) {
-		return c.classify("txn", ops[0].Key, err)
+		return 0, c.classify("txn", ops[0].Key, err)
 	}
-	return ErrConflict
+	return 0, ErrConflict
+}
+
+// staleText recognises Consul's reasons for a compare that did not hold:
+// a set or delete by index ("failed to set key \"k\", index is stale"), an
+// index check ("failed index check for key…", "failed to check index, key
+// … doesn't exist") and a check that a key is absent ("key \"k\" exists").
+func staleText(what string) bool {
+	return strings.Contains(what, "index is stale") || strings.Contains(what, "failed index check") ||
+		strings.Contains(what, "failed to check index") || (strings.HasPrefix(what, "key ") && strings.HasSuffix(what, " exists"))
 }
 
 // txnError is an operation of a transaction that Consul refused.
@@ -270,7 +293,7 @@ func txnOutcome(ok bool, resp *api.KVTxnResponse) (uint64, error) {
 		}
 		what = append(what, e.What)
 		switch {
-		case strings.Contains(e.What, "index is stale"): // "failed to set key \"k\", index is stale"
+		case staleText(e.What):
 		case deniedText(e.What):
 			stale, denied = false, true
 		default:

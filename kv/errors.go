@@ -46,6 +46,12 @@ func checkOps(ops []Op) error {
 			return fmt.Errorf("a transaction changes key %s twice", op.Key)
 		}
 		seen[op.Key] = true
+		if (op.Check || op.Delete) && op.Version == Any {
+			return fmt.Errorf("a check or delete of %s needs a version (or 0), not Any", op.Key)
+		}
+		if op.Check && op.Delete {
+			return fmt.Errorf("an operation on %s both checks and deletes", op.Key)
+		}
 	}
 	return nil
 }

@@ -36,11 +36,19 @@ type Pair struct {
 
 // Op is one write of a transaction (Store.Txn).
 type Op struct {
-	Key     string
-	Value   []byte
-	Version uint64 // as in Put (0: the key must not exist) and Delete (0: whatever it is)
+	Key   string
+	Value []byte
+	// Version is compared as in Put (0: the key must not exist; Any:
+	// whatever it is) and Delete (0: whatever it is).
+	Version uint64
 	Delete  bool
+	// Check only compares: the key's version must be Version (0: the key
+	// must not exist). Nothing is written.
+	Check bool
 }
+
+// Any, as an Op's Version, writes the key whatever its version.
+const Any = ^uint64(0)
 
 // MaxTxnOps is the most operations one transaction may hold (Consul's
 // limit since 1.14 is 128).
@@ -65,8 +73,9 @@ type Store interface {
 	Watch(ctx context.Context, prefix string, index uint64) ([]Pair, uint64, error)
 	// Txn applies every operation or none: puts and deletes compare and set
 	// on their versions as Put and Delete do (deleting a missing key
-	// succeeds); ErrConflict when one does not match.
-	Txn(ctx context.Context, ops []Op) error
+	// succeeds); ErrConflict when one does not match. It returns the
+	// version every key it wrote now has.
+	Txn(ctx context.Context, ops []Op) (uint64, error)
 	// Close releases the store.
 	Close() error
 	// String names the store in errors and logs.

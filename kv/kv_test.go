@@ -109,7 +109,7 @@ func testTxn(t *testing.T, s kv.Store) {
 		t.Fatal(err)
 	}
 	// Creating b and c while a holds a stale version: nothing happens.
-	err = s.Txn(ctx, []kv.Op{{Key: "t/b", Value: []byte("b")}, {Key: "t/c", Value: []byte("c")}, {Key: "t/a", Value: []byte("a2"), Version: va + 1000}})
+	_, err = s.Txn(ctx, []kv.Op{{Key: "t/b", Value: []byte("b")}, {Key: "t/c", Value: []byte("c")}, {Key: "t/a", Value: []byte("a2"), Version: va + 1000}})
 	if !errors.Is(err, kv.ErrConflict) {
 		t.Fatalf("stale transaction: want ErrConflict, got %v", err)
 	}
@@ -117,26 +117,47 @@ func testTxn(t *testing.T, s kv.Store) {
 		t.Fatalf("a failed transaction wrote t/b: %v", err)
 	}
 	// The same with the right version: all three are written.
-	if err := s.Txn(ctx, []kv.Op{{Key: "t/b", Value: []byte("b")}, {Key: "t/c", Value: []byte("c")}, {Key: "t/a", Value: []byte("a2"), Version: va}}); err != nil {
+	tv, err := s.Txn(ctx, []kv.Op{{Key: "t/b", Value: []byte("b")}, {Key: "t/c", Value: []byte("c")}, {Key: "t/a", Value: []byte("a2"), Version: va}})
+	if err != nil {
 		t.Fatalf("transaction: %v", err)
 	}
 	ps, _, err := s.List(ctx, "t/")
-	if err != nil || len(ps) != 3 || string(ps[0].Value) != "a2" || ps[1].Version != ps[2].Version {
+	if err != nil || len(ps) != 3 || string(ps[0].Value) != "a2" || ps[1].Version != tv || ps[2].Version != tv || ps[0].Version != tv {
 		t.Fatalf("after the transaction: %+v %v", ps, err)
 	}
 	// Deletes: a stale version fails the whole transaction; then one by
 	// version, one whatever it is, and missing keys (which succeed).
-	err = s.Txn(ctx, []kv.Op{{Key: "t/b", Delete: true, Version: ps[1].Version}, {Key: "t/c", Delete: true, Version: ps[1].Version + 1000}})
+	_, err = s.Txn(ctx, []kv.Op{{Key: "t/b", Delete: true, Version: ps[1].Version}, {Key: "t/c", Delete: true, Version: ps[1].Version + 1000}})
 	if !errors.Is(err, kv.ErrConflict) {
 		t.Fatalf("stale delete: want ErrConflict, got %v", err)
 	}
-	if err := s.Txn(ctx, []kv.Op{{Key: "t/b", Delete: true, Version: ps[1].Version}, {Key: "t/c", Delete: true}, {Key: "t/zz", Delete: true}, {Key: "t/zy", Delete: true, Version: 7}}); err != nil {
+	if _, err := s.Txn(ctx, []kv.Op{{Key: "t/b", Delete: true, Version: ps[1].Version}, {Key: "t/c", Delete: true}, {Key: "t/zz", Delete: true}, {Key: "t/zy", Delete: true, Version: 7}}); err != nil {
 		t.Fatalf("deletes: %v", err)
 	}
 	if ps, _, _ := s.List(ctx, "t/"); len(ps) != 1 || ps[0].Key != "t/a" {
 		t.Fatalf("after the deletes: %+v", ps)
 	}
-	if err := s.Txn(ctx, []kv.Op{{Key: "t/x"}, {Key: "t/x"}}); err == nil || errors.Is(err, kv.ErrConflict) {
+	// Checks compare without writing; Any writes whatever the version.
+	pa, _ := s.Get(ctx, "t/a")
+	if _, err := s.Txn(ctx, []kv.Op{{Key: "t/a", Check: true, Version: pa.Version + 1}, {Key: "t/n", Value: []byte("n")}}); !errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("failed check: want ErrConflict, got %v", err)
+	}
+	if _, err := s.Txn(ctx, []kv.Op{{Key: "t/q", Check: true}, {Key: "t/a", Check: true, Version: pa.Version}, {Key: "t/n", Value: []byte("n"), Version: kv.Any}}); err != nil {
+		t.Fatalf("checks that hold: %v", err)
+	}
+	if _, err := s.Txn(ctx, []kv.Op{{Key: "t/n", Value: []byte("n2"), Version: kv.Any}}); err != nil {
+		t.Fatalf("write whatever the version: %v", err)
+	}
+	if p, err := s.Get(ctx, "t/n"); err != nil || string(p.Value) != "n2" {
+		t.Fatalf("t/n: %+v %v", p, err)
+	}
+	if p, _ := s.Get(ctx, "t/a"); p.Version != pa.Version {
+		t.Fatalf("a check wrote t/a: version %d, was %d", p.Version, pa.Version)
+	}
+	if _, err := s.Txn(ctx, []kv.Op{{Key: "t/q", Check: true, Version: 5}}); !errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("check of a missing key at a version: want ErrConflict, got %v", err)
+	}
+	if _, err := s.Txn(ctx, []kv.Op{{Key: "t/x"}, {Key: "t/x"}}); err == nil || errors.Is(err, kv.ErrConflict) {
 		t.Fatalf("a transaction that writes a key twice must be refused, got %v", err)
 	}
 }

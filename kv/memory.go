@@ -81,9 +81,9 @@ func (m *Memory) Watch(ctx context.Context, prefix string, index uint64) ([]Pair
 	return m.List(ctx, prefix)
 }
 
-func (m *Memory) Txn(_ context.Context, ops []Op) error {
+func (m *Memory) Txn(_ context.Context, ops []Op) (uint64, error) {
 	if err := checkOps(ops); err != nil {
-		return err
+		return 0, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -91,18 +91,21 @@ func (m *Memory) Txn(_ context.Context, ops []Op) error {
 		p, ok := m.data[op.Key]
 		switch {
 		case op.Delete && op.Version != 0 && ok && p.Version != op.Version:
-			return ErrConflict
-		case !op.Delete && p.Version != op.Version:
-			return ErrConflict
+			return 0, ErrConflict
+		case !op.Delete && op.Version != Any && p.Version != op.Version:
+			return 0, ErrConflict
 		}
 	}
 	v := m.rev.bump()
 	for _, op := range ops {
+		if op.Check {
+			continue
+		}
 		if op.Delete {
 			delete(m.data, op.Key)
 		} else {
 			m.data[op.Key] = Pair{Key: op.Key, Value: append([]byte(nil), op.Value...), Version: v}
 		}
 	}
-	return nil
+	return v, nil
 }

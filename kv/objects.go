@@ -22,7 +22,12 @@ type Pool struct {
 	BlockBits int             `json:"blockBits"`       // prefix length of a block
 	Gateway   string          `json:"gateway,omitempty"`
 	Auto      bool            `json:"auto,omitempty"`
-	Holders   map[string]bool `json:"holders"` // "<host>/<address space>"
+	// Holders is how versions before the holder keys (HolderPath) recorded
+	// who holds the pool: "<host>/<address space>". Pools registered since
+	// hold only HoldersInKeys here (one key every host writes does not
+	// scale), which also keeps an older host from ever taking itself for
+	// the last holder; hosts of those versions still add themselves here.
+	Holders map[string]bool `json:"holders"`
 	// Releasing: the last holder is removing the pool's records; nobody
 	// allocates in it and a new registration finishes the removal first.
 	Releasing bool      `json:"releasing,omitempty"`
@@ -111,6 +116,23 @@ func AddressPath(pool, ip string) string  { return AddressPrefix(pool) + ip }
 func NetworkPath(pool string) string      { return "networks/" + PoolKey(pool) }
 func VNIPath(vni int) string              { return fmt.Sprintf("vnis/%d", vni) }
 func HostPath(id string) string           { return "hosts/" + id }
+
+// HolderPrefix lists the hosts (with the address space) that hold a pool,
+// one key each: "<host>/<space>" under it.
+func HolderPrefix(pool string) string { return "holders/" + PoolKey(pool) + "/" }
+
+// HolderPath is the key of one holder ("<host>/<address space>").
+func HolderPath(pool, holder string) string { return HolderPrefix(pool) + holder }
+
+// ExceptionPrefix lists a pool's route exceptions: the endpoint addresses
+// that live away from their block's owner (borrowed when every block was
+// taken, asked for with --ip inside another host's block, taken over from a
+// swarm manager). Routing watches these and never the pool's addresses.
+func ExceptionPrefix(pool string) string { return "routes/" + PoolKey(pool) + "/" }
+
+// ExceptionPath is the exception of one address; it holds the address's
+// record and is written and deleted in the same transaction as it.
+func ExceptionPath(pool, ip string) string { return ExceptionPrefix(pool) + ip }
 func ClusterNetPath(name string) string   { return ClusterNetsPrefix + name }
 
 // Key prefixes for listing.
@@ -123,6 +145,31 @@ const (
 	// ClusterNetsPrefix holds ClusterNet records by network name.
 	ClusterNetsPrefix = "clusternets/"
 )
+
+// HoldersInKeys, in Pool.Holders, says that the pool's holders are its
+// holder keys (HolderPath).
+const HoldersInKeys = "(holder keys)"
+
+// PoolHolders is who holds a pool: its holder keys, and the holders its
+// record lists (legacy, from Pool.Holders).
+func PoolHolders(ctx context.Context, s Store, pool string, legacy map[string]bool) (map[string]bool, error) {
+	ps, _, err := s.List(ctx, HolderPrefix(pool))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, p := range ps {
+		if !IsFolder(p.Key) {
+			out[strings.TrimPrefix(p.Key, HolderPrefix(pool))] = true
+		}
+	}
+	for h, ok := range legacy {
+		if ok && h != HoldersInKeys {
+			out[h] = true
+		}
+	}
+	return out, nil
+}
 
 // DecodeError is a stored record that cannot be read as what its key holds:
 // garbage written by hand, a damaged file, a field another version changed.
