@@ -460,7 +460,11 @@ func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o Networ
 func (d *Driver) dropRecord(ctx context.Context, rec kv.Network, version uint64, vniCreated bool) {
 	var p kv.Pool
 	if _, err := kv.GetJSON(ctx, d.cluster, kv.PoolPath(rec.Pool), &p); err == nil {
-		for h := range p.Holders {
+		holders, err := kv.PoolHolders(ctx, d.cluster, rec.Pool, p.Holders)
+		if err != nil {
+			return
+		}
+		for h := range holders {
 			if !strings.HasPrefix(h, d.cfg.Host+"/") {
 				return
 			}

@@ -2,8 +2,12 @@ package ipam
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -70,67 +74,9 @@ func (m *IPAM) CollectGone(ctx context.Context, local Holding) (Collected, error
 	}
 	holding := map[string]bool{} // gone hosts that still hold something
 	var errs []error
-	type candidate struct {
-		key, ip string
-		ver     uint64
-	}
 	for cidr := range pools {
-		var own []candidate
-		if _, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(cidr), func(key string, ver uint64, a kv.Address) error {
-			if a.Kind != kv.KindEndpoint {
-				return nil
-			}
-			if a.Host == m.cfg.Host && local != nil && now.Sub(a.Created) > OrphanAfter {
-				own = append(own, candidate{key, a.IP, ver})
-				return nil
-			}
-			if !gone(a.Host) {
-				return nil
-			}
-			if err := m.store.Delete(ctx, key, ver); err != nil {
-				holding[a.Host] = true
-				if !errors.Is(err, kv.ErrConflict) {
-					errs = append(errs, err)
-				}
-				return nil
-			}
-			got.Addresses++
-			m.log.WithFields(logrus.Fields{"ip": a.IP, "host": a.Host}).Info("collected the address of a gone host")
-			return nil
-		}, m.skipped); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if len(own) > 0 {
-			held := local()[cidr]
-			for _, c := range own {
-				if held == nil || held[c.ip] {
-					continue
-				}
-				if err := m.store.Delete(ctx, c.key, c.ver); err != nil {
-					if !errors.Is(err, kv.ErrConflict) {
-						errs = append(errs, err)
-					}
-					continue
-				}
-				got.Orphans++
-				m.log.WithFields(logrus.Fields{"pool": cidr, "ip": c.ip}).Warn("released an address of this host that no endpoint has (a request or a release failed half-way)")
-			}
-		}
-		if _, err := kv.ListJSON(ctx, m.store, kv.BlockPrefix(cidr), func(key string, ver uint64, b kv.Block) error {
-			if !gone(b.Host) || b.Expires.After(now) {
-				return nil
-			}
-			if err := m.store.Delete(ctx, key, ver); err != nil {
-				holding[b.Host] = true
-				if !errors.Is(err, kv.ErrConflict) {
-					errs = append(errs, err)
-				}
-				return nil
-			}
-			got.Blocks++
-			return nil
-		}, m.skipped); err != nil {
+		g := poolGC{m: m, cidr: cidr, gone: gone, now: now, holding: holding}
+		if err := g.collect(ctx, local, &got); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -162,9 +108,187 @@ func (m *IPAM) Reassert(ctx context.Context, id PoolID, ip, mac string) error {
 	case err == nil || !errors.Is(err, kv.ErrNotFound):
 		return err
 	}
-	if _, err := kv.PutJSON(ctx, m.store, kv.AddressPath(rec.Pool, ip), rec, 0); err != nil && !errors.Is(err, kv.ErrConflict) {
+	pc, err := m.cache(ctx, rec.Pool)
+	if err != nil {
 		return err
+	}
+	for attempt := 0; ; attempt++ {
+		err := m.create(ctx, pc, rec)
+		if !errors.Is(err, kv.ErrConflict) {
+			if err != nil {
+				return err
+			}
+			break
+		}
+		if _, gerr := m.store.Get(ctx, kv.AddressPath(rec.Pool, ip)); !errors.Is(gerr, kv.ErrNotFound) || attempt == 2 {
+			return gerr // taken meanwhile (the next pass looks again), or the store's answer
+		}
+		pc.mu.Lock()
+		err = m.readPool(ctx, pc) // the pool record changed
+		pc.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	if a, err := netip.ParseAddr(ip); err == nil {
+		pc.mark(a, true)
 	}
 	m.log.WithFields(logrus.Fields{"pool": rec.Pool, "ip": ip}).Warn("took back the address of a live endpoint whose record was gone")
 	return nil
+}
+
+// poolGC is one pool's part of CollectGone.
+type poolGC struct {
+	m       *IPAM
+	cidr    string
+	gone    func(host string) bool
+	now     time.Time
+	holding map[string]bool
+	errs    []error
+}
+
+type listed[T any] struct {
+	ver uint64
+	rec T
+}
+
+// collect removes what gone hosts hold in the pool and this host's orphans,
+// and makes the pool's route exceptions match its addresses: an endpoint
+// address away from its block's owner has one (records made by versions
+// that did not write them, a block that changed hands), and no exception
+// outlives its address.
+func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) error {
+	m := g.m
+	blocks := map[netip.Prefix]listed[kv.Block]{}
+	var sizes []int
+	if _, err := kv.ListJSON(ctx, m.store, kv.BlockPrefix(g.cidr), func(_ string, ver uint64, b kv.Block) error {
+		if p, err := netip.ParsePrefix(b.CIDR); err == nil {
+			blocks[p] = listed[kv.Block]{ver, b}
+			if !slices.Contains(sizes, p.Bits()) {
+				sizes = append(sizes, p.Bits())
+			}
+		}
+		return nil
+	}, m.skipped); err != nil {
+		return err
+	}
+	owner := func(ip netip.Addr) string {
+		for _, bits := range sizes {
+			if b, ok := blocks[netip.PrefixFrom(ip, bits).Masked()]; ok {
+				return b.rec.Host
+			}
+		}
+		return ""
+	}
+	exceptions := map[string]listed[kv.Address]{}
+	if _, err := kv.ListJSON(ctx, m.store, kv.ExceptionPrefix(g.cidr), func(_ string, ver uint64, a kv.Address) error {
+		exceptions[a.IP] = listed[kv.Address]{ver, a}
+		return nil
+	}, m.skipped); err != nil {
+		return err
+	}
+	type candidate struct {
+		ip  string
+		ver uint64
+	}
+	var own []candidate
+	seen := map[string]bool{}
+	if _, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(g.cidr), func(key string, ver uint64, a kv.Address) error {
+		seen[a.IP] = true
+		if a.Kind != kv.KindEndpoint {
+			return nil
+		}
+		if a.Host == m.cfg.Host && local != nil && g.now.Sub(a.Created) > OrphanAfter {
+			own = append(own, candidate{a.IP, ver})
+		} else if g.gone(a.Host) {
+			if err := m.deleteAddress(ctx, g.cidr, a.IP, ver); err != nil {
+				g.holding[a.Host] = true
+				g.fail(err)
+				return nil
+			}
+			got.Addresses++
+			m.log.WithFields(logrus.Fields{"ip": a.IP, "host": a.Host}).Info("collected the address of a gone host")
+			return nil
+		}
+		ip, err := netip.ParseAddr(a.IP)
+		if err != nil {
+			return nil
+		}
+		e, has := exceptions[a.IP]
+		switch needs := owner(ip) != a.Host; {
+		case needs && (!has || e.rec.Host != a.Host):
+			b, err := json.Marshal(a)
+			if err != nil {
+				return err
+			}
+			exc := kv.Op{Key: kv.ExceptionPath(g.cidr, a.IP), Value: b, Version: e.ver}
+			if _, err := m.store.Txn(ctx, []kv.Op{{Key: key, Version: ver, Check: true}, exc}); err == nil {
+				m.log.WithFields(logrus.Fields{"ip": a.IP, "host": a.Host}).Info("published the route exception of an address away from its block's owner")
+			} else {
+				g.fail(err)
+			}
+		case !needs && has:
+			if _, err := m.store.Txn(ctx, []kv.Op{{Key: key, Version: ver, Check: true}, {Key: kv.ExceptionPath(g.cidr, a.IP), Delete: true, Version: e.ver}}); err != nil {
+				g.fail(err)
+			}
+		}
+		return nil
+	}, m.skipped); err != nil {
+		return err
+	}
+	for ip, e := range exceptions {
+		if !seen[ip] {
+			// Its address is gone (a version that did not remove them).
+			if _, err := m.store.Txn(ctx, []kv.Op{{Key: kv.AddressPath(g.cidr, ip), Check: true}, {Key: kv.ExceptionPath(g.cidr, ip), Delete: true, Version: e.ver}}); err != nil {
+				g.fail(err)
+			}
+		}
+	}
+	if len(own) > 0 {
+		held := local()[g.cidr]
+		for _, c := range own {
+			if held == nil || held[c.ip] {
+				continue
+			}
+			if err := m.deleteAddress(ctx, g.cidr, c.ip, c.ver); err != nil {
+				g.fail(err)
+				continue
+			}
+			got.Orphans++
+			m.log.WithFields(logrus.Fields{"pool": g.cidr, "ip": c.ip}).Warn("released an address of this host that no endpoint has (a request or a release failed half-way)")
+		}
+	}
+	for p, b := range blocks {
+		if !g.gone(b.rec.Host) || b.rec.Expires.After(g.now) {
+			continue
+		}
+		if err := m.store.Delete(ctx, kv.BlockPath(g.cidr, p.String()), b.ver); err != nil {
+			g.holding[b.rec.Host] = true
+			g.fail(err)
+			continue
+		}
+		got.Blocks++
+	}
+	if ps, _, err := m.store.List(ctx, kv.HolderPrefix(g.cidr)); err == nil {
+		for _, p := range ps {
+			host, _, _ := strings.Cut(strings.TrimPrefix(p.Key, kv.HolderPrefix(g.cidr)), "/")
+			if !kv.IsFolder(p.Key) && g.gone(host) {
+				if err := m.store.Delete(ctx, p.Key, p.Version); err != nil {
+					g.holding[host] = true
+					g.fail(err)
+				}
+			}
+		}
+	} else {
+		g.fail(err)
+	}
+	return errors.Join(g.errs...)
+}
+
+// fail notes an error; a lost compare-and-set is not one (a record changed
+// meanwhile: the next pass sees it).
+func (g *poolGC) fail(err error) {
+	if !errors.Is(err, kv.ErrConflict) {
+		g.errs = append(g.errs, err)
+	}
 }

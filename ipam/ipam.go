@@ -5,11 +5,13 @@ package ipam
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -53,6 +55,12 @@ type IPAM struct {
 	store kv.Store
 	cfg   Config
 	log   logrus.FieldLogger
+	// mu guards cached (this host's view of the pools it allocates in,
+	// own.go), local and scanned.
+	mu      sync.Mutex
+	cached  map[string]*poolCache
+	local   Holding
+	scanned time.Time // the last lease renewal that read every pool
 }
 
 // New returns an IPAM over store.
@@ -63,7 +71,7 @@ func New(store kv.Store, cfg Config, log logrus.FieldLogger) *IPAM {
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = 24 * time.Hour
 	}
-	return &IPAM{store: store, cfg: cfg, log: log}
+	return &IPAM{store: store, cfg: cfg, log: log, cached: map[string]*poolCache{}}
 }
 
 // PoolID is what Docker holds for a pool: its address space and CIDR.
@@ -248,6 +256,13 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 		}
 		if err == nil {
 			held := existing.Holders[m.holder(space)]
+			if !held {
+				_, gerr := m.store.Get(ctx, kv.HolderPath(l.Pool.String(), m.holder(space)))
+				if gerr != nil && !errors.Is(gerr, kv.ErrNotFound) {
+					return gerr
+				}
+				held = gerr == nil
+			}
 			switch {
 			case auto:
 				// An automatic pick never joins: another network, maybe
@@ -272,11 +287,25 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 				m.keepFolders(ctx, l.Pool.String())
 				return nil
 			}
-			if existing.Holders == nil {
-				existing.Holders = map[string]bool{}
+			// Join: this host's own holder key, written only while the pool
+			// is as read (not being released: ReleasePool). A pool an
+			// older version registered lists its holders in its record:
+			// this host goes there too, so that those versions see it.
+			ops := []kv.Op{{Key: kv.HolderPath(l.Pool.String(), m.holder(space)), Value: []byte(m.cfg.Host), Version: kv.Any}}
+			if existing.Holders[kv.HoldersInKeys] {
+				ops = append(ops, kv.Op{Key: key, Version: version, Check: true})
+			} else {
+				if existing.Holders == nil {
+					existing.Holders = map[string]bool{}
+				}
+				existing.Holders[m.holder(space)] = true
+				b, err := json.Marshal(existing)
+				if err != nil {
+					return err
+				}
+				ops = append(ops, kv.Op{Key: key, Value: b, Version: version})
 			}
-			existing.Holders[m.holder(space)] = true
-			if _, err := kv.PutJSON(ctx, m.store, key, existing, version); errors.Is(err, kv.ErrConflict) {
+			if _, err := m.store.Txn(ctx, ops); errors.Is(err, kv.ErrConflict) {
 				continue
 			} else if err != nil {
 				return err
@@ -310,8 +339,13 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 			continue
 		}
 		pool := kv.Pool{CIDR: l.Pool.String(), Range: rng, BlockBits: l.BlockBits, Auto: auto,
-			Holders: map[string]bool{m.holder(space): true}, Created: m.cfg.Now().UTC()}
-		pv, err := kv.PutJSON(ctx, m.store, key, pool, 0)
+			Holders: map[string]bool{kv.HoldersInKeys: true}, Created: m.cfg.Now().UTC()}
+		b, err := json.Marshal(pool)
+		if err != nil {
+			return err
+		}
+		holderKey := kv.HolderPath(pool.CIDR, m.holder(space))
+		pv, err := m.store.Txn(ctx, []kv.Op{{Key: key, Value: b}, {Key: holderKey, Value: []byte(m.cfg.Host), Version: kv.Any}})
 		if errors.Is(err, kv.ErrConflict) {
 			continue
 		}
@@ -324,7 +358,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 			m.keepFolders(ctx, pool.CIDR)
 			return nil
 		}
-		if derr := m.store.Delete(ctx, key, pv); derr != nil && !errors.Is(derr, kv.ErrConflict) {
+		if _, derr := m.store.Txn(ctx, []kv.Op{{Key: key, Delete: true, Version: pv}, {Key: holderKey, Delete: true}}); derr != nil && !errors.Is(derr, kv.ErrConflict) {
 			return fmt.Errorf("withdraw pool %s after a concurrent registration: %w", pool.CIDR, derr)
 		}
 		if !errors.Is(err, kv.ErrConflict) {
@@ -339,7 +373,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 // The markers live as long as the pool: the last holder's removal deletes
 // them with the prefixes. A failure costs only wake-ups, so it is logged.
 func (m *IPAM) keepFolders(ctx context.Context, cidr string) {
-	for _, prefix := range []string{kv.BlockPrefix(cidr), kv.AddressPrefix(cidr)} {
+	for _, prefix := range []string{kv.BlockPrefix(cidr), kv.AddressPrefix(cidr), kv.ExceptionPrefix(cidr)} {
 		if err := kv.KeepFolder(ctx, m.store, prefix); err != nil {
 			m.log.WithField("prefix", prefix).Warnf("mark the watched prefix: %v", err)
 		}
@@ -347,46 +381,67 @@ func (m *IPAM) keepFolders(ctx context.Context, cidr string) {
 }
 
 // ReleasePool drops this host's hold on the pool. The host's empty blocks
-// are returned; the last holder marks the pool as being released and removes
-// its blocks, addresses and network record, each by compare-and-set on the
-// version it read, and the pool record last, so that a concurrent
+// are returned. The last holder marks the pool as being released, then
+// looks again: holder keys are written only while the pool is not marked
+// (register checks the record's version), so what it sees then is final.
+// With no holder left it removes the pool's records, each by compare-and-set
+// on the version read, and the pool record last, so that a concurrent
 // registration of the same subnet waits for (or finishes) the removal instead
 // of losing what it writes. (Docker's own ReleasePool calls reach this only
 // when no network of the host uses the pool: plugin/server.go.)
 func (m *IPAM) ReleasePool(ctx context.Context, id PoolID) error {
 	cidr := id.CIDR.String()
-	last, gone := false, false
-	_, err := kv.Update(ctx, m.store, kv.PoolPath(cidr), func(p *kv.Pool, exists bool) error {
-		if !exists {
-			gone = true
-			return kv.ErrUnchanged
+	m.forget(cidr)
+	holder := m.holder(id.Space)
+	for attempt := 0; attempt < 100; attempt++ {
+		var p kv.Pool
+		pv, err := kv.GetJSON(ctx, m.store, kv.PoolPath(cidr), &p)
+		if errors.Is(err, kv.ErrNotFound) {
+			return m.store.Delete(ctx, kv.HolderPath(cidr, holder), 0)
+		}
+		if err != nil {
+			return fmt.Errorf("release pool %s: %w", cidr, err)
 		}
 		if p.Releasing {
-			last = true
-			return kv.ErrUnchanged
+			return m.finishRelease(ctx, cidr)
 		}
-		delete(p.Holders, m.holder(id.Space))
-		last = len(p.Holders) == 0
+		others, err := kv.PoolHolders(ctx, m.store, cidr, p.Holders)
+		if err != nil {
+			return fmt.Errorf("release pool %s: %w", cidr, err)
+		}
+		delete(others, holder)
+		legacy := p.Holders[holder]
+		delete(p.Holders, holder)
+		last := len(others) == 0
 		p.Releasing = last
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("release pool %s: %w", cidr, err)
+		ops := []kv.Op{{Key: kv.HolderPath(cidr, holder), Delete: true}}
+		if last || legacy {
+			b, err := json.Marshal(p)
+			if err != nil {
+				return err
+			}
+			ops = append(ops, kv.Op{Key: kv.PoolPath(cidr), Value: b, Version: pv})
+		}
+		if _, err := m.store.Txn(ctx, ops); errors.Is(err, kv.ErrConflict) {
+			continue
+		} else if err != nil {
+			return fmt.Errorf("release pool %s: %w", cidr, err)
+		}
+		if last {
+			m.log.WithField("pool", cidr).Info("last holder released the pool; removing it")
+			return m.finishRelease(ctx, cidr)
+		}
+		return m.releaseEmptyBlocks(ctx, cidr)
 	}
-	if gone {
-		return nil
-	}
-	if last {
-		m.log.WithField("pool", cidr).Info("last holder released the pool; removing it")
-		return m.finishRelease(ctx, cidr)
-	}
-	return m.releaseEmptyBlocks(ctx, cidr)
+	return fmt.Errorf("release pool %s: too many concurrent changes: %w", cidr, kv.ErrConflict)
 }
 
 // finishRelease removes a pool marked as being released: its network record
-// and VNI, blocks and addresses, then the pool record. Every delete is
-// compare-and-set on the version read; anyone may run it (the releaser, or a
-// host registering the subnet again after the releaser died half way).
+// and VNI, holders, route exceptions, blocks and addresses, then the pool
+// record. If a holder is there after all (one that joined while the releaser
+// decided), the mark is taken back instead. Every delete is compare-and-set
+// on the version read; anyone may run it (the releaser, or a host
+// registering the subnet again after the releaser died half way).
 func (m *IPAM) finishRelease(ctx context.Context, cidr string) error {
 	var pool kv.Pool
 	pv, err := kv.GetJSON(ctx, m.store, kv.PoolPath(cidr), &pool)
@@ -399,10 +454,22 @@ func (m *IPAM) finishRelease(ctx context.Context, cidr string) error {
 	if !pool.Releasing {
 		return nil
 	}
+	holders, err := kv.PoolHolders(ctx, m.store, cidr, pool.Holders)
+	if err != nil {
+		return err
+	}
+	if len(holders) > 0 {
+		pool.Releasing = false
+		if _, err := kv.PutJSON(ctx, m.store, kv.PoolPath(cidr), pool, pv); err != nil && !errors.Is(err, kv.ErrConflict) {
+			return fmt.Errorf("keep pool %s, which a host joined while it was released: %w", cidr, err)
+		}
+		m.log.WithField("pool", cidr).Info("pool kept: a host joined it while its last holder released it")
+		return nil
+	}
 	if err := kv.DeleteNetworkCAS(ctx, m.store, cidr); err != nil {
 		return fmt.Errorf("remove network record of pool %s: %w", cidr, err)
 	}
-	for _, prefix := range []string{kv.AddressPrefix(cidr), kv.BlockPrefix(cidr)} {
+	for _, prefix := range []string{kv.HolderPrefix(cidr), kv.ExceptionPrefix(cidr), kv.AddressPrefix(cidr), kv.BlockPrefix(cidr)} {
 		if err := kv.DeletePrefixCAS(ctx, m.store, prefix); err != nil {
 			return fmt.Errorf("remove pool %s: %w", cidr, err)
 		}
@@ -538,113 +605,8 @@ func (m *IPAM) RequestAddress(ctx context.Context, r AddressRequest) (netip.Pref
 	return netip.PrefixFrom(ip, bits), nil
 }
 
-// routed says whether the pool's network is a routed one (vxlan, host-gw).
-// Before the driver has recorded the network, it is taken as routed.
-func (m *IPAM) routed(ctx context.Context, cidr string) bool {
-	var n kv.Network
-	if _, err := kv.GetJSON(ctx, m.store, kv.NetworkPath(cidr), &n); err != nil {
-		return true
-	}
-	return n.Backend != BackendBridged
-}
-
 // BackendBridged is the backend whose containers sit on the pool's L2.
 const BackendBridged = "macvlan"
-
-func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr, error) {
-	cidr := r.Pool.CIDR.String()
-	kind := KindFor(r)
-	mac := r.Options[OptMACAddress]
-	for attempt := 0; attempt < 100; attempt++ {
-		st, err := m.state(ctx, cidr)
-		if err != nil {
-			return netip.Addr{}, err
-		}
-		want := r.Address
-		if want == "" && kind == kv.KindGateway {
-			want = st.pool.Gateway
-			if want == "" {
-				want = st.layout.FirstUsable().String()
-			}
-		}
-		var ip netip.Addr
-		if want != "" {
-			ip, err = netip.ParseAddr(want)
-			if err != nil || !ip.Is4() {
-				return netip.Addr{}, kv.Invalid("address %q is not an IPv4 address", want)
-			}
-			if !st.layout.Usable(ip) {
-				return netip.Addr{}, kv.Invalid("address %s is outside pool %s (or is its network or broadcast address): pick an address inside the subnet", ip, cidr)
-			}
-		} else {
-			ip, err = m.pick(ctx, st)
-			if err != nil {
-				return netip.Addr{}, err
-			}
-			if !ip.IsValid() {
-				continue // a block changed hands; look again
-			}
-		}
-		rec := kv.Address{IP: ip.String(), Pool: cidr, Host: m.cfg.Host, Kind: kind, MAC: mac, Created: m.cfg.Now().UTC()}
-		_, err = kv.PutJSON(ctx, m.store, kv.AddressPath(cidr, rec.IP), rec, 0)
-		if errors.Is(err, kv.ErrConflict) {
-			var cur kv.Address
-			if _, gerr := kv.GetJSON(ctx, m.store, kv.AddressPath(cidr, rec.IP), &cur); gerr != nil {
-				if errors.Is(gerr, kv.ErrNotFound) {
-					continue
-				}
-				return netip.Addr{}, gerr
-			}
-			if m.confirms(cur, rec) {
-				return ip, m.noteGateway(ctx, cidr, kind, ip)
-			}
-			// The swarm manager allocates in the global space, without
-			// MACs: its replays confirm, and the node that runs the task
-			// (which asks in either space, with the task's MAC) takes the
-			// address over so that every other host routes it there.
-			swarm := kind == kv.KindEndpoint && cur.Kind == kv.KindEndpoint &&
-				(r.Pool.Space == GlobalSpace || (cur.MAC == "" && want != ""))
-			if swarm {
-				if mac == "" {
-					return ip, nil
-				}
-				if err := m.takeOver(ctx, cidr, rec); err != nil {
-					if errors.Is(err, kv.ErrConflict) {
-						continue
-					}
-					return netip.Addr{}, err
-				}
-				return ip, nil
-			}
-			if want != "" {
-				return netip.Addr{}, kv.InUse("address %s is already in use (%s on host %s): pick another address or leave it out", ip, cur.Kind, cur.Host)
-			}
-			continue
-		}
-		if err != nil {
-			return netip.Addr{}, err
-		}
-		m.log.WithFields(logrus.Fields{"pool": cidr, "ip": ip, "kind": kind}).Debug("address allocated")
-		return ip, m.noteGateway(ctx, cidr, kind, ip)
-	}
-	return netip.Addr{}, fmt.Errorf("allocate in pool %s: too many concurrent allocations: %w", cidr, kv.ErrConflict)
-}
-
-// takeOver makes this host the holder of an address the swarm manager
-// allocated (a task or node attachment that runs here).
-func (m *IPAM) takeOver(ctx context.Context, cidr string, rec kv.Address) error {
-	_, err := kv.Update(ctx, m.store, kv.AddressPath(cidr, rec.IP), func(a *kv.Address, exists bool) error {
-		if exists && a.Host == rec.Host && a.MAC == rec.MAC {
-			return kv.ErrUnchanged
-		}
-		*a = rec
-		return nil
-	})
-	if err == nil {
-		m.log.WithFields(logrus.Fields{"pool": cidr, "ip": rec.IP, "mac": rec.MAC}).Debug("address taken over from the swarm allocator")
-	}
-	return err
-}
 
 // KindFor tells what an address request is for. Docker asks for the gateway
 // with a request type, for endpoints with their MAC (tartan requires it), and
@@ -675,10 +637,11 @@ func (m *IPAM) confirms(cur, req kv.Address) bool {
 }
 
 // noteGateway records the pool's gateway the first time one is reserved.
-func (m *IPAM) noteGateway(ctx context.Context, cidr, kind string, ip netip.Addr) error {
+func (m *IPAM) noteGateway(ctx context.Context, pc *poolCache, kind string, ip netip.Addr) error {
 	if kind != kv.KindGateway {
 		return nil
 	}
+	cidr := pc.cidr
 	var conflict string
 	_, err := kv.Update(ctx, m.store, kv.PoolPath(cidr), func(p *kv.Pool, exists bool) error {
 		switch {
@@ -698,105 +661,11 @@ func (m *IPAM) noteGateway(ctx context.Context, cidr, kind string, ip netip.Addr
 	if conflict != "" {
 		return kv.InUse("pool %s already has gateway %s: use --gateway %s or leave it out", cidr, conflict, conflict)
 	}
-	return nil
-}
-
-// pick chooses a free address: first in this host's live blocks, then in a
-// newly claimed block, and when every block is taken, anywhere in the pool
-// (a borrowed address, routed as a /32). An invalid address with a nil error
-// means "state changed, look again".
-func (m *IPAM) pick(ctx context.Context, st *poolState) (netip.Addr, error) {
-	now := m.cfg.Now()
-	claimed := map[netip.Prefix]bool{}
-	for b, bs := range st.blocks {
-		// A lease counts while it runs, and after that for as long as its
-		// host keeps renewing its registration: only a gone host loses blocks.
-		live := bs.block.Expires.After(now) || now.Sub(st.renewed[bs.block.Host]) < m.cfg.LeaseTTL
-		if bs.block.Host == m.cfg.Host {
-			if a, ok := st.layout.FreeIn(b, st.used); ok {
-				if !live {
-					// Our own lease ran out but nobody took it: take it back.
-					// Only a lost race means "look again"; any other error
-					// (store down, access denied) is the answer.
-					if err := m.claimBlock(ctx, st.pool.CIDR, b, bs); errors.Is(err, kv.ErrConflict) {
-						return netip.Addr{}, nil
-					} else if err != nil {
-						return netip.Addr{}, err
-					}
-				}
-				return a, nil
-			}
-		}
-		if live || bs.block.Host == m.cfg.Host {
-			claimed[b] = true
-		}
+	pc.mu.Lock()
+	if pc.gateway == "" {
+		pc.gateway = ip.String()
 	}
-	for b := range st.unreadable {
-		claimed[b] = true
-	}
-	if b, ok := st.layout.FreeBlock(claimed); ok {
-		if a, ok := st.layout.FreeIn(b, st.used); ok {
-			err := m.claimBlock(ctx, st.pool.CIDR, b, st.blocks[b])
-			if errors.Is(err, kv.ErrConflict) {
-				return netip.Addr{}, nil
-			}
-			if err != nil {
-				return netip.Addr{}, err
-			}
-			return a, nil
-		}
-	}
-	var borrowed netip.Addr
-	st.layout.addrs(st.layout.Range, func(a netip.Addr) bool {
-		if !st.used[a] {
-			borrowed = a
-			return false
-		}
-		return true
-	})
-	if !borrowed.IsValid() {
-		return netip.Addr{}, kv.InUse("pool %s is full (%d addresses in use): use a larger --subnet", st.pool.CIDR, len(st.used))
-	}
-	return borrowed, nil
-}
-
-// claimBlock takes block b for this host, or renews this host's lease on it,
-// with a fresh expiry, by compare-and-set over the version it was read at.
-func (m *IPAM) claimBlock(ctx context.Context, pool string, b netip.Prefix, prev blockState) error {
-	blk := kv.Block{CIDR: b.String(), Pool: pool, Host: m.cfg.Host, Expires: m.cfg.Now().Add(m.cfg.LeaseTTL).UTC()}
-	_, err := kv.PutJSON(ctx, m.store, kv.BlockPath(pool, blk.CIDR), blk, prev.version)
-	if err == nil {
-		m.log.WithFields(logrus.Fields{"pool": pool, "block": blk.CIDR, "expires": blk.Expires}).Info("block claimed")
-	}
-	return err
-}
-
-// RenewLeases extends every block lease of this host that has used more than
-// half of its lifetime. The plugin calls it periodically.
-func (m *IPAM) RenewLeases(ctx context.Context) error {
-	pools, err := m.pools(ctx)
-	if err != nil {
-		return err
-	}
-	now := m.cfg.Now()
-	for cidr := range pools {
-		_, err := kv.ListJSON(ctx, m.store, kv.BlockPrefix(cidr), func(_ string, ver uint64, b kv.Block) error {
-			if b.Host != m.cfg.Host || b.Expires.Sub(now) > m.cfg.LeaseTTL/2 {
-				return nil
-			}
-			p, perr := netip.ParsePrefix(b.CIDR)
-			if perr != nil {
-				return nil
-			}
-			if err := m.claimBlock(ctx, cidr, p, blockState{block: b, version: ver}); err != nil && !errors.Is(err, kv.ErrConflict) {
-				return err
-			}
-			return nil
-		}, m.skipped)
-		if err != nil {
-			return err
-		}
-	}
+	pc.mu.Unlock()
 	return nil
 }
 
@@ -804,36 +673,4 @@ func (m *IPAM) RenewLeases(ctx context.Context) error {
 // belong to the pool and go with it; releasing a missing address succeeds.
 func (m *IPAM) ReleaseAddress(ctx context.Context, id PoolID, address string) error {
 	return m.ReleaseAddressBefore(ctx, id, address, time.Time{})
-}
-
-// ReleaseAddressBefore is ReleaseAddress for a release retried later: it
-// frees the record only if it was made before the release was first asked
-// for (not zero), so that a retry never frees a newer allocation of the
-// same address.
-func (m *IPAM) ReleaseAddressBefore(ctx context.Context, id PoolID, address string, before time.Time) error {
-	ip, err := netip.ParseAddr(address)
-	if err != nil {
-		return kv.Invalid("address %q is not an IP address", address)
-	}
-	cidr := id.CIDR.String()
-	_, err = kv.Update(ctx, m.store, kv.AddressPath(cidr, ip.String()), func(a *kv.Address, exists bool) error {
-		if !exists || a.Kind != kv.KindEndpoint || (!before.IsZero() && !a.Created.Before(before)) {
-			return kv.ErrUnchanged
-		}
-		// In the global space the swarm manager releases what it
-		// allocated (no MAC), and the node running a task what it took
-		// over; the manager's release of a task a node still runs waits
-		// for that node's own.
-		if a.Host != m.cfg.Host && (id.Space != GlobalSpace || a.MAC != "") {
-			if id.Space != GlobalSpace {
-				m.log.WithFields(logrus.Fields{"ip": ip, "owner": a.Host}).Warn("not releasing an address another host holds")
-			}
-			return kv.ErrUnchanged
-		}
-		return kv.ErrDelete
-	})
-	if err != nil {
-		return fmt.Errorf("release address %s: %w", ip, err)
-	}
-	return nil
 }

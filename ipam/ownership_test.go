@@ -21,12 +21,15 @@ func TestReleaseIsFinishedBeforeReregistration(t *testing.T) {
 		a, b := e.host("a"), e.host("b")
 		id := pool(t, a, "10.96.0.0/24", "", nil)
 		old := addr(t, a, id, "", mac(1))
-		// a died half way through its release: the pool is marked, its
-		// address record is still there.
+		// a died half way through its release: the pool is marked (and
+		// a's holder key gone with it), its address record is still there.
 		if _, err := kv.Update(ctx, e.store, kv.PoolPath("10.96.0.0/24"), func(p *kv.Pool, _ bool) error {
-			p.Releasing, p.Holders = true, map[string]bool{}
+			p.Releasing = true
 			return nil
 		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.store.Delete(ctx, kv.HolderPath("10.96.0.0/24", "a/"+ipam.LocalSpace), 0); err != nil {
 			t.Fatal(err)
 		}
 		_, err := a.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Options: map[string]string{ipam.OptMACAddress: mac(9)}})
@@ -39,8 +42,11 @@ func TestReleaseIsFinishedBeforeReregistration(t *testing.T) {
 		}
 		got := addr(t, b, id, "", mac(2))
 		var p kv.Pool
-		if _, err := kv.GetJSON(ctx, e.store, kv.PoolPath("10.96.0.0/24"), &p); err != nil || p.Releasing || !p.Holders["b/"+ipam.LocalSpace] {
+		if _, err := kv.GetJSON(ctx, e.store, kv.PoolPath("10.96.0.0/24"), &p); err != nil || p.Releasing {
 			t.Fatalf("pool after re-registration: %+v %v", p, err)
+		}
+		if h, err := kv.PoolHolders(ctx, e.store, "10.96.0.0/24", p.Holders); err != nil || len(h) != 1 || !h["b/"+ipam.LocalSpace] {
+			t.Fatalf("holders after re-registration: %v %v", h, err)
 		}
 		// A late second release by a (Docker replays) removes nothing of b's.
 		if err := a.ReleasePool(ctx, id); err != nil {

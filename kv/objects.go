@@ -17,11 +17,11 @@ import (
 
 // Pool is an address pool registered once in the cluster.
 type Pool struct {
-	CIDR      string          `json:"cidr"`
-	Range     string          `json:"range,omitempty"` // --ip-range
-	BlockBits int             `json:"blockBits"`       // prefix length of a block
-	Gateway   string          `json:"gateway,omitempty"`
-	Auto      bool            `json:"auto,omitempty"`
+	CIDR      string `json:"cidr"`
+	Range     string `json:"range,omitempty"` // --ip-range
+	BlockBits int    `json:"blockBits"`       // prefix length of a block
+	Gateway   string `json:"gateway,omitempty"`
+	Auto      bool   `json:"auto,omitempty"`
 	// Holders is how versions before the holder keys (HolderPath) recorded
 	// who holds the pool: "<host>/<address space>". Pools registered since
 	// hold only HoldersInKeys here (one key every host writes does not
@@ -133,7 +133,7 @@ func ExceptionPrefix(pool string) string { return "routes/" + PoolKey(pool) + "/
 // ExceptionPath is the exception of one address; it holds the address's
 // record and is written and deleted in the same transaction as it.
 func ExceptionPath(pool, ip string) string { return ExceptionPrefix(pool) + ip }
-func ClusterNetPath(name string) string   { return ClusterNetsPrefix + name }
+func ClusterNetPath(name string) string    { return ClusterNetsPrefix + name }
 
 // Key prefixes for listing.
 const (

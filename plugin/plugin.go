@@ -90,6 +90,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if err := drv.Restore(ctx); err != nil {
 		return err
 	}
+	im.SetLocal(drv.Holding) // a pool first used after a restart starts with its endpoints' addresses taken
 	if serr == nil {
 		drv.Start(ctx) // the networks' watchers: background, never in a request
 		if noCluster == nil {

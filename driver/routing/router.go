@@ -162,7 +162,7 @@ func (r *Router) runLocked(w *netWatch) {
 		r.pools[w.n.Pool] = pc
 		pool := w.n.Pool
 		go r.follow(ctx, kv.BlockPrefix(pool.String()), func(ps []kv.Pair) { r.blocksListed(ctx, pool, ps) })
-		go r.follow(ctx, ExceptionPrefix(pool.String()), func(ps []kv.Pair) { r.exceptionsListed(pool, ps) })
+		go r.follow(ctx, kv.ExceptionPrefix(pool.String()), func(ps []kv.Pair) { r.exceptionsListed(pool, ps) })
 	}
 	pc.users++
 	ctx, cancel := context.WithCancel(r.ctx)
@@ -530,11 +530,6 @@ func (r *Router) State() string {
 }
 
 func shortID(id string) string { return id[:min(12, len(id))] }
-
-// ExceptionPrefix is where the addresses that need a route of their own are
-// listed for a pool. Today that is every address of the pool; Compute keeps
-// the endpoints that live away from their block's owner.
-func ExceptionPrefix(pool string) string { return kv.AddressPrefix(pool) }
 
 // Has says whether the network is routed.
 func (r *Router) Has(id string) bool {

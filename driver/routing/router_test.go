@@ -75,11 +75,11 @@ func TestRouterSkipsUnreadableRecords(t *testing.T) {
 	put(t, store, kv.BlockPath(pool, "10.244.0.64/26"), `{"cidr":"10.244.0.64/26","host":"b","expires":"2099-01-01T00:00:00Z"}`)
 	put(t, store, kv.BlockPath(pool, "10.244.1.0/24"), `{"cidr":"10.244.1.0/24","host":"b","expires":"2099-01-01T00:00:00Z"}`)
 	put(t, store, kv.BlockPath(pool, "10.244.0.128/26"), "{")
-	put(t, store, kv.AddressPath(pool, "10.244.0.70"), "[]")
+	put(t, store, kv.ExceptionPath(pool, "10.244.0.70"), "[]")
 	r, k := startRouter(t, store, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), Device: "tartan.7", VNI: 7})
 	plan := waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 1 })
 	problems := strings.Join(plan.Problems, "\n")
-	for _, want := range []string{"hosts/zzz", "blocks/10.244.0.0-16/10.244.0.128-26", "addrs/10.244.0.0-16/10.244.0.70", `"10.244.1.0/24" of host b ignored: pool 10.244.0.0/16 has /26 blocks`} {
+	for _, want := range []string{"hosts/zzz", "blocks/10.244.0.0-16/10.244.0.128-26", "routes/10.244.0.0-16/10.244.0.70", `"10.244.1.0/24" of host b ignored: pool 10.244.0.0/16 has /26 blocks`} {
 		if !strings.Contains(problems, want) {
 			t.Errorf("problems do not name %s:\n%s", want, problems)
 		}
