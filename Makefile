@@ -19,7 +19,7 @@ FUZZTIME ?= 20000x
 E2E_TIMEOUT ?= 40m
 export CONSUL_BIN
 
-.PHONY: all build plugin-dir plugin push deps consul docker26 test unit fuzz e2e e2e26 e2e-all chaos bench lint clean
+.PHONY: all build plugin-dir plugin push deps consul docker26 test unit fuzz e2e e2e26 e2e-all chaos bench scale lint clean
 
 all: build
 
@@ -62,8 +62,10 @@ docker26:
 
 test: deps consul docker26 unit fuzz e2e-all chaos
 
-unit: lint
-	$(GO) test -race -count=1 ./kv/... ./ipam/... ./driver/... ./plugin/...
+# The scale harness's smoke (10 simulated hosts) runs here, under the race
+# detector; make scale runs its table.
+unit: lint consul
+	$(GO) test -race -count=1 ./kv/... ./ipam/... ./driver/... ./plugin/... ./e2e/scale/
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzLayout -fuzztime=$(FUZZTIME) ./ipam
@@ -103,6 +105,13 @@ chaos: deps consul
 # Docker's own drivers, side by side; the table lands in build/bench.md.
 bench: plugin-dir
 	$(GO) test -count=1 -tags bench -timeout 60m -v -run TestBench ./e2e/ 2>&1 | grep -v 'level=' 
+
+# The control plane at 10 to 1,000 simulated hosts over one real Consul
+# (hosts run tartan's IPAM, registration and routing in one process); the
+# table lands in build/scale.md. About an hour on 2 cores.
+scale: consul
+	@mkdir -p $(BUILD)
+	TARTAN_SCALE=full TARTAN_SCALE_OUT=$(abspath $(BUILD)) $(GO) test -count=1 -timeout 4h -v -run TestScale ./e2e/scale/
 
 lint:
 	$(GO) vet ./...

@@ -284,7 +284,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 				return kv.Invalid("pool %s is registered with %s=%d: use the same value or leave it out", l.Pool, OptBlockSize, existing.BlockBits)
 			}
 			if held {
-				m.keepFolders(ctx, l.Pool.String())
+				m.keepOldFolders(ctx, existing)
 				return nil
 			}
 			// Join: this host's own holder key, written only while the pool
@@ -310,7 +310,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 			} else if err != nil {
 				return err
 			}
-			m.keepFolders(ctx, l.Pool.String())
+			m.keepOldFolders(ctx, existing)
 			return nil
 		}
 		if !errors.Is(err, kv.ErrNotFound) {
@@ -366,6 +366,15 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 		}
 	}
 	return fmt.Errorf("register pool %s: too many concurrent registrations: %w", l.Pool, kv.ErrConflict)
+}
+
+// keepOldFolders marks the watched prefixes of a pool an older version
+// registered (without markers, or some of them); pools registered since got
+// them with the pool.
+func (m *IPAM) keepOldFolders(ctx context.Context, p kv.Pool) {
+	if !p.Holders[kv.HoldersInKeys] {
+		m.keepFolders(ctx, p.CIDR)
+	}
 }
 
 // keepFolders marks the pool's block and address prefixes, which every

@@ -27,16 +27,16 @@ import (
 // Version is set at build time.
 var Version = "dev"
 
-// renewEvery is how often the host checks its registration and leases: a
+// RenewEvery is how often the host checks its registration and leases: a
 // tenth of the lease lifetime, at most a minute, so that a new underlay
 // address is published within a minute and a live host never lapses.
-func renewEvery(ttl time.Duration) time.Duration { return min(time.Minute, ttl/10) }
+func RenewEvery(ttl time.Duration) time.Duration { return min(time.Minute, ttl/10) }
 
-// renewAfter is how old the registration's renewal time may get before a
+// RenewAfter is how old the registration's renewal time may get before a
 // check rewrites it: a quarter of the lease lifetime, at most an hour. Every
 // rewrite of hosts/<id> wakes every watcher of hosts/ on every host, so an
 // idle host writes it only at this pace, not at every check (issue 10).
-func renewAfter(ttl time.Duration) time.Duration { return min(time.Hour, ttl/4) }
+func RenewAfter(ttl time.Duration) time.Duration { return min(time.Hour, ttl/4) }
 
 // Run serves the plugin on socket until ctx ends.
 func Run(ctx context.Context, socket string, env func(string) string, log *logrus.Logger) error {
@@ -164,7 +164,7 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 	doRenew := func() {
 		c, cancel := context.WithTimeout(ctx, RequestTimeout)
 		defer cancel()
-		if err := registerHost(c, cluster, host, s.Advertise, renewAfter(s.LeaseTTL), kernel.FindUnderlay); err != nil {
+		if err := RegisterHost(c, cluster, host, s.Advertise, RenewAfter(s.LeaseTTL), kernel.FindUnderlay); err != nil {
 			log.Warnf("host registration: %v", err)
 		}
 		if err := im.RenewLeases(c); err != nil {
@@ -191,7 +191,7 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 	// kernel) must not stop the host's renewals, or every peer would take
 	// a live host for gone (audit M13); gone hosts are collected at the
 	// pace of leases.
-	go every(ctx, renewEvery(s.LeaseTTL), doRenew)
+	go every(ctx, RenewEvery(s.LeaseTTL), doRenew)
 	go every(ctx, max(s.LeaseTTL, time.Minute), doCollect)
 	// A start is often the end of a crash, whose half-made requests left
 	// orphaned records: one more pass once they are old enough to sweep
@@ -220,7 +220,7 @@ func every(ctx context.Context, period time.Duration, fn func()) {
 	}
 }
 
-// registerHost writes this host's registration: its underlay address,
+// RegisterHost writes this host's registration: its underlay address,
 // found by lookup (kernel.FindUnderlay), and the renewal time.
 //
 // When the lookup fails (a default route that flaps during a DHCP renewal
@@ -232,7 +232,7 @@ func every(ctx context.Context, period time.Duration, fn func()) {
 //
 // A registration with the same address and version renewed less than
 // fresh ago is left as it is (no write).
-func registerHost(ctx context.Context, cluster kv.Store, host, advertise string, fresh time.Duration, lookup func(advertise string) (kernel.Underlay, error)) error {
+func RegisterHost(ctx context.Context, cluster kv.Store, host, advertise string, fresh time.Duration, lookup func(advertise string) (kernel.Underlay, error)) error {
 	u, lerr := lookup(advertise)
 	if lerr == nil && !u.Address.IsValid() {
 		lerr = fmt.Errorf("the underlay interface %s has no usable address: set ADVERTISE to an interface or address (docker plugin set tartan:latest ADVERTISE=eth0)", u.Interface)

@@ -85,7 +85,7 @@ func TestBrokenSettingsKeepDefaults(t *testing.T) {
 		if err == nil {
 			t.Fatalf("%v: no error", env)
 		}
-		if s.Resync <= 0 || s.LeaseTTL <= 0 || renewEvery(s.LeaseTTL) <= 0 || s.VXLANPort == 0 || !s.AutoPool.IsValid() || s.StateDir == "" {
+		if s.Resync <= 0 || s.LeaseTTL <= 0 || RenewEvery(s.LeaseTTL) <= 0 || s.VXLANPort == 0 || !s.AutoPool.IsValid() || s.StateDir == "" {
 			t.Fatalf("%v: unusable settings after an error: %+v", env, s)
 		}
 	}
@@ -269,7 +269,7 @@ func TestRegisterHostKeepsAddressWhenLookupFails(t *testing.T) {
 	flap := func(string) (kernel.Underlay, error) {
 		return kernel.Underlay{}, errors.New("no default route to find the advertise address: set ADVERTISE")
 	}
-	if err := registerHost(ctx, store, "h1", "", 0, found); err != nil {
+	if err := RegisterHost(ctx, store, "h1", "", 0, found); err != nil {
 		t.Fatal(err)
 	}
 	var first kv.Host
@@ -277,7 +277,7 @@ func TestRegisterHostKeepsAddressWhenLookupFails(t *testing.T) {
 		t.Fatalf("first registration: %+v %v", first, err)
 	}
 	time.Sleep(2 * time.Millisecond)
-	err := registerHost(ctx, store, "h1", "", 0, flap)
+	err := RegisterHost(ctx, store, "h1", "", 0, flap)
 	if err == nil || !strings.Contains(err.Error(), "last known address 10.98.0.11") || !strings.Contains(err.Error(), "no default route") {
 		t.Fatalf("a renewal without a lookup must say it kept the address: %v", err)
 	}
@@ -286,7 +286,7 @@ func TestRegisterHostKeepsAddressWhenLookupFails(t *testing.T) {
 		t.Fatalf("renewal: %+v (first %+v) %v", renewed, first, err)
 	}
 	// A host that never had an address is not registered with none.
-	err = registerHost(ctx, store, "h2", "", 0, flap)
+	err = RegisterHost(ctx, store, "h2", "", 0, flap)
 	if err == nil || !strings.Contains(err.Error(), "h2 is not registered") {
 		t.Fatalf("first registration without an address: %v", err)
 	}
@@ -294,7 +294,7 @@ func TestRegisterHostKeepsAddressWhenLookupFails(t *testing.T) {
 		t.Fatalf("h2 was registered without an address: %v", err)
 	}
 	// An invalid answer is a failed lookup too.
-	if err := registerHost(ctx, store, "h1", "", 0, func(string) (kernel.Underlay, error) { return kernel.Underlay{Interface: "eth9"}, nil }); err == nil {
+	if err := RegisterHost(ctx, store, "h1", "", 0, func(string) (kernel.Underlay, error) { return kernel.Underlay{Interface: "eth9"}, nil }); err == nil {
 		t.Fatal("an underlay without an address must not be registered")
 	}
 	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &renewed); err != nil || renewed.Address != "10.98.0.11" {
@@ -305,7 +305,7 @@ func TestRegisterHostKeepsAddressWhenLookupFails(t *testing.T) {
 // Issue 10: every rewrite of hosts/<id> wakes every watcher of hosts/ on
 // every host, and each host rewrote its record at every check (a minute).
 // Now a check writes only when the address or the version changed or the
-// renewal is older than renewAfter (a quarter of the lease lifetime, at
+// renewal is older than RenewAfter (a quarter of the lease lifetime, at
 // most an hour).
 func TestRegisterHostWritesOnlyWhatChanged(t *testing.T) {
 	ctx := context.Background()
@@ -322,12 +322,12 @@ func TestRegisterHostWritesOnlyWhatChanged(t *testing.T) {
 		}
 		return p.Version
 	}
-	if err := registerHost(ctx, store, "h1", "", time.Hour, lookup); err != nil {
+	if err := RegisterHost(ctx, store, "h1", "", time.Hour, lookup); err != nil {
 		t.Fatal(err)
 	}
 	first := version()
 	for i := 0; i < 5; i++ {
-		if err := registerHost(ctx, store, "h1", "", time.Hour, lookup); err != nil {
+		if err := RegisterHost(ctx, store, "h1", "", time.Hour, lookup); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -335,7 +335,7 @@ func TestRegisterHostWritesOnlyWhatChanged(t *testing.T) {
 		t.Fatalf("five checks of a fresh registration rewrote it (version %d, was %d)", v, first)
 	}
 	addr = "10.98.0.12"
-	if err := registerHost(ctx, store, "h1", "", time.Hour, lookup); err != nil {
+	if err := RegisterHost(ctx, store, "h1", "", time.Hour, lookup); err != nil {
 		t.Fatal(err)
 	}
 	var h kv.Host
@@ -344,16 +344,16 @@ func TestRegisterHostWritesOnlyWhatChanged(t *testing.T) {
 	}
 	second := version()
 	time.Sleep(2 * time.Millisecond)
-	if err := registerHost(ctx, store, "h1", "", time.Millisecond, lookup); err != nil {
+	if err := RegisterHost(ctx, store, "h1", "", time.Millisecond, lookup); err != nil {
 		t.Fatal(err)
 	}
 	if version() == second {
-		t.Fatal("a renewal older than renewAfter was not rewritten")
+		t.Fatal("a renewal older than RenewAfter was not rewritten")
 	}
-	if got := renewAfter(24 * time.Hour); got != time.Hour {
-		t.Fatalf("renewAfter(24h) = %s, want 1h", got)
+	if got := RenewAfter(24 * time.Hour); got != time.Hour {
+		t.Fatalf("RenewAfter(24h) = %s, want 1h", got)
 	}
-	if got := renewAfter(10 * time.Second); got != 2500*time.Millisecond {
-		t.Fatalf("renewAfter(10s) = %s", got)
+	if got := RenewAfter(10 * time.Second); got != 2500*time.Millisecond {
+		t.Fatalf("RenewAfter(10s) = %s", got)
 	}
 }

@@ -57,9 +57,22 @@ func StartConsulACL(t testing.TB, ns *NS, bind string, httpPort int, mgmt string
 	return startConsul(t, ns, bind, httpPort, mgmt)
 }
 
+// StartConsulMany is StartConsul for a server that many clients on one
+// address use at once (the scale harness: every simulated host is a client
+// on loopback with its own connections; Consul allows 200 per address).
+func StartConsulMany(t testing.TB, bind string, httpPort int) *Consul {
+	t.Helper()
+	return startConsulHCL(t, nil, bind, httpPort, "", ` limits { http_max_conns_per_client = 16000 }`)
+}
+
 func startConsul(t testing.TB, ns *NS, bind string, httpPort int, mgmt string) *Consul {
 	t.Helper()
-	c, stop, err := launchConsul(ConsulBin(t), ns, bind, httpPort, mgmt, nil)
+	return startConsulHCL(t, ns, bind, httpPort, mgmt, "")
+}
+
+func startConsulHCL(t testing.TB, ns *NS, bind string, httpPort int, mgmt, extra string) *Consul {
+	t.Helper()
+	c, stop, err := launchConsul(ConsulBin(t), ns, bind, httpPort, mgmt, nil, extra)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,10 +88,10 @@ func startConsul(t testing.TB, ns *NS, bind string, httpPort int, mgmt string) *
 // ends the server, removes its data and returns its log. With join, it is one
 // server of a cluster of len(join)+1 (it waits for the cluster's leader).
 func LaunchConsul(bin string, ns *NS, bind string, httpPort int, join ...string) (*Consul, func() string, error) {
-	return launchConsul(bin, ns, bind, httpPort, "", join)
+	return launchConsul(bin, ns, bind, httpPort, "", join, "")
 }
 
-func launchConsul(bin string, ns *NS, bind string, httpPort int, mgmt string, join []string) (*Consul, func() string, error) {
+func launchConsul(bin string, ns *NS, bind string, httpPort int, mgmt string, join []string, extra string) (*Consul, func() string, error) {
 	dir, err := os.MkdirTemp("", "tartan-consul")
 	if err != nil {
 		return nil, nil, err
@@ -88,6 +101,7 @@ func launchConsul(bin string, ns *NS, bind string, httpPort int, mgmt string, jo
 	if mgmt != "" {
 		hcl += fmt.Sprintf(` acl { enabled = true, default_policy = "deny", tokens { initial_management = %q, agent = %q } }`, mgmt, mgmt)
 	}
+	hcl += extra
 	args := []string{"agent", "-dev", "-bind", bind, "-client", bind, "-data-dir", dir, "-hcl", hcl, "-log-level", "warn"}
 	if len(join) > 0 {
 		args = []string{"agent", "-server", "-bootstrap-expect", fmt.Sprint(len(join) + 1), "-bind", bind, "-client", bind,
