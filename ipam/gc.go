@@ -56,18 +56,18 @@ type Collected struct {
 func (m *IPAM) CollectGone(ctx context.Context, local Holding) (Collected, error) {
 	var got Collected
 	now := m.cfg.Now()
-	renewed := map[string]time.Time{}
 	hostVersion := map[string]uint64{}
 	if _, err := kv.ListJSON(ctx, m.store, kv.HostsPrefix, func(_ string, ver uint64, h kv.Host) error {
-		renewed[h.ID], hostVersion[h.ID] = h.Renewed, ver
+		hostVersion[h.ID] = ver
 		return nil
-	}, m.skipped); err != nil {
+	}, func(*kv.DecodeError) {}); err != nil { // ReadLiveness reports them
 		return got, err
 	}
-	gone := func(host string) bool {
-		r, ok := renewed[host]
-		return host != m.cfg.Host && (!ok || now.Sub(r) > GoneAfter*m.cfg.LeaseTTL)
+	live, err := kv.ReadLiveness(ctx, m.store, now, GoneAfter*m.cfg.LeaseTTL, m.skipped)
+	if err != nil {
+		return got, err
 	}
+	gone := func(host string) bool { return host != m.cfg.Host && !live.HostAlive(host) }
 	pools, err := m.pools(ctx)
 	if err != nil {
 		return got, err
@@ -82,7 +82,7 @@ func (m *IPAM) CollectGone(ctx context.Context, local Holding) (Collected, error
 	}
 	for host, ver := range hostVersion {
 		if gone(host) && !holding[host] && len(errs) == 0 {
-			if err := m.store.Delete(ctx, kv.HostPath(host), ver); err == nil {
+			if _, err := m.store.Txn(ctx, []kv.Op{{Key: kv.HostPath(host), Delete: true, Version: ver}, {Key: kv.RenewalPath(host), Delete: true}}); err == nil {
 				got.Hosts++
 			}
 		}

@@ -526,15 +526,13 @@ type poolState struct {
 	layout  Layout
 	blocks  map[netip.Prefix]blockState
 	used    map[netip.Addr]bool
-	renewed map[string]time.Time // hosts' last registration renewals
 	// unreadable holds blocks whose record cannot be read: their owner is
 	// unknown, so they are never claimed (nor handed out from).
 	unreadable map[netip.Prefix]bool
 }
 
 func (m *IPAM) state(ctx context.Context, cidr string) (*poolState, error) {
-	st := &poolState{blocks: map[netip.Prefix]blockState{}, used: map[netip.Addr]bool{}, renewed: map[string]time.Time{},
-		unreadable: map[netip.Prefix]bool{}}
+	st := &poolState{blocks: map[netip.Prefix]blockState{}, used: map[netip.Addr]bool{}, unreadable: map[netip.Prefix]bool{}}
 	v, err := kv.GetJSON(ctx, m.store, kv.PoolPath(cidr), &st.pool)
 	if errors.Is(err, kv.ErrNotFound) {
 		return nil, kv.Invalid("pool %s is not registered (it was released): recreate the network", cidr)
@@ -580,12 +578,6 @@ func (m *IPAM) state(ctx context.Context, cidr string) (*poolState, error) {
 			st.used[ip] = true
 		}
 	}); err != nil {
-		return nil, err
-	}
-	if _, err := kv.ListJSON(ctx, m.store, kv.HostsPrefix, func(_ string, _ uint64, h kv.Host) error {
-		st.renewed[h.ID] = h.Renewed
-		return nil
-	}, m.skipped); err != nil {
 		return nil, err
 	}
 	return st, nil

@@ -152,12 +152,11 @@ func poolLayout(p kv.Pool) (Layout, error) {
 }
 
 // readBlocks reads the pool's block list into pc: its own blocks and those
-// other hosts hold. With renewed (hosts' registrations), blocks whose lease
+// other hosts hold. With live (the hosts' liveness), blocks whose lease
 // ran out and whose host is gone are not counted as held. Called with pc.mu
 // held, or before pc is shared.
-func (m *IPAM) readBlocks(ctx context.Context, pc *poolCache, renewed map[string]time.Time) error {
+func (m *IPAM) readBlocks(ctx context.Context, pc *poolCache, live *kv.Liveness) error {
 	own, taken := map[netip.Prefix]ownBlock{}, map[netip.Prefix]bool{}
-	now := m.cfg.Now()
 	_, err := kv.ListJSON(ctx, m.store, kv.BlockPrefix(pc.cidr), func(_ string, ver uint64, b kv.Block) error {
 		p, err := netip.ParsePrefix(b.CIDR)
 		if err != nil {
@@ -166,7 +165,7 @@ func (m *IPAM) readBlocks(ctx context.Context, pc *poolCache, renewed map[string
 		switch {
 		case b.Host == m.cfg.Host:
 			own[p] = ownBlock{version: ver, expires: b.Expires}
-		case renewed == nil || b.Expires.After(now) || now.Sub(renewed[b.Host]) < m.cfg.LeaseTTL:
+		case live == nil || live.BlockAlive(b):
 			taken[p] = true
 		}
 		return nil
@@ -435,14 +434,11 @@ func (m *IPAM) claimLocked(ctx context.Context, pc *poolCache) (b netip.Prefix, 
 	}
 	// Probing found nothing free: read every block and host once, and
 	// take a free block or one whose host is gone.
-	renewed := map[string]time.Time{}
-	if _, err := kv.ListJSON(ctx, m.store, kv.HostsPrefix, func(_ string, _ uint64, h kv.Host) error {
-		renewed[h.ID] = h.Renewed
-		return nil
-	}, m.skipped); err != nil {
+	live, err := kv.ReadLiveness(ctx, m.store, m.cfg.Now(), m.cfg.LeaseTTL, m.skipped)
+	if err != nil {
 		return netip.Prefix{}, false, err
 	}
-	if err := m.readBlocks(ctx, pc, renewed); err != nil {
+	if err := m.readBlocks(ctx, pc, &live); err != nil {
 		return netip.Prefix{}, false, err
 	}
 	free := pc.freeBlocks(window)
@@ -702,20 +698,23 @@ func (m *IPAM) ReleaseAddressBefore(ctx context.Context, id PoolID, address stri
 		if err != nil {
 			return fmt.Errorf("release address %s: %w", ip, err)
 		}
-		m.mu.Lock()
-		pc := m.cached[cidr]
-		m.mu.Unlock()
-		if pc != nil {
-			pc.mark(ip, false)
-		}
 		return nil
 	}
 	return fmt.Errorf("release address %s: %w", ip, kv.ErrConflict)
 }
 
 // deleteAddress removes an address record read at version, with its route
-// exception.
+// exception. The host's view of the pool learns that it is free.
 func (m *IPAM) deleteAddress(ctx context.Context, cidr, ip string, version uint64) error {
 	_, err := m.store.Txn(ctx, []kv.Op{{Key: kv.AddressPath(cidr, ip), Delete: true, Version: version}, {Key: kv.ExceptionPath(cidr, ip), Delete: true}})
-	return err
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	pc := m.cached[cidr]
+	m.mu.Unlock()
+	if a, perr := netip.ParseAddr(ip); perr == nil && pc != nil {
+		pc.mark(a, false)
+	}
+	return nil
 }

@@ -130,11 +130,11 @@ func (b *Bolt) Put(_ context.Context, key string, value []byte, version uint64) 
 		var cur uint64
 		if raw := data.Get([]byte(key)); raw != nil {
 			var err error
-			if cur, err = b.versionOf(key, raw); err != nil {
+			if cur, err = b.versionOf(key, raw); err != nil && version != Any {
 				return err // no compare-and-set against an unknown version; Delete(key, 0) removes it
 			}
 		}
-		if cur != version {
+		if version != Any && cur != version {
 			return ErrConflict
 		}
 		buf := make([]byte, 8+len(value))

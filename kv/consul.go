@@ -194,6 +194,9 @@ func (c *Consul) Put(ctx context.Context, key string, value []byte, version uint
 	var ok bool
 	var resp *api.KVTxnResponse
 	ops := api.KVTxnOps{{Verb: api.KVCAS, Key: c.prefix + key, Value: value, Index: version}}
+	if version == Any {
+		ops[0] = &api.KVTxnOp{Verb: api.KVSet, Key: c.prefix + key, Value: value}
+	}
 	err := c.do(ctx, "put", key, true, func(ctx context.Context, kv *api.KV) (err error) {
 		ok, resp, _, err = kv.Txn(ops, c.query(ctx))
 		return err

@@ -59,8 +59,9 @@ type Store interface {
 	// Get returns the key or ErrNotFound.
 	Get(ctx context.Context, key string) (Pair, error)
 	// Put writes the key when its version equals version (0: the key must not
-	// exist yet) and returns the new version; otherwise ErrConflict. Only a
-	// lost compare-and-set is ErrConflict: callers retry on it.
+	// exist yet; Any: whatever it is) and returns the new version; otherwise
+	// ErrConflict. Only a lost compare-and-set is ErrConflict: callers retry
+	// on it.
 	Put(ctx context.Context, key string, value []byte, version uint64) (uint64, error)
 	// Delete removes the key when its version equals version (0: whatever
 	// it is). Deleting a missing key succeeds.

@@ -80,6 +80,12 @@ func testCAS(t *testing.T, s kv.Store) {
 	if _, err := s.Put(ctx, "a", []byte("stale"), v1); !errors.Is(err, kv.ErrConflict) {
 		t.Fatalf("stale update: want ErrConflict, got %v", err)
 	}
+	if vAny, err := s.Put(ctx, "any", []byte("x"), kv.Any); err != nil || vAny == 0 {
+		t.Fatalf("write whatever the version (missing key): %d %v", vAny, err)
+	}
+	if vAny, err := s.Put(ctx, "any", []byte("y"), kv.Any); err != nil || vAny == 0 {
+		t.Fatalf("write whatever the version (existing key): %d %v", vAny, err)
+	}
 	p, err := s.Get(ctx, "a")
 	if err != nil || string(p.Value) != "two" || p.Version != v2 {
 		t.Fatalf("get: %+v %v", p, err)

@@ -37,7 +37,7 @@ func (m *Memory) Get(_ context.Context, key string) (Pair, error) {
 func (m *Memory) Put(_ context.Context, key string, value []byte, version uint64) (uint64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.data[key].Version != version {
+	if version != Any && m.data[key].Version != version {
 		return 0, ErrConflict
 	}
 	v := m.rev.bump()

@@ -96,12 +96,78 @@ type ClusterNet struct {
 	Created     time.Time         `json:"created"`
 }
 
-// Host is a host running the plugin.
+// Host is a host running the plugin. Its record changes when its address
+// or version does: every host watches hosts/. That the host is still alive
+// is renewed under renewals/, which nobody watches (RenewalPath); Renewed
+// here is when the record was written (and renewed, for hosts of versions
+// before renewals/, which read it only here: see Renewals).
 type Host struct {
 	ID      string    `json:"id"`
 	Address string    `json:"address"`
 	Version string    `json:"version"`
 	Renewed time.Time `json:"renewed"`
+	// Renewals: the host renews under renewals/ and reads renewals there.
+	Renewals bool `json:"renewals,omitempty"`
+}
+
+// Renewal is a host's liveness renewal (RenewalPath).
+type Renewal struct {
+	Renewed time.Time `json:"renewed"`
+}
+
+// Liveness says which hosts are alive: the rule that routing, allocation
+// and collection share. A host is alive while its last renewal is younger
+// than the lease lifetime; a block counts while its lease runs or its host
+// is alive.
+type Liveness struct {
+	Hosts    map[string]Host
+	Renewals map[string]time.Time
+	Now      time.Time
+	TTL      time.Duration
+}
+
+// LastRenewed is when the host last said it was alive (zero: unknown host).
+func (l Liveness) LastRenewed(id string) time.Time {
+	r := l.Renewals[id]
+	if h, ok := l.Hosts[id]; ok && h.Renewed.After(r) {
+		r = h.Renewed
+	}
+	return r
+}
+
+// HostAlive says whether the host renewed within the lease lifetime.
+func (l Liveness) HostAlive(id string) bool {
+	_, known := l.Hosts[id]
+	return known && l.Now.Sub(l.LastRenewed(id)) < l.TTL
+}
+
+// BlockAlive says whether a block still counts as its host's.
+func (l Liveness) BlockAlive(b Block) bool {
+	return b.Expires.After(l.Now) || l.HostAlive(b.Host)
+}
+
+// ReadRenewals lists every host's last liveness renewal under renewals/.
+func ReadRenewals(ctx context.Context, s Store, skipped func(*DecodeError)) (map[string]time.Time, error) {
+	out := map[string]time.Time{}
+	_, err := ListJSON(ctx, s, RenewalsPrefix, func(key string, _ uint64, r Renewal) error {
+		out[strings.TrimPrefix(key, RenewalsPrefix)] = r.Renewed
+		return nil
+	}, skipped)
+	return out, err
+}
+
+// ReadLiveness reads hosts/ and renewals/.
+func ReadLiveness(ctx context.Context, s Store, now time.Time, ttl time.Duration, skipped func(*DecodeError)) (Liveness, error) {
+	l := Liveness{Hosts: map[string]Host{}, Now: now, TTL: ttl}
+	if _, err := ListJSON(ctx, s, HostsPrefix, func(_ string, _ uint64, h Host) error {
+		l.Hosts[h.ID] = h
+		return nil
+	}, skipped); err != nil {
+		return l, err
+	}
+	var err error
+	l.Renewals, err = ReadRenewals(ctx, s, skipped)
+	return l, err
 }
 
 // PoolKey turns a CIDR into the key segment that names its pool.
@@ -116,6 +182,7 @@ func AddressPath(pool, ip string) string  { return AddressPrefix(pool) + ip }
 func NetworkPath(pool string) string      { return "networks/" + PoolKey(pool) }
 func VNIPath(vni int) string              { return fmt.Sprintf("vnis/%d", vni) }
 func HostPath(id string) string           { return "hosts/" + id }
+func RenewalPath(id string) string        { return RenewalsPrefix + id }
 
 // HolderPrefix lists the hosts (with the address space) that hold a pool,
 // one key each: "<host>/<space>" under it.
@@ -141,6 +208,7 @@ const (
 	PoolsGuard     = "pools.guard"
 	NetworksPrefix = "networks/"
 	HostsPrefix    = "hosts/"
+	RenewalsPrefix = "renewals/"
 	VNIsPrefix     = "vnis/"
 	// ClusterNetsPrefix holds ClusterNet records by network name.
 	ClusterNetsPrefix = "clusternets/"

@@ -32,10 +32,8 @@ var Version = "dev"
 // address is published within a minute and a live host never lapses.
 func RenewEvery(ttl time.Duration) time.Duration { return min(time.Minute, ttl/10) }
 
-// RenewAfter is how old the registration's renewal time may get before a
-// check rewrites it: a quarter of the lease lifetime, at most an hour. Every
-// rewrite of hosts/<id> wakes every watcher of hosts/ on every host, so an
-// idle host writes it only at this pace, not at every check (issue 10).
+// RenewAfter is how often a host renews its liveness (renewals/<id>, which
+// nobody watches): a quarter of the lease lifetime, at most an hour.
 func RenewAfter(ttl time.Duration) time.Duration { return min(time.Hour, ttl/4) }
 
 // Run serves the plugin on socket until ctx ends.
@@ -161,10 +159,11 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 			log.WithFields(logrus.Fields{"landed": landed, "left": left}).Info("queued address releases retried")
 		}
 	}
+	reg := &Registrar{Store: cluster, Host: host, Advertise: s.Advertise, Fresh: RenewAfter(s.LeaseTTL), Lookup: kernel.FindUnderlay}
 	doRenew := func() {
 		c, cancel := context.WithTimeout(ctx, RequestTimeout)
 		defer cancel()
-		if err := RegisterHost(c, cluster, host, s.Advertise, RenewAfter(s.LeaseTTL), kernel.FindUnderlay); err != nil {
+		if err := reg.Register(c); err != nil {
 			log.Warnf("host registration: %v", err)
 		}
 		if err := im.RenewLeases(c); err != nil {
@@ -218,50 +217,6 @@ func every(ctx context.Context, period time.Duration, fn func()) {
 		case <-t.C:
 		}
 	}
-}
-
-// RegisterHost writes this host's registration: its underlay address,
-// found by lookup (kernel.FindUnderlay), and the renewal time.
-//
-// When the lookup fails (a default route that flaps during a DHCP renewal
-// or a link bounce) the registered address is kept and only the renewal
-// time advances: an empty address would make every peer withdraw its routes
-// to this host's containers at once. The renewal then returns an error
-// saying so, for the log. A host that has no address registered yet is not
-// registered at all until the lookup works.
-//
-// A registration with the same address and version renewed less than
-// fresh ago is left as it is (no write).
-func RegisterHost(ctx context.Context, cluster kv.Store, host, advertise string, fresh time.Duration, lookup func(advertise string) (kernel.Underlay, error)) error {
-	u, lerr := lookup(advertise)
-	if lerr == nil && !u.Address.IsValid() {
-		lerr = fmt.Errorf("the underlay interface %s has no usable address: set ADVERTISE to an interface or address (docker plugin set tartan:latest ADVERTISE=eth0)", u.Interface)
-	}
-	kept := ""
-	_, err := kv.Update(ctx, cluster, kv.HostPath(host), func(h *kv.Host, exists bool) error {
-		addr := ""
-		switch {
-		case lerr == nil:
-			addr = u.Address.String()
-		case exists && h.Address != "":
-			addr, kept = h.Address, h.Address
-		default:
-			return fmt.Errorf("host %s is not registered until its underlay address is found: %w", host, lerr)
-		}
-		now := time.Now().UTC()
-		if exists && h.Address == addr && h.Version == Version && now.Sub(h.Renewed) < fresh {
-			return kv.ErrUnchanged
-		}
-		*h = kv.Host{ID: host, Address: addr, Version: Version, Renewed: now}
-		return nil
-	})
-	switch {
-	case err != nil:
-		return err
-	case kept != "":
-		return fmt.Errorf("registration renewed with the last known address %s: %w", kept, lerr)
-	}
-	return nil
 }
 
 // hostID is generated once and kept in the local store.

@@ -269,24 +269,34 @@ func TestRegisterHostKeepsAddressWhenLookupFails(t *testing.T) {
 	flap := func(string) (kernel.Underlay, error) {
 		return kernel.Underlay{}, errors.New("no default route to find the advertise address: set ADVERTISE")
 	}
-	if err := RegisterHost(ctx, store, "h1", "", 0, found); err != nil {
+	reg := &Registrar{Store: store, Host: "h1", Lookup: found}
+	if err := reg.Register(ctx); err != nil {
 		t.Fatal(err)
 	}
 	var first kv.Host
-	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &first); err != nil || first.Address != "10.98.0.11" {
+	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &first); err != nil || first.Address != "10.98.0.11" || !first.Renewals {
 		t.Fatalf("first registration: %+v %v", first, err)
 	}
+	var r1 kv.Renewal
+	if _, err := kv.GetJSON(ctx, store, kv.RenewalPath("h1"), &r1); err != nil {
+		t.Fatalf("first renewal: %v", err)
+	}
 	time.Sleep(2 * time.Millisecond)
-	err := RegisterHost(ctx, store, "h1", "", 0, flap)
+	reg.Lookup = flap
+	err := reg.Register(ctx)
 	if err == nil || !strings.Contains(err.Error(), "last known address 10.98.0.11") || !strings.Contains(err.Error(), "no default route") {
 		t.Fatalf("a renewal without a lookup must say it kept the address: %v", err)
 	}
-	var renewed kv.Host
-	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &renewed); err != nil || renewed.Address != "10.98.0.11" || !renewed.Renewed.After(first.Renewed) {
-		t.Fatalf("renewal: %+v (first %+v) %v", renewed, first, err)
+	var kept kv.Host
+	var r2 kv.Renewal
+	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &kept); err != nil || kept.Address != "10.98.0.11" {
+		t.Fatalf("record after a failed lookup: %+v %v", kept, err)
+	}
+	if _, err := kv.GetJSON(ctx, store, kv.RenewalPath("h1"), &r2); err != nil || !r2.Renewed.After(r1.Renewed) {
+		t.Fatalf("the host's liveness was not renewed: %+v (first %+v) %v", r2, r1, err)
 	}
 	// A host that never had an address is not registered with none.
-	err = RegisterHost(ctx, store, "h2", "", 0, flap)
+	err = (&Registrar{Store: store, Host: "h2", Lookup: flap}).Register(ctx)
 	if err == nil || !strings.Contains(err.Error(), "h2 is not registered") {
 		t.Fatalf("first registration without an address: %v", err)
 	}
@@ -294,19 +304,21 @@ func TestRegisterHostKeepsAddressWhenLookupFails(t *testing.T) {
 		t.Fatalf("h2 was registered without an address: %v", err)
 	}
 	// An invalid answer is a failed lookup too.
-	if err := RegisterHost(ctx, store, "h1", "", 0, func(string) (kernel.Underlay, error) { return kernel.Underlay{Interface: "eth9"}, nil }); err == nil {
+	reg.Lookup = func(string) (kernel.Underlay, error) { return kernel.Underlay{Interface: "eth9"}, nil }
+	if err := reg.Register(ctx); err == nil {
 		t.Fatal("an underlay without an address must not be registered")
 	}
-	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &renewed); err != nil || renewed.Address != "10.98.0.11" {
-		t.Fatalf("after an empty lookup: %+v %v", renewed, err)
+	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &kept); err != nil || kept.Address != "10.98.0.11" {
+		t.Fatalf("after an empty lookup: %+v %v", kept, err)
 	}
 }
 
 // Issue 10: every rewrite of hosts/<id> wakes every watcher of hosts/ on
-// every host, and each host rewrote its record at every check (a minute).
-// Now a check writes only when the address or the version changed or the
-// renewal is older than RenewAfter (a quarter of the lease lifetime, at
-// most an hour).
+// every host, and each host rewrote its record every minute. Now the
+// record is written when the address or the version changes; liveness is
+// renewed every Fresh under renewals/, which nobody watches; and the
+// record's renewal time is kept fresh only while a host of an older version
+// (which reads liveness there) is registered.
 func TestRegisterHostWritesOnlyWhatChanged(t *testing.T) {
 	ctx := context.Background()
 	store := kv.NewMemory()
@@ -314,41 +326,56 @@ func TestRegisterHostWritesOnlyWhatChanged(t *testing.T) {
 	lookup := func(string) (kernel.Underlay, error) {
 		return kernel.Underlay{Interface: "eth0", Address: netip.MustParseAddr(addr)}, nil
 	}
-	version := func() uint64 {
+	version := func(key string) uint64 {
 		t.Helper()
-		p, err := store.Get(ctx, kv.HostPath("h1"))
+		p, err := store.Get(ctx, key)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return p.Version
 	}
-	if err := RegisterHost(ctx, store, "h1", "", time.Hour, lookup); err != nil {
+	reg := &Registrar{Store: store, Host: "h1", Fresh: time.Hour, Lookup: lookup}
+	if err := reg.Register(ctx); err != nil {
 		t.Fatal(err)
 	}
-	first := version()
+	first, renewal := version(kv.HostPath("h1")), version(kv.RenewalPath("h1"))
 	for i := 0; i < 5; i++ {
-		if err := RegisterHost(ctx, store, "h1", "", time.Hour, lookup); err != nil {
+		if err := reg.Register(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if v := version(); v != first {
-		t.Fatalf("five checks of a fresh registration rewrote it (version %d, was %d)", v, first)
+	if v, r := version(kv.HostPath("h1")), version(kv.RenewalPath("h1")); v != first || r != renewal {
+		t.Fatalf("five checks of a fresh registration wrote (record %d→%d, renewal %d→%d)", first, v, renewal, r)
 	}
 	addr = "10.98.0.12"
-	if err := RegisterHost(ctx, store, "h1", "", time.Hour, lookup); err != nil {
+	if err := reg.Register(ctx); err != nil {
 		t.Fatal(err)
 	}
 	var h kv.Host
-	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &h); err != nil || h.Address != "10.98.0.12" || version() == first {
+	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &h); err != nil || h.Address != "10.98.0.12" || version(kv.HostPath("h1")) == first {
 		t.Fatalf("a new address is written at the next check: %+v %v", h, err)
 	}
-	second := version()
+	second := version(kv.HostPath("h1"))
+	// Renewals go to renewals/ only, every Fresh.
+	reg.Fresh = time.Millisecond
 	time.Sleep(2 * time.Millisecond)
-	if err := RegisterHost(ctx, store, "h1", "", time.Millisecond, lookup); err != nil {
+	if err := reg.Register(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if version() == second {
-		t.Fatal("a renewal older than RenewAfter was not rewritten")
+	if version(kv.RenewalPath("h1")) == renewal || version(kv.HostPath("h1")) != second {
+		t.Fatal("a due renewal must be written to renewals/ and leave the record alone")
+	}
+	// A host of an older version reads liveness from records only: the
+	// record is kept fresh for it.
+	if _, err := kv.PutJSON(ctx, store, kv.HostPath("old"), kv.Host{ID: "old", Address: "10.98.0.13", Renewed: time.Now()}, 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Millisecond)
+	if err := reg.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if version(kv.HostPath("h1")) == second {
+		t.Fatal("with an older host registered, the record's renewal was not kept fresh")
 	}
 	if got := RenewAfter(24 * time.Hour); got != time.Hour {
 		t.Fatalf("RenewAfter(24h) = %s, want 1h", got)

@@ -16,7 +16,9 @@ import (
 // (Exceptions; a listing of every address of the pool serves as well, the
 // plan keeps only those that need a route of their own).
 type View struct {
-	Hosts      map[string]kv.Host
+	Hosts map[string]kv.Host
+	// Renewals are the hosts' liveness renewals (kv.ReadRenewals).
+	Renewals   map[string]time.Time
 	Blocks     []kv.Block
 	Exceptions []kv.Address
 	// BlockBits is the prefix length of the pool's blocks, from its pool
@@ -61,16 +63,9 @@ type Input struct {
 	View     View
 }
 
-// alive says whether a block still counts: its lease runs, or its host still
-// renews its registration (a host that is alive renews its leases too).
-func (in Input) alive(b kv.Block) bool {
-	return b.Expires.After(in.Now) || in.hostAlive(b.Host)
-}
-
-// hostAlive says whether a host renewed its registration within the TTL.
-func (in Input) hostAlive(id string) bool {
-	h, ok := in.View.Hosts[id]
-	return ok && in.Now.Sub(h.Renewed) < in.TTL
+// liveness is the cluster's rule for live hosts and blocks (kv.Liveness).
+func (in Input) liveness() kv.Liveness {
+	return kv.Liveness{Hosts: in.View.Hosts, Renewals: in.View.Renewals, Now: in.Now, TTL: in.TTL}
 }
 
 // blockProblem says why a block record must not become a route, or "".
@@ -113,6 +108,7 @@ func (in Input) hostAddrProblem(ip netip.Addr, perr error) string {
 // safely are left out, each with a problem that says why.
 func Compute(in Input) Plan {
 	plan := Plan{Problems: append([]string(nil), in.View.Problems...)}
+	live := in.liveness()
 	pool := in.Net.Pool
 	owner := map[netip.Prefix]string{}
 	var blocks []netip.Prefix
@@ -123,7 +119,7 @@ func Compute(in Input) Plan {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("block record %q of host %s ignored: %s", b.CIDR, b.Host, why))
 			continue
 		}
-		if !in.alive(b) {
+		if !live.BlockAlive(b) {
 			continue
 		}
 		owner[p] = b.Host
@@ -181,7 +177,7 @@ func Compute(in Input) Plan {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("address record %q of host %s ignored: not an address of the network's pool %s", a.IP, a.Host, pool))
 			continue
 		}
-		if a.Kind != kv.KindEndpoint || a.Host == in.Self || !in.hostAlive(a.Host) {
+		if a.Kind != kv.KindEndpoint || a.Host == in.Self || !live.HostAlive(a.Host) {
 			continue
 		}
 		blockOwner := ""

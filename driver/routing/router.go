@@ -36,6 +36,9 @@ type Config struct {
 	// Gap is the least time between two reads of one watched prefix, so
 	// that a busy prefix costs the store a bounded rate of queries per host.
 	Gap time.Duration
+	// Liveness is how often the hosts' renewals are read (they change on
+	// the scale of the lease lifetime and are not watched).
+	Liveness time.Duration
 	// Underlay finds the host's underlay interface and address.
 	Underlay func() (kernel.Underlay, error)
 	// OnPeers is called, without any lock held, after the VXLAN peer set of
@@ -64,6 +67,7 @@ type hostsCache struct {
 	ready    bool
 	hosts    map[string]kv.Host
 	problems []string
+	renewals map[string]time.Time // read every Liveness, not watched
 }
 
 // poolCache is a pool's blocks and route exceptions, shared by every network
@@ -105,6 +109,9 @@ func New(store kv.Store, k Kernel, cfg Config) *Router {
 	}
 	if cfg.Gap == 0 {
 		cfg.Gap = 100 * time.Millisecond
+	}
+	if cfg.Liveness == 0 {
+		cfg.Liveness = 5 * time.Minute
 	}
 	if cfg.OnPeers == nil {
 		cfg.OnPeers = func() {}
@@ -154,6 +161,7 @@ func (r *Router) runLocked(w *netWatch) {
 		ctx, cancel := context.WithCancel(r.ctx)
 		r.hosts = &hostsCache{cancel: cancel}
 		go r.follow(ctx, kv.HostsPrefix, r.hostsListed)
+		go r.readRenewals(ctx)
 	}
 	pc, ok := r.pools[w.n.Pool]
 	if !ok {
@@ -284,6 +292,34 @@ func (r *Router) hostsListed(ps []kv.Pair) {
 	}
 }
 
+// readRenewals reads the hosts' liveness renewals now and every Liveness.
+func (r *Router) readRenewals(ctx context.Context) {
+	last := ""
+	for {
+		renewals, err := kv.ReadRenewals(ctx, r.store, func(e *kv.DecodeError) {
+			r.cfg.Log.WithField("key", e.Key).Warnf("ignoring a record: %v", e)
+		})
+		if err == nil {
+			if fp := fmt.Sprint(renewals); fp != last {
+				last = fp
+				r.mu.Lock()
+				if r.hosts != nil {
+					r.hosts.renewals = renewals
+					for _, w := range r.nets {
+						w.pokeNow()
+					}
+				}
+				r.mu.Unlock()
+			}
+		} else if ctx.Err() == nil {
+			r.cfg.Log.Debugf("read renewals: %v", err)
+		}
+		if !sleep(ctx, r.cfg.Liveness) {
+			return
+		}
+	}
+}
+
 func (r *Router) blocksListed(ctx context.Context, pool netip.Prefix, ps []kv.Pair) {
 	var blocks []kv.Block
 	var problems []string
@@ -357,7 +393,7 @@ func (r *Router) viewLocked(pool netip.Prefix) (View, bool) {
 	if r.hosts == nil || !r.hosts.ready || pc == nil || !pc.blocksReady || !pc.excReady {
 		return View{}, false
 	}
-	v := View{Hosts: r.hosts.hosts, Blocks: pc.blocks, Exceptions: pc.exceptions, BlockBits: pc.blockBits}
+	v := View{Hosts: r.hosts.hosts, Renewals: r.hosts.renewals, Blocks: pc.blocks, Exceptions: pc.exceptions, BlockBits: pc.blockBits}
 	v.Problems = slices.Concat(r.hosts.problems, pc.blockProblems, pc.excProblems)
 	if pc.poolProblem != "" {
 		v.Problems = append(v.Problems, pc.poolProblem)

@@ -142,3 +142,26 @@ func TestRouterAppliesDifferences(t *testing.T) {
 		t.Fatal("repair did not restore the route")
 	}
 }
+
+// Issue 10: liveness is renewed under renewals/, which is read every
+// Liveness, not watched: a host whose record is old but whose renewal is
+// fresh is alive (its borrowed address is routed), and one whose renewal
+// lapsed is not.
+func TestRouterReadsRenewals(t *testing.T) {
+	store := kv.NewMemory()
+	pool := "10.244.0.0/16"
+	old := time.Now().Add(-48 * time.Hour).UTC().Format(time.RFC3339)
+	put(t, store, kv.PoolPath(pool), `{"cidr":"10.244.0.0/16","blockBits":26}`)
+	put(t, store, kv.HostPath("a"), `{"id":"a","address":"10.98.0.11","renewed":"2099-01-01T00:00:00Z"}`)
+	put(t, store, kv.HostPath("b"), `{"id":"b","address":"10.98.0.12","renewed":"`+old+`","renewals":true}`)
+	put(t, store, kv.HostPath("c"), `{"id":"c","address":"10.98.0.13","renewed":"`+old+`","renewals":true}`)
+	put(t, store, kv.RenewalPath("b"), `{"renewed":"`+time.Now().UTC().Format(time.RFC3339)+`"}`)
+	put(t, store, kv.RenewalPath("c"), `{"renewed":"`+old+`"}`)
+	put(t, store, kv.ExceptionPath(pool, "10.244.0.5"), `{"ip":"10.244.0.5","host":"b","kind":"endpoint"}`)
+	put(t, store, kv.ExceptionPath(pool, "10.244.0.6"), `{"ip":"10.244.0.6","host":"c","kind":"endpoint"}`)
+	r, _ := startRouter(t, store, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), HostGW: true})
+	plan := waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) > 0 })
+	if got := routes(plan); got != "10.244.0.5/32 via 10.98.0.12 dev eth1" {
+		t.Fatalf("routes: %s (want b's address only: c's renewal lapsed)", got)
+	}
+}
