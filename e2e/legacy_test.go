@@ -106,7 +106,9 @@ func TestLegacyFirewallAfterReboot(t *testing.T) {
 func holdXtablesLock(t *testing.T, s *single) {
 	t.Helper()
 	lock := filepath.Join(s.RunDir(), "xtables.lock")
-	hold := exec.Command("flock", lock, "sleep", "60")
+	// -o: the lock is flock's own, not inherited by sleep, so that killing
+	// flock frees it.
+	hold := exec.Command("flock", "-o", lock, "sleep", "60")
 	if err := hold.Start(); err != nil {
 		t.Fatal(err)
 	}

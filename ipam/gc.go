@@ -262,12 +262,22 @@ func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) err
 		if !g.gone(b.rec.Host) || b.rec.Expires.After(g.now) {
 			continue
 		}
-		if err := m.store.Delete(ctx, kv.BlockPath(g.cidr, p.String()), b.ver); err != nil {
+		b.rec.CIDR = p.String()
+		if err := m.dropBlock(ctx, g.cidr, b.rec, b.ver); err != nil {
 			g.holding[b.rec.Host] = true
 			g.fail(err)
 			continue
 		}
 		got.Blocks++
+	}
+	// Feed entries their writer did not remove (it stopped meanwhile).
+	if _, err := kv.ListJSON(ctx, m.store, kv.BlockFeedPrefix(g.cidr), func(key string, ver uint64, c kv.BlockChange) error {
+		if g.now.Sub(c.At) > 2*kv.FeedRetention {
+			g.fail(m.store.Delete(ctx, key, ver))
+		}
+		return nil
+	}, func(e *kv.DecodeError) { g.fail(m.store.Delete(ctx, e.Key, 0)) }); err != nil {
+		g.fail(err)
 	}
 	if ps, _, err := m.store.List(ctx, kv.HolderPrefix(g.cidr)); err == nil {
 		for _, p := range ps {
@@ -288,7 +298,7 @@ func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) err
 // fail notes an error; a lost compare-and-set is not one (a record changed
 // meanwhile: the next pass sees it).
 func (g *poolGC) fail(err error) {
-	if !errors.Is(err, kv.ErrConflict) {
+	if err != nil && !errors.Is(err, kv.ErrConflict) {
 		g.errs = append(g.errs, err)
 	}
 }

@@ -60,7 +60,8 @@ type IPAM struct {
 	mu      sync.Mutex
 	cached  map[string]*poolCache
 	local   Holding
-	scanned time.Time // the last lease renewal that read every pool
+	scanned time.Time   // the last lease renewal that read every pool
+	feed    []feedWrite // block feed entries this host wrote, until they go
 }
 
 // New returns an IPAM over store.
@@ -382,7 +383,7 @@ func (m *IPAM) keepOldFolders(ctx context.Context, p kv.Pool) {
 // The markers live as long as the pool: the last holder's removal deletes
 // them with the prefixes. A failure costs only wake-ups, so it is logged.
 func (m *IPAM) keepFolders(ctx context.Context, cidr string) {
-	for _, prefix := range []string{kv.BlockPrefix(cidr), kv.AddressPrefix(cidr), kv.ExceptionPrefix(cidr)} {
+	for _, prefix := range []string{kv.BlockPrefix(cidr), kv.AddressPrefix(cidr), kv.ExceptionPrefix(cidr), kv.BlockFeedPrefix(cidr)} {
 		if err := kv.KeepFolder(ctx, m.store, prefix); err != nil {
 			m.log.WithField("prefix", prefix).Warnf("mark the watched prefix: %v", err)
 		}
@@ -478,7 +479,7 @@ func (m *IPAM) finishRelease(ctx context.Context, cidr string) error {
 	if err := kv.DeleteNetworkCAS(ctx, m.store, cidr); err != nil {
 		return fmt.Errorf("remove network record of pool %s: %w", cidr, err)
 	}
-	for _, prefix := range []string{kv.HolderPrefix(cidr), kv.ExceptionPrefix(cidr), kv.AddressPrefix(cidr), kv.BlockPrefix(cidr)} {
+	for _, prefix := range []string{kv.HolderPrefix(cidr), kv.ExceptionPrefix(cidr), kv.AddressPrefix(cidr), kv.BlockPrefix(cidr), kv.BlockFeedPrefix(cidr)} {
 		if err := kv.DeletePrefixCAS(ctx, m.store, prefix); err != nil {
 			return fmt.Errorf("remove pool %s: %w", cidr, err)
 		}
@@ -507,7 +508,7 @@ func (m *IPAM) releaseEmptyBlocks(ctx context.Context, cidr string) error {
 			}
 		}
 		if empty {
-			if err := m.store.Delete(ctx, kv.BlockPath(cidr, b.String()), blk.version); err != nil && !errors.Is(err, kv.ErrConflict) {
+			if err := m.dropBlock(ctx, cidr, blk.block, blk.version); err != nil && !errors.Is(err, kv.ErrConflict) {
 				return err
 			}
 		}

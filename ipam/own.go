@@ -381,11 +381,18 @@ func (m *IPAM) pickLocked(ctx context.Context, pc *poolCache) (netip.Addr, error
 // pc.mu held.
 func (m *IPAM) leaseLocked(ctx context.Context, pc *poolCache, b netip.Prefix, version uint64) error {
 	blk := kv.Block{CIDR: b.String(), Pool: pc.cidr, Host: m.cfg.Host, Expires: m.cfg.Now().Add(m.cfg.LeaseTTL).UTC()}
-	v, err := kv.PutJSON(ctx, m.store, kv.BlockPath(pc.cidr, blk.CIDR), blk, version)
+	_, mine := pc.own[b]
+	var v uint64
+	var err error
+	if mine {
+		v, err = kv.PutJSON(ctx, m.store, kv.BlockPath(pc.cidr, blk.CIDR), blk, version)
+	} else {
+		v, err = m.writeBlock(ctx, blk, version)
+	}
 	if err != nil {
 		return err
 	}
-	if _, mine := pc.own[b]; !mine {
+	if !mine {
 		m.log.WithFields(logrus.Fields{"pool": pc.cidr, "block": blk.CIDR, "expires": blk.Expires}).Info("block claimed")
 	}
 	pc.own[b] = ownBlock{version: v, expires: blk.Expires}
@@ -582,6 +589,9 @@ func (m *IPAM) RenewLeases(ctx context.Context) error {
 		caches = append(caches, pc)
 	}
 	m.mu.Unlock()
+	if err := m.trimFeed(ctx); err != nil {
+		return err
+	}
 	if scan {
 		if err := m.renewAll(ctx, now); err != nil {
 			return err
@@ -717,4 +727,82 @@ func (m *IPAM) deleteAddress(ctx context.Context, cidr, ip string, version uint6
 		pc.mark(a, false)
 	}
 	return nil
+}
+
+// feedWrite is a block feed entry this host wrote.
+type feedWrite struct {
+	key     string
+	version uint64
+	at      time.Time
+}
+
+// writeBlock writes a block that changes hands (a claim) at version, with
+// its feed entry in the same transaction.
+func (m *IPAM) writeBlock(ctx context.Context, blk kv.Block, version uint64) (uint64, error) {
+	return m.changeBlock(ctx, blk, kv.Op{Key: kv.BlockPath(blk.Pool, blk.CIDR), Version: version}, false)
+}
+
+// dropBlock removes a block read at version, with its feed entry.
+func (m *IPAM) dropBlock(ctx context.Context, pool string, blk kv.Block, version uint64) error {
+	blk.Pool = pool
+	_, err := m.changeBlock(ctx, blk, kv.Op{Key: kv.BlockPath(pool, blk.CIDR), Delete: true, Version: version}, true)
+	return err
+}
+
+func (m *IPAM) changeBlock(ctx context.Context, blk kv.Block, op kv.Op, deleted bool) (uint64, error) {
+	now := m.cfg.Now().UTC()
+	entry, err := json.Marshal(kv.BlockChange{Block: blk, Deleted: deleted, At: now})
+	if err != nil {
+		return 0, err
+	}
+	if !deleted {
+		if op.Value, err = json.Marshal(blk); err != nil {
+			return 0, err
+		}
+	}
+	feed := kv.BlockFeedPath(blk.Pool, blk.CIDR)
+	v, err := m.store.Txn(ctx, []kv.Op{op, {Key: feed, Value: entry, Version: kv.Any}})
+	if err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	m.feed = append(m.feed, feedWrite{key: feed, version: v, at: now})
+	m.mu.Unlock()
+	return v, nil
+}
+
+// trimFeed removes the feed entries this host wrote that are older than
+// kv.FeedRetention, in as few transactions as it can (each wakes every
+// watcher of the feed). An entry rewritten since (another host claimed the
+// block) is left to its writer.
+func (m *IPAM) trimFeed(ctx context.Context) error {
+	now := m.cfg.Now()
+	m.mu.Lock()
+	var due, keep []feedWrite
+	for _, f := range m.feed {
+		if now.Sub(f.at) >= kv.FeedRetention {
+			due = append(due, f)
+		} else {
+			keep = append(keep, f)
+		}
+	}
+	m.feed = keep
+	m.mu.Unlock()
+	var errs []error
+	for chunk := range slices.Chunk(due, kv.MaxTxnOps) {
+		ops := make([]kv.Op, 0, len(chunk))
+		for _, f := range chunk {
+			ops = append(ops, kv.Op{Key: f.key, Delete: true, Version: f.version})
+		}
+		if _, err := m.store.Txn(ctx, ops); errors.Is(err, kv.ErrConflict) {
+			for _, op := range ops {
+				if err := m.store.Delete(ctx, op.Key, op.Version); err != nil && !errors.Is(err, kv.ErrConflict) {
+					errs = append(errs, err)
+				}
+			}
+		} else if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

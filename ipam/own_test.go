@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
@@ -262,6 +263,48 @@ func TestJoinWhileTheLastHolderLeaves(t *testing.T) {
 		}
 		if got := addr(t, b, id, "", mac(1)); !strings.HasPrefix(got.String(), "10.124.0.") {
 			t.Fatalf("b allocates: %s", got)
+		}
+	})
+}
+
+// A block that changes hands is announced in the pool's block feed, in the
+// claim's transaction; the writer removes its entry once it is older than
+// kv.FeedRetention (at its next lease renewal), and a release announces the
+// removal.
+func TestBlockFeed(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		cidr := "10.125.0.0/24"
+		a := e.host("a")
+		id := pool(t, a, cidr, "", map[string]string{ipam.OptBlockSize: "26"})
+		addr(t, a, id, "", mac(1))
+		feed := func() map[string]kv.BlockChange {
+			out := map[string]kv.BlockChange{}
+			if _, err := kv.ListJSON(ctx, e.store, kv.BlockFeedPrefix(cidr), func(key string, _ uint64, c kv.BlockChange) error {
+				out[key] = c
+				return nil
+			}, nil); err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		f := feed()
+		c, ok := f[kv.BlockFeedPath(cidr, "10.125.0.0/26")]
+		if len(f) != 1 || !ok || c.Block.Host != "a" || c.Deleted {
+			t.Fatalf("feed after a claim: %+v", f)
+		}
+		blk, err := e.store.Get(ctx, kv.BlockPath(cidr, "10.125.0.0/26"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.clock.Add(kv.FeedRetention + time.Second)
+		if err := a.RenewLeases(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if f := feed(); len(f) != 0 {
+			t.Fatalf("feed after the retention: %+v", f)
+		}
+		if p, err := e.store.Get(ctx, kv.BlockPath(cidr, "10.125.0.0/26")); err != nil || p.Version != blk.Version {
+			t.Fatalf("the block changed with its feed entry: %+v %v", p, err)
 		}
 	})
 }

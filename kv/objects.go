@@ -191,6 +191,27 @@ func HolderPrefix(pool string) string { return "holders/" + PoolKey(pool) + "/" 
 // HolderPath is the key of one holder ("<host>/<address space>").
 func HolderPath(pool, holder string) string { return HolderPrefix(pool) + holder }
 
+// BlockFeedPrefix lists a pool's recent block changes: a claim, a take-over
+// or a removal writes the block's entry in the same transaction, and entries
+// go after FeedRetention. Routing watches the feed, which stays small,
+// instead of the block list, which every claim would send in full to every
+// host; it reads the block list itself only now and then (issue 10).
+func BlockFeedPrefix(pool string) string { return "blockfeed/" + PoolKey(pool) + "/" }
+
+// BlockFeedPath is the feed entry of one block.
+func BlockFeedPath(pool, block string) string { return BlockFeedPrefix(pool) + PoolKey(block) }
+
+// FeedRetention is how long a feed entry stays: far longer than a watch
+// takes to come back, so that a watcher that is connected sees every entry.
+const FeedRetention = 2 * time.Minute
+
+// BlockChange is a feed entry: the block as written, or its removal.
+type BlockChange struct {
+	Block   Block     `json:"block"`
+	Deleted bool      `json:"deleted,omitempty"`
+	At      time.Time `json:"at"`
+}
+
 // ExceptionPrefix lists a pool's route exceptions: the endpoint addresses
 // that live away from their block's owner (borrowed when every block was
 // taken, asked for with --ip inside another host's block, taken over from a

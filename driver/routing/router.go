@@ -39,6 +39,10 @@ type Config struct {
 	// Liveness is how often the hosts' renewals are read (they change on
 	// the scale of the lease lifetime and are not watched).
 	Liveness time.Duration
+	// Relist is how often each pool's whole block list is read (changes
+	// come through the block feed; this picks up lease renewals and
+	// anything a feed entry missed).
+	Relist time.Duration
 	// Underlay finds the host's underlay interface and address.
 	Underlay func() (kernel.Underlay, error)
 	// OnPeers is called, without any lock held, after the VXLAN peer set of
@@ -71,11 +75,17 @@ type hostsCache struct {
 }
 
 // poolCache is a pool's blocks and route exceptions, shared by every network
-// of the host on that pool.
+// of the host on that pool. The blocks come from a listing of the pool's
+// blocks (at start and every Relist) with the block feed's recent changes
+// laid over it (kv.BlockFeedPrefix): every entry newer than what the cache
+// holds for its block wins.
 type poolCache struct {
 	users                 int
 	cancel                context.CancelFunc
+	relist                chan struct{}
 	blocksReady, excReady bool
+	byKey                 map[string]versioned // blocks by key (under the pool's prefix)
+	feed                  []kv.Pair            // the feed's last listing
 	blocks                []kv.Block
 	exceptions            []kv.Address
 	blockBits             int
@@ -83,6 +93,13 @@ type poolCache struct {
 	blockProblems         []string
 	excProblems           []string
 	poolProblem           string
+}
+
+// versioned is a block as of a version; gone: removed at that version.
+type versioned struct {
+	version uint64
+	block   kv.Block
+	gone    bool
 }
 
 // netWatch is one network's writer: its goroutine plans and applies.
@@ -112,6 +129,9 @@ func New(store kv.Store, k Kernel, cfg Config) *Router {
 	}
 	if cfg.Liveness == 0 {
 		cfg.Liveness = 5 * time.Minute
+	}
+	if cfg.Relist == 0 {
+		cfg.Relist = 5 * time.Minute
 	}
 	if cfg.OnPeers == nil {
 		cfg.OnPeers = func() {}
@@ -166,10 +186,18 @@ func (r *Router) runLocked(w *netWatch) {
 	pc, ok := r.pools[w.n.Pool]
 	if !ok {
 		ctx, cancel := context.WithCancel(r.ctx)
-		pc = &poolCache{cancel: cancel}
+		pc = &poolCache{cancel: cancel, relist: make(chan struct{}, 1), byKey: map[string]versioned{}}
 		r.pools[w.n.Pool] = pc
 		pool := w.n.Pool
-		go r.follow(ctx, kv.BlockPrefix(pool.String()), func(ps []kv.Pair) { r.blocksListed(ctx, pool, ps) })
+		go r.listBlocks(ctx, pool, pc.relist)
+		go r.followWith(ctx, kv.BlockFeedPrefix(pool.String()), func(ps []kv.Pair) { r.feedListed(pool, ps) }, func() {
+			// The feed went unwatched for a while: entries may have
+			// come and gone; read the blocks again.
+			select {
+			case pc.relist <- struct{}{}:
+			default:
+			}
+		})
 		go r.follow(ctx, kv.ExceptionPrefix(pool.String()), func(ps []kv.Pair) { r.exceptionsListed(pool, ps) })
 	}
 	pc.users++
@@ -219,9 +247,16 @@ func (w *netWatch) pokeNow() {
 // follow lists prefix, then watches it, and hands every listing whose
 // content changed to listed. Errors only delay: they never remove the cache.
 func (r *Router) follow(ctx context.Context, prefix string, listed func([]kv.Pair)) {
+	r.followWith(ctx, prefix, listed, nil)
+}
+
+// followWith is follow that calls gap, if set, when an answer comes after
+// the prefix went unwatched for longer than half the feed retention.
+func (r *Router) followWith(ctx context.Context, prefix string, listed func([]kv.Pair), gap func()) {
 	var index uint64
 	var last string
 	backoff := time.Second
+	answered := time.Now()
 	for ctx.Err() == nil {
 		var ps []kv.Pair
 		var next uint64
@@ -243,6 +278,10 @@ func (r *Router) follow(ctx context.Context, prefix string, listed func([]kv.Pai
 			continue
 		}
 		backoff = time.Second
+		if gap != nil && time.Since(answered) > kv.FeedRetention/2 && index != 0 {
+			gap()
+		}
+		answered = time.Now()
 		if fp := fingerprint(ps); index == 0 || fp != last {
 			last = fp
 			listed(ps)
@@ -320,11 +359,41 @@ func (r *Router) readRenewals(ctx context.Context) {
 	}
 }
 
+// listBlocks reads the pool's whole block list now, every Relist, and when
+// asked on relist.
+func (r *Router) listBlocks(ctx context.Context, pool netip.Prefix, relist chan struct{}) {
+	backoff := time.Second
+	for {
+		ps, _, err := r.store.List(ctx, kv.BlockPrefix(pool.String()))
+		wait := r.cfg.Relist
+		if err == nil {
+			r.blocksListed(ctx, pool, ps)
+			backoff = time.Second
+		} else {
+			if ctx.Err() != nil {
+				return
+			}
+			r.cfg.Log.WithField("pool", pool).Debugf("list blocks: %v", err)
+			wait, backoff = backoff, min(2*backoff, 10*time.Second)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-relist:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
 func (r *Router) blocksListed(ctx context.Context, pool netip.Prefix, ps []kv.Pair) {
-	var blocks []kv.Block
+	byKey := map[string]versioned{}
 	var problems []string
-	_ = kv.DecodeJSON(r.store, ps, func(_ string, _ uint64, b kv.Block) error {
-		blocks = append(blocks, b)
+	prefix := kv.BlockPrefix(pool.String())
+	_ = kv.DecodeJSON(r.store, ps, func(key string, ver uint64, b kv.Block) error {
+		byKey[strings.TrimPrefix(key, prefix)] = versioned{version: ver, block: b}
 		return nil
 	}, func(e *kv.DecodeError) { problems = append(problems, e.Error()) })
 	r.mu.Lock()
@@ -357,8 +426,52 @@ func (r *Router) blocksListed(ctx context.Context, pool netip.Prefix, ps []kv.Pa
 	if !pc.bitsKnown {
 		pc.blockBits, pc.bitsKnown = bits, bitsKnown
 	}
-	pc.blocksReady, pc.blocks, pc.blockProblems, pc.poolProblem = true, blocks, problems, poolProblem
+	pc.byKey = byKey
+	pc.overlayLocked(r.store, pool, true)
+	pc.blocksReady, pc.blockProblems, pc.poolProblem = true, problems, poolProblem
 	r.pokePoolLocked(pool)
+}
+
+// feedListed lays the block feed's entries over the pool's blocks.
+func (r *Router) feedListed(pool netip.Prefix, ps []kv.Pair) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pc := r.pools[pool]
+	if pc == nil {
+		return
+	}
+	pc.feed = ps
+	if pc.overlayLocked(r.store, pool, false) && pc.blocksReady {
+		r.pokePoolLocked(pool)
+	}
+}
+
+// overlayLocked applies the feed's entries that are newer than what the
+// cache holds for their block, rebuilds the block list (always, with
+// rebuild) and says whether it changed. Called with r.mu held.
+func (pc *poolCache) overlayLocked(store kv.Store, pool netip.Prefix, rebuild bool) bool {
+	prefix := kv.BlockFeedPrefix(pool.String())
+	changed := rebuild
+	_ = kv.DecodeJSON(store, pc.feed, func(key string, ver uint64, c kv.BlockChange) error {
+		k := strings.TrimPrefix(key, prefix)
+		if cur, ok := pc.byKey[k]; ok && cur.version >= ver {
+			return nil
+		}
+		pc.byKey[k] = versioned{version: ver, block: c.Block, gone: c.Deleted}
+		changed = true
+		return nil
+	}, func(*kv.DecodeError) {})
+	if !changed {
+		return false
+	}
+	blocks := make([]kv.Block, 0, len(pc.byKey))
+	for _, v := range pc.byKey {
+		if !v.gone {
+			blocks = append(blocks, v.block)
+		}
+	}
+	pc.blocks = blocks
+	return true
 }
 
 func (r *Router) exceptionsListed(pool netip.Prefix, ps []kv.Pair) {

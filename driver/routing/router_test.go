@@ -53,6 +53,13 @@ func waitPlan(t *testing.T, r *Router, id string, ok func(Plan) bool) Plan {
 	}
 }
 
+func txn(t *testing.T, store kv.Store, ops ...kv.Op) {
+	t.Helper()
+	if _, err := store.Txn(context.Background(), ops); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func put(t *testing.T, store kv.Store, key, value string) {
 	t.Helper()
 	if _, err := store.Put(context.Background(), key, []byte(value), 0); err != nil {
@@ -100,8 +107,9 @@ func TestRouterSkipsUnreadableRecords(t *testing.T) {
 }
 
 // The watches' answers are the caches and the kernel gets differences: a
-// new block costs one route write and no dump of the kernel's tables; a
-// released one, one delete. A host whose own registration is missing from
+// new block (seen in the block feed, not in a new listing of every block)
+// costs one route write and no dump of the kernel's tables; a released one,
+// one delete. A host whose own registration is missing from
 // the listing plans nothing (audit S3).
 func TestRouterAppliesDifferences(t *testing.T) {
 	store := kv.NewMemory()
@@ -120,15 +128,19 @@ func TestRouterAppliesDifferences(t *testing.T) {
 		t.Fatalf("VXLAN peers: %v", peers)
 	}
 	before := k.Ops()
-	put(t, store, kv.BlockPath(pool, "10.244.0.128/26"), `{"cidr":"10.244.0.128/26","host":"b","expires":"2099-01-01T00:00:00Z"}`)
+	// Block changes come through the feed, in the transaction that makes
+	// them (as the IPAM writes them).
+	blk := `{"cidr":"10.244.0.128/26","host":"b","expires":"2099-01-01T00:00:00Z"}`
+	txn(t, store, kv.Op{Key: kv.BlockPath(pool, "10.244.0.128/26"), Value: []byte(blk)},
+		kv.Op{Key: kv.BlockFeedPath(pool, "10.244.0.128/26"), Value: []byte(`{"block":` + blk + `}`), Version: kv.Any})
 	waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 2 })
 	after := k.Ops()
 	if after.Dumps != before.Dumps || after.Writes-before.Writes != 1 {
 		t.Fatalf("a new block cost %d writes and %d dumps; want 1 and 0", after.Writes-before.Writes, after.Dumps-before.Dumps)
 	}
-	if err := store.Delete(context.Background(), kv.BlockPath(pool, "10.244.0.64/26"), 0); err != nil {
-		t.Fatal(err)
-	}
+	gone := `{"cidr":"10.244.0.64/26","host":"b"}`
+	txn(t, store, kv.Op{Key: kv.BlockPath(pool, "10.244.0.64/26"), Delete: true},
+		kv.Op{Key: kv.BlockFeedPath(pool, "10.244.0.64/26"), Value: []byte(`{"block":` + gone + `,"deleted":true}`), Version: kv.Any})
 	waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 1 })
 	if _, ok := k.Routes()[netip.MustParsePrefix("10.244.0.64/26")]; ok {
 		t.Fatal("the released block's route stayed")
