@@ -28,9 +28,9 @@ import (
 // probing finds nothing, and every address of the pool only when every block
 // is taken (borrowing).
 
-// probes is how many random free-looking blocks a claim tries before it
-// reads the pool's whole block list; window is how many of the first free
-// ones it picks among.
+// probes is how many free-looking blocks a claim tries before it reads the
+// pool's whole block list; window is how many of the first free ones its
+// second probe picks among (doubling at each probe after).
 const (
 	probes = 8
 	window = 64
@@ -405,13 +405,14 @@ func (m *IPAM) leaseLocked(ctx context.Context, pc *poolCache, b netip.Prefix, v
 // pc.mu held.
 func (m *IPAM) claimLocked(ctx context.Context, pc *poolCache) (b netip.Prefix, full bool, err error) {
 	for probe := range probes {
-		free := pc.freeBlocks(window)
+		// The lowest free block first (a quiet pool fills in order), then
+		// at random among the first free ones, in a window that doubles
+		// with every race lost: hosts that lost the same race spread out
+		// instead of meeting again.
+		free := pc.freeBlocks(window << probe)
 		if len(free) == 0 {
 			break
 		}
-		// The lowest free block first (a quiet pool fills in order), then
-		// at random among the first free ones: hosts that lost the same
-		// race do not meet again.
 		b := free[0]
 		if probe > 0 {
 			b = free[rand.IntN(len(free))]
@@ -448,7 +449,7 @@ func (m *IPAM) claimLocked(ctx context.Context, pc *poolCache) (b netip.Prefix, 
 	if err := m.readBlocks(ctx, pc, &live); err != nil {
 		return netip.Prefix{}, false, err
 	}
-	free := pc.freeBlocks(window)
+	free := pc.freeBlocks(window << probes)
 	if len(free) == 0 {
 		return netip.Prefix{}, true, nil
 	}
