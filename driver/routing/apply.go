@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/tartan-net/tartan/driver/kernel"
 )
@@ -122,59 +123,81 @@ func Apply(k Kernel, n Network, plan Plan) error {
 // Update changes the kernel from the plan that was applied last to the new
 // one: only entries that appeared or went are written, with no dump. An
 // entry that changed (a route to the same destination via another host) is
-// replaced in place, never deleted first.
+// replaced in place, never deleted first. Plans from Compute are sorted, so
+// this is one walk over both, without maps.
 func Update(k Kernel, n Network, was, now Plan) error {
 	routes, errs := checkRoutes(n, now.Routes)
+	note := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if n.Device != "" {
-		oldN, newN := map[string]bool{}, map[string]bool{}
-		byIP := map[netip.Addr]bool{}
-		for _, x := range was.Neighs {
-			oldN[neighKey(x)] = true
-		}
-		for _, x := range now.Neighs {
-			newN[neighKey(x)], byIP[x.IP] = true, true
-			if !oldN[neighKey(x)] {
-				errs = append(errs, k.ReplaceNeigh(x))
-			}
-		}
-		for _, x := range was.Neighs {
-			if !newN[neighKey(x)] && !byIP[x.IP] {
-				errs = append(errs, k.DeleteNeigh(x))
-			}
-		}
-		oldF, newF := map[string]bool{}, map[string]bool{}
-		for _, f := range was.FDBs {
-			oldF[fdbKey(f)] = true
-		}
-		for _, f := range now.FDBs {
-			newF[fdbKey(f)] = true
-			if !oldF[fdbKey(f)] {
-				errs = append(errs, k.ReplaceFDB(f))
-			}
-		}
-		for _, f := range was.FDBs {
-			if !newF[fdbKey(f)] {
-				errs = append(errs, k.DeleteFDB(f))
-			}
-		}
+		// Neighbours: one per peer address; a changed MAC is a replace.
+		walk(was.Neighs, now.Neighs, func(a, b kernel.Neigh) int { return a.IP.Compare(b.IP) },
+			func(x kernel.Neigh) { note(k.ReplaceNeigh(x)) },
+			func(x kernel.Neigh) { note(k.DeleteNeigh(x)) },
+			func(old, x kernel.Neigh) {
+				if old != x {
+					note(k.ReplaceNeigh(x))
+				}
+			})
+		// FDB entries are keyed by MAC and destination: a changed one is
+		// a new entry and a removed one.
+		walk(was.FDBs, now.FDBs, compareFDB,
+			func(f kernel.FDB) { note(k.ReplaceFDB(f)) },
+			func(f kernel.FDB) { note(k.DeleteFDB(f)) },
+			func(old, f kernel.FDB) {
+				if old != f {
+					note(k.ReplaceFDB(f))
+				}
+			})
 	}
-	oldR := map[kernel.Route]bool{}
-	for _, r := range was.Routes {
-		oldR[r] = true
-	}
-	dsts := map[netip.Prefix]bool{}
-	for _, r := range routes {
-		dsts[r.Dst] = true
-		if !oldR[r] {
-			errs = append(errs, k.ReplaceRoute(r))
-		}
-	}
-	for _, r := range was.Routes {
-		if !dsts[r.Dst] {
-			errs = append(errs, k.DeleteRoute(r))
-		}
-	}
+	walk(was.Routes, routes, func(a, b kernel.Route) int { return comparePrefix(a.Dst, b.Dst) },
+		func(r kernel.Route) { note(k.ReplaceRoute(r)) },
+		func(r kernel.Route) { note(k.DeleteRoute(r)) },
+		func(old, r kernel.Route) {
+			if old != r {
+				note(k.ReplaceRoute(r))
+			}
+		})
 	return errors.Join(errs...)
+}
+
+// walk compares two lists sorted by cmp: added is called for what only now
+// has, removed for what only was has, kept for what both have (same key).
+// Lists that are not sorted (a plan not from Compute) are sorted first.
+func walk[T any](was, now []T, cmp func(a, b T) int, added, removed func(T), kept func(old, cur T)) {
+	if !slices.IsSortedFunc(was, cmp) {
+		was = slices.SortedFunc(slices.Values(was), cmp)
+	}
+	if !slices.IsSortedFunc(now, cmp) {
+		now = slices.SortedFunc(slices.Values(now), cmp)
+	}
+	i, j := 0, 0
+	for i < len(was) || j < len(now) {
+		switch {
+		case j == len(now):
+			removed(was[i])
+			i++
+		case i == len(was):
+			added(now[j])
+			j++
+		default:
+			switch c := cmp(was[i], now[j]); {
+			case c < 0:
+				removed(was[i])
+				i++
+			case c > 0:
+				added(now[j])
+				j++
+			default:
+				kept(was[i], now[j])
+				i++
+				j++
+			}
+		}
+	}
 }
 
 func neighKey(x kernel.Neigh) string { return x.Link + "/" + x.IP.String() + "/" + x.MAC }

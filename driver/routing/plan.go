@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/tartan-net/tartan/driver/kernel"
@@ -61,6 +62,7 @@ type Input struct {
 	TTL      time.Duration // a host silent this long is gone
 	Now      time.Time
 	View     View
+	Memo     *Memo // optional: what an earlier call derived for this network
 }
 
 // liveness is the cluster's rule for live hosts and blocks (kv.Liveness).
@@ -129,6 +131,10 @@ func Compute(in Input) Plan {
 		}
 	}
 	sort.Slice(blocks, func(i, j int) bool { return blocks[i].Addr().Less(blocks[j].Addr()) })
+	memo := in.Memo
+	if memo == nil {
+		memo = &Memo{}
+	}
 	peersDone := map[string]bool{}
 	badHost := map[string]bool{}
 	add := func(dst netip.Prefix, hostID string) {
@@ -137,14 +143,15 @@ func Compute(in Input) Plan {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("%s belongs to host %s, which has no registered address", dst, hostID))
 			return
 		}
-		via, err := netip.ParseAddr(h.Address)
-		if why := in.hostAddrProblem(via, err); why != "" {
+		p := memo.peer(in, hostID, h.Address)
+		if p.problem != "" {
 			if !badHost[hostID] {
 				badHost[hostID] = true
-				plan.Problems = append(plan.Problems, fmt.Sprintf("host record %s ignored: its address %q is %s; no routes to its blocks", hostID, h.Address, why))
+				plan.Problems = append(plan.Problems, fmt.Sprintf("host record %s ignored: its address %q is %s; no routes to its blocks", hostID, h.Address, p.problem))
 			}
 			return
 		}
+		via := p.via
 		onL2 := in.Underlay.Prefix.Contains(via)
 		direct := in.Net.HostGW || (in.Net.Direct && onL2)
 		if direct {
@@ -159,9 +166,8 @@ func Compute(in Input) Plan {
 		plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Net.Device, Via: via, Onlink: true})
 		if !peersDone[hostID] {
 			peersDone[hostID] = true
-			mac := kernel.VTEPMAC(hostID, in.Net.VNI).String()
-			plan.Neighs = append(plan.Neighs, kernel.Neigh{Link: in.Net.Device, IP: via, MAC: mac})
-			plan.FDBs = append(plan.FDBs, kernel.FDB{Link: in.Net.Device, MAC: mac, Dst: via})
+			plan.Neighs = append(plan.Neighs, kernel.Neigh{Link: in.Net.Device, IP: via, MAC: p.mac})
+			plan.FDBs = append(plan.FDBs, kernel.FDB{Link: in.Net.Device, MAC: p.mac, Dst: via})
 		}
 	}
 	for _, b := range blocks {
@@ -191,12 +197,67 @@ func Compute(in Input) Plan {
 			add(netip.PrefixFrom(ip, 32), a.Host)
 		}
 	}
-	sort.Slice(plan.Routes, func(i, j int) bool {
-		a, b := plan.Routes[i].Dst, plan.Routes[j].Dst
-		if a.Addr() != b.Addr() {
-			return a.Addr().Less(b.Addr())
+	slices.SortFunc(plan.Routes, func(a, b kernel.Route) int { return comparePrefix(a.Dst, b.Dst) })
+	slices.SortFunc(plan.Neighs, compareNeigh)
+	slices.SortFunc(plan.FDBs, compareFDB)
+	// One neighbour per address: hosts registered with the same underlay
+	// address cannot both be reached there.
+	for i := 1; i < len(plan.Neighs); i++ {
+		if plan.Neighs[i].IP == plan.Neighs[i-1].IP {
+			plan.Problems = append(plan.Problems, fmt.Sprintf("two hosts are registered with underlay address %s: traffic for both goes to one; give each host its own (ADVERTISE)", plan.Neighs[i].IP))
 		}
-		return a.Bits() < b.Bits()
-	})
+	}
+	plan.Neighs = slices.CompactFunc(plan.Neighs, func(a, b kernel.Neigh) bool { return a.IP == b.IP })
 	return plan
+}
+
+// Memo keeps what Compute derives per host (its parsed address and its
+// problem, its VTEP MAC) from one call to the next: a router keeps one per
+// network, so that a change costs the work of what changed.
+type Memo struct {
+	peers map[string]peer
+}
+
+type peer struct {
+	address string // as registered
+	via     netip.Addr
+	problem string
+	mac     string
+}
+
+func (m *Memo) peer(in Input, hostID, address string) peer {
+	if p, ok := m.peers[hostID]; ok && p.address == address {
+		return p
+	}
+	via, err := netip.ParseAddr(address)
+	p := peer{address: address, via: via, problem: in.hostAddrProblem(via, err)}
+	if p.problem == "" && in.Net.Device != "" {
+		p.mac = kernel.VTEPMAC(hostID, in.Net.VNI).String()
+	}
+	if m.peers == nil {
+		m.peers = map[string]peer{}
+	}
+	m.peers[hostID] = p
+	return p
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+func compareNeigh(a, b kernel.Neigh) int {
+	if c := a.IP.Compare(b.IP); c != 0 {
+		return c
+	}
+	return strings.Compare(a.MAC, b.MAC)
+}
+
+func compareFDB(a, b kernel.FDB) int {
+	if c := strings.Compare(a.MAC, b.MAC); c != 0 {
+		return c
+	}
+	return a.Dst.Compare(b.Dst)
 }

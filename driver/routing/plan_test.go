@@ -3,6 +3,7 @@ package routing
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -49,8 +50,10 @@ func TestPlanPeers(t *testing.T) {
 	if len(vx.Neighs) != 2 || len(vx.FDBs) != 2 || len(vx.Problems) != 0 {
 		t.Fatalf("one neighbour and one FDB entry per remote host: %+v", vx)
 	}
-	if vx.Neighs[0].MAC != kernel.VTEPMAC("b", 7).String() || vx.FDBs[0].Dst.String() != "10.98.0.12" {
-		t.Fatalf("entries for b: %+v %+v", vx.Neighs[0], vx.FDBs[0])
+	nb := slices.IndexFunc(vx.Neighs, func(n kernel.Neigh) bool { return n.IP.String() == "10.98.0.12" })
+	fb := slices.IndexFunc(vx.FDBs, func(f kernel.FDB) bool { return f.Dst.String() == "10.98.0.12" })
+	if nb < 0 || fb < 0 || vx.Neighs[nb].MAC != kernel.VTEPMAC("b", 7).String() || vx.FDBs[fb].MAC != kernel.VTEPMAC("b", 7).String() {
+		t.Fatalf("entries for b: %+v %+v", vx.Neighs, vx.FDBs)
 	}
 
 	in.Net.HostGW = true

@@ -34,7 +34,8 @@ type Config struct {
 	// store: leases and host registrations run out with time alone.
 	Replan time.Duration
 	// Gap is the least time between two reads of one watched prefix, so
-	// that a busy prefix costs the store a bounded rate of queries per host.
+	// that a busy prefix costs the store a bounded rate of queries per host
+	// (one more Gap for every 64 keys it returned, at most 20).
 	Gap time.Duration
 	// Liveness is how often the hosts' renewals are read (they change on
 	// the scale of the lease lifetime and are not watched).
@@ -114,6 +115,7 @@ type netWatch struct {
 	turn    sync.Mutex
 	applied *Plan
 	plan    *Plan // the last plan computed, under Router.mu
+	memo    Memo  // the writer's own
 }
 
 // New returns a router; Start runs it.
@@ -287,10 +289,17 @@ func (r *Router) followWith(ctx context.Context, prefix string, listed func([]kv
 			listed(ps)
 		}
 		index = max(next, 1)
-		if !sleep(ctx, r.cfg.Gap) {
+		if !sleep(ctx, r.gap(len(ps))) {
 			return
 		}
 	}
+}
+
+// gap is the pause before a watch is asked again, longer the more it
+// returned: a prefix that changes all the time (a burst of claims fills the
+// block feed) is read at a bounded byte rate per host, a quiet one at once.
+func (r *Router) gap(listed int) time.Duration {
+	return min(r.cfg.Gap*time.Duration(1+listed/64), 20*r.cfg.Gap)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
@@ -553,7 +562,7 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 			log.Warnf("peer sync (working state kept): %v", err)
 			continue
 		}
-		plan := Compute(Input{Self: r.cfg.Host, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: time.Now(), View: view})
+		plan := Compute(Input{Self: r.cfg.Host, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: time.Now(), View: view, Memo: &w.memo})
 		changed, err := r.install(ctx, w, plan)
 		if err != nil && ctx.Err() == nil {
 			log.Warnf("peer sync: %v", err)

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -79,6 +80,13 @@ func fromEnv(t *testing.T) sizes {
 	}
 	ints("TARTAN_SCALE_HOSTS", &s.hosts)
 	ints("TARTAN_SCALE_ADDRS", &s.addrs)
+	if v := os.Getenv("TARTAN_SCALE_IDLE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("TARTAN_SCALE_IDLE=%q: want a duration", v)
+		}
+		s.idle = d
+	}
 	if v := os.Getenv("TARTAN_SCALE_FILL_HOSTS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
@@ -407,6 +415,18 @@ func kb(b float64) string {
 }
 
 // hostRow is one column of the host-count table.
+// cpu is the CPU time (user and system) of a process so far.
+func cpu(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond // USER_HZ = 100
+}
+
 type hostRow struct {
 	hosts                        int
 	joinP50, joinP99             time.Duration
@@ -415,13 +435,15 @@ type hostRow struct {
 	burstStartP50, burstStartP99 time.Duration
 	claimP50, claimP99           time.Duration // one block claimed at a time
 	claimRequests, claimBytes    float64       // cluster-wide, per claim
-	netlinkPerChange             float64       // per host, per claim
-	idlePer10s                   float64       // requests per host per 10 s
-	idleBytesPerMin              float64       // bytes per host per minute
+	// CPU time per claim: the Consul server, every simulated host.
+	claimConsulCPU, claimHostsCPU time.Duration
+	netlinkPerChange              float64 // per host, per claim
+	idlePer10s                    float64 // requests per host per 10 s
+	idleBytesPerMin               float64 // bytes per host per minute
 }
 
-func measureHosts(t *testing.T, consul string, n int, s sizes) hostRow {
-	c := newCluster(t, consul, n)
+func measureHosts(t *testing.T, consul *testbed.Consul, n int, s sizes) hostRow {
+	c := newCluster(t, consul.Addr, n)
 	joins, conflicts := c.register()
 	c.route()
 	row := hostRow{hosts: n, joinP50: pct(joins, 0.5), joinP99: pct(joins, 0.99), joinConflicts: conflicts}
@@ -445,6 +467,8 @@ func measureHosts(t *testing.T, consul string, n int, s sizes) hostRow {
 	burst := c.converge(t0, 3*time.Minute)
 	row.burstP50, row.burstP99 = pct(burst, 0.5), pct(burst, 0.99)
 	row.burstStartP50, row.burstStartP99 = pct(starts, 0.5), pct(starts, 0.99)
+	t.Logf("%d hosts: joins p50/p99 %s/%s (%d lost CAS); burst starts %s/%s, in every kernel %s/%s", n, ms(row.joinP50), ms(row.joinP99),
+		conflicts, ms(row.burstStartP50), ms(row.burstStartP99), ms(row.burstP50), ms(row.burstP99))
 
 	if s.settle {
 		time.Sleep(kv.FeedRetention)
@@ -454,6 +478,18 @@ func measureHosts(t *testing.T, consul string, n int, s sizes) hostRow {
 	// (63 starts on /26) and the next start claims a new one.
 	claims := 5
 	before, kbefore := c.totals(), c.kernelWrites()
+	consulCPU, hostsCPU := cpu(consul.PID()), cpu(os.Getpid())
+	if f := os.Getenv("TARTAN_SCALE_PROFILE"); f != "" {
+		// The hosts' CPU profile during the one-at-a-time claims.
+		out, err := os.Create(fmt.Sprintf("%s.%d", f, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(out); err != nil {
+			t.Fatal(err)
+		}
+		defer out.Close()
+	}
 	var claimTimes []time.Duration
 	var fillCost counts
 	for range claims {
@@ -475,11 +511,16 @@ func measureHosts(t *testing.T, consul string, n int, s sizes) hostRow {
 			fillCost = addCounts(fillCost, h.store.counts().minus(fb))
 		}
 	}
+	pprof.StopCPUProfile()
+	row.claimConsulCPU = (cpu(consul.PID()) - consulCPU) / time.Duration(claims)
+	row.claimHostsCPU = (cpu(os.Getpid()) - hostsCPU) / time.Duration(claims)
 	after := c.totals().minus(before)
 	after = counts{after.requests - fillCost.requests, after.bytes - fillCost.bytes, after.conflicts - fillCost.conflicts}
 	row.claimP50, row.claimP99 = pct(claimTimes, 0.5), pct(claimTimes, 0.99)
 	row.claimRequests, row.claimBytes = float64(after.requests)/float64(claims), float64(after.bytes)/float64(claims)
 	row.netlinkPerChange = float64(c.kernelWrites()-kbefore) / float64(claims) / float64(n)
+	t.Logf("%d hosts: one claim in every kernel %s/%s, %.0f requests and %s per claim (CPU: Consul %s, hosts %s, including each host's 63 fills), %.1f netlink writes per host", n,
+		ms(row.claimP50), ms(row.claimP99), row.claimRequests, kb(row.claimBytes), ms(row.claimConsulCPU), ms(row.claimHostsCPU), row.netlinkPerChange)
 
 	// Idle: what the cluster costs with nothing happening, over one period
 	// of the plugin's registration check and lease renewal (each host runs
@@ -523,8 +564,12 @@ type fillRow struct {
 	startRequests, startKB float64
 }
 
+// perBlock is how many addresses fill puts in each block: a host's blocks
+// keep room (the rows measure starts that need no claim).
+const perBlock = 50
+
 // fill writes A addresses into the pool directly (as many hosts made them
-// over time: blocks of 62 per host, in 64-operation transactions), and
+// over time: blocks of perBlock per host, in 64-operation transactions), and
 // tells each host's IPAM which are its own (a plugin knows its endpoints).
 func (c *cluster) fill(a int) {
 	if a == 0 {
@@ -559,7 +604,7 @@ func (c *cluster) fill(a int) {
 		}
 	}()
 	base := netip.MustParsePrefix(poolCIDR).Addr().As4()
-	blocks := (a + 61) / 62
+	blocks := (a + perBlock - 1) / perBlock
 	now := time.Now().UTC()
 	for i := range blocks {
 		h := c.hosts[i%len(c.hosts)]
@@ -571,7 +616,7 @@ func (c *cluster) fill(a int) {
 		if mine[h.id] == nil {
 			mine[h.id] = map[string]bool{}
 		}
-		for j := 0; j < 62 && i*62+j < a; j++ {
+		for j := 0; j < perBlock && i*perBlock+j < a; j++ {
 			mine[h.id][ip.String()] = true
 			add(kv.AddressPath(poolCIDR, ip.String()), kv.Address{IP: ip.String(), Pool: poolCIDR, Host: h.id, Kind: kv.KindEndpoint,
 				MAC: fmt.Sprintf("02:ff:%02x:%02x:%02x:%02x", byte(i>>8), byte(i), byte(j), 0), Created: now})
@@ -587,7 +632,22 @@ func measureFill(t *testing.T, consul string, a int, s sizes) fillRow {
 	c.fill(a)
 	c.route()
 	row := fillRow{addrs: a}
-	first := c.parallel(func(h *host) error { _, err := h.start(c.ctx); return err })
+	// A host's first start after its plugin started reads the pool's block
+	// list once: 100 hosts, ten a second (not every plugin at once).
+	var first []time.Duration
+	for _, h := range c.hosts[:min(100, len(c.hosts))] {
+		begin := time.Now()
+		if _, err := h.start(c.ctx); err != nil {
+			t.Fatal(err)
+		}
+		first = append(first, time.Since(begin))
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, h := range c.hosts[min(100, len(c.hosts)):] {
+		if _, err := h.start(c.ctx); err != nil { // warm: the paced starts measure a running cluster
+			t.Fatal(err)
+		}
+	}
 	row.firstP50, row.firstP99 = pct(first, 0.5), pct(first, 0.99)
 	// Container starts at a steady rate, on random hosts, while every host
 	// routes.
@@ -625,6 +685,8 @@ func measureFill(t *testing.T, consul string, a int, s sizes) fillRow {
 	row.startP50, row.startP99 = pct(times, 0.5), pct(times, 0.99)
 	row.startRequests = float64(cost.requests) / float64(len(times))
 	row.startKB = float64(cost.bytes) / float64(len(times))
+	t.Logf("pool of %d: first starts %s/%s, starts %s/%s, %.1f requests and %s per start", a, ms(row.firstP50), ms(row.firstP99),
+		ms(row.startP50), ms(row.startP99), row.startRequests, kb(row.startKB))
 	return row
 }
 
@@ -636,7 +698,7 @@ func TestScale(t *testing.T) {
 	var hostRows []hostRow
 	for _, n := range s.hosts {
 		start := time.Now()
-		r := measureHosts(t, consul.Addr, n, s)
+		r := measureHosts(t, consul, n, s)
 		t.Logf("%d hosts measured in %s", n, time.Since(start).Round(time.Second))
 		hostRows = append(hostRows, r)
 	}
@@ -696,6 +758,9 @@ func render(s sizes, hs []hostRow, fs []fillRow) string {
 	line("store requests / bytes read per block claim, cluster-wide", func(r hostRow) string {
 		return fmt.Sprintf("%.0f / %s", r.claimRequests, kb(r.claimBytes))
 	})
+	line("CPU per block claim (with the 63 starts that filled the block): Consul / all hosts", func(r hostRow) string {
+		return ms(r.claimConsulCPU) + " / " + ms(r.claimHostsCPU)
+	})
 	line("netlink writes per host per new block", func(r hostRow) string { return fmt.Sprintf("%.1f", r.netlinkPerChange) })
 	line("idle: requests per host per 10 s / bytes per host per minute", func(r hostRow) string {
 		return fmt.Sprintf("%.2f / %s", r.idlePer10s, kb(r.idleBytesPerMin))
@@ -718,7 +783,7 @@ func render(s sizes, hs []hostRow, fs []fillRow) string {
 	fline("store requests / bytes read per container start", func(r fillRow) string {
 		return fmt.Sprintf("%.1f / %s", r.startRequests, kb(r.startKB))
 	})
-	fline("a host's first start after its plugin started, p50 / p99", func(r fillRow) string { return ms(r.firstP50) + " / " + ms(r.firstP99) })
+	fline("a host's first start after its plugin started (100 hosts, 10/s), p50 / p99", func(r fillRow) string { return ms(r.firstP50) + " / " + ms(r.firstP99) })
 	b.WriteString("\n")
 	return b.String()
 }

@@ -38,6 +38,9 @@ type Consul struct {
 	cmd   *exec.Cmd
 }
 
+// PID is the server's process ID (for its CPU time).
+func (c *Consul) PID() int { return c.cmd.Process.Pid }
+
 // Signal sends sig to the server (SIGSTOP freezes it: unreachable but intact;
 // SIGCONT brings it back).
 func (c *Consul) Signal(sig syscall.Signal) error { return c.cmd.Process.Signal(sig) }
