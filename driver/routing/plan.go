@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -112,30 +111,39 @@ func Compute(in Input) Plan {
 	plan := Plan{Problems: append([]string(nil), in.View.Problems...)}
 	live := in.liveness()
 	pool := in.Net.Pool
-	owner := map[netip.Prefix]string{}
-	var blocks []netip.Prefix
+	memo := in.Memo
+	if memo == nil {
+		memo = &Memo{}
+	}
+	memo.begin(in)
+	type owned struct {
+		p    netip.Prefix
+		host string
+	}
+	blocks := make([]owned, 0, len(in.View.Blocks))
+	var owner map[netip.Prefix]string // only exceptions need it
+	if len(in.View.Exceptions) > 0 {
+		owner = make(map[netip.Prefix]string, len(in.View.Blocks))
+	}
 	var sizes []int // block prefix lengths (one, unless records disagree)
 	for _, b := range in.View.Blocks {
-		p, err := netip.ParsePrefix(b.CIDR)
-		if why := in.blockProblem(p, err); why != "" {
+		p, why := memo.block(in, b.CIDR)
+		if why != "" {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("block record %q of host %s ignored: %s", b.CIDR, b.Host, why))
 			continue
 		}
 		if !live.BlockAlive(b) {
 			continue
 		}
-		owner[p] = b.Host
-		blocks = append(blocks, p)
+		blocks = append(blocks, owned{p, b.Host})
+		if owner != nil {
+			owner[p] = b.Host
+		}
 		if !slices.Contains(sizes, p.Bits()) {
 			sizes = append(sizes, p.Bits())
 		}
 	}
-	sort.Slice(blocks, func(i, j int) bool { return blocks[i].Addr().Less(blocks[j].Addr()) })
-	memo := in.Memo
-	if memo == nil {
-		memo = &Memo{}
-	}
-	peersDone := map[string]bool{}
+	plan.Routes = make([]kernel.Route, 0, len(blocks)+len(in.View.Exceptions))
 	badHost := map[string]bool{}
 	add := func(dst netip.Prefix, hostID string) {
 		h, ok := in.View.Hosts[hostID]
@@ -164,15 +172,15 @@ func Compute(in Input) Plan {
 			return
 		}
 		plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Net.Device, Via: via, Onlink: true})
-		if !peersDone[hostID] {
-			peersDone[hostID] = true
+		if p.done != memo.gen {
+			p.done = memo.gen
 			plan.Neighs = append(plan.Neighs, kernel.Neigh{Link: in.Net.Device, IP: via, MAC: p.mac})
 			plan.FDBs = append(plan.FDBs, kernel.FDB{Link: in.Net.Device, MAC: p.mac, Dst: via})
 		}
 	}
 	for _, b := range blocks {
-		if owner[b] != in.Self {
-			add(b, owner[b])
+		if b.host != in.Self {
+			add(b.p, b.host)
 		}
 	}
 	// Addresses that live away from their block's owner (borrowed, or
@@ -212,10 +220,14 @@ func Compute(in Input) Plan {
 }
 
 // Memo keeps what Compute derives per host (its parsed address and its
-// problem, its VTEP MAC) from one call to the next: a router keeps one per
-// network, so that a change costs the work of what changed.
+// problem, its VTEP MAC) and per block record (its prefix, or why it is
+// refused) from one call to the next: a router keeps one per network, so
+// that a change costs little more than the work of what changed.
 type Memo struct {
-	peers map[string]peer
+	peers  map[string]*peer
+	blocks map[string]memoBlock
+	key    string // what the block entries were judged against
+	gen    int    // this call's number
 }
 
 type peer struct {
@@ -223,19 +235,48 @@ type peer struct {
 	via     netip.Addr
 	problem string
 	mac     string
+	done    int // the call that planned its neighbour and FDB entry
 }
 
-func (m *Memo) peer(in Input, hostID, address string) peer {
+type memoBlock struct {
+	p   netip.Prefix
+	why string
+}
+
+// begin starts a call: block judgements made against another pool or block
+// size are dropped, as are entries of blocks long gone.
+func (m *Memo) begin(in Input) {
+	m.gen++
+	key := fmt.Sprint(in.Net.Pool, "/", in.View.BlockBits)
+	if key != m.key || len(m.blocks) > 2*len(in.View.Blocks)+64 {
+		m.key, m.blocks = key, nil
+	}
+}
+
+func (m *Memo) block(in Input, cidr string) (netip.Prefix, string) {
+	if b, ok := m.blocks[cidr]; ok {
+		return b.p, b.why
+	}
+	p, err := netip.ParsePrefix(cidr)
+	b := memoBlock{p: p, why: in.blockProblem(p, err)}
+	if m.blocks == nil {
+		m.blocks = map[string]memoBlock{}
+	}
+	m.blocks[cidr] = b
+	return b.p, b.why
+}
+
+func (m *Memo) peer(in Input, hostID, address string) *peer {
 	if p, ok := m.peers[hostID]; ok && p.address == address {
 		return p
 	}
 	via, err := netip.ParseAddr(address)
-	p := peer{address: address, via: via, problem: in.hostAddrProblem(via, err)}
+	p := &peer{address: address, via: via, problem: in.hostAddrProblem(via, err)}
 	if p.problem == "" && in.Net.Device != "" {
 		p.mac = kernel.VTEPMAC(hostID, in.Net.VNI).String()
 	}
 	if m.peers == nil {
-		m.peers = map[string]peer{}
+		m.peers = map[string]*peer{}
 	}
 	m.peers[hostID] = p
 	return p
