@@ -105,7 +105,7 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 		orphans: map[string]time.Time{}, creating: map[string]string{},
 		st:     localState{networks: map[string]netRec{}, endpoints: map[string]epRec{}},
 		fwPoke: make(chan struct{}, 1)}
-	d.routes = routing.New(cluster, routing.Netlink{}, routing.Config{Host: cfg.Host, TTL: cfg.LeaseTTL, Replan: cfg.Resync,
+	d.routes = routing.New(cluster, routing.Netlink{}, routing.Config{Host: cfg.Host, TTL: cfg.LeaseTTL, Replan: 10 * cfg.Resync,
 		Underlay: func() (kernel.Underlay, error) { return kernel.FindUnderlay(cfg.Advertise) },
 		OnPeers:  d.pokeFirewall, Log: log})
 	return d

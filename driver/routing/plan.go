@@ -38,6 +38,9 @@ type Plan struct {
 	Neighs   []kernel.Neigh
 	FDBs     []kernel.FDB
 	Problems []string // peers that cannot be reached, said plainly
+	// Next is the first time at which, with no change in the store, the
+	// plan would change (a lease or a host's liveness runs out); zero: none.
+	Next time.Time
 }
 
 // Network is a routed network of this host, as routing sees it.
@@ -135,6 +138,10 @@ func Compute(in Input) Plan {
 		if !live.BlockAlive(b) {
 			continue
 		}
+		plan.until(b.Expires, in.Now)
+		if !b.Expires.After(in.Now) {
+			plan.until(live.LastRenewed(b.Host).Add(in.TTL), in.Now)
+		}
 		blocks = append(blocks, owned{p, b.Host})
 		if owner != nil {
 			owner[p] = b.Host
@@ -194,6 +201,7 @@ func Compute(in Input) Plan {
 		if a.Kind != kv.KindEndpoint || a.Host == in.Self || !live.HostAlive(a.Host) {
 			continue
 		}
+		plan.until(live.LastRenewed(a.Host).Add(in.TTL), in.Now)
 		blockOwner := ""
 		for _, bits := range sizes {
 			if o, ok := owner[netip.PrefixFrom(ip, bits).Masked()]; ok {
@@ -217,6 +225,13 @@ func Compute(in Input) Plan {
 	}
 	plan.Neighs = slices.CompactFunc(plan.Neighs, func(a, b kernel.Neigh) bool { return a.IP == b.IP })
 	return plan
+}
+
+// until notes a time at which the plan would change, if it is the first.
+func (p *Plan) until(t, now time.Time) {
+	if t.After(now) && (p.Next.IsZero() || t.Before(p.Next)) {
+		p.Next = t
+	}
 }
 
 // Memo keeps what Compute derives per host (its parsed address and its

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -30,8 +31,9 @@ import (
 type Config struct {
 	Host string        // this host's ID
 	TTL  time.Duration // a host silent this long is gone (its blocks too)
-	// Replan is how often plans are computed again without a change in the
-	// store: leases and host registrations run out with time alone.
+	// Replan is the longest a plan goes without being computed again when
+	// nothing changes; it is computed again sooner when a lease or a host's
+	// liveness it depends on runs out (Plan.Next).
 	Replan time.Duration
 	// Gap is the least time between two reads of one watched prefix, so
 	// that a busy prefix costs the store a bounded rate of queries per host
@@ -124,7 +126,7 @@ func New(store kv.Store, k Kernel, cfg Config) *Router {
 		cfg.TTL = 24 * time.Hour
 	}
 	if cfg.Replan == 0 {
-		cfg.Replan = 30 * time.Second
+		cfg.Replan = 5 * time.Minute
 	}
 	if cfg.Gap == 0 {
 		cfg.Gap = 100 * time.Millisecond
@@ -523,11 +525,20 @@ func (r *Router) viewLocked(pool netip.Prefix) (View, bool) {
 	return v, true
 }
 
-// run is a network's writer: it plans on every change and every Replan.
+// run is a network's writer: it plans on every change, when the last plan
+// said it would change (Plan.Next), and at least every Replan (jittered, so
+// that hosts started together do not plan together).
 func (r *Router) run(ctx context.Context, w *netWatch) {
 	defer close(w.done)
-	tick := time.NewTicker(r.cfg.Replan)
+	tick := time.NewTimer(r.cfg.Replan)
 	defer tick.Stop()
+	rearm := func(next time.Time) {
+		d := r.cfg.Replan - time.Duration(rand.Int64N(int64(r.cfg.Replan)/10+1))
+		if !next.IsZero() {
+			d = min(d, time.Until(next)+time.Second)
+		}
+		tick.Reset(max(d, time.Second))
+	}
 	log := r.cfg.Log.WithFields(logrus.Fields{"network": shortID(w.n.ID), "pool": w.n.Pool})
 	var lastProblems string
 	selfMissing := false
@@ -542,6 +553,7 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 		view, ready := r.viewLocked(w.n.Pool)
 		r.mu.Unlock()
 		if !ready {
+			tick.Reset(min(r.cfg.Replan, 30*time.Second))
 			continue
 		}
 		if _, ok := view.Hosts[r.cfg.Host]; !ok {
@@ -550,6 +562,7 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 			// empty listings without an error, and pruning by them would
 			// withdraw every peer (audit S3). The host registers within a
 			// renewal.
+			tick.Reset(min(r.cfg.Replan, 30*time.Second))
 			if !selfMissing {
 				selfMissing = true
 				log.Warnf("the store's listing of hosts lacks this host (%s): keeping the working state until it shows (does the store's token still read the prefix?)", r.cfg.Host)
@@ -560,9 +573,11 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 		u, err := r.cfg.Underlay()
 		if err != nil {
 			log.Warnf("peer sync (working state kept): %v", err)
+			tick.Reset(min(r.cfg.Replan, 30*time.Second))
 			continue
 		}
 		plan := Compute(Input{Self: r.cfg.Host, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: time.Now(), View: view, Memo: &w.memo})
+		rearm(plan.Next)
 		changed, err := r.install(ctx, w, plan)
 		if err != nil && ctx.Err() == nil {
 			log.Warnf("peer sync: %v", err)

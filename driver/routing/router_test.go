@@ -177,3 +177,23 @@ func TestRouterReadsRenewals(t *testing.T) {
 		t.Fatalf("routes: %s (want b's address only: c's renewal lapsed)", got)
 	}
 }
+
+// A plan is computed again when a lease it depends on runs out (Plan.Next),
+// not on a fixed period: a silent host's block leaves the plan when its
+// lease ends, with nothing written to the store.
+func TestRouterReplansWhenALeaseEnds(t *testing.T) {
+	store := kv.NewMemory()
+	pool := "10.244.0.0/16"
+	old := time.Now().Add(-48 * time.Hour).UTC().Format(time.RFC3339)
+	soon := time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339Nano)
+	put(t, store, kv.PoolPath(pool), `{"cidr":"10.244.0.0/16","blockBits":26}`)
+	put(t, store, kv.HostPath("a"), `{"id":"a","address":"10.98.0.11","renewed":"2099-01-01T00:00:00Z"}`)
+	put(t, store, kv.HostPath("b"), `{"id":"b","address":"10.98.0.12","renewed":"`+old+`"}`)
+	put(t, store, kv.BlockPath(pool, "10.244.0.64/26"), `{"cidr":"10.244.0.64/26","host":"b","expires":"`+soon+`"}`)
+	r, _ := startRouter(t, store, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), HostGW: true})
+	plan := waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 1 })
+	if plan.Next.IsZero() {
+		t.Fatal("the plan does not say when its block's lease ends")
+	}
+	waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 0 })
+}
