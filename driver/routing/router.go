@@ -40,7 +40,8 @@ type Config struct {
 	// (one more Gap for every 64 keys it returned, at most 20).
 	Gap time.Duration
 	// Liveness is how often the hosts' renewals are read (they change on
-	// the scale of the lease lifetime and are not watched).
+	// the scale of the lease lifetime and are not watched); default: an
+	// eighth of TTL, at most five minutes.
 	Liveness time.Duration
 	// Relist is how often each pool's whole block list is read (changes
 	// come through the block feed; this picks up lease renewals and
@@ -132,7 +133,9 @@ func New(store kv.Store, k Kernel, cfg Config) *Router {
 		cfg.Gap = 100 * time.Millisecond
 	}
 	if cfg.Liveness == 0 {
-		cfg.Liveness = 5 * time.Minute
+		// Renewals are written every TTL/4 (plugin.RenewAfter): read at
+		// twice that pace, none looks older than TTL/2 while its host lives.
+		cfg.Liveness = min(5*time.Minute, cfg.TTL/8)
 	}
 	if cfg.Relist == 0 {
 		cfg.Relist = 5 * time.Minute
