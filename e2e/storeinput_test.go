@@ -54,9 +54,13 @@ func TestStoreInput(t *testing.T) {
 	defRoute := s.MustIP(t, "route", "show", "default")
 	now, _ := json.Marshal(time.Now().UTC())
 	put("hosts/peer1", `{"id":"peer1","address":"10.99.9.7","renewed":`+string(now)+`}`)
-	put("blocks/10.91.0.0-24/0.0.0.0-0", `{"cidr":"0.0.0.0/0","pool":"10.91.0.0/24","host":"peer1","expires":"2099-01-01T00:00:00Z"}`)
-	put("blocks/10.91.0.0-24/10.0.0.0-8", `{"cidr":"10.0.0.0/8","pool":"10.91.0.0/24","host":"peer1","expires":"2099-01-01T00:00:00Z"}`)
-	put("blocks/10.91.0.0-24/10.91.0.128-26", `{"cidr":"10.91.0.128/26","pool":"10.91.0.0/24","host":"peer1","expires":"2099-01-01T00:00:00Z"}`)
+	// Each block as a claim writes it: the record and its feed entry
+	// (blockfeed/, which routing watches).
+	for key, cidr := range map[string]string{"0.0.0.0-0": "0.0.0.0/0", "10.0.0.0-8": "10.0.0.0/8", "10.91.0.128-26": "10.91.0.128/26"} {
+		blk := `{"cidr":"` + cidr + `","pool":"10.91.0.0/24","host":"peer1","expires":"2099-01-01T00:00:00Z"}`
+		put("blocks/10.91.0.0-24/"+key, blk)
+		put("blockfeed/10.91.0.0-24/"+key, `{"block":`+blk+`,"at":`+string(now)+`}`)
+	}
 	testbed.Eventually(t, 10*time.Second, "the valid peer block is routed", func() error {
 		if !strings.Contains(s.MustIP(t, "route", "show", "proto", "84"), "10.91.0.128/26") {
 			return errors.New("not yet")
@@ -71,7 +75,8 @@ func TestStoreInput(t *testing.T) {
 			t.Fatalf("a route outside the pool: %s", r)
 		}
 	}
-	for _, k := range []string{"hosts/zzz", "hosts/peer1", "blocks/10.91.0.0-24/0.0.0.0-0", "blocks/10.91.0.0-24/10.0.0.0-8", "blocks/10.91.0.0-24/10.91.0.128-26"} {
+	for _, k := range []string{"hosts/zzz", "hosts/peer1", "blocks/10.91.0.0-24/0.0.0.0-0", "blocks/10.91.0.0-24/10.0.0.0-8", "blocks/10.91.0.0-24/10.91.0.128-26",
+		"blockfeed/10.91.0.0-24/0.0.0.0-0", "blockfeed/10.91.0.0-24/10.0.0.0-8", "blockfeed/10.91.0.0-24/10.91.0.128-26"} {
 		if out, err := consul.CLI("kv", "delete", "tartan/"+k); err != nil {
 			t.Fatalf("consul kv delete %s: %v %s", k, err, out)
 		}
