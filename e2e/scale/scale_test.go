@@ -64,7 +64,7 @@ type sizes struct {
 func fromEnv(t *testing.T) sizes {
 	s := sizes{hosts: []int{10}, addrs: []int{0, 1000}, fillHosts: 10, idle: time.Minute, rate: 20, starts: 100}
 	if os.Getenv("TARTAN_SCALE") == "full" {
-		s = sizes{hosts: []int{10, 100, 300, 1000}, addrs: []int{0, 10000, 100000}, fillHosts: 1000, idle: 5 * time.Minute, rate: 20, starts: 600, settle: true}
+		s = sizes{hosts: []int{10, 100, 300, 1000}, addrs: []int{0, 10000, 100000}, fillHosts: 1000, idle: 2 * time.Minute, rate: 20, starts: 600, settle: true}
 	}
 	ints := func(name string, into *[]int) {
 		if v := os.Getenv(name); v != "" {
