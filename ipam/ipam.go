@@ -492,23 +492,28 @@ func (m *IPAM) finishRelease(ctx context.Context, cidr string) error {
 
 // releaseEmptyBlocks gives back this host's blocks that hold no address.
 func (m *IPAM) releaseEmptyBlocks(ctx context.Context, cidr string) error {
-	st, err := m.state(ctx, cidr)
+	pc := &poolCache{cidr: cidr}
+	if err := m.readPool(ctx, pc); err != nil {
+		return err
+	}
+	if err := m.readBlocks(ctx, pc, nil); err != nil {
+		return err
+	}
+	used, err := m.usedAddresses(ctx, cidr)
 	if err != nil {
 		return err
 	}
-	for b, blk := range st.blocks {
-		if blk.block.Host != m.cfg.Host {
-			continue
-		}
+	for b, ob := range pc.own {
 		empty := true
-		for a := range st.used {
+		for a := range used {
 			if b.Contains(a) {
 				empty = false
 				break
 			}
 		}
 		if empty {
-			if err := m.dropBlock(ctx, cidr, blk.block, blk.version); err != nil && !errors.Is(err, kv.ErrConflict) {
+			blk := kv.Block{CIDR: b.String(), Host: m.cfg.Host, Expires: ob.expires}
+			if err := m.dropBlock(ctx, cidr, blk, ob.version); err != nil && !errors.Is(err, kv.ErrConflict) {
 				return err
 			}
 		}
@@ -516,72 +521,23 @@ func (m *IPAM) releaseEmptyBlocks(ctx context.Context, cidr string) error {
 	return nil
 }
 
-type blockState struct {
-	block   kv.Block
-	version uint64
-}
-
-type poolState struct {
-	pool    kv.Pool
-	version uint64
-	layout  Layout
-	blocks  map[netip.Prefix]blockState
-	used    map[netip.Addr]bool
-	// unreadable holds blocks whose record cannot be read: their owner is
-	// unknown, so they are never claimed (nor handed out from).
-	unreadable map[netip.Prefix]bool
-}
-
-func (m *IPAM) state(ctx context.Context, cidr string) (*poolState, error) {
-	st := &poolState{blocks: map[netip.Prefix]blockState{}, used: map[netip.Addr]bool{}, unreadable: map[netip.Prefix]bool{}}
-	v, err := kv.GetJSON(ctx, m.store, kv.PoolPath(cidr), &st.pool)
-	if errors.Is(err, kv.ErrNotFound) {
-		return nil, kv.Invalid("pool %s is not registered (it was released): recreate the network", cidr)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if st.pool.Releasing {
-		return nil, kv.Invalid("pool %s is being released (its network was removed on its last host): recreate the network", cidr)
-	}
-	st.version = v
-	pool, _ := netip.ParsePrefix(st.pool.CIDR)
-	var rng netip.Prefix
-	if st.pool.Range != "" {
-		rng, _ = netip.ParsePrefix(st.pool.Range)
-	}
-	if st.layout, err = NewLayout(pool, rng, st.pool.BlockBits); err != nil {
-		return nil, fmt.Errorf("pool record %s is corrupt: %w", cidr, err)
-	}
-	if _, err := kv.ListJSON(ctx, m.store, kv.BlockPrefix(cidr), func(_ string, ver uint64, b kv.Block) error {
-		if p, err := netip.ParsePrefix(b.CIDR); err == nil {
-			st.blocks[p] = blockState{block: b, version: ver}
-		}
-		return nil
-	}, func(e *kv.DecodeError) {
-		m.skipped(e)
-		if p, err := kv.PrefixFromKey(strings.TrimPrefix(e.Key, kv.BlockPrefix(cidr))); err == nil {
-			st.unreadable[p] = true
-		}
-	}); err != nil {
-		return nil, err
-	}
-	if _, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(cidr), func(_ string, _ uint64, a kv.Address) error {
+// usedAddresses reads every address of the pool (a record that cannot be
+// read still takes its address: its key exists, so handing the address out
+// again would only fail the create-only write).
+func (m *IPAM) usedAddresses(ctx context.Context, cidr string) (map[netip.Addr]bool, error) {
+	used := map[netip.Addr]bool{}
+	_, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(cidr), func(_ string, _ uint64, a kv.Address) error {
 		if ip, err := netip.ParseAddr(a.IP); err == nil {
-			st.used[ip] = true
+			used[ip] = true
 		}
 		return nil
 	}, func(e *kv.DecodeError) {
 		m.skipped(e)
-		// The key exists, so its address is taken whatever the value says:
-		// handing it out again would only fail the create-only write.
 		if ip, err := netip.ParseAddr(strings.TrimPrefix(e.Key, kv.AddressPrefix(cidr))); err == nil {
-			st.used[ip] = true
+			used[ip] = true
 		}
-	}); err != nil {
-		return nil, err
-	}
-	return st, nil
+	})
+	return used, err
 }
 
 // AddressRequest is a RequestAddress call.

@@ -484,19 +484,8 @@ func (pc *poolCache) freeBlocks(n int) []netip.Prefix {
 // is held: it reads every address of the pool (the one path that does).
 // Called with pc.mu held.
 func (m *IPAM) borrowLocked(ctx context.Context, pc *poolCache) (netip.Addr, error) {
-	used := map[netip.Addr]bool{}
-	if _, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(pc.cidr), func(_ string, _ uint64, a kv.Address) error {
-		if ip, err := netip.ParseAddr(a.IP); err == nil {
-			used[ip] = true
-		}
-		return nil
-	}, func(e *kv.DecodeError) {
-		m.skipped(e)
-		// The key exists, so its address is taken whatever the value says.
-		if ip, err := netip.ParseAddr(e.Key[len(kv.AddressPrefix(pc.cidr)):]); err == nil {
-			used[ip] = true
-		}
-	}); err != nil {
+	used, err := m.usedAddresses(ctx, pc.cidr)
+	if err != nil {
 		return netip.Addr{}, err
 	}
 	var borrowed netip.Addr
