@@ -56,15 +56,18 @@ type Collected struct {
 func (m *IPAM) CollectGone(ctx context.Context, local Holding) (Collected, error) {
 	var got Collected
 	now := m.cfg.Now()
+	// One listing of hosts/ gives both the liveness rule's records and the
+	// versions a gone host's record is deleted at.
+	live := kv.Liveness{Hosts: map[string]kv.Host{}, Now: now, TTL: GoneAfter * m.cfg.LeaseTTL}
 	hostVersion := map[string]uint64{}
 	if _, err := kv.ListJSON(ctx, m.store, kv.HostsPrefix, func(_ string, ver uint64, h kv.Host) error {
-		hostVersion[h.ID] = ver
+		live.Hosts[h.ID], hostVersion[h.ID] = h, ver
 		return nil
-	}, func(*kv.DecodeError) {}); err != nil { // ReadLiveness reports them
+	}, m.skipped); err != nil {
 		return got, err
 	}
-	live, err := kv.ReadLiveness(ctx, m.store, now, GoneAfter*m.cfg.LeaseTTL, m.skipped)
-	if err != nil {
+	var err error
+	if live.Renewals, err = kv.ReadRenewals(ctx, m.store, m.skipped); err != nil {
 		return got, err
 	}
 	gone := func(host string) bool { return host != m.cfg.Host && !live.HostAlive(host) }
