@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/driver/routing"
 )
 
 // Reconcile makes the kernel match the local state: every network's device
@@ -200,8 +201,7 @@ func owned(name string) bool {
 // Called with d.mu held.
 func (d *Driver) inLocalPool(dst netip.Prefix) bool {
 	for _, n := range d.st.networks {
-		p := n.pool()
-		if dst.IsValid() && dst.Bits() >= p.Bits() && p.Contains(dst.Addr()) {
+		if routing.Inside(n.pool(), dst) {
 			return true
 		}
 	}

@@ -39,8 +39,8 @@ func (Netlink) ReplaceFDB(f kernel.FDB) error              { return kernel.Repla
 func (Netlink) DeleteFDB(f kernel.FDB) error               { return kernel.DeleteFDB(f) }
 func (Netlink) FDBs(link string) ([]kernel.FDB, error)     { return kernel.FDBs(link) }
 
-// inside says whether prefix p lies entirely within pool.
-func inside(pool, p netip.Prefix) bool {
+// Inside says whether prefix p lies entirely within pool.
+func Inside(pool, p netip.Prefix) bool {
 	return p.IsValid() && p.Bits() >= pool.Bits() && pool.Contains(p.Addr())
 }
 
@@ -52,7 +52,7 @@ func checkRoutes(n Network, routes []kernel.Route) ([]kernel.Route, []error) {
 	var ok []kernel.Route
 	var errs []error
 	for _, r := range routes {
-		if !inside(n.Pool, r.Dst) {
+		if !Inside(n.Pool, r.Dst) {
 			errs = append(errs, fmt.Errorf("refusing peer route %s: outside the network's pool %s", r, n.Pool))
 			continue
 		}

@@ -83,7 +83,7 @@ func (in Input) blockProblem(p netip.Prefix, perr error) string {
 		return "not a CIDR"
 	case p.Masked() != p:
 		return fmt.Sprintf("host bits set (the block would be %s)", p.Masked())
-	case !inside(pool, p):
+	case !Inside(pool, p):
 		return fmt.Sprintf("not inside the network's pool %s", pool)
 	case in.View.BlockBits != 0 && p.Bits() != in.View.BlockBits:
 		return fmt.Sprintf("pool %s has /%d blocks", pool, in.View.BlockBits)
