@@ -12,6 +12,9 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/driver/hostgw"
+	"github.com/tartan-net/tartan/driver/vxlan"
+	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -45,7 +48,7 @@ func TestExplicitVNIRaceKeepsWinnersClaim(t *testing.T) {
 	ctx := context.Background()
 	mem := kv.NewMemory()
 	pool := netip.MustParsePrefix("10.61.0.0/16")
-	opts := NetworkOptions{Backend: BackendVXLAN, VNI: 100}
+	opts := Options{Backend: vxlan.Name, VNI: 100}
 	store := &racyStore{Store: mem, key: kv.NetworkPath(pool.String())}
 	b := testDriver("b", store)
 	store.before = func() { // a wins the network record while b is past its VNI claim
@@ -68,29 +71,29 @@ func TestExplicitVNIRaceKeepsWinnersClaim(t *testing.T) {
 // internal on one host had egress on another. They must agree cluster-wide.
 func TestOptionsAgreeWithClusterRecord(t *testing.T) {
 	pool := netip.MustParsePrefix("10.63.0.0/16")
-	cur := kv.Network{Pool: pool.String(), Backend: BackendVXLAN, VNI: 5, Internal: true, MTU: 1400}
-	same := NetworkOptions{Backend: BackendVXLAN, Internal: true, MTU: 1400}
+	cur := kv.Network{Pool: pool.String(), Backend: vxlan.Name, VNI: 5, Internal: true, MTU: 1400}
+	same := Options{Backend: vxlan.Name, Internal: true, MTU: 1400}
 	if err := agrees(pool, cur, same); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
-		o    NetworkOptions
+		o    Options
 		word string
 	}{
-		{NetworkOptions{Backend: BackendHostGW, Internal: true, MTU: 1400}, "tartan.backend=vxlan"},
-		{NetworkOptions{Backend: BackendVXLAN, VNI: 6, Internal: true, MTU: 1400}, "VNI 5"},
-		{NetworkOptions{Backend: BackendVXLAN, MTU: 1400}, "--internal"},
-		{NetworkOptions{Backend: BackendVXLAN, Internal: true}, "mtu=1400"},
-		{NetworkOptions{Backend: BackendVXLAN, Internal: true, MTU: 1400, DirectRouting: true}, "directrouting=false"},
+		{Options{Backend: hostgw.Name, Internal: true, MTU: 1400}, "tartan.backend=vxlan"},
+		{Options{Backend: vxlan.Name, VNI: 6, Internal: true, MTU: 1400}, "VNI 5"},
+		{Options{Backend: vxlan.Name, MTU: 1400}, "--internal"},
+		{Options{Backend: vxlan.Name, Internal: true}, "mtu=1400"},
+		{Options{Backend: vxlan.Name, Internal: true, MTU: 1400, DirectRouting: true}, "directrouting=false"},
 	} {
 		err := agrees(pool, cur, c.o)
-		if !errors.Is(err, kv.ErrInvalid) || !strings.Contains(err.Error(), c.word) || !strings.Contains(err.Error(), pool.String()) {
+		if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), c.word) || !strings.Contains(err.Error(), pool.String()) {
 			t.Errorf("%+v: %v, want an error naming %q", c.o, err, c.word)
 		}
 	}
 	// A swarm manager is not told about --internal: its record does not decide it.
 	cur.Swarm = true
-	if err := agrees(pool, cur, NetworkOptions{Backend: BackendVXLAN, MTU: 1400}); err != nil {
+	if err := agrees(pool, cur, Options{Backend: vxlan.Name, MTU: 1400}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -105,7 +108,7 @@ func TestUndoKeepsRecordOtherHostsMayUse(t *testing.T) {
 	if _, err := kv.PutJSON(ctx, mem, kv.PoolPath(pool.String()), poolRec, 0); err != nil {
 		t.Fatal(err)
 	}
-	rec, undo, err := testDriver("a", mem).clusterNetwork(ctx, pool, NetworkOptions{Backend: BackendVXLAN}, false)
+	rec, undo, err := testDriver("a", mem).clusterNetwork(ctx, pool, Options{Backend: vxlan.Name}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +126,7 @@ func TestUndoKeepsRecordOtherHostsMayUse(t *testing.T) {
 	if _, err := kv.Update(ctx, mem, kv.PoolPath(pool.String()), func(p *kv.Pool, _ bool) error { *p = poolRec; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	rec, undo, err = testDriver("a", mem).clusterNetwork(ctx, pool, NetworkOptions{Backend: BackendVXLAN}, false)
+	rec, undo, err = testDriver("a", mem).clusterNetwork(ctx, pool, Options{Backend: vxlan.Name}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,8 +154,8 @@ func (s slowStore) Get(ctx context.Context, key string) (kv.Pair, error) {
 // every other network of the host.
 func TestSlowStoreDoesNotStallOtherRequests(t *testing.T) {
 	d := testDriver("a", slowStore{Store: kv.NewMemory(), delay: 2 * time.Second})
-	d.st.networks["n1"] = netRec{ID: "n1", Pool: "10.64.0.0/24", Backend: BackendVXLAN, Gateway: "169.254.1.1"}
-	d.st.endpoints["e1"] = epRec{ID: "e1", Network: "n1", IP: "10.64.0.2", HostIf: "tne1", PeerIf: "tpe1"}
+	d.st.networks["n1"] = localNetwork{ID: "n1", Pool: "10.64.0.0/24", Backend: vxlan.Name, Gateway: "169.254.1.1"}
+	d.st.endpoints["e1"] = localEndpoint{ID: "e1", Network: "n1", IP: "10.64.0.2", HostIf: "tne1", PeerIf: "tpe1"}
 	done := make(chan error, 1)
 	go func() {
 		done <- d.CreateNetwork(context.Background(), &network.CreateNetworkRequest{NetworkID: "n2",
@@ -200,8 +203,8 @@ func TestPoolReleaseWaitsForTheNetwork(t *testing.T) {
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
 	d := New(kv.NewMemory(), kv.NewMemory(), p, &firewall.Firewall{}, Config{Host: "a"}, log)
-	d.st.networks["n1"] = netRec{ID: "n1", Pool: "10.66.0.0/24", Backend: BackendHostGW, Space: ipam.LocalSpace, Gateway: "169.254.1.1"}
-	d.st.networks["n2"] = netRec{ID: "n2", Pool: "10.67.0.0/24", Backend: BackendHostGW, Space: ipam.LocalSpace, Gateway: "169.254.1.2"}
+	d.st.networks["n1"] = localNetwork{ID: "n1", Pool: "10.66.0.0/24", Backend: hostgw.Name, Space: ipam.LocalSpace, Gateway: "169.254.1.1"}
+	d.st.networks["n2"] = localNetwork{ID: "n2", Pool: "10.67.0.0/24", Backend: hostgw.Name, Space: ipam.LocalSpace, Gateway: "169.254.1.2"}
 	id := ipam.PoolID{Space: ipam.LocalSpace, CIDR: netip.MustParsePrefix("10.66.0.0/24")}
 	if !d.DeferRelease(id) || !d.st.networks["n1"].ReleasePending {
 		t.Fatal("a release of a pool a network uses is not deferred")

@@ -357,36 +357,6 @@ func TestPublishedPortConflicts(t *testing.T) {
 	}
 }
 
-func TestOptionErrors(t *testing.T) {
-	for _, c := range []struct {
-		opts map[string]any
-		word string
-	}{
-		{generic("tartan.backend", "ipvlan"), "unknown backend -o tartan.backend=ipvlan"},
-		{generic("tartan.vni", "0"), "use a number from 1 to 16777215"},
-		{generic("tartan.vni", "5", "tartan.backend", "host-gw"), "vxlan backend only"},
-		{generic("tartan.directrouting", "maybe"), "not a boolean"},
-		{generic("com.docker.network.driver.mtu", "12"), "not a usable MTU"},
-		{generic("parent", "eth0"), "-o parent applies to the macvlan backend only"},
-		{generic("tartan.backend", "macvlan", "macvlan_mode", "l2"), "use bridge, private, vepa or passthru"},
-		{generic("tartan.backend", "macvlan", "parent", "eth0.5000"), "VLAN IDs go from 1 to 4094"},
-		{generic("tartan.backend", "macvlan", "parent", "a/b"), "is not an interface name"},
-		{generic("tartan.backend", "macvlan", "tartan.hostaccess", "true", "macvlan_mode", "vepa"), "needs -o macvlan_mode=bridge"},
-		{generic("tartan.backend", "macvlan", "tartan.vni", "3"), "vxlan backend only"},
-		{generic("tartan.cluster", "maybe"), "-o tartan.cluster=maybe is not a boolean"},
-		{map[string]any{"com.docker.network.enable_ipv6": true}, "IPv6"},
-	} {
-		_, err := driver.ParseNetworkOptions(c.opts)
-		if err == nil || !strings.Contains(err.Error(), c.word) {
-			t.Errorf("%v: %v, want %q", c.opts, err, c.word)
-		}
-	}
-	o, err := driver.ParseNetworkOptions(generic("tartan.backend", "vxlan", "tartan.vni", "42", "tartan.directrouting", "true", "com.docker.network.driver.mtu", "1400", "com.docker.network.bridge.name", "ignored"))
-	if err != nil || o.VNI != 42 || !o.DirectRouting || o.MTU != 1400 {
-		t.Fatalf("%+v %v", o, err)
-	}
-}
-
 // macvlan plays Docker's part for a macvlan endpoint: create, join, move the
 // link into namespace ns with the pool's mask and the gateway Join returns.
 func (b *bed) macvlan(netID, epID, ns, ip string) *network.JoinResponse {

@@ -9,6 +9,7 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -24,13 +25,13 @@ func TestFailedDeleteKeepsWatcher(t *testing.T) {
 	d := New(kv.NewMemory(), kv.NewMemory(), nil, &firewall.Firewall{}, Config{Host: "h1"}, log)
 	// The step that fails: deleting the network's device. The kernel never
 	// deletes the loopback device, so this fails without touching anything.
-	n := netRec{ID: "net-fail", Pool: "10.254.0.0/16", Backend: BackendVXLAN, Device: "lo", Gateway: "169.254.1.1"}
+	n := localNetwork{ID: "net-fail", Pool: "10.254.0.0/16", Backend: vxlan.Name, Device: "lo", Gateway: "169.254.1.1"}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	d.Start(ctx)
 	d.mu.Lock()
 	d.st.networks[n.ID] = n
-	d.startWatch(n)
+	d.startRoutingLocked(n)
 	d.mu.Unlock()
 
 	if err := d.DeleteNetwork(ctx, &network.DeleteNetworkRequest{NetworkID: n.ID}); err == nil {
@@ -44,5 +45,5 @@ func TestFailedDeleteKeepsWatcher(t *testing.T) {
 	if !d.routes.Has(n.ID) {
 		t.Fatal("the network has no watcher after a failed delete")
 	}
-	d.stopWatch(n.ID)
+	d.routes.Remove(n.ID)
 }

@@ -11,9 +11,10 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
-	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/errdefs"
 )
 
 // Docker's key for published ports in ProgramExternalConnectivity.
@@ -30,12 +31,7 @@ type portBinding struct {
 }
 
 // published is one port an endpoint publishes, as kept in its record.
-type published struct {
-	Proto    string `json:"proto"`
-	HostIP   string `json:"hostIP,omitempty"`
-	HostPort int    `json:"hostPort"`
-	Port     int    `json:"port"`
-}
+type published = backend.Port
 
 var protocols = map[int]string{6: "tcp", 17: "udp", 132: "sctp"}
 
@@ -47,32 +43,32 @@ func parsePorts(opts map[string]any) ([]published, error) {
 	}
 	b, err := json.Marshal(raw)
 	if err != nil {
-		return nil, kv.Invalid("published ports have an unexpected form: %v", err)
+		return nil, errdefs.Invalid("published ports have an unexpected form: %v", err)
 	}
 	var bindings []portBinding
 	if err := json.Unmarshal(b, &bindings); err != nil {
-		return nil, kv.Invalid("published ports have an unexpected form: %v", err)
+		return nil, errdefs.Invalid("published ports have an unexpected form: %v", err)
 	}
 	var out []published
 	for _, pb := range bindings {
 		proto, ok := protocols[pb.Proto]
 		if !ok {
-			return nil, kv.Invalid("published port %d uses protocol %d: tartan publishes tcp, udp and sctp", pb.Port, pb.Proto)
+			return nil, errdefs.Invalid("published port %d uses protocol %d: tartan publishes tcp, udp and sctp", pb.Port, pb.Proto)
 		}
 		if pb.HostPort == 0 {
-			return nil, kv.Invalid("port %d/%s has no host port: tartan publishes explicit ports only, use -p HOSTPORT:%d", pb.Port, proto, pb.Port)
+			return nil, errdefs.Invalid("port %d/%s has no host port: tartan publishes explicit ports only, use -p HOSTPORT:%d", pb.Port, proto, pb.Port)
 		}
 		if pb.HostPortEnd != 0 && pb.HostPortEnd != pb.HostPort {
-			return nil, kv.Invalid("host port range %d-%d for %d/%s: tartan publishes single ports, use -p HOSTPORT:%d", pb.HostPort, pb.HostPortEnd, pb.Port, proto, pb.Port)
+			return nil, errdefs.Invalid("host port range %d-%d for %d/%s: tartan publishes single ports, use -p HOSTPORT:%d", pb.HostPort, pb.HostPortEnd, pb.Port, proto, pb.Port)
 		}
 		if pb.Port < 1 || pb.Port > 65535 || pb.HostPort < 1 || pb.HostPort > 65535 {
-			return nil, kv.Invalid("published port %d:%d/%s is out of range", pb.HostPort, pb.Port, proto)
+			return nil, errdefs.Invalid("published port %d:%d/%s is out of range", pb.HostPort, pb.Port, proto)
 		}
 		p := published{Proto: proto, HostPort: pb.HostPort, Port: pb.Port}
 		if pb.HostIP != "" {
 			ip, err := netip.ParseAddr(pb.HostIP)
 			if err != nil || !ip.Is4() {
-				return nil, kv.Invalid("host address %q of published port %d: use an IPv4 address of this host", pb.HostIP, pb.HostPort)
+				return nil, errdefs.Invalid("host address %q of published port %d: use an IPv4 address of this host", pb.HostIP, pb.HostPort)
 			}
 			if !ip.IsUnspecified() {
 				p.HostIP = ip.String()
@@ -97,65 +93,81 @@ func (d *Driver) RevokeExternalConnectivity(ctx context.Context, r *network.Revo
 	return d.setPorts(ctx, r.EndpointID, nil)
 }
 
+// setPorts makes ports the endpoint's published ports. d.portsMu orders
+// changes of ports (a port checked free stays free until it is taken);
+// d.mu is held only to read and change the records.
 func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []published) error {
+	d.portsMu.Lock()
+	defer d.portsMu.Unlock()
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	e, ok := d.st.endpoints[endpointID]
+	n := d.st.networks[e.Network]
+	endpoints, networks := maps.Clone(d.st.endpoints), maps.Clone(d.st.networks)
+	busy := map[string]bool{}
+	for id := range d.inflight {
+		busy[id] = true // a call is making or removing its links
+	}
+	d.mu.Unlock()
 	if !ok {
 		if len(ports) == 0 {
 			return nil
 		}
-		return kv.Invalid("endpoint %s is not known to tartan on this host", shortID(endpointID))
+		return errdefs.Invalid("endpoint %s is not known to tartan on this host", shortID(endpointID))
 	}
-	n := d.st.networks[e.Network]
 	if n.Internal {
 		ports = nil // Docker's internal networks publish nothing either
 	}
-	if n.bridged() && len(ports) > 0 {
-		return kv.Invalid("ports cannot be published on macvlan network %s: the container is reachable at its own address %s on the parent's segment, remove -p", shortID(n.ID), e.IP)
+	if len(ports) > 0 {
+		if err := d.backendOf(n).PublishRefused(n, e); err != nil {
+			return err
+		}
 	}
 	prev := e.Ports
 	if slices.Equal(prev, ports) {
 		return nil // Docker revokes on every stop: nothing to rewrite
 	}
-	dead := deadHolders(e.ID, ports, d.st.endpoints, d.st.networks, func(o epRec) bool {
-		_, busy := d.inflight[o.ID] // a call is making or removing its links
-		return busy || kernel.LinkExists(o.HostIf)
+	dead := deadHolders(e.ID, ports, endpoints, networks, func(o localEndpoint) bool {
+		on := networks[o.Network]
+		return busy[o.ID] || d.backendOf(on).Live(on, o)
 	})
-	if err := checkPorts(e.ID, ports, prev, d.st.endpoints, dead); err != nil {
+	if err := checkPorts(e.ID, ports, prev, endpoints, dead); err != nil {
 		return err
 	}
+	d.mu.Lock()
 	held := withdrawPorts(d.st.endpoints, dead)
-	e.Ports = ports
-	d.st.endpoints[e.ID] = e
-	if err := d.applyFirewall(); err != nil {
-		// (d.mu was released meanwhile: put back only what still exists.)
+	if cur, ok := d.st.endpoints[e.ID]; ok {
+		cur.Ports = ports
+		d.st.endpoints[e.ID] = cur
+	}
+	d.mu.Unlock()
+	if err := d.writeFirewall(); err != nil {
+		d.mu.Lock()
 		for id, h := range held {
-			if _, ok := d.st.endpoints[id]; ok {
-				d.st.endpoints[id] = h
+			if cur, ok := d.st.endpoints[id]; ok {
+				cur.Ports = h.Ports
+				d.st.endpoints[id] = cur
 			}
 		}
 		if cur, ok := d.st.endpoints[e.ID]; ok {
 			cur.Ports = prev
 			d.st.endpoints[e.ID] = cur
 		}
+		d.mu.Unlock()
 		return err
 	}
-	for _, id := range dead {
+	for _, id := range append(dead, e.ID) {
+		d.mu.Lock()
 		cur, ok := d.st.endpoints[id]
+		d.mu.Unlock()
 		if !ok {
-			continue
+			continue // deleted meanwhile
 		}
-		d.log.WithFields(logrus.Fields{"endpoint": shortID(id), "ports": held[id].Ports}).Warn("withdrew the published ports of an endpoint whose veth is gone")
+		if id != e.ID {
+			d.log.WithFields(logrus.Fields{"endpoint": shortID(id), "ports": held[id].Ports}).Warn("withdrew the published ports of an endpoint whose veth is gone")
+		}
 		if err := putLocal(ctx, d.local, localEndpoints+id, cur); err != nil {
 			return fmt.Errorf("save endpoint %s: %w", shortID(id), err)
 		}
-	}
-	if _, ok := d.st.endpoints[e.ID]; !ok {
-		return nil // deleted while the firewall was written
-	}
-	if err := putLocal(ctx, d.local, localEndpoints+e.ID, e); err != nil {
-		return fmt.Errorf("save endpoint %s: %w", shortID(e.ID), err)
 	}
 	if len(ports) > 0 {
 		d.log.WithFields(logrus.Fields{"endpoint": shortID(e.ID), "ports": ports}).Info("ports published")
@@ -163,20 +175,17 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []publis
 	return nil
 }
 
-// firewallPorts lists every published port of this host's endpoints.
-func (d *Driver) firewallPorts() []firewall.Port { return portRules(d.st.endpoints) }
-
 // portRules lists the endpoints' published ports in a fixed order (endpoint
 // ID, then port): the DNAT rules are rendered in this order, and a map's
 // order would let the owner of a contested port change at every rewrite.
-func portRules(endpoints map[string]epRec) []firewall.Port {
+func portRules(endpoints map[string]localEndpoint) []firewall.Port {
 	var out []firewall.Port
 	for _, id := range slices.Sorted(maps.Keys(endpoints)) {
 		e := endpoints[id]
 		ports := slices.Clone(e.Ports)
 		slices.SortFunc(ports, comparePublished)
 		for _, p := range ports {
-			fp := firewall.Port{Proto: p.Proto, HostPort: p.HostPort, IP: e.ip(), Port: p.Port}
+			fp := firewall.Port{Proto: p.Proto, HostPort: p.HostPort, IP: e.Addr(), Port: p.Port}
 			if p.HostIP != "" {
 				fp.HostIP, _ = netip.ParseAddr(p.HostIP)
 			}
@@ -194,7 +203,7 @@ func comparePublished(a, b published) int {
 // publishes, or that a host process holds (sshd on 22, Docker's proxy for a
 // bridge container's -p, ...): tartan's DNAT would silently take their
 // traffic. Ports the endpoint published already are its own.
-func checkPorts(id string, ports, prev []published, endpoints map[string]epRec, dead []string) error {
+func checkPorts(id string, ports, prev []published, endpoints map[string]localEndpoint, dead []string) error {
 	live := maps.Clone(endpoints)
 	for _, d := range dead {
 		delete(live, d)
@@ -223,8 +232,8 @@ func checkPorts(id string, ports, prev []published, endpoints map[string]epRec, 
 // veth no longer exists, or a record whose network this host no longer has
 // (Docker never removed them, see staleEndpoints). Their DNAT rules lead
 // nowhere, so they must not keep a new container from the port. alive says
-// whether a routed endpoint's veth is there.
-func deadHolders(id string, ports []published, endpoints map[string]epRec, networks map[string]netRec, alive func(epRec) bool) []string {
+// whether the endpoint may still have its container (backend.Live).
+func deadHolders(id string, ports []published, endpoints map[string]localEndpoint, networks map[string]localNetwork, alive func(localEndpoint) bool) []string {
 	var out []string
 	for _, oid := range slices.Sorted(maps.Keys(endpoints)) {
 		o := endpoints[oid]
@@ -233,7 +242,7 @@ func deadHolders(id string, ports []published, endpoints map[string]epRec, netwo
 		}) {
 			continue
 		}
-		if n, ok := networks[o.Network]; !ok || (!n.bridged() && !alive(o)) {
+		if _, ok := networks[o.Network]; !ok || !alive(o) {
 			out = append(out, oid)
 		}
 	}
@@ -242,10 +251,13 @@ func deadHolders(id string, ports []published, endpoints map[string]epRec, netwo
 
 // withdrawPorts clears the published ports of the endpoints ids and returns
 // their records as they were, to put back if the change fails.
-func withdrawPorts(endpoints map[string]epRec, ids []string) map[string]epRec {
-	held := map[string]epRec{}
+func withdrawPorts(endpoints map[string]localEndpoint, ids []string) map[string]localEndpoint {
+	held := map[string]localEndpoint{}
 	for _, id := range ids {
-		e := endpoints[id]
+		e, ok := endpoints[id]
+		if !ok {
+			continue
+		}
 		held[id] = e
 		e.Ports = nil
 		endpoints[id] = e
@@ -256,11 +268,11 @@ func withdrawPorts(endpoints map[string]epRec, ids []string) map[string]epRec {
 // publishedConflict finds a host port of ports that overlaps one another
 // endpoint publishes (same protocol and port; an unspecified host address
 // overlaps every address), or that ports itself binds to two targets.
-func publishedConflict(id string, ports []published, endpoints map[string]epRec) error {
+func publishedConflict(id string, ports []published, endpoints map[string]localEndpoint) error {
 	for i, p := range ports {
 		for _, q := range ports[:i] {
 			if samePort(p, q) && p != q {
-				return kv.Invalid("port %s is published twice by this container (to %d and %d): give it one -p", hostPort(p), q.Port, p.Port)
+				return errdefs.Invalid("port %s is published twice by this container (to %d and %d): give it one -p", hostPort(p), q.Port, p.Port)
 			}
 		}
 		for _, other := range slices.Sorted(maps.Keys(endpoints)) {
@@ -269,7 +281,7 @@ func publishedConflict(id string, ports []published, endpoints map[string]epRec)
 			}
 			for _, q := range endpoints[other].Ports {
 				if samePort(p, q) {
-					return kv.InUse("port %s is already published by endpoint %s on this host: pick another host port", hostPort(q), shortID(other))
+					return errdefs.InUse("port %s is already published by endpoint %s on this host: pick another host port", hostPort(q), shortID(other))
 				}
 			}
 		}
@@ -295,7 +307,7 @@ func listenerConflict(ports []published, socks []kernel.Socket) error {
 			if !a.IsUnspecified() && (!a.Is4() || (p.HostIP != "" && p.HostIP != a.String())) {
 				continue
 			}
-			return kv.InUse("port %s is in use on this host (a process listens on %s/%s): pick another host port", hostPort(p), s, s.Proto)
+			return errdefs.InUse("port %s is in use on this host (a process listens on %s/%s): pick another host port", hostPort(p), s, s.Proto)
 		}
 	}
 	return nil

@@ -10,7 +10,8 @@ import (
 
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
-	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/driver/vxlan"
+	"github.com/tartan-net/tartan/errdefs"
 )
 
 // TestPortRulesOrder: the port rules come out in endpoint ID order, then
@@ -18,10 +19,10 @@ import (
 // map's order, so the owner of a contested host port (the first DNAT rule)
 // changed between rewrites.
 func TestPortRulesOrder(t *testing.T) {
-	eps := map[string]epRec{}
+	eps := map[string]localEndpoint{}
 	for i := 9; i >= 0; i-- {
 		id := fmt.Sprintf("%02d%s", i, strings.Repeat("e", 62))
-		eps[id] = epRec{ID: id, IP: fmt.Sprintf("10.244.0.%d", i+2), Ports: []published{
+		eps[id] = localEndpoint{ID: id, IP: fmt.Sprintf("10.244.0.%d", i+2), Ports: []published{
 			{Proto: "udp", HostPort: 8080, Port: 80}, {Proto: "tcp", HostPort: 9090, Port: 90}, {Proto: "tcp", HostPort: 8080, Port: 80},
 		}}
 	}
@@ -51,7 +52,7 @@ func TestPortRulesOrder(t *testing.T) {
 // holder. Before the fix (M8) both endpoints got their DNAT rule.
 func TestPublishedConflict(t *testing.T) {
 	holder := "abc123def4567890"
-	eps := map[string]epRec{
+	eps := map[string]localEndpoint{
 		holder:     {ID: holder, Ports: []published{{Proto: "tcp", HostPort: 8080, Port: 80}}},
 		"other1":   {ID: "other1", Ports: []published{{Proto: "tcp", HostIP: "10.0.0.1", HostPort: 9000, Port: 90}}},
 		"me000000": {ID: "me000000", Ports: []published{{Proto: "tcp", HostPort: 7000, Port: 70}}},
@@ -61,11 +62,11 @@ func TestPublishedConflict(t *testing.T) {
 		err   error
 		words []string
 	}{
-		{[]published{{Proto: "tcp", HostPort: 8080, Port: 81}}, kv.ErrInUse, []string{"port 8080/tcp is already published by endpoint abc123def456 on this host: pick another host port"}},
-		{[]published{{Proto: "tcp", HostIP: "10.0.0.2", HostPort: 8080, Port: 81}}, kv.ErrInUse, []string{"port 8080/tcp", "abc123def456"}},
-		{[]published{{Proto: "tcp", HostPort: 9000, Port: 90}}, kv.ErrInUse, []string{"port 10.0.0.1:9000/tcp", "other1"}},
-		{[]published{{Proto: "tcp", HostIP: "10.0.0.1", HostPort: 9000, Port: 90}}, kv.ErrInUse, []string{"other1"}},
-		{[]published{{Proto: "tcp", HostPort: 5000, Port: 80}, {Proto: "tcp", HostPort: 5000, Port: 81}}, kv.ErrInvalid, []string{"port 5000/tcp is published twice", "80 and 81"}},
+		{[]published{{Proto: "tcp", HostPort: 8080, Port: 81}}, errdefs.ErrInUse, []string{"port 8080/tcp is already published by endpoint abc123def456 on this host: pick another host port"}},
+		{[]published{{Proto: "tcp", HostIP: "10.0.0.2", HostPort: 8080, Port: 81}}, errdefs.ErrInUse, []string{"port 8080/tcp", "abc123def456"}},
+		{[]published{{Proto: "tcp", HostPort: 9000, Port: 90}}, errdefs.ErrInUse, []string{"port 10.0.0.1:9000/tcp", "other1"}},
+		{[]published{{Proto: "tcp", HostIP: "10.0.0.1", HostPort: 9000, Port: 90}}, errdefs.ErrInUse, []string{"other1"}},
+		{[]published{{Proto: "tcp", HostPort: 5000, Port: 80}, {Proto: "tcp", HostPort: 5000, Port: 81}}, errdefs.ErrInvalid, []string{"port 5000/tcp is published twice", "80 and 81"}},
 		// No conflict: another protocol, another address, the endpoint's own port, an exact repeat.
 		{[]published{{Proto: "udp", HostPort: 8080, Port: 80}}, nil, nil},
 		{[]published{{Proto: "tcp", HostIP: "10.0.0.2", HostPort: 9000, Port: 90}}, nil, nil},
@@ -126,7 +127,7 @@ func TestListenerConflict(t *testing.T) {
 			}
 			continue
 		}
-		if !errors.Is(err, kv.ErrInUse) || !strings.Contains(err.Error(), c.want) {
+		if !errors.Is(err, errdefs.ErrInUse) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: got %v, want %q", c.p, err, c.want)
 		}
 	}
@@ -136,22 +137,22 @@ func TestListenerConflict(t *testing.T) {
 // gone (routed, veth missing; or network gone) do not block it, and only
 // those that hold a wanted port are named.
 func TestDeadHolders(t *testing.T) {
-	nets := map[string]netRec{"vx": {ID: "vx", Backend: BackendVXLAN}}
+	nets := map[string]localNetwork{"vx": {ID: "vx", Backend: vxlan.Name}}
 	tcp8080 := []published{{Proto: "tcp", HostPort: 8080, Port: 80}}
-	eps := map[string]epRec{
+	eps := map[string]localEndpoint{
 		"me":       {ID: "me", Network: "vx", HostIf: "tnme"},
 		"alive":    {ID: "alive", Network: "vx", HostIf: "tnalive", Ports: tcp8080},
 		"gone":     {ID: "gone", Network: "vx", HostIf: "tngone", Ports: tcp8080},
 		"orphan":   {ID: "orphan", Network: "deleted", HostIf: "tnorphan", Ports: tcp8080},
 		"gone9090": {ID: "gone9090", Network: "vx", HostIf: "tngone9090", Ports: []published{{Proto: "tcp", HostPort: 9090, Port: 90}}},
 	}
-	exists := func(e epRec) bool { return e.HostIf == "tnalive" || e.HostIf == "tnme" }
+	exists := func(e localEndpoint) bool { return e.HostIf == "tnalive" || e.HostIf == "tnme" }
 	if got := deadHolders("me", tcp8080, eps, nets, exists); !slices.Equal(got, []string{"gone", "orphan"}) {
 		t.Fatalf("dead holders %v, want [gone orphan]", got)
 	}
 	// The live holder still blocks the port.
 	err := checkPorts("me", tcp8080, nil, eps, []string{"gone", "orphan"})
-	if !errors.Is(err, kv.ErrInUse) || !strings.Contains(err.Error(), "endpoint alive") {
+	if !errors.Is(err, errdefs.ErrInUse) || !strings.Contains(err.Error(), "endpoint alive") {
 		t.Fatalf("live holder: %v", err)
 	}
 	held := withdrawPorts(eps, []string{"gone"})

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,133 +27,224 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 	return errors.Join(err, d.routes.Repair())
 }
 
-// reconcileLocal is Reconcile's part for this host's own objects.
+// reconcileLocal is Reconcile's part for this host's own objects. It holds
+// d.mu only to read and change the tables: the kernel and the local store
+// are called without it.
 func (d *Driver) reconcileLocal(ctx context.Context) error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	nets := maps.Clone(d.st.networks)
+	eps := maps.Clone(d.st.endpoints)
+	d.mu.Unlock()
 	var errs []error
-	wantLinks := map[string]bool{}
-	wantRoutes := map[netip.Prefix]string{}
-	for _, n := range d.st.networks {
-		if n.Device != "" {
-			wantLinks[n.Device] = true
-		}
-		if n.Shim != "" {
-			wantLinks[n.Shim] = true
-		}
-		if err := d.ensureNetwork(n); err != nil {
+	for _, n := range nets {
+		if err := d.backendOf(n).Ensure(n); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	busy := map[string]bool{} // links of endpoints a call is changing now
-	busyIDs := map[string]bool{}
-	for id := range d.inflight {
-		host, peer := kernel.EndpointNames(id)
-		wantLinks[host], wantLinks[peer] = true, true
-		busy[host], busyIDs[id] = true, true
-	}
-	vethGone, unjoined := map[string]bool{}, map[string]bool{}
-	for _, e := range d.st.endpoints {
-		wantLinks[e.HostIf], wantLinks[e.PeerIf] = true, true
-		if busy[e.HostIf] {
-			continue
-		}
-		n, ok := d.st.networks[e.Network]
-		if !ok {
-			continue
-		}
-		if n.bridged() {
-			// The macvlan lives in the container; only the shim's route
-			// to it is the host's to keep.
-			if r, ok := shimRoute(n, e); ok {
-				wantRoutes[r.Dst] = r.Link
-				if err := kernel.ReplaceRoute(r); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			continue
-		}
-		if !kernel.LinkExists(e.HostIf) {
-			vethGone[e.ID] = true
-			continue
-		}
-		if !kernel.PeerInContainer(e.HostIf) {
-			unjoined[e.ID] = true
-		}
-		wantRoutes[netip.PrefixFrom(e.ip(), 32)] = e.HostIf
-		if err := kernel.ConfigureHostSide(e.HostIf, n.gateway(), e.ip()); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	checked := d.checkEndpoints(nets, eps)
+	errs = append(errs, checked.errs...)
 	now := time.Now()
-	errs = append(errs, d.dropStaleLocked(ctx, busyIDs, vethGone, unjoined, now))
-	present := map[string]bool{}
-	for _, prefix := range []string{kernel.EndpointPrefix, kernel.PeerPrefix, kernel.ShimPrefix, kernel.VXLANPrefix} {
-		names, err := kernel.Links(prefix)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, name := range names {
-			present[name] = true
-			if wantLinks[name] || !owned(name) || !d.provenDeadLocked(name, now) {
-				continue
-			}
-			d.log.WithField("if", name).Info("removing a link tartan owns and no longer needs")
-			if err := kernel.DeleteLink(name); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	for name := range d.orphans {
-		if !present[name] || wantLinks[name] {
-			delete(d.orphans, name)
-		}
-	}
-	routes, err := kernel.OwnedRoutes()
+	errs = append(errs, d.dropStale(ctx, checked, now))
+	// The links tartan owns, listed after the check: a link made since is
+	// a call's in flight (lockEndpoint) or a record's.
+	names, err := kernel.Links("")
 	if err != nil {
 		errs = append(errs, err)
+	} else {
+		present := map[string]bool{}
+		for _, name := range names {
+			if owned(name) {
+				present[name] = true
+			}
+		}
+		errs = append(errs, d.pruneLinks(present, now)...)
+		errs = append(errs, d.pruneRoutes(checked, present)...)
 	}
-	for _, r := range routes {
-		if link, ok := wantRoutes[r.Dst]; ok && link == r.Link && !r.Via.IsValid() {
-			continue
-		}
-		if r.Via.IsValid() && d.inLocalPool(r.Dst) {
-			continue // a peer route: routing owns it
-		}
-		if busy[r.Link] || (r.Link != "" && present[r.Link] && !wantLinks[r.Link]) {
-			continue // a link kept until it is proven dead keeps its route
-		}
-		d.log.WithField("route", r.String()).Info("removing a route tartan owns and no longer needs")
-		if err := kernel.DeleteRoute(r); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	// Last: applyFirewall releases d.mu while iptables runs.
-	if err := d.applyFirewall(); err != nil {
+	if err := d.writeFirewall(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
-// dropStaleLocked removes local endpoint records that nothing uses any more
+// checkResult is what the endpoints' check found.
+type checkResult struct {
+	seen     map[string]bool // endpoints checked (the others are new or busy)
+	gone     map[string]bool
+	unjoined map[string]bool
+	routes   map[netip.Prefix]string // destination: link
+	errs     []error
+}
+
+// checkEndpoints has each endpoint's backend repair the host's side of it
+// and report its state. An endpoint another call is changing is left to
+// that call.
+func (d *Driver) checkEndpoints(nets map[string]localNetwork, eps map[string]localEndpoint) checkResult {
+	res := checkResult{seen: map[string]bool{}, gone: map[string]bool{}, unjoined: map[string]bool{}, routes: map[netip.Prefix]string{}}
+	for _, id := range slices.Sorted(maps.Keys(eps)) {
+		n, ok := nets[eps[id].Network]
+		if !ok {
+			continue
+		}
+		unlock, ok := d.tryLockEndpoint(id)
+		if !ok {
+			continue
+		}
+		d.mu.Lock()
+		e, still := d.st.endpoints[id]
+		d.mu.Unlock()
+		if still {
+			res.seen[id] = true
+			st, err := d.backendOf(n).CheckEndpoint(n, e)
+			if err != nil {
+				res.errs = append(res.errs, err)
+			}
+			res.gone[id], res.unjoined[id] = st.Gone, st.Unjoined
+			for _, r := range st.Routes {
+				res.routes[r.Dst] = r.Link
+			}
+		}
+		unlock()
+	}
+	return res
+}
+
+// dropStale removes local endpoint records that nothing uses any more
 // (staleEndpoints says which): Docker never sent DeleteEndpoint for them.
-// Called with d.mu held.
-func (d *Driver) dropStaleLocked(ctx context.Context, busy, vethGone, unjoined map[string]bool, now time.Time) error {
-	res := staleEndpoints(staleInput{Endpoints: d.st.endpoints, Networks: d.st.networks, Busy: busy, VethGone: vethGone,
-		Unjoined: unjoined, JoinGrace: max(d.cfg.OrphanGrace, JoinGrace), Missing: d.missing, Now: now, Grace: d.cfg.OrphanGrace})
+func (d *Driver) dropStale(ctx context.Context, checked checkResult, now time.Time) error {
+	d.mu.Lock()
+	busy := map[string]bool{}
+	for id := range d.st.endpoints {
+		busy[id] = !checked.seen[id]
+	}
+	res := staleEndpoints(staleInput{Endpoints: d.st.endpoints, Networks: d.st.networks, Busy: busy, VethGone: checked.gone,
+		Unjoined: checked.unjoined, JoinGrace: max(d.cfg.OrphanGrace, JoinGrace), Missing: d.missing, Now: now, Grace: d.cfg.OrphanGrace})
 	d.missing = res.Missing
-	var errs []error
+	dropped := make([]localEndpoint, 0, len(res.Drop))
+	ports := false
 	for _, id := range res.Drop {
 		e := d.st.endpoints[id]
-		if err := d.local.Delete(ctx, localEndpoints+id, 0); err != nil {
-			errs = append(errs, fmt.Errorf("forget stale endpoint %s: %w", shortID(id), err))
+		if _, busy := d.inflight[id]; busy {
 			continue
 		}
 		delete(d.st.endpoints, id)
-		d.log.WithFields(logrus.Fields{"endpoint": shortID(id), "ip": e.IP, "network": shortID(e.Network)}).Info("forgot an endpoint Docker never deleted: its veth or its network is gone, or no container took its veth")
+		dropped = append(dropped, e)
+		ports = ports || len(e.Ports) > 0
+	}
+	d.mu.Unlock()
+	var errs []error
+	for _, e := range dropped {
+		if err := d.local.Delete(ctx, localEndpoints+e.ID, 0); err != nil {
+			errs = append(errs, fmt.Errorf("forget stale endpoint %s: %w", shortID(e.ID), err))
+			continue
+		}
+		d.log.WithFields(logrus.Fields{"endpoint": shortID(e.ID), "ip": e.IP, "network": shortID(e.Network)}).Info("forgot an endpoint Docker never deleted: its veth or its network is gone, or no container took its veth")
+	}
+	if ports {
+		errs = append(errs, d.writeFirewall())
 	}
 	return errors.Join(errs...)
+}
+
+// wantedLinksLocked are the links the records and the calls in flight
+// need. Called with d.mu held.
+func (d *Driver) wantedLinksLocked() map[string]bool {
+	want := map[string]bool{}
+	for _, n := range d.st.networks {
+		for _, l := range n.Links() {
+			want[l] = true
+		}
+	}
+	for id := range d.inflight {
+		host, peer := kernel.EndpointNames(id)
+		want[host], want[peer] = true, true
+	}
+	for _, e := range d.st.endpoints {
+		want[e.HostIf], want[e.PeerIf] = true, true
+	}
+	return want
+}
+
+// pruneLinks removes links tartan owns that nothing needs, once they are
+// proven dead (provenDeadLocked).
+// present are the links tartan owns.
+func (d *Driver) pruneLinks(present map[string]bool, now time.Time) []error {
+	var errs []error
+	d.mu.Lock()
+	want := d.wantedLinksLocked()
+	d.mu.Unlock()
+	// Whether a container holds the other end of an unknown endpoint link
+	// (netlink, so asked before the lock is taken again).
+	inContainer := map[string]bool{}
+	for name := range present {
+		if !want[name] && strings.HasPrefix(name, kernel.EndpointPrefix) {
+			inContainer[name] = kernel.PeerInContainer(name)
+		}
+	}
+	d.mu.Lock()
+	want = d.wantedLinksLocked() // a call may have made links meanwhile
+	var dead []string
+	for _, name := range slices.Sorted(maps.Keys(present)) {
+		if !want[name] && d.provenDeadLocked(name, inContainer[name], now) {
+			dead = append(dead, name)
+		}
+	}
+	for name := range d.orphans {
+		if _, ok := present[name]; !ok || want[name] {
+			delete(d.orphans, name)
+		}
+	}
+	d.mu.Unlock()
+	for _, name := range dead {
+		d.log.WithField("if", name).Info("removing a link tartan owns and no longer needs")
+		if err := kernel.DeleteLink(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// pruneRoutes removes routes tartan owns that nothing needs: not an
+// endpoint's (checked.routes), not a peer's (routing owns those), not on a
+// link that is kept until it is proven dead, and not an endpoint's that a
+// call made after the check.
+func (d *Driver) pruneRoutes(checked checkResult, present map[string]bool) []error {
+	routes, err := kernel.OwnedRoutes()
+	if err != nil {
+		return []error{err}
+	}
+	d.mu.Lock()
+	want := d.wantedLinksLocked()
+	fresh := map[netip.Prefix]bool{} // endpoints the check did not see
+	for id, e := range d.st.endpoints {
+		if !checked.seen[id] {
+			fresh[netip.PrefixFrom(e.Addr(), 32)] = true
+		}
+	}
+	busy := map[string]bool{}
+	for id := range d.inflight {
+		host, _ := kernel.EndpointNames(id)
+		busy[host] = true
+	}
+	var drop []kernel.Route
+	for _, r := range routes {
+		switch {
+		case checked.routes[r.Dst] == r.Link && r.Link != "" && !r.Via.IsValid():
+		case r.Via.IsValid() && d.inLocalPoolLocked(r.Dst): // a peer route: routing owns it
+		case busy[r.Link] || fresh[r.Dst]:
+		case r.Link != "" && present[r.Link] && !want[r.Link]: // a link kept until it is proven dead keeps its route
+		default:
+			drop = append(drop, r)
+		}
+	}
+	d.mu.Unlock()
+	var errs []error
+	for _, r := range drop {
+		d.log.WithField("route", r.String()).Info("removing a route tartan owns and no longer needs")
+		if err := kernel.DeleteRoute(r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 // JoinGrace is the least time an endpoint's veth may stay out of every
@@ -165,8 +258,8 @@ const JoinGrace = time.Minute
 // removed once it has stayed unknown for OrphanGrace (an endpoint
 // between Docker's CreateEndpoint and Join has both ends here, briefly).
 // Called with d.mu held.
-func (d *Driver) provenDeadLocked(name string, now time.Time) bool {
-	if strings.HasPrefix(name, kernel.EndpointPrefix) && kernel.PeerInContainer(name) {
+func (d *Driver) provenDeadLocked(name string, inContainer bool, now time.Time) bool {
+	if inContainer {
 		if _, seen := d.orphans[name]; !seen {
 			d.orphans[name] = now
 			d.log.WithField("if", name).Warn("keeping an endpoint link tartan has no record of: a container still holds its other end")
@@ -197,11 +290,11 @@ func owned(name string) bool {
 	return false
 }
 
-// inLocalPool says whether dst is inside the pool of a network of this host.
-// Called with d.mu held.
-func (d *Driver) inLocalPool(dst netip.Prefix) bool {
+// inLocalPoolLocked says whether dst is inside the pool of a network of
+// this host. Called with d.mu held.
+func (d *Driver) inLocalPoolLocked(dst netip.Prefix) bool {
 	for _, n := range d.st.networks {
-		if routing.Inside(n.pool(), dst) {
+		if routing.Inside(n.PoolPrefix(), dst) {
 			return true
 		}
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
+	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/kv"
@@ -26,7 +27,7 @@ func TestRestoreSkipsUnreadableRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	log, hook := logtest.NewNullLogger()
-	d := &Driver{local: local, log: log}
+	d := New(kv.NewMemory(), local, nil, &firewall.Firewall{}, Config{Host: "h1"}, log)
 	if err := d.Restore(ctx); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
@@ -67,7 +68,7 @@ func TestApplyPeersStaysInsideThePool(t *testing.T) {
 		{Dst: netip.MustParsePrefix("0.0.0.0/0"), Link: "h2veth0", Via: netip.MustParseAddr("10.78.0.9")},
 		{Dst: netip.MustParsePrefix("10.231.1.0/26"), Link: "h2veth0", Via: netip.MustParseAddr("10.78.0.9")},
 	}}
-	err := routing.Apply(routing.Netlink{}, netRec{Pool: "10.231.0.0/16"}.routing(), plan)
+	err := routing.Apply(routing.Netlink{}, routing.Network{Pool: netip.MustParsePrefix("10.231.0.0/16")}, plan)
 	if err == nil || !strings.Contains(err.Error(), "refusing peer route 0.0.0.0/0") {
 		t.Fatalf("want the out-of-pool route refused, got %v", err)
 	}

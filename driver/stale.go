@@ -15,17 +15,17 @@ import (
 
 // staleInput is what staleEndpoints decides on.
 type staleInput struct {
-	Endpoints map[string]epRec
-	Networks  map[string]netRec
+	Endpoints map[string]localEndpoint
+	Networks  map[string]localNetwork
 	// Busy are the endpoints a call is changing now (d.inflight): their
 	// links may be missing for a moment, and the call settles the record.
 	Busy map[string]bool
-	// VethGone are the routed endpoints whose host-side veth is missing
-	// now (kernel.LinkExists). macvlan endpoints live in their container
-	// and are never looked at.
+	// VethGone are the endpoints whose host-side interface is missing now
+	// (backend.EndpointState.Gone; a macvlan endpoint lives in its
+	// container and is never gone).
 	VethGone map[string]bool
-	// Unjoined are the routed endpoints whose veth is here but whose other
-	// end no container holds (kernel.PeerInContainer): Docker moves it into
+	// Unjoined are the endpoints whose veth is here but whose other end no
+	// container holds (backend.EndpointState.Unjoined): Docker moves it into
 	// the container right after CreateEndpoint, so one still here after
 	// JoinGrace belongs to a start that failed half-way (the plugin killed
 	// before its reply reached Docker, which then gave the container up).
@@ -53,7 +53,7 @@ type staleResult struct {
 // has been missing for at least Grace, and those whose veth no container
 // has taken for at least JoinGrace (the link goes later, as one tartan owns
 // and has no record of). The caller (Reconcile, with d.mu
-// held) deletes each dropped record from the local store and d.st.endpoints,
+// held; the local store is written after) deletes each dropped record from the local store and d.st.endpoints,
 // rewrites the firewall when a dropped record had published ports, and keeps
 // Missing for its next pass.
 func staleEndpoints(in staleInput) staleResult {
@@ -62,12 +62,8 @@ func staleEndpoints(in staleInput) staleResult {
 		if in.Busy[id] {
 			continue
 		}
-		n, ok := in.Networks[e.Network]
-		if !ok {
+		if _, ok := in.Networks[e.Network]; !ok {
 			out.Drop = append(out.Drop, id)
-			continue
-		}
-		if n.bridged() {
 			continue
 		}
 		grace := in.Grace

@@ -4,20 +4,25 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/tartan-net/tartan/driver/macvlan"
+	"github.com/tartan-net/tartan/driver/vxlan"
 )
 
 // TestStaleEndpoints: records of networks this host no longer has are
 // dropped at once; records whose veth is gone are dropped once it has been
-// gone for the grace period; busy and macvlan endpoints are left alone.
+// gone for the grace period; busy and macvlan endpoints are left alone
+// (macvlan.Backend.CheckEndpoint never reports its endpoints gone or
+// unjoined: TestMacvlanEndpointsNeverStale).
 // Before the fix (L5) Reconcile kept every such record forever and logged
 // it at every RESYNC (there was no decision to test: nothing was dropped).
 func TestStaleEndpoints(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	nets := map[string]netRec{
-		"vx": {ID: "vx", Backend: BackendVXLAN},
-		"mv": {ID: "mv", Backend: BackendMacvlan},
+	nets := map[string]localNetwork{
+		"vx": {ID: "vx", Backend: vxlan.Name},
+		"mv": {ID: "mv", Backend: macvlan.Name},
 	}
-	eps := map[string]epRec{
+	eps := map[string]localEndpoint{
 		"orphan":      {ID: "orphan", Network: "deleted"},      // network gone
 		"orphan-busy": {ID: "orphan-busy", Network: "deleted"}, // network gone, call in flight
 		"live":        {ID: "live", Network: "vx"},             // veth present
@@ -26,7 +31,7 @@ func TestStaleEndpoints(t *testing.T) {
 		"macvlan":     {ID: "macvlan", Network: "mv"},          // its link is in the container
 	}
 	in := staleInput{Endpoints: eps, Networks: nets, Busy: map[string]bool{"orphan-busy": true, "gone-busy": true},
-		VethGone: map[string]bool{"gone": true, "gone-busy": true, "macvlan": true}, Now: t0, Grace: 2 * time.Minute}
+		VethGone: map[string]bool{"gone": true, "gone-busy": true}, Now: t0, Grace: 2 * time.Minute}
 
 	// First pass: the orphan goes at once, the missing veth starts its clock.
 	r := staleEndpoints(in)
@@ -45,11 +50,11 @@ func TestStaleEndpoints(t *testing.T) {
 	}
 
 	// A veth that comes back forgets its clock.
-	in.VethGone = map[string]bool{"gone-busy": true, "macvlan": true}
+	in.VethGone = map[string]bool{"gone-busy": true}
 	if r2 := staleEndpoints(in); len(r2.Missing) != 0 {
 		t.Fatalf("veth back, still remembered: %v", r2.Missing)
 	}
-	in.VethGone = map[string]bool{"gone": true, "gone-busy": true, "macvlan": true}
+	in.VethGone = map[string]bool{"gone": true, "gone-busy": true}
 
 	// After the grace period the record goes; busy and macvlan ones stay.
 	in.Missing, in.Now = r.Missing, t0.Add(2*time.Minute)
@@ -72,9 +77,9 @@ func TestStaleEndpoints(t *testing.T) {
 func TestStaleUnjoinedEndpoints(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	in := staleInput{
-		Networks:  map[string]netRec{"vx": {ID: "vx", Backend: BackendVXLAN}, "mv": {ID: "mv", Backend: BackendMacvlan}},
-		Endpoints: map[string]epRec{"half": {ID: "half", Network: "vx"}, "joined": {ID: "joined", Network: "vx"}, "mac": {ID: "mac", Network: "mv"}, "busy": {ID: "busy", Network: "vx"}},
-		Unjoined:  map[string]bool{"half": true, "mac": true, "busy": true},
+		Networks:  map[string]localNetwork{"vx": {ID: "vx", Backend: vxlan.Name}, "mv": {ID: "mv", Backend: macvlan.Name}},
+		Endpoints: map[string]localEndpoint{"half": {ID: "half", Network: "vx"}, "joined": {ID: "joined", Network: "vx"}, "mac": {ID: "mac", Network: "mv"}, "busy": {ID: "busy", Network: "vx"}},
+		Unjoined:  map[string]bool{"half": true, "busy": true},
 		Busy:      map[string]bool{"busy": true},
 		Now:       t0, Grace: 4 * time.Second, JoinGrace: time.Minute,
 	}
@@ -87,11 +92,11 @@ func TestStaleUnjoinedEndpoints(t *testing.T) {
 		t.Fatalf("dropped %v within JoinGrace", r.Drop)
 	}
 	// Joined meanwhile: the clock is forgotten.
-	in.Unjoined = map[string]bool{"mac": true, "busy": true}
+	in.Unjoined = map[string]bool{"busy": true}
 	if r2 := staleEndpoints(in); len(r2.Missing) != 0 {
 		t.Fatalf("joined, still remembered: %v", r2.Missing)
 	}
-	in.Unjoined = map[string]bool{"half": true, "mac": true, "busy": true}
+	in.Unjoined = map[string]bool{"half": true, "busy": true}
 	in.Missing, in.Now = r.Missing, t0.Add(time.Minute)
 	if r = staleEndpoints(in); !slices.Equal(r.Drop, []string{"half"}) {
 		t.Fatalf("after JoinGrace: drop %v, want [half]", r.Drop)

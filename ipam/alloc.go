@@ -3,7 +3,7 @@ package ipam
 import (
 	"net/netip"
 
-	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/errdefs"
 )
 
 // Layout is the pure description of a pool that allocation works on: the
@@ -23,16 +23,16 @@ const MaxPoolBits = 30
 func ParsePool(what, s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		return p, kv.Invalid("%s %q is not a CIDR: write it like 10.244.0.0/16", what, s)
+		return p, errdefs.Invalid("%s %q is not a CIDR: write it like 10.244.0.0/16", what, s)
 	}
 	if !p.Addr().Is4() {
-		return p, kv.Invalid("%s %s is not IPv4: tartan supports IPv4 pools only", what, s)
+		return p, errdefs.Invalid("%s %s is not IPv4: tartan supports IPv4 pools only", what, s)
 	}
 	if p.Masked() != p {
-		return p, kv.Invalid("%s %s has host bits set: use %s", what, s, p.Masked())
+		return p, errdefs.Invalid("%s %s has host bits set: use %s", what, s, p.Masked())
 	}
 	if p.Bits() > MaxPoolBits {
-		return p, kv.Invalid("%s %s is too small: use a /%d or larger", what, s, MaxPoolBits)
+		return p, errdefs.Invalid("%s %s is too small: use a /%d or larger", what, s, MaxPoolBits)
 	}
 	return p, CheckSpecial(what, p)
 }
@@ -62,7 +62,7 @@ func specialRanges() []specialRange {
 func CheckSpecial(what string, p netip.Prefix) error {
 	for _, r := range specialRanges() {
 		if p.Overlaps(r.prefix) {
-			return kv.Invalid("%s %s overlaps %s (%s): pick a subnet outside it, such as one in 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
+			return errdefs.Invalid("%s %s overlaps %s (%s): pick a subnet outside it, such as one in 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
 				what, p, r.prefix, r.why)
 		}
 	}
@@ -86,13 +86,13 @@ func NewLayout(pool, rng netip.Prefix, blockBits int) (Layout, error) {
 		rng = pool
 	}
 	if !pool.Contains(rng.Addr()) || rng.Bits() < pool.Bits() {
-		return Layout{}, kv.Invalid("--ip-range %s is not inside --subnet %s: pick a range within the subnet", rng, pool)
+		return Layout{}, errdefs.Invalid("--ip-range %s is not inside --subnet %s: pick a range within the subnet", rng, pool)
 	}
 	if blockBits == 0 {
 		blockBits = DefaultBlockBits(rng)
 	}
 	if blockBits < pool.Bits() || blockBits > 32 {
-		return Layout{}, kv.Invalid("tartan.blocksize=%d does not fit pool %s: use a prefix length from %d to 32", blockBits, pool, pool.Bits())
+		return Layout{}, errdefs.Invalid("tartan.blocksize=%d does not fit pool %s: use a prefix length from %d to 32", blockBits, pool, pool.Bits())
 	}
 	return Layout{Pool: pool, Range: rng, BlockBits: blockBits}, nil
 }

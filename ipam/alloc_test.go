@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/errdefs"
 )
 
 func TestDefaultBlockBits(t *testing.T) {
@@ -98,7 +98,7 @@ func TestParsePoolSpecialRanges(t *testing.T) {
 		{"128.0.0.0/1", "169.254.0.0/16"},
 	} {
 		_, err := ParsePool("--subnet", c.pool)
-		if err == nil || !errors.Is(err, kv.ErrInvalid) {
+		if err == nil || !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("%s: got %v, want an invalid-request error", c.pool, err)
 			continue
 		}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -70,7 +71,7 @@ func New(store kv.Store, cfg Config, log logrus.FieldLogger) *IPAM {
 		cfg.Now = time.Now
 	}
 	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = 24 * time.Hour
+		cfg.LeaseTTL = kv.DefaultLeaseTTL
 	}
 	return &IPAM{store: store, cfg: cfg, log: log, cached: map[string]*poolCache{}}
 }
@@ -94,7 +95,7 @@ func ParsePoolID(s string) (PoolID, error) {
 	space, cidr, ok := strings.Cut(s, ":")
 	p, err := netip.ParsePrefix(cidr)
 	if !ok || err != nil || (space != "local" && space != "global") {
-		return PoolID{}, kv.Invalid("pool ID %q was not made by tartan's IPAM: create the network with --ipam-driver tartan:latest", s)
+		return PoolID{}, errdefs.Invalid("pool ID %q was not made by tartan's IPAM: create the network with --ipam-driver tartan:latest", s)
 	}
 	id := PoolID{Space: LocalSpace, CIDR: p}
 	if space == "global" {
@@ -117,10 +118,10 @@ type PoolRequest struct {
 // RequestPool registers (or joins) a pool and returns its ID.
 func (m *IPAM) RequestPool(ctx context.Context, r PoolRequest) (PoolID, error) {
 	if r.V6 {
-		return PoolID{}, kv.ErrNoIPv6
+		return PoolID{}, errdefs.ErrNoIPv6
 	}
 	if r.Space != LocalSpace && r.Space != GlobalSpace {
-		return PoolID{}, kv.Invalid("address space %q is not tartan's: use %s or %s", r.Space, LocalSpace, GlobalSpace)
+		return PoolID{}, errdefs.Invalid("address space %q is not tartan's: use %s or %s", r.Space, LocalSpace, GlobalSpace)
 	}
 	blockBits := 0
 	for k, v := range r.Options {
@@ -128,17 +129,17 @@ func (m *IPAM) RequestPool(ctx context.Context, r PoolRequest) (PoolID, error) {
 		case k == OptBlockSize:
 			n, err := strconv.Atoi(strings.TrimPrefix(v, "/"))
 			if err != nil {
-				return PoolID{}, kv.Invalid("--ipam-opt %s=%q is not a prefix length: use a number such as 26", OptBlockSize, v)
+				return PoolID{}, errdefs.Invalid("--ipam-opt %s=%q is not a prefix length: use a number such as 26", OptBlockSize, v)
 			}
 			blockBits = n
 		case strings.HasPrefix(k, dockerOptPrefix):
 		default:
-			return PoolID{}, kv.Invalid("unknown --ipam-opt %q: tartan's IPAM knows %s", k, OptBlockSize)
+			return PoolID{}, errdefs.Invalid("unknown --ipam-opt %q: tartan's IPAM knows %s", k, OptBlockSize)
 		}
 	}
 	if r.Pool == "" {
 		if r.SubPool != "" {
-			return PoolID{}, kv.Invalid("--ip-range needs --subnet")
+			return PoolID{}, errdefs.Invalid("--ip-range needs --subnet")
 		}
 		return m.autoPool(ctx, r.Space, blockBits)
 	}
@@ -164,7 +165,7 @@ func (m *IPAM) RequestPool(ctx context.Context, r PoolRequest) (PoolID, error) {
 
 func (m *IPAM) autoPool(ctx context.Context, space string, blockBits int) (PoolID, error) {
 	if !m.cfg.AutoRange.IsValid() {
-		return PoolID{}, kv.Invalid("no --subnet given and no automatic range is set: add --subnet")
+		return PoolID{}, errdefs.Invalid("no --subnet given and no automatic range is set: add --subnet")
 	}
 	for attempt := 0; attempt < 100; attempt++ {
 		pools, err := m.pools(ctx)
@@ -186,14 +187,14 @@ func (m *IPAM) autoPool(ctx context.Context, space string, blockBits int) (PoolI
 			return false
 		})
 		if !chosen.IsValid() {
-			return PoolID{}, kv.InUse("automatic pool range %s is used up (by tartan pools and this host's routes): give --subnet", m.cfg.AutoRange)
+			return PoolID{}, errdefs.InUse("automatic pool range %s is used up (by tartan pools and this host's routes): give --subnet", m.cfg.AutoRange)
 		}
 		layout, err := NewLayout(chosen, netip.Prefix{}, blockBits)
 		if err != nil {
 			return PoolID{}, err
 		}
 		err = m.register(ctx, layout, blockBits != 0, true, space)
-		if errors.Is(err, kv.ErrInUse) {
+		if errors.Is(err, errdefs.ErrInUse) {
 			continue // lost the race for that pool; pick another
 		}
 		if err != nil {
@@ -268,9 +269,9 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 			case auto:
 				// An automatic pick never joins: another network, maybe
 				// on another host, picked it first.
-				return kv.InUse("automatic pool %s was just taken by another network", l.Pool)
+				return errdefs.InUse("automatic pool %s was just taken by another network", l.Pool)
 			case existing.Auto && !held:
-				return kv.InUse("pool %s is already registered by another network: pick another --subnet", l.Pool)
+				return errdefs.InUse("pool %s is already registered by another network: pick another --subnet", l.Pool)
 			}
 			// An explicit request for an automatic pool this host holds is
 			// Docker replaying the pool it got (daemon restart).
@@ -279,10 +280,10 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 				if have == "" {
 					have = "none"
 				}
-				return kv.Invalid("pool %s is registered with --ip-range %s: use the same --ip-range on every host", l.Pool, have)
+				return errdefs.Invalid("pool %s is registered with --ip-range %s: use the same --ip-range on every host", l.Pool, have)
 			}
 			if explicitBits && existing.BlockBits != l.BlockBits {
-				return kv.Invalid("pool %s is registered with %s=%d: use the same value or leave it out", l.Pool, OptBlockSize, existing.BlockBits)
+				return errdefs.Invalid("pool %s is registered with %s=%d: use the same value or leave it out", l.Pool, OptBlockSize, existing.BlockBits)
 			}
 			if held {
 				m.keepOldFolders(ctx, existing)
@@ -330,12 +331,12 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 			if p == l.Pool {
 				same = true // another host registered it just now: join it
 			} else if p.Overlaps(l.Pool) {
-				return kv.InUse("--subnet %s overlaps tartan pool %s that is already registered: pick a subnet outside it", l.Pool, cidr)
+				return errdefs.InUse("--subnet %s overlaps tartan pool %s that is already registered: pick a subnet outside it", l.Pool, cidr)
 			}
 		}
 		if same {
 			if auto {
-				return kv.InUse("automatic pool %s was just taken by another network", l.Pool)
+				return errdefs.InUse("automatic pool %s was just taken by another network", l.Pool)
 			}
 			continue
 		}
@@ -604,7 +605,7 @@ func (m *IPAM) noteGateway(ctx context.Context, pc *poolCache, kind string, ip n
 	_, err := kv.Update(ctx, m.store, kv.PoolPath(cidr), func(p *kv.Pool, exists bool) error {
 		switch {
 		case !exists:
-			return kv.Invalid("pool %s was released while its gateway was reserved: try again", cidr)
+			return errdefs.Invalid("pool %s was released while its gateway was reserved: try again", cidr)
 		case p.Gateway == "":
 			p.Gateway = ip.String()
 			return nil
@@ -617,7 +618,7 @@ func (m *IPAM) noteGateway(ctx context.Context, pc *poolCache, kind string, ip n
 		return err
 	}
 	if conflict != "" {
-		return kv.InUse("pool %s already has gateway %s: use --gateway %s or leave it out", cidr, conflict, conflict)
+		return errdefs.InUse("pool %s already has gateway %s: use --gateway %s or leave it out", cidr, conflict, conflict)
 	}
 	pc.mu.Lock()
 	if pc.gateway == "" {

@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -128,13 +129,13 @@ func TestPools(t *testing.T) {
 			t.Fatal("same pool, different ID")
 		}
 		_, err := b.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.244.128.0/20"})
-		wantErr(t, err, kv.ErrInUse, "10.244.128.0/20", "overlaps", "10.244.0.0/16")
+		wantErr(t, err, errdefs.ErrInUse, "10.244.128.0/20", "overlaps", "10.244.0.0/16")
 		_, err = b.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.0.0.0/8"})
-		wantErr(t, err, kv.ErrInUse, "10.244.0.0/16")
+		wantErr(t, err, errdefs.ErrInUse, "10.244.0.0/16")
 		_, err = b.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.244.0.0/16", SubPool: "10.244.1.0/24"})
-		wantErr(t, err, kv.ErrInvalid, "--ip-range")
+		wantErr(t, err, errdefs.ErrInvalid, "--ip-range")
 		_, err = b.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.244.0.0/16", Options: map[string]string{ipam.OptBlockSize: "24"}})
-		wantErr(t, err, kv.ErrInvalid, "tartan.blocksize=26")
+		wantErr(t, err, errdefs.ErrInvalid, "tartan.blocksize=26")
 		for _, bad := range []struct{ pool, sub, word string }{
 			{"10.1.0.1/16", "", "use 10.1.0.0/16"},
 			{"banana", "", "not a CIDR"},
@@ -143,14 +144,14 @@ func TestPools(t *testing.T) {
 			{"10.3.0.0/16", "10.4.0.0/24", "not inside"},
 		} {
 			_, err := a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: bad.pool, SubPool: bad.sub})
-			wantErr(t, err, kv.ErrInvalid, bad.word)
+			wantErr(t, err, errdefs.ErrInvalid, bad.word)
 		}
 		_, err = a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.5.0.0/16", Options: map[string]string{"color": "red"}})
-		wantErr(t, err, kv.ErrInvalid, `"color"`, ipam.OptBlockSize)
+		wantErr(t, err, errdefs.ErrInvalid, `"color"`, ipam.OptBlockSize)
 		_, err = a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.5.0.0/16", Options: map[string]string{ipam.OptBlockSize: "12"}})
-		wantErr(t, err, kv.ErrInvalid, "does not fit")
+		wantErr(t, err, errdefs.ErrInvalid, "does not fit")
 		_, err = a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, V6: true})
-		wantErr(t, err, kv.ErrInvalid, "IPv6")
+		wantErr(t, err, errdefs.ErrInvalid, "IPv6")
 		// Automatic pools do not collide.
 		p1, err := a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace})
 		if err != nil {
@@ -181,7 +182,7 @@ func TestAddresses(t *testing.T) {
 			t.Fatalf("second host's gateway %s %v", gw2, err)
 		}
 		_, err = b.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: "10.244.0.9", Options: map[string]string{ipam.OptRequestType: ipam.GatewayType}})
-		wantErr(t, err, kv.ErrInUse, "already has gateway 10.244.0.1")
+		wantErr(t, err, errdefs.ErrInUse, "already has gateway 10.244.0.1")
 		first := addr(t, a, id, "", mac(1))
 		if first.Bits() != 32 || !id.CIDR.Contains(first.Addr()) || first.Addr() == gw.Addr() {
 			t.Fatalf("first address %s", first)
@@ -200,11 +201,11 @@ func TestAddresses(t *testing.T) {
 			t.Fatalf("replay %s", again)
 		}
 		_, err = b.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: "10.244.200.7", Options: map[string]string{ipam.OptMACAddress: mac(4)}})
-		wantErr(t, err, kv.ErrInUse, "10.244.200.7", "already in use", "host a")
+		wantErr(t, err, errdefs.ErrInUse, "10.244.200.7", "already in use", "host a")
 		_, err = a.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: "10.245.0.1", Options: map[string]string{ipam.OptMACAddress: mac(5)}})
-		wantErr(t, err, kv.ErrInvalid, "outside pool")
+		wantErr(t, err, errdefs.ErrInvalid, "outside pool")
 		_, err = a.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: "10.244.255.255", Options: map[string]string{ipam.OptMACAddress: mac(5)}})
-		wantErr(t, err, kv.ErrInvalid, "broadcast")
+		wantErr(t, err, errdefs.ErrInvalid, "broadcast")
 		// Aux reservations belong to the pool: both hosts may reserve them.
 		aux := addr(t, a, id, "10.244.100.100", "")
 		if addr(t, b, id, "10.244.100.100", "") != aux {
@@ -221,7 +222,7 @@ func TestAddresses(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err = b.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: "10.244.100.100", Options: map[string]string{ipam.OptMACAddress: mac(6)}})
-		wantErr(t, err, kv.ErrInUse, "aux")
+		wantErr(t, err, errdefs.ErrInUse, "aux")
 		if got := addr(t, b, id, "10.244.200.7", mac(7)); got.String() != "10.244.200.7/32" {
 			t.Fatalf("released address not reusable: %s", got)
 		}
@@ -300,7 +301,7 @@ func TestNoDuplicatesUntilFull(t *testing.T) {
 				for j := 0; ; j++ {
 					a, err := h.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Options: map[string]string{ipam.OptMACAddress: mac(i*100 + j)}})
 					if err != nil {
-						if !errors.Is(err, kv.ErrInUse) || !strings.Contains(err.Error(), "full") {
+						if !errors.Is(err, errdefs.ErrInUse) || !strings.Contains(err.Error(), "full") {
 							errs <- err
 						}
 						return
@@ -445,7 +446,7 @@ func TestGlobalSpaceSwarm(t *testing.T) {
 		other := pool(t, w1, "10.91.0.0/16", "", nil)
 		taken := addr(t, w1, other, "", mac(2))
 		_, err = w2.RequestAddress(ctx, ipam.AddressRequest{Pool: other, Address: taken.Addr().String(), Options: map[string]string{ipam.OptMACAddress: mac(3)}})
-		wantErr(t, err, kv.ErrInUse, "already in use", "host w1")
+		wantErr(t, err, errdefs.ErrInUse, "already in use", "host w1")
 	})
 }
 
@@ -524,7 +525,7 @@ func TestUnreadableRecordsAreSkipped(t *testing.T) {
 		}
 		// An unreadable pool record still holds its range.
 		_, err := a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.81.0.0/24"})
-		wantErr(t, err, kv.ErrInUse, "10.81.0.0/16")
+		wantErr(t, err, errdefs.ErrInUse, "10.81.0.0/16")
 	})
 }
 
@@ -581,7 +582,7 @@ func TestRequestPoolRefusesSpecialRanges(t *testing.T) {
 			{"0.0.0.0/0", "10.0.0.0/24", "--subnet 0.0.0.0/0"},
 		} {
 			_, err := a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: c.pool, SubPool: c.sub})
-			wantErr(t, err, kv.ErrInvalid, c.word, "pick a subnet outside it")
+			wantErr(t, err, errdefs.ErrInvalid, c.word, "pick a subnet outside it")
 		}
 		ps, _, err := e.store.List(ctx, kv.PoolsPrefix)
 		if err != nil || len(ps) != 0 {
@@ -608,7 +609,7 @@ func TestAutoPoolSkipsHostRoutes(t *testing.T) {
 		t.Fatalf("second automatic pool %v %v, want 10.240.3.0/24", id, err)
 	}
 	_, err = im.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace})
-	wantErr(t, err, kv.ErrInUse, "10.240.0.0/22", "this host's routes", "give --subnet")
+	wantErr(t, err, errdefs.ErrInUse, "10.240.0.0/22", "this host's routes", "give --subnet")
 
 	// An AUTO_POOL over link-local never yields a pool there.
 	im = ipam.New(kv.NewMemory(), ipam.Config{Host: "a", AutoRange: netip.MustParsePrefix("169.254.0.0/15"), AutoBits: 24}, log)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -121,13 +122,13 @@ func (m *IPAM) readPool(ctx context.Context, pc *poolCache) error {
 	v, err := kv.GetJSON(ctx, m.store, kv.PoolPath(pc.cidr), &p)
 	if errors.Is(err, kv.ErrNotFound) {
 		m.forget(pc.cidr)
-		return kv.Invalid("pool %s is not registered (it was released): recreate the network", pc.cidr)
+		return errdefs.Invalid("pool %s is not registered (it was released): recreate the network", pc.cidr)
 	}
 	if err != nil {
 		return err
 	}
 	if p.Releasing {
-		return kv.Invalid("pool %s is being released (its network was removed on its last host): recreate the network", pc.cidr)
+		return errdefs.Invalid("pool %s is being released (its network was removed on its last host): recreate the network", pc.cidr)
 	}
 	layout, err := poolLayout(p)
 	if err != nil {
@@ -258,7 +259,7 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 			return ip, nil
 		}
 		if want {
-			return netip.Addr{}, kv.InUse("address %s is already in use (%s on host %s): pick another address or leave it out", ip, cur.Kind, cur.Host)
+			return netip.Addr{}, errdefs.InUse("address %s is already in use (%s on host %s): pick another address or leave it out", ip, cur.Kind, cur.Host)
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("allocate in pool %s: too many concurrent allocations: %w", cidr, kv.ErrConflict)
@@ -281,10 +282,10 @@ func (m *IPAM) choose(ctx context.Context, pc *poolCache, address, kind string) 
 	}
 	ip, err = netip.ParseAddr(address)
 	if err != nil || !ip.Is4() {
-		return netip.Addr{}, true, kv.Invalid("address %q is not an IPv4 address", address)
+		return netip.Addr{}, true, errdefs.Invalid("address %q is not an IPv4 address", address)
 	}
 	if !pc.layout.Usable(ip) {
-		return netip.Addr{}, true, kv.Invalid("address %s is outside pool %s (or is its network or broadcast address): pick an address inside the subnet", ip, pc.cidr)
+		return netip.Addr{}, true, errdefs.Invalid("address %s is outside pool %s (or is its network or broadcast address): pick an address inside the subnet", ip, pc.cidr)
 	}
 	return ip, true, nil
 }
@@ -497,7 +498,7 @@ func (m *IPAM) borrowLocked(ctx context.Context, pc *poolCache) (netip.Addr, err
 		return true
 	})
 	if !borrowed.IsValid() {
-		return netip.Addr{}, kv.InUse("pool %s is full (%d addresses in use): use a larger --subnet", pc.cidr, len(used))
+		return netip.Addr{}, errdefs.InUse("pool %s is full (%d addresses in use): use a larger --subnet", pc.cidr, len(used))
 	}
 	return borrowed, nil
 }
@@ -666,7 +667,7 @@ func (m *IPAM) renewAll(ctx context.Context, now time.Time) error {
 func (m *IPAM) ReleaseAddressBefore(ctx context.Context, id PoolID, address string, before time.Time) error {
 	ip, err := netip.ParseAddr(address)
 	if err != nil {
-		return kv.Invalid("address %q is not an IP address", address)
+		return errdefs.Invalid("address %q is not an IP address", address)
 	}
 	cidr := id.CIDR.String()
 	for attempt := 0; attempt < 100; attempt++ {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -33,7 +34,7 @@ func TestReleaseIsFinishedBeforeReregistration(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := a.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Options: map[string]string{ipam.OptMACAddress: mac(9)}})
-		wantErr(t, err, kv.ErrInvalid, "being released")
+		wantErr(t, err, errdefs.ErrInvalid, "being released")
 		// b registers the subnet afresh: the old incarnation's records are
 		// gone first, and b's own records stay.
 		id = pool(t, b, "10.96.0.0/24", "", nil)
@@ -92,6 +93,6 @@ func TestAutomaticPoolsNeverJoin(t *testing.T) {
 		}
 		// Another host naming it explicitly is refused.
 		_, err = e.host("h9").RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: ids[0].CIDR.String()})
-		wantErr(t, err, kv.ErrInUse, "already registered")
+		wantErr(t, err, errdefs.ErrInUse, "already registered")
 	})
 }

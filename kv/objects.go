@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tartan-net/tartan/errdefs"
 )
 
 // Cluster objects (DESIGN.md §2). One key per object.
@@ -114,6 +116,10 @@ type Host struct {
 type Renewal struct {
 	Renewed time.Time `json:"renewed"`
 }
+
+// DefaultLeaseTTL is how long a host stays alive without renewing its
+// lease, unless LEASE_TTL says otherwise.
+const DefaultLeaseTTL = 24 * time.Hour
 
 // Liveness says which hosts are alive: the rule that routing, allocation
 // and collection share. A host is alive while its last renewal is younger
@@ -439,7 +445,7 @@ func ClaimVNI(ctx context.Context, s Store, want int, pool string) (vni int, cre
 			if gerr == nil && string(p.Value) == pool {
 				return want, false, nil
 			}
-			return 0, false, InUse("VNI %d is used by network %s: pick another -o tartan.vni or leave it out", want, string(p.Value))
+			return 0, false, errdefs.InUse("VNI %d is used by network %s: pick another -o tartan.vni or leave it out", want, string(p.Value))
 		}
 		return want, err == nil, err
 	}
@@ -473,7 +479,7 @@ func ClaimVNI(ctx context.Context, s Store, want int, pool string) (vni int, cre
 			return vni, true, nil // this call's own write, its answer lost
 		}
 	}
-	return 0, false, InUse("every VNI is in use")
+	return 0, false, errdefs.InUse("every VNI is in use")
 }
 
 // DeleteNetworkCAS removes the network record of pool and the VNI it claimed,

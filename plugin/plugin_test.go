@@ -19,6 +19,7 @@ import (
 	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -181,8 +182,8 @@ func TestBrokenSettingsReachTheUser(t *testing.T) {
 
 func TestStatus(t *testing.T) {
 	for err, want := range map[error]int{
-		kv.Invalid("x"): 400,
-		kv.InUse("x"):   409,
+		errdefs.Invalid("x"):                         400,
+		errdefs.InUse("x"):                           409,
 		fmt.Errorf("wrapped: %w", kv.ErrUnavailable): 503,
 		fmt.Errorf("wrapped: %w", kv.ErrDenied):      403,
 		errors.New("boom"):                           500,

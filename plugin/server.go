@@ -14,6 +14,7 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -136,7 +137,7 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, log logrus.Fi
 		}
 		ip, err := netip.ParseAddr(r.Address)
 		if err != nil {
-			return nil, kv.Invalid("address %q is not an IP address", r.Address)
+			return nil, errdefs.Invalid("address %q is not an IP address", r.Address)
 		}
 		if h.drv.EndpointHas(id.CIDR, ip) {
 			h.log.WithFields(logrus.Fields{"pool": id.CIDR, "ip": ip}).Info("not releasing an address a live endpoint of this host has (a late second release)")
@@ -227,9 +228,9 @@ func isNilPtr(v any) bool {
 // Status classifies an error for the HTTP edge.
 func Status(err error) int {
 	switch {
-	case errors.Is(err, kv.ErrInvalid):
+	case errors.Is(err, errdefs.ErrInvalid):
 		return http.StatusBadRequest
-	case errors.Is(err, kv.ErrInUse), errors.Is(err, kv.ErrConflict):
+	case errors.Is(err, errdefs.ErrInUse), errors.Is(err, kv.ErrConflict):
 		return http.StatusConflict
 	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -37,8 +39,8 @@ type Settings struct {
 // them, so that even with an error it returns settings the plugin can run on
 // (it then serves every request with that error).
 func defaults() Settings {
-	return Settings{StateDir: "/host/var/lib/tartan", SysctlRoot: "/host/proc/sys", DockerSocket: "/run/docker.sock", Scope: "local", VXLANPort: 8472,
-		LeaseTTL: 24 * time.Hour, Resync: 30 * time.Second, LogLevel: logrus.InfoLevel,
+	return Settings{StateDir: "/host/var/lib/tartan", SysctlRoot: "/host/proc/sys", DockerSocket: "/run/docker.sock", Scope: "local", VXLANPort: vxlan.DefaultPort,
+		LeaseTTL: kv.DefaultLeaseTTL, Resync: driver.DefaultResync, LogLevel: logrus.InfoLevel,
 		AutoPool: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}
 }
 
@@ -86,7 +88,7 @@ func ParseSettings(env func(string) string) (Settings, error) {
 	if v := strings.TrimSpace(env("VXLAN_PORT")); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 65535 {
-			return s, fmt.Errorf("VXLAN_PORT=%s: use a UDP port number from 1 to 65535 (default 8472)", v)
+			return s, fmt.Errorf("VXLAN_PORT=%s: use a UDP port number from 1 to 65535 (default %d)", v, vxlan.DefaultPort)
 		}
 		s.VXLANPort = n
 	}

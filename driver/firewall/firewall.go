@@ -40,8 +40,8 @@ const (
 // hang the plugin.
 const commandTimeout = 20 * time.Second
 
-// Network is what the firewall needs to know of a network.
-type Network struct {
+// Pool is what the firewall needs to know of a routed network: its pool.
+type Pool struct {
 	Pool     netip.Prefix
 	Internal bool
 	Device   string // the VXLAN device, if the network has one
@@ -59,8 +59,8 @@ type Port struct {
 
 // State is everything the rules are rendered from.
 type State struct {
-	Networks []Network
-	Ports    []Port
+	Pools []Pool
+	Ports []Port
 	// Underlay is the interface peers' host-gw and direct-routed packets
 	// arrive on ("" when unknown).
 	Underlay string
@@ -92,7 +92,7 @@ type Rules struct {
 // for tartan traffic as for Docker's.
 func Render(st State) Rules {
 	var r Rules
-	nets := append([]Network(nil), st.Networks...)
+	nets := append([]Pool(nil), st.Pools...)
 	sort.Slice(nets, func(i, j int) bool { return nets[i].Pool.String() < nets[j].Pool.String() })
 	ports := append([]Port(nil), st.Ports...)
 	sort.Slice(ports, func(i, j int) bool { return portKey(ports[i]) < portKey(ports[j]) })

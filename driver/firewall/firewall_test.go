@@ -102,7 +102,7 @@ var (
 
 func testState() State {
 	return State{
-		Networks: []Network{{Pool: poolA, Device: "tartan.1"}, {Pool: poolB}, {Pool: poolI, Internal: true, Device: "tartan.3"}},
+		Pools:    []Pool{{Pool: poolA, Device: "tartan.1"}, {Pool: poolB}, {Pool: poolI, Internal: true, Device: "tartan.3"}},
 		Ports:    []Port{{Proto: "tcp", HostPort: 8080, IP: netip.MustParseAddr("10.244.0.9"), Port: 80}},
 		Underlay: "eth1", Bridges: []string{"mybridge"}, VXLANPort: 8472,
 		Peers: []netip.Addr{netip.MustParseAddr("192.0.2.20")},
@@ -199,7 +199,7 @@ func TestDeterministic(t *testing.T) {
 	st.Ports = append(st.Ports, Port{Proto: "tcp", HostPort: 80, IP: netip.MustParseAddr("10.245.0.4"), Port: 80})
 	a := Render(st)
 	st.Ports[0], st.Ports[1] = st.Ports[1], st.Ports[0]
-	st.Networks[0], st.Networks[2] = st.Networks[2], st.Networks[0]
+	st.Pools[0], st.Pools[2] = st.Pools[2], st.Pools[0]
 	b := Render(st)
 	if strings.Join(a.DNAT, "\n") != strings.Join(b.DNAT, "\n") || strings.Join(a.Forward, "\n") != strings.Join(b.Forward, "\n") ||
 		strings.Join(a.Isolate, "\n") != strings.Join(b.Isolate, "\n") {

@@ -44,7 +44,7 @@ func TestFlavourFollowsDocker(t *testing.T) {
 			t.Fatalf("%s is not installed (apt-get install iptables)", f)
 		}
 	}
-	st := State{Networks: []Network{{Pool: netip.MustParsePrefix("10.244.0.0/16")}}}
+	st := State{Pools: []Pool{{Pool: netip.MustParsePrefix("10.244.0.0/16")}}}
 	f, err := New()
 	if err != nil {
 		t.Fatal(err)

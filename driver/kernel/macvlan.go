@@ -20,8 +20,8 @@ var macvlanModes = map[string]netlink.MacvlanMode{
 	"passthru": netlink.MACVLAN_MODE_PASSTHRU,
 }
 
-// MacvlanMode says whether name is a macvlan mode this kernel package knows.
-func MacvlanMode(name string) bool {
+// ValidMacvlanMode says whether name is a macvlan mode this package knows.
+func ValidMacvlanMode(name string) bool {
 	_, ok := macvlanModes[name]
 	return ok
 }

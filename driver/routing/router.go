@@ -124,7 +124,7 @@ type netWatch struct {
 // New returns a router; Start runs it.
 func New(store kv.Store, k Kernel, cfg Config) *Router {
 	if cfg.TTL == 0 {
-		cfg.TTL = 24 * time.Hour
+		cfg.TTL = kv.DefaultLeaseTTL
 	}
 	if cfg.Replan == 0 {
 		cfg.Replan = 5 * time.Minute

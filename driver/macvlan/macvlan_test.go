@@ -1,36 +1,41 @@
-package driver
+package macvlan
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"testing"
+
+	"github.com/tartan-net/tartan/driver/backend"
 )
 
 // parentBed replays CreateNetwork and DeleteNetwork's parent decisions for
 // macvlan networks over one host's records, with a fake link table.
 type parentBed struct {
 	t        *testing.T
-	networks map[string]netRec
+	networks map[string]backend.Network
 	links    map[string]bool // VLAN links that exist
 	madeBy   map[string]bool // links the admin made (never tartan's to remove)
 }
 
 func newParentBed(t *testing.T) *parentBed {
-	return &parentBed{t: t, networks: map[string]netRec{}, links: map[string]bool{}, madeBy: map[string]bool{}}
+	return &parentBed{t: t, networks: map[string]backend.Network{}, links: map[string]bool{}, madeBy: map[string]bool{}}
 }
 
 // create is prepareMacvlan's part: the link is made when missing (Created).
 func (b *parentBed) create(id, parent string) {
 	created := !b.links[parent]
 	b.links[parent] = true
-	n := netRec{ID: id, Backend: BackendMacvlan, Parent: parent, Mode: "private"}
-	n.ParentCreated = created || parentOwned(n, b.networks)
+	n := backend.Network{ID: id, Backend: Name, Parent: parent, Mode: "private"}
+	n.ParentCreated = created || parentOwned(n, slices.Collect(maps.Values(b.networks)))
 	b.networks[id] = n
 }
 
 // remove is DeleteNetwork's part: undoMacvlan, then the record goes.
 func (b *parentBed) remove(id string) {
 	n := b.networks[id]
-	if removeParent(n, b.networks) {
+	delete(b.networks, id)
+	if RemovesParent(n, slices.Collect(maps.Values(b.networks))) {
 		if b.madeBy[n.Parent] {
 			b.t.Fatalf("removing %s deleted %s, which the admin made", id, n.Parent)
 		}
@@ -81,18 +86,42 @@ func TestAdminParentKept(t *testing.T) {
 // creator marked) are evened out at Restore, so the leak is fixed for
 // networks that existed before the upgrade too.
 func TestShareParentOwnership(t *testing.T) {
-	nets := map[string]netRec{
-		"a": {ID: "a", Backend: BackendMacvlan, Parent: "eth0.100", ParentCreated: true},
-		"b": {ID: "b", Backend: BackendMacvlan, Parent: "eth0.100"},
-		"c": {ID: "c", Backend: BackendMacvlan, Parent: "eth0"},
-		"v": {ID: "v", Backend: BackendVXLAN},
+	all := []backend.Network{
+		{ID: "a", Backend: Name, Parent: "eth0.100", ParentCreated: true},
+		{ID: "b", Backend: Name, Parent: "eth0.100"},
+		{ID: "c", Backend: Name, Parent: "eth0"},
 	}
-	shareParentOwnership(nets)
-	if !nets["b"].ParentCreated || nets["c"].ParentCreated || nets["v"].ParentCreated {
+	nets := map[string]backend.Network{}
+	for _, n := range all {
+		nets[n.ID] = Backend{}.Restored(n, all)
+	}
+	if !nets["b"].ParentCreated || nets["c"].ParentCreated {
 		t.Fatalf("ownership after restore: %+v", nets)
 	}
-	delete(nets, "a")
-	if !removeParent(nets["b"], nets) {
+	if !RemovesParent(nets["b"], []backend.Network{nets["c"]}) {
 		t.Fatal("the last network on eth0.100 keeps the link")
+	}
+}
+
+// TestMacvlanEndpointsNeverStale: a macvlan endpoint's link lives in its
+// container, out of the host's sight, so the backend never reports it gone
+// or unjoined (reconcile would drop its record) and always takes it for
+// live (its published ports and address stay its own).
+func TestMacvlanEndpointsNeverStale(t *testing.T) {
+	n := backend.Network{ID: "mv", Backend: Name, Parent: "eth0"}
+	e := backend.Endpoint{ID: "e", Network: "mv", IP: "10.0.0.5", HostIf: "tnmissing0000", PeerIf: "tpmissing0000"}
+	st, err := Backend{}.CheckEndpoint(n, e)
+	if err != nil || st.Gone || st.Unjoined || len(st.Routes) != 0 {
+		t.Fatalf("check: %+v %v", st, err)
+	}
+	if !(Backend{}).Live(n, e) {
+		t.Fatal("a macvlan endpoint taken for dead")
+	}
+	if err := (Backend{}).PublishRefused(n, e); err == nil {
+		t.Fatal("ports published on macvlan")
+	}
+	j := Backend{}.Join(n, e)
+	if j.Gateway.IsValid() || len(j.Routes) != 0 || j.Interface != e.PeerIf {
+		t.Fatalf("join without a gateway: %+v", j)
 	}
 }

@@ -1,0 +1,86 @@
+package backend
+
+import "net/netip"
+
+// Network is this host's record of a Docker network, kept in the host's
+// embedded store (Docker never replays CreateNetwork: this is how a
+// restarted plugin knows its networks). Its JSON form is what earlier
+// versions wrote.
+type Network struct {
+	ID       string `json:"id"`
+	Pool     string `json:"pool"`
+	Backend  string `json:"backend"`
+	VNI      int    `json:"vni,omitempty"`
+	MTU      int    `json:"mtu"`
+	Internal bool   `json:"internal,omitempty"`
+	Direct   bool   `json:"directRouting,omitempty"`
+	// Gateway is the link-local address that containers of a routed
+	// network ARP for; one per network on this host, so that a container
+	// on two networks gets two distinct connected routes. On macvlan
+	// networks it is the physical router (--gateway), or "".
+	Gateway string `json:"gateway"`
+	Device  string `json:"device,omitempty"` // vxlan: the VXLAN device
+	Space   string `json:"space,omitempty"`  // the pool's address space
+	// macvlan: the parent interface (ParentCreated: a VLAN link tartan
+	// made, set on every local network that shares it), the mode, and the
+	// host-access shim with its address.
+	Parent        string `json:"parent,omitempty"`
+	ParentCreated bool   `json:"parentCreated,omitempty"`
+	Mode          string `json:"mode,omitempty"`
+	Shim          string `json:"shim,omitempty"`
+	ShimMAC       string `json:"shimMAC,omitempty"`
+	ShimIP        string `json:"shimIP,omitempty"`
+	// ReleasePending: Docker released the pool while this network used
+	// it; the pool goes when the network is deleted.
+	ReleasePending bool `json:"releasePending,omitempty"`
+}
+
+// PoolPrefix is the network's pool.
+func (n Network) PoolPrefix() netip.Prefix {
+	p, _ := netip.ParsePrefix(n.Pool)
+	return p
+}
+
+// GatewayAddr is the network's gateway (invalid when it has none).
+func (n Network) GatewayAddr() netip.Addr {
+	a, _ := netip.ParseAddr(n.Gateway)
+	return a
+}
+
+// Links are the links the network itself owns (not its endpoints').
+func (n Network) Links() []string {
+	var out []string
+	for _, l := range []string{n.Device, n.Shim} {
+		if l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// Endpoint is this host's record of an endpoint.
+type Endpoint struct {
+	ID      string `json:"id"`
+	Network string `json:"network"`
+	IP      string `json:"ip"`
+	MAC     string `json:"mac"`
+	Block   string `json:"block,omitempty"`
+	HostIf  string `json:"hostIf"`
+	PeerIf  string `json:"peerIf"`
+	// Ports are published with docker run -p.
+	Ports []Port `json:"ports,omitempty"`
+}
+
+// Addr is the endpoint's address.
+func (e Endpoint) Addr() netip.Addr {
+	a, _ := netip.ParseAddr(e.IP)
+	return a
+}
+
+// Port is one port an endpoint publishes.
+type Port struct {
+	Proto    string `json:"proto"`
+	HostIP   string `json:"hostIP,omitempty"`
+	HostPort int    `json:"hostPort"`
+	Port     int    `json:"port"`
+}

@@ -1,0 +1,257 @@
+package driver
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/driver/routed"
+	"github.com/tartan-net/tartan/errdefs"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// CreateEndpoint has the network's backend make the endpoint's interface
+// and the host's route to it.
+func (d *Driver) CreateEndpoint(ctx context.Context, r *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	if r.Interface == nil || r.Interface.Address == "" {
+		return nil, errdefs.Invalid("endpoint %s has no IPv4 address: tartan networks need --ipam-driver tartan:latest", shortID(r.EndpointID))
+	}
+	if r.Interface.AddressIPv6 != "" {
+		return nil, errdefs.ErrNoIPv6
+	}
+	addr, err := netip.ParsePrefix(r.Interface.Address)
+	if err != nil {
+		return nil, errdefs.Invalid("endpoint address %q is not a CIDR", r.Interface.Address)
+	}
+	release := d.lockEndpoint(r.EndpointID)
+	defer release()
+	d.mu.Lock()
+	n, ok := d.st.networks[r.NetworkID]
+	if !ok {
+		d.mu.Unlock()
+		return nil, errdefs.Invalid("network %s is not known to tartan on this host: remove it and create it again", shortID(r.NetworkID))
+	}
+	resp := &network.CreateEndpointResponse{}
+	mac := r.Interface.MacAddress
+	if e, ok := d.st.endpoints[r.EndpointID]; ok && e.IP == addr.Addr().String() {
+		mac = e.MAC
+	} else if mac == "" {
+		mac = randomMAC()
+	}
+	if r.Interface.MacAddress == "" {
+		resp.Interface = &network.EndpointInterface{MacAddress: mac}
+	}
+	host, peer := kernel.EndpointNames(r.EndpointID)
+	other := d.interfaceUserLocked(host, r.EndpointID)
+	d.mu.Unlock()
+	if other != "" {
+		return nil, errdefs.InUse("endpoint %s would share interface %s with endpoint %s: retry with a new endpoint", shortID(r.EndpointID), host, shortID(other))
+	}
+
+	b := d.backendOf(n)
+	e := localEndpoint{ID: r.EndpointID, Network: n.ID, IP: addr.Addr().String(), MAC: mac, HostIf: host, PeerIf: peer,
+		Block: d.blockOf(ctx, n.Pool, addr.Addr())}
+	if err := b.EnsureEndpoint(n, e); err != nil {
+		_ = b.DeleteEndpoint(n, e)
+		return nil, err
+	}
+	if err := putLocal(ctx, d.local, localEndpoints+e.ID, e); err != nil {
+		_ = b.DeleteEndpoint(n, e)
+		return nil, fmt.Errorf("save endpoint %s: %w", shortID(e.ID), err)
+	}
+	d.mu.Lock()
+	d.st.endpoints[e.ID] = e
+	d.mu.Unlock()
+	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "endpoint": shortID(e.ID), "ip": e.IP, "if": host}).Info("endpoint created")
+	return resp, nil
+}
+
+// lockEndpoint waits until no other call works on the endpoint and marks it
+// busy until the returned function is called. Reconcile leaves busy
+// endpoints' links alone. Called without d.mu held.
+func (d *Driver) lockEndpoint(id string) (unlock func()) {
+	d.mu.Lock()
+	for {
+		ch, busy := d.inflight[id]
+		if !busy {
+			break
+		}
+		d.mu.Unlock()
+		<-ch
+		d.mu.Lock()
+	}
+	unlock = d.markBusyLocked(id)
+	d.mu.Unlock()
+	return unlock
+}
+
+// tryLockEndpoint is lockEndpoint for callers that would rather skip a busy
+// endpoint (reconcile). Called without d.mu held.
+func (d *Driver) tryLockEndpoint(id string) (unlock func(), ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, busy := d.inflight[id]; busy {
+		return nil, false
+	}
+	return d.markBusyLocked(id), true
+}
+
+// markBusyLocked marks the endpoint busy. Called with d.mu held; the
+// returned function takes d.mu itself.
+func (d *Driver) markBusyLocked(id string) func() {
+	ch := make(chan struct{})
+	d.inflight[id] = ch
+	return func() {
+		d.mu.Lock()
+		delete(d.inflight, id)
+		close(ch)
+		d.mu.Unlock()
+	}
+}
+
+// interfaceUserLocked returns another endpoint (known or in flight) whose
+// veth has the name host. Called with d.mu held.
+func (d *Driver) interfaceUserLocked(host, id string) string {
+	for _, other := range d.st.endpoints {
+		if other.HostIf == host && other.ID != id {
+			return other.ID
+		}
+	}
+	for other := range d.inflight {
+		if h, _ := kernel.EndpointNames(other); h == host && other != id {
+			return other
+		}
+	}
+	return ""
+}
+
+// blockOf names the block an address belongs to, for EndpointOperInfo.
+func (d *Driver) blockOf(ctx context.Context, pool string, ip netip.Addr) string {
+	var p kv.Pool
+	if _, err := kv.GetJSON(ctx, d.cluster, kv.PoolPath(pool), &p); err != nil || p.BlockBits == 0 {
+		return ""
+	}
+	b, _ := ip.Prefix(p.BlockBits)
+	return b.String()
+}
+
+func randomMAC() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	b[0] = (b[0] | 0x02) & 0xfe // locally administered, unicast
+	return net.HardwareAddr(b).String()
+}
+
+// DeleteEndpoint removes the endpoint's interface and the host's route.
+func (d *Driver) DeleteEndpoint(ctx context.Context, r *network.DeleteEndpointRequest) error {
+	return d.removeEndpoint(ctx, r.EndpointID)
+}
+
+// removeEndpoint deletes an endpoint entirely: its kernel objects, its
+// record and its published ports. An endpoint this host has no record of
+// loses the links its ID names.
+func (d *Driver) removeEndpoint(ctx context.Context, id string) error {
+	unlock := d.lockEndpoint(id)
+	defer unlock()
+	d.mu.Lock()
+	e, ok := d.st.endpoints[id]
+	n, netOK := d.st.networks[e.Network]
+	d.mu.Unlock()
+	if !ok {
+		host, peer := kernel.EndpointNames(id)
+		return routed.DeleteVeth(localEndpoint{HostIf: host, PeerIf: peer})
+	}
+	if netOK {
+		if err := d.backendOf(n).DeleteEndpoint(n, e); err != nil {
+			return err
+		}
+	} else if err := routed.DeleteVeth(e); err != nil {
+		return err
+	}
+	if err := d.local.Delete(ctx, localEndpoints+e.ID, 0); err != nil {
+		return fmt.Errorf("forget endpoint %s: %w", shortID(e.ID), err)
+	}
+	d.mu.Lock()
+	delete(d.st.endpoints, e.ID)
+	d.mu.Unlock()
+	d.log.WithFields(logrus.Fields{"network": shortID(e.Network), "endpoint": shortID(e.ID), "ip": e.IP}).Info("endpoint deleted")
+	if len(e.Ports) > 0 {
+		return d.writeFirewall()
+	}
+	return nil
+}
+
+// endpoint returns a known endpoint and its network.
+func (d *Driver) endpoint(id string) (localEndpoint, localNetwork, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, ok := d.st.endpoints[id]
+	if !ok {
+		return e, localNetwork{}, errdefs.Invalid("endpoint %s is not known to tartan on this host", shortID(id))
+	}
+	n, ok := d.st.networks[e.Network]
+	if !ok {
+		return e, n, errdefs.Invalid("endpoint %s belongs to network %s, which tartan no longer has on this host", shortID(id), shortID(e.Network))
+	}
+	return e, n, nil
+}
+
+// EndpointInfo shows where an endpoint lives (docker network inspect).
+func (d *Driver) EndpointInfo(r *network.InfoRequest) (*network.InfoResponse, error) {
+	e, n, err := d.endpoint(r.EndpointID)
+	if err != nil {
+		return nil, err
+	}
+	v := map[string]string{"tartan.backend": n.Backend, "tartan.host": d.cfg.Host, "tartan.block": e.Block}
+	for k, x := range d.backendOf(n).Info(n, e) {
+		v[k] = x
+	}
+	if p, ok := d.routes.Plan(n.ID); ok && len(p.Problems) > 0 {
+		v["tartan.problems"] = strings.Join(p.Problems, "; ")
+	}
+	return &network.InfoResponse{Value: v}, nil
+}
+
+// Join tells Docker which interface to move into the container and how the
+// container routes (the backend's Join).
+func (d *Driver) Join(r *network.JoinRequest) (*network.JoinResponse, error) {
+	e, n, err := d.endpoint(r.EndpointID)
+	if err != nil {
+		return nil, err
+	}
+	return joinResponse(d.backendOf(n).Join(n, e)), nil
+}
+
+// joinResponse is a backend's Join in libnetwork's words.
+func joinResponse(j backend.Join) *network.JoinResponse {
+	resp := &network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: j.Interface, DstPrefix: "eth"}}
+	for _, r := range j.Routes {
+		sr := &network.StaticRoute{Destination: r.Dst.String(), RouteType: routeConnected}
+		if r.NextHop.IsValid() {
+			sr.RouteType, sr.NextHop = routeNextHop, r.NextHop.String()
+		}
+		resp.StaticRoutes = append(resp.StaticRoutes, sr)
+	}
+	if j.Gateway.IsValid() {
+		resp.Gateway = j.Gateway.String()
+	} else {
+		resp.DisableGatewayService = true
+	}
+	return resp
+}
+
+// libnetwork's route types (types.NEXTHOP, types.CONNECTED).
+const (
+	routeNextHop   = 0
+	routeConnected = 1
+)
+
+// Leave has nothing to undo: the interface goes with DeleteEndpoint.
+func (d *Driver) Leave(*network.LeaveRequest) error { return nil }

@@ -1,0 +1,100 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/driver/kernel"
+)
+
+func (d *Driver) pokeFirewall() {
+	select {
+	case d.fwPoke <- struct{}{}:
+	default:
+	}
+}
+
+// firewallWriter rewrites the firewall when the VXLAN peers changed: the
+// VXLAN port admits the current peers only.
+func (d *Driver) firewallWriter(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.fwPoke:
+		}
+		d.mu.Lock()
+		changed := peersKey(d.routes.VXLANPeers()) != d.fwPeers
+		d.mu.Unlock()
+		if changed {
+			if err := d.writeFirewall(); err != nil {
+				d.log.Warnf("firewall for the new VXLAN peers: %v", err)
+			}
+		}
+	}
+}
+
+// writeFirewall renders the firewall from the local networks, their
+// published ports and the peers of the plans (under d.mu) and writes it
+// (without d.mu: iptables may wait for its lock, and no request of this
+// host waits on that, audit M13). Writes are serialised and never go back
+// to an older state than one already written. Called without d.mu held.
+func (d *Driver) writeFirewall() error {
+	d.mu.Lock()
+	st := d.firewallStateLocked()
+	d.fwGen++
+	gen := d.fwGen
+	d.mu.Unlock()
+	if u, err := kernel.FindUnderlay(d.cfg.Advertise); err == nil {
+		st.Underlay = u.Interface
+	}
+	st.Bridges, _ = kernel.Bridges()
+	d.fwMu.Lock()
+	defer d.fwMu.Unlock()
+	if gen < d.fwWritten {
+		return nil // a newer state is in place already
+	}
+	d.fwWritten = gen
+	if len(st.Pools) == 0 && len(st.Ports) == 0 {
+		return d.fw.Remove()
+	}
+	was := d.fw.Flavour()
+	err := d.fw.Apply(st)
+	if now := d.fw.Flavour(); now != was {
+		d.log.WithFields(logrus.Fields{"was": was, "now": now}).Info("firewall flavour changed: Docker's chains are in the other iptables; tartan's rules moved there")
+	}
+	return err
+}
+
+// firewallStateLocked is the desired firewall but for the host's
+// interfaces (writeFirewall reads them). Called with d.mu held.
+func (d *Driver) firewallStateLocked() firewall.State {
+	st := firewall.State{Ports: portRules(d.st.endpoints)}
+	seen := map[string]bool{}
+	vxlan := false
+	for _, n := range d.st.networks {
+		p, ok := d.backendOf(n).Firewall(n)
+		if ok && !seen[n.Pool] {
+			seen[n.Pool] = true
+			st.Pools = append(st.Pools, p)
+			vxlan = vxlan || p.Device != ""
+		}
+	}
+	if vxlan {
+		st.VXLANPort = d.cfg.VXLANPort
+		st.Peers = d.routes.VXLANPeers()
+	}
+	d.fwPeers = peersKey(st.Peers)
+	return st
+}
+
+// peersKey tells peer sets apart, unknown (nil) from empty.
+func peersKey(p []netip.Addr) string {
+	if p == nil {
+		return "unknown"
+	}
+	return fmt.Sprint(p)
+}

@@ -1,0 +1,300 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/driver/routing"
+	"github.com/tartan-net/tartan/driver/vxlan"
+	"github.com/tartan-net/tartan/errdefs"
+	"github.com/tartan-net/tartan/ipam"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// ipv4Pool checks the IPAM data of a network request: exactly one IPv4
+// pool. AllocateNetwork's data carries no address space (the swarm
+// manager's allocator leaves it out); anyAddressSpace accepts that.
+func ipv4Pool(v4, v6 []*network.IPAMData, anyAddressSpace bool) (netip.Prefix, *network.IPAMData, error) {
+	if len(v6) > 0 {
+		return netip.Prefix{}, nil, errdefs.ErrNoIPv6
+	}
+	if len(v4) != 1 || v4[0] == nil {
+		return netip.Prefix{}, nil, errdefs.Invalid("give exactly one IPv4 --subnet (got %d)", len(v4))
+	}
+	if s := v4[0].AddressSpace; !anyAddressSpace && s != ipam.LocalSpace && s != ipam.GlobalSpace {
+		return netip.Prefix{}, nil, errdefs.Invalid("this network needs tartan's IPAM as well: add --ipam-driver tartan:latest (the plugin's name) to docker network create")
+	}
+	p, err := netip.ParsePrefix(v4[0].Pool)
+	if err != nil {
+		return netip.Prefix{}, nil, errdefs.Invalid("pool %q from IPAM is not a CIDR", v4[0].Pool)
+	}
+	return p, v4[0], nil
+}
+
+// CreateNetwork validates and creates a network on this host.
+func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequest) error {
+	if r.NetworkID == "" {
+		return errdefs.Invalid("CreateNetwork without a NetworkID")
+	}
+	opts, err := d.ParseOptions(r.Options)
+	if err != nil {
+		return err
+	}
+	if opts.Cluster && d.cfg.NoClusterNetworks != nil {
+		return errdefs.Invalid("-o %s=true: %w", OptCluster, d.cfg.NoClusterNetworks)
+	}
+	if err := d.checkStore(ctx, opts); err != nil {
+		return err
+	}
+	pool, data, err := ipv4Pool(r.IPv4Data, r.IPv6Data, false)
+	if err != nil {
+		return err
+	}
+	var gateway netip.Prefix
+	if data.Gateway != "" {
+		if gateway, err = netip.ParsePrefix(data.Gateway); err != nil {
+			return errdefs.Invalid("gateway %q from IPAM is not an address with its prefix length", data.Gateway)
+		}
+	}
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	d.mu.Lock()
+	if n, ok := d.st.networks[r.NetworkID]; ok && n.Pool == pool.String() {
+		d.mu.Unlock()
+		return d.backendOf(n).Ensure(n) // a replay
+	}
+	if other := d.poolUserLocked(pool); other != "" {
+		d.mu.Unlock()
+		return errdefs.InUse("subnet %s is already used by tartan network %.12s on this host: use another --subnet", pool, other)
+	}
+	d.creating[pool.String()] = r.NetworkID
+	others := d.networksLocked(r.NetworkID)
+	d.mu.Unlock()
+	n, err := d.createNetwork(ctx, r.NetworkID, pool, data.AddressSpace, opts, backend.CreateRequest{Options: opts, Gateway: gateway, Others: others})
+	d.mu.Lock()
+	delete(d.creating, pool.String())
+	if err == nil {
+		d.st.networks[n.ID] = n
+		d.startRoutingLocked(n)
+	}
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := d.writeFirewall(); err != nil {
+		d.mu.Lock()
+		delete(d.st.networks, n.ID)
+		d.mu.Unlock()
+		d.routes.Remove(n.ID)
+		_ = d.local.Delete(context.WithoutCancel(ctx), localNetworks+n.ID, 0)
+		d.undoNetwork(ctx, n, others, func(context.Context) {})
+		return err
+	}
+	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "pool": n.Pool, "backend": n.Backend, "vni": n.VNI, "mtu": n.MTU}).Info("network created")
+	return nil
+}
+
+// createNetwork writes the cluster record, has the backend make the
+// network and saves the local record; a failure takes back what it made.
+// Called with d.netMu held.
+func (d *Driver) createNetwork(ctx context.Context, id string, pool netip.Prefix, space string, opts backend.Options, req backend.CreateRequest) (localNetwork, error) {
+	rec, undoRecord, err := d.clusterNetwork(ctx, pool, opts, false)
+	if err != nil {
+		return localNetwork{}, err
+	}
+	n := localNetwork{ID: id, Pool: pool.String(), Backend: rec.Backend, VNI: rec.VNI, Space: space, Internal: opts.Internal, Direct: opts.DirectRouting}
+	b := d.backendOf(n)
+	if err := b.Create(ctx, &n, req); err != nil {
+		d.undoNetwork(ctx, n, req.Others, undoRecord)
+		return n, err
+	}
+	if err := b.Ensure(n); err != nil {
+		d.undoNetwork(ctx, n, req.Others, undoRecord)
+		return n, err
+	}
+	if err := putLocal(ctx, d.local, localNetworks+n.ID, n); err != nil {
+		d.undoNetwork(ctx, n, req.Others, undoRecord)
+		return n, fmt.Errorf("save network %.12s: %w", n.ID, err)
+	}
+	return n, nil
+}
+
+// undoNetwork takes back a network this host failed to create.
+func (d *Driver) undoNetwork(ctx context.Context, n localNetwork, others []localNetwork, undoRecord func(context.Context)) {
+	ctx = context.WithoutCancel(ctx)
+	if err := d.backendOf(n).Remove(ctx, n, others); err != nil {
+		d.log.WithField("network", shortID(n.ID)).Warnf("take back a network that failed: %v", err)
+	}
+	undoRecord(ctx)
+}
+
+// DeleteNetwork removes the network from this host. The cluster record stays
+// until the pool's last holder releases it (ipam.ReleasePool).
+func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequest) error {
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	d.mu.Lock()
+	n, ok := d.st.networks[r.NetworkID]
+	var left []localEndpoint
+	for _, e := range d.st.endpoints {
+		if e.Network == n.ID {
+			left = append(left, e)
+		}
+	}
+	others := d.networksLocked(n.ID)
+	d.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	for _, e := range left {
+		if err := d.removeEndpoint(ctx, e.ID); err != nil {
+			return err
+		}
+	}
+	if err := d.removeNetwork(ctx, n, others); err != nil {
+		d.mu.Lock()
+		if _, ok := d.st.networks[n.ID]; ok {
+			d.startRoutingLocked(n) // still here: it keeps its peers
+		}
+		d.mu.Unlock()
+		return err
+	}
+	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "pool": n.Pool}).Info("network deleted")
+	d.mu.Lock()
+	pending := n.ReleasePending || d.st.networks[n.ID].ReleasePending
+	delete(d.st.networks, n.ID)
+	d.mu.Unlock()
+	if err := d.writeFirewall(); err != nil {
+		d.log.WithField("network", shortID(n.ID)).Warnf("firewall without the deleted network: %v (the next reconcile writes it again)", err)
+	}
+	if err := d.local.Delete(ctx, localNetworks+n.ID, 0); err != nil {
+		return fmt.Errorf("forget network %.12s: %w", n.ID, err)
+	}
+	if pending {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if err := d.addrs.ReleasePool(rctx, poolID(n)); err != nil {
+			d.log.WithField("pool", n.Pool).Warnf("release the pool of the deleted network: %v", err)
+		}
+	}
+	return nil
+}
+
+// removeNetwork stops the network's routing and takes its peers' entries
+// and its backend's objects away. Called with d.netMu held.
+func (d *Driver) removeNetwork(ctx context.Context, n localNetwork, others []localNetwork) error {
+	b := d.backendOf(n)
+	if p, ok := b.Peers(n); ok {
+		d.routes.Remove(n.ID)
+		if err := routing.Apply(routing.Netlink{}, p, routing.Plan{}); err != nil {
+			return err
+		}
+	}
+	return b.Remove(ctx, n, others)
+}
+
+// clusterNetwork creates the cluster record of the network, or checks that
+// the one another host made agrees with these options. The record and its
+// VNI live as long as the pool (the last holder's ipam.ReleasePool removes
+// both); undo takes back a record this call made when the create fails on
+// this host, unless another host holds the pool and may use the record.
+// swarm says the caller is a swarm manager's AllocateNetwork.
+func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o backend.Options, swarm bool) (kv.Network, func(context.Context), error) {
+	undo := func(context.Context) {}
+	key := kv.NetworkPath(pool.String())
+	for attempt := 0; attempt < 20; attempt++ {
+		var cur kv.Network
+		_, err := kv.GetJSON(ctx, d.cluster, key, &cur)
+		if err == nil {
+			if swarm {
+				cur.Swarm = true // Docker tells the manager nothing of --internal
+			}
+			return cur, undo, agrees(pool, cur, o)
+		}
+		if !errors.Is(err, kv.ErrNotFound) {
+			return cur, undo, fmt.Errorf("read network %s: %w", pool, err)
+		}
+		rec := kv.Network{Pool: pool.String(), Backend: o.Backend, Internal: o.Internal, MTU: o.MTU, DirectRouting: o.DirectRouting,
+			Swarm: swarm, Options: o.Raw, Created: time.Now().UTC()}
+		vniCreated := false
+		if d.backends[o.Backend].Describe().ClaimsVNI {
+			if rec.VNI, vniCreated, err = kv.ClaimVNI(ctx, d.cluster, o.VNI, pool.String()); err != nil {
+				return rec, undo, err
+			}
+		}
+		version, err := kv.PutJSON(ctx, d.cluster, key, rec, 0)
+		if err == nil {
+			return rec, func(ctx context.Context) { d.dropRecord(ctx, rec, version, vniCreated) }, nil
+		}
+		// Another host recorded the network first (or the write failed).
+		// A VNI claim this call made is given back unless the winner's
+		// record uses it: the claim names the pool, so the winner may have
+		// found it and kept it (audit M10).
+		if vniCreated {
+			var winner kv.Network
+			if _, gerr := kv.GetJSON(ctx, d.cluster, key, &winner); gerr != nil || winner.VNI != rec.VNI {
+				_ = kv.DeleteVNIOf(context.WithoutCancel(ctx), d.cluster, rec.VNI, rec.Pool)
+			}
+		}
+		if !errors.Is(err, kv.ErrConflict) {
+			return rec, undo, fmt.Errorf("record network %s: %w", pool, err)
+		}
+	}
+	return kv.Network{}, undo, fmt.Errorf("record network %s: %w", pool, kv.ErrConflict)
+}
+
+// dropRecord removes a network record this host wrote (at version) and the
+// VNI claim it made, when no other host holds the pool: a host that holds it
+// may have found the record and created the network with it.
+func (d *Driver) dropRecord(ctx context.Context, rec kv.Network, version uint64, vniCreated bool) {
+	var p kv.Pool
+	if _, err := kv.GetJSON(ctx, d.cluster, kv.PoolPath(rec.Pool), &p); err == nil {
+		holders, err := kv.PoolHolders(ctx, d.cluster, rec.Pool, p.Holders)
+		if err != nil {
+			return
+		}
+		for h := range holders {
+			if !strings.HasPrefix(h, d.cfg.Host+"/") {
+				return
+			}
+		}
+	}
+	if err := d.cluster.Delete(ctx, kv.NetworkPath(rec.Pool), version); err != nil {
+		return
+	}
+	if vniCreated {
+		_ = kv.DeleteVNIOf(ctx, d.cluster, rec.VNI, rec.Pool)
+	}
+}
+
+// agrees checks this host's options for a network against the cluster's
+// record: one subnet is one network, so a host must not make it internal,
+// give it another MTU or route it differently (audit M14).
+func agrees(pool netip.Prefix, cur kv.Network, o backend.Options) error {
+	switch {
+	case cur.Backend != o.Backend:
+		return errdefs.Invalid("subnet %s is a %s network in the cluster: use -o %s=%s on every host", pool, cur.Backend, OptBackend, cur.Backend)
+	case o.VNI != 0 && cur.VNI != o.VNI:
+		return errdefs.Invalid("subnet %s has VNI %d in the cluster: use -o %s=%d or leave it out", pool, cur.VNI, vxlan.OptVNI, cur.VNI)
+	case cur.Internal != o.Internal && !cur.Swarm:
+		if cur.Internal {
+			return errdefs.Invalid("subnet %s is an --internal network in the cluster: add --internal on every host", pool)
+		}
+		return errdefs.Invalid("subnet %s is not --internal in the cluster: remove --internal, or use another --subnet", pool)
+	case cur.MTU != o.MTU:
+		if cur.MTU == 0 {
+			return errdefs.Invalid("subnet %s takes its MTU from the underlay in the cluster: remove -o %s", pool, OptMTU)
+		}
+		return errdefs.Invalid("subnet %s has -o %s=%d in the cluster: use the same value on every host", pool, OptMTU, cur.MTU)
+	case cur.DirectRouting != o.DirectRouting:
+		return errdefs.Invalid("subnet %s has -o %s=%t in the cluster: use the same value on every host", pool, vxlan.OptDirectRouting, cur.DirectRouting)
+	}
+	return nil
+}
