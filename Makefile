@@ -65,7 +65,7 @@ test: deps consul docker26 unit fuzz e2e-all chaos
 # The scale harness's smoke (10 simulated hosts) runs here, under the race
 # detector; make scale runs its table.
 unit: lint consul
-	$(GO) test -race -count=1 ./kv/... ./ipam/... ./driver/... ./plugin/... ./e2e/scale/
+	$(GO) test -race -count=1 ./errdefs/... ./kv/... ./ipam/... ./driver/... ./plugin/... ./e2e/scale/
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzLayout -fuzztime=$(FUZZTIME) ./ipam

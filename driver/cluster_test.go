@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/hostgw"
@@ -158,12 +157,11 @@ func TestSlowStoreDoesNotStallOtherRequests(t *testing.T) {
 	d.st.endpoints["e1"] = localEndpoint{ID: "e1", Network: "n1", IP: "10.64.0.2", HostIf: "tne1", PeerIf: "tpe1"}
 	done := make(chan error, 1)
 	go func() {
-		done <- d.CreateNetwork(context.Background(), &network.CreateNetworkRequest{NetworkID: "n2",
-			IPv4Data: []*network.IPAMData{{AddressSpace: "tartan-local", Pool: "10.65.0.0/24"}}})
+		done <- d.CreateNetwork(context.Background(), NetworkRequest{ID: "n2", Space: "tartan-local", Pool: netip.MustParsePrefix("10.65.0.0/24")})
 	}()
 	time.Sleep(300 * time.Millisecond) // CreateNetwork is in the store now
 	start := time.Now()
-	if _, err := d.Join(&network.JoinRequest{NetworkID: "n1", EndpointID: "e1"}); err != nil {
+	if _, err := d.Join(context.Background(), "e1"); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(start); took > 100*time.Millisecond {
@@ -213,13 +211,13 @@ func TestPoolReleaseWaitsForTheNetwork(t *testing.T) {
 		t.Fatal("a release of a pool no network uses is deferred")
 	}
 	ctx := context.Background()
-	if err := d.DeleteNetwork(ctx, &network.DeleteNetworkRequest{NetworkID: "n2"}); err != nil {
+	if err := d.DeleteNetwork(ctx, "n2"); err != nil {
 		t.Fatal(err)
 	}
 	if len(p.released) != 0 {
 		t.Fatalf("a network whose pool release was not deferred released %v", p.released)
 	}
-	if err := d.DeleteNetwork(ctx, &network.DeleteNetworkRequest{NetworkID: "n1"}); err != nil {
+	if err := d.DeleteNetwork(ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}
 	if len(p.released) != 1 || p.released[0] != id.String() {

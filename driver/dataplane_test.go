@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/e2e/testbed"
@@ -76,8 +76,7 @@ func (b *bed) restart() {
 }
 
 func (b *bed) network(id, pool string, opts map[string]any) error {
-	return b.drv.CreateNetwork(b.ctx, &network.CreateNetworkRequest{NetworkID: id, Options: opts,
-		IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: pool}}})
+	return b.drv.CreateNetwork(b.ctx, driver.NetworkRequest{ID: id, Options: opts, Space: ipam.LocalSpace, Pool: netip.MustParsePrefix(pool)})
 }
 
 func generic(kv ...string) map[string]any {
@@ -93,25 +92,25 @@ func generic(kv ...string) map[string]any {
 func (b *bed) container(netID, epID, ns, ip string) {
 	t := b.t
 	t.Helper()
-	if _, err := b.drv.CreateEndpoint(b.ctx, &network.CreateEndpointRequest{NetworkID: netID, EndpointID: epID,
-		Interface: &network.EndpointInterface{Address: ip + "/32", MacAddress: "02:42:0a:00:00:" + epID[:2]}}); err != nil {
+	if _, err := b.drv.CreateEndpoint(b.ctx, driver.EndpointRequest{NetworkID: netID, EndpointID: epID,
+		Addr: netip.MustParsePrefix(ip + "/32"), MAC: "02:42:0a:00:00:" + epID[:2]}); err != nil {
 		t.Fatalf("CreateEndpoint: %v", err)
 	}
-	j, err := b.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: epID, SandboxKey: "/run/netns/" + ns})
+	j, err := b.drv.Join(b.ctx, epID)
 	if err != nil {
 		t.Fatalf("Join: %v", err)
 	}
-	sh(t, fmt.Sprintf("ip netns del %[1]s 2>/dev/null; ip netns add %[1]s && ip link set %[2]s netns %[1]s && ip -n %[1]s link set %[2]s name %[3]s0 && ip -n %[1]s addr add %[4]s/32 dev %[3]s0 && ip -n %[1]s link set %[3]s0 up && ip -n %[1]s link set lo up",
-		ns, j.InterfaceName.SrcName, j.InterfaceName.DstPrefix, ip))
+	sh(t, fmt.Sprintf("ip netns del %[1]s 2>/dev/null; ip netns add %[1]s && ip link set %[2]s netns %[1]s && ip -n %[1]s link set %[2]s name eth0 && ip -n %[1]s addr add %[3]s/32 dev eth0 && ip -n %[1]s link set eth0 up && ip -n %[1]s link set lo up",
+		ns, j.Interface, ip))
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
-	for _, r := range j.StaticRoutes {
-		if r.RouteType == 1 {
-			sh(t, fmt.Sprintf("ip -n %s route add %s dev eth0", ns, r.Destination))
+	for _, r := range j.Routes {
+		if !r.NextHop.IsValid() {
+			sh(t, fmt.Sprintf("ip -n %s route add %s dev eth0", ns, r.Dst))
 		} else {
-			sh(t, fmt.Sprintf("ip -n %s route add %s via %s dev eth0", ns, r.Destination, r.NextHop))
+			sh(t, fmt.Sprintf("ip -n %s route add %s via %s dev eth0", ns, r.Dst, r.NextHop))
 		}
 	}
-	if j.Gateway != "" {
+	if j.Gateway.IsValid() {
 		sh(t, fmt.Sprintf("ip -n %s route add default via %s dev eth0", ns, j.Gateway))
 	}
 }
@@ -183,8 +182,8 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 		t.Fatalf("nat rules:\n%s", nat)
 	}
 	// Published ports: DNAT plus a forward accept, withdrawn on revoke.
-	pm := map[string]any{"com.docker.network.portmap": []map[string]any{{"Proto": 6, "IP": "10.244.0.2", "Port": 8080, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}}}
-	if err := b.drv.ProgramExternalConnectivity(b.ctx, &network.ProgramExternalConnectivityRequest{NetworkID: "net-web", EndpointID: "01aaaaaaaaaaaa", Options: pm}); err != nil {
+	pm := []backend.Port{{Proto: "tcp", Port: 8080, HostPort: 18080}}
+	if err := b.drv.PublishPorts(b.ctx, "01aaaaaaaaaaaa", pm); err != nil {
 		t.Fatal(err)
 	}
 	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport 18080 -j DNAT --to-destination 10.244.0.2:8080") {
@@ -193,18 +192,14 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	if out := sh(t, "iptables -S "+firewall.ForwardChain); !strings.Contains(out, "-d 10.244.0.2/32 -p tcp -m tcp --dport 8080 -m conntrack --ctstate DNAT -j ACCEPT") {
 		t.Fatalf("forward rules:\n%s", out)
 	}
-	noHostPort := map[string]any{"com.docker.network.portmap": []map[string]any{{"Proto": 6, "Port": 80}}}
-	if err := b.drv.ProgramExternalConnectivity(b.ctx, &network.ProgramExternalConnectivityRequest{NetworkID: "net-web", EndpointID: "02aaaaaaaaaaaa", Options: noHostPort}); err == nil || !strings.Contains(err.Error(), "use -p HOSTPORT:80") {
-		t.Fatalf("port without a host port: %v", err)
-	}
-	if err := b.drv.RevokeExternalConnectivity(b.ctx, &network.RevokeExternalConnectivityRequest{NetworkID: "net-web", EndpointID: "01aaaaaaaaaaaa"}); err != nil {
+	if err := b.drv.WithdrawPorts(b.ctx, "01aaaaaaaaaaaa"); err != nil {
 		t.Fatal(err)
 	}
 	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); strings.Contains(out, "18080") {
 		t.Fatalf("dnat rule left after revoke:\n%s", out)
 	}
-	info, err := b.drv.EndpointInfo(&network.InfoRequest{NetworkID: "net-web", EndpointID: "01aaaaaaaaaaaa"})
-	if err != nil || info.Value["tartan.backend"] != "vxlan" || info.Value["tartan.host"] != "h1" || info.Value["tartan.vni"] != "256" {
+	info, err := b.drv.EndpointInfo(b.ctx, "01aaaaaaaaaaaa")
+	if err != nil || info["tartan.backend"] != "vxlan" || info["tartan.host"] != "h1" || info["tartan.vni"] != "256" {
 		t.Fatalf("oper info: %v %v", info, err)
 	}
 
@@ -246,13 +241,13 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	// Deletes are idempotent and leave nothing behind.
 	for _, ep := range []struct{ n, e string }{{"net-web", "01aaaaaaaaaaaa"}, {"net-web", "02aaaaaaaaaaaa"}, {"net-gw", "03bbbbbbbbbbbb"}, {"net-int", "04cccccccccccc"}, {"net-int", "05cccccccccccc"}} {
 		for i := 0; i < 2; i++ {
-			if err := b.drv.DeleteEndpoint(b.ctx, &network.DeleteEndpointRequest{NetworkID: ep.n, EndpointID: ep.e}); err != nil {
+			if err := b.drv.DeleteEndpoint(b.ctx, ep.e); err != nil {
 				t.Fatalf("DeleteEndpoint %s (%d): %v", ep.e, i, err)
 			}
 		}
 	}
 	for _, n := range []string{"net-web", "net-gw", "net-int", "net-web"} {
-		if err := b.drv.DeleteNetwork(b.ctx, &network.DeleteNetworkRequest{NetworkID: n}); err != nil {
+		if err := b.drv.DeleteNetwork(b.ctx, n); err != nil {
 			t.Fatalf("DeleteNetwork %s: %v", n, err)
 		}
 	}
@@ -295,19 +290,18 @@ func TestPublishedPortConflicts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
-		if err := b.drv.DeleteNetwork(b.ctx, &network.DeleteNetworkRequest{NetworkID: "net-ports"}); err != nil {
+		if err := b.drv.DeleteNetwork(b.ctx, "net-ports"); err != nil {
 			t.Errorf("DeleteNetwork: %v", err)
 		}
 	}()
 	for i, ep := range []string{"0aaaaaaaaaaaaa", "0bbbbbbbbbbbbb"} {
-		if _, err := b.drv.CreateEndpoint(b.ctx, &network.CreateEndpointRequest{NetworkID: "net-ports", EndpointID: ep,
-			Interface: &network.EndpointInterface{Address: fmt.Sprintf("10.248.0.%d/32", i+2), MacAddress: "02:42:0a:f8:00:0" + fmt.Sprint(i+2)}}); err != nil {
+		if _, err := b.drv.CreateEndpoint(b.ctx, driver.EndpointRequest{NetworkID: "net-ports", EndpointID: ep,
+			Addr: netip.MustParsePrefix(fmt.Sprintf("10.248.0.%d/32", i+2)), MAC: "02:42:0a:f8:00:0" + fmt.Sprint(i+2)}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	publish := func(ep string, proto int, hostIP string, hostPort int) error {
-		pm := map[string]any{"com.docker.network.portmap": []map[string]any{{"Proto": proto, "Port": 80, "HostIP": hostIP, "HostPort": hostPort}}}
-		return b.drv.ProgramExternalConnectivity(b.ctx, &network.ProgramExternalConnectivityRequest{NetworkID: "net-ports", EndpointID: ep, Options: pm})
+		return b.drv.PublishPorts(b.ctx, ep, []backend.Port{{Proto: map[int]string{6: "tcp", 17: "udp"}[proto], Port: 80, HostIP: hostIP, HostPort: hostPort}})
 	}
 	if err := publish("0aaaaaaaaaaaaa", 6, "", 18090); err != nil {
 		t.Fatal(err)
@@ -340,7 +334,7 @@ func TestPublishedPortConflicts(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Withdrawn ports are free again.
-	if err := b.drv.RevokeExternalConnectivity(b.ctx, &network.RevokeExternalConnectivityRequest{NetworkID: "net-ports", EndpointID: "0aaaaaaaaaaaaa"}); err != nil {
+	if err := b.drv.WithdrawPorts(b.ctx, "0aaaaaaaaaaaaa"); err != nil {
 		t.Fatal(err)
 	}
 	if err := publish("0bbbbbbbbbbbbb", 6, "", 18090); err != nil {
@@ -359,24 +353,24 @@ func TestPublishedPortConflicts(t *testing.T) {
 
 // macvlan plays Docker's part for a macvlan endpoint: create, join, move the
 // link into namespace ns with the pool's mask and the gateway Join returns.
-func (b *bed) macvlan(netID, epID, ns, ip string) *network.JoinResponse {
+func (b *bed) macvlan(netID, epID, ns, ip string) backend.Join {
 	t := b.t
 	t.Helper()
-	if _, err := b.drv.CreateEndpoint(b.ctx, &network.CreateEndpointRequest{NetworkID: netID, EndpointID: epID,
-		Interface: &network.EndpointInterface{Address: ip + "/24", MacAddress: "02:42:0a:63:00:" + epID[:2]}}); err != nil {
+	if _, err := b.drv.CreateEndpoint(b.ctx, driver.EndpointRequest{NetworkID: netID, EndpointID: epID,
+		Addr: netip.MustParsePrefix(ip + "/24"), MAC: "02:42:0a:63:00:" + epID[:2]}); err != nil {
 		t.Fatalf("CreateEndpoint: %v", err)
 	}
-	j, err := b.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: epID, SandboxKey: "/run/netns/" + ns})
+	j, err := b.drv.Join(b.ctx, epID)
 	if err != nil {
 		t.Fatalf("Join: %v", err)
 	}
-	if len(j.StaticRoutes) != 0 {
-		t.Fatalf("a macvlan endpoint got routes: %+v", j.StaticRoutes)
+	if len(j.Routes) != 0 {
+		t.Fatalf("a macvlan endpoint got routes: %+v", j.Routes)
 	}
-	sh(t, fmt.Sprintf("ip netns del %[1]s 2>/dev/null; ip netns add %[1]s && ip link set %[2]s netns %[1]s && ip -n %[1]s link set %[2]s name %[3]s0 && ip -n %[1]s addr add %[4]s/24 dev %[3]s0 && ip -n %[1]s link set %[3]s0 up && ip -n %[1]s link set lo up",
-		ns, j.InterfaceName.SrcName, j.InterfaceName.DstPrefix, ip))
+	sh(t, fmt.Sprintf("ip netns del %[1]s 2>/dev/null; ip netns add %[1]s && ip link set %[2]s netns %[1]s && ip -n %[1]s link set %[2]s name eth0 && ip -n %[1]s addr add %[3]s/24 dev eth0 && ip -n %[1]s link set eth0 up && ip -n %[1]s link set lo up",
+		ns, j.Interface, ip))
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
-	if j.Gateway != "" {
+	if j.Gateway.IsValid() {
 		sh(t, fmt.Sprintf("ip -n %s route add default via %s dev eth0", ns, j.Gateway))
 	}
 	return j
@@ -395,8 +389,8 @@ func (b *bed) macvlanNetwork(id, pool, gateway string, opts map[string]any) erro
 			b.t.Fatal(err)
 		}
 	}
-	return b.drv.CreateNetwork(b.ctx, &network.CreateNetworkRequest{NetworkID: id, Options: opts,
-		IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: pool, Gateway: gateway}}})
+	gw, _ := netip.ParsePrefix(gateway) // invalid: no --gateway
+	return b.drv.CreateNetwork(b.ctx, driver.NetworkRequest{ID: id, Options: opts, Space: ipam.LocalSpace, Pool: netip.MustParsePrefix(pool), Gateway: gw})
 }
 
 func TestMacvlan(t *testing.T) {
@@ -432,7 +426,7 @@ func TestMacvlan(t *testing.T) {
 		if out := sh(t, "ip -d link show mvp0.100"); !strings.Contains(out, "vlan protocol 802.1Q id 100") {
 			t.Fatalf("VLAN parent:\n%s", out)
 		}
-		if err := b.drv.DeleteNetwork(b.ctx, &network.DeleteNetworkRequest{NetworkID: "mv-vlan"}); err != nil {
+		if err := b.drv.DeleteNetwork(b.ctx, "mv-vlan"); err != nil {
 			t.Fatal(err)
 		}
 		if kernel.LinkExists("mvp0.100") {
@@ -457,7 +451,7 @@ func TestMacvlan(t *testing.T) {
 	}
 	j := b.macvlan("mv-net", "11dddddddddddd", "tdp-m1", "10.99.0.11")
 	b.macvlan("mv-net", "12dddddddddddd", "tdp-m2", "10.99.0.12")
-	if j.Gateway != "10.99.0.1" {
+	if j.Gateway.String() != "10.99.0.1" {
 		t.Fatalf("gateway %q, want the physical router 10.99.0.1", j.Gateway)
 	}
 	if out := sh(t, "ip netns exec tdp-m1 ip -d link show eth0"); !strings.Contains(out, "macvlan mode bridge") {
@@ -479,8 +473,7 @@ func TestMacvlan(t *testing.T) {
 	if !pings("", "10.99.0.11") {
 		t.Fatal("the host does not reach its container through the shim")
 	}
-	if err := b.drv.ProgramExternalConnectivity(b.ctx, &network.ProgramExternalConnectivityRequest{NetworkID: "mv-net", EndpointID: "11dddddddddddd",
-		Options: map[string]any{"com.docker.network.portmap": []map[string]any{{"Proto": 6, "Port": 80, "HostPort": 8080}}}}); err == nil || !strings.Contains(err.Error(), "reachable at its own address 10.99.0.11") {
+	if err := b.drv.PublishPorts(b.ctx, "11dddddddddddd", []backend.Port{{Proto: "tcp", Port: 80, HostPort: 8080}}); err == nil || !strings.Contains(err.Error(), "reachable at its own address 10.99.0.11") {
 		t.Fatalf("-p on macvlan: %v", err)
 	}
 	if nat := sh(t, "iptables-save -t nat"); strings.Contains(nat, "10.99.0.0") {
@@ -506,11 +499,11 @@ func TestMacvlan(t *testing.T) {
 
 	for i := 0; i < 2; i++ {
 		for _, ep := range []string{"11dddddddddddd", "12dddddddddddd"} {
-			if err := b.drv.DeleteEndpoint(b.ctx, &network.DeleteEndpointRequest{NetworkID: "mv-net", EndpointID: ep}); err != nil {
+			if err := b.drv.DeleteEndpoint(b.ctx, ep); err != nil {
 				t.Fatalf("DeleteEndpoint %s: %v", ep, err)
 			}
 		}
-		if err := b.drv.DeleteNetwork(b.ctx, &network.DeleteNetworkRequest{NetworkID: "mv-net"}); err != nil {
+		if err := b.drv.DeleteNetwork(b.ctx, "mv-net"); err != nil {
 			t.Fatalf("DeleteNetwork: %v", err)
 		}
 	}
@@ -552,7 +545,7 @@ func TestForeignBlockRecordsAreNotRouted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
-		if err := b.drv.DeleteNetwork(b.ctx, &network.DeleteNetworkRequest{NetworkID: "net-h2"}); err != nil {
+		if err := b.drv.DeleteNetwork(b.ctx, "net-h2"); err != nil {
 			t.Error(err)
 		}
 	}()
@@ -599,7 +592,7 @@ func TestForeignVXLANDevice(t *testing.T) {
 	if err := b.network("net-fl", "10.230.0.0/16", generic("tartan.vni", "300")); err != nil {
 		t.Fatalf("once the port is free: %v", err)
 	}
-	if err := b.drv.DeleteNetwork(b.ctx, &network.DeleteNetworkRequest{NetworkID: "net-fl"}); err != nil {
+	if err := b.drv.DeleteNetwork(b.ctx, "net-fl"); err != nil {
 		t.Fatal(err)
 	}
 }

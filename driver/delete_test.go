@@ -6,7 +6,6 @@ import (
 	"os"
 	"testing"
 
-	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/vxlan"
@@ -34,7 +33,7 @@ func TestFailedDeleteKeepsWatcher(t *testing.T) {
 	d.startRoutingLocked(n)
 	d.mu.Unlock()
 
-	if err := d.DeleteNetwork(ctx, &network.DeleteNetworkRequest{NetworkID: n.ID}); err == nil {
+	if err := d.DeleteNetwork(ctx, n.ID); err == nil {
 		t.Fatal("deleting the loopback device succeeded")
 	}
 	d.mu.Lock()

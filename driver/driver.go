@@ -19,7 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/firewall"
@@ -177,14 +176,20 @@ func (d *Driver) startRoutingLocked(n localNetwork) {
 // PeerState describes the peers of every network, for logs and tests.
 func (d *Driver) PeerState() string { return d.routes.State() }
 
-// Capabilities answers GetCapabilities.
-func (d *Driver) Capabilities() *network.CapabilitiesResponse {
-	scope := network.LocalScope
-	if d.cfg.Scope == network.GlobalScope {
-		scope = network.GlobalScope
+// Scope is the driver's data scope (GetCapabilities): local, or global
+// when a swarm manager allocates its networks (SCOPE=global).
+func (d *Driver) Scope() string {
+	if d.cfg.Scope == ScopeGlobal {
+		return ScopeGlobal
 	}
-	return &network.CapabilitiesResponse{Scope: scope, ConnectivityScope: network.GlobalScope}
+	return ScopeLocal
 }
+
+// Data scopes, libnetwork's names.
+const (
+	ScopeLocal  = "local"
+	ScopeGlobal = "global"
+)
 
 // Restore loads the local state written before a restart. It is cheap (the
 // embedded store) and runs before the socket is served.

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/kernel"
@@ -18,41 +17,32 @@ import (
 )
 
 // CreateEndpoint has the network's backend make the endpoint's interface
-// and the host's route to it.
-func (d *Driver) CreateEndpoint(ctx context.Context, r *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
-	if r.Interface == nil || r.Interface.Address == "" {
-		return nil, errdefs.Invalid("endpoint %s has no IPv4 address: tartan networks need --ipam-driver tartan:latest", shortID(r.EndpointID))
-	}
-	if r.Interface.AddressIPv6 != "" {
-		return nil, errdefs.ErrNoIPv6
-	}
-	addr, err := netip.ParsePrefix(r.Interface.Address)
-	if err != nil {
-		return nil, errdefs.Invalid("endpoint address %q is not a CIDR", r.Interface.Address)
-	}
+// and the host's route to it. It returns the MAC address it picked when
+// the request had none.
+func (d *Driver) CreateEndpoint(ctx context.Context, r EndpointRequest) (picked string, err error) {
+	addr := r.Addr
 	release := d.lockEndpoint(r.EndpointID)
 	defer release()
 	d.mu.Lock()
 	n, ok := d.st.networks[r.NetworkID]
 	if !ok {
 		d.mu.Unlock()
-		return nil, errdefs.Invalid("network %s is not known to tartan on this host: remove it and create it again", shortID(r.NetworkID))
+		return "", errdefs.Invalid("network %s is not known to tartan on this host: remove it and create it again", shortID(r.NetworkID))
 	}
-	resp := &network.CreateEndpointResponse{}
-	mac := r.Interface.MacAddress
+	mac := r.MAC
 	if e, ok := d.st.endpoints[r.EndpointID]; ok && e.IP == addr.Addr().String() {
 		mac = e.MAC
 	} else if mac == "" {
 		mac = randomMAC()
 	}
-	if r.Interface.MacAddress == "" {
-		resp.Interface = &network.EndpointInterface{MacAddress: mac}
+	if r.MAC == "" {
+		picked = mac
 	}
 	host, peer := kernel.EndpointNames(r.EndpointID)
 	other := d.interfaceUserLocked(host, r.EndpointID)
 	d.mu.Unlock()
 	if other != "" {
-		return nil, errdefs.InUse("endpoint %s would share interface %s with endpoint %s: retry with a new endpoint", shortID(r.EndpointID), host, shortID(other))
+		return "", errdefs.InUse("endpoint %s would share interface %s with endpoint %s: retry with a new endpoint", shortID(r.EndpointID), host, shortID(other))
 	}
 
 	b := d.backendOf(n)
@@ -60,17 +50,17 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r *network.CreateEndpointRe
 		Block: d.blockOf(ctx, n.Pool, addr.Addr())}
 	if err := b.EnsureEndpoint(n, e); err != nil {
 		_ = b.DeleteEndpoint(n, e)
-		return nil, err
+		return "", err
 	}
 	if err := putLocal(ctx, d.local, localEndpoints+e.ID, e); err != nil {
 		_ = b.DeleteEndpoint(n, e)
-		return nil, fmt.Errorf("save endpoint %s: %w", shortID(e.ID), err)
+		return "", fmt.Errorf("save endpoint %s: %w", shortID(e.ID), err)
 	}
 	d.mu.Lock()
 	d.st.endpoints[e.ID] = e
 	d.mu.Unlock()
 	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "endpoint": shortID(e.ID), "ip": e.IP, "if": host}).Info("endpoint created")
-	return resp, nil
+	return picked, nil
 }
 
 // lockEndpoint waits until no other call works on the endpoint and marks it
@@ -150,8 +140,8 @@ func randomMAC() string {
 }
 
 // DeleteEndpoint removes the endpoint's interface and the host's route.
-func (d *Driver) DeleteEndpoint(ctx context.Context, r *network.DeleteEndpointRequest) error {
-	return d.removeEndpoint(ctx, r.EndpointID)
+func (d *Driver) DeleteEndpoint(ctx context.Context, id string) error {
+	return d.removeEndpoint(ctx, id)
 }
 
 // removeEndpoint deletes an endpoint entirely: its kernel objects, its
@@ -204,8 +194,8 @@ func (d *Driver) endpoint(id string) (localEndpoint, localNetwork, error) {
 }
 
 // EndpointInfo shows where an endpoint lives (docker network inspect).
-func (d *Driver) EndpointInfo(r *network.InfoRequest) (*network.InfoResponse, error) {
-	e, n, err := d.endpoint(r.EndpointID)
+func (d *Driver) EndpointInfo(_ context.Context, id string) (map[string]string, error) {
+	e, n, err := d.endpoint(id)
 	if err != nil {
 		return nil, err
 	}
@@ -216,42 +206,18 @@ func (d *Driver) EndpointInfo(r *network.InfoRequest) (*network.InfoResponse, er
 	if p, ok := d.routes.Plan(n.ID); ok && len(p.Problems) > 0 {
 		v["tartan.problems"] = strings.Join(p.Problems, "; ")
 	}
-	return &network.InfoResponse{Value: v}, nil
+	return v, nil
 }
 
-// Join tells Docker which interface to move into the container and how the
+// Join says which interface Docker moves into the container and how the
 // container routes (the backend's Join).
-func (d *Driver) Join(r *network.JoinRequest) (*network.JoinResponse, error) {
-	e, n, err := d.endpoint(r.EndpointID)
+func (d *Driver) Join(_ context.Context, endpointID string) (backend.Join, error) {
+	e, n, err := d.endpoint(endpointID)
 	if err != nil {
-		return nil, err
+		return backend.Join{}, err
 	}
-	return joinResponse(d.backendOf(n).Join(n, e)), nil
+	return d.backendOf(n).Join(n, e), nil
 }
-
-// joinResponse is a backend's Join in libnetwork's words.
-func joinResponse(j backend.Join) *network.JoinResponse {
-	resp := &network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: j.Interface, DstPrefix: "eth"}}
-	for _, r := range j.Routes {
-		sr := &network.StaticRoute{Destination: r.Dst.String(), RouteType: routeConnected}
-		if r.NextHop.IsValid() {
-			sr.RouteType, sr.NextHop = routeNextHop, r.NextHop.String()
-		}
-		resp.StaticRoutes = append(resp.StaticRoutes, sr)
-	}
-	if j.Gateway.IsValid() {
-		resp.Gateway = j.Gateway.String()
-	} else {
-		resp.DisableGatewayService = true
-	}
-	return resp
-}
-
-// libnetwork's route types (types.NEXTHOP, types.CONNECTED).
-const (
-	routeNextHop   = 0
-	routeConnected = 1
-)
 
 // Leave has nothing to undo: the interface goes with DeleteEndpoint.
-func (d *Driver) Leave(*network.LeaveRequest) error { return nil }
+func (d *Driver) Leave(context.Context, string) error { return nil }

@@ -8,39 +8,17 @@ import (
 	"strings"
 	"time"
 
-	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/errdefs"
-	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
 
-// ipv4Pool checks the IPAM data of a network request: exactly one IPv4
-// pool. AllocateNetwork's data carries no address space (the swarm
-// manager's allocator leaves it out); anyAddressSpace accepts that.
-func ipv4Pool(v4, v6 []*network.IPAMData, anyAddressSpace bool) (netip.Prefix, *network.IPAMData, error) {
-	if len(v6) > 0 {
-		return netip.Prefix{}, nil, errdefs.ErrNoIPv6
-	}
-	if len(v4) != 1 || v4[0] == nil {
-		return netip.Prefix{}, nil, errdefs.Invalid("give exactly one IPv4 --subnet (got %d)", len(v4))
-	}
-	if s := v4[0].AddressSpace; !anyAddressSpace && s != ipam.LocalSpace && s != ipam.GlobalSpace {
-		return netip.Prefix{}, nil, errdefs.Invalid("this network needs tartan's IPAM as well: add --ipam-driver tartan:latest (the plugin's name) to docker network create")
-	}
-	p, err := netip.ParsePrefix(v4[0].Pool)
-	if err != nil {
-		return netip.Prefix{}, nil, errdefs.Invalid("pool %q from IPAM is not a CIDR", v4[0].Pool)
-	}
-	return p, v4[0], nil
-}
-
 // CreateNetwork validates and creates a network on this host.
-func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequest) error {
-	if r.NetworkID == "" {
+func (d *Driver) CreateNetwork(ctx context.Context, r NetworkRequest) error {
+	if r.ID == "" {
 		return errdefs.Invalid("CreateNetwork without a NetworkID")
 	}
 	opts, err := d.ParseOptions(r.Options)
@@ -53,20 +31,11 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 	if err := d.checkStore(ctx, opts); err != nil {
 		return err
 	}
-	pool, data, err := ipv4Pool(r.IPv4Data, r.IPv6Data, false)
-	if err != nil {
-		return err
-	}
-	var gateway netip.Prefix
-	if data.Gateway != "" {
-		if gateway, err = netip.ParsePrefix(data.Gateway); err != nil {
-			return errdefs.Invalid("gateway %q from IPAM is not an address with its prefix length", data.Gateway)
-		}
-	}
+	pool := r.Pool
 	d.netMu.Lock()
 	defer d.netMu.Unlock()
 	d.mu.Lock()
-	if n, ok := d.st.networks[r.NetworkID]; ok && n.Pool == pool.String() {
+	if n, ok := d.st.networks[r.ID]; ok && n.Pool == pool.String() {
 		d.mu.Unlock()
 		return d.backendOf(n).Ensure(n) // a replay
 	}
@@ -74,10 +43,10 @@ func (d *Driver) CreateNetwork(ctx context.Context, r *network.CreateNetworkRequ
 		d.mu.Unlock()
 		return errdefs.InUse("subnet %s is already used by tartan network %.12s on this host: use another --subnet", pool, other)
 	}
-	d.creating[pool.String()] = r.NetworkID
-	others := d.networksLocked(r.NetworkID)
+	d.creating[pool.String()] = r.ID
+	others := d.networksLocked(r.ID)
 	d.mu.Unlock()
-	n, err := d.createNetwork(ctx, r.NetworkID, pool, data.AddressSpace, opts, backend.CreateRequest{Options: opts, Gateway: gateway, Others: others})
+	n, err := d.createNetwork(ctx, r.ID, pool, r.Space, opts, backend.CreateRequest{Options: opts, Gateway: r.Gateway, Others: others})
 	d.mu.Lock()
 	delete(d.creating, pool.String())
 	if err == nil {
@@ -137,11 +106,11 @@ func (d *Driver) undoNetwork(ctx context.Context, n localNetwork, others []local
 
 // DeleteNetwork removes the network from this host. The cluster record stays
 // until the pool's last holder releases it (ipam.ReleasePool).
-func (d *Driver) DeleteNetwork(ctx context.Context, r *network.DeleteNetworkRequest) error {
+func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 	d.netMu.Lock()
 	defer d.netMu.Unlock()
 	d.mu.Lock()
-	n, ok := d.st.networks[r.NetworkID]
+	n, ok := d.st.networks[id]
 	var left []localEndpoint
 	for _, e := range d.st.endpoints {
 		if e.Network == n.ID {

@@ -3,13 +3,11 @@ package driver
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
 
-	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/firewall"
@@ -17,80 +15,19 @@ import (
 	"github.com/tartan-net/tartan/errdefs"
 )
 
-// Docker's key for published ports in ProgramExternalConnectivity.
-const dockerPortMap = "com.docker.network.portmap"
-
-// portBinding is libnetwork's types.PortBinding as it travels in JSON.
-type portBinding struct {
-	Proto       int
-	IP          string
-	Port        int
-	HostIP      string
-	HostPort    int
-	HostPortEnd int
-}
-
 // published is one port an endpoint publishes, as kept in its record.
 type published = backend.Port
 
-var protocols = map[int]string{6: "tcp", 17: "udp", 132: "sctp"}
-
-// parsePorts reads the port map Docker sends for docker run -p.
-func parsePorts(opts map[string]any) ([]published, error) {
-	raw, ok := opts[dockerPortMap]
-	if !ok || raw == nil {
-		return nil, nil
-	}
-	b, err := json.Marshal(raw)
-	if err != nil {
-		return nil, errdefs.Invalid("published ports have an unexpected form: %v", err)
-	}
-	var bindings []portBinding
-	if err := json.Unmarshal(b, &bindings); err != nil {
-		return nil, errdefs.Invalid("published ports have an unexpected form: %v", err)
-	}
-	var out []published
-	for _, pb := range bindings {
-		proto, ok := protocols[pb.Proto]
-		if !ok {
-			return nil, errdefs.Invalid("published port %d uses protocol %d: tartan publishes tcp, udp and sctp", pb.Port, pb.Proto)
-		}
-		if pb.HostPort == 0 {
-			return nil, errdefs.Invalid("port %d/%s has no host port: tartan publishes explicit ports only, use -p HOSTPORT:%d", pb.Port, proto, pb.Port)
-		}
-		if pb.HostPortEnd != 0 && pb.HostPortEnd != pb.HostPort {
-			return nil, errdefs.Invalid("host port range %d-%d for %d/%s: tartan publishes single ports, use -p HOSTPORT:%d", pb.HostPort, pb.HostPortEnd, pb.Port, proto, pb.Port)
-		}
-		if pb.Port < 1 || pb.Port > 65535 || pb.HostPort < 1 || pb.HostPort > 65535 {
-			return nil, errdefs.Invalid("published port %d:%d/%s is out of range", pb.HostPort, pb.Port, proto)
-		}
-		p := published{Proto: proto, HostPort: pb.HostPort, Port: pb.Port}
-		if pb.HostIP != "" {
-			ip, err := netip.ParseAddr(pb.HostIP)
-			if err != nil || !ip.Is4() {
-				return nil, errdefs.Invalid("host address %q of published port %d: use an IPv4 address of this host", pb.HostIP, pb.HostPort)
-			}
-			if !ip.IsUnspecified() {
-				p.HostIP = ip.String()
-			}
-		}
-		out = append(out, p)
-	}
-	return out, nil
+// PublishPorts publishes the endpoint's ports (docker run -p: libnetwork's
+// ProgramExternalConnectivity).
+func (d *Driver) PublishPorts(ctx context.Context, endpointID string, ports []backend.Port) error {
+	return d.setPorts(ctx, endpointID, ports)
 }
 
-// ProgramExternalConnectivity publishes the endpoint's ports (docker run -p).
-func (d *Driver) ProgramExternalConnectivity(ctx context.Context, r *network.ProgramExternalConnectivityRequest) error {
-	ports, err := parsePorts(r.Options)
-	if err != nil {
-		return err
-	}
-	return d.setPorts(ctx, r.EndpointID, ports)
-}
-
-// RevokeExternalConnectivity withdraws the endpoint's published ports.
-func (d *Driver) RevokeExternalConnectivity(ctx context.Context, r *network.RevokeExternalConnectivityRequest) error {
-	return d.setPorts(ctx, r.EndpointID, nil)
+// WithdrawPorts withdraws the endpoint's published ports
+// (RevokeExternalConnectivity).
+func (d *Driver) WithdrawPorts(ctx context.Context, endpointID string) error {
+	return d.setPorts(ctx, endpointID, nil)
 }
 
 // setPorts makes ports the endpoint's published ports. d.portsMu orders

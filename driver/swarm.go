@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/kv"
@@ -15,7 +14,7 @@ import (
 // records the network cluster-wide (claiming its VNI) and returns the
 // options every node's CreateNetwork gets: the user's, the VNI and the
 // store's identity.
-func (d *Driver) AllocateNetwork(ctx context.Context, r *network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+func (d *Driver) AllocateNetwork(ctx context.Context, r AllocateRequest) (map[string]string, error) {
 	opts := map[string]any{}
 	out := map[string]string{}
 	for k, v := range r.Options {
@@ -25,16 +24,10 @@ func (d *Driver) AllocateNetwork(ctx context.Context, r *network.AllocateNetwork
 	if err != nil {
 		return nil, err
 	}
-	if len(r.IPv4Data) == 0 {
-		return &network.AllocateNetworkResponse{Options: out}, nil // IPAM is not tartan's: CreateNetwork refuses it
+	if !r.Pool.IsValid() {
+		return out, nil // IPAM is not tartan's: CreateNetwork refuses it
 	}
-	// The manager's allocator sends the pool without its address space;
-	// every node's CreateNetwork checks that the IPAM is tartan's.
-	pool, _, err := ipv4Pool(pointers(r.IPv4Data), pointers(r.IPv6Data), true)
-	if err != nil {
-		return nil, err
-	}
-	rec, _, err := d.clusterNetwork(ctx, pool, o, true)
+	rec, _, err := d.clusterNetwork(ctx, r.Pool, o, true)
 	if err != nil {
 		return nil, err
 	}
@@ -44,12 +37,12 @@ func (d *Driver) AllocateNetwork(ctx context.Context, r *network.AllocateNetwork
 	if out[OptStoreID], err = kv.ClusterID(ctx, d.cluster); err != nil {
 		return nil, err
 	}
-	return &network.AllocateNetworkResponse{Options: out}, nil
+	return out, nil
 }
 
 // FreeNetwork (swarm manager) has nothing to free: the cluster record and
 // VNI go with the pool's last holder (ipam.ReleasePool).
-func (d *Driver) FreeNetwork(context.Context, *network.FreeNetworkRequest) error { return nil }
+func (d *Driver) FreeNetwork(context.Context, string) error { return nil }
 
 // checkStore refuses a swarm network allocated against another store.
 func (d *Driver) checkStore(ctx context.Context, o Options) error {
@@ -64,12 +57,4 @@ func (d *Driver) checkStore(ctx context.Context, o Options) error {
 		return errdefs.Invalid("the swarm manager's plugin uses another store than this node's (%s): set the same STORE on every node", d.cluster)
 	}
 	return nil
-}
-
-func pointers(data []network.IPAMData) []*network.IPAMData {
-	out := make([]*network.IPAMData, len(data))
-	for i := range data {
-		out[i] = &data[i]
-	}
-	return out
 }

@@ -53,34 +53,62 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, log logrus.Fi
 	})
 	// Network driver.
 	handle(h, "/NetworkDriver.GetCapabilities", func(context.Context, *struct{}) (any, error) {
-		return h.drv.Capabilities(), nil
+		return &network.CapabilitiesResponse{Scope: h.drv.Scope(), ConnectivityScope: network.GlobalScope}, nil
 	})
 	handle(h, "/NetworkDriver.CreateNetwork", func(ctx context.Context, r *network.CreateNetworkRequest) (any, error) {
-		return nil, h.drv.CreateNetwork(ctx, r)
+		req, err := networkRequest(r)
+		if err != nil {
+			return nil, err
+		}
+		return nil, h.drv.CreateNetwork(ctx, req)
 	})
 	handle(h, "/NetworkDriver.DeleteNetwork", func(ctx context.Context, r *network.DeleteNetworkRequest) (any, error) {
-		return nil, h.drv.DeleteNetwork(ctx, r)
+		return nil, h.drv.DeleteNetwork(ctx, r.NetworkID)
 	})
 	handle(h, "/NetworkDriver.AllocateNetwork", func(ctx context.Context, r *network.AllocateNetworkRequest) (any, error) {
-		return h.drv.AllocateNetwork(ctx, r)
+		req, err := allocateRequest(r)
+		if err != nil {
+			return nil, err
+		}
+		opts, err := h.drv.AllocateNetwork(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return &network.AllocateNetworkResponse{Options: opts}, nil
 	})
 	handle(h, "/NetworkDriver.FreeNetwork", func(ctx context.Context, r *network.FreeNetworkRequest) (any, error) {
-		return nil, h.drv.FreeNetwork(ctx, r)
+		return nil, h.drv.FreeNetwork(ctx, r.NetworkID)
 	})
 	handle(h, "/NetworkDriver.CreateEndpoint", func(ctx context.Context, r *network.CreateEndpointRequest) (any, error) {
-		return h.drv.CreateEndpoint(ctx, r)
+		req, err := endpointRequest(r)
+		if err != nil {
+			return nil, err
+		}
+		picked, err := h.drv.CreateEndpoint(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return endpointResponse(picked), nil
 	})
 	handle(h, "/NetworkDriver.DeleteEndpoint", func(ctx context.Context, r *network.DeleteEndpointRequest) (any, error) {
-		return nil, h.drv.DeleteEndpoint(ctx, r)
+		return nil, h.drv.DeleteEndpoint(ctx, r.EndpointID)
 	})
-	handle(h, "/NetworkDriver.EndpointOperInfo", func(_ context.Context, r *network.InfoRequest) (any, error) {
-		return h.drv.EndpointInfo(r)
+	handle(h, "/NetworkDriver.EndpointOperInfo", func(ctx context.Context, r *network.InfoRequest) (any, error) {
+		v, err := h.drv.EndpointInfo(ctx, r.EndpointID)
+		if err != nil {
+			return nil, err
+		}
+		return &network.InfoResponse{Value: v}, nil
 	})
-	handle(h, "/NetworkDriver.Join", func(_ context.Context, r *network.JoinRequest) (any, error) {
-		return h.drv.Join(r)
+	handle(h, "/NetworkDriver.Join", func(ctx context.Context, r *network.JoinRequest) (any, error) {
+		j, err := h.drv.Join(ctx, r.EndpointID)
+		if err != nil {
+			return nil, err
+		}
+		return joinResponse(j), nil
 	})
-	handle(h, "/NetworkDriver.Leave", func(_ context.Context, r *network.LeaveRequest) (any, error) {
-		return nil, h.drv.Leave(r)
+	handle(h, "/NetworkDriver.Leave", func(ctx context.Context, r *network.LeaveRequest) (any, error) {
+		return nil, h.drv.Leave(ctx, r.EndpointID)
 	})
 	handle(h, "/NetworkDriver.DiscoverNew", func(context.Context, *network.DiscoveryNotification) (any, error) {
 		return nil, nil
@@ -89,10 +117,14 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, log logrus.Fi
 		return nil, nil
 	})
 	handle(h, "/NetworkDriver.ProgramExternalConnectivity", func(ctx context.Context, r *network.ProgramExternalConnectivityRequest) (any, error) {
-		return nil, h.drv.ProgramExternalConnectivity(ctx, r)
+		ports, err := parsePorts(r.Options)
+		if err != nil {
+			return nil, err
+		}
+		return nil, h.drv.PublishPorts(ctx, r.EndpointID, ports)
 	})
 	handle(h, "/NetworkDriver.RevokeExternalConnectivity", func(ctx context.Context, r *network.RevokeExternalConnectivityRequest) (any, error) {
-		return nil, h.drv.RevokeExternalConnectivity(ctx, r)
+		return nil, h.drv.WithdrawPorts(ctx, r.EndpointID)
 	})
 	// IPAM driver.
 	handle(h, "/IpamDriver.GetCapabilities", func(context.Context, *struct{}) (any, error) {
@@ -208,21 +240,11 @@ func handle[Req any](h *Handler, path string, fn func(context.Context, *Req) (an
 			return
 		}
 		log.Debug("ok")
-		if resp == nil || isNilPtr(resp) {
+		if resp == nil {
 			resp = struct{}{}
 		}
 		reply(w, http.StatusOK, resp)
 	})
-}
-
-func isNilPtr(v any) bool {
-	switch t := v.(type) {
-	case *network.CreateEndpointResponse:
-		return t == nil
-	case *network.AllocateNetworkResponse:
-		return t == nil
-	}
-	return false
 }
 
 // Status classifies an error for the HTTP edge.

@@ -1,0 +1,36 @@
+package driver
+
+import "net/netip"
+
+// The driver's requests, in its own terms: the plugin (plugin/wire.go)
+// parses libnetwork's and refuses what cannot be one of these.
+
+// NetworkRequest is a CreateNetwork request.
+type NetworkRequest struct {
+	ID string
+	// Options is Docker's option map: com.docker.network.generic holds the
+	// -o options, beside Docker's own (internal, enable_ipv6).
+	Options map[string]any
+	Pool    netip.Prefix // the network's IPv4 pool
+	Space   string       // the pool's IPAM address space
+	// Gateway is the gateway IPAM reserved (--gateway), with the pool's
+	// prefix length; invalid when there is none.
+	Gateway netip.Prefix
+}
+
+// AllocateRequest is a swarm manager's AllocateNetwork request.
+type AllocateRequest struct {
+	ID      string
+	Options map[string]string
+	// Pool is the network's IPv4 pool; invalid when the network's IPAM is
+	// not tartan's (its nodes' CreateNetwork refuses it then).
+	Pool netip.Prefix
+}
+
+// EndpointRequest is a CreateEndpoint request.
+type EndpointRequest struct {
+	NetworkID  string
+	EndpointID string
+	Addr       netip.Prefix // the address IPAM gave, with the pool's length
+	MAC        string       // "": the driver picks one
+}

@@ -1,0 +1,175 @@
+package plugin
+
+import (
+	"encoding/json"
+	"net/netip"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/errdefs"
+	"github.com/tartan-net/tartan/ipam"
+)
+
+// The plugin speaks libnetwork's wire (go-plugins-helpers' types); the
+// driver its own requests. These turn one into the other and refuse what
+// cannot be turned.
+
+// networkRequest reads a CreateNetwork request.
+func networkRequest(r *network.CreateNetworkRequest) (driver.NetworkRequest, error) {
+	pool, data, err := ipv4Pool(r.IPv4Data, r.IPv6Data, false)
+	if err != nil {
+		return driver.NetworkRequest{}, err
+	}
+	req := driver.NetworkRequest{ID: r.NetworkID, Options: r.Options, Pool: pool, Space: data.AddressSpace}
+	if data.Gateway != "" {
+		if req.Gateway, err = netip.ParsePrefix(data.Gateway); err != nil {
+			return req, errdefs.Invalid("gateway %q from IPAM is not an address with its prefix length", data.Gateway)
+		}
+	}
+	return req, nil
+}
+
+// allocateRequest reads a swarm manager's AllocateNetwork request. The
+// manager's allocator sends the pool without its address space; every
+// node's CreateNetwork checks that the IPAM is tartan's.
+func allocateRequest(r *network.AllocateNetworkRequest) (driver.AllocateRequest, error) {
+	req := driver.AllocateRequest{ID: r.NetworkID, Options: r.Options}
+	if len(r.IPv4Data) == 0 {
+		return req, nil
+	}
+	v4 := make([]*network.IPAMData, len(r.IPv4Data))
+	for i := range r.IPv4Data {
+		v4[i] = &r.IPv4Data[i]
+	}
+	var err error
+	req.Pool, _, err = ipv4Pool(v4, make([]*network.IPAMData, len(r.IPv6Data)), true)
+	return req, err
+}
+
+// ipv4Pool checks the IPAM data of a network request: exactly one IPv4
+// pool, from tartan's IPAM unless anySpace.
+func ipv4Pool(v4, v6 []*network.IPAMData, anySpace bool) (netip.Prefix, *network.IPAMData, error) {
+	if len(v6) > 0 {
+		return netip.Prefix{}, nil, errdefs.ErrNoIPv6
+	}
+	if len(v4) != 1 || v4[0] == nil {
+		return netip.Prefix{}, nil, errdefs.Invalid("give exactly one IPv4 --subnet (got %d)", len(v4))
+	}
+	if s := v4[0].AddressSpace; !anySpace && s != ipam.LocalSpace && s != ipam.GlobalSpace {
+		return netip.Prefix{}, nil, errdefs.Invalid("this network needs tartan's IPAM as well: add --ipam-driver tartan:latest (the plugin's name) to docker network create")
+	}
+	p, err := netip.ParsePrefix(v4[0].Pool)
+	if err != nil {
+		return netip.Prefix{}, nil, errdefs.Invalid("pool %q from IPAM is not a CIDR", v4[0].Pool)
+	}
+	return p, v4[0], nil
+}
+
+// endpointRequest reads a CreateEndpoint request.
+func endpointRequest(r *network.CreateEndpointRequest) (driver.EndpointRequest, error) {
+	if r.Interface == nil || r.Interface.Address == "" {
+		return driver.EndpointRequest{}, errdefs.Invalid("endpoint %s has no IPv4 address: tartan networks need --ipam-driver tartan:latest", backend.ShortID(r.EndpointID))
+	}
+	if r.Interface.AddressIPv6 != "" {
+		return driver.EndpointRequest{}, errdefs.ErrNoIPv6
+	}
+	addr, err := netip.ParsePrefix(r.Interface.Address)
+	if err != nil {
+		return driver.EndpointRequest{}, errdefs.Invalid("endpoint address %q is not a CIDR", r.Interface.Address)
+	}
+	return driver.EndpointRequest{NetworkID: r.NetworkID, EndpointID: r.EndpointID, Addr: addr, MAC: r.Interface.MacAddress}, nil
+}
+
+// endpointResponse tells Docker the MAC address the driver picked, if it
+// picked one.
+func endpointResponse(picked string) *network.CreateEndpointResponse {
+	if picked == "" {
+		return &network.CreateEndpointResponse{}
+	}
+	return &network.CreateEndpointResponse{Interface: &network.EndpointInterface{MacAddress: picked}}
+}
+
+// joinResponse is a backend's Join in libnetwork's words: no gateway
+// disables Docker's gateway service for the endpoint.
+func joinResponse(j backend.Join) *network.JoinResponse {
+	resp := &network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: j.Interface, DstPrefix: "eth"}}
+	for _, r := range j.Routes {
+		sr := &network.StaticRoute{Destination: r.Dst.String(), RouteType: routeConnected}
+		if r.NextHop.IsValid() {
+			sr.RouteType, sr.NextHop = routeNextHop, r.NextHop.String()
+		}
+		resp.StaticRoutes = append(resp.StaticRoutes, sr)
+	}
+	if j.Gateway.IsValid() {
+		resp.Gateway = j.Gateway.String()
+	} else {
+		resp.DisableGatewayService = true
+	}
+	return resp
+}
+
+// libnetwork's route types (types.NEXTHOP, types.CONNECTED).
+const (
+	routeNextHop   = 0
+	routeConnected = 1
+)
+
+// Docker's key for backend.Port ports in ProgramExternalConnectivity.
+const dockerPortMap = "com.docker.network.portmap"
+
+// portBinding is libnetwork's types.PortBinding as it travels in JSON.
+type portBinding struct {
+	Proto       int
+	IP          string
+	Port        int
+	HostIP      string
+	HostPort    int
+	HostPortEnd int
+}
+
+var protocols = map[int]string{6: "tcp", 17: "udp", 132: "sctp"}
+
+// parsePorts reads the port map Docker sends for docker run -p.
+func parsePorts(opts map[string]any) ([]backend.Port, error) {
+	raw, ok := opts[dockerPortMap]
+	if !ok || raw == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return nil, errdefs.Invalid("backend.Port ports have an unexpected form: %v", err)
+	}
+	var bindings []portBinding
+	if err := json.Unmarshal(b, &bindings); err != nil {
+		return nil, errdefs.Invalid("backend.Port ports have an unexpected form: %v", err)
+	}
+	var out []backend.Port
+	for _, pb := range bindings {
+		proto, ok := protocols[pb.Proto]
+		if !ok {
+			return nil, errdefs.Invalid("backend.Port port %d uses protocol %d: tartan publishes tcp, udp and sctp", pb.Port, pb.Proto)
+		}
+		if pb.HostPort == 0 {
+			return nil, errdefs.Invalid("port %d/%s has no host port: tartan publishes explicit ports only, use -p HOSTPORT:%d", pb.Port, proto, pb.Port)
+		}
+		if pb.HostPortEnd != 0 && pb.HostPortEnd != pb.HostPort {
+			return nil, errdefs.Invalid("host port range %d-%d for %d/%s: tartan publishes single ports, use -p HOSTPORT:%d", pb.HostPort, pb.HostPortEnd, pb.Port, proto, pb.Port)
+		}
+		if pb.Port < 1 || pb.Port > 65535 || pb.HostPort < 1 || pb.HostPort > 65535 {
+			return nil, errdefs.Invalid("backend.Port port %d:%d/%s is out of range", pb.HostPort, pb.Port, proto)
+		}
+		p := backend.Port{Proto: proto, HostPort: pb.HostPort, Port: pb.Port}
+		if pb.HostIP != "" {
+			ip, err := netip.ParseAddr(pb.HostIP)
+			if err != nil || !ip.Is4() {
+				return nil, errdefs.Invalid("host address %q of backend.Port port %d: use an IPv4 address of this host", pb.HostIP, pb.HostPort)
+			}
+			if !ip.IsUnspecified() {
+				p.HostIP = ip.String()
+			}
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}

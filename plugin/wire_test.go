@@ -1,0 +1,97 @@
+package plugin
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/errdefs"
+	"github.com/tartan-net/tartan/ipam"
+)
+
+// TestParsePorts: Docker's port map becomes the driver's ports; what tartan
+// cannot publish is refused with the fix.
+func TestParsePorts(t *testing.T) {
+	pm := func(b ...map[string]any) map[string]any { return map[string]any{dockerPortMap: b} }
+	got, err := parsePorts(pm(map[string]any{"Proto": 6, "IP": "10.244.0.2", "Port": 8080, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080},
+		map[string]any{"Proto": 17, "Port": 53, "HostIP": "0.0.0.0", "HostPort": 5353},
+		map[string]any{"Proto": 132, "Port": 9, "HostIP": "10.1.2.3", "HostPort": 9}))
+	want := []backend.Port{{Proto: "tcp", HostPort: 18080, Port: 8080}, {Proto: "udp", HostPort: 5353, Port: 53}, {Proto: "sctp", HostIP: "10.1.2.3", HostPort: 9, Port: 9}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("got %v %v, want %v", got, err, want)
+	}
+	if got, err := parsePorts(nil); got != nil || err != nil {
+		t.Fatalf("no port map: %v %v", got, err)
+	}
+	for _, c := range []struct {
+		opts map[string]any
+		want string
+	}{
+		{pm(map[string]any{"Proto": 6, "Port": 80}), "use -p HOSTPORT:80"},
+		{pm(map[string]any{"Proto": 1, "Port": 80, "HostPort": 80}), "tartan publishes tcp, udp and sctp"},
+		{pm(map[string]any{"Proto": 6, "Port": 80, "HostPort": 80, "HostPortEnd": 90}), "tartan publishes single ports"},
+		{pm(map[string]any{"Proto": 6, "Port": 80, "HostPort": 70000}), "out of range"},
+		{pm(map[string]any{"Proto": 6, "Port": 80, "HostPort": 80, "HostIP": "::1"}), "use an IPv4 address of this host"},
+		{map[string]any{dockerPortMap: "nonsense"}, "unexpected form"},
+	} {
+		if _, err := parsePorts(c.opts); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.opts, err, c.want)
+		}
+	}
+}
+
+// TestWireRequests: the wire's network and endpoint requests become the
+// driver's, and the ones that cannot are refused.
+func TestWireRequests(t *testing.T) {
+	req, err := networkRequest(&network.CreateNetworkRequest{NetworkID: "n", IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "10.1.0.0/16", Gateway: "10.1.0.1/16"}}})
+	if err != nil || req.Pool != netip.MustParsePrefix("10.1.0.0/16") || req.Gateway != netip.MustParsePrefix("10.1.0.1/16") || req.Space != ipam.LocalSpace || req.ID != "n" {
+		t.Fatalf("network: %+v %v", req, err)
+	}
+	for _, bad := range []*network.CreateNetworkRequest{
+		{IPv4Data: []*network.IPAMData{{AddressSpace: "default", Pool: "10.1.0.0/16"}}},
+		{IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "10.1.0.0/16"}}, IPv6Data: []*network.IPAMData{{Pool: "fd00::/64"}}},
+		{IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "nope"}}},
+		{IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "10.1.0.0/16", Gateway: "10.1.0.1"}}},
+		{},
+	} {
+		if _, err := networkRequest(bad); !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("%+v: %v, want ErrInvalid", bad, err)
+		}
+	}
+	alloc, err := allocateRequest(&network.AllocateNetworkRequest{NetworkID: "n", IPv4Data: []network.IPAMData{{Pool: "10.2.0.0/16"}}})
+	if err != nil || alloc.Pool != netip.MustParsePrefix("10.2.0.0/16") {
+		t.Fatalf("allocate: %+v %v", alloc, err)
+	}
+	if alloc, err := allocateRequest(&network.AllocateNetworkRequest{NetworkID: "n"}); err != nil || alloc.Pool.IsValid() {
+		t.Fatalf("allocate without IPAM data: %+v %v", alloc, err)
+	}
+	ep, err := endpointRequest(&network.CreateEndpointRequest{NetworkID: "n", EndpointID: "e", Interface: &network.EndpointInterface{Address: "10.1.0.5/16", MacAddress: "02:00:00:00:00:01"}})
+	if err != nil || ep.Addr != netip.MustParsePrefix("10.1.0.5/16") || ep.MAC != "02:00:00:00:00:01" {
+		t.Fatalf("endpoint: %+v %v", ep, err)
+	}
+	for _, bad := range []*network.EndpointInterface{nil, {Address: "x"}, {Address: "10.1.0.5/16", AddressIPv6: "fd00::5/64"}} {
+		if _, err := endpointRequest(&network.CreateEndpointRequest{EndpointID: "e", Interface: bad}); !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("%+v: %v, want ErrInvalid", bad, err)
+		}
+	}
+}
+
+// TestJoinResponse: routes through a next hop and connected routes, and a
+// missing gateway disables Docker's gateway service.
+func TestJoinResponse(t *testing.T) {
+	gw := netip.MustParseAddr("169.254.1.1")
+	r := joinResponse(backend.Join{Interface: "tp1", Gateway: gw, Routes: []backend.StaticRoute{
+		{Dst: netip.PrefixFrom(gw, 32)}, {Dst: netip.MustParsePrefix("10.1.0.0/16"), NextHop: gw}}})
+	if r.InterfaceName.SrcName != "tp1" || r.InterfaceName.DstPrefix != "eth" || r.Gateway != "169.254.1.1" || r.DisableGatewayService ||
+		len(r.StaticRoutes) != 2 || r.StaticRoutes[0].RouteType != routeConnected || r.StaticRoutes[0].NextHop != "" ||
+		r.StaticRoutes[1].RouteType != routeNextHop || r.StaticRoutes[1].NextHop != "169.254.1.1" || r.StaticRoutes[1].Destination != "10.1.0.0/16" {
+		t.Fatalf("routed join: %+v", r)
+	}
+	if r := joinResponse(backend.Join{Interface: "tp2"}); !r.DisableGatewayService || r.Gateway != "" || len(r.StaticRoutes) != 0 {
+		t.Fatalf("join without a gateway: %+v", r)
+	}
+}
