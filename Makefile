@@ -116,6 +116,10 @@ scale: consul
 lint:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	@! git grep -nE 'netlink\.[A-Za-z]*List[A-Za-z]*\(' -- '*.go' ':!driver/kernel/netlinksafe.go' ':!*_test.go' || \
+		{ echo "netlink dumps go through driver/kernel/netlinksafe.go (they may be interrupted)"; exit 1; }
+	@! git grep -nE 'strings\.Contains\(err\.Error\(\)' -- '*.go' ':!*_test.go' || \
+		{ echo "classify errors by type (errors.Is/As), not by their text"; exit 1; }
 
 clean:
 	rm -rf $(BUILD)

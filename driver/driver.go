@@ -122,7 +122,7 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 		st:     localState{networks: map[string]localNetwork{}, endpoints: map[string]localEndpoint{}},
 		fwPoke: make(chan struct{}, 1)}
 	underlay := func() (kernel.Underlay, error) { return kernel.FindUnderlay(cfg.Advertise) }
-	host := backend.Host{ID: cfg.Host, VXLANPort: cfg.VXLANPort, SysctlRoot: cfg.SysctlRoot, Underlay: underlay}
+	host := backend.Host{ID: cfg.Host, VXLANPort: cfg.VXLANPort, SysctlRoot: cfg.SysctlRoot, Underlay: underlay, Log: log}
 	d.backends = Backends(host, addrs, cluster, d.skipped)
 	d.routes = routing.New(cluster, routing.Netlink{}, routing.Config{Host: cfg.Host, TTL: cfg.LeaseTTL, Replan: 10 * cfg.Resync,
 		Underlay: underlay, OnPeers: d.pokeFirewall, Log: log})

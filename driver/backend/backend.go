@@ -19,6 +19,7 @@ import (
 	"context"
 	"net/netip"
 
+	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/driver/routing"
@@ -151,6 +152,7 @@ type Host struct {
 	// Underlay finds the interface and address that carry the host's
 	// traffic to its peers (ADVERTISE).
 	Underlay func() (kernel.Underlay, error)
+	Log      logrus.FieldLogger
 }
 
 // ShortID is the form of Docker IDs in messages and logs.

@@ -200,19 +200,3 @@ func EnsureShim(name, parent string, mtu int, mac string, ip netip.Addr) error {
 	}
 	return setUp(l)
 }
-
-// DefaultRouteInterface names the interface of the IPv4 default route.
-func DefaultRouteInterface() (string, error) {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		return "", fmt.Errorf("list routes: %w", err)
-	}
-	for _, r := range routes {
-		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-				return l.Attrs().Name, nil
-			}
-		}
-	}
-	return "", errors.New("no -o parent and this host has no default route to take it from: give -o parent=<interface>")
-}

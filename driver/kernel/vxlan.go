@@ -2,14 +2,123 @@ package kernel
 
 import (
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
+
+// The VXLAN device of a vxlan network (driver/vxlan) and the MACs that
+// name each host's end of it.
+
+// VXLANName is the name of a network's VXLAN device.
+func VXLANName(vni int) string { return fmt.Sprintf("%s%d", VXLANPrefix, vni) }
+
+// VXLAN describes a network's VXLAN device.
+type VXLAN struct {
+	Name   string
+	VNI    int
+	Port   int
+	Local  netip.Addr // underlay address
+	Parent string     // underlay interface
+	MTU    int
+	MAC    net.HardwareAddr // VTEPMAC of this host
+}
+
+// EnsureVXLAN creates the device or adopts an existing one that matches; one
+// that does not match is recreated, and recreated says why (flannel's
+// vxlanLinksIncompat).
+func EnsureVXLAN(v VXLAN) (recreated string, err error) {
+	parent, err := netlink.LinkByName(v.Parent)
+	if err != nil {
+		return "", fmt.Errorf("vxlan %s: underlay interface %s: %w", v.Name, v.Parent, err)
+	}
+	want := &netlink.Vxlan{
+		LinkAttrs:    netlink.LinkAttrs{Name: v.Name, MTU: v.MTU},
+		VxlanId:      v.VNI,
+		VtepDevIndex: parent.Attrs().Index,
+		SrcAddr:      v.Local.AsSlice(),
+		Port:         v.Port,
+		Learning:     false,
+	}
+	want.HardwareAddr = v.MAC
+	if l, err := netlink.LinkByName(v.Name); err == nil {
+		recreated = vxlanIncompat(l, want)
+		if recreated == "" {
+			if l.Attrs().MTU != v.MTU {
+				if err := netlink.LinkSetMTU(l, v.MTU); err != nil {
+					return "", fmt.Errorf("vxlan %s: set mtu %d: %w", v.Name, v.MTU, err)
+				}
+			}
+			if v.MAC != nil && l.Attrs().HardwareAddr.String() != v.MAC.String() {
+				if err := netlink.LinkSetHardwareAddr(l, v.MAC); err != nil {
+					return "", fmt.Errorf("vxlan %s: set mac %s: %w", v.Name, v.MAC, err)
+				}
+			}
+			return "", setUp(l)
+		}
+		if err := netlink.LinkDel(l); err != nil {
+			return recreated, fmt.Errorf("vxlan %s: replace mismatched device (%s): %w", v.Name, recreated, err)
+		}
+	} else if !notFound(err) {
+		return "", fmt.Errorf("look up %s: %w", v.Name, err)
+	}
+	if err := netlink.LinkAdd(want); err != nil {
+		if other := vxlanUsing(v.Port, v.VNI, v.Name); other != "" {
+			return recreated, fmt.Errorf("create vxlan %s: %w: the VXLAN device %s of another program already receives VNI %d on UDP port %d on this host "+
+				"(flannel uses VNI 1 on port 8472, Cilium every VNI on 8472): set VXLAN_PORT to a free port on every host, or give the network another -o tartan.vni",
+				v.Name, err, other, v.VNI, v.Port)
+		}
+		return recreated, fmt.Errorf("create vxlan %s (vni %d, port %d, local %s dev %s): %w", v.Name, v.VNI, v.Port, v.Local, v.Parent, err)
+	}
+	l, err := netlink.LinkByName(v.Name)
+	if err != nil {
+		return recreated, fmt.Errorf("look up %s: %w", v.Name, err)
+	}
+	return recreated, setUp(l)
+}
+
+// vxlanIncompat says how an existing link differs from the device wanted,
+// or "" when it can be adopted (MTU and MAC are set in place).
+func vxlanIncompat(l netlink.Link, want *netlink.Vxlan) string {
+	cur, ok := l.(*netlink.Vxlan)
+	switch {
+	case !ok:
+		return fmt.Sprintf("a %s link, not vxlan", l.Type())
+	case cur.VxlanId != want.VxlanId:
+		return fmt.Sprintf("VNI %d, not %d", cur.VxlanId, want.VxlanId)
+	case cur.Port != want.Port:
+		return fmt.Sprintf("UDP port %d, not %d", cur.Port, want.Port)
+	case cur.VtepDevIndex != want.VtepDevIndex:
+		return fmt.Sprintf("underlay interface index %d, not %d", cur.VtepDevIndex, want.VtepDevIndex)
+	case !net.IP(want.SrcAddr).Equal(cur.SrcAddr):
+		return fmt.Sprintf("local address %s, not %s", net.IP(cur.SrcAddr), net.IP(want.SrcAddr))
+	case cur.Learning:
+		return "address learning on"
+	}
+	return ""
+}
+
+// vxlanUsing names a VXLAN device other than self that receives vni on
+// port: one with that VNI, or one in external (collect-metadata) mode,
+// which takes every VNI of its port.
+func vxlanUsing(port, vni int, self string) string {
+	ls, err := linkList()
+	if err != nil {
+		return ""
+	}
+	for _, l := range ls {
+		x, ok := l.(*netlink.Vxlan)
+		if !ok || x.Name == self || x.Port != port {
+			continue
+		}
+		if x.VxlanId == vni || x.FlowBased {
+			return x.Name
+		}
+	}
+	return ""
+}
 
 // VTEPMAC is the MAC of a host's VXLAN device for a VNI, derived from the
 // host's ID so that it survives restarts and every peer can compute it.
@@ -23,138 +132,4 @@ func StableMAC(seed string) net.HardwareAddr {
 	mac := net.HardwareAddr(sum[:6])
 	mac[0] = (mac[0] | 0x02) & 0xfe // locally administered, unicast
 	return mac
-}
-
-// Neigh is a permanent neighbour entry: the peer's underlay address (the next
-// hop of its routes) resolves to its VTEP MAC on the VXLAN device.
-type Neigh struct {
-	Link string
-	IP   netip.Addr
-	MAC  string
-}
-
-// FDB sends frames for a peer's VTEP MAC to its underlay address.
-type FDB struct {
-	Link string
-	MAC  string
-	Dst  netip.Addr
-}
-
-func linkIndex(name string) (int, error) {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return 0, fmt.Errorf("look up %s: %w", name, err)
-	}
-	return l.Attrs().Index, nil
-}
-
-// ReplaceNeigh installs or updates a permanent neighbour entry.
-func ReplaceNeigh(n Neigh) error {
-	idx, err := linkIndex(n.Link)
-	if err != nil {
-		return err
-	}
-	mac, err := net.ParseMAC(n.MAC)
-	if err != nil {
-		return fmt.Errorf("neighbour %s: %w", n.IP, err)
-	}
-	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
-		IP: n.IP.AsSlice(), HardwareAddr: mac}); err != nil {
-		return fmt.Errorf("neighbour %s lladdr %s dev %s: %w", n.IP, n.MAC, n.Link, err)
-	}
-	return nil
-}
-
-// Neighs lists the permanent IPv4 neighbour entries of a link.
-func Neighs(link string) ([]Neigh, error) {
-	idx, err := linkIndex(link)
-	if err != nil {
-		return nil, err
-	}
-	ns, err := netlink.NeighList(idx, unix.AF_INET)
-	if err != nil {
-		return nil, fmt.Errorf("list neighbours of %s: %w", link, err)
-	}
-	var out []Neigh
-	for _, n := range ns {
-		if n.State&netlink.NUD_PERMANENT == 0 {
-			continue
-		}
-		ip, _ := netip.AddrFromSlice(n.IP.To4())
-		out = append(out, Neigh{Link: link, IP: ip, MAC: n.HardwareAddr.String()})
-	}
-	return out, nil
-}
-
-// DeleteNeigh removes a neighbour entry; a missing one is fine.
-func DeleteNeigh(n Neigh) error {
-	idx, err := linkIndex(n.Link)
-	if notFound(errors.Unwrap(err)) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if err := netlink.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, IP: n.IP.AsSlice()}); err != nil && !notFound(err) {
-		return fmt.Errorf("delete neighbour %s dev %s: %w", n.IP, n.Link, err)
-	}
-	return nil
-}
-
-// ReplaceFDB installs or updates a forwarding entry on a VXLAN device.
-func ReplaceFDB(f FDB) error {
-	idx, err := linkIndex(f.Link)
-	if err != nil {
-		return err
-	}
-	mac, err := net.ParseMAC(f.MAC)
-	if err != nil {
-		return fmt.Errorf("fdb %s: %w", f.MAC, err)
-	}
-	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
-		Flags: netlink.NTF_SELF, IP: f.Dst.AsSlice(), HardwareAddr: mac}); err != nil {
-		return fmt.Errorf("fdb %s dst %s dev %s: %w", f.MAC, f.Dst, f.Link, err)
-	}
-	return nil
-}
-
-// FDBs lists the forwarding entries with a destination on a VXLAN device.
-func FDBs(link string) ([]FDB, error) {
-	idx, err := linkIndex(link)
-	if err != nil {
-		return nil, err
-	}
-	ns, err := netlink.NeighList(idx, unix.AF_BRIDGE)
-	if err != nil {
-		return nil, fmt.Errorf("list fdb of %s: %w", link, err)
-	}
-	var out []FDB
-	for _, n := range ns {
-		dst, ok := netip.AddrFromSlice(n.IP.To4())
-		if !ok || n.IP == nil {
-			continue
-		}
-		out = append(out, FDB{Link: link, MAC: n.HardwareAddr.String(), Dst: dst})
-	}
-	return out, nil
-}
-
-// DeleteFDB removes a forwarding entry; a missing one is fine.
-func DeleteFDB(f FDB) error {
-	idx, err := linkIndex(f.Link)
-	if notFound(errors.Unwrap(err)) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	mac, err := net.ParseMAC(f.MAC)
-	if err != nil {
-		return err
-	}
-	if err := netlink.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
-		IP: f.Dst.AsSlice(), HardwareAddr: mac}); err != nil && !notFound(err) {
-		return fmt.Errorf("delete fdb %s dst %s dev %s: %w", f.MAC, f.Dst, f.Link, err)
-	}
-	return nil
 }

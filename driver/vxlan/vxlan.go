@@ -12,6 +12,7 @@ import (
 	"context"
 	"strconv"
 
+	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/driver/routed"
@@ -91,8 +92,12 @@ func (b Backend) Ensure(n backend.Network) error {
 	if err != nil {
 		return err
 	}
-	return kernel.EnsureVXLAN(kernel.VXLAN{Name: n.Device, VNI: n.VNI, Port: b.Host.VXLANPort, Local: u.Address, Parent: u.Interface,
+	why, err := kernel.EnsureVXLAN(kernel.VXLAN{Name: n.Device, VNI: n.VNI, Port: b.Host.VXLANPort, Local: u.Address, Parent: u.Interface,
 		MTU: n.MTU, MAC: kernel.VTEPMAC(b.Host.ID, n.VNI)})
+	if why != "" && b.Host.Log != nil {
+		b.Host.Log.WithFields(logrus.Fields{"if": n.Device, "network": backend.ShortID(n.ID)}).Warnf("made the VXLAN device again: the one found had %s", why)
+	}
+	return err
 }
 
 // Remove deletes the VXLAN device (its neighbour and FDB entries and the
