@@ -178,29 +178,31 @@ func (d *Driver) removeNetwork(ctx context.Context, n localNetwork, others []loc
 func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o backend.Options, swarm bool) (kv.Network, func(context.Context), error) {
 	undo := func(context.Context) {}
 	key := kv.NetworkPath(pool.String())
-	for attempt := 0; attempt < 20; attempt++ {
-		var cur kv.Network
-		_, err := kv.GetJSON(ctx, d.cluster, key, &cur)
+	var rec kv.Network
+	err := kv.Retry(ctx, func() error {
+		_, err := kv.GetJSON(ctx, d.cluster, key, &rec)
 		if err == nil {
 			if swarm {
-				cur.Swarm = true // Docker tells the manager nothing of --internal
+				rec.Swarm = true // Docker tells the manager nothing of --internal
 			}
-			return cur, undo, agrees(pool, cur, o)
+			return agrees(pool, rec, o)
 		}
 		if !errors.Is(err, kv.ErrNotFound) {
-			return cur, undo, fmt.Errorf("read network %s: %w", pool, err)
+			return fmt.Errorf("read network %s: %w", pool, err)
 		}
-		rec := kv.Network{Pool: pool.String(), Backend: o.Backend, Internal: o.Internal, MTU: o.MTU, DirectRouting: o.DirectRouting,
+		rec = kv.Network{Pool: pool.String(), Backend: o.Backend, Internal: o.Internal, MTU: o.MTU, DirectRouting: o.DirectRouting,
 			Swarm: swarm, Options: o.Raw, Created: time.Now().UTC()}
 		vniCreated := false
 		if d.backends[o.Backend].Describe().ClaimsVNI {
 			if rec.VNI, vniCreated, err = kv.ClaimVNI(ctx, d.cluster, o.VNI, pool.String()); err != nil {
-				return rec, undo, err
+				return err
 			}
 		}
 		version, err := kv.PutJSON(ctx, d.cluster, key, rec, 0)
 		if err == nil {
-			return rec, func(ctx context.Context) { d.dropRecord(ctx, rec, version, vniCreated) }, nil
+			created := rec
+			undo = func(ctx context.Context) { d.dropRecord(ctx, created, version, vniCreated) }
+			return nil
 		}
 		// Another host recorded the network first (or the write failed).
 		// A VNI claim this call made is given back unless the winner's
@@ -212,11 +214,9 @@ func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o backen
 				_ = kv.DeleteVNIOf(context.WithoutCancel(ctx), d.cluster, rec.VNI, rec.Pool)
 			}
 		}
-		if !errors.Is(err, kv.ErrConflict) {
-			return rec, undo, fmt.Errorf("record network %s: %w", pool, err)
-		}
-	}
-	return kv.Network{}, undo, fmt.Errorf("record network %s: %w", pool, kv.ErrConflict)
+		return kv.RetryOnConflict(fmt.Errorf("record network %s: %w", pool, err))
+	})
+	return rec, undo, err
 }
 
 // dropRecord removes a network record this host wrote (at version) and the

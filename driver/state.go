@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"errors"
 
 	"github.com/tartan-net/tartan/kv"
 )
@@ -37,17 +36,9 @@ func loadLocal(ctx context.Context, s kv.Store, skipped func(*kv.DecodeError)) (
 	return st, err
 }
 
-// putLocal writes a local record whatever its version (this host is its only
-// writer, under the driver's lock).
+// putLocal writes a local record whatever its version: this host is its
+// only writer, and each call writes the record as the tables hold it.
 func putLocal(ctx context.Context, s kv.Store, key string, v any) error {
-	for {
-		p, err := s.Get(ctx, key)
-		if err != nil && !errors.Is(err, kv.ErrNotFound) {
-			return err
-		}
-		_, err = kv.PutJSON(ctx, s, key, v, p.Version)
-		if !errors.Is(err, kv.ErrConflict) {
-			return err
-		}
-	}
+	_, err := kv.PutJSON(ctx, s, key, v, kv.Any)
+	return err
 }

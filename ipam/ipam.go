@@ -167,12 +167,13 @@ func (m *IPAM) autoPool(ctx context.Context, space string, blockBits int) (PoolI
 	if !m.cfg.AutoRange.IsValid() {
 		return PoolID{}, errdefs.Invalid("no --subnet given and no automatic range is set: add --subnet")
 	}
-	for attempt := 0; attempt < 100; attempt++ {
+	var chosen netip.Prefix
+	err := kv.Retry(ctx, func() error {
 		pools, err := m.pools(ctx)
 		if err != nil {
-			return PoolID{}, err
+			return err
 		}
-		var chosen netip.Prefix
+		chosen = netip.Prefix{}
 		span := Layout{Pool: m.cfg.AutoRange, Range: m.cfg.AutoRange, BlockBits: m.cfg.AutoBits}
 		span.Blocks(func(p netip.Prefix) bool {
 			for _, q := range pools {
@@ -187,22 +188,25 @@ func (m *IPAM) autoPool(ctx context.Context, space string, blockBits int) (PoolI
 			return false
 		})
 		if !chosen.IsValid() {
-			return PoolID{}, errdefs.InUse("automatic pool range %s is used up (by tartan pools and this host's routes): give --subnet", m.cfg.AutoRange)
+			return errdefs.InUse("automatic pool range %s is used up (by tartan pools and this host's routes): give --subnet", m.cfg.AutoRange)
 		}
 		layout, err := NewLayout(chosen, netip.Prefix{}, blockBits)
 		if err != nil {
-			return PoolID{}, err
+			return err
 		}
 		err = m.register(ctx, layout, blockBits != 0, true, space)
 		if errors.Is(err, errdefs.ErrInUse) {
-			continue // lost the race for that pool; pick another
+			return fmt.Errorf("%w: %w", kv.ErrRetry, err) // lost the race for that pool; pick another
 		}
-		if err != nil {
-			return PoolID{}, err
-		}
-		return PoolID{Space: space, CIDR: chosen}, nil
+		return err
+	})
+	if errors.Is(err, kv.ErrRetry) {
+		return PoolID{}, fmt.Errorf("automatic pool: too many concurrent registrations: %w", err)
 	}
-	return PoolID{}, fmt.Errorf("automatic pool: too many concurrent registrations: %w", kv.ErrConflict)
+	if err != nil {
+		return PoolID{}, err
+	}
+	return PoolID{Space: space, CIDR: chosen}, nil
 }
 
 // excluded says whether an automatic pool candidate must be skipped: it
@@ -245,7 +249,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 	if l.Range != l.Pool {
 		rng = l.Range.String()
 	}
-	for attempt := 0; attempt < 100; attempt++ {
+	err := kv.Retry(ctx, func() error {
 		var existing kv.Pool
 		version, err := kv.GetJSON(ctx, m.store, key, &existing)
 		if err == nil && existing.Releasing {
@@ -254,7 +258,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 			if err := m.finishRelease(ctx, l.Pool.String()); err != nil {
 				return err
 			}
-			continue
+			return kv.ErrRetry
 		}
 		if err == nil {
 			held := existing.Holders[m.holder(space)]
@@ -308,7 +312,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 				ops = append(ops, kv.Op{Key: key, Value: b, Version: version})
 			}
 			if _, err := m.store.Txn(ctx, ops); errors.Is(err, kv.ErrConflict) {
-				continue
+				return kv.ErrRetry
 			} else if err != nil {
 				return err
 			}
@@ -338,7 +342,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 			if auto {
 				return errdefs.InUse("automatic pool %s was just taken by another network", l.Pool)
 			}
-			continue
+			return kv.ErrRetry
 		}
 		pool := kv.Pool{CIDR: l.Pool.String(), Range: rng, BlockBits: l.BlockBits, Auto: auto,
 			Holders: map[string]bool{kv.HoldersInKeys: true}, Created: m.cfg.Now().UTC()}
@@ -349,7 +353,7 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 		holderKey := kv.HolderPath(pool.CIDR, m.holder(space))
 		pv, err := m.store.Txn(ctx, []kv.Op{{Key: key, Value: b}, {Key: holderKey, Value: []byte(m.cfg.Host), Version: kv.Any}})
 		if errors.Is(err, kv.ErrConflict) {
-			continue
+			return kv.ErrRetry
 		}
 		if err != nil {
 			return err
@@ -363,11 +367,12 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 		if _, derr := m.store.Txn(ctx, []kv.Op{{Key: key, Delete: true, Version: pv}, {Key: holderKey, Delete: true}}); derr != nil && !errors.Is(derr, kv.ErrConflict) {
 			return fmt.Errorf("withdraw pool %s after a concurrent registration: %w", pool.CIDR, derr)
 		}
-		if !errors.Is(err, kv.ErrConflict) {
-			return err
-		}
+		return kv.RetryOnConflict(err)
+	})
+	if errors.Is(err, kv.ErrRetry) {
+		return fmt.Errorf("register pool %s: too many concurrent registrations: %w", l.Pool, err)
 	}
-	return fmt.Errorf("register pool %s: too many concurrent registrations: %w", l.Pool, kv.ErrConflict)
+	return err
 }
 
 // keepOldFolders marks the watched prefixes of a pool an older version
@@ -404,7 +409,7 @@ func (m *IPAM) ReleasePool(ctx context.Context, id PoolID) error {
 	cidr := id.CIDR.String()
 	m.forget(cidr)
 	holder := m.holder(id.Space)
-	for attempt := 0; attempt < 100; attempt++ {
+	err := kv.Retry(ctx, func() error {
 		var p kv.Pool
 		pv, err := kv.GetJSON(ctx, m.store, kv.PoolPath(cidr), &p)
 		if errors.Is(err, kv.ErrNotFound) {
@@ -434,7 +439,7 @@ func (m *IPAM) ReleasePool(ctx context.Context, id PoolID) error {
 			ops = append(ops, kv.Op{Key: kv.PoolPath(cidr), Value: b, Version: pv})
 		}
 		if _, err := m.store.Txn(ctx, ops); errors.Is(err, kv.ErrConflict) {
-			continue
+			return kv.ErrRetry
 		} else if err != nil {
 			return fmt.Errorf("release pool %s: %w", cidr, err)
 		}
@@ -443,8 +448,11 @@ func (m *IPAM) ReleasePool(ctx context.Context, id PoolID) error {
 			return m.finishRelease(ctx, cidr)
 		}
 		return m.releaseEmptyBlocks(ctx, cidr)
+	})
+	if errors.Is(err, kv.ErrRetry) {
+		return fmt.Errorf("release pool %s: too many concurrent changes: %w", cidr, err)
 	}
-	return fmt.Errorf("release pool %s: too many concurrent changes: %w", cidr, kv.ErrConflict)
+	return err
 }
 
 // finishRelease removes a pool marked as being released: its network record

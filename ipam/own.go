@@ -188,29 +188,31 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 	cidr := r.Pool.CIDR.String()
 	kind := KindFor(r)
 	mac := r.Options[OptMACAddress]
-	for attempt := 0; attempt < 100; attempt++ {
+	var got netip.Addr
+	err := kv.Retry(ctx, func() error {
 		pc, err := m.cache(ctx, cidr)
 		if err != nil {
-			return netip.Addr{}, err
+			return err
 		}
 		ip, want, err := m.choose(ctx, pc, r.Address, kind)
 		if err != nil {
-			return netip.Addr{}, err
+			return err
 		}
 		if !ip.IsValid() {
-			continue // a block changed hands; look again
+			return kv.ErrRetry // a block changed hands; look again
 		}
 		rec := kv.Address{IP: ip.String(), Pool: cidr, Host: m.cfg.Host, Kind: kind, MAC: mac, Created: m.cfg.Now().UTC()}
 		err = m.create(ctx, pc, rec)
 		if err == nil {
 			m.log.WithFields(logrus.Fields{"pool": cidr, "ip": ip, "kind": kind}).Debug("address allocated")
-			return ip, m.noteGateway(ctx, pc, kind, ip)
+			got = ip
+			return m.noteGateway(ctx, pc, kind, ip)
 		}
 		if !errors.Is(err, kv.ErrConflict) {
 			if !want {
 				pc.mark(ip, false)
 			}
-			return netip.Addr{}, err
+			return err
 		}
 		var cur kv.Address
 		var derr *kv.DecodeError
@@ -220,7 +222,7 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 				// value says: look further.
 				m.skipped(derr)
 				pc.mark(ip, true)
-				continue
+				return kv.ErrRetry
 			}
 			if errors.Is(gerr, kv.ErrNotFound) {
 				// The address is free: the pool record changed (a
@@ -230,15 +232,16 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 				err := m.readPool(ctx, pc)
 				pc.mu.Unlock()
 				if err != nil {
-					return netip.Addr{}, err
+					return err
 				}
-				continue
+				return kv.ErrRetry
 			}
-			return netip.Addr{}, gerr
+			return gerr
 		}
 		pc.mark(ip, true)
 		if m.confirms(cur, rec) {
-			return ip, m.noteGateway(ctx, pc, kind, ip)
+			got = ip
+			return m.noteGateway(ctx, pc, kind, ip)
 		}
 		// The swarm manager allocates in the global space, without MACs:
 		// its replays confirm, and the node that runs the task (which asks
@@ -248,21 +251,27 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 			(r.Pool.Space == GlobalSpace || (cur.MAC == "" && want))
 		if swarm {
 			if mac == "" {
-				return ip, nil
+				got = ip
+				return nil
 			}
 			if err := m.takeOver(ctx, pc, rec); err != nil {
 				if errors.Is(err, kv.ErrConflict) {
-					continue
+					return kv.ErrRetry
 				}
-				return netip.Addr{}, err
+				return err
 			}
-			return ip, nil
+			got = ip
+			return nil
 		}
 		if want {
-			return netip.Addr{}, errdefs.InUse("address %s is already in use (%s on host %s): pick another address or leave it out", ip, cur.Kind, cur.Host)
+			return errdefs.InUse("address %s is already in use (%s on host %s): pick another address or leave it out", ip, cur.Kind, cur.Host)
 		}
+		return kv.ErrRetry
+	})
+	if errors.Is(err, kv.ErrRetry) {
+		return netip.Addr{}, fmt.Errorf("allocate in pool %s: too many concurrent allocations: %w", cidr, err)
 	}
-	return netip.Addr{}, fmt.Errorf("allocate in pool %s: too many concurrent allocations: %w", cidr, kv.ErrConflict)
+	return got, err
 }
 
 // choose is the address a request asks for (want: the gateway or an address
@@ -512,7 +521,7 @@ func (m *IPAM) takeOver(ctx context.Context, pc *poolCache, rec kv.Address) erro
 	if err != nil {
 		return err
 	}
-	for attempt := 0; attempt < 100; attempt++ {
+	err = kv.Retry(ctx, func() error {
 		var cur kv.Address
 		v, err := kv.GetJSON(ctx, m.store, kv.AddressPath(pc.cidr, rec.IP), &cur)
 		if err != nil && !errors.Is(err, kv.ErrNotFound) {
@@ -528,15 +537,15 @@ func (m *IPAM) takeOver(ctx context.Context, pc *poolCache, rec kv.Address) erro
 		}
 		pc.mu.Unlock()
 		_, err = m.store.Txn(ctx, []kv.Op{{Key: kv.AddressPath(pc.cidr, rec.IP), Value: b, Version: v}, exc})
-		if errors.Is(err, kv.ErrConflict) {
-			continue
-		}
 		if err == nil {
 			m.log.WithFields(logrus.Fields{"pool": pc.cidr, "ip": rec.IP, "mac": rec.MAC}).Debug("address taken over from the swarm allocator")
 		}
-		return err
+		return kv.RetryOnConflict(err)
+	})
+	if err != nil {
+		return fmt.Errorf("take over address %s: %w", rec.IP, err)
 	}
-	return fmt.Errorf("take over address %s: %w", rec.IP, kv.ErrConflict)
+	return nil
 }
 
 // routed says whether the pool's network is a routed one (vxlan, host-gw).
@@ -670,7 +679,7 @@ func (m *IPAM) ReleaseAddressBefore(ctx context.Context, id PoolID, address stri
 		return errdefs.Invalid("address %q is not an IP address", address)
 	}
 	cidr := id.CIDR.String()
-	for attempt := 0; attempt < 100; attempt++ {
+	return kv.Retry(ctx, func() error {
 		var a kv.Address
 		v, err := kv.GetJSON(ctx, m.store, kv.AddressPath(cidr, ip.String()), &a)
 		if errors.Is(err, kv.ErrNotFound) {
@@ -692,16 +701,11 @@ func (m *IPAM) ReleaseAddressBefore(ctx context.Context, id PoolID, address stri
 			}
 			return nil
 		}
-		err = m.deleteAddress(ctx, cidr, ip.String(), v)
-		if errors.Is(err, kv.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("release address %s: %w", ip, err)
+		if err := m.deleteAddress(ctx, cidr, ip.String(), v); err != nil {
+			return kv.RetryOnConflict(fmt.Errorf("release address %s: %w", ip, err))
 		}
 		return nil
-	}
-	return fmt.Errorf("release address %s: %w", ip, kv.ErrConflict)
+	})
 }
 
 // deleteAddress removes an address record read at version, with its route

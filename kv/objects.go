@@ -386,36 +386,30 @@ var ErrDelete = errors.New("delete")
 // Update reads key (zero value and exists=false when missing), lets fn change
 // it and writes it back with compare-and-set, retrying on conflicts.
 func Update[T any](ctx context.Context, s Store, key string, fn func(v *T, exists bool) error) (T, error) {
-	for attempt := 0; ; attempt++ {
-		var v T
+	var v T
+	err := Retry(ctx, func() error {
+		v = *new(T)
 		version, err := GetJSON(ctx, s, key, &v)
 		exists := err == nil
 		if err != nil && !errors.Is(err, ErrNotFound) {
-			return v, err
+			return err
 		}
 		switch ferr := fn(&v, exists); {
 		case errors.Is(ferr, ErrUnchanged):
-			return v, nil
+			return nil
 		case errors.Is(ferr, ErrDelete):
 			if !exists {
-				return v, nil
+				return nil
 			}
 			err = s.Delete(ctx, key, version)
 		case ferr != nil:
-			return v, ferr
+			return ferr
 		default:
 			_, err = PutJSON(ctx, s, key, v, version)
 		}
-		if err == nil {
-			return v, nil
-		}
-		if !errors.Is(err, ErrConflict) || attempt > 100 {
-			return v, err
-		}
-		if err := ctx.Err(); err != nil {
-			return v, err
-		}
-	}
+		return RetryOnConflict(err)
+	})
+	return v, err
 }
 
 // MaxVNI is the largest VXLAN network identifier.
@@ -519,7 +513,7 @@ func DeleteVNIOf(ctx context.Context, s Store, vni int, pool string) error {
 // DeletePrefixCAS deletes every key under prefix, each at the version it was
 // listed with; a key rewritten meanwhile is listed and deleted again.
 func DeletePrefixCAS(ctx context.Context, s Store, prefix string) error {
-	for attempt := 0; attempt < 10; attempt++ {
+	err := Retry(ctx, func() error {
 		ps, _, err := s.List(ctx, prefix)
 		if err != nil {
 			return err
@@ -535,11 +529,15 @@ func DeletePrefixCAS(ctx context.Context, s Store, prefix string) error {
 				return err
 			}
 		}
-		if !conflict {
-			return nil
+		if conflict {
+			return ErrRetry
 		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", prefix, err)
 	}
-	return fmt.Errorf("delete %s: %w", prefix, ErrConflict)
+	return nil
 }
 
 // deleteAsRead deletes key at version; a key changed meanwhile is left to

@@ -68,7 +68,7 @@ func underlayOf(l netlink.Link, ip netip.Addr) (Underlay, error) {
 
 // DefaultRouteInterface names the interface of the IPv4 default route.
 func DefaultRouteInterface() (string, error) {
-	routes, err := routeList(nil, 0)
+	routes, err := routeList(&netlink.Route{}, 0) // the main table
 	if err != nil {
 		return "", fmt.Errorf("list routes: %w", err)
 	}
