@@ -68,56 +68,47 @@ func checkRoutes(n Network, routes []kernel.Route) ([]kernel.Route, []error) {
 func Apply(k Kernel, n Network, plan Plan) error {
 	routes, errs := checkRoutes(n, plan.Routes)
 	if n.Device != "" && k.LinkExists(n.Device) {
-		wantN := map[string]bool{}
-		for _, x := range plan.Neighs {
-			wantN[neighKey(x)] = true
-			if err := k.ReplaceNeigh(x); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		wantF := map[string]bool{}
-		for _, f := range plan.FDBs {
-			wantF[fdbKey(f)] = true
-			if err := k.ReplaceFDB(f); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		if cur, err := k.Neighs(n.Device); err == nil {
-			for _, x := range cur {
-				if !wantN[neighKey(x)] {
-					errs = append(errs, k.DeleteNeigh(x))
-				}
-			}
-		}
-		if cur, err := k.FDBs(n.Device); err == nil {
-			for _, f := range cur {
-				if !wantF[fdbKey(f)] {
-					errs = append(errs, k.DeleteFDB(f))
-				}
-			}
-		}
+		// Every entry on the network's own device is the network's.
+		errs = append(errs, converge(plan.Neighs, func() ([]kernel.Neigh, error) { return k.Neighs(n.Device) }, every, k.ReplaceNeigh, k.DeleteNeigh)...)
+		errs = append(errs, converge(plan.FDBs, func() ([]kernel.FDB, error) { return k.FDBs(n.Device) }, every, k.ReplaceFDB, k.DeleteFDB)...)
 	}
-	want := map[kernel.Route]bool{}
-	for _, r := range routes {
-		want[r] = true
-		if err := k.ReplaceRoute(r); err != nil {
+	// Peer routes of this network: anything tartan routed via a peer that
+	// touches the pool (also a wider prefix an older version let in from a
+	// bad record) or that sits on the network's device.
+	mine := func(r kernel.Route) bool {
+		return r.Via.IsValid() && (n.Pool.Overlaps(r.Dst) || (n.Device != "" && r.Link == n.Device))
+	}
+	errs = append(errs, converge(routes, k.OwnedRoutes, mine, k.ReplaceRoute, k.DeleteRoute)...)
+	return errors.Join(errs...)
+}
+
+func every[T any](T) bool { return true }
+
+// converge is the one set difference of a full apply (tailscale's
+// cidrDiff): every wanted entry is written (put must replace), then the
+// entries the kernel has that are its to manage (mine) and not wanted are
+// removed. Adding before deleting keeps traffic flowing through a change.
+func converge[T comparable](want []T, have func() ([]T, error), mine func(T) bool, put, del func(T) error) []error {
+	var errs []error
+	wanted := make(map[T]bool, len(want))
+	for _, x := range want {
+		wanted[x] = true
+		if err := put(x); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	cur, err := k.OwnedRoutes()
+	cur, err := have()
 	if err != nil {
-		errs = append(errs, err)
+		return append(errs, err)
 	}
-	for _, r := range cur {
-		// Peer routes of this network: anything tartan routed via a peer
-		// that touches the pool (also a wider prefix an older version let
-		// in from a bad record) or that sits on the network's device.
-		mine := n.Pool.Overlaps(r.Dst) || (n.Device != "" && r.Link == n.Device)
-		if r.Via.IsValid() && mine && !want[r] {
-			errs = append(errs, k.DeleteRoute(r))
+	for _, x := range cur {
+		if mine(x) && !wanted[x] {
+			if err := del(x); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // Update changes the kernel from the plan that was applied last to the new
@@ -199,9 +190,6 @@ func walk[T any](was, now []T, cmp func(a, b T) int, added, removed func(T), kep
 		}
 	}
 }
-
-func neighKey(x kernel.Neigh) string { return x.Link + "/" + x.IP.String() + "/" + x.MAC }
-func fdbKey(f kernel.FDB) string     { return f.Link + "/" + f.MAC + "/" + f.Dst.String() }
 
 // VXLANPeers is the underlay addresses of a plan's VXLAN peers.
 func (p Plan) VXLANPeers() []netip.Addr {

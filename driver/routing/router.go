@@ -251,8 +251,8 @@ func (w *netWatch) pokeNow() {
 	}
 }
 
-// follow lists prefix, then watches it, and hands every listing whose
-// content changed to listed. Errors only delay: they never remove the cache.
+// follow hands every changed listing of prefix to listed (kv.Follow).
+// Errors only delay: they never remove the cache.
 func (r *Router) follow(ctx context.Context, prefix string, listed func([]kv.Pair)) {
 	r.followWith(ctx, prefix, listed, nil)
 }
@@ -260,44 +260,8 @@ func (r *Router) follow(ctx context.Context, prefix string, listed func([]kv.Pai
 // followWith is follow that calls gap, if set, when an answer comes after
 // the prefix went unwatched for longer than half the feed retention.
 func (r *Router) followWith(ctx context.Context, prefix string, listed func([]kv.Pair), gap func()) {
-	var index uint64
-	var last string
-	backoff := time.Second
-	answered := time.Now()
-	for ctx.Err() == nil {
-		var ps []kv.Pair
-		var next uint64
-		var err error
-		if index == 0 {
-			ps, next, err = r.store.List(ctx, prefix)
-		} else {
-			ps, next, err = r.store.Watch(ctx, prefix, index)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			r.cfg.Log.WithField("prefix", prefix).Debugf("watch: %v", err)
-			if !sleep(ctx, backoff) {
-				return
-			}
-			backoff = min(2*backoff, 10*time.Second)
-			continue
-		}
-		backoff = time.Second
-		if gap != nil && time.Since(answered) > kv.FeedRetention/2 && index != 0 {
-			gap()
-		}
-		answered = time.Now()
-		if fp := fingerprint(ps); index == 0 || fp != last {
-			last = fp
-			listed(ps)
-		}
-		index = max(next, 1)
-		if !sleep(ctx, r.gap(len(ps))) {
-			return
-		}
-	}
+	kv.Follow(ctx, r.store, prefix, kv.FollowOptions{Gap: r.gap, Late: gap, LateAfter: kv.FeedRetention / 2,
+		Failed: func(err error) { r.cfg.Log.WithField("prefix", prefix).Debugf("watch: %v", err) }}, listed)
 }
 
 // gap is the pause before a watch is asked again, longer the more it
@@ -305,26 +269,6 @@ func (r *Router) followWith(ctx context.Context, prefix string, listed func([]kv
 // block feed) is read at a bounded byte rate per host, a quiet one at once.
 func (r *Router) gap(listed int) time.Duration {
 	return min(r.cfg.Gap*time.Duration(1+listed/64), 20*r.cfg.Gap)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-// fingerprint tells listings apart by their keys and versions.
-func fingerprint(ps []kv.Pair) string {
-	var b strings.Builder
-	for _, p := range ps {
-		fmt.Fprintf(&b, "%s@%d\n", p.Key, p.Version)
-	}
-	return b.String()
 }
 
 func (r *Router) hostsListed(ps []kv.Pair) {
@@ -367,7 +311,7 @@ func (r *Router) readRenewals(ctx context.Context) {
 		} else if ctx.Err() == nil {
 			r.cfg.Log.Debugf("read renewals: %v", err)
 		}
-		if !sleep(ctx, r.cfg.Liveness) {
+		if !kv.Sleep(ctx, r.cfg.Liveness) {
 			return
 		}
 	}

@@ -88,9 +88,8 @@ func (r *Replicator) Run(ctx context.Context) {
 }
 
 func (r *Replicator) watchStore(ctx context.Context, poke func()) {
-	var index uint64
-	for ctx.Err() == nil {
-		if index == 0 {
+	kv.Follow(ctx, r.store, kv.ClusterNetsPrefix, kv.FollowOptions{}, func(ps []kv.Pair) {
+		if len(ps) == 0 {
 			// Most clusters have no cluster-wide network: without its
 			// marker this prefix is empty and the watch wakes on every
 			// write in the store.
@@ -98,16 +97,8 @@ func (r *Replicator) watchStore(ctx context.Context, poke func()) {
 				r.log.Debugf("mark %s: %v", kv.ClusterNetsPrefix, err)
 			}
 		}
-		_, next, err := r.store.Watch(ctx, kv.ClusterNetsPrefix, index)
-		if err != nil {
-			sleep(ctx, 2*time.Second)
-			continue
-		}
-		if next != index {
-			index = next
-			poke()
-		}
-	}
+		poke()
+	})
 }
 
 func (r *Replicator) watchDocker(ctx context.Context, poke func()) {
@@ -117,15 +108,8 @@ func (r *Replicator) watchDocker(ctx context.Context, poke func()) {
 			return
 		}
 		r.log.Debugf("docker events: %v", err)
-		sleep(ctx, 2*time.Second)
+		kv.Sleep(ctx, 2*time.Second)
 		poke() // events may have been missed
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
 	}
 }
 
