@@ -70,7 +70,7 @@ func TestExplicitVNIRaceKeepsWinnersClaim(t *testing.T) {
 // internal on one host had egress on another. They must agree cluster-wide.
 func TestOptionsAgreeWithClusterRecord(t *testing.T) {
 	pool := netip.MustParsePrefix("10.63.0.0/16")
-	cur := kv.Network{Pool: pool.String(), Backend: vxlan.Name, VNI: 5, Internal: true, MTU: 1400}
+	cur := kv.PoolNetwork{Pool: pool.String(), Backend: vxlan.Name, VNI: 5, Internal: true, MTU: 1400}
 	same := Options{Backend: vxlan.Name, Internal: true, MTU: 1400}
 	if err := agrees(pool, cur, same); err != nil {
 		t.Fatal(err)

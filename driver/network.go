@@ -175,10 +175,10 @@ func (d *Driver) removeNetwork(ctx context.Context, n localNetwork, others []loc
 // both); undo takes back a record this call made when the create fails on
 // this host, unless another host holds the pool and may use the record.
 // swarm says the caller is a swarm manager's AllocateNetwork.
-func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o backend.Options, swarm bool) (kv.Network, func(context.Context), error) {
+func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o backend.Options, swarm bool) (kv.PoolNetwork, func(context.Context), error) {
 	undo := func(context.Context) {}
 	key := kv.NetworkPath(pool.String())
-	var rec kv.Network
+	var rec kv.PoolNetwork
 	err := kv.Retry(ctx, func() error {
 		_, err := kv.GetJSON(ctx, d.cluster, key, &rec)
 		if err == nil {
@@ -190,7 +190,7 @@ func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o backen
 		if !errors.Is(err, kv.ErrNotFound) {
 			return fmt.Errorf("read network %s: %w", pool, err)
 		}
-		rec = kv.Network{Pool: pool.String(), Backend: o.Backend, Internal: o.Internal, MTU: o.MTU, DirectRouting: o.DirectRouting,
+		rec = kv.PoolNetwork{Pool: pool.String(), Backend: o.Backend, Internal: o.Internal, MTU: o.MTU, DirectRouting: o.DirectRouting,
 			Swarm: swarm, Options: o.Raw, Created: time.Now().UTC()}
 		vniCreated := false
 		if d.backends[o.Backend].Describe().ClaimsVNI {
@@ -209,7 +209,7 @@ func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o backen
 		// record uses it: the claim names the pool, so the winner may have
 		// found it and kept it (audit M10).
 		if vniCreated {
-			var winner kv.Network
+			var winner kv.PoolNetwork
 			if _, gerr := kv.GetJSON(ctx, d.cluster, key, &winner); gerr != nil || winner.VNI != rec.VNI {
 				_ = kv.DeleteVNIOf(context.WithoutCancel(ctx), d.cluster, rec.VNI, rec.Pool)
 			}
@@ -222,7 +222,7 @@ func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o backen
 // dropRecord removes a network record this host wrote (at version) and the
 // VNI claim it made, when no other host holds the pool: a host that holds it
 // may have found the record and created the network with it.
-func (d *Driver) dropRecord(ctx context.Context, rec kv.Network, version uint64, vniCreated bool) {
+func (d *Driver) dropRecord(ctx context.Context, rec kv.PoolNetwork, version uint64, vniCreated bool) {
 	var p kv.Pool
 	if _, err := kv.GetJSON(ctx, d.cluster, kv.PoolPath(rec.Pool), &p); err == nil {
 		holders, err := kv.PoolHolders(ctx, d.cluster, rec.Pool, p.Holders)
@@ -246,7 +246,7 @@ func (d *Driver) dropRecord(ctx context.Context, rec kv.Network, version uint64,
 // agrees checks this host's options for a network against the cluster's
 // record: one subnet is one network, so a host must not make it internal,
 // give it another MTU or route it differently (audit M14).
-func agrees(pool netip.Prefix, cur kv.Network, o backend.Options) error {
+func agrees(pool netip.Prefix, cur kv.PoolNetwork, o backend.Options) error {
 	switch {
 	case cur.Backend != o.Backend:
 		return errdefs.Invalid("subnet %s is a %s network in the cluster: use -o %s=%s on every host", pool, cur.Backend, OptBackend, cur.Backend)

@@ -562,7 +562,7 @@ func (m *IPAM) routed(ctx context.Context, cidr string) bool {
 			return r > 0
 		}
 	}
-	var n kv.Network
+	var n kv.PoolNetwork
 	if _, err := kv.GetJSON(ctx, m.store, kv.NetworkPath(cidr), &n); err != nil {
 		return true
 	}

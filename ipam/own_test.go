@@ -65,7 +65,7 @@ func TestAllocationReadsNothingThatGrows(t *testing.T) {
 		for i := range 300 {
 			addr(t, other, id, "", mac(i))
 		}
-		if _, err := kv.PutJSON(ctx, e.store, kv.NetworkPath("10.120.0.0/20"), kv.Network{Pool: "10.120.0.0/20", Backend: "vxlan"}, 0); err != nil {
+		if _, err := kv.PutJSON(ctx, e.store, kv.NetworkPath("10.120.0.0/20"), kv.PoolNetwork{Pool: "10.120.0.0/20", Backend: "vxlan"}, 0); err != nil {
 			t.Fatal(err)
 		}
 		a, c := e.countedHost("a")
@@ -239,7 +239,7 @@ func TestJoinWhileTheLastHolderLeaves(t *testing.T) {
 		a := e.withStore(leaver).host("a")
 		b := e.host("b")
 		id := pool(t, a, cidr, "", nil)
-		if _, err := kv.PutJSON(ctx, e.store, kv.NetworkPath(cidr), kv.Network{Pool: cidr, Backend: "vxlan", VNI: 300}, 0); err != nil {
+		if _, err := kv.PutJSON(ctx, e.store, kv.NetworkPath(cidr), kv.PoolNetwork{Pool: cidr, Backend: "vxlan", VNI: 300}, 0); err != nil {
 			t.Fatal(err)
 		}
 		var once sync.Once

@@ -61,8 +61,9 @@ type Address struct {
 	Created time.Time `json:"created"`
 }
 
-// Network is the cluster-wide record of a network; its identity is its pool.
-type Network struct {
+// PoolNetwork is the cluster-wide record of a network; its identity is its
+// pool (one subnet is one network, whatever each host calls it).
+type PoolNetwork struct {
 	Pool     string `json:"pool"`
 	Backend  string `json:"backend"`
 	VNI      int    `json:"vni,omitempty"`
@@ -77,10 +78,10 @@ type Network struct {
 	Created       time.Time         `json:"created"`
 }
 
-// ClusterNet is a network created once and made on every host by each
+// ReplicatedNetwork is a network created once and made on every host by each
 // host's replicator through its Docker API (-o tartan.cluster=true). It
 // holds what docker network create needs; its identity is its name.
-type ClusterNet struct {
+type ReplicatedNetwork struct {
 	Name        string            `json:"name"`
 	Origin      string            `json:"origin"`   // host that made it
 	OriginID    string            `json:"originID"` // its Docker network ID there
@@ -237,7 +238,7 @@ const (
 	HostsPrefix    = "hosts/"
 	RenewalsPrefix = "renewals/"
 	VNIsPrefix     = "vnis/"
-	// ClusterNetsPrefix holds ClusterNet records by network name.
+	// ClusterNetsPrefix holds ReplicatedNetwork records by network name.
 	ClusterNetsPrefix = "clusternets/"
 )
 
@@ -479,7 +480,7 @@ func ClaimVNI(ctx context.Context, s Store, want int, pool string) (vni int, cre
 // DeleteNetworkCAS removes the network record of pool and the VNI it claimed,
 // each only as read (a VNI record naming another pool is not this network's).
 func DeleteNetworkCAS(ctx context.Context, s Store, pool string) error {
-	var n Network
+	var n PoolNetwork
 	nv, err := GetJSON(ctx, s, NetworkPath(pool), &n)
 	if errors.Is(err, ErrNotFound) {
 		return nil

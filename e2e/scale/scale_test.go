@@ -311,7 +311,7 @@ func (c *cluster) register() ([]time.Duration, int64) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if _, err := kv.PutJSON(c.ctx, c.hosts[0].store, kv.NetworkPath(poolCIDR), kv.Network{Pool: poolCIDR, Backend: "vxlan", VNI: 256}, 0); err != nil {
+	if _, err := kv.PutJSON(c.ctx, c.hosts[0].store, kv.NetworkPath(poolCIDR), kv.PoolNetwork{Pool: poolCIDR, Backend: "vxlan", VNI: 256}, 0); err != nil {
 		c.t.Fatal(err)
 	}
 	joins := c.parallel(func(h *host) error {

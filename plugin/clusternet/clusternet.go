@@ -23,21 +23,21 @@ import (
 // LabelSource marks a replica with the Docker network ID of its origin.
 const LabelSource = "tartan.cluster.source"
 
-// Network is a tartan network as this host's Docker reports it.
-type Network struct {
+// DockerNetwork is a tartan network as this host's Docker reports it.
+type DockerNetwork struct {
 	ID      string
 	Cluster bool   // made with -o tartan.cluster=true
 	Source  string // LabelSource: set on replicas
-	Spec    kv.ClusterNet
+	Spec    kv.ReplicatedNetwork
 }
 
 // Docker is what the replicator needs from the local Docker API.
 type Docker interface {
 	// Networks lists this host's networks whose driver is one of drivers.
-	Networks(ctx context.Context, drivers []string) ([]Network, error)
+	Networks(ctx context.Context, drivers []string) ([]DockerNetwork, error)
 	// Drivers names the enabled tartan plugins here, as -d takes them.
 	Drivers(ctx context.Context) ([]string, error)
-	Create(ctx context.Context, spec kv.ClusterNet, driver, ipamDriver string) error
+	Create(ctx context.Context, spec kv.ReplicatedNetwork, driver, ipamDriver string) error
 	Remove(ctx context.Context, id string) error
 	// Changes calls poke whenever a network changes here, until ctx ends
 	// or the event stream fails.
@@ -114,7 +114,7 @@ func (r *Replicator) watchDocker(ctx context.Context, poke func()) {
 }
 
 type record struct {
-	kv.ClusterNet
+	kv.ReplicatedNetwork
 	version uint64
 }
 
@@ -127,7 +127,7 @@ func (r *Replicator) Sync(ctx context.Context) error {
 	// network is gone: its name is left alone here (not published over,
 	// not removed) until someone fixes or deletes the key.
 	unreadable := map[string]bool{}
-	if _, err := kv.ListJSON(ctx, r.store, kv.ClusterNetsPrefix, func(_ string, ver uint64, c kv.ClusterNet) error {
+	if _, err := kv.ListJSON(ctx, r.store, kv.ClusterNetsPrefix, func(_ string, ver uint64, c kv.ReplicatedNetwork) error {
 		records[c.Name] = record{c, ver}
 		return nil
 	}, func(e *kv.DecodeError) {
@@ -145,7 +145,7 @@ func (r *Replicator) Sync(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list Docker networks: %w", err)
 	}
-	byName, byID := map[string]Network{}, map[string]bool{}
+	byName, byID := map[string]DockerNetwork{}, map[string]bool{}
 	for _, n := range locals {
 		byName[n.Spec.Name], byID[n.ID] = n, true
 	}
@@ -205,7 +205,7 @@ func (r *Replicator) Sync(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("create %s: no enabled tartan plugin here", name))
 			continue
 		}
-		if err := r.docker.Create(ctx, rec.ClusterNet, driver, ipamDriver); err != nil {
+		if err := r.docker.Create(ctx, rec.ReplicatedNetwork, driver, ipamDriver); err != nil {
 			errs = append(errs, fmt.Errorf("create %s: %w", name, err))
 			continue
 		}

@@ -18,18 +18,18 @@ import (
 // fakeDocker is one host's Docker for the replicator's unit tests (the e2e
 // test drives real daemons).
 type fakeDocker struct {
-	nets      map[string]Network // by ID
-	endpoints map[string]int     // by ID
+	nets      map[string]DockerNetwork // by ID
+	endpoints map[string]int           // by ID
 	next      int
 	disabled  bool // the plugin is not (yet) listed as enabled
 }
 
 func newFake() *fakeDocker {
-	return &fakeDocker{nets: map[string]Network{}, endpoints: map[string]int{}}
+	return &fakeDocker{nets: map[string]DockerNetwork{}, endpoints: map[string]int{}}
 }
 
-func (f *fakeDocker) Networks(_ context.Context, drivers []string) ([]Network, error) {
-	var out []Network
+func (f *fakeDocker) Networks(_ context.Context, drivers []string) ([]DockerNetwork, error) {
+	var out []DockerNetwork
 	if len(drivers) == 0 {
 		return nil, nil // Docker lists networks of the enabled tartan plugins
 	}
@@ -45,7 +45,7 @@ func (f *fakeDocker) Drivers(context.Context) ([]string, error) {
 	}
 	return []string{"tartan:latest"}, nil
 }
-func (f *fakeDocker) Create(_ context.Context, s kv.ClusterNet, driver, _ string) error {
+func (f *fakeDocker) Create(_ context.Context, s kv.ReplicatedNetwork, driver, _ string) error {
 	for _, n := range f.nets {
 		if n.Spec.Name == s.Name {
 			return errors.New("network with name " + s.Name + " already exists")
@@ -54,7 +54,7 @@ func (f *fakeDocker) Create(_ context.Context, s kv.ClusterNet, driver, _ string
 	f.next++
 	id := fmt.Sprintf("replica%d", f.next)
 	s.Driver = driver
-	f.nets[id] = Network{ID: id, Cluster: true, Source: s.OriginID, Spec: s}
+	f.nets[id] = DockerNetwork{ID: id, Cluster: true, Source: s.OriginID, Spec: s}
 	return nil
 }
 func (f *fakeDocker) Remove(_ context.Context, id string) error {
@@ -66,13 +66,13 @@ func (f *fakeDocker) Remove(_ context.Context, id string) error {
 }
 func (f *fakeDocker) Changes(ctx context.Context, _ func()) error { <-ctx.Done(); return ctx.Err() }
 
-func (f *fakeDocker) byName(name string) (Network, bool) {
+func (f *fakeDocker) byName(name string) (DockerNetwork, bool) {
 	for _, n := range f.nets {
 		if n.Spec.Name == name {
 			return n, true
 		}
 	}
-	return Network{}, false
+	return DockerNetwork{}, false
 }
 
 func TestReplication(t *testing.T) {
@@ -91,10 +91,10 @@ func TestReplication(t *testing.T) {
 			}
 		}
 	}
-	spec := kv.ClusterNet{Name: "web", Driver: "tartan:latest", IPAMDriver: "tartan:latest", Subnet: "10.80.0.0/16",
+	spec := kv.ReplicatedNetwork{Name: "web", Driver: "tartan:latest", IPAMDriver: "tartan:latest", Subnet: "10.80.0.0/16",
 		Options: map[string]string{"tartan.cluster": "true", "tartan.backend": "vxlan"}}
-	d1.nets["orig"] = Network{ID: "orig", Cluster: true, Spec: spec}
-	d1.nets["plain"] = Network{ID: "plain", Spec: kv.ClusterNet{Name: "local-only", Subnet: "10.81.0.0/16"}}
+	d1.nets["orig"] = DockerNetwork{ID: "orig", Cluster: true, Spec: spec}
+	d1.nets["plain"] = DockerNetwork{ID: "plain", Spec: kv.ReplicatedNetwork{Name: "local-only", Subnet: "10.81.0.0/16"}}
 	sync()
 	rep, ok := d2.byName("web")
 	if !ok || rep.Source != "orig" || rep.Spec.Subnet != "10.80.0.0/16" || rep.Spec.Options["tartan.backend"] != "vxlan" {
@@ -131,13 +131,13 @@ func TestReplication(t *testing.T) {
 	}
 	// Same name made on two hosts: the first is published, the second left
 	// alone (and not removed).
-	d1.nets["a"] = Network{ID: "a", Cluster: true, Spec: spec}
+	d1.nets["a"] = DockerNetwork{ID: "a", Cluster: true, Spec: spec}
 	sync()
 	rep, _ = d2.byName("web")
 	delete(d2.nets, rep.ID)
-	d2.nets["b"] = Network{ID: "b", Cluster: true, Spec: spec}
+	d2.nets["b"] = DockerNetwork{ID: "b", Cluster: true, Spec: spec}
 	sync()
-	var rec kv.ClusterNet
+	var rec kv.ReplicatedNetwork
 	if _, err := kv.GetJSON(ctx, store, kv.ClusterNetPath("web"), &rec); err != nil || rec.Origin != "h1" || rec.OriginID != "a" {
 		t.Fatalf("record %+v %v", rec, err)
 	}
@@ -157,10 +157,10 @@ func TestUnreadableRecordIsLeftAlone(t *testing.T) {
 	log, hook := logtest.NewNullLogger()
 	d1, d2 := newFake(), newFake()
 	r1, r2 := New(store, d1, "h1", time.Minute, log), New(store, d2, "h2", time.Minute, log)
-	web := kv.ClusterNet{Name: "web", Driver: "tartan:latest", IPAMDriver: "tartan:latest", Subnet: "10.80.0.0/16"}
+	web := kv.ReplicatedNetwork{Name: "web", Driver: "tartan:latest", IPAMDriver: "tartan:latest", Subnet: "10.80.0.0/16"}
 	db := web
 	db.Name, db.Subnet = "db", "10.82.0.0/16"
-	d1.nets["orig-web"] = Network{ID: "orig-web", Cluster: true, Spec: web}
+	d1.nets["orig-web"] = DockerNetwork{ID: "orig-web", Cluster: true, Spec: web}
 	for _, r := range []*Replicator{r1, r2} {
 		if err := r.Sync(ctx); err != nil {
 			t.Fatal(err)
@@ -176,7 +176,7 @@ func TestUnreadableRecordIsLeftAlone(t *testing.T) {
 	if _, err := store.Put(ctx, kv.ClusterNetPath("web"), []byte("garbage"), p.Version); err != nil {
 		t.Fatal(err)
 	}
-	d1.nets["orig-db"] = Network{ID: "orig-db", Cluster: true, Spec: db}
+	d1.nets["orig-db"] = DockerNetwork{ID: "orig-db", Cluster: true, Spec: db}
 	for _, r := range []*Replicator{r1, r2, r1, r2} {
 		if err := r.Sync(ctx); err != nil {
 			t.Fatalf("one unreadable record must not fail the pass: %v", err)
@@ -213,9 +213,9 @@ func TestEnableDoesNotWithdraw(t *testing.T) {
 	log.SetOutput(io.Discard)
 	d1 := newFake()
 	r1 := New(store, d1, "h1", time.Minute, log)
-	spec := kv.ClusterNet{Name: "web", Driver: "tartan:latest", IPAMDriver: "tartan:latest", Subnet: "10.80.0.0/16",
+	spec := kv.ReplicatedNetwork{Name: "web", Driver: "tartan:latest", IPAMDriver: "tartan:latest", Subnet: "10.80.0.0/16",
 		Options: map[string]string{"tartan.cluster": "true"}}
-	d1.nets["orig"] = Network{ID: "orig", Cluster: true, Spec: spec}
+	d1.nets["orig"] = DockerNetwork{ID: "orig", Cluster: true, Spec: spec}
 	if err := r1.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,7 @@ func (a *API) Drivers(ctx context.Context) ([]string, error) {
 }
 
 // Networks lists the networks whose driver is one of drivers (tartan plugins).
-func (a *API) Networks(ctx context.Context, drivers []string) ([]Network, error) {
+func (a *API) Networks(ctx context.Context, drivers []string) ([]DockerNetwork, error) {
 	ours := map[string]bool{}
 	for _, d := range drivers {
 		ours[d] = true
@@ -56,7 +56,7 @@ func (a *API) Networks(ctx context.Context, drivers []string) ([]Network, error)
 	if err != nil {
 		return nil, err
 	}
-	var out []Network
+	var out []DockerNetwork
 	for _, n := range list {
 		if !ours[n.Driver] || n.ConfigOnly || len(n.IPAM.Config) == 0 || n.Scope == "swarm" {
 			continue
@@ -65,7 +65,7 @@ func (a *API) Networks(ctx context.Context, drivers []string) ([]Network, error)
 		cfg := n.IPAM.Config[0]
 		labels := maps.Clone(n.Labels)
 		delete(labels, LabelSource)
-		out = append(out, Network{ID: n.ID, Cluster: on, Source: n.Labels[LabelSource], Spec: kv.ClusterNet{
+		out = append(out, DockerNetwork{ID: n.ID, Cluster: on, Source: n.Labels[LabelSource], Spec: kv.ReplicatedNetwork{
 			Name: n.Name, Driver: n.Driver, IPAMDriver: n.IPAM.Driver, Subnet: cfg.Subnet, IPRange: cfg.IPRange,
 			Gateway: cfg.Gateway, Aux: cfg.AuxAddress, IPAMOptions: n.IPAM.Options, Options: n.Options, Labels: labels,
 			Internal: n.Internal, Attachable: n.Attachable,
@@ -75,7 +75,7 @@ func (a *API) Networks(ctx context.Context, drivers []string) ([]Network, error)
 }
 
 // Create makes the network here, labelled with its origin.
-func (a *API) Create(ctx context.Context, s kv.ClusterNet, driver, ipamDriver string) error {
+func (a *API) Create(ctx context.Context, s kv.ReplicatedNetwork, driver, ipamDriver string) error {
 	labels := maps.Clone(s.Labels)
 	if labels == nil {
 		labels = map[string]string{}
