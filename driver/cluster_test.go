@@ -40,7 +40,7 @@ func testDriver(host string, store kv.Store) *Driver {
 	return New(store, kv.NewMemory(), nil, &firewall.Firewall{}, Config{Host: host}, log)
 }
 
-// Audit M10: with -o tartan.vni=N on two hosts at once, the host that lost
+// With -o tartan.vni=N on two hosts at once, the host that lost
 // the race for the network record deleted vnis/N, freeing the winner's VNI
 // for another network. Only a claim this call made is given back.
 func TestExplicitVNIRaceKeepsWinnersClaim(t *testing.T) {
@@ -66,7 +66,7 @@ func TestExplicitVNIRaceKeepsWinnersClaim(t *testing.T) {
 	}
 }
 
-// Audit M14: --internal, the MTU and directrouting were per host: a network
+// --internal, the MTU and directrouting were per host: a network
 // internal on one host had egress on another. They must agree cluster-wide.
 func TestOptionsAgreeWithClusterRecord(t *testing.T) {
 	pool := netip.MustParsePrefix("10.63.0.0/16")
@@ -148,7 +148,7 @@ func (s slowStore) Get(ctx context.Context, key string) (kv.Pair, error) {
 	return s.Store.Get(ctx, key)
 }
 
-// Audit M13: CreateNetwork held the lock every request waits on across its
+// CreateNetwork held the lock every request waits on across its
 // store calls, so a slow Consul stalled Join, Leave and DeleteEndpoint of
 // every other network of the host.
 func TestSlowStoreDoesNotStallOtherRequests(t *testing.T) {
@@ -192,7 +192,7 @@ func (p *pools) ReleasePool(_ context.Context, id ipam.PoolID) error {
 	return nil
 }
 
-// Audit H1, as Docker orders things: on docker network rm Docker releases
+// As Docker orders things: on docker network rm Docker releases
 // the pool before it deletes the network; on a refused duplicate create it
 // releases the pool a live network holds. Both defer to the network's
 // deletion, which releases the pool once.

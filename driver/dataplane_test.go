@@ -207,7 +207,7 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	// repairs what was deleted by hand and removes only stray objects it owns.
 	// A stray pair with both ends here goes once it stayed unknown for the
 	// grace period; the host end of a pair whose other end a container
-	// holds stays, whatever the records say (audit H4: a reinstalled plugin
+	// holds stays, whatever the records say (a reinstalled plugin
 	// with no records deleted every container's link).
 	sh(t, "ip link del tartan.256; ip route del 10.244.0.3/32; ip link add tn0123456789a type veth peer name tnfoo")
 	sh(t, "ip netns add tdp-held && ip link add tn0123456789b type veth peer name eth9 netns tdp-held")
@@ -267,7 +267,7 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 
 // TestRoutedPoolOverUnderlay: a vxlan or host-gw network over the underlay's
 // subnet (10.77.0.0/24 on under0) is refused before anything is made; before
-// the fix (M11) both were created and captured the hosts' own segment.
+// the fix both were created and captured the hosts' own segment.
 func TestRoutedPoolOverUnderlay(t *testing.T) {
 	b := newBed(t)
 	for _, c := range []struct{ id, pool, backend string }{{"net-lan", "10.77.0.0/24", "vxlan"}, {"net-lan16", "10.77.0.0/16", "host-gw"}} {
@@ -283,7 +283,7 @@ func TestRoutedPoolOverUnderlay(t *testing.T) {
 
 // TestPublishedPortConflicts: through ProgramExternalConnectivity, a host
 // port another endpoint publishes or a process of the namespace listens on
-// is refused. Before the fix (M8) every one of these calls succeeded.
+// is refused. Before the fix every one of these calls succeeded.
 func TestPublishedPortConflicts(t *testing.T) {
 	b := newBed(t)
 	if err := b.network("net-ports", "10.248.0.0/16", generic("tartan.backend", "host-gw")); err != nil {
@@ -569,7 +569,7 @@ func TestForeignBlockRecordsAreNotRouted(t *testing.T) {
 	}
 }
 
-// Audit L7: another program's VXLAN device that receives the network's VNI
+// Another program's VXLAN device that receives the network's VNI
 // on tartan's port (flannel's flannel.1 has VNI 1 on 8472, Cilium takes
 // every VNI on 8472) made CreateNetwork fail with the kernel's bare "file
 // exists". Now the error names the device and the two ways out, nothing is

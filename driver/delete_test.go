@@ -14,7 +14,7 @@ import (
 
 // TestFailedDeleteKeepsWatcher: a DeleteNetwork that fails after stopping
 // the network's watcher leaves the network with its watcher running again.
-// Before the fix (L11) it stayed without one (no new peers until a restart).
+// Before the fix it stayed without one (no new peers until a restart).
 func TestFailedDeleteKeepsWatcher(t *testing.T) {
 	if os.Geteuid() == 0 && os.Getenv("TARTAN_TEST_IN_NETNS") == "" {
 		t.Skip("as root this test runs only in its own network namespace (TestMain, unshare)")

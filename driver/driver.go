@@ -310,7 +310,7 @@ func (d *Driver) Holding() map[string]map[string]bool {
 // EndpointHas says whether an endpoint of this host on a network of pool
 // has the address: asked before Docker's ReleaseAddress reaches the IPAM.
 // Docker releases after DeleteEndpoint, so an endpoint that has the address
-// now is a newer holder and the release a late second one (audit S6).
+// now is a newer holder and the release a late second one.
 func (d *Driver) EndpointHas(pool netip.Prefix, ip netip.Addr) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -325,7 +325,7 @@ func (d *Driver) EndpointHas(pool netip.Prefix, ip netip.Addr) bool {
 // DeferRelease is asked before Docker's ReleasePool reaches the IPAM: when
 // a network of this host uses the pool (Docker releases a network's pool
 // before it deletes the network, and releases the pool of a refused create
-// that another network of the host holds, audit H1), the network is marked
+// that another network of the host holds), the network is marked
 // and the pool is released when the network is deleted (DeleteNetwork).
 func (d *Driver) DeferRelease(id ipam.PoolID) bool {
 	d.mu.Lock()

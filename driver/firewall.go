@@ -40,7 +40,7 @@ func (d *Driver) firewallWriter(ctx context.Context) {
 // writeFirewall renders the firewall from the local networks, their
 // published ports and the peers of the plans (under d.mu) and writes it
 // (without d.mu: iptables may wait for its lock, and no request of this
-// host waits on that, audit M13). Writes are serialised and never go back
+// host waits on that). Writes are serialised and never go back
 // to an older state than one already written. Called without d.mu held.
 func (d *Driver) writeFirewall() error {
 	d.mu.Lock()

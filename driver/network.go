@@ -207,7 +207,7 @@ func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o backen
 		// Another host recorded the network first (or the write failed).
 		// A VNI claim this call made is given back unless the winner's
 		// record uses it: the claim names the pool, so the winner may have
-		// found it and kept it (audit M10).
+		// found it and kept it.
 		if vniCreated {
 			var winner kv.PoolNetwork
 			if _, gerr := kv.GetJSON(ctx, d.cluster, key, &winner); gerr != nil || winner.VNI != rec.VNI {
@@ -245,7 +245,7 @@ func (d *Driver) dropRecord(ctx context.Context, rec kv.PoolNetwork, version uin
 
 // agrees checks this host's options for a network against the cluster's
 // record: one subnet is one network, so a host must not make it internal,
-// give it another MTU or route it differently (audit M14).
+// give it another MTU or route it differently.
 func agrees(pool netip.Prefix, cur kv.PoolNetwork, o backend.Options) error {
 	switch {
 	case cur.Backend != o.Backend:

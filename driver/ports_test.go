@@ -15,7 +15,7 @@ import (
 )
 
 // TestPortRulesOrder: the port rules come out in endpoint ID order, then
-// port order, every time. Before the fix (M8) they followed the endpoint
+// port order, every time. Before the fix they followed the endpoint
 // map's order, so the owner of a contested host port (the first DNAT rule)
 // changed between rewrites.
 func TestPortRulesOrder(t *testing.T) {
@@ -49,7 +49,7 @@ func TestPortRulesOrder(t *testing.T) {
 
 // TestPublishedConflict: a host port another endpoint publishes (same
 // protocol and port, overlapping host address) is refused, naming the
-// holder. Before the fix (M8) both endpoints got their DNAT rule.
+// holder. Before the fix both endpoints got their DNAT rule.
 func TestPublishedConflict(t *testing.T) {
 	holder := "abc123def4567890"
 	eps := map[string]localEndpoint{
@@ -93,7 +93,7 @@ func TestPublishedConflict(t *testing.T) {
 }
 
 // TestListenerConflict: a port a host process holds is refused. Before the
-// fix (M8) -p 22:22 silently took the host's SSH from external clients.
+// fix -p 22:22 silently took the host's SSH from external clients.
 func TestListenerConflict(t *testing.T) {
 	s := func(proto, ap string) kernel.Socket {
 		a := netip.MustParseAddrPort(ap)

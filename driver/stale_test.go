@@ -14,7 +14,7 @@ import (
 // gone for the grace period; busy and macvlan endpoints are left alone
 // (macvlan.Backend.CheckEndpoint never reports its endpoints gone or
 // unjoined: TestMacvlanEndpointsNeverStale).
-// Before the fix (L5) Reconcile kept every such record forever and logged
+// Before the fix Reconcile kept every such record forever and logged
 // it at every RESYNC (there was no decision to test: nothing was dropped).
 func TestStaleEndpoints(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)

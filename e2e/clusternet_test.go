@@ -76,7 +76,7 @@ func TestClusterNetworks(t *testing.T) {
 		}
 	}
 	// The origin's plugin restarted (disable, enable: how settings change
-	// and upgrades go) does not withdraw the network (audit M1: the first
+	// and upgrades go) does not withdraw the network (the first
 	// pass ran before Docker listed the plugin as enabled and withdrew every
 	// network the host had made; other hosts then dropped their copies).
 	createIndex := func() string { // the record's Consul CreateIndex: withdrawn and published again changes it

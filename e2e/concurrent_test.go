@@ -109,7 +109,7 @@ func TestConcurrentCreates(t *testing.T) {
 	})
 }
 
-// recreateWhileReleased (audit M2): the last host holding a subnet removes
+// recreateWhileReleased: the last host holding a subnet removes
 // its network while another host creates the subnet, both at once, six
 // rounds with the roles swapped. The last holder used to delete the pool
 // record and then, with no compare-and-set, everything under it: a create

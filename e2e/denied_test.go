@@ -12,7 +12,7 @@ import (
 	"github.com/tartan-net/tartan/e2e/testbed"
 )
 
-// Audit M12: Consul reports a write its ACLs refuse as a failed
+// Consul reports a write its ACLs refuse as a failed
 // transaction, and tartan took every failed transaction for a lost
 // compare-and-set: 100 rounds of retries, then "changed concurrently" once
 // the request's 8 s were spent (it failed before the fix: slow, and naming

@@ -52,7 +52,7 @@ func (s *single) echoes(t *testing.T, name string) string {
 
 // Tartan networks are isolated from Docker's bridge networks both ways and
 // from each other by ingress interface; the VXLAN port is closed to
-// containers; DOCKER-USER holds for tartan traffic (issue 9, audit H3, M4,
+// containers; DOCKER-USER holds for tartan traffic (issue 9,
 // M5). Before the fix a tartan container
 // reached every port of bridge containers ("-s <pool> -j ACCEPT" above
 // Docker's rules), and a container with NET_ADMIN/NET_RAW sent packets into
@@ -105,7 +105,7 @@ func TestIsolation(t *testing.T) {
 	}
 	// A container sends a VXLAN packet of network ta (VNI 77, to the host's
 	// VTEP MAC, inner source in ta's pool) from network tb to its gateway's
-	// VXLAN port (audit M5: the port was open to every container, and the
+	// VXLAN port (the port was open to every container, and the
 	// decapsulated packet was forwarded into ta).
 	before = s.echoes(t, "ta1")
 	mac := kernel.VTEPMAC(endpointHost(t, s, "ta", "ta1"), 77)

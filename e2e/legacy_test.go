@@ -13,7 +13,7 @@ import (
 	"github.com/tartan-net/tartan/e2e/testbed"
 )
 
-// Audit M9: on a host where Docker uses iptables-legacy, a reboot starts
+// On a host where Docker uses iptables-legacy, a reboot starts
 // the plugin before Docker has made its chains (Docker restores plugins
 // before its network controller), and tartan chose its iptables flavour once,
 // at start: with no Docker chain anywhere and no legacy table loaded yet, it
@@ -91,7 +91,7 @@ func TestLegacyFirewallAfterReboot(t *testing.T) {
 	s.removeNetworks(t, "lg")
 }
 
-// holdXtablesLock (audit M13): another program holds the xtables lock (a
+// holdXtablesLock: another program holds the xtables lock (a
 // stuck iptables, a long restore). Before the fix every reconcile waited for
 // the lock (iptables -w, no limit) with the driver's lock held, so every
 // request of the host queued behind it for as long as the lock was held.

@@ -63,7 +63,7 @@ func endpointHost(t *testing.T, s *single, network, container string) string {
 }
 
 // Everyday operations on one network or plugin never break another network
-// (issue 9, audit H1 and H4). Each part failed before its fix:
+// (issue 9). Each part failed before its fix:
 //   - a refused duplicate create (same subnet) released the live network's
 //     pool: "pool … is not registered (it was released)" on the next run;
 //   - make plugin again (rm -f + create + enable) gave the plugin a new host

@@ -83,7 +83,7 @@ func TestConsulOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A container removed during the outage: Docker's one release fails
-	// (audit M3: its address leaked for good); it is queued and lands
+	// (its address leaked for good); it is queued and lands
 	// once the store is back.
 	if out, err := h1.Docker("rm", "-f", "leak1"); err != nil {
 		t.Fatalf("docker rm during the outage: %v %s", err, out)

@@ -45,7 +45,7 @@ type Collected struct {
 
 // CollectGone removes, cluster-wide, the endpoint addresses and blocks of
 // hosts that are gone: their registration is missing or has not been
-// renewed for GoneAfter lease lifetimes (audit M3). Every delete is
+// renewed for GoneAfter lease lifetimes. Every delete is
 // compare-and-set on the version read, so several hosts may run it at once
 // and a record rewritten meanwhile (a host that came back) stays. The
 // records of a gone host go last, once nothing of it is left.

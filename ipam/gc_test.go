@@ -19,7 +19,7 @@ func register(t *testing.T, e env, id string) {
 	}
 }
 
-// Audit M3: the addresses of a host that is gone stayed "used" for good, and
+// The addresses of a host that is gone stayed "used" for good, and
 // reclaimed blocks stayed partly full. They are collected once the host's
 // registration has lapsed for GoneAfter lease lifetimes, not before.
 func TestCollectGone(t *testing.T) {

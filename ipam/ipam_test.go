@@ -569,7 +569,7 @@ func TestRefusedWriteEndsAllocation(t *testing.T) {
 
 // TestRequestPoolRefusesSpecialRanges: --subnet and --ip-range in or around
 // a special range are refused before anything is registered. Before the fix
-// (M11) every one of these pools was registered and handed out addresses.
+// every one of these pools was registered and handed out addresses.
 func TestRequestPoolRefusesSpecialRanges(t *testing.T) {
 	forEachStore(t, func(t *testing.T, e env) {
 		a := e.host("a")

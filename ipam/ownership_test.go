@@ -12,7 +12,7 @@ import (
 	"github.com/tartan-net/tartan/kv"
 )
 
-// Audit M2: the last holder's cascade used version-0 deletes after the pool
+// The last holder's cascade used version-0 deletes after the pool
 // record was gone, deleting what a host registering the subnet again wrote
 // meanwhile. Now the pool is marked as being released until its children are
 // gone; a registration finishes the removal first, and a removal interrupted
@@ -59,10 +59,10 @@ func TestReleaseIsFinishedBeforeReregistration(t *testing.T) {
 	})
 }
 
-// Audit M15: two hosts creating networks without --subnet at once picked
+// Two hosts creating networks without --subnet at once picked
 // the same automatic pool and the second joined it, merging two unrelated
 // networks. An automatic pick never joins. Docker replaying the pool it got
-// (as an explicit pool, after a daemon restart) is confirmed (audit S2).
+// (as an explicit pool, after a daemon restart) is confirmed.
 func TestAutomaticPoolsNeverJoin(t *testing.T) {
 	forEachStore(t, func(t *testing.T, e env) {
 		var wg sync.WaitGroup

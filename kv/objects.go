@@ -15,7 +15,7 @@ import (
 	"github.com/tartan-net/tartan/errdefs"
 )
 
-// Cluster objects (DESIGN.md §2). One key per object.
+// Cluster objects (the README's "What is in the store"). One key per object.
 
 // Pool is an address pool registered once in the cluster.
 type Pool struct {
@@ -419,7 +419,7 @@ const MaxVNI = 1<<24 - 1
 // FirstAutoVNI is where automatic VNIs start: above flannel's default VNI
 // (1, on the same default UDP port 8472), so that tartan's devices and
 // flannel's can live on one host, and above the low numbers people pick
-// by hand with -o tartan.vni (audit L7).
+// by hand with -o tartan.vni.
 const FirstAutoVNI = 256
 
 // ClaimVNI reserves a VNI for the network of pool: want when given (an error
@@ -431,7 +431,7 @@ const FirstAutoVNI = 256
 // A claim whose write committed but whose answer was lost (a failover to
 // the next Consul server retries it there, and it conflicts with itself) is
 // recognised as this pool's, not taken for another network's: the lost
-// answer used to make the next VNI claimed and the first leak (audit S4).
+// answer used to make the next VNI claimed and the first leak.
 func ClaimVNI(ctx context.Context, s Store, want int, pool string) (vni int, created bool, err error) {
 	if want != 0 {
 		_, err := s.Put(ctx, VNIPath(want), []byte(pool), 0)

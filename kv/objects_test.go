@@ -28,7 +28,7 @@ func (l *lostAnswer) Put(ctx context.Context, key string, value []byte, version 
 	return v, err
 }
 
-// Audit S4 and L7: a claim whose answer was lost is this network's, not
+// A claim whose answer was lost is this network's, not
 // another's (before the fix the next VNI was claimed and the first leaked);
 // a network's existing claim is reused; automatic VNIs start above
 // flannel's default VNI 1.

@@ -18,7 +18,7 @@ import (
 const outboxPrefix = "local/outbox/"
 
 // Outbox keeps address releases that could not reach the store and retries
-// them until they land (audit M3). Docker calls ReleaseAddress once and
+// them until they land. Docker calls ReleaseAddress once and
 // only logs a failure: every container removed during a Consul outage would
 // otherwise leak its address for good.
 type Outbox struct {

@@ -48,7 +48,7 @@ func ownershipBedOn(t *testing.T, cluster kv.Store, endpointIP string) (*Handler
 	return NewHandler(drv, im, NewOutbox(local, im, drv, log), log, nil), cluster
 }
 
-// Audit H1: a refused duplicate create (the same subnet as a live network
+// A refused duplicate create (the same subnet as a live network
 // of the host) is rolled back by Docker with ReleasePool; before the fix
 // that release removed the pool, the network record and the addresses
 // under the live network. Docker also releases a network's pool before it
@@ -85,7 +85,7 @@ func TestReleasePoolOfALiveNetworkIsDeferred(t *testing.T) {
 	}
 }
 
-// Audit S6: Docker releases an address with no allocation identity; a late
+// Docker releases an address with no allocation identity; a late
 // second release (dockerd crashed during cleanup) after the address went to
 // a new container of the same host freed the new holder's record.
 func TestLateReleaseKeepsNewHolder(t *testing.T) {
@@ -117,7 +117,7 @@ func (s *downStore) Get(ctx context.Context, key string) (kv.Pair, error) {
 	return s.Store.Get(ctx, key)
 }
 
-// Audit M3: a release that failed while the store was down leaked its
+// A release that failed while the store was down leaked its
 // address for good (Docker releases once). It is queued and retried, and a
 // retry never frees a newer allocation of the address.
 func TestReleaseQueuedWhileStoreIsDown(t *testing.T) {

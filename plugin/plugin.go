@@ -188,7 +188,7 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 	}
 	// Three loops: a reconcile that is slow (a busy xtables lock, a slow
 	// kernel) must not stop the host's renewals, or every peer would take
-	// a live host for gone (audit M13); gone hosts are collected at the
+	// a live host for gone; gone hosts are collected at the
 	// pace of leases.
 	go every(ctx, RenewEvery(s.LeaseTTL), doRenew)
 	go every(ctx, max(s.LeaseTTL, time.Minute), doCollect)

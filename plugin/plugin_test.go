@@ -67,7 +67,7 @@ func TestSettings(t *testing.T) {
 			t.Errorf("%s: error %v does not say %q", env, err, word)
 		}
 	}
-	// Audit L8: TLS files with a plain-HTTP store were silently unused.
+	// TLS files with a plain-HTTP store were silently unused.
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(ca, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)

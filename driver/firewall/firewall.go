@@ -112,21 +112,21 @@ func Render(st State) Rules {
 	for _, n := range nets {
 		both("-d %s -m conntrack --ctstate RELATED,ESTABLISHED", n.Pool)
 	}
-	// A VXLAN device carries its own pool only (audit M4).
+	// A VXLAN device carries its own pool only.
 	for _, n := range nets {
 		if n.Device != "" {
 			drop("-i %s ! -s %s", n.Device, n.Pool)
 		}
 	}
 	if st.VXLANPort != 0 {
-		// Containers never reach another host's VXLAN port (audit M5).
+		// Containers never reach another host's VXLAN port.
 		drop("-i %s -p udp -m udp --dport %d", endpointIfs, st.VXLANPort)
 		for _, p := range peers {
 			drop("-d %s/32 -p udp -m udp --dport %d", p, st.VXLANPort)
 		}
 	}
 	// Published ports are reached through the host's address (DNAT), not
-	// directly at the container from other networks (audit L3).
+	// directly at the container from other networks.
 	for _, p := range ports {
 		both("-d %s/32 -p %s -m %s --dport %d -m conntrack --ctstate DNAT", p.IP, p.Proto, p.Proto, p.Port)
 	}
@@ -179,13 +179,13 @@ func Render(st State) Rules {
 	}
 	// A container sends with its own address only: strict reverse-path
 	// check on the endpoint veths, whatever the host's rp_filter sysctls
-	// say (audit M4: a container with CAP_NET_RAW spoofed another
+	// say (a container with CAP_NET_RAW spoofed another
 	// network's source).
 	r.Raw = append(r.Raw, fmt.Sprintf("-A %s -i %s -m rpfilter --invert -j DROP", RawChain, endpointIfs))
 	if st.VXLANPort != 0 {
 		// Only this host's own tunnels: forwarded container traffic to
 		// UDP/VXLANPort elsewhere is tracked (and masqueraded) as any other
-		// (audit L1).
+		//.
 		r.Raw = append(r.Raw, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --dst-type LOCAL -j NOTRACK", RawChain, st.VXLANPort))
 		r.RawOutput = append(r.RawOutput, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --src-type LOCAL -j NOTRACK", RawOutputChain, st.VXLANPort))
 		if st.Peers != nil {
@@ -253,7 +253,7 @@ func flavours() []string {
 // detect picks the flavour whose tables hold Docker's chains; without them
 // (Docker has not made them yet, at boot) legacy when legacy tables are
 // loaded, else nft. Apply detects again every time, so a guess made before
-// Docker made its chains is corrected within a resync (audit M9).
+// Docker made its chains is corrected within a resync.
 func detect() string {
 	found := flavours()
 	if len(found) == 0 {

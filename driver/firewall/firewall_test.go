@@ -109,7 +109,7 @@ func testState() State {
 	}
 }
 
-// Audit H3, M4, M5, L3: isolation by ingress interface, from Docker's
+// Isolation by ingress interface, from Docker's
 // bridges both ways, and of the VXLAN port. Before the fix "-s <pool> -j
 // ACCEPT" let a tartan container reach every port of a bridge container,
 // and rules matched source addresses only.
@@ -166,7 +166,7 @@ func TestVXLANPortPeers(t *testing.T) {
 	}
 	raw := Render(st).Raw
 	if !strings.Contains(strings.Join(raw, "\n"), "--dport 8472 -m addrtype --dst-type LOCAL -j NOTRACK") {
-		t.Fatalf("NOTRACK must be limited to this host's own tunnels (audit L1):\n%s", strings.Join(raw, "\n"))
+		t.Fatalf("NOTRACK must be limited to this host's own tunnels:\n%s", strings.Join(raw, "\n"))
 	}
 }
 
@@ -192,7 +192,7 @@ func TestNoSourceOnlyAccept(t *testing.T) {
 	}
 }
 
-// Rules come out in one order whatever the order of the input (audit M8:
+// Rules come out in one order whatever the order of the input (before the fix
 // the DNAT winner flipped with map order).
 func TestDeterministic(t *testing.T) {
 	st := testState()
@@ -208,7 +208,7 @@ func TestDeterministic(t *testing.T) {
 }
 
 // tartan's FORWARD jump goes right below DOCKER-USER, so operators' rules
-// there hold for tartan traffic (audit H3).
+// there hold for tartan traffic.
 func TestJumpPosition(t *testing.T) {
 	docker := "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-ISOLATION-STAGE-1\n-A FORWARD -o docker0 -j DOCKER"
 	if p := JumpPosition(docker, "DOCKER-USER"); p != 2 {

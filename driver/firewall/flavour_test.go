@@ -27,7 +27,7 @@ func sh(t *testing.T, cmd string) string {
 	return string(out)
 }
 
-// Audit M9: at boot a managed plugin starts before Docker makes its chains;
+// At boot a managed plugin starts before Docker makes its chains;
 // tartan picked nft once and for good, so on a host where Docker uses
 // iptables-legacy its rules sat in the wrong tables while Docker's DROP
 // policy held in legacy. The flavour is found again on every apply, and the

@@ -46,7 +46,7 @@ func (b *parentBed) remove(id string) {
 
 // TestVLANParentRemovedWithLastNetwork: a VLAN parent tartan made goes with
 // the last local network on it, whatever the order of removal. Before the
-// fix (L4) only the network that made the link recorded it, so removing
+// fix only the network that made the link recorded it, so removing
 // that one first (while another still used it) leaked the link forever.
 func TestVLANParentRemovedWithLastNetwork(t *testing.T) {
 	for _, order := range [][]string{{"a", "b", "c"}, {"c", "b", "a"}, {"b", "a", "c"}, {"a", "c", "b"}} {

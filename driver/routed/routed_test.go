@@ -11,7 +11,7 @@ import (
 )
 
 // TestCheckPoolAgainstUnderlay: routed pools must stay off the underlay's
-// subnet (macvlan pools are that subnet and never get here). Before the fix (M11) CreateNetwork
+// subnet (macvlan pools are that subnet and never get here). Before the fix CreateNetwork
 // had no such check and a vxlan pool over the LAN was accepted.
 func TestCheckPoolAgainstUnderlay(t *testing.T) {
 	u := kernel.Underlay{Interface: "eth0", Address: netip.MustParseAddr("192.168.1.10"), Prefix: netip.MustParsePrefix("192.168.1.0/24")}

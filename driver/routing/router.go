@@ -507,7 +507,7 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 			// A listing without this host's own registration is not the
 			// cluster: a token that lost read access to the prefix gets
 			// empty listings without an error, and pruning by them would
-			// withdraw every peer (audit S3). The host registers within a
+			// withdraw every peer. The host registers within a
 			// renewal.
 			tick.Reset(min(r.cfg.Replan, 30*time.Second))
 			if !selfMissing {

@@ -110,7 +110,7 @@ func TestRouterSkipsUnreadableRecords(t *testing.T) {
 // new block (seen in the block feed, not in a new listing of every block)
 // costs one route write and no dump of the kernel's tables; a released one,
 // one delete. A host whose own registration is missing from
-// the listing plans nothing (audit S3).
+// the listing plans nothing.
 func TestRouterAppliesDifferences(t *testing.T) {
 	store := kv.NewMemory()
 	pool := "10.244.0.0/16"

@@ -182,7 +182,7 @@ func (r *Replicator) Sync(ctx context.Context) error {
 			// Withdraw only what this host's own plugin, enabled and listed
 			// by Docker, no longer has: during docker plugin enable the
 			// first pass runs before Docker lists the plugin as enabled, and
-			// its networks are missing from the listing (audit M1).
+			// its networks are missing from the listing.
 			if !byID[rec.OriginID] && slices.Contains(drivers, rec.Driver) {
 				// Removed where it was made: withdraw it everywhere.
 				if err := r.store.Delete(ctx, kv.ClusterNetPath(name), rec.version); err != nil && !errors.Is(err, kv.ErrNotFound) {

@@ -202,7 +202,7 @@ func TestUnreadableRecordIsLeftAlone(t *testing.T) {
 	}
 }
 
-// Audit M1: during docker plugin enable the replicator's first pass runs
+// During docker plugin enable the replicator's first pass runs
 // before Docker lists the plugin as enabled: it saw no tartan network and
 // withdrew every cluster network this host made, so every other host
 // removed and re-created its copy.
