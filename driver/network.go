@@ -41,7 +41,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, r NetworkRequest) error {
 	}
 	if other := d.poolUserLocked(pool); other != "" {
 		d.mu.Unlock()
-		return errdefs.InUse("subnet %s is already used by tartan network %.12s on this host: use another --subnet", pool, other)
+		return errdefs.InUse("subnet %s is already used by tartan network %s on this host: use another --subnet", pool, shortID(other))
 	}
 	d.creating[pool.String()] = r.ID
 	others := d.networksLocked(r.ID)
@@ -90,7 +90,7 @@ func (d *Driver) createNetwork(ctx context.Context, id string, pool netip.Prefix
 	}
 	if err := putLocal(ctx, d.local, localNetworks+n.ID, n); err != nil {
 		d.undoNetwork(ctx, n, req.Others, undoRecord)
-		return n, fmt.Errorf("save network %.12s: %w", n.ID, err)
+		return n, fmt.Errorf("save network %s: %w", shortID(n.ID), err)
 	}
 	return n, nil
 }
@@ -144,7 +144,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 		d.log.WithField("network", shortID(n.ID)).Warnf("firewall without the deleted network: %v (the next reconcile writes it again)", err)
 	}
 	if err := d.local.Delete(ctx, localNetworks+n.ID, 0); err != nil {
-		return fmt.Errorf("forget network %.12s: %w", n.ID, err)
+		return fmt.Errorf("forget network %s: %w", shortID(n.ID), err)
 	}
 	if pending {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)

@@ -138,9 +138,9 @@ func (c *Consul) classify(op, key string, err error) error {
 	}
 	switch failure(err) {
 	case ErrUnavailable:
-		return fmt.Errorf("%s %s: %s: %w (%v)", op, key, c, ErrUnavailable, err)
+		return fmt.Errorf("%s %s: %s: %w (%w)", op, key, c, ErrUnavailable, err)
 	case ErrDenied:
-		return fmt.Errorf("%s %s: %s: %w (%v): set CONSUL_HTTP_TOKEN to a Consul token with write access to key_prefix %q",
+		return fmt.Errorf("%s %s: %s: %w (%w): set CONSUL_HTTP_TOKEN to a Consul token with write access to key_prefix %q",
 			op, key, c, ErrDenied, err, c.prefix)
 	}
 	return fmt.Errorf("%s %s: %s: %w", op, key, c, err)

@@ -21,12 +21,13 @@ const (
 // EndpointNames returns the deterministic host and container names of an
 // endpoint's veth pair (13 characters each).
 func EndpointNames(endpointID string) (host, peer string) {
-	id := endpointID
-	if len(id) > 11 {
-		id = id[:11]
-	}
+	id := idPart(endpointID)
 	return EndpointPrefix + id, PeerPrefix + id
 }
+
+// idPart is the part of a Docker ID in a link name: 11 characters, so that
+// a two-letter prefix keeps the name within IFNAMSIZ with room to spare.
+func idPart(id string) string { return id[:min(11, len(id))] }
 
 func notFound(err error) bool {
 	var lnf netlink.LinkNotFoundError

@@ -31,13 +31,7 @@ func ValidMacvlanMode(name string) bool {
 const ShimPrefix = "tm"
 
 // ShimName is the deterministic name of a network's host-access shim.
-func ShimName(networkID string) string {
-	id := networkID
-	if len(id) > 11 {
-		id = id[:11]
-	}
-	return ShimPrefix + id
-}
+func ShimName(networkID string) string { return ShimPrefix + idPart(networkID) }
 
 var vlanName = regexp.MustCompile(`^(.+)\.([0-9]{1,4})$`)
 
@@ -94,7 +88,10 @@ func EnsureParent(name string) (Parent, error) {
 		return Parent{}, fmt.Errorf("look up %s: %w", base, err)
 	}
 	v := &netlink.Vlan{LinkAttrs: netlink.LinkAttrs{Name: name, ParentIndex: bl.Attrs().Index}, VlanId: vlan}
-	if err := netlink.LinkAdd(v); err != nil {
+	created := true
+	if err := netlink.LinkAdd(v); errors.Is(err, unix.EEXIST) {
+		created = false // made meanwhile by someone else: adopted as theirs
+	} else if err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP) {
 			return Parent{}, fmt.Errorf("parent %s needs an 802.1q VLAN link and this kernel has no 802.1q support: load it (modprobe 8021q) or use an untagged parent", name)
 		}
@@ -105,10 +102,12 @@ func EnsureParent(name string) (Parent, error) {
 		return Parent{}, fmt.Errorf("look up %s: %w", name, err)
 	}
 	if err := setUp(l); err != nil {
-		_ = netlink.LinkDel(l)
+		if created {
+			_ = netlink.LinkDel(l)
+		}
 		return Parent{}, err
 	}
-	return Parent{Name: name, MTU: l.Attrs().MTU, Created: true}, nil
+	return Parent{Name: name, MTU: l.Attrs().MTU, Created: created}, nil
 }
 
 // DeleteParent removes a VLAN link that EnsureParent created; anything else

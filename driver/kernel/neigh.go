@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -74,7 +73,7 @@ func Neighs(link string) ([]Neigh, error) {
 // DeleteNeigh removes a neighbour entry; a missing one is fine.
 func DeleteNeigh(n Neigh) error {
 	idx, err := linkIndex(n.Link)
-	if notFound(errors.Unwrap(err)) {
+	if notFound(err) {
 		return nil
 	}
 	if err != nil {
@@ -127,7 +126,7 @@ func FDBs(link string) ([]FDB, error) {
 // DeleteFDB removes a forwarding entry; a missing one is fine.
 func DeleteFDB(f FDB) error {
 	idx, err := linkIndex(f.Link)
-	if notFound(errors.Unwrap(err)) {
+	if notFound(err) {
 		return nil
 	}
 	if err != nil {
