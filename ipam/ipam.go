@@ -261,118 +261,135 @@ func (m *IPAM) register(ctx context.Context, l Layout, explicitBits, auto bool, 
 			return kv.ErrRetry
 		}
 		if err == nil {
-			held := existing.Holders[m.holder(space)]
-			if !held {
-				_, gerr := m.store.Get(ctx, kv.HolderPath(l.Pool.String(), m.holder(space)))
-				if gerr != nil && !errors.Is(gerr, kv.ErrNotFound) {
-					return gerr
-				}
-				held = gerr == nil
-			}
-			switch {
-			case auto:
-				// An automatic pick never joins: another network, maybe
-				// on another host, picked it first.
-				return errdefs.InUse("automatic pool %s was just taken by another network", l.Pool)
-			case existing.Auto && !held:
-				return errdefs.InUse("pool %s is already registered by another network: pick another --subnet", l.Pool)
-			}
-			// An explicit request for an automatic pool this host holds is
-			// Docker replaying the pool it got (daemon restart).
-			if existing.Range != rng {
-				have := existing.Range
-				if have == "" {
-					have = "none"
-				}
-				return errdefs.Invalid("pool %s is registered with --ip-range %s: use the same --ip-range on every host", l.Pool, have)
-			}
-			if explicitBits && existing.BlockBits != l.BlockBits {
-				return errdefs.Invalid("pool %s is registered with %s=%d: use the same value or leave it out", l.Pool, OptBlockSize, existing.BlockBits)
-			}
-			if held {
-				m.keepOldFolders(ctx, existing)
-				return nil
-			}
-			// Join: this host's own holder key, written only while the pool
-			// is as read (not being released: ReleasePool). A pool an
-			// older version registered lists its holders in its record:
-			// this host goes there too, so that those versions see it.
-			ops := []kv.Op{{Key: kv.HolderPath(l.Pool.String(), m.holder(space)), Value: []byte(m.cfg.Host), Version: kv.Any}}
-			if existing.Holders[kv.HoldersInKeys] {
-				ops = append(ops, kv.Op{Key: key, Version: version, Check: true})
-			} else {
-				if existing.Holders == nil {
-					existing.Holders = map[string]bool{}
-				}
-				existing.Holders[m.holder(space)] = true
-				b, err := json.Marshal(existing)
-				if err != nil {
-					return err
-				}
-				ops = append(ops, kv.Op{Key: key, Value: b, Version: version})
-			}
-			if _, err := m.store.Txn(ctx, ops); errors.Is(err, kv.ErrConflict) {
-				return kv.ErrRetry
-			} else if err != nil {
-				return err
-			}
-			m.keepOldFolders(ctx, existing)
-			return nil
+			return m.joinPool(ctx, l, existing, version, explicitBits, auto, rng, space)
 		}
 		if !errors.Is(err, kv.ErrNotFound) {
 			return err
 		}
-		guard, err := m.store.Get(ctx, kv.PoolsGuard)
-		if err != nil && !errors.Is(err, kv.ErrNotFound) {
-			return err
-		}
-		pools, err := m.pools(ctx)
-		if err != nil {
-			return err
-		}
-		same := false
-		for cidr, p := range pools {
-			if p == l.Pool {
-				same = true // another host registered it just now: join it
-			} else if p.Overlaps(l.Pool) {
-				return errdefs.InUse("--subnet %s overlaps tartan pool %s that is already registered: pick a subnet outside it", l.Pool, cidr)
-			}
-		}
-		if same {
-			if auto {
-				return errdefs.InUse("automatic pool %s was just taken by another network", l.Pool)
-			}
-			return kv.ErrRetry
-		}
-		pool := kv.Pool{CIDR: l.Pool.String(), Range: rng, BlockBits: l.BlockBits, Auto: auto,
-			Holders: map[string]bool{kv.HoldersInKeys: true}, Created: m.cfg.Now().UTC()}
-		b, err := json.Marshal(pool)
-		if err != nil {
-			return err
-		}
-		holderKey := kv.HolderPath(pool.CIDR, m.holder(space))
-		pv, err := m.store.Txn(ctx, []kv.Op{{Key: key, Value: b}, {Key: holderKey, Value: []byte(m.cfg.Host), Version: kv.Any}})
-		if errors.Is(err, kv.ErrConflict) {
-			return kv.ErrRetry
-		}
-		if err != nil {
-			return err
-		}
-		_, err = m.store.Put(ctx, kv.PoolsGuard, []byte(pool.CIDR), guard.Version)
-		if err == nil {
-			m.log.WithField("pool", pool.CIDR).Info("pool registered")
-			m.keepFolders(ctx, pool.CIDR)
-			return nil
-		}
-		if _, derr := m.store.Txn(ctx, []kv.Op{{Key: key, Delete: true, Version: pv}, {Key: holderKey, Delete: true}}); derr != nil && !errors.Is(derr, kv.ErrConflict) {
-			return fmt.Errorf("withdraw pool %s after a concurrent registration: %w", pool.CIDR, derr)
-		}
-		return kv.RetryOnConflict(err)
+		return m.createPool(ctx, l, auto, rng, space)
 	})
 	if errors.Is(err, kv.ErrRetry) {
 		return fmt.Errorf("register pool %s: too many concurrent registrations: %w", l.Pool, err)
 	}
 	return err
+}
+
+// joinPool makes this host a holder of a pool another host registered, once
+// the request agrees with it (one registration of one subnet). Its holder key
+// is written only while the pool record is as read (not being released:
+// ReleasePool); ErrRetry when it changed meanwhile.
+func (m *IPAM) joinPool(ctx context.Context, l Layout, existing kv.Pool, version uint64, explicitBits, auto bool, rng, space string) error {
+	key := kv.PoolPath(l.Pool.String())
+	held := existing.Holders[m.holder(space)]
+	if !held {
+		_, gerr := m.store.Get(ctx, kv.HolderPath(l.Pool.String(), m.holder(space)))
+		if gerr != nil && !errors.Is(gerr, kv.ErrNotFound) {
+			return gerr
+		}
+		held = gerr == nil
+	}
+	switch {
+	case auto:
+		// An automatic pick never joins: another network, maybe
+		// on another host, picked it first.
+		return errdefs.InUse("automatic pool %s was just taken by another network", l.Pool)
+	case existing.Auto && !held:
+		return errdefs.InUse("pool %s is already registered by another network: pick another --subnet", l.Pool)
+	}
+	// An explicit request for an automatic pool this host holds is
+	// Docker replaying the pool it got (daemon restart).
+	if existing.Range != rng {
+		have := existing.Range
+		if have == "" {
+			have = "none"
+		}
+		return errdefs.Invalid("pool %s is registered with --ip-range %s: use the same --ip-range on every host", l.Pool, have)
+	}
+	if explicitBits && existing.BlockBits != l.BlockBits {
+		return errdefs.Invalid("pool %s is registered with %s=%d: use the same value or leave it out", l.Pool, OptBlockSize, existing.BlockBits)
+	}
+	if held {
+		m.keepOldFolders(ctx, existing)
+		return nil
+	}
+	// Join: this host's own holder key, written only while the pool
+	// is as read (not being released: ReleasePool). A pool an
+	// older version registered lists its holders in its record:
+	// this host goes there too, so that those versions see it.
+	ops := []kv.Op{{Key: kv.HolderPath(l.Pool.String(), m.holder(space)), Value: []byte(m.cfg.Host), Version: kv.Any}}
+	if existing.Holders[kv.HoldersInKeys] {
+		ops = append(ops, kv.Op{Key: key, Version: version, Check: true})
+	} else {
+		if existing.Holders == nil {
+			existing.Holders = map[string]bool{}
+		}
+		existing.Holders[m.holder(space)] = true
+		b, err := json.Marshal(existing)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, kv.Op{Key: key, Value: b, Version: version})
+	}
+	if _, err := m.store.Txn(ctx, ops); errors.Is(err, kv.ErrConflict) {
+		return kv.ErrRetry
+	} else if err != nil {
+		return err
+	}
+	m.keepOldFolders(ctx, existing)
+	return nil
+}
+
+// createPool registers a pool no host has: overlap checks are serialised
+// through the guard key (register's protocol); ErrRetry when another
+// registration got there first.
+func (m *IPAM) createPool(ctx context.Context, l Layout, auto bool, rng, space string) error {
+	key := kv.PoolPath(l.Pool.String())
+	guard, err := m.store.Get(ctx, kv.PoolsGuard)
+	if err != nil && !errors.Is(err, kv.ErrNotFound) {
+		return err
+	}
+	pools, err := m.pools(ctx)
+	if err != nil {
+		return err
+	}
+	same := false
+	for cidr, p := range pools {
+		if p == l.Pool {
+			same = true // another host registered it just now: join it
+		} else if p.Overlaps(l.Pool) {
+			return errdefs.InUse("--subnet %s overlaps tartan pool %s that is already registered: pick a subnet outside it", l.Pool, cidr)
+		}
+	}
+	if same {
+		if auto {
+			return errdefs.InUse("automatic pool %s was just taken by another network", l.Pool)
+		}
+		return kv.ErrRetry
+	}
+	pool := kv.Pool{CIDR: l.Pool.String(), Range: rng, BlockBits: l.BlockBits, Auto: auto,
+		Holders: map[string]bool{kv.HoldersInKeys: true}, Created: m.cfg.Now().UTC()}
+	b, err := json.Marshal(pool)
+	if err != nil {
+		return err
+	}
+	holderKey := kv.HolderPath(pool.CIDR, m.holder(space))
+	pv, err := m.store.Txn(ctx, []kv.Op{{Key: key, Value: b}, {Key: holderKey, Value: []byte(m.cfg.Host), Version: kv.Any}})
+	if errors.Is(err, kv.ErrConflict) {
+		return kv.ErrRetry
+	}
+	if err != nil {
+		return err
+	}
+	_, err = m.store.Put(ctx, kv.PoolsGuard, []byte(pool.CIDR), guard.Version)
+	if err == nil {
+		m.log.WithField("pool", pool.CIDR).Info("pool registered")
+		m.keepFolders(ctx, pool.CIDR)
+		return nil
+	}
+	if _, derr := m.store.Txn(ctx, []kv.Op{{Key: key, Delete: true, Version: pv}, {Key: holderKey, Delete: true}}); derr != nil && !errors.Is(derr, kv.ErrConflict) {
+		return fmt.Errorf("withdraw pool %s after a concurrent registration: %w", pool.CIDR, derr)
+	}
+	return kv.RetryOnConflict(err)
 }
 
 // keepOldFolders marks the watched prefixes of a pool an older version

@@ -10,8 +10,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -122,68 +122,94 @@ type record struct {
 // those removed here, create the others' networks, remove stale replicas.
 // Nothing is removed unless both the store and Docker answered.
 func (r *Replicator) Sync(ctx context.Context) error {
-	records := map[string]record{}
-	// A record that cannot be read says neither what to create nor that its
-	// network is gone: its name is left alone here (not published over,
-	// not removed) until someone fixes or deletes the key.
-	unreadable := map[string]bool{}
+	st, err := r.look(ctx)
+	if err != nil {
+		return err
+	}
+	errs := r.publish(ctx, st)
+	errs = append(errs, r.withdrawOrReplicate(ctx, st)...)
+	r.removeStaleReplicas(ctx, st)
+	return errors.Join(errs...)
+}
+
+// syncState is what one Sync pass works from.
+type syncState struct {
+	records map[string]record
+	// unreadable names records that cannot be read: they say neither what
+	// to create nor that their network is gone, so their names are left
+	// alone (not published over, not removed) until someone fixes or
+	// deletes the key.
+	unreadable map[string]bool
+	drivers    []string // the tartan plugins enabled here
+	locals     []DockerNetwork
+	byName     map[string]DockerNetwork
+	byID       map[string]bool
+}
+
+// look reads the records and what this host's Docker has.
+func (r *Replicator) look(ctx context.Context) (syncState, error) {
+	st := syncState{records: map[string]record{}, unreadable: map[string]bool{}, byName: map[string]DockerNetwork{}, byID: map[string]bool{}}
 	if _, err := kv.ListJSON(ctx, r.store, kv.ClusterNetsPrefix, func(_ string, ver uint64, c kv.ReplicatedNetwork) error {
-		records[c.Name] = record{c, ver}
+		st.records[c.Name] = record{c, ver}
 		return nil
 	}, func(e *kv.DecodeError) {
 		name := strings.TrimPrefix(e.Key, kv.ClusterNetsPrefix)
-		unreadable[name] = true
+		st.unreadable[name] = true
 		r.warnOnce(name, fmt.Sprintf("%v; network %s is left as it is on this host until then", e, name))
 	}); err != nil {
-		return fmt.Errorf("list cluster networks: %w", err)
+		return st, fmt.Errorf("list cluster networks: %w", err)
 	}
-	drivers, err := r.docker.Drivers(ctx)
-	if err != nil {
-		return fmt.Errorf("list tartan plugins: %w", err)
+	var err error
+	if st.drivers, err = r.docker.Drivers(ctx); err != nil {
+		return st, fmt.Errorf("list tartan plugins: %w", err)
 	}
-	locals, err := r.docker.Networks(ctx, drivers)
-	if err != nil {
-		return fmt.Errorf("list Docker networks: %w", err)
+	if st.locals, err = r.docker.Networks(ctx, st.drivers); err != nil {
+		return st, fmt.Errorf("list Docker networks: %w", err)
 	}
-	byName, byID := map[string]DockerNetwork{}, map[string]bool{}
-	for _, n := range locals {
-		byName[n.Spec.Name], byID[n.ID] = n, true
+	for _, n := range st.locals {
+		st.byName[n.Spec.Name], st.byID[n.ID] = n, true
 	}
+	return st, nil
+}
+
+// publish records the networks made here with -o tartan.cluster=true.
+func (r *Replicator) publish(ctx context.Context, st syncState) []error {
 	var errs []error
-	// Networks made here with the switch: publish them.
-	for _, n := range locals {
+	for _, n := range st.locals {
 		if !n.Cluster || n.Source != "" {
 			continue
 		}
-		rec, ok := records[n.Spec.Name]
+		rec, ok := st.records[n.Spec.Name]
 		switch {
-		case !ok && unreadable[n.Spec.Name]:
-		case !ok || (rec.Origin == r.host && rec.OriginID != n.ID && !byID[rec.OriginID]):
+		case !ok && st.unreadable[n.Spec.Name]:
+		case !ok || (rec.Origin == r.host && rec.OriginID != n.ID && !st.byID[rec.OriginID]):
 			spec := n.Spec
 			spec.Origin, spec.OriginID, spec.Created = r.host, n.ID, time.Now().UTC()
 			if _, err := kv.PutJSON(ctx, r.store, kv.ClusterNetPath(spec.Name), spec, rec.version); err != nil {
 				errs = append(errs, fmt.Errorf("publish %s: %w", spec.Name, err))
 				continue
 			}
-			records[spec.Name] = record{spec, 0}
+			st.records[spec.Name] = record{spec, 0}
 			r.log.WithFields(logrus.Fields{"network": spec.Name, "subnet": spec.Subnet}).Info("cluster network published")
 		case rec.OriginID != n.ID:
 			r.warnOnce(n.Spec.Name, fmt.Sprintf("network %s was made with -o %s=true here and on host %s: this host's is not replicated; remove one of them", n.Spec.Name, driver.OptCluster, rec.Origin))
 		}
 	}
-	names := make([]string, 0, len(records))
-	for name := range records {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		rec := records[name]
+	return errs
+}
+
+// withdrawOrReplicate withdraws the records of networks removed where they
+// were made, and creates the other hosts' networks here.
+func (r *Replicator) withdrawOrReplicate(ctx context.Context, st syncState) []error {
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(st.records)) {
+		rec := st.records[name]
 		if rec.Origin == r.host {
 			// Withdraw only what this host's own plugin, enabled and listed
 			// by Docker, no longer has: during docker plugin enable the
 			// first pass runs before Docker lists the plugin as enabled, and
 			// its networks are missing from the listing.
-			if !byID[rec.OriginID] && slices.Contains(drivers, rec.Driver) {
+			if !st.byID[rec.OriginID] && slices.Contains(st.drivers, rec.Driver) {
 				// Removed where it was made: withdraw it everywhere.
 				if err := r.store.Delete(ctx, kv.ClusterNetPath(name), rec.version); err != nil && !errors.Is(err, kv.ErrNotFound) {
 					errs = append(errs, fmt.Errorf("withdraw %s: %w", name, err))
@@ -193,14 +219,13 @@ func (r *Replicator) Sync(ctx context.Context) error {
 			}
 			continue
 		}
-		local, ok := byName[name]
-		if ok {
+		if local, ok := st.byName[name]; ok {
 			if local.Source == "" && local.ID != rec.OriginID {
 				r.warnOnce(name, fmt.Sprintf("network %s of host %s is not replicated here: a network of that name exists; remove it to get the cluster's", name, rec.Origin))
 			}
 			continue
 		}
-		driver, ipamDriver := pick(drivers, rec.Driver), pick(drivers, rec.IPAMDriver)
+		driver, ipamDriver := pick(st.drivers, rec.Driver), pick(st.drivers, rec.IPAMDriver)
 		if driver == "" || ipamDriver == "" {
 			errs = append(errs, fmt.Errorf("create %s: no enabled tartan plugin here", name))
 			continue
@@ -211,13 +236,18 @@ func (r *Replicator) Sync(ctx context.Context) error {
 		}
 		r.log.WithFields(logrus.Fields{"network": name, "subnet": rec.Subnet, "origin": rec.Origin}).Info("cluster network created here")
 	}
-	// Replicas whose record is gone (or names another network): remove
-	// them; Docker refuses while endpoints remain, and a later pass retries.
-	for _, n := range locals {
+	return errs
+}
+
+// removeStaleReplicas removes replicas whose record is gone (or names
+// another network); Docker refuses while endpoints remain, and a later pass
+// retries.
+func (r *Replicator) removeStaleReplicas(ctx context.Context, st syncState) {
+	for _, n := range st.locals {
 		if n.Source == "" {
 			continue
 		}
-		if rec, ok := records[n.Spec.Name]; (ok && rec.OriginID == n.Source) || unreadable[n.Spec.Name] {
+		if rec, ok := st.records[n.Spec.Name]; (ok && rec.OriginID == n.Source) || st.unreadable[n.Spec.Name] {
 			continue
 		}
 		if err := r.docker.Remove(ctx, n.ID); err != nil {
@@ -226,7 +256,6 @@ func (r *Replicator) Sync(ctx context.Context) error {
 		}
 		r.log.WithField("network", n.Spec.Name).Info("cluster network removed here")
 	}
-	return errors.Join(errs...)
 }
 
 func (r *Replicator) warnOnce(name, msg string) {
