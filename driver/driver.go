@@ -7,8 +7,9 @@
 // Locks: d.mu guards the tables (records, endpoints in flight, the
 // firewall's generation) and is never held across a store, netlink or exec
 // call; helpers that need it say so in their names (…Locked). d.netMu
-// orders network creations and deletions (it is held across their I/O: no
-// endpoint request waits on it). lockEndpoint keeps two calls for one
+// orders network creations, deletions and reconcile's repair of networks (it
+// is held across their I/O: no endpoint request waits on it); d.portsMu
+// orders changes of published ports; lockEndpoint keeps two calls for one
 // endpoint apart.
 package driver
 
@@ -75,7 +76,7 @@ type Driver struct {
 	routes   *routing.Router
 	fwPoke   chan struct{} // wakes the firewall writer: VXLAN peers changed
 
-	netMu   sync.Mutex // orders CreateNetwork and DeleteNetwork
+	netMu   sync.Mutex // orders CreateNetwork, DeleteNetwork and reconcile's Ensure
 	portsMu sync.Mutex // orders changes of published ports
 	fwMu    sync.Mutex // orders firewall writes; fwWritten under it
 	// fwWritten is the generation of the newest firewall written.

@@ -31,6 +31,10 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 // d.mu only to read and change the tables: the kernel and the local store
 // are called without it.
 func (d *Driver) reconcileLocal(ctx context.Context) error {
+	// Networks are ensured in turn with their creations and deletions
+	// (d.netMu): a device ensured for a network being deleted would
+	// outlive it.
+	d.netMu.Lock()
 	d.mu.Lock()
 	nets := maps.Clone(d.st.networks)
 	eps := maps.Clone(d.st.endpoints)
@@ -41,6 +45,7 @@ func (d *Driver) reconcileLocal(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	d.netMu.Unlock()
 	checked := d.checkEndpoints(nets, eps)
 	errs = append(errs, checked.errs...)
 	now := time.Now()
