@@ -115,6 +115,7 @@ scale: consul
 
 lint:
 	$(GO) vet ./...
+	$(GO) vet -tags 'e2e chaos bench' ./e2e/...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	@! git grep -nE 'netlink\.[A-Za-z]*List[A-Za-z]*\(' -- '*.go' ':!driver/kernel/netlinksafe.go' ':!*_test.go' || \
 		{ echo "netlink dumps go through driver/kernel/netlinksafe.go (they may be interrupted)"; exit 1; }
