@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/kv/kvtest"
 )
 
 var consulAddr string
@@ -49,29 +49,9 @@ func (e env) host(id string) *ipam.IPAM {
 }
 
 func forEachStore(t *testing.T, fn func(t *testing.T, e env)) {
-	mk := map[string]func(t *testing.T) kv.Store{
-		"memory": func(t *testing.T) kv.Store { return kv.NewMemory() },
-		"bolt": func(t *testing.T) kv.Store {
-			s, err := kv.OpenBolt(filepath.Join(t.TempDir(), "t.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		},
-		"consul": func(t *testing.T) kv.Store {
-			testbed.Require(t, consulAddr != "", "no consul server (run make consul, or set CONSUL_BIN)")
-			s, err := kv.NewConsul(kv.ConsulConfig{Addresses: []string{consulAddr}, Scheme: "http",
-				Prefix: fmt.Sprintf("ipamtest/%s-%d/", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano())})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-	}
-	for _, name := range []string{"memory", "bolt", "consul"} {
-		t.Run(name, func(t *testing.T) {
-			fn(t, env{store: mk[name](t), clock: &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}})
+	for _, st := range kvtest.Stores(consulAddr) {
+		t.Run(st.Name, func(t *testing.T) {
+			fn(t, env{store: st.Make(t), clock: &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}})
 		})
 	}
 }

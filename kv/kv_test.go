@@ -3,7 +3,6 @@ package kv_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/tartan-net/tartan/e2e/testbed"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/kv/kvtest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -21,36 +21,12 @@ import (
 // there is no consul binary: the Consul runs then fail in CI, skip elsewhere).
 var consulAddr string
 
-func consulStore(t *testing.T) kv.Store {
-	t.Helper()
-	testbed.Require(t, consulAddr != "", "no consul server (run make consul, or set CONSUL_BIN)")
-	prefix := "test/" + strings.NewReplacer("/", "_").Replace(t.Name()) + fmt.Sprint(time.Now().UnixNano()) + "/"
-	s, err := kv.NewConsul(kv.ConsulConfig{Addresses: []string{consulAddr}, Scheme: "http", Prefix: prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// stores are the three implementations under one contract.
-func stores(t *testing.T) map[string]func(t *testing.T) kv.Store {
-	return map[string]func(t *testing.T) kv.Store{
-		"memory": func(t *testing.T) kv.Store { return kv.NewMemory() },
-		"bolt": func(t *testing.T) kv.Store {
-			s, err := kv.OpenBolt(filepath.Join(t.TempDir(), "t.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		},
-		"consul": consulStore,
-	}
-}
+func consulStore(t *testing.T) kv.Store { return kvtest.Consul(t, consulAddr) }
 
 func TestConformance(t *testing.T) {
-	for name, mk := range stores(t) {
-		t.Run(name, func(t *testing.T) {
+	for _, st := range kvtest.Stores(consulAddr) {
+		mk := st.Make
+		t.Run(st.Name, func(t *testing.T) {
 			t.Run("CAS", func(t *testing.T) { testCAS(t, mk(t)) })
 			t.Run("List", func(t *testing.T) { testList(t, mk(t)) })
 			t.Run("Watch", func(t *testing.T) { testWatch(t, mk(t)) })
@@ -362,8 +338,9 @@ func TestConsulFailsOver(t *testing.T) {
 // the caller's skipped function and the listing goes on; without one, the
 // listing still fails with a *DecodeError that names the key and the store.
 func TestListJSONSkipsUnreadable(t *testing.T) {
-	for name, mk := range stores(t) {
-		t.Run(name, func(t *testing.T) {
+	for _, st := range kvtest.Stores(consulAddr) {
+		mk := st.Make
+		t.Run(st.Name, func(t *testing.T) {
 			s, ctx := mk(t), context.Background()
 			for key, value := range map[string]string{"hosts/a": `{"id":"a"}`, "hosts/b": "garbage", "hosts/c": `{"id":"c"}`} {
 				if _, err := s.Put(ctx, key, []byte(value), 0); err != nil {

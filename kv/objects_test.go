@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/kv/kvtest"
 )
 
 // lostAnswer commits the first create under vnis/ and answers ErrConflict:
@@ -34,9 +35,9 @@ func (l *lostAnswer) Put(ctx context.Context, key string, value []byte, version 
 // flannel's default VNI 1.
 func TestClaimVNI(t *testing.T) {
 	ctx := context.Background()
-	for name, mk := range stores(t) {
-		t.Run(name, func(t *testing.T) {
-			s := mk(t)
+	for _, st := range kvtest.Stores(consulAddr) {
+		t.Run(st.Name, func(t *testing.T) {
+			s := st.Make(t)
 			vni, created, err := kv.ClaimVNI(ctx, &lostAnswer{Store: s}, 0, "10.1.0.0/16")
 			if err != nil || vni != kv.FirstAutoVNI || !created {
 				t.Fatalf("claim with a lost answer: %d %v %v, want %d created", vni, created, err, kv.FirstAutoVNI)
