@@ -56,6 +56,12 @@ func NewConsul(cfg ConsulConfig) (*Consul, error) {
 		ac.Scheme = cfg.Scheme
 		ac.Token = cfg.Token
 		ac.TLSConfig = api.TLSConfig{CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
+		hc, err := api.NewHttpClient(ac.Transport, ac.TLSConfig)
+		if err != nil {
+			return nil, fmt.Errorf("consul client for %s: %w", addr, err)
+		}
+		hc.Transport = statusRecorder{hc.Transport}
+		ac.HttpClient = hc
 		client, err := api.NewClient(ac)
 		if err != nil {
 			return nil, fmt.Errorf("consul client for %s: %w", addr, err)
@@ -85,6 +91,32 @@ func (c *Consul) Close() error {
 	return nil
 }
 
+// The api package gives some failures as text only (its Txn turns every
+// status but 200 and 409 into "Failed request: <body>"): statusRecorder
+// notes each answer's HTTP status in the request's context, and withStatus
+// makes such a failure the api.StatusError it is, so that failure classifies
+// by type.
+type statusKey struct{}
+
+type statusRecorder struct{ next http.RoundTripper }
+
+func (s statusRecorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := s.next.RoundTrip(req)
+	if h, ok := req.Context().Value(statusKey{}).(*atomic.Int32); ok && err == nil {
+		h.Store(int32(resp.StatusCode))
+	}
+	return resp, err
+}
+
+// withStatus gives a failure answered with an error status its status.
+func withStatus(err error, status int) error {
+	var se api.StatusError
+	if err == nil || status < 400 || errors.As(err, &se) {
+		return err
+	}
+	return api.StatusError{Code: status, Body: strings.TrimPrefix(err.Error(), "Failed request: ")}
+}
+
 // failure says what kind of failure err is: ErrUnavailable (Consul cannot
 // answer now: try the next server, or later), ErrDenied (the token may not
 // do this: nothing but a fix helps), or nil (anything else).
@@ -108,15 +140,6 @@ func failure(err error) error {
 	var ue *url.Error
 	var ne net.Error
 	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ue) || errors.As(err, &ne) {
-		return ErrUnavailable
-	}
-	// Fallbacks for errors the api package gives as text only: its Txn
-	// turns every status but 200 and 409 into "Failed request: <body>".
-	msg := err.Error()
-	switch {
-	case deniedText(msg):
-		return ErrDenied
-	case strings.Contains(msg, "No cluster leader"), strings.Contains(msg, "Unexpected response code: 5"):
 		return ErrUnavailable
 	}
 	return nil
@@ -158,7 +181,8 @@ func (c *Consul) do(ctx context.Context, name, key string, attempt bool, op func
 		if attempt && len(c.kvs) > 1 {
 			actx, cancel = context.WithTimeout(ctx, AttemptTimeout)
 		}
-		err = op(actx, c.kvs[idx])
+		status := new(atomic.Int32)
+		err = withStatus(op(context.WithValue(actx, statusKey{}, status), c.kvs[idx]), int(status.Load()))
 		cancel()
 		if err == nil || !unavailable(err) || ctx.Err() != nil {
 			break
