@@ -73,6 +73,7 @@ type Driver struct {
 	fw       *firewall.Firewall
 	log      logrus.FieldLogger
 	backends map[string]backend.Backend
+	descs    []backend.Description // the backends in Backends' order
 	routes   *routing.Router
 	fwPoke   chan struct{} // wakes the firewall writer: VXLAN peers changed
 
@@ -119,12 +120,15 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 		cfg.OrphanGrace = 2 * cfg.Resync
 	}
 	d := &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
-		orphans: map[string]time.Time{}, creating: map[string]string{},
+		orphans: map[string]time.Time{}, creating: map[string]string{}, backends: map[string]backend.Backend{},
 		st:     localState{networks: map[string]localNetwork{}, endpoints: map[string]localEndpoint{}},
 		fwPoke: make(chan struct{}, 1)}
 	underlay := func() (kernel.Underlay, error) { return kernel.FindUnderlay(cfg.Advertise) }
 	host := backend.Host{ID: cfg.Host, VXLANPort: cfg.VXLANPort, SysctlRoot: cfg.SysctlRoot, Underlay: underlay, Log: log}
-	d.backends = Backends(host, addrs, cluster, d.skipped)
+	for _, b := range Backends(host, addrs, cluster, d.skipped) {
+		d.backends[b.Describe().Name] = b
+		d.descs = append(d.descs, b.Describe())
+	}
 	d.routes = routing.New(cluster, routing.Netlink{}, routing.Config{Host: cfg.Host, TTL: cfg.LeaseTTL, Replan: 10 * cfg.Resync,
 		Underlay: underlay, OnPeers: d.pokeFirewall, Log: log})
 	return d
@@ -133,18 +137,14 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 // DefaultResync is how often reconcile runs by default.
 const DefaultResync = 30 * time.Second
 
-// Backends are the backends a host offers, by name: the one place that
-// knows them all.
-func Backends(h backend.Host, addrs macvlan.Addresses, cluster kv.Store, skipped func(*kv.DecodeError)) map[string]backend.Backend {
-	out := map[string]backend.Backend{}
-	for _, b := range []backend.Backend{
+// Backends are the backends a host offers, the default first: the one
+// place that knows them all.
+func Backends(h backend.Host, addrs macvlan.Addresses, cluster kv.Store, skipped func(*kv.DecodeError)) []backend.Backend {
+	return []backend.Backend{
 		vxlan.New(h, macvlan.Name),
 		hostgw.New(h, macvlan.Name),
 		macvlan.New(h, addrs, cluster, skipped),
-	} {
-		out[b.Describe().Name] = b
 	}
-	return out
 }
 
 // DefaultBackend is the backend of networks that name none.

@@ -41,7 +41,9 @@ func (d *Driver) firewallWriter(ctx context.Context) {
 // published ports and the peers of the plans (under d.mu) and writes it
 // (without d.mu: iptables may wait for its lock, and no request of this
 // host waits on that). Writes are serialised and never go back
-// to an older state than one already written. Called without d.mu held.
+// to an older state than one written; a write that failed stands for
+// nothing, so a caller is told nil only when its state, or a newer one, is
+// in place. Called without d.mu held.
 func (d *Driver) writeFirewall() error {
 	d.mu.Lock()
 	st := d.firewallStateLocked()
@@ -55,16 +57,20 @@ func (d *Driver) writeFirewall() error {
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
 	if gen < d.fwWritten {
-		return nil // a newer state is in place already
+		return nil // a newer state, rendered after this one, is in place
 	}
-	d.fwWritten = gen
+	var err error
 	if len(st.Pools) == 0 && len(st.Ports) == 0 {
-		return d.fw.Remove()
+		err = d.fw.Remove()
+	} else {
+		was := d.fw.Flavour()
+		err = d.fw.Apply(st)
+		if now := d.fw.Flavour(); now != was {
+			d.log.WithFields(logrus.Fields{"was": was, "now": now}).Info("firewall flavour changed: Docker's chains are in the other iptables; tartan's rules moved there")
+		}
 	}
-	was := d.fw.Flavour()
-	err := d.fw.Apply(st)
-	if now := d.fw.Flavour(); now != was {
-		d.log.WithFields(logrus.Fields{"was": was, "now": now}).Info("firewall flavour changed: Docker's chains are in the other iptables; tartan's rules moved there")
+	if err == nil {
+		d.fwWritten = gen // only a state in place stands for the older ones
 	}
 	return err
 }

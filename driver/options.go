@@ -47,20 +47,7 @@ const (
 // backend's own option given to another backend names the backend it
 // belongs to.
 func (d *Driver) ParseOptions(opts map[string]any) (Options, error) {
-	descs := make([]backend.Description, 0, len(d.backends))
-	for _, name := range d.backendNames() {
-		descs = append(descs, d.backends[name].Describe())
-	}
-	return ParseOptions(opts, descs)
-}
-
-func (d *Driver) backendNames() []string {
-	names := make([]string, 0, len(d.backends))
-	for name := range d.backends {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
+	return ParseOptions(opts, d.descs)
 }
 
 // ParseOptions validates options against the backends' descriptions.

@@ -32,7 +32,7 @@ func TestOptionErrors(t *testing.T) {
 		opts map[string]any
 		word string
 	}{
-		{optionsOf("tartan.backend", "ipvlan"), "unknown backend -o tartan.backend=ipvlan"},
+		{optionsOf("tartan.backend", "ipvlan"), "unknown backend -o tartan.backend=ipvlan: use vxlan, host-gw or macvlan"},
 		{optionsOf("tartan.vni", "0"), "use a number from 1 to 16777215"},
 		{optionsOf("tartan.vni", "5", "tartan.backend", "host-gw"), "vxlan backend only"},
 		{optionsOf("tartan.directrouting", "maybe"), "not a boolean"},
