@@ -50,6 +50,17 @@ func (d *Driver) ParseOptions(opts map[string]any) (Options, error) {
 	return ParseOptions(opts, d.descs)
 }
 
+// SkipsGateway answers Docker's GwAllocCheck (Docker 28+): whether a
+// network with these options needs no gateway address from IPAM. The
+// options are validated as CreateNetwork will.
+func (d *Driver) SkipsGateway(opts map[string]any) (bool, error) {
+	o, err := d.ParseOptions(opts)
+	if err != nil {
+		return false, err
+	}
+	return d.backends[o.Backend].Describe().OwnGateway, nil
+}
+
 // ParseOptions validates options against the backends' descriptions.
 func ParseOptions(opts map[string]any, backends []backend.Description) (Options, error) {
 	o := Options{Backend: DefaultBackend, Raw: map[string]string{}}

@@ -131,8 +131,27 @@ func TestMux(t *testing.T) {
 		t.Fatalf("ipam caps: %d %v", code, out)
 	}
 	code, out = call(t, h, "/NetworkDriver.GetCapabilities", "{}")
-	if code != 200 || out["Scope"] != "local" || out["ConnectivityScope"] != "global" {
+	if code != 200 || out["Scope"] != "local" || out["ConnectivityScope"] != "global" || out["GwAllocChecker"] != true {
 		t.Fatalf("driver caps: %d %v", code, out)
+	}
+	// Docker 28+ asks before it reserves a gateway address: routed
+	// networks route through the host's link-local address, macvlan
+	// containers through the physical router, an address of the pool.
+	for _, c := range []struct {
+		body string
+		skip bool
+	}{
+		{`{"Options":{}}`, true},
+		{`{"Options":{"com.docker.network.generic":{"tartan.backend":"host-gw"}}}`, true},
+		{`{"Options":{"com.docker.network.generic":{"tartan.backend":"macvlan","parent":"eth0"}}}`, false},
+	} {
+		code, out = call(t, h, "/NetworkDriver.GwAllocCheck", c.body)
+		if code != 200 || out["SkipIPv4"] != c.skip || out["SkipIPv6"] != c.skip {
+			t.Fatalf("gateway check %s: %d %v", c.body, code, out)
+		}
+	}
+	if code, out = call(t, h, "/NetworkDriver.GwAllocCheck", `{"Options":{"com.docker.network.generic":{"tartan.backend":"ipsec"}}}`); code != 400 || !strings.Contains(fmt.Sprint(out["Err"]), "unknown backend") {
+		t.Fatalf("gateway check of a bad backend: %d %v", code, out)
 	}
 	code, out = call(t, h, "/IpamDriver.GetDefaultAddressSpaces", "")
 	if code != 200 || out["LocalDefaultAddressSpace"] != ipam.LocalSpace {

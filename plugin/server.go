@@ -31,6 +31,26 @@ type ipamCapabilities struct {
 	RequiresRequestReplay bool
 }
 
+// driverCapabilities adds GwAllocChecker (Docker 28+), which
+// go-plugins-helpers lacks: Docker then asks GwAllocCheck before it
+// reserves a gateway address for a network.
+type driverCapabilities struct {
+	Scope             string
+	ConnectivityScope string
+	GwAllocChecker    bool
+}
+
+// gwAllocCheckRequest carries the options CreateNetwork will get.
+type gwAllocCheckRequest struct {
+	Options map[string]any
+}
+
+// gwAllocCheckResponse says which families need no gateway address.
+type gwAllocCheckResponse struct {
+	SkipIPv4 bool
+	SkipIPv6 bool
+}
+
 // Handler serves both libnetwork APIs on one socket.
 type Handler struct {
 	mux  *http.ServeMux
@@ -53,7 +73,14 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, log logrus.Fi
 	})
 	// Network driver.
 	handle(h, "/NetworkDriver.GetCapabilities", func(context.Context, *struct{}) (any, error) {
-		return &network.CapabilitiesResponse{Scope: h.drv.Scope(), ConnectivityScope: network.GlobalScope}, nil
+		return driverCapabilities{Scope: h.drv.Scope(), ConnectivityScope: network.GlobalScope, GwAllocChecker: true}, nil
+	})
+	handle(h, "/NetworkDriver.GwAllocCheck", func(_ context.Context, r *gwAllocCheckRequest) (any, error) {
+		skip, err := h.drv.SkipsGateway(r.Options)
+		if err != nil {
+			return nil, err
+		}
+		return gwAllocCheckResponse{SkipIPv4: skip, SkipIPv6: skip}, nil
 	})
 	handle(h, "/NetworkDriver.CreateNetwork", func(ctx context.Context, r *network.CreateNetworkRequest) (any, error) {
 		req, err := networkRequest(r)

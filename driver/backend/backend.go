@@ -82,6 +82,10 @@ type Description struct {
 	// ClaimsVNI: the network's cluster record reserves a VXLAN network
 	// identifier.
 	ClaimsVNI bool
+	// OwnGateway: the network's containers route through a gateway of the
+	// backend's own (a link-local address on the host), not an address of
+	// the pool, so Docker need not reserve one (GwAllocCheck, Docker 28+).
+	OwnGateway bool
 }
 
 // Option is a backend's own -o option: Parse validates its value and sets

@@ -24,7 +24,9 @@ func New(h backend.Host, macvlan string) Backend {
 }
 
 // Describe names the backend; it takes no options of its own.
-func (Backend) Describe() backend.Description { return backend.Description{Name: Name} }
+func (Backend) Describe() backend.Description {
+	return routed.Describe(backend.Description{Name: Name})
+}
 
 // Peers are routed on the underlay, each through its host's address.
 func (Backend) Peers(n backend.Network) (routing.Network, bool) {

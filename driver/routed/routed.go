@@ -19,6 +19,13 @@ import (
 	"github.com/tartan-net/tartan/errdefs"
 )
 
+// Describe fills in what every routed backend is: its containers' gateway
+// is the host's link-local address, never one of the pool.
+func Describe(d backend.Description) backend.Description {
+	d.OwnGateway = true
+	return d
+}
+
 // FirstGateway is the link-local gateway of a host's first routed network;
 // the next ones take the following addresses.
 var FirstGateway = netip.MustParseAddr("169.254.1.1")

@@ -50,7 +50,7 @@ func New(h backend.Host, macvlan string) Backend {
 
 // Describe names the backend and its options.
 func (Backend) Describe() backend.Description {
-	return backend.Description{Name: Name, ClaimsVNI: true, Options: []backend.Option{
+	return routed.Describe(backend.Description{Name: Name, ClaimsVNI: true, Options: []backend.Option{
 		{Key: OptVNI, Parse: parseVNI},
 		{Key: OptDirectRouting, Parse: func(o *backend.Options, v string) error {
 			b, err := strconv.ParseBool(v)
@@ -60,7 +60,7 @@ func (Backend) Describe() backend.Description {
 			o.DirectRouting = b
 			return nil
 		}},
-	}}
+	}})
 }
 
 func parseVNI(o *backend.Options, v string) error {
