@@ -13,13 +13,14 @@ GO       ?= go
 CONSUL_VERSION := 1.20.1
 CONSUL_BIN ?= $(HOME)/.cache/tartan/consul-$(CONSUL_VERSION)/consul
 DOCKER26_DIR ?= $(HOME)/.cache/tartan/docker26
+DOCKER28_DIR ?= $(HOME)/.cache/tartan/docker28
 # A count, not a duration: Go's fuzz coordinator can fail a duration-bounded
 # run with "context deadline exceeded" on a loaded machine (golang/go#75804).
 FUZZTIME ?= 20000x
 E2E_TIMEOUT ?= 40m
 export CONSUL_BIN
 
-.PHONY: all build plugin-dir plugin push deps consul docker26 test unit fuzz e2e e2e26 e2e-all chaos bench scale lint clean
+.PHONY: all build plugin-dir plugin push deps consul docker26 docker28 test unit fuzz e2e e2e26 e2e28 e2e-all chaos bench scale lint clean
 
 all: build
 
@@ -58,9 +59,12 @@ $(CONSUL_BIN):
 
 # A current engine (Docker 26, Debian trixie's) beside the system's 20.10.
 docker26:
-	e2e/docker26.sh $(DOCKER26_DIR)
+	e2e/engine.sh $(DOCKER26_DIR) trixie trixie
 
-test: deps consul docker26 unit fuzz e2e-all chaos
+docker28:
+	e2e/engine.sh $(DOCKER28_DIR) forky trixie
+
+test: deps consul docker26 docker28 unit fuzz e2e-all chaos
 
 # The scale harness's smoke (10 simulated hosts) runs here, under the race
 # detector; make scale runs its table.
@@ -86,14 +90,21 @@ e2e26: docker26
 	DOCKERD=$(DOCKER26_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER26_DIR)/bin:$$PATH TARTAN_E2E_PREFIX=t6- \
 	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot' ./e2e/
 
-# Both engines at once (the Docker 26 run is mostly waiting); its output is
-# printed after the Docker 20.10 run's.
-e2e-all: docker26
-	@rm -f $(BUILD)/e2e26.log; mkdir -p $(BUILD)
+# The same suite on Docker 28 (Debian forky's engine, make docker28).
+e2e28: docker28
+	DOCKERD=$(DOCKER28_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER28_DIR)/bin:$$PATH TARTAN_E2E_PREFIX=t8- \
+	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot' ./e2e/
+
+# The three engines at once (the Docker 26 and 28 runs are mostly waiting);
+# their output is printed after the Docker 20.10 run's.
+e2e-all: docker26 docker28
+	@rm -f $(BUILD)/e2e26.log $(BUILD)/e2e28.log; mkdir -p $(BUILD)
 	@( $(MAKE) --no-print-directory e2e26 > $(BUILD)/e2e26.log 2>&1; echo "e2e26 exit $$?" >> $(BUILD)/e2e26.log ) & \
+	( $(MAKE) --no-print-directory e2e28 > $(BUILD)/e2e28.log 2>&1; echo "e2e28 exit $$?" >> $(BUILD)/e2e28.log ) & \
 	  rc=0; $(MAKE) --no-print-directory e2e || rc=$$?; wait; \
 	  echo "===== Docker 26 run ====="; cat $(BUILD)/e2e26.log; \
-	  grep -q '^e2e26 exit 0$$' $(BUILD)/e2e26.log && exit $$rc; exit 1
+	  echo "===== Docker 28 run ====="; cat $(BUILD)/e2e28.log; \
+	  grep -q '^e2e26 exit 0$$' $(BUILD)/e2e26.log && grep -q '^e2e28 exit 0$$' $(BUILD)/e2e28.log && exit $$rc; exit 1
 
 # The fault suite: 3 hosts, a 3-server Consul, 3 x 100 concurrent docker runs
 # per scenario while the plugin is killed, the Consul leader is killed, a host
