@@ -198,6 +198,19 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); strings.Contains(out, "18080") {
 		t.Fatalf("dnat rule left after revoke:\n%s", out)
 	}
+	// Leave withdraws them too: Docker 29 may send Leave with no Revoke.
+	if err := b.drv.PublishPorts(b.ctx, "01aaaaaaaaaaaa", pm); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.drv.Leave(b.ctx, "01aaaaaaaaaaaa"); err != nil {
+		t.Fatal(err)
+	}
+	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); strings.Contains(out, "18080") {
+		t.Fatalf("dnat rule left after leave:\n%s", out)
+	}
+	if err := b.drv.Leave(b.ctx, "01aaaaaaaaaaaa"); err != nil {
+		t.Fatalf("a second leave: %v", err)
+	}
 	info, err := b.drv.EndpointInfo(b.ctx, "01aaaaaaaaaaaa")
 	if err != nil || info["tartan.backend"] != "vxlan" || info["tartan.host"] != "h1" || info["tartan.vni"] != "256" {
 		t.Fatalf("oper info: %v %v", info, err)

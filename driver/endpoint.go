@@ -219,5 +219,12 @@ func (d *Driver) Join(_ context.Context, endpointID string) (backend.Join, error
 	return d.backendOf(n).Join(n, e), nil
 }
 
-// Leave has nothing to undo: the interface goes with DeleteEndpoint.
-func (d *Driver) Leave(context.Context, string) error { return nil }
+// Leave withdraws the endpoint's published ports; the interface goes with
+// DeleteEndpoint. Docker 29 sends RevokeExternalConnectivity only when an
+// endpoint stops being its container's gateway, and after a live-restore
+// restart it may send Leave with no Revoke before it: the container leaving
+// is the last word on its ports. Withdrawing what is withdrawn already is a
+// no-op, so a Revoke before the Leave (Docker up to 28) costs nothing.
+func (d *Driver) Leave(ctx context.Context, endpointID string) error {
+	return d.WithdrawPorts(ctx, endpointID)
+}

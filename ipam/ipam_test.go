@@ -209,6 +209,39 @@ func TestAddresses(t *testing.T) {
 	})
 }
 
+// An engine that skips the gateway (Docker 28's GwAllocCheck for routed
+// networks) lets a container take the pool's first address; an older engine
+// on another host that asks for the default gateway afterwards gets another
+// free address, and every host then gets that one.
+func TestGatewayAfterAnEngineSkippedIt(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a, b := e.host("a"), e.host("b")
+		id := pool(t, a, "10.244.0.0/16", "", nil)
+		pool(t, b, "10.244.0.0/16", "", nil)
+		first := addr(t, a, id, "10.244.0.1", mac(1))
+		gwReq := ipam.AddressRequest{Pool: id, Options: map[string]string{ipam.OptRequestType: ipam.GatewayType}}
+		gw, err := b.RequestAddress(ctx, gwReq)
+		if err != nil {
+			t.Fatalf("gateway after a container took the first address: %v", err)
+		}
+		if gw.Addr() == first.Addr() || !id.CIDR.Contains(gw.Addr()) || gw.Bits() != 16 {
+			t.Fatalf("gateway %s (the container holds %s)", gw, first)
+		}
+		for _, h := range []*ipam.IPAM{a, b} {
+			if again, err := h.RequestAddress(ctx, gwReq); err != nil || again != gw {
+				t.Fatalf("gateway asked again: %s %v, want %s", again, err, gw)
+			}
+		}
+		// A gateway the user names is still refused while a container
+		// holds it.
+		other := e.host("c")
+		id2 := pool(t, other, "10.245.0.0/16", "", nil)
+		addr(t, other, id2, "10.245.0.1", mac(2))
+		_, err = other.RequestAddress(ctx, ipam.AddressRequest{Pool: id2, Address: "10.245.0.1", Options: gwReq.Options})
+		wantErr(t, err, errdefs.ErrInUse, "10.245.0.1", "already in use")
+	})
+}
+
 // keys lists the records under prefix (folder markers left out).
 func keys(t *testing.T, s kv.Store, prefix string) []string {
 	t.Helper()

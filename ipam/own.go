@@ -189,12 +189,13 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 	kind := KindFor(r)
 	mac := r.Options[OptMACAddress]
 	var got netip.Addr
+	anyGateway := false
 	err := kv.Retry(ctx, func() error {
 		pc, err := m.cache(ctx, cidr)
 		if err != nil {
 			return err
 		}
-		ip, want, err := m.choose(ctx, pc, r.Address, kind)
+		ip, want, err := m.choose(ctx, pc, r.Address, kind, anyGateway)
 		if err != nil {
 			return err
 		}
@@ -263,6 +264,16 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 			got = ip
 			return nil
 		}
+		if want && r.Address == "" && kind == kv.KindGateway && cur.Kind == kv.KindEndpoint {
+			// Docker chose the default gateway, and a container holds
+			// it: an engine that needs no gateway for this network
+			// (Docker 28's GwAllocCheck) created it first, on this host
+			// or another, and its IPAM handed the first address out. An
+			// older engine still asks; any free address serves it, as
+			// the networks that skip never route through it.
+			anyGateway = true
+			return kv.ErrRetry
+		}
 		if want {
 			return errdefs.InUse("address %s is already in use (%s on host %s): pick another address or leave it out", ip, cur.Kind, cur.Host)
 		}
@@ -275,13 +286,15 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 }
 
 // choose is the address a request asks for (want: the gateway or an address
-// given) or one picked for it, marked as being taken.
-func (m *IPAM) choose(ctx context.Context, pc *poolCache, address, kind string) (ip netip.Addr, want bool, err error) {
+// given) or one picked for it, marked as being taken. A gateway request with
+// no address takes the pool's gateway, or else its first usable address, or
+// else (anyGateway: a container holds the first) any free one.
+func (m *IPAM) choose(ctx context.Context, pc *poolCache, address, kind string, anyGateway bool) (ip netip.Addr, want bool, err error) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	if address == "" && kind == kv.KindGateway {
 		address = pc.gateway
-		if address == "" {
+		if address == "" && !anyGateway {
 			address = pc.layout.FirstUsable().String()
 		}
 	}

@@ -202,6 +202,16 @@ func (c *Consul) Keys(t testing.TB, prefix string) []string {
 	return keys
 }
 
+// Get is the value stored at key.
+func (c *Consul) Get(t testing.TB, key string) string {
+	t.Helper()
+	out, err := c.CLI("kv", "get", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(out)
+}
+
 // MainWithConsul runs a package's tests with a Consul server on 127.0.0.1 at
 // httpPort when CONSUL_BIN is set, storing its address in *addr (left empty
 // otherwise: tests needing it then fail in CI and skip loudly elsewhere).

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -122,6 +123,18 @@ func (h *Host) launch(t testing.TB) {
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+}
+
+// EngineMajor is the running engine's major version (20, 26, 28, ...).
+func (h *Host) EngineMajor(t testing.TB) int {
+	t.Helper()
+	v := h.MustDocker(t, "version", "--format", "{{.Server.Version}}")
+	major, _, _ := strings.Cut(strings.TrimSpace(v), ".")
+	n, err := strconv.Atoi(major)
+	if err != nil {
+		t.Fatalf("engine version %q: %v", v, err)
+	}
+	return n
 }
 
 // Restart stops the daemon and starts it again on the same data (and waits
