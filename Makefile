@@ -14,13 +14,16 @@ CONSUL_VERSION := 1.20.1
 CONSUL_BIN ?= $(HOME)/.cache/tartan/consul-$(CONSUL_VERSION)/consul
 DOCKER26_DIR ?= $(HOME)/.cache/tartan/docker26
 DOCKER28_DIR ?= $(HOME)/.cache/tartan/docker28
+DOCKER29_DIR ?= $(HOME)/.cache/tartan/docker29
+# Docker 29 is built from moby's module (Debian packages no 29 yet).
+MOBY_VERSION := v2.0.0-beta.24
 # A count, not a duration: Go's fuzz coordinator can fail a duration-bounded
 # run with "context deadline exceeded" on a loaded machine (golang/go#75804).
 FUZZTIME ?= 20000x
 E2E_TIMEOUT ?= 40m
 export CONSUL_BIN
 
-.PHONY: all build plugin-dir plugin push deps consul docker26 docker28 test unit fuzz e2e e2e26 e2e28 e2e-all chaos bench scale lint clean
+.PHONY: all build plugin-dir plugin push deps consul docker26 docker28 docker29 test unit fuzz e2e e2e26 e2e28 e2e29 e2e-all chaos bench scale lint clean
 
 all: build
 
@@ -64,6 +67,9 @@ docker26:
 docker28:
 	e2e/engine.sh $(DOCKER28_DIR) forky trixie
 
+docker29: docker28
+	e2e/moby.sh $(DOCKER29_DIR) $(MOBY_VERSION) $(DOCKER28_DIR)
+
 test: deps consul docker26 docker28 unit fuzz e2e-all chaos
 
 # The scale harness's smoke (10 simulated hosts) runs here, under the race
@@ -81,6 +87,9 @@ fuzz:
 e2e:
 	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -parallel 4 -v -skip 'TestSwarmGlobalScope' ./e2e/
 
+# What runs again on each newer engine.
+ENGINE_SUITE := 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot|TestGatewayAllocation'
+
 # The quick start, restarts, the 3-host suite and issue 9's safety tests
 # (lifecycle, isolation, upgrade, store input, concurrent creates, cluster
 # networks, Consul outage) again on Docker 26, and swarm's global scope
@@ -88,12 +97,12 @@ e2e:
 # can run beside make e2e.
 e2e26: docker26
 	DOCKERD=$(DOCKER26_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER26_DIR)/bin:$$PATH TARTAN_E2E_PREFIX=t6- \
-	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot' ./e2e/
+	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run $(ENGINE_SUITE) ./e2e/
 
 # The same suite on Docker 28 (Debian forky's engine, make docker28).
 e2e28: docker28
 	DOCKERD=$(DOCKER28_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER28_DIR)/bin:$$PATH TARTAN_E2E_PREFIX=t8- \
-	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot' ./e2e/
+	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run $(ENGINE_SUITE) ./e2e/
 
 # The three engines at once (the Docker 26 and 28 runs are mostly waiting);
 # their output is printed after the Docker 20.10 run's.
