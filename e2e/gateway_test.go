@@ -42,10 +42,6 @@ func TestGatewayAllocation(t *testing.T) {
 	if got := held("10.51.0.0-24"); !slices.Equal(got, []string{"10.51.0.254"}) {
 		t.Fatalf("--gateway 10.51.0.254 not reserved: %v", got)
 	}
-	gw := s.MustDocker(t, "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}", "nogw")
-	if (gw == "") != skips {
-		t.Fatalf("docker network inspect says gateway %q (skipped: %v)", gw, skips)
-	}
 
 	// The containers work either way, and on 28 the first takes .1.
 	s.daemon(t, "g1", "nogw")
