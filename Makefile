@@ -17,6 +17,7 @@ DOCKER28_DIR ?= $(HOME)/.cache/tartan/docker28
 DOCKER29_DIR ?= $(HOME)/.cache/tartan/docker29
 # Docker 29 is built from moby's module (Debian packages no 29 yet).
 MOBY_VERSION := v2.0.0-beta.24
+RUNC_VERSION := v1.4.4
 # A count, not a duration: Go's fuzz coordinator can fail a duration-bounded
 # run with "context deadline exceeded" on a loaded machine (golang/go#75804).
 FUZZTIME ?= 20000x
@@ -68,7 +69,7 @@ docker28:
 	e2e/engine.sh $(DOCKER28_DIR) forky trixie
 
 docker29: docker28
-	e2e/moby.sh $(DOCKER29_DIR) $(MOBY_VERSION) $(DOCKER28_DIR)
+	e2e/moby.sh $(DOCKER29_DIR) $(MOBY_VERSION) $(RUNC_VERSION) $(DOCKER28_DIR)
 
 test: deps consul docker26 docker28 unit fuzz e2e-all chaos
 

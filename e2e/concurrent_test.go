@@ -124,7 +124,9 @@ func TestConcurrentCreates(t *testing.T) {
 func recreateWhileReleased(t *testing.T, c *testbed.Cluster) {
 	t.Helper()
 	const subnet, key = "10.75.0.0/16", "10.75.0.0-16"
-	create := []string{"network", "create", tnet, tipam, "--subnet", subnet, "re"}
+	// The gateway named, so that every engine reserves it (Docker 28 and
+	// later reserve none for a routed network otherwise).
+	create := []string{"network", "create", tnet, tipam, "--subnet", subnet, "--gateway", "10.75.0.1", "re"}
 	c.Hosts[0].MustDocker(t, create...)
 	for round := 0; round < 6; round++ {
 		from, to := c.Hosts[round%2], c.Hosts[1-round%2]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing tartan needs on a fresh Debian machine:
 # Docker's engine (20.10, Debian's docker.io), busybox for the test image,
-# iptables, curl, util-linux's nsenter/unshare and Debian's registry. Quick
+# iptables, curl, util-linux's nsenter/unshare, Debian's registry, and
+# libseccomp's headers for the runc that Docker 29 is tested with. Quick
 # when everything is there already.
 set -euo pipefail
 declare -A pkg=([dockerd]=docker.io [busybox]=busybox-static [iptables]=iptables [curl]=curl
@@ -10,6 +11,9 @@ need=()
 for cmd in "${!pkg[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("${pkg[$cmd]}")
 done
+# Docker 29's runc is built here (e2e/moby.sh), against libseccomp.
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+[ -e /usr/include/seccomp.h ] || need+=(libseccomp-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"
   apt-get update -q

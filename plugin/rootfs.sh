@@ -1,51 +1,66 @@
 #!/usr/bin/env bash
 # Assembles the managed plugin's directory: config.json and a rootfs with the
-# static tartan binary and the host's iptables (nft and legacy flavours, with
-# the shared libraries and extensions they load).
+# static tartan binary and iptables (its nft and legacy flavours) unpacked
+# from Debian's packages with what they depend on, so that the plugin carries
+# neither the build machine's iptables nor its C library. The packages are
+# those of ROOTFS_SUITE, fetched once from the Debian mirror the machine's apt
+# sources name (plugin/debs.sh) and kept, unpacked, in ROOTFS_CACHE. The
+# default is bookworm's iptables 1.8.9: tartan's rules share the host's
+# tables with Docker's iptables, and a rule written by a newer iptables-nft
+# can be one an older host iptables cannot read back, so the plugin's is
+# kept no newer than the hosts it is tested on.
 # Usage: plugin/rootfs.sh <tartan binary> <config.json> <output dir>
 set -euo pipefail
 bin=$1 config=$2 out=$(realpath -m "$3")
+here=$(cd "$(dirname "$0")" && pwd)
+suite=${ROOTFS_SUITE:-bookworm}
+cache=${ROOTFS_CACHE:-$HOME/.cache/tartan/rootfs-$suite}
+for cmd in apt-get apt-cache dpkg-deb flock; do
+  command -v "$cmd" >/dev/null || { echo "rootfs.sh: needs $cmd (a Debian build machine: apt, dpkg, util-linux)" >&2; exit 1; }
+done
+
+# The unpacked packages, made once; builds running side by side wait for
+# the first.
+mkdir -p "$(dirname "$cache")"
+(
+  flock 9
+  if [ ! -e "$cache/packages" ]; then
+    rm -rf "$cache.tmp" && mkdir -p "$cache.tmp/debs" "$cache.tmp/root"
+    "$here/debs.sh" --deps "$suite" "$cache.tmp/debs" iptables
+    for deb in "$cache.tmp"/debs/*.deb; do
+      dpkg-deb -x "$deb" "$cache.tmp/root"
+      dpkg-deb --show --showformat='${Package} ${Version}\n' "$deb" >> "$cache.tmp/root/packages"
+    done
+    # Documentation, translations and character-set converters are not used.
+    rm -rf "$cache.tmp"/root/usr/share/{doc,man,info,locale,lintian} "$cache.tmp"/root/usr/lib/*/gconv
+    rm -rf "$cache.tmp/debs" "$cache"
+    mv "$cache.tmp/root" "$cache"
+    mv "$cache/packages" "$cache/packages.tmp" && mv "$cache/packages.tmp" "$cache/packages"
+    rm -rf "$cache.tmp"
+  fi
+) 9>"$cache.lock"
+
 rm -rf "$out"
 root="$out/rootfs"
-mkdir -p "$root"/{etc,run,tmp,host/var/lib,host/proc/sys,host/run,usr/sbin,proc,sys,dev}
-# Mirror a merged /usr so that library links resolve the same way inside.
+mkdir -p "$root"
+cp -a "$cache/." "$root/"
+mv "$root/packages" "$out/packages" # what the rootfs holds, for the record
+# A merged /usr, as Debian's base-files would make it.
 for d in lib lib64 bin sbin; do
-  if [ -L "/$d" ]; then mkdir -p "$root/usr/$d"; ln -sfn "usr/$d" "$root/$d"; fi
+  [ -e "$root/usr/$d" ] || mkdir -p "$root/usr/$d"
+  [ -e "$root/$d" ] || ln -s "usr/$d" "$root/$d"
 done
+mkdir -p "$root"/{etc,run,tmp,host/var/lib,host/proc/sys,host/run,proc,sys,dev}
 cp "$config" "$out/config.json"
 install -m 0755 "$bin" "$root/tartan"
-
-copy() { # copy a file and the directories above it into the rootfs, keeping links
-  local f=$1
-  mkdir -p "$root$(dirname "$f")"
-  cp -a "$f" "$root$f"
-  if [ -L "$f" ]; then copy "$(readlink -f "$f")"; fi
-}
-libs() { ldd "$1" 2>/dev/null | awk '/=>/ {print $3; next} $1 ~ /^\// {print $1}' | grep '^/' || true; }
-
-found=0
-for multi in /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi; do
-  [ -x "$multi" ] || continue
-  found=1
-  copy "$multi"
-  for l in $(libs "$multi"); do copy "$l"; done
-done
-[ "$found" = 1 ] || { echo "rootfs.sh: no iptables on this machine (apt-get install iptables)" >&2; exit 1; }
-for d in /usr/lib/x86_64-linux-gnu/xtables /usr/lib/xtables /usr/lib64/xtables; do
-  if [ -d "$d" ]; then
-    mkdir -p "$root$d"; cp -a "$d/." "$root$d/"
-    for so in "$d"/*.so; do for l in $(libs "$so"); do [ -e "$root$l" ] || copy "$l"; done; done
-  fi
-done
+# update-alternatives' links, which dpkg-deb -x does not make: nft by
+# default (tartan calls each flavour by its own name).
 cd "$root/usr/sbin"
-if [ -e xtables-nft-multi ]; then
-  for n in iptables-nft iptables-nft-restore iptables-nft-save; do ln -sf xtables-nft-multi "$n"; done
-fi
-if [ -e xtables-legacy-multi ]; then
-  for n in iptables-legacy iptables-legacy-restore iptables-legacy-save; do ln -sf xtables-legacy-multi "$n"; done
-fi
-for n in iptables iptables-restore iptables-save; do
-  if [ -e xtables-nft-multi ]; then ln -sf xtables-nft-multi "$n"; else ln -sf xtables-legacy-multi "$n"; fi
+[ -x xtables-nft-multi ] && [ -x xtables-legacy-multi ] || { echo "rootfs.sh: the iptables package has no xtables-nft-multi or xtables-legacy-multi" >&2; exit 1; }
+for f in nft legacy; do
+  for n in iptables ip6tables; do
+    for s in "" -restore -save; do ln -sf "xtables-$f-multi" "$n-$f$s"; done
+  done
 done
-for f in /etc/protocols /etc/services /etc/ethertypes; do [ -e "$f" ] && cp "$f" "$root/etc/" || true; done
-echo "plugin directory ready: $out ($(du -sh "$root" | cut -f1))"
+for n in iptables iptables-restore iptables-save ip6tables ip6tables-restore ip6tables-save; do ln -sf xtables-nft-multi "$n"; done
+echo "plugin directory ready: $out ($(du -sh "$root" | cut -f1); $(wc -l < "$out/packages") Debian $suite packages)"
