@@ -6,7 +6,7 @@
 # when everything is there already.
 set -euo pipefail
 declare -A pkg=([dockerd]=docker.io [busybox]=busybox-static [iptables]=iptables [curl]=curl
-  [nsenter]=util-linux [unshare]=util-linux [docker-registry]=docker-registry [ip]=iproute2 [iperf3]=iperf3 [ping]=iputils-ping)
+  [nsenter]=util-linux [unshare]=util-linux [docker-registry]=docker-registry [ip]=iproute2 [iperf3]=iperf3 [ping]=iputils-ping [nft]=nftables)
 need=()
 for cmd in "${!pkg[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("${pkg[$cmd]}")

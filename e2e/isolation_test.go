@@ -130,17 +130,34 @@ func TestIsolation(t *testing.T) {
 		t.Fatalf("a VXLAN packet from a container reached network ta (echo requests %s before, %s after):\n%s", before, after, out)
 	}
 
-	// DOCKER-USER holds for tartan traffic.
+	// An operator's rules hold for tartan traffic: DOCKER-USER in iptables
+	// mode; in nftables mode (no DOCKER-USER) a table of the operator's own
+	// at the forward hook, as Docker's documentation says.
 	s.mustReach(t, "ta", s.internet)
-	rule := []string{"-s", "10.97.0.0/24", "-d", s.internet, "-j", "DROP"}
-	if out, err := s.Exec("iptables", append([]string{"-I", "DOCKER-USER"}, rule...)...); err != nil {
-		t.Fatalf("iptables: %v %s", err, out)
+	if testbed.FirewallBackend() == "nftables" {
+		nft := func(args ...string) {
+			t.Helper()
+			if out, err := s.Exec("nft", args...); err != nil {
+				t.Fatalf("nft %v: %v %s", args, err, out)
+			}
+		}
+		nft("add", "table", "ip", "operator")
+		nft("add", "chain", "ip", "operator", "fwd", "{", "type", "filter", "hook", "forward", "priority", "filter", ";", "}")
+		nft("add", "rule", "ip", "operator", "fwd", "ip", "saddr", "10.97.0.0/24", "ip", "daddr", s.internet, "drop")
+		s.mustNotReach(t, "ta", s.internet)
+		nft("delete", "table", "ip", "operator")
+		s.mustReach(t, "ta", s.internet)
+	} else {
+		rule := []string{"-s", "10.97.0.0/24", "-d", s.internet, "-j", "DROP"}
+		if out, err := s.Exec("iptables", append([]string{"-I", "DOCKER-USER"}, rule...)...); err != nil {
+			t.Fatalf("iptables: %v %s", err, out)
+		}
+		s.mustNotReach(t, "ta", s.internet)
+		if out, err := s.Exec("iptables", append([]string{"-D", "DOCKER-USER"}, rule...)...); err != nil {
+			t.Fatalf("iptables: %v %s", err, out)
+		}
+		s.mustReach(t, "ta", s.internet)
 	}
-	s.mustNotReach(t, "ta", s.internet)
-	if out, err := s.Exec("iptables", append([]string{"-D", "DOCKER-USER"}, rule...)...); err != nil {
-		t.Fatalf("iptables: %v %s", err, out)
-	}
-	s.mustReach(t, "ta", s.internet)
 
 	s.MustDocker(t, "rm", "-f", "ta1", "tb1", "b1", "bi1", "d1", "pub", "injector")
 	s.removeNetworks(t, "ta", "tb", "bnet", "bint")

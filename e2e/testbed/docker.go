@@ -28,6 +28,17 @@ type Host struct {
 	path     string // PATH for the daemon; empty: DOCKERD_PATH, else the test's own
 }
 
+// FirewallBackend is the firewall backend the daemons run with: iptables,
+// or nftables when DOCKERD_FIREWALL=nftables (Docker 29's
+// --firewall-backend; Docker then neither makes an iptables rule nor enables
+// IP forwarding, which each test host does as an operator would).
+func FirewallBackend() string {
+	if os.Getenv("DOCKERD_FIREWALL") == "nftables" {
+		return "nftables"
+	}
+	return "iptables"
+}
+
 // DockerdBin is the dockerd to run (DOCKERD env to choose another engine).
 func DockerdBin() string {
 	if v := os.Getenv("DOCKERD"); v != "" {
@@ -94,6 +105,12 @@ func (h *Host) launch(t testing.TB) {
 		"--data-root", filepath.Join(h.Dir, "data"), "--exec-root", h.ExecRoot,
 		"-H", "unix://" + h.Socket, "--pidfile", filepath.Join(h.ExecRoot, "docker.pid"),
 		"--label", "tartan-test-host=" + h.Name}
+	if FirewallBackend() == "nftables" {
+		args = append(args, "--firewall-backend=nftables")
+		if out, err := h.Exec("sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+			t.Fatalf("enable IP forwarding in %s: %v %s", h.Name, err, out)
+		}
+	}
 	h.cmd = exec.Command("nsenter", args...)
 	h.cmd.Stdout, h.cmd.Stderr = logf, logf
 	h.cmd.Env = os.Environ()
