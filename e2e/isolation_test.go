@@ -142,8 +142,8 @@ func TestIsolation(t *testing.T) {
 			}
 		}
 		nft("add", "table", "ip", "operator")
-		nft("add", "chain", "ip", "operator", "fwd", "{", "type", "filter", "hook", "forward", "priority", "filter", ";", "}")
-		nft("add", "rule", "ip", "operator", "fwd", "ip", "saddr", "10.97.0.0/24", "ip", "daddr", s.internet, "drop")
+		nft("add", "chain", "ip", "operator", "ops", "{", "type", "filter", "hook", "forward", "priority", "filter", ";", "}")
+		nft("add", "rule", "ip", "operator", "ops", "ip", "saddr", "10.97.0.0/24", "ip", "daddr", s.internet, "drop")
 		s.mustNotReach(t, "ta", s.internet)
 		nft("delete", "table", "ip", "operator")
 		s.mustReach(t, "ta", s.internet)
