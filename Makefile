@@ -24,7 +24,7 @@ FUZZTIME ?= 20000x
 E2E_TIMEOUT ?= 40m
 export CONSUL_BIN
 
-.PHONY: all build plugin-dir plugin push deps consul docker26 docker28 docker29 test unit fuzz e2e e2e26 e2e28 e2e29 e2e-all chaos bench scale lint clean
+.PHONY: all build plugin-dir plugin push deps consul docker26 docker28 docker29 test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-all chaos bench scale lint clean
 
 all: build
 
@@ -71,7 +71,7 @@ docker28:
 docker29: docker28
 	e2e/moby.sh $(DOCKER29_DIR) $(MOBY_VERSION) $(RUNC_VERSION) $(DOCKER28_DIR)
 
-test: deps consul docker26 docker28 unit fuzz e2e-all chaos
+test: deps consul docker26 docker28 docker29 unit fuzz e2e-all chaos
 
 # The scale harness's smoke (10 simulated hosts) runs here, under the race
 # detector; make scale runs its table.
@@ -90,31 +90,41 @@ e2e:
 
 # What runs again on each newer engine.
 ENGINE_SUITE := 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot|TestGatewayAllocation'
+NFT_SUITE := 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestGatewayAllocation'
 
 # The quick start, restarts, the 3-host suite and issue 9's safety tests
 # (lifecycle, isolation, upgrade, store input, concurrent creates, cluster
-# networks, Consul outage) again on Docker 26, and swarm's global scope
-# (Docker 26 only). Its namespaces are t6-*, so that it
-# can run beside make e2e.
+# networks, Consul outage), swarm's global scope and the gateway check again
+# on each newer engine, beside make e2e: each run's namespaces have their own
+# prefix. engine_run <engine dir>,<prefix>,<firewall backend>,<tests>.
+define engine_run
+DOCKERD=$(1)/bin/dockerd DOCKERD_PATH=$(1)/bin:$$PATH TARTAN_E2E_PREFIX=$(2) DOCKERD_FIREWALL=$(3) \
+	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run $(4) ./e2e/
+endef
+
 e2e26: docker26
-	DOCKERD=$(DOCKER26_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER26_DIR)/bin:$$PATH TARTAN_E2E_PREFIX=t6- \
-	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run $(ENGINE_SUITE) ./e2e/
+	$(call engine_run,$(DOCKER26_DIR),t6-,iptables,$(ENGINE_SUITE))
 
-# The same suite on Docker 28 (Debian forky's engine, make docker28).
 e2e28: docker28
-	DOCKERD=$(DOCKER28_DIR)/bin/dockerd DOCKERD_PATH=$(DOCKER28_DIR)/bin:$$PATH TARTAN_E2E_PREFIX=t8- \
-	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run $(ENGINE_SUITE) ./e2e/
+	$(call engine_run,$(DOCKER28_DIR),t8-,iptables,$(ENGINE_SUITE))
 
-# The three engines at once (the Docker 26 and 28 runs are mostly waiting);
-# their output is printed after the Docker 20.10 run's.
-e2e-all: docker26 docker28
-	@rm -f $(BUILD)/e2e26.log $(BUILD)/e2e28.log; mkdir -p $(BUILD)
-	@( $(MAKE) --no-print-directory e2e26 > $(BUILD)/e2e26.log 2>&1; echo "e2e26 exit $$?" >> $(BUILD)/e2e26.log ) & \
-	( $(MAKE) --no-print-directory e2e28 > $(BUILD)/e2e28.log 2>&1; echo "e2e28 exit $$?" >> $(BUILD)/e2e28.log ) & \
+e2e29: docker29
+	$(call engine_run,$(DOCKER29_DIR),t9-,iptables,$(ENGINE_SUITE))
+
+# Docker 29 with its nftables firewall backend: swarm refuses it, and the
+# legacy-iptables reboot test has no meaning there.
+e2e29nft: docker29
+	$(call engine_run,$(DOCKER29_DIR),tn-,nftables,$(NFT_SUITE))
+
+# Every engine at once (the newer engines' runs are mostly waiting); their
+# output is printed after the Docker 20.10 run's.
+ENGINE_RUNS := e2e26 e2e28 e2e29 e2e29nft
+e2e-all: docker26 docker28 docker29
+	@mkdir -p $(BUILD); for r in $(ENGINE_RUNS); do rm -f $(BUILD)/$$r.log; \
+	  ( $(MAKE) --no-print-directory $$r > $(BUILD)/$$r.log 2>&1; echo "$$r exit $$?" >> $(BUILD)/$$r.log ) & done; \
 	  rc=0; $(MAKE) --no-print-directory e2e || rc=$$?; wait; \
-	  echo "===== Docker 26 run ====="; cat $(BUILD)/e2e26.log; \
-	  echo "===== Docker 28 run ====="; cat $(BUILD)/e2e28.log; \
-	  grep -q '^e2e26 exit 0$$' $(BUILD)/e2e26.log && grep -q '^e2e28 exit 0$$' $(BUILD)/e2e28.log && exit $$rc; exit 1
+	  for r in $(ENGINE_RUNS); do echo "===== $$r ====="; cat $(BUILD)/$$r.log; grep -q "^$$r exit 0$$" $(BUILD)/$$r.log || rc=1; done; \
+	  exit $$rc
 
 # The fault suite: 3 hosts, a 3-server Consul, 3 x 100 concurrent docker runs
 # per scenario while the plugin is killed, the Consul leader is killed, a host
