@@ -22,9 +22,12 @@ RUNC_VERSION := v1.4.4
 # run with "context deadline exceeded" on a loaded machine (golang/go#75804).
 FUZZTIME ?= 20000x
 E2E_TIMEOUT ?= 40m
-export CONSUL_BIN
+# Debian's docker compose v2 CLI plugin (forky's 2.40), for the compose test.
+COMPOSE_DIR ?= $(HOME)/.cache/tartan/compose
+COMPOSE_BIN ?= $(COMPOSE_DIR)/docker-compose
+export CONSUL_BIN COMPOSE_BIN
 
-.PHONY: all build plugin-dir plugin push deps consul docker26 docker28 docker29 test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-all chaos bench scale lint clean
+.PHONY: all build plugin-dir plugin push deps consul docker26 docker28 docker29 compose test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-all chaos bench scale lint clean
 
 all: build
 
@@ -68,10 +71,19 @@ docker26:
 docker28:
 	e2e/engine.sh $(DOCKER28_DIR) forky trixie
 
+compose: $(COMPOSE_BIN)
+$(COMPOSE_BIN):
+	rm -rf $(COMPOSE_DIR).tmp && mkdir -p $(COMPOSE_DIR).tmp
+	plugin/debs.sh forky $(COMPOSE_DIR).tmp docker-compose
+	dpkg-deb -x $(COMPOSE_DIR).tmp/docker-compose_*.deb $(COMPOSE_DIR).tmp/root
+	install -m 0755 $(COMPOSE_DIR).tmp/root/usr/libexec/docker/cli-plugins/docker-compose $(COMPOSE_DIR).tmp/docker-compose
+	rm -rf $(COMPOSE_DIR).tmp/root $(COMPOSE_DIR).tmp/*.deb $(COMPOSE_DIR) && mv $(COMPOSE_DIR).tmp $(COMPOSE_DIR)
+	$(COMPOSE_BIN) version
+
 docker29: docker28
 	e2e/moby.sh $(DOCKER29_DIR) $(MOBY_VERSION) $(RUNC_VERSION) $(DOCKER28_DIR)
 
-test: deps consul docker26 docker28 docker29 unit fuzz e2e-all chaos
+test: deps consul docker26 docker28 docker29 compose unit fuzz e2e-all chaos
 
 # The scale harness's smoke (10 simulated hosts) runs here, under the race
 # detector; make scale runs its table.
