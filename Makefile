@@ -97,12 +97,12 @@ fuzz:
 
 # Each test host builds and installs the plugin with make plugin (BUILD in
 # its own folder); tests marked parallel (mostly waiting) run side by side.
-e2e:
+e2e: compose
 	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -parallel 4 -v -skip 'TestSwarmGlobalScope' ./e2e/
 
 # What runs again on each newer engine.
-ENGINE_SUITE := 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot|TestGatewayAllocation'
-NFT_SUITE := 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestGatewayAllocation'
+ENGINE_SUITE := 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot|TestGatewayAllocation|TestCompose'
+NFT_SUITE := 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestGatewayAllocation|TestCompose'
 
 # The quick start, restarts, the 3-host suite and issue 9's safety tests
 # (lifecycle, isolation, upgrade, store input, concurrent creates, cluster
@@ -114,24 +114,24 @@ DOCKERD=$(1)/bin/dockerd DOCKERD_PATH=$(1)/bin:$$PATH TARTAN_E2E_PREFIX=$(2) DOC
 	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run $(4) ./e2e/
 endef
 
-e2e26: docker26
+e2e26: docker26 compose
 	$(call engine_run,$(DOCKER26_DIR),t6-,iptables,$(ENGINE_SUITE))
 
-e2e28: docker28
+e2e28: docker28 compose
 	$(call engine_run,$(DOCKER28_DIR),t8-,iptables,$(ENGINE_SUITE))
 
-e2e29: docker29
+e2e29: docker29 compose
 	$(call engine_run,$(DOCKER29_DIR),t9-,iptables,$(ENGINE_SUITE))
 
 # Docker 29 with its nftables firewall backend: swarm refuses it, and the
 # legacy-iptables reboot test has no meaning there.
-e2e29nft: docker29
+e2e29nft: docker29 compose
 	$(call engine_run,$(DOCKER29_DIR),tn-,nftables,$(NFT_SUITE))
 
 # Every engine at once (the newer engines' runs are mostly waiting); their
 # output is printed after the Docker 20.10 run's.
 ENGINE_RUNS := e2e26 e2e28 e2e29 e2e29nft
-e2e-all: docker26 docker28 docker29
+e2e-all: docker26 docker28 docker29 compose
 	@mkdir -p $(BUILD); for r in $(ENGINE_RUNS); do rm -f $(BUILD)/$$r.log; \
 	  ( $(MAKE) --no-print-directory $$r > $(BUILD)/$$r.log 2>&1; echo "$$r exit $$?" >> $(BUILD)/$$r.log ) & done; \
 	  rc=0; $(MAKE) --no-print-directory e2e || rc=$$?; wait; \
