@@ -89,6 +89,13 @@ func TestStoreInput(t *testing.T) {
 		out, err := s.Docker("network", "create", tnet, tipam, "--subnet", c.subnet, "bad")
 		mustFail(t, out, err, c.subnet, c.word)
 	}
+	// The unspecified address asks for an automatic pool of that size, as
+	// with Docker's own IPAM.
+	s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "0.0.0.0/25", "auto25")
+	if sub := s.MustDocker(t, "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", "auto25"); !strings.HasPrefix(sub, "10.24") || !strings.HasSuffix(sub, "/25") {
+		t.Fatalf("--subnet 0.0.0.0/25 gave %q, want a /25 from the automatic range 10.240.0.0/12", sub)
+	}
+	s.removeNetworks(t, "auto25")
 
 	// M8: one host port, one owner.
 	s.MustDocker(t, "run", "-d", "--name", "p1", "--network", "si", "-p", "18080:80", "tbox", "sleep", "3600")

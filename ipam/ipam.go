@@ -137,11 +137,15 @@ func (m *IPAM) RequestPool(ctx context.Context, r PoolRequest) (PoolID, error) {
 			return PoolID{}, errdefs.Invalid("unknown --ipam-opt %q: tartan's IPAM knows %s", k, OptBlockSize)
 		}
 	}
-	if r.Pool == "" {
+	auto, bits, err := m.automatic(r.Pool)
+	if err != nil {
+		return PoolID{}, err
+	}
+	if auto {
 		if r.SubPool != "" {
-			return PoolID{}, errdefs.Invalid("--ip-range needs --subnet")
+			return PoolID{}, errdefs.Invalid("--ip-range needs a --subnet with an address: it must lie inside a known subnet")
 		}
-		return m.autoPool(ctx, r.Space, blockBits)
+		return m.autoPool(ctx, r.Space, blockBits, bits)
 	}
 	pool, err := ParsePool("--subnet", r.Pool)
 	if err != nil {
@@ -163,7 +167,31 @@ func (m *IPAM) RequestPool(ctx context.Context, r PoolRequest) (PoolID, error) {
 	return PoolID{Space: r.Space, CIDR: pool}, nil
 }
 
-func (m *IPAM) autoPool(ctx context.Context, space string, blockBits int) (PoolID, error) {
+// automatic says whether a pool request asks for an automatic pool, and of
+// which prefix length: no --subnet (the configured size), or, as Docker's
+// own IPAM reads it (and Docker 29 passes it on), a --subnet with the
+// unspecified address such as 0.0.0.0/24 (a /24 from the automatic range).
+// 0.0.0.0/0 names no size: it is refused as before.
+func (m *IPAM) automatic(pool string) (bool, int, error) {
+	if pool == "" {
+		return true, m.cfg.AutoBits, nil
+	}
+	p, err := netip.ParsePrefix(pool)
+	if err != nil || !p.Addr().IsUnspecified() || !p.Addr().Is4() || p.Bits() == 0 {
+		// ParsePool says what is wrong with it (0.0.0.0/0 is refused as
+		// the special range it overlaps, as it always was).
+		return false, 0, nil
+	}
+	if lo := m.cfg.AutoRange.Bits(); p.Bits() < lo || p.Bits() > 30 {
+		return false, 0, errdefs.Invalid("--subnet %s asks for an automatic /%d pool, but automatic pools come from %s (AUTO_POOL): give a prefix length from /%d to /30, or a subnet of your own",
+			p, p.Bits(), m.cfg.AutoRange, lo)
+	}
+	return true, p.Bits(), nil
+}
+
+// autoPool registers the first free pool of prefix length bits in the
+// automatic range.
+func (m *IPAM) autoPool(ctx context.Context, space string, blockBits, bits int) (PoolID, error) {
 	if !m.cfg.AutoRange.IsValid() {
 		return PoolID{}, errdefs.Invalid("no --subnet given and no automatic range is set: add --subnet")
 	}
@@ -174,7 +202,7 @@ func (m *IPAM) autoPool(ctx context.Context, space string, blockBits int) (PoolI
 			return err
 		}
 		chosen = netip.Prefix{}
-		span := Layout{Pool: m.cfg.AutoRange, Range: m.cfg.AutoRange, BlockBits: m.cfg.AutoBits}
+		span := Layout{Pool: m.cfg.AutoRange, Range: m.cfg.AutoRange, BlockBits: bits}
 		span.Blocks(func(p netip.Prefix) bool {
 			for _, q := range pools {
 				if q.Overlaps(p) {

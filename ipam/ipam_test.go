@@ -144,6 +144,21 @@ func TestPools(t *testing.T) {
 		if p1.CIDR.Overlaps(p2.CIDR) || p1.CIDR.Bits() != 24 {
 			t.Fatalf("automatic pools %s and %s", p1, p2)
 		}
+		// The unspecified address asks for an automatic pool of that size,
+		// as Docker's own IPAM reads it (Docker 29 passes it on).
+		p3, err := a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "0.0.0.0/23"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p3.CIDR.Bits() != 23 || !netip.MustParsePrefix("10.240.0.0/22").Contains(p3.CIDR.Addr()) || p3.CIDR.Overlaps(p1.CIDR) || p3.CIDR.Overlaps(p2.CIDR) {
+			t.Fatalf("automatic /23 %s beside %s and %s", p3, p1, p2)
+		}
+		_, err = a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "0.0.0.0/16"})
+		wantErr(t, err, errdefs.ErrInvalid, "0.0.0.0/16", "automatic /16", "AUTO_POOL", "/22 to /30")
+		_, err = a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "0.0.0.0/24", SubPool: "10.240.3.0/25"})
+		wantErr(t, err, errdefs.ErrInvalid, "--ip-range")
+		_, err = a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "0.0.0.0/24"})
+		wantErr(t, err, errdefs.ErrInUse, "used up")
 	})
 }
 
