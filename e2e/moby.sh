@@ -14,11 +14,12 @@ if [ -x "$dir/bin/dockerd" ] && [ -x "$dir/bin/containerd" ]; then echo "$dir"; 
 [ -x "$base/bin/containerd" ] || { echo "moby.sh: no engine folder at $base (make docker28 makes it)" >&2; exit 1; }
 rm -rf "$dir.tmp" && mkdir -p "$dir.tmp/bin"
 echo "building dockerd and docker-proxy from github.com/moby/moby/v2@$version (once; several minutes on 2 cores)" >&2
-# The module's own version stands in for the engine's: moby tags the module
-# v2.0.0-beta.N for the Docker 29 releases.
+# The module's own version stands in for the engine's patch level: moby
+# tags the module v2.0.0-beta.N for the Docker 29 releases, and which 29.y.z
+# a tag is, the module does not say.
 CGO_ENABLED=0 GOBIN="$dir.tmp/bin" go install -trimpath \
   -tags 'exclude_graphdriver_btrfs exclude_graphdriver_devicemapper netgo osusergo' \
-  -ldflags "-X github.com/moby/moby/v2/dockerversion.Version=29.0.0-moby-$version -X github.com/moby/moby/v2/dockerversion.GitCommit=$version" \
+  -ldflags "-X github.com/moby/moby/v2/dockerversion.Version=29.x-moby-$version -X github.com/moby/moby/v2/dockerversion.GitCommit=$version" \
   "github.com/moby/moby/v2/cmd/dockerd@$version" "github.com/moby/moby/v2/cmd/docker-proxy@$version"
 echo "building runc $runc (cgo, with libseccomp)" >&2
 CGO_ENABLED=1 GOBIN="$dir.tmp/bin" go install -trimpath -tags seccomp "github.com/opencontainers/runc@$runc"

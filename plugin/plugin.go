@@ -99,6 +99,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		entry.Errorf("settings: %v (every request will fail with this until it is fixed)", serr)
 	}
 	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "state": s.StateDir, "version": Version, "firewall": fw.Flavour()}).Info("tartan serving")
+	go warnEngine(ctx, s.DockerSocket, entry)
 	outbox := NewOutbox(local, im, drv, entry.WithField("part", "outbox"))
 	go background(ctx, drv, im, outbox, cluster, host, s, entry)
 	return serve(ctx, socket, NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr))

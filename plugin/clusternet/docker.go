@@ -106,3 +106,12 @@ func (a *API) Changes(ctx context.Context, poke func()) error {
 		}
 	}
 }
+
+// EngineVersion is the Docker engine's version (docker version's Server).
+func (a *API) EngineVersion(ctx context.Context) (string, error) {
+	v, err := a.c.ServerVersion(ctx)
+	if err != nil {
+		return "", err
+	}
+	return v.Version, nil
+}
