@@ -27,7 +27,7 @@ COMPOSE_DIR ?= $(HOME)/.cache/tartan/compose
 COMPOSE_BIN ?= $(COMPOSE_DIR)/docker-compose
 export CONSUL_BIN COMPOSE_BIN
 
-.PHONY: all build plugin-dir plugin push deps consul docker26 docker28 docker29 compose test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-all chaos bench scale lint clean
+.PHONY: all build plugin-dir plugin push deps consul docker26 docker28 docker29 compose test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-legacy e2e-all chaos bench scale lint clean
 
 all: build
 
@@ -128,9 +128,16 @@ e2e29: docker29 compose
 e2e29nft: docker29 compose
 	$(call engine_run,$(DOCKER29_DIR),tn-,nftables,$(NFT_SUITE))
 
+# Docker 20.10 on a host whose iptables is the legacy one: tartan follows
+# Docker into the legacy tables.
+LEGACY_SUITE := 'TestSingleHostEmbedded|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestRestart'
+e2e-legacy:
+	TARTAN_E2E_PREFIX=tl- DOCKERD_FIREWALL=iptables-legacy \
+	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run $(LEGACY_SUITE) ./e2e/
+
 # Every engine at once (the newer engines' runs are mostly waiting); their
 # output is printed after the Docker 20.10 run's.
-ENGINE_RUNS := e2e26 e2e28 e2e29 e2e29nft
+ENGINE_RUNS := e2e26 e2e28 e2e29 e2e29nft e2e-legacy
 e2e-all: docker26 docker28 docker29 compose
 	@mkdir -p $(BUILD); for r in $(ENGINE_RUNS); do rm -f $(BUILD)/$$r.log; \
 	  ( $(MAKE) --no-print-directory $$r > $(BUILD)/$$r.log 2>&1; echo "$$r exit $$?" >> $(BUILD)/$$r.log ) & done; \

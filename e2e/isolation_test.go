@@ -149,11 +149,11 @@ func TestIsolation(t *testing.T) {
 		s.mustReach(t, "ta", s.internet)
 	} else {
 		rule := []string{"-s", "10.97.0.0/24", "-d", s.internet, "-j", "DROP"}
-		if out, err := s.Exec("iptables", append([]string{"-I", "DOCKER-USER"}, rule...)...); err != nil {
+		if out, err := s.Exec(testbed.Iptables(), append([]string{"-I", "DOCKER-USER"}, rule...)...); err != nil {
 			t.Fatalf("iptables: %v %s", err, out)
 		}
 		s.mustNotReach(t, "ta", s.internet)
-		if out, err := s.Exec("iptables", append([]string{"-D", "DOCKER-USER"}, rule...)...); err != nil {
+		if out, err := s.Exec(testbed.Iptables(), append([]string{"-D", "DOCKER-USER"}, rule...)...); err != nil {
 			t.Fatalf("iptables: %v %s", err, out)
 		}
 		s.mustReach(t, "ta", s.internet)

@@ -28,13 +28,24 @@ type Host struct {
 	path     string // PATH for the daemon; empty: DOCKERD_PATH, else the test's own
 }
 
-// FirewallBackend is the firewall backend the daemons run with: iptables,
-// or nftables when DOCKERD_FIREWALL=nftables (Docker 29's
+// FirewallBackend is the firewall backend the daemons run with
+// (DOCKERD_FIREWALL): iptables (the nft flavour, the default),
+// iptables-legacy (the daemons' iptables commands are the legacy ones, as on
+// a host whose alternatives point there), or nftables (Docker 29's
 // --firewall-backend; Docker then neither makes an iptables rule nor enables
 // IP forwarding, which each test host does as an operator would).
 func FirewallBackend() string {
-	if os.Getenv("DOCKERD_FIREWALL") == "nftables" {
-		return "nftables"
+	switch v := os.Getenv("DOCKERD_FIREWALL"); v {
+	case "nftables", "iptables-legacy":
+		return v
+	}
+	return "iptables"
+}
+
+// Iptables is the iptables command of the daemons' flavour.
+func Iptables() string {
+	if FirewallBackend() == "iptables-legacy" {
+		return "iptables-legacy"
 	}
 	return "iptables"
 }
@@ -51,7 +62,7 @@ func DockerdBin() string {
 // stopped (by its pid), and its mounts and directories removed, at cleanup.
 func StartDockerd(t testing.TB, ns NS) *Host {
 	t.Helper()
-	return startDockerd(t, ns, false)
+	return startDockerd(t, ns, FirewallBackend() == "iptables-legacy")
 }
 
 // StartDockerdLegacy is StartDockerd for a daemon whose iptables is
