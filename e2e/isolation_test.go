@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/e2e/testbed"
 )
@@ -64,6 +65,16 @@ func TestIsolation(t *testing.T) {
 	s.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.backend=host-gw", "--subnet", "10.98.0.0/24", "tb")
 	s.MustDocker(t, "network", "create", "--subnet", "10.99.200.0/24", "bnet")
 	s.MustDocker(t, "network", "create", "--internal", "--subnet", "10.99.201.0/24", "bint")
+	// tartan's rules are in the tables of Docker's flavour (in nftables
+	// mode, where Docker has none, in iptables-nft's).
+	if out, err := s.Exec(testbed.Iptables(), "-t", "mangle", "-S", firewall.IsolateChain); err != nil || !strings.Contains(out, "-j DROP") {
+		t.Fatalf("Docker's firewall is %s, yet %s has no %s rules: %v\n%s", testbed.FirewallBackend(), testbed.Iptables(), firewall.IsolateChain, err, out)
+	}
+	if testbed.FirewallBackend() == "iptables-legacy" {
+		if out, err := s.Exec("iptables-nft", "-t", "mangle", "-S", firewall.IsolateChain); err == nil {
+			t.Fatalf("Docker uses the legacy tables, yet tartan's rules are in the nft ones too:\n%s", out)
+		}
+	}
 	ta := s.httpd(t, "ta1", "ta")
 	tb := s.httpd(t, "tb1", "tb")
 	b := s.httpd(t, "b1", "bnet")
