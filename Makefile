@@ -98,11 +98,13 @@ fuzz:
 # Each test host builds and installs the plugin with make plugin (BUILD in
 # its own folder); tests marked parallel (mostly waiting) run side by side.
 e2e: compose
-	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -parallel 4 -v -skip 'TestSwarmGlobalScope' ./e2e/
+	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -parallel 4 -v -skip 'TestSwarmGlobalScope|TestGatewayPriority' ./e2e/
 
 # What runs again on each newer engine.
-ENGINE_SUITE := 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot|TestGatewayAllocation|TestCompose|TestInstallFromRegistry'
-NFT_SUITE := 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestGatewayAllocation|TestCompose|TestInstallFromRegistry'
+ENGINE_SUITE := TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot|TestGatewayAllocation|TestCompose|TestInstallFromRegistry
+# 28 and later: gw-priority too.
+ENGINE_SUITE28 := $(ENGINE_SUITE)|TestGatewayPriority
+NFT_SUITE := TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestGatewayAllocation|TestCompose|TestInstallFromRegistry|TestGatewayPriority
 
 # The quick start, restarts, the 3-host suite and issue 9's safety tests
 # (lifecycle, isolation, upgrade, store input, concurrent creates, cluster
@@ -111,17 +113,17 @@ NFT_SUITE := 'TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestLifecycleSa
 # prefix. engine_run <engine dir>,<prefix>,<firewall backend>,<tests>.
 define engine_run
 DOCKERD=$(1)/bin/dockerd DOCKERD_PATH=$(1)/bin:$$PATH TARTAN_E2E_PREFIX=$(2) DOCKERD_FIREWALL=$(3) \
-	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run $(4) ./e2e/
+	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run '$(4)' ./e2e/
 endef
 
 e2e26: docker26 compose
 	$(call engine_run,$(DOCKER26_DIR),t6-,iptables,$(ENGINE_SUITE))
 
 e2e28: docker28 compose
-	$(call engine_run,$(DOCKER28_DIR),t8-,iptables,$(ENGINE_SUITE))
+	$(call engine_run,$(DOCKER28_DIR),t8-,iptables,$(ENGINE_SUITE28))
 
 e2e29: docker29 compose
-	$(call engine_run,$(DOCKER29_DIR),t9-,iptables,$(ENGINE_SUITE))
+	$(call engine_run,$(DOCKER29_DIR),t9-,iptables,$(ENGINE_SUITE28))
 
 # Docker 29 with its nftables firewall backend: swarm refuses it, and the
 # legacy-iptables reboot test has no meaning there.
@@ -130,10 +132,10 @@ e2e29nft: docker29 compose
 
 # Docker 20.10 on a host whose iptables is the legacy one: tartan follows
 # Docker into the legacy tables.
-LEGACY_SUITE := 'TestSingleHostEmbedded|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestRestart'
+LEGACY_SUITE := TestSingleHostEmbedded|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestRestart
 e2e-legacy:
 	TARTAN_E2E_PREFIX=tl- DOCKERD_FIREWALL=iptables-legacy \
-	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run $(LEGACY_SUITE) ./e2e/
+	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run '$(LEGACY_SUITE)' ./e2e/
 
 # Every engine at once (the newer engines' runs are mostly waiting); their
 # output is printed after the Docker 20.10 run's.

@@ -91,7 +91,7 @@ func TestSingleHostEmbedded(t *testing.T) {
 	s.kernelClean(t)
 	// No chain or jump of tartan's is left either: the host is as it was.
 	for _, table := range []string{"filter", "nat", "raw"} {
-		if out, _ := s.Exec("iptables-save", "-t", table); strings.Contains(out, "TARTAN") {
+		if out, _ := s.Exec(testbed.Iptables()+"-save", "-t", table); strings.Contains(out, "TARTAN") {
 			t.Fatalf("firewall rules left in %s after all networks were removed:\n%s", table, out)
 		}
 	}
