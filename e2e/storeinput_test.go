@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/e2e/testbed"
 )
 
@@ -93,12 +94,16 @@ func TestStoreInput(t *testing.T) {
 	// The unspecified address asks for an automatic pool of that size, as
 	// with Docker's own IPAM. (docker network inspect shows the pool IPAM
 	// chose on 20.10 and 29, the request as written on 26 and 28: the
-	// container's address tells.)
+	// container's address and the pool's masquerade rule tell.)
 	s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "0.0.0.0/25", "auto25")
 	s.MustDocker(t, "run", "-d", "--name", "a25", "--network", "auto25", "tbox", "sleep", "600")
-	got := s.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}/{{.IPPrefixLen}}{{end}}", "a25")
-	if p, err := netip.ParsePrefix(got); err != nil || p.Bits() != 25 || !netip.MustParsePrefix("10.240.0.0/12").Contains(p.Addr()) {
-		t.Fatalf("--subnet 0.0.0.0/25 gave a container %q, want an address of a /25 from the automatic range 10.240.0.0/12", got)
+	ip, err := netip.ParseAddr(s.ip(t, "a25"))
+	if err != nil || !netip.MustParsePrefix("10.240.0.0/12").Contains(ip) {
+		t.Fatalf("--subnet 0.0.0.0/25 gave a container %v (%v), want an address from the automatic range 10.240.0.0/12", ip, err)
+	}
+	pool, _ := ip.Prefix(25)
+	if nat, err := s.Exec(testbed.Iptables(), "-t", "nat", "-S", firewall.PostroutingChain); err != nil || !strings.Contains(nat, "-s "+pool.String()+" ") {
+		t.Fatalf("--subnet 0.0.0.0/25: no pool %s among the masqueraded pools: %v\n%s", pool, err, nat)
 	}
 	s.MustDocker(t, "rm", "-f", "a25")
 	s.removeNetworks(t, "auto25")
