@@ -182,7 +182,7 @@ func PoolKey(cidr string) string { return strings.ReplaceAll(cidr, "/", "-") }
 
 // Key layout.
 func PoolPath(cidr string) string         { return "pools/" + PoolKey(cidr) }
-func BlockPrefix(pool string) string      { return "blocks/" + PoolKey(pool) + "/" }
+func BlockPrefix(pool string) string      { return BlocksPrefix + PoolKey(pool) + "/" }
 func BlockPath(pool, block string) string { return BlockPrefix(pool) + PoolKey(block) }
 func AddressPrefix(pool string) string    { return "addrs/" + PoolKey(pool) + "/" }
 func AddressPath(pool, ip string) string  { return AddressPrefix(pool) + ip }
@@ -237,6 +237,7 @@ const (
 	NetworksPrefix = "networks/"
 	HostsPrefix    = "hosts/"
 	RenewalsPrefix = "renewals/"
+	BlocksPrefix   = "blocks/"
 	VNIsPrefix     = "vnis/"
 	// ClusterNetsPrefix holds ReplicatedNetwork records by network name.
 	ClusterNetsPrefix = "clusternets/"

@@ -57,7 +57,9 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 			"use that plugin (docker plugin ls), or disable it first; one tartan plugin per host")
 		log.Error(why)
 		drv := driver.New(kv.NewMemory(), kv.NewMemory(), nil, &firewall.Firewall{}, driver.Config{Scope: s.Scope}, log)
-		return serve(ctx, socket, NewHandler(drv, nil, nil, log.WithField("part", "api"), why))
+		h := NewHandler(drv, nil, nil, log.WithField("part", "api"), why)
+		h.ServeAdmin(Admin{Scope: s.Scope, Now: time.Now})
+		return serve(ctx, socket, h)
 	}
 	if err != nil {
 		return err
@@ -102,7 +104,9 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	go warnEngine(ctx, s.DockerSocket, entry)
 	outbox := NewOutbox(local, im, drv, entry.WithField("part", "outbox"))
 	go background(ctx, drv, im, outbox, cluster, host, s, entry)
-	return serve(ctx, socket, NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr))
+	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
+	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now})
+	return serve(ctx, socket, h)
 }
 
 // serve serves h on the unix socket until ctx ends.

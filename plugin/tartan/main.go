@@ -1,4 +1,6 @@
-// Command tartan is the tartan plugin process (network + IPAM driver).
+// Command tartan is the tartan plugin process (network + IPAM driver) and,
+// with a subcommand (tartan status, tartan hosts), the operator's client
+// of the plugin running on this host.
 package main
 
 import (
@@ -10,9 +12,13 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/plugin"
+	"github.com/tartan-net/tartan/plugin/cli"
 )
 
 func main() {
+	if len(os.Args) > 1 && (cli.Commands[os.Args[1]] != "" || os.Args[1] == "help") {
+		os.Exit(cli.Run(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	socket := flag.String("socket", "/run/docker/plugins/tartan.sock", "unix socket to serve")
 	flag.Parse()
 	log := logrus.New()

@@ -1,0 +1,61 @@
+package driver
+
+import (
+	"maps"
+	"slices"
+)
+
+// NetworkStatus is what this host has of one of its networks, for
+// operators (tartan status).
+type NetworkStatus struct {
+	ID        string   `json:"id"`
+	Backend   string   `json:"backend"`
+	Pool      string   `json:"pool"`
+	VNI       int      `json:"vni,omitempty"`
+	MTU       int      `json:"mtu"`
+	Internal  bool     `json:"internal,omitempty"`
+	Device    string   `json:"device,omitempty"`
+	Parent    string   `json:"parent,omitempty"`
+	Endpoints int      `json:"endpoints"`
+	Ports     int      `json:"publishedPorts"`
+	Planned   bool     `json:"planned"` // the network has a peer plan (routed networks, once the store was read)
+	Routes    int      `json:"routes"`
+	Neighbors int      `json:"neighbors"`
+	FDB       int      `json:"fdb"`
+	Problems  []string `json:"problems,omitempty"`
+}
+
+// Status lists this host's networks, in ID order, with their endpoints and
+// their current peer plans.
+func (d *Driver) Status() []NetworkStatus {
+	d.mu.Lock()
+	nets := maps.Clone(d.st.networks)
+	eps := maps.Clone(d.st.endpoints)
+	d.mu.Unlock()
+	out := make([]NetworkStatus, 0, len(nets))
+	for _, id := range slices.Sorted(maps.Keys(nets)) {
+		n := nets[id]
+		s := NetworkStatus{ID: n.ID, Backend: n.Backend, Pool: n.Pool, VNI: n.VNI, MTU: n.MTU, Internal: n.Internal, Device: n.Device, Parent: n.Parent}
+		for _, e := range eps {
+			if e.Network == n.ID {
+				s.Endpoints++
+				s.Ports += len(e.Ports)
+			}
+		}
+		if p, ok := d.routes.Plan(n.ID); ok {
+			s.Planned = true
+			s.Routes, s.Neighbors, s.FDB = len(p.Routes), len(p.Neighs), len(p.FDBs)
+			s.Problems = slices.Clone(p.Problems)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// FirewallFlavour is the iptables flavour tartan's rules were last written
+// with (it follows Docker's: iptables-nft or iptables-legacy).
+func (d *Driver) FirewallFlavour() string {
+	d.fwMu.Lock()
+	defer d.fwMu.Unlock()
+	return d.fw.Flavour()
+}

@@ -1,0 +1,215 @@
+// Package cli is the operator's side of tartan: subcommands of the tartan
+// binary that ask the running plugin, over its socket, what it knows.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/plugin"
+)
+
+// SocketGlob is where Docker puts managed plugins' sockets, whatever its
+// --exec-root: one folder per plugin ID.
+const SocketGlob = "/run/docker/plugins/*/tartan.sock"
+
+// Commands are the subcommands, with what each shows.
+var Commands = map[string]string{
+	"status": "this host: its ID, store, firewall flavour, networks with their peers and problems",
+	"hosts":  "every host the store knows, alive or lapsed, with the blocks it leases",
+}
+
+// Run runs one subcommand (args[0]) and returns the exit status.
+func Run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
+		usage(stdout)
+		return 0
+	}
+	if len(args) == 0 || Commands[args[0]] == "" {
+		usage(stderr)
+		return 2
+	}
+	fs := flag.NewFlagSet("tartan "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", "", "the plugin's socket (default: the one tartan.sock under /run/docker/plugins)")
+	asJSON := fs.Bool("json", false, "print JSON, for scripts")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "tartan %s takes no arguments (got %q)\n", args[0], fs.Args())
+		return 2
+	}
+	sock, err := findSocket(*socket)
+	if err != nil {
+		fmt.Fprintf(stderr, "tartan %s: %v\n", args[0], err)
+		return 1
+	}
+	c := client{socket: sock}
+	switch args[0] {
+	case "status":
+		var s plugin.HostStatus
+		if err = c.get(plugin.StatusPath, &s); err == nil {
+			err = show(stdout, *asJSON, s, printStatus)
+		}
+	case "hosts":
+		var hs []kv.HostReport
+		if err = c.get(plugin.HostsPath, &hs); err == nil {
+			err = show(stdout, *asJSON, hs, printHosts)
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "tartan %s: %v\n", args[0], err)
+		return 1
+	}
+	return 0
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: tartan <command> [--json] [--socket PATH]")
+	for _, c := range []string{"status", "hosts"} {
+		fmt.Fprintf(w, "  %-8s %s\n", c, Commands[c])
+	}
+	fmt.Fprintln(w, "Run without a command, tartan is the plugin itself.")
+}
+
+// findSocket is the socket given, or the only tartan socket Docker made.
+func findSocket(given string) (string, error) {
+	if given != "" {
+		return given, nil
+	}
+	found, _ := filepath.Glob(SocketGlob)
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("no tartan plugin socket under %s: is the plugin installed and enabled here (docker plugin ls)? Or give --socket", filepath.Dir(filepath.Dir(SocketGlob)))
+	case 1:
+		return found[0], nil
+	}
+	return "", fmt.Errorf("several tartan plugin sockets (%s): pick one with --socket", strings.Join(found, ", "))
+}
+
+type client struct{ socket string }
+
+func (c client) get(path string, v any) error {
+	hc := http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", c.socket)
+		},
+	}}
+	resp, err := hc.Get("http://tartan" + path)
+	if err != nil {
+		return fmt.Errorf("ask the plugin at %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("read the plugin's answer: %w", err)
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		return errors.New("the plugin does not know this command: it is older than this tartan binary (docker plugin upgrade)")
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Err string }
+		if json.Unmarshal(body, &e) == nil && e.Err != "" {
+			return errors.New(e.Err)
+		}
+		return fmt.Errorf("the plugin answered %s", resp.Status)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("the plugin's answer is not what this binary reads (%w): use the tartan binary of the plugin's version", err)
+	}
+	return nil
+}
+
+func show[T any](w io.Writer, asJSON bool, v T, human func(io.Writer, T)) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	human(tw, v)
+	return tw.Flush()
+}
+
+func printStatus(w io.Writer, s plugin.HostStatus) {
+	fmt.Fprintf(w, "host\t%s\n", s.Host)
+	fmt.Fprintf(w, "version\t%s\n", s.Version)
+	fmt.Fprintf(w, "store\t%s\n", s.Store)
+	fmt.Fprintf(w, "firewall\t%s\n", or(s.Firewall, "none yet"))
+	fmt.Fprintf(w, "scope\t%s\n", s.Scope)
+	if s.Settings != "" {
+		fmt.Fprintf(w, "SETTINGS ERROR\t%s\n", s.Settings)
+	}
+	fmt.Fprintln(w)
+	if len(s.Networks) == 0 {
+		fmt.Fprintln(w, "no tartan networks on this host")
+		return
+	}
+	fmt.Fprintln(w, "NETWORK\tBACKEND\tPOOL\tVNI\tMTU\tENDPOINTS\tROUTES\tNEIGHBORS\tFDB\tPROBLEMS")
+	for _, n := range s.Networks {
+		vni, peers := "-", []string{"-", "-", "-"}
+		if n.VNI != 0 {
+			vni = fmt.Sprint(n.VNI)
+		}
+		if n.Planned {
+			peers = []string{fmt.Sprint(n.Routes), fmt.Sprint(n.Neighbors), fmt.Sprint(n.FDB)}
+		}
+		backend := n.Backend
+		if n.Internal {
+			backend += " (internal)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", short(n.ID), backend, n.Pool, vni, n.MTU, n.Endpoints,
+			peers[0], peers[1], peers[2], or(strings.Join(n.Problems, "; "), "none"))
+	}
+}
+
+func printHosts(w io.Writer, hs []kv.HostReport) {
+	if len(hs) == 0 {
+		fmt.Fprintln(w, "no host in the store yet")
+		return
+	}
+	fmt.Fprintln(w, "HOST\tADDRESS\tVERSION\tSTATE\tRENEWED\tBLOCKS")
+	for _, h := range hs {
+		state := "alive"
+		switch {
+		case !h.Known:
+			state = "unknown (blocks only)"
+		case !h.Alive:
+			state = "lapsed"
+		}
+		renewed := "never"
+		if !h.Renewed.IsZero() {
+			renewed = h.Renewed.UTC().Format(time.RFC3339)
+		}
+		var blocks []string
+		for _, b := range h.Blocks {
+			s := b.Block
+			if !b.Alive {
+				s += " (expired)"
+			}
+			blocks = append(blocks, s)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", h.ID, or(h.Address, "-"), or(h.Version, "-"), state, renewed, or(strings.Join(blocks, " "), "-"))
+	}
+}
+
+func short(id string) string { return id[:min(12, len(id))] }
+
+func or(s, dflt string) string {
+	if s == "" {
+		return dflt
+	}
+	return s
+}

@@ -1,0 +1,102 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/ipam"
+	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/plugin"
+	"github.com/tartan-net/tartan/plugin/cli"
+)
+
+// serve runs a plugin handler (in-memory stores, no kernel) on a unix
+// socket and returns the socket.
+func serve(t *testing.T, h http.Handler) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "tartan.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: time.Second}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return sock
+}
+
+func run(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	rc := cli.Run(args, &out, &errb)
+	return rc, out.String(), errb.String()
+}
+
+func TestStatusAndHosts(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	store := kv.NewMemory()
+	for key, v := range map[string]any{
+		kv.HostPath("h1"): kv.Host{ID: "h1", Address: "10.0.0.1", Version: "v1", Renewed: now.Add(-time.Minute)},
+		kv.HostPath("h2"): kv.Host{ID: "h2", Address: "10.0.0.2", Version: "v1", Renewed: now.Add(-3 * time.Hour)},
+		kv.BlockPath("10.1.0.0/16", "10.1.0.0/26"): kv.Block{CIDR: "10.1.0.0/26", Pool: "10.1.0.0/16", Host: "h1", Expires: now.Add(time.Hour)},
+	} {
+		if _, err := kv.PutJSON(ctx, store, key, v, kv.Any); err != nil {
+			t.Fatal(err)
+		}
+	}
+	im := ipam.New(store, ipam.Config{Host: "h1", AutoRange: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}, log)
+	drv := driver.New(store, store, im, &firewall.Firewall{}, driver.Config{Host: "h1"}, log)
+	h := plugin.NewHandler(drv, im, nil, log, nil)
+	h.ServeAdmin(plugin.Admin{Host: "h1", Store: store.String(), Scope: "local", Cluster: store, LeaseTTL: time.Hour, Now: func() time.Time { return now }})
+	sock := serve(t, h)
+
+	rc, out, errs := run("status", "--socket", sock, "--json")
+	var st plugin.HostStatus
+	if rc != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Host != "h1" || st.Scope != "local" || st.Store != store.String() || st.Networks == nil {
+		t.Fatalf("status --json: rc %d, %q, stderr %q", rc, out, errs)
+	}
+	rc, out, _ = run("status", "--socket", sock)
+	if rc != 0 || !strings.Contains(out, "h1") || !strings.Contains(out, "no tartan networks on this host") {
+		t.Fatalf("status: rc %d\n%s", rc, out)
+	}
+	rc, out, _ = run("hosts", "--socket", sock)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if rc != 0 || len(lines) != 3 || !strings.Contains(lines[1], "h1") || !strings.Contains(lines[1], "alive") || !strings.Contains(lines[1], "10.1.0.0/26") ||
+		!strings.Contains(lines[2], "h2") || !strings.Contains(lines[2], "lapsed") {
+		t.Fatalf("hosts: rc %d\n%s", rc, out)
+	}
+	rc, out, _ = run("hosts", "--socket", sock, "--json")
+	var hs []kv.HostReport
+	if rc != 0 || json.Unmarshal([]byte(out), &hs) != nil || len(hs) != 2 || len(hs[0].Blocks) != 1 {
+		t.Fatalf("hosts --json: rc %d\n%s", rc, out)
+	}
+
+	// Mistakes say what to do.
+	if rc, _, errs := run("status", "--socket", filepath.Join(t.TempDir(), "none.sock")); rc != 1 || !strings.Contains(errs, "ask the plugin at") {
+		t.Fatalf("missing socket: rc %d %q", rc, errs)
+	}
+	if rc, _, errs := run("frobnicate"); rc != 2 || !strings.Contains(errs, "usage: tartan <command>") {
+		t.Fatalf("unknown command: rc %d %q", rc, errs)
+	}
+	if rc, _, errs := run("status", "extra", "--socket", sock); rc != 2 || !strings.Contains(errs, "takes no arguments") {
+		t.Fatalf("extra argument: rc %d %q", rc, errs)
+	}
+	old := serve(t, http.NotFoundHandler())
+	if rc, _, errs := run("hosts", "--socket", old); rc != 1 || !strings.Contains(errs, "older than this tartan binary") {
+		t.Fatalf("an older plugin: rc %d %q", rc, errs)
+	}
+}
