@@ -50,8 +50,8 @@ func TestStatusAndHosts(t *testing.T) {
 	log.SetOutput(io.Discard)
 	store := kv.NewMemory()
 	for key, v := range map[string]any{
-		kv.HostPath("h1"): kv.Host{ID: "h1", Address: "10.0.0.1", Version: "v1", Renewed: now.Add(-time.Minute)},
-		kv.HostPath("h2"): kv.Host{ID: "h2", Address: "10.0.0.2", Version: "v1", Renewed: now.Add(-3 * time.Hour)},
+		kv.HostPath("h1"):                          kv.Host{ID: "h1", Address: "10.0.0.1", Version: "v1", Renewed: now.Add(-time.Minute)},
+		kv.HostPath("h2"):                          kv.Host{ID: "h2", Address: "10.0.0.2", Version: "v1", Renewed: now.Add(-3 * time.Hour)},
 		kv.BlockPath("10.1.0.0/16", "10.1.0.0/26"): kv.Block{CIDR: "10.1.0.0/26", Pool: "10.1.0.0/16", Host: "h1", Expires: now.Add(time.Hour)},
 	} {
 		if _, err := kv.PutJSON(ctx, store, key, v, kv.Any); err != nil {
