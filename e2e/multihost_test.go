@@ -3,13 +3,17 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/plugin"
 )
 
 type mhNet struct {
@@ -114,6 +118,43 @@ func TestMultiHost(t *testing.T) {
 			t.Fatalf("host %d: want 2 FDB entries on %s: %v\n%s", i+1, dev, err, fdb)
 		}
 	}
+	// The operator's view matches: tartan status on each host shows its
+	// three networks with one endpoint and a route per remote block (and
+	// a neighbour and FDB entry per remote VTEP on vxlan), no problem;
+	// tartan hosts shows the three hosts alive, each with one block per
+	// pool, at the addresses they advertise.
+	for i, h := range c.Hosts {
+		var st plugin.HostStatus
+		if err := json.Unmarshal([]byte(h.Tartan(t, "status", "--json")), &st); err != nil {
+			t.Fatalf("host %d: tartan status --json: %v", i+1, err)
+		}
+		if len(st.Networks) != 3 || !strings.HasPrefix(st.Store, "consul") {
+			t.Fatalf("host %d: tartan status: %+v", i+1, st)
+		}
+		for _, n := range st.Networks {
+			vx := n.Backend == "vxlan" && n.Device != "" && !strings.HasPrefix(n.Pool, "10.63.")
+			if n.Endpoints != 1 || !n.Planned || n.Routes != 2 || len(n.Problems) > 0 || (vx && (n.Neighbors != 2 || n.FDB != 2)) {
+				t.Fatalf("host %d: tartan status for %s: %+v", i+1, n.Pool, n)
+			}
+		}
+		if human := h.Tartan(t, "status"); !strings.Contains(human, st.Host) || !strings.Contains(human, "10.62.0.0/16") {
+			t.Fatalf("host %d: tartan status:\n%s", i+1, human)
+		}
+	}
+	var hosts []kv.HostReport
+	if err := json.Unmarshal([]byte(c.Hosts[0].Tartan(t, "hosts", "--json")), &hosts); err != nil {
+		t.Fatal(err)
+	}
+	if len(hosts) != 3 {
+		t.Fatalf("tartan hosts: %+v", hosts)
+	}
+	for _, hr := range hosts {
+		if !hr.Known || !hr.Alive || len(hr.Blocks) != 3 || !slices.Contains(c.Addr, hr.Address) {
+			t.Fatalf("tartan hosts: %+v (underlay addresses %v)", hr, c.Addr)
+		}
+	}
+	t.Logf("tartan hosts:\n%s", c.Hosts[0].Tartan(t, "hosts"))
+
 	// Removing a network on one host disturbs nobody else.
 	c.Hosts[2].MustDocker(t, "rm", "-f", "mvx-3")
 	removeNetworks(t, c.Hosts[2], "mvx")

@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"fmt"
@@ -370,6 +371,26 @@ func (h *Host) PluginID(t testing.TB) string {
 
 // PluginName is how tests name the plugin.
 const PluginName = "tartan:latest"
+
+// Tartan runs the operator's CLI (the tartan binary the host's plugin was
+// built with, make plugin) against the host's plugin, and returns its
+// standard output.
+func (h *Host) Tartan(t testing.TB, args ...string) string {
+	t.Helper()
+	id := h.PluginID(t)
+	// Docker puts plugin sockets here whatever its --exec-root.
+	sock := filepath.Join("/run/docker/plugins", id, "tartan.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(h.Dir, "build", "tartan"), append(args, "--socket", sock)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tartan %s on %s: %v\n%s%s", strings.Join(args, " "), h.Name, err, out, stderr.String())
+	}
+	return string(out)
+}
 
 // PluginCall posts a raw body to the plugin's socket and returns the answer
 // (with the HTTP status on the first line).
