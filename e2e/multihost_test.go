@@ -137,8 +137,12 @@ func TestMultiHost(t *testing.T) {
 				t.Fatalf("host %d: tartan status for %s: %+v", i+1, n.Pool, n)
 			}
 		}
-		if human := h.Tartan(t, "status"); !strings.Contains(human, st.Host) || !strings.Contains(human, "10.62.0.0/16") {
+		human := h.Tartan(t, "status")
+		if !strings.Contains(human, st.Host) || !strings.Contains(human, "10.62.0.0/16") {
 			t.Fatalf("host %d: tartan status:\n%s", i+1, human)
+		}
+		if i == 0 {
+			t.Logf("tartan status on host 1:\n%s", human)
 		}
 	}
 	var hosts []kv.HostReport
