@@ -59,3 +59,26 @@ func (d *Driver) FirewallFlavour() string {
 	defer d.fwMu.Unlock()
 	return d.fw.Flavour()
 }
+
+// Drift lists, per network ID, how the kernel differs from the network's
+// peer plan (what the next repair would write or remove), changing nothing.
+func (d *Driver) Drift() (map[string][]string, error) { return d.routes.Drift() }
+
+// EndpointsByAddress maps pool and address to the endpoint of this host
+// that has it (tartan addresses).
+func (d *Driver) EndpointsByAddress() map[string]map[string]string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[string]map[string]string{}
+	for _, e := range d.st.endpoints {
+		n, ok := d.st.networks[e.Network]
+		if !ok {
+			continue
+		}
+		if out[n.Pool] == nil {
+			out[n.Pool] = map[string]string{}
+		}
+		out[n.Pool][e.IP] = e.ID
+	}
+	return out
+}

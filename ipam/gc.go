@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -304,4 +305,24 @@ func (g *poolGC) fail(err error) {
 	if err != nil && !errors.Is(err, kv.ErrConflict) {
 		g.errs = append(g.errs, err)
 	}
+}
+
+// Orphans lists, changing nothing, the address records that the next sweep
+// of CollectGone would take for this host's orphans: endpoint addresses of
+// this host older than OrphanAfter that no endpoint of the host has.
+func (m *IPAM) Orphans(ctx context.Context, local Holding) ([]kv.Address, error) {
+	now := m.cfg.Now()
+	var out []kv.Address
+	for pool, held := range local() {
+		if _, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(pool), func(_ string, _ uint64, a kv.Address) error {
+			if a.Host == m.cfg.Host && a.Kind == kv.KindEndpoint && now.Sub(a.Created) > OrphanAfter && !held[a.IP] {
+				out = append(out, a)
+			}
+			return nil
+		}, m.skipped); err != nil {
+			return nil, err
+		}
+	}
+	slices.SortFunc(out, func(a, b kv.Address) int { return cmp.Or(cmp.Compare(a.Pool, b.Pool), cmp.Compare(a.IP, b.IP)) })
+	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"maps"
+	"net/netip"
 	"slices"
 	"time"
 )
@@ -62,5 +63,77 @@ func Census(ctx context.Context, s Store, now time.Time, ttl time.Duration, skip
 		slices.SortFunc(h.Blocks, func(a, b BlockReport) int { return cmp.Or(cmp.Compare(a.Pool, b.Pool), cmp.Compare(a.Block, b.Block)) })
 		out = append(out, *h)
 	}
+	return out, nil
+}
+
+// PoolReport is one pool and its network as the store has them, for
+// operators (tartan networks).
+type PoolReport struct {
+	Pool      string       `json:"pool"`
+	Range     string       `json:"range,omitempty"`
+	BlockBits int          `json:"blockBits"`
+	Gateway   string       `json:"gateway,omitempty"`
+	Auto      bool         `json:"auto,omitempty"`
+	Releasing bool         `json:"releasing,omitempty"`
+	Network   *PoolNetwork `json:"network,omitempty"` // none until a driver made a network on the pool
+	Blocks    int          `json:"blocks"`
+	Addresses int          `json:"addresses"`
+}
+
+// Pools lists every pool with its network and how many blocks and
+// addresses it holds, in pool order. It reads every block and address key:
+// an operator's question, not a request's.
+func Pools(ctx context.Context, s Store, skipped func(*DecodeError)) ([]PoolReport, error) {
+	pools := map[string]*PoolReport{}
+	if _, err := ListJSON(ctx, s, PoolsPrefix, func(_ string, _ uint64, p Pool) error {
+		pools[p.CIDR] = &PoolReport{Pool: p.CIDR, Range: p.Range, BlockBits: p.BlockBits, Gateway: p.Gateway, Auto: p.Auto, Releasing: p.Releasing}
+		return nil
+	}, skipped); err != nil {
+		return nil, err
+	}
+	if _, err := ListJSON(ctx, s, NetworksPrefix, func(_ string, _ uint64, n PoolNetwork) error {
+		if p, ok := pools[n.Pool]; ok {
+			p.Network = &n
+		}
+		return nil
+	}, skipped); err != nil {
+		return nil, err
+	}
+	out := make([]PoolReport, 0, len(pools))
+	for _, cidr := range slices.Sorted(maps.Keys(pools)) {
+		p := pools[cidr]
+		for prefix, n := range map[string]*int{BlockPrefix(cidr): &p.Blocks, AddressPrefix(cidr): &p.Addresses} {
+			ps, _, err := s.List(ctx, prefix)
+			if err != nil {
+				return nil, err
+			}
+			for _, kv := range ps {
+				if !IsFolder(kv.Key) {
+					*n++
+				}
+			}
+		}
+		out = append(out, *p)
+	}
+	return out, nil
+}
+
+// Addresses lists a pool's address records in address order.
+func Addresses(ctx context.Context, s Store, pool string, skipped func(*DecodeError)) ([]Address, error) {
+	var out []Address
+	if _, err := ListJSON(ctx, s, AddressPrefix(pool), func(_ string, _ uint64, a Address) error {
+		out = append(out, a)
+		return nil
+	}, skipped); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b Address) int {
+		x, errx := netip.ParseAddr(a.IP)
+		y, erry := netip.ParseAddr(b.IP)
+		if errx != nil || erry != nil {
+			return cmp.Compare(a.IP, b.IP)
+		}
+		return x.Compare(y)
+	})
 	return out, nil
 }

@@ -2,19 +2,44 @@ package plugin
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"maps"
 	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
 
 // Paths of the read-only operator endpoints, served on the plugin's socket
 // beside libnetwork's (tartan status, tartan hosts).
 const (
-	StatusPath = "/tartan/v1/status"
-	HostsPath  = "/tartan/v1/hosts"
+	StatusPath    = "/tartan/v1/status"
+	HostsPath     = "/tartan/v1/hosts"
+	DoctorPath    = "/tartan/v1/doctor"
+	NetworksPath  = "/tartan/v1/networks"
+	AddressesPath = "/tartan/v1/addresses" // ?pool=CIDR
 )
+
+// AddressReport is one address of a pool, with the endpoint of this host
+// that has it, if one does (tartan addresses).
+type AddressReport struct {
+	kv.Address
+	Endpoint string `json:"endpoint,omitempty"`
+}
+
+// Finding is one thing tartan doctor found wrong on this host, with the
+// way to fix it.
+type Finding struct {
+	Network string `json:"network,omitempty"`
+	What    string `json:"what"`
+	Fix     string `json:"fix"`
+}
 
 // Admin is what the operator endpoints report from.
 type Admin struct {
@@ -50,6 +75,69 @@ func (h *Handler) ServeAdmin(a Admin) {
 		}
 		reply(w, http.StatusOK, s)
 	})
+	h.mux.HandleFunc("GET "+DoctorPath, func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)
+		defer cancel()
+		found, err := h.doctor(ctx, a)
+		if err != nil {
+			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
+			return
+		}
+		reply(w, http.StatusOK, found)
+	})
+	h.mux.HandleFunc("GET "+NetworksPath, func(w http.ResponseWriter, r *http.Request) {
+		if a.Cluster == nil {
+			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: no store: " + errorText(h.broken)})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)
+		defer cancel()
+		pools, err := kv.Pools(ctx, a.Cluster, nil)
+		if err != nil {
+			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
+			return
+		}
+		reply(w, http.StatusOK, pools)
+	})
+	h.mux.HandleFunc("GET "+AddressesPath, func(w http.ResponseWriter, r *http.Request) {
+		if a.Cluster == nil {
+			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: no store: " + errorText(h.broken)})
+			return
+		}
+		pool, err := netip.ParsePrefix(r.URL.Query().Get("pool"))
+		if err != nil || pool != pool.Masked() {
+			reply(w, http.StatusBadRequest, errorBody{Err: fmt.Sprintf("tartan: pool %q is not a subnet: give it as a CIDR, such as 10.244.0.0/16 (tartan networks lists them)", r.URL.Query().Get("pool"))})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)
+		defer cancel()
+		if _, err := kv.GetJSON(ctx, a.Cluster, kv.PoolPath(pool.String()), &kv.Pool{}); err != nil {
+			if errors.Is(err, kv.ErrNotFound) {
+				reply(w, http.StatusNotFound, errorBody{Err: fmt.Sprintf("tartan: no pool %s in the store (tartan networks lists them)", pool)})
+				return
+			}
+			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
+			return
+		}
+		addrs, err := kv.Addresses(ctx, a.Cluster, pool.String(), nil)
+		if err != nil {
+			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
+			return
+		}
+		var here map[string]string
+		if h.drv != nil {
+			here = h.drv.EndpointsByAddress()[pool.String()]
+		}
+		out := make([]AddressReport, 0, len(addrs))
+		for _, ad := range addrs {
+			rep := AddressReport{Address: ad}
+			if ad.Host == a.Host {
+				rep.Endpoint = here[ad.IP]
+			}
+			out = append(out, rep)
+		}
+		reply(w, http.StatusOK, out)
+	})
 	h.mux.HandleFunc("GET "+HostsPath, func(w http.ResponseWriter, r *http.Request) {
 		if a.Cluster == nil {
 			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: no store: " + errorText(h.broken)})
@@ -64,6 +152,59 @@ func (h *Handler) ServeAdmin(a Admin) {
 		}
 		reply(w, http.StatusOK, hosts)
 	})
+}
+
+// doctor compares what the driver's plans say with the kernel, and the
+// store with this host's endpoints, changing nothing.
+func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
+	out := []Finding{}
+	if h.broken != nil {
+		out = append(out, Finding{What: "settings: " + h.broken.Error(), Fix: "docker plugin disable, docker plugin set the setting right, docker plugin enable"})
+	}
+	if h.drv == nil || h.ipam == nil || a.Cluster == nil {
+		return out, nil
+	}
+	drift, err := h.drv.Drift()
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range slices.Sorted(maps.Keys(drift)) {
+		for _, d := range drift[id] {
+			out = append(out, Finding{Network: id, What: d, Fix: "the next resync (RESYNC) repairs it; to repair now, docker plugin disable -f and enable (containers keep forwarding)"})
+		}
+	}
+	orphans, err := h.ipam.Orphans(ctx, h.drv.Holding)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range orphans {
+		out = append(out, Finding{What: fmt.Sprintf("address %s of pool %s is this host's in the store, but no endpoint here has it (since %s)", o.IP, o.Pool, o.Created.UTC().Format(time.RFC3339)),
+			Fix: "the collection that runs every LEASE_TTL (at least every minute) releases it"})
+	}
+	hosts, err := kv.Census(ctx, a.Cluster, a.Now(), a.LeaseTTL, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, hr := range hosts {
+		if hr.Alive || len(hr.Blocks) == 0 {
+			continue
+		}
+		var blocks []string
+		for _, b := range hr.Blocks {
+			blocks = append(blocks, b.Block)
+		}
+		what := fmt.Sprintf("host %s (%s) lapsed: last renewal %s, more than LEASE_TTL (%s) ago; it still holds blocks %s",
+			hr.ID, or(hr.Address, "no host record"), hr.Renewed.UTC().Format(time.RFC3339), a.LeaseTTL, strings.Join(blocks, " "))
+		out = append(out, Finding{What: what, Fix: fmt.Sprintf("if the host is gone for good, its blocks and addresses are collected %d lease lifetimes after its last renewal; if it is alive, check its plugin and its path to the store", ipam.GoneAfter)})
+	}
+	return out, nil
+}
+
+func or(s, dflt string) string {
+	if s == "" {
+		return dflt
+	}
+	return s
 }
 
 func errorText(err error) string {

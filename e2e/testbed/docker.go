@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -374,8 +375,18 @@ const PluginName = "tartan:latest"
 
 // Tartan runs the operator's CLI (the tartan binary the host's plugin was
 // built with, make plugin) against the host's plugin, and returns its
-// standard output.
+// standard output; it fails the test unless the command succeeds.
 func (h *Host) Tartan(t testing.TB, args ...string) string {
+	t.Helper()
+	out, rc, stderr := h.TartanRC(t, args...)
+	if rc != 0 {
+		t.Fatalf("tartan %s on %s: exit status %d\n%s%s", strings.Join(args, " "), h.Name, rc, out, stderr)
+	}
+	return out
+}
+
+// TartanRC is Tartan that returns the exit status and standard error.
+func (h *Host) TartanRC(t testing.TB, args ...string) (stdout string, rc int, stderr string) {
 	t.Helper()
 	id := h.PluginID(t)
 	// Docker puts plugin sockets here whatever its --exec-root.
@@ -383,13 +394,18 @@ func (h *Host) Tartan(t testing.TB, args ...string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(h.Dir, "build", "tartan"), append(args, "--socket", sock)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
 	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("tartan %s on %s: %v\n%s%s", strings.Join(args, " "), h.Name, err, out, stderr.String())
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exit):
+		rc = exit.ExitCode()
+	default:
+		t.Fatalf("tartan %s on %s: %v", strings.Join(args, " "), h.Name, err)
 	}
-	return string(out)
+	return string(out), rc, errb.String()
 }
 
 // PluginCall posts a raw body to the plugin's socket and returns the answer

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -26,8 +27,11 @@ const SocketGlob = "/run/docker/plugins/*/tartan.sock"
 
 // Commands are the subcommands, with what each shows.
 var Commands = map[string]string{
-	"status": "this host: its ID, store, firewall flavour, networks with their peers and problems",
-	"hosts":  "every host the store knows, alive or lapsed, with the blocks it leases",
+	"status":    "this host: its ID, store, firewall flavour, networks with their peers and problems",
+	"hosts":     "every host the store knows, alive or lapsed, with the blocks it leases",
+	"networks":  "every pool in the store with its network: backend, VNI, block size, blocks and addresses held",
+	"addresses": "a pool's addresses (tartan addresses 10.244.0.0/16): host, kind, MAC, and this host's endpoint that has it",
+	"doctor":    "what is wrong on this host (kernel entries that differ from the plans, addresses no endpoint has, lapsed hosts), with the fix; exit status 1 if anything",
 }
 
 // Run runs one subcommand (args[0]) and returns the exit status.
@@ -44,11 +48,28 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	socket := fs.String("socket", "", "the plugin's socket (default: the one tartan.sock under /run/docker/plugins)")
 	asJSON := fs.Bool("json", false, "print JSON, for scripts")
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+	// Flags may come before or after the pool (tartan addresses POOL --json).
+	var positional []string
+	for rest := args[1:]; ; {
+		if err := fs.Parse(rest); err != nil {
+			return 2
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		positional = append(positional, fs.Arg(0))
+		rest = fs.Args()[1:]
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "tartan %s takes no arguments (got %q)\n", args[0], fs.Args())
+	want := 0
+	if args[0] == "addresses" {
+		want = 1
+	}
+	if len(positional) != want {
+		if want == 0 {
+			fmt.Fprintf(stderr, "tartan %s takes no arguments (got %q)\n", args[0], positional)
+		} else {
+			fmt.Fprintf(stderr, "tartan %s takes one pool, as a CIDR (tartan networks lists them): tartan %s 10.244.0.0/16\n", args[0], args[0])
+		}
 		return 2
 	}
 	sock, err := findSocket(*socket)
@@ -68,6 +89,24 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		if err = c.get(plugin.HostsPath, &hs); err == nil {
 			err = show(stdout, *asJSON, hs, printHosts)
 		}
+	case "networks":
+		var ps []kv.PoolReport
+		if err = c.get(plugin.NetworksPath, &ps); err == nil {
+			err = show(stdout, *asJSON, ps, printPools)
+		}
+	case "addresses":
+		var as []plugin.AddressReport
+		if err = c.get(plugin.AddressesPath+"?pool="+url.QueryEscape(positional[0]), &as); err == nil {
+			err = show(stdout, *asJSON, as, printAddresses)
+		}
+	case "doctor":
+		var fs []plugin.Finding
+		if err = c.get(plugin.DoctorPath, &fs); err == nil {
+			err = show(stdout, *asJSON, fs, printFindings)
+		}
+		if err == nil && len(fs) > 0 {
+			return 1
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "tartan %s: %v\n", args[0], err)
@@ -78,8 +117,8 @@ func Run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: tartan <command> [--json] [--socket PATH]")
-	for _, c := range []string{"status", "hosts"} {
-		fmt.Fprintf(w, "  %-8s %s\n", c, Commands[c])
+	for _, c := range []string{"status", "hosts", "networks", "addresses", "doctor"} {
+		fmt.Fprintf(w, "  %-9s %s\n", c, Commands[c])
 	}
 	fmt.Fprintln(w, "Run without a command, tartan is the plugin itself.")
 }
@@ -116,13 +155,13 @@ func (c client) get(path string, v any) error {
 	if err != nil {
 		return fmt.Errorf("read the plugin's answer: %w", err)
 	}
-	if resp.StatusCode == http.StatusNotFound {
-		return errors.New("the plugin does not know this command: it is older than this tartan binary (docker plugin upgrade)")
-	}
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Err string }
 		if json.Unmarshal(body, &e) == nil && e.Err != "" {
 			return errors.New(e.Err)
+		}
+		if resp.StatusCode == http.StatusNotFound {
+			return errors.New("the plugin does not know this command: it is older than this tartan binary (docker plugin upgrade)")
 		}
 		return fmt.Errorf("the plugin answered %s", resp.Status)
 	}
@@ -202,6 +241,64 @@ func printHosts(w io.Writer, hs []kv.HostReport) {
 			blocks = append(blocks, s)
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", h.ID, or(h.Address, "-"), or(h.Version, "-"), state, renewed, or(strings.Join(blocks, " "), "-"))
+	}
+}
+
+func printFindings(w io.Writer, fs []plugin.Finding) {
+	if len(fs) == 0 {
+		fmt.Fprintln(w, "nothing wrong: the kernel holds what the plans say, every address of this host has its endpoint, every host is alive")
+		return
+	}
+	for _, f := range fs {
+		where := ""
+		if f.Network != "" {
+			where = "network " + short(f.Network) + ": "
+		}
+		fmt.Fprintf(w, "%s%s\n    fix: %s\n", where, f.What, f.Fix)
+	}
+}
+
+func printPools(w io.Writer, ps []kv.PoolReport) {
+	if len(ps) == 0 {
+		fmt.Fprintln(w, "no pool in the store")
+		return
+	}
+	fmt.Fprintln(w, "POOL\tBACKEND\tVNI\tBLOCK\tGATEWAY\tBLOCKS\tADDRESSES\tNOTE")
+	for _, p := range ps {
+		backend, vni, notes := "-", "-", []string{}
+		if n := p.Network; n != nil {
+			backend = n.Backend
+			if n.VNI != 0 {
+				vni = fmt.Sprint(n.VNI)
+			}
+			if n.Internal {
+				notes = append(notes, "internal")
+			}
+			if n.DirectRouting {
+				notes = append(notes, "directrouting")
+			}
+		}
+		if p.Range != "" {
+			notes = append(notes, "range "+p.Range)
+		}
+		if p.Auto {
+			notes = append(notes, "automatic")
+		}
+		if p.Releasing {
+			notes = append(notes, "being released")
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t/%d\t%s\t%d\t%d\t%s\n", p.Pool, backend, vni, p.BlockBits, or(p.Gateway, "-"), p.Blocks, p.Addresses, or(strings.Join(notes, ", "), "-"))
+	}
+}
+
+func printAddresses(w io.Writer, as []plugin.AddressReport) {
+	if len(as) == 0 {
+		fmt.Fprintln(w, "no address allocated in this pool")
+		return
+	}
+	fmt.Fprintln(w, "ADDRESS\tHOST\tKIND\tMAC\tCREATED\tENDPOINT HERE")
+	for _, a := range as {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", a.IP, a.Host, a.Kind, or(a.MAC, "-"), a.Created.UTC().Format(time.RFC3339), or(short(a.Endpoint), "-"))
 	}
 }
 

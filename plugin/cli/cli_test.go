@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -83,6 +84,55 @@ func TestStatusAndHosts(t *testing.T) {
 	var hs []kv.HostReport
 	if rc != 0 || json.Unmarshal([]byte(out), &hs) != nil || len(hs) != 2 || len(hs[0].Blocks) != 1 {
 		t.Fatalf("hosts --json: rc %d\n%s", rc, out)
+	}
+
+	// doctor: h2 lapsed but holds nothing, so nothing is wrong; once it
+	// holds a block, that is a finding (exit status 1).
+	if rc, out, errs := run("doctor", "--socket", sock); rc != 0 || !strings.Contains(out, "nothing wrong") {
+		t.Fatalf("doctor on a healthy store: rc %d %q %q", rc, out, errs)
+	}
+	if _, err := kv.PutJSON(ctx, store, kv.BlockPath("10.1.0.0/16", "10.1.0.64/26"), kv.Block{CIDR: "10.1.0.64/26", Pool: "10.1.0.0/16", Host: "h2", Expires: now.Add(-time.Hour)}, kv.Any); err != nil {
+		t.Fatal(err)
+	}
+	rc, out, _ = run("doctor", "--socket", sock)
+	if rc != 1 || !strings.Contains(out, "host h2 (10.0.0.2) lapsed") || !strings.Contains(out, "10.1.0.64/26") || !strings.Contains(out, "fix:") {
+		t.Fatalf("doctor with a lapsed host holding a block: rc %d\n%s", rc, out)
+	}
+	var fs []plugin.Finding
+	if rc, out, _ = run("doctor", "--socket", sock, "--json"); rc != 1 || json.Unmarshal([]byte(out), &fs) != nil || len(fs) != 1 {
+		t.Fatalf("doctor --json: rc %d\n%s", rc, out)
+	}
+
+	// networks and addresses: the store's pools, a pool's addresses.
+	for key, v := range map[string]any{
+		kv.PoolPath("10.1.0.0/16"):                 kv.Pool{CIDR: "10.1.0.0/16", BlockBits: 26, Gateway: "10.1.0.1"},
+		kv.NetworkPath("10.1.0.0/16"):              kv.PoolNetwork{Pool: "10.1.0.0/16", Backend: "vxlan", VNI: 300, Internal: true},
+		kv.AddressPath("10.1.0.0/16", "10.1.0.10"): kv.Address{IP: "10.1.0.10", Pool: "10.1.0.0/16", Host: "h1", Kind: kv.KindEndpoint, MAC: "02:42:00:00:00:0a", Created: now},
+		kv.AddressPath("10.1.0.0/16", "10.1.0.9"):  kv.Address{IP: "10.1.0.9", Pool: "10.1.0.0/16", Host: "h2", Kind: kv.KindEndpoint, Created: now},
+	} {
+		if _, err := kv.PutJSON(ctx, store, key, v, kv.Any); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc, out, errs = run("networks", "--socket", sock)
+	if rc != 0 || !regexp.MustCompile(`10\.1\.0\.0/16\s+vxlan\s+300\s+/26\s+10\.1\.0\.1\s+2\s+2\s+internal`).MatchString(out) {
+		t.Fatalf("networks: rc %d %q\n%s", rc, errs, out)
+	}
+	rc, out, errs = run("addresses", "10.1.0.0/16", "--socket", sock)
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); rc != 0 || len(lines) != 3 || !strings.HasPrefix(lines[1], "10.1.0.9 ") || !strings.Contains(lines[2], "02:42:00:00:00:0a") {
+		t.Fatalf("addresses (in address order): rc %d %q\n%s", rc, errs, out)
+	}
+	for _, c := range []struct {
+		arg  string
+		rc   int
+		word string
+	}{{"10.1.0.5/16", 1, "not a subnet"}, {"banana", 1, "give it as a CIDR"}, {"10.9.0.0/16", 1, "no pool 10.9.0.0/16 in the store"}} {
+		if rc, _, errs := run("addresses", "--socket", sock, c.arg); rc != c.rc || !strings.Contains(errs, c.word) {
+			t.Fatalf("addresses %s: rc %d %q", c.arg, rc, errs)
+		}
+	}
+	if rc, _, errs := run("addresses", "--socket", sock); rc != 2 || !strings.Contains(errs, "takes one pool") {
+		t.Fatalf("addresses with no pool: rc %d %q", rc, errs)
 	}
 
 	// Mistakes say what to do.
