@@ -209,8 +209,8 @@ func TestMultiHost(t *testing.T) {
 // doctorDrift: tartan doctor is clean on a healthy cluster; on host 1 it
 // reports a peer route deleted by hand, a neighbour entry changed by hand,
 // an address in the store that no container has and a host whose lease
-// lapsed, each with its fix, and exits 1; it is clean again once the
-// resync repaired the kernel and the stray records are gone.
+// lapsed, each with its fix, and exits 1; tartan gc --yes takes the stray
+// records, and doctor is clean again once the resync repaired the kernel.
 func doctorDrift(t *testing.T, c *testbed.Cluster) {
 	t.Helper()
 	for i, h := range c.Hosts {
@@ -244,7 +244,7 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 	h.MustIP(t, "neigh", "replace", neigh, "lladdr", "02:00:00:00:00:99", "dev", vx.Device, "nud", "permanent")
 	created := time.Now().Add(-5 * time.Minute).UTC().Format(time.RFC3339)
 	stray := fmt.Sprintf(`{"ip":"10.61.0.250","pool":"10.61.0.0/16","host":%q,"kind":"endpoint","created":%q}`, st.Host, created)
-	lapsed := time.Now().Add(-30 * time.Hour).UTC().Format(time.RFC3339)
+	lapsed := time.Now().Add(-72 * time.Hour).UTC().Format(time.RFC3339)
 	for key, value := range map[string]string{
 		"tartan/addrs/10.61.0.0-16/10.61.0.250":     stray,
 		"tartan/hosts/deadbeefdeadbeef":             fmt.Sprintf(`{"id":"deadbeefdeadbeef","address":"10.98.0.77","renewed":%q}`, lapsed),
@@ -265,11 +265,19 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 			t.Fatalf("tartan doctor does not say %q:\n%s", want, out)
 		}
 	}
-	// The resync repairs the kernel; the stray records go (by hand here:
-	// the automatic collection would take two lease lifetimes).
+	// tartan gc shows what the collection would take (the stray address,
+	// the host gone for more than two lease lifetimes) and --yes takes it
+	// now; the resync repairs the kernel.
+	plan := h.Tartan(t, "gc")
+	if !strings.Contains(plan, "would release address 10.61.0.250 of pool 10.61.0.0/16") || !strings.Contains(plan, "would remove gone host deadbeefdeadbeef (10.98.0.77") {
+		t.Fatalf("tartan gc:\n%s", plan)
+	}
+	if got := h.Tartan(t, "gc", "--yes"); !strings.Contains(got, "released 1 orphaned addresses of this host; removed 1 gone hosts, 1 of their blocks") {
+		t.Fatalf("tartan gc --yes:\n%s", got)
+	}
 	for _, key := range []string{"tartan/addrs/10.61.0.0-16/10.61.0.250", "tartan/hosts/deadbeefdeadbeef", "tartan/blocks/10.61.0.0-16/10.61.200.0-26"} {
-		if out, err := c.Consul.CLI("kv", "delete", key); err != nil {
-			t.Fatalf("consul kv delete %s: %v %s", key, err, out)
+		if keys := c.Consul.Keys(t, key); len(keys) != 0 {
+			t.Fatalf("%s left after tartan gc --yes", key)
 		}
 	}
 	testbed.Eventually(t, 75*time.Second, "tartan doctor clean again after the resync", func() error {

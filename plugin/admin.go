@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
@@ -24,7 +25,17 @@ const (
 	DoctorPath    = "/tartan/v1/doctor"
 	NetworksPath  = "/tartan/v1/networks"
 	AddressesPath = "/tartan/v1/addresses" // ?pool=CIDR
+	GCPath        = "/tartan/v1/gc"        // GET: what a collection would remove; POST: collect now
 )
+
+// GCPlan is what the next collection would remove (tartan gc).
+type GCPlan struct {
+	// Orphans are address records of this host that no endpoint has.
+	Orphans []kv.Address `json:"orphans"`
+	// Gone are hosts not renewed for ipam.GoneAfter lease lifetimes: their
+	// records, blocks and endpoint addresses go.
+	Gone []kv.HostReport `json:"gone"`
+}
 
 // AddressReport is one address of a pool, with the endpoint of this host
 // that has it, if one does (tartan addresses).
@@ -137,6 +148,46 @@ func (h *Handler) ServeAdmin(a Admin) {
 			out = append(out, rep)
 		}
 		reply(w, http.StatusOK, out)
+	})
+	h.mux.HandleFunc("GET "+GCPath, func(w http.ResponseWriter, r *http.Request) {
+		if a.Cluster == nil || h.ipam == nil {
+			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: no store: " + errorText(h.broken)})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)
+		defer cancel()
+		plan := GCPlan{Orphans: []kv.Address{}, Gone: []kv.HostReport{}}
+		var err error
+		if plan.Orphans, err = h.ipam.Orphans(ctx, h.drv.Holding); err == nil {
+			var hosts []kv.HostReport
+			if hosts, err = kv.Census(ctx, a.Cluster, a.Now(), ipam.GoneAfter*a.LeaseTTL, nil); err == nil {
+				for _, hr := range hosts {
+					if hr.ID != a.Host && !hr.Alive {
+						plan.Gone = append(plan.Gone, hr)
+					}
+				}
+			}
+		}
+		if err != nil {
+			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
+			return
+		}
+		reply(w, http.StatusOK, plan)
+	})
+	h.mux.HandleFunc("POST "+GCPath, func(w http.ResponseWriter, r *http.Request) {
+		if a.Cluster == nil || h.ipam == nil {
+			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: no store: " + errorText(h.broken)})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+		defer cancel()
+		got, err := h.ipam.CollectGone(ctx, h.drv.Holding)
+		if err != nil {
+			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
+			return
+		}
+		h.log.WithFields(logrus.Fields{"addresses": got.Addresses, "blocks": got.Blocks, "hosts": got.Hosts, "orphans": got.Orphans}).Info("collected on the operator's request (tartan gc --yes)")
+		reply(w, http.StatusOK, got)
 	})
 	h.mux.HandleFunc("GET "+HostsPath, func(w http.ResponseWriter, r *http.Request) {
 		if a.Cluster == nil {

@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/plugin"
 )
@@ -32,6 +33,7 @@ var Commands = map[string]string{
 	"networks":  "every pool in the store with its network: backend, VNI, block size, blocks and addresses held",
 	"addresses": "a pool's addresses (tartan addresses 10.244.0.0/16): host, kind, MAC, and this host's endpoint that has it",
 	"doctor":    "what is wrong on this host (kernel entries that differ from the plans, addresses no endpoint has, lapsed hosts), with the fix; exit status 1 if anything",
+	"gc":        "what the automatic collection would remove (this host's orphaned addresses, gone hosts' records); --yes removes it now",
 }
 
 // Run runs one subcommand (args[0]) and returns the exit status.
@@ -48,6 +50,10 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	socket := fs.String("socket", "", "the plugin's socket (default: the one tartan.sock under /run/docker/plugins)")
 	asJSON := fs.Bool("json", false, "print JSON, for scripts")
+	var yes *bool
+	if args[0] == "gc" {
+		yes = fs.Bool("yes", false, "remove what the collection would remove, now")
+	}
 	// Flags may come before or after the pool (tartan addresses POOL --json).
 	var positional []string
 	for rest := args[1:]; ; {
@@ -99,6 +105,18 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		if err = c.get(plugin.AddressesPath+"?pool="+url.QueryEscape(positional[0]), &as); err == nil {
 			err = show(stdout, *asJSON, as, printAddresses)
 		}
+	case "gc":
+		if *yes {
+			var got ipam.Collected
+			if err = c.do(http.MethodPost, plugin.GCPath, &got); err == nil {
+				err = show(stdout, *asJSON, got, printCollected)
+			}
+			break
+		}
+		var plan plugin.GCPlan
+		if err = c.get(plugin.GCPath, &plan); err == nil {
+			err = show(stdout, *asJSON, plan, printGCPlan)
+		}
 	case "doctor":
 		var fs []plugin.Finding
 		if err = c.get(plugin.DoctorPath, &fs); err == nil {
@@ -117,7 +135,7 @@ func Run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: tartan <command> [--json] [--socket PATH]")
-	for _, c := range []string{"status", "hosts", "networks", "addresses", "doctor"} {
+	for _, c := range []string{"status", "hosts", "networks", "addresses", "doctor", "gc"} {
 		fmt.Fprintf(w, "  %-9s %s\n", c, Commands[c])
 	}
 	fmt.Fprintln(w, "Run without a command, tartan is the plugin itself.")
@@ -140,13 +158,19 @@ func findSocket(given string) (string, error) {
 
 type client struct{ socket string }
 
-func (c client) get(path string, v any) error {
+func (c client) get(path string, v any) error { return c.do(http.MethodGet, path, v) }
+
+func (c client) do(method, path string, v any) error {
 	hc := http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", c.socket)
 		},
 	}}
-	resp, err := hc.Get("http://tartan" + path)
+	req, err := http.NewRequest(method, "http://tartan"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("ask the plugin at %s: %w", c.socket, err)
 	}
@@ -300,6 +324,29 @@ func printAddresses(w io.Writer, as []plugin.AddressReport) {
 	for _, a := range as {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", a.IP, a.Host, a.Kind, or(a.MAC, "-"), a.Created.UTC().Format(time.RFC3339), or(short(a.Endpoint), "-"))
 	}
+}
+
+func printGCPlan(w io.Writer, p plugin.GCPlan) {
+	if len(p.Orphans) == 0 && len(p.Gone) == 0 {
+		fmt.Fprintln(w, "nothing to collect")
+		return
+	}
+	for _, o := range p.Orphans {
+		fmt.Fprintf(w, "would release address %s of pool %s: this host's, no endpoint has it (since %s)\n", o.IP, o.Pool, o.Created.UTC().Format(time.RFC3339))
+	}
+	for _, h := range p.Gone {
+		var blocks []string
+		for _, b := range h.Blocks {
+			blocks = append(blocks, b.Block)
+		}
+		fmt.Fprintf(w, "would remove gone host %s (%s, last renewal %s), its blocks %s and their addresses\n", h.ID, or(h.Address, "no host record"),
+			h.Renewed.UTC().Format(time.RFC3339), or(strings.Join(blocks, " "), "(none)"))
+	}
+	fmt.Fprintln(w, "tartan gc --yes removes these now")
+}
+
+func printCollected(w io.Writer, c ipam.Collected) {
+	fmt.Fprintf(w, "released %d orphaned addresses of this host; removed %d gone hosts, %d of their blocks and %d of their addresses\n", c.Orphans, c.Hosts, c.Blocks, c.Addresses)
 }
 
 func short(id string) string { return id[:min(12, len(id))] }

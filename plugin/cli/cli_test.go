@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -59,7 +60,8 @@ func TestStatusAndHosts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	im := ipam.New(store, ipam.Config{Host: "h1", AutoRange: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}, log)
+	im := ipam.New(store, ipam.Config{Host: "h1", AutoRange: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24, LeaseTTL: time.Hour,
+		Now: func() time.Time { return now }}, log)
 	drv := driver.New(store, store, im, &firewall.Firewall{}, driver.Config{Host: "h1"}, log)
 	h := plugin.NewHandler(drv, im, nil, log, nil)
 	h.ServeAdmin(plugin.Admin{Host: "h1", Store: store.String(), Scope: "local", Cluster: store, LeaseTTL: time.Hour, Now: func() time.Time { return now }})
@@ -133,6 +135,27 @@ func TestStatusAndHosts(t *testing.T) {
 	}
 	if rc, _, errs := run("addresses", "--socket", sock); rc != 2 || !strings.Contains(errs, "takes one pool") {
 		t.Fatalf("addresses with no pool: rc %d %q", rc, errs)
+	}
+
+	// gc: h2 was last renewed 3 hours ago, more than two lease lifetimes
+	// of an hour: it is gone, and gc --yes removes it, its block and its
+	// address.
+	rc, out, errs = run("gc", "--socket", sock)
+	if rc != 0 || !strings.Contains(out, "would remove gone host h2 (10.0.0.2") || !strings.Contains(out, "10.1.0.64/26") || strings.Contains(out, "host h1") {
+		t.Fatalf("gc: rc %d %q\n%s", rc, errs, out)
+	}
+	rc, out, errs = run("gc", "--yes", "--socket", sock)
+	if rc != 0 || !strings.Contains(out, "removed 1 gone hosts, 1 of their blocks and 1 of their addresses") {
+		t.Fatalf("gc --yes: rc %d %q\n%s", rc, errs, out)
+	}
+	if rc, out, _ = run("gc", "--socket", sock); rc != 0 || !strings.Contains(out, "nothing to collect") {
+		t.Fatalf("gc after gc --yes: rc %d\n%s", rc, out)
+	}
+	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h2"), &kv.Host{}); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("h2's record after gc --yes: %v", err)
+	}
+	if rc, _, errs := run("status", "--yes", "--socket", sock); rc != 2 || !strings.Contains(errs, "-yes") {
+		t.Fatalf("--yes outside gc: rc %d %q", rc, errs)
 	}
 
 	// Mistakes say what to do.
