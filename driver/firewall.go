@@ -47,13 +47,11 @@ func (d *Driver) firewallWriter(ctx context.Context) {
 func (d *Driver) writeFirewall() error {
 	d.mu.Lock()
 	st := d.firewallStateLocked()
+	d.fwPeers = peersKey(st.Peers)
 	d.fwGen++
 	gen := d.fwGen
 	d.mu.Unlock()
-	if u, err := kernel.FindUnderlay(d.cfg.Advertise); err == nil {
-		st.Underlay = u.Interface
-	}
-	st.Bridges, _ = kernel.Bridges()
+	d.hostFirewallState(&st)
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
 	if gen < d.fwWritten {
@@ -75,6 +73,27 @@ func (d *Driver) writeFirewall() error {
 	return err
 }
 
+// hostFirewallState fills in what the firewall needs of the host's
+// interfaces. Called without d.mu held.
+func (d *Driver) hostFirewallState(st *firewall.State) {
+	if u, err := kernel.FindUnderlay(d.cfg.Advertise); err == nil {
+		st.Underlay = u.Interface
+	}
+	st.Bridges, _ = kernel.Bridges()
+}
+
+// FirewallDrift says how tartan's rules in the kernel differ from what it
+// would write now (tartan doctor), changing nothing.
+func (d *Driver) FirewallDrift() ([]string, error) {
+	d.mu.Lock()
+	st := d.firewallStateLocked()
+	d.mu.Unlock()
+	d.hostFirewallState(&st)
+	d.fwMu.Lock()
+	defer d.fwMu.Unlock()
+	return d.fw.Check(st)
+}
+
 // firewallStateLocked is the desired firewall but for the host's
 // interfaces (writeFirewall reads them). Called with d.mu held.
 func (d *Driver) firewallStateLocked() firewall.State {
@@ -93,7 +112,6 @@ func (d *Driver) firewallStateLocked() firewall.State {
 		st.VXLANPort = d.cfg.VXLANPort
 		st.Peers = d.routes.VXLANPeers()
 	}
-	d.fwPeers = peersKey(st.Peers)
 	return st
 }
 

@@ -1,8 +1,11 @@
 package driver
 
 import (
+	"fmt"
 	"maps"
 	"slices"
+
+	"github.com/tartan-net/tartan/driver/kernel"
 )
 
 // NetworkStatus is what this host has of one of its networks, for
@@ -79,6 +82,32 @@ func (d *Driver) EndpointsByAddress() map[string]map[string]string {
 			out[n.Pool] = map[string]string{}
 		}
 		out[n.Pool][e.IP] = e.ID
+	}
+	return out
+}
+
+// LinkDrift lists the links this host's records name that the kernel lacks
+// (tartan doctor): a network's own devices, and each endpoint's, as its
+// backend tells whether it is still there.
+func (d *Driver) LinkDrift() []string {
+	d.mu.Lock()
+	nets := maps.Clone(d.st.networks)
+	eps := maps.Clone(d.st.endpoints)
+	d.mu.Unlock()
+	var out []string
+	for _, id := range slices.Sorted(maps.Keys(nets)) {
+		for _, l := range nets[id].Links() {
+			if !kernel.LinkExists(l) {
+				out = append(out, fmt.Sprintf("network %s: its link %s is missing", shortID(id), l))
+			}
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(eps)) {
+		e := eps[id]
+		n, ok := nets[e.Network]
+		if ok && !d.backendOf(n).Live(n, e) {
+			out = append(out, fmt.Sprintf("endpoint %s (%s on network %s): its link %s is missing", shortID(id), e.IP, shortID(n.ID), e.HostIf))
+		}
 	}
 	return out
 }

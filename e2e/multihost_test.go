@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/e2e/testbed"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/plugin"
@@ -240,6 +241,9 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 		}
 	}
 	neigh := strings.Fields(strings.Split(strings.TrimSpace(h.MustIP(t, "neigh", "show", "dev", vx.Device)), "\n")[0])[0]
+	if out, err := h.Exec(testbed.Iptables(), "-D", "INPUT", "-j", firewall.InputChain); err != nil {
+		t.Fatalf("delete tartan's INPUT jump: %v %s", err, out)
+	}
 	h.MustIP(t, "route", "del", route)
 	h.MustIP(t, "neigh", "replace", neigh, "lladdr", "02:00:00:00:00:99", "dev", vx.Device, "nud", "permanent")
 	created := time.Now().Add(-5 * time.Minute).UTC().Format(time.RFC3339)
@@ -260,7 +264,7 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 		t.Fatalf("tartan doctor with drift: exit %d, want 1\n%s%s", rc, out, errs)
 	}
 	for _, want := range []string{"network " + gw.ID[:12] + ": missing route " + route, "network " + vx.ID[:12] + ": missing neighbour " + neigh,
-		"extra neighbour " + neigh + " lladdr 02:00:00:00:00:99", "address 10.61.0.250 of pool 10.61.0.0/16", "host deadbeefdeadbeef (10.98.0.77) lapsed", "10.61.200.0/26", "fix: "} {
+		"extra neighbour " + neigh + " lladdr 02:00:00:00:00:99", `firewall: the jump "-A INPUT -j ` + firewall.InputChain + `" in table filter is missing`, "address 10.61.0.250 of pool 10.61.0.0/16", "host deadbeefdeadbeef (10.98.0.77) lapsed", "10.61.200.0/26", "fix: "} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("tartan doctor does not say %q:\n%s", want, out)
 		}

@@ -224,6 +224,16 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 			out = append(out, Finding{Network: id, What: d, Fix: "the next resync (RESYNC) repairs it; to repair now, docker plugin disable -f and enable (containers keep forwarding)"})
 		}
 	}
+	for _, l := range h.drv.LinkDrift() {
+		out = append(out, Finding{What: l, Fix: "a network's device comes back at the next resync (RESYNC); an endpoint's record goes once its link stays gone for the grace period, or with docker rm of its container"})
+	}
+	fw, err := h.drv.FirewallDrift()
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range fw {
+		out = append(out, Finding{What: "firewall: " + f, Fix: "the next resync (RESYNC) rewrites tartan's rules; to rewrite them now, docker plugin disable -f and enable (containers keep forwarding)"})
+	}
 	orphans, err := h.ipam.Orphans(ctx, h.drv.Holding)
 	if err != nil {
 		return nil, err

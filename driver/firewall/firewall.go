@@ -337,6 +337,43 @@ func (f *Firewall) Apply(st State) error {
 	return nil
 }
 
+// Check says how tartan's chains and jumps in the kernel differ from the
+// rule set for st, changing nothing: a chain missing, a chain whose rule
+// count is not the one rendered (a rule deleted or added by hand), a jump
+// missing, doubled or out of place. It looks in the flavour last applied.
+func (f *Firewall) Check(st State) ([]string, error) {
+	if f.iptables == "" || (len(st.Pools) == 0 && len(st.Ports) == 0) {
+		return nil, nil
+	}
+	r := Render(st)
+	var out []string
+	for _, c := range []struct {
+		table, chain string
+		rules        []string
+	}{{"filter", ForwardChain, r.Forward}, {"filter", InputChain, r.Input}, {"mangle", IsolateChain, r.Isolate},
+		{"nat", PostroutingChain, r.Postrouting}, {"nat", DNATChain, r.DNAT}, {"raw", RawChain, r.Raw}, {"raw", RawOutputChain, r.RawOutput}} {
+		listing, err := output(f.iptables, "-w", "5", "-t", c.table, "-S", c.chain)
+		if err != nil {
+			out = append(out, fmt.Sprintf("chain %s of table %s is missing (%s)", c.chain, c.table, f.iptables))
+			continue
+		}
+		if n := strings.Count("\n"+listing, "\n-A "); n != len(c.rules) {
+			out = append(out, fmt.Sprintf("chain %s of table %s has %d rules, tartan's rule set has %d (%s)", c.chain, c.table, n, len(c.rules), f.iptables))
+		}
+	}
+	for _, j := range jumps {
+		listing, err := output(f.iptables, "-w", "5", "-t", j.table, "-S", j.builtin)
+		if err != nil {
+			return nil, fmt.Errorf("%s -t %s -S %s: %w: %s", f.iptables, j.table, j.builtin, err, listing)
+		}
+		rule := "-A " + j.builtin + " " + strings.Join(j.spec, " ")
+		if have := rulePositions(listing, rule); len(have) != 1 || have[0] != JumpPosition(listing, j.after) {
+			out = append(out, fmt.Sprintf("the jump %q in table %s is missing, doubled or out of place (%s)", rule, j.table, f.iptables))
+		}
+	}
+	return out, nil
+}
+
 func writeChain(b *bytes.Buffer, chain string, rules []string) {
 	fmt.Fprintf(b, ":%s - [0:0]\n-F %s\n", chain, chain)
 	for _, r := range rules {

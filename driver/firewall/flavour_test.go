@@ -77,3 +77,46 @@ func TestFlavourFollowsDocker(t *testing.T) {
 		t.Fatalf("rules left after Remove:\n%s", left)
 	}
 }
+
+// Check: nothing after an apply; a rule deleted by hand, a chain flushed
+// and a jump removed are each reported; nothing again after the next apply.
+func TestCheck(t *testing.T) {
+	if os.Getenv(inNetns) == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the check test needs root and unshare (a network namespace of its own)")
+		}
+		t.Skip("SKIPPED (not in CI): needs root and unshare")
+	}
+	st := State{Pools: []Pool{{Pool: netip.MustParsePrefix("10.244.0.0/16"), Device: "tartan.256"}}, VXLANPort: 8472, Peers: []netip.Addr{netip.MustParseAddr("10.98.0.12")},
+		Ports: []Port{{Proto: "tcp", HostPort: 18080, IP: netip.MustParseAddr("10.244.0.2"), Port: 80}}}
+	f, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Apply(st); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Remove() })
+	ipt := f.Flavour()
+	if got, err := f.Check(st); err != nil || len(got) != 0 {
+		t.Fatalf("check right after apply: %v %v", got, err)
+	}
+	sh(t, ipt+" -t nat -F "+DNATChain+" && "+ipt+" -D INPUT -j "+InputChain+" && "+ipt+" -t mangle -D "+IsolateChain+" 1")
+	got, err := f.Check(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(got, "\n")
+	for _, want := range []string{"chain " + DNATChain + " of table nat has 0 rules, tartan's rule set has 1", "chain " + IsolateChain + " of table mangle has",
+		`the jump "-A INPUT -j ` + InputChain + `" in table filter is missing`} {
+		if !strings.Contains(all, want) {
+			t.Fatalf("check does not say %q:\n%s", want, all)
+		}
+	}
+	if err := f.Apply(st); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.Check(st); err != nil || len(got) != 0 {
+		t.Fatalf("check after the repair: %v %v", got, err)
+	}
+}
