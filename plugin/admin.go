@@ -13,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -73,10 +74,11 @@ type HostStatus struct {
 	Networks []driver.NetworkStatus `json:"networks"`
 }
 
-// ServeAdmin adds the operator endpoints. They only read: what they show
-// is what the driver and the store hold at the time of the call.
+// ServeAdmin adds the operator endpoints. They only read, but for POST
+// GCPath: what they show is what the driver and the store hold at the time
+// of the call.
 func (h *Handler) ServeAdmin(a Admin) {
-	h.mux.HandleFunc("GET "+StatusPath, func(w http.ResponseWriter, _ *http.Request) {
+	h.admin("GET "+StatusPath, false, func(context.Context, *http.Request) (any, error) {
 		s := HostStatus{Host: a.Host, Version: Version, Store: a.Store, Scope: a.Scope, Networks: []driver.NetworkStatus{}}
 		if h.broken != nil {
 			s.Settings = h.broken.Error()
@@ -84,125 +86,95 @@ func (h *Handler) ServeAdmin(a Admin) {
 		if h.drv != nil {
 			s.Networks, s.Firewall = h.drv.Status(), h.drv.FirewallFlavour()
 		}
-		reply(w, http.StatusOK, s)
+		return s, nil
 	})
-	h.mux.HandleFunc("GET "+DoctorPath, func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)
-		defer cancel()
-		found, err := h.doctor(ctx, a)
-		if err != nil {
-			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
-			return
-		}
-		reply(w, http.StatusOK, found)
+	h.admin("GET "+DoctorPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
+		return h.doctor(ctx, a)
 	})
-	h.mux.HandleFunc("GET "+NetworksPath, func(w http.ResponseWriter, r *http.Request) {
-		if a.Cluster == nil {
-			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: no store: " + errorText(h.broken)})
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)
-		defer cancel()
-		pools, err := kv.Pools(ctx, a.Cluster, nil)
-		if err != nil {
-			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
-			return
-		}
-		reply(w, http.StatusOK, pools)
+	h.admin("GET "+HostsPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
+		return kv.Census(ctx, a.Cluster, a.Now(), a.LeaseTTL, nil)
 	})
-	h.mux.HandleFunc("GET "+AddressesPath, func(w http.ResponseWriter, r *http.Request) {
-		if a.Cluster == nil {
-			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: no store: " + errorText(h.broken)})
-			return
-		}
-		pool, err := netip.ParsePrefix(r.URL.Query().Get("pool"))
-		if err != nil || pool != pool.Masked() {
-			reply(w, http.StatusBadRequest, errorBody{Err: fmt.Sprintf("tartan: pool %q is not a subnet: give it as a CIDR, such as 10.244.0.0/16 (tartan networks lists them)", r.URL.Query().Get("pool"))})
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)
-		defer cancel()
-		if _, err := kv.GetJSON(ctx, a.Cluster, kv.PoolPath(pool.String()), &kv.Pool{}); err != nil {
-			if errors.Is(err, kv.ErrNotFound) {
-				reply(w, http.StatusNotFound, errorBody{Err: fmt.Sprintf("tartan: no pool %s in the store (tartan networks lists them)", pool)})
-				return
-			}
-			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
-			return
-		}
-		addrs, err := kv.Addresses(ctx, a.Cluster, pool.String(), nil)
-		if err != nil {
-			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
-			return
-		}
-		var here map[string]string
-		if h.drv != nil {
-			here = h.drv.EndpointsByAddress()[pool.String()]
-		}
-		out := make([]AddressReport, 0, len(addrs))
-		for _, ad := range addrs {
-			rep := AddressReport{Address: ad}
-			if ad.Host == a.Host {
-				rep.Endpoint = here[ad.IP]
-			}
-			out = append(out, rep)
-		}
-		reply(w, http.StatusOK, out)
+	h.admin("GET "+NetworksPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
+		return kv.Pools(ctx, a.Cluster, nil)
 	})
-	h.mux.HandleFunc("GET "+GCPath, func(w http.ResponseWriter, r *http.Request) {
-		if a.Cluster == nil || h.ipam == nil {
-			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: no store: " + errorText(h.broken)})
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)
-		defer cancel()
-		plan := GCPlan{Orphans: []kv.Address{}, Gone: []kv.HostReport{}}
-		var err error
-		if plan.Orphans, err = h.ipam.Orphans(ctx, h.drv.Holding); err == nil {
-			var hosts []kv.HostReport
-			if hosts, err = kv.Census(ctx, a.Cluster, a.Now(), ipam.GoneAfter*a.LeaseTTL, nil); err == nil {
-				for _, hr := range hosts {
-					if hr.ID != a.Host && !hr.Alive {
-						plan.Gone = append(plan.Gone, hr)
-					}
-				}
-			}
-		}
-		if err != nil {
-			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
-			return
-		}
-		reply(w, http.StatusOK, plan)
+	h.admin("GET "+AddressesPath, true, func(ctx context.Context, r *http.Request) (any, error) {
+		return h.addresses(ctx, a, r.URL.Query().Get("pool"))
 	})
-	h.mux.HandleFunc("POST "+GCPath, func(w http.ResponseWriter, r *http.Request) {
-		if a.Cluster == nil || h.ipam == nil {
+	h.admin("GET "+GCPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
+		return h.gcPlan(ctx, a)
+	})
+	h.admin("POST "+GCPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
+		got, err := h.ipam.CollectGone(ctx, h.drv.Holding)
+		if err == nil {
+			h.log.WithFields(logrus.Fields{"addresses": got.Addresses, "blocks": got.Blocks, "hosts": got.Hosts, "orphans": got.Orphans}).Info("collected on the operator's request (tartan gc --yes)")
+		}
+		return got, err
+	})
+}
+
+// admin serves one operator endpoint: fn's answer as JSON, its error
+// classified as the libnetwork calls' are. needStore: the endpoint reads
+// the store (a plugin whose settings are broken has none).
+func (h *Handler) admin(pattern string, needStore bool, fn func(context.Context, *http.Request) (any, error)) {
+	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if needStore && h.ipam == nil {
 			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: no store: " + errorText(h.broken)})
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
 		defer cancel()
-		got, err := h.ipam.CollectGone(ctx, h.drv.Holding)
+		v, err := fn(ctx, r)
 		if err != nil {
 			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
 			return
 		}
-		h.log.WithFields(logrus.Fields{"addresses": got.Addresses, "blocks": got.Blocks, "hosts": got.Hosts, "orphans": got.Orphans}).Info("collected on the operator's request (tartan gc --yes)")
-		reply(w, http.StatusOK, got)
+		reply(w, http.StatusOK, v)
 	})
-	h.mux.HandleFunc("GET "+HostsPath, func(w http.ResponseWriter, r *http.Request) {
-		if a.Cluster == nil {
-			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: no store: " + errorText(h.broken)})
-			return
+}
+
+// addresses is a pool's addresses, with the endpoint of this host that has
+// each (tartan addresses).
+func (h *Handler) addresses(ctx context.Context, a Admin, given string) ([]AddressReport, error) {
+	pool, err := netip.ParsePrefix(given)
+	if err != nil || pool != pool.Masked() {
+		return nil, errdefs.Invalid("pool %q is not a subnet: give it as a CIDR, such as 10.244.0.0/16 (tartan networks lists them)", given)
+	}
+	if _, err := kv.GetJSON(ctx, a.Cluster, kv.PoolPath(pool.String()), &kv.Pool{}); err != nil {
+		if errors.Is(err, kv.ErrNotFound) {
+			return nil, errdefs.Invalid("no pool %s in the store (tartan networks lists them)", pool)
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)
-		defer cancel()
-		hosts, err := kv.Census(ctx, a.Cluster, a.Now(), a.LeaseTTL, nil)
-		if err != nil {
-			reply(w, Status(err), errorBody{Err: "tartan: " + err.Error()})
-			return
+		return nil, err
+	}
+	addrs, err := kv.Addresses(ctx, a.Cluster, pool.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	here := h.drv.EndpointsByAddress()[pool.String()]
+	out := make([]AddressReport, 0, len(addrs))
+	for _, ad := range addrs {
+		rep := AddressReport{Address: ad}
+		if ad.Host == a.Host {
+			rep.Endpoint = here[ad.IP]
 		}
-		reply(w, http.StatusOK, hosts)
-	})
+		out = append(out, rep)
+	}
+	return out, nil
+}
+
+// gcPlan is what the next collection would remove (tartan gc).
+func (h *Handler) gcPlan(ctx context.Context, a Admin) (GCPlan, error) {
+	plan := GCPlan{Orphans: []kv.Address{}, Gone: []kv.HostReport{}}
+	var err error
+	if plan.Orphans, err = h.ipam.Orphans(ctx, h.drv.Holding); err != nil {
+		return plan, err
+	}
+	hosts, err := kv.Census(ctx, a.Cluster, a.Now(), ipam.GoneAfter*a.LeaseTTL, nil)
+	for _, hr := range hosts {
+		if hr.ID != a.Host && !hr.Alive {
+			plan.Gone = append(plan.Gone, hr)
+		}
+	}
+	return plan, err
 }
 
 // doctor compares what the driver's plans say with the kernel, and the
