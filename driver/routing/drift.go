@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 
@@ -12,34 +13,22 @@ import (
 // remove ("extra ..."), per network ID. Networks with no plan yet are left
 // out.
 func (r *Router) Drift() (map[string][]string, error) {
-	r.mu.Lock()
-	ws := make([]*netWatch, 0, len(r.nets))
-	for _, w := range r.nets {
-		ws = append(ws, w)
-	}
-	r.mu.Unlock()
 	out := map[string][]string{}
-	for _, w := range ws {
-		w.turn.Lock()
-		r.mu.Lock()
-		plan, live := w.plan, r.nets[w.n.ID] == w
-		r.mu.Unlock()
-		if plan != nil && live {
-			d := &dryRun{k: r.k}
-			err := Apply(d, w.n, *plan)
-			if err == nil && d.err != nil {
-				err = d.err
-			}
-			if err != nil {
-				w.turn.Unlock()
-				return nil, fmt.Errorf("network %s: %w", shortID(w.n.ID), err)
-			}
-			slices.Sort(d.changes)
-			out[w.n.ID] = d.changes
+	var errs []error
+	r.eachPlan(func(w *netWatch, plan *Plan) {
+		d := &dryRun{k: r.k}
+		err := Apply(d, w.n, *plan)
+		if err == nil && d.err != nil {
+			err = d.err
 		}
-		w.turn.Unlock()
-	}
-	return out, nil
+		if err != nil {
+			errs = append(errs, fmt.Errorf("network %s: %w", shortID(w.n.ID), err))
+			return
+		}
+		slices.Sort(d.changes)
+		out[w.n.ID] = d.changes
+	})
+	return out, errors.Join(errs...)
 }
 
 // dryRun is a Kernel that reads the real one and records, instead of
@@ -47,7 +36,7 @@ func (r *Router) Drift() (map[string][]string, error) {
 // already holds as it is is no change.
 type dryRun struct {
 	k       Kernel
-	routes  map[kernel.Route]bool
+	routes  map[string]map[kernel.Route]bool // under "": routes are not per link
 	neighs  map[string]map[kernel.Neigh]bool
 	fdbs    map[string]map[kernel.FDB]bool
 	changes []string
@@ -61,25 +50,14 @@ func (d *dryRun) note(format string, args ...any) error {
 
 func (d *dryRun) LinkExists(name string) bool { return d.k.LinkExists(name) }
 
+func (d *dryRun) ownedRoutes(string) ([]kernel.Route, error) { return d.k.OwnedRoutes() }
+
 func (d *dryRun) OwnedRoutes() ([]kernel.Route, error) {
-	rs, err := d.k.OwnedRoutes()
-	if err == nil && d.routes == nil {
-		d.routes = map[kernel.Route]bool{}
-		for _, r := range rs {
-			d.routes[r] = true
-		}
-	}
-	return rs, err
+	return dumpOnce(d.ownedRoutes, "", &d.routes)
 }
 
 func (d *dryRun) ReplaceRoute(r kernel.Route) error {
-	if d.routes == nil {
-		if _, err := d.OwnedRoutes(); err != nil {
-			d.err = err
-			return nil
-		}
-	}
-	if d.routes[r] {
+	if held(d, r, "", &d.routes, d.ownedRoutes) {
 		return nil
 	}
 	return d.note("missing route %s", r)
@@ -88,29 +66,11 @@ func (d *dryRun) ReplaceRoute(r kernel.Route) error {
 func (d *dryRun) DeleteRoute(r kernel.Route) error { return d.note("extra route %s", r) }
 
 func (d *dryRun) Neighs(link string) ([]kernel.Neigh, error) {
-	ns, err := d.k.Neighs(link)
-	if err == nil {
-		if d.neighs == nil {
-			d.neighs = map[string]map[kernel.Neigh]bool{}
-		}
-		if d.neighs[link] == nil {
-			d.neighs[link] = map[kernel.Neigh]bool{}
-			for _, n := range ns {
-				d.neighs[link][n] = true
-			}
-		}
-	}
-	return ns, err
+	return dumpOnce(d.k.Neighs, link, &d.neighs)
 }
 
 func (d *dryRun) ReplaceNeigh(n kernel.Neigh) error {
-	if d.neighs[n.Link] == nil {
-		if _, err := d.Neighs(n.Link); err != nil {
-			d.err = err
-			return nil
-		}
-	}
-	if d.neighs[n.Link][n] {
+	if held(d, n, n.Link, &d.neighs, d.k.Neighs) {
 		return nil
 	}
 	return d.note("missing neighbour %s lladdr %s dev %s", n.IP, n.MAC, n.Link)
@@ -121,29 +81,11 @@ func (d *dryRun) DeleteNeigh(n kernel.Neigh) error {
 }
 
 func (d *dryRun) FDBs(link string) ([]kernel.FDB, error) {
-	fs, err := d.k.FDBs(link)
-	if err == nil {
-		if d.fdbs == nil {
-			d.fdbs = map[string]map[kernel.FDB]bool{}
-		}
-		if d.fdbs[link] == nil {
-			d.fdbs[link] = map[kernel.FDB]bool{}
-			for _, f := range fs {
-				d.fdbs[link][f] = true
-			}
-		}
-	}
-	return fs, err
+	return dumpOnce(d.k.FDBs, link, &d.fdbs)
 }
 
 func (d *dryRun) ReplaceFDB(f kernel.FDB) error {
-	if d.fdbs[f.Link] == nil {
-		if _, err := d.FDBs(f.Link); err != nil {
-			d.err = err
-			return nil
-		}
-	}
-	if d.fdbs[f.Link][f] {
+	if held(d, f, f.Link, &d.fdbs, d.k.FDBs) {
 		return nil
 	}
 	return d.note("missing FDB entry %s dst %s dev %s", f.MAC, f.Dst, f.Link)
@@ -151,4 +93,33 @@ func (d *dryRun) ReplaceFDB(f kernel.FDB) error {
 
 func (d *dryRun) DeleteFDB(f kernel.FDB) error {
 	return d.note("extra FDB entry %s dst %s dev %s", f.MAC, f.Dst, f.Link)
+}
+
+// dumpOnce dumps a link's entries and keeps them as a set, the first time.
+func dumpOnce[T comparable](dump func(string) ([]T, error), link string, sets *map[string]map[T]bool) ([]T, error) {
+	xs, err := dump(link)
+	if err == nil {
+		if *sets == nil {
+			*sets = map[string]map[T]bool{}
+		}
+		if (*sets)[link] == nil {
+			(*sets)[link] = map[T]bool{}
+			for _, x := range xs {
+				(*sets)[link][x] = true
+			}
+		}
+	}
+	return xs, err
+}
+
+// held says whether the kernel holds x on link (dumped once); a failed
+// dump is kept in d.err.
+func held[T comparable](d *dryRun, x T, link string, sets *map[string]map[T]bool, dump func(string) ([]T, error)) bool {
+	if (*sets)[link] == nil {
+		if _, err := dumpOnce(dump, link, sets); err != nil {
+			d.err = err
+			return true
+		}
+	}
+	return (*sets)[link][x]
 }

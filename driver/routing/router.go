@@ -572,32 +572,40 @@ func (r *Router) install(ctx context.Context, w *netWatch, plan Plan) (changed b
 // tables): what was deleted by hand comes back, what was added goes. A
 // network without a plan yet keeps whatever is in its pool until its first.
 func (r *Router) Repair() error {
+	var errs []string
+	r.eachPlan(func(w *netWatch, plan *Plan) {
+		err := Apply(r.k, w.n, *plan)
+		w.applied = plan
+		if err != nil {
+			w.applied = nil
+			errs = append(errs, err.Error())
+		}
+	})
+	if len(errs) > 0 {
+		return fmt.Errorf("peer entries: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// eachPlan calls fn for every network that has a plan, in the network's
+// turn (w.turn held: no update of its entries runs meanwhile).
+func (r *Router) eachPlan(fn func(w *netWatch, plan *Plan)) {
 	r.mu.Lock()
 	ws := make([]*netWatch, 0, len(r.nets))
 	for _, w := range r.nets {
 		ws = append(ws, w)
 	}
 	r.mu.Unlock()
-	var errs []string
 	for _, w := range ws {
 		w.turn.Lock()
 		r.mu.Lock()
 		plan, live := w.plan, r.nets[w.n.ID] == w
 		r.mu.Unlock()
 		if plan != nil && live {
-			err := Apply(r.k, w.n, *plan)
-			w.applied = plan
-			if err != nil {
-				w.applied = nil
-				errs = append(errs, err.Error())
-			}
+			fn(w, plan)
 		}
 		w.turn.Unlock()
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("peer entries: %s", strings.Join(errs, "; "))
-	}
-	return nil
 }
 
 // Plan is the network's last plan.

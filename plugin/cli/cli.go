@@ -83,46 +83,26 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tartan %s: %v\n", args[0], err)
 		return 1
 	}
-	c := client{socket: sock}
+	out := output{c: client{socket: sock}, w: stdout, json: *asJSON}
+	get := http.MethodGet
 	switch args[0] {
 	case "status":
-		var s plugin.HostStatus
-		if err = c.get(plugin.StatusPath, &s); err == nil {
-			err = show(stdout, *asJSON, s, printStatus)
-		}
+		_, err = query(out, get, plugin.StatusPath, printStatus)
 	case "hosts":
-		var hs []kv.HostReport
-		if err = c.get(plugin.HostsPath, &hs); err == nil {
-			err = show(stdout, *asJSON, hs, printHosts)
-		}
+		_, err = query(out, get, plugin.HostsPath, printHosts)
 	case "networks":
-		var ps []kv.PoolReport
-		if err = c.get(plugin.NetworksPath, &ps); err == nil {
-			err = show(stdout, *asJSON, ps, printPools)
-		}
+		_, err = query(out, get, plugin.NetworksPath, printPools)
 	case "addresses":
-		var as []plugin.AddressReport
-		if err = c.get(plugin.AddressesPath+"?pool="+url.QueryEscape(positional[0]), &as); err == nil {
-			err = show(stdout, *asJSON, as, printAddresses)
-		}
+		_, err = query(out, get, plugin.AddressesPath+"?pool="+url.QueryEscape(positional[0]), printAddresses)
 	case "gc":
 		if *yes {
-			var got ipam.Collected
-			if err = c.do(http.MethodPost, plugin.GCPath, &got); err == nil {
-				err = show(stdout, *asJSON, got, printCollected)
-			}
-			break
-		}
-		var plan plugin.GCPlan
-		if err = c.get(plugin.GCPath, &plan); err == nil {
-			err = show(stdout, *asJSON, plan, printGCPlan)
+			_, err = query(out, http.MethodPost, plugin.GCPath, printCollected)
+		} else {
+			_, err = query(out, get, plugin.GCPath, printGCPlan)
 		}
 	case "doctor":
 		var fs []plugin.Finding
-		if err = c.get(plugin.DoctorPath, &fs); err == nil {
-			err = show(stdout, *asJSON, fs, printFindings)
-		}
-		if err == nil && len(fs) > 0 {
+		if fs, err = query(out, get, plugin.DoctorPath, printFindings); err == nil && len(fs) > 0 {
 			return 1
 		}
 	}
@@ -158,8 +138,6 @@ func findSocket(given string) (string, error) {
 
 type client struct{ socket string }
 
-func (c client) get(path string, v any) error { return c.do(http.MethodGet, path, v) }
-
 func (c client) do(method, path string, v any) error {
 	hc := http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -193,6 +171,22 @@ func (c client) do(method, path string, v any) error {
 		return fmt.Errorf("the plugin's answer is not what this binary reads (%w): use the tartan binary of the plugin's version", err)
 	}
 	return nil
+}
+
+// output is where a command's answer goes, and how.
+type output struct {
+	c    client
+	w    io.Writer
+	json bool
+}
+
+// query asks the plugin and prints its answer: as JSON, or with human.
+func query[T any](o output, method, path string, human func(io.Writer, T)) (T, error) {
+	var v T
+	if err := o.c.do(method, path, &v); err != nil {
+		return v, err
+	}
+	return v, show(o.w, o.json, v, human)
 }
 
 func show[T any](w io.Writer, asJSON bool, v T, human func(io.Writer, T)) error {
