@@ -212,7 +212,7 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 	}
 	for _, o := range orphans {
 		out = append(out, Finding{What: fmt.Sprintf("address %s of pool %s is this host's in the store, but no endpoint here has it (since %s)", o.IP, o.Pool, o.Created.UTC().Format(time.RFC3339)),
-			Fix: "the collection that runs every LEASE_TTL (at least every minute) releases it"})
+			Fix: "tartan gc --yes releases it now; the automatic collection does every LEASE_TTL"})
 	}
 	hosts, err := kv.Census(ctx, a.Cluster, a.Now(), a.LeaseTTL, nil)
 	if err != nil {
@@ -228,7 +228,7 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 		}
 		what := fmt.Sprintf("host %s (%s) lapsed: last renewal %s, more than LEASE_TTL (%s) ago; it still holds blocks %s",
 			hr.ID, or(hr.Address, "no host record"), hr.Renewed.UTC().Format(time.RFC3339), a.LeaseTTL, strings.Join(blocks, " "))
-		out = append(out, Finding{What: what, Fix: fmt.Sprintf("if the host is gone for good, its blocks and addresses are collected %d lease lifetimes after its last renewal; if it is alive, check its plugin and its path to the store", ipam.GoneAfter)})
+		out = append(out, Finding{What: what, Fix: fmt.Sprintf("if the host is gone for good, its blocks and addresses are collected %d lease lifetimes after its last renewal (tartan gc --yes then, rather than at the next pass); if it is alive, check its plugin and its path to the store", ipam.GoneAfter)})
 	}
 	return out, nil
 }
