@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -69,11 +70,23 @@ func TestConsulOutage(t *testing.T) {
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox")
 	c := testbed.NewCluster(t, "out", 1500)
 	for i := 0; i < 2; i++ {
-		c.AddHost(t, "RESYNC=2s")
+		c.AddHost(t, "RESYNC=2s", "METRICS=127.0.0.1:9323")
 	}
 	h1, h2 := c.Hosts[0], c.Hosts[1]
 	n := span(t, c, "out", "10.68.0.0/16")
 	ip2 := n.startAcross(c, "o1", "o2")
+	// METRICS: the requests, the store calls, the resyncs, the peers.
+	before := scrape(t, h1)
+	for _, want := range []string{`tartan_requests_total{call="/NetworkDriver.CreateNetwork",code="200"}`, `tartan_request_seconds_bucket{call="/IpamDriver.RequestAddress"`,
+		`tartan_store_requests_total{op="txn",result="ok"}`, `tartan_store_request_seconds_bucket{op="get"`, "tartan_resyncs_total{result=\"ok\"}",
+		"tartan_lease_renewals_total", `tartan_network_peer_routes{backend="vxlan"`, `tartan_network_endpoints{backend="vxlan"`} {
+		if !strings.Contains(before, want) {
+			t.Fatalf("METRICS lacks %s:\n%s", want, before)
+		}
+	}
+	if v := metric(t, before, `tartan_network_peer_routes{backend="vxlan"`); v != 1 {
+		t.Fatalf("tartan_network_peer_routes = %v, want 1 (host 2's block)", v)
+	}
 
 	leakIP, err := n.run(h1, "leak1")
 	if err != nil {
@@ -103,6 +116,10 @@ func TestConsulOutage(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 
+	// The outage shows in the store error counter.
+	if v := metricSum(t, scrape(t, h1), "tartan_store_requests_total{", `result="unavailable"`); v < 1 {
+		t.Fatalf("tartan_store_requests_total{result=unavailable} = %v after an outage", v)
+	}
 	if err := c.Consul.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
@@ -150,4 +167,46 @@ func TestConsulServerLoss(t *testing.T) {
 	if err := n.reach(h1, "a1", ip2); err != nil {
 		t.Fatalf("lost an existing container: %v", err)
 	}
+}
+
+// scrape reads a host's plugin metrics (METRICS=127.0.0.1:9323) from inside
+// its namespace.
+func scrape(t *testing.T, h *testbed.Host) string {
+	t.Helper()
+	var out string
+	testbed.Eventually(t, 10*time.Second, "the plugin serves /metrics on 127.0.0.1:9323", func() (err error) {
+		out, err = h.Exec("curl", "-sf", "-m", "5", "http://127.0.0.1:9323/metrics")
+		return err
+	})
+	return out
+}
+
+// metric is the value of the first series whose line starts with prefix.
+func metric(t *testing.T, scraped, prefix string) float64 {
+	t.Helper()
+	for _, l := range strings.Split(scraped, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			f := strings.Fields(l)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", l, err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("no series %s in:\n%s", prefix, scraped)
+	return 0
+}
+
+// metricSum adds up the series whose lines start with prefix and hold
+// label.
+func metricSum(t *testing.T, scraped, prefix, label string) float64 {
+	t.Helper()
+	var sum float64
+	for _, l := range strings.Split(scraped, "\n") {
+		if strings.HasPrefix(l, prefix) && strings.Contains(l, label) {
+			sum += metric(t, l, l[:strings.Index(l, "}")+1])
+		}
+	}
+	return sum
 }

@@ -77,6 +77,11 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 			cluster = local
 		}
 	}
+	var metrics *Metrics
+	if serr == nil && s.Metrics != "" {
+		metrics = NewMetrics()
+		cluster = kv.Observed(cluster, metrics.Store)
+	}
 	fw, err := firewall.New()
 	if err != nil {
 		return err
@@ -103,8 +108,17 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "state": s.StateDir, "version": Version, "firewall": fw.Flavour()}).Info("tartan serving")
 	go warnEngine(ctx, s.DockerSocket, entry)
 	outbox := NewOutbox(local, im, drv, entry.WithField("part", "outbox"))
-	go background(ctx, drv, im, outbox, cluster, host, s, entry)
+	go background(ctx, drv, im, outbox, cluster, host, s, metrics, entry)
+	if metrics != nil {
+		metrics.Networks(drv)
+		go func() {
+			if err := metrics.Serve(ctx, s.Metrics); err != nil {
+				entry.Errorf("METRICS=%s: %v (metrics are off; the plugin serves on)", s.Metrics, err)
+			}
+		}()
+	}
 	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
+	h.SetMetrics(metrics)
 	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now})
 	return serve(ctx, socket, h)
 }
@@ -147,9 +161,12 @@ func dockerAPI(s Settings) (*clusternet.API, error) {
 
 // background does the work that must never hold up a request: the first
 // full reconcile, then periodic ones, host registration and lease renewal.
-func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, cluster kv.Store, host string, s Settings, log logrus.FieldLogger) {
+func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, cluster kv.Store, host string, s Settings, metrics *Metrics, log logrus.FieldLogger) {
 	doReconcile := func() {
-		if err := drv.Reconcile(ctx); err != nil {
+		start := time.Now()
+		err := drv.Reconcile(ctx)
+		metrics.Resync(time.Since(start), err)
+		if err != nil {
 			log.Warnf("reconcile: %v", err)
 		}
 		// Releases queued while the store was unreachable, every resync
@@ -168,12 +185,15 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 	doRenew := func() {
 		c, cancel := context.WithTimeout(ctx, RequestTimeout)
 		defer cancel()
-		if err := reg.Register(c); err != nil {
-			log.Warnf("host registration: %v", err)
+		rerr := reg.Register(c)
+		if rerr != nil {
+			log.Warnf("host registration: %v", rerr)
 		}
-		if err := im.RenewLeases(c); err != nil {
-			log.Warnf("lease renewal: %v", err)
+		lerr := im.RenewLeases(c)
+		if lerr != nil {
+			log.Warnf("lease renewal: %v", lerr)
 		}
+		metrics.Renewal(errors.Join(rerr, lerr))
 	}
 	doCollect := func() {
 		c, cancel := context.WithTimeout(ctx, time.Minute)

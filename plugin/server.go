@@ -62,7 +62,12 @@ type Handler struct {
 	// broken, when set, is returned for every request: the settings were
 	// wrong, and this is how the person running docker sees why.
 	broken error
+	// metrics, when set, counts and times the requests (METRICS).
+	metrics *Metrics
 }
+
+// SetMetrics makes the handler count and time its requests.
+func (h *Handler) SetMetrics(m *Metrics) { h.metrics = m }
 
 // NewHandler builds the mux. With broken set, every call but Activate
 // returns that error.
@@ -259,13 +264,16 @@ func handle[Req any](h *Handler, path string, fn func(context.Context, *Req) (an
 		defer cancel()
 		start := time.Now()
 		resp, err := fn(ctx, req)
-		log := h.log.WithFields(logrus.Fields{"call": path, "took": time.Since(start).Round(time.Microsecond)})
+		took := time.Since(start)
+		log := h.log.WithFields(logrus.Fields{"call": path, "took": took.Round(time.Microsecond)})
 		if err != nil {
 			status := Status(err)
+			h.metrics.Request(path, status, took)
 			log.WithField("status", status).Warn(err)
 			reply(w, status, errorBody{Err: "tartan: " + err.Error()})
 			return
 		}
+		h.metrics.Request(path, http.StatusOK, took)
 		log.Debug("ok")
 		if resp == nil {
 			resp = struct{}{}

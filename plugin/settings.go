@@ -33,6 +33,8 @@ type Settings struct {
 	// DockerSocket is the Docker API inside the plugin (config.json mounts
 	// the host's socket there), for cluster-wide networks.
 	DockerSocket string
+	// Metrics is the address Prometheus metrics are served on ("": off).
+	Metrics string
 }
 
 // defaults are the settings' values when unset. ParseSettings starts from
@@ -119,6 +121,14 @@ func ParseSettings(env func(string) string) (Settings, error) {
 			return s, fmt.Errorf("AUTO_POOL=%s: use an IPv4 CIDR such as 10.240.0.0/12", v)
 		}
 		s.AutoPool = p
+	}
+	if v := strings.TrimSpace(env("METRICS")); v != "" {
+		host, port, err := net.SplitHostPort(v)
+		n, perr := strconv.Atoi(port)
+		if err != nil || perr != nil || n < 1 || n > 65535 || (host != "" && net.ParseIP(host) == nil) {
+			return s, fmt.Errorf("METRICS=%s: use an address and TCP port to serve /metrics on, such as 127.0.0.1:9323 or :9323 (the plugin runs in the host's network namespace), or leave it empty", v)
+		}
+		s.Metrics = v
 	}
 	if v := strings.TrimSpace(env("AUTO_POOL_SIZE")); v != "" {
 		n, err := strconv.Atoi(strings.TrimPrefix(v, "/"))
