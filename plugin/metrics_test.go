@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -78,6 +81,38 @@ func TestMetricsSetting(t *testing.T) {
 		}
 		if err != nil && !strings.Contains(err.Error(), "127.0.0.1:9323") {
 			t.Errorf("METRICS=%s: the error does not show the fix: %v", v, err)
+		}
+	}
+}
+
+// Every tartan metric contrib/grafana-tartan.json plots is one the plugin
+// exports.
+func TestDashboardNamesExist(t *testing.T) {
+	m := NewMetrics()
+	descs := make(chan *prometheus.Desc, 64)
+	for _, c := range []prometheus.Collector{m.requests, m.requestSeconds, m.storeCalls, m.storeSeconds, m.resyncSeconds, m.resyncs, m.renewals, newNetworkCollector(nil)} {
+		c.Describe(descs)
+	}
+	close(descs)
+	exported := map[string]bool{}
+	fq := regexp.MustCompile(`fqName: "([^"]+)"`)
+	for d := range descs {
+		if mm := fq.FindStringSubmatch(d.String()); mm != nil {
+			exported[mm[1]] = true
+		}
+	}
+	dash, err := os.ReadFile("../contrib/grafana-tartan.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := regexp.MustCompile(`tartan_[a-z_]+`).FindAllString(string(dash), -1)
+	if len(used) < 5 {
+		t.Fatalf("the dashboard plots %d tartan metrics", len(used))
+	}
+	for _, name := range used {
+		base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
+		if !exported[base] {
+			t.Errorf("the dashboard plots %s, which the plugin does not export (it exports %v)", name, exported)
 		}
 	}
 }
