@@ -229,10 +229,15 @@ func TestSwarmGlobalScope(t *testing.T) {
 	// kernel has no IPVS, so VIP traffic itself is not tested here).
 	mgr.MustDocker(t, "service", "create", "--detach", "--no-resolve-image", "--name", "vip", "--network", "gnet",
 		"--replicas", "1", "tbox", "sleep", "36000")
-	vip := strings.Split(mgr.MustDocker(t, "service", "inspect", "-f", "{{range .Endpoint.VirtualIPs}}{{.Addr}}{{end}}", "vip"), "/")[0]
-	if !strings.HasPrefix(vip, "10.87.") {
-		t.Fatalf("VIP %q is not from the pool", vip)
-	}
+	// (--detach: the manager may not have allocated the VIP yet.)
+	var vip string
+	testbed.Eventually(t, 20*time.Second, "the service's VIP comes from the pool", func() error {
+		vip = strings.Split(mgr.MustDocker(t, "service", "inspect", "-f", "{{range .Endpoint.VirtualIPs}}{{.Addr}}{{end}}", "vip"), "/")[0]
+		if !strings.HasPrefix(vip, "10.87.") {
+			return fmt.Errorf("VIP %q is not from the pool", vip)
+		}
+		return nil
+	})
 	if a := storeAddrs(t, c, "10.87.0.0/16"); a[vip] != "endpoint" {
 		t.Fatalf("VIP %s is not in the store: %v", vip, a)
 	}
