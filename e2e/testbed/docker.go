@@ -211,6 +211,7 @@ func (h *Host) stop(t testing.TB) {
 		_, _ = h.Docker(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
 	}
 	h.halt()
+	killShims(h.ExecRoot)
 	unmountUnder(h.Dir)
 	unmountUnder(h.ExecRoot)
 	cleanDir(h.Dir)
@@ -512,4 +513,25 @@ func (h *Host) KillPlugin(t testing.TB) {
 		_, err := h.PluginCall("/Plugin.Activate", "{}")
 		return err
 	})
+}
+
+// killShims kills the containerd shims of a daemon that is gone (the
+// plugin's among them: docker ps does not list it), found by the containerd
+// address under its exec root; they outlive a killed daemon.
+func killShims(execRoot string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") ||
+			!strings.Contains(string(b), "\x00-address\x00"+execRoot+"/") {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }
