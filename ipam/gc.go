@@ -202,7 +202,7 @@ func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) err
 		if a.Kind != kv.KindEndpoint {
 			return nil
 		}
-		if a.Host == m.cfg.Host && local != nil && g.now.Sub(a.Created) > OrphanAfter {
+		if local != nil && m.orphanAge(a, g.now) {
 			own = append(own, candidate{a.IP, ver})
 		} else if g.gone(a.Host) {
 			if err := m.deleteAddress(ctx, g.cidr, a.IP, ver); err != nil {
@@ -307,6 +307,12 @@ func (g *poolGC) fail(err error) {
 	}
 }
 
+// orphanAge says whether an address record is this host's and old enough
+// for the sweep to take it for an orphan when no endpoint has it.
+func (m *IPAM) orphanAge(a kv.Address, now time.Time) bool {
+	return a.Host == m.cfg.Host && now.Sub(a.Created) > OrphanAfter
+}
+
 // Orphans lists, changing nothing, the address records that the next sweep
 // of CollectGone would take for this host's orphans: endpoint addresses of
 // this host older than OrphanAfter that no endpoint of the host has.
@@ -315,7 +321,7 @@ func (m *IPAM) Orphans(ctx context.Context, local Holding) ([]kv.Address, error)
 	var out []kv.Address
 	for pool, held := range local() {
 		if _, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(pool), func(_ string, _ uint64, a kv.Address) error {
-			if a.Host == m.cfg.Host && a.Kind == kv.KindEndpoint && now.Sub(a.Created) > OrphanAfter && !held[a.IP] {
+			if a.Kind == kv.KindEndpoint && m.orphanAge(a, now) && !held[a.IP] {
 				out = append(out, a)
 			}
 			return nil
