@@ -389,9 +389,7 @@ func (h *Host) Tartan(t testing.TB, args ...string) string {
 // TartanRC is Tartan that returns the exit status and standard error.
 func (h *Host) TartanRC(t testing.TB, args ...string) (stdout string, rc int, stderr string) {
 	t.Helper()
-	id := h.PluginID(t)
-	// Docker puts plugin sockets here whatever its --exec-root.
-	sock := filepath.Join("/run/docker/plugins", id, "tartan.sock")
+	sock := pluginSocket(h.PluginID(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(h.Dir, "build", "tartan"), append(args, "--socket", sock)...)
@@ -416,8 +414,7 @@ func (h *Host) PluginCall(path, body string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	// Docker puts plugin sockets here whatever its --exec-root.
-	sock := filepath.Join("/run/docker/plugins", ids, "tartan.sock")
+	sock := pluginSocket(ids)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return Run(ctx, "curl", "-sS", "--unix-socket", sock, "-w", "\n%{http_code}", "-X", "POST", "-d", body, "http://plugin"+path)
@@ -535,3 +532,7 @@ func killShims(execRoot string) {
 		}
 	}
 }
+
+// pluginSocket is the plugin's socket: Docker puts plugin sockets there
+// whatever its --exec-root.
+func pluginSocket(id string) string { return filepath.Join("/run/docker/plugins", id, "tartan.sock") }
