@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -182,7 +183,7 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 		t.Fatalf("nat rules:\n%s", nat)
 	}
 	// Published ports: DNAT plus a forward accept, withdrawn on revoke.
-	pm := []backend.Port{{Proto: "tcp", Port: 8080, HostPort: 18080}}
+	pm := []driver.PortRequest{{Proto: "tcp", Port: 8080, HostPort: 18080}}
 	if err := b.drv.PublishPorts(b.ctx, "01aaaaaaaaaaaa", pm); err != nil {
 		t.Fatal(err)
 	}
@@ -210,6 +211,34 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	}
 	if err := b.drv.Leave(b.ctx, "01aaaaaaaaaaaa"); err != nil {
 		t.Fatalf("a second leave: %v", err)
+	}
+	// -P: a free port of the ephemeral range, the same one on a replay,
+	// shown in the endpoint's operational info.
+	anyPort := []driver.PortRequest{{Proto: "tcp", Port: 8080}}
+	portOf := func() string {
+		info, err := b.drv.EndpointInfo(b.ctx, "01aaaaaaaaaaaa")
+		_, hp, ok := strings.Cut(info["tartan.ports"], "8080/tcp -> 0.0.0.0:")
+		if err != nil || !ok || hp == "" {
+			t.Fatalf("oper info after -P: %v %v", info, err)
+		}
+		return hp
+	}
+	if err := b.drv.PublishPorts(b.ctx, "01aaaaaaaaaaaa", anyPort); err != nil {
+		t.Fatal(err)
+	}
+	chosen := portOf()
+	lo, hi, err := kernel.EphemeralPorts()
+	if n, _ := strconv.Atoi(chosen); err != nil || n < lo || n > hi {
+		t.Fatalf("-P chose %s, outside the ephemeral range %d-%d (%v)", chosen, lo, hi, err)
+	}
+	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport "+chosen+" -j DNAT --to-destination 10.244.0.2:8080") {
+		t.Fatalf("dnat rules after -P:\n%s", out)
+	}
+	if err := b.drv.PublishPorts(b.ctx, "01aaaaaaaaaaaa", anyPort); err != nil || portOf() != chosen {
+		t.Fatalf("a replayed -P moved the port from %s (%v)", chosen, err)
+	}
+	if err := b.drv.WithdrawPorts(b.ctx, "01aaaaaaaaaaaa"); err != nil {
+		t.Fatal(err)
 	}
 	info, err := b.drv.EndpointInfo(b.ctx, "01aaaaaaaaaaaa")
 	if err != nil || info["tartan.backend"] != "vxlan" || info["tartan.host"] != "h1" || info["tartan.vni"] != "256" {
@@ -314,7 +343,7 @@ func TestPublishedPortConflicts(t *testing.T) {
 		}
 	}
 	publish := func(ep string, proto int, hostIP string, hostPort int) error {
-		return b.drv.PublishPorts(b.ctx, ep, []backend.Port{{Proto: map[int]string{6: "tcp", 17: "udp"}[proto], Port: 80, HostIP: hostIP, HostPort: hostPort}})
+		return b.drv.PublishPorts(b.ctx, ep, []driver.PortRequest{{Proto: map[int]string{6: "tcp", 17: "udp"}[proto], Port: 80, HostIP: hostIP, HostPort: hostPort}})
 	}
 	if err := publish("0aaaaaaaaaaaaa", 6, "", 18090); err != nil {
 		t.Fatal(err)
@@ -486,7 +515,7 @@ func TestMacvlan(t *testing.T) {
 	if !pings("", "10.99.0.11") {
 		t.Fatal("the host does not reach its container through the shim")
 	}
-	if err := b.drv.PublishPorts(b.ctx, "11dddddddddddd", []backend.Port{{Proto: "tcp", Port: 80, HostPort: 8080}}); err == nil || !strings.Contains(err.Error(), "reachable at its own address 10.99.0.11") {
+	if err := b.drv.PublishPorts(b.ctx, "11dddddddddddd", []driver.PortRequest{{Proto: "tcp", Port: 80, HostPort: 8080}}); err == nil || !strings.Contains(err.Error(), "reachable at its own address 10.99.0.11") {
 		t.Fatalf("-p on macvlan: %v", err)
 	}
 	if nat := sh(t, "iptables-save -t nat"); strings.Contains(nat, "10.99.0.0") {

@@ -203,6 +203,9 @@ func (d *Driver) EndpointInfo(_ context.Context, id string) (map[string]string, 
 	for k, x := range d.backendOf(n).Info(n, e) {
 		v[k] = x
 	}
+	if len(e.Ports) > 0 {
+		v["tartan.ports"] = PortsText(e.Ports)
+	}
 	if p, ok := d.routes.Plan(n.ID); ok && len(p.Problems) > 0 {
 		v["tartan.problems"] = strings.Join(p.Problems, "; ")
 	}

@@ -5,8 +5,10 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/backend"
@@ -20,7 +22,8 @@ type published = backend.Port
 
 // PublishPorts publishes the endpoint's ports (docker run -p: libnetwork's
 // ProgramExternalConnectivity).
-func (d *Driver) PublishPorts(ctx context.Context, endpointID string, ports []backend.Port) error {
+// Requests with no fixed host port get a free one (choosePorts).
+func (d *Driver) PublishPorts(ctx context.Context, endpointID string, ports []PortRequest) error {
 	return d.setPorts(ctx, endpointID, ports)
 }
 
@@ -30,10 +33,10 @@ func (d *Driver) WithdrawPorts(ctx context.Context, endpointID string) error {
 	return d.setPorts(ctx, endpointID, nil)
 }
 
-// setPorts makes ports the endpoint's published ports. d.portsMu orders
-// changes of ports (a port checked free stays free until it is taken);
-// d.mu is held only to read and change the records.
-func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []published) error {
+// setPorts makes the ports asked for the endpoint's published ports.
+// d.portsMu orders changes of ports (a port checked free stays free until
+// it is taken); d.mu is held only to read and change the records.
+func (d *Driver) setPorts(ctx context.Context, endpointID string, asked []PortRequest) error {
 	d.portsMu.Lock()
 	defer d.portsMu.Unlock()
 	d.mu.Lock()
@@ -46,27 +49,32 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []publis
 	}
 	d.mu.Unlock()
 	if !ok {
-		if len(ports) == 0 {
+		if len(asked) == 0 {
 			return nil
 		}
 		return errdefs.Invalid("endpoint %s is not known to tartan on this host", shortID(endpointID))
 	}
 	if n.Internal {
-		ports = nil // Docker's internal networks publish nothing either
+		asked = nil // Docker's internal networks publish nothing either
 	}
-	if len(ports) > 0 {
+	if len(asked) > 0 {
 		if err := d.backendOf(n).PublishRefused(n, e); err != nil {
 			return err
 		}
 	}
+	alive := func(o localEndpoint) bool {
+		on := networks[o.Network]
+		return busy[o.ID] || d.backendOf(on).Live(on, o)
+	}
 	prev := e.Ports
+	ports, err := d.choosePorts(e.ID, asked, prev, endpoints, networks, alive)
+	if err != nil {
+		return err
+	}
 	if slices.Equal(prev, ports) {
 		return nil // Docker revokes on every stop: nothing to rewrite
 	}
-	dead := deadHolders(e.ID, ports, endpoints, networks, func(o localEndpoint) bool {
-		on := networks[o.Network]
-		return busy[o.ID] || d.backendOf(on).Live(on, o)
-	})
+	dead := deadHolders(e.ID, ports, endpoints, networks, alive)
 	if err := checkPorts(e.ID, ports, prev, endpoints, dead); err != nil {
 		return err
 	}
@@ -110,6 +118,94 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, ports []publis
 		d.log.WithFields(logrus.Fields{"endpoint": shortID(e.ID), "ports": ports}).Info("ports published")
 	}
 	return nil
+}
+
+// choosePorts turns the requests into ports. A fixed host port is taken as
+// asked (checkPorts refuses it if it is not free). A request for any port
+// of a range (-P, -p 80, -p 8000-8010:80) keeps the port the endpoint has
+// for it already, since Docker replays ProgramExternalConnectivity after a
+// restart; else it gets the first free port from a random point of its
+// range: not one this request names, not one a live endpoint of this host
+// publishes, not one a host socket holds. The host's sockets are read only
+// when a port has to be found.
+func (d *Driver) choosePorts(id string, asked []PortRequest, prev []published, endpoints map[string]localEndpoint, networks map[string]localNetwork, alive func(localEndpoint) bool) ([]published, error) {
+	var socks []kernel.Socket
+	var sockErr error
+	read := false
+	free := func(p published) bool {
+		for oid, o := range endpoints {
+			if _, known := networks[o.Network]; oid == id || !known || !alive(o) {
+				continue
+			}
+			if slices.ContainsFunc(o.Ports, func(q published) bool { return samePort(p, q) }) {
+				return false
+			}
+		}
+		if !read {
+			socks, sockErr = kernel.ListeningSockets()
+			read = true
+		}
+		return sockErr == nil && listenerConflict([]published{p}, socks) == nil
+	}
+	out, err := pickPorts(asked, prev, free, kernel.EphemeralPorts, rand.IntN)
+	if sockErr != nil {
+		return nil, fmt.Errorf("check the host's ports before publishing: %w", sockErr)
+	}
+	return out, err
+}
+
+// pickPorts is choosePorts' rule: free says whether a host port is free of
+// other endpoints and host sockets, ephemeral reads the host's ephemeral
+// range, and start picks where a search begins in a range of n ports.
+func pickPorts(asked []PortRequest, prev []published, free func(published) bool, ephemeral func() (int, int, error), start func(n int) int) ([]published, error) {
+	out := make([]published, 0, len(asked))
+	var named []published // the fixed ports: a chosen one must not take them
+	for _, r := range asked {
+		if r.fixed() {
+			named = append(named, published{Proto: r.Proto, HostIP: r.HostIP, HostPort: r.HostPort, Port: r.Port})
+		}
+	}
+	taken := func(p published) bool {
+		same := func(q published) bool { return samePort(p, q) }
+		return slices.ContainsFunc(named, same) || slices.ContainsFunc(out, same)
+	}
+	for _, r := range asked {
+		p := published{Proto: r.Proto, HostIP: r.HostIP, HostPort: r.HostPort, Port: r.Port}
+		if r.fixed() {
+			out = append(out, p)
+			continue
+		}
+		lo, hi := r.HostPort, r.HostPortEnd
+		if lo == 0 {
+			var err error
+			if lo, hi, err = ephemeral(); err != nil {
+				return nil, fmt.Errorf("publish %d/%s on any free host port: %w", r.Port, r.Proto, err)
+			}
+		}
+		if i := slices.IndexFunc(prev, func(q published) bool {
+			return q.Proto == p.Proto && q.HostIP == p.HostIP && q.Port == p.Port && q.HostPort >= lo && q.HostPort <= hi && !taken(q)
+		}); i >= 0 {
+			out = append(out, prev[i])
+			continue
+		}
+		n, first := hi-lo+1, 0
+		if n > 1 {
+			first = start(n)
+		}
+		found := false
+		for i := range n {
+			p.HostPort = lo + (first+i)%n
+			if !taken(p) && free(p) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return nil, errdefs.InUse("no free host port in %d-%d for %d/%s: every one is published or in use on this host; widen the range or free a port", lo, hi, r.Port, r.Proto)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // portRules lists the endpoints' published ports in a fixed order (endpoint
@@ -256,4 +352,14 @@ func hostPort(p published) string {
 		return fmt.Sprintf("%d/%s", p.HostPort, p.Proto)
 	}
 	return fmt.Sprintf("%s:%d/%s", p.HostIP, p.HostPort, p.Proto)
+}
+
+// PortsText says where an endpoint's ports are published as docker port
+// says it: "80/tcp -> 0.0.0.0:32768, 53/udp -> 10.0.0.1:5353".
+func PortsText(ports []backend.Port) string {
+	var out []string
+	for _, p := range ports {
+		out = append(out, fmt.Sprintf("%d/%s -> %s:%d", p.Port, p.Proto, cmp.Or(p.HostIP, "0.0.0.0"), p.HostPort))
+	}
+	return strings.Join(out, ", ")
 }

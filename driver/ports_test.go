@@ -160,3 +160,47 @@ func TestDeadHolders(t *testing.T) {
 		t.Fatalf("withdraw: now %v, held %v", eps["gone"].Ports, held["gone"].Ports)
 	}
 }
+
+// TestPickPorts: a fixed port is taken as asked; -P and ranges get a free
+// port, keep the one they have on a replay, never take one a fixed request
+// of the same call or a busy port names, and fail plainly when none is free.
+func TestPickPorts(t *testing.T) {
+	eph := func() (int, int, error) { return 40000, 40003, nil }
+	busy := map[int]bool{40001: true}
+	free := func(p published) bool { return !busy[p.HostPort] }
+	from := func(i int) func(int) int { return func(int) int { return i } }
+	got, err := pickPorts([]PortRequest{
+		{Proto: "tcp", Port: 80},
+		{Proto: "tcp", Port: 81, HostPort: 40002, HostPortEnd: 40002},
+		{Proto: "udp", Port: 53, HostPort: 9000, HostPortEnd: 9010},
+	}, nil, free, eph, from(1))
+	want := []published{{Proto: "tcp", HostPort: 40003, Port: 80}, {Proto: "tcp", HostPort: 40002, Port: 81}, {Proto: "udp", HostPort: 9001, Port: 53}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("got %v %v, want %v", got, err, want)
+	}
+	// A replay keeps the ports chosen before, wherever a search would start.
+	again, err := pickPorts([]PortRequest{{Proto: "tcp", Port: 80}, {Proto: "udp", Port: 53, HostPort: 9000, HostPortEnd: 9010}}, got, free, eph, from(0))
+	if err != nil || !slices.Equal(again, []published{got[0], got[2]}) {
+		t.Fatalf("replay: %v %v, want %v", again, err, []published{got[0], got[2]})
+	}
+	// A port kept from before that is now outside the range asked is not kept.
+	moved, err := pickPorts([]PortRequest{{Proto: "udp", Port: 53, HostPort: 7000, HostPortEnd: 7000}}, got, free, eph, from(0))
+	if err != nil || !slices.Equal(moved, []published{{Proto: "udp", HostPort: 7000, Port: 53}}) {
+		t.Fatalf("fixed after a range: %v %v", moved, err)
+	}
+	// Two requests for any port get two ports.
+	two, err := pickPorts([]PortRequest{{Proto: "tcp", Port: 80}, {Proto: "tcp", Port: 81}}, nil, free, eph, from(0))
+	if err != nil || len(two) != 2 || two[0].HostPort == two[1].HostPort || busy[two[0].HostPort] || busy[two[1].HostPort] {
+		t.Fatalf("two any ports: %v %v", two, err)
+	}
+	// None free: a clear error.
+	busy = map[int]bool{40000: true, 40001: true, 40002: true, 40003: true}
+	if _, err := pickPorts([]PortRequest{{Proto: "tcp", Port: 80}}, nil, free, eph, from(0)); !errors.Is(err, errdefs.ErrInUse) || !strings.Contains(err.Error(), "no free host port in 40000-40003 for 80/tcp") {
+		t.Fatalf("none free: %v", err)
+	}
+	// The ephemeral range unreadable: said, not guessed.
+	bad := func() (int, int, error) { return 0, 0, errors.New("no proc") }
+	if _, err := pickPorts([]PortRequest{{Proto: "tcp", Port: 80}}, nil, free, bad, from(0)); err == nil || !strings.Contains(err.Error(), "no proc") {
+		t.Fatalf("no range: %v", err)
+	}
+}

@@ -34,3 +34,18 @@ type EndpointRequest struct {
 	Addr       netip.Prefix // the address IPAM gave, with the pool's length
 	MAC        string       // "": the driver picks one
 }
+
+// PortRequest is one port docker run -p or -P asks to publish. HostPort 0
+// asks for any free port of the host's ephemeral range (-P, -p 80); a
+// HostPortEnd above HostPort for any free port of HostPort-HostPortEnd
+// (-p 8000-8010:80). HostIP "" publishes on every address of the host.
+type PortRequest struct {
+	Proto       string
+	HostIP      string
+	Port        int
+	HostPort    int
+	HostPortEnd int
+}
+
+// fixed says whether the request names one host port.
+func (r PortRequest) fixed() bool { return r.HostPort != 0 && r.HostPortEnd <= r.HostPort }

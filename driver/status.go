@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 
+	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/kernel"
 )
 
@@ -82,6 +83,29 @@ func (d *Driver) EndpointsByAddress() map[string]map[string]string {
 			out[n.Pool] = map[string]string{}
 		}
 		out[n.Pool][e.IP] = e.ID
+	}
+	return out
+}
+
+// PublishedPorts is one endpoint's published ports (tartan ports).
+type PublishedPorts struct {
+	Endpoint string         `json:"endpoint"`
+	Network  string         `json:"network"`
+	IP       string         `json:"ip"`
+	Ports    []backend.Port `json:"ports"`
+}
+
+// PublishedPorts lists this host's endpoints that publish ports, in
+// endpoint ID order: docker port cannot show what a remote driver chose for
+// -P (Docker reads a driver's port map only from its built-in drivers).
+func (d *Driver) PublishedPorts() []PublishedPorts {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := []PublishedPorts{}
+	for _, id := range slices.Sorted(maps.Keys(d.st.endpoints)) {
+		if e := d.st.endpoints[id]; len(e.Ports) > 0 {
+			out = append(out, PublishedPorts{Endpoint: e.ID, Network: e.Network, IP: e.IP, Ports: slices.Clone(e.Ports)})
+		}
 	}
 	return out
 }

@@ -181,6 +181,23 @@ func TestMultiHost(t *testing.T) {
 		t.Fatalf("tartan addresses 10.61.0.0/16 on host 1 (containers %v, host 1's has its endpoint): %+v", ips["mvx"], addrs)
 	}
 	t.Logf("tartan networks:\n%s\ntartan addresses 10.61.0.0/16:\n%s", c.Hosts[0].Tartan(t, "networks"), c.Hosts[0].Tartan(t, "addresses", "10.61.0.0/16"))
+	// -p 8080 on host 1: tartan picks a free port; host 2 reaches it on host
+	// 1's address.
+	c.Hosts[0].MustDocker(t, "run", "-d", "--name", "mpub", "--network", "mgw", "-p", "8080", "tbox",
+		"sh", "-c", "mkdir -p /www && echo hello-ephemeral > /www/i && httpd -f -p 8080 -h /www")
+	pubIP := c.Hosts[0].MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "mpub")
+	hp := publishedPorts(t, c.Hosts[0], pubIP)["8080/tcp"]
+	if hp == 0 {
+		t.Fatalf("-p 8080 on host 1 published nothing:\n%s", c.Hosts[0].Tartan(t, "ports"))
+	}
+	testbed.Eventually(t, 15*time.Second, fmt.Sprintf("host 2 reaches host 1's -p 8080 on %s:%d", c.Addr[0], hp), func() error {
+		out, err := c.Hosts[1].Exec("curl", "-s", "-m", "2", fmt.Sprintf("http://%s:%d/i", c.Addr[0], hp))
+		if err != nil || strings.TrimSpace(out) != "hello-ephemeral" {
+			return fmt.Errorf("%q %v", out, err)
+		}
+		return nil
+	})
+	c.Hosts[0].MustDocker(t, "rm", "-f", "mpub")
 	doctorDrift(t, c)
 
 	// Removing a network on one host disturbs nobody else.

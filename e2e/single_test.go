@@ -3,11 +3,13 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/e2e/testbed"
 )
 
@@ -81,9 +83,35 @@ func TestSingleHostEmbedded(t *testing.T) {
 		}
 		return nil
 	})
-	out, err := s.Docker("run", "--rm", "--network", "net-vxlan", "-p", "8080", "tbox", "true")
-	mustFail(t, out, err, "use -p HOSTPORT:8080")
-	s.MustDocker(t, "rm", "-f", "pub")
+	// -p 8080 and -P: a free host port of the ephemeral range, as Docker's
+	// bridge picks one; tartan ports says which (docker port cannot: Docker
+	// reads a driver's port map only from its built-in drivers).
+	s.MustDocker(t, "run", "-d", "--name", "pub-any", "--network", "net-vxlan", "-p", "8080", "--expose", "9090", "-P", "tbox",
+		"sh", "-c", "mkdir -p /www && echo hello-any > /www/i && httpd -p 9090 -h /www && httpd -f -p 8080 -h /www")
+	anyIP := s.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "pub-any")
+	chosen := publishedPorts(t, s.Host, anyIP)
+	if len(chosen) != 2 || chosen["8080/tcp"] == 0 || chosen["9090/tcp"] == 0 || chosen["8080/tcp"] == chosen["9090/tcp"] {
+		t.Fatalf("-p 8080 -P --expose 9090: published %v", chosen)
+	}
+	for port, hp := range chosen {
+		testbed.Eventually(t, 15*time.Second, fmt.Sprintf("%s published on host port %d answers from outside", port, hp), func() error {
+			out, err := s.outside.Exec("curl", "-s", "-m", "2", fmt.Sprintf("http://10.99.1.2:%d/i", hp))
+			if err != nil || strings.TrimSpace(out) != "hello-any" {
+				return fmt.Errorf("%q %v", out, err)
+			}
+			return nil
+		})
+	}
+	t.Logf("tartan ports:\n%s", s.Tartan(t, "ports"))
+	// A range takes a free port of the range; a range with none free is refused.
+	s.MustDocker(t, "run", "-d", "--name", "pub-range", "--network", "net-vxlan", "-p", "18080-18081:8080", "tbox", "sleep", "600")
+	rangeIP := s.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "pub-range")
+	if got := publishedPorts(t, s.Host, rangeIP); got["8080/tcp"] != 18081 {
+		t.Fatalf("-p 18080-18081:8080 with 18080 taken: published %v, want 8080/tcp on 18081", got)
+	}
+	out, err := s.Docker("run", "--rm", "--network", "net-vxlan", "-p", "18080-18081:8080", "tbox", "true")
+	mustFail(t, out, err, "no free host port in 18080-18081 for 8080/tcp")
+	s.MustDocker(t, "rm", "-f", "pub", "pub-any", "pub-range")
 
 	// Everything removed: nothing left in the kernel.
 	s.MustDocker(t, "rm", "-f", "srv-vxlan", "srv-host-gw", "srv-internal", "srv-auto")
@@ -95,4 +123,24 @@ func TestSingleHostEmbedded(t *testing.T) {
 			t.Fatalf("firewall rules left in %s after all networks were removed:\n%s", table, out)
 		}
 	}
+}
+
+// publishedPorts reads tartan ports --json on h: the host port of each
+// "port/proto" the endpoint with address ip publishes.
+func publishedPorts(t *testing.T, h *testbed.Host, ip string) map[string]int {
+	t.Helper()
+	var ps []driver.PublishedPorts
+	if err := json.Unmarshal([]byte(h.Tartan(t, "ports", "--json")), &ps); err != nil {
+		t.Fatalf("tartan ports --json: %v", err)
+	}
+	out := map[string]int{}
+	for _, p := range ps {
+		if p.IP != ip {
+			continue
+		}
+		for _, port := range p.Ports {
+			out[fmt.Sprintf("%d/%s", port.Port, port.Proto)] = port.HostPort
+		}
+	}
+	return out
 }

@@ -26,7 +26,8 @@ const (
 	DoctorPath    = "/tartan/v1/doctor"
 	NetworksPath  = "/tartan/v1/networks"
 	AddressesPath = "/tartan/v1/addresses" // ?pool=CIDR
-	GCPath        = "/tartan/v1/gc"        // GET: what a collection would remove; POST: collect now
+	PortsPath     = "/tartan/v1/ports"
+	GCPath        = "/tartan/v1/gc" // GET: what a collection would remove; POST: collect now
 )
 
 // GCPlan is what the next collection would remove (tartan gc).
@@ -99,6 +100,12 @@ func (h *Handler) ServeAdmin(a Admin) {
 	})
 	h.admin("GET "+AddressesPath, true, func(ctx context.Context, r *http.Request) (any, error) {
 		return h.addresses(ctx, a, r.URL.Query().Get("pool"))
+	})
+	h.admin("GET "+PortsPath, false, func(context.Context, *http.Request) (any, error) {
+		if h.drv == nil {
+			return []driver.PublishedPorts{}, nil
+		}
+		return h.drv.PublishedPorts(), nil
 	})
 	h.admin("GET "+GCPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
 		return h.gcPlan(ctx, a)

@@ -115,7 +115,7 @@ const (
 	routeConnected = 1
 )
 
-// Docker's key for backend.Port ports in ProgramExternalConnectivity.
+// Docker's key for published ports in ProgramExternalConnectivity.
 const dockerPortMap = "com.docker.network.portmap"
 
 // portBinding is libnetwork's types.PortBinding as it travels in JSON.
@@ -130,40 +130,42 @@ type portBinding struct {
 
 var protocols = map[int]string{6: "tcp", 17: "udp", 132: "sctp"}
 
-// parsePorts reads the port map Docker sends for docker run -p.
-func parsePorts(opts map[string]any) ([]backend.Port, error) {
+// parsePorts reads the port map Docker sends for docker run -p and -P. A
+// binding with no host port (-P, -p 80) or a host port range
+// (-p 8000-8010:80) leaves the choice of the port to the driver.
+func parsePorts(opts map[string]any) ([]driver.PortRequest, error) {
 	raw, ok := opts[dockerPortMap]
 	if !ok || raw == nil {
 		return nil, nil
 	}
 	b, err := json.Marshal(raw)
 	if err != nil {
-		return nil, errdefs.Invalid("backend.Port ports have an unexpected form: %v", err)
+		return nil, errdefs.Invalid("published ports have an unexpected form: %v", err)
 	}
 	var bindings []portBinding
 	if err := json.Unmarshal(b, &bindings); err != nil {
-		return nil, errdefs.Invalid("backend.Port ports have an unexpected form: %v", err)
+		return nil, errdefs.Invalid("published ports have an unexpected form: %v", err)
 	}
-	var out []backend.Port
+	var out []driver.PortRequest
 	for _, pb := range bindings {
 		proto, ok := protocols[pb.Proto]
 		if !ok {
-			return nil, errdefs.Invalid("backend.Port port %d uses protocol %d: tartan publishes tcp, udp and sctp", pb.Port, pb.Proto)
+			return nil, errdefs.Invalid("published port %d uses protocol %d: tartan publishes tcp, udp and sctp", pb.Port, pb.Proto)
 		}
-		if pb.HostPort == 0 {
-			return nil, errdefs.Invalid("port %d/%s has no host port: tartan publishes explicit ports only, use -p HOSTPORT:%d", pb.Port, proto, pb.Port)
+		if pb.Port < 1 || pb.Port > 65535 || pb.HostPort < 0 || pb.HostPort > 65535 || pb.HostPortEnd < 0 || pb.HostPortEnd > 65535 {
+			return nil, errdefs.Invalid("published port %d:%d/%s is out of range (1-65535)", pb.HostPort, pb.Port, proto)
 		}
-		if pb.HostPortEnd != 0 && pb.HostPortEnd != pb.HostPort {
-			return nil, errdefs.Invalid("host port range %d-%d for %d/%s: tartan publishes single ports, use -p HOSTPORT:%d", pb.HostPort, pb.HostPortEnd, pb.Port, proto, pb.Port)
+		if pb.HostPortEnd != 0 && pb.HostPortEnd < pb.HostPort {
+			return nil, errdefs.Invalid("host port range %d-%d for %d/%s ends before it starts: give it as LOW-HIGH", pb.HostPort, pb.HostPortEnd, pb.Port, proto)
 		}
-		if pb.Port < 1 || pb.Port > 65535 || pb.HostPort < 1 || pb.HostPort > 65535 {
-			return nil, errdefs.Invalid("backend.Port port %d:%d/%s is out of range", pb.HostPort, pb.Port, proto)
+		if pb.HostPort == 0 && pb.HostPortEnd != 0 {
+			return nil, errdefs.Invalid("host port range 0-%d for %d/%s: give it as LOW-HIGH with LOW at least 1, or no host port for any free one", pb.HostPortEnd, pb.Port, proto)
 		}
-		p := backend.Port{Proto: proto, HostPort: pb.HostPort, Port: pb.Port}
+		p := driver.PortRequest{Proto: proto, Port: pb.Port, HostPort: pb.HostPort, HostPortEnd: max(pb.HostPortEnd, pb.HostPort)}
 		if pb.HostIP != "" {
 			ip, err := netip.ParseAddr(pb.HostIP)
 			if err != nil || !ip.Is4() {
-				return nil, errdefs.Invalid("host address %q of backend.Port port %d: use an IPv4 address of this host", pb.HostIP, pb.HostPort)
+				return nil, errdefs.Invalid("host address %q of published port %d/%s: use an IPv4 address of this host", pb.HostIP, pb.Port, proto)
 			}
 			if !ip.IsUnspecified() {
 				p.HostIP = ip.String()

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/docker/go-plugins-helpers/network"
+	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
@@ -20,20 +21,27 @@ func TestParsePorts(t *testing.T) {
 	got, err := parsePorts(pm(map[string]any{"Proto": 6, "IP": "10.244.0.2", "Port": 8080, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080},
 		map[string]any{"Proto": 17, "Port": 53, "HostIP": "0.0.0.0", "HostPort": 5353},
 		map[string]any{"Proto": 132, "Port": 9, "HostIP": "10.1.2.3", "HostPort": 9}))
-	want := []backend.Port{{Proto: "tcp", HostPort: 18080, Port: 8080}, {Proto: "udp", HostPort: 5353, Port: 53}, {Proto: "sctp", HostIP: "10.1.2.3", HostPort: 9, Port: 9}}
+	want := []driver.PortRequest{{Proto: "tcp", HostPort: 18080, HostPortEnd: 18080, Port: 8080}, {Proto: "udp", HostPort: 5353, HostPortEnd: 5353, Port: 53}, {Proto: "sctp", HostIP: "10.1.2.3", HostPort: 9, HostPortEnd: 9, Port: 9}}
 	if err != nil || !slices.Equal(got, want) {
 		t.Fatalf("got %v %v, want %v", got, err, want)
 	}
 	if got, err := parsePorts(nil); got != nil || err != nil {
 		t.Fatalf("no port map: %v %v", got, err)
 	}
+	// -P and -p 80 send no host port, -p 8000-8010:80 a range: the driver picks.
+	got, err = parsePorts(pm(map[string]any{"Proto": 6, "Port": 80}, map[string]any{"Proto": 17, "Port": 53, "HostPort": 8000, "HostPortEnd": 8010}))
+	want = []driver.PortRequest{{Proto: "tcp", Port: 80}, {Proto: "udp", Port: 53, HostPort: 8000, HostPortEnd: 8010}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("any port: got %v %v, want %v", got, err, want)
+	}
 	for _, c := range []struct {
 		opts map[string]any
 		want string
 	}{
-		{pm(map[string]any{"Proto": 6, "Port": 80}), "use -p HOSTPORT:80"},
+		{pm(map[string]any{"Proto": 6, "Port": 80, "HostPort": 90, "HostPortEnd": 80}), "ends before it starts"},
+		{pm(map[string]any{"Proto": 6, "Port": 80, "HostPortEnd": 80}), "LOW at least 1"},
+		{pm(map[string]any{"Proto": 6, "Port": 0, "HostPort": 80}), "out of range"},
 		{pm(map[string]any{"Proto": 1, "Port": 80, "HostPort": 80}), "tartan publishes tcp, udp and sctp"},
-		{pm(map[string]any{"Proto": 6, "Port": 80, "HostPort": 80, "HostPortEnd": 90}), "tartan publishes single ports"},
 		{pm(map[string]any{"Proto": 6, "Port": 80, "HostPort": 70000}), "out of range"},
 		{pm(map[string]any{"Proto": 6, "Port": 80, "HostPort": 80, "HostIP": "::1"}), "use an IPv4 address of this host"},
 		{map[string]any{dockerPortMap: "nonsense"}, "unexpected form"},

@@ -107,3 +107,26 @@ func parseHexAddrPort(s string, order binary.ByteOrder) (netip.Addr, int, bool) 
 	addr, _ := netip.AddrFromSlice(b)
 	return addr, int(port), true
 }
+
+// EphemeralPorts is the host's ephemeral port range
+// (net.ipv4.ip_local_port_range), where Docker's bridge takes the host
+// ports of -P and -p 80 too.
+func EphemeralPorts() (lo, hi int, err error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, fmt.Errorf("read the ephemeral port range: %w", err)
+	}
+	return parsePortRange(string(b))
+}
+
+func parsePortRange(s string) (lo, hi int, err error) {
+	f := strings.Fields(s)
+	if len(f) == 2 {
+		lo, err1 := strconv.Atoi(f[0])
+		hi, err2 := strconv.Atoi(f[1])
+		if err1 == nil && err2 == nil && lo >= 1 && lo <= hi && hi <= 65535 {
+			return lo, hi, nil
+		}
+	}
+	return 0, 0, fmt.Errorf("ephemeral port range %q is not two ports LOW HIGH", strings.TrimSpace(s))
+}

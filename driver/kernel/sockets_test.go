@@ -63,3 +63,17 @@ func TestListeningSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestParsePortRange(t *testing.T) {
+	if lo, hi, err := parsePortRange("32768\t60999\n"); lo != 32768 || hi != 60999 || err != nil {
+		t.Fatalf("%d %d %v", lo, hi, err)
+	}
+	for _, bad := range []string{"", "1", "9 8", "0 10", "1 70000", "a b"} {
+		if _, _, err := parsePortRange(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+	if lo, hi, err := EphemeralPorts(); err != nil || lo < 1 || hi < lo {
+		t.Fatalf("this host's range: %d %d %v", lo, hi, err)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/plugin"
@@ -33,6 +34,7 @@ var Commands = map[string]string{
 	"networks":  "every pool in the store with its network: backend, VNI, block size, blocks and addresses held",
 	"addresses": "a pool's addresses (tartan addresses 10.244.0.0/16): host, kind, MAC, and this host's endpoint that has it",
 	"doctor":    "what is wrong on this host (kernel entries that differ from the plans, addresses no endpoint has, lapsed hosts), with the fix; exit status 1 if anything",
+	"ports":     "the ports this host's endpoints publish (docker run -p, -P), with the host port tartan chose for -P",
 	"gc":        "what the automatic collection would remove (this host's orphaned addresses, gone hosts' records); --yes removes it now",
 }
 
@@ -94,6 +96,8 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		_, err = query(out, get, plugin.NetworksPath, printPools)
 	case "addresses":
 		_, err = query(out, get, plugin.AddressesPath+"?pool="+url.QueryEscape(positional[0]), printAddresses)
+	case "ports":
+		_, err = query(out, get, plugin.PortsPath, printPorts)
 	case "gc":
 		if *yes {
 			_, err = query(out, http.MethodPost, plugin.GCPath, printCollected)
@@ -115,7 +119,7 @@ func Run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: tartan <command> [--json] [--socket PATH]")
-	for _, c := range []string{"status", "hosts", "networks", "addresses", "doctor", "gc"} {
+	for _, c := range []string{"status", "hosts", "networks", "addresses", "ports", "doctor", "gc"} {
 		fmt.Fprintf(w, "  %-9s %s\n", c, Commands[c])
 	}
 	fmt.Fprintln(w, "Run without a command, tartan is the plugin itself.")
@@ -317,6 +321,17 @@ func printAddresses(w io.Writer, as []plugin.AddressReport) {
 	fmt.Fprintln(w, "ADDRESS\tHOST\tKIND\tMAC\tCREATED\tENDPOINT HERE")
 	for _, a := range as {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", a.IP, a.Host, a.Kind, or(a.MAC, "-"), a.Created.UTC().Format(time.RFC3339), or(short(a.Endpoint), "-"))
+	}
+}
+
+func printPorts(w io.Writer, ps []driver.PublishedPorts) {
+	if len(ps) == 0 {
+		fmt.Fprintln(w, "no published port on this host")
+		return
+	}
+	fmt.Fprintln(w, "ENDPOINT\tNETWORK\tADDRESS\tPORTS")
+	for _, p := range ps {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", short(p.Endpoint), short(p.Network), p.IP, driver.PortsText(p.Ports))
 	}
 }
 

@@ -76,6 +76,12 @@ func TestStatusAndHosts(t *testing.T) {
 	if rc != 0 || !strings.Contains(out, "h1") || !strings.Contains(out, "no tartan networks on this host") {
 		t.Fatalf("status: rc %d\n%s", rc, out)
 	}
+	if rc, out, _ := run("ports", "--socket", sock); rc != 0 || !strings.Contains(out, "no published port on this host") {
+		t.Fatalf("ports with no endpoint: rc %d\n%s", rc, out)
+	}
+	if rc, out, _ := run("ports", "--socket", sock, "--json"); rc != 0 || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("ports --json with no endpoint: rc %d\n%s", rc, out)
+	}
 	rc, out, _ = run("hosts", "--socket", sock)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if rc != 0 || len(lines) != 3 || !strings.Contains(lines[1], "h1") || !strings.Contains(lines[1], "alive") || !strings.Contains(lines[1], "10.1.0.0/26") ||
