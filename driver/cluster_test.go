@@ -51,13 +51,13 @@ func TestExplicitVNIRaceKeepsWinnersClaim(t *testing.T) {
 	store := &racyStore{Store: mem, key: kv.NetworkPath(pool.String())}
 	b := testDriver("b", store)
 	store.before = func() { // a wins the network record while b is past its VNI claim
-		if _, _, err := testDriver("a", mem).clusterNetwork(ctx, pool, opts, false); err != nil {
+		if _, _, err := testDriver("a", mem).clusterNetwork(ctx, pool, netip.Prefix{}, opts, false); err != nil {
 			t.Errorf("a: %v", err)
 		}
 	}
 	// b claims VNI 100 first (created), then loses the record to a... but a
 	// finds b's claim and keeps it; whichever order, the claim must survive.
-	rec, _, err := b.clusterNetwork(ctx, pool, opts, false)
+	rec, _, err := b.clusterNetwork(ctx, pool, netip.Prefix{}, opts, false)
 	if err != nil || rec.VNI != 100 {
 		t.Fatalf("b: %+v %v", rec, err)
 	}
@@ -107,7 +107,7 @@ func TestUndoKeepsRecordOtherHostsMayUse(t *testing.T) {
 	if _, err := kv.PutJSON(ctx, mem, kv.PoolPath(pool.String()), poolRec, 0); err != nil {
 		t.Fatal(err)
 	}
-	rec, undo, err := testDriver("a", mem).clusterNetwork(ctx, pool, Options{Backend: vxlan.Name}, false)
+	rec, undo, err := testDriver("a", mem).clusterNetwork(ctx, pool, netip.Prefix{}, Options{Backend: vxlan.Name}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestUndoKeepsRecordOtherHostsMayUse(t *testing.T) {
 	if _, err := kv.Update(ctx, mem, kv.PoolPath(pool.String()), func(p *kv.Pool, _ bool) error { *p = poolRec; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	rec, undo, err = testDriver("a", mem).clusterNetwork(ctx, pool, Options{Backend: vxlan.Name}, false)
+	rec, undo, err = testDriver("a", mem).clusterNetwork(ctx, pool, netip.Prefix{}, Options{Backend: vxlan.Name}, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -226,7 +226,7 @@ func (d *Driver) Restore(ctx context.Context) error {
 // being created on it. Called with d.mu held.
 func (d *Driver) poolUserLocked(pool netip.Prefix) string {
 	for _, n := range d.st.networks {
-		if n.Pool == pool.String() {
+		if n.Pool == pool.String() || n.Pool6 == pool.String() {
 			return n.ID
 		}
 	}
@@ -295,14 +295,20 @@ func (d *Driver) Holding() map[string]map[string]bool {
 	out := map[string]map[string]bool{}
 	for _, n := range d.st.networks {
 		if n.Space == "" || n.Space == ipam.LocalSpace {
-			if out[n.Pool] == nil {
-				out[n.Pool] = map[string]bool{}
+			for _, p := range []string{n.Pool, n.Pool6} {
+				if p != "" && out[p] == nil {
+					out[p] = map[string]bool{}
+				}
 			}
 		}
 	}
 	for _, e := range d.st.endpoints {
-		if n, ok := d.st.networks[e.Network]; ok && out[n.Pool] != nil {
+		n, ok := d.st.networks[e.Network]
+		if ok && out[n.Pool] != nil {
 			out[n.Pool][e.IP] = true
+		}
+		if ok && e.IP6 != "" && out[n.Pool6] != nil {
+			out[n.Pool6][e.IP6] = true
 		}
 	}
 	return out
@@ -316,7 +322,8 @@ func (d *Driver) EndpointHas(pool netip.Prefix, ip netip.Addr) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, e := range d.st.endpoints {
-		if e.IP == ip.String() && d.st.networks[e.Network].Pool == pool.String() {
+		n := d.st.networks[e.Network]
+		if (e.IP == ip.String() && n.Pool == pool.String()) || (e.IP6 != "" && e.IP6 == ip.String() && n.Pool6 == pool.String()) {
 			return true
 		}
 	}

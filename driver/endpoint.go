@@ -29,8 +29,16 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r EndpointRequest) (picked 
 		d.mu.Unlock()
 		return "", errdefs.Invalid("network %s is not known to tartan on this host: remove it and create it again", shortID(r.NetworkID))
 	}
+	if r.Addr6.IsValid() && n.Pool6 == "" {
+		d.mu.Unlock()
+		return "", errdefs.Invalid("endpoint %s has IPv6 address %s but network %s has no IPv6 subnet: create the network with --ipv6", shortID(r.EndpointID), r.Addr6, shortID(n.ID))
+	}
+	ip6 := ""
+	if r.Addr6.IsValid() {
+		ip6 = r.Addr6.Addr().String()
+	}
 	mac := r.MAC
-	if e, ok := d.st.endpoints[r.EndpointID]; ok && e.IP == addr.Addr().String() {
+	if e, ok := d.st.endpoints[r.EndpointID]; ok && e.IP == addr.Addr().String() && e.IP6 == ip6 {
 		mac = e.MAC
 	} else if mac == "" {
 		mac = randomMAC()
@@ -46,7 +54,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r EndpointRequest) (picked 
 	}
 
 	b := d.backendOf(n)
-	e := localEndpoint{ID: r.EndpointID, Network: n.ID, IP: addr.Addr().String(), MAC: mac, HostIf: host, PeerIf: peer,
+	e := localEndpoint{ID: r.EndpointID, Network: n.ID, IP: addr.Addr().String(), IP6: ip6, MAC: mac, HostIf: host, PeerIf: peer,
 		Block: d.blockOf(ctx, n.Pool, addr.Addr())}
 	if err := b.EnsureEndpoint(n, e); err != nil {
 		_ = b.DeleteEndpoint(n, e)
@@ -59,7 +67,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r EndpointRequest) (picked 
 	d.mu.Lock()
 	d.st.endpoints[e.ID] = e
 	d.mu.Unlock()
-	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "endpoint": shortID(e.ID), "ip": e.IP, "if": host}).Info("endpoint created")
+	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "endpoint": shortID(e.ID), "ip": e.IP, "ip6": e.IP6, "if": host}).Info("endpoint created")
 	return picked, nil
 }
 

@@ -107,6 +107,11 @@ func (d *Driver) firewallStateLocked() firewall.State {
 			st.Pools = append(st.Pools, p)
 			vxlan = vxlan || p.Device != ""
 		}
+		if ok && n.Pool6 != "" && !seen[n.Pool6] {
+			seen[n.Pool6] = true
+			p.Pool, p.NAT66 = n.Pool6Prefix(), n.NAT66
+			st.Pools = append(st.Pools, p)
+		}
 	}
 	if vxlan {
 		st.VXLANPort = d.cfg.VXLANPort

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,24 +32,33 @@ func (d *Driver) CreateNetwork(ctx context.Context, r NetworkRequest) error {
 	if err := d.checkStore(ctx, opts); err != nil {
 		return err
 	}
+	if opts.IPv6 != r.Pool6.IsValid() {
+		return errdefs.Invalid("--ipv6 needs an IPv6 --subnet from tartan's IPAM beside the IPv4 one, such as --subnet fd00:10::/64 (and an IPv6 subnet needs --ipv6)")
+	}
 	pool := r.Pool
 	d.netMu.Lock()
 	defer d.netMu.Unlock()
 	d.mu.Lock()
-	if n, ok := d.st.networks[r.ID]; ok && n.Pool == pool.String() {
+	if n, ok := d.st.networks[r.ID]; ok && n.Pool == pool.String() && n.Pool6Prefix() == r.Pool6 {
 		d.mu.Unlock()
 		return d.backendOf(n).Ensure(n) // a replay
 	}
-	if other := d.poolUserLocked(pool); other != "" {
-		d.mu.Unlock()
-		return errdefs.InUse("subnet %s is already used by tartan network %s on this host: use another --subnet", pool, shortID(other))
+	for _, p := range []netip.Prefix{pool, r.Pool6} {
+		if other := d.poolUserLocked(p); p.IsValid() && other != "" {
+			d.mu.Unlock()
+			return errdefs.InUse("subnet %s is already used by tartan network %s on this host: use another --subnet", p, shortID(other))
+		}
 	}
 	d.creating[pool.String()] = r.ID
+	if r.Pool6.IsValid() {
+		d.creating[r.Pool6.String()] = r.ID
+	}
 	others := d.networksLocked(r.ID)
 	d.mu.Unlock()
-	n, err := d.createNetwork(ctx, r.ID, pool, r.Space, opts, backend.CreateRequest{Options: opts, Gateway: r.Gateway, Others: others})
+	n, err := d.createNetwork(ctx, r, opts, backend.CreateRequest{Options: opts, Gateway: r.Gateway, Gateway6: r.Gateway6, Others: others})
 	d.mu.Lock()
 	delete(d.creating, pool.String())
+	delete(d.creating, r.Pool6.String())
 	if err == nil {
 		d.st.networks[n.ID] = n
 		d.startRoutingLocked(n)
@@ -66,19 +76,23 @@ func (d *Driver) CreateNetwork(ctx context.Context, r NetworkRequest) error {
 		d.undoNetwork(ctx, n, others, func(context.Context) {})
 		return err
 	}
-	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "pool": n.Pool, "backend": n.Backend, "vni": n.VNI, "mtu": n.MTU}).Info("network created")
+	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "pool": n.Pool, "pool6": n.Pool6, "backend": n.Backend, "vni": n.VNI, "mtu": n.MTU}).Info("network created")
 	return nil
 }
 
 // createNetwork writes the cluster record, has the backend make the
 // network and saves the local record; a failure takes back what it made.
 // Called with d.netMu held.
-func (d *Driver) createNetwork(ctx context.Context, id string, pool netip.Prefix, space string, opts backend.Options, req backend.CreateRequest) (localNetwork, error) {
-	rec, undoRecord, err := d.clusterNetwork(ctx, pool, opts, false)
+func (d *Driver) createNetwork(ctx context.Context, r NetworkRequest, opts backend.Options, req backend.CreateRequest) (localNetwork, error) {
+	rec, undoRecord, err := d.clusterNetwork(ctx, r.Pool, r.Pool6, opts, false)
 	if err != nil {
 		return localNetwork{}, err
 	}
-	n := localNetwork{ID: id, Pool: pool.String(), Backend: rec.Backend, VNI: rec.VNI, Space: space, Internal: opts.Internal, Direct: opts.DirectRouting}
+	n := localNetwork{ID: r.ID, Pool: r.Pool.String(), Backend: rec.Backend, VNI: rec.VNI, Space: r.Space, Internal: opts.Internal, Direct: opts.DirectRouting,
+		NAT66: opts.NAT66}
+	if r.Pool6.IsValid() {
+		n.Pool6 = r.Pool6.String()
+	}
 	b := d.backendOf(n)
 	if err := b.Create(ctx, &n, req); err != nil {
 		d.undoNetwork(ctx, n, req.Others, undoRecord)
@@ -175,22 +189,32 @@ func (d *Driver) removeNetwork(ctx context.Context, n localNetwork, others []loc
 // both); undo takes back a record this call made when the create fails on
 // this host, unless another host holds the pool and may use the record.
 // swarm says the caller is a swarm manager's AllocateNetwork.
-func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o backend.Options, swarm bool) (kv.PoolNetwork, func(context.Context), error) {
+// A dual-stack network's IPv6 pool gets a record of its own beside
+// (kv.PoolNetwork.IPv4Pool names the network's), so that its addresses are
+// handed out as the backend needs them.
+func (d *Driver) clusterNetwork(ctx context.Context, pool, pool6 netip.Prefix, o backend.Options, swarm bool) (kv.PoolNetwork, func(context.Context), error) {
 	undo := func(context.Context) {}
 	key := kv.NetworkPath(pool.String())
 	var rec kv.PoolNetwork
+	p6 := ""
+	if pool6.IsValid() {
+		p6 = pool6.String()
+	}
 	err := kv.Retry(ctx, func() error {
 		_, err := kv.GetJSON(ctx, d.cluster, key, &rec)
 		if err == nil {
 			if swarm {
 				rec.Swarm = true // Docker tells the manager nothing of --internal
 			}
-			return agrees(pool, rec, o)
+			if err := agrees(pool, rec, o); err != nil {
+				return err
+			}
+			return agrees6(pool, rec, p6)
 		}
 		if !errors.Is(err, kv.ErrNotFound) {
 			return fmt.Errorf("read network %s: %w", pool, err)
 		}
-		rec = kv.PoolNetwork{Pool: pool.String(), Backend: o.Backend, Internal: o.Internal, MTU: o.MTU, DirectRouting: o.DirectRouting,
+		rec = kv.PoolNetwork{Pool: pool.String(), Pool6: p6, Backend: o.Backend, Internal: o.Internal, MTU: o.MTU, DirectRouting: o.DirectRouting,
 			Swarm: swarm, Options: o.Raw, Created: time.Now().UTC()}
 		vniCreated := false
 		if d.backends[o.Backend].Describe().ClaimsVNI {
@@ -216,7 +240,57 @@ func (d *Driver) clusterNetwork(ctx context.Context, pool netip.Prefix, o backen
 		}
 		return kv.RetryOnConflict(fmt.Errorf("record network %s: %w", pool, err))
 	})
-	return rec, undo, err
+	if err != nil || p6 == "" {
+		return rec, undo, err
+	}
+	undo6, err := d.pool6Record(ctx, rec)
+	if err != nil {
+		undo(context.WithoutCancel(ctx))
+		return rec, func(context.Context) {}, err
+	}
+	return rec, func(ctx context.Context) { undo6(ctx); undo(ctx) }, nil
+}
+
+// pool6Record writes the record of a dual-stack network's IPv6 pool, or
+// checks that the one there is this network's. undo removes a record this
+// call wrote.
+func (d *Driver) pool6Record(ctx context.Context, rec kv.PoolNetwork) (undo func(context.Context), err error) {
+	undo = func(context.Context) {}
+	key := kv.NetworkPath(rec.Pool6)
+	err = kv.Retry(ctx, func() error {
+		var cur kv.PoolNetwork
+		if _, err := kv.GetJSON(ctx, d.cluster, key, &cur); err == nil {
+			if cur.IPv4Pool != rec.Pool {
+				return errdefs.InUse("IPv6 subnet %s belongs to another network in the cluster (%s): use another IPv6 --subnet", rec.Pool6, cmp.Or(cur.IPv4Pool, "an IPv4 subnet's own record"))
+			}
+			return nil
+		} else if !errors.Is(err, kv.ErrNotFound) {
+			return fmt.Errorf("read network %s: %w", rec.Pool6, err)
+		}
+		six := kv.PoolNetwork{Pool: rec.Pool6, IPv4Pool: rec.Pool, Backend: rec.Backend, Internal: rec.Internal, MTU: rec.MTU,
+			DirectRouting: rec.DirectRouting, Options: rec.Options, Created: rec.Created}
+		version, err := kv.PutJSON(ctx, d.cluster, key, six, 0)
+		if err == nil {
+			undo = func(ctx context.Context) { _ = d.cluster.Delete(ctx, key, version) }
+			return nil
+		}
+		return kv.RetryOnConflict(fmt.Errorf("record network %s: %w", rec.Pool6, err))
+	})
+	return undo, err
+}
+
+// agrees6 checks that this host gives a network the IPv6 pool the cluster
+// recorded for it (none, or the same).
+func agrees6(pool netip.Prefix, cur kv.PoolNetwork, pool6 string) error {
+	switch {
+	case cur.Pool6 == pool6:
+		return nil
+	case cur.Pool6 == "":
+		return errdefs.Invalid("subnet %s has no IPv6 subnet in the cluster: remove --ipv6 and the IPv6 --subnet, or use another --subnet", pool)
+	case pool6 == "":
+		return errdefs.Invalid("subnet %s is dual-stack in the cluster, with IPv6 subnet %s: add --ipv6 --subnet %s on every host", pool, cur.Pool6, cur.Pool6)
+	}
+	return errdefs.Invalid("subnet %s has IPv6 subnet %s in the cluster: use --subnet %s on every host", pool, cur.Pool6, cur.Pool6)
 }
 
 // dropRecord removes a network record this host wrote (at version) and the

@@ -25,6 +25,9 @@ const (
 	// OptStoreID is set by AllocateNetwork on the swarm manager (never by
 	// users): the identity of the manager's store, checked on every node.
 	OptStoreID = "tartan.store.id"
+	// OptNAT66 masquerades what leaves a routed network's IPv6 pool (off
+	// by default: IPv6 pools are usually routed as they are).
+	OptNAT66 = "tartan.nat66"
 )
 
 // Docker's own keys in a CreateNetwork request.
@@ -65,9 +68,7 @@ func (d *Driver) SkipsGateway(opts map[string]any) (bool, error) {
 func ParseOptions(opts map[string]any, backends []backend.Description) (Options, error) {
 	o := Options{Backend: DefaultBackend, Raw: map[string]string{}}
 	o.Internal = truthy(opts[dockerInternal])
-	if truthy(opts[dockerIPv6]) {
-		return o, errdefs.ErrNoIPv6
-	}
+	o.IPv6 = truthy(opts[dockerIPv6])
 	generic, err := genericOptions(opts[dockerGeneric])
 	if err != nil {
 		return o, err
@@ -108,6 +109,11 @@ func parseOption(o *Options, k, v string, chosen backend.Description, all []back
 		o.Cluster, err = boolOption(k, v)
 	case OptStoreID:
 		o.StoreID = v
+	case OptNAT66:
+		if !chosen.OwnGateway {
+			return true, errdefs.Invalid("-o %s is for routed networks (vxlan, host-gw): a %s network's containers sit on the segment, with no NAT", OptNAT66, chosen.Name)
+		}
+		o.NAT66, err = boolOption(k, v)
 	case OptMTU:
 		n, err := strconv.Atoi(v)
 		if err != nil || n < minMTU || n > maxMTU {
@@ -142,7 +148,7 @@ func findOption(b backend.Description, key string) (backend.Option, bool) {
 
 // knownOptions lists every -o option tartan takes.
 func knownOptions(all []backend.Description) []string {
-	out := []string{OptBackend, OptMTU, OptCluster}
+	out := []string{OptBackend, OptMTU, OptCluster, OptNAT66}
 	for _, b := range all {
 		for _, o := range b.Options {
 			out = append(out, o.Key)

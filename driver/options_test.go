@@ -44,7 +44,8 @@ func TestOptionErrors(t *testing.T) {
 		{optionsOf("tartan.backend", "macvlan", "tartan.hostaccess", "true", "macvlan_mode", "vepa"), "needs -o macvlan_mode=bridge"},
 		{optionsOf("tartan.backend", "macvlan", "tartan.vni", "3"), "vxlan backend only"},
 		{optionsOf("tartan.cluster", "maybe"), "-o tartan.cluster=maybe is not a boolean"},
-		{map[string]any{"com.docker.network.enable_ipv6": true}, "IPv6"},
+		{optionsOf("tartan.backend", "macvlan", "tartan.nat66", "true"), "-o tartan.nat66 is for routed networks"},
+		{optionsOf("tartan.nat66", "perhaps"), "-o tartan.nat66=perhaps is not a boolean"},
 	} {
 		_, err := parse(c.opts)
 		if err == nil || !strings.Contains(err.Error(), c.word) {
@@ -52,7 +53,7 @@ func TestOptionErrors(t *testing.T) {
 		}
 	}
 	o, err := parse(optionsOf("tartan.backend", "vxlan", "tartan.vni", "42", "tartan.directrouting", "true", "com.docker.network.driver.mtu", "1400", "com.docker.network.bridge.name", "ignored"))
-	if err != nil || o.VNI != 42 || !o.DirectRouting || o.MTU != 1400 {
+	if err != nil || o.VNI != 42 || !o.DirectRouting || o.MTU != 1400 || o.IPv6 {
 		t.Fatalf("%+v %v", o, err)
 	}
 }

@@ -223,6 +223,9 @@ func (d *Driver) pruneRoutes(checked checkResult, present map[string]bool) []err
 	for id, e := range d.st.endpoints {
 		if !checked.seen[id] {
 			fresh[netip.PrefixFrom(e.Addr(), 32)] = true
+			if e.IP6 != "" {
+				fresh[netip.PrefixFrom(e.Addr6(), 128)] = true
+			}
 		}
 	}
 	busy := map[string]bool{}
@@ -299,7 +302,7 @@ func owned(name string) bool {
 // this host. Called with d.mu held.
 func (d *Driver) inLocalPoolLocked(dst netip.Prefix) bool {
 	for _, n := range d.st.networks {
-		if routing.Inside(n.PoolPrefix(), dst) {
+		if routing.Inside(n.PoolPrefix(), dst) || (n.Pool6 != "" && routing.Inside(n.Pool6Prefix(), dst)) {
 			return true
 		}
 	}

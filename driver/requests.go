@@ -16,6 +16,10 @@ type NetworkRequest struct {
 	// Gateway is the gateway IPAM reserved (--gateway), with the pool's
 	// prefix length; invalid when there is none.
 	Gateway netip.Prefix
+	// Pool6 and Gateway6 are the IPv6 pool and gateway of a dual-stack
+	// network (--ipv6); invalid when it has none.
+	Pool6    netip.Prefix
+	Gateway6 netip.Prefix
 }
 
 // AllocateRequest is a swarm manager's AllocateNetwork request.
@@ -32,6 +36,7 @@ type EndpointRequest struct {
 	NetworkID  string
 	EndpointID string
 	Addr       netip.Prefix // the address IPAM gave, with the pool's length
+	Addr6      netip.Prefix // its IPv6 address on a dual-stack network, or invalid
 	MAC        string       // "": the driver picks one
 }
 

@@ -15,6 +15,7 @@ type NetworkStatus struct {
 	ID        string   `json:"id"`
 	Backend   string   `json:"backend"`
 	Pool      string   `json:"pool"`
+	Pool6     string   `json:"pool6,omitempty"`
 	VNI       int      `json:"vni,omitempty"`
 	MTU       int      `json:"mtu"`
 	Internal  bool     `json:"internal,omitempty"`
@@ -39,7 +40,7 @@ func (d *Driver) Status() []NetworkStatus {
 	out := make([]NetworkStatus, 0, len(nets))
 	for _, id := range slices.Sorted(maps.Keys(nets)) {
 		n := nets[id]
-		s := NetworkStatus{ID: n.ID, Backend: n.Backend, Pool: n.Pool, VNI: n.VNI, MTU: n.MTU, Internal: n.Internal, Device: n.Device, Parent: n.Parent}
+		s := NetworkStatus{ID: n.ID, Backend: n.Backend, Pool: n.Pool, Pool6: n.Pool6, VNI: n.VNI, MTU: n.MTU, Internal: n.Internal, Device: n.Device, Parent: n.Parent}
 		for _, e := range eps {
 			if e.Network == n.ID {
 				s.Endpoints++
@@ -83,6 +84,12 @@ func (d *Driver) EndpointsByAddress() map[string]map[string]string {
 			out[n.Pool] = map[string]string{}
 		}
 		out[n.Pool][e.IP] = e.ID
+		if e.IP6 != "" && n.Pool6 != "" {
+			if out[n.Pool6] == nil {
+				out[n.Pool6] = map[string]string{}
+			}
+			out[n.Pool6][e.IP6] = e.ID
+		}
 	}
 	return out
 }

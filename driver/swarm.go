@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"fmt"
+	"net/netip"
 
 	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/errdefs"
@@ -27,7 +28,10 @@ func (d *Driver) AllocateNetwork(ctx context.Context, r AllocateRequest) (map[st
 	if !r.Pool.IsValid() {
 		return out, nil // IPAM is not tartan's: CreateNetwork refuses it
 	}
-	rec, _, err := d.clusterNetwork(ctx, r.Pool, o, true)
+	if o.IPv6 {
+		return nil, errdefs.Invalid("swarm-scoped tartan networks are IPv4 only: remove --ipv6 (local-scope networks are dual-stack)")
+	}
+	rec, _, err := d.clusterNetwork(ctx, r.Pool, netip.Prefix{}, o, true)
 	if err != nil {
 		return nil, err
 	}

@@ -39,6 +39,3 @@ func classify(class error, format string, args []any) error {
 	err := fmt.Errorf(format, args...)
 	return &classified{msg: err.Error(), class: class, cause: errors.Unwrap(err)}
 }
-
-// ErrNoIPv6 refuses IPv6 networks, pools and endpoints.
-var ErrNoIPv6 = Invalid("IPv6 is not supported yet: create the network without --ipv6")

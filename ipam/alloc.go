@@ -15,29 +15,42 @@ type Layout struct {
 	BlockBits int
 }
 
-// MaxPoolBits is the longest pool prefix tartan accepts.
-const MaxPoolBits = 30
+// MaxPoolBits is the longest IPv4 pool prefix tartan accepts;
+// MaxPoolBits6 the longest IPv6 one.
+const (
+	MaxPoolBits  = 30
+	MaxPoolBits6 = 120
+)
 
-// ParsePool validates a pool CIDR: IPv4, written as its network address, no
-// longer than /30, clear of the ranges with a fixed meaning (CheckSpecial).
+// maxPoolBits is the longest pool prefix of p's family.
+func maxPoolBits(p netip.Prefix) int {
+	if p.Addr().Is4() {
+		return MaxPoolBits
+	}
+	return MaxPoolBits6
+}
+
+// ParsePool validates a pool CIDR: IPv4 or IPv6, written as its network
+// address, no longer than /30 (IPv6: /120), clear of the ranges with a
+// fixed meaning (CheckSpecial).
 func ParsePool(what, s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		return p, errdefs.Invalid("%s %q is not a CIDR: write it like 10.244.0.0/16", what, s)
+		return p, errdefs.Invalid("%s %q is not a CIDR: write it like 10.244.0.0/16 (IPv6: fd00:10::/64)", what, s)
 	}
-	if !p.Addr().Is4() {
-		return p, errdefs.Invalid("%s %s is not IPv4: tartan supports IPv4 pools only", what, s)
+	if p.Addr().Is4In6() {
+		return p, errdefs.Invalid("%s %s is an IPv4-mapped IPv6 prefix: write the IPv4 subnet itself", what, s)
 	}
 	if p.Masked() != p {
 		return p, errdefs.Invalid("%s %s has host bits set: use %s", what, s, p.Masked())
 	}
-	if p.Bits() > MaxPoolBits {
-		return p, errdefs.Invalid("%s %s is too small: use a /%d or larger", what, s, MaxPoolBits)
+	if p.Bits() > maxPoolBits(p) {
+		return p, errdefs.Invalid("%s %s is too small: use a /%d or larger", what, s, maxPoolBits(p))
 	}
 	return p, CheckSpecial(what, p)
 }
 
-// specialRange is an IPv4 range no pool may overlap, with the reason.
+// specialRange is a range no pool may overlap, with the reason.
 type specialRange struct {
 	prefix netip.Prefix
 	why    string
@@ -54,6 +67,9 @@ func specialRanges() []specialRange {
 		{netip.MustParsePrefix("169.254.0.0/16"), "link-local, where tartan puts its containers' gateways"},
 		{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
 		{netip.MustParsePrefix("240.0.0.0/4"), "reserved, with the broadcast address 255.255.255.255"},
+		{netip.MustParsePrefix("::/8"), "reserved: the unspecified and loopback addresses, IPv4-mapped addresses"},
+		{netip.MustParsePrefix("fe80::/10"), "link-local, where tartan puts its containers' IPv6 gateways"},
+		{netip.MustParsePrefix("ff00::/8"), "multicast"},
 	}
 }
 
@@ -62,6 +78,9 @@ func specialRanges() []specialRange {
 func CheckSpecial(what string, p netip.Prefix) error {
 	for _, r := range specialRanges() {
 		if p.Overlaps(r.prefix) {
+			if p.Addr().Is6() {
+				return errdefs.Invalid("%s %s overlaps %s (%s): pick a subnet outside it, such as a unique local one in fd00::/8", what, p, r.prefix, r.why)
+			}
 			return errdefs.Invalid("%s %s overlaps %s (%s): pick a subnet outside it, such as one in 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
 				what, p, r.prefix, r.why)
 		}
@@ -69,12 +88,16 @@ func CheckSpecial(what string, p netip.Prefix) error {
 	return nil
 }
 
-// DefaultBlockBits picks a block size for an allocation range: /26 for large
-// ranges, at least four blocks for small ones.
+// DefaultBlockBits picks a block size for an allocation range: /26 for
+// large IPv4 ranges (IPv6: /112), at least four blocks for small ones.
 func DefaultBlockBits(r netip.Prefix) int {
-	bits := max(26, r.Bits()+2)
-	if bits > MaxPoolBits {
-		bits = max(r.Bits(), MaxPoolBits)
+	least, most := 26, MaxPoolBits
+	if r.Addr().Is6() {
+		least, most = 112, MaxPoolBits6
+	}
+	bits := max(least, r.Bits()+2)
+	if bits > most {
+		bits = max(r.Bits(), most)
 	}
 	return bits
 }
@@ -91,22 +114,27 @@ func NewLayout(pool, rng netip.Prefix, blockBits int) (Layout, error) {
 	if blockBits == 0 {
 		blockBits = DefaultBlockBits(rng)
 	}
-	if blockBits < pool.Bits() || blockBits > 32 {
-		return Layout{}, errdefs.Invalid("tartan.blocksize=%d does not fit pool %s: use a prefix length from %d to 32", blockBits, pool, pool.Bits())
+	if top := pool.Addr().BitLen(); blockBits < pool.Bits() || blockBits > top {
+		opt := OptBlockSize
+		if top == 128 {
+			opt = OptBlockSize6
+		}
+		return Layout{}, errdefs.Invalid("%s=%d does not fit pool %s: use a prefix length from %d to %d", opt, blockBits, pool, pool.Bits(), top)
 	}
 	return Layout{Pool: pool, Range: rng, BlockBits: blockBits}, nil
 }
 
 // Usable says whether a can be handed out at all: inside the pool and not its
-// network or broadcast address.
+// network or broadcast address (IPv6: not its subnet-router anycast
+// address; it has no broadcast).
 func (l Layout) Usable(a netip.Addr) bool {
 	if !l.Pool.Contains(a) {
 		return false
 	}
-	if l.Pool.Bits() >= 31 {
+	if l.Pool.Bits() >= a.BitLen()-1 {
 		return true
 	}
-	return a != l.Pool.Addr() && a != lastAddr(l.Pool)
+	return a != l.Pool.Addr() && (a.Is6() || a != lastAddr(l.Pool))
 }
 
 // Allocatable says whether a can be chosen automatically (also in the range).
@@ -120,7 +148,7 @@ func (l Layout) BlockOf(a netip.Addr) netip.Prefix {
 
 // FirstUsable is the default gateway: the first usable address of the pool.
 func (l Layout) FirstUsable() netip.Addr {
-	if l.Pool.Bits() >= 31 {
+	if l.Pool.Bits() >= l.Pool.Addr().BitLen()-1 {
 		return l.Pool.Addr()
 	}
 	return l.Pool.Addr().Next()
@@ -133,13 +161,12 @@ func (l Layout) Blocks(fn func(netip.Prefix) bool) {
 		fn(l.BlockOf(l.Range.Addr()))
 		return
 	}
-	step := uint64(1) << (32 - l.BlockBits)
-	count := uint64(1) << (l.BlockBits - l.Range.Bits())
-	base := addrToUint(l.Range.Addr())
-	for i := uint64(0); i < count; i++ {
-		if !fn(netip.PrefixFrom(uintToAddr(uint32(base+i*step)), l.BlockBits)) {
+	for b := l.BlockOf(l.Range.Addr()); fn(b); {
+		next := lastAddr(b).Next()
+		if !next.IsValid() || !l.Range.Contains(next) {
 			return
 		}
+		b = netip.PrefixFrom(next, l.BlockBits)
 	}
 }
 
@@ -198,15 +225,17 @@ func (l Layout) Capacity() int {
 	return n
 }
 
+// lastAddr is the last address of p (its host bits all ones).
 func lastAddr(p netip.Prefix) netip.Addr {
-	return uintToAddr(uint32(addrToUint(p.Addr()) | (uint64(1)<<(32-p.Bits()) - 1)))
-}
-
-func addrToUint(a netip.Addr) uint64 {
-	b := a.As4()
-	return uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3])
-}
-
-func uintToAddr(u uint32) netip.Addr {
-	return netip.AddrFrom4([4]byte{byte(u >> 24), byte(u >> 16), byte(u >> 8), byte(u)})
+	a := p.Masked().Addr()
+	b := a.As16()
+	off := 128 - a.BitLen() // an IPv4 address sits in the last 4 bytes
+	for i := off + p.Bits(); i < 128; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	out := netip.AddrFrom16(b)
+	if a.Is4() {
+		return out.Unmap()
+	}
+	return out
 }

@@ -13,7 +13,8 @@ func TestDefaultBlockBits(t *testing.T) {
 	for _, c := range []struct {
 		pool string
 		want int
-	}{{"10.0.0.0/8", 26}, {"10.0.0.0/16", 26}, {"10.0.0.0/24", 26}, {"10.0.0.0/25", 27}, {"10.0.0.0/28", 30}, {"10.0.0.0/30", 30}} {
+	}{{"10.0.0.0/8", 26}, {"10.0.0.0/16", 26}, {"10.0.0.0/24", 26}, {"10.0.0.0/25", 27}, {"10.0.0.0/28", 30}, {"10.0.0.0/30", 30},
+		{"fd00::/48", 112}, {"fd00::/64", 112}, {"fd00::/112", 114}, {"fd00::/116", 118}, {"fd00::/119", 120}, {"fd00::/120", 120}} {
 		if got := DefaultBlockBits(netip.MustParsePrefix(c.pool)); got != c.want {
 			t.Errorf("%s: %d, want %d", c.pool, got, c.want)
 		}
@@ -45,7 +46,7 @@ func FuzzLayout(f *testing.F) {
 	f.Add(uint32(0xc0a80000), uint8(24), uint8(28), uint8(26), uint16(70))
 	f.Fuzz(func(t *testing.T, base uint32, bits, blockBits, rangeBits uint8, used uint16) {
 		bits = 8 + bits%23 // 8..30
-		pool := netip.PrefixFrom(uintToAddr(base), int(bits)).Masked()
+		pool := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(base >> 24), byte(base >> 16), byte(base >> 8), byte(base)}), int(bits)).Masked()
 		var rng netip.Prefix
 		if rangeBits != 0 {
 			rng = netip.PrefixFrom(pool.Addr(), int(bits)+int(rangeBits)%(31-int(bits))).Masked()
@@ -119,5 +120,55 @@ func TestParsePoolSpecialRanges(t *testing.T) {
 		if _, err := ParsePool("--subnet", ok); err != nil {
 			t.Errorf("%s: %v", ok, err)
 		}
+	}
+}
+
+// TestLayout6: IPv6 pools have blocks and addresses as IPv4 ones do, with
+// no broadcast address and the subnet-router anycast address left out.
+func TestLayout6(t *testing.T) {
+	l, err := NewLayout(netip.MustParsePrefix("fd00:10::/64"), netip.Prefix{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, ok := l.FreeBlock(map[netip.Prefix]bool{})
+	if !ok || b.String() != "fd00:10::/112" {
+		t.Fatalf("first block %s", b)
+	}
+	b2, ok := l.FreeBlock(map[netip.Prefix]bool{b: true})
+	if !ok || b2.String() != "fd00:10::1:0/112" {
+		t.Fatalf("second block %s", b2)
+	}
+	if l.Usable(netip.MustParseAddr("fd00:10::")) || !l.Usable(netip.MustParseAddr("fd00:10::ffff:ffff:ffff:ffff")) {
+		t.Fatal("IPv6: the anycast address is usable, or the last address is not")
+	}
+	if got, ok := l.FreeIn(b, map[netip.Addr]bool{netip.MustParseAddr("fd00:10::1"): true}); !ok || got.String() != "fd00:10::2" {
+		t.Fatalf("FreeIn: %s", got)
+	}
+	if l.FirstUsable().String() != "fd00:10::1" {
+		t.Fatalf("first usable %s", l.FirstUsable())
+	}
+	// The last block of a range ends the walk.
+	small, err := NewLayout(netip.MustParsePrefix("fd00:10::/116"), netip.Prefix{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	small.Blocks(func(p netip.Prefix) bool { blocks = append(blocks, p.String()); return true })
+	if strings.Join(blocks, " ") != "fd00:10::/118 fd00:10::400/118 fd00:10::800/118 fd00:10::c00/118" {
+		t.Fatalf("blocks of a /116: %v", blocks)
+	}
+	if lastAddr(netip.MustParsePrefix("10.1.0.0/16")).String() != "10.1.255.255" || lastAddr(netip.MustParsePrefix("fd00::/120")).String() != "fd00::ff" {
+		t.Fatal("lastAddr")
+	}
+	for _, c := range []struct{ pool, want string }{
+		{"fe80::/64", "link-local"}, {"ff02::/64", "multicast"}, {"::/0", "reserved"}, {"::ffff:10.0.0.0/104", "IPv4-mapped"},
+		{"fd00::/121", "too small"}, {"fd00::1/64", "host bits"},
+	} {
+		if _, err := ParsePool("--subnet", c.pool); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.pool, err, c.want)
+		}
+	}
+	if _, err := NewLayout(netip.MustParsePrefix("fd00::/64"), netip.Prefix{}, 26); err == nil || !strings.Contains(err.Error(), "tartan.blocksize6=26") {
+		t.Fatalf("a /26 block in an IPv6 pool: %v", err)
 	}
 }

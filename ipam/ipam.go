@@ -27,7 +27,8 @@ const (
 
 // Option and Docker option names the IPAM driver reads.
 const (
-	OptBlockSize    = "tartan.blocksize"
+	OptBlockSize    = "tartan.blocksize"  // IPv4 pools
+	OptBlockSize6   = "tartan.blocksize6" // IPv6 pools
 	OptRequestType  = "RequestAddressType"
 	OptMACAddress   = "com.docker.network.endpoint.macaddress"
 	GatewayType     = "com.docker.network.gateway"
@@ -117,25 +118,29 @@ type PoolRequest struct {
 
 // RequestPool registers (or joins) a pool and returns its ID.
 func (m *IPAM) RequestPool(ctx context.Context, r PoolRequest) (PoolID, error) {
-	if r.V6 {
-		return PoolID{}, errdefs.ErrNoIPv6
-	}
 	if r.Space != LocalSpace && r.Space != GlobalSpace {
 		return PoolID{}, errdefs.Invalid("address space %q is not tartan's: use %s or %s", r.Space, LocalSpace, GlobalSpace)
 	}
+	// Docker sends the network's --ipam-opt to both of a dual-stack
+	// network's pool requests: each family reads its own block size.
 	blockBits := 0
 	for k, v := range r.Options {
 		switch {
-		case k == OptBlockSize:
+		case k == OptBlockSize || k == OptBlockSize6:
 			n, err := strconv.Atoi(strings.TrimPrefix(v, "/"))
 			if err != nil {
-				return PoolID{}, errdefs.Invalid("--ipam-opt %s=%q is not a prefix length: use a number such as 26", OptBlockSize, v)
+				return PoolID{}, errdefs.Invalid("--ipam-opt %s=%q is not a prefix length: use a number such as %s", k, v, map[string]string{OptBlockSize: "26", OptBlockSize6: "112"}[k])
 			}
-			blockBits = n
+			if (k == OptBlockSize6) == r.V6 {
+				blockBits = n
+			}
 		case strings.HasPrefix(k, dockerOptPrefix):
 		default:
-			return PoolID{}, errdefs.Invalid("unknown --ipam-opt %q: tartan's IPAM knows %s", k, OptBlockSize)
+			return PoolID{}, errdefs.Invalid("unknown --ipam-opt %q: tartan's IPAM knows %s and %s", k, OptBlockSize, OptBlockSize6)
 		}
+	}
+	if r.V6 {
+		return m.requestPool6(ctx, r, blockBits)
 	}
 	auto, bits, err := m.automatic(r.Pool)
 	if err != nil {
@@ -147,9 +152,21 @@ func (m *IPAM) RequestPool(ctx context.Context, r PoolRequest) (PoolID, error) {
 		}
 		return m.autoPool(ctx, r.Space, blockBits, bits)
 	}
+	return m.givenPool(ctx, r, blockBits)
+}
+
+// givenPool registers (or joins) the --subnet of a pool request, of the
+// request's family.
+func (m *IPAM) givenPool(ctx context.Context, r PoolRequest, blockBits int) (PoolID, error) {
 	pool, err := ParsePool("--subnet", r.Pool)
 	if err != nil {
 		return PoolID{}, err
+	}
+	switch {
+	case r.V6 && pool.Addr().Is4():
+		return PoolID{}, errdefs.Invalid("--subnet %s was given as the network's IPv6 subnet: give an IPv6 one, such as fd00:10::/64", pool)
+	case !r.V6 && pool.Addr().Is6():
+		return PoolID{}, errdefs.Invalid("--subnet %s is IPv6: add --ipv6 to docker network create, beside an IPv4 --subnet", pool)
 	}
 	var rng netip.Prefix
 	if r.SubPool != "" {
@@ -165,6 +182,16 @@ func (m *IPAM) RequestPool(ctx context.Context, r PoolRequest) (PoolID, error) {
 		return PoolID{}, err
 	}
 	return PoolID{Space: r.Space, CIDR: pool}, nil
+}
+
+// requestPool6 registers (or joins) an IPv6 pool: always a --subnet of the
+// user's (there is no automatic IPv6 range), with blocks leased per host
+// as in IPv4 pools.
+func (m *IPAM) requestPool6(ctx context.Context, r PoolRequest, blockBits int) (PoolID, error) {
+	if p, err := netip.ParsePrefix(r.Pool); r.Pool == "" || (err == nil && p.Addr().IsUnspecified()) {
+		return PoolID{}, errdefs.Invalid("--ipv6 needs an IPv6 --subnet of yours, such as fd00:10::/64 (tartan has no automatic IPv6 pools): add a second --subnet")
+	}
+	return m.givenPool(ctx, r, blockBits)
 }
 
 // automatic says whether a pool request asks for an automatic pool, and of
@@ -603,14 +630,14 @@ type AddressRequest struct {
 
 // RequestAddress hands out an address, as the prefix Docker gives the
 // container: the gateway and addresses on bridged (macvlan) networks carry the
-// pool's mask, addresses on routed networks are /32 so that containers send
-// everything through their host.
+// pool's mask, addresses on routed networks are /32 (IPv6: /128) so that
+// containers send everything through their host.
 func (m *IPAM) RequestAddress(ctx context.Context, r AddressRequest) (netip.Prefix, error) {
 	ip, err := m.requestAddress(ctx, r)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	bits := 32
+	bits := ip.BitLen() // a /32, or a /128 in an IPv6 pool
 	if KindFor(r) != kv.KindEndpoint || !m.routed(ctx, r.Pool.CIDR.String()) {
 		bits = r.Pool.CIDR.Bits()
 	}

@@ -224,6 +224,68 @@ func TestAddresses(t *testing.T) {
 	})
 }
 
+// TestDualStackPools: an IPv6 pool is leased in per-host blocks and handed
+// out as an IPv4 one is: routed addresses are /128, each host takes from
+// its own /112 block, the gateway is the pool's first address, and an
+// address of the other family is refused by name.
+func TestDualStackPools(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a, b := e.host("a"), e.host("b")
+		req := ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "fd00:10::/64", V6: true}
+		id, err := a.RequestPool(ctx, req)
+		if err != nil || id.String() != "local:fd00:10::/64" {
+			t.Fatalf("IPv6 pool %s %v", id, err)
+		}
+		if again, err := b.RequestPool(ctx, req); err != nil || again != id {
+			t.Fatalf("same IPv6 pool on host b: %s %v", again, err)
+		}
+		gw, err := a.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Options: map[string]string{ipam.OptRequestType: ipam.GatewayType}})
+		if err != nil || gw.String() != "fd00:10::1/64" {
+			t.Fatalf("IPv6 gateway %s %v", gw, err)
+		}
+		onA, onB := addr(t, a, id, "", mac(1)), addr(t, b, id, "", mac(2))
+		if onA.Bits() != 128 || onB.Bits() != 128 || !id.CIDR.Contains(onA.Addr()) || !id.CIDR.Contains(onB.Addr()) {
+			t.Fatalf("routed IPv6 addresses %s %s", onA, onB)
+		}
+		blockA, _ := onA.Addr().Prefix(112)
+		if blockA.Contains(onB.Addr()) {
+			t.Fatalf("host b got %s from host a's block %s", onB, blockA)
+		}
+		fixed := addr(t, a, id, "fd00:10::beef", mac(3))
+		if fixed.String() != "fd00:10::beef/128" {
+			t.Fatalf("fixed %s", fixed)
+		}
+		_, err = a.RequestAddress(ctx, ipam.AddressRequest{Pool: id, Address: "10.1.2.3", Options: map[string]string{ipam.OptMACAddress: mac(4)}})
+		wantErr(t, err, errdefs.ErrInvalid, "family")
+		if err := a.ReleaseAddress(ctx, id, "fd00:10::beef"); err != nil {
+			t.Fatal(err)
+		}
+		// Each family reads its own block size from the network's
+		// --ipam-opt; bad IPv6 pools are refused by name.
+		id2, err := a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "fd00:20::/64", V6: true,
+			Options: map[string]string{ipam.OptBlockSize: "24", ipam.OptBlockSize6: "120"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b6, _ := addr(t, a, id2, "", mac(5)).Addr().Prefix(120); b6.String() != "fd00:20::/120" {
+			t.Fatalf("blocksize6: first block %s", b6)
+		}
+		for _, bad := range []struct {
+			r    ipam.PoolRequest
+			want string
+		}{
+			{ipam.PoolRequest{Space: ipam.LocalSpace, V6: true}, "needs an IPv6 --subnet"},
+			{ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "::/64", V6: true}, "needs an IPv6 --subnet"},
+			{ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "10.9.0.0/16", V6: true}, "give an IPv6 one"},
+			{ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "fd00:30::/64"}, "add --ipv6"},
+			{ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "fd00:30::/64", V6: true, Options: map[string]string{ipam.OptBlockSize6: "48"}}, "tartan.blocksize6=48 does not fit"},
+		} {
+			_, err := a.RequestPool(ctx, bad.r)
+			wantErr(t, err, errdefs.ErrInvalid, bad.want)
+		}
+	})
+}
+
 // An engine that skips the gateway (Docker 28's GwAllocCheck for routed
 // networks) lets a container take the pool's first address; an older engine
 // on another host that asks for the default gateway afterwards gets another

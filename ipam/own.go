@@ -303,8 +303,8 @@ func (m *IPAM) choose(ctx context.Context, pc *poolCache, address, kind string, 
 		return ip, false, err
 	}
 	ip, err = netip.ParseAddr(address)
-	if err != nil || !ip.Is4() {
-		return netip.Addr{}, true, errdefs.Invalid("address %q is not an IPv4 address", address)
+	if err != nil || ip.Zone() != "" || ip.Is4In6() || ip.Is4() != pc.layout.Pool.Addr().Is4() {
+		return netip.Addr{}, true, errdefs.Invalid("address %q is not an address of pool %s's family (IPv4 or IPv6)", address, pc.cidr)
 	}
 	if !pc.layout.Usable(ip) {
 		return netip.Addr{}, true, errdefs.Invalid("address %s is outside pool %s (or is its network or broadcast address): pick an address inside the subnet", ip, pc.cidr)

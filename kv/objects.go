@@ -64,7 +64,11 @@ type Address struct {
 // PoolNetwork is the cluster-wide record of a network; its identity is its
 // pool (one subnet is one network, whatever each host calls it).
 type PoolNetwork struct {
-	Pool     string `json:"pool"`
+	Pool string `json:"pool"`
+	// Pool6 is the IPv6 pool of a dual-stack network. The IPv6 pool has a
+	// record of its own, whose IPv4Pool names the network's IPv4 pool.
+	Pool6    string `json:"pool6,omitempty"`
+	IPv4Pool string `json:"ipv4Pool,omitempty"`
 	Backend  string `json:"backend"`
 	VNI      int    `json:"vni,omitempty"`
 	MTU      int    `json:"mtu,omitempty"` // as given with -o; 0: from the underlay
@@ -111,6 +115,10 @@ type Host struct {
 	Renewed time.Time `json:"renewed"`
 	// Renewals: the host renews under renewals/ and reads renewals there.
 	Renewals bool `json:"renewals,omitempty"`
+	// LinkLocal6 is the IPv6 link-local address of the host's underlay
+	// interface, if it has one: peers on its segment route dual-stack
+	// pools' blocks through it (an IPv6 route takes no IPv4 next hop).
+	LinkLocal6 string `json:"linkLocal6,omitempty"`
 }
 
 // Renewal is a host's liveness renewal (RenewalPath).

@@ -67,11 +67,17 @@ func (r *Registrar) Register(ctx context.Context) error {
 		default:
 			return fmt.Errorf("host %s is not registered until its underlay address is found: %w", r.Host, lerr)
 		}
-		same := exists && h.Address == addr && h.Version == Version && h.Renewals
+		ll := ""
+		if lerr == nil && u.LinkLocal6.IsValid() {
+			ll = u.LinkLocal6.String()
+		} else if lerr != nil && exists {
+			ll = h.LinkLocal6
+		}
+		same := exists && h.Address == addr && h.LinkLocal6 == ll && h.Version == Version && h.Renewals
 		if same && (!r.oldReaders || now.Sub(h.Renewed) < r.Fresh) {
 			return kv.ErrUnchanged
 		}
-		*h = kv.Host{ID: r.Host, Address: addr, Version: Version, Renewed: now, Renewals: true}
+		*h = kv.Host{ID: r.Host, Address: addr, LinkLocal6: ll, Version: Version, Renewed: now, Renewals: true}
 		return nil
 	})
 	if err != nil {

@@ -15,19 +15,45 @@ import (
 // driver its own requests. These turn one into the other and refuse what
 // cannot be turned.
 
-// networkRequest reads a CreateNetwork request.
+// networkRequest reads a CreateNetwork request: one IPv4 pool, and one
+// IPv6 pool when the network is dual-stack (--ipv6).
 func networkRequest(r *network.CreateNetworkRequest) (driver.NetworkRequest, error) {
-	pool, data, err := ipv4Pool(r.IPv4Data, r.IPv6Data, false)
+	pool, data, err := ipv4Pool(r.IPv4Data, false)
 	if err != nil {
 		return driver.NetworkRequest{}, err
 	}
 	req := driver.NetworkRequest{ID: r.NetworkID, Options: r.Options, Pool: pool, Space: data.AddressSpace}
-	if data.Gateway != "" {
-		if req.Gateway, err = netip.ParsePrefix(data.Gateway); err != nil {
-			return req, errdefs.Invalid("gateway %q from IPAM is not an address with its prefix length", data.Gateway)
+	if req.Gateway, err = gatewayOf(data); err != nil {
+		return req, err
+	}
+	switch {
+	case len(r.IPv6Data) > 1:
+		return req, errdefs.Invalid("give at most one IPv6 --subnet (got %d)", len(r.IPv6Data))
+	case len(r.IPv6Data) == 1 && r.IPv6Data[0] != nil:
+		d6 := r.IPv6Data[0]
+		if d6.AddressSpace != data.AddressSpace {
+			return req, errdefs.Invalid("the IPv6 pool is in address space %q, the IPv4 pool in %q: use tartan's IPAM for both (--ipam-driver tartan:latest)", d6.AddressSpace, data.AddressSpace)
+		}
+		if req.Pool6, err = netip.ParsePrefix(d6.Pool); err != nil || !req.Pool6.Addr().Is6() {
+			return req, errdefs.Invalid("IPv6 pool %q from IPAM is not an IPv6 CIDR", d6.Pool)
+		}
+		if req.Gateway6, err = gatewayOf(d6); err != nil {
+			return req, err
 		}
 	}
 	return req, nil
+}
+
+// gatewayOf reads the gateway IPAM reserved for a pool, if it did.
+func gatewayOf(d *network.IPAMData) (netip.Prefix, error) {
+	if d.Gateway == "" {
+		return netip.Prefix{}, nil
+	}
+	gw, err := netip.ParsePrefix(d.Gateway)
+	if err != nil {
+		return gw, errdefs.Invalid("gateway %q from IPAM is not an address with its prefix length", d.Gateway)
+	}
+	return gw, nil
 }
 
 // allocateRequest reads a swarm manager's AllocateNetwork request. The
@@ -43,16 +69,13 @@ func allocateRequest(r *network.AllocateNetworkRequest) (driver.AllocateRequest,
 		v4[i] = &r.IPv4Data[i]
 	}
 	var err error
-	req.Pool, _, err = ipv4Pool(v4, make([]*network.IPAMData, len(r.IPv6Data)), true)
+	req.Pool, _, err = ipv4Pool(v4, true)
 	return req, err
 }
 
-// ipv4Pool checks the IPAM data of a network request: exactly one IPv4
+// ipv4Pool checks the IPv4 IPAM data of a network request: exactly one
 // pool, from tartan's IPAM unless anySpace.
-func ipv4Pool(v4, v6 []*network.IPAMData, anySpace bool) (netip.Prefix, *network.IPAMData, error) {
-	if len(v6) > 0 {
-		return netip.Prefix{}, nil, errdefs.ErrNoIPv6
-	}
+func ipv4Pool(v4 []*network.IPAMData, anySpace bool) (netip.Prefix, *network.IPAMData, error) {
 	if len(v4) != 1 || v4[0] == nil {
 		return netip.Prefix{}, nil, errdefs.Invalid("give exactly one IPv4 --subnet (got %d)", len(v4))
 	}
@@ -71,14 +94,17 @@ func endpointRequest(r *network.CreateEndpointRequest) (driver.EndpointRequest, 
 	if r.Interface == nil || r.Interface.Address == "" {
 		return driver.EndpointRequest{}, errdefs.Invalid("endpoint %s has no IPv4 address: tartan networks need --ipam-driver tartan:latest", backend.ShortID(r.EndpointID))
 	}
-	if r.Interface.AddressIPv6 != "" {
-		return driver.EndpointRequest{}, errdefs.ErrNoIPv6
-	}
 	addr, err := netip.ParsePrefix(r.Interface.Address)
-	if err != nil {
-		return driver.EndpointRequest{}, errdefs.Invalid("endpoint address %q is not a CIDR", r.Interface.Address)
+	if err != nil || !addr.Addr().Is4() {
+		return driver.EndpointRequest{}, errdefs.Invalid("endpoint address %q is not an IPv4 CIDR", r.Interface.Address)
 	}
-	return driver.EndpointRequest{NetworkID: r.NetworkID, EndpointID: r.EndpointID, Addr: addr, MAC: r.Interface.MacAddress}, nil
+	req := driver.EndpointRequest{NetworkID: r.NetworkID, EndpointID: r.EndpointID, Addr: addr, MAC: r.Interface.MacAddress}
+	if a6 := r.Interface.AddressIPv6; a6 != "" {
+		if req.Addr6, err = netip.ParsePrefix(a6); err != nil || !req.Addr6.Addr().Is6() || req.Addr6.Addr().Zone() != "" {
+			return req, errdefs.Invalid("endpoint IPv6 address %q is not an IPv6 CIDR", a6)
+		}
+	}
+	return req, nil
 }
 
 // endpointResponse tells Docker the MAC address the driver picked, if it
@@ -105,6 +131,9 @@ func joinResponse(j backend.Join) *network.JoinResponse {
 		resp.Gateway = j.Gateway.String()
 	} else {
 		resp.DisableGatewayService = true
+	}
+	if j.Gateway6.IsValid() {
+		resp.GatewayIPv6 = j.Gateway6.String()
 	}
 	return resp
 }

@@ -59,7 +59,14 @@ func TestWireRequests(t *testing.T) {
 	if err != nil || req.Pool != netip.MustParsePrefix("10.1.0.0/16") || req.Gateway != netip.MustParsePrefix("10.1.0.1/16") || req.Space != ipam.LocalSpace || req.ID != "n" {
 		t.Fatalf("network: %+v %v", req, err)
 	}
+	dual, err := networkRequest(&network.CreateNetworkRequest{NetworkID: "n", IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "10.1.0.0/16"}},
+		IPv6Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "fd00:1::/64", Gateway: "fd00:1::1/64"}}})
+	if err != nil || dual.Pool6 != netip.MustParsePrefix("fd00:1::/64") || dual.Gateway6 != netip.MustParsePrefix("fd00:1::1/64") {
+		t.Fatalf("dual-stack network: %+v %v", dual, err)
+	}
 	for _, bad := range []*network.CreateNetworkRequest{
+		{IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "10.1.0.0/16"}}, IPv6Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "10.2.0.0/16"}}},
+		{IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "10.1.0.0/16"}}, IPv6Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "fd00::/64"}, {AddressSpace: ipam.LocalSpace, Pool: "fd01::/64"}}},
 		{IPv4Data: []*network.IPAMData{{AddressSpace: "default", Pool: "10.1.0.0/16"}}},
 		{IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "10.1.0.0/16"}}, IPv6Data: []*network.IPAMData{{Pool: "fd00::/64"}}},
 		{IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "nope"}}},
@@ -81,7 +88,11 @@ func TestWireRequests(t *testing.T) {
 	if err != nil || ep.Addr != netip.MustParsePrefix("10.1.0.5/16") || ep.MAC != "02:00:00:00:00:01" {
 		t.Fatalf("endpoint: %+v %v", ep, err)
 	}
-	for _, bad := range []*network.EndpointInterface{nil, {Address: "x"}, {Address: "10.1.0.5/16", AddressIPv6: "fd00::5/64"}} {
+	ep6, err := endpointRequest(&network.CreateEndpointRequest{NetworkID: "n", EndpointID: "e", Interface: &network.EndpointInterface{Address: "10.1.0.5/32", AddressIPv6: "fd00::5/128"}})
+	if err != nil || ep6.Addr6 != netip.MustParsePrefix("fd00::5/128") {
+		t.Fatalf("dual-stack endpoint: %+v %v", ep6, err)
+	}
+	for _, bad := range []*network.EndpointInterface{nil, {Address: "x"}, {Address: "fd00::5/64"}, {Address: "10.1.0.5/16", AddressIPv6: "10.1.0.6/16"}, {Address: "10.1.0.5/16", AddressIPv6: "nope"}} {
 		if _, err := endpointRequest(&network.CreateEndpointRequest{EndpointID: "e", Interface: bad}); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("%+v: %v, want ErrInvalid", bad, err)
 		}

@@ -105,6 +105,8 @@ type Options struct {
 	MacvlanMode   string // macvlan: bridge, private, vepa or passthru
 	HostAccess    bool   // macvlan: a shim so the host reaches its containers
 	Cluster       bool   // created on every host by the replicator
+	IPv6          bool   // --ipv6: the network has an IPv6 pool too
+	NAT66         bool   // routed: masquerade what leaves the IPv6 pool
 	StoreID       string // swarm: the manager's store identity
 	Internal      bool
 	Raw           map[string]string // the -o options as given
@@ -114,8 +116,10 @@ type Options struct {
 type CreateRequest struct {
 	Options Options
 	// Gateway is the gateway IPAM gave the network (--gateway, with the
-	// pool's prefix length); invalid when there is none.
-	Gateway netip.Prefix
+	// pool's prefix length); invalid when there is none. Gateway6 is the
+	// IPv6 pool's.
+	Gateway  netip.Prefix
+	Gateway6 netip.Prefix
 	// Others are the host's other networks.
 	Others []Network
 }
@@ -135,8 +139,10 @@ type EndpointState struct {
 type Join struct {
 	Interface string // the link Docker moves into the container
 	// Gateway is the container's default gateway; invalid: none (internal
-	// networks, macvlan networks without --gateway).
-	Gateway netip.Addr
+	// networks, macvlan networks without --gateway). Gateway6 is its IPv6
+	// default gateway on dual-stack networks.
+	Gateway  netip.Addr
+	Gateway6 netip.Addr
 	// Routes are static routes in the container.
 	Routes []StaticRoute
 }

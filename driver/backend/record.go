@@ -33,6 +33,25 @@ type Network struct {
 	// ReleasePending: Docker released the pool while this network used
 	// it; the pool goes when the network is deleted.
 	ReleasePending bool `json:"releasePending,omitempty"`
+	// Pool6 is the IPv6 pool of a dual-stack network (--ipv6), "" when it
+	// has none. Gateway6 is its containers' IPv6 gateway: link-local on
+	// routed networks, the segment's router on macvlan ones (or "").
+	// NAT66: what leaves the IPv6 pool is masqueraded (-o tartan.nat66).
+	Pool6    string `json:"pool6,omitempty"`
+	Gateway6 string `json:"gateway6,omitempty"`
+	NAT66    bool   `json:"nat66,omitempty"`
+}
+
+// Pool6Prefix is the network's IPv6 pool (invalid when it has none).
+func (n Network) Pool6Prefix() netip.Prefix {
+	p, _ := netip.ParsePrefix(n.Pool6)
+	return p
+}
+
+// Gateway6Addr is the network's IPv6 gateway (invalid when it has none).
+func (n Network) Gateway6Addr() netip.Addr {
+	a, _ := netip.ParseAddr(n.Gateway6)
+	return a
 }
 
 // PoolPrefix is the network's pool.
@@ -69,6 +88,14 @@ type Endpoint struct {
 	PeerIf  string `json:"peerIf"`
 	// Ports are published with docker run -p.
 	Ports []Port `json:"ports,omitempty"`
+	// IP6 is the endpoint's IPv6 address on a dual-stack network.
+	IP6 string `json:"ip6,omitempty"`
+}
+
+// Addr6 is the endpoint's IPv6 address (invalid when it has none).
+func (e Endpoint) Addr6() netip.Addr {
+	a, _ := netip.ParseAddr(e.IP6)
+	return a
 }
 
 // Addr is the endpoint's address.

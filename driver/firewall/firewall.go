@@ -4,12 +4,14 @@
 // internal; and the VXLAN port is open to the cluster's hosts only. The whole
 // rule set is rendered from the desired state and swapped in with one
 // iptables-restore per table, in the flavour (nft or legacy) that Docker
-// itself uses on the host, detected again on every apply.
+// itself uses on the host, detected again on every apply. IPv6 pools get the
+// same isolation in ip6tables, of the same flavour.
 package firewall
 
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -41,10 +43,14 @@ const (
 const commandTimeout = 20 * time.Second
 
 // Pool is what the firewall needs to know of a routed network: its pool.
+// A dual-stack network has two: its IPv4 pool and its IPv6 pool.
 type Pool struct {
 	Pool     netip.Prefix
 	Internal bool
 	Device   string // the VXLAN device, if the network has one
+	// NAT66: masquerade an IPv6 pool's traffic leaving it (off by default).
+	// Ignored for IPv4 pools, masqueraded unless Internal.
+	NAT66 bool
 }
 
 // Port is a published port: HostPort on the host (on HostIP only, when set)
@@ -81,7 +87,7 @@ type Rules struct {
 	Forward, Isolate, Input, Postrouting, DNAT, Raw, RawOutput []string
 }
 
-// Render computes the rule set. It does no I/O.
+// Render computes the IPv4 rule set, from the IPv4 pools. It does no I/O.
 //
 // Isolation (every DROP) lives in the mangle table's FORWARD chain, which
 // runs before any filter rule: Docker inserts its bridges' accept rules at
@@ -90,9 +96,27 @@ type Rules struct {
 // What tartan lets through Docker's DROP policy (every ACCEPT) lives in the
 // filter table, right below DOCKER-USER, so that operators' rules there hold
 // for tartan traffic as for Docker's.
-func Render(st State) Rules {
+func Render(st State) Rules { return render(st, false) }
+
+// Render6 computes the ip6tables rule set, from the IPv6 pools: the same
+// isolation as Render's, without the VXLAN port's rules (the underlay is
+// IPv4) and without DNAT (ports are published on IPv4 only). Their traffic
+// leaving them is masqueraded only for pools with NAT66.
+func Render6(st State) Rules { return render(st, true) }
+
+// render computes the rule set of one address family.
+func render(st State, v6 bool) Rules {
+	if v6 {
+		// IPv4 only: published ports, the VXLAN underlay.
+		st.Ports, st.VXLANPort, st.Peers = nil, 0, nil
+	}
 	var r Rules
-	nets := append([]Pool(nil), st.Pools...)
+	var nets []Pool
+	for _, n := range st.Pools {
+		if is6(n) == v6 {
+			nets = append(nets, n)
+		}
+	}
 	sort.Slice(nets, func(i, j int) bool { return nets[i].Pool.String() < nets[j].Pool.String() })
 	ports := append([]Port(nil), st.Ports...)
 	sort.Slice(ports, func(i, j int) bool { return portKey(ports[i]) < portKey(ports[j]) })
@@ -167,7 +191,9 @@ func Render(st State) Rules {
 	for _, n := range nets {
 		if !n.Internal {
 			r.Forward = append(r.Forward, fmt.Sprintf("-A %s -i %s -s %s -j ACCEPT", ForwardChain, endpointIfs, n.Pool))
-			r.Postrouting = append(r.Postrouting, fmt.Sprintf("-A %s -s %s ! -d %s -j MASQUERADE", PostroutingChain, n.Pool, n.Pool))
+			if !v6 || n.NAT66 {
+				r.Postrouting = append(r.Postrouting, fmt.Sprintf("-A %s -s %s ! -d %s -j MASQUERADE", PostroutingChain, n.Pool, n.Pool))
+			}
 		}
 	}
 	for _, p := range ports {
@@ -198,6 +224,19 @@ func Render(st State) Rules {
 	return r
 }
 
+// is6 says whether a pool is IPv6; anything else goes with IPv4, as before.
+func is6(n Pool) bool { return n.Pool.Addr().Is6() }
+
+// has6 says whether st has an IPv6 pool.
+func has6(st State) bool {
+	for _, n := range st.Pools {
+		if is6(n) {
+			return true
+		}
+	}
+	return false
+}
+
 func portKey(p Port) string {
 	return fmt.Sprintf("%s/%05d/%s/%s", p.Proto, p.HostPort, p.HostIP, p.IP)
 }
@@ -211,23 +250,54 @@ type jump struct {
 	after string
 }
 
-var jumps = []jump{
-	{"filter", "FORWARD", []string{"-j", ForwardChain}, "DOCKER-USER"},
-	{"filter", "INPUT", []string{"-j", InputChain}, ""},
-	{"mangle", "FORWARD", []string{"-j", IsolateChain}, ""},
-	{"nat", "POSTROUTING", []string{"-j", PostroutingChain}, ""},
-	{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}, ""},
-	{"nat", "OUTPUT", []string{"!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}, ""},
-	{"raw", "PREROUTING", []string{"-j", RawChain}, ""},
-	{"raw", "OUTPUT", []string{"-j", RawOutputChain}, ""},
+// jumpsFor returns the jumps of one address family: they differ in the
+// loopback range that the nat OUTPUT jump leaves alone.
+func jumpsFor(v6 bool) []jump {
+	loopback := "127.0.0.0/8"
+	if v6 {
+		loopback = "::1/128"
+	}
+	return []jump{
+		{"filter", "FORWARD", []string{"-j", ForwardChain}, "DOCKER-USER"},
+		{"filter", "INPUT", []string{"-j", InputChain}, ""},
+		{"mangle", "FORWARD", []string{"-j", IsolateChain}, ""},
+		{"nat", "POSTROUTING", []string{"-j", PostroutingChain}, ""},
+		{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}, ""},
+		{"nat", "OUTPUT", []string{"!", "-d", loopback, "-m", "addrtype", "--dst-type", "LOCAL", "-j", DNATChain}, ""},
+		{"raw", "PREROUTING", []string{"-j", RawChain}, ""},
+		{"raw", "OUTPUT", []string{"-j", RawOutputChain}, ""},
+	}
 }
 
-var chains = [][2]string{{"filter", ForwardChain}, {"filter", InputChain}, {"mangle", IsolateChain}, {"nat", PostroutingChain}, {"nat", DNATChain}, {"raw", RawChain}, {"raw", RawOutputChain}}
+// chainRules is one of tartan's chains with its rendered rules.
+type chainRules struct {
+	table, chain string
+	rules        []string
+}
+
+// layout lists tartan's chains, table by table, with r's rules: the same
+// for both address families.
+func layout(r Rules) []chainRules {
+	return []chainRules{{"filter", ForwardChain, r.Forward}, {"filter", InputChain, r.Input}, {"mangle", IsolateChain, r.Isolate},
+		{"nat", PostroutingChain, r.Postrouting}, {"nat", DNATChain, r.DNAT}, {"raw", RawChain, r.Raw}, {"raw", RawOutputChain, r.RawOutput}}
+}
+
+// ip6Of names the ip6tables command of an iptables flavour:
+// iptables-nft -> ip6tables-nft, iptables-legacy -> ip6tables-legacy.
+func ip6Of(iptables string) string {
+	return "ip6tables" + strings.TrimPrefix(iptables, "iptables")
+}
 
 // Firewall applies rule sets. It is not safe for concurrent use.
 type Firewall struct {
 	iptables string // the flavour last applied with: iptables-nft or iptables-legacy
 	removed  bool   // nothing of tartan's is installed since the last Remove
+	// v6 says that IPv6 rules may be installed (in ip6Of(iptables)):
+	// applied, or left by an earlier run, or their removal failed.
+	v6 bool
+	// v6Probed: ip6tables was looked at once for chains left by an earlier
+	// run (a restarted plugin), in this flavour.
+	v6Probed bool
 }
 
 // New returns a firewall; the flavour is found on each Apply.
@@ -298,77 +368,152 @@ func (f *Firewall) Flavour() string { return f.iptables }
 // built-in chains jump to them, in the right place. Running it twice
 // changes nothing. When Docker's flavour changed since the last apply (it
 // made its chains after tartan started), the old flavour's rules go.
+// With IPv6 pools, Render6's rules then go to the flavour's ip6tables;
+// without, ip6tables rules of an earlier apply (or run) go.
 func (f *Firewall) Apply(st State) error {
 	flavour := detect()
 	if flavour == "" {
 		return fmt.Errorf("no iptables command found: the plugin image must include iptables")
 	}
 	if f.iptables != "" && f.iptables != flavour {
-		_ = removeWith(f.iptables)
+		_ = removeWith(f.iptables, false)
+		if f.v6 {
+			_ = removeWith(ip6Of(f.iptables), true)
+		}
+		f.v6, f.v6Probed = false, false
 	}
 	f.iptables = flavour
 	f.removed = false
-	r := Render(st)
-	var in bytes.Buffer
-	fmt.Fprintf(&in, "*filter\n")
-	writeChain(&in, ForwardChain, r.Forward)
-	writeChain(&in, InputChain, r.Input)
-	fmt.Fprintf(&in, "COMMIT\n*mangle\n")
-	writeChain(&in, IsolateChain, r.Isolate)
-	fmt.Fprintf(&in, "COMMIT\n*nat\n")
-	writeChain(&in, PostroutingChain, r.Postrouting)
-	writeChain(&in, DNATChain, r.DNAT)
-	fmt.Fprintf(&in, "COMMIT\n*raw\n")
-	writeChain(&in, RawChain, r.Raw)
-	writeChain(&in, RawOutputChain, r.RawOutput)
-	fmt.Fprintf(&in, "COMMIT\n")
+	if err := install(f.iptables, Render(st), jumpsFor(false)); err != nil {
+		return err
+	}
+	ip6 := ip6Of(f.iptables)
+	if !has6(st) {
+		if !f.v6 && !f.v6Probed {
+			f.v6Probed = true
+			f.v6 = leftover6(ip6)
+		}
+		if f.v6 {
+			if err := removeWith(ip6, true); err != nil {
+				return fmt.Errorf("remove the IPv6 rules: %w", err)
+			}
+			f.v6 = false
+		}
+		return nil
+	}
+	if err := lookPath6(ip6); err != nil {
+		return err
+	}
+	f.v6, f.v6Probed = true, true
+	return install(ip6, Render6(st), jumpsFor(true))
+}
+
+// install swaps r into tartan's chains with one restore of the iptables
+// command given (iptables-nft, ip6tables-legacy, ...), then puts the jumps
+// in place.
+func install(iptables string, r Rules, jumps []jump) error {
+	in := restoreInput(r)
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, f.iptables+"-restore", "-w", "5", "--noflush")
-	cmd.Stdin = &in
+	cmd := exec.CommandContext(ctx, iptables+"-restore", "-w", "5", "--noflush")
+	cmd.Stdin = in
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s-restore: %w: %s", f.iptables, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("%s-restore: %w: %s", iptables, err, strings.TrimSpace(string(out)))
 	}
 	for _, j := range jumps {
-		if err := f.ensureJump(j); err != nil {
+		if err := ensureJump(iptables, j); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// restoreInput is the iptables-restore input that flushes tartan's chains
+// (making them where missing) and fills them with r.
+func restoreInput(r Rules) *bytes.Buffer {
+	var in bytes.Buffer
+	table := ""
+	for _, c := range layout(r) {
+		if c.table != table {
+			if table != "" {
+				in.WriteString("COMMIT\n")
+			}
+			table = c.table
+			fmt.Fprintf(&in, "*%s\n", table)
+		}
+		writeChain(&in, c.chain, c.rules)
+	}
+	in.WriteString("COMMIT\n")
+	return &in
+}
+
+// lookPath6 says clearly which ip6tables command is missing.
+func lookPath6(ip6 string) error {
+	for _, c := range []string{ip6, ip6 + "-restore"} {
+		if _, err := exec.LookPath(c); err != nil {
+			return fmt.Errorf("%s not found: the plugin image must include it for IPv6 networks: %w", c, err)
+		}
+	}
+	return nil
+}
+
+// leftover6 says whether ip6tables has tartan's chains, left by an earlier
+// run. It creates no tables: legacy ones are looked at only where loaded.
+func leftover6(ip6 string) bool {
+	if _, err := exec.LookPath(ip6); err != nil {
+		return false
+	}
+	if strings.Contains(ip6, "legacy") {
+		b, err := os.ReadFile("/proc/net/ip6_tables_names")
+		if err != nil || strings.TrimSpace(string(b)) == "" {
+			return false
+		}
+	}
+	return run(ip6, "-w", "5", "-t", "filter", "-S", ForwardChain) == nil
+}
+
 // Check says how tartan's chains and jumps in the kernel differ from the
 // rule set for st, changing nothing: a chain missing, a chain whose rule
 // count is not the one rendered (a rule deleted or added by hand), a jump
-// missing, doubled or out of place. It looks in the flavour last applied.
+// missing, doubled or out of place. It looks in the flavour last applied,
+// and in its ip6tables when st has IPv6 pools.
 func (f *Firewall) Check(st State) ([]string, error) {
 	if f.iptables == "" || (len(st.Pools) == 0 && len(st.Ports) == 0) {
 		return nil, nil
 	}
-	r := Render(st)
+	out, err := check(f.iptables, Render(st), jumpsFor(false))
+	if err != nil || !has6(st) {
+		return out, err
+	}
+	ip6 := ip6Of(f.iptables)
+	if err := lookPath6(ip6); err != nil {
+		return append(out, err.Error()), nil
+	}
+	out6, err := check(ip6, Render6(st), jumpsFor(true))
+	return append(out, out6...), err
+}
+
+// check compares the chains and jumps of one iptables command with r.
+func check(iptables string, r Rules, jumps []jump) ([]string, error) {
 	var out []string
-	for _, c := range []struct {
-		table, chain string
-		rules        []string
-	}{{"filter", ForwardChain, r.Forward}, {"filter", InputChain, r.Input}, {"mangle", IsolateChain, r.Isolate},
-		{"nat", PostroutingChain, r.Postrouting}, {"nat", DNATChain, r.DNAT}, {"raw", RawChain, r.Raw}, {"raw", RawOutputChain, r.RawOutput}} {
-		listing, err := output(f.iptables, "-w", "5", "-t", c.table, "-S", c.chain)
+	for _, c := range layout(r) {
+		listing, err := output(iptables, "-w", "5", "-t", c.table, "-S", c.chain)
 		if err != nil {
-			out = append(out, fmt.Sprintf("chain %s of table %s is missing (%s)", c.chain, c.table, f.iptables))
+			out = append(out, fmt.Sprintf("chain %s of table %s is missing (%s)", c.chain, c.table, iptables))
 			continue
 		}
 		if n := strings.Count("\n"+listing, "\n-A "); n != len(c.rules) {
-			out = append(out, fmt.Sprintf("chain %s of table %s has %d rules, tartan's rule set has %d (%s)", c.chain, c.table, n, len(c.rules), f.iptables))
+			out = append(out, fmt.Sprintf("chain %s of table %s has %d rules, tartan's rule set has %d (%s)", c.chain, c.table, n, len(c.rules), iptables))
 		}
 	}
 	for _, j := range jumps {
-		listing, err := output(f.iptables, "-w", "5", "-t", j.table, "-S", j.builtin)
+		listing, err := output(iptables, "-w", "5", "-t", j.table, "-S", j.builtin)
 		if err != nil {
-			return nil, fmt.Errorf("%s -t %s -S %s: %w: %s", f.iptables, j.table, j.builtin, err, listing)
+			return nil, fmt.Errorf("%s -t %s -S %s: %w: %s", iptables, j.table, j.builtin, err, listing)
 		}
 		rule := "-A " + j.builtin + " " + strings.Join(j.spec, " ")
 		if have := rulePositions(listing, rule); len(have) != 1 || have[0] != JumpPosition(listing, j.after) {
-			out = append(out, fmt.Sprintf("the jump %q in table %s is missing, doubled or out of place (%s)", rule, j.table, f.iptables))
+			out = append(out, fmt.Sprintf("the jump %q in table %s is missing, doubled or out of place (%s)", rule, j.table, iptables))
 		}
 	}
 	return out, nil
@@ -383,10 +528,10 @@ func writeChain(b *bytes.Buffer, chain string, rules []string) {
 
 // ensureJump makes the jump exist once, right below the jump to j.after
 // when the built-in chain has one, else first.
-func (f *Firewall) ensureJump(j jump) error {
-	out, err := output(f.iptables, "-w", "5", "-t", j.table, "-S", j.builtin)
+func ensureJump(iptables string, j jump) error {
+	out, err := output(iptables, "-w", "5", "-t", j.table, "-S", j.builtin)
 	if err != nil {
-		return fmt.Errorf("%s -t %s -S %s: %w: %s", f.iptables, j.table, j.builtin, err, out)
+		return fmt.Errorf("%s -t %s -S %s: %w: %s", iptables, j.table, j.builtin, err, out)
 	}
 	want := JumpPosition(out, j.after)
 	rule := "-A " + j.builtin + " " + strings.Join(j.spec, " ")
@@ -394,16 +539,16 @@ func (f *Firewall) ensureJump(j jump) error {
 		return nil
 	} else if len(have) > 0 {
 		for range have {
-			if err := run(f.iptables, append([]string{"-w", "5", "-t", j.table, "-D", j.builtin}, j.spec...)...); err != nil {
-				return fmt.Errorf("%s: move the jump to %s: %w", f.iptables, j.spec[len(j.spec)-1], err)
+			if err := run(iptables, append([]string{"-w", "5", "-t", j.table, "-D", j.builtin}, j.spec...)...); err != nil {
+				return fmt.Errorf("%s: move the jump to %s: %w", iptables, j.spec[len(j.spec)-1], err)
 			}
 		}
-		out, _ = output(f.iptables, "-w", "5", "-t", j.table, "-S", j.builtin)
+		out, _ = output(iptables, "-w", "5", "-t", j.table, "-S", j.builtin)
 		want = JumpPosition(out, j.after)
 	}
 	args := append([]string{"-w", "5", "-t", j.table, "-I", j.builtin, fmt.Sprint(want)}, j.spec...)
-	if out, err := output(f.iptables, args...); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", f.iptables, strings.Join(args, " "), err, out)
+	if out, err := output(iptables, args...); err != nil {
+		return fmt.Errorf("%s %s: %w: %s", iptables, strings.Join(args, " "), err, out)
 	}
 	return nil
 }
@@ -437,31 +582,46 @@ func rulePositions(listing, rule string) []int {
 	return out
 }
 
-// Remove deletes tartan's jumps and chains in the current flavour: when a
-// host has no tartan network left, nothing of tartan's stays in its
-// firewall, so that removing the networks and then the plugin leaves the
-// host as it was.
+// Remove deletes tartan's jumps and chains in the current flavour, IPv4 and
+// IPv6: when a host has no tartan network left, nothing of tartan's stays
+// in its firewall, so that removing the networks and then the plugin leaves
+// the host as it was.
 func (f *Firewall) Remove() error {
 	if f.iptables == "" || f.removed {
 		return nil
 	}
-	if err := removeWith(f.iptables); err != nil {
+	err := removeWith(f.iptables, false)
+	ip6 := ip6Of(f.iptables)
+	if !f.v6 && !f.v6Probed {
+		f.v6Probed = true
+		f.v6 = leftover6(ip6)
+	}
+	if f.v6 {
+		if err6 := removeWith(ip6, true); err6 != nil {
+			err = errors.Join(err, err6)
+		} else {
+			f.v6 = false
+		}
+	}
+	if err != nil {
 		return err
 	}
 	f.removed = true
 	return nil
 }
 
-func removeWith(iptables string) error {
-	for _, j := range jumps {
+// removeWith deletes tartan's jumps and chains with one iptables command,
+// of the address family v6 says.
+func removeWith(iptables string, v6 bool) error {
+	for _, j := range jumpsFor(v6) {
 		for run(iptables, append([]string{"-w", "5", "-t", j.table, "-D", j.builtin}, j.spec...)...) == nil {
 		}
 	}
 	var errs []string
-	for _, c := range chains {
-		_ = run(iptables, "-w", "5", "-t", c[0], "-F", c[1])
-		if out, err := output(iptables, "-w", "5", "-t", c[0], "-X", c[1]); err != nil && !strings.Contains(out, "No chain") && !strings.Contains(out, "does not exist") {
-			errs = append(errs, fmt.Sprintf("%s -X %s: %s", iptables, c[1], out))
+	for _, c := range layout(Rules{}) {
+		_ = run(iptables, "-w", "5", "-t", c.table, "-F", c.chain)
+		if out, err := output(iptables, "-w", "5", "-t", c.table, "-X", c.chain); err != nil && !strings.Contains(out, "No chain") && !strings.Contains(out, "does not exist") {
+			errs = append(errs, fmt.Sprintf("%s -X %s: %s", iptables, c.chain, out))
 		}
 	}
 	if len(errs) > 0 {

@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"net/netip"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -220,5 +221,170 @@ func TestJumpPosition(t *testing.T) {
 	withTartan := "-P FORWARD DROP\n-A FORWARD -j TARTAN-FORWARD\n-A FORWARD -j DOCKER-USER"
 	if got := rulePositions(withTartan, "-A FORWARD -j TARTAN-FORWARD"); len(got) != 1 || got[0] != 1 {
 		t.Fatalf("positions: %v", got)
+	}
+}
+
+var (
+	pool6A = netip.MustParsePrefix("fd00:a::/64")
+	pool6B = netip.MustParsePrefix("fd00:b::/64")
+	pool6I = netip.MustParsePrefix("fd00:c::/64")
+)
+
+// dualStackState is testState with an IPv6 pool beside each IPv4 one, as
+// dual-stack networks contribute them.
+func dualStackState() State {
+	st := testState()
+	st.Pools = append(st.Pools, Pool{Pool: pool6A, Device: "tartan.1", NAT66: true}, Pool{Pool: pool6B}, Pool{Pool: pool6I, Internal: true, Device: "tartan.3"})
+	return st
+}
+
+// addresses returns the prefixes the rules match on (-s, -d).
+func addresses(t *testing.T, r Rules) []netip.Prefix {
+	t.Helper()
+	var out []netip.Prefix
+	for _, c := range layout(r) {
+		for _, rule := range c.rules {
+			f := strings.Fields(rule)
+			for i := 0; i+1 < len(f); i++ {
+				if f[i] == "-s" || f[i] == "-d" {
+					out = append(out, netip.MustParsePrefix(f[i+1]))
+				}
+			}
+		}
+	}
+	return out
+}
+
+// Each family's rules come from its own pools: IPv6 pools change nothing
+// in the IPv4 rules, and the IPv6 rules name no IPv4 address.
+func TestDualStackFamilies(t *testing.T) {
+	st := dualStackState()
+	v4, v6 := Render(st), Render6(st)
+	if !reflect.DeepEqual(v4, Render(testState())) {
+		t.Fatalf("IPv6 pools changed the IPv4 rules:\n%s", strings.Join(v4.Isolate, "\n"))
+	}
+	for _, p := range addresses(t, v4) {
+		if !p.Addr().Is4() {
+			t.Errorf("IPv6 prefix %s in the IPv4 rules", p)
+		}
+	}
+	for _, p := range addresses(t, v6) {
+		if !p.Addr().Is6() {
+			t.Errorf("IPv4 prefix %s in the IPv6 rules", p)
+		}
+	}
+	// The VXLAN port (the underlay is IPv4) and published ports are IPv4's.
+	if len(v6.Input)+len(v6.DNAT)+len(v6.RawOutput) != 0 || len(v6.Raw) != 1 {
+		t.Fatalf("IPv6 input, DNAT or raw rules: %+v", v6)
+	}
+	for _, c := range layout(v6) {
+		for _, r := range c.rules {
+			if strings.Contains(r, "8472") || strings.Contains(r, "--dport") {
+				t.Errorf("port rule in the IPv6 rules: %s", r)
+			}
+		}
+	}
+	if v6.Raw[0] != "-A "+RawChain+" -i tn+ -m rpfilter --invert -j DROP" {
+		t.Errorf("IPv6 raw rule: %s", v6.Raw[0])
+	}
+	if r := Render6(testState()); len(r.Forward)+len(r.Isolate)+len(r.Postrouting)+len(r.Raw) != 0 {
+		t.Fatalf("IPv6 rules without IPv6 pools: %+v", r)
+	}
+	if has6(testState()) || !has6(dualStackState()) {
+		t.Fatal("has6")
+	}
+}
+
+// The IPv6 rules isolate as the IPv4 ones do.
+func TestIPv6Isolation(t *testing.T) {
+	r := Render6(dualStackState())
+	for _, c := range []struct {
+		name string
+		p    packet
+		want string
+	}{
+		{"same network, same host", packet{in: "tn1", out: "tn2", src: "fd00:a::2", dst: "fd00:a::3", state: "NEW"}, "ACCEPT"},
+		{"same network, from a peer's VXLAN", packet{in: "tartan.1", out: "tn2", src: "fd00:a::1:2", dst: "fd00:a::3", state: "NEW"}, "ACCEPT"},
+		{"same network, host-gw peer", packet{in: "eth1", out: "tn2", src: "fd00:b::1:2", dst: "fd00:b::3", state: "NEW"}, "ACCEPT"},
+		{"other tartan network", packet{in: "tn1", out: "tn4", src: "fd00:a::2", dst: "fd00:b::3", state: "NEW"}, "DROP"},
+		{"VXLAN device carrying another pool", packet{in: "tartan.1", out: "tn4", src: "fd00:c::2", dst: "fd00:c::3", state: "NEW"}, "DROP"},
+		{"to Docker's bridge", packet{in: "tn1", out: "docker0", src: "fd00:a::2", dst: "fd00:17::2", state: "NEW"}, "DROP"},
+		{"to a user bridge", packet{in: "tn1", out: "br-0123", src: "fd00:a::2", dst: "fd00:18::2", state: "NEW"}, "DROP"},
+		{"to a bridge with its own name", packet{in: "tn1", out: "mybridge", src: "fd00:a::2", dst: "fd00:19::2", state: "NEW"}, "DROP"},
+		{"from Docker's bridge", packet{in: "docker0", out: "tn1", src: "fd00:17::2", dst: "fd00:a::2", state: "NEW"}, "DROP"},
+		{"from a bridge, spoofed pool source", packet{in: "docker0", out: "tn1", src: "fd00:a::7", dst: "fd00:a::2", state: "NEW"}, "DROP"},
+		{"reply", packet{in: "eth0", out: "tn1", src: "2001:db8::1", dst: "fd00:a::2", state: "ESTABLISHED"}, "ACCEPT"},
+		{"to the outside", packet{in: "tn1", out: "eth0", src: "fd00:a::2", dst: "2001:db8::1", state: "NEW"}, "ACCEPT"},
+		{"internal to the outside", packet{in: "tn1", out: "eth0", src: "fd00:c::2", dst: "2001:db8::1", state: "NEW"}, "DROP"},
+		{"internal within", packet{in: "tn1", out: "tn2", src: "fd00:c::2", dst: "fd00:c::3", state: "NEW"}, "ACCEPT"},
+		{"outside in", packet{in: "eth0", out: "tn1", src: "2001:db8::1", dst: "fd00:a::2", state: "NEW"}, "DROP"},
+		{"Docker's own traffic is Docker's", packet{in: "docker0", out: "eth0", src: "fd00:17::2", dst: "2001:db8::1", state: "NEW"}, "RETURN"},
+	} {
+		if got := decide(t, r, c.p); got != c.want {
+			t.Errorf("%s: %s, want %s\n%s\n%s", c.name, got, c.want, strings.Join(r.Isolate, "\n"), strings.Join(r.Forward, "\n"))
+		}
+	}
+	all := strings.Join(r.Isolate, "\n")
+	for _, want := range []string{
+		"-A " + IsolateChain + " -i tartan.1 ! -s fd00:a::/64 -j DROP",
+		"-A " + IsolateChain + " -i tartan.3 ! -s fd00:c::/64 -j DROP",
+		"-A " + IsolateChain + " -s fd00:c::/64 -j DROP",
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no %q in\n%s", want, all)
+		}
+	}
+	for _, p := range []netip.Prefix{pool6A, pool6B} {
+		if strings.Contains(all+"\n", "-A "+IsolateChain+" -s "+p.String()+" -j DROP\n") {
+			t.Errorf("%s is not internal, yet cut off:\n%s", p, all)
+		}
+	}
+}
+
+// IPv6 pools are masqueraded only with NAT66, and never when internal;
+// NAT66 changes nothing for IPv4 pools.
+func TestNAT66(t *testing.T) {
+	masq := func(p netip.Prefix) string {
+		return "-A " + PostroutingChain + " -s " + p.String() + " ! -d " + p.String() + " -j MASQUERADE"
+	}
+	st := State{Pools: []Pool{{Pool: pool6A}}}
+	if r := Render6(st); len(r.Postrouting) != 0 || len(r.Forward) == 0 {
+		t.Fatalf("NAT66 off: %+v", r)
+	}
+	st.Pools[0].NAT66 = true
+	if r := Render6(st); len(r.Postrouting) != 1 || r.Postrouting[0] != masq(pool6A) {
+		t.Fatalf("NAT66 on: %q", r.Postrouting)
+	}
+	st.Pools[0].Internal = true
+	if r := Render6(st); len(r.Postrouting) != 0 {
+		t.Fatalf("NAT66 on an internal pool: %q", r.Postrouting)
+	}
+	st = State{Pools: []Pool{{Pool: poolA}, {Pool: poolI, Internal: true, NAT66: true}}}
+	if r := Render(st); len(r.Postrouting) != 1 || r.Postrouting[0] != masq(poolA) {
+		t.Fatalf("IPv4 masquerade follows Internal alone: %q", r.Postrouting)
+	}
+}
+
+// The IPv6 nat OUTPUT jump leaves ::1 alone as the IPv4 one does 127/8;
+// the other jumps are the same.
+func TestJumpsPerFamily(t *testing.T) {
+	j4, j6 := jumpsFor(false), jumpsFor(true)
+	if len(j4) != len(j6) {
+		t.Fatal("jumps differ in number")
+	}
+	for i := range j4 {
+		s4, s6 := strings.Join(j4[i].spec, " "), strings.Join(j6[i].spec, " ")
+		if j4[i].builtin == "OUTPUT" && j4[i].table == "nat" {
+			if !strings.Contains(s4, "! -d 127.0.0.0/8 ") || !strings.Contains(s6, "! -d ::1/128 ") {
+				t.Errorf("nat OUTPUT: %q, %q", s4, s6)
+			}
+		} else if s4 != s6 || j4[i].after != j6[i].after {
+			t.Errorf("%s %s: %q, %q", j4[i].table, j4[i].builtin, s4, s6)
+		}
+	}
+	for v4, v6 := range map[string]string{"iptables-nft": "ip6tables-nft", "iptables-legacy": "ip6tables-legacy", "iptables": "ip6tables"} {
+		if got := ip6Of(v4); got != v6 {
+			t.Errorf("ip6Of(%s) = %s", v4, got)
+		}
 	}
 }

@@ -30,5 +30,5 @@ func (Backend) Describe() backend.Description {
 
 // Peers are routed on the underlay, each through its host's address.
 func (Backend) Peers(n backend.Network) (routing.Network, bool) {
-	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), HostGW: true}, true
+	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), HostGW: true}, true
 }

@@ -23,3 +23,17 @@ func Sysctl(root, name, value string) error {
 	}
 	return nil
 }
+
+// EnableIPv6 turns IPv6 on for one interface (a host may default to it
+// off for new ones). Interface names may hold dots, so the path is built
+// here rather than from a dotted sysctl name.
+func EnableIPv6(root, ifname string) error {
+	path := filepath.Join(root, "net", "ipv6", "conf", ifname, "disable_ipv6")
+	if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) == "0" {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte("0"), 0o644); err != nil {
+		return fmt.Errorf("enable IPv6 on %s: %w", ifname, err)
+	}
+	return nil
+}

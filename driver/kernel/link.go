@@ -90,6 +90,27 @@ func ConfigureHostSide(host string, gateway netip.Addr, ip netip.Addr) error {
 	return ReplaceRoute(Route{Dst: netip.PrefixFrom(ip, 32), Link: host})
 }
 
+// ConfigureHostSide6 gives the host side of a dual-stack endpoint's veth
+// its IPv6 part: IPv6 on (a host may default to it off), the link-local
+// gateway the container's neighbour discovery asks for (no duplicate
+// address detection: every endpoint veth of the network has the same one),
+// and the route to the container's /128. sysctlRoot is where the host's
+// /proc/sys is.
+func ConfigureHostSide6(sysctlRoot, host string, gateway netip.Addr, ip netip.Addr) error {
+	if err := EnableIPv6(sysctlRoot, host); err != nil {
+		return err
+	}
+	l, err := netlink.LinkByName(host)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", host, err)
+	}
+	addr := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(gateway, 64)), Scope: unix.RT_SCOPE_LINK, Flags: unix.IFA_F_NODAD}
+	if err := netlink.AddrReplace(l, addr); err != nil {
+		return fmt.Errorf("add gateway %s to %s: %w", gateway, host, err)
+	}
+	return ReplaceRoute(Route{Dst: netip.PrefixFrom(ip, 128), Link: host})
+}
+
 // DeleteLink removes a link; a missing link is fine.
 func DeleteLink(name string) error {
 	l, err := netlink.LinkByName(name)

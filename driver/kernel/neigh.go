@@ -42,30 +42,39 @@ func ReplaceNeigh(n Neigh) error {
 	if err != nil {
 		return fmt.Errorf("neighbour %s: %w", n.IP, err)
 	}
-	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
+	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: family(n.IP), State: netlink.NUD_PERMANENT,
 		IP: n.IP.AsSlice(), HardwareAddr: mac}); err != nil {
 		return fmt.Errorf("neighbour %s lladdr %s dev %s: %w", n.IP, n.MAC, n.Link, err)
 	}
 	return nil
 }
 
-// Neighs lists the permanent IPv4 neighbour entries of a link.
+// family is the netlink address family of an address.
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
+// Neighs lists the permanent neighbour entries of a link, IPv4 and IPv6.
 func Neighs(link string) ([]Neigh, error) {
 	idx, err := linkIndex(link)
 	if err != nil {
 		return nil, err
 	}
-	ns, err := neighList(idx, unix.AF_INET)
-	if err != nil {
-		return nil, fmt.Errorf("list neighbours of %s: %w", link, err)
-	}
 	var out []Neigh
-	for _, n := range ns {
-		if n.State&netlink.NUD_PERMANENT == 0 {
-			continue
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		ns, err := neighList(idx, fam)
+		if err != nil {
+			return nil, fmt.Errorf("list neighbours of %s: %w", link, err)
 		}
-		ip, _ := netip.AddrFromSlice(n.IP.To4())
-		out = append(out, Neigh{Link: link, IP: ip, MAC: n.HardwareAddr.String()})
+		for _, n := range ns {
+			if n.State&netlink.NUD_PERMANENT == 0 {
+				continue
+			}
+			out = append(out, Neigh{Link: link, IP: addrOf(n.IP), MAC: n.HardwareAddr.String()})
+		}
 	}
 	return out, nil
 }
@@ -79,7 +88,7 @@ func DeleteNeigh(n Neigh) error {
 	if err != nil {
 		return err
 	}
-	if err := netlink.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, IP: n.IP.AsSlice()}); err != nil && !notFound(err) {
+	if err := netlink.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: family(n.IP), IP: n.IP.AsSlice()}); err != nil && !notFound(err) {
 		return fmt.Errorf("delete neighbour %s dev %s: %w", n.IP, n.Link, err)
 	}
 	return nil

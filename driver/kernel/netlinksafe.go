@@ -37,7 +37,11 @@ func addrList(l netlink.Link, family int) ([]netlink.Addr, error) {
 }
 
 func routeList(filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
-	return whole(func() ([]netlink.Route, error) { return netlink.RouteListFiltered(netlink.FAMILY_V4, filter, mask) })
+	return routeListFamily(netlink.FAMILY_V4, filter, mask)
+}
+
+func routeListFamily(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
+	return whole(func() ([]netlink.Route, error) { return netlink.RouteListFiltered(family, filter, mask) })
 }
 
 func neighList(linkIndex, family int) ([]netlink.Neigh, error) {

@@ -75,12 +75,16 @@ func ReplaceRoute(r Route) error {
 	return nil
 }
 
-// OwnedRoutes lists the IPv4 main-table routes tartan installed.
+// OwnedRoutes lists the main-table routes tartan installed, IPv4 and IPv6.
 func OwnedRoutes() ([]Route, error) {
 	filter := &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
-	rs, err := routeList(filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return nil, fmt.Errorf("list routes: %w", err)
+	var rs []netlink.Route
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		got, err := routeListFamily(family, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, fmt.Errorf("list routes: %w", err)
+		}
+		rs = append(rs, got...)
 	}
 	names := map[int]string{}
 	var out []Route
@@ -95,18 +99,23 @@ func OwnedRoutes() ([]Route, error) {
 			}
 			names[r.LinkIndex] = name
 		}
-		dst, _ := netip.AddrFromSlice(r.Dst.IP.To4())
 		ones, _ := r.Dst.Mask.Size()
-		route := Route{Dst: netip.PrefixFrom(dst, ones), Link: name, Onlink: r.Flags&int(netlink.FLAG_ONLINK) != 0}
-		if gw, ok := netip.AddrFromSlice(r.Gw.To4()); ok && r.Gw != nil {
-			route.Via = gw
+		route := Route{Dst: netip.PrefixFrom(addrOf(r.Dst.IP), ones), Link: name, Onlink: r.Flags&int(netlink.FLAG_ONLINK) != 0}
+		if r.Gw != nil {
+			route.Via = addrOf(r.Gw)
 		}
-		if src, ok := netip.AddrFromSlice(r.Src.To4()); ok && r.Src != nil {
-			route.Src = src
+		if r.Src != nil {
+			route.Src = addrOf(r.Src)
 		}
 		out = append(out, route)
 	}
 	return out, nil
+}
+
+// addrOf reads a netlink address: IPv4 as IPv4, IPv6 as IPv6.
+func addrOf(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap() // netlink may hand an IPv4 address in 16 bytes
 }
 
 // HostRoutes lists the destinations of the host's own IPv4 routes in the

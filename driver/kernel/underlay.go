@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Underlay is the interface and address a host talks to its peers over.
@@ -14,6 +15,9 @@ type Underlay struct {
 	Address   netip.Addr
 	Prefix    netip.Prefix // the address with its mask: the L2 segment's subnet
 	MTU       int
+	// LinkLocal6 is the interface's IPv6 link-local address, when it has
+	// one: the next hop of peers' host-gw routes to dual-stack pools.
+	LinkLocal6 netip.Addr
 }
 
 // FindUnderlay resolves ADVERTISE: an interface name, an IP address of this
@@ -61,6 +65,17 @@ func underlayOf(l netlink.Link, ip netip.Addr) (Underlay, error) {
 		}
 		ones, _ := a.Mask.Size()
 		u.Address, u.Prefix = got, netip.PrefixFrom(got, ones).Masked()
+		if six, err := addrList(l, netlink.FAMILY_V6); err == nil {
+			for _, a := range six {
+				// A tentative address (its duplicate address detection
+				// still running, right after the link came up) is the
+				// one the interface will have.
+				if ll := addrOf(a.IP); ll.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_DADFAILED == 0 {
+					u.LinkLocal6 = ll
+					break
+				}
+			}
+		}
 		return u, nil
 	}
 	return Underlay{}, fmt.Errorf("interface %s does not carry %s", l.Attrs().Name, ip)

@@ -133,3 +133,18 @@ func StableMAC(seed string) net.HardwareAddr {
 	mac[0] = (mac[0] | 0x02) & 0xfe // locally administered, unicast
 	return mac
 }
+
+// LinkLocalOf is the IPv6 link-local address a MAC address gives an
+// interface by EUI-64 (RFC 4291): a peer VTEP's, which dual-stack routes
+// take as their next hop (an IPv6 route cannot have an IPv4 one). An
+// unreadable MAC gives the invalid address.
+func LinkLocalOf(mac string) netip.Addr {
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) != 6 {
+		return netip.Addr{}
+	}
+	var b [16]byte
+	b[0], b[1] = 0xfe, 0x80
+	b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15] = hw[0]^0x02, hw[1], hw[2], 0xff, 0xfe, hw[3], hw[4], hw[5]
+	return netip.AddrFrom16(b)
+}

@@ -116,6 +116,12 @@ func (b Backend) Create(ctx context.Context, n *backend.Network, req backend.Cre
 		}
 		n.Gateway = req.Gateway.Addr().String()
 	}
+	if req.Gateway6.IsValid() {
+		if !n.Pool6Prefix().Contains(req.Gateway6.Addr()) {
+			return errdefs.Invalid("IPv6 gateway %s is outside subnet %s: give --gateway an address of the IPv6 subnet (the physical router)", req.Gateway6, n.Pool6)
+		}
+		n.Gateway6 = req.Gateway6.Addr().String()
+	}
 	n.Parent, n.Mode = o.Parent, o.MacvlanMode
 	if n.Mode == "" {
 		n.Mode = DefaultMode
@@ -321,6 +327,9 @@ func (Backend) Join(n backend.Network, e backend.Endpoint) backend.Join {
 	j := backend.Join{Interface: e.PeerIf}
 	if !n.Internal {
 		j.Gateway = n.GatewayAddr()
+		if e.IP6 != "" {
+			j.Gateway6 = n.Gateway6Addr()
+		}
 	}
 	return j
 }

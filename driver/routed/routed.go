@@ -27,8 +27,12 @@ func Describe(d backend.Description) backend.Description {
 }
 
 // FirstGateway is the link-local gateway of a host's first routed network;
-// the next ones take the following addresses.
-var FirstGateway = netip.MustParseAddr("169.254.1.1")
+// the next ones take the following addresses. FirstGateway6 is the IPv6
+// one of dual-stack networks.
+var (
+	FirstGateway  = netip.MustParseAddr("169.254.1.1")
+	FirstGateway6 = netip.MustParseAddr("fe80::1")
+)
 
 // OptMTU is Docker's name for a network's MTU option.
 const OptMTU = "com.docker.network.driver.mtu"
@@ -56,9 +60,18 @@ func (b Base) Create(_ context.Context, n *backend.Network, req backend.CreateRe
 		return err
 	}
 	n.Gateway = NextGateway(req.Others).String()
+	if n.Pool6 != "" {
+		n.Gateway6 = NextGateway6(req.Others).String()
+	}
 	n.MTU, err = MTU(u, b.Overhead, req.Options.MTU)
+	if err == nil && n.Pool6 != "" && n.MTU < minMTU6 {
+		return errdefs.Invalid("MTU %d is below IPv6's least (%d): a dual-stack network needs -o %s=%d or more, and an underlay that allows it", n.MTU, minMTU6, OptMTU, minMTU6)
+	}
 	return err
 }
+
+// minMTU6 is the least MTU of an IPv6 link (RFC 8200).
+const minMTU6 = 1280
 
 // CheckPool refuses a routed network whose pool overlaps the host's
 // underlay subnet: its more specific routes would send traffic for the
@@ -85,6 +98,19 @@ func NextGateway(others []backend.Network) netip.Addr {
 	return a
 }
 
+// NextGateway6 is NextGateway for the IPv6 link-local gateways.
+func NextGateway6(others []backend.Network) netip.Addr {
+	used := map[string]bool{}
+	for _, n := range others {
+		used[n.Gateway6] = true
+	}
+	a := FirstGateway6
+	for used[a.String()] {
+		a = a.Next()
+	}
+	return a
+}
+
 // MTU is the network's MTU: the underlay's less the encapsulation, or the
 // one asked for when it fits.
 func MTU(u kernel.Underlay, overhead, want int) (int, error) {
@@ -100,9 +126,17 @@ func MTU(u kernel.Underlay, overhead, want int) (int, error) {
 
 // Ensure turns forwarding on: routed networks need it. Docker turns it on
 // too, but tartan does not rely on that.
-func (b Base) Ensure(backend.Network) error {
+// A dual-stack network turns IPv6 forwarding on as well, as Docker does
+// for its own IPv6 networks (a host that takes its own IPv6 address from
+// router advertisements keeps it only with accept_ra=2 on that interface).
+func (b Base) Ensure(n backend.Network) error {
 	if err := kernel.Sysctl(b.Host.SysctlRoot, "net.ipv4.ip_forward", "1"); err != nil {
 		return fmt.Errorf("routed networks need forwarding: %w (the plugin mounts the host's /proc/sys at %s)", err, b.Host.SysctlRoot)
+	}
+	if n.Pool6 != "" {
+		if err := kernel.Sysctl(b.Host.SysctlRoot, "net.ipv6.conf.all.forwarding", "1"); err != nil {
+			return fmt.Errorf("dual-stack networks need IPv6 forwarding: %w (the plugin mounts the host's /proc/sys at %s)", err, b.Host.SysctlRoot)
+		}
 	}
 	return nil
 }
@@ -116,11 +150,23 @@ func (Base) Restored(n backend.Network, _ []backend.Network) backend.Network { r
 
 // EnsureEndpoint makes the veth pair, the /32 route to the container and
 // the gateway address on the host's end.
-func (Base) EnsureEndpoint(n backend.Network, e backend.Endpoint) error {
+func (b Base) EnsureEndpoint(n backend.Network, e backend.Endpoint) error {
 	if err := kernel.EnsureVeth(e.HostIf, e.PeerIf, n.MTU, e.MAC); err != nil {
 		return err
 	}
-	return kernel.ConfigureHostSide(e.HostIf, n.GatewayAddr(), e.Addr())
+	return b.configureHostSide(n, e)
+}
+
+// configureHostSide gives the host's end of the veth the gateways and the
+// routes to the container, IPv6 too on a dual-stack endpoint.
+func (b Base) configureHostSide(n backend.Network, e backend.Endpoint) error {
+	if err := kernel.ConfigureHostSide(e.HostIf, n.GatewayAddr(), e.Addr()); err != nil {
+		return err
+	}
+	if e.IP6 == "" {
+		return nil
+	}
+	return kernel.ConfigureHostSide6(b.Host.SysctlRoot, e.HostIf, n.Gateway6Addr(), e.Addr6())
 }
 
 // DeleteEndpoint removes the veth pair (its route goes with it).
@@ -136,13 +182,16 @@ func DeleteVeth(e backend.Endpoint) error {
 
 // CheckEndpoint repairs the host's end of a live endpoint's veth (address,
 // route) and reports whether its veth is gone or was never taken.
-func (Base) CheckEndpoint(n backend.Network, e backend.Endpoint) (backend.EndpointState, error) {
+func (b Base) CheckEndpoint(n backend.Network, e backend.Endpoint) (backend.EndpointState, error) {
 	if !kernel.LinkExists(e.HostIf) {
 		return backend.EndpointState{Gone: true}, nil
 	}
 	st := backend.EndpointState{Unjoined: !kernel.PeerInContainer(e.HostIf),
 		Routes: []kernel.Route{{Dst: netip.PrefixFrom(e.Addr(), 32), Link: e.HostIf}}}
-	return st, kernel.ConfigureHostSide(e.HostIf, n.GatewayAddr(), e.Addr())
+	if e.IP6 != "" {
+		st.Routes = append(st.Routes, kernel.Route{Dst: netip.PrefixFrom(e.Addr6(), 128), Link: e.HostIf})
+	}
+	return st, b.configureHostSide(n, e)
 }
 
 // Live says whether the endpoint's veth is still there.
@@ -159,6 +208,14 @@ func (Base) Join(n backend.Network, e backend.Endpoint) backend.Join {
 	}}
 	if !n.Internal {
 		j.Gateway = gw
+	}
+	if gw6 := n.Gateway6Addr(); e.IP6 != "" && gw6.IsValid() {
+		// A connected /128 to the gateway makes the container's route
+		// lookup of it pick this interface (every interface has fe80::/64).
+		j.Routes = append(j.Routes, backend.StaticRoute{Dst: netip.PrefixFrom(gw6, 128)}, backend.StaticRoute{Dst: n.Pool6Prefix(), NextHop: gw6})
+		if !n.Internal {
+			j.Gateway6 = gw6
+		}
 	}
 	return j
 }

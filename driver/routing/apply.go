@@ -52,8 +52,8 @@ func checkRoutes(n Network, routes []kernel.Route) ([]kernel.Route, []error) {
 	var ok []kernel.Route
 	var errs []error
 	for _, r := range routes {
-		if !Inside(n.Pool, r.Dst) {
-			errs = append(errs, fmt.Errorf("refusing peer route %s: outside the network's pool %s", r, n.Pool))
+		if !Inside(n.Pool, r.Dst) && !(n.Pool6.IsValid() && Inside(n.Pool6, r.Dst)) {
+			errs = append(errs, fmt.Errorf("refusing peer route %s: outside the network's pools %s", r, n.pools()))
 			continue
 		}
 		ok = append(ok, r)
@@ -76,7 +76,7 @@ func Apply(k Kernel, n Network, plan Plan) error {
 	// touches the pool (also a wider prefix an older version let in from a
 	// bad record) or that sits on the network's device.
 	mine := func(r kernel.Route) bool {
-		return r.Via.IsValid() && (n.Pool.Overlaps(r.Dst) || (n.Device != "" && r.Link == n.Device))
+		return r.Via.IsValid() && (n.Pool.Overlaps(r.Dst) || (n.Pool6.IsValid() && n.Pool6.Overlaps(r.Dst)) || (n.Device != "" && r.Link == n.Device))
 	}
 	errs = append(errs, converge(routes, k.OwnedRoutes, mine, k.ReplaceRoute, k.DeleteRoute)...)
 	return errors.Join(errs...)

@@ -47,6 +47,10 @@ type Plan struct {
 type Network struct {
 	ID   string
 	Pool netip.Prefix
+	// Pool6 is the IPv6 pool of a dual-stack network (invalid: none): its
+	// blocks are routed to the same peers, through their IPv6 link-local
+	// addresses (routing6.go).
+	Pool6 netip.Prefix
 	// HostGW: every peer is reached by a plain route on the underlay.
 	// Otherwise Device is the network's VXLAN device and VNI its VNI;
 	// Direct (directrouting) routes peers on the underlay's L2 directly.
@@ -54,6 +58,14 @@ type Network struct {
 	Device string
 	VNI    int
 	Direct bool
+}
+
+// pools names the network's pools, for messages.
+func (n Network) pools() string {
+	if n.Pool6.IsValid() {
+		return n.Pool.String() + " and " + n.Pool6.String()
+	}
+	return n.Pool.String()
 }
 
 // Input is everything Compute needs; it does no I/O.
@@ -65,6 +77,9 @@ type Input struct {
 	Now      time.Time
 	View     View
 	Memo     *Memo // optional: what an earlier call derived for this network
+	// V6: Net.Pool is the network's IPv6 pool (Compute6), routed through
+	// the peers' link-local addresses.
+	V6 bool
 }
 
 // liveness is the cluster's rule for live hosts and blocks (kv.Liveness).
@@ -98,7 +113,7 @@ func (in Input) hostAddrProblem(ip netip.Addr, perr error) string {
 	case perr != nil:
 		return "not an IP address"
 	case !ip.Is4():
-		return "not an IPv4 address"
+		return "not an IPv4 address" // the underlay is IPv4, whatever the pools
 	case !ip.IsGlobalUnicast():
 		// Rules out unspecified, loopback, multicast, link-local, broadcast.
 		return "not a unicast address another host can reach"
@@ -106,6 +121,27 @@ func (in Input) hostAddrProblem(ip netip.Addr, perr error) string {
 		return fmt.Sprintf("inside the network's own pool %s", in.Net.Pool)
 	}
 	return ""
+}
+
+// Compute6 plans the peer entries of a dual-stack network's IPv6 pool: in
+// with Net.Pool replaced by Net.Pool6 and View the IPv6 pool's.
+func Compute6(in Input) Plan {
+	in.Net.Pool, in.V6 = in.Net.Pool6, true
+	return Compute(in)
+}
+
+// Merge joins the plans of a dual-stack network's two pools into one: the
+// routes of both, and one neighbour and FDB entry per peer.
+func Merge(a, b Plan) Plan {
+	out := Plan{Routes: slices.Concat(a.Routes, b.Routes), Neighs: slices.Concat(a.Neighs, b.Neighs), FDBs: slices.Concat(a.FDBs, b.FDBs),
+		Problems: slices.Concat(a.Problems, b.Problems), Next: a.Next}
+	out.until(b.Next, time.Time{})
+	slices.SortFunc(out.Routes, func(x, y kernel.Route) int { return comparePrefix(x.Dst, y.Dst) })
+	slices.SortFunc(out.Neighs, compareNeigh)
+	out.Neighs = slices.Compact(out.Neighs)
+	slices.SortFunc(out.FDBs, compareFDB)
+	out.FDBs = slices.Compact(out.FDBs)
+	return out
 }
 
 // Compute plans the peer state of a network. Records that cannot be routed
@@ -175,13 +211,26 @@ func Compute(in Input) Plan {
 					hostID, via, in.Underlay.Prefix, dst))
 				return
 			}
-			plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Underlay.Interface, Via: via})
+			hop := via
+			if in.V6 {
+				// An IPv6 route cannot have an IPv4 next hop: the peer's
+				// link-local address on the shared segment is it.
+				if hop, _ = netip.ParseAddr(h.LinkLocal6); !hop.Is6() || !hop.IsLinkLocalUnicast() {
+					plan.Problems = append(plan.Problems, fmt.Sprintf("host %s (%s) registered no IPv6 link-local address on its underlay interface: %s cannot be routed to it (enable IPv6 on its underlay interface)", hostID, via, dst))
+					return
+				}
+			}
+			plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Underlay.Interface, Via: hop})
 			return
 		}
-		plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Net.Device, Via: via, Onlink: true})
+		hop := via
+		if in.V6 {
+			hop = kernel.LinkLocalOf(p.mac) // the peer's VTEP, as a next hop IPv6 routes take
+		}
+		plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Net.Device, Via: hop, Onlink: true})
 		if p.done != memo.gen {
 			p.done = memo.gen
-			plan.Neighs = append(plan.Neighs, kernel.Neigh{Link: in.Net.Device, IP: via, MAC: p.mac})
+			plan.Neighs = append(plan.Neighs, kernel.Neigh{Link: in.Net.Device, IP: hop, MAC: p.mac})
 			plan.FDBs = append(plan.FDBs, kernel.FDB{Link: in.Net.Device, MAC: p.mac, Dst: via})
 		}
 	}
@@ -194,7 +243,7 @@ func Compute(in Input) Plan {
 	// allocated on a swarm manager for a task elsewhere) get a /32.
 	for _, a := range in.View.Exceptions {
 		ip, err := netip.ParseAddr(a.IP)
-		if err != nil || !ip.Is4() || !pool.Contains(ip) {
+		if err != nil || !pool.Contains(ip) {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("address record %q of host %s ignored: not an address of the network's pool %s", a.IP, a.Host, pool))
 			continue
 		}
@@ -210,7 +259,7 @@ func Compute(in Input) Plan {
 			}
 		}
 		if blockOwner != a.Host {
-			add(netip.PrefixFrom(ip, 32), a.Host)
+			add(netip.PrefixFrom(ip, ip.BitLen()), a.Host)
 		}
 	}
 	slices.SortFunc(plan.Routes, func(a, b kernel.Route) int { return comparePrefix(a.Dst, b.Dst) })

@@ -119,6 +119,7 @@ type netWatch struct {
 	applied *Plan
 	plan    *Plan // the last plan computed, under Router.mu
 	memo    Memo  // the writer's own
+	memo6   Memo  // the IPv6 pool's, on a dual-stack network
 }
 
 // New returns a router; Start runs it.
@@ -190,12 +191,23 @@ func (r *Router) runLocked(w *netWatch) {
 		go r.follow(ctx, kv.HostsPrefix, r.hostsListed)
 		go r.readRenewals(ctx)
 	}
-	pc, ok := r.pools[w.n.Pool]
+	for _, pool := range w.n.poolList() {
+		r.watchPoolLocked(pool)
+	}
+	ctx, cancel := context.WithCancel(r.ctx)
+	w.cancel, w.done = cancel, make(chan struct{})
+	go r.run(ctx, w)
+	w.pokeNow()
+}
+
+// watchPoolLocked counts one more user of a pool's cache, and starts its
+// watches for the first. Called with r.mu held.
+func (r *Router) watchPoolLocked(pool netip.Prefix) {
+	pc, ok := r.pools[pool]
 	if !ok {
 		ctx, cancel := context.WithCancel(r.ctx)
 		pc = &poolCache{cancel: cancel, relist: make(chan struct{}, 1), byKey: map[string]versioned{}}
-		r.pools[w.n.Pool] = pc
-		pool := w.n.Pool
+		r.pools[pool] = pc
 		go r.listBlocks(ctx, pool, pc.relist)
 		go r.followWith(ctx, kv.BlockFeedPrefix(pool.String()), func(ps []kv.Pair) { r.feedListed(pool, ps) }, func() {
 			// The feed went unwatched for a while: entries may have
@@ -208,10 +220,15 @@ func (r *Router) runLocked(w *netWatch) {
 		go r.follow(ctx, kv.ExceptionPrefix(pool.String()), func(ps []kv.Pair) { r.exceptionsListed(pool, ps) })
 	}
 	pc.users++
-	ctx, cancel := context.WithCancel(r.ctx)
-	w.cancel, w.done = cancel, make(chan struct{})
-	go r.run(ctx, w)
-	w.pokeNow()
+}
+
+// poolList is the network's pools: its IPv4 pool, and its IPv6 pool when
+// it is dual-stack.
+func (n Network) poolList() []netip.Prefix {
+	if n.Pool6.IsValid() {
+		return []netip.Prefix{n.Pool, n.Pool6}
+	}
+	return []netip.Prefix{n.Pool}
 }
 
 // Remove stops routing a network and waits until its writer has stopped.
@@ -227,10 +244,12 @@ func (r *Router) Remove(id string) {
 	delete(r.nets, id)
 	if w.cancel != nil {
 		w.cancel()
-		if pc := r.pools[w.n.Pool]; pc != nil {
-			if pc.users--; pc.users == 0 {
-				pc.cancel()
-				delete(r.pools, w.n.Pool)
+		for _, pool := range w.n.poolList() {
+			if pc := r.pools[pool]; pc != nil {
+				if pc.users--; pc.users == 0 {
+					pc.cancel()
+					delete(r.pools, pool)
+				}
 			}
 		}
 		if len(r.nets) == 0 && r.hosts != nil {
@@ -366,7 +385,7 @@ func (r *Router) blocksListed(ctx context.Context, pool netip.Prefix, ps []kv.Pa
 		var derr *kv.DecodeError
 		_, err := kv.GetJSON(ctx, r.store, kv.PoolPath(pool.String()), &p)
 		switch {
-		case err == nil && p.BlockBits >= pool.Bits() && p.BlockBits <= 32:
+		case err == nil && p.BlockBits >= pool.Bits() && p.BlockBits <= pool.Addr().BitLen():
 			bits, bitsKnown = p.BlockBits, true
 		case err == nil:
 			poolProblem = fmt.Sprintf("pool record %s has block size /%d, which does not fit the pool: blocks are checked against the pool alone", pool, p.BlockBits)
@@ -451,7 +470,7 @@ func (r *Router) exceptionsListed(pool netip.Prefix, ps []kv.Pair) {
 
 func (r *Router) pokePoolLocked(pool netip.Prefix) {
 	for _, w := range r.nets {
-		if w.n.Pool == pool {
+		if w.n.Pool == pool || w.n.Pool6 == pool {
 			w.pokeNow()
 		}
 	}
@@ -498,6 +517,12 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 		}
 		r.mu.Lock()
 		view, ready := r.viewLocked(w.n.Pool)
+		var view6 View
+		if w.n.Pool6.IsValid() {
+			var ready6 bool
+			view6, ready6 = r.viewLocked(w.n.Pool6)
+			ready = ready && ready6
+		}
 		r.mu.Unlock()
 		if !ready {
 			tick.Reset(min(r.cfg.Replan, 30*time.Second))
@@ -523,7 +548,11 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 			tick.Reset(min(r.cfg.Replan, 30*time.Second))
 			continue
 		}
-		plan := Compute(Input{Self: r.cfg.Host, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: time.Now(), View: view, Memo: &w.memo})
+		now := time.Now()
+		plan := Compute(Input{Self: r.cfg.Host, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: now, View: view, Memo: &w.memo})
+		if w.n.Pool6.IsValid() {
+			plan = Merge(plan, Compute6(Input{Self: r.cfg.Host, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: now, View: view6, Memo: &w.memo6}))
+		}
 		rearm(plan.Next)
 		changed, err := r.install(ctx, w, plan)
 		if err != nil && ctx.Err() == nil {

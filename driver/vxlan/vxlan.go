@@ -97,6 +97,9 @@ func (b Backend) Ensure(n backend.Network) error {
 	if why != "" && b.Host.Log != nil {
 		b.Host.Log.WithFields(logrus.Fields{"if": n.Device, "network": backend.ShortID(n.ID)}).Warnf("made the VXLAN device again: the one found had %s", why)
 	}
+	if err == nil && n.Pool6 != "" {
+		err = kernel.EnableIPv6(b.Host.SysctlRoot, n.Device) // it carries the IPv6 pool too
+	}
 	return err
 }
 
@@ -112,7 +115,7 @@ func (Backend) Remove(_ context.Context, n backend.Network, _ []backend.Network)
 // Peers are reached through the network's VXLAN device, or on the underlay
 // when directrouting is on and they share its segment.
 func (Backend) Peers(n backend.Network) (routing.Network, bool) {
-	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Device: n.Device, VNI: n.VNI, Direct: n.Direct}, true
+	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), Device: n.Device, VNI: n.VNI, Direct: n.Direct}, true
 }
 
 // Info adds the network's VNI.

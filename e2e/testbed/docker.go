@@ -52,6 +52,9 @@ func Iptables() string {
 	return "iptables"
 }
 
+// Iptables6 is the ip6tables command of the daemons' flavour.
+func Iptables6() string { return "ip6" + strings.TrimPrefix(Iptables(), "ip") }
+
 // DockerdBin is the dockerd to run (DOCKERD env to choose another engine).
 func DockerdBin() string {
 	if v := os.Getenv("DOCKERD"); v != "" {
