@@ -101,10 +101,10 @@ e2e: compose
 	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -parallel 4 -v -skip 'TestSwarmGlobalScope|TestGatewayPriority' ./e2e/
 
 # What runs again on each newer engine.
-ENGINE_SUITE := TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot|TestGatewayAllocation|TestCompose|TestInstallFromRegistry
+ENGINE_SUITE := TestSingleHostEmbedded|TestDualStack|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot|TestGatewayAllocation|TestCompose|TestInstallFromRegistry
 # 28 and later: gw-priority too.
 ENGINE_SUITE28 := $(ENGINE_SUITE)|TestGatewayPriority
-NFT_SUITE := TestSingleHostEmbedded|TestRestart|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestGatewayAllocation|TestCompose|TestInstallFromRegistry|TestGatewayPriority
+NFT_SUITE := TestSingleHostEmbedded|TestDualStack|TestRestart|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestGatewayAllocation|TestCompose|TestInstallFromRegistry|TestGatewayPriority
 
 # The quick start, restarts, the 3-host suite and issue 9's safety tests
 # (lifecycle, isolation, upgrade, store input, concurrent creates, cluster
@@ -132,7 +132,7 @@ e2e29nft: docker29 compose
 
 # Docker 20.10 on a host whose iptables is the legacy one: tartan follows
 # Docker into the legacy tables.
-LEGACY_SUITE := TestSingleHostEmbedded|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestRestart
+LEGACY_SUITE := TestSingleHostEmbedded|TestDualStack|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestRestart
 e2e-legacy:
 	TARTAN_E2E_PREFIX=tl- DOCKERD_FIREWALL=iptables-legacy \
 	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -v -run '$(LEGACY_SUITE)' ./e2e/

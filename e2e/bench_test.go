@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,6 +52,9 @@ func TestBench(t *testing.T) {
 			h.MustDocker(t, "network", "create", tnet, tipam, "-o", n.opts, "--subnet", n.subnet, n.name)
 		}
 	}
+	for _, h := range []*testbed.Host{h1, h2} { // dual-stack vxlan, measured over IPv6
+		h.MustDocker(t, "network", "create", tnet, tipam, "--ipv6", "--subnet", "10.75.0.0/16", "--subnet", "fd00:75::/64", "bv6")
+	}
 	h1.MustDocker(t, "network", "create", "--subnet", "10.74.0.0/24", "bbr")
 	// macvlan on the hosts' "physical" NIC: tartan's, and Docker's own with
 	// a hand-carved --ip-range per host (its IPAM is per host).
@@ -61,12 +65,14 @@ func TestBench(t *testing.T) {
 	}
 
 	type endpoint struct{ netns, ip string }
-	ctr := func(h *testbed.Host, name, network string) endpoint {
+	ctrOf := func(h *testbed.Host, name, network, field string) endpoint {
 		h.MustDocker(t, "run", "-d", "--name", name, "--network", network, "tbox", "sleep", "36000")
 		pid := h.MustDocker(t, "inspect", "-f", "{{.State.Pid}}", name)
-		ip := h.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
+		ip := h.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{."+field+"}}{{end}}", name)
 		return endpoint{"/proc/" + pid + "/ns/net", ip}
 	}
+	ctr := func(h *testbed.Host, name, network string) endpoint { return ctrOf(h, name, network, "IPAddress") }
+	ctr6 := func(h *testbed.Host, name, network string) endpoint { return ctrOf(h, name, network, "GlobalIPv6Address") }
 	type path struct {
 		name, versus string
 		client, srv  endpoint
@@ -76,6 +82,7 @@ func TestBench(t *testing.T) {
 		{"tartan vxlan", "Docker overlay", ctr(h1, "vx1", "bvx"), ctr(h2, "vx2", "bvx")},
 		{"tartan host-gw", "Docker overlay", ctr(h1, "gw1", "bgw"), ctr(h2, "gw2", "bgw")},
 		{"tartan vxlan + directrouting", "Docker overlay", ctr(h1, "dr1", "bdr"), ctr(h2, "dr2", "bdr")},
+		{"tartan vxlan, IPv6", "Docker overlay", ctr6(h1, "v61", "bv6"), ctr6(h2, "v62", "bv6")},
 		{"Docker overlay (swarm)", "", ctr(h1, "ov1", "ov"), ctr(h2, "ov2", "ov")},
 		{"tartan macvlan", "Docker macvlan", ctr(h1, "mv1", "bmv"), ctr(h2, "mv2", "bmv")},
 		{"Docker macvlan", "", ctr(h1, "dm1", "dmv"), ctr(h2, "dm2", "dmv")},
@@ -84,7 +91,7 @@ func TestBench(t *testing.T) {
 	}
 	// One iperf3 and one rr server per destination.
 	for _, p := range paths {
-		for _, args := range [][]string{{"iperf3", "-s", "-B", p.srv.ip}, {rr, "-s", p.srv.ip + ":7000"}} {
+		for _, args := range [][]string{{"iperf3", "-s", "-B", p.srv.ip}, {rr, "-s", net.JoinHostPort(p.srv.ip, "7000")}} {
 			cmd := exec.Command("nsenter", append([]string{"--net=" + p.srv.netns}, args...)...)
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -123,7 +130,7 @@ func TestBench(t *testing.T) {
 			four[p.name] = append(four[p.name], iperf(p, 4))
 		}
 		for _, p := range paths {
-			f := strings.Fields(in(p.client, rr, "-c", p.srv.ip+":7000", "-n", "3000"))
+			f := strings.Fields(in(p.client, rr, "-c", net.JoinHostPort(p.srv.ip, "7000"), "-n", "3000"))
 			a, _ := strconv.ParseFloat(f[0], 64)
 			b, _ := strconv.ParseFloat(f[1], 64)
 			p50[p.name], p99[p.name] = append(p50[p.name], a), append(p99[p.name], b)
