@@ -117,6 +117,17 @@ func (d *Driver) PublishedPorts() []PublishedPorts {
 	return out
 }
 
+// EndpointRecords copies this host's endpoint records, in ID order.
+func (d *Driver) EndpointRecords() []backend.Endpoint {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]backend.Endpoint, 0, len(d.st.endpoints))
+	for _, id := range slices.Sorted(maps.Keys(d.st.endpoints)) {
+		out = append(out, d.st.endpoints[id])
+	}
+	return out
+}
+
 // LinkDrift lists the links this host's records name that the kernel lacks
 // (tartan doctor): a network's own devices, and each endpoint's, as its
 // backend tells whether it is still there.

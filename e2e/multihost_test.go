@@ -275,13 +275,23 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 			t.Fatalf("consul kv put %s: %v %s", key, err, out)
 		}
 	}
+	// A network record Docker does not have (as one deleted while the
+	// plugin was away leaves): made here through the plugin's socket.
+	ghost := strings.Repeat("feedface", 8)
+	if out, err := h.PluginCall("/IpamDriver.RequestPool", `{"AddressSpace":"tartan-local","Pool":"10.64.0.0/16"}`); err != nil {
+		t.Fatalf("request the ghost network's pool: %v %s", err, out)
+	}
+	if out, err := h.PluginCall("/NetworkDriver.CreateNetwork", fmt.Sprintf(`{"NetworkID":%q,"Options":{"com.docker.network.generic":{"tartan.backend":"host-gw"}},"IPv4Data":[{"AddressSpace":"tartan-local","Pool":"10.64.0.0/16"}]}`, ghost)); err != nil {
+		t.Fatalf("create the ghost network: %v %s", err, out)
+	}
 	out, rc, errs := h.TartanRC(t, "doctor")
 	t.Logf("tartan doctor after the damage:\n%s", out)
 	if rc != 1 {
 		t.Fatalf("tartan doctor with drift: exit %d, want 1\n%s%s", rc, out, errs)
 	}
 	for _, want := range []string{"network " + gw.ID[:12] + ": missing route " + route, "network " + vx.ID[:12] + ": missing neighbour " + neigh,
-		"extra neighbour " + neigh + " lladdr 02:00:00:00:00:99", `firewall: the jump "-A INPUT -j ` + firewall.InputChain + `" in table filter is missing`, "address 10.61.0.250 of pool 10.61.0.0/16", "host deadbeefdeadbeef (10.98.0.77) lapsed", "10.61.200.0/26", "fix: "} {
+		"extra neighbour " + neigh + " lladdr 02:00:00:00:00:99", `firewall: the jump "-A INPUT -j ` + firewall.InputChain + `" in table filter is missing`, "address 10.61.0.250 of pool 10.61.0.0/16", "host deadbeefdeadbeef (10.98.0.77) lapsed", "10.61.200.0/26", "fix: ",
+		"network feedfacefeed (pool 10.64.0.0/16) is in tartan's records, but Docker has no such network here"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("tartan doctor does not say %q:\n%s", want, out)
 		}
@@ -290,11 +300,16 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 	// the host gone for more than two lease lifetimes) and --yes takes it
 	// now; the resync repairs the kernel.
 	plan := h.Tartan(t, "gc")
-	if !strings.Contains(plan, "would release address 10.61.0.250 of pool 10.61.0.0/16") || !strings.Contains(plan, "would remove gone host deadbeefdeadbeef (10.98.0.77") {
+	if !strings.Contains(plan, "would release address 10.61.0.250 of pool 10.61.0.0/16") || !strings.Contains(plan, "would remove gone host deadbeefdeadbeef (10.98.0.77") ||
+		!strings.Contains(plan, "would remove network record feedfacefeed (pool 10.64.0.0/16)") {
 		t.Fatalf("tartan gc:\n%s", plan)
 	}
-	if got := h.Tartan(t, "gc", "--yes"); !strings.Contains(got, "released 1 orphaned addresses of this host; removed 1 gone hosts, 1 of their blocks") {
+	if got := h.Tartan(t, "gc", "--yes"); !strings.Contains(got, "released 1 orphaned addresses of this host; removed 1 gone hosts, 1 of their blocks") ||
+		!strings.Contains(got, "1 network records Docker no longer had") {
 		t.Fatalf("tartan gc --yes:\n%s", got)
+	}
+	if out, err := h.PluginCall("/IpamDriver.ReleasePool", `{"PoolID":"local:10.64.0.0/16"}`); err != nil {
+		t.Fatalf("release the ghost network's pool: %v %s", err, out)
 	}
 	for _, key := range []string{"tartan/addrs/10.61.0.0-16/10.61.0.250", "tartan/hosts/deadbeefdeadbeef", "tartan/blocks/10.61.0.0-16/10.61.200.0-26"} {
 		if keys := c.Consul.Keys(t, key); len(keys) != 0 {

@@ -37,6 +37,15 @@ type GCPlan struct {
 	// Gone are hosts not renewed for ipam.GoneAfter lease lifetimes: their
 	// records, blocks and endpoint addresses go.
 	Gone []kv.HostReport `json:"gone"`
+	// Networks are this host's network records that Docker no longer has
+	// and no endpoint uses: they go with what they made in the kernel.
+	Networks []driver.NetworkStatus `json:"networks"`
+}
+
+// GCDone is what tartan gc --yes removed.
+type GCDone struct {
+	ipam.Collected
+	Networks int `json:"networks"` // network records Docker no longer had
 }
 
 // AddressReport is one address of a pool, with the endpoint of this host
@@ -62,6 +71,9 @@ type Admin struct {
 	Cluster  kv.Store
 	LeaseTTL time.Duration
 	Now      func() time.Time
+	// Docker is the engine's view of this host's tartan networks, which
+	// doctor and gc compare with the records; nil: not compared.
+	Docker DockerView
 }
 
 // HostStatus is this host as its plugin sees it (tartan status).
@@ -111,11 +123,23 @@ func (h *Handler) ServeAdmin(a Admin) {
 		return h.gcPlan(ctx, a)
 	})
 	h.admin("POST "+GCPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
-		got, err := h.ipam.CollectGone(ctx, h.drv.Holding)
-		if err == nil {
-			h.log.WithFields(logrus.Fields{"addresses": got.Addresses, "blocks": got.Blocks, "hosts": got.Hosts, "orphans": got.Orphans}).Info("collected on the operator's request (tartan gc --yes)")
+		var done GCDone
+		gone, err := h.dockerGone(ctx, a)
+		if err != nil {
+			return done, err
 		}
-		return got, err
+		for _, n := range gone {
+			if err := h.drv.DeleteNetwork(ctx, n.ID); err != nil {
+				return done, fmt.Errorf("remove network record %s: %w", n.ID, err)
+			}
+			h.log.WithFields(logrus.Fields{"network": n.ID, "pool": n.Pool}).Info("removed a network record Docker no longer has (tartan gc --yes)")
+			done.Networks++
+		}
+		done.Collected, err = h.ipam.CollectGone(ctx, h.drv.Holding)
+		if err == nil {
+			h.log.WithFields(logrus.Fields{"addresses": done.Addresses, "blocks": done.Blocks, "hosts": done.Hosts, "orphans": done.Orphans}).Info("collected on the operator's request (tartan gc --yes)")
+		}
+		return done, err
 	})
 }
 
@@ -172,6 +196,9 @@ func (h *Handler) addresses(ctx context.Context, a Admin, given string) ([]Addre
 func (h *Handler) gcPlan(ctx context.Context, a Admin) (GCPlan, error) {
 	plan := GCPlan{Orphans: []kv.Address{}, Gone: []kv.HostReport{}}
 	var err error
+	if plan.Networks, err = h.dockerGone(ctx, a); err != nil {
+		return plan, err
+	}
 	if plan.Orphans, err = h.ipam.Orphans(ctx, h.drv.Holding); err != nil {
 		return plan, err
 	}
@@ -184,8 +211,22 @@ func (h *Handler) gcPlan(ctx context.Context, a Admin) (GCPlan, error) {
 	return plan, err
 }
 
-// doctor compares what the driver's plans say with the kernel, and the
-// store with this host's endpoints, changing nothing.
+// dockerGone is the network records Docker no longer has and no endpoint
+// uses; none when Docker's view is not compared.
+func (h *Handler) dockerGone(ctx context.Context, a Admin) ([]driver.NetworkStatus, error) {
+	if a.Docker == nil || h.drv == nil {
+		return []driver.NetworkStatus{}, nil
+	}
+	view, err := a.Docker.TartanNetworks(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read Docker's networks: %w", err)
+	}
+	return goneFromDocker(view, h.drv.Status()), nil
+}
+
+// doctor compares what the driver's plans say with the kernel, the store
+// with this host's endpoints, and Docker's networks and endpoints with the
+// driver's records, changing nothing.
 func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 	out := []Finding{}
 	if h.broken != nil {
@@ -212,6 +253,14 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 	}
 	for _, f := range fw {
 		out = append(out, Finding{What: "firewall: " + f, Fix: "the next resync (RESYNC) rewrites tartan's rules; to rewrite them now, docker plugin disable -f and enable (containers keep forwarding)"})
+	}
+	if a.Docker != nil {
+		if view, err := a.Docker.TartanNetworks(ctx); err != nil {
+			out = append(out, Finding{What: "Docker's view of this host's networks could not be read: " + err.Error(),
+				Fix: "point the plugin's docker mount at the engine's socket (docker plugin set tartan:latest docker.source=/var/run/docker.sock)"})
+		} else {
+			out = append(out, dockerDrift(view, h.drv.Status(), h.drv.EndpointRecords())...)
+		}
 	}
 	orphans, err := h.ipam.Orphans(ctx, h.drv.Holding)
 	if err != nil {

@@ -119,7 +119,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	}
 	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
 	h.SetMetrics(metrics)
-	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now})
+	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now, Docker: engineView(s.DockerSocket)})
 	return serve(ctx, socket, h)
 }
 
@@ -145,6 +145,24 @@ func serve(ctx context.Context, socket string, h http.Handler) error {
 	}
 	return nil
 }
+
+// engineView is the Docker API tartan doctor reads the engine's view
+// through, or one that says why there is none.
+func engineView(socket string) DockerView {
+	if fi, err := os.Stat(socket); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return noEngine{fmt.Errorf("%s is not a socket", socket)}
+	}
+	api, err := clusternet.NewAPI(socket)
+	if err != nil {
+		return noEngine{err}
+	}
+	return api
+}
+
+// noEngine is the Docker view of a plugin that cannot reach its engine.
+type noEngine struct{ err error }
+
+func (e noEngine) TartanNetworks(context.Context) ([]clusternet.NetworkView, error) { return nil, e.err }
 
 // dockerAPI connects to the Docker API for cluster-wide networks, or says
 // why they cannot work on this host.

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/driver"
-	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/plugin"
 )
@@ -336,9 +335,12 @@ func printPorts(w io.Writer, ps []driver.PublishedPorts) {
 }
 
 func printGCPlan(w io.Writer, p plugin.GCPlan) {
-	if len(p.Orphans) == 0 && len(p.Gone) == 0 {
+	if len(p.Orphans) == 0 && len(p.Gone) == 0 && len(p.Networks) == 0 {
 		fmt.Fprintln(w, "nothing to collect")
 		return
+	}
+	for _, n := range p.Networks {
+		fmt.Fprintf(w, "would remove network record %s (pool %s): Docker no longer has the network, no endpoint uses it\n", short(n.ID), n.Pool)
 	}
 	for _, o := range p.Orphans {
 		fmt.Fprintf(w, "would release address %s of pool %s: this host's, no endpoint has it (since %s)\n", o.IP, o.Pool, o.Created.UTC().Format(time.RFC3339))
@@ -354,8 +356,9 @@ func printGCPlan(w io.Writer, p plugin.GCPlan) {
 	fmt.Fprintln(w, "tartan gc --yes removes these now")
 }
 
-func printCollected(w io.Writer, c ipam.Collected) {
-	fmt.Fprintf(w, "released %d orphaned addresses of this host; removed %d gone hosts, %d of their blocks and %d of their addresses\n", c.Orphans, c.Hosts, c.Blocks, c.Addresses)
+func printCollected(w io.Writer, c plugin.GCDone) {
+	fmt.Fprintf(w, "released %d orphaned addresses of this host; removed %d gone hosts, %d of their blocks and %d of their addresses; %d network records Docker no longer had\n",
+		c.Orphans, c.Hosts, c.Blocks, c.Addresses, c.Networks)
 }
 
 func short(id string) string { return id[:min(12, len(id))] }

@@ -115,3 +115,55 @@ func (a *API) EngineVersion(ctx context.Context) (string, error) {
 	}
 	return v.Version, nil
 }
+
+// NetworkView is a tartan network as Docker has it on this host, with the
+// endpoints of its containers here (tartan doctor compares them with the
+// plugin's records).
+type NetworkView struct {
+	ID, Name, Scope string
+	Endpoints       []EndpointView
+}
+
+// EndpointView is one endpoint of a container, as Docker has it.
+type EndpointView struct {
+	ID, Container string
+	IPv4, IPv6    string // as Docker shows them: address/length, or ""
+}
+
+// TartanNetworks lists the networks of the enabled tartan plugins, with
+// their endpoints on this host. A Docker that lists no enabled tartan
+// plugin is not the one this plugin serves: that is an error, not an empty
+// view (every record would look stale against it).
+func (a *API) TartanNetworks(ctx context.Context) ([]NetworkView, error) {
+	drivers, err := a.Drivers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(drivers) == 0 {
+		return nil, fmt.Errorf("the Docker at the plugin's docker mount lists no enabled tartan plugin: it is not the engine this plugin serves")
+	}
+	ours := map[string]bool{}
+	for _, d := range drivers {
+		ours[d] = true
+	}
+	list, err := a.c.NetworkList(ctx, network.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var out []NetworkView
+	for _, n := range list {
+		if !ours[n.Driver] || n.ConfigOnly {
+			continue
+		}
+		ins, err := a.c.NetworkInspect(ctx, n.ID, network.InspectOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("inspect network %s: %w", n.Name, err)
+		}
+		v := NetworkView{ID: n.ID, Name: n.Name, Scope: n.Scope}
+		for _, c := range ins.Containers {
+			v.Endpoints = append(v.Endpoints, EndpointView{ID: c.EndpointID, Container: c.Name, IPv4: c.IPv4Address, IPv6: c.IPv6Address})
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
