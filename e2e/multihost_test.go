@@ -258,6 +258,16 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 		}
 	}
 	neigh := strings.Fields(strings.Split(strings.TrimSpace(h.MustIP(t, "neigh", "show", "dev", vx.Device)), "\n")[0])[0]
+	// A network record Docker does not have (as one deleted while the
+	// plugin was away leaves): made here through the plugin's socket, before the
+	// damage below (its creation rewrites the firewall).
+	ghost := strings.Repeat("feedface", 8)
+	if out, err := h.PluginCall("/IpamDriver.RequestPool", `{"AddressSpace":"tartan-local","Pool":"10.64.0.0/16"}`); err != nil {
+		t.Fatalf("request the ghost network's pool: %v %s", err, out)
+	}
+	if out, err := h.PluginCall("/NetworkDriver.CreateNetwork", fmt.Sprintf(`{"NetworkID":%q,"Options":{"com.docker.network.generic":{"tartan.backend":"host-gw"}},"IPv4Data":[{"AddressSpace":"tartan-local","Pool":"10.64.0.0/16"}]}`, ghost)); err != nil {
+		t.Fatalf("create the ghost network: %v %s", err, out)
+	}
 	if out, err := h.Exec(testbed.Iptables(), "-D", "INPUT", "-j", firewall.InputChain); err != nil {
 		t.Fatalf("delete tartan's INPUT jump: %v %s", err, out)
 	}
@@ -274,15 +284,6 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 		if out, err := c.Consul.CLI("kv", "put", key, value); err != nil {
 			t.Fatalf("consul kv put %s: %v %s", key, err, out)
 		}
-	}
-	// A network record Docker does not have (as one deleted while the
-	// plugin was away leaves): made here through the plugin's socket.
-	ghost := strings.Repeat("feedface", 8)
-	if out, err := h.PluginCall("/IpamDriver.RequestPool", `{"AddressSpace":"tartan-local","Pool":"10.64.0.0/16"}`); err != nil {
-		t.Fatalf("request the ghost network's pool: %v %s", err, out)
-	}
-	if out, err := h.PluginCall("/NetworkDriver.CreateNetwork", fmt.Sprintf(`{"NetworkID":%q,"Options":{"com.docker.network.generic":{"tartan.backend":"host-gw"}},"IPv4Data":[{"AddressSpace":"tartan-local","Pool":"10.64.0.0/16"}]}`, ghost)); err != nil {
-		t.Fatalf("create the ghost network: %v %s", err, out)
 	}
 	out, rc, errs := h.TartanRC(t, "doctor")
 	t.Logf("tartan doctor after the damage:\n%s", out)
