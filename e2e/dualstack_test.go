@@ -110,6 +110,35 @@ func TestDualStack(t *testing.T) {
 		}
 	}
 	t.Logf("host 1's IPv6 routes:\n%s", r6)
+	// tartan doctor is clean on every host (kernel IPv6 entries, ip6tables,
+	// Docker's view of the dual-stack endpoints), and a plugin restart on
+	// host 1 keeps its IPv6 routes and rules: its containers are reached
+	// over IPv6 from host 2 after it, and doctor is clean again.
+	doctorClean := func(when string) {
+		t.Helper()
+		for i, h := range c.Hosts {
+			testbed.Eventually(t, 30*time.Second, fmt.Sprintf("tartan doctor clean on host %d %s", i+1, when), func() error {
+				if out, rc, errs := h.TartanRC(t, "doctor"); rc != 0 {
+					return fmt.Errorf("exit %d:\n%s%s", rc, out, errs)
+				}
+				return nil
+			})
+		}
+	}
+	doctorClean("with dual-stack networks")
+	c.Hosts[0].MustDocker(t, "plugin", "disable", "-f", testbed.PluginName)
+	c.Hosts[0].MustDocker(t, "plugin", "enable", testbed.PluginName)
+	c.Hosts[0].WaitPlugin(t)
+	for _, n := range nets {
+		target := ips[n.name][0].v6
+		testbed.Eventually(t, 20*time.Second, fmt.Sprintf("%s: host 2 reaches host 1's container at %s after host 1's plugin restarted", n.name, target), func() error {
+			if out, err := c.Hosts[1].Docker("exec", n.name+"-2", "ping", "-c", "1", "-W", "1", target); err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			return nil
+		})
+	}
+	doctorClean("after host 1's plugin restarted")
 
 	// Isolation: a container of dvx does not reach dgw's IPv6 addresses,
 	// on its own host or another.
