@@ -206,6 +206,37 @@ func TestMacvlan(t *testing.T) {
 			t.Fatalf("host %d keeps tartan links:\n%s", i+1, l)
 		}
 	}
+
+	// Dual stack, as Docker's macvlan: containers on two hosts sit on the
+	// segment with both families, their IPv6 default route through the
+	// IPv6 --gateway, and reach each other over IPv6 directly.
+	for _, h := range c.Hosts[:2] {
+		h.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.backend=macvlan", "-o", "parent=eth1", "--ipv6",
+			"--subnet", "10.69.0.0/24", "--subnet", "fd00:69::/64", "--gateway", "fd00:69::fe", "mv6")
+	}
+	six := make([]string, 2)
+	for i, h := range c.Hosts[:2] {
+		name := fmt.Sprintf("mv6-%d", i+1)
+		h.MustDocker(t, "run", "-d", "--name", name, "--network", "mv6", "tbox", "sleep", "600")
+		six[i] = h.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}/{{.GlobalIPv6PrefixLen}}{{end}}", name)
+		if !strings.HasPrefix(six[i], "fd00:69::") || !strings.HasSuffix(six[i], "/64") {
+			t.Fatalf("host %d's macvlan container has IPv6 address %q, want one of fd00:69::/64 with its prefix", i+1, six[i])
+		}
+		six[i] = strings.TrimSuffix(six[i], "/64")
+		if r := h.MustDocker(t, "exec", name, "ip", "-6", "route", "show", "default"); !strings.Contains(r, "via fd00:69::fe dev eth0") {
+			t.Fatalf("host %d: the container's IPv6 default route is %q, want via the gateway fd00:69::fe", i+1, r)
+		}
+	}
+	testbed.Eventually(t, 20*time.Second, "macvlan containers on two hosts reach each other over IPv6", func() error {
+		if out, err := c.Hosts[0].Docker("exec", "mv6-1", "ping", "-c", "1", "-W", "1", six[1]); err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+	for i, h := range c.Hosts[:2] {
+		h.MustDocker(t, "rm", "-f", fmt.Sprintf("mv6-%d", i+1))
+		removeNetworks(t, h, "mv6")
+	}
 }
 
 // storeAddrs maps every address the store holds in subnet to its kind.
