@@ -72,7 +72,9 @@ func TestBench(t *testing.T) {
 		return endpoint{"/proc/" + pid + "/ns/net", ip}
 	}
 	ctr := func(h *testbed.Host, name, network string) endpoint { return ctrOf(h, name, network, "IPAddress") }
-	ctr6 := func(h *testbed.Host, name, network string) endpoint { return ctrOf(h, name, network, "GlobalIPv6Address") }
+	ctr6 := func(h *testbed.Host, name, network string) endpoint {
+		return ctrOf(h, name, network, "GlobalIPv6Address")
+	}
 	type path struct {
 		name, versus string
 		client, srv  endpoint

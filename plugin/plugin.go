@@ -162,7 +162,9 @@ func engineView(socket string) DockerView {
 // noEngine is the Docker view of a plugin that cannot reach its engine.
 type noEngine struct{ err error }
 
-func (e noEngine) TartanNetworks(context.Context) ([]clusternet.NetworkView, error) { return nil, e.err }
+func (e noEngine) TartanNetworks(context.Context) ([]clusternet.NetworkView, error) {
+	return nil, e.err
+}
 
 // dockerAPI connects to the Docker API for cluster-wide networks, or says
 // why they cannot work on this host.

@@ -87,24 +87,21 @@ func CheckPool(pool netip.Prefix, u kernel.Underlay, macvlan string) error {
 // NextGateway is the first link-local gateway address no other network of
 // the host uses.
 func NextGateway(others []backend.Network) netip.Addr {
-	used := map[string]bool{}
-	for _, n := range others {
-		used[n.Gateway] = true
-	}
-	a := FirstGateway
-	for used[a.String()] {
-		a = a.Next()
-	}
-	return a
+	return nextFree(FirstGateway, others, func(n backend.Network) string { return n.Gateway })
 }
 
 // NextGateway6 is NextGateway for the IPv6 link-local gateways.
 func NextGateway6(others []backend.Network) netip.Addr {
+	return nextFree(FirstGateway6, others, func(n backend.Network) string { return n.Gateway6 })
+}
+
+// nextFree is the first address from first that no network's gw is.
+func nextFree(first netip.Addr, others []backend.Network, gw func(backend.Network) string) netip.Addr {
 	used := map[string]bool{}
 	for _, n := range others {
-		used[n.Gateway6] = true
+		used[gw(n)] = true
 	}
-	a := FirstGateway6
+	a := first
 	for used[a.String()] {
 		a = a.Next()
 	}

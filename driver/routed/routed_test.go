@@ -83,3 +83,18 @@ func TestRoutedEndpoint(t *testing.T) {
 		t.Fatalf("an MTU over the limit: %v", err)
 	}
 }
+
+// TestNextGateways: each routed network of a host gets its own link-local
+// gateway of each family, the first one no other network uses.
+func TestNextGateways(t *testing.T) {
+	others := []backend.Network{{Gateway: "169.254.1.1", Gateway6: "fe80::1"}, {Gateway: "169.254.1.2"}}
+	if gw := NextGateway(others); gw.String() != "169.254.1.3" {
+		t.Fatalf("IPv4 gateway %s", gw)
+	}
+	if gw := NextGateway6(others); gw.String() != "fe80::2" {
+		t.Fatalf("IPv6 gateway %s", gw)
+	}
+	if gw := NextGateway6(nil); gw != FirstGateway6 {
+		t.Fatalf("first IPv6 gateway %s", gw)
+	}
+}

@@ -48,17 +48,13 @@ func (a *API) Drivers(ctx context.Context) ([]string, error) {
 
 // Networks lists the networks whose driver is one of drivers (tartan plugins).
 func (a *API) Networks(ctx context.Context, drivers []string) ([]DockerNetwork, error) {
-	ours := map[string]bool{}
-	for _, d := range drivers {
-		ours[d] = true
-	}
-	list, err := a.c.NetworkList(ctx, network.ListOptions{})
+	list, err := a.networksOf(ctx, drivers)
 	if err != nil {
 		return nil, err
 	}
 	var out []DockerNetwork
 	for _, n := range list {
-		if !ours[n.Driver] || n.ConfigOnly || len(n.IPAM.Config) == 0 || n.Scope == "swarm" {
+		if len(n.IPAM.Config) == 0 || n.Scope == "swarm" {
 			continue
 		}
 		on, _ := strconv.ParseBool(n.Options[driver.OptCluster])
@@ -70,6 +66,26 @@ func (a *API) Networks(ctx context.Context, drivers []string) ([]DockerNetwork, 
 			Gateway: cfg.Gateway, Aux: cfg.AuxAddress, IPAMOptions: n.IPAM.Options, Options: n.Options, Labels: labels,
 			Internal: n.Internal, Attachable: n.Attachable,
 		}})
+	}
+	return out, nil
+}
+
+// networksOf lists the networks whose driver is one of drivers, but
+// config-only ones (a --config-from template is no network).
+func (a *API) networksOf(ctx context.Context, drivers []string) ([]network.Summary, error) {
+	ours := map[string]bool{}
+	for _, d := range drivers {
+		ours[d] = true
+	}
+	list, err := a.c.NetworkList(ctx, network.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	out := list[:0]
+	for _, n := range list {
+		if ours[n.Driver] && !n.ConfigOnly {
+			out = append(out, n)
+		}
 	}
 	return out, nil
 }
@@ -142,19 +158,12 @@ func (a *API) TartanNetworks(ctx context.Context) ([]NetworkView, error) {
 	if len(drivers) == 0 {
 		return nil, fmt.Errorf("the Docker at the plugin's docker mount lists no enabled tartan plugin: it is not the engine this plugin serves")
 	}
-	ours := map[string]bool{}
-	for _, d := range drivers {
-		ours[d] = true
-	}
-	list, err := a.c.NetworkList(ctx, network.ListOptions{})
+	list, err := a.networksOf(ctx, drivers)
 	if err != nil {
 		return nil, err
 	}
 	var out []NetworkView
 	for _, n := range list {
-		if !ours[n.Driver] || n.ConfigOnly {
-			continue
-		}
 		ins, err := a.c.NetworkInspect(ctx, n.ID, network.InspectOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("inspect network %s: %w", n.Name, err)
