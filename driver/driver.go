@@ -285,6 +285,13 @@ func poolID(n localNetwork) ipam.PoolID {
 	return ipam.PoolID{Space: space, CIDR: n.PoolPrefix()}
 }
 
+// poolID6 is the ID of a dual-stack network's IPv6 pool (same space).
+func poolID6(n localNetwork) ipam.PoolID {
+	id := poolID(n)
+	id.CIDR = n.Pool6Prefix()
+	return id
+}
+
 // Holding lists, for each pool of a local-scope network of this host, the
 // addresses its endpoints have (every record, live or not: a record not yet
 // proven stale still holds its address). It is ipam.Holding for the sweep
@@ -338,8 +345,12 @@ func (d *Driver) EndpointHas(pool netip.Prefix, ip netip.Addr) bool {
 func (d *Driver) DeferRelease(id ipam.PoolID) bool {
 	d.mu.Lock()
 	for _, n := range d.st.networks {
-		if n.Pool == id.CIDR.String() && (n.Space == id.Space || n.Space == "") {
-			n.ReleasePending = true
+		if (n.Pool == id.CIDR.String() || n.Pool6 == id.CIDR.String()) && (n.Space == id.Space || n.Space == "") {
+			if n.Pool == id.CIDR.String() {
+				n.ReleasePending = true
+			} else {
+				n.ReleasePending6 = true
+			}
 			d.st.networks[n.ID] = n
 			d.mu.Unlock()
 			if err := putLocal(context.Background(), d.local, localNetworks+n.ID, n); err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/errdefs"
+	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -151,7 +152,8 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 	}
 	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "pool": n.Pool}).Info("network deleted")
 	d.mu.Lock()
-	pending := n.ReleasePending || d.st.networks[n.ID].ReleasePending
+	cur := d.st.networks[n.ID]
+	pending, pending6 := n.ReleasePending || cur.ReleasePending, n.ReleasePending6 || cur.ReleasePending6
 	delete(d.st.networks, n.ID)
 	d.mu.Unlock()
 	if err := d.writeFirewall(); err != nil {
@@ -160,11 +162,17 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 	if err := d.local.Delete(ctx, localNetworks+n.ID, 0); err != nil {
 		return fmt.Errorf("forget network %s: %w", shortID(n.ID), err)
 	}
-	if pending {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		if err := d.addrs.ReleasePool(rctx, poolID(n)); err != nil {
-			d.log.WithField("pool", n.Pool).Warnf("release the pool of the deleted network: %v", err)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	for _, p := range []struct {
+		due bool
+		id  ipam.PoolID
+	}{{pending, poolID(n)}, {pending6, poolID6(n)}} {
+		if !p.due {
+			continue
+		}
+		if err := d.addrs.ReleasePool(rctx, p.id); err != nil {
+			d.log.WithField("pool", p.id.CIDR).Warnf("release the pool of the deleted network: %v", err)
 		}
 	}
 	return nil

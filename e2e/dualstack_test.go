@@ -183,6 +183,9 @@ func TestDualStack(t *testing.T) {
 		{[]string{"--ipv6", "--subnet", "10.74.0.0/16", "--subnet", "fe80::/64"}, "link-local"},
 		{[]string{"--ipv6", "--subnet", "10.74.0.0/16", "--subnet", "fd00:74::/64", "--ipam-opt", "tartan.blocksize6=40"}, "tartan.blocksize6=40 does not fit"},
 		{[]string{"--ipv6", "--subnet", "10.75.0.0/16", "--subnet", "fd00:71::/64"}, "fd00:71::/64"},
+		// A refused duplicate of a live dual-stack network (Docker then
+		// releases both its pools): the live network keeps both.
+		{[]string{"--ipv6", "--subnet", "10.71.0.0/16", "--subnet", "fd00:71::/64"}, "already used by tartan network"},
 		{[]string{"--ipv6", "--subnet", "10.76.0.0/16", "--subnet", "fd00:76::/64", "-o", "tartan.backend=macvlan", "-o", "tartan.nat66=true"}, "tartan.nat66 is for routed networks"},
 	} {
 		out, err := h.Docker(append([]string{"network", "create", tnet, tipam}, append(bad.args, "dbad")...)...)
@@ -190,6 +193,17 @@ func TestDualStack(t *testing.T) {
 	}
 	if out, _ := h.Docker("network", "ls", "-q", "--filter", "name=dbad"); strings.TrimSpace(out) != "" {
 		t.Fatalf("a refused network was left: %s", out)
+	}
+	for _, key := range []string{"tartan/pools/10.71.0.0-16", "tartan/pools/fd00:71::-64"} {
+		if keys := c.Consul.Keys(t, key); len(keys) == 0 {
+			t.Fatalf("the refused duplicate took the live network's pool record %s", key)
+		}
+	}
+	if out, err := h.Docker("exec", "dvx-1", "ping", "-c", "1", "-W", "2", ips["dvx"][1].v6); err != nil {
+		t.Fatalf("dvx lost IPv6 after a refused duplicate create: %v %s", err, out)
+	}
+	if out, err := h.Docker("run", "--rm", "--network", "dvx", "tbox", "ping", "-c", "1", "-W", "2", ips["dvx"][1].v6); err != nil {
+		t.Fatalf("a new container on dvx cannot get an IPv6 address and reach host 1 after a refused duplicate create: %v %s", err, out)
 	}
 	for i, h := range c.Hosts {
 		_, _ = h.Docker("rm", "-f", fmt.Sprintf("dvx-%d", i+1), fmt.Sprintf("dgw-%d", i+1), fmt.Sprintf("dint-%d", i+1))

@@ -40,6 +40,8 @@ type Network struct {
 	Pool6    string `json:"pool6,omitempty"`
 	Gateway6 string `json:"gateway6,omitempty"`
 	NAT66    bool   `json:"nat66,omitempty"`
+	// ReleasePending6 is ReleasePending for the IPv6 pool.
+	ReleasePending6 bool `json:"releasePending6,omitempty"`
 }
 
 // Pool6Prefix is the network's IPv6 pool (invalid when it has none).
