@@ -64,7 +64,7 @@ func TestBench(t *testing.T) {
 			"--ip-range", fmt.Sprintf("10.78.0.%d/26", 64*(i+1)), "dmv")
 	}
 
-	type endpoint struct{ netns, ip string }
+	type endpoint = benchEndpoint
 	ctrOf := func(h *testbed.Host, name, network, field string) endpoint {
 		h.MustDocker(t, "run", "-d", "--name", name, "--network", network, "tbox", "sleep", "36000")
 		pid := h.MustDocker(t, "inspect", "-f", "{{.State.Pid}}", name)
@@ -75,10 +75,7 @@ func TestBench(t *testing.T) {
 	ctr6 := func(h *testbed.Host, name, network string) endpoint {
 		return ctrOf(h, name, network, "GlobalIPv6Address")
 	}
-	type path struct {
-		name, versus string
-		client, srv  endpoint
-	}
+	type path = benchPath
 	paths := []path{
 		{"host to host (underlay)", "", endpoint{h1.Path(), c.Addr[0]}, endpoint{h2.Path(), c.Addr[1]}},
 		{"tartan vxlan", "Docker overlay", ctr(h1, "vx1", "bvx"), ctr(h2, "vx2", "bvx")},
@@ -161,6 +158,13 @@ func TestBench(t *testing.T) {
 			p50[p.name], p99[p.name] = append(p50[p.name], a), append(p99[p.name], b)
 		}
 		t.Logf("round %d of %d done", r+1, rounds)
+	}
+
+	// BENCH_PERF=1: where the cycles go on each path, from a system-wide
+	// perf profile (cpu-clock) of one more single-stream run; the top
+	// kernel symbols land in build/perf.md.
+	if os.Getenv("BENCH_PERF") != "" {
+		profile(t, filepath.Join(root, "build", "perf.md"), secs, paths, func(p path) { iperf(p, 1) })
 	}
 
 	// Control plane: docker run on tartan against Docker's bridge, interleaved.
@@ -288,4 +292,50 @@ func machine() string {
 	out, _ := exec.Command("nproc").Output()
 	kernel, _ := exec.Command("uname", "-r").Output()
 	return fmt.Sprintf("%s cores of %s, kernel %s, veth underlay MTU 1500", strings.TrimSpace(string(out)), model, strings.TrimSpace(string(kernel)))
+}
+
+type benchEndpoint struct{ netns, ip string }
+
+type benchPath struct {
+	name, versus string
+	client, srv  benchEndpoint
+}
+
+// profile records a system-wide perf profile (cpu-clock, kernel and user)
+// while run drives each path, and writes each path's top symbols, idle
+// left out, to out.
+func profile(t *testing.T, out string, secs int, paths []benchPath, run func(benchPath)) {
+	var b strings.Builder
+	for _, p := range paths {
+		data := filepath.Join(t.TempDir(), "perf.data")
+		rec := exec.Command("perf", "record", "-a", "-e", "cpu-clock", "-o", data, "--", "sleep", fmt.Sprint(secs+1))
+		if err := rec.Start(); err != nil {
+			t.Fatalf("perf record: %v", err)
+		}
+		run(p)
+		if err := rec.Wait(); err != nil {
+			t.Fatalf("perf record: %v", err)
+		}
+		rep, err := exec.Command("perf", "report", "-i", data, "--no-children", "--stdio", "--sort", "symbol", "--percent-limit", "1").Output()
+		if err != nil {
+			t.Fatalf("perf report: %v", err)
+		}
+		fmt.Fprintf(&b, "### %s\n\n```\n", p.name)
+		n := 0
+		for _, l := range strings.Split(string(rep), "\n") {
+			if l = strings.TrimSpace(l); l == "" || strings.HasPrefix(l, "#") || strings.Contains(l, "safe_halt") || strings.Contains(l, "cpu_idle") {
+				continue
+			}
+			if n++; n > 25 {
+				break
+			}
+			fmt.Fprintln(&b, l)
+		}
+		fmt.Fprintf(&b, "```\n\n")
+	}
+	fmt.Println("\n" + b.String())
+	_ = os.MkdirAll(filepath.Dir(out), 0o755)
+	if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

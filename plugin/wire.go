@@ -18,6 +18,9 @@ import (
 // networkRequest reads a CreateNetwork request: one IPv4 pool, and one
 // IPv6 pool when the network is dual-stack (--ipv6).
 func networkRequest(r *network.CreateNetworkRequest) (driver.NetworkRequest, error) {
+	if len(r.IPv4Data) == 0 && len(r.IPv6Data) > 0 {
+		return driver.NetworkRequest{}, errdefs.Invalid("IPv6-only networks are not supported: give an IPv4 --subnet beside the IPv6 one (and leave out --ipv4=false)")
+	}
 	pool, data, err := ipv4Pool(r.IPv4Data, false)
 	if err != nil {
 		return driver.NetworkRequest{}, err

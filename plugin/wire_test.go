@@ -64,6 +64,9 @@ func TestWireRequests(t *testing.T) {
 	if err != nil || dual.Pool6 != netip.MustParsePrefix("fd00:1::/64") || dual.Gateway6 != netip.MustParsePrefix("fd00:1::1/64") {
 		t.Fatalf("dual-stack network: %+v %v", dual, err)
 	}
+	if _, err := networkRequest(&network.CreateNetworkRequest{IPv6Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "fd00::/64"}}}); err == nil || !strings.Contains(err.Error(), "IPv6-only networks are not supported") {
+		t.Fatalf("IPv6-only network: %v", err)
+	}
 	for _, bad := range []*network.CreateNetworkRequest{
 		{IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "10.1.0.0/16"}}, IPv6Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "10.2.0.0/16"}}},
 		{IPv4Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "10.1.0.0/16"}}, IPv6Data: []*network.IPAMData{{AddressSpace: ipam.LocalSpace, Pool: "fd00::/64"}, {AddressSpace: ipam.LocalSpace, Pool: "fd01::/64"}}},

@@ -230,7 +230,11 @@ func printStatus(w io.Writer, s plugin.HostStatus) {
 		if n.Internal {
 			backend += " (internal)"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", short(n.ID), backend, n.Pool, vni, n.MTU, n.Endpoints,
+		pool := n.Pool
+		if n.Pool6 != "" {
+			pool += " " + n.Pool6
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", short(n.ID), backend, pool, vni, n.MTU, n.Endpoints,
 			peers[0], peers[1], peers[2], or(strings.Join(n.Problems, "; "), "none"))
 	}
 }
