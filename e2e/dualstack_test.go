@@ -168,6 +168,25 @@ func TestDualStack(t *testing.T) {
 			t.Fatalf("an --internal container reaches %s over IPv6:\n%s", target, out)
 		}
 	}
+	// NAT66: off by default (dvx's IPv6 pool is not masqueraded), on with
+	// -o tartan.nat66=true. With it, a container reaches an IPv6 address
+	// outside the cluster's pools as its host's address: host 2's underlay
+	// address, and host 2 has no route to dnat's pool (dnat is host 1's
+	// only), so only a masqueraded ping is answered.
+	c.Hosts[0].MustIP(t, "-6", "addr", "add", "fd00:98::11/64", "dev", "eth1", "nodad")
+	c.Hosts[1].MustIP(t, "-6", "addr", "add", "fd00:98::12/64", "dev", "eth1", "nodad")
+	c.Hosts[0].MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.nat66=true", "--ipv6", "--subnet", "10.77.0.0/16", "--subnet", "fd00:77::/64", "dnat")
+	c.Hosts[0].MustDocker(t, "run", "-d", "--name", "dnat-1", "--network", "dnat", "tbox", "sleep", "600")
+	nat, err := c.Hosts[0].Exec(testbed.Iptables6(), "-t", "nat", "-S", "TARTAN-POSTROUTING")
+	if err != nil || !strings.Contains(nat, "-s fd00:77::/64 ! -d fd00:77::/64 -j MASQUERADE") || strings.Contains(nat, "fd00:71::") {
+		t.Fatalf("NAT66 rules (%v):\n%s", err, nat)
+	}
+	testbed.Eventually(t, 20*time.Second, "a NAT66 container reaches host 2's IPv6 underlay address", func() error {
+		if out, err := c.Hosts[0].Docker("exec", "dnat-1", "ping", "-c", "1", "-W", "1", "fd00:98::12"); err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
 	// The host's firewall holds tartan's IPv6 chains, in Docker's flavour.
 	if out, err := c.Hosts[0].Exec(testbed.Iptables6() + "-save"); err != nil || !strings.Contains(out, ":TARTAN-ISOLATE") || !strings.Contains(out, "fd00:73::/64") {
 		t.Fatalf("tartan's IPv6 rules are missing (%v):\n%s", err, out)
@@ -206,6 +225,6 @@ func TestDualStack(t *testing.T) {
 		t.Fatalf("a new container on dvx cannot get an IPv6 address and reach host 1 after a refused duplicate create: %v %s", err, out)
 	}
 	for i, h := range c.Hosts {
-		_, _ = h.Docker("rm", "-f", fmt.Sprintf("dvx-%d", i+1), fmt.Sprintf("dgw-%d", i+1), fmt.Sprintf("dint-%d", i+1))
+		_, _ = h.Docker("rm", "-f", fmt.Sprintf("dvx-%d", i+1), fmt.Sprintf("dgw-%d", i+1), fmt.Sprintf("dint-%d", i+1), fmt.Sprintf("dnat-%d", i+1))
 	}
 }
