@@ -44,22 +44,26 @@ func (d *Driver) CreateNetwork(ctx context.Context, r NetworkRequest) error {
 		d.mu.Unlock()
 		return d.backendOf(n).Ensure(n) // a replay
 	}
-	for _, p := range []netip.Prefix{pool, r.Pool6} {
-		if other := d.poolUserLocked(p); p.IsValid() && other != "" {
+	pools := []netip.Prefix{pool}
+	if r.Pool6.IsValid() {
+		pools = append(pools, r.Pool6)
+	}
+	for _, p := range pools {
+		if other := d.poolUserLocked(p); other != "" {
 			d.mu.Unlock()
 			return errdefs.InUse("subnet %s is already used by tartan network %s on this host: use another --subnet", p, shortID(other))
 		}
 	}
-	d.creating[pool.String()] = r.ID
-	if r.Pool6.IsValid() {
-		d.creating[r.Pool6.String()] = r.ID
+	for _, p := range pools {
+		d.creating[p.String()] = r.ID
 	}
 	others := d.networksLocked(r.ID)
 	d.mu.Unlock()
 	n, err := d.createNetwork(ctx, r, opts, backend.CreateRequest{Options: opts, Gateway: r.Gateway, Gateway6: r.Gateway6, Others: others})
 	d.mu.Lock()
-	delete(d.creating, pool.String())
-	delete(d.creating, r.Pool6.String())
+	for _, p := range pools {
+		delete(d.creating, p.String())
+	}
 	if err == nil {
 		d.st.networks[n.ID] = n
 		d.startRoutingLocked(n)

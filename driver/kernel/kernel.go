@@ -13,13 +13,18 @@ import (
 // Sysctl sets a sysctl under root (the host's /proc/sys mounted into the
 // plugin, or /proc/sys itself). A missing or read-only tree is reported.
 func Sysctl(root, name, value string) error {
-	path := filepath.Join(root, strings.ReplaceAll(name, ".", "/"))
+	return writeSysctl(filepath.Join(root, strings.ReplaceAll(name, ".", "/")), value, "sysctl "+name+"="+value)
+}
+
+// writeSysctl writes value to a sysctl file unless it holds it already;
+// what names the setting in the error.
+func writeSysctl(path, value, what string) error {
 	cur, err := os.ReadFile(path)
 	if err == nil && strings.TrimSpace(string(cur)) == value {
 		return nil
 	}
 	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
-		return fmt.Errorf("sysctl %s=%s: %w", name, value, err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }
@@ -28,12 +33,5 @@ func Sysctl(root, name, value string) error {
 // off for new ones). Interface names may hold dots, so the path is built
 // here rather than from a dotted sysctl name.
 func EnableIPv6(root, ifname string) error {
-	path := filepath.Join(root, "net", "ipv6", "conf", ifname, "disable_ipv6")
-	if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) == "0" {
-		return nil
-	}
-	if err := os.WriteFile(path, []byte("0"), 0o644); err != nil {
-		return fmt.Errorf("enable IPv6 on %s: %w", ifname, err)
-	}
-	return nil
+	return writeSysctl(filepath.Join(root, "net", "ipv6", "conf", ifname, "disable_ipv6"), "0", "enable IPv6 on "+ifname)
 }

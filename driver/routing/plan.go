@@ -49,7 +49,7 @@ type Network struct {
 	Pool netip.Prefix
 	// Pool6 is the IPv6 pool of a dual-stack network (invalid: none): its
 	// blocks are routed to the same peers, through their IPv6 link-local
-	// addresses (routing6.go).
+	// addresses (Compute6).
 	Pool6 netip.Prefix
 	// HostGW: every peer is reached by a plain route on the underlay.
 	// Otherwise Device is the network's VXLAN device and VNI its VNI;
