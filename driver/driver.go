@@ -28,6 +28,7 @@ import (
 	"github.com/tartan-net/tartan/driver/macvlan"
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/driver/vxlan"
+	"github.com/tartan-net/tartan/driver/wireguard"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -47,6 +48,9 @@ type Config struct {
 	// NoClusterNetworks says why -o tartan.cluster=true cannot work on this
 	// host (nil when it can).
 	NoClusterNetworks error
+	// WireGuard is the host's WireGuard device, with its key (nil: one
+	// with a new key on the default port, for tests).
+	WireGuard *wireguard.Device
 }
 
 // Addresses is the part of the IPAM the driver uses: macvlan host-access
@@ -76,6 +80,8 @@ type Driver struct {
 	descs    []backend.Description // the backends in Backends' order
 	routes   *routing.Router
 	fwPoke   chan struct{} // wakes the firewall writer: VXLAN peers changed
+	wg       *wireguard.Device
+	wgPoke   chan struct{} // wakes the WireGuard writer: its peers changed
 
 	netMu   sync.Mutex // orders CreateNetwork, DeleteNetwork and reconcile's Ensure
 	portsMu sync.Mutex // orders changes of published ports
@@ -119,18 +125,22 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 	if cfg.OrphanGrace == 0 {
 		cfg.OrphanGrace = 2 * cfg.Resync
 	}
+	if cfg.WireGuard == nil {
+		key, _ := wireguard.NewPrivateKey()
+		cfg.WireGuard = wireguard.NewDevice(wireguard.DeviceName, wireguard.DefaultPort, key, log)
+	}
 	d := &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
 		orphans: map[string]time.Time{}, creating: map[string]string{}, backends: map[string]backend.Backend{},
 		st:     localState{networks: map[string]localNetwork{}, endpoints: map[string]localEndpoint{}},
-		fwPoke: make(chan struct{}, 1)}
+		fwPoke: make(chan struct{}, 1), wg: cfg.WireGuard, wgPoke: make(chan struct{}, 1)}
 	underlay := func() (kernel.Underlay, error) { return kernel.FindUnderlay(cfg.Advertise) }
 	host := backend.Host{ID: cfg.Host, VXLANPort: cfg.VXLANPort, SysctlRoot: cfg.SysctlRoot, Underlay: underlay, Log: log}
-	for _, b := range Backends(host, addrs, cluster, d.skipped) {
+	for _, b := range Backends(host, addrs, cluster, d.skipped, d.wg) {
 		d.backends[b.Describe().Name] = b
 		d.descs = append(d.descs, b.Describe())
 	}
 	d.routes = routing.New(cluster, routing.Netlink{}, routing.Config{Host: cfg.Host, TTL: cfg.LeaseTTL, Replan: 10 * cfg.Resync,
-		Underlay: underlay, OnPeers: d.pokeFirewall, Log: log})
+		Underlay: underlay, OnPeers: d.peersChanged, Log: log})
 	return d
 }
 
@@ -139,11 +149,12 @@ const DefaultResync = 30 * time.Second
 
 // Backends are the backends a host offers, the default first: the one
 // place that knows them all.
-func Backends(h backend.Host, addrs macvlan.Addresses, cluster kv.Store, skipped func(*kv.DecodeError)) []backend.Backend {
+func Backends(h backend.Host, addrs macvlan.Addresses, cluster kv.Store, skipped func(*kv.DecodeError), wg *wireguard.Device) []backend.Backend {
 	return []backend.Backend{
 		vxlan.New(h, macvlan.Name),
 		hostgw.New(h, macvlan.Name),
 		macvlan.New(h, addrs, cluster, skipped),
+		wireguard.New(h, macvlan.Name, wg),
 	}
 }
 
@@ -164,6 +175,7 @@ func (d *Driver) Start(ctx context.Context) {
 	d.mu.Unlock()
 	d.routes.Start(ctx)
 	go d.firewallWriter(ctx)
+	go d.tunnelWriter(ctx)
 }
 
 // startRoutingLocked gives a network that has peers its routing. Called

@@ -9,6 +9,8 @@ import (
 
 	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/routed"
+	"github.com/tartan-net/tartan/driver/vxlan"
+	"github.com/tartan-net/tartan/driver/wireguard"
 	"github.com/tartan-net/tartan/errdefs"
 )
 
@@ -76,6 +78,9 @@ func ParseOptions(opts map[string]any, backends []backend.Description) (Options,
 	if v, ok := generic[OptBackend]; ok {
 		o.Backend = strings.TrimSpace(v)
 	}
+	if err := encrypted(&o, generic); err != nil {
+		return o, err
+	}
 	var chosen *backend.Description
 	names := make([]string, 0, len(backends))
 	for i := range backends {
@@ -109,6 +114,7 @@ func parseOption(o *Options, k, v string, chosen backend.Description, all []back
 		o.Cluster, err = boolOption(k, v)
 	case OptStoreID:
 		o.StoreID = v
+	case wireguard.OptEncrypted: // read by encrypted
 	case OptNAT66:
 		if !chosen.OwnGateway {
 			return true, errdefs.Invalid("-o %s is for routed networks (vxlan, host-gw): a %s network's containers sit on the segment, with no NAT", OptNAT66, chosen.Name)
@@ -137,6 +143,38 @@ func parseOption(o *Options, k, v string, chosen backend.Description, all []back
 	return true, err
 }
 
+// encrypted reads -o encrypted (Docker overlay's option, given bare or as
+// a boolean): a vxlan network with it is a wireguard one. Other backends
+// do not encrypt, and VXLAN's own options do not apply to it.
+func encrypted(o *Options, generic map[string]string) error {
+	v, ok := generic[wireguard.OptEncrypted]
+	if !ok {
+		return nil
+	}
+	on := true
+	if v = strings.TrimSpace(v); v != "" {
+		var err error
+		if on, err = strconv.ParseBool(v); err != nil {
+			return errdefs.Invalid("-o %s=%s is not a boolean: give -o %s alone, or =true or =false", wireguard.OptEncrypted, v, wireguard.OptEncrypted)
+		}
+	}
+	switch {
+	case !on && o.Backend == wireguard.Name:
+		return errdefs.Invalid("-o %s=false on a %s network: WireGuard always encrypts; use -o %s=vxlan for a network in clear", wireguard.OptEncrypted, wireguard.Name, OptBackend)
+	case !on, o.Backend == wireguard.Name:
+	case o.Backend == vxlan.Name:
+		for _, k := range []string{vxlan.OptVNI, vxlan.OptDirectRouting} {
+			if _, ok := generic[k]; ok {
+				return errdefs.Invalid("-o %s cannot go with -o %s: an encrypted network is carried by WireGuard, not VXLAN; remove -o %s", k, wireguard.OptEncrypted, k)
+			}
+		}
+		o.Backend = wireguard.Name
+	default:
+		return errdefs.Invalid("-o %s is for vxlan and wireguard networks: tartan does not encrypt %s traffic; use -o %s=%s", wireguard.OptEncrypted, o.Backend, OptBackend, wireguard.Name)
+	}
+	return nil
+}
+
 func findOption(b backend.Description, key string) (backend.Option, bool) {
 	for _, o := range b.Options {
 		if o.Key == key {
@@ -148,7 +186,7 @@ func findOption(b backend.Description, key string) (backend.Option, bool) {
 
 // knownOptions lists every -o option tartan takes.
 func knownOptions(all []backend.Description) []string {
-	out := []string{OptBackend, OptMTU, OptCluster, OptNAT66}
+	out := []string{OptBackend, OptMTU, OptCluster, OptNAT66, wireguard.OptEncrypted}
 	for _, b := range all {
 		for _, o := range b.Options {
 			out = append(out, o.Key)

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/driver/wireguard"
 	"github.com/tartan-net/tartan/errdefs"
 )
 
@@ -13,7 +14,7 @@ import (
 // descriptions do no I/O).
 func parse(opts map[string]any) (Options, error) {
 	var descs []backend.Description
-	for _, b := range Backends(backend.Host{}, nil, nil, nil) {
+	for _, b := range Backends(backend.Host{}, nil, nil, nil, wireguard.NewDevice(wireguard.DeviceName, wireguard.DefaultPort, wireguard.Key{}, nil)) {
 		descs = append(descs, b.Describe())
 	}
 	return ParseOptions(opts, descs)
@@ -32,7 +33,7 @@ func TestOptionErrors(t *testing.T) {
 		opts map[string]any
 		word string
 	}{
-		{optionsOf("tartan.backend", "ipvlan"), "unknown backend -o tartan.backend=ipvlan: use vxlan, host-gw or macvlan"},
+		{optionsOf("tartan.backend", "ipvlan"), "unknown backend -o tartan.backend=ipvlan: use vxlan, host-gw, macvlan or wireguard"},
 		{optionsOf("tartan.vni", "0"), "use a number from 1 to 16777215"},
 		{optionsOf("tartan.vni", "5", "tartan.backend", "host-gw"), "vxlan backend only"},
 		{optionsOf("tartan.directrouting", "maybe"), "not a boolean"},
@@ -46,6 +47,12 @@ func TestOptionErrors(t *testing.T) {
 		{optionsOf("tartan.cluster", "maybe"), "-o tartan.cluster=maybe is not a boolean"},
 		{optionsOf("tartan.backend", "macvlan", "tartan.nat66", "true"), "-o tartan.nat66 is for routed networks"},
 		{optionsOf("tartan.nat66", "perhaps"), "-o tartan.nat66=perhaps is not a boolean"},
+		{optionsOf("encrypted", "yes please"), "-o encrypted=yes please is not a boolean"},
+		{optionsOf("encrypted", "", "tartan.backend", "host-gw"), "tartan does not encrypt host-gw traffic; use -o tartan.backend=wireguard"},
+		{optionsOf("encrypted", "", "tartan.backend", "macvlan"), "tartan does not encrypt macvlan traffic"},
+		{optionsOf("encrypted", "", "tartan.vni", "7"), "-o tartan.vni cannot go with -o encrypted"},
+		{optionsOf("encrypted", "false", "tartan.backend", "wireguard"), "WireGuard always encrypts"},
+		{optionsOf("tartan.backend", "wireguard", "tartan.directrouting", "true"), "vxlan backend only"},
 	} {
 		_, err := parse(c.opts)
 		if err == nil || !strings.Contains(err.Error(), c.word) {
@@ -81,6 +88,23 @@ func TestOptionsPerBackend(t *testing.T) {
 	for _, bad := range []map[string]any{optionsOf("tartan.nope", "1"), optionsOf("tartan.backend", "host-gw", "tartan.directrouting", "true"), {dockerGeneric: 7}} {
 		if _, err := parse(bad); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("%v: %v, want ErrInvalid", bad, err)
+		}
+	}
+	// -o encrypted (Docker overlay's word) makes a vxlan network a
+	// wireguard one; =false leaves it vxlan.
+	for _, c := range []struct {
+		opts map[string]any
+		want string
+	}{
+		{optionsOf("encrypted", ""), "wireguard"},
+		{optionsOf("encrypted", "true", "tartan.backend", "vxlan"), "wireguard"},
+		{optionsOf("encrypted", "false"), "vxlan"},
+		{optionsOf("tartan.backend", "wireguard", "encrypted", ""), "wireguard"},
+		{optionsOf("tartan.backend", "wireguard", "com.docker.network.driver.mtu", "1400"), "wireguard"},
+	} {
+		o, err := parse(c.opts)
+		if err != nil || o.Backend != c.want {
+			t.Errorf("%v: backend %q, %v; want %s", c.opts, o.Backend, err, c.want)
 		}
 	}
 	if _, err := parse(optionsOf("tartan.nope", "1")); err == nil || !strings.Contains(err.Error(), "tartan.vni") || !strings.Contains(err.Error(), "parent") {

@@ -23,8 +23,9 @@ import (
 func (d *Driver) Reconcile(ctx context.Context) error {
 	err := d.reconcileLocal(ctx)
 	// Peer entries: every network's last plan applied in full, outside
-	// d.mu (this repairs what was deleted by hand).
-	return errors.Join(err, d.routes.Repair())
+	// d.mu (this repairs what was deleted by hand), and the WireGuard
+	// device's peers set again (a failed write is retried here).
+	return errors.Join(err, d.routes.Repair(), d.writeTunnels())
 }
 
 // reconcileLocal is Reconcile's part for this host's own objects. It holds

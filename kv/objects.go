@@ -119,6 +119,12 @@ type Host struct {
 	// interface, if it has one: peers on its segment route dual-stack
 	// pools' blocks through it (an IPv6 route takes no IPv4 next hop).
 	LinkLocal6 string `json:"linkLocal6,omitempty"`
+	// WireGuardKey is the host's WireGuard public key (base64, as wg
+	// prints it) and WireGuardPort the UDP port it listens on at Address:
+	// peers of its wireguard networks encrypt to them. The private key
+	// never leaves the host.
+	WireGuardKey  string `json:"wireguardKey,omitempty"`
+	WireGuardPort int    `json:"wireguardPort,omitempty"`
 }
 
 // Renewal is a host's liveness renewal (RenewalPath).

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/driver/wireguard"
 	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
@@ -27,7 +28,8 @@ const (
 	NetworksPath  = "/tartan/v1/networks"
 	AddressesPath = "/tartan/v1/addresses" // ?pool=CIDR
 	PortsPath     = "/tartan/v1/ports"
-	GCPath        = "/tartan/v1/gc" // GET: what a collection would remove; POST: collect now
+	GCPath        = "/tartan/v1/gc"               // GET: what a collection would remove; POST: collect now
+	RotateKeyPath = "/tartan/v1/wireguard/rotate" // POST: a new WireGuard key pair for this host
 )
 
 // GCPlan is what the next collection would remove (tartan gc).
@@ -40,6 +42,9 @@ type GCPlan struct {
 	// Networks are this host's network records that Docker no longer has
 	// and no endpoint uses: they go with what they made in the kernel.
 	Networks []driver.NetworkStatus `json:"networks"`
+	// WireGuard is the host's WireGuard device (its mode is empty while
+	// the host has no wireguard network).
+	WireGuard *wireguard.Status `json:"wireguard,omitempty"`
 }
 
 // GCDone is what tartan gc --yes removed.
@@ -74,6 +79,14 @@ type Admin struct {
 	// Docker is the engine's view of this host's tartan networks, which
 	// doctor and gc compare with the records; nil: not compared.
 	Docker DockerView
+	// RotateKey gives the host a new WireGuard key pair and returns its
+	// public key (nil: not offered).
+	RotateKey func(context.Context) (string, error)
+}
+
+// RotatedKey is tartan rotate-key's answer.
+type RotatedKey struct {
+	PublicKey string `json:"publicKey"`
 }
 
 // HostStatus is this host as its plugin sees it (tartan status).
@@ -85,6 +98,9 @@ type HostStatus struct {
 	Scope    string                 `json:"scope"`
 	Settings string                 `json:"settingsError,omitempty"` // why every request fails, if one does
 	Networks []driver.NetworkStatus `json:"networks"`
+	// WireGuard is the host's WireGuard device (its mode is empty while
+	// the host has no wireguard network).
+	WireGuard *wireguard.Status `json:"wireguard,omitempty"`
 }
 
 // ServeAdmin adds the operator endpoints. They only read, but for POST
@@ -98,9 +114,20 @@ func (h *Handler) ServeAdmin(a Admin) {
 		}
 		if h.drv != nil {
 			s.Networks, s.Firewall = h.drv.Status(), h.drv.FirewallFlavour()
+			wg, err := h.drv.WireGuard().Status()
+			if err != nil {
+				return s, err
+			}
+			s.WireGuard = &wg
 		}
 		return s, nil
 	})
+	if a.RotateKey != nil {
+		h.admin("POST "+RotateKeyPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
+			pub, err := a.RotateKey(ctx)
+			return RotatedKey{PublicKey: pub}, err
+		})
+	}
 	h.admin("GET "+DoctorPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
 		return h.doctor(ctx, a)
 	})

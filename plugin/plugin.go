@@ -19,6 +19,7 @@ import (
 	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/driver/wireguard"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/plugin/clusternet"
@@ -89,9 +90,19 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL,
 		Taken: kernel.OverlapsHostRoute}, entry.WithField("part", "ipam"))
 	docker, noCluster := dockerAPI(s)
+	key, made, err := wireguard.LoadKey(s.StateDir, s.WireGuardRotate)
+	if err != nil {
+		return err
+	}
+	if made {
+		entry.WithField("publicKey", key.Public().String()).Info("made this host's WireGuard key pair (the private key stays in the state folder)")
+	}
+	wg := wireguard.NewDevice(wireguard.DeviceName, s.WireGuardPort, key, entry.WithField("part", "wireguard"))
 	drv := driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
-		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync, NoClusterNetworks: noCluster},
-		entry.WithField("part", "driver"))
+		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync, NoClusterNetworks: noCluster,
+		WireGuard: wg}, entry.WithField("part", "driver"))
+	reg := &Registrar{Store: cluster, Host: host, Advertise: s.Advertise, Fresh: RenewAfter(s.LeaseTTL), Lookup: kernel.FindUnderlay,
+		WireGuard: func() (string, int) { return wg.PublicKey().String(), wg.Port() }}
 	if err := drv.Restore(ctx); err != nil {
 		return err
 	}
@@ -108,7 +119,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "state": s.StateDir, "version": Version, "firewall": fw.Flavour()}).Info("tartan serving")
 	go warnEngine(ctx, s.DockerSocket, entry)
 	outbox := NewOutbox(local, im, drv, entry.WithField("part", "outbox"))
-	go background(ctx, drv, im, outbox, cluster, host, s, metrics, entry)
+	go background(ctx, drv, im, outbox, reg, s, metrics, entry)
 	if metrics != nil {
 		metrics.Networks(drv)
 		go func() {
@@ -119,7 +130,8 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	}
 	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
 	h.SetMetrics(metrics)
-	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now, Docker: engineView(s.DockerSocket)})
+	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now, Docker: engineView(s.DockerSocket),
+		RotateKey: func(ctx context.Context) (string, error) { return rotateKey(ctx, wg, reg, s, entry) }})
 	return serve(ctx, socket, h)
 }
 
@@ -181,7 +193,7 @@ func dockerAPI(s Settings) (*clusternet.API, error) {
 
 // background does the work that must never hold up a request: the first
 // full reconcile, then periodic ones, host registration and lease renewal.
-func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, cluster kv.Store, host string, s Settings, metrics *Metrics, log logrus.FieldLogger) {
+func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, reg *Registrar, s Settings, metrics *Metrics, log logrus.FieldLogger) {
 	doReconcile := func() {
 		start := time.Now()
 		err := drv.Reconcile(ctx)
@@ -201,7 +213,6 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 			log.WithFields(logrus.Fields{"landed": landed, "left": left}).Info("queued address releases retried")
 		}
 	}
-	reg := &Registrar{Store: cluster, Host: host, Advertise: s.Advertise, Fresh: RenewAfter(s.LeaseTTL), Lookup: kernel.FindUnderlay}
 	doRenew := func() {
 		c, cancel := context.WithTimeout(ctx, RequestTimeout)
 		defer cancel()
@@ -248,6 +259,31 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 		}
 	}()
 	every(ctx, s.Resync, doReconcile)
+}
+
+// rotateKey gives the host a new WireGuard key pair while it runs (tartan
+// rotate-key): the new private key is saved first (a crash keeps it), the
+// device takes it, and the host's record is written at once, so that peers
+// handshake with the new key as soon as their watch delivers it.
+func rotateKey(ctx context.Context, wg *wireguard.Device, reg *Registrar, s Settings, log logrus.FieldLogger) (string, error) {
+	key, err := wireguard.NewPrivateKey()
+	if err != nil {
+		return "", err
+	}
+	if err := wireguard.SaveKey(s.StateDir, key, s.WireGuardRotate); err != nil {
+		return "", err
+	}
+	if err := wg.Rotate(key); err != nil {
+		return "", err
+	}
+	pub := key.Public().String()
+	log.WithField("publicKey", pub).Info("rotated this host's WireGuard key pair (tartan rotate-key)")
+	c, cancel := context.WithTimeout(ctx, RequestTimeout)
+	defer cancel()
+	if err := reg.Register(c); err != nil {
+		return pub, fmt.Errorf("the new key is in place but the host's record was not written (it is at the next renewal): %w", err)
+	}
+	return pub, nil
 }
 
 // every runs fn now and then every period until ctx ends.

@@ -29,6 +29,9 @@ type Registrar struct {
 	Advertise string
 	Fresh     time.Duration
 	Lookup    func(advertise string) (kernel.Underlay, error)
+	// WireGuard is the host's WireGuard public key (base64) and port, which
+	// its record carries (nil: none).
+	WireGuard func() (key string, port int)
 
 	mu         sync.Mutex
 	renewed    time.Time // the last renewal written
@@ -73,11 +76,17 @@ func (r *Registrar) Register(ctx context.Context) error {
 		} else if lerr != nil && exists {
 			ll = h.LinkLocal6
 		}
-		same := exists && h.Address == addr && h.LinkLocal6 == ll && h.Version == Version && h.Renewals
+		wgKey, wgPort := "", 0
+		if r.WireGuard != nil {
+			wgKey, wgPort = r.WireGuard()
+		}
+		same := exists && h.Address == addr && h.LinkLocal6 == ll && h.Version == Version && h.Renewals &&
+			h.WireGuardKey == wgKey && h.WireGuardPort == wgPort
 		if same && (!r.oldReaders || now.Sub(h.Renewed) < r.Fresh) {
 			return kv.ErrUnchanged
 		}
-		*h = kv.Host{ID: r.Host, Address: addr, LinkLocal6: ll, Version: Version, Renewed: now, Renewals: true}
+		*h = kv.Host{ID: r.Host, Address: addr, LinkLocal6: ll, Version: Version, Renewed: now, Renewals: true,
+			WireGuardKey: wgKey, WireGuardPort: wgPort}
 		return nil
 	})
 	if err != nil {

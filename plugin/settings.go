@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/vxlan"
+	"github.com/tartan-net/tartan/driver/wireguard"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -35,13 +36,17 @@ type Settings struct {
 	DockerSocket string
 	// Metrics is the address Prometheus metrics are served on ("": off).
 	Metrics string
+	// WireGuardPort is the UDP port of the host's WireGuard device;
+	// WireGuardRotate, when it changes, makes the host a new key pair.
+	WireGuardPort   int
+	WireGuardRotate string
 }
 
 // defaults are the settings' values when unset. ParseSettings starts from
 // them, so that even with an error it returns settings the plugin can run on
 // (it then serves every request with that error).
 func defaults() Settings {
-	return Settings{StateDir: "/host/var/lib/tartan", SysctlRoot: "/host/proc/sys", DockerSocket: "/run/docker.sock", Scope: "local", VXLANPort: vxlan.DefaultPort,
+	return Settings{StateDir: "/host/var/lib/tartan", SysctlRoot: "/host/proc/sys", DockerSocket: "/run/docker.sock", Scope: "local", VXLANPort: vxlan.DefaultPort, WireGuardPort: wireguard.DefaultPort,
 		LeaseTTL: kv.DefaultLeaseTTL, Resync: driver.DefaultResync, LogLevel: logrus.InfoLevel,
 		AutoPool: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}
 }
@@ -94,6 +99,17 @@ func ParseSettings(env func(string) string) (Settings, error) {
 		}
 		s.VXLANPort = n
 	}
+	if v := strings.TrimSpace(env("WG_PORT")); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 65535 {
+			return s, fmt.Errorf("WG_PORT=%s: use a UDP port number from 1 to 65535 (default %d)", v, wireguard.DefaultPort)
+		}
+		s.WireGuardPort = n
+	}
+	if s.WireGuardPort == s.VXLANPort {
+		return s, fmt.Errorf("WG_PORT=%d is VXLAN_PORT too: give WireGuard and VXLAN different UDP ports", s.WireGuardPort)
+	}
+	s.WireGuardRotate = strings.TrimSpace(env("WG_ROTATE"))
 	if v := strings.TrimSpace(env("LEASE_TTL")); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 10*time.Second {

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -48,6 +49,10 @@ type Pool struct {
 	Pool     netip.Prefix
 	Internal bool
 	Device   string // the VXLAN device, if the network has one
+	// Tunnel is the WireGuard device its peers' traffic arrives on, if
+	// it has one (shared by networks: WireGuard itself admits from each
+	// peer only that peer's addresses).
+	Tunnel string
 	// NAT66: masquerade an IPv6 pool's traffic leaving it (off by default).
 	// Ignored for IPv4 pools, masqueraded unless Internal.
 	NAT66 bool
@@ -161,6 +166,11 @@ func render(st State, v6 bool) Rules {
 	ingress := []string{endpointIfs, vxlanIfs}
 	if st.Underlay != "" {
 		ingress = append(ingress, st.Underlay)
+	}
+	for _, n := range nets {
+		if n.Tunnel != "" && !slices.Contains(ingress, n.Tunnel) {
+			ingress = append(ingress, n.Tunnel)
+		}
 	}
 	for _, n := range nets {
 		for _, in := range ingress {

@@ -180,3 +180,25 @@ func setUp(l netlink.Link) error {
 	}
 	return nil
 }
+
+// SetLinkUp sets a link up (a device another package made, such as the
+// WireGuard TUN device).
+func SetLinkUp(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	return setUp(l)
+}
+
+// SetMTU sets a link's MTU.
+func SetMTU(name string, mtu int) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	if err := netlink.LinkSetMTU(l, mtu); err != nil {
+		return fmt.Errorf("set the MTU of %s to %d: %w", name, mtu, err)
+	}
+	return nil
+}

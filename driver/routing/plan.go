@@ -1,9 +1,11 @@
 package routing
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,9 +36,13 @@ type View struct {
 // for vxlan, plain routes for host-gw, and /32 routes for addresses that live
 // on a host other than their block's owner.
 type Plan struct {
-	Routes   []kernel.Route
-	Neighs   []kernel.Neigh
-	FDBs     []kernel.FDB
+	Routes []kernel.Route
+	Neighs []kernel.Neigh
+	FDBs   []kernel.FDB
+	// Tunnels are the WireGuard peers of a network with a Tunnel: one per
+	// remote host, with the destinations it is routed for (its allowed
+	// addresses), sorted by host.
+	Tunnels  []Tunnel
 	Problems []string // peers that cannot be reached, said plainly
 	// Next is the first time at which, with no change in the store, the
 	// plan would change (a lease or a host's liveness runs out); zero: none.
@@ -58,6 +64,24 @@ type Network struct {
 	Device string
 	VNI    int
 	Direct bool
+	// Tunnel is the WireGuard device that every peer is routed through
+	// (shared by the host's wireguard networks); the device picks the peer
+	// of a packet by its destination among the Plan's Tunnels.
+	Tunnel string
+}
+
+// Tunnel is a remote host as a WireGuard device knows it: its public key,
+// its endpoint and the destinations routed to it.
+type Tunnel struct {
+	Host     string
+	Key      string // base64, as the host registered it (checked)
+	Endpoint netip.AddrPort
+	Allowed  []netip.Prefix // sorted
+}
+
+// Equal says whether two tunnels are the same.
+func (t Tunnel) Equal(o Tunnel) bool {
+	return t.Host == o.Host && t.Key == o.Key && t.Endpoint == o.Endpoint && slices.Equal(t.Allowed, o.Allowed)
 }
 
 // pools names the network's pools, for messages.
@@ -134,13 +158,38 @@ func Compute6(in Input) Plan {
 // routes of both, and one neighbour and FDB entry per peer.
 func Merge(a, b Plan) Plan {
 	out := Plan{Routes: slices.Concat(a.Routes, b.Routes), Neighs: slices.Concat(a.Neighs, b.Neighs), FDBs: slices.Concat(a.FDBs, b.FDBs),
-		Problems: slices.Concat(a.Problems, b.Problems), Next: a.Next}
+		Tunnels: MergeTunnels(a.Tunnels, b.Tunnels), Problems: slices.Concat(a.Problems, b.Problems), Next: a.Next}
 	out.until(b.Next, time.Time{})
 	slices.SortFunc(out.Routes, func(x, y kernel.Route) int { return comparePrefix(x.Dst, y.Dst) })
 	slices.SortFunc(out.Neighs, compareNeigh)
 	out.Neighs = slices.Compact(out.Neighs)
 	slices.SortFunc(out.FDBs, compareFDB)
 	out.FDBs = slices.Compact(out.FDBs)
+	return out
+}
+
+// MergeTunnels joins tunnel lists: one per host, with the destinations of
+// all (a host registers one key: the first list's wins if two differ).
+func MergeTunnels(lists ...[]Tunnel) []Tunnel {
+	var out []Tunnel
+	at := map[string]int{}
+	for _, l := range lists {
+		for _, t := range l {
+			i, ok := at[t.Host]
+			if !ok {
+				at[t.Host] = len(out)
+				t.Allowed = slices.Clone(t.Allowed)
+				out = append(out, t)
+				continue
+			}
+			out[i].Allowed = append(out[i].Allowed, t.Allowed...)
+		}
+	}
+	for i := range out {
+		slices.SortFunc(out[i].Allowed, comparePrefix)
+		out[i].Allowed = slices.Compact(out[i].Allowed)
+	}
+	slices.SortFunc(out, func(a, b Tunnel) int { return strings.Compare(a.Host, b.Host) })
 	return out
 }
 
@@ -188,13 +237,14 @@ func Compute(in Input) Plan {
 	}
 	plan.Routes = make([]kernel.Route, 0, len(blocks)+len(in.View.Exceptions))
 	badHost := map[string]bool{}
+	var tunnels map[string]*Tunnel
 	add := func(dst netip.Prefix, hostID string) {
 		h, ok := in.View.Hosts[hostID]
 		if !ok || h.Address == "" {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("%s belongs to host %s, which has no registered address", dst, hostID))
 			return
 		}
-		p := memo.peer(in, hostID, h.Address)
+		p := memo.peer(in, hostID, h)
 		if p.problem != "" {
 			if !badHost[hostID] {
 				badHost[hostID] = true
@@ -203,6 +253,30 @@ func Compute(in Input) Plan {
 			return
 		}
 		via := p.via
+		if in.Net.Tunnel != "" {
+			if p.tunnel.Key == "" {
+				if !badHost[hostID] {
+					badHost[hostID] = true
+					plan.Problems = append(plan.Problems, fmt.Sprintf("host %s (%s) cannot be reached through WireGuard: %s; no routes to its blocks", hostID, via, p.tunnelProblem))
+				}
+				return
+			}
+			hop := via // a TUN device has no neighbours: the next hop only names the peer
+			if in.V6 {
+				hop = kernel.LinkLocalOf(p.mac)
+			}
+			plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Net.Tunnel, Via: hop, Onlink: true})
+			if tunnels == nil {
+				tunnels = map[string]*Tunnel{}
+			}
+			t := tunnels[hostID]
+			if t == nil {
+				t = &Tunnel{Host: hostID, Key: p.tunnel.Key, Endpoint: p.tunnel.Endpoint}
+				tunnels[hostID] = t
+			}
+			t.Allowed = append(t.Allowed, dst)
+			return
+		}
 		onL2 := in.Underlay.Prefix.Contains(via)
 		direct := in.Net.HostGW || (in.Net.Direct && onL2)
 		if direct {
@@ -265,6 +339,10 @@ func Compute(in Input) Plan {
 	slices.SortFunc(plan.Routes, func(a, b kernel.Route) int { return comparePrefix(a.Dst, b.Dst) })
 	slices.SortFunc(plan.Neighs, compareNeigh)
 	slices.SortFunc(plan.FDBs, compareFDB)
+	for _, t := range tunnels {
+		plan.Tunnels = append(plan.Tunnels, *t)
+	}
+	plan.Tunnels = MergeTunnels(plan.Tunnels)
 	// One neighbour per address: hosts registered with the same underlay
 	// address cannot both be reached there.
 	for i := 1; i < len(plan.Neighs); i++ {
@@ -300,6 +378,11 @@ type peer struct {
 	problem string
 	mac     string
 	done    int // the call that planned its neighbour and FDB entry
+	// key and port as registered; tunnel is the host's WireGuard peer
+	// (its Key empty when they are unusable: tunnelProblem says why).
+	key, port     string
+	tunnel        Tunnel
+	tunnelProblem string
 }
 
 type memoBlock struct {
@@ -330,20 +413,44 @@ func (m *Memo) block(in Input, cidr string) (netip.Prefix, string) {
 	return b.p, b.why
 }
 
-func (m *Memo) peer(in Input, hostID, address string) *peer {
-	if p, ok := m.peers[hostID]; ok && p.address == address {
+func (m *Memo) peer(in Input, hostID string, h kv.Host) *peer {
+	port := strconv.Itoa(h.WireGuardPort)
+	if p, ok := m.peers[hostID]; ok && p.address == h.Address && p.key == h.WireGuardKey && p.port == port {
 		return p
 	}
-	via, err := netip.ParseAddr(address)
-	p := &peer{address: address, via: via, problem: in.hostAddrProblem(via, err)}
+	via, err := netip.ParseAddr(h.Address)
+	p := &peer{address: h.Address, via: via, problem: in.hostAddrProblem(via, err), key: h.WireGuardKey, port: port}
 	if p.problem == "" && in.Net.Device != "" {
 		p.mac = kernel.VTEPMAC(hostID, in.Net.VNI).String()
+	}
+	if p.problem == "" && in.Net.Tunnel != "" {
+		p.mac = kernel.VTEPMAC(hostID, 0).String() // names the peer's IPv6 next hop
+		p.tunnelProblem = tunnelProblem(h)
+		if p.tunnelProblem == "" {
+			p.tunnel = Tunnel{Host: hostID, Key: h.WireGuardKey, Endpoint: netip.AddrPortFrom(via, uint16(h.WireGuardPort))}
+		}
 	}
 	if m.peers == nil {
 		m.peers = map[string]*peer{}
 	}
 	m.peers[hostID] = p
 	return p
+}
+
+// tunnelProblem says why a host's registered WireGuard key or port cannot
+// be used, or "".
+func tunnelProblem(h kv.Host) string {
+	switch {
+	case h.WireGuardKey == "":
+		return "it registered no WireGuard key (is its tartan older than this host's?)"
+	case h.WireGuardPort < 1 || h.WireGuardPort > 65535:
+		return fmt.Sprintf("its WireGuard port %d is not a UDP port", h.WireGuardPort)
+	}
+	b, err := base64.StdEncoding.DecodeString(h.WireGuardKey)
+	if err != nil || len(b) != 32 || !slices.ContainsFunc(b, func(c byte) bool { return c != 0 }) {
+		return fmt.Sprintf("its WireGuard key %q is malformed (not 32 bytes of base64)", h.WireGuardKey)
+	}
+	return ""
 }
 
 func comparePrefix(a, b netip.Prefix) int {

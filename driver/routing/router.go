@@ -50,8 +50,8 @@ type Config struct {
 	// Underlay finds the host's underlay interface and address.
 	Underlay func() (kernel.Underlay, error)
 	// OnPeers is called, without any lock held, after the VXLAN peer set of
-	// a network changed (the firewall admits VXLAN from peers only). It
-	// must not block.
+	// a network changed (the firewall admits VXLAN from peers only) or its
+	// WireGuard peers did (Tunnels). It must not block.
 	OnPeers func()
 	Log     logrus.FieldLogger
 }
@@ -594,6 +594,9 @@ func (r *Router) install(ctx context.Context, w *netWatch, plan Plan) (changed b
 	if w.n.Device != "" {
 		changed = old == nil || !slices.Equal(old.VXLANPeers(), plan.VXLANPeers())
 	}
+	if w.n.Tunnel != "" {
+		changed = changed || old == nil || !slices.EqualFunc(old.Tunnels, plan.Tunnels, Tunnel.Equal)
+	}
 	return changed, err
 }
 
@@ -671,6 +674,25 @@ func (r *Router) VXLANPeers() []netip.Addr {
 	}
 	slices.SortFunc(peers, func(a, b netip.Addr) int { return a.Compare(b) })
 	return peers
+}
+
+// Tunnels is the WireGuard peers of every network routed through a tunnel
+// device, merged (one per host); ok is false while such a network has no
+// plan yet (the device keeps the peers it has until every one has).
+func (r *Router) Tunnels() (tunnels []Tunnel, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var lists [][]Tunnel
+	for _, w := range r.nets {
+		if w.n.Tunnel == "" {
+			continue
+		}
+		if w.plan == nil {
+			return nil, false
+		}
+		lists = append(lists, w.plan.Tunnels)
+	}
+	return MergeTunnels(lists...), true
 }
 
 // State describes every network's plan, for logs and tests.

@@ -28,13 +28,14 @@ const SocketGlob = "/run/docker/plugins/*/tartan.sock"
 
 // Commands are the subcommands, with what each shows.
 var Commands = map[string]string{
-	"status":    "this host: its ID, store, firewall flavour, networks with their peers and problems",
-	"hosts":     "every host the store knows, alive or lapsed, with the blocks it leases",
-	"networks":  "every pool in the store with its network: backend, VNI, block size, blocks and addresses held",
-	"addresses": "a pool's addresses (tartan addresses 10.244.0.0/16): host, kind, MAC, and this host's endpoint that has it",
-	"doctor":    "what is wrong on this host (kernel entries that differ from the plans, addresses no endpoint has, lapsed hosts), with the fix; exit status 1 if anything",
-	"ports":     "the ports this host's endpoints publish (docker run -p, -P), with the host port tartan chose for -P",
-	"gc":        "what the automatic collection would remove (this host's orphaned addresses, gone hosts' records); --yes removes it now",
+	"status":     "this host: its ID, store, firewall flavour, networks with their peers and problems",
+	"hosts":      "every host the store knows, alive or lapsed, with the blocks it leases",
+	"networks":   "every pool in the store with its network: backend, VNI, block size, blocks and addresses held",
+	"addresses":  "a pool's addresses (tartan addresses 10.244.0.0/16): host, kind, MAC, and this host's endpoint that has it",
+	"doctor":     "what is wrong on this host (kernel entries that differ from the plans, addresses no endpoint has, lapsed hosts), with the fix; exit status 1 if anything",
+	"ports":      "the ports this host's endpoints publish (docker run -p, -P), with the host port tartan chose for -P",
+	"gc":         "what the automatic collection would remove (this host's orphaned addresses, gone hosts' records); --yes removes it now",
+	"rotate-key": "give this host a new WireGuard key pair now (peers take the new public key from its record within a second)",
 }
 
 // Run runs one subcommand (args[0]) and returns the exit status.
@@ -103,6 +104,10 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		} else {
 			_, err = query(out, get, plugin.GCPath, printGCPlan)
 		}
+	case "rotate-key":
+		_, err = query(out, http.MethodPost, plugin.RotateKeyPath, func(w io.Writer, k plugin.RotatedKey) {
+			fmt.Fprintf(w, "new public key\t%s\n", k.PublicKey)
+		})
 	case "doctor":
 		var fs []plugin.Finding
 		if fs, err = query(out, get, plugin.DoctorPath, printFindings); err == nil && len(fs) > 0 {
@@ -118,8 +123,8 @@ func Run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: tartan <command> [--json] [--socket PATH]")
-	for _, c := range []string{"status", "hosts", "networks", "addresses", "ports", "doctor", "gc"} {
-		fmt.Fprintf(w, "  %-9s %s\n", c, Commands[c])
+	for _, c := range []string{"status", "hosts", "networks", "addresses", "ports", "doctor", "gc", "rotate-key"} {
+		fmt.Fprintf(w, "  %-10s %s\n", c, Commands[c])
 	}
 	fmt.Fprintln(w, "Run without a command, tartan is the plugin itself.")
 }
@@ -212,7 +217,21 @@ func printStatus(w io.Writer, s plugin.HostStatus) {
 	if s.Settings != "" {
 		fmt.Fprintf(w, "SETTINGS ERROR\t%s\n", s.Settings)
 	}
+	if wg := s.WireGuard; wg != nil {
+		fmt.Fprintf(w, "wireguard\t%s port %d, public key %s\n", or(wg.Mode, "no device (no wireguard network here)"), wg.Port, wg.PublicKey)
+	}
 	fmt.Fprintln(w)
+	if wg := s.WireGuard; wg != nil && len(wg.Peers) > 0 {
+		fmt.Fprintln(w, "WIREGUARD PEER\tENDPOINT\tALLOWED\tHANDSHAKE\tRX\tTX")
+		for _, p := range wg.Peers {
+			hs := "never"
+			if !p.LastHandshake.IsZero() {
+				hs = time.Since(p.LastHandshake).Round(time.Second).String() + " ago"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\n", p.PublicKey, p.Endpoint, strings.Join(p.Allowed, ","), hs, p.RxBytes, p.TxBytes)
+		}
+		fmt.Fprintln(w)
+	}
 	if len(s.Networks) == 0 {
 		fmt.Fprintln(w, "no tartan networks on this host")
 		return

@@ -1,0 +1,54 @@
+package driver
+
+import (
+	"context"
+
+	"github.com/tartan-net/tartan/driver/wireguard"
+)
+
+// peersChanged is the router's word that a network's peers changed: the
+// firewall admits VXLAN from peers only, and the WireGuard device's peers
+// are the wireguard networks' hosts.
+func (d *Driver) peersChanged() {
+	d.pokeFirewall()
+	select {
+	case d.wgPoke <- struct{}{}:
+	default:
+	}
+}
+
+// tunnelWriter gives the WireGuard device the peers of the wireguard
+// networks' plans whenever they change.
+func (d *Driver) tunnelWriter(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.wgPoke:
+		}
+		if err := d.writeTunnels(); err != nil {
+			d.log.Warnf("WireGuard peers: %v", err)
+		}
+	}
+}
+
+// writeTunnels sets the device's peers from the plans. The plans hold only
+// keys Compute checked; one that does not parse is left out.
+func (d *Driver) writeTunnels() error {
+	tunnels, ok := d.routes.Tunnels()
+	if !ok {
+		return nil // a wireguard network has no plan yet: keep what the device has
+	}
+	peers := make([]wireguard.Peer, 0, len(tunnels))
+	for _, t := range tunnels {
+		k, err := wireguard.ParseKey(t.Key)
+		if err != nil {
+			continue
+		}
+		peers = append(peers, wireguard.Peer{Key: k, Endpoint: t.Endpoint, Allowed: t.Allowed})
+	}
+	return d.wg.SetPeers(peers)
+}
+
+// WireGuard is the host's WireGuard device.
+func (d *Driver) WireGuard() *wireguard.Device { return d.wg }
