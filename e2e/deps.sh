@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing tartan needs on a fresh Debian machine:
 # Docker's engine (20.10, Debian's docker.io), busybox for the test image,
-# iptables, curl, util-linux's nsenter/unshare, Debian's registry, and
+# iptables, curl, tcpdump (the encryption test captures the underlay), util-linux's nsenter/unshare, Debian's registry, and
 # libseccomp's headers for the runc that Docker 29 is tested with. Quick
 # when everything is there already.
 set -euo pipefail
 declare -A pkg=([dockerd]=docker.io [busybox]=busybox-static [iptables]=iptables [curl]=curl
-  [nsenter]=util-linux [unshare]=util-linux [docker-registry]=docker-registry [ip]=iproute2 [iperf3]=iperf3 [ping]=iputils-ping [nft]=nftables)
+  [nsenter]=util-linux [unshare]=util-linux [docker-registry]=docker-registry [ip]=iproute2 [iperf3]=iperf3 [ping]=iputils-ping [nft]=nftables [tcpdump]=tcpdump)
 need=()
 for cmd in "${!pkg[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("${pkg[$cmd]}")

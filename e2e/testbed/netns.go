@@ -62,6 +62,12 @@ func (n NS) Exec(name string, args ...string) (string, error) {
 	return string(out), nil
 }
 
+// Command is a command to run inside the namespace, for one the test
+// starts and stops itself (a capture).
+func (n NS) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=" + n.Path(), name}, args...)...)
+}
+
 // Link joins two namespaces with a veth pair and addresses each end.
 func Link(t testing.TB, a NS, aIf, aAddr string, b NS, bIf, bAddr string, mtu int) {
 	t.Helper()

@@ -1,0 +1,255 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/plugin"
+)
+
+// TestWireGuard: encrypted networks on three hosts with Consul. A
+// -o tartan.backend=wireguard network and a vxlan network with -o encrypted
+// (Docker overlay's option) carry ping and TCP between every pair of hosts
+// through each host's one WireGuard device (user space here: this kernel
+// has no WireGuard), with MTU underlay-80 and the MTU option honoured, and
+// isolated from each other. A capture on the underlay switch finds a
+// known string in clear on a plain vxlan network and not on the encrypted
+// ones, which cross it as UDP to the WireGuard port. The private key stays
+// in the host's state folder (0600), never in the store or the log. A key
+// rotation under a running ping, live (tartan rotate-key) and by a plugin
+// restart with a new WG_ROTATE, is healed on every peer: the test prints
+// the packets lost and the time to recover.
+func TestWireGuard(t *testing.T) {
+	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "tcpdump", "busybox")
+	c := testbed.NewCluster(t, "w", 1500)
+	for i := 0; i < 3; i++ {
+		c.AddHost(t)
+	}
+	type wnet struct{ name, pool string }
+	nets := []wnet{{"wgn", "10.81.0.0/16"}, {"enc", "10.82.0.0/16"}, {"plain", "10.83.0.0/16"}}
+	opts := map[string][]string{
+		"wgn":   {"-o", "tartan.backend=wireguard"},
+		"enc":   {"-o", "encrypted"},
+		"plain": {},
+	}
+	marker := fmt.Sprintf("tartan-in-clear-%d", time.Now().UnixNano())
+	ips := map[string][]string{}
+	for _, n := range nets {
+		for i, h := range c.Hosts {
+			h.MustDocker(t, append(append([]string{"network", "create", tnet, tipam, "--subnet", n.pool}, opts[n.name]...), n.name)...)
+			name := fmt.Sprintf("%s-%d", n.name, i+1)
+			h.MustDocker(t, "run", "-d", "--name", name, "--network", n.name, "tbox", "sh", "-c",
+				"mkdir -p /www && echo "+marker+" > /www/m && httpd -f -p 8080 -h /www")
+			ips[n.name] = append(ips[n.name], strings.TrimSpace(h.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)))
+		}
+	}
+	t.Logf("addresses: %v", ips)
+	// One device per host, in user space, with a peer per other host.
+	for i, h := range c.Hosts {
+		var st plugin.HostStatus
+		if err := json.Unmarshal([]byte(h.Tartan(t, "status", "--json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.WireGuard == nil || st.WireGuard.Mode != "userspace" || st.WireGuard.Port != 51820 {
+			t.Fatalf("host %d: WireGuard %+v, want a user-space device on 51820", i+1, st.WireGuard)
+		}
+		for _, n := range st.Networks {
+			if want := map[string]string{"10.81.0.0/16": "wireguard", "10.82.0.0/16": "wireguard", "10.83.0.0/16": "vxlan"}[n.Pool]; n.Backend != want {
+				t.Fatalf("host %d: network on %s has backend %s, want %s", i+1, n.Pool, n.Backend, want)
+			}
+		}
+		links := h.MustIP(t, "-o", "link", "show")
+		if strings.Count(links, "tartan-wg") != 1 {
+			t.Fatalf("host %d: want one tartan-wg device:\n%s", i+1, links)
+		}
+	}
+	// MTU: the underlay's less 80, or the option's.
+	if mtu := strings.TrimSpace(c.Hosts[0].MustDocker(t, "exec", "wgn-1", "cat", "/sys/class/net/eth0/mtu")); mtu != "1420" {
+		t.Fatalf("wireguard network MTU %s, want 1420 (1500 - 80)", mtu)
+	}
+	c.Hosts[0].MustDocker(t, "network", "create", tnet, tipam, "--subnet", "10.84.0.0/16", "-o", "encrypted", "-o", "com.docker.network.driver.mtu=1300", "mtu1300")
+	if mtu := strings.TrimSpace(c.Hosts[0].MustDocker(t, "run", "--rm", "--network", "mtu1300", "tbox", "cat", "/sys/class/net/eth0/mtu")); mtu != "1300" {
+		t.Fatalf("-o com.docker.network.driver.mtu=1300: MTU %s", mtu)
+	}
+	c.Hosts[0].MustDocker(t, "network", "rm", "mtu1300")
+	allPairs(t, c, "wgn", ips["wgn"])
+	allPairs(t, c, "enc", ips["enc"])
+	// Isolation: an encrypted network does not reach another.
+	if out, err := c.Hosts[0].Docker("exec", "wgn-1", "ping", "-c", "1", "-W", "1", ips["enc"][1]); err == nil {
+		t.Fatalf("wgn-1 reached enc-2 (%s): %s", ips["enc"][1], out)
+	}
+
+	// The capture: the marker crosses the switch in clear on plain vxlan,
+	// not on the encrypted networks, which show as UDP to 51820.
+	capture := func(net string) (clear bool, wgPackets int) {
+		t.Helper()
+		dir := t.TempDir()
+		pcap := filepath.Join(dir, "u.pcap")
+		cmd := c.Switch.Command("tcpdump", "-i", "br0", "-U", "-n", "-s", "0", "-w", pcap, "udp")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // tcpdump listening
+		for j := 1; j < 3; j++ {
+			out := c.Hosts[0].MustDocker(t, "exec", net+"-1", "wget", "-q", "-O", "-", "http://"+ips[net][j]+":8080/m")
+			if !strings.Contains(out, marker) {
+				t.Fatalf("%s: host 1 fetched %q from host %d", net, out, j+1)
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		raw, err := os.ReadFile(pcap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _ := c.Switch.Exec("tcpdump", "-n", "-r", pcap, "udp", "port", "51820")
+		return strings.Contains(string(raw), marker), len(strings.Split(strings.TrimSpace(out), "\n"))
+	}
+	if clear, _ := capture("plain"); !clear {
+		t.Fatal("the capture did not see the marker on the plain vxlan network: it cannot tell anything")
+	}
+	for _, n := range []string{"wgn", "enc"} {
+		clear, wg := capture(n)
+		t.Logf("%s: %d UDP packets to or from port 51820 on the underlay, marker in clear: %v", n, wg, clear)
+		if clear || wg < 4 {
+			t.Fatalf("%s: marker in clear %v, %d WireGuard packets", n, clear, wg)
+		}
+	}
+
+	// Keys: the private key is in the state folder, 0600, and nowhere in
+	// the store or the plugin's log; the record has the public key.
+	h2 := c.Hosts[1]
+	keyFile := filepath.Join(h2.StateDir(), "tartan", "wireguard.key")
+	fi, err := os.Stat(keyFile)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%s: %v %v, want mode 0600", keyFile, fi, err)
+	}
+	var kf struct {
+		PrivateKey string `json:"privateKey"`
+	}
+	if b, err := os.ReadFile(keyFile); err != nil || json.Unmarshal(b, &kf) != nil || kf.PrivateKey == "" {
+		t.Fatalf("key file: %v", err)
+	}
+	dump, err := c.Consul.CLI("kv", "export", "tartan/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(dump, kf.PrivateKey) || strings.Contains(h2.PluginLog(), kf.PrivateKey) {
+		t.Fatal("host 2's private key is in the store or in its log")
+	}
+	hostKey := func(h *testbed.Host) string {
+		var st plugin.HostStatus
+		if err := json.Unmarshal([]byte(h.Tartan(t, "status", "--json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		rec := c.Consul.Get(t, "tartan/hosts/"+st.Host)
+		var r struct {
+			Key string `json:"wireguardKey"`
+		}
+		if err := json.Unmarshal([]byte(rec), &r); err != nil || r.Key != st.WireGuard.PublicKey {
+			t.Fatalf("host record %s does not carry the device's public key %s: %v", rec, st.WireGuard.PublicKey, err)
+		}
+		return r.Key
+	}
+	before := hostKey(h2)
+
+	// Live rotation on host 2 under a ping from host 1 to host 2's
+	// container (10 per second).
+	lost, gap := pingThrough(t, c.Hosts[0], "wgn-1", ips["wgn"][1], 60, func() {
+		h2.Tartan(t, "rotate-key")
+	})
+	t.Logf("tartan rotate-key on host 2 under ping from host 1: %d of 60 lost, longest outage %v", lost, gap)
+	after := hostKey(h2)
+	if after == before {
+		t.Fatal("tartan rotate-key left the host's public key as it was")
+	}
+	allPairs(t, c, "wgn", ips["wgn"])
+	// Rotation by a restart with a new WG_ROTATE: the plugin's restart
+	// stops the user-space device for its length.
+	lost, gap = pingThrough(t, c.Hosts[0], "wgn-1", ips["wgn"][1], 150, func() {
+		h2.MustDocker(t, "plugin", "disable", "-f", testbed.PluginName)
+		h2.MustDocker(t, "plugin", "set", testbed.PluginName, "WG_ROTATE=2026-12-04")
+		h2.MustDocker(t, "plugin", "enable", testbed.PluginName)
+	})
+	t.Logf("plugin restart with a new WG_ROTATE on host 2 under ping from host 1: %d of 150 lost, longest outage %v", lost, gap)
+	if k := hostKey(h2); k == after || k == before {
+		t.Fatal("WG_ROTATE changed and the plugin restarted with its old key")
+	}
+	allPairs(t, c, "wgn", ips["wgn"])
+	allPairs(t, c, "enc", ips["enc"])
+}
+
+// allPairs checks ping and TCP from every host's container of a network to
+// every other host's.
+func allPairs(t *testing.T, c *testbed.Cluster, net string, ips []string) {
+	t.Helper()
+	for i, h := range c.Hosts {
+		for j := range c.Hosts {
+			if i == j {
+				continue
+			}
+			src := fmt.Sprintf("%s-%d", net, i+1)
+			testbed.Eventually(t, 20*time.Second, fmt.Sprintf("%s: host %d reaches host %d's container at %s (ping and TCP)", net, i+1, j+1, ips[j]), func() error {
+				if out, err := h.Docker("exec", src, "ping", "-c", "1", "-W", "1", ips[j]); err != nil {
+					return fmt.Errorf("ping: %v: %s", err, out)
+				}
+				if out, err := h.Docker("exec", src, "wget", "-q", "-O", "-", "-T", "3", "http://"+ips[j]+":8080/m"); err != nil {
+					return fmt.Errorf("wget: %v: %s", err, out)
+				}
+				return nil
+			})
+		}
+	}
+}
+
+// pingThrough pings dst from container src on h, count pings 100 ms apart,
+// running during() after the first second; it returns the pings lost and
+// the longest run of lost ones as a time. Every ping after the outage must
+// be answered: the last ten are.
+func pingThrough(t *testing.T, h *testbed.Host, src, dst string, count int, during func()) (lost int, longest time.Duration) {
+	t.Helper()
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := h.Docker("exec", src, "ping", "-i", "0.1", "-W", "1", "-c", strconv.Itoa(count), dst)
+		done <- result{out, err}
+	}()
+	time.Sleep(time.Second)
+	during()
+	r := <-done
+	got := map[int]bool{}
+	for _, m := range regexp.MustCompile(`seq=(\d+)`).FindAllStringSubmatch(r.out, -1) {
+		n, _ := strconv.Atoi(m[1])
+		got[n] = true
+	}
+	run := 0
+	for i := 0; i < count; i++ {
+		if got[i] {
+			run = 0
+			continue
+		}
+		lost++
+		run++
+		longest = max(longest, time.Duration(run)*100*time.Millisecond)
+	}
+	for i := count - 10; i < count; i++ {
+		if !got[i] {
+			t.Fatalf("ping %s from %s did not recover: ping %d of %d unanswered\n%s", dst, src, i, count, r.out)
+		}
+	}
+	return lost, longest
+}
