@@ -101,10 +101,10 @@ e2e: compose
 	$(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -parallel 4 -v -skip 'TestSwarmGlobalScope|TestGatewayPriority' ./e2e/
 
 # What runs again on each newer engine.
-ENGINE_SUITE := TestSingleHostEmbedded|TestDualStack|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot|TestGatewayAllocation|TestCompose|TestInstallFromRegistry
+ENGINE_SUITE := TestSingleHostEmbedded|TestDualStack|TestWireGuard|TestRestart|TestMultiHost$$|TestSwarmGlobalScope|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestLegacyFirewallAfterReboot|TestGatewayAllocation|TestCompose|TestInstallFromRegistry
 # 28 and later: gw-priority too.
 ENGINE_SUITE28 := $(ENGINE_SUITE)|TestGatewayPriority
-NFT_SUITE := TestSingleHostEmbedded|TestDualStack|TestRestart|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestGatewayAllocation|TestCompose|TestInstallFromRegistry|TestGatewayPriority
+NFT_SUITE := TestSingleHostEmbedded|TestDualStack|TestWireGuard|TestRestart|TestMultiHost$$|TestLifecycleSafety|TestIsolation|TestUpgrade|TestStoreInput|TestConcurrentCreates|TestClusterNetworks|TestConsulOutage|TestConsulDenied|TestGatewayAllocation|TestCompose|TestInstallFromRegistry|TestGatewayPriority
 
 # The quick start, restarts, the 3-host suite and issue 9's safety tests
 # (lifecycle, isolation, upgrade, store input, concurrent creates, cluster
