@@ -173,7 +173,7 @@ func TestPlanTunnels(t *testing.T) {
 			"a": {ID: "a", Address: "10.98.0.11", Renewed: now, WireGuardKey: "GXVmwrmyjEOYgr2Xy9eMkwEwDZx+HNfR3rF5OsGSGms=", WireGuardPort: 51820},
 			"b": {ID: "b", Address: "10.98.0.12", Renewed: now, WireGuardKey: keyB, WireGuardPort: 51820},
 			"c": {ID: "c", Address: "10.97.5.13", Renewed: now, WireGuardKey: keyC, WireGuardPort: 51999},
-			"d": {ID: "d", Address: "10.98.0.14", Renewed: now},                                                   // no key
+			"d": {ID: "d", Address: "10.98.0.14", Renewed: now},                                                     // no key
 			"e": {ID: "e", Address: "10.98.0.15", Renewed: now, WireGuardKey: "bm90IGEga2V5", WireGuardPort: 51820}, // malformed
 		},
 		Blocks: []kv.Block{
