@@ -127,7 +127,7 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 	}
 	if cfg.WireGuard == nil {
 		key, _ := wireguard.NewPrivateKey()
-		cfg.WireGuard = wireguard.NewDevice(wireguard.DeviceName, wireguard.DefaultPort, key, log)
+		cfg.WireGuard = wireguard.NewDevice(wireguard.DeviceName, wireguard.DefaultPort, wireguard.ModeAuto, key, log)
 	}
 	d := &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
 		orphans: map[string]time.Time{}, creating: map[string]string{}, backends: map[string]backend.Backend{},

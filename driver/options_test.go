@@ -14,7 +14,7 @@ import (
 // descriptions do no I/O).
 func parse(opts map[string]any) (Options, error) {
 	var descs []backend.Description
-	for _, b := range Backends(backend.Host{}, nil, nil, nil, wireguard.NewDevice(wireguard.DeviceName, wireguard.DefaultPort, wireguard.Key{}, nil)) {
+	for _, b := range Backends(backend.Host{}, nil, nil, nil, wireguard.NewDevice(wireguard.DeviceName, wireguard.DefaultPort, wireguard.ModeAuto, wireguard.Key{}, nil)) {
 		descs = append(descs, b.Describe())
 	}
 	return ParseOptions(opts, descs)

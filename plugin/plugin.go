@@ -97,7 +97,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if made {
 		entry.WithField("publicKey", key.Public().String()).Info("made this host's WireGuard key pair (the private key stays in the state folder)")
 	}
-	wg := wireguard.NewDevice(wireguard.DeviceName, s.WireGuardPort, key, entry.WithField("part", "wireguard"))
+	wg := wireguard.NewDevice(wireguard.DeviceName, s.WireGuardPort, s.WireGuardMode, key, entry.WithField("part", "wireguard"))
 	drv := driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
 		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync, NoClusterNetworks: noCluster,
 		WireGuard: wg}, entry.WithField("part", "driver"))

@@ -40,13 +40,16 @@ type Settings struct {
 	// WireGuardRotate, when it changes, makes the host a new key pair.
 	WireGuardPort   int
 	WireGuardRotate string
+	// WireGuardMode is auto (the kernel's WireGuard where there is one),
+	// kernel or userspace.
+	WireGuardMode string
 }
 
 // defaults are the settings' values when unset. ParseSettings starts from
 // them, so that even with an error it returns settings the plugin can run on
 // (it then serves every request with that error).
 func defaults() Settings {
-	return Settings{StateDir: "/host/var/lib/tartan", SysctlRoot: "/host/proc/sys", DockerSocket: "/run/docker.sock", Scope: "local", VXLANPort: vxlan.DefaultPort, WireGuardPort: wireguard.DefaultPort,
+	return Settings{StateDir: "/host/var/lib/tartan", SysctlRoot: "/host/proc/sys", DockerSocket: "/run/docker.sock", Scope: "local", VXLANPort: vxlan.DefaultPort, WireGuardPort: wireguard.DefaultPort, WireGuardMode: wireguard.ModeAuto,
 		LeaseTTL: kv.DefaultLeaseTTL, Resync: driver.DefaultResync, LogLevel: logrus.InfoLevel,
 		AutoPool: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}
 }
@@ -110,6 +113,13 @@ func ParseSettings(env func(string) string) (Settings, error) {
 		return s, fmt.Errorf("WG_PORT=%d is VXLAN_PORT too: give WireGuard and VXLAN different UDP ports", s.WireGuardPort)
 	}
 	s.WireGuardRotate = strings.TrimSpace(env("WG_ROTATE"))
+	switch v := strings.TrimSpace(env("WG_MODE")); v {
+	case "", wireguard.ModeAuto:
+	case wireguard.ModeKernel, wireguard.ModeUserspace:
+		s.WireGuardMode = v
+	default:
+		return s, fmt.Errorf("WG_MODE=%s: use auto (the kernel's WireGuard where it has one, else user space), kernel or userspace", v)
+	}
 	if v := strings.TrimSpace(env("LEASE_TTL")); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 10*time.Second {

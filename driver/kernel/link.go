@@ -202,3 +202,22 @@ func SetMTU(name string, mtu int) error {
 	}
 	return nil
 }
+
+// LinkType is a link's kind ("wireguard", "tun", "veth"…), or "" when
+// there is no such link.
+func LinkType(name string) string {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return ""
+	}
+	return l.Type()
+}
+
+// AddWireGuard makes a kernel WireGuard link, down; it fails (with the
+// kernel's "operation not supported") where the kernel has no WireGuard.
+func AddWireGuard(name string, mtu int) error {
+	if err := netlink.LinkAdd(&netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}}); err != nil {
+		return fmt.Errorf("add WireGuard link %s: %w", name, err)
+	}
+	return nil
+}

@@ -1,21 +1,14 @@
 package wireguard
 
 import (
-	"bufio"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/kernel"
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
-	"golang.zx2c4.com/wireguard/tun"
 )
 
 // DeviceName is the host's WireGuard device, which every wireguard network
@@ -28,8 +21,10 @@ const DeviceName = "tartan-wg"
 // (a new host, or a host's new key) starts the handshake at once.
 const Keepalive = 25
 
-// Mode says which WireGuard carries the device.
+// Modes: which WireGuard carries the device (WG_MODE).
 const (
+	ModeAuto      = "auto"      // the kernel's where it has one, else user space
+	ModeKernel    = "kernel"    // the kernel's WireGuard (a "wireguard" link)
 	ModeUserspace = "userspace" // wireguard-go over a TUN device, in the plugin
 )
 
@@ -40,32 +35,47 @@ type Peer struct {
 	Allowed  []netip.Prefix // sorted
 }
 
-// Device is the host's WireGuard device: WireGuard in user space
-// (golang.zx2c4.com/wireguard over a TUN device), its goroutines inside
-// the plugin. It exists while the host has a wireguard network; the kernel
-// removes the TUN device when the plugin stops, and Ensure makes it again
-// with the peers last set.
+// engine is one WireGuard implementation behind the device.
+type engine interface {
+	mode() string
+	// configure sets the private key when key is not nil, the port when
+	// port is not 0, removes the peers of remove and sets those of set.
+	configure(key *Key, port int, remove []Key, set []Peer) error
+	peers() ([]PeerStatus, error)
+	// close removes the interface.
+	close()
+}
+
+// Device is the host's WireGuard device: the kernel's WireGuard where it
+// has one (the interface then outlives a plugin restart), otherwise
+// WireGuard in user space (golang.zx2c4.com/wireguard over a TUN device,
+// its goroutines inside the plugin: the kernel removes the TUN device when
+// the plugin stops, and Ensure makes it again with the peers last set). It
+// exists while the host has a wireguard network.
 //
 // Its methods are safe for concurrent use; none blocks on the network.
 type Device struct {
 	name string
 	port int
+	mode string // ModeAuto, ModeKernel or ModeUserspace
 	log  logrus.FieldLogger
 
 	mu      sync.Mutex
 	key     Key
-	dev     *device.Device
+	eng     engine
 	mtu     int
+	told    bool         // the fall back to user space was logged
 	want    map[Key]Peer // the peers last set
-	applied map[Key]Peer // what dev holds
+	applied map[Key]Peer // what eng holds
 }
 
-// NewDevice returns the host's device, not made yet: Ensure makes it.
-func NewDevice(name string, port int, key Key, log logrus.FieldLogger) *Device {
+// NewDevice returns the host's device, not made yet: Ensure makes it. mode
+// is ModeAuto, ModeKernel or ModeUserspace.
+func NewDevice(name string, port int, mode string, key Key, log logrus.FieldLogger) *Device {
 	if log == nil {
 		log = logrus.StandardLogger()
 	}
-	return &Device{name: name, port: port, key: key, log: log.WithField("if", name), want: map[Key]Peer{}}
+	return &Device{name: name, port: port, mode: mode, key: key, log: log.WithField("if", name), want: map[Key]Peer{}}
 }
 
 // Name is the device's interface name.
@@ -81,13 +91,26 @@ func (d *Device) PublicKey() Key {
 	return d.key.Public()
 }
 
+// Mode is the WireGuard that carries the device now ("" while there is
+// none).
+func (d *Device) Mode() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.eng == nil {
+		return ""
+	}
+	return d.eng.mode()
+}
+
 // Ensure makes the device exist, up, with MTU mtu, the host's key, its port
 // and the peers last set. A device whose interface went (deleted by hand)
-// is made again; the routes through it are the router's to restore.
+// is made again; the routes through it are the router's to restore. A
+// kernel WireGuard interface left by the plugin before a restart is
+// adopted with its peers.
 func (d *Device) Ensure(mtu int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.dev != nil && kernel.LinkExists(d.name) {
+	if d.eng != nil && kernel.LinkExists(d.name) {
 		if mtu != d.mtu {
 			if err := kernel.SetMTU(d.name, mtu); err != nil {
 				return err
@@ -97,36 +120,57 @@ func (d *Device) Ensure(mtu int) error {
 		return nil
 	}
 	d.closeLocked()
-	if kernel.LinkExists(d.name) {
-		// Left by another process (a device made persistent by hand):
-		// this one is the host's.
-		if err := kernel.DeleteLink(d.name); err != nil {
-			return fmt.Errorf("WireGuard device %s exists and cannot be removed: %w", d.name, err)
-		}
-	}
-	t, err := tun.CreateTUN(d.name, mtu)
+	eng, held, err := d.open(mtu)
 	if err != nil {
-		return fmt.Errorf("WireGuard in user space needs a TUN device (/dev/net/tun, linux.devices of the plugin's config.json): %w", err)
-	}
-	dev := device.NewDevice(t, conn.NewDefaultBind(), &device.Logger{
-		Verbosef: func(format string, args ...any) { d.log.Debugf("wireguard: "+format, args...) },
-		Errorf:   func(format string, args ...any) { d.log.Warnf("wireguard: "+format, args...) },
-	})
-	if err := dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", d.key.hex(), d.port)); err != nil {
-		dev.Close()
-		return fmt.Errorf("WireGuard port %d/udp: %w (another program holds it? set WG_PORT: docker plugin set tartan:latest WG_PORT=51821)", d.port, err)
-	}
-	if err := dev.Up(); err != nil {
-		dev.Close()
-		return fmt.Errorf("WireGuard device %s: %w", d.name, err)
-	}
-	if err := kernel.SetLinkUp(d.name); err != nil {
-		dev.Close()
 		return err
 	}
-	d.dev, d.mtu, d.applied = dev, mtu, map[Key]Peer{}
-	d.log.WithFields(logrus.Fields{"mode": ModeUserspace, "port": d.port, "mtu": mtu, "publicKey": d.key.Public().String()}).Info("WireGuard device made")
+	if err := eng.configure(&d.key, d.port, nil, nil); err != nil {
+		eng.close()
+		return fmt.Errorf("WireGuard port %d/udp: %w (another program holds it? set WG_PORT: docker plugin set tartan:latest WG_PORT=51821)", d.port, err)
+	}
+	if err := kernel.SetMTU(d.name, mtu); err != nil {
+		eng.close()
+		return err
+	}
+	if err := kernel.SetLinkUp(d.name); err != nil {
+		eng.close()
+		return err
+	}
+	d.eng, d.mtu, d.applied = eng, mtu, map[Key]Peer{}
+	for _, k := range held {
+		d.applied[k] = Peer{} // set again, or removed, by the next apply
+	}
+	d.log.WithFields(logrus.Fields{"mode": eng.mode(), "port": d.port, "mtu": mtu, "publicKey": d.key.Public().String()}).Info("WireGuard device ready")
 	return d.applyLocked()
+}
+
+// open makes the interface in the device's mode: the kernel's WireGuard
+// first unless user space is asked for. held are the peers an adopted
+// kernel interface has.
+func (d *Device) open(mtu int) (eng engine, held []Key, err error) {
+	if d.mode != ModeUserspace {
+		k, held, err := openKernel(d.name, mtu)
+		if err == nil {
+			return k, held, nil
+		}
+		if d.mode == ModeKernel {
+			return nil, nil, fmt.Errorf("WG_MODE=kernel: %w (use WG_MODE=auto or userspace where the kernel has no WireGuard)", err)
+		}
+		if !d.told {
+			d.told = true
+			d.log.Infof("the kernel has no WireGuard (%v): WireGuard runs in user space, over a TUN device", err)
+		}
+	}
+	if kernel.LinkExists(d.name) {
+		// Left by another process (a device made persistent by hand, or
+		// a kernel one when user space is asked for): this one is the
+		// host's.
+		if err := kernel.DeleteLink(d.name); err != nil {
+			return nil, nil, fmt.Errorf("WireGuard device %s exists and cannot be removed: %w", d.name, err)
+		}
+	}
+	u, err := openUserspace(d.name, mtu, d.log)
+	return u, nil, err
 }
 
 // Close removes the device (the host's last wireguard network went).
@@ -137,9 +181,9 @@ func (d *Device) Close() {
 }
 
 func (d *Device) closeLocked() {
-	if d.dev != nil {
-		d.dev.Close() // closes the TUN device: its interface and routes go
-		d.dev, d.applied = nil, nil
+	if d.eng != nil {
+		d.eng.close() // its interface and the routes through it go
+		d.eng, d.applied = nil, nil
 	}
 }
 
@@ -155,35 +199,33 @@ func (d *Device) SetPeers(peers []Peer) error {
 	return d.applyLocked()
 }
 
-// applyLocked changes the device's peers to the wanted ones: one
-// configuration call with the removals and the additions and changes.
+// applyLocked changes the device's peers to the wanted ones in one call:
+// the removals, then the additions and changes.
 func (d *Device) applyLocked() error {
-	if d.dev == nil {
+	if d.eng == nil {
 		return nil
 	}
-	var b strings.Builder
+	var remove []Key
 	for k := range d.applied {
 		if _, ok := d.want[k]; !ok {
-			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", k.hex())
+			remove = append(remove, k)
 		}
 	}
 	self := d.key.Public()
+	var set []Peer
 	for k, p := range d.want {
 		if k == self {
-			continue // the device refuses its own key as a peer
+			continue // a device refuses its own key as a peer
 		}
 		if old, ok := d.applied[k]; ok && old.Endpoint == p.Endpoint && slices.Equal(old.Allowed, p.Allowed) {
 			continue
 		}
-		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\npersistent_keepalive_interval=%d\nreplace_allowed_ips=true\n", k.hex(), p.Endpoint, Keepalive)
-		for _, a := range p.Allowed {
-			fmt.Fprintf(&b, "allowed_ip=%s\n", a)
-		}
+		set = append(set, p)
 	}
-	if b.Len() == 0 {
+	if len(remove) == 0 && len(set) == 0 {
 		return nil
 	}
-	if err := d.dev.IpcSet(b.String()); err != nil {
+	if err := d.eng.configure(nil, 0, remove, set); err != nil {
 		d.applied = map[Key]Peer{} // not known: all of it again next time
 		return fmt.Errorf("WireGuard peers of %s: %w", d.name, err)
 	}
@@ -201,8 +243,8 @@ func (d *Device) applyLocked() error {
 func (d *Device) Rotate(key Key) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.dev != nil {
-		if err := d.dev.IpcSet(fmt.Sprintf("private_key=%s\n", key.hex())); err != nil {
+	if d.eng != nil {
+		if err := d.eng.configure(&key, 0, nil, nil); err != nil {
 			return fmt.Errorf("WireGuard key of %s: %w", d.name, err)
 		}
 	}
@@ -235,64 +277,13 @@ func (d *Device) Status() (Status, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s := Status{Name: d.name, PublicKey: d.key.Public().String(), Port: d.port}
-	if d.dev == nil {
+	if d.eng == nil {
 		return s, nil
 	}
-	s.Mode, s.MTU = ModeUserspace, d.mtu
-	get, err := d.dev.IpcGet()
-	if err != nil {
+	s.Mode, s.MTU = d.eng.mode(), d.mtu
+	var err error
+	if s.Peers, err = d.eng.peers(); err != nil {
 		return s, fmt.Errorf("WireGuard state of %s: %w", d.name, err)
 	}
-	s.Peers, err = parsePeers(get)
-	return s, err
-}
-
-// parsePeers reads the peers of WireGuard's configuration protocol's get
-// answer (one key=value per line, a public_key line starting each peer).
-func parsePeers(get string) ([]PeerStatus, error) {
-	var out []PeerStatus
-	var sec, nsec int64
-	done := func() {
-		if n := len(out); n > 0 && sec != 0 {
-			out[n-1].LastHandshake = time.Unix(sec, nsec).UTC()
-		}
-		sec, nsec = 0, 0
-	}
-	sc := bufio.NewScanner(strings.NewReader(get))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
-		if !ok {
-			continue
-		}
-		if k == "public_key" {
-			done()
-			var key Key
-			if n, err := hex.Decode(key[:], []byte(v)); err != nil || n != len(key) {
-				return nil, fmt.Errorf("WireGuard state: peer key %q is not 32 bytes of hex", v)
-			}
-			out = append(out, PeerStatus{PublicKey: key.String(), Allowed: []string{}})
-			continue
-		}
-		if len(out) == 0 {
-			continue // the device's own lines (private_key is among them)
-		}
-		p := &out[len(out)-1]
-		n, _ := strconv.ParseInt(v, 10, 64)
-		switch k {
-		case "endpoint":
-			p.Endpoint = v
-		case "allowed_ip":
-			p.Allowed = append(p.Allowed, v)
-		case "rx_bytes":
-			p.RxBytes = uint64(n)
-		case "tx_bytes":
-			p.TxBytes = uint64(n)
-		case "last_handshake_time_sec":
-			sec = n
-		case "last_handshake_time_nsec":
-			nsec = n
-		}
-	}
-	done()
-	return out, sc.Err()
+	return s, nil
 }

@@ -97,6 +97,6 @@ func (b Backend) Firewall(n backend.Network) (firewall.Pool, bool) {
 // Info adds how the network's traffic is encrypted.
 func (b Backend) Info(n backend.Network, e backend.Endpoint) map[string]string {
 	v := b.Base.Info(n, e)
-	v["tartan.encryption"] = "wireguard-" + ModeUserspace
+	v["tartan.encryption"] = "wireguard-" + b.Dev.Mode()
 	return v
 }
