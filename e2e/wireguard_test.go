@@ -133,6 +133,34 @@ func TestWireGuard(t *testing.T) {
 		}
 	}
 
+	// A host record with a malformed key (and a block of the pool) gets no
+	// route: one log line and a problem in tartan status, on each host.
+	now := time.Now().UTC()
+	block := fmt.Sprintf(`{"cidr":"10.81.200.0/26","pool":"10.81.0.0/16","host":"badbadbadbad0001","expires":%q}`, now.Add(time.Hour).Format(time.RFC3339))
+	for key, value := range map[string]string{
+		"tartan/hosts/badbadbadbad0001":                `{"id":"badbadbadbad0001","address":"10.98.0.60","version":"test","renewals":true,"wireguardKey":"bm90IGEga2V5","wireguardPort":51820}`,
+		"tartan/renewals/badbadbadbad0001":             fmt.Sprintf(`{"renewed":%q}`, now.Format(time.RFC3339)),
+		"tartan/blocks/10.81.0.0-16/10.81.200.0-26":    block,
+		"tartan/blockfeed/10.81.0.0-16/10.81.200.0-26": fmt.Sprintf(`{"block":%s,"at":%q}`, block, now.Format(time.RFC3339)),
+	} {
+		if out, err := c.Consul.CLI("kv", "put", key, value); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
+	testbed.Eventually(t, 20*time.Second, "host 1 reports the malformed key", func() error {
+		if st := c.Hosts[0].Tartan(t, "status"); !strings.Contains(st, `its WireGuard key "bm90IGEga2V5" is malformed`) {
+			return fmt.Errorf("tartan status:\n%s", st)
+		}
+		return nil
+	})
+	time.Sleep(3 * time.Second)
+	if n := strings.Count(c.Hosts[0].PluginLog(), `WireGuard key \"bm90IGEga2V5\" is malformed`); n != 1 {
+		t.Fatalf("the malformed key is in host 1's log %d times, want once", n)
+	}
+	if r := c.Hosts[0].MustIP(t, "route", "show", "10.81.200.0/26"); r != "" {
+		t.Fatalf("a route to the bad host's block: %s", r)
+	}
+
 	// Keys: the private key is in the state folder, 0600, and nowhere in
 	// the store or the plugin's log; the record has the public key.
 	h2 := c.Hosts[1]

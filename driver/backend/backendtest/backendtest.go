@@ -15,6 +15,12 @@ import (
 // Underlay is host "self"'s underlay: 192.0.2.10 on 192.0.2.0/24.
 var Underlay = kernel.Underlay{Interface: "eth0", Address: netip.MustParseAddr("192.0.2.10"), Prefix: netip.MustParsePrefix("192.0.2.0/24"), MTU: 1500}
 
+// WireGuard public keys of hosts "near" and "far".
+const (
+	NearKey = "YJHIPxAZTj+lWshYbkCKy78Q0wjDVE4iqjOv2GtuKlk="
+	FarKey  = "StMdz7wFXgyW9vmlAXMZaABxFlniWIOZ3XnPJCfjyWM="
+)
+
 // Network is a network of pool 10.244.0.0/16 as a backend records it.
 func Network(name string) backend.Network {
 	return backend.Network{ID: "net1", Pool: "10.244.0.0/16", Backend: name, VNI: 7, Device: kernel.VXLANName(7), Gateway: "169.254.1.1", MTU: 1450}
@@ -32,8 +38,8 @@ func Plan(b backend.Backend, n backend.Network) (routing.Plan, bool) {
 	view := routing.View{
 		Hosts: map[string]kv.Host{
 			"self": {ID: "self", Address: "192.0.2.10", Renewed: now},
-			"near": {ID: "near", Address: "192.0.2.11", Renewed: now},
-			"far":  {ID: "far", Address: "198.51.100.12", Renewed: now},
+			"near": {ID: "near", Address: "192.0.2.11", Renewed: now, WireGuardKey: NearKey, WireGuardPort: 51820},
+			"far":  {ID: "far", Address: "198.51.100.12", Renewed: now, WireGuardKey: FarKey, WireGuardPort: 51820},
 		},
 		Blocks: []kv.Block{
 			{CIDR: "10.244.0.0/26", Host: "self", Expires: now.Add(time.Hour)},
