@@ -281,7 +281,7 @@ func espProblem() string {
 	out, err := exec.Command("ip", "-n", ns, "xfrm", "state", "add", "src", "10.0.0.1", "dst", "10.0.0.2", "proto", "esp", "spi", "0x100",
 		"mode", "transport", "aead", "rfc4106(gcm(aes))", "0x0102030405060708090a0b0c0d0e0f1011121314", "128").CombinedOutput()
 	if err != nil {
-		return "an ESP state with rfc4106(gcm(aes)), as Docker makes, is refused: " + strings.TrimSpace(string(out))
+		return "an ESP state with rfc4106(gcm(aes)), as Docker makes, is refused (" + strings.TrimSuffix(strings.TrimSpace(string(out)), ".") + ")"
 	}
 	return "none found (it could be measured: add a row)"
 }

@@ -84,6 +84,11 @@ func TestWireGuard(t *testing.T) {
 	c.Hosts[0].MustDocker(t, "network", "rm", "mtu1300")
 	allPairs(t, c, "wgn", ips["wgn"])
 	allPairs(t, c, "enc", ips["enc"])
+	// NAT: what leaves the pool is masqueraded, as on every routed network
+	// (Consul's address on the underlay answers host 1's address).
+	if out, err := c.Hosts[0].Docker("exec", "wgn-1", "timeout", "5", "wget", "-q", "-O", "-", "http://"+testbed.ConsulAddr+":8500/v1/status/leader"); err != nil {
+		t.Fatalf("wgn-1 does not reach the underlay through NAT: %v: %s", err, out)
+	}
 	// Isolation: an encrypted network does not reach another.
 	if out, err := c.Hosts[0].Docker("exec", "wgn-1", "ping", "-c", "1", "-W", "1", ips["enc"][1]); err == nil {
 		t.Fatalf("wgn-1 reached enc-2 (%s): %s", ips["enc"][1], out)
