@@ -28,8 +28,13 @@ func envOf(m map[string]string) func(string) string { return func(k string) stri
 
 func TestSettings(t *testing.T) {
 	s, err := ParseSettings(envOf(nil))
-	if err != nil || s.Consul != nil || s.Scope != "local" || s.VXLANPort != 8472 || s.LeaseTTL.Hours() != 24 {
+	if err != nil || s.Consul != nil || s.Scope != "local" || s.VXLANPort != 8472 || s.LeaseTTL.Hours() != 24 ||
+		s.WireGuardPort != 51820 || s.WireGuardMode != "auto" || s.WireGuardRotate != "" {
 		t.Fatalf("defaults: %+v %v", s, err)
+	}
+	s, err = ParseSettings(envOf(map[string]string{"WG_PORT": "51999", "WG_MODE": "userspace", "WG_ROTATE": " 2026-12 "}))
+	if err != nil || s.WireGuardPort != 51999 || s.WireGuardMode != "userspace" || s.WireGuardRotate != "2026-12" {
+		t.Fatalf("WireGuard settings: %+v %v", s, err)
 	}
 	s, err = ParseSettings(envOf(map[string]string{"STORE": "consul://10.0.0.5/cluster-a", "SCOPE": "global", "CONSUL_HTTP_TOKEN": "tok"}))
 	if err != nil || s.Consul.Addresses[0] != "10.0.0.5:8500" || s.Consul.Prefix != "cluster-a/" || s.Consul.Token != "tok" || s.Scope != "global" {
@@ -49,6 +54,9 @@ func TestSettings(t *testing.T) {
 		"STORE=consul://h:99999":     "STORE=",
 		"SCOPE=swarm":                "SCOPE=swarm: use local or global",
 		"VXLAN_PORT=0":               "VXLAN_PORT=0",
+		"WG_PORT=70000":              "WG_PORT=70000: use a UDP port number",
+		"WG_PORT=8472":               "WG_PORT=8472 is VXLAN_PORT too",
+		"WG_MODE=fast":               "WG_MODE=fast: use auto",
 		"LEASE_TTL=1s":               "LEASE_TTL=1s",
 		"LOG_LEVEL=loud":             "LOG_LEVEL=loud",
 		"RESYNC=0s":                  "RESYNC=0s",
@@ -402,5 +410,32 @@ func TestRegisterHostWritesOnlyWhatChanged(t *testing.T) {
 	}
 	if got := RenewAfter(10 * time.Second); got != 2500*time.Millisecond {
 		t.Fatalf("RenewAfter(10s) = %s", got)
+	}
+}
+
+// TestRegisterWireGuardKey: the host record carries the WireGuard public
+// key and port, and a new key (tartan rotate-key) is written at the next
+// registration, with nothing else changed.
+func TestRegisterWireGuardKey(t *testing.T) {
+	ctx := context.Background()
+	store := kv.NewMemory()
+	key := "YJHIPxAZTj+lWshYbkCKy78Q0wjDVE4iqjOv2GtuKlk="
+	reg := &Registrar{Store: store, Host: "h1", Fresh: time.Hour, WireGuard: func() (string, int) { return key, 51820 },
+		Lookup: func(string) (kernel.Underlay, error) {
+			return kernel.Underlay{Interface: "eth0", Address: netip.MustParseAddr("10.98.0.11")}, nil
+		}}
+	var h kv.Host
+	if err := reg.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &h); err != nil || h.WireGuardKey != key || h.WireGuardPort != 51820 {
+		t.Fatalf("record %+v %v", h, err)
+	}
+	key = "StMdz7wFXgyW9vmlAXMZaABxFlniWIOZ3XnPJCfjyWM="
+	if err := reg.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.GetJSON(ctx, store, kv.HostPath("h1"), &h); err != nil || h.WireGuardKey != key || h.Address != "10.98.0.11" {
+		t.Fatalf("record after the rotation %+v %v", h, err)
 	}
 }
