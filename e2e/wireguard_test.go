@@ -159,7 +159,7 @@ func TestWireGuard(t *testing.T) {
 		return nil
 	})
 	time.Sleep(3 * time.Second)
-	if n := strings.Count(c.Hosts[0].PluginLog(), `WireGuard key \"bm90IGEga2V5\" is malformed`); n != 1 {
+	if n := strings.Count(c.Hosts[0].PluginLog(), "host badbadbadbad0001 (10.98.0.60) cannot be reached through WireGuard"); n != 1 {
 		t.Fatalf("the malformed key is in host 1's log %d times, want once", n)
 	}
 	if r := c.Hosts[0].MustIP(t, "route", "show", "10.81.200.0/26"); r != "" {
@@ -213,6 +213,23 @@ func TestWireGuard(t *testing.T) {
 	if after == before {
 		t.Fatal("tartan rotate-key left the host's public key as it was")
 	}
+	// Host 1 has re-keyed: its peer for host 2 has the new key and a
+	// handshake made with it; the old key is gone.
+	testbed.Eventually(t, 10*time.Second, "host 1 handshakes with host 2's new key", func() error {
+		var st plugin.HostStatus
+		if err := json.Unmarshal([]byte(c.Hosts[0].Tartan(t, "status", "--json")), &st); err != nil {
+			return err
+		}
+		for _, p := range st.WireGuard.Peers {
+			if p.PublicKey == before {
+				return fmt.Errorf("host 1 still has host 2's old key")
+			}
+			if p.PublicKey == after && !p.LastHandshake.IsZero() {
+				return nil
+			}
+		}
+		return fmt.Errorf("no handshake with host 2's new key: %+v", st.WireGuard.Peers)
+	})
 	allPairs(t, c, "wgn", ips["wgn"])
 	// Rotation by a restart with a new WG_ROTATE: the plugin's restart
 	// stops the user-space device for its length.
