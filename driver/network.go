@@ -188,6 +188,7 @@ func (d *Driver) removeNetwork(ctx context.Context, n localNetwork, others []loc
 	b := d.backendOf(n)
 	if p, ok := b.Peers(n); ok {
 		d.routes.Remove(n.ID)
+		d.peersChanged() // a wireguard network's peers leave the device
 		if err := routing.Apply(routing.Netlink{}, p, routing.Plan{}); err != nil {
 			return err
 		}
