@@ -41,8 +41,21 @@ func (d *Driver) reconcileLocal(ctx context.Context) error {
 	eps := maps.Clone(d.st.endpoints)
 	d.mu.Unlock()
 	var errs []error
+	tunnel := false
 	for _, n := range nets {
 		if err := d.backendOf(n).Ensure(n); err != nil {
+			errs = append(errs, err)
+		}
+		if p, ok := d.backendOf(n).Peers(n); ok && p.Tunnel != "" {
+			tunnel = true
+		}
+	}
+	if !tunnel {
+		// No wireguard network: no WireGuard device either (a kernel one
+		// outlives the plugin, and its last network may have gone while
+		// the plugin was away).
+		d.wg.Close()
+		if err := kernel.DeleteLink(d.wg.Name()); err != nil {
 			errs = append(errs, err)
 		}
 	}

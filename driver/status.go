@@ -138,7 +138,11 @@ func (d *Driver) LinkDrift() []string {
 	d.mu.Unlock()
 	var out []string
 	for _, id := range slices.Sorted(maps.Keys(nets)) {
-		for _, l := range nets[id].Links() {
+		links := nets[id].Links()
+		if p, ok := d.backendOf(nets[id]).Peers(nets[id]); ok && p.Tunnel != "" {
+			links = append(links, p.Tunnel) // the host's WireGuard device
+		}
+		for _, l := range links {
 			if !kernel.LinkExists(l) {
 				out = append(out, fmt.Sprintf("network %s: its link %s is missing", shortID(id), l))
 			}

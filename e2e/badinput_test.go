@@ -19,7 +19,10 @@ func TestBadInput(t *testing.T) {
 		words []string
 	}{
 		{"unknown option", []string{tnet, tipam, "-o", "colour=red", "--subnet", "10.51.0.0/16"}, []string{"unknown option -o colour", "tartan.backend"}},
-		{"unknown backend", []string{tnet, tipam, "-o", "tartan.backend=ipsec", "--subnet", "10.52.0.0/16"}, []string{"unknown backend -o tartan.backend=ipsec", "vxlan, host-gw or macvlan"}},
+		{"unknown backend", []string{tnet, tipam, "-o", "tartan.backend=ipsec", "--subnet", "10.52.0.0/16"}, []string{"unknown backend -o tartan.backend=ipsec", "vxlan, host-gw, macvlan or wireguard"}},
+		{"encrypted host-gw", []string{tnet, tipam, "-o", "encrypted", "-o", "tartan.backend=host-gw", "--subnet", "10.62.0.0/16"}, []string{"tartan does not encrypt host-gw traffic", "tartan.backend=wireguard"}},
+		{"encrypted with a vni", []string{tnet, tipam, "-o", "encrypted", "-o", "tartan.vni=9", "--subnet", "10.63.0.0/16"}, []string{"-o tartan.vni cannot go with -o encrypted"}},
+		{"wireguard mtu above underlay", []string{tnet, tipam, "-o", "tartan.backend=wireguard", "-o", "com.docker.network.driver.mtu=1450", "--subnet", "10.64.0.0/16"}, []string{"larger than the underlay allows", "1420"}},
 		{"bad vni", []string{tnet, tipam, "-o", "tartan.vni=0", "--subnet", "10.53.0.0/16"}, []string{"tartan.vni=0", "1 to 16777215"}},
 		{"mtu above underlay", []string{tnet, tipam, "-o", "com.docker.network.driver.mtu=9000", "--subnet", "10.54.0.0/16"}, []string{"larger than the underlay allows", "1450"}},
 		{"overlapping pool", []string{tnet, tipam, "--subnet", "10.50.128.0/20"}, []string{"overlaps tartan pool 10.50.0.0/16", "pick a subnet outside it"}},
