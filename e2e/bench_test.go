@@ -90,6 +90,170 @@ func TestBench(t *testing.T) {
 		{"tartan vxlan, same host", "Docker bridge", ctr(h1, "vx3", "bvx"), ctr(h1, "vx4", "bvx")},
 		{"Docker bridge, same host", "", ctr(h1, "br1", "bbr"), ctr(h1, "br2", "bbr")},
 	}
+	res := measure(t, paths, rounds, secs, rr)
+
+	// BENCH_PERF=1: where the cycles go on each path, from a system-wide
+	// perf profile (cpu-clock) of one more single-stream run; the top
+	// kernel symbols land in build/perf.md.
+	if os.Getenv("BENCH_PERF") != "" {
+		profile(t, filepath.Join(root, "build", "perf.md"), secs, paths, func(p path) { res.iperf(p, 1) })
+	}
+
+	// Control plane: docker run on tartan against Docker's bridge, interleaved.
+	var runT, runB []float64
+	for i := 0; i < 30; i++ {
+		for _, n := range []string{"bvx", "bbr"} {
+			start := time.Now()
+			h1.MustDocker(t, "run", "--rm", "--network", n, "tbox", "true")
+			d := time.Since(start).Seconds() * 1000
+			if n == "bvx" {
+				runT = append(runT, d)
+			} else {
+				runB = append(runB, d)
+			}
+		}
+	}
+	// A new host's block: host 3 claims one (through the plugin's IPAM, as
+	// Docker would) and hosts 1 and 2 are polled until both route it. Host
+	// 3 has no network of the pool: a network there would keep the pool
+	// (and its block) when the pool is released below.
+	var prop []float64
+	for i := 0; i < 20; i++ {
+		poolID := "local:10.71.0.0/16"
+		if _, err := h3.PluginCall("/IpamDriver.RequestPool", `{"AddressSpace":"tartan-local","Pool":"10.71.0.0/16"}`); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		out, err := h3.PluginCall("/IpamDriver.RequestAddress", fmt.Sprintf(`{"PoolID":%q,"Options":{"com.docker.network.endpoint.macaddress":"02:42:00:00:01:%02x"}}`, poolID, i))
+		if err != nil || !strings.HasSuffix(out, "200") {
+			t.Fatalf("request address on host 3: %v %s", err, out)
+		}
+		var seen [2]bool
+		for !(seen[0] && seen[1]) {
+			for k, h := range []*testbed.Host{h1, h2} {
+				if !seen[k] && strings.Contains(h.MustIP(t, "route", "show", "proto", "84"), "via "+c.Addr[2]) {
+					seen[k] = true
+				}
+			}
+			if time.Since(start) > 30*time.Second {
+				t.Fatal("host 3's block never reached hosts 1 and 2")
+			}
+		}
+		prop = append(prop, time.Since(start).Seconds()*1000)
+		var resp struct{ Address string }
+		_ = json.Unmarshal([]byte(out[:strings.LastIndex(out, "\n")]), &resp)
+		_, _ = h3.PluginCall("/IpamDriver.ReleaseAddress", fmt.Sprintf(`{"PoolID":%q,"Address":%q}`, poolID, strings.Split(resp.Address, "/")[0]))
+		// Releasing the pool on host 3 gives its empty block back; wait until
+		// hosts 1 and 2 withdraw the route before the next round.
+		_, _ = h3.PluginCall("/IpamDriver.ReleasePool", fmt.Sprintf(`{"PoolID":%q}`, poolID))
+		testbed.Eventually(t, 30*time.Second, "block withdrawn", func() error {
+			for _, h := range []*testbed.Host{h1, h2} {
+				if strings.Contains(h.MustIP(t, "route", "show", "proto", "84"), "via "+c.Addr[2]) {
+					return fmt.Errorf("still routed")
+				}
+			}
+			return nil
+		})
+	}
+
+	// An MTU 9000 underlay (BENCH_JUMBO=0 leaves it out): vxlan and host-gw
+	// on two more hosts, against that underlay's own host-to-host path.
+	var jumbo []path
+	var jres benchResults
+	if os.Getenv("BENCH_JUMBO") != "0" {
+		j := testbed.NewCluster(t, "bj", 9000)
+		j1, j2 := j.AddHost(t), j.AddHost(t)
+		for _, n := range []struct{ name, subnet, opts string }{{"jvx", "10.91.0.0/16", "tartan.backend=vxlan"}, {"jgw", "10.92.0.0/16", "tartan.backend=host-gw"}} {
+			for _, h := range []*testbed.Host{j1, j2} {
+				h.MustDocker(t, "network", "create", tnet, tipam, "-o", n.opts, "--subnet", n.subnet, n.name)
+			}
+		}
+		jumbo = []path{
+			{"host to host (underlay, MTU 9000)", "", endpoint{j1.Path(), j.Addr[0]}, endpoint{j2.Path(), j.Addr[1]}},
+			{"tartan vxlan, MTU 9000", "", ctr(j1, "jv1", "jvx"), ctr(j2, "jv2", "jvx")},
+			{"tartan host-gw, MTU 9000", "", ctr(j1, "jg1", "jgw"), ctr(j2, "jg2", "jgw")},
+		}
+		jres = measure(t, jumbo, rounds, secs, rr)
+	}
+
+	// The table.
+	var b strings.Builder
+	host := os.Getenv("BENCH_MACHINE")
+	if host == "" {
+		host = machine()
+	}
+	fmt.Fprintf(&b, "Measured %s on %s; Docker %s; %d interleaved rounds of %ds per path, medians.\n\n",
+		time.Now().UTC().Format("2006-01-02"), host, h1.MustDocker(t, "version", "-f", "{{.Server.Version}}"), rounds, secs)
+	writeRows(&b, paths, res)
+	fmt.Fprintf(&b, "\nDocker overlay with `--opt encrypted` (IPsec ESP) cannot run on this kernel: %s. "+
+		"The tartan plugin's peak resident memory on host 1 after every row: %s.\n", espProblem(), peakRSS(h1.PluginPIDs(t)))
+	if len(jumbo) > 0 {
+		fmt.Fprintf(&b, "\nOn an MTU 9000 underlay (two more hosts, the same rounds; Docker's overlay not set up there):\n\n")
+		writeRows(&b, jumbo, jres)
+	}
+	sort.Float64s(prop)
+	fmt.Fprintf(&b, "\n| control plane | tartan | Docker bridge | ratio |\n|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| `docker run --rm` (median of 30, interleaved) | %.0f ms | %.0f ms | %.2f |\n", median(runT), median(runB), median(runT)/median(runB))
+	fmt.Fprintf(&b, "| new host's block in every peer's routing table (20 blocks) | p50 %.0f ms, p99 %.0f ms | — | — |\n", median(prop), prop[len(prop)*99/100])
+	fmt.Println("\n" + b.String())
+	_ = os.MkdirAll(filepath.Join(root, "build"), 0o755)
+	if err := os.WriteFile(filepath.Join(root, "build", "bench.md"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h2.MustDocker(t, "swarm", "leave", "--force")
+	h1.MustDocker(t, "swarm", "leave", "--force")
+}
+
+// espProblem says why Docker's encrypted overlay cannot run here (the
+// kernel has no IPsec ESP with the AEAD it uses), or that it can.
+func espProblem() string {
+	ns := fmt.Sprintf("tt-esp-%d", os.Getpid())
+	if err := exec.Command("ip", "netns", "add", ns).Run(); err != nil {
+		return "not checked: " + err.Error()
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	out, err := exec.Command("ip", "-n", ns, "xfrm", "state", "add", "src", "10.0.0.1", "dst", "10.0.0.2", "proto", "esp", "spi", "0x100",
+		"mode", "transport", "aead", "rfc4106(gcm(aes))", "0x0102030405060708090a0b0c0d0e0f1011121314", "128").CombinedOutput()
+	if err != nil {
+		return "an ESP state with rfc4106(gcm(aes)), as Docker makes, is refused (" + strings.TrimSuffix(strings.TrimSpace(string(out)), ".") + ")"
+	}
+	return "none found (it could be measured: add a row)"
+}
+
+// peakRSS is the peak resident memory of processes (VmHWM).
+func peakRSS(pids []int) string {
+	var parts []string
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "VmHWM:") {
+				parts = append(parts, strings.Join(strings.Fields(strings.TrimPrefix(l, "VmHWM:")), " "))
+			}
+		}
+	}
+	if len(parts) == 0 {
+		return "unknown"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// benchResults are a bench run's samples per path name.
+type benchResults struct {
+	one, four, p50, p99, cost1, cost4 map[string][]float64
+	// iperf runs one more iperf3 over a path (for the perf profile).
+	iperf func(p benchPath, streams int) float64
+}
+
+// measure starts an iperf3 and an rr server at every path's destination and
+// runs the rounds: each round every path with 1 stream, then with 4, then
+// the request/response test, so that drift hits every path alike.
+func measure(t *testing.T, paths []benchPath, rounds, secs int, rr string) benchResults {
+	t.Helper()
+	type path = benchPath
+	type endpoint = benchEndpoint
 	// One iperf3 and one rr server per destination.
 	for _, p := range paths {
 		for _, args := range [][]string{{"iperf3", "-s", "-B", p.srv.ip}, {rr, "-s", net.JoinHostPort(p.srv.ip, "7000")}} {
@@ -165,79 +329,13 @@ func TestBench(t *testing.T) {
 		t.Logf("round %d of %d done", r+1, rounds)
 	}
 
-	// BENCH_PERF=1: where the cycles go on each path, from a system-wide
-	// perf profile (cpu-clock) of one more single-stream run; the top
-	// kernel symbols land in build/perf.md.
-	if os.Getenv("BENCH_PERF") != "" {
-		profile(t, filepath.Join(root, "build", "perf.md"), secs, paths, func(p path) { iperf(p, 1) })
-	}
+	return benchResults{one: one, four: four, p50: p50, p99: p99, cost1: cost1, cost4: cost4, iperf: iperf}
+}
 
-	// Control plane: docker run on tartan against Docker's bridge, interleaved.
-	var runT, runB []float64
-	for i := 0; i < 30; i++ {
-		for _, n := range []string{"bvx", "bbr"} {
-			start := time.Now()
-			h1.MustDocker(t, "run", "--rm", "--network", n, "tbox", "true")
-			d := time.Since(start).Seconds() * 1000
-			if n == "bvx" {
-				runT = append(runT, d)
-			} else {
-				runB = append(runB, d)
-			}
-		}
-	}
-	// A new host's block: host 3 claims one (through the plugin's IPAM, as
-	// Docker would) and hosts 1 and 2 are polled until both route it. Host
-	// 3 has no network of the pool: a network there would keep the pool
-	// (and its block) when the pool is released below.
-	var prop []float64
-	for i := 0; i < 20; i++ {
-		poolID := "local:10.71.0.0/16"
-		if _, err := h3.PluginCall("/IpamDriver.RequestPool", `{"AddressSpace":"tartan-local","Pool":"10.71.0.0/16"}`); err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		out, err := h3.PluginCall("/IpamDriver.RequestAddress", fmt.Sprintf(`{"PoolID":%q,"Options":{"com.docker.network.endpoint.macaddress":"02:42:00:00:01:%02x"}}`, poolID, i))
-		if err != nil || !strings.HasSuffix(out, "200") {
-			t.Fatalf("request address on host 3: %v %s", err, out)
-		}
-		var seen [2]bool
-		for !(seen[0] && seen[1]) {
-			for k, h := range []*testbed.Host{h1, h2} {
-				if !seen[k] && strings.Contains(h.MustIP(t, "route", "show", "proto", "84"), "via "+c.Addr[2]) {
-					seen[k] = true
-				}
-			}
-			if time.Since(start) > 30*time.Second {
-				t.Fatal("host 3's block never reached hosts 1 and 2")
-			}
-		}
-		prop = append(prop, time.Since(start).Seconds()*1000)
-		var resp struct{ Address string }
-		_ = json.Unmarshal([]byte(out[:strings.LastIndex(out, "\n")]), &resp)
-		_, _ = h3.PluginCall("/IpamDriver.ReleaseAddress", fmt.Sprintf(`{"PoolID":%q,"Address":%q}`, poolID, strings.Split(resp.Address, "/")[0]))
-		// Releasing the pool on host 3 gives its empty block back; wait until
-		// hosts 1 and 2 withdraw the route before the next round.
-		_, _ = h3.PluginCall("/IpamDriver.ReleasePool", fmt.Sprintf(`{"PoolID":%q}`, poolID))
-		testbed.Eventually(t, 30*time.Second, "block withdrawn", func() error {
-			for _, h := range []*testbed.Host{h1, h2} {
-				if strings.Contains(h.MustIP(t, "route", "show", "proto", "84"), "via "+c.Addr[2]) {
-					return fmt.Errorf("still routed")
-				}
-			}
-			return nil
-		})
-	}
-
-	// The table.
-	var b strings.Builder
-	host := os.Getenv("BENCH_MACHINE")
-	if host == "" {
-		host = machine()
-	}
-	fmt.Fprintf(&b, "Measured %s on %s; Docker %s; %d interleaved rounds of %ds per path, medians.\n\n",
-		time.Now().UTC().Format("2006-01-02"), host, h1.MustDocker(t, "version", "-f", "{{.Server.Version}}"), rounds, secs)
-	fmt.Fprintf(&b, "| path (container to container unless said) | 1 stream Gbit/s | × host | × Docker | 4 streams Gbit/s | × host | × Docker | RR p50 µs | RR p99 µs | CPU ms/Gbit, 1 stream | CPU ms/Gbit, 4 streams |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+// writeRows writes the table of paths: each against the first (the
+// host-to-host path) and against the Docker driver it stands beside.
+func writeRows(b *strings.Builder, paths []benchPath, res benchResults) {
+	fmt.Fprintf(b, "| path (container to container unless said) | 1 stream Gbit/s | × host | × Docker | 4 streams Gbit/s | × host | × Docker | RR p50 µs | RR p99 µs | CPU ms/Gbit, 1 stream | CPU ms/Gbit, 4 streams |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	hostName := paths[0].name
 	for _, p := range paths {
 		vs := func(m map[string][]float64, other string) string {
@@ -251,59 +349,10 @@ func TestBench(t *testing.T) {
 		if p.name == hostName {
 			hostRef = ""
 		}
-		fmt.Fprintf(&b, "| %s | %.2f | %s | %s | %.2f | %s | %s | %.0f | %.0f | %.0f | %.0f |\n", p.name,
-			median(one[p.name]), vs(one, hostRef), vs(one, docker), median(four[p.name]), vs(four, hostRef), vs(four, docker), median(p50[p.name]), median(p99[p.name]),
-			median(cost1[p.name]), median(cost4[p.name]))
+		fmt.Fprintf(b, "| %s | %.2f | %s | %s | %.2f | %s | %s | %.0f | %.0f | %.0f | %.0f |\n", p.name,
+			median(res.one[p.name]), vs(res.one, hostRef), vs(res.one, docker), median(res.four[p.name]), vs(res.four, hostRef), vs(res.four, docker),
+			median(res.p50[p.name]), median(res.p99[p.name]), median(res.cost1[p.name]), median(res.cost4[p.name]))
 	}
-	fmt.Fprintf(&b, "\nDocker overlay with `--opt encrypted` (IPsec ESP) cannot run on this kernel: %s. "+
-		"The tartan plugin's peak resident memory on host 1 after every row: %s.\n", espProblem(), peakRSS(h1.PluginPIDs(t)))
-	sort.Float64s(prop)
-	fmt.Fprintf(&b, "\n| control plane | tartan | Docker bridge | ratio |\n|---|---|---|---|\n")
-	fmt.Fprintf(&b, "| `docker run --rm` (median of 30, interleaved) | %.0f ms | %.0f ms | %.2f |\n", median(runT), median(runB), median(runT)/median(runB))
-	fmt.Fprintf(&b, "| new host's block in every peer's routing table (20 blocks) | p50 %.0f ms, p99 %.0f ms | — | — |\n", median(prop), prop[len(prop)*99/100])
-	fmt.Println("\n" + b.String())
-	_ = os.MkdirAll(filepath.Join(root, "build"), 0o755)
-	if err := os.WriteFile(filepath.Join(root, "build", "bench.md"), []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	h2.MustDocker(t, "swarm", "leave", "--force")
-	h1.MustDocker(t, "swarm", "leave", "--force")
-}
-
-// espProblem says why Docker's encrypted overlay cannot run here (the
-// kernel has no IPsec ESP with the AEAD it uses), or that it can.
-func espProblem() string {
-	ns := fmt.Sprintf("tt-esp-%d", os.Getpid())
-	if err := exec.Command("ip", "netns", "add", ns).Run(); err != nil {
-		return "not checked: " + err.Error()
-	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	out, err := exec.Command("ip", "-n", ns, "xfrm", "state", "add", "src", "10.0.0.1", "dst", "10.0.0.2", "proto", "esp", "spi", "0x100",
-		"mode", "transport", "aead", "rfc4106(gcm(aes))", "0x0102030405060708090a0b0c0d0e0f1011121314", "128").CombinedOutput()
-	if err != nil {
-		return "an ESP state with rfc4106(gcm(aes)), as Docker makes, is refused (" + strings.TrimSuffix(strings.TrimSpace(string(out)), ".") + ")"
-	}
-	return "none found (it could be measured: add a row)"
-}
-
-// peakRSS is the peak resident memory of processes (VmHWM).
-func peakRSS(pids []int) string {
-	var parts []string
-	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			continue
-		}
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, "VmHWM:") {
-				parts = append(parts, strings.Join(strings.Fields(strings.TrimPrefix(l, "VmHWM:")), " "))
-			}
-		}
-	}
-	if len(parts) == 0 {
-		return "unknown"
-	}
-	return strings.Join(parts, ", ")
 }
 
 func median(v []float64) float64 {
