@@ -82,6 +82,7 @@ type Driver struct {
 	fwPoke   chan struct{} // wakes the firewall writer: VXLAN peers changed
 	wg       *wireguard.Device
 	wgPoke   chan struct{} // wakes the WireGuard writer: its peers changed
+	tunnelMu sync.Mutex    // orders writes of the WireGuard device's peers
 
 	netMu   sync.Mutex // orders CreateNetwork, DeleteNetwork and reconcile's Ensure
 	portsMu sync.Mutex // orders changes of published ports
@@ -126,7 +127,10 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 		cfg.OrphanGrace = 2 * cfg.Resync
 	}
 	if cfg.WireGuard == nil {
-		key, _ := wireguard.NewPrivateKey()
+		key, err := wireguard.NewPrivateKey()
+		if err != nil {
+			log.Errorf("no WireGuard key for the test device: %v", err)
+		}
 		cfg.WireGuard = wireguard.NewDevice(wireguard.DeviceName, wireguard.DefaultPort, wireguard.ModeAuto, key, log)
 	}
 	d := &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},

@@ -77,6 +77,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, r NetworkRequest) error {
 		delete(d.st.networks, n.ID)
 		d.mu.Unlock()
 		d.routes.Remove(n.ID)
+		d.peersChanged()
 		_ = d.local.Delete(context.WithoutCancel(ctx), localNetworks+n.ID, 0)
 		d.undoNetwork(ctx, n, others, func(context.Context) {})
 		return err

@@ -33,8 +33,12 @@ func (d *Driver) tunnelWriter(ctx context.Context) {
 }
 
 // writeTunnels sets the device's peers from the plans. The plans hold only
-// keys Compute checked; one that does not parse is left out.
+// keys Compute checked; one that does not parse is left out. The writer and
+// reconcile both call it: tunnelMu keeps an older reading of the plans from
+// landing after a newer one.
 func (d *Driver) writeTunnels() error {
+	d.tunnelMu.Lock()
+	defer d.tunnelMu.Unlock()
 	tunnels, ok := d.routes.Tunnels()
 	if !ok {
 		return nil // a wireguard network has no plan yet: keep what the device has
@@ -48,6 +52,26 @@ func (d *Driver) writeTunnels() error {
 		peers = append(peers, wireguard.Peer{Key: k, Endpoint: t.Endpoint, Allowed: t.Allowed})
 	}
 	return d.wg.SetPeers(peers)
+}
+
+// TunnelReady says whether the WireGuard device is up with the peers of
+// every wireguard network's plan; true when the host has no wireguard
+// network. A host with a new key registers it only then (or after a
+// while), so that peers that re-key at once find it ready.
+func (d *Driver) TunnelReady() bool {
+	d.mu.Lock()
+	tunnel := false
+	for _, n := range d.st.networks {
+		if p, ok := d.backendOf(n).Peers(n); ok && p.Tunnel != "" {
+			tunnel = true
+		}
+	}
+	d.mu.Unlock()
+	if !tunnel {
+		return true
+	}
+	_, planned := d.routes.Tunnels()
+	return planned && d.wg.Ready()
 }
 
 // WireGuard is the host's WireGuard device.

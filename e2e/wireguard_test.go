@@ -122,10 +122,10 @@ func TestWireGuard(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%v: tcpdump said %s", err, stderr.String())
 		}
-		out, _ := c.Switch.Exec("tcpdump", "-n", "-r", pcap, "udp", "port", "51820")
+		out, _ := c.Switch.Exec("tcpdump", "-n", "-q", "-r", pcap, "udp", "port", "51820")
 		all, _ := c.Switch.Exec("tcpdump", "-n", "-r", pcap)
 		t.Logf("%s: captured %d bytes (tcpdump: %s), first packets:\n%s", net, len(raw), strings.TrimSpace(stderr.String()), firstLines(all, 4))
-		return strings.Contains(string(raw), marker), len(strings.Split(strings.TrimSpace(out), "\n"))
+		return strings.Contains(string(raw), marker), strings.Count(out, " UDP, length ")
 	}
 	if clear, _ := capture("plain"); !clear {
 		t.Fatal("the capture did not see the marker on the plain vxlan network: it cannot tell anything")
@@ -136,6 +136,43 @@ func TestWireGuard(t *testing.T) {
 		if clear || wg < 4 {
 			t.Fatalf("%s: marker in clear %v, %d WireGuard packets", n, clear, wg)
 		}
+	}
+
+	// Forgery on the underlay: a machine on the segment sends pings with
+	// the source of host 1's container, in clear, to host 2's. On a plain
+	// vxlan network they arrive (the check can see them); on a wireguard
+	// network they are dropped: its traffic between hosts comes only
+	// through WireGuard.
+	atk := c.AddRouter(t, "atk", "10.81.0.2/32")
+	atk.MustIP(t, "addr", "add", "10.83.0.2/32", "dev", "eth1")
+	atk.MustIP(t, "route", "add", "10.81.0.0/16", "via", c.Addr[1])
+	atk.MustIP(t, "route", "add", "10.83.0.0/16", "via", c.Addr[1])
+	inEchos := func(ctr string) int {
+		lines := strings.Split(c.Hosts[1].MustDocker(t, "exec", ctr, "cat", "/proc/net/snmp"), "\n")
+		for i := 0; i+1 < len(lines); i++ {
+			names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+			if len(names) > 0 && names[0] == "Icmp:" && len(values) == len(names) {
+				for k, n := range names {
+					if n == "InEchos" {
+						v, _ := strconv.Atoi(values[k])
+						return v
+					}
+				}
+			}
+		}
+		t.Fatalf("no Icmp InEchos in %s's /proc/net/snmp", ctr)
+		return 0
+	}
+	forged := func(net, src string) int {
+		before := inEchos(net + "-2")
+		_, _ = atk.Exec("ping", "-c", "3", "-W", "1", "-I", src, ips[net][1])
+		return inEchos(net+"-2") - before
+	}
+	if n := forged("plain", "10.83.0.2"); n == 0 {
+		t.Fatal("forged pings did not reach a plain vxlan network's container either: the check cannot tell anything")
+	}
+	if n := forged("wgn", "10.81.0.2"); n != 0 {
+		t.Fatalf("%d forged pings in clear from the underlay reached a wireguard network's container", n)
 	}
 
 	// A host record with a malformed key (and a block of the pool) gets no

@@ -19,7 +19,8 @@ import (
 	"github.com/tartan-net/tartan/kv"
 )
 
-// Paths of the read-only operator endpoints, served on the plugin's socket
+// Paths of the operator endpoints (they read, but for POST GCPath and
+// RotateKeyPath), served on the plugin's socket
 // beside libnetwork's (tartan status, tartan hosts).
 const (
 	StatusPath    = "/tartan/v1/status"
@@ -42,9 +43,6 @@ type GCPlan struct {
 	// Networks are this host's network records that Docker no longer has
 	// and no endpoint uses: they go with what they made in the kernel.
 	Networks []driver.NetworkStatus `json:"networks"`
-	// WireGuard is the host's WireGuard device (its mode is empty while
-	// the host has no wireguard network).
-	WireGuard *wireguard.Status `json:"wireguard,omitempty"`
 }
 
 // GCDone is what tartan gc --yes removed.
@@ -99,13 +97,15 @@ type HostStatus struct {
 	Settings string                 `json:"settingsError,omitempty"` // why every request fails, if one does
 	Networks []driver.NetworkStatus `json:"networks"`
 	// WireGuard is the host's WireGuard device (its mode is empty while
-	// the host has no wireguard network).
-	WireGuard *wireguard.Status `json:"wireguard,omitempty"`
+	// the host has no wireguard network); WireGuardError says why its
+	// state could not be read.
+	WireGuard      *wireguard.Status `json:"wireguard,omitempty"`
+	WireGuardError string            `json:"wireguardError,omitempty"`
 }
 
 // ServeAdmin adds the operator endpoints. They only read, but for POST
-// GCPath: what they show is what the driver and the store hold at the time
-// of the call.
+// GCPath and POST RotateKeyPath: what they show is what the driver and the
+// store hold at the time of the call.
 func (h *Handler) ServeAdmin(a Admin) {
 	h.admin("GET "+StatusPath, false, func(context.Context, *http.Request) (any, error) {
 		s := HostStatus{Host: a.Host, Version: Version, Store: a.Store, Scope: a.Scope, Networks: []driver.NetworkStatus{}}
@@ -115,10 +115,10 @@ func (h *Handler) ServeAdmin(a Admin) {
 		if h.drv != nil {
 			s.Networks, s.Firewall = h.drv.Status(), h.drv.FirewallFlavour()
 			wg, err := h.drv.WireGuard().Status()
-			if err != nil {
-				return s, err
-			}
 			s.WireGuard = &wg
+			if err != nil {
+				s.WireGuardError = err.Error()
+			}
 		}
 		return s, nil
 	})

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -119,7 +120,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "state": s.StateDir, "version": Version, "firewall": fw.Flavour()}).Info("tartan serving")
 	go warnEngine(ctx, s.DockerSocket, entry)
 	outbox := NewOutbox(local, im, drv, entry.WithField("part", "outbox"))
-	go background(ctx, drv, im, outbox, reg, s, metrics, entry)
+	go background(ctx, drv, im, outbox, reg, made, s, metrics, entry)
 	if metrics != nil {
 		metrics.Networks(drv)
 		go func() {
@@ -131,7 +132,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
 	h.SetMetrics(metrics)
 	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now, Docker: engineView(s.DockerSocket),
-		RotateKey: func(ctx context.Context) (string, error) { return rotateKey(ctx, wg, reg, s, entry) }})
+		RotateKey: (&keyRotator{wg: wg, reg: reg, s: s, log: entry}).rotate})
 	return serve(ctx, socket, h)
 }
 
@@ -193,7 +194,7 @@ func dockerAPI(s Settings) (*clusternet.API, error) {
 
 // background does the work that must never hold up a request: the first
 // full reconcile, then periodic ones, host registration and lease renewal.
-func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, reg *Registrar, s Settings, metrics *Metrics, log logrus.FieldLogger) {
+func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, reg *Registrar, newKey bool, s Settings, metrics *Metrics, log logrus.FieldLogger) {
 	doReconcile := func() {
 		start := time.Now()
 		err := drv.Reconcile(ctx)
@@ -246,7 +247,16 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 	// kernel) must not stop the host's renewals, or every peer would take
 	// a live host for gone; gone hosts are collected at the
 	// pace of leases.
-	go every(ctx, RenewEvery(s.LeaseTTL), doRenew)
+	go func() {
+		if newKey {
+			// A new WireGuard key (WG_ROTATE, a removed key file) is
+			// registered once the device has its peers: a peer that
+			// re-keys at once and finds it not ready would wait out
+			// WireGuard's 5-second handshake retry.
+			waitUntil(ctx, 15*time.Second, drv.TunnelReady)
+		}
+		every(ctx, RenewEvery(s.LeaseTTL), doRenew)
+	}()
 	go every(ctx, max(s.LeaseTTL, time.Minute), doCollect)
 	// A start is often the end of a crash, whose half-made requests left
 	// orphaned records: one more pass once they are old enough to sweep
@@ -261,29 +271,65 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 	every(ctx, s.Resync, doReconcile)
 }
 
-// rotateKey gives the host a new WireGuard key pair while it runs (tartan
-// rotate-key): the new private key is saved first (a crash keeps it), the
-// device takes it, and the host's record is written at once, so that peers
-// handshake with the new key as soon as their watch delivers it.
-func rotateKey(ctx context.Context, wg *wireguard.Device, reg *Registrar, s Settings, log logrus.FieldLogger) (string, error) {
+// keyRotator gives the host a new WireGuard key pair while it runs
+// (tartan rotate-key), one rotation at a time.
+type keyRotator struct {
+	mu  sync.Mutex
+	wg  *wireguard.Device
+	reg *Registrar
+	s   Settings
+	log logrus.FieldLogger
+}
+
+// rotate checks that the store answers (peers learn the new key only from
+// it), saves the new private key (a crash keeps it), has the device take it
+// and writes the host's record at once, so that peers handshake with the
+// new key as soon as their watch delivers it. A step that fails puts the
+// old key back where the earlier steps put the new one.
+func (k *keyRotator) rotate(ctx context.Context) (string, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c, cancel := context.WithTimeout(ctx, RequestTimeout)
+	defer cancel()
+	if _, err := k.reg.Store.Get(c, kv.HostPath(k.reg.Host)); err != nil {
+		return "", fmt.Errorf("the store does not answer, so peers could not learn a new key; the key is unchanged: %w", err)
+	}
 	key, err := wireguard.NewPrivateKey()
 	if err != nil {
 		return "", err
 	}
-	if err := wireguard.SaveKey(s.StateDir, key, s.WireGuardRotate); err != nil {
+	if err := wireguard.SaveKey(k.s.StateDir, key, k.s.WireGuardRotate); err != nil {
 		return "", err
 	}
-	if err := wg.Rotate(key); err != nil {
-		return "", err
+	old, err := k.wg.Rotate(key)
+	if err == nil {
+		err = k.reg.Register(c)
+		if err != nil {
+			_, _ = k.wg.Rotate(old)
+		}
+	}
+	if err != nil {
+		if serr := wireguard.SaveKey(k.s.StateDir, old, k.s.WireGuardRotate); serr != nil {
+			err = errors.Join(err, serr)
+		}
+		return "", fmt.Errorf("the key is unchanged: %w", err)
 	}
 	pub := key.Public().String()
-	log.WithField("publicKey", pub).Info("rotated this host's WireGuard key pair (tartan rotate-key)")
-	c, cancel := context.WithTimeout(ctx, RequestTimeout)
-	defer cancel()
-	if err := reg.Register(c); err != nil {
-		return pub, fmt.Errorf("the new key is in place but the host's record was not written (it is at the next renewal): %w", err)
-	}
+	k.log.WithField("publicKey", pub).Info("rotated this host's WireGuard key pair (tartan rotate-key)")
 	return pub, nil
+}
+
+// waitUntil polls cond every 100 ms until it holds, ctx ends or limit
+// passes.
+func waitUntil(ctx context.Context, limit time.Duration, cond func() bool) {
+	deadline := time.Now().Add(limit)
+	for !cond() && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // every runs fn now and then every period until ctx ends.

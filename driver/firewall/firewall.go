@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -51,7 +50,8 @@ type Pool struct {
 	Device   string // the VXLAN device, if the network has one
 	// Tunnel is the WireGuard device its peers' traffic arrives on, if
 	// it has one (shared by networks: WireGuard itself admits from each
-	// peer only that peer's addresses).
+	// peer only that peer's addresses); the pool's traffic is then never
+	// taken from the underlay or a VXLAN device.
 	Tunnel string
 	// NAT66: masquerade an IPv6 pool's traffic leaving it (off by default).
 	// Ignored for IPv4 pools, masqueraded unless Internal.
@@ -138,6 +138,17 @@ func render(st State, v6 bool) Rules {
 	drop := func(format string, args ...any) {
 		r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s ", IsolateChain)+fmt.Sprintf(format, args...)+" -j DROP")
 	}
+	// A WireGuard pool's traffic from other hosts arrives through its
+	// tunnel, decrypted and checked against the sender's addresses: a
+	// packet with its source on the underlay or a VXLAN device is a
+	// forgery, whatever connection it claims to belong to.
+	for _, n := range nets {
+		if n.Tunnel != "" {
+			for _, in := range plainIngress(st) {
+				drop("-i %s -s %s", in, n.Pool)
+			}
+		}
+	}
 	for _, n := range nets {
 		both("-d %s -m conntrack --ctstate RELATED,ESTABLISHED", n.Pool)
 	}
@@ -163,16 +174,12 @@ func render(st State, v6 bool) Rules {
 	// Docker bridge with a spoofed source in the pool gets nowhere (the
 	// endpoint veths have a strict reverse-path check, the VXLAN devices
 	// the rule above).
-	ingress := []string{endpointIfs, vxlanIfs}
-	if st.Underlay != "" {
-		ingress = append(ingress, st.Underlay)
-	}
+	// (A WireGuard pool's other hosts come through its tunnel only.)
 	for _, n := range nets {
-		if n.Tunnel != "" && !slices.Contains(ingress, n.Tunnel) {
-			ingress = append(ingress, n.Tunnel)
+		ingress := append([]string{endpointIfs}, plainIngress(st)...)
+		if n.Tunnel != "" {
+			ingress = []string{endpointIfs, n.Tunnel}
 		}
-	}
-	for _, n := range nets {
 		for _, in := range ingress {
 			both("-i %s -s %s -d %s", in, n.Pool, n.Pool)
 		}
@@ -232,6 +239,15 @@ func render(st State, v6 bool) Rules {
 		}
 	}
 	return r
+}
+
+// plainIngress are the interfaces other hosts' traffic arrives on in clear:
+// the VXLAN devices and the underlay.
+func plainIngress(st State) []string {
+	if st.Underlay == "" {
+		return []string{vxlanIfs}
+	}
+	return []string{vxlanIfs, st.Underlay}
 }
 
 // is6 says whether a pool is IPv6; anything else goes with IPv4, as before.

@@ -149,6 +149,40 @@ func TestForwardIsolation(t *testing.T) {
 	}
 }
 
+// A WireGuard pool takes other hosts' traffic from its tunnel only: a
+// packet in clear on the underlay or a VXLAN device with a source in the
+// pool is a forgery, also when it claims an established connection.
+// NAT'd replies and published ports from the outside still pass, and the
+// other pools keep the underlay (host-gw) and their VXLAN device.
+func TestTunnelIngress(t *testing.T) {
+	st := testState()
+	poolW := netip.MustParsePrefix("10.247.0.0/16")
+	st.Pools = append(st.Pools, Pool{Pool: poolW, Tunnel: "tartan-wg"})
+	st.Ports = append(st.Ports, Port{Proto: "tcp", HostPort: 8081, IP: netip.MustParseAddr("10.247.0.9"), Port: 80})
+	r := Render(st)
+	for _, c := range []struct {
+		name string
+		p    packet
+		want string
+	}{
+		{"from a peer through the tunnel", packet{in: "tartan-wg", out: "tn2", src: "10.247.1.2", dst: "10.247.0.3", state: "NEW"}, "ACCEPT"},
+		{"same host", packet{in: "tn1", out: "tn2", src: "10.247.0.2", dst: "10.247.0.3", state: "NEW"}, "ACCEPT"},
+		{"to a peer through the tunnel", packet{in: "tn1", out: "tartan-wg", src: "10.247.0.2", dst: "10.247.1.3", state: "NEW"}, "ACCEPT"},
+		{"forged on the underlay", packet{in: "eth1", out: "tn2", src: "10.247.1.2", dst: "10.247.0.3", state: "NEW"}, "DROP"},
+		{"forged on the underlay, established", packet{in: "eth1", out: "tn2", src: "10.247.1.2", dst: "10.247.0.3", state: "ESTABLISHED"}, "DROP"},
+		{"forged on a VXLAN device", packet{in: "tartan.1", out: "tn2", src: "10.247.1.2", dst: "10.247.0.3", state: "NEW"}, "DROP"},
+		{"reply from the outside", packet{in: "eth1", out: "tn1", src: "198.51.100.1", dst: "10.247.0.2", state: "ESTABLISHED"}, "ACCEPT"},
+		{"published port", packet{in: "eth1", out: "tn1", src: "198.51.100.1", dst: "10.247.0.9", state: "DNAT", proto: "tcp", port: 80}, "ACCEPT"},
+		{"host-gw pool still takes the underlay", packet{in: "eth1", out: "tn2", src: "10.245.1.2", dst: "10.245.0.3", state: "NEW"}, "ACCEPT"},
+		{"vxlan pool still takes its device", packet{in: "tartan.1", out: "tn2", src: "10.244.1.2", dst: "10.244.0.3", state: "NEW"}, "ACCEPT"},
+		{"the tunnel does not carry a vxlan pool", packet{in: "tartan-wg", out: "tn2", src: "10.244.1.2", dst: "10.244.0.3", state: "NEW"}, "DROP"},
+	} {
+		if got := decide(t, r, c.p); got != c.want {
+			t.Errorf("%s: %s, want %s\n%s\n%s", c.name, got, c.want, strings.Join(r.Isolate, "\n"), strings.Join(r.Forward, "\n"))
+		}
+	}
+}
+
 // The VXLAN port admits the known peers only; while they are not known
 // (nil) it stays open, so that a restarted plugin does not cut tunnels.
 func TestVXLANPortPeers(t *testing.T) {

@@ -238,6 +238,10 @@ func Compute(in Input) Plan {
 	plan.Routes = make([]kernel.Route, 0, len(blocks)+len(in.View.Exceptions))
 	badHost := map[string]bool{}
 	var tunnels map[string]*Tunnel
+	var shared map[string][]string // WireGuard keys more than one host registered
+	if in.Net.Tunnel != "" {
+		shared = sharedKeys(in.View.Hosts)
+	}
 	add := func(dst netip.Prefix, hostID string) {
 		h, ok := in.View.Hosts[hostID]
 		if !ok || h.Address == "" {
@@ -254,10 +258,14 @@ func Compute(in Input) Plan {
 		}
 		via := p.via
 		if in.Net.Tunnel != "" {
-			if p.tunnel.Key == "" {
+			why := p.tunnelProblem
+			if others := shared[p.tunnel.Key]; why == "" && len(others) > 0 {
+				why = fmt.Sprintf("hosts %s registered the same WireGuard key (a copied state folder?): give each its own (tartan rotate-key on one)", strings.Join(others, ", "))
+			}
+			if why != "" {
 				if !badHost[hostID] {
 					badHost[hostID] = true
-					plan.Problems = append(plan.Problems, fmt.Sprintf("host %s (%s) cannot be reached through WireGuard: %s; no routes to its blocks", hostID, via, p.tunnelProblem))
+					plan.Problems = append(plan.Problems, fmt.Sprintf("host %s (%s) cannot be reached through WireGuard: %s; no routes to its blocks", hostID, via, why))
 				}
 				return
 			}
@@ -435,6 +443,26 @@ func (m *Memo) peer(in Input, hostID string, h kv.Host) *peer {
 	}
 	m.peers[hostID] = p
 	return p
+}
+
+// sharedKeys maps each WireGuard key that more than one host registered to
+// those hosts, sorted: WireGuard knows a peer by its key alone, so such
+// hosts (this one among them) cannot be told apart.
+func sharedKeys(hosts map[string]kv.Host) map[string][]string {
+	by := map[string][]string{}
+	for id, h := range hosts {
+		if h.WireGuardKey != "" {
+			by[h.WireGuardKey] = append(by[h.WireGuardKey], id)
+		}
+	}
+	out := map[string][]string{}
+	for k, ids := range by {
+		if len(ids) > 1 {
+			slices.Sort(ids)
+			out[k] = ids
+		}
+	}
+	return out
 }
 
 // tunnelProblem says why a host's registered WireGuard key or port cannot

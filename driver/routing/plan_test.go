@@ -208,17 +208,32 @@ func TestPlanTunnels(t *testing.T) {
 		!strings.Contains(probs, `its WireGuard key "bm90IGEga2V5" is malformed`) {
 		t.Fatalf("problems: %q", p.Problems)
 	}
+	// Two hosts with one key (a copied state folder), or a peer with this
+	// host's key: WireGuard cannot tell them apart, so neither gets routes.
+	clash := in
+	clash.View.Hosts = map[string]kv.Host{}
+	for id, h := range view.Hosts {
+		clash.View.Hosts[id] = h
+	}
+	hc := clash.View.Hosts["c"]
+	hc.WireGuardKey = keyB
+	clash.View.Hosts["c"] = hc
+	pc := Compute(clash)
+	if len(pc.Tunnels) != 0 || len(pc.Routes) != 0 || !strings.Contains(strings.Join(pc.Problems, "\n"), "hosts b, c registered the same WireGuard key") {
+		t.Fatalf("shared key: routes %q tunnels %+v problems %q", routes(pc), pc.Tunnels, pc.Problems)
+	}
 	// b rotates its key: same routes, a changed tunnel (the memo does not
 	// keep the old key).
 	memo := &Memo{}
 	in.Memo = memo
 	_ = Compute(in)
+	keyB2 := "0vTp1pIYS3j/I+oYh9oD0x39Ueovfrlw+MYotoAmtw8="
 	h := view.Hosts["b"]
-	h.WireGuardKey = keyC
+	h.WireGuardKey = keyB2
 	view.Hosts["b"] = h
 	in.View = view
 	p2 := Compute(in)
-	if routes(p2) != routes(p) || p2.Tunnels[0].Key != keyC || p2.Tunnels[0].Equal(p.Tunnels[0]) {
+	if len(p2.Tunnels) != 2 || routes(p2) != routes(p) || p2.Tunnels[0].Key != keyB2 || p2.Tunnels[0].Equal(p.Tunnels[0]) {
 		t.Fatalf("after b's rotation: %+v", p2.Tunnels)
 	}
 	// Dual stack: b's IPv6 block joins its one peer; the route takes a

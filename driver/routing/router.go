@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -571,7 +572,8 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 }
 
 // install applies a plan in the network's turn and records it; changed
-// says whether its VXLAN peer set differs from the previous plan's.
+// says whether its VXLAN peers or its WireGuard peers differ from the
+// previous plan's.
 func (r *Router) install(ctx context.Context, w *netWatch, plan Plan) (changed bool, err error) {
 	w.turn.Lock()
 	defer w.turn.Unlock()
@@ -683,7 +685,8 @@ func (r *Router) Tunnels() (tunnels []Tunnel, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var lists [][]Tunnel
-	for _, w := range r.nets {
+	for _, id := range slices.Sorted(maps.Keys(r.nets)) { // the same order every time
+		w := r.nets[id]
 		if w.n.Tunnel == "" {
 			continue
 		}

@@ -1,6 +1,7 @@
 package wireguard
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/kernel"
+	"golang.org/x/sys/unix"
 )
 
 // DeviceName is the host's WireGuard device, which every wireguard network
@@ -66,6 +68,7 @@ type Device struct {
 	mtu     int
 	told    bool         // the fall back to user space was logged
 	want    map[Key]Peer // the peers last set
+	wantSet bool         // SetPeers was called: peers not wanted may go
 	applied map[Key]Peer // what eng holds
 }
 
@@ -117,7 +120,7 @@ func (d *Device) Ensure(mtu int) error {
 			}
 			d.mtu = mtu
 		}
-		return nil
+		return kernel.SetLinkUp(d.name) // set down by hand: up again
 	}
 	d.closeLocked()
 	eng, held, err := d.open(mtu)
@@ -126,7 +129,7 @@ func (d *Device) Ensure(mtu int) error {
 	}
 	if err := eng.configure(&d.key, d.port, nil, nil); err != nil {
 		eng.close()
-		return fmt.Errorf("WireGuard port %d/udp: %w (another program holds it? set WG_PORT: docker plugin set tartan:latest WG_PORT=51821)", d.port, err)
+		return fmt.Errorf("WireGuard device %s: set its key and UDP port %d: %w (if another program holds the port, set WG_PORT: docker plugin set <plugin> WG_PORT=51821)", d.name, d.port, err)
 	}
 	if err := kernel.SetMTU(d.name, mtu); err != nil {
 		eng.close()
@@ -158,7 +161,11 @@ func (d *Device) open(mtu int) (eng engine, held []Key, err error) {
 		}
 		if !d.told {
 			d.told = true
-			d.log.Infof("the kernel has no WireGuard (%v): WireGuard runs in user space, over a TUN device", err)
+			why := "kernel WireGuard cannot be used"
+			if errors.Is(err, unix.EOPNOTSUPP) {
+				why = "the kernel has no WireGuard"
+			}
+			d.log.Infof("%s (%v): WireGuard runs in user space, over a TUN device", why, err)
 		}
 	}
 	if kernel.LinkExists(d.name) {
@@ -196,6 +203,7 @@ func (d *Device) SetPeers(peers []Peer) error {
 	for _, p := range peers {
 		d.want[p.Key] = p
 	}
+	d.wantSet = true
 	return d.applyLocked()
 }
 
@@ -207,7 +215,9 @@ func (d *Device) applyLocked() error {
 	}
 	var remove []Key
 	for k := range d.applied {
-		if _, ok := d.want[k]; !ok {
+		// An adopted kernel device keeps its peers until the plans have
+		// said which ones go.
+		if _, ok := d.want[k]; !ok && d.wantSet {
 			remove = append(remove, k)
 		}
 	}
@@ -229,27 +239,43 @@ func (d *Device) applyLocked() error {
 		d.applied = map[Key]Peer{} // not known: all of it again next time
 		return fmt.Errorf("WireGuard peers of %s: %w", d.name, err)
 	}
+	kept := d.applied
 	d.applied = make(map[Key]Peer, len(d.want))
 	for k, p := range d.want {
 		if k != self {
 			d.applied[k] = p
 		}
 	}
+	if !d.wantSet {
+		for k, p := range kept {
+			if _, ok := d.applied[k]; !ok {
+				d.applied[k] = p
+			}
+		}
+	}
 	return nil
 }
 
-// Rotate makes key the device's private key: sessions with the old one
-// end, and peers handshake again once they have the new public key.
-func (d *Device) Rotate(key Key) error {
+// Rotate makes key the device's private key and returns the one it
+// replaces: sessions with the old one end, and peers handshake again once
+// they have the new public key.
+func (d *Device) Rotate(key Key) (old Key, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.eng != nil {
 		if err := d.eng.configure(&key, 0, nil, nil); err != nil {
-			return fmt.Errorf("WireGuard key of %s: %w", d.name, err)
+			return d.key, fmt.Errorf("WireGuard key of %s: %w", d.name, err)
 		}
 	}
-	d.key = key
-	return nil
+	old, d.key = d.key, key
+	return old, nil
+}
+
+// Ready says whether the device is up and has been given its peers.
+func (d *Device) Ready() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.eng != nil && d.wantSet
 }
 
 // Status is the device as tartan status shows it.

@@ -169,7 +169,7 @@ func TestDeviceCarriesTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.dev.Rotate(nk); err != nil {
+	if _, err := b.dev.Rotate(nk); err != nil {
 		t.Fatal(err)
 	}
 	if b.dev.PublicKey() != nk.Public() {

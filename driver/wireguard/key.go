@@ -38,8 +38,8 @@ func (k Key) Public() Key {
 	return p
 }
 
-// String is the key in base64, as wg prints it. Call it on public keys only:
-// private keys are never printed.
+// String is the key in base64, as wg prints it and as the key file holds
+// it. Logs and records get public keys only.
 func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
 
 // hex is the key as WireGuard's configuration protocol takes it.
@@ -75,7 +75,8 @@ type keyFile struct {
 
 // LoadKey returns the host's private key from the state folder dir, made
 // on first start; a rotate value other than the one the key was made for
-// (WG_ROTATE) makes a new key, and so does a missing or unreadable file.
+// (WG_ROTATE) makes a new key, and so do a missing file and one whose
+// content is not a key (a file that cannot be read is an error).
 // made says whether the key is new. The file is 0600 and written whole
 // (a crash leaves the old key or the new one).
 func LoadKey(dir, rotate string) (k Key, made bool, err error) {

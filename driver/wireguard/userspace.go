@@ -17,8 +17,9 @@ import (
 // userspace is WireGuard in the plugin: wireguard-go over a TUN device
 // (with the TUN offloads, GSO and GRO, where the kernel has them),
 // configured through its configuration protocol. Its queues are bounded
-// (wireguard-go's: 1024 packets each way and for handshakes), so is its
-// memory.
+// (wireguard-go's: 1024 packets each way and for handshakes); its buffer
+// pools are not, so the plugin runs with a soft memory limit (GOMEMLIMIT in
+// config.json) that has the collector return them.
 type userspace struct{ dev *device.Device }
 
 func openUserspace(name string, mtu int, log logrus.FieldLogger) (*userspace, error) {

@@ -35,7 +35,7 @@ var Commands = map[string]string{
 	"doctor":     "what is wrong on this host (kernel entries that differ from the plans, addresses no endpoint has, lapsed hosts), with the fix; exit status 1 if anything",
 	"ports":      "the ports this host's endpoints publish (docker run -p, -P), with the host port tartan chose for -P",
 	"gc":         "what the automatic collection would remove (this host's orphaned addresses, gone hosts' records); --yes removes it now",
-	"rotate-key": "give this host a new WireGuard key pair now (peers take the new public key from its record within a second)",
+	"rotate-key": "give this host a new WireGuard key pair now (its record is written at once; peers re-key as their watch of the store delivers it)",
 }
 
 // Run runs one subcommand (args[0]) and returns the exit status.
@@ -219,6 +219,9 @@ func printStatus(w io.Writer, s plugin.HostStatus) {
 	}
 	if wg := s.WireGuard; wg != nil {
 		fmt.Fprintf(w, "wireguard\t%s port %d, public key %s\n", or(wg.Mode, "no device (no wireguard network here)"), wg.Port, wg.PublicKey)
+	}
+	if s.WireGuardError != "" {
+		fmt.Fprintf(w, "WIREGUARD ERROR\t%s\n", s.WireGuardError)
 	}
 	fmt.Fprintln(w)
 	if wg := s.WireGuard; wg != nil && len(wg.Peers) > 0 {
