@@ -46,3 +46,19 @@ func TestFailedDeleteKeepsWatcher(t *testing.T) {
 	}
 	d.routes.Remove(n.ID)
 }
+
+// TestHoldingKeepsShimAddress: a macvlan network's host-access shim holds
+// its address as an endpoint does. Before the fix the orphan sweep, a
+// minute on, took the shim's address record for an orphan and removed it
+// (the address could then be given to a container beside the shim).
+func TestHoldingKeepsShimAddress(t *testing.T) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	d := New(kv.NewMemory(), kv.NewMemory(), nil, &firewall.Firewall{}, Config{Host: "h1"}, log)
+	d.st.networks["mv"] = localNetwork{ID: "mv", Pool: "10.70.0.0/16", Backend: "macvlan", ShimIP: "10.70.2.2"}
+	d.st.endpoints["e1"] = localEndpoint{ID: "e1", Network: "mv", IP: "10.70.2.3"}
+	h := d.Holding()["10.70.0.0/16"]
+	if !h["10.70.2.2"] || !h["10.70.2.3"] || len(h) != 2 {
+		t.Fatalf("holding %v, want the shim's 10.70.2.2 and the endpoint's 10.70.2.3", h)
+	}
+}

@@ -309,8 +309,9 @@ func poolID6(n localNetwork) ipam.PoolID {
 }
 
 // Holding lists, for each pool of a local-scope network of this host, the
-// addresses its endpoints have (every record, live or not: a record not yet
-// proven stale still holds its address). It is ipam.Holding for the sweep
+// addresses its endpoints and its macvlan host-access shim have (every
+// record, live or not: a record not yet proven stale still holds its
+// address). It is ipam.Holding for the sweep
 // of this host's orphaned address records.
 func (d *Driver) Holding() map[string]map[string]bool {
 	d.mu.Lock()
@@ -323,6 +324,11 @@ func (d *Driver) Holding() map[string]map[string]bool {
 					out[p] = map[string]bool{}
 				}
 			}
+		}
+	}
+	for _, n := range d.st.networks {
+		if n.ShimIP != "" && out[n.Pool] != nil {
+			out[n.Pool][n.ShimIP] = true // a macvlan host-access shim's, an endpoint-kind record too
 		}
 	}
 	for _, e := range d.st.endpoints {
