@@ -84,6 +84,12 @@ func TestWireGuard(t *testing.T) {
 	c.Hosts[0].MustDocker(t, "network", "rm", "mtu1300")
 	allPairs(t, c, "wgn", ips["wgn"])
 	allPairs(t, c, "enc", ips["enc"])
+	// tartan doctor finds nothing wrong: every WireGuard peer has answered.
+	for i, h := range c.Hosts {
+		if out, rc, errs := h.TartanRC(t, "doctor"); rc != 0 {
+			t.Fatalf("tartan doctor on host %d: exit %d\n%s%s", i+1, rc, out, errs)
+		}
+	}
 	// NAT: what leaves the pool is masqueraded, as on every routed network
 	// (Consul's address on the underlay answers host 1's address).
 	if out, err := c.Hosts[0].Docker("exec", "wgn-1", "timeout", "5", "wget", "-q", "-O", "-", "http://"+testbed.ConsulAddr+":8500/v1/status/leader"); err != nil {

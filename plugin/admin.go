@@ -190,6 +190,27 @@ func (h *Handler) admin(pattern string, needStore bool, fn func(context.Context,
 	})
 }
 
+// StaleHandshake is how old a WireGuard peer's last handshake may be before
+// doctor reports it: with a keepalive every 25 s a live peer handshakes
+// again every two minutes (WireGuard's rekey time).
+const StaleHandshake = 5 * time.Minute
+
+// wireguardFindings are the WireGuard peers that do not answer: sent to
+// and never heard from, or silent for StaleHandshake.
+func wireguardFindings(wg wireguard.Status, now time.Time) []Finding {
+	var out []Finding
+	fix := fmt.Sprintf("check that UDP %d reaches that host from this one and back (a firewall on the path, a wrong ADVERTISE address), and that its plugin runs", wg.Port)
+	for _, p := range wg.Peers {
+		switch {
+		case p.LastHandshake.IsZero() && p.TxBytes > 0 && p.RxBytes == 0:
+			out = append(out, Finding{What: fmt.Sprintf("WireGuard peer %s at %s never answered (%d bytes sent, none received)", p.PublicKey, p.Endpoint, p.TxBytes), Fix: fix})
+		case !p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) > StaleHandshake:
+			out = append(out, Finding{What: fmt.Sprintf("WireGuard peer %s at %s has not handshaken for %s", p.PublicKey, p.Endpoint, now.Sub(p.LastHandshake).Round(time.Second)), Fix: fix})
+		}
+	}
+	return out
+}
+
 // addresses is a pool's addresses, with the endpoint of this host that has
 // each (tartan addresses).
 func (h *Handler) addresses(ctx context.Context, a Admin, given string) ([]AddressReport, error) {
@@ -273,6 +294,11 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 	}
 	for _, l := range h.drv.LinkDrift() {
 		out = append(out, Finding{What: l, Fix: "a network's device comes back at the next resync (RESYNC); an endpoint's record goes once its link stays gone for the grace period, or with docker rm of its container"})
+	}
+	if wg, err := h.drv.WireGuard().Status(); err != nil {
+		out = append(out, Finding{What: "the WireGuard device's state could not be read: " + err.Error(), Fix: "see the plugin's log; docker plugin disable -f and enable makes the device again"})
+	} else {
+		out = append(out, wireguardFindings(wg, a.Now())...)
 	}
 	fw, err := h.drv.FirewallDrift()
 	if err != nil {
