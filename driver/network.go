@@ -77,7 +77,6 @@ func (d *Driver) CreateNetwork(ctx context.Context, r NetworkRequest) error {
 		delete(d.st.networks, n.ID)
 		d.mu.Unlock()
 		d.routes.Remove(n.ID)
-		d.peersChanged()
 		_ = d.local.Delete(context.WithoutCancel(ctx), localNetworks+n.ID, 0)
 		d.undoNetwork(ctx, n, others, func(context.Context) {})
 		return err
@@ -189,7 +188,6 @@ func (d *Driver) removeNetwork(ctx context.Context, n localNetwork, others []loc
 	b := d.backendOf(n)
 	if p, ok := b.Peers(n); ok {
 		d.routes.Remove(n.ID)
-		d.peersChanged() // a wireguard network's peers leave the device
 		if err := routing.Apply(routing.Netlink{}, p, routing.Plan{}); err != nil {
 			return err
 		}

@@ -46,9 +46,7 @@ func (d *Driver) reconcileLocal(ctx context.Context) error {
 		if err := d.backendOf(n).Ensure(n); err != nil {
 			errs = append(errs, err)
 		}
-		if p, ok := d.backendOf(n).Peers(n); ok && p.Tunnel != "" {
-			tunnel = true
-		}
+		tunnel = tunnel || d.tunnelOf(n) != ""
 	}
 	if !tunnel {
 		// No wireguard network: no WireGuard device either (a kernel one

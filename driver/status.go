@@ -139,8 +139,8 @@ func (d *Driver) LinkDrift() []string {
 	var out []string
 	for _, id := range slices.Sorted(maps.Keys(nets)) {
 		links := nets[id].Links()
-		if p, ok := d.backendOf(nets[id]).Peers(nets[id]); ok && p.Tunnel != "" {
-			links = append(links, p.Tunnel) // the host's WireGuard device
+		if tn := d.tunnelOf(nets[id]); tn != "" {
+			links = append(links, tn) // the host's WireGuard device
 		}
 		for _, l := range links {
 			if !kernel.LinkExists(l) {

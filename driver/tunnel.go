@@ -6,6 +6,13 @@ import (
 	"github.com/tartan-net/tartan/driver/wireguard"
 )
 
+// tunnelOf is the WireGuard device a network's peers are routed through,
+// or "" (not a wireguard network).
+func (d *Driver) tunnelOf(n localNetwork) string {
+	p, _ := d.backendOf(n).Peers(n)
+	return p.Tunnel
+}
+
 // peersChanged is the router's word that a network's peers changed: the
 // firewall admits VXLAN from peers only, and the WireGuard device's peers
 // are the wireguard networks' hosts.
@@ -62,9 +69,7 @@ func (d *Driver) TunnelReady() bool {
 	d.mu.Lock()
 	tunnel := false
 	for _, n := range d.st.networks {
-		if p, ok := d.backendOf(n).Peers(n); ok && p.Tunnel != "" {
-			tunnel = true
-		}
+		tunnel = tunnel || d.tunnelOf(n) != ""
 	}
 	d.mu.Unlock()
 	if !tunnel {

@@ -220,18 +220,12 @@ func espProblem() string {
 	return "none found (it could be measured: add a row)"
 }
 
-// peakRSS is the peak resident memory of processes (VmHWM).
+// peakRSS is the peak resident memory of processes.
 func peakRSS(pids []int) string {
 	var parts []string
 	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			continue
-		}
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, "VmHWM:") {
-				parts = append(parts, strings.Join(strings.Fields(strings.TrimPrefix(l, "VmHWM:")), " "))
-			}
+		if v := testbed.PeakRSS(pid); v != "unknown" {
+			parts = append(parts, v)
 		}
 	}
 	if len(parts) == 0 {

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -10,7 +11,18 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/plugin"
 )
+
+// hostStatus is what tartan status --json says on h.
+func hostStatus(t testing.TB, h *testbed.Host) plugin.HostStatus {
+	t.Helper()
+	var st plugin.HostStatus
+	if err := json.Unmarshal([]byte(h.Tartan(t, "status", "--json")), &st); err != nil {
+		t.Fatalf("tartan status --json on %s: %v", h.Name, err)
+	}
+	return st
+}
 
 func TestMain(m *testing.M) {
 	os.Exit(m.Run())

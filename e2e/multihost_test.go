@@ -126,10 +126,7 @@ func TestMultiHost(t *testing.T) {
 	// tartan hosts shows the three hosts alive, each with one block per
 	// pool, at the addresses they advertise.
 	for i, h := range c.Hosts {
-		var st plugin.HostStatus
-		if err := json.Unmarshal([]byte(h.Tartan(t, "status", "--json")), &st); err != nil {
-			t.Fatalf("host %d: tartan status --json: %v", i+1, err)
-		}
+		st := hostStatus(t, h)
 		if len(st.Networks) != 3 || !strings.HasPrefix(st.Store, "consul") {
 			t.Fatalf("host %d: tartan status: %+v", i+1, st)
 		}
@@ -237,10 +234,7 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 		}
 	}
 	h := c.Hosts[0]
-	var st plugin.HostStatus
-	if err := json.Unmarshal([]byte(h.Tartan(t, "status", "--json")), &st); err != nil {
-		t.Fatal(err)
-	}
+	st := hostStatus(t, h)
 	var gw, vx *driver.NetworkStatus
 	for i, n := range st.Networks {
 		switch n.Pool {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
-	"github.com/tartan-net/tartan/plugin"
 )
 
 // TestWireGuard: encrypted networks on three hosts with Consul. A
@@ -56,10 +55,7 @@ func TestWireGuard(t *testing.T) {
 	t.Logf("addresses: %v", ips)
 	// One device per host, in user space, with a peer per other host.
 	for i, h := range c.Hosts {
-		var st plugin.HostStatus
-		if err := json.Unmarshal([]byte(h.Tartan(t, "status", "--json")), &st); err != nil {
-			t.Fatal(err)
-		}
+		st := hostStatus(t, h)
 		if st.WireGuard == nil || st.WireGuard.Mode != "userspace" || st.WireGuard.Port != 51820 {
 			t.Fatalf("host %d: WireGuard %+v, want a user-space device on 51820", i+1, st.WireGuard)
 		}
@@ -231,10 +227,7 @@ func TestWireGuard(t *testing.T) {
 		t.Fatal("host 2's private key is in the store or in its log")
 	}
 	hostKey := func(h *testbed.Host) string {
-		var st plugin.HostStatus
-		if err := json.Unmarshal([]byte(h.Tartan(t, "status", "--json")), &st); err != nil {
-			t.Fatal(err)
-		}
+		st := hostStatus(t, h)
 		rec := c.Consul.Get(t, "tartan/hosts/"+st.Host)
 		var r struct {
 			Key string `json:"wireguardKey"`
@@ -259,11 +252,8 @@ func TestWireGuard(t *testing.T) {
 	// Host 1 has re-keyed: its peer for host 2 has the new key and a
 	// handshake made with it; the old key is gone.
 	testbed.Eventually(t, 10*time.Second, "host 1 handshakes with host 2's new key", func() error {
-		var st plugin.HostStatus
-		if err := json.Unmarshal([]byte(c.Hosts[0].Tartan(t, "status", "--json")), &st); err != nil {
-			return err
-		}
-		for _, p := range st.WireGuard.Peers {
+		peers := hostStatus(t, c.Hosts[0]).WireGuard.Peers
+		for _, p := range peers {
 			if p.PublicKey == before {
 				return fmt.Errorf("host 1 still has host 2's old key")
 			}
@@ -271,7 +261,7 @@ func TestWireGuard(t *testing.T) {
 				return nil
 			}
 		}
-		return fmt.Errorf("no handshake with host 2's new key: %+v", st.WireGuard.Peers)
+		return fmt.Errorf("no handshake with host 2's new key: %+v", peers)
 	})
 	allPairs(t, c, "wgn", ips["wgn"])
 	// Rotation by a restart with a new WG_ROTATE: the plugin's restart

@@ -52,7 +52,8 @@ type Config struct {
 	Underlay func() (kernel.Underlay, error)
 	// OnPeers is called, without any lock held, after the VXLAN peer set of
 	// a network changed (the firewall admits VXLAN from peers only) or its
-	// WireGuard peers did (Tunnels). It must not block.
+	// WireGuard peers did (Tunnels), and after such a network is removed.
+	// It must not block.
 	OnPeers func()
 	Log     logrus.FieldLogger
 }
@@ -261,6 +262,9 @@ func (r *Router) Remove(id string) {
 	r.mu.Unlock()
 	if w.done != nil {
 		<-w.done
+	}
+	if w.n.Device != "" || w.n.Tunnel != "" {
+		r.cfg.OnPeers() // its VXLAN or WireGuard peers are no longer anyone's
 	}
 }
 

@@ -99,17 +99,6 @@ func newHost(t *testing.T, name, underlay, inner string) *host {
 	return h
 }
 
-// peakRSS is this process's peak resident memory (VmHWM).
-func peakRSS() string {
-	b, _ := os.ReadFile("/proc/self/status")
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmHWM:") {
-			return strings.Join(strings.Fields(strings.TrimPrefix(l, "VmHWM:")), " ")
-		}
-	}
-	return "unknown"
-}
-
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {
@@ -162,7 +151,7 @@ func TestDeviceCarriesTraffic(t *testing.T) {
 	b.sh(t, "iperf3 -s -D -1 -B 10.99.2.1 --logfile /dev/null")
 	time.Sleep(300 * time.Millisecond)
 	out := a.sh(t, "iperf3 -c 10.99.2.1 -B 10.99.1.1 -t 5 -f m | grep receiver")
-	t.Logf("iperf3 through two user-space WireGuard devices (both on this machine's cores): %s; this process's peak RSS %s", strings.TrimSpace(out), peakRSS())
+	t.Logf("iperf3 through two user-space WireGuard devices (both on this machine's cores): %s; this process's peak RSS %s", strings.TrimSpace(out), testbed.PeakRSS(0))
 
 	// B rotates: until A has B's new key nothing passes; then it heals.
 	nk, err := NewPrivateKey()

@@ -54,8 +54,7 @@ func (n NS) MustIP(t testing.TB, args ...string) string {
 
 // Exec runs a command inside the namespace (network only; mounts untouched).
 func (n NS) Exec(name string, args ...string) (string, error) {
-	full := append([]string{"--net=" + n.Path(), name}, args...)
-	out, err := exec.Command("nsenter", full...).CombinedOutput()
+	out, err := n.Command(name, args...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("in %s: %s %s: %w: %s", n.Name, name, strings.Join(args, " "), err, out)
 	}

@@ -1,6 +1,10 @@
 package testbed
 
-import "strings"
+import (
+	"fmt"
+	"os"
+	"strings"
+)
 
 func splitLines(s string) []string {
 	var out []string
@@ -10,4 +14,20 @@ func splitLines(s string) []string {
 		}
 	}
 	return out
+}
+
+// PeakRSS is a process's peak resident memory as /proc says it (VmHWM,
+// "123456 kB"), or "unknown"; pid 0 is the calling process.
+func PeakRSS(pid int) string {
+	path := "/proc/self/status"
+	if pid != 0 {
+		path = fmt.Sprintf("/proc/%d/status", pid)
+	}
+	b, _ := os.ReadFile(path)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
+	}
+	return "unknown"
 }
