@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/e2e/testbed"
@@ -35,6 +36,7 @@ func TestMain(m *testing.M) {
 type bed struct {
 	t     *testing.T
 	drv   *driver.Driver
+	fp    *fastpath.FastPath // nil: the kernel path
 	local kv.Store
 	store kv.Store
 	fw    *firewall.Firewall
@@ -48,6 +50,22 @@ func sh(t *testing.T, cmd string) string {
 		t.Fatalf("%s: %v\n%s", cmd, err, out)
 	}
 	return string(out)
+}
+
+// newFastBed is newBed with the eBPF fast path loaded, as the plugin
+// loads it by default.
+func newFastBed(t *testing.T) *bed {
+	b := newBed(t)
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	fp, err := fastpath.Load(log)
+	if err != nil {
+		t.Fatalf("the fast path does not load on this kernel: %v", err)
+	}
+	t.Cleanup(func() { _ = fp.Close() })
+	b.fp = fp
+	b.restart()
+	return b
 }
 
 func newBed(t *testing.T) *bed {
@@ -70,7 +88,7 @@ func newBed(t *testing.T) *bed {
 func (b *bed) restart() {
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	b.drv = driver.New(b.store, b.local, ipam.New(b.store, ipam.Config{Host: "h1"}, log), b.fw, driver.Config{Host: "h1", Advertise: "under0", OrphanGrace: 300 * time.Millisecond}, log)
+	b.drv = driver.New(b.store, b.local, ipam.New(b.store, ipam.Config{Host: "h1"}, log), b.fw, driver.Config{Host: "h1", Advertise: "under0", OrphanGrace: 300 * time.Millisecond, FastPath: b.fp}, log)
 	if err := b.drv.Restore(b.ctx); err != nil {
 		b.t.Fatal(err)
 	}
@@ -124,8 +142,15 @@ func pings(ns, ip string) bool {
 	return exec.Command("ip", "netns", "exec", ns, "busybox", "ping", "-c1", "-W1", ip).Run() == nil
 }
 
+// TestNetworkLifecycleAndDataPath runs on the eBPF fast path, as the
+// plugin does by default, and on the kernel path (FASTPATH=off, or a
+// kernel that refuses the programs): the same isolation either way.
 func TestNetworkLifecycleAndDataPath(t *testing.T) {
-	b := newBed(t)
+	t.Run("fastpath", func(t *testing.T) { testNetworkLifecycleAndDataPath(t, newFastBed(t)) })
+	t.Run("kernelpath", func(t *testing.T) { testNetworkLifecycleAndDataPath(t, newBed(t)) })
+}
+
+func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	if err := b.network("net-web", "10.244.0.0/16", generic("tartan.backend", "vxlan")); err != nil {
 		t.Fatal(err)
 	}
@@ -165,8 +190,26 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 			t.Fatalf("routes lack %q:\n%s", want, routes)
 		}
 	}
+	if err := b.drv.Reconcile(b.ctx); err != nil { // writes the fast path's maps (the plugin's writer does it in the background)
+		t.Fatalf("reconcile: %v", err)
+	}
+	before := b.counters()
 	if !pings("tdp-c1", "10.244.0.3") || !pings("tdp-c2", "10.244.0.2") {
 		t.Fatal("containers on one network do not reach each other")
+	}
+	if after := b.counters(); b.fp != nil && after["local"] < before["local"]+2 {
+		// Two pings' requests and replies (the first request may wait for
+		// the neighbour on the kernel path).
+		t.Fatalf("the fast path did not carry the pings: counters before %v, after %v", before, after)
+	} else if b.fp == nil && len(after) != 0 {
+		t.Fatalf("fast path counters with the fast path off: %v", after)
+	}
+	if b.fp != nil {
+		attached := sh(t, "ip -br link | grep -c tn || true")
+		on, links, _, _ := b.drv.FastPath()
+		if !on || len(links) == 0 {
+			t.Fatalf("fast path on=%v attached to %v (%s endpoint links)", on, links, attached)
+		}
 	}
 	if !pings("tdp-c4", "10.247.0.3") {
 		t.Fatal("containers on one internal network do not reach each other")
@@ -184,7 +227,8 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	}
 	// Published ports: DNAT plus a forward accept, withdrawn on revoke.
 	pm := []driver.PortRequest{{Proto: "tcp", Port: 8080, HostPort: 18080}}
-	if err := b.drv.PublishPorts(b.ctx, "01aaaaaaaaaaaa", pm); err != nil {
+	var err error
+	if err = b.drv.PublishPorts(b.ctx, "01aaaaaaaaaaaa", pm); err != nil {
 		t.Fatal(err)
 	}
 	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport 18080 -j DNAT --to-destination 10.244.0.2:8080") {
@@ -192,6 +236,32 @@ func TestNetworkLifecycleAndDataPath(t *testing.T) {
 	}
 	if out := sh(t, "iptables -S "+firewall.ForwardChain); !strings.Contains(out, "-d 10.244.0.2/32 -p tcp -m tcp --dport 8080 -m conntrack --ctstate DNAT -j ACCEPT") {
 		t.Fatalf("forward rules:\n%s", out)
+	}
+	// Hairpin: a container of the same network reaches the published port
+	// through the host's address; the reply must go back through the
+	// kernel's conntrack (which undoes the DNAT), not the fast path.
+	www := t.TempDir()
+	if err := os.WriteFile(www+"/index.html", []byte("hairpin\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	httpd := exec.Command("ip", "netns", "exec", "tdp-c1", "busybox", "httpd", "-f", "-p", "8080", "-h", www)
+	if err := httpd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = httpd.Process.Kill(); _ = httpd.Wait() })
+	before = b.counters()
+	var got []byte
+	for i := 0; i < 10; i++ {
+		if got, err = exec.Command("ip", "netns", "exec", "tdp-c2", "timeout", "2", "busybox", "wget", "-q", "-O", "-", "http://10.77.0.1:18080/index.html").CombinedOutput(); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // httpd starting
+	}
+	if string(got) != "hairpin\n" {
+		t.Fatalf("a container does not reach its network's published port through the host's address: %v %q", err, got)
+	}
+	if after := b.counters(); b.fp != nil && after["stack_port"] <= before["stack_port"] {
+		t.Fatalf("the published port's flow was not left to the kernel path: counters before %v, after %v", before, after)
 	}
 	if err := b.drv.WithdrawPorts(b.ctx, "01aaaaaaaaaaaa"); err != nil {
 		t.Fatal(err)
@@ -637,4 +707,14 @@ func TestForeignVXLANDevice(t *testing.T) {
 	if err := b.drv.DeleteNetwork(b.ctx, "net-fl"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// counters are the fast path's counters now (empty when it is off).
+func (b *bed) counters() map[string]uint64 {
+	b.t.Helper()
+	_, _, c, err := b.drv.FastPath()
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return c
 }

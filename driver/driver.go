@@ -22,6 +22,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/hostgw"
 	"github.com/tartan-net/tartan/driver/kernel"
@@ -51,6 +52,9 @@ type Config struct {
 	// WireGuard is the host's WireGuard device, with its key (nil: one
 	// with a new key on the default port, for tests).
 	WireGuard *wireguard.Device
+	// FastPath is the eBPF fast path of the routed networks (nil: the
+	// kernel path only).
+	FastPath *fastpath.FastPath
 }
 
 // Addresses is the part of the IPAM the driver uses: macvlan host-access
@@ -83,6 +87,8 @@ type Driver struct {
 	wg       *wireguard.Device
 	wgPoke   chan struct{} // wakes the WireGuard writer: its peers changed
 	tunnelMu sync.Mutex    // orders writes of the WireGuard device's peers
+	fpPoke   chan struct{} // wakes the fast-path writer: endpoints changed
+	fpMu     sync.Mutex    // orders writes of the fast path's maps
 
 	netMu   sync.Mutex // orders CreateNetwork, DeleteNetwork and reconcile's Ensure
 	portsMu sync.Mutex // orders changes of published ports
@@ -136,7 +142,7 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 	d := &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
 		orphans: map[string]time.Time{}, creating: map[string]string{}, backends: map[string]backend.Backend{},
 		st:     localState{networks: map[string]localNetwork{}, endpoints: map[string]localEndpoint{}},
-		fwPoke: make(chan struct{}, 1), wg: cfg.WireGuard, wgPoke: make(chan struct{}, 1)}
+		fwPoke: make(chan struct{}, 1), wg: cfg.WireGuard, wgPoke: make(chan struct{}, 1), fpPoke: make(chan struct{}, 1)}
 	underlay := func() (kernel.Underlay, error) { return kernel.FindUnderlay(cfg.Advertise) }
 	host := backend.Host{ID: cfg.Host, VXLANPort: cfg.VXLANPort, SysctlRoot: cfg.SysctlRoot, Underlay: underlay, Log: log}
 	for _, b := range Backends(host, addrs, cluster, d.skipped, d.wg) {
@@ -180,6 +186,7 @@ func (d *Driver) Start(ctx context.Context) {
 	d.routes.Start(ctx)
 	go d.firewallWriter(ctx)
 	go d.tunnelWriter(ctx)
+	go d.fastPathWriter(ctx)
 }
 
 // startRoutingLocked gives a network that has peers its routing. Called

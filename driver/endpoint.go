@@ -67,6 +67,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r EndpointRequest) (picked 
 	d.mu.Lock()
 	d.st.endpoints[e.ID] = e
 	d.mu.Unlock()
+	d.pokeFastPath()
 	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "endpoint": shortID(e.ID), "ip": e.IP, "ip6": e.IP6, "if": host}).Info("endpoint created")
 	return picked, nil
 }
@@ -183,6 +184,7 @@ func (d *Driver) removeEndpoint(ctx context.Context, id string) error {
 	if len(e.Ports) > 0 {
 		return d.writeFirewall()
 	}
+	d.pokeFastPath()
 	return nil
 }
 

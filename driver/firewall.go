@@ -45,6 +45,12 @@ func (d *Driver) firewallWriter(ctx context.Context) {
 // nothing, so a caller is told nil only when its state, or a newer one, is
 // in place. Called without d.mu held.
 func (d *Driver) writeFirewall() error {
+	// The fast path first: a port published from now on must be left to
+	// the kernel path (its conntrack) before its DNAT rule is in place.
+	fpErr := d.writeFastPath()
+	if fpErr != nil {
+		d.log.Warnf("fast path: %v", fpErr)
+	}
 	d.mu.Lock()
 	st := d.firewallStateLocked()
 	d.fwPeers = peersKey(st.Peers)

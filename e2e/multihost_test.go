@@ -31,8 +31,14 @@ type mhNet struct {
 func TestMultiHost(t *testing.T) {
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
 	c := testbed.NewCluster(t, "m", 1500)
+	// Hosts 1 and 2 carry their networks on the eBPF fast path (the
+	// default), host 3 on the kernel path (FASTPATH=off): the two meet.
 	for i := 0; i < 3; i++ {
-		c.AddHost(t, "LOG_LEVEL=debug")
+		settings := []string{"LOG_LEVEL=debug"}
+		if i == 2 {
+			settings = append(settings, "FASTPATH=off")
+		}
+		c.AddHost(t, settings...)
 	}
 	nets := []mhNet{
 		{"mvx", "10.61.0.0/16", []string{"-o", "tartan.backend=vxlan"}},
@@ -74,6 +80,25 @@ func TestMultiHost(t *testing.T) {
 					t.Fatalf("%s: TCP transfer host %d <- host %d: %v %q (want %s)", n.name, i+1, j+1, err, got, want)
 				}
 			}
+		}
+	}
+	// The fast path carried the transfers on hosts 1 and 2, both ways
+	// (every network's traffic, vxlan, host-gw and direct routing, crossed
+	// it); host 3 has none, and says why.
+	for i, h := range c.Hosts {
+		fp := hostStatus(t, h).FastPath
+		if fp == nil {
+			t.Fatalf("host %d: tartan status shows no fast path", i+1)
+		}
+		if i == 2 {
+			if fp.On || len(fp.Attached) != 0 || !strings.Contains(h.PluginLog(), "FASTPATH=off: routed networks take the kernel path") {
+				t.Fatalf("host 3 (FASTPATH=off): fast path %+v, or no log line saying so", *fp)
+			}
+			continue
+		}
+		t.Logf("host %d fast path: %d interfaces, packets %v", i+1, len(fp.Attached), fp.Packets)
+		if !fp.On || fp.Packets["out"] < 100 || fp.Packets["in"] < 100 || fp.Packets["local"] != 0 {
+			t.Fatalf("host %d: the fast path did not carry the transfers: %+v", i+1, *fp)
 		}
 	}
 	// Exactly one route per remote block, one neighbour and FDB entry per

@@ -101,6 +101,17 @@ type HostStatus struct {
 	// state could not be read.
 	WireGuard      *wireguard.Status `json:"wireguard,omitempty"`
 	WireGuardError string            `json:"wireguardError,omitempty"`
+	// FastPath is the eBPF fast path: on or off, where its programs are
+	// attached, its packet counters.
+	FastPath *FastPathStatus `json:"fastpath,omitempty"`
+}
+
+// FastPathStatus is the eBPF fast path as tartan status shows it.
+type FastPathStatus struct {
+	On       bool              `json:"on"`
+	Attached []string          `json:"attached,omitempty"`
+	Packets  map[string]uint64 `json:"packets,omitempty"`
+	Error    string            `json:"error,omitempty"`
 }
 
 // ServeAdmin adds the operator endpoints. They only read, but for POST
@@ -118,6 +129,11 @@ func (h *Handler) ServeAdmin(a Admin) {
 			s.WireGuard = &wg
 			if err != nil {
 				s.WireGuardError = err.Error()
+			}
+			on, attached, packets, err := h.drv.FastPath()
+			s.FastPath = &FastPathStatus{On: on, Attached: attached, Packets: packets}
+			if err != nil {
+				s.FastPath.Error = err.Error()
 			}
 		}
 		return s, nil

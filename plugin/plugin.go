@@ -18,6 +18,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/driver/wireguard"
@@ -99,9 +100,13 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		entry.WithField("publicKey", key.Public().String()).Info("made this host's WireGuard key pair (the private key stays in the state folder)")
 	}
 	wg := wireguard.NewDevice(wireguard.DeviceName, s.WireGuardPort, s.WireGuardMode, key, entry.WithField("part", "wireguard"))
+	fp := loadFastPath(s.FastPath, entry.WithField("part", "fastpath"))
+	if fp != nil {
+		defer fp.Close()
+	}
 	drv := driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
 		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync, NoClusterNetworks: noCluster,
-		WireGuard: wg}, entry.WithField("part", "driver"))
+		WireGuard: wg, FastPath: fp}, entry.WithField("part", "driver"))
 	reg := &Registrar{Store: cluster, Host: host, Advertise: s.Advertise, Fresh: RenewAfter(s.LeaseTTL), Lookup: kernel.FindUnderlay,
 		WireGuard: func() (string, int) { return wg.PublicKey().String(), wg.Port() }}
 	if err := drv.Restore(ctx); err != nil {
@@ -361,4 +366,21 @@ func hostID(ctx context.Context, local kv.Store) (string, error) {
 		return "", fmt.Errorf("save host id: %w", err)
 	}
 	return id, nil
+}
+
+// loadFastPath loads the eBPF fast path unless FASTPATH=off; where the
+// kernel refuses it, routed networks take the kernel path, said in one log
+// line.
+func loadFastPath(mode string, log logrus.FieldLogger) *fastpath.FastPath {
+	if mode == FastPathOff {
+		log.Info("FASTPATH=off: routed networks take the kernel path (netfilter, conntrack, routing)")
+		return nil
+	}
+	fp, err := fastpath.Load(log)
+	if err != nil {
+		log.Warnf("no eBPF fast path: %v: routed networks take the kernel path (set FASTPATH=off to say so and not try)", err)
+		return nil
+	}
+	log.Info("eBPF fast path loaded: traffic within a routed network skips the host's IP stack (tcx programs on its veths, VXLAN devices and the underlay)")
+	return fp
 }

@@ -43,13 +43,22 @@ type Settings struct {
 	// WireGuardMode is auto (the kernel's WireGuard where there is one),
 	// kernel or userspace.
 	WireGuardMode string
+	// FastPath is auto (the eBPF fast path where the kernel takes it) or
+	// off (the kernel path only).
+	FastPath string
 }
+
+// FastPath settings.
+const (
+	FastPathAuto = "auto"
+	FastPathOff  = "off"
+)
 
 // defaults are the settings' values when unset. ParseSettings starts from
 // them, so that even with an error it returns settings the plugin can run on
 // (it then serves every request with that error).
 func defaults() Settings {
-	return Settings{StateDir: "/host/var/lib/tartan", SysctlRoot: "/host/proc/sys", DockerSocket: "/run/docker.sock", Scope: "local", VXLANPort: vxlan.DefaultPort, WireGuardPort: wireguard.DefaultPort, WireGuardMode: wireguard.ModeAuto,
+	return Settings{StateDir: "/host/var/lib/tartan", SysctlRoot: "/host/proc/sys", DockerSocket: "/run/docker.sock", Scope: "local", VXLANPort: vxlan.DefaultPort, WireGuardPort: wireguard.DefaultPort, WireGuardMode: wireguard.ModeAuto, FastPath: FastPathAuto,
 		LeaseTTL: kv.DefaultLeaseTTL, Resync: driver.DefaultResync, LogLevel: logrus.InfoLevel,
 		AutoPool: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24}
 }
@@ -119,6 +128,13 @@ func ParseSettings(env func(string) string) (Settings, error) {
 		s.WireGuardMode = v
 	default:
 		return s, fmt.Errorf("WG_MODE=%s: use auto (the kernel's WireGuard where it has one, else user space), kernel or userspace", v)
+	}
+	switch v := strings.TrimSpace(env("FASTPATH")); v {
+	case "", FastPathAuto:
+	case FastPathOff:
+		s.FastPath = v
+	default:
+		return s, fmt.Errorf("FASTPATH=%s: use auto (the eBPF fast path where the kernel takes it, else the kernel path) or off (the kernel path only)", v)
 	}
 	if v := strings.TrimSpace(env("LEASE_TTL")); v != "" {
 		d, err := time.ParseDuration(v)

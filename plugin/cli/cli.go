@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/tartan-net/tartan/driver/fastpath"
 	"io"
 	"net"
 	"net/http"
@@ -208,6 +209,22 @@ func show[T any](w io.Writer, asJSON bool, v T, human func(io.Writer, T)) error 
 	return tw.Flush()
 }
 
+// fastPathLine is the eBPF fast path in one line: where it is attached and
+// the packets it carried or left to the kernel.
+func fastPathLine(fp plugin.FastPathStatus) string {
+	if !fp.On {
+		return "off (the kernel path; the plugin's log says why)"
+	}
+	if fp.Error != "" {
+		return "eBPF, counters unreadable: " + fp.Error
+	}
+	var parts []string
+	for _, name := range fastpath.CounterNames() {
+		parts = append(parts, fmt.Sprintf("%s %d", name, fp.Packets[name]))
+	}
+	return fmt.Sprintf("eBPF on %d interfaces; packets: %s", len(fp.Attached), strings.Join(parts, ", "))
+}
+
 func printStatus(w io.Writer, s plugin.HostStatus) {
 	fmt.Fprintf(w, "host\t%s\n", s.Host)
 	fmt.Fprintf(w, "version\t%s\n", s.Version)
@@ -222,6 +239,9 @@ func printStatus(w io.Writer, s plugin.HostStatus) {
 	}
 	if s.WireGuardError != "" {
 		fmt.Fprintf(w, "WIREGUARD ERROR\t%s\n", s.WireGuardError)
+	}
+	if fp := s.FastPath; fp != nil {
+		fmt.Fprintf(w, "fast path\t%s\n", fastPathLine(*fp))
 	}
 	fmt.Fprintln(w)
 	if wg := s.WireGuard; wg != nil && len(wg.Peers) > 0 {

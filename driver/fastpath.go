@@ -1,0 +1,96 @@
+package driver
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/tartan-net/tartan/driver/fastpath"
+	"github.com/tartan-net/tartan/driver/kernel"
+)
+
+// pokeFastPath wakes the fast-path writer: an endpoint came or went.
+func (d *Driver) pokeFastPath() {
+	if d.cfg.FastPath == nil {
+		return
+	}
+	select {
+	case d.fpPoke <- struct{}{}:
+	default:
+	}
+}
+
+// fastPathWriter writes the fast path's maps when endpoints change (the
+// firewall's writes write them too, before the rules).
+func (d *Driver) fastPathWriter(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.fpPoke:
+		}
+		if err := d.writeFastPath(); err != nil {
+			d.log.Warnf("fast path: %v", err)
+		}
+	}
+}
+
+// writeFastPath gives the fast path the host's routed networks, their
+// endpoints and their published ports, as the records have them now.
+// Writes are serialised, each with the state read under its turn, so that
+// the last one written is the newest. Called without d.mu held.
+func (d *Driver) writeFastPath() error {
+	fp := d.cfg.FastPath
+	if fp == nil {
+		return nil
+	}
+	d.fpMu.Lock()
+	defer d.fpMu.Unlock()
+	d.mu.Lock()
+	st := d.fastPathStateLocked()
+	d.mu.Unlock()
+	if u, err := kernel.FindUnderlay(d.cfg.Advertise); err == nil {
+		st.Underlay = u.Interface
+	}
+	return fp.Sync(st)
+}
+
+// fastPathStateLocked is what the fast path carries: the routed networks
+// whose traffic crosses the host in clear (not WireGuard's), their
+// endpoints, and the container side of every published port. Called with
+// d.mu held.
+func (d *Driver) fastPathStateLocked() fastpath.State {
+	var st fastpath.State
+	routed := map[string]bool{}
+	for _, n := range d.st.networks {
+		p, ok := d.backendOf(n).Firewall(n)
+		if !ok || p.Tunnel != "" {
+			continue
+		}
+		fn := fastpath.Network{ID: n.ID, Pools: []netip.Prefix{n.PoolPrefix()}, Device: p.Device, Underlay: p.Device == "" || n.Direct}
+		if n.Pool6 != "" {
+			fn.Pools = append(fn.Pools, n.Pool6Prefix())
+		}
+		st.Networks = append(st.Networks, fn)
+		routed[n.ID] = true
+	}
+	for _, e := range d.st.endpoints {
+		if routed[e.Network] {
+			st.Endpoints = append(st.Endpoints, fastpath.Endpoint{Network: e.Network, HostIf: e.HostIf, IP: e.Addr(), IP6: e.Addr6(), MAC: e.MAC})
+		}
+	}
+	for _, p := range portRules(d.st.endpoints) {
+		st.Ports = append(st.Ports, fastpath.Port{IP: p.IP, Proto: p.Proto, Port: p.Port})
+	}
+	return st
+}
+
+// FastPath says whether the eBPF fast path is on, the interfaces its
+// programs are attached to, and its counters (nil when off).
+func (d *Driver) FastPath() (on bool, attached []string, counters map[string]uint64, err error) {
+	fp := d.cfg.FastPath
+	if fp == nil {
+		return false, nil, nil, nil
+	}
+	counters, err = fp.Counters()
+	return true, fp.Attached(), counters, err
+}
