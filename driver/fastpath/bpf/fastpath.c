@@ -154,7 +154,7 @@ struct pkt {
 };
 
 // parse returns 0 for an IP packet tartan may carry, -1 otherwise (not IP,
-// a fragment, an IPv6 extension header).
+// a fragment, IPv4 options, an IPv6 extension header).
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;
@@ -167,7 +167,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->eth = eth;
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end || ip->ihl < 5)
+		// IP options (ihl above 5) go to the stack: a variable header
+		// length needs pointer arithmetic that the verifier allows only
+		// with CAP_PERFMON, which the plugin does not ask for.
+		if ((void *)(ip + 1) > data_end || ip->ihl != 5)
 			return -1;
 		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 			return -1;
@@ -177,7 +180,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->ttl = ip->ttl;
 		p->src4 = ip->saddr;
 		p->dst4 = ip->daddr;
-		l4 = (void *)ip + ip->ihl * 4;
+		l4 = (void *)(ip + 1);
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > data_end)
