@@ -27,7 +27,7 @@ COMPOSE_DIR ?= $(HOME)/.cache/tartan/compose
 COMPOSE_BIN ?= $(COMPOSE_DIR)/docker-compose
 export CONSUL_BIN COMPOSE_BIN
 
-.PHONY: all build plugin-dir plugin push deps consul docker26 docker28 docker29 compose test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-legacy e2e-all chaos bench scale lint clean
+.PHONY: bpf check-bpf all build plugin-dir plugin push deps consul docker26 docker28 docker29 compose test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-legacy e2e-all chaos bench scale lint clean
 
 all: build
 
@@ -165,7 +165,19 @@ scale: consul
 	@mkdir -p $(BUILD)
 	TARTAN_SCALE=full TARTAN_SCALE_OUT=$(abspath $(BUILD)) $(GO) test -count=1 -timeout 4h -v -run TestScale ./e2e/scale/
 
-lint:
+# The fast path's BPF objects, compiled from driver/fastpath/bpf/fastpath.c
+# with Debian's clang and libbpf headers (make deps installs them) and
+# committed, so that a plain go build needs no C compiler.
+BPF_ARCH_INCLUDE ?= /usr/include/$(shell gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+bpf:
+	BPF_ARCH_INCLUDE=$(BPF_ARCH_INCLUDE) $(GO) generate ./driver/fastpath
+
+# Fails when the committed objects are not what the source compiles to.
+check-bpf: bpf
+	@git diff --quiet -- driver/fastpath && test -z "$$(git status --porcelain -- driver/fastpath)" || \
+		{ git status --short -- driver/fastpath; echo "driver/fastpath: the BPF objects differ from bpf/fastpath.c: commit what make bpf made"; exit 1; }
+
+lint: check-bpf
 	$(GO) vet ./...
 	$(GO) vet -tags 'e2e chaos bench' ./e2e/...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

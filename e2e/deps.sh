@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing tartan needs on a fresh Debian machine:
 # Docker's engine (20.10, Debian's docker.io), busybox for the test image,
-# iptables, curl, tcpdump (the encryption test captures the underlay), util-linux's nsenter/unshare, Debian's registry, and
+# iptables, curl, tcpdump (the encryption test captures the underlay), util-linux's nsenter/unshare, Debian's registry,
+# clang and libbpf's headers (the fast path's BPF objects are checked against their source), and
 # libseccomp's headers for the runc that Docker 29 is tested with. Quick
 # when everything is there already.
 set -euo pipefail
 declare -A pkg=([dockerd]=docker.io [busybox]=busybox-static [iptables]=iptables [curl]=curl
-  [nsenter]=util-linux [unshare]=util-linux [docker-registry]=docker-registry [ip]=iproute2 [iperf3]=iperf3 [ping]=iputils-ping [nft]=nftables [tcpdump]=tcpdump)
+  [nsenter]=util-linux [unshare]=util-linux [docker-registry]=docker-registry [ip]=iproute2 [iperf3]=iperf3 [ping]=iputils-ping [nft]=nftables [tcpdump]=tcpdump [clang]=clang)
 need=()
 for cmd in "${!pkg[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("${pkg[$cmd]}")
@@ -14,6 +15,8 @@ done
 # Docker 29's runc is built here (e2e/moby.sh), against libseccomp.
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 [ -e /usr/include/seccomp.h ] || need+=(libseccomp-dev)
+# make check-bpf compiles the fast path's BPF programs again (clang, libbpf's headers).
+[ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"
   apt-get update -q
