@@ -79,7 +79,7 @@ func TestConsulOutage(t *testing.T) {
 	before := scrape(t, h1)
 	for _, want := range []string{`tartan_requests_total{call="/NetworkDriver.CreateNetwork",code="200"}`, `tartan_request_seconds_bucket{call="/IpamDriver.RequestAddress"`,
 		`tartan_store_requests_total{op="txn",result="ok"}`, `tartan_store_request_seconds_bucket{op="get"`, "tartan_resyncs_total{result=\"ok\"}",
-		"tartan_lease_renewals_total", `tartan_network_peer_routes{backend="vxlan"`, `tartan_network_endpoints{backend="vxlan"`} {
+		"tartan_lease_renewals_total", `tartan_network_peer_routes{backend="vxlan"`, `tartan_network_endpoints{backend="vxlan"`, `tartan_fastpath_packets_total{path="out"}`} {
 		if !strings.Contains(before, want) {
 			t.Fatalf("METRICS lacks %s:\n%s", want, before)
 		}

@@ -138,6 +138,7 @@ func (m *Metrics) Serve(ctx context.Context, addr string) error {
 type networkCollector struct {
 	drv                                 *driver.Driver
 	endpoints, routes, neighbors, probs *prometheus.Desc
+	fastpath                            *prometheus.Desc
 }
 
 func newNetworkCollector(drv *driver.Driver) networkCollector {
@@ -147,11 +148,13 @@ func newNetworkCollector(drv *driver.Driver) networkCollector {
 		routes:    prometheus.NewDesc("tartan_network_peer_routes", "Peer routes in a network's current plan.", labels, nil),
 		neighbors: prometheus.NewDesc("tartan_network_peer_neighbors", "VXLAN peer neighbour entries in a network's current plan.", labels, nil),
 		probs:     prometheus.NewDesc("tartan_network_peer_problems", "Peers a network's plan cannot reach.", labels, nil),
+		fastpath: prometheus.NewDesc("tartan_fastpath_packets_total", "Packets the eBPF fast path carried (path local, out, in) or left to the kernel path (stack_port, stack_neigh, stack_mtu, stack_other); absent when the fast path is off.",
+			[]string{"path"}, nil),
 	}
 }
 
 func (c networkCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.endpoints, c.routes, c.neighbors, c.probs} {
+	for _, d := range []*prometheus.Desc{c.endpoints, c.routes, c.neighbors, c.probs, c.fastpath} {
 		ch <- d
 	}
 }
@@ -163,5 +166,10 @@ func (c networkCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.routes, prometheus.GaugeValue, float64(n.Routes), labels...)
 		ch <- prometheus.MustNewConstMetric(c.neighbors, prometheus.GaugeValue, float64(n.Neighbors), labels...)
 		ch <- prometheus.MustNewConstMetric(c.probs, prometheus.GaugeValue, float64(len(n.Problems)), labels...)
+	}
+	if on, _, packets, err := c.drv.FastPath(); on && err == nil {
+		for path, v := range packets {
+			ch <- prometheus.MustNewConstMetric(c.fastpath, prometheus.CounterValue, float64(v), path)
+		}
 	}
 }
