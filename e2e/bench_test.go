@@ -57,6 +57,32 @@ func TestBench(t *testing.T) {
 		h.MustDocker(t, "network", "create", tnet, tipam, "--ipv6", "--subnet", "10.75.0.0/16", "--subnet", "fd00:75::/64", "bv6")
 	}
 	h1.MustDocker(t, "network", "create", "--subnet", "10.74.0.0/24", "bbr")
+	// The kernel path beside the fast path, in the same rounds: two more
+	// hosts with FASTPATH=off (the gain of the eBPF fast path is the
+	// difference between their rows and the fast ones).
+	k := testbed.NewCluster(t, "bk", 1500)
+	k1, k2 := k.AddHost(t, "FASTPATH=off"), k.AddHost(t, "FASTPATH=off")
+	for _, n := range []struct{ name, subnet, opts string }{{"kvx", "10.93.0.0/16", "tartan.backend=vxlan"}, {"kgw", "10.94.0.0/16", "tartan.backend=host-gw"}} {
+		for _, h := range []*testbed.Host{k1, k2} {
+			h.MustDocker(t, "network", "create", tnet, tipam, "-o", n.opts, "--subnet", n.subnet, n.name)
+		}
+	}
+	// The kernel's VXLAN device on its own, host to host (no container, no
+	// veth, no tartan), as flannel's VXLAN carries a host's own traffic:
+	// what any path through a VXLAN device can reach on this machine.
+	for i, h := range []*testbed.Host{k1, k2} {
+		h.MustIP(t, "link", "add", "benchvx", "type", "vxlan", "id", "4000", "local", k.Addr[i], "dev", "eth1", "dstport", "8472", "nolearning")
+		h.MustIP(t, "addr", "add", fmt.Sprintf("192.168.250.%d/24", i+1), "dev", "benchvx")
+		h.MustIP(t, "link", "set", "benchvx", "up")
+	}
+	for i, h := range []*testbed.Host{k1, k2} {
+		peer := []*testbed.Host{k2, k1}[i]
+		mac := strings.Fields(peer.MustIP(t, "-br", "link", "show", "benchvx"))[2]
+		h.MustIP(t, "neigh", "add", fmt.Sprintf("192.168.250.%d", 2-i), "lladdr", mac, "dev", "benchvx", "nud", "permanent")
+		if out, err := h.Exec("bridge", "fdb", "append", mac, "dev", "benchvx", "dst", k.Addr[1-i]); err != nil {
+			t.Fatalf("fdb on %s: %v %s", h.Name, err, out)
+		}
+	}
 	// macvlan on the hosts' "physical" NIC: tartan's, and Docker's own with
 	// a hand-carved --ip-range per host (its IPAM is per host).
 	for i, h := range []*testbed.Host{h1, h2} {
@@ -80,6 +106,7 @@ func TestBench(t *testing.T) {
 	paths := []path{
 		{"host to host (underlay)", "", endpoint{h1.Path(), c.Addr[0]}, endpoint{h2.Path(), c.Addr[1]}},
 		{"tartan vxlan", "Docker overlay", ctr(h1, "vx1", "bvx"), ctr(h2, "vx2", "bvx")},
+		{"host to host over a VXLAN device (no containers)", "Docker overlay", endpoint{k1.Path(), "192.168.250.1"}, endpoint{k2.Path(), "192.168.250.2"}},
 		{"tartan host-gw", "Docker overlay", ctr(h1, "gw1", "bgw"), ctr(h2, "gw2", "bgw")},
 		{"tartan vxlan + directrouting", "Docker overlay", ctr(h1, "dr1", "bdr"), ctr(h2, "dr2", "bdr")},
 		{"tartan vxlan, IPv6", "Docker overlay", ctr6(h1, "v61", "bv6"), ctr6(h2, "v62", "bv6")},
@@ -89,6 +116,9 @@ func TestBench(t *testing.T) {
 		{"Docker macvlan", "", ctr(h1, "dm1", "dmv"), ctr(h2, "dm2", "dmv")},
 		{"tartan vxlan, same host", "Docker bridge", ctr(h1, "vx3", "bvx"), ctr(h1, "vx4", "bvx")},
 		{"Docker bridge, same host", "", ctr(h1, "br1", "bbr"), ctr(h1, "br2", "bbr")},
+		{"tartan vxlan, kernel path (FASTPATH=off)", "Docker overlay", ctr(k1, "kv1", "kvx"), ctr(k2, "kv2", "kvx")},
+		{"tartan host-gw, kernel path (FASTPATH=off)", "Docker overlay", ctr(k1, "kg1", "kgw"), ctr(k2, "kg2", "kgw")},
+		{"tartan vxlan, same host, kernel path (FASTPATH=off)", "Docker bridge", ctr(k1, "kv3", "kvx"), ctr(k1, "kv4", "kvx")},
 	}
 	res := measure(t, paths, rounds, secs, rr)
 
