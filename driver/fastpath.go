@@ -49,7 +49,7 @@ func (d *Driver) writeFastPath() error {
 	st := d.fastPathStateLocked()
 	d.mu.Unlock()
 	if u, err := kernel.FindUnderlay(d.cfg.Advertise); err == nil {
-		st.Underlay, st.Local = u.Interface, u.Address
+		st.Underlay = u.Interface
 	}
 	return fp.Sync(st)
 }
@@ -59,14 +59,14 @@ func (d *Driver) writeFastPath() error {
 // endpoints, and the container side of every published port. Called with
 // d.mu held.
 func (d *Driver) fastPathStateLocked() fastpath.State {
-	st := fastpath.State{VXLANPort: d.cfg.VXLANPort, VTEPs: d.routes.VXLANPeers()}
+	var st fastpath.State
 	routed := map[string]bool{}
 	for _, n := range d.st.networks {
 		p, ok := d.backendOf(n).Firewall(n)
 		if !ok || p.Tunnel != "" {
 			continue
 		}
-		fn := fastpath.Network{ID: n.ID, Pools: []netip.Prefix{n.PoolPrefix()}, Device: p.Device, VNI: n.VNI, Underlay: p.Device == "" || n.Direct}
+		fn := fastpath.Network{ID: n.ID, Pools: []netip.Prefix{n.PoolPrefix()}, Device: p.Device, Underlay: p.Device == "" || n.Direct}
 		if n.Pool6 != "" {
 			fn.Pools = append(fn.Pools, n.Pool6Prefix())
 		}

@@ -41,7 +41,7 @@ const (
 )
 
 // Counter names, in the order of bpf/fastpath.c's enum counter.
-var counterNames = []string{"local", "out", "in", "stack_port", "stack_neigh", "stack_mtu", "stack_other", "in_vxlan"}
+var counterNames = []string{"local", "out", "in", "stack_port", "stack_neigh", "stack_mtu", "stack_other"}
 
 // State is what the fast path carries: the host's routed networks that
 // are not encrypted, their endpoints and published ports.
@@ -49,15 +49,9 @@ type State struct {
 	Networks  []Network
 	Endpoints []Endpoint
 	Ports     []Port
-	// Underlay is the interface other hosts' traffic arrives on, VXLAN
-	// and unencapsulated (host-gw, direct routing); "" when unknown.
-	// Local is its address, the VXLAN devices' source.
+	// Underlay is the interface other hosts' unencapsulated traffic
+	// arrives on (host-gw, direct routing); "" when unknown.
 	Underlay string
-	Local    netip.Addr
-	// VXLANPort is the VXLAN devices' UDP port; VTEPs are the underlay
-	// addresses of the hosts that may send this host VXLAN.
-	VXLANPort int
-	VTEPs     []netip.Addr
 }
 
 // Network is a routed network.
@@ -65,9 +59,8 @@ type Network struct {
 	ID    string         // Docker's network ID
 	Pools []netip.Prefix // its IPv4 pool and, on dual stack, its IPv6 one
 	// Device is its VXLAN device ("" for none): the only device its
-	// peers' encapsulated traffic arrives on; VNI is the device's.
+	// peers' encapsulated traffic arrives on.
 	Device string
-	VNI    int
 	// Underlay: its peers' traffic travels unencapsulated on the underlay
 	// (host-gw, and VXLAN's direct routing).
 	Underlay bool
@@ -159,9 +152,6 @@ type desired struct {
 	pools6    map[fastpathLpm6Key]fastpathPool
 	devices   map[uint32]fastpathDevice
 	ports     map[fastpathPortKey]uint8
-	vnis      map[uint32]fastpathVni
-	vteps     map[uint32]uint8
-	config    fastpathConfig
 	// attach: interface name -> (ifindex, program is from_container)
 	attach map[string]attachSpec
 }
@@ -186,11 +176,6 @@ func (f *FastPath) Sync(st State) error {
 		syncMap(f.objs.Pools6, want.pools6),
 		syncMap(f.objs.Devices, want.devices),
 		syncMap(f.objs.Ports, want.ports),
-		syncMap(f.objs.Vnis, want.vnis),
-		syncMap(f.objs.Vteps, want.vteps),
-	}
-	if err := f.objs.VxlanConfig.Put(uint32(0), want.config); err != nil {
-		errs = append(errs, fmt.Errorf("write the fast path's VXLAN settings: %w", err))
 	}
 	for name, a := range f.links {
 		w, ok := want.attach[name]
@@ -225,8 +210,7 @@ func (f *FastPath) Sync(st State) error {
 // plan turns st into the maps' contents, looking up the interfaces.
 func (f *FastPath) plan(st State) (desired, []error) {
 	want := desired{endpoints: map[uint32]fastpathEndpoint{}, pools4: map[fastpathLpm4Key]fastpathPool{}, pools6: map[fastpathLpm6Key]fastpathPool{},
-		devices: map[uint32]fastpathDevice{}, ports: map[fastpathPortKey]uint8{}, attach: map[string]attachSpec{},
-		vnis: map[uint32]fastpathVni{}, vteps: map[uint32]uint8{}}
+		devices: map[uint32]fastpathDevice{}, ports: map[fastpathPortKey]uint8{}, attach: map[string]attachSpec{}}
 	var problems []error
 	// Two networks whose numbers meet are left to the kernel path.
 	owner := map[uint32]string{}
@@ -265,25 +249,6 @@ func (f *FastPath) plan(st State) (desired, []error) {
 			if l, err := netlink.LinkByName(n.Device); err == nil {
 				want.devices[uint32(l.Attrs().Index)] = fastpathDevice{Net: num, Kind: kindTunnel}
 				want.attach[n.Device] = attachSpec{ifindex: l.Attrs().Index}
-				if n.VNI > 0 && len(l.Attrs().HardwareAddr) == 6 {
-					v := fastpathVni{Net: num, Ifindex: uint32(l.Attrs().Index)}
-					copy(v.Mac[:], l.Attrs().HardwareAddr)
-					want.vnis[uint32(n.VNI)] = v
-				}
-				underlay = true // VXLAN arrives there, decapsulated by the fast path
-			}
-		}
-	}
-	if len(want.vnis) > 0 && st.Local.Is4() && st.VXLANPort > 0 {
-		a := st.Local.As4()
-		want.config.LocalIp = binary.NativeEndian.Uint32(a[:])
-		var port [2]byte
-		binary.BigEndian.PutUint16(port[:], uint16(st.VXLANPort))
-		want.config.VxlanPort = binary.NativeEndian.Uint16(port[:])
-		for _, p := range st.VTEPs {
-			if p.Is4() {
-				a := p.As4()
-				want.vteps[binary.NativeEndian.Uint32(a[:])] = 1
 			}
 		}
 	}

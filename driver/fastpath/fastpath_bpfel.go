@@ -13,13 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type fastpathConfig struct {
-	_         structs.HostLayout
-	LocalIp   uint32
-	VxlanPort uint16
-	Pad       uint16
-}
-
 type fastpathDevice struct {
 	_    structs.HostLayout
 	Net  uint32
@@ -61,14 +54,6 @@ type fastpathPortKey struct {
 	Port   uint16
 }
 
-type fastpathVni struct {
-	_       structs.HostLayout
-	Net     uint32
-	Ifindex uint32
-	Mac     [6]uint8
-	Pad     [2]uint8
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -79,9 +64,6 @@ const (
 	fastpathMapPools4         = "pools4"
 	fastpathMapPools6         = "pools6"
 	fastpathMapPorts          = "ports"
-	fastpathMapVnis           = "vnis"
-	fastpathMapVteps          = "vteps"
-	fastpathMapVxlanConfig    = "vxlan_config"
 	fastpathProgFromContainer = "from_container"
 	fastpathProgFromPeer      = "from_peer"
 )
@@ -136,15 +118,12 @@ type fastpathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Devices     *ebpf.MapSpec `ebpf:"devices"`
-	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
-	Pools4      *ebpf.MapSpec `ebpf:"pools4"`
-	Pools6      *ebpf.MapSpec `ebpf:"pools6"`
-	Ports       *ebpf.MapSpec `ebpf:"ports"`
-	Vnis        *ebpf.MapSpec `ebpf:"vnis"`
-	Vteps       *ebpf.MapSpec `ebpf:"vteps"`
-	VxlanConfig *ebpf.MapSpec `ebpf:"vxlan_config"`
+	Counters  *ebpf.MapSpec `ebpf:"counters"`
+	Devices   *ebpf.MapSpec `ebpf:"devices"`
+	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Pools4    *ebpf.MapSpec `ebpf:"pools4"`
+	Pools6    *ebpf.MapSpec `ebpf:"pools6"`
+	Ports     *ebpf.MapSpec `ebpf:"ports"`
 }
 
 // fastpathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -173,15 +152,12 @@ func (o *fastpathObjects) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Devices     *ebpf.Map `ebpf:"devices"`
-	Endpoints   *ebpf.Map `ebpf:"endpoints"`
-	Pools4      *ebpf.Map `ebpf:"pools4"`
-	Pools6      *ebpf.Map `ebpf:"pools6"`
-	Ports       *ebpf.Map `ebpf:"ports"`
-	Vnis        *ebpf.Map `ebpf:"vnis"`
-	Vteps       *ebpf.Map `ebpf:"vteps"`
-	VxlanConfig *ebpf.Map `ebpf:"vxlan_config"`
+	Counters  *ebpf.Map `ebpf:"counters"`
+	Devices   *ebpf.Map `ebpf:"devices"`
+	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Pools4    *ebpf.Map `ebpf:"pools4"`
+	Pools6    *ebpf.Map `ebpf:"pools6"`
+	Ports     *ebpf.Map `ebpf:"ports"`
 }
 
 func (m *fastpathMaps) Close() error {
@@ -192,9 +168,6 @@ func (m *fastpathMaps) Close() error {
 		m.Pools4,
 		m.Pools6,
 		m.Ports,
-		m.Vnis,
-		m.Vteps,
-		m.VxlanConfig,
 	)
 }
 

@@ -22,7 +22,6 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
-#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -34,10 +33,6 @@
 #endif
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
-#ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV4 // Linux 6.3's, newer than Debian 12's headers
-#define BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
-#define BPF_F_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
-#endif
 
 // An endpoint, by the ifindex of its veth's host end.
 struct endpoint {
@@ -90,23 +85,7 @@ enum counter {
 	C_STACK_NEIGH = 4, // left to the stack: no neighbour entry yet
 	C_STACK_MTU = 5,  // left to the stack: larger than the next hop's MTU
 	C_STACK_OTHER = 6, // left to the stack: another network, not routed, fragment, TTL
-	C_IN_VXLAN = 7,   // underlay to a container, VXLAN decapsulated here
 	C_MAX = 8,
-};
-
-// This host's VXLAN endpoint: what an encapsulated packet for it carries.
-struct config {
-	__u32 local_ip;   // the underlay address, network order
-	__u16 vxlan_port; // network order; 0: no VXLAN network here
-	__u16 pad;
-};
-
-// A VXLAN network identifier of this host's, and its network.
-struct vni {
-	__u32 net;
-	__u32 ifindex; // the network's VXLAN device
-	__u8 mac[6];   // that device's MAC: the inner frames' destination
-	__u8 pad[2];
 };
 
 struct {
@@ -145,29 +124,6 @@ struct {
 	__type(value, __u8);
 	__uint(max_entries, 16384);
 } ports SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, struct config);
-	__uint(max_entries, 1);
-} vxlan_config SEC(".maps");
-
-// The cluster's other hosts' underlay addresses: the only senders of
-// VXLAN this host takes (as the firewall's TARTAN-INPUT).
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32);
-	__type(value, __u8);
-	__uint(max_entries, 16384);
-} vteps SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32);
-	__type(value, struct vni);
-	__uint(max_entries, 1024);
-} vnis SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -437,120 +393,6 @@ int from_container(struct __sk_buff *skb)
 	return bpf_redirect(fib.ifindex, 0);
 }
 
-// The outer headers of a VXLAN packet over IPv4, as this host's VXLAN
-// devices send them: Ethernet, IPv4 without options, UDP, VXLAN.
-#define VXLAN_OUTER 50 // IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14: what decapsulation removes
-#define NOT_VXLAN 1
-
-struct vxlanhdr {
-	__be32 flags; // 0x08000000: the VNI is valid
-	__be32 vni;   // the VNI in the upper 24 bits
-};
-
-// vxlan_in decapsulates a VXLAN packet of one of this host's networks from
-// a known peer and sends the inner packet into its container, skipping the
-// outer packet's trip through the host's stack (netfilter, UDP, the VXLAN
-// device). It returns NOT_VXLAN for a packet that is not VXLAN for this
-// host (the caller goes on), TC_ACT_UNSPEC for VXLAN it leaves to the
-// kernel's VXLAN device, or the redirect.
-static __always_inline int vxlan_in(struct __sk_buff *skb)
-{
-	const int need = sizeof(struct ethhdr) + VXLAN_OUTER + sizeof(struct ipv6hdr) + 4;
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	struct udphdr *udp = (void *)(ip + 1);
-	struct vxlanhdr *vx = (void *)(udp + 1);
-	struct bpf_fib_lookup fib = {};
-	struct endpoint *dst = 0;
-	struct pool *src = 0, *pool = 0;
-	struct config *cfg = 0;
-	struct pkt p = {}, q = {}; // the inner packet before and after decapsulation
-	struct vni *v = 0;
-	__u32 zero = 0, vni = 0, out = 0;
-	__u64 flags = 0;
-	int rc = 0;
-
-	if ((void *)(vx + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
-	    ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
-		return NOT_VXLAN;
-	cfg = bpf_map_lookup_elem(&vxlan_config, &zero);
-	if (!cfg || !cfg->vxlan_port || udp->dest != cfg->vxlan_port || ip->daddr != cfg->local_ip)
-		return NOT_VXLAN;
-	// VXLAN for this host: from here on, what the fast path does not
-	// carry goes on to the kernel's VXLAN device (or the firewall).
-	if (!bpf_map_lookup_elem(&vteps, &ip->saddr) || !(vx->flags & bpf_htonl(0x08000000))) {
-		count(C_STACK_OTHER);
-		return TC_ACT_UNSPEC;
-	}
-	vni = bpf_ntohl(vx->vni) >> 8;
-	v = bpf_map_lookup_elem(&vnis, &vni);
-	if (!v) {
-		count(C_STACK_OTHER);
-		return TC_ACT_UNSPEC;
-	}
-	if (data + need > data_end) {
-		// The inner headers are not all in the linear part yet.
-		if (bpf_skb_pull_data(skb, need) < 0) {
-			count(C_STACK_OTHER);
-			return TC_ACT_UNSPEC;
-		}
-	}
-	// The inner frame starts where the removed part ends.
-	if (parse_at(skb, &p, sizeof(struct ethhdr) + VXLAN_OUTER - sizeof(struct ethhdr)) < 0) {
-		count(C_STACK_OTHER);
-		return TC_ACT_UNSPEC;
-	}
-	// The inner frame is for the network's VXLAN device, as the kernel
-	// would take it.
-	if (p.eth->h_dest[0] != v->mac[0] || p.eth->h_dest[1] != v->mac[1] || p.eth->h_dest[2] != v->mac[2] ||
-	    p.eth->h_dest[3] != v->mac[3] || p.eth->h_dest[4] != v->mac[4] || p.eth->h_dest[5] != v->mac[5]) {
-		count(C_STACK_OTHER);
-		return TC_ACT_UNSPEC;
-	}
-	src = pool_of(&p, 0);
-	pool = pool_of(&p, 1);
-	if (!src || !pool || src->net != v->net || pool->net != v->net || p.ttl <= 1) {
-		count(C_STACK_OTHER);
-		return TC_ACT_UNSPEC;
-	}
-	if (published(&p)) {
-		count(C_STACK_PORT);
-		return TC_ACT_UNSPEC;
-	}
-	rc = route(skb, &p, v->ifindex, &fib);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
-		count(C_STACK_OTHER);
-		return TC_ACT_UNSPEC;
-	}
-	out = fib.ifindex;
-	dst = bpf_map_lookup_elem(&endpoints, &out);
-	if (!dst || dst->net != v->net || !is_dst(&p, dst)) {
-		count(C_STACK_OTHER);
-		return TC_ACT_UNSPEC;
-	}
-	// The outer IPv4, UDP and VXLAN headers and the inner Ethernet header
-	// go; the outer Ethernet header stays, rewritten below. GSO size is
-	// the inner MSS already.
-	flags = BPF_F_ADJ_ROOM_FIXED_GSO | (p.family == AF_INET ? BPF_F_ADJ_ROOM_DECAP_L3_IPV4 : BPF_F_ADJ_ROOM_DECAP_L3_IPV6);
-	if (bpf_skb_adjust_room(skb, -VXLAN_OUTER, BPF_ADJ_ROOM_MAC, flags) < 0) {
-		count(C_STACK_OTHER);
-		return TC_ACT_UNSPEC;
-	}
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return TC_ACT_SHOT; // cannot be: the inner packet parsed before
-	eth->h_proto = bpf_htons(p.family == AF_INET ? ETH_P_IP : ETH_P_IPV6);
-	if (parse(skb, &q) < 0)
-		return TC_ACT_SHOT;
-	forward(&q, dst->mac, dst->host_mac);
-	count(C_IN_VXLAN);
-	return bpf_redirect_peer(out, 0);
-}
-
 SEC("tc")
 int from_peer(struct __sk_buff *skb)
 {
@@ -561,14 +403,7 @@ int from_peer(struct __sk_buff *skb)
 	struct pkt p = {};
 	int rc = 0;
 
-	if (!dev)
-		return TC_ACT_UNSPEC;
-	if (dev->kind == KIND_UNDERLAY) {
-		rc = vxlan_in(skb);
-		if (rc != NOT_VXLAN)
-			return rc;
-	}
-	if (parse(skb, &p) < 0)
+	if (!dev || parse(skb, &p) < 0)
 		return TC_ACT_UNSPEC;
 	src = pool_of(&p, 0);
 	if (!src)
