@@ -49,7 +49,12 @@ func (d *Driver) writeFastPath() error {
 	st := d.fastPathStateLocked()
 	d.mu.Unlock()
 	if u, err := kernel.FindUnderlay(d.cfg.Advertise); err == nil {
-		st.Underlay = u.Interface
+		st.Underlay, st.Local = u.Interface, u.Address
+	}
+	// The kernel's VXLAN picks outer source ports in the host's ephemeral
+	// range: the fast path's encapsulation does too.
+	if lo, hi, err := kernel.EphemeralPorts(); err == nil {
+		st.VXLANPort, st.PortMin, st.PortMax = d.cfg.VXLANPort, lo, hi
 	}
 	return fp.Sync(st)
 }
@@ -66,7 +71,12 @@ func (d *Driver) fastPathStateLocked() fastpath.State {
 		if !ok || p.Tunnel != "" {
 			continue
 		}
-		fn := fastpath.Network{ID: n.ID, Pools: []netip.Prefix{n.PoolPrefix()}, Device: p.Device, Underlay: p.Device == "" || n.Direct}
+		fn := fastpath.Network{ID: n.ID, Pools: []netip.Prefix{n.PoolPrefix()}, Device: p.Device, VNI: n.VNI, Underlay: p.Device == "" || n.Direct}
+		if plan, ok := d.routes.Plan(n.ID); ok && p.Device != "" {
+			for _, f := range plan.FDBs {
+				fn.FDB = append(fn.FDB, fastpath.FDB{MAC: f.MAC, Dst: f.Dst})
+			}
+		}
 		if n.Pool6 != "" {
 			fn.Pools = append(fn.Pools, n.Pool6Prefix())
 		}

@@ -14,10 +14,12 @@ func (d *Driver) tunnelOf(n localNetwork) string {
 }
 
 // peersChanged is the router's word that a network's peers changed: the
-// firewall admits VXLAN from peers only, and the WireGuard device's peers
-// are the wireguard networks' hosts.
+// firewall admits VXLAN from peers only, the fast path encapsulates for
+// the VXLAN peers, and the WireGuard device's peers are the wireguard
+// networks' hosts.
 func (d *Driver) peersChanged() {
 	d.pokeFirewall()
+	d.pokeFastPath() // the VXLAN peers' VTEPs
 	select {
 	case d.wgPoke <- struct{}{}:
 	default:

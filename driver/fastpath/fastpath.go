@@ -41,7 +41,7 @@ const (
 )
 
 // Counter names, in the order of bpf/fastpath.c's enum counter.
-var counterNames = []string{"local", "out", "in", "stack_port", "stack_neigh", "stack_mtu", "stack_other"}
+var counterNames = []string{"local", "out", "in", "stack_port", "stack_neigh", "stack_mtu", "stack_other", "out_vxlan"}
 
 // State is what the fast path carries: the host's routed networks that
 // are not encrypted, their endpoints and published ports.
@@ -50,8 +50,16 @@ type State struct {
 	Endpoints []Endpoint
 	Ports     []Port
 	// Underlay is the interface other hosts' unencapsulated traffic
-	// arrives on (host-gw, direct routing); "" when unknown.
+	// arrives on (host-gw, direct routing) and VXLAN leaves by; "" when
+	// unknown. Local is its address, the VXLAN devices' source.
 	Underlay string
+	Local    netip.Addr
+	// VXLANPort is the VXLAN devices' UDP port; PortMin and PortMax the
+	// range of the outer source ports (the host's ip_local_port_range, as
+	// the kernel's udp_flow_src_port uses it).
+	// 0: the devices encapsulate.
+	VXLANPort        int
+	PortMin, PortMax int
 }
 
 // Network is a routed network.
@@ -59,11 +67,21 @@ type Network struct {
 	ID    string         // Docker's network ID
 	Pools []netip.Prefix // its IPv4 pool and, on dual stack, its IPv6 one
 	// Device is its VXLAN device ("" for none): the only device its
-	// peers' encapsulated traffic arrives on.
+	// peers' encapsulated traffic arrives on. VNI is its identifier, FDB
+	// where its peers' VTEP MACs are (the device's forwarding database).
 	Device string
+	VNI    int
+	FDB    []FDB
 	// Underlay: its peers' traffic travels unencapsulated on the underlay
 	// (host-gw, and VXLAN's direct routing).
 	Underlay bool
+}
+
+// FDB is a peer's VTEP: its MAC on the network's VXLAN device, and its
+// underlay address.
+type FDB struct {
+	MAC string
+	Dst netip.Addr
 }
 
 // Endpoint is a container's endpoint on a routed network.
@@ -152,6 +170,8 @@ type desired struct {
 	pools6    map[fastpathLpm6Key]fastpathPool
 	devices   map[uint32]fastpathDevice
 	ports     map[fastpathPortKey]uint8
+	fdb       map[fastpathFdbKey]uint32
+	vxlan     fastpathVxlanConfig
 	// attach: interface name -> (ifindex, program is from_container)
 	attach map[string]attachSpec
 }
@@ -176,6 +196,10 @@ func (f *FastPath) Sync(st State) error {
 		syncMap(f.objs.Pools6, want.pools6),
 		syncMap(f.objs.Devices, want.devices),
 		syncMap(f.objs.Ports, want.ports),
+		syncMap(f.objs.Fdb, want.fdb),
+	}
+	if err := f.objs.Vxlan.Put(uint32(0), want.vxlan); err != nil {
+		errs = append(errs, fmt.Errorf("write the fast path's VXLAN settings: %w", err))
 	}
 	for name, a := range f.links {
 		w, ok := want.attach[name]
@@ -210,7 +234,8 @@ func (f *FastPath) Sync(st State) error {
 // plan turns st into the maps' contents, looking up the interfaces.
 func (f *FastPath) plan(st State) (desired, []error) {
 	want := desired{endpoints: map[uint32]fastpathEndpoint{}, pools4: map[fastpathLpm4Key]fastpathPool{}, pools6: map[fastpathLpm6Key]fastpathPool{},
-		devices: map[uint32]fastpathDevice{}, ports: map[fastpathPortKey]uint8{}, attach: map[string]attachSpec{}}
+		devices: map[uint32]fastpathDevice{}, ports: map[fastpathPortKey]uint8{}, attach: map[string]attachSpec{},
+		fdb: map[fastpathFdbKey]uint32{}}
 	var problems []error
 	// Two networks whose numbers meet are left to the kernel path.
 	owner := map[uint32]string{}
@@ -223,7 +248,7 @@ func (f *FastPath) plan(st State) (desired, []error) {
 		owner[num] = n.ID
 	}
 	nets := map[string]uint32{}
-	underlay := false
+	underlay, vxlan := false, false
 	for _, n := range st.Networks {
 		num := netNumber(n.ID)
 		if clash[num] {
@@ -247,15 +272,35 @@ func (f *FastPath) plan(st State) (desired, []error) {
 		}
 		if n.Device != "" {
 			if l, err := netlink.LinkByName(n.Device); err == nil {
-				want.devices[uint32(l.Attrs().Index)] = fastpathDevice{Net: num, Kind: kindTunnel}
+				want.devices[uint32(l.Attrs().Index)] = fastpathDevice{Net: num, Kind: kindTunnel, Vni: uint32(n.VNI)}
 				want.attach[n.Device] = attachSpec{ifindex: l.Attrs().Index}
+				for _, e := range n.FDB {
+					mac, err := net.ParseMAC(e.MAC)
+					if err != nil || len(mac) != 6 || !e.Dst.Is4() {
+						continue
+					}
+					k := fastpathFdbKey{Ifindex: uint32(l.Attrs().Index)}
+					copy(k.Mac[:], mac)
+					a := e.Dst.As4()
+					want.fdb[k] = binary.NativeEndian.Uint32(a[:])
+				}
+				vxlan = vxlan || n.VNI > 0
 			}
 		}
 	}
-	if underlay && st.Underlay != "" {
+	if st.Underlay != "" && (underlay || vxlan) {
 		if l, err := netlink.LinkByName(st.Underlay); err == nil {
-			want.devices[uint32(l.Attrs().Index)] = fastpathDevice{Kind: kindUnderlay}
-			want.attach[st.Underlay] = attachSpec{ifindex: l.Attrs().Index}
+			if underlay {
+				want.devices[uint32(l.Attrs().Index)] = fastpathDevice{Kind: kindUnderlay}
+				want.attach[st.Underlay] = attachSpec{ifindex: l.Attrs().Index}
+			}
+			if vxlan && st.VXLANPort > 0 && st.Local.Is4() && st.PortMax > st.PortMin && st.PortMin > 0 {
+				a := st.Local.As4()
+				var port [2]byte
+				binary.BigEndian.PutUint16(port[:], uint16(st.VXLANPort))
+				want.vxlan = fastpathVxlanConfig{LocalIp: binary.NativeEndian.Uint32(a[:]), Underlay: uint32(l.Attrs().Index),
+					Port: binary.NativeEndian.Uint16(port[:]), PortMin: uint16(st.PortMin), PortRange: uint16(st.PortMax - st.PortMin)}
+			}
 		}
 	}
 	for _, e := range st.Endpoints {

@@ -17,6 +17,7 @@ type fastpathDevice struct {
 	_    structs.HostLayout
 	Net  uint32
 	Kind uint32
+	Vni  uint32
 }
 
 type fastpathEndpoint struct {
@@ -26,6 +27,13 @@ type fastpathEndpoint struct {
 	Ip6     [16]uint8
 	Mac     [6]uint8
 	HostMac [6]uint8
+}
+
+type fastpathFdbKey struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Mac     [6]uint8
+	Pad     [2]uint8
 }
 
 type fastpathLpm4Key struct {
@@ -54,6 +62,16 @@ type fastpathPortKey struct {
 	Port   uint16
 }
 
+type fastpathVxlanConfig struct {
+	_         structs.HostLayout
+	LocalIp   uint32
+	Underlay  uint32
+	Port      uint16
+	PortMin   uint16
+	PortRange uint16
+	Pad       uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -61,9 +79,11 @@ const (
 	fastpathMapCounters       = "counters"
 	fastpathMapDevices        = "devices"
 	fastpathMapEndpoints      = "endpoints"
+	fastpathMapFdb            = "fdb"
 	fastpathMapPools4         = "pools4"
 	fastpathMapPools6         = "pools6"
 	fastpathMapPorts          = "ports"
+	fastpathMapVxlan          = "vxlan"
 	fastpathProgFromContainer = "from_container"
 	fastpathProgFromPeer      = "from_peer"
 )
@@ -121,9 +141,11 @@ type fastpathMapSpecs struct {
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
 	Devices   *ebpf.MapSpec `ebpf:"devices"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Fdb       *ebpf.MapSpec `ebpf:"fdb"`
 	Pools4    *ebpf.MapSpec `ebpf:"pools4"`
 	Pools6    *ebpf.MapSpec `ebpf:"pools6"`
 	Ports     *ebpf.MapSpec `ebpf:"ports"`
+	Vxlan     *ebpf.MapSpec `ebpf:"vxlan"`
 }
 
 // fastpathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -155,9 +177,11 @@ type fastpathMaps struct {
 	Counters  *ebpf.Map `ebpf:"counters"`
 	Devices   *ebpf.Map `ebpf:"devices"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Fdb       *ebpf.Map `ebpf:"fdb"`
 	Pools4    *ebpf.Map `ebpf:"pools4"`
 	Pools6    *ebpf.Map `ebpf:"pools6"`
 	Ports     *ebpf.Map `ebpf:"ports"`
+	Vxlan     *ebpf.Map `ebpf:"vxlan"`
 }
 
 func (m *fastpathMaps) Close() error {
@@ -165,9 +189,11 @@ func (m *fastpathMaps) Close() error {
 		m.Counters,
 		m.Devices,
 		m.Endpoints,
+		m.Fdb,
 		m.Pools4,
 		m.Pools6,
 		m.Ports,
+		m.Vxlan,
 	)
 }
 

@@ -22,6 +22,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
+#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -64,6 +65,7 @@ struct lpm6_key {
 struct device {
 	__u32 net; // KIND_TUNNEL: the one network it carries
 	__u32 kind;
+	__u32 vni; // KIND_TUNNEL: its VXLAN network identifier
 };
 #define KIND_TUNNEL 1
 #define KIND_UNDERLAY 2
@@ -85,7 +87,27 @@ enum counter {
 	C_STACK_NEIGH = 4, // left to the stack: no neighbour entry yet
 	C_STACK_MTU = 5,  // left to the stack: larger than the next hop's MTU
 	C_STACK_OTHER = 6, // left to the stack: another network, not routed, fragment, TTL
+	C_OUT_VXLAN = 7,  // container to a peer, VXLAN-encapsulated here
 	C_MAX = 8,
+};
+
+// How this host sends VXLAN: what its VXLAN devices would put around a
+// packet, so that the fast path encapsulates as they do.
+struct vxlan_config {
+	__u32 local_ip;    // the underlay address, network order
+	__u32 underlay;    // the underlay's ifindex
+	__u16 port;        // the VXLAN port, network order; 0: do not encapsulate
+	__u16 port_min;    // the outer source ports' range (the host's
+	__u16 port_range;  // ip_local_port_range, as the kernel's VXLAN picks them)
+	__u16 pad;
+};
+
+// A peer's VTEP MAC on one of this host's VXLAN devices, and where it is:
+// the devices' forwarding database.
+struct fdb_key {
+	__u32 ifindex;
+	__u8 mac[6];
+	__u8 pad[2];
 };
 
 struct {
@@ -124,6 +146,20 @@ struct {
 	__type(value, __u8);
 	__uint(max_entries, 16384);
 } ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct vxlan_config);
+	__uint(max_entries, 1);
+} vxlan SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct fdb_key);
+	__type(value, __u32); // the peer's underlay address, network order
+	__uint(max_entries, 16384);
+} fdb SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -337,6 +373,111 @@ static __always_inline int deliver(struct pkt *p, __u32 out, __u32 net, __u32 c)
 	return bpf_redirect_peer(out, 0);
 }
 
+// cfg_underlay is the underlay's ifindex (encap_vxlan found it).
+static __always_inline __u32 cfg_underlay(void)
+{
+	__u32 zero = 0;
+	struct vxlan_config *cfg = bpf_map_lookup_elem(&vxlan, &zero);
+	return cfg ? cfg->underlay : 0;
+}
+
+#define VXLAN_ROOM 50 // what encapsulation adds: IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14
+
+struct vxlanhdr {
+	__be32 flags; // 0x08000000: the VNI is valid
+	__be32 vni;   // in the upper 24 bits
+};
+
+// encap_vxlan sends a routed packet (its MACs, for the peer's VTEP, already
+// written) to the peer whose VTEP MAC the route found, in the VXLAN the
+// network's device would make (the receiver's kernel takes it as its own
+// device's), straight out of the underlay. It returns -1, having changed
+// nothing, when it cannot: the caller then hands the packet to the device.
+static __always_inline int encap_vxlan(struct __sk_buff *skb, struct device *dev, __u32 ifindex, const __u8 *vtep_mac)
+{
+	struct bpf_fib_lookup ofib = {};
+	struct vxlan_config *cfg;
+	struct fdb_key k = {};
+	struct ethhdr *eth, *inner;
+	struct iphdr *ip;
+	struct udphdr *udp;
+	struct vxlanhdr *vx;
+	void *data, *data_end;
+	__u32 zero = 0, *peer, hash, len;
+	__u16 ip_id;
+	__s64 csum;
+
+	cfg = bpf_map_lookup_elem(&vxlan, &zero);
+	if (!cfg || !cfg->port || !dev->vni)
+		return -1;
+	k.ifindex = ifindex;
+	__builtin_memcpy(k.mac, vtep_mac, ETH_ALEN);
+	peer = bpf_map_lookup_elem(&fdb, &k);
+	if (!peer)
+		return -1;
+	len = skb->len + VXLAN_ROOM - sizeof(struct ethhdr);
+	if (len > 0xffff)
+		return -1; // a BIG TCP packet: the device's
+	// The outer packet's route and next hop, before anything changes.
+	ofib.family = AF_INET;
+	ofib.ifindex = cfg->underlay;
+	ofib.ipv4_src = cfg->local_ip;
+	ofib.ipv4_dst = *peer;
+	ofib.l4_protocol = IPPROTO_UDP;
+	if (bpf_fib_lookup(skb, &ofib, sizeof(ofib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS ||
+	    ofib.ifindex != cfg->underlay)
+		return -1;
+	// The outer source port follows the inner flow, as the kernel's VXLAN
+	// picks it (udp_flow_src_port), so that the underlay spreads flows.
+	hash = bpf_get_hash_recalc(skb);
+	ip_id = (__u16)bpf_get_prandom_u32();
+	if (bpf_skb_adjust_room(skb, VXLAN_ROOM, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
+					BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr))) < 0)
+		return -1;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	ip = (void *)(eth + 1);
+	udp = (void *)(ip + 1);
+	vx = (void *)(udp + 1);
+	inner = (void *)(vx + 1);
+	if ((void *)(inner + 1) > data_end)
+		return -2; // cannot be: the room is in the linear part
+	// The inner Ethernet header is the routed packet's; the outer one the
+	// underlay's next hop.
+	__builtin_memcpy(inner->h_dest, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(inner->h_source, eth->h_source, ETH_ALEN);
+	inner->h_proto = eth->h_proto;
+	__builtin_memcpy(eth->h_dest, ofib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ofib.smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	vx->flags = bpf_htonl(0x08000000);
+	vx->vni = bpf_htonl(dev->vni << 8);
+	udp->source = bpf_htons(cfg->port_min + (__u16)(((__u64)hash * cfg->port_range) >> 32));
+	udp->dest = cfg->port;
+	udp->len = bpf_htons(len - sizeof(struct iphdr));
+	udp->check = 0; // as the kernel's VXLAN over IPv4 (noudpcsum)
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(len);
+	ip->id = ip_id;
+	ip->frag_off = 0;
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_UDP;
+	ip->check = 0;
+	ip->saddr = cfg->local_ip;
+	ip->daddr = *peer;
+	csum = bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0);
+	if (csum < 0)
+		return -2;
+	csum = (csum & 0xffff) + (csum >> 16);
+	csum = (csum & 0xffff) + (csum >> 16);
+	ip->check = ~(__u16)csum;
+	return 0;
+}
+
 SEC("tc")
 int from_container(struct __sk_buff *skb)
 {
@@ -389,6 +530,15 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 	forward(&p, fib.dmac, fib.smac);
+	if (dev->kind == KIND_TUNNEL) {
+		rc = encap_vxlan(skb, dev, fib.ifindex, fib.dmac);
+		if (rc == 0) {
+			count(C_OUT_VXLAN);
+			return bpf_redirect(cfg_underlay(), 0);
+		}
+		if (rc < -1)
+			return TC_ACT_SHOT; // encapsulated but broken: cannot be
+	}
 	count(C_OUT);
 	return bpf_redirect(fib.ifindex, 0);
 }
