@@ -373,6 +373,14 @@ static __always_inline int deliver(struct pkt *p, __u32 out, __u32 net, __u32 c)
 	return bpf_redirect_peer(out, 0);
 }
 
+// ecn_of is the packet's ECN codepoint.
+static __always_inline __u8 ecn_of(struct pkt *p)
+{
+	if (p->family == AF_INET)
+		return p->ip4->tos & 3;
+	return (p->ip6->flow_lbl[0] >> 4) & 3;
+}
+
 // cfg_underlay is the underlay's ifindex (encap_vxlan found it).
 static __always_inline __u32 cfg_underlay(void)
 {
@@ -393,7 +401,7 @@ struct vxlanhdr {
 // network's device would make (the receiver's kernel takes it as its own
 // device's), straight out of the underlay. It returns -1, having changed
 // nothing, when it cannot: the caller then hands the packet to the device.
-static __always_inline int encap_vxlan(struct __sk_buff *skb, struct device *dev, __u32 ifindex, const __u8 *vtep_mac)
+static __always_inline int encap_vxlan(struct __sk_buff *skb, struct device *dev, __u32 ifindex, const __u8 *vtep_mac, __u8 ecn)
 {
 	struct bpf_fib_lookup ofib = {};
 	struct vxlan_config *cfg;
@@ -460,7 +468,9 @@ static __always_inline int encap_vxlan(struct __sk_buff *skb, struct device *dev
 	udp->check = 0; // as the kernel's VXLAN over IPv4 (noudpcsum)
 	ip->version = 4;
 	ip->ihl = 5;
-	ip->tos = 0;
+	// ECN as RFC 6040's normal mode (the kernel's ip_tunnel_ecn_encap):
+	// the inner packet's codepoint, CE carried as ECT(0).
+	ip->tos = ecn == 3 ? 2 : ecn;
 	ip->tot_len = bpf_htons(len);
 	ip->id = ip_id;
 	ip->frag_off = 0;
@@ -531,7 +541,7 @@ int from_container(struct __sk_buff *skb)
 	}
 	forward(&p, fib.dmac, fib.smac);
 	if (dev->kind == KIND_TUNNEL) {
-		rc = encap_vxlan(skb, dev, fib.ifindex, fib.dmac);
+		rc = encap_vxlan(skb, dev, fib.ifindex, fib.dmac, ecn_of(&p));
 		if (rc == 0) {
 			count(C_OUT_VXLAN);
 			return bpf_redirect(cfg_underlay(), 0);
