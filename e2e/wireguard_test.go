@@ -104,7 +104,12 @@ func TestWireGuard(t *testing.T) {
 		t.Helper()
 		dir := t.TempDir()
 		pcap := filepath.Join(dir, "u.pcap")
-		cmd := c.Switch.Command("tcpdump", "-Z", "root", "-i", "any", "-U", "-n", "--immediate-mode", "-s", "0", "-w", pcap, "udp")
+		// A small snapshot and a large buffer: in immediate mode every
+		// packet takes a ring frame of the snapshot's size, and with -s 0
+		// (256 KiB) the default 2 MiB ring holds 8, so that a loaded
+		// machine dropped the very packets it looked for (CI, once). The
+		// marker's packets are small.
+		cmd := c.Switch.Command("tcpdump", "-Z", "root", "-i", "any", "-U", "-n", "--immediate-mode", "-s", "2048", "-B", "16384", "-w", pcap, "udp")
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
