@@ -357,6 +357,30 @@ static __always_inline int route(struct __sk_buff *skb, struct pkt *p, __u32 ifi
 	return bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
 }
 
+// routable is what both directions ask before carrying a packet: not a
+// published port's flow, a route from in, within the next hop's MTU. It
+// returns the FIB's answer (SUCCESS, or NO_NEIGH with the egress device
+// known), or -1 having counted why the packet goes on to the stack.
+static __always_inline int routable(struct __sk_buff *skb, struct pkt *p, __u32 in, struct bpf_fib_lookup *fib)
+{
+	int rc;
+
+	if (published(p)) {
+		count(C_STACK_PORT);
+		return -1;
+	}
+	rc = route(skb, p, in, fib);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		count(C_STACK_MTU);
+		return -1;
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		count(C_STACK_OTHER);
+		return -1;
+	}
+	return rc;
+}
+
 // deliver sends the packet into the container behind the veth whose host
 // end is out, when that container is of network net and has the packet's
 // destination address.
@@ -514,19 +538,9 @@ int from_container(struct __sk_buff *skb)
 		count(C_STACK_OTHER);
 		return TC_ACT_UNSPEC;
 	}
-	if (published(&p)) {
-		count(C_STACK_PORT);
+	rc = routable(skb, &p, in, &fib);
+	if (rc < 0)
 		return TC_ACT_UNSPEC;
-	}
-	rc = route(skb, &p, in, &fib);
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		count(C_STACK_MTU);
-		return TC_ACT_UNSPEC;
-	}
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
-		count(C_STACK_OTHER);
-		return TC_ACT_UNSPEC;
-	}
 	if (bpf_map_lookup_elem(&endpoints, &fib.ifindex))
 		return deliver(&p, fib.ifindex, net, C_LOCAL);
 	dev = bpf_map_lookup_elem(&devices, &fib.ifindex);
@@ -574,19 +588,9 @@ int from_peer(struct __sk_buff *skb)
 		count(C_STACK_OTHER);
 		return TC_ACT_UNSPEC;
 	}
-	if (published(&p)) {
-		count(C_STACK_PORT);
+	rc = routable(skb, &p, in, &fib);
+	if (rc < 0)
 		return TC_ACT_UNSPEC;
-	}
-	rc = route(skb, &p, in, &fib);
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		count(C_STACK_MTU);
-		return TC_ACT_UNSPEC;
-	}
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
-		count(C_STACK_OTHER);
-		return TC_ACT_UNSPEC;
-	}
 	return deliver(&p, fib.ifindex, src->net, C_IN);
 }
 
