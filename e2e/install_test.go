@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,6 +61,13 @@ func TestInstallFromRegistry(t *testing.T) {
 	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
 	s.Make(t, "push", "BUILD="+filepath.Join(s.Dir, "build"), "REGISTRY="+reg, "TAG=e2e")
 	ref := reg + "/tartan:e2e"
+	// What docker plugin install asks the user to grant (the privileges
+	// it lists before installing): the eBPF fast path's CAP_BPF among them.
+	privs, err := exec.Command("curl", "-sf", "--unix-socket", s.Socket, "http://localhost/plugins/privileges?remote="+url.QueryEscape(ref)).CombinedOutput()
+	if err != nil || !strings.Contains(string(privs), `"CAP_NET_ADMIN"`) || !strings.Contains(string(privs), `"CAP_BPF"`) || !strings.Contains(string(privs), `"/dev/net/tun"`) {
+		t.Fatalf("privileges docker plugin install shows: %v %s", err, privs)
+	}
+	t.Logf("docker plugin install asks for: %s", privs)
 	s.MustDocker(t, append([]string{"plugin", "install", "--grant-all-permissions", ref, "STORE=consul://127.0.0.1:8500/installed"}, s.Mounts(t)...)...)
 	if env := s.MustDocker(t, "plugin", "inspect", "-f", "{{.Settings.Env}}", ref); !strings.Contains(env, "STORE=consul://127.0.0.1:8500/installed") {
 		t.Fatalf("setting not applied: %s", env)
