@@ -30,6 +30,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/vishvananda/netlink"
 )
 
@@ -252,7 +253,7 @@ func (f *FastPath) plan(st State) (desired, []error) {
 	for _, n := range st.Networks {
 		num := netNumber(n.ID)
 		if clash[num] {
-			problems = append(problems, fmt.Errorf("network %s shares its fast-path number with another network: its traffic takes the kernel path", short(n.ID)))
+			problems = append(problems, fmt.Errorf("network %s shares its fast-path number with another network: its traffic takes the kernel path", backend.ShortID(n.ID)))
 			continue
 		}
 		nets[n.ID] = num
@@ -264,8 +265,7 @@ func (f *FastPath) plan(st State) (desired, []error) {
 			p = p.Masked()
 			v := fastpathPool{Net: num, Flags: flags}
 			if p.Addr().Is4() {
-				a := p.Addr().As4()
-				want.pools4[fastpathLpm4Key{Prefixlen: uint32(p.Bits()), Addr: binary.NativeEndian.Uint32(a[:])}] = v
+				want.pools4[fastpathLpm4Key{Prefixlen: uint32(p.Bits()), Addr: wire4(p.Addr())}] = v
 			} else {
 				want.pools6[fastpathLpm6Key{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As16()}] = v
 			}
@@ -281,8 +281,7 @@ func (f *FastPath) plan(st State) (desired, []error) {
 					}
 					k := fastpathFdbKey{Ifindex: uint32(l.Attrs().Index)}
 					copy(k.Mac[:], mac)
-					a := e.Dst.As4()
-					want.fdb[k] = binary.NativeEndian.Uint32(a[:])
+					want.fdb[k] = wire4(e.Dst)
 				}
 				vxlan = vxlan || n.VNI > 0
 			}
@@ -295,11 +294,8 @@ func (f *FastPath) plan(st State) (desired, []error) {
 				want.attach[st.Underlay] = attachSpec{ifindex: l.Attrs().Index}
 			}
 			if vxlan && st.VXLANPort > 0 && st.Local.Is4() && st.PortMax > st.PortMin && st.PortMin > 0 {
-				a := st.Local.As4()
-				var port [2]byte
-				binary.BigEndian.PutUint16(port[:], uint16(st.VXLANPort))
-				want.vxlan = fastpathVxlanConfig{LocalIp: binary.NativeEndian.Uint32(a[:]), Underlay: uint32(l.Attrs().Index),
-					Port: binary.NativeEndian.Uint16(port[:]), PortMin: uint16(st.PortMin), PortRange: uint16(st.PortMax - st.PortMin)}
+				want.vxlan = fastpathVxlanConfig{LocalIp: wire4(st.Local), Underlay: uint32(l.Attrs().Index),
+					Port: wire16(st.VXLANPort), PortMin: uint16(st.PortMin), PortRange: uint16(st.PortMax - st.PortMin)}
 			}
 		}
 	}
@@ -316,8 +312,7 @@ func (f *FastPath) plan(st State) (desired, []error) {
 		if err != nil || len(l.Attrs().HardwareAddr) != 6 {
 			continue // gone, or not made yet
 		}
-		a := e.IP.As4()
-		v := fastpathEndpoint{Net: num, Ip4: binary.NativeEndian.Uint32(a[:])}
+		v := fastpathEndpoint{Net: num, Ip4: wire4(e.IP)}
 		if e.IP6.IsValid() {
 			v.Ip6 = e.IP6.As16()
 		}
@@ -327,10 +322,7 @@ func (f *FastPath) plan(st State) (desired, []error) {
 		want.attach[e.HostIf] = attachSpec{ifindex: l.Attrs().Index, container: true}
 	}
 	for _, p := range st.Ports {
-		k := fastpathPortKey{Proto: protoNumber(p.Proto)}
-		var port [2]byte
-		binary.BigEndian.PutUint16(port[:], uint16(p.Port))
-		k.Port = binary.NativeEndian.Uint16(port[:])
+		k := fastpathPortKey{Proto: protoNumber(p.Proto), Port: wire16(p.Port)}
 		if p.IP.Is4() {
 			a := p.IP.As4()
 			copy(k.Addr[:], a[:])
@@ -358,7 +350,20 @@ func protoNumber(p string) uint8 {
 	return 0
 }
 
-func short(id string) string { return id[:min(12, len(id))] }
+// wire4 is an IPv4 address as the programs compare it: its bytes in
+// network order, read as a native integer (a __u32 of the packet).
+func wire4(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+// wire16 is a port as the programs compare it: network order, read as a
+// native integer (a __u16 of the packet).
+func wire16(port int) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], uint16(port))
+	return binary.NativeEndian.Uint16(b[:])
+}
 
 // syncMap makes m hold exactly want: keys it should not have go first,
 // then every wanted entry is written.

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/tartan-net/tartan/driver/fastpath"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/plugin"
 )

@@ -405,14 +405,6 @@ static __always_inline __u8 ecn_of(struct pkt *p)
 	return (p->ip6->flow_lbl[0] >> 4) & 3;
 }
 
-// cfg_underlay is the underlay's ifindex (encap_vxlan found it).
-static __always_inline __u32 cfg_underlay(void)
-{
-	__u32 zero = 0;
-	struct vxlan_config *cfg = bpf_map_lookup_elem(&vxlan, &zero);
-	return cfg ? cfg->underlay : 0;
-}
-
 #define VXLAN_ROOM 50 // what encapsulation adds: IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14
 
 struct vxlanhdr {
@@ -420,11 +412,13 @@ struct vxlanhdr {
 	__be32 vni;   // in the upper 24 bits
 };
 
-// encap_vxlan sends a routed packet (its MACs, for the peer's VTEP, already
-// written) to the peer whose VTEP MAC the route found, in the VXLAN the
+// encap_vxlan wraps a routed packet (its MACs, for the peer's VTEP, already
+// written) for the peer whose VTEP MAC the route found, in the VXLAN the
 // network's device would make (the receiver's kernel takes it as its own
-// device's), straight out of the underlay. It returns -1, having changed
-// nothing, when it cannot: the caller then hands the packet to the device.
+// device's), to be sent straight out of the underlay. It returns the
+// underlay's ifindex to redirect to; 0, having changed nothing, when it
+// cannot (the caller then hands the packet to the device); -1 when the
+// packet is changed but not whole (cannot be: the verifier's bounds).
 static __always_inline int encap_vxlan(struct __sk_buff *skb, struct device *dev, __u32 ifindex, const __u8 *vtep_mac, __u8 ecn)
 {
 	struct bpf_fib_lookup ofib = {};
@@ -441,15 +435,15 @@ static __always_inline int encap_vxlan(struct __sk_buff *skb, struct device *dev
 
 	cfg = bpf_map_lookup_elem(&vxlan, &zero);
 	if (!cfg || !cfg->port || !dev->vni)
-		return -1;
+		return 0;
 	k.ifindex = ifindex;
 	__builtin_memcpy(k.mac, vtep_mac, ETH_ALEN);
 	peer = bpf_map_lookup_elem(&fdb, &k);
 	if (!peer)
-		return -1;
+		return 0;
 	len = skb->len + VXLAN_ROOM - sizeof(struct ethhdr);
 	if (len > 0xffff)
-		return -1; // a BIG TCP packet: the device's
+		return 0; // a BIG TCP packet: the device's
 	// The outer packet's route and next hop, before anything changes.
 	ofib.family = AF_INET;
 	ofib.ifindex = cfg->underlay;
@@ -458,7 +452,7 @@ static __always_inline int encap_vxlan(struct __sk_buff *skb, struct device *dev
 	ofib.l4_protocol = IPPROTO_UDP;
 	if (bpf_fib_lookup(skb, &ofib, sizeof(ofib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS ||
 	    ofib.ifindex != cfg->underlay)
-		return -1;
+		return 0;
 	// The outer source port follows the inner flow, as the kernel's VXLAN
 	// picks it (udp_flow_src_port), so that the underlay spreads flows.
 	hash = bpf_get_hash_recalc(skb);
@@ -466,7 +460,7 @@ static __always_inline int encap_vxlan(struct __sk_buff *skb, struct device *dev
 	if (bpf_skb_adjust_room(skb, VXLAN_ROOM, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
 					BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr))) < 0)
-		return -1;
+		return 0;
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	eth = data;
@@ -475,7 +469,7 @@ static __always_inline int encap_vxlan(struct __sk_buff *skb, struct device *dev
 	vx = (void *)(udp + 1);
 	inner = (void *)(vx + 1);
 	if ((void *)(inner + 1) > data_end)
-		return -2; // cannot be: the room is in the linear part
+		return -1; // cannot be: the room is in the linear part
 	// The inner Ethernet header is the routed packet's; the outer one the
 	// underlay's next hop.
 	__builtin_memcpy(inner->h_dest, eth->h_dest, ETH_ALEN);
@@ -505,11 +499,11 @@ static __always_inline int encap_vxlan(struct __sk_buff *skb, struct device *dev
 	ip->daddr = *peer;
 	csum = bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0);
 	if (csum < 0)
-		return -2;
+		return -1;
 	csum = (csum & 0xffff) + (csum >> 16);
 	csum = (csum & 0xffff) + (csum >> 16);
 	ip->check = ~(__u16)csum;
-	return 0;
+	return ofib.ifindex;
 }
 
 SEC("tc")
@@ -556,11 +550,11 @@ int from_container(struct __sk_buff *skb)
 	forward(&p, fib.dmac, fib.smac);
 	if (dev->kind == KIND_TUNNEL) {
 		rc = encap_vxlan(skb, dev, fib.ifindex, fib.dmac, ecn_of(&p));
-		if (rc == 0) {
+		if (rc > 0) {
 			count(C_OUT_VXLAN);
-			return bpf_redirect(cfg_underlay(), 0);
+			return bpf_redirect(rc, 0);
 		}
-		if (rc < -1)
+		if (rc < 0)
 			return TC_ACT_SHOT; // encapsulated but broken: cannot be
 	}
 	count(C_OUT);
