@@ -27,6 +27,9 @@ import (
 // --exec-root: one folder per plugin ID.
 const SocketGlob = "/run/docker/plugins/*/tartan.sock"
 
+// ServeCommand runs the plugin itself (config.json's entrypoint).
+const ServeCommand = "serve"
+
 // Commands are the subcommands, with what each shows.
 var Commands = map[string]string{
 	"status":     "this host: its ID, store, firewall flavour, networks with their peers and problems",
@@ -37,20 +40,36 @@ var Commands = map[string]string{
 	"ports":      "the ports this host's endpoints publish (docker run -p, -P), with the host port tartan chose for -P",
 	"gc":         "what the automatic collection would remove (this host's orphaned addresses, gone hosts' records); --yes removes it now",
 	"rotate-key": "give this host a new WireGuard key pair now (its record is written at once; peers re-key as their watch of the store delivers it)",
+	"version":    "this binary's version, the Go and kernel it sees, and the fast path's state (the running plugin's, if one answers)",
+	ServeCommand: "run the plugin (the network and IPAM driver on its socket): what Docker starts, from config.json; not for a shell",
 }
 
-// Run runs one subcommand (args[0]) and returns the exit status.
+// order is the order usage lists the commands in.
+var order = []string{"status", "hosts", "networks", "addresses", "ports", "doctor", "gc", "rotate-key", "version", ServeCommand}
+
+// Run runs one subcommand (args[0]) and returns the exit status: 0 done, 1
+// failed (or, for doctor, found something), 2 misused. Without a command it
+// prints the commands and changes nothing.
 func Run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
+	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
 		usage(stdout)
 		return 0
 	}
-	if len(args) == 0 || Commands[args[0]] == "" {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	if Commands[args[0]] == "" || args[0] == ServeCommand {
+		fmt.Fprintf(stderr, "tartan: unknown command %q\n\n", args[0])
 		usage(stderr)
 		return 2
 	}
 	fs := flag.NewFlagSet("tartan "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "tartan %s: %s\n", args[0], Commands[args[0]])
+		fs.PrintDefaults()
+	}
 	socket := fs.String("socket", "", "the plugin's socket (default: the one tartan.sock under /run/docker/plugins)")
 	asJSON := fs.Bool("json", false, "print JSON, for scripts")
 	var yes *bool
@@ -60,7 +79,11 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	// Flags may come before or after the pool (tartan addresses POOL --json).
 	var positional []string
 	for rest := args[1:]; ; {
-		if err := fs.Parse(rest); err != nil {
+		if err := fs.Parse(rest); errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return 0
+		} else if err != nil {
 			return 2
 		}
 		if fs.NArg() == 0 {
@@ -80,6 +103,9 @@ func Run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "tartan %s takes one pool, as a CIDR (tartan networks lists them): tartan %s 10.244.0.0/16\n", args[0], args[0])
 		}
 		return 2
+	}
+	if args[0] == "version" {
+		return version(*socket, *asJSON, stdout, stderr)
 	}
 	sock, err := findSocket(*socket)
 	if err != nil {
@@ -123,11 +149,19 @@ func Run(args []string, stdout, stderr io.Writer) int {
 }
 
 func usage(w io.Writer) {
+	fmt.Fprintln(w, "tartan: multi-host container networking for Docker (a managed network and IPAM plugin)")
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "usage: tartan <command> [--json] [--socket PATH]")
-	for _, c := range []string{"status", "hosts", "networks", "addresses", "ports", "doctor", "gc", "rotate-key"} {
-		fmt.Fprintf(w, "  %-10s %s\n", c, Commands[c])
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "commands (they ask the plugin running on this host, over its socket):")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, c := range order {
+		fmt.Fprintf(tw, "  %s\t%s\n", c, Commands[c])
 	}
-	fmt.Fprintln(w, "Run without a command, tartan is the plugin itself.")
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "tartan <command> -h shows a command's flags. The plugin is installed with docker plugin install (see the README);")
+	fmt.Fprintln(w, "its settings are docker plugin set KEY=VALUE.")
 }
 
 // findSocket is the socket given, or the only tartan socket Docker made.
