@@ -27,7 +27,7 @@ COMPOSE_DIR ?= $(HOME)/.cache/tartan/compose
 COMPOSE_BIN ?= $(COMPOSE_DIR)/docker-compose
 export CONSUL_BIN COMPOSE_BIN
 
-.PHONY: bpf check-bpf all build plugin-dir plugin push deps consul docker26 docker28 docker29 compose test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-legacy e2e-all chaos bench scale lint clean
+.PHONY: preflight bpf check-bpf all build plugin-dir plugin push deps consul docker26 docker28 docker29 compose test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-legacy e2e-all chaos bench scale lint clean
 
 all: build
 
@@ -37,9 +37,13 @@ build:
 plugin-dir: build
 	plugin/rootfs.sh $(BUILD)/tartan config.json $(BUILD)/plugin
 
-# Replaces an older plugin of the same name. SETTINGS="STORE=consul://... ADVERTISE=eth1"
-# are applied before it is enabled.
-plugin: plugin-dir
+# Checks the machine first (Go, apt, a running Docker Engine 20.10+), then
+# replaces an older plugin of the same name. SETTINGS="STORE=consul://...
+# ADVERTISE=eth1" are applied before it is enabled.
+preflight:
+	@plugin/preflight.sh $(GO)
+
+plugin: preflight plugin-dir
 	-docker plugin disable -f $(PLUGIN) >/dev/null 2>&1
 	-docker plugin rm -f $(PLUGIN) >/dev/null 2>&1
 	docker plugin create $(PLUGIN) $(BUILD)/plugin
