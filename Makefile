@@ -27,7 +27,7 @@ COMPOSE_DIR ?= $(HOME)/.cache/tartan/compose
 COMPOSE_BIN ?= $(COMPOSE_DIR)/docker-compose
 export CONSUL_BIN COMPOSE_BIN
 
-.PHONY: preflight bpf check-bpf all build plugin-dir plugin push deps consul docker26 docker28 docker29 compose test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-legacy e2e-all chaos bench scale lint clean
+.PHONY: clean-testbed preflight bpf check-bpf all build plugin-dir plugin push deps consul docker26 docker28 docker29 compose test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-legacy e2e-all chaos bench scale lint clean
 
 all: build
 
@@ -87,12 +87,18 @@ $(COMPOSE_BIN):
 docker29: docker28
 	e2e/moby.sh $(DOCKER29_DIR) $(MOBY_VERSION) $(RUNC_VERSION) $(DOCKER28_DIR)
 
-test: deps consul docker26 docker28 docker29 compose unit fuzz e2e-all chaos
+test: clean-testbed deps consul docker26 docker28 docker29 compose unit fuzz e2e-all chaos
+
+# Removes what an earlier test run left running or in place (a killed make
+# test, a go test -timeout): found by the records each run keeps under
+# /run/tartan-testbed, nothing else is touched. make test runs it first.
+clean-testbed:
+	$(GO) run ./e2e/cleanup
 
 # The scale harness's smoke (10 simulated hosts) runs here, under the race
 # detector; make scale runs its table.
 unit: lint consul
-	$(GO) test -race -count=1 ./errdefs/... ./kv/... ./ipam/... ./driver/... ./plugin/... ./e2e/scale/
+	$(GO) test -race -count=1 ./errdefs/... ./kv/... ./ipam/... ./driver/... ./plugin/... ./e2e/scale/ ./e2e/testbed/
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzLayout -fuzztime=$(FUZZTIME) ./ipam
@@ -167,7 +173,7 @@ bench: plugin-dir
 # table lands in build/scale.md. About an hour on 2 cores.
 scale: consul
 	@mkdir -p $(BUILD)
-	TARTAN_SCALE=full TARTAN_SCALE_OUT=$(abspath $(BUILD)) $(GO) test -count=1 -timeout 4h -v -run TestScale ./e2e/scale/
+	TARTAN_SCALE=full TARTAN_SCALE_OUT=$(abspath $(BUILD)) $(GO) test -count=1 -timeout 4h -v -run TestScale ./e2e/scale/ ./e2e/testbed/
 
 # The fast path's BPF objects, compiled from driver/fastpath/bpf/fastpath.c
 # with Debian's clang and libbpf headers (make deps installs them) and

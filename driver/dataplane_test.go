@@ -119,9 +119,10 @@ func (b *bed) container(netID, epID, ns, ip string) {
 	if err != nil {
 		t.Fatalf("Join: %v", err)
 	}
+	forget := testbed.RecordNS(ns)
 	sh(t, fmt.Sprintf("ip netns del %[1]s 2>/dev/null; ip netns add %[1]s && ip link set %[2]s netns %[1]s && ip -n %[1]s link set %[2]s name eth0 && ip -n %[1]s addr add %[3]s/32 dev eth0 && ip -n %[1]s link set eth0 up && ip -n %[1]s link set lo up",
 		ns, j.Interface, ip))
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run(); forget() })
 	for _, r := range j.Routes {
 		if !r.NextHop.IsValid() {
 			sh(t, fmt.Sprintf("ip -n %s route add %s dev eth0", ns, r.Dst))
@@ -248,7 +249,8 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	if err := httpd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = httpd.Process.Kill(); _ = httpd.Wait() })
+	forgetHTTPD := testbed.RecordProcess(httpd.Process.Pid, "httpd")
+	t.Cleanup(func() { _ = httpd.Process.Kill(); _ = httpd.Wait(); forgetHTTPD() })
 	before = b.counters()
 	var got []byte
 	for i := 0; i < 10; i++ {
@@ -322,8 +324,9 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	// holds stays, whatever the records say (a reinstalled plugin
 	// with no records deleted every container's link).
 	sh(t, "ip link del tartan.256; ip route del 10.244.0.3/32; ip link add tn0123456789a type veth peer name tnfoo")
+	forget := testbed.RecordNS("tdp-held")
 	sh(t, "ip netns add tdp-held && ip link add tn0123456789b type veth peer name eth9 netns tdp-held")
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", "tdp-held").Run() })
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", "tdp-held").Run(); forget() })
 	b.restart()
 	if err := b.drv.Reconcile(b.ctx); err != nil {
 		t.Fatalf("reconcile: %v", err)
@@ -479,9 +482,10 @@ func (b *bed) macvlan(netID, epID, ns, ip string) backend.Join {
 	if len(j.Routes) != 0 {
 		t.Fatalf("a macvlan endpoint got routes: %+v", j.Routes)
 	}
+	forget := testbed.RecordNS(ns)
 	sh(t, fmt.Sprintf("ip netns del %[1]s 2>/dev/null; ip netns add %[1]s && ip link set %[2]s netns %[1]s && ip -n %[1]s link set %[2]s name eth0 && ip -n %[1]s addr add %[3]s/24 dev eth0 && ip -n %[1]s link set eth0 up && ip -n %[1]s link set lo up",
 		ns, j.Interface, ip))
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run(); forget() })
 	if j.Gateway.IsValid() {
 		sh(t, fmt.Sprintf("ip -n %s route add default via %s dev eth0", ns, j.Gateway))
 	}
@@ -509,8 +513,9 @@ func TestMacvlan(t *testing.T) {
 	b := newBed(t)
 	// The "physical" segment: mvp0 here, mvp1 in a router namespace that
 	// holds the gateway 10.99.0.1 and, behind it, 198.51.100.1.
+	forget := testbed.RecordNS("tdp-rt")
 	sh(t, "ip link del mvp0 2>/dev/null; ip netns del tdp-rt 2>/dev/null; ip link add mvp0 mtu 1500 type veth peer name mvp1 && ip link set mvp0 up && ip netns add tdp-rt && ip link set mvp1 netns tdp-rt && ip -n tdp-rt addr add 10.99.0.1/24 dev mvp1 && ip -n tdp-rt link set mvp1 up && ip -n tdp-rt addr add 198.51.100.1/32 dev lo && ip -n tdp-rt link set lo up")
-	t.Cleanup(func() { _ = exec.Command("sh", "-c", "ip netns del tdp-rt; ip link del mvp0").Run() })
+	t.Cleanup(func() { _ = exec.Command("sh", "-c", "ip netns del tdp-rt; ip link del mvp0").Run(); forget() })
 	mv := func(kv ...string) map[string]any {
 		return generic(append([]string{"tartan.backend", "macvlan"}, kv...)...)
 	}

@@ -428,8 +428,11 @@ func profile(t *testing.T, out string, secs int, paths []benchPath, run func(ben
 		if err := rec.Start(); err != nil {
 			t.Fatalf("perf record: %v", err)
 		}
+		forget := testbed.RecordProcess(rec.Process.Pid, "perf record")
 		run(p)
-		if err := rec.Wait(); err != nil {
+		err := rec.Wait()
+		forget()
+		if err != nil {
 			t.Fatalf("perf record: %v", err)
 		}
 		rep, err := exec.Command("perf", "report", "-i", data, "--no-children", "--stdio", "--sort", "symbol", "--percent-limit", "1").Output()

@@ -24,8 +24,10 @@ func hostStatus(t testing.TB, h *testbed.Host) plugin.HostStatus {
 	return st
 }
 
+// TestMain removes what an earlier run of this group left, and what this
+// one makes if it is stopped or runs out of time (testbed.Main).
 func TestMain(m *testing.M) {
-	os.Exit(m.Run())
+	os.Exit(testbed.Main(m))
 }
 
 // single is one test host with an "outside" namespace behind its default

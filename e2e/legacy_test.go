@@ -112,12 +112,14 @@ func holdXtablesLock(t *testing.T, s *single) {
 	if err := hold.Start(); err != nil {
 		t.Fatal(err)
 	}
+	forget := testbed.RecordProcess(hold.Process.Pid, "flock")
 	released := false
 	release := func() {
 		if !released {
 			released = true
 			_ = hold.Process.Kill()
 			_ = hold.Wait()
+			forget()
 		}
 	}
 	t.Cleanup(release)

@@ -782,3 +782,7 @@ func render(s sizes, hs []hostRow, fs []fillRow) string {
 	b.WriteString("\n")
 	return b.String()
 }
+
+// TestMain removes what an earlier run left (its Consul), and what this one
+// makes if it is stopped or runs out of time (testbed.Main).
+func TestMain(m *testing.M) { os.Exit(testbed.Main(m)) }

@@ -99,6 +99,7 @@ func launchConsul(bin string, ns *NS, bind string, httpPort int, mgmt string, jo
 	if err != nil {
 		return nil, nil, err
 	}
+	forgetDir := RecordDir(dir)
 	hcl := fmt.Sprintf(`ports { http = %d, dns = -1, grpc = -1, grpc_tls = -1, serf_wan = -1, server = %d, serf_lan = %d }`,
 		httpPort, httpPort+1, httpPort+2)
 	if mgmt != "" {
@@ -126,8 +127,10 @@ func launchConsul(bin string, ns *NS, bind string, httpPort int, mgmt string, jo
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
+		forgetDir()
 		return nil, nil, fmt.Errorf("start consul: %w", err)
 	}
+	forgetProc := RecordProcess(cmd.Process.Pid, "consul "+bind)
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
 	stop := func() string {
@@ -141,6 +144,8 @@ func launchConsul(bin string, ns *NS, bind string, httpPort int, mgmt string, jo
 		}
 		b, _ := os.ReadFile(logPath)
 		os.RemoveAll(dir)
+		forgetProc()
+		forgetDir()
 		return string(b)
 	}
 	c := &Consul{Addr: fmt.Sprintf("%s:%d", bind, httpPort), Token: mgmt, ns: ns, bin: bin, cmd: cmd}
@@ -214,18 +219,21 @@ func (c *Consul) Get(t testing.TB, key string) string {
 
 // MainWithConsul runs a package's tests with a Consul server on 127.0.0.1 at
 // httpPort when CONSUL_BIN is set, storing its address in *addr (left empty
-// otherwise: tests needing it then fail in CI and skip loudly elsewhere).
+// otherwise: tests needing it then fail in CI and skip loudly elsewhere), as
+// Main does: nothing outlives the run.
 func MainWithConsul(m *testing.M, httpPort int, addr *string) int {
-	bin := os.Getenv("CONSUL_BIN")
-	if bin == "" {
+	return guard(func() int {
+		bin := os.Getenv("CONSUL_BIN")
+		if bin == "" {
+			return m.Run()
+		}
+		c, stop, err := LaunchConsul(bin, nil, "127.0.0.1", httpPort)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer stop()
+		*addr = c.Addr
 		return m.Run()
-	}
-	c, stop, err := LaunchConsul(bin, nil, "127.0.0.1", httpPort)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer stop()
-	*addr = c.Addr
-	return m.Run()
+	})
 }

@@ -28,6 +28,7 @@ type Host struct {
 	done     chan struct{}
 	log      string
 	path     string // PATH for the daemon; empty: DOCKERD_PATH, else the test's own
+	forget   func() // the running daemon's record (RecordRoot)
 }
 
 // FirewallBackend is the firewall backend the daemons run with
@@ -85,6 +86,7 @@ func startDockerd(t testing.TB, ns NS, legacy bool) *Host {
 	h.Socket = filepath.Join(h.ExecRoot, "docker.sock")
 	cleanDir(h.Dir)
 	cleanDir(h.ExecRoot)
+	forgetDirs := []func(){RecordDir(h.Dir), RecordDir(h.ExecRoot)}
 	for _, d := range []string{h.Dir, h.ExecRoot, h.RunDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -106,7 +108,12 @@ func startDockerd(t testing.TB, ns NS, legacy bool) *Host {
 		h.path = bin + ":" + cmp.Or(os.Getenv("DOCKERD_PATH"), os.Getenv("PATH"))
 	}
 	h.launch(t)
-	t.Cleanup(func() { h.stop(t) })
+	t.Cleanup(func() {
+		h.stop(t)
+		for _, f := range forgetDirs {
+			f()
+		}
+	})
 	return h
 }
 
@@ -137,6 +144,7 @@ func (h *Host) launch(t testing.TB) {
 	if err := h.cmd.Start(); err != nil {
 		t.Fatalf("start dockerd in %s: %v", h.Name, err)
 	}
+	h.forget = recordDockerd(h.cmd.Process.Pid, h)
 	done := make(chan struct{})
 	h.done = done
 	go func() { _ = h.cmd.Wait(); logf.Close(); close(done) }()
@@ -202,6 +210,7 @@ func (h *Host) halt() {
 		_ = h.cmd.Process.Kill()
 		<-h.done
 	}
+	h.forget()
 }
 
 func (h *Host) stop(t testing.TB) {

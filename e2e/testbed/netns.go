@@ -26,8 +26,12 @@ func NewNS(t testing.TB, name string) NS {
 		name = p + strings.TrimPrefix(name, "tt-")
 	}
 	_ = exec.Command("ip", "netns", "del", name).Run() // a leftover of a killed run
+	forget := RecordNS(name)
 	MustRun(t, "ip", "netns", "add", name)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "netns", "del", name).Run()
+		forget()
+	})
 	ns := NS{Name: name}
 	ns.MustIP(t, "link", "set", "lo", "up")
 	return ns

@@ -103,22 +103,25 @@ func RepoRoot(t testing.TB) string {
 // MainInOwnNetns runs a package's tests again in a network namespace of
 // their own when root (they write real links, routes and rules), with env
 // set to 1 there; elsewhere it runs them as they are (tests that need the
-// namespace check env and say why they skip).
+// namespace check env and say why they skip). Either way as Main does:
+// nothing outlives the run.
 func MainInOwnNetns(m *testing.M, env string) int {
-	if os.Getenv(env) == "" && os.Geteuid() == 0 {
-		if _, err := exec.LookPath("unshare"); err == nil {
-			cmd := exec.Command("unshare", append([]string{"--net", "--", os.Args[0]}, os.Args[1:]...)...)
-			cmd.Env = append(os.Environ(), env+"=1")
-			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-			if err := cmd.Run(); err != nil {
-				if ee, ok := err.(*exec.ExitError); ok {
-					return ee.ExitCode()
+	return guard(func() int {
+		if os.Getenv(env) == "" && os.Geteuid() == 0 {
+			if _, err := exec.LookPath("unshare"); err == nil {
+				cmd := exec.Command("unshare", append([]string{"--net", "--", os.Args[0]}, os.Args[1:]...)...)
+				cmd.Env = append(os.Environ(), env+"=1")
+				cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+				if err := cmd.Run(); err != nil {
+					if ee, ok := err.(*exec.ExitError); ok {
+						return ee.ExitCode()
+					}
+					fmt.Fprintln(os.Stderr, err)
+					return 1
 				}
-				fmt.Fprintln(os.Stderr, err)
-				return 1
+				return 0
 			}
-			return 0
 		}
-	}
-	return m.Run()
+		return m.Run()
+	})
 }

@@ -1,0 +1,129 @@
+package testbed
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMain: with TESTBED_CHILD set this binary is a test run that makes a
+// namespace with a process in it and a process of its own, then hangs (as a
+// suite stuck until go test's -timeout does); the tests below stop it in
+// the ways a run ends early and check that nothing it made is left.
+func TestMain(m *testing.M) {
+	if os.Getenv("TESTBED_CHILD") != "" {
+		os.Exit(guard(func() int {
+			ns := nsPrefix() + "leak"
+			RecordNS(ns)
+			_ = exec.Command("ip", "netns", "add", ns).Run()
+			in := exec.Command("ip", "netns", "exec", ns, "sleep", "600")
+			out := exec.Command("sleep", "601")
+			for _, c := range []*exec.Cmd{in, out} {
+				if err := c.Start(); err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					return 3
+				}
+			}
+			RecordProcess(out.Process.Pid, "sleep")
+			fmt.Println("ready")
+			select {}
+		}))
+	}
+	os.Exit(m.Run())
+}
+
+// child starts the hanging run with its own namespace prefix (its own
+// group) and waits until it has made everything.
+func child(t *testing.T, prefix string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "TESTBED_CHILD=1", "TARTAN_E2E_PREFIX="+prefix)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	if n, err := out.Read(buf); err != nil || !strings.Contains(string(buf[:n]), "ready") {
+		t.Fatalf("the child run did not get ready: %q %v", buf[:n], err)
+	}
+	return cmd
+}
+
+// leftovers says what of a child run with prefix is still there.
+func leftovers(prefix string) []string {
+	var left []string
+	if _, err := os.Stat("/run/netns/" + prefix + "leak"); err == nil {
+		left = append(left, "namespace "+prefix+"leak")
+	}
+	for _, pid := range pids() {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if c := strings.ReplaceAll(string(b), "\x00", " "); (c == "sleep 600 " || c == "sleep 601 ") && !zombie(pid) {
+			left = append(left, fmt.Sprintf("process %d (%s)", pid, strings.TrimSpace(c)))
+		}
+	}
+	return left
+}
+
+func requireRootNS(t *testing.T) {
+	t.Helper()
+	RequireRoot(t, "ip", "sleep")
+}
+
+// A run killed outright (SIGKILL: no handler runs) leaves everything; the
+// next run of its group removes it first thing.
+func TestSweepAfterKill(t *testing.T) {
+	requireRootNS(t)
+	cmd := child(t, "tq1-")
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if left := leftovers("tq1-"); len(left) != 2 {
+		t.Fatalf("the killed run left %v, want its namespace and process", left)
+	}
+	Sweep(strings.Replace(Group(), ".tt", ".tq1", 1), t.Logf)
+	if left := leftovers("tq1-"); len(left) != 0 {
+		t.Fatalf("after the sweep: %v", left)
+	}
+}
+
+// A run that gets SIGTERM (make test killed, CI stopping) removes what it
+// made before it exits.
+func TestSweepOnSignal(t *testing.T) {
+	requireRootNS(t)
+	cmd := child(t, "tq2-")
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("the stopped run exited 0")
+	}
+	if left := leftovers("tq2-"); len(left) != 0 {
+		t.Fatalf("after SIGTERM the run left %v", left)
+	}
+}
+
+// A run that reaches its own -timeout removes what it made before go test's
+// panic would (which runs no cleanup).
+func TestSweepAtDeadline(t *testing.T) {
+	requireRootNS(t)
+	cmd := child(t, "tq3-", "-test.timeout=10s")
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the run that ran out of time exited 0")
+		}
+	case <-time.After(5 * time.Minute):
+		_ = cmd.Process.Kill()
+		t.Fatal("the run did not stop at its deadline")
+	}
+	if left := leftovers("tq3-"); len(left) != 0 {
+		t.Fatalf("after its deadline the run left %v", left)
+	}
+}
