@@ -137,41 +137,62 @@ func TestUndoKeepsRecordOtherHostsMayUse(t *testing.T) {
 	}
 }
 
-// slowStore answers every Get after a delay: a Consul under load.
-type slowStore struct {
+// gatedStore holds every Get until open is closed, and says on entered
+// that one is waiting: a Consul that does not answer yet.
+type gatedStore struct {
 	kv.Store
-	delay time.Duration
+	entered chan struct{}
+	open    chan struct{}
 }
 
-func (s slowStore) Get(ctx context.Context, key string) (kv.Pair, error) {
-	time.Sleep(s.delay)
+func (s gatedStore) Get(ctx context.Context, key string) (kv.Pair, error) {
+	select {
+	case s.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-s.open:
+	case <-ctx.Done():
+		return kv.Pair{}, ctx.Err()
+	}
 	return s.Store.Get(ctx, key)
 }
 
 // CreateNetwork held the lock every request waits on across its
 // store calls, so a slow Consul stalled Join, Leave and DeleteEndpoint of
-// every other network of the host.
+// every other network of the host. Here the store does not answer
+// CreateNetwork at all until Join has returned: Join returns only if it
+// waits for nothing of CreateNetwork's.
 func TestSlowStoreDoesNotStallOtherRequests(t *testing.T) {
-	d := testDriver("a", slowStore{Store: kv.NewMemory(), delay: 2 * time.Second})
+	store := gatedStore{Store: kv.NewMemory(), entered: make(chan struct{}, 1), open: make(chan struct{})}
+	d := testDriver("a", store)
 	d.st.networks["n1"] = localNetwork{ID: "n1", Pool: "10.64.0.0/24", Backend: vxlan.Name, Gateway: "169.254.1.1"}
 	d.st.endpoints["e1"] = localEndpoint{ID: "e1", Network: "n1", IP: "10.64.0.2", HostIf: "tne1", PeerIf: "tpe1"}
 	done := make(chan error, 1)
 	go func() {
 		done <- d.CreateNetwork(context.Background(), NetworkRequest{ID: "n2", Space: "tartan-local", Pool: netip.MustParsePrefix("10.65.0.0/24")})
 	}()
-	time.Sleep(300 * time.Millisecond) // CreateNetwork is in the store now
-	start := time.Now()
-	if _, err := d.Join(context.Background(), "e1"); err != nil {
-		t.Fatal(err)
-	}
-	if took := time.Since(start); took > 100*time.Millisecond {
-		t.Fatalf("Join waited %s for another network's store calls", took)
+	<-store.entered // CreateNetwork waits on the store now
+	joined := make(chan error, 1)
+	go func() {
+		_, err := d.Join(context.Background(), "e1")
+		joined <- err
+	}()
+	select {
+	case err := <-joined:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		close(store.open)
+		t.Fatal("Join waited for another network's store calls")
 	}
 	select {
 	case err := <-done:
 		t.Fatalf("CreateNetwork finished before its store answered: %v", err)
 	default:
 	}
+	close(store.open)
 	<-done // it goes on in this test's network namespace; let it end here
 }
 

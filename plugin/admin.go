@@ -31,7 +31,13 @@ const (
 	PortsPath     = "/tartan/v1/ports"
 	GCPath        = "/tartan/v1/gc"               // GET: what a collection would remove; POST: collect now
 	RotateKeyPath = "/tartan/v1/wireguard/rotate" // POST: a new WireGuard key pair for this host
+	RepairPath    = "/tartan/v1/repair"           // POST: the resync now
 )
+
+// Repaired is tartan repair's answer: how long the resync took.
+type Repaired struct {
+	Took string `json:"took"`
+}
 
 // GCPlan is what the next collection would remove (tartan gc).
 type GCPlan struct {
@@ -80,6 +86,9 @@ type Admin struct {
 	// RotateKey gives the host a new WireGuard key pair and returns its
 	// public key (nil: not offered).
 	RotateKey func(context.Context) (string, error)
+	// Repair runs the resync now, in turn with the periodic one (nil: not
+	// offered).
+	Repair func(context.Context) error
 }
 
 // RotatedKey is tartan rotate-key's answer.
@@ -142,6 +151,13 @@ func (h *Handler) ServeAdmin(a Admin) {
 		h.admin("POST "+RotateKeyPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
 			pub, err := a.RotateKey(ctx)
 			return RotatedKey{PublicKey: pub}, err
+		})
+	}
+	if a.Repair != nil {
+		h.admin("POST "+RepairPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
+			start := time.Now()
+			err := a.Repair(ctx)
+			return Repaired{Took: time.Since(start).Round(time.Millisecond).String()}, err
 		})
 	}
 	h.admin("GET "+DoctorPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
@@ -305,11 +321,11 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 	}
 	for _, id := range slices.Sorted(maps.Keys(drift)) {
 		for _, d := range drift[id] {
-			out = append(out, Finding{Network: id, What: d, Fix: "the next resync (RESYNC) repairs it; to repair now, docker plugin disable -f and enable (containers keep forwarding)"})
+			out = append(out, Finding{Network: id, What: d, Fix: "tartan repair, or the next resync (RESYNC), repairs it"})
 		}
 	}
 	for _, l := range h.drv.LinkDrift() {
-		out = append(out, Finding{What: l, Fix: "a network's device comes back at the next resync (RESYNC); an endpoint's record goes once its link stays gone for the grace period, or with docker rm of its container"})
+		out = append(out, Finding{What: l, Fix: "a network's device comes back with tartan repair or the next resync (RESYNC); an endpoint's record goes once its link stays gone for the grace period, or with docker rm of its container"})
 	}
 	if wg, err := h.drv.WireGuard().Status(); err != nil {
 		out = append(out, Finding{What: "the WireGuard device's state could not be read: " + err.Error(), Fix: "see the plugin's log; docker plugin disable -f and enable makes the device again"})
@@ -321,7 +337,7 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 		return nil, err
 	}
 	for _, f := range fw {
-		out = append(out, Finding{What: "firewall: " + f, Fix: "the next resync (RESYNC) rewrites tartan's rules; to rewrite them now, docker plugin disable -f and enable (containers keep forwarding)"})
+		out = append(out, Finding{What: "firewall: " + f, Fix: "tartan repair, or the next resync (RESYNC), rewrites tartan's rules"})
 	}
 	if a.Docker != nil {
 		if view, err := a.Docker.TartanNetworks(ctx); err != nil {

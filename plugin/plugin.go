@@ -125,7 +125,8 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "state": s.StateDir, "version": Version, "firewall": fw.Flavour()}).Info("tartan serving")
 	go warnEngine(ctx, s.DockerSocket, entry)
 	outbox := NewOutbox(local, im, drv, entry.WithField("part", "outbox"))
-	go background(ctx, drv, im, outbox, reg, made, s, metrics, entry)
+	repairs := make(chan chan error)
+	go background(ctx, drv, im, outbox, reg, made, s, metrics, repairs, entry)
 	if metrics != nil {
 		metrics.Networks(drv)
 		go func() {
@@ -137,7 +138,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
 	h.SetMetrics(metrics)
 	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now, Docker: engineView(s.DockerSocket),
-		RotateKey: (&keyRotator{wg: wg, reg: reg, s: s, log: entry}).rotate})
+		RotateKey: (&keyRotator{wg: wg, reg: reg, s: s, log: entry}).rotate, Repair: repairNow(repairs)})
 	return serve(ctx, socket, h)
 }
 
@@ -197,10 +198,30 @@ func dockerAPI(s Settings) (*clusternet.API, error) {
 	return clusternet.NewAPI(s.DockerSocket)
 }
 
+// repairNow asks the background's resync loop for a resync now (tartan
+// repair) and waits for its outcome.
+func repairNow(repairs chan chan error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		done := make(chan error, 1)
+		select {
+		case repairs <- done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // background does the work that must never hold up a request: the first
-// full reconcile, then periodic ones, host registration and lease renewal.
-func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, reg *Registrar, newKey bool, s Settings, metrics *Metrics, log logrus.FieldLogger) {
-	doReconcile := func() {
+// full reconcile, then periodic ones (and one for each tartan repair, sent
+// on repairs), host registration and lease renewal.
+func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, reg *Registrar, newKey bool, s Settings, metrics *Metrics, repairs chan chan error, log logrus.FieldLogger) {
+	doReconcile := func() error {
 		start := time.Now()
 		err := drv.Reconcile(ctx)
 		metrics.Resync(time.Since(start), err)
@@ -211,13 +232,14 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 		// (an empty queue costs a local listing).
 		c, cancel := context.WithTimeout(ctx, RequestTimeout)
 		defer cancel()
-		landed, left, err := outbox.Flush(c)
-		if err != nil {
-			log.Warnf("queued releases: %v", err)
+		landed, left, ferr := outbox.Flush(c)
+		if ferr != nil {
+			log.Warnf("queued releases: %v", ferr)
 		}
 		if landed > 0 || left > 0 {
 			log.WithFields(logrus.Fields{"landed": landed, "left": left}).Info("queued address releases retried")
 		}
+		return errors.Join(err, ferr)
 	}
 	doRenew := func() {
 		c, cancel := context.WithTimeout(ctx, RequestTimeout)
@@ -273,7 +295,20 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 		case <-ctx.Done():
 		}
 	}()
-	every(ctx, s.Resync, doReconcile)
+	t := time.NewTicker(s.Resync)
+	defer t.Stop()
+	_ = doReconcile()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_ = doReconcile()
+		case done := <-repairs:
+			done <- doReconcile()
+			t.Reset(s.Resync)
+		}
+	}
 }
 
 // keyRotator gives the host a new WireGuard key pair while it runs

@@ -40,12 +40,13 @@ var Commands = map[string]string{
 	"ports":      "the ports this host's endpoints publish (docker run -p, -P), with the host port tartan chose for -P",
 	"gc":         "what the automatic collection would remove (this host's orphaned addresses, gone hosts' records); --yes removes it now",
 	"rotate-key": "give this host a new WireGuard key pair now (its record is written at once; peers re-key as their watch of the store delivers it)",
+	"repair":     "run the resync now: the plugin makes the kernel (devices, routes, neighbours, firewall, fast path, WireGuard peers) what its records and plans say, as it does every RESYNC",
 	"version":    "this binary's version, the Go and kernel it sees, and the fast path's state (the running plugin's, if one answers)",
 	ServeCommand: "run the plugin (the network and IPAM driver on its socket): what Docker starts, from config.json; not for a shell",
 }
 
 // order is the order usage lists the commands in.
-var order = []string{"status", "hosts", "networks", "addresses", "ports", "doctor", "gc", "rotate-key", "version", ServeCommand}
+var order = []string{"status", "hosts", "networks", "addresses", "ports", "doctor", "repair", "gc", "rotate-key", "version", ServeCommand}
 
 // Run runs one subcommand (args[0]) and returns the exit status: 0 done, 1
 // failed (or, for doctor, found something), 2 misused. Without a command it
@@ -134,6 +135,10 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	case "rotate-key":
 		_, err = query(out, http.MethodPost, plugin.RotateKeyPath, func(w io.Writer, k plugin.RotatedKey) {
 			fmt.Fprintf(w, "new public key\t%s\n", k.PublicKey)
+		})
+	case "repair":
+		_, err = query(out, http.MethodPost, plugin.RepairPath, func(w io.Writer, r plugin.Repaired) {
+			fmt.Fprintf(w, "repaired in %s (tartan doctor shows what is still wrong)\n", r.Took)
 		})
 	case "doctor":
 		var fs []plugin.Finding

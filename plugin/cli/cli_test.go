@@ -179,3 +179,24 @@ func TestStatusAndHosts(t *testing.T) {
 		t.Fatalf("an older plugin: rc %d %q", rc, errs)
 	}
 }
+
+// tartan repair asks the plugin for a resync now and says how long it took;
+// a resync that failed fails the command with the plugin's reason.
+func TestRepair(t *testing.T) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	store := kv.NewMemory()
+	drv := driver.New(store, store, nil, &firewall.Firewall{}, driver.Config{Host: "h1"}, log)
+	calls := 0
+	var fail error
+	h := plugin.NewHandler(drv, nil, nil, log, nil)
+	h.ServeAdmin(plugin.Admin{Host: "h1", Scope: "local", Now: time.Now, Repair: func(context.Context) error { calls++; return fail }})
+	sock := serve(t, h)
+	if rc, out, errs := run("repair", "--socket", sock); rc != 0 || calls != 1 || !strings.Contains(out, "repaired in ") {
+		t.Fatalf("tartan repair: exit %d, %d resyncs, %q %q", rc, calls, out, errs)
+	}
+	fail = errors.New("peer entries: no such device")
+	if rc, _, errs := run("repair", "--socket", sock); rc != 1 || calls != 2 || !strings.Contains(errs, "no such device") {
+		t.Fatalf("tartan repair of a failing resync: exit %d, %d resyncs, %q", rc, calls, errs)
+	}
+}
