@@ -7,7 +7,10 @@ PLUGIN   ?= tartan:latest
 SETTINGS ?=
 REGISTRY ?=
 TAG      ?= latest
-VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# The plugin's architecture (GOARCH): amd64 or arm64; its iptables comes
+# from Debian's packages of the same architecture.
+ARCH     ?= $(shell $(GO) env GOARCH)
 BUILD    := build
 GO       ?= go
 CONSUL_VERSION := 1.20.1
@@ -27,15 +30,16 @@ COMPOSE_DIR ?= $(HOME)/.cache/tartan/compose
 COMPOSE_BIN ?= $(COMPOSE_DIR)/docker-compose
 export CONSUL_BIN COMPOSE_BIN
 
-.PHONY: clean-testbed preflight bpf check-bpf all build plugin-dir plugin push deps consul docker26 docker28 docker29 compose test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-legacy e2e-all chaos bench scale lint clean
+.PHONY: check-arm64 release clean-testbed preflight bpf check-bpf all build plugin-dir plugin push deps consul docker26 docker28 docker29 compose test unit fuzz e2e e2e26 e2e28 e2e29 e2e29nft e2e-legacy e2e-all chaos bench scale lint clean
 
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X github.com/tartan-net/tartan/plugin.Version=$(VERSION)" -o $(BUILD)/tartan ./plugin/tartan
+	CGO_ENABLED=0 GOARCH=$(ARCH) $(GO) build -trimpath -ldflags "-s -w -X github.com/tartan-net/tartan/plugin.Version=$(VERSION)" -o $(BUILD)/tartan ./plugin/tartan
 
 plugin-dir: build
-	plugin/rootfs.sh $(BUILD)/tartan config.json $(BUILD)/plugin
+	ROOTFS_ARCH=$(ARCH) plugin/rootfs.sh $(BUILD)/tartan config.json $(BUILD)/plugin
+	plugin/record.sh $(BUILD)/plugin $(VERSION) $(ARCH)
 
 # Checks the machine first (Go, apt, a running Docker Engine 20.10+), then
 # replaces an older plugin of the same name. SETTINGS="STORE=consul://...
@@ -57,6 +61,15 @@ push: plugin-dir
 	docker plugin create $(REGISTRY)/tartan:$(TAG) $(BUILD)/plugin
 	docker plugin push $(REGISTRY)/tartan:$(TAG)
 	docker plugin rm -f $(REGISTRY)/tartan:$(TAG)
+
+# A release: make release VERSION=v1.2.3 REGISTRY=host:port pushes
+# REGISTRY/tartan:v1.2.3 (amd64) and REGISTRY/tartan:v1.2.3-arm64 (one tag
+# per architecture: docker plugin install reads no manifest list), each with
+# its record (version, commit, Debian packages, BPF objects) in
+# build/release/v1.2.3/ and in the plugin as /release.json.
+RELEASE_ARCHS ?= amd64 arm64
+release: preflight
+	plugin/release.sh "$(VERSION)" "$(REGISTRY)" $(RELEASE_ARCHS)
 
 deps:
 	e2e/deps.sh
@@ -87,7 +100,7 @@ $(COMPOSE_BIN):
 docker29: docker28
 	e2e/moby.sh $(DOCKER29_DIR) $(MOBY_VERSION) $(RUNC_VERSION) $(DOCKER28_DIR)
 
-test: clean-testbed deps consul docker26 docker28 docker29 compose unit fuzz e2e-all chaos
+test: clean-testbed deps consul docker26 docker28 docker29 compose unit check-arm64 fuzz e2e-all chaos
 
 # Removes what an earlier test run left running or in place (a killed make
 # test, a go test -timeout): found by the records each run keeps under
@@ -99,6 +112,20 @@ clean-testbed:
 # detector; make scale runs its table.
 unit: lint consul
 	$(GO) test -race -count=1 ./errdefs/... ./kv/... ./ipam/... ./driver/... ./plugin/... ./e2e/scale/ ./e2e/testbed/
+
+# The arm64 plugin, checked on this amd64 machine under qemu-user (Debian's
+# qemu-user-static, which make deps installs): its binary and its iptables
+# run (plugin/check-arm64.sh says what qemu-user cannot do), the unit tests
+# that need no kernel pass, and the fast path object the binary embeds is
+# byte for byte the one the amd64 load test loads (qemu-user has no bpf(2),
+# so that load test is the one left out here).
+ARM64_UNIT := ./errdefs/ ./kv/... ./ipam/ ./plugin/... ./driver/routing/... ./driver/backend/... ./driver/hostgw/ \
+	./driver/vxlan/ ./driver/routed/ ./driver/macvlan/ ./driver/kernel/ ./driver/fastpath/ ./driver/wireguard/
+check-arm64: consul
+	$(MAKE) --no-print-directory plugin-dir ARCH=arm64 BUILD=$(BUILD)/arm64
+	plugin/check-arm64.sh $(BUILD)/arm64/plugin
+	CGO_ENABLED=0 GOARCH=arm64 TARTAN_TEST_EMULATOR=qemu-aarch64-static $(GO) test -count=1 -exec qemu-aarch64-static \
+	  -skip '^TestLoadsWithThePluginsCapabilities$$' $(ARM64_UNIT)
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzLayout -fuzztime=$(FUZZTIME) ./ipam

@@ -3,11 +3,12 @@
 # Docker's engine (20.10, Debian's docker.io), busybox for the test image,
 # iptables, curl, tcpdump (the encryption test captures the underlay), util-linux's nsenter/unshare, Debian's registry,
 # clang and libbpf's headers (the fast path's BPF objects are checked against their source), and
-# libseccomp's headers for the runc that Docker 29 is tested with. Quick
+# libseccomp's headers for the runc that Docker 29 is tested with, and
+# qemu-user-static for the arm64 plugin's checks (make check-arm64). Quick
 # when everything is there already.
 set -euo pipefail
 declare -A pkg=([dockerd]=docker.io [busybox]=busybox-static [iptables]=iptables [curl]=curl
-  [nsenter]=util-linux [unshare]=util-linux [docker-registry]=docker-registry [ip]=iproute2 [iperf3]=iperf3 [ping]=iputils-ping [nft]=nftables [tcpdump]=tcpdump [clang]=clang)
+  [nsenter]=util-linux [unshare]=util-linux [docker-registry]=docker-registry [ip]=iproute2 [iperf3]=iperf3 [ping]=iputils-ping [nft]=nftables [tcpdump]=tcpdump [clang]=clang [qemu-aarch64-static]=qemu-user-static [file]=file)
 need=()
 for cmd in "${!pkg[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("${pkg[$cmd]}")

@@ -3,9 +3,10 @@
 # this machine's apt sources name (no mirror is written here), with apt's
 # state kept in the folder: the machine's own package lists and caches are
 # left alone. With --deps, what the packages depend on comes too (not what
-# they recommend or suggest).
+# they recommend or suggest). DEB_ARCH picks another architecture than the
+# machine's (arm64 for the arm64 plugin).
 #
-# Usage: plugin/debs.sh [--deps] <suite> <folder> <package>...
+# Usage: [DEB_ARCH=arm64] plugin/debs.sh [--deps] <suite> <folder> <package>...
 set -euo pipefail
 deps=0
 if [ "${1:-}" = --deps ]; then deps=1; shift; fi
@@ -18,12 +19,14 @@ mirror=$({ cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sou
   sed -nE 's/^URIs:[[:space:]]*//p; s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?//p' | awk '$1 !~ /-security/ { print $1; exit }')
 [ -n "$mirror" ] || { echo "debs.sh: no Debian mirror in /etc/apt/sources.list*" >&2; exit 1; }
 
-state="$dest/.apt-$suite"
+arch=${DEB_ARCH:-$(dpkg --print-architecture)}
+state="$dest/.apt-$suite-$arch"
 mkdir -p "$state/lists/partial" "$state/archives/partial" "$state/cache"
-echo "deb $mirror $suite main" > "$state/sources.list"
+echo "deb [arch=$arch] $mirror $suite main" > "$state/sources.list"
 opts=(-o Dir::Etc::SourceList="$state/sources.list" -o Dir::Etc::SourceParts=/dev/null
   -o Dir::State::Lists="$state/lists" -o Dir::Cache="$state/cache" -o Dir::Cache::Archives="$state/archives"
-  -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root)
+  -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root
+  -o APT::Architecture="$arch" -o APT::Architectures="$arch")
 apt-get -q "${opts[@]}" update >&2
 pkgs=("$@")
 if [ "$deps" = 1 ]; then

@@ -8,13 +8,15 @@
 # default is bookworm's iptables 1.8.9: tartan's rules share the host's
 # tables with Docker's iptables, and a rule written by a newer iptables-nft
 # can be one an older host iptables cannot read back, so the plugin's is
-# kept no newer than the hosts it is tested on.
+# kept no newer than the hosts it is tested on. ROOTFS_ARCH (default: the
+# machine's) is the Debian architecture of the packages: the binary's.
 # Usage: plugin/rootfs.sh <tartan binary> <config.json> <output dir>
 set -euo pipefail
 bin=$1 config=$2 out=$(realpath -m "$3")
 here=$(cd "$(dirname "$0")" && pwd)
 suite=${ROOTFS_SUITE:-bookworm}
-cache=${ROOTFS_CACHE:-$HOME/.cache/tartan/rootfs-$suite}
+arch=${ROOTFS_ARCH:-$(dpkg --print-architecture)}
+cache=${ROOTFS_CACHE:-$HOME/.cache/tartan/rootfs-$suite-$arch}
 for cmd in apt-get apt-cache dpkg-deb flock; do
   command -v "$cmd" >/dev/null || { echo "rootfs.sh: needs $cmd (a Debian build machine: apt, dpkg, util-linux)" >&2; exit 1; }
 done
@@ -26,7 +28,7 @@ mkdir -p "$(dirname "$cache")"
   flock 9
   if [ ! -e "$cache/packages" ]; then
     rm -rf "$cache.tmp" && mkdir -p "$cache.tmp/debs" "$cache.tmp/root"
-    "$here/debs.sh" --deps "$suite" "$cache.tmp/debs" iptables
+    DEB_ARCH=$arch "$here/debs.sh" --deps "$suite" "$cache.tmp/debs" iptables
     for deb in "$cache.tmp"/debs/*.deb; do
       dpkg-deb -x "$deb" "$cache.tmp/root"
       dpkg-deb --show --showformat='${Package} ${Version}\n' "$deb" >> "$cache.tmp/root/packages"
@@ -63,4 +65,4 @@ for f in nft legacy; do
   done
 done
 for n in iptables iptables-restore iptables-save ip6tables ip6tables-restore ip6tables-save; do ln -sf xtables-nft-multi "$n"; done
-echo "plugin directory ready: $out ($(du -sh "$root" | cut -f1); $(wc -l < "$out/packages") Debian $suite packages)"
+echo "plugin directory ready: $out ($(du -sh "$root" | cut -f1); $(wc -l < "$out/packages") Debian $suite $arch packages)"

@@ -38,7 +38,7 @@ func TestLoadsWithThePluginsCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("setpriv", "--bounding-set=-all,"+caps, "--inh-caps=-all", os.Args[0], "-test.run=^TestLoadsWithThePluginsCapabilities$", "-test.v")
+	cmd := exec.Command("setpriv", append([]string{"--bounding-set=-all," + caps, "--inh-caps=-all"}, testbed.Self("-test.run=^TestLoadsWithThePluginsCapabilities$", "-test.v")...)...)
 	cmd.Env = append(os.Environ(), asPlugin+"=1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -89,6 +89,17 @@ func Eventually(t testing.TB, timeout time.Duration, what string, fn func() erro
 	}
 }
 
+// Self is the command that runs this test binary again: itself, or under
+// the emulator TARTAN_TEST_EMULATOR names (make check-arm64 runs the arm64
+// tests under qemu-aarch64-static, which the kernel does not know to use by
+// itself).
+func Self(args ...string) []string {
+	if emu := os.Getenv("TARTAN_TEST_EMULATOR"); emu != "" {
+		return append([]string{emu, os.Args[0]}, args...)
+	}
+	return append([]string{os.Args[0]}, args...)
+}
+
 // RepoRoot finds the repository (the folder with go.mod) above the test.
 func RepoRoot(t testing.TB) string {
 	t.Helper()
@@ -117,7 +128,7 @@ func MainInOwnNetns(m *testing.M, env string) int {
 	return guard(func() int {
 		if os.Getenv(env) == "" && os.Geteuid() == 0 {
 			if _, err := exec.LookPath("unshare"); err == nil {
-				cmd := exec.Command("unshare", append([]string{"--net", "--", os.Args[0]}, os.Args[1:]...)...)
+				cmd := exec.Command("unshare", append([]string{"--net", "--"}, Self(os.Args[1:]...)...)...)
 				cmd.Env = append(os.Environ(), env+"=1")
 				cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 				if err := cmd.Run(); err != nil {

@@ -21,7 +21,11 @@ func TestMain(m *testing.M) {
 
 func runMain(t *testing.T, args ...string) (rc int, stdout, stderr string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
+	self := []string{os.Args[0]}
+	if emu := os.Getenv("TARTAN_TEST_EMULATOR"); emu != "" { // make check-arm64: qemu-aarch64-static
+		self = append([]string{emu}, self...)
+	}
+	cmd := exec.Command(self[0], append(self[1:], args...)...)
 	// STATE_DIR points where nothing is: were the plugin to start, it would
 	// make this folder.
 	state := t.TempDir() + "/state"
