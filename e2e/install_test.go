@@ -3,61 +3,22 @@
 package e2e
 
 import (
-	"fmt"
 	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
 )
 
-// startRegistry runs Debian's registry (distribution) on 127.0.0.1:5000
-// inside the host's namespace.
-func startRegistry(t *testing.T, ns testbed.NS) string {
-	t.Helper()
-	bin, err := exec.LookPath("docker-registry")
-	testbed.Require(t, err == nil, "docker-registry is not installed (make deps)")
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5000\n", filepath.Join(dir, "data"))), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("nsenter", "--net="+ns.Path(), bin, "serve", cfg)
-	logf, _ := os.Create(filepath.Join(dir, "registry.log"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		logf.Close()
-	})
-	testbed.Eventually(t, 20*time.Second, "registry answers", func() error {
-		_, err := ns.Exec("curl", "-sf", "http://127.0.0.1:5000/v2/")
-		return err
-	})
-	return "127.0.0.1:5000"
-}
-
 // The way most users get the plugin: make push publishes it to a registry,
 // docker plugin install fetches it with a STORE setting, and the quick start
 // works against Consul.
 func TestInstallFromRegistry(t *testing.T) {
 	s := newSingle(t, "i1", 5)
-	reg := startRegistry(t, s.NS)
+	reg := testbed.StartRegistry(t, s.NS, "127.0.0.1")
 	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
 	s.Make(t, "push", "BUILD="+filepath.Join(s.Dir, "build"), "REGISTRY="+reg, "TAG=e2e")
 	ref := reg + "/tartan:e2e"
@@ -91,7 +52,7 @@ func TestInstallFromRegistry(t *testing.T) {
 // moved to a host folder, the new version started with an empty store.
 func TestUpgrade(t *testing.T) {
 	s := newSingle(t, "u1", 8)
-	reg := startRegistry(t, s.NS)
+	reg := testbed.StartRegistry(t, s.NS, "127.0.0.1")
 	build := "BUILD=" + filepath.Join(s.Dir, "build")
 	s.Make(t, "push", build, "REGISTRY="+reg, "TAG=v1", "VERSION=e2e-v1")
 	s.Make(t, "push", build, "REGISTRY="+reg, "TAG=v2", "VERSION=e2e-v2")

@@ -122,16 +122,30 @@ func (c *Cluster) plug(t testing.TB, ns NS, port, addr string) {
 // pointed at the cluster's Consul; settings are extra plugin settings.
 func (c *Cluster) AddHost(t testing.TB, settings ...string) *Host {
 	t.Helper()
+	h := c.AddBareHost(t)
+	h.InstallPlugin(t, append(c.Settings(), settings...)...)
+	return h
+}
+
+// AddBareHost adds host i (1-based) with dockerd and the test image, but no
+// plugin: the test installs one itself (with Settings).
+func (c *Cluster) AddBareHost(t testing.TB) *Host {
+	t.Helper()
 	i := len(c.Hosts) + 1
 	ns := NewNS(t, fmt.Sprintf("tt-%s-h%d", c.Name, i))
 	addr := fmt.Sprintf("%s%d", UnderlayPrefix, 10+i)
 	c.plug(t, ns, fmt.Sprintf("h%d", i), addr)
 	h := StartDockerd(t, ns)
 	h.Image(t)
-	h.InstallPlugin(t, append([]string{"STORE=" + c.StoreURL(), "ADVERTISE=eth1"}, settings...)...)
 	c.Hosts = append(c.Hosts, h)
 	c.Addr = append(c.Addr, addr)
 	return h
+}
+
+// Settings are the plugin settings every host of the cluster gets: its
+// Consul and its underlay interface.
+func (c *Cluster) Settings() []string {
+	return []string{"STORE=" + c.StoreURL(), "ADVERTISE=eth1"}
 }
 
 // AddRouter plugs a namespace into the segment with an underlay address

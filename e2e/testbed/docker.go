@@ -127,7 +127,10 @@ func (h *Host) launch(t testing.TB) {
 	args := []string{"--net=" + h.Path(), DockerdBin(),
 		"--data-root", filepath.Join(h.Dir, "data"), "--exec-root", h.ExecRoot,
 		"-H", "unix://" + h.Socket, "--pidfile", filepath.Join(h.ExecRoot, "docker.pid"),
-		"--label", "tartan-test-host=" + h.Name}
+		"--label", "tartan-test-host=" + h.Name,
+		// A cluster's registry (AddRegistry) speaks plain HTTP, as
+		// loopback registries may by default.
+		"--insecure-registry", UnderlayPrefix + "0/24"}
 	if FirewallBackend() == "nftables" {
 		args = append(args, "--firewall-backend=nftables")
 		if out, err := h.Exec("sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
@@ -371,8 +374,15 @@ func (h *Host) RunDir() string { return filepath.Join(h.Dir, "run") }
 // WaitPlugin waits until the plugin answers on its socket.
 func (h *Host) WaitPlugin(t testing.TB) {
 	t.Helper()
-	Eventually(t, 30*time.Second, "plugin serving on "+h.Name, func() error {
-		_, err := h.PluginCall("/Plugin.Activate", "{}")
+	h.WaitPluginNamed(t, PluginName)
+}
+
+// WaitPluginNamed waits until the plugin installed as name (a registry
+// reference) answers on its socket.
+func (h *Host) WaitPluginNamed(t testing.TB, name string) {
+	t.Helper()
+	Eventually(t, 30*time.Second, "plugin "+name+" serving on "+h.Name, func() error {
+		_, err := h.pluginCall(name, "/Plugin.Activate", "{}")
 		return err
 	})
 }
@@ -422,7 +432,11 @@ func (h *Host) TartanRC(t testing.TB, args ...string) (stdout string, rc int, st
 // PluginCall posts a raw body to the plugin's socket and returns the answer
 // (with the HTTP status on the first line).
 func (h *Host) PluginCall(path, body string) (string, error) {
-	ids, err := h.Docker("plugin", "inspect", "-f", "{{.Id}}", PluginName)
+	return h.pluginCall(PluginName, path, body)
+}
+
+func (h *Host) pluginCall(name, path, body string) (string, error) {
+	ids, err := h.Docker("plugin", "inspect", "-f", "{{.Id}}", name)
 	if err != nil {
 		return "", err
 	}
