@@ -100,7 +100,20 @@ $(COMPOSE_BIN):
 docker29: docker28
 	e2e/moby.sh $(DOCKER29_DIR) $(MOBY_VERSION) $(RUNC_VERSION) $(DOCKER28_DIR)
 
-test: clean-testbed deps consul docker26 docker28 docker29 compose unit check-arm64 fuzz e2e-all chaos
+# Each step in turn, with the time it took (also in build/test-times). A
+# make test that is stopped (kill, Ctrl-C) stops every step's processes with
+# it (their process group): the test binaries remove what they made, and the
+# next make test's clean-testbed removes whatever is left.
+TEST_STEPS := clean-testbed deps consul docker26 docker28 docker29 compose unit check-arm64 fuzz e2e-all chaos
+test:
+	@mkdir -p $(BUILD); rm -f $(BUILD)/test-times; begin=$$(date +%s); \
+	trap 'trap "" TERM INT HUP; echo "make test: stopped: stopping every step"; kill -TERM 0; wait; exit 143' TERM INT HUP; \
+	for step in $(TEST_STEPS); do start=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$step & \
+	  if ! wait $$!; then \
+	    echo "make test: $$step FAILED after $$(( $$(date +%s) - start )) s ($$(( $$(date +%s) - begin )) s in all)" | tee -a $(BUILD)/test-times; exit 1; fi; \
+	  echo "make test: $$step took $$(( $$(date +%s) - start )) s" | tee -a $(BUILD)/test-times; done; \
+	echo "make test: passed in $$(( $$(date +%s) - begin )) s" | tee -a $(BUILD)/test-times
 
 # Removes what an earlier test run left running or in place (a killed make
 # test, a go test -timeout): found by the records each run keeps under
