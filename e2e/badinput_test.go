@@ -10,6 +10,7 @@ import (
 // Every bad input gets a one-line error that names the thing and the fix,
 // and leaves nothing half-made: each refused subnet can be used right after.
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "b1", 3)
 	s.InstallPlugin(t)
 	s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "10.50.0.0/16", "good")

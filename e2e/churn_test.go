@@ -17,6 +17,7 @@ import (
 // every other host once its lease runs out. How fast each comes is make
 // bench's business (its control-plane rows), not this test's.
 func TestMultiHostChurn(t *testing.T) {
+	t.Parallel()
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	c := testbed.NewCluster(t, "ch", 1500)
 	settings := []string{"LEASE_TTL=12s", "RESYNC=3s"}

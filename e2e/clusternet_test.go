@@ -16,6 +16,7 @@ import (
 // through its Docker API) and is usable there, and its removal where
 // it was made removes it everywhere once no host has endpoints on it.
 func TestClusterNetworks(t *testing.T) {
+	t.Parallel()
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	c := testbed.NewCluster(t, "cw", 1500)
 	for i := 0; i < 3; i++ {

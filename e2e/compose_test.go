@@ -58,6 +58,7 @@ func (s *single) compose(t *testing.T, dir string, args ...string) (string, erro
 // other by name, the published port answers from outside, and down leaves
 // nothing of tartan's behind.
 func TestCompose(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "dc1", 12)
 	s.InstallPlugin(t)
 	dir := t.TempDir()

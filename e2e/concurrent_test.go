@@ -42,6 +42,7 @@ func onAll(c *testbed.Cluster, args func(i int) []string) ([]string, []error) {
 //     accepted: internal on one host, with egress on the other;
 //   - M2: see recreateWhileReleased.
 func TestConcurrentCreates(t *testing.T) {
+	t.Parallel()
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	c := testbed.NewCluster(t, "cc", 1500)
 	for i := 0; i < 3; i++ {

@@ -18,6 +18,7 @@ import (
 // 100 distinct addresses; removing them and the network leaves no address,
 // block, network or kernel object behind.
 func TestConsulStore(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "c1", 2)
 	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
 	s.InstallPlugin(t, "STORE=consul://127.0.0.1:8500", "LOG_LEVEL=debug")

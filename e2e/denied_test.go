@@ -24,6 +24,7 @@ import (
 //   - a token that may write: the same command works, a container starts
 //     and reaches another, and everything goes away again.
 func TestConsulDenied(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "acl", 2)
 	const mgmt = "8d0c5a4e-1a43-4c7e-9d1e-6f1f3f7f0a01"
 	consul := testbed.StartConsulACL(t, &s.NS, "127.0.0.1", 8500, mgmt)

@@ -21,6 +21,7 @@ import (
 // reach, and an --internal network's containers reach nothing outside it
 // over IPv6. Bad IPv6 input is refused by name.
 func TestDualStack(t *testing.T) {
+	t.Parallel()
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
 	c := testbed.NewCluster(t, "d", 1500)
 	for i := 0; i < 3; i++ {

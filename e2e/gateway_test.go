@@ -16,6 +16,7 @@ import (
 // address goes to a container. A --gateway the user gives is still reserved,
 // and older engines still reserve the first address.
 func TestGatewayAllocation(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "gw1", 2)
 	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
 	s.InstallPlugin(t, "STORE=consul://127.0.0.1:8500")

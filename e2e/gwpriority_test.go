@@ -20,6 +20,7 @@ import (
 // another and back, always reachable from outside, and a port withdrawn
 // from an endpoint leaves no rule behind.
 func TestGatewayPriority(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "gp1", 13)
 	testbed.Require(t, s.EngineMajor(t) >= 28, "gw-priority needs Docker 28 or later (make e2e28, e2e29)")
 	s.InstallPlugin(t)

@@ -20,6 +20,7 @@ import (
 // records what the engine does, and fails only if it installs the wrong
 // architecture's plugin. The README's "Releases" says what it found.
 func TestPluginIndex(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "ix", 9)
 	testbed.RequireRoot(t, "docker-registry", "curl")
 	reg := testbed.StartRegistry(t, s.NS, "127.0.0.1")

@@ -17,6 +17,7 @@ import (
 // docker plugin install fetches it with a STORE setting, and the quick start
 // works against Consul.
 func TestInstallFromRegistry(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "i1", 5)
 	reg := testbed.StartRegistry(t, s.NS, "127.0.0.1")
 	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
@@ -51,6 +52,7 @@ func TestInstallFromRegistry(t *testing.T) {
 // working, and the new version adopts the old one's state. Before the state
 // moved to a host folder, the new version started with an empty store.
 func TestUpgrade(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "u1", 8)
 	reg := testbed.StartRegistry(t, s.NS, "127.0.0.1")
 	build := "BUILD=" + filepath.Join(s.Dir, "build")

@@ -59,6 +59,7 @@ func (s *single) echoes(t *testing.T, name string) string {
 // Docker's rules), and a container with NET_ADMIN/NET_RAW sent packets into
 // another tartan network with a spoofed source.
 func TestIsolation(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "is1", 7)
 	s.InstallPlugin(t)
 	s.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.vni=77", "--subnet", "10.97.0.0/24", "ta")

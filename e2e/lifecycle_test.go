@@ -71,6 +71,7 @@ func endpointHost(t *testing.T, s *single, network, container string) string {
 //     container's link;
 //   - a second tartan plugin on the host deleted the first one's links.
 func TestLifecycleSafety(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "l1", 6)
 	s.InstallPlugin(t)
 	s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "10.95.0.0/24", "n1")

@@ -29,6 +29,7 @@ type mhNet struct {
 // per remote block and, for VXLAN, one neighbour and one FDB entry per
 // remote host, nothing stale.
 func TestMultiHost(t *testing.T) {
+	t.Parallel()
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
 	c := testbed.NewCluster(t, "m", 1500)
 	// Hosts 1 and 2 carry their networks on the eBPF fast path (the

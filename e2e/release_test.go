@@ -60,6 +60,7 @@ func buildRelease(t *testing.T, root, version, commit string) string {
 // back to the release (a downgrade): each step loses at most 1 s of either
 // ping, and new containers work after each.
 func TestUpgradeFromRelease(t *testing.T) {
+	t.Parallel()
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox", "docker-registry", "git", "tar")
 	root := testbed.RepoRoot(t)
 	version, commit := lastRelease(t, root)

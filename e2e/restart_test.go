@@ -18,6 +18,7 @@ import (
 // new containers join afterwards, and removing the old ones cleans up. The
 // plugin never relies on Docker re-sending CreateNetwork.
 func TestRestart(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "r1", 4)
 	s.InstallPlugin(t)
 	s.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.backend=vxlan", "--subnet", "10.70.0.0/16", "rs")

@@ -18,6 +18,7 @@ import (
 // networks are isolated, the outside is reached unless --internal, and
 // removing everything leaves no kernel object behind.
 func TestSingleHostEmbedded(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "s1", 1)
 	s.InstallPlugin(t)
 	for i, backend := range []string{"vxlan", "host-gw"} {

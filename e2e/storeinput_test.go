@@ -28,6 +28,7 @@ import (
 //   - M7: a failed underlay lookup during a renewal registered an empty
 //     address, and every peer withdrew its routes to the host at once.
 func TestStoreInput(t *testing.T) {
+	t.Parallel()
 	s := newSingle(t, "si1", 9)
 	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
 	s.InstallPlugin(t, "STORE=consul://127.0.0.1:8500", "LEASE_TTL=10s")

@@ -204,6 +204,7 @@ func answers(out string) []string {
 // the options) and the task and VIP addresses (global address space); each
 // node takes over its tasks' addresses and every other host routes them.
 func TestSwarmGlobalScope(t *testing.T) {
+	t.Parallel()
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	c := testbed.NewCluster(t, "sg", 1500)
 	for i := 0; i < 3; i++ {

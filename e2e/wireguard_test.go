@@ -29,6 +29,7 @@ import (
 // restart with a new WG_ROTATE, is healed on every peer: the test prints
 // the packets lost and the time to recover.
 func TestWireGuard(t *testing.T) {
+	t.Parallel()
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "tcpdump", "busybox")
 	c := testbed.NewCluster(t, "w", 1500)
 	for i := 0; i < 3; i++ {
