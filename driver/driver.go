@@ -55,6 +55,9 @@ type Config struct {
 	// FastPath is the eBPF fast path of the routed networks (nil: the
 	// kernel path only).
 	FastPath *fastpath.FastPath
+	// Witness times the hosts' renewals on this host's clock, for
+	// routing (kv.Witness; nil: routing's own).
+	Witness *kv.Witness
 }
 
 // Addresses is the part of the IPAM the driver uses: macvlan host-access
@@ -150,7 +153,7 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 		d.descs = append(d.descs, b.Describe())
 	}
 	d.routes = routing.New(cluster, routing.Netlink{}, routing.Config{Host: cfg.Host, TTL: cfg.LeaseTTL, Replan: 10 * cfg.Resync,
-		Underlay: underlay, OnPeers: d.peersChanged, Log: log})
+		Underlay: underlay, OnPeers: d.peersChanged, Witness: cfg.Witness, Log: log})
 	return d
 }
 

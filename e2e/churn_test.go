@@ -81,6 +81,7 @@ func TestMultiHostChurn(t *testing.T) {
 
 	// Host 4 stops renewing (its plugin is disabled): once its lease
 	// lapses, every other host drops its routes, FDB and neighbour entries.
+	h4 := hostStatus(t, c.Hosts[3]).Host
 	c.Hosts[3].MustDocker(t, "plugin", "disable", "-f", testbed.PluginName)
 	testbed.Eventually(t, 40*time.Second, "host 4 gone from hosts 1-3", func() error {
 		for i := 0; i < 3; i++ {
@@ -96,5 +97,27 @@ func TestMultiHostChurn(t *testing.T) {
 	})
 	if err := ping(1, 2); err != nil {
 		t.Fatalf("the remaining hosts lost each other: %v", err)
+	}
+	// tartan doctor on host 1 names the lapsed host and the block it still
+	// holds; tartan gc, once host 1 has not seen it renew for two lease
+	// lifetimes, would remove it, and gc --yes does.
+	testbed.Eventually(t, testbed.MinWait, "tartan doctor names lapsed host 4", func() error {
+		out, rc, _ := h1.TartanRC(t, "doctor")
+		if rc != 1 || !strings.Contains(out, "host "+h4+" ("+c.Addr[3]+") lapsed") || !strings.Contains(out, "still holds blocks 10.64.") {
+			return fmt.Errorf("exit %d:\n%s", rc, out)
+		}
+		return nil
+	})
+	testbed.Eventually(t, testbed.MinWait, "tartan gc would remove host 4", func() error {
+		if plan := h1.Tartan(t, "gc"); !strings.Contains(plan, "would remove gone host "+h4+" ("+c.Addr[3]) {
+			return fmt.Errorf("tartan gc:\n%s", plan)
+		}
+		return nil
+	})
+	if got := h1.Tartan(t, "gc", "--yes"); !strings.Contains(got, "removed 1 gone hosts, 1 of their blocks and 1 of their addresses") {
+		t.Fatalf("tartan gc --yes:\n%s", got)
+	}
+	if out := h1.Tartan(t, "hosts"); strings.Contains(out, h4) {
+		t.Fatalf("host 4 still listed after tartan gc --yes:\n%s", out)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -67,10 +66,11 @@ func (m *IPAM) CollectGone(ctx context.Context, local Holding) (Collected, error
 	}, m.skipped); err != nil {
 		return got, err
 	}
-	var err error
-	if live.Renewals, err = kv.ReadRenewals(ctx, m.store, m.skipped); err != nil {
+	renewals, err := kv.ReadRenewals(ctx, m.store, m.skipped)
+	if err != nil {
 		return got, err
 	}
+	live.Observe(m.cfg.Witness, renewals)
 	gone := func(host string) bool { return host != m.cfg.Host && !live.HostAlive(host) }
 	pools, err := m.pools(ctx)
 	if err != nil {
@@ -166,6 +166,7 @@ func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) err
 	blocks := map[netip.Prefix]listed[kv.Block]{}
 	var sizes []int
 	if _, err := kv.ListJSON(ctx, m.store, kv.BlockPrefix(g.cidr), func(_ string, ver uint64, b kv.Block) error {
+		b.Pool = g.cidr // the pool it is listed under, whatever the record says (the witness's key)
 		if p, err := netip.ParsePrefix(b.CIDR); err == nil {
 			blocks[p] = listed[kv.Block]{ver, b}
 			if !slices.Contains(sizes, p.Bits()) {
@@ -263,7 +264,10 @@ func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) err
 		}
 	}
 	for p, b := range blocks {
-		if !g.gone(b.rec.Host) || b.rec.Expires.After(g.now) {
+		// The block's lease must have gone unrenewed for a lease lifetime
+		// by this host's clock as well: its host's is never compared.
+		renewed := g.m.cfg.Witness.Block(b.rec, g.now) // every pass: the clock starts at the first
+		if !g.gone(b.rec.Host) || g.now.Sub(renewed) < g.m.cfg.LeaseTTL {
 			continue
 		}
 		b.rec.CIDR = p.String()
@@ -283,19 +287,12 @@ func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) err
 	}, func(e *kv.DecodeError) { g.fail(m.store.Delete(ctx, e.Key, 0)) }); err != nil {
 		g.fail(err)
 	}
-	if ps, _, err := m.store.List(ctx, kv.HolderPrefix(g.cidr)); err == nil {
-		for _, p := range ps {
-			host, _, _ := strings.Cut(strings.TrimPrefix(p.Key, kv.HolderPrefix(g.cidr)), "/")
-			if !kv.IsFolder(p.Key) && g.gone(host) {
-				if err := m.store.Delete(ctx, p.Key, p.Version); err != nil {
-					g.holding[host] = true
-					g.fail(err)
-				}
-			}
-		}
-	} else {
-		g.fail(err)
-	}
+	// A gone host's holder keys stay: a host that comes back from a long
+	// partition still uses its networks, and no release elsewhere may take
+	// their pool for its last (ReleasePool wipes the pool with its last
+	// holder). A holder key costs one record; one of a host that is gone
+	// for good keeps its pool registered until it is deleted by hand
+	// (tartan doctor names it).
 	return errors.Join(g.errs...)
 }
 

@@ -50,6 +50,12 @@ type Config struct {
 	// remote IPAM: the RequestPool wire request has no such field, and
 	// Docker applies the list itself by asking again for local pools.
 	Taken func(netip.Prefix) bool
+	// Witness times the hosts' renewals and the blocks' leases on this
+	// host's clock (kv.Witness): liveness, for claiming a lapsed block and
+	// for collecting a gone host, never compares another machine's clock
+	// with this one's. One per process, shared with routing. Default: a
+	// new one.
+	Witness *kv.Witness
 }
 
 // IPAM implements the allocation half of tartan.
@@ -73,6 +79,9 @@ func New(store kv.Store, cfg Config, log logrus.FieldLogger) *IPAM {
 	}
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = kv.DefaultLeaseTTL
+	}
+	if cfg.Witness == nil {
+		cfg.Witness = kv.NewWitness()
 	}
 	return &IPAM{store: store, cfg: cfg, log: log, cached: map[string]*poolCache{}}
 }

@@ -159,6 +159,7 @@ func poolLayout(p kv.Pool) (Layout, error) {
 func (m *IPAM) readBlocks(ctx context.Context, pc *poolCache, live *kv.Liveness) error {
 	own, taken := map[netip.Prefix]ownBlock{}, map[netip.Prefix]bool{}
 	_, err := kv.ListJSON(ctx, m.store, kv.BlockPrefix(pc.cidr), func(_ string, ver uint64, b kv.Block) error {
+		b.Pool = pc.cidr // the pool it is listed under (the witness's key)
 		p, err := netip.ParsePrefix(b.CIDR)
 		if err != nil {
 			return nil
@@ -166,8 +167,16 @@ func (m *IPAM) readBlocks(ctx context.Context, pc *poolCache, live *kv.Liveness)
 		switch {
 		case b.Host == m.cfg.Host:
 			own[p] = ownBlock{version: ver, expires: b.Expires}
-		case live == nil || live.BlockAlive(b):
+		case live == nil:
 			taken[p] = true
+		default:
+			if live.BlockSeen == nil {
+				live.BlockSeen = map[string]time.Time{}
+			}
+			live.BlockSeen[kv.BlockPath(b.Pool, b.CIDR)] = m.cfg.Witness.Block(b, live.Now)
+			if live.BlockAlive(b) {
+				taken[p] = true
+			}
 		}
 		return nil
 	}, func(e *kv.DecodeError) {
@@ -465,7 +474,7 @@ func (m *IPAM) claimLocked(ctx context.Context, pc *poolCache) (b netip.Prefix, 
 	}
 	// Probing found nothing free: read every block and host once, and
 	// take a free block or one whose host is gone.
-	live, err := kv.ReadLiveness(ctx, m.store, m.cfg.Now(), m.cfg.LeaseTTL, m.skipped)
+	live, err := kv.ReadLiveness(ctx, m.store, m.cfg.Witness, m.cfg.Now(), m.cfg.LeaseTTL, m.skipped)
 	if err != nil {
 		return netip.Prefix{}, false, err
 	}

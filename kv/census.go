@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -13,10 +14,14 @@ import (
 // whether it is alive by the rule routing and allocation share
 // (Liveness), and the blocks it leases.
 type HostReport struct {
-	ID      string        `json:"id"`
-	Address string        `json:"address,omitempty"`
-	Version string        `json:"version,omitempty"`
+	ID      string `json:"id"`
+	Address string `json:"address,omitempty"`
+	Version string `json:"version,omitempty"`
+	// Renewed is the time the host wrote into its last renewal, by its own
+	// clock (shown, never compared with this host's); Seen is when this
+	// host last saw it renew, by its own clock (what Alive is judged by).
 	Renewed time.Time     `json:"renewed"`
+	Seen    time.Time     `json:"seen"`
 	Alive   bool          `json:"alive"`
 	Known   bool          `json:"known"` // it has a host record (a block's host may not)
 	Blocks  []BlockReport `json:"blocks"`
@@ -31,9 +36,14 @@ type BlockReport struct {
 }
 
 // Census lists every host the store knows, from its host records and its
-// block leases, in ID order. skipped hears of records it cannot read.
-func Census(ctx context.Context, s Store, now time.Time, ttl time.Duration, skipped func(*DecodeError)) ([]HostReport, error) {
-	l, err := ReadLiveness(ctx, s, now, ttl, skipped)
+// block leases, in ID order, alive or not as w has seen them renew.
+// skipped hears of records it cannot read.
+func Census(ctx context.Context, s Store, w *Witness, now time.Time, ttl time.Duration, skipped func(*DecodeError)) ([]HostReport, error) {
+	l, err := ReadLiveness(ctx, s, w, now, ttl, skipped)
+	if err != nil {
+		return nil, err
+	}
+	renewals, err := ReadRenewals(ctx, s, skipped)
 	if err != nil {
 		return nil, err
 	}
@@ -43,19 +53,36 @@ func Census(ctx context.Context, s Store, now time.Time, ttl time.Duration, skip
 			return h
 		}
 		rec, known := l.Hosts[id]
-		h := &HostReport{ID: id, Address: rec.Address, Version: rec.Version, Renewed: l.LastRenewed(id), Alive: l.HostAlive(id), Known: known, Blocks: []BlockReport{}}
+		renewed := renewals[id]
+		if rec.Renewed.After(renewed) {
+			renewed = rec.Renewed
+		}
+		h := &HostReport{ID: id, Address: rec.Address, Version: rec.Version, Renewed: renewed, Seen: l.LastSeen(id), Alive: l.HostAlive(id), Known: known, Blocks: []BlockReport{}}
 		hosts[id] = h
 		return h
 	}
 	for id := range l.Hosts {
 		get(id)
 	}
-	if _, err := ListJSON(ctx, s, BlocksPrefix, func(_ string, _ uint64, b Block) error {
-		h := get(b.Host)
-		h.Blocks = append(h.Blocks, BlockReport{Pool: b.Pool, Block: b.CIDR, Expires: b.Expires, Alive: l.BlockAlive(b)})
+	var blocks []Block
+	if _, err := ListJSON(ctx, s, BlocksPrefix, func(key string, _ uint64, b Block) error {
+		// The pool it is listed under, whatever the record says (the
+		// witness's key).
+		if pool, _, ok := strings.Cut(strings.TrimPrefix(key, BlocksPrefix), "/"); ok {
+			if p, err := PrefixFromKey(pool); err == nil {
+				b.Pool = p.String()
+			}
+		}
+		blocks = append(blocks, b)
 		return nil
 	}, skipped); err != nil {
 		return nil, err
+	}
+	l.ObserveBlocks(w, blocks)
+	w.Forget(BlocksPrefix, func(k string) bool { _, ok := l.BlockSeen[k]; return ok })
+	for _, b := range blocks {
+		h := get(b.Host)
+		h.Blocks = append(h.Blocks, BlockReport{Pool: b.Pool, Block: b.CIDR, Expires: b.Expires, Alive: l.BlockAlive(b)})
 	}
 	out := make([]HostReport, 0, len(hosts))
 	for _, id := range slices.Sorted(maps.Keys(hosts)) {

@@ -136,61 +136,6 @@ type Renewal struct {
 // lease, unless LEASE_TTL says otherwise.
 const DefaultLeaseTTL = 24 * time.Hour
 
-// Liveness says which hosts are alive: the rule that routing, allocation
-// and collection share. A host is alive while its last renewal is younger
-// than the lease lifetime; a block counts while its lease runs or its host
-// is alive.
-type Liveness struct {
-	Hosts    map[string]Host
-	Renewals map[string]time.Time
-	Now      time.Time
-	TTL      time.Duration
-}
-
-// LastRenewed is when the host last said it was alive (zero: unknown host).
-func (l Liveness) LastRenewed(id string) time.Time {
-	r := l.Renewals[id]
-	if h, ok := l.Hosts[id]; ok && h.Renewed.After(r) {
-		r = h.Renewed
-	}
-	return r
-}
-
-// HostAlive says whether the host renewed within the lease lifetime.
-func (l Liveness) HostAlive(id string) bool {
-	_, known := l.Hosts[id]
-	return known && l.Now.Sub(l.LastRenewed(id)) < l.TTL
-}
-
-// BlockAlive says whether a block still counts as its host's.
-func (l Liveness) BlockAlive(b Block) bool {
-	return b.Expires.After(l.Now) || l.HostAlive(b.Host)
-}
-
-// ReadRenewals lists every host's last liveness renewal under renewals/.
-func ReadRenewals(ctx context.Context, s Store, skipped func(*DecodeError)) (map[string]time.Time, error) {
-	out := map[string]time.Time{}
-	_, err := ListJSON(ctx, s, RenewalsPrefix, func(key string, _ uint64, r Renewal) error {
-		out[strings.TrimPrefix(key, RenewalsPrefix)] = r.Renewed
-		return nil
-	}, skipped)
-	return out, err
-}
-
-// ReadLiveness reads hosts/ and renewals/.
-func ReadLiveness(ctx context.Context, s Store, now time.Time, ttl time.Duration, skipped func(*DecodeError)) (Liveness, error) {
-	l := Liveness{Hosts: map[string]Host{}, Now: now, TTL: ttl}
-	if _, err := ListJSON(ctx, s, HostsPrefix, func(_ string, _ uint64, h Host) error {
-		l.Hosts[h.ID] = h
-		return nil
-	}, skipped); err != nil {
-		return l, err
-	}
-	var err error
-	l.Renewals, err = ReadRenewals(ctx, s, skipped)
-	return l, err
-}
-
 // PoolKey turns a CIDR into the key segment that names its pool.
 func PoolKey(cidr string) string { return strings.ReplaceAll(cidr, "/", "-") }
 

@@ -80,6 +80,9 @@ type Admin struct {
 	Cluster  kv.Store
 	LeaseTTL time.Duration
 	Now      func() time.Time
+	// Witness is the process's kv.Witness, shared with the IPAM and
+	// routing: hosts are alive by what it saw (nil: one of the admin's own).
+	Witness *kv.Witness
 	// Docker is the engine's view of this host's tartan networks, which
 	// doctor and gc compare with the records; nil: not compared.
 	Docker DockerView
@@ -127,6 +130,9 @@ type FastPathStatus struct {
 // GCPath and POST RotateKeyPath: what they show is what the driver and the
 // store hold at the time of the call.
 func (h *Handler) ServeAdmin(a Admin) {
+	if a.Witness == nil {
+		a.Witness = kv.NewWitness()
+	}
 	h.admin("GET "+StatusPath, false, func(context.Context, *http.Request) (any, error) {
 		s := HostStatus{Host: a.Host, Version: Version, Store: a.Store, Scope: a.Scope, Networks: []driver.NetworkStatus{}}
 		if h.broken != nil {
@@ -164,7 +170,7 @@ func (h *Handler) ServeAdmin(a Admin) {
 		return h.doctor(ctx, a)
 	})
 	h.admin("GET "+HostsPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
-		return kv.Census(ctx, a.Cluster, a.Now(), a.LeaseTTL, nil)
+		return kv.Census(ctx, a.Cluster, a.Witness, a.Now(), a.LeaseTTL, nil)
 	})
 	h.admin("GET "+NetworksPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
 		return kv.Pools(ctx, a.Cluster, nil)
@@ -282,7 +288,7 @@ func (h *Handler) gcPlan(ctx context.Context, a Admin) (GCPlan, error) {
 	if plan.Orphans, err = h.ipam.Orphans(ctx, h.drv.Holding); err != nil {
 		return plan, err
 	}
-	hosts, err := kv.Census(ctx, a.Cluster, a.Now(), ipam.GoneAfter*a.LeaseTTL, nil)
+	hosts, err := kv.Census(ctx, a.Cluster, a.Witness, a.Now(), ipam.GoneAfter*a.LeaseTTL, nil)
 	for _, hr := range hosts {
 		if hr.ID != a.Host && !hr.Alive {
 			plan.Gone = append(plan.Gone, hr)
@@ -355,7 +361,7 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 		out = append(out, Finding{What: fmt.Sprintf("address %s of pool %s is this host's in the store, but no endpoint here has it (since %s)", o.IP, o.Pool, o.Created.UTC().Format(time.RFC3339)),
 			Fix: "tartan gc --yes releases it now; the automatic collection does every LEASE_TTL"})
 	}
-	hosts, err := kv.Census(ctx, a.Cluster, a.Now(), a.LeaseTTL, nil)
+	hosts, err := kv.Census(ctx, a.Cluster, a.Witness, a.Now(), a.LeaseTTL, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -367,9 +373,9 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 		for _, b := range hr.Blocks {
 			blocks = append(blocks, b.Block)
 		}
-		what := fmt.Sprintf("host %s (%s) lapsed: last renewal %s, more than LEASE_TTL (%s) ago; it still holds blocks %s",
-			hr.ID, or(hr.Address, "no host record"), hr.Renewed.UTC().Format(time.RFC3339), a.LeaseTTL, strings.Join(blocks, " "))
-		out = append(out, Finding{What: what, Fix: fmt.Sprintf("if the host is gone for good, its blocks and addresses are collected %d lease lifetimes after its last renewal (tartan gc --yes then, rather than at the next pass); if it is alive, check its plugin and its path to the store", ipam.GoneAfter)})
+		what := fmt.Sprintf("host %s (%s) lapsed: this host has not seen it renew since %s (by this host's clock), more than LEASE_TTL (%s); it still holds blocks %s",
+			hr.ID, or(hr.Address, "no host record"), hr.Seen.UTC().Format(time.RFC3339), a.LeaseTTL, strings.Join(blocks, " "))
+		out = append(out, Finding{What: what, Fix: fmt.Sprintf("if the host is gone for good, its blocks and addresses are collected once it has not been seen renewing for %d lease lifetimes (tartan gc --yes then, rather than at the next pass); if it is alive, check its plugin and its path to the store", ipam.GoneAfter)})
 	}
 	return out, nil
 }

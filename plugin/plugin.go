@@ -89,8 +89,12 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if err != nil {
 		return err
 	}
+	// One witness times every host's renewals and every block's lease on
+	// this host's clock, for allocation, collection, routing and the
+	// operator's view alike.
+	witness := kv.NewWitness()
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL,
-		Taken: kernel.OverlapsHostRoute}, entry.WithField("part", "ipam"))
+		Taken: kernel.OverlapsHostRoute, Witness: witness}, entry.WithField("part", "ipam"))
 	docker, noCluster := dockerAPI(s)
 	key, made, err := wireguard.LoadKey(s.StateDir, s.WireGuardRotate)
 	if err != nil {
@@ -106,7 +110,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	}
 	drv := driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
 		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync, NoClusterNetworks: noCluster,
-		WireGuard: wg, FastPath: fp}, entry.WithField("part", "driver"))
+		WireGuard: wg, FastPath: fp, Witness: witness}, entry.WithField("part", "driver"))
 	reg := &Registrar{Store: cluster, Host: host, Advertise: s.Advertise, Fresh: RenewAfter(s.LeaseTTL), Lookup: kernel.FindUnderlay,
 		WireGuard: func() (string, int) { return wg.PublicKey().String(), wg.Port() }}
 	if err := drv.Restore(ctx); err != nil {
@@ -137,7 +141,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	}
 	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
 	h.SetMetrics(metrics)
-	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now, Docker: engineView(s.DockerSocket),
+	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now, Witness: witness, Docker: engineView(s.DockerSocket),
 		RotateKey: (&keyRotator{wg: wg, reg: reg, s: s, log: entry}).rotate, Repair: repairNow(repairs)})
 	return serve(ctx, socket, h)
 }

@@ -34,7 +34,7 @@ func TestUpdateMatchesApply(t *testing.T) {
 		for range rng.IntN(5) {
 			v.Exceptions = append(v.Exceptions, kv.Address{IP: fmt.Sprintf("10.244.%d.%d", rng.IntN(10), 1+rng.IntN(60)), Host: fmt.Sprintf("h%d", rng.IntN(6)), Kind: kv.KindEndpoint})
 		}
-		return Compute(Input{Self: "h0", Net: n, Underlay: testUnderlay, TTL: time.Hour, Now: time.Now(), View: v})
+		return Compute(witnessed(Input{Self: "h0", Net: n, Underlay: testUnderlay, TTL: time.Hour, Now: time.Now(), View: v}))
 	}
 	state := func(k *routingtest.Kernel) string {
 		routes := slices.Collect(func(yield func(string) bool) {

@@ -19,8 +19,11 @@ import (
 // plan keeps only those that need a route of their own).
 type View struct {
 	Hosts map[string]kv.Host
-	// Renewals are the hosts' liveness renewals (kv.ReadRenewals).
-	Renewals   map[string]time.Time
+	// Seen is when this host last saw each host renew, and BlockSeen each
+	// block's lease (by kv.BlockPath), on its own clock (kv.Witness): the
+	// times liveness is judged by.
+	Seen       map[string]time.Time
+	BlockSeen  map[string]time.Time
 	Blocks     []kv.Block
 	Exceptions []kv.Address
 	// BlockBits is the prefix length of the pool's blocks, from its pool
@@ -108,7 +111,7 @@ type Input struct {
 
 // liveness is the cluster's rule for live hosts and blocks (kv.Liveness).
 func (in Input) liveness() kv.Liveness {
-	return kv.Liveness{Hosts: in.View.Hosts, Renewals: in.View.Renewals, Now: in.Now, TTL: in.TTL}
+	return kv.Liveness{Hosts: in.View.Hosts, Seen: in.View.Seen, BlockSeen: in.View.BlockSeen, Now: in.Now, TTL: in.TTL}
 }
 
 // blockProblem says why a block record must not become a route, or "".
@@ -223,10 +226,10 @@ func Compute(in Input) Plan {
 		if !live.BlockAlive(b) {
 			continue
 		}
-		plan.until(b.Expires, in.Now)
-		if !b.Expires.After(in.Now) {
-			plan.until(live.LastRenewed(b.Host).Add(in.TTL), in.Now)
+		if seen, ok := in.View.BlockSeen[kv.BlockPath(b.Pool, b.CIDR)]; ok {
+			plan.until(seen.Add(in.TTL), in.Now)
 		}
+		plan.until(live.LastSeen(b.Host).Add(in.TTL), in.Now)
 		blocks = append(blocks, owned{p, b.Host})
 		if owner != nil {
 			owner[p] = b.Host
@@ -332,7 +335,7 @@ func Compute(in Input) Plan {
 		if a.Kind != kv.KindEndpoint || a.Host == in.Self || !live.HostAlive(a.Host) {
 			continue
 		}
-		plan.until(live.LastRenewed(a.Host).Add(in.TTL), in.Now)
+		plan.until(live.LastSeen(a.Host).Add(in.TTL), in.Now)
 		blockOwner := ""
 		for _, bits := range sizes {
 			if o, ok := owner[netip.PrefixFrom(ip, bits).Masked()]; ok {

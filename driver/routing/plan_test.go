@@ -10,6 +10,7 @@ import (
 
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/kv/kvtest"
 )
 
 func TestPlanPeers(t *testing.T) {
@@ -41,7 +42,7 @@ func TestPlanPeers(t *testing.T) {
 	in := Input{Self: "a", Underlay: under, TTL: 24 * time.Hour, Now: now, View: snap,
 		Net: Network{Pool: netip.MustParsePrefix("10.244.0.0/16"), VNI: 7, Device: "tartan.7"}}
 
-	vx := Compute(in)
+	vx := Compute(witnessed(in))
 	got := routes(vx)
 	want := "10.244.0.5/32 via 10.98.0.12 dev tartan.7 onlink|10.244.0.64/26 via 10.98.0.12 dev tartan.7 onlink|10.244.0.71/32 via 10.97.5.13 dev tartan.7 onlink|10.244.0.128/26 via 10.98.0.12 dev tartan.7 onlink|10.244.0.192/26 via 10.97.5.13 dev tartan.7 onlink"
 	if got != want {
@@ -57,7 +58,7 @@ func TestPlanPeers(t *testing.T) {
 	}
 
 	in.Net.HostGW = true
-	gw := Compute(in)
+	gw := Compute(witnessed(in))
 	if got := routes(gw); got != "10.244.0.5/32 via 10.98.0.12 dev eth1|10.244.0.64/26 via 10.98.0.12 dev eth1|10.244.0.128/26 via 10.98.0.12 dev eth1" {
 		t.Fatalf("host-gw routes: %s", got)
 	}
@@ -66,7 +67,7 @@ func TestPlanPeers(t *testing.T) {
 	}
 
 	in.Net.HostGW, in.Net.Direct = false, true
-	dr := Compute(in)
+	dr := Compute(witnessed(in))
 	if got := routes(dr); !strings.Contains(got, "10.244.0.64/26 via 10.98.0.12 dev eth1|") || !strings.Contains(got, "10.244.0.192/26 via 10.97.5.13 dev tartan.7 onlink") {
 		t.Fatalf("directrouting routes: %s", got)
 	}
@@ -102,7 +103,7 @@ func TestPlanPeersRejectsForeignPrefixes(t *testing.T) {
 				{CIDR: "10.244.0.0/20", Host: "b", Expires: live}, // inside, but not a /26
 			},
 		}}
-	plan := Compute(in)
+	plan := Compute(witnessed(in))
 	if len(plan.Routes) != 0 || len(plan.Neighs) != 0 || len(plan.FDBs) != 0 {
 		t.Fatalf("foreign blocks were routed: %s", routes(plan))
 	}
@@ -143,7 +144,7 @@ func TestPlanPeersRejectsBadNextHopsAndAddresses(t *testing.T) {
 			{IP: "10.245.0.9", Host: "good", Kind: kv.KindEndpoint}, // outside the pool
 			{IP: "bogus", Host: "good", Kind: kv.KindEndpoint},
 		}}}
-	plan := Compute(in)
+	plan := Compute(witnessed(in))
 	if got := routes(plan); got != "10.244.0.0/26 via 10.98.0.12 dev tartan.7 onlink" {
 		t.Fatalf("routes: %s", got)
 	}
@@ -188,7 +189,7 @@ func TestPlanTunnels(t *testing.T) {
 	under := kernel.Underlay{Interface: "eth1", Address: netip.MustParseAddr("10.98.0.11"), Prefix: netip.MustParsePrefix("10.98.0.0/24")}
 	in := Input{Self: "a", Underlay: under, TTL: 24 * time.Hour, Now: now, View: view,
 		Net: Network{Pool: netip.MustParsePrefix("10.244.0.0/16"), Tunnel: "tartan-wg"}}
-	p := Compute(in)
+	p := Compute(witnessed(in))
 	if got, want := routes(p), "10.244.0.64/26 via 10.98.0.12 dev tartan-wg onlink|10.244.0.71/32 via 10.97.5.13 dev tartan-wg onlink|10.244.0.192/26 via 10.97.5.13 dev tartan-wg onlink"; got != want {
 		t.Fatalf("routes:\n%s\nwant\n%s", got, want)
 	}
@@ -218,7 +219,7 @@ func TestPlanTunnels(t *testing.T) {
 	hc := clash.View.Hosts["c"]
 	hc.WireGuardKey = keyB
 	clash.View.Hosts["c"] = hc
-	pc := Compute(clash)
+	pc := Compute(witnessed(clash))
 	if len(pc.Tunnels) != 0 || len(pc.Routes) != 0 || !strings.Contains(strings.Join(pc.Problems, "\n"), "hosts b, c registered the same WireGuard key") {
 		t.Fatalf("shared key: routes %q tunnels %+v problems %q", routes(pc), pc.Tunnels, pc.Problems)
 	}
@@ -226,13 +227,13 @@ func TestPlanTunnels(t *testing.T) {
 	// keep the old key).
 	memo := &Memo{}
 	in.Memo = memo
-	_ = Compute(in)
+	_ = Compute(witnessed(in))
 	keyB2 := "0vTp1pIYS3j/I+oYh9oD0x39Ueovfrlw+MYotoAmtw8="
 	h := view.Hosts["b"]
 	h.WireGuardKey = keyB2
 	view.Hosts["b"] = h
 	in.View = view
-	p2 := Compute(in)
+	p2 := Compute(witnessed(in))
 	if len(p2.Tunnels) != 2 || routes(p2) != routes(p) || p2.Tunnels[0].Key != keyB2 || p2.Tunnels[0].Equal(p.Tunnels[0]) {
 		t.Fatalf("after b's rotation: %+v", p2.Tunnels)
 	}
@@ -243,11 +244,19 @@ func TestPlanTunnels(t *testing.T) {
 	v6 := View{Hosts: view.Hosts, Blocks: []kv.Block{{CIDR: "fd00:1::1:0/112", Host: "b", Expires: live}}}
 	in6 := in
 	in6.View = v6
-	m := Merge(Compute(in), Compute6(in6))
+	m := Merge(Compute(witnessed(in)), Compute6(witnessed(in6)))
 	if len(m.Tunnels) != 2 || len(m.Tunnels[0].Allowed) != 2 || m.Tunnels[0].Allowed[1] != netip.MustParsePrefix("fd00:1::1:0/112") {
 		t.Fatalf("merged tunnels: %+v", m.Tunnels)
 	}
 	if !strings.Contains(routes(m), "fd00:1::1:0/112 via "+kernel.LinkLocalOf(kernel.VTEPMAC("b", 0).String()).String()+" dev tartan-wg onlink") {
 		t.Fatalf("IPv6 route: %s", routes(m))
 	}
+}
+
+// witnessed gives a hand-made view the sightings a witness would hold had
+// it seen each host renew when its record says and each lease renewed a
+// lease lifetime before it expires.
+func witnessed(in Input) Input {
+	in.View.Seen, in.View.BlockSeen = kvtest.Sightings(in.View.Hosts, in.View.Blocks, in.TTL)
+	return in
 }

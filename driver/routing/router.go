@@ -55,6 +55,10 @@ type Config struct {
 	// WireGuard peers did (Tunnels), and after such a network is removed.
 	// It must not block.
 	OnPeers func()
+	// Witness times the hosts' renewals and the blocks' leases on this
+	// host's clock (kv.Witness); one per process, shared with the IPAM.
+	// Default: a new one.
+	Witness *kv.Witness
 	Log     logrus.FieldLogger
 }
 
@@ -145,6 +149,9 @@ func New(store kv.Store, k Kernel, cfg Config) *Router {
 	}
 	if cfg.OnPeers == nil {
 		cfg.OnPeers = func() {}
+	}
+	if cfg.Witness == nil {
+		cfg.Witness = kv.NewWitness()
 	}
 	if cfg.Log == nil {
 		cfg.Log = logrus.StandardLogger()
@@ -449,7 +456,9 @@ func (pc *poolCache) overlayLocked(store kv.Store, pool netip.Prefix, rebuild bo
 	blocks := make([]kv.Block, 0, len(pc.byKey))
 	for _, v := range pc.byKey {
 		if !v.gone {
-			blocks = append(blocks, v.block)
+			b := v.block
+			b.Pool = pool.String() // the pool it is listed under (the witness's key)
+			blocks = append(blocks, b)
 		}
 	}
 	pc.blocks = blocks
@@ -488,7 +497,11 @@ func (r *Router) viewLocked(pool netip.Prefix) (View, bool) {
 	if r.hosts == nil || !r.hosts.ready || pc == nil || !pc.blocksReady || !pc.excReady {
 		return View{}, false
 	}
-	v := View{Hosts: r.hosts.hosts, Renewals: r.hosts.renewals, Blocks: pc.blocks, Exceptions: pc.exceptions, BlockBits: pc.blockBits}
+	v := View{Hosts: r.hosts.hosts, Blocks: pc.blocks, Exceptions: pc.exceptions, BlockBits: pc.blockBits}
+	live := kv.Liveness{Hosts: r.hosts.hosts, Now: time.Now()}
+	live.Observe(r.cfg.Witness, r.hosts.renewals)
+	live.ObserveBlocks(r.cfg.Witness, pc.blocks)
+	v.Seen, v.BlockSeen = live.Seen, live.BlockSeen
 	v.Problems = slices.Concat(r.hosts.problems, pc.blockProblems, pc.excProblems)
 	if pc.poolProblem != "" {
 		v.Problems = append(v.Problems, pc.poolProblem)

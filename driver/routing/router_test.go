@@ -2,6 +2,7 @@ package routing
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/netip"
 	"strings"
@@ -18,10 +19,16 @@ var testUnderlay = kernel.Underlay{Interface: "eth1", Address: netip.MustParseAd
 
 func startRouter(t *testing.T, store kv.Store, nets ...Network) (*Router, *routingtest.Kernel) {
 	t.Helper()
+	return startRouterWith(t, store, Config{}, nets...)
+}
+
+// startRouterWith is startRouter with cfg's TTL and Liveness.
+func startRouterWith(t *testing.T, store kv.Store, cfg Config, nets ...Network) (*Router, *routingtest.Kernel) {
+	t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	k := routingtest.New()
-	r := New(store, k, Config{Host: "a", Gap: time.Millisecond, Log: log,
+	r := New(store, k, Config{Host: "a", Gap: time.Millisecond, Log: log, TTL: cfg.TTL, Liveness: cfg.Liveness,
 		Underlay: func() (kernel.Underlay, error) { return testUnderlay, nil }})
 	ctx, cancel := context.WithCancel(context.Background())
 	r.Start(ctx)
@@ -40,7 +47,7 @@ func startRouter(t *testing.T, store kv.Store, nets ...Network) (*Router, *routi
 // waitPlan waits until the network's plan satisfies ok.
 func waitPlan(t *testing.T, r *Router, id string, ok func(Plan) bool) Plan {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for {
 		p, have := r.Plan(id)
 		if have && ok(p) {
@@ -156,41 +163,64 @@ func TestRouterAppliesDifferences(t *testing.T) {
 }
 
 // Issue 10: liveness is renewed under renewals/, which is read every
-// Liveness, not watched: a host whose record is old but whose renewal is
-// fresh is alive (its borrowed address is routed), and one whose renewal
-// lapsed is not.
+// Liveness, not watched; issue 24: it is timed by this host's clock, not by
+// what hosts write. Hosts b and c wrote their records two days ago (b's
+// clock, or c's, may be wrong); b keeps renewing, c does not: once a lease
+// lifetime passed since the router first saw them, b's borrowed address is
+// routed and c's is not.
 func TestRouterReadsRenewals(t *testing.T) {
 	store := kv.NewMemory()
 	pool := "10.244.0.0/16"
-	old := time.Now().Add(-48 * time.Hour).UTC().Format(time.RFC3339)
+	old := time.Now().Add(-48 * time.Hour)
 	put(t, store, kv.PoolPath(pool), `{"cidr":"10.244.0.0/16","blockBits":26}`)
 	put(t, store, kv.HostPath("a"), `{"id":"a","address":"10.98.0.11","renewed":"2099-01-01T00:00:00Z"}`)
-	put(t, store, kv.HostPath("b"), `{"id":"b","address":"10.98.0.12","renewed":"`+old+`","renewals":true}`)
-	put(t, store, kv.HostPath("c"), `{"id":"c","address":"10.98.0.13","renewed":"`+old+`","renewals":true}`)
-	put(t, store, kv.RenewalPath("b"), `{"renewed":"`+time.Now().UTC().Format(time.RFC3339)+`"}`)
-	put(t, store, kv.RenewalPath("c"), `{"renewed":"`+old+`"}`)
+	put(t, store, kv.HostPath("b"), `{"id":"b","address":"10.98.0.12","renewed":"`+old.UTC().Format(time.RFC3339)+`","renewals":true}`)
+	put(t, store, kv.HostPath("c"), `{"id":"c","address":"10.98.0.13","renewed":"`+old.UTC().Format(time.RFC3339)+`","renewals":true}`)
+	put(t, store, kv.RenewalPath("c"), `{"renewed":"`+old.UTC().Format(time.RFC3339)+`"}`)
 	put(t, store, kv.ExceptionPath(pool, "10.244.0.5"), `{"ip":"10.244.0.5","host":"b","kind":"endpoint"}`)
 	put(t, store, kv.ExceptionPath(pool, "10.244.0.6"), `{"ip":"10.244.0.6","host":"c","kind":"endpoint"}`)
-	r, _ := startRouter(t, store, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), HostGW: true})
-	plan := waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) > 0 })
+	renew := func(i int) error {
+		_, err := store.Put(context.Background(), kv.RenewalPath("b"), fmt.Appendf(nil, `{"renewed":"%s"}`, old.Add(time.Duration(i)*time.Second).UTC().Format(time.RFC3339)), kv.Any)
+		return err
+	}
+	if err := renew(0); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // b renews, by its clock two days behind
+		defer close(done)
+		for i := 1; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				_ = renew(i) // a failed renewal shows as c's: b's address unrouted
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	r, _ := startRouterWith(t, store, Config{TTL: 500 * time.Millisecond, Liveness: 20 * time.Millisecond}, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), HostGW: true})
+	waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 2 }) // first sight: both
+	plan := waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 1 })
 	if got := routes(plan); got != "10.244.0.5/32 via 10.98.0.12 dev eth1" {
-		t.Fatalf("routes: %s (want b's address only: c's renewal lapsed)", got)
+		t.Fatalf("routes: %s (want b's address only: c stopped renewing)", got)
 	}
 }
 
 // A plan is computed again when a lease it depends on runs out (Plan.Next),
-// not on a fixed period: a silent host's block leaves the plan when its
-// lease ends, with nothing written to the store.
+// not on a fixed period: a silent host's block leaves the plan a lease
+// lifetime after the router first saw it, with nothing written to the store
+// (what its lease says it expires at decides nothing).
 func TestRouterReplansWhenALeaseEnds(t *testing.T) {
 	store := kv.NewMemory()
 	pool := "10.244.0.0/16"
 	old := time.Now().Add(-48 * time.Hour).UTC().Format(time.RFC3339)
-	soon := time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339Nano)
 	put(t, store, kv.PoolPath(pool), `{"cidr":"10.244.0.0/16","blockBits":26}`)
 	put(t, store, kv.HostPath("a"), `{"id":"a","address":"10.98.0.11","renewed":"2099-01-01T00:00:00Z"}`)
 	put(t, store, kv.HostPath("b"), `{"id":"b","address":"10.98.0.12","renewed":"`+old+`"}`)
-	put(t, store, kv.BlockPath(pool, "10.244.0.64/26"), `{"cidr":"10.244.0.64/26","host":"b","expires":"`+soon+`"}`)
-	r, _ := startRouter(t, store, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), HostGW: true})
+	put(t, store, kv.BlockPath(pool, "10.244.0.64/26"), `{"cidr":"10.244.0.64/26","pool":"10.244.0.0/16","host":"b","expires":"2099-01-01T00:00:00Z"}`)
+	r, _ := startRouterWith(t, store, Config{TTL: 1500 * time.Millisecond, Liveness: time.Hour}, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), HostGW: true})
 	plan := waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 1 })
 	if plan.Next.IsZero() {
 		t.Fatal("the plan does not say when its block's lease ends")

@@ -325,7 +325,9 @@ func printHosts(w io.Writer, hs []kv.HostReport) {
 		fmt.Fprintln(w, "no host in the store yet")
 		return
 	}
-	fmt.Fprintln(w, "HOST\tADDRESS\tVERSION\tSTATE\tRENEWED\tBLOCKS")
+	// SEEN is when this host last saw it renew, by this host's clock (what
+	// STATE is judged by); RENEWED is what it wrote, by its own.
+	fmt.Fprintln(w, "HOST\tADDRESS\tVERSION\tSTATE\tSEEN\tRENEWED\tBLOCKS")
 	for _, h := range hs {
 		state := "alive"
 		switch {
@@ -346,7 +348,11 @@ func printHosts(w io.Writer, hs []kv.HostReport) {
 			}
 			blocks = append(blocks, s)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", h.ID, or(h.Address, "-"), or(h.Version, "-"), state, renewed, or(strings.Join(blocks, " "), "-"))
+		seen := "never"
+		if !h.Seen.IsZero() {
+			seen = h.Seen.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.ID, or(h.Address, "-"), or(h.Version, "-"), state, seen, renewed, or(strings.Join(blocks, " "), "-"))
 	}
 }
 

@@ -60,11 +60,20 @@ func TestStatusAndHosts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The plugin's witness first saw both hosts three hours ago; h1 has
+	// renewed since (its record changed), h2 has not.
+	witness := kv.NewWitness()
+	if _, err := kv.Census(ctx, store, witness, now.Add(-3*time.Hour), time.Hour, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.PutJSON(ctx, store, kv.HostPath("h1"), kv.Host{ID: "h1", Address: "10.0.0.1", Version: "v1", Renewed: now}, kv.Any); err != nil {
+		t.Fatal(err)
+	}
 	im := ipam.New(store, ipam.Config{Host: "h1", AutoRange: netip.MustParsePrefix("10.240.0.0/12"), AutoBits: 24, LeaseTTL: time.Hour,
-		Now: func() time.Time { return now }}, log)
+		Now: func() time.Time { return now }, Witness: witness}, log)
 	drv := driver.New(store, store, im, &firewall.Firewall{}, driver.Config{Host: "h1"}, log)
 	h := plugin.NewHandler(drv, im, nil, log, nil)
-	h.ServeAdmin(plugin.Admin{Host: "h1", Store: store.String(), Scope: "local", Cluster: store, LeaseTTL: time.Hour, Now: func() time.Time { return now }})
+	h.ServeAdmin(plugin.Admin{Host: "h1", Store: store.String(), Scope: "local", Cluster: store, LeaseTTL: time.Hour, Now: func() time.Time { return now }, Witness: witness})
 	sock := serve(t, h)
 
 	rc, out, errs := run("status", "--socket", sock, "--json")
@@ -99,9 +108,11 @@ func TestStatusAndHosts(t *testing.T) {
 	if rc, out, errs := run("doctor", "--socket", sock); rc != 0 || !strings.Contains(out, "nothing wrong") {
 		t.Fatalf("doctor on a healthy store: rc %d %q %q", rc, out, errs)
 	}
-	if _, err := kv.PutJSON(ctx, store, kv.BlockPath("10.1.0.0/16", "10.1.0.64/26"), kv.Block{CIDR: "10.1.0.64/26", Pool: "10.1.0.0/16", Host: "h2", Expires: now.Add(-time.Hour)}, kv.Any); err != nil {
+	lapsed := kv.Block{CIDR: "10.1.0.64/26", Pool: "10.1.0.0/16", Host: "h2", Expires: now.Add(-time.Hour)}
+	if _, err := kv.PutJSON(ctx, store, kv.BlockPath("10.1.0.0/16", "10.1.0.64/26"), lapsed, kv.Any); err != nil {
 		t.Fatal(err)
 	}
+	witness.Block(lapsed, now.Add(-2*time.Hour)) // its lease, as the witness saw it two hours ago
 	rc, out, _ = run("doctor", "--socket", sock)
 	if rc != 1 || !strings.Contains(out, "host h2 (10.0.0.2) lapsed") || !strings.Contains(out, "10.1.0.64/26") || !strings.Contains(out, "fix:") {
 		t.Fatalf("doctor with a lapsed host holding a block: rc %d\n%s", rc, out)

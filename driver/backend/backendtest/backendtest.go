@@ -10,6 +10,7 @@ import (
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/kv/kvtest"
 )
 
 // Underlay is host "self"'s underlay: 192.0.2.10 on 192.0.2.0/24.
@@ -48,6 +49,7 @@ func Plan(b backend.Backend, n backend.Network) (routing.Plan, bool) {
 		},
 		BlockBits: 26,
 	}
+	view.Seen, view.BlockSeen = kvtest.Sightings(view.Hosts, view.Blocks, time.Hour)
 	return routing.Compute(routing.Input{Self: "self", Net: p, Underlay: Underlay, TTL: time.Hour, Now: now, View: view}), true
 }
 
