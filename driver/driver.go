@@ -17,6 +17,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -278,7 +280,8 @@ type LocalAddress struct {
 	MAC  string
 }
 
-// LocalAddresses lists the addresses of this host's live endpoints.
+// LocalAddresses lists the addresses of this host's live endpoints, IPv4
+// and IPv6.
 func (d *Driver) LocalAddresses() []LocalAddress {
 	type pair struct {
 		n localNetwork
@@ -298,7 +301,34 @@ func (d *Driver) LocalAddresses() []LocalAddress {
 			continue // not live: its record is not to be taken back
 		}
 		out = append(out, LocalAddress{Pool: poolID(p.n), IP: p.e.IP, MAC: p.e.MAC})
+		if p.e.IP6 != "" && p.n.Pool6Prefix().IsValid() {
+			out = append(out, LocalAddress{Pool: ipam.PoolID{Space: poolID(p.n).Space, CIDR: p.n.Pool6Prefix()}, IP: p.e.IP6, MAC: p.e.MAC})
+		}
 	}
+	return out
+}
+
+// LocalPools lists the pools of this host's networks, IPv6 ones too: what
+// this host holds a pool for (its holder key), in pool order.
+func (d *Driver) LocalPools() []ipam.PoolID {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	seen := map[ipam.PoolID]bool{}
+	var out []ipam.PoolID
+	for _, n := range d.st.networks {
+		id := poolID(n)
+		ids := []ipam.PoolID{id}
+		if p6 := n.Pool6Prefix(); p6.IsValid() {
+			ids = append(ids, ipam.PoolID{Space: id.Space, CIDR: p6})
+		}
+		for _, id := range ids {
+			if id.CIDR.IsValid() && !seen[id] {
+				seen[id] = true
+				out = append(out, id)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b ipam.PoolID) int { return strings.Compare(a.String(), b.String()) })
 	return out
 }
 

@@ -141,6 +141,31 @@ func (m *IPAM) Reassert(ctx context.Context, id PoolID, ip, mac string) error {
 	return nil
 }
 
+// ReassertHolder makes sure this host's holder key of a pool one of its
+// networks uses exists (a bug, or a hand, removed it): without it, another
+// host's ReleasePool would take itself for the pool's last holder and wipe
+// the pool under this host's network. A pool released meanwhile cannot be
+// taken back: the error says to make the network again.
+func (m *IPAM) ReassertHolder(ctx context.Context, id PoolID) error {
+	cidr := id.CIDR.String()
+	key := kv.HolderPath(cidr, m.holder(id.Space))
+	if _, err := m.store.Get(ctx, key); err == nil || !errors.Is(err, kv.ErrNotFound) {
+		return err
+	}
+	pool, err := m.store.Get(ctx, kv.PoolPath(cidr))
+	if errors.Is(err, kv.ErrNotFound) {
+		return fmt.Errorf("pool %s of a network of this host was released by the other hosts while this one's holder key was missing: remove the network here and create it again", cidr)
+	} else if err != nil {
+		return err
+	}
+	// Written only while the pool record is as read (not being released).
+	if _, err := m.store.Txn(ctx, []kv.Op{{Key: key, Value: []byte(m.cfg.Host), Version: kv.Any}, {Key: kv.PoolPath(cidr), Version: pool.Version, Check: true}}); err != nil {
+		return err // a conflict: the next pass looks again
+	}
+	m.log.WithField("pool", cidr).Warn("wrote this host's holder key of a pool its networks use again (it was gone)")
+	return nil
+}
+
 // poolGC is one pool's part of CollectGone.
 type poolGC struct {
 	m       *IPAM

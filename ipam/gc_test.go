@@ -111,3 +111,92 @@ func TestCollectOrphans(t *testing.T) {
 		}
 	})
 }
+
+// Audit H2 (issue 24): a host cut off for longer than GoneAfter lease
+// lifetimes is collected; when it comes back it takes its IPv4 and IPv6
+// addresses back, and the other holder's ReleasePool leaves the pool alone
+// (the returned host's holder key was never collected): its next
+// RequestAddress works. Before, the release wiped the pool under the
+// returned host's network ("pool … was released").
+func TestReturnedHostKeepsItsPool(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a, b := e.host("a"), e.host("b")
+		register(t, e, "a")
+		register(t, e, "b")
+		id := pool(t, a, "10.84.0.0/24", "", nil)
+		id6, err := a.RequestPool(ctx, ipam.PoolRequest{Space: ipam.LocalSpace, Pool: "fd00:84::/64", V6: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool(t, b, "10.84.0.0/24", "", nil)
+		ip := addr(t, a, id, "", mac(1)).Addr().String()
+		ip6 := addr(t, a, id6, "", mac(1)).Addr().String()
+		if got, err := b.CollectGone(ctx, nil); err != nil || got != (ipam.Collected{}) {
+			t.Fatalf("first look: %+v %v", got, err)
+		}
+		e.clock.Add(150 * time.Minute) // a cut off for 2.5 lease lifetimes
+		register(t, e, "b")
+		got, err := b.CollectGone(ctx, nil)
+		if err != nil || got.Addresses != 2 || got.Hosts != 1 {
+			t.Fatalf("collected %+v %v, want a's two addresses and its record", got, err)
+		}
+		// a comes back: registers, takes back what it uses.
+		register(t, e, "a")
+		for _, p := range []ipam.PoolID{id, id6} {
+			if err := a.ReassertHolder(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := a.Reassert(ctx, id, ip, mac(1)); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Reassert(ctx, id6, ip6, mac(1)); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []string{kv.AddressPath("10.84.0.0/24", ip), kv.AddressPath("fd00:84::/64", ip6)} {
+			var rec kv.Address
+			if _, err := kv.GetJSON(ctx, e.store, k, &rec); err != nil || rec.Host != "a" {
+				t.Fatalf("%s after a came back: %+v %v", k, rec, err)
+			}
+		}
+		if err := b.ReleasePool(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.store.Get(ctx, kv.PoolPath("10.84.0.0/24")); err != nil {
+			t.Fatalf("the pool after b released it, a still holding it: %v", err)
+		}
+		if got := addr(t, a, id, "", mac(2)); !got.IsValid() {
+			t.Fatal("no address for a's next container")
+		}
+	})
+}
+
+// A holder key removed by a bug or a hand is written again; for a pool
+// that is gone, ReassertHolder says to make the network again.
+func TestReassertHolder(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a, b := e.host("a"), e.host("b")
+		id := pool(t, a, "10.85.0.0/24", "", nil)
+		pool(t, b, "10.85.0.0/24", "", nil)
+		holder := kv.HolderPath("10.85.0.0/24", "a/"+ipam.LocalSpace)
+		if err := e.store.Delete(ctx, holder, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.ReassertHolder(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.store.Get(ctx, holder); err != nil {
+			t.Fatalf("holder key not written again: %v", err)
+		}
+		if err := b.ReleasePool(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.store.Get(ctx, kv.PoolPath("10.85.0.0/24")); err != nil {
+			t.Fatalf("pool released under a: %v", err)
+		}
+		if err := a.ReleasePool(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		wantErr(t, a.ReassertHolder(ctx, id), nil, "10.85.0.0/24", "was released", "create it again")
+	})
+}

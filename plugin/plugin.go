@@ -130,7 +130,14 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	go warnEngine(ctx, s.DockerSocket, entry)
 	outbox := NewOutbox(local, im, drv, entry.WithField("part", "outbox"))
 	repairs := make(chan chan error)
-	go background(ctx, drv, im, outbox, reg, made, s, metrics, repairs, entry)
+	returned := make(chan struct{}, 1)
+	reg.Created = func() {
+		select {
+		case returned <- struct{}{}:
+		default:
+		}
+	}
+	go background(ctx, drv, im, outbox, reg, returned, made, s, metrics, repairs, entry)
 	if metrics != nil {
 		metrics.Networks(drv)
 		go func() {
@@ -224,7 +231,7 @@ func repairNow(repairs chan chan error) func(context.Context) error {
 // background does the work that must never hold up a request: the first
 // full reconcile, then periodic ones (and one for each tartan repair, sent
 // on repairs), host registration and lease renewal.
-func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, reg *Registrar, newKey bool, s Settings, metrics *Metrics, repairs chan chan error, log logrus.FieldLogger) {
+func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, reg *Registrar, returned <-chan struct{}, newKey bool, s Settings, metrics *Metrics, repairs chan chan error, log logrus.FieldLogger) {
 	doReconcile := func() error {
 		start := time.Now()
 		err := drv.Reconcile(ctx)
@@ -258,14 +265,26 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 		}
 		metrics.Renewal(errors.Join(rerr, lerr))
 	}
-	doCollect := func() {
-		c, cancel := context.WithTimeout(ctx, time.Minute)
-		defer cancel()
+	// What this host uses goes back into the store if it is gone from it
+	// (collected while the host was cut off, or removed by a bug or a
+	// hand): its holder key of every pool its networks use, and the
+	// records of its live endpoints' addresses, IPv4 and IPv6.
+	doReassert := func(c context.Context) {
+		for _, id := range drv.LocalPools() {
+			if err := im.ReassertHolder(c, id); err != nil && !errors.Is(err, kv.ErrConflict) {
+				log.Errorf("holder key of a pool this host uses: %v", err)
+			}
+		}
 		for _, a := range drv.LocalAddresses() {
 			if err := im.Reassert(c, a.Pool, a.IP, a.MAC); err != nil {
 				log.Errorf("address of a live endpoint: %v", err)
 			}
 		}
+	}
+	doCollect := func() {
+		c, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		doReassert(c)
 		got, err := im.CollectGone(c, drv.Holding)
 		if err != nil {
 			log.Warnf("collecting gone hosts: %v", err)
@@ -289,6 +308,21 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 		every(ctx, RenewEvery(s.LeaseTTL), doRenew)
 	}()
 	go every(ctx, max(s.LeaseTTL, time.Minute), doCollect)
+	// A host record written anew (Registrar.Created) may mean this host was
+	// collected while it was away: what it uses goes back at once, not at
+	// the next collection.
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-returned:
+				c, cancel := context.WithTimeout(ctx, time.Minute)
+				doReassert(c)
+				cancel()
+			}
+		}
+	}()
 	// A start is often the end of a crash, whose half-made requests left
 	// orphaned records: one more pass once they are old enough to sweep
 	// (the periodic one may be a lease lifetime away).

@@ -32,6 +32,11 @@ type Registrar struct {
 	// WireGuard is the host's WireGuard public key (base64) and port, which
 	// its record carries (nil: none).
 	WireGuard func() (key string, port int)
+	// Created, if set, is called when Register had to write the host's
+	// record anew: its first registration, or the record was gone (the
+	// host was collected while cut off, or a hand removed it). It must not
+	// block.
+	Created func()
 
 	mu         sync.Mutex
 	renewed    time.Time // the last renewal written
@@ -59,8 +64,9 @@ func (r *Registrar) Register(ctx context.Context) error {
 	if lerr == nil && !u.Address.IsValid() {
 		lerr = fmt.Errorf("the underlay interface %s has no usable address: set ADVERTISE to an interface or address (docker plugin set tartan:latest ADVERTISE=eth0)", u.Interface)
 	}
-	kept := ""
+	kept, created := "", false
 	_, err := kv.Update(ctx, r.Store, kv.HostPath(r.Host), func(h *kv.Host, exists bool) error {
+		created = !exists
 		addr := ""
 		switch {
 		case lerr == nil:
@@ -91,6 +97,9 @@ func (r *Registrar) Register(ctx context.Context) error {
 	})
 	if err != nil {
 		return err
+	}
+	if created && r.Created != nil {
+		r.Created()
 	}
 	if renew {
 		if _, err := kv.PutJSON(ctx, r.Store, kv.RenewalPath(r.Host), kv.Renewal{Renewed: now}, kv.Any); err != nil {
