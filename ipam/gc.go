@@ -54,6 +54,9 @@ type Collected struct {
 // older than OrphanAfter that no endpoint of the host has (local is asked
 // after each pool's listing, so an endpoint created meanwhile is seen).
 func (m *IPAM) CollectGone(ctx context.Context, local Holding) (Collected, error) {
+	if err := m.ready(ctx); err != nil {
+		return Collected{}, err
+	}
 	var got Collected
 	now := m.cfg.Now()
 	// One listing of hosts/ gives both the liveness rule's records and the
@@ -103,6 +106,9 @@ func (m *IPAM) CollectGone(ctx context.Context, local Holding) (Collected, error
 // another host was given one meanwhile (then it says so: that address is
 // now on two hosts, and the container here must be restarted).
 func (m *IPAM) Reassert(ctx context.Context, id PoolID, ip, mac string) error {
+	if err := m.ready(ctx); err != nil {
+		return err
+	}
 	rec := kv.Address{IP: ip, Pool: id.CIDR.String(), Host: m.cfg.Host, Kind: kv.KindEndpoint, MAC: mac, Created: m.cfg.Now().UTC()}
 	var cur kv.Address
 	_, err := kv.GetJSON(ctx, m.store, kv.AddressPath(rec.Pool, ip), &cur)
@@ -147,6 +153,9 @@ func (m *IPAM) Reassert(ctx context.Context, id PoolID, ip, mac string) error {
 // the pool under this host's network. A pool released meanwhile cannot be
 // taken back: the error says to make the network again.
 func (m *IPAM) ReassertHolder(ctx context.Context, id PoolID) error {
+	if err := m.ready(ctx); err != nil {
+		return err
+	}
 	cidr := id.CIDR.String()
 	key := kv.HolderPath(cidr, m.holder(id.Space))
 	if _, err := m.store.Get(ctx, key); err == nil || !errors.Is(err, kv.ErrNotFound) {

@@ -56,6 +56,10 @@ type Config struct {
 	// with this one's. One per process, shared with routing. Default: a
 	// new one.
 	Witness *kv.Witness
+	// Ready, when set, is asked before anything is claimed, renewed,
+	// released or swept in the store: it waits until this machine holds
+	// its host ID (plugin.Identity) and says why not when it does not.
+	Ready func(context.Context) error
 }
 
 // IPAM implements the allocation half of tartan.
@@ -84,6 +88,14 @@ func New(store kv.Store, cfg Config, log logrus.FieldLogger) *IPAM {
 		cfg.Witness = kv.NewWitness()
 	}
 	return &IPAM{store: store, cfg: cfg, log: log, cached: map[string]*poolCache{}}
+}
+
+// ready is Config.Ready, or nil.
+func (m *IPAM) ready(ctx context.Context) error {
+	if m.cfg.Ready == nil {
+		return nil
+	}
+	return m.cfg.Ready(ctx)
 }
 
 // PoolID is what Docker holds for a pool: its address space and CIDR.
@@ -127,6 +139,9 @@ type PoolRequest struct {
 
 // RequestPool registers (or joins) a pool and returns its ID.
 func (m *IPAM) RequestPool(ctx context.Context, r PoolRequest) (PoolID, error) {
+	if err := m.ready(ctx); err != nil {
+		return PoolID{}, err
+	}
 	if r.Space != LocalSpace && r.Space != GlobalSpace {
 		return PoolID{}, errdefs.Invalid("address space %q is not tartan's: use %s or %s", r.Space, LocalSpace, GlobalSpace)
 	}
@@ -487,6 +502,9 @@ func (m *IPAM) keepFolders(ctx context.Context, cidr string) {
 // of losing what it writes. (Docker's own ReleasePool calls reach this only
 // when no network of the host uses the pool: plugin/server.go.)
 func (m *IPAM) ReleasePool(ctx context.Context, id PoolID) error {
+	if err := m.ready(ctx); err != nil {
+		return err
+	}
 	cidr := id.CIDR.String()
 	m.forget(cidr)
 	holder := m.holder(id.Space)
@@ -642,6 +660,9 @@ type AddressRequest struct {
 // pool's mask, addresses on routed networks are /32 (IPv6: /128) so that
 // containers send everything through their host.
 func (m *IPAM) RequestAddress(ctx context.Context, r AddressRequest) (netip.Prefix, error) {
+	if err := m.ready(ctx); err != nil {
+		return netip.Prefix{}, err
+	}
 	ip, err := m.requestAddress(ctx, r)
 	if err != nil {
 		return netip.Prefix{}, err
@@ -720,5 +741,8 @@ func (m *IPAM) noteGateway(ctx context.Context, pc *poolCache, kind string, ip n
 // ReleaseAddress frees an endpoint address. Gateway and aux reservations
 // belong to the pool and go with it; releasing a missing address succeeds.
 func (m *IPAM) ReleaseAddress(ctx context.Context, id PoolID, address string) error {
+	if err := m.ready(ctx); err != nil {
+		return err
+	}
 	return m.ReleaseAddressBefore(ctx, id, address, time.Time{})
 }

@@ -603,6 +603,9 @@ func (m *IPAM) routed(ctx context.Context, cidr string) bool {
 // every quarter lease lifetime (and first), for blocks of pools this run has
 // not allocated in yet.
 func (m *IPAM) RenewLeases(ctx context.Context) error {
+	if err := m.ready(ctx); err != nil {
+		return err
+	}
 	now := m.cfg.Now()
 	m.mu.Lock()
 	scan := m.scanned.IsZero() || now.Sub(m.scanned) >= m.cfg.LeaseTTL/4
@@ -696,6 +699,9 @@ func (m *IPAM) renewAll(ctx context.Context, now time.Time) error {
 // for (not zero), so that a retry never frees a newer allocation of the
 // same address. The address's route exception goes with it.
 func (m *IPAM) ReleaseAddressBefore(ctx context.Context, id PoolID, address string, before time.Time) error {
+	if err := m.ready(ctx); err != nil {
+		return err
+	}
 	ip, err := netip.ParseAddr(address)
 	if err != nil {
 		return errdefs.Invalid("address %q is not an IP address", address)

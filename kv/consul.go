@@ -33,11 +33,12 @@ const AttemptTimeout = 2500 * time.Millisecond
 // it sticks to one server and moves to the next when that one is
 // unreachable; every domain write is idempotent, so a retried write is safe.
 type Consul struct {
-	kvs    []*api.KV
-	idle   []*http.Transport
-	cfg    ConsulConfig
-	prefix string
-	cur    atomic.Int32
+	kvs      []*api.KV
+	sessions []*api.Session
+	idle     []*http.Transport
+	cfg      ConsulConfig
+	prefix   string
+	cur      atomic.Int32
 }
 
 // NewConsul builds a Consul store; it does not contact the servers.
@@ -67,6 +68,7 @@ func NewConsul(cfg ConsulConfig) (*Consul, error) {
 			return nil, fmt.Errorf("consul client for %s: %w", addr, err)
 		}
 		c.kvs = append(c.kvs, client.KV())
+		c.sessions = append(c.sessions, client.Session())
 		c.idle = append(c.idle, ac.Transport)
 	}
 	c.prefix = strings.TrimPrefix(cfg.Prefix, "/")
@@ -173,6 +175,12 @@ func (c *Consul) classify(op, key string, err error) error {
 // against the next ones, each attempt with its own timeout (blocking queries
 // bring their own, with attempt false).
 func (c *Consul) do(ctx context.Context, name, key string, attempt bool, op func(ctx context.Context, kv *api.KV) error) error {
+	return c.doServer(ctx, name, key, attempt, func(ctx context.Context, idx int) error { return op(ctx, c.kvs[idx]) })
+}
+
+// doServer is do for an op that needs more of the server than its KV API
+// (idx: the server's index in kvs and sessions).
+func (c *Consul) doServer(ctx context.Context, name, key string, attempt bool, op func(ctx context.Context, idx int) error) error {
 	var err error
 	start := int(c.cur.Load())
 	for i := 0; i < len(c.kvs); i++ {
@@ -182,7 +190,7 @@ func (c *Consul) do(ctx context.Context, name, key string, attempt bool, op func
 			actx, cancel = context.WithTimeout(ctx, AttemptTimeout)
 		}
 		status := new(atomic.Int32)
-		err = withStatus(op(context.WithValue(actx, statusKey{}, status), c.kvs[idx]), int(status.Load()))
+		err = withStatus(op(context.WithValue(actx, statusKey{}, status), idx), int(status.Load()))
 		cancel()
 		if err == nil || !unavailable(err) || ctx.Err() != nil {
 			break

@@ -9,9 +9,10 @@ import (
 
 // Memory is an in-process Store for tests.
 type Memory struct {
-	mu   sync.Mutex
-	data map[string]Pair
-	rev  *revision
+	mu     sync.Mutex
+	data   map[string]Pair
+	rev    *revision
+	claims memoryClaims
 }
 
 // NewMemory returns an empty in-memory store.

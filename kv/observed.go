@@ -62,3 +62,6 @@ func (s observed) Txn(ctx context.Context, ops []Op) (uint64, error) {
 	s.o("txn", time.Since(start), err)
 	return v, err
 }
+
+// Unwrap is the store observed (ClaimsOf looks through the wrapper).
+func (s observed) Unwrap() Store { return s.Store }

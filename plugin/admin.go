@@ -135,8 +135,8 @@ func (h *Handler) ServeAdmin(a Admin) {
 	}
 	h.admin("GET "+StatusPath, false, func(context.Context, *http.Request) (any, error) {
 		s := HostStatus{Host: a.Host, Version: Version, Store: a.Store, Scope: a.Scope, Networks: []driver.NetworkStatus{}}
-		if h.broken != nil {
-			s.Settings = h.broken.Error()
+		if err := h.refusal(); err != nil {
+			s.Settings = err.Error()
 		}
 		if h.drv != nil {
 			s.Networks, s.Firewall = h.drv.Status(), h.drv.FirewallFlavour()
@@ -317,6 +317,11 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 	out := []Finding{}
 	if h.broken != nil {
 		out = append(out, Finding{What: "settings: " + h.broken.Error(), Fix: "docker plugin disable, docker plugin set the setting right, docker plugin enable"})
+	} else if h.refused != nil {
+		if err := h.refused(); err != nil {
+			what, fix, _ := strings.Cut(err.Error(), ": on this machine, ")
+			out = append(out, Finding{What: "identity: " + what, Fix: "on this machine, " + fix})
+		}
 	}
 	if h.drv == nil || h.ipam == nil || a.Cluster == nil {
 		return out, nil

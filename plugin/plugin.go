@@ -93,8 +93,18 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	// this host's clock, for allocation, collection, routing and the
 	// operator's view alike.
 	witness := kv.NewWitness()
+	// One machine at a time serves as this host ID: nothing is claimed,
+	// registered or swept before the store confirms it (Identity).
+	address := ""
+	if u, err := kernel.FindUnderlay(s.Advertise); err == nil && u.Address.IsValid() {
+		address = u.Address.String()
+	}
+	identity := NewIdentity(cluster, host, address, BootID(), entry.WithField("part", "identity"))
+	if serr == nil {
+		go identity.Run(ctx)
+	}
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL,
-		Taken: kernel.OverlapsHostRoute, Witness: witness}, entry.WithField("part", "ipam"))
+		Taken: kernel.OverlapsHostRoute, Witness: witness, Ready: identity.Ready}, entry.WithField("part", "ipam"))
 	docker, noCluster := dockerAPI(s)
 	key, made, err := wireguard.LoadKey(s.StateDir, s.WireGuardRotate)
 	if err != nil {
@@ -137,7 +147,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		default:
 		}
 	}
-	go background(ctx, drv, im, outbox, reg, returned, made, s, metrics, repairs, entry)
+	go background(ctx, drv, im, outbox, reg, identity, returned, made, s, metrics, repairs, entry)
 	if metrics != nil {
 		metrics.Networks(drv)
 		go func() {
@@ -148,6 +158,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	}
 	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
 	h.SetMetrics(metrics)
+	h.SetRefusal(identity.Refused)
 	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now, Witness: witness, Docker: engineView(s.DockerSocket),
 		RotateKey: (&keyRotator{wg: wg, reg: reg, s: s, log: entry}).rotate, Repair: repairNow(repairs)})
 	return serve(ctx, socket, h)
@@ -231,7 +242,7 @@ func repairNow(repairs chan chan error) func(context.Context) error {
 // background does the work that must never hold up a request: the first
 // full reconcile, then periodic ones (and one for each tartan repair, sent
 // on repairs), host registration and lease renewal.
-func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, reg *Registrar, returned <-chan struct{}, newKey bool, s Settings, metrics *Metrics, repairs chan chan error, log logrus.FieldLogger) {
+func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, reg *Registrar, identity *Identity, returned <-chan struct{}, newKey bool, s Settings, metrics *Metrics, repairs chan chan error, log logrus.FieldLogger) {
 	doReconcile := func() error {
 		start := time.Now()
 		err := drv.Reconcile(ctx)
@@ -298,6 +309,11 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 	// a live host for gone; gone hosts are collected at the
 	// pace of leases.
 	go func() {
+		// Registered only once this machine holds its host ID: a copy of
+		// another machine's state folder never registers.
+		if err := identity.Ready(ctx); err != nil {
+			return
+		}
 		if newKey {
 			// A new WireGuard key (WG_ROTATE, a removed key file) is
 			// registered once the device has its peers: a peer that

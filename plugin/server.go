@@ -64,10 +64,28 @@ type Handler struct {
 	broken error
 	// metrics, when set, counts and times the requests (METRICS).
 	metrics *Metrics
+	// refused, when set and it says why, fails every request as broken
+	// does: this machine must not serve as its host ID (Identity).
+	refused func() error
 }
 
 // SetMetrics makes the handler count and time its requests.
 func (h *Handler) SetMetrics(m *Metrics) { h.metrics = m }
+
+// SetRefusal makes the handler fail every request (but discovery) while
+// refused says why.
+func (h *Handler) SetRefusal(refused func() error) { h.refused = refused }
+
+// refusal is why every request fails now, or nil.
+func (h *Handler) refusal() error {
+	if h.broken != nil {
+		return h.broken
+	}
+	if h.refused != nil {
+		return h.refused()
+	}
+	return nil
+}
 
 // NewHandler builds the mux. With broken set, every call but Activate
 // returns that error.
@@ -256,8 +274,8 @@ func handle[Req any](h *Handler, path string, fn func(context.Context, *Req) (an
 				return
 			}
 		}
-		if h.broken != nil && !discovery(path) {
-			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: " + h.broken.Error()})
+		if err := h.refusal(); err != nil && !discovery(path) {
+			reply(w, http.StatusServiceUnavailable, errorBody{Err: "tartan: " + err.Error()})
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)

@@ -1,0 +1,196 @@
+package plugin
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/kv"
+)
+
+// IdentityTTL is how long the store keeps this host's identity claim after
+// its last renewal (renewed every half of it; Consul may keep it up to
+// twice as long).
+const IdentityTTL = 15 * time.Second
+
+// IdentityPath is the key of a host's identity claim.
+func IdentityPath(host string) string { return "identity/" + host }
+
+// IdentityRecord is what a host's identity claim says of the process that
+// holds it.
+type IdentityRecord struct {
+	Instance string    `json:"instance"` // random, one per process
+	Boot     string    `json:"boot"`     // the kernel's boot ID: one per machine and boot
+	Address  string    `json:"address,omitempty"`
+	Started  time.Time `json:"started"` // by the holder's clock: shown, never compared
+}
+
+// Identity makes sure that one machine at a time serves as this host ID: a
+// host ID lives in the state folder, which a VM template, a disk image or a
+// restored backup copies to another machine, and two live machines with
+// one ID take each other's addresses (each sweeps the other's records as
+// its own orphans). The live holder of the ID holds a claim in the store
+// (kv.Claims: a Consul session that the server times). A process that
+// finds the claim held by a process of its own machine's boot (it died), or
+// by one at its own address (this machine before a reboot), breaks it; held
+// by another machine that keeps it alive, it refuses: it never registers,
+// claims or sweeps, and says which state folder was copied and what to do.
+// Consul refuses a second agent with a live node's ID the same way.
+type Identity struct {
+	claims kv.Claims // nil: a store of one host's own, nothing to tell apart
+	host   string
+	me     IdentityRecord
+	ttl    time.Duration
+	log    logrus.FieldLogger
+
+	mu      sync.Mutex
+	held    bool
+	refused error
+	changed chan struct{} // closed (and replaced) at every change of held or refused
+}
+
+// NewIdentity returns the identity of host in store; Run claims it.
+// address is this machine's underlay address ("" unknown), boot its boot
+// ID (BootID).
+func NewIdentity(store kv.Store, host, address, boot string, log logrus.FieldLogger) *Identity {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	id := &Identity{host: host, ttl: IdentityTTL, log: log, changed: make(chan struct{}),
+		me: IdentityRecord{Instance: hex.EncodeToString(b), Boot: boot, Address: address, Started: time.Now().UTC()}}
+	if c, err := kv.ClaimsOf(store); err == nil {
+		id.claims = c
+	} else {
+		id.held = true
+	}
+	return id
+}
+
+// BootID is the kernel's boot ID (a new one at every boot of a machine),
+// or "" when it cannot be read.
+func BootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func (id *Identity) set(held bool, refused error) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.held == held && errors.Is(id.refused, refused) {
+		return
+	}
+	id.held, id.refused = held, refused
+	close(id.changed)
+	id.changed = make(chan struct{})
+}
+
+func (id *Identity) state() (held bool, refused error, changed <-chan struct{}) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return id.held, id.refused, id.changed
+}
+
+// Refused says why this process must not serve as its host ID (nil: it
+// may, or it does not know yet).
+func (id *Identity) Refused() error {
+	_, refused, _ := id.state()
+	return refused
+}
+
+// Ready waits until this process holds its identity: nil then; the refusal
+// when another machine holds it; an error saying the store has not
+// confirmed it yet when ctx ends first.
+func (id *Identity) Ready(ctx context.Context) error {
+	for {
+		held, refused, changed := id.state()
+		switch {
+		case refused != nil:
+			return refused
+		case held:
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("the store has not confirmed yet that this machine is the only one serving as host %s (its identity claim %s): try again once the store answers: %w",
+				id.host, IdentityPath(id.host), ctx.Err())
+		}
+	}
+}
+
+// Run claims the identity, keeps it claimed while ctx lives (again when
+// the store lost the claim), and refuses for good when another live machine
+// holds it.
+func (id *Identity) Run(ctx context.Context) {
+	if id.claims == nil {
+		return
+	}
+	me, _ := json.Marshal(id.me)
+	key := IdentityPath(id.host)
+	var other string    // the other machine's instance we are waiting out
+	var since time.Time // since when
+	backoff := time.Second
+	for ctx.Err() == nil {
+		held, holder, lost, err := id.claims.Claim(ctx, key, me, id.ttl)
+		if err != nil {
+			id.log.Debugf("identity claim: %v", err)
+			id.set(false, nil)
+			if !kv.Sleep(ctx, backoff) {
+				return
+			}
+			backoff = min(2*backoff, 10*time.Second)
+			continue
+		}
+		backoff = time.Second
+		if held {
+			other = ""
+			id.set(true, nil)
+			select {
+			case <-ctx.Done():
+				return
+			case <-lost:
+				id.log.Warn("the store stopped seeing this host's identity claim renewed (an outage, or it was broken): claiming it again")
+				id.set(false, nil)
+				continue
+			}
+		}
+		var h IdentityRecord
+		_ = json.Unmarshal(holder, &h)
+		switch {
+		case h.Boot != "" && h.Boot == id.me.Boot, h.Address != "" && h.Address == id.me.Address:
+			// This machine's own previous process (it died holding the
+			// claim), or this machine before a reboot: take it over.
+			id.log.WithFields(logrus.Fields{"instance": h.Instance, "address": h.Address}).Info("taking over this host's identity claim from this machine's previous plugin process")
+			if err := id.claims.Break(ctx, key); err != nil {
+				id.log.Debugf("break the identity claim: %v", err)
+			}
+			continue
+		case h.Instance != other:
+			// Another machine, or this one under another address before
+			// a restart: a claim nobody renews lapses within twice its
+			// lifetime. Wait that out before deciding.
+			other, since = h.Instance, time.Now()
+			id.log.WithFields(logrus.Fields{"address": h.Address, "boot": h.Boot}).Warn("this host's identity is claimed by another process: waiting to see whether it is alive")
+		case time.Since(since) > 3*id.ttl:
+			err := fmt.Errorf("host ID %s is in use by another machine (address %s, boot %s, running since %s by its clock): this machine's tartan state folder (/var/lib/tartan on the host) is a copy of that machine's (a VM template, a disk image or a restored backup), and two machines with one host ID take each other's addresses. "+
+				"This plugin serves no request until that is fixed: on this machine, docker plugin disable -f tartan:latest, rm -r /var/lib/tartan, docker plugin enable tartan:latest (a new host ID is made; this machine's containers on tartan networks must be started again)",
+				id.host, or(h.Address, "unknown"), or(h.Boot, "unknown"), h.Started.Format(time.RFC3339))
+			id.log.Error(err)
+			id.set(false, err)
+			return
+		}
+		if !kv.Sleep(ctx, id.ttl/2) {
+			return
+		}
+	}
+}

@@ -1,0 +1,115 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/kv"
+)
+
+func testIdentity(store kv.Store, address, boot string) *Identity {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	id := NewIdentity(store, "h1", address, boot, log)
+	id.ttl = 50 * time.Millisecond
+	return id
+}
+
+func readyWithin(t *testing.T, id *Identity) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return id.Ready(ctx)
+}
+
+// Audit H3 (issue 24): a machine whose state folder is a copy of a live
+// one's (same host ID, another boot and address) refuses, naming the copy
+// and the fix; the first machine keeps its identity.
+func TestIdentityRefusesACopy(t *testing.T) {
+	store := kv.NewMemory()
+	first, copied := testIdentity(store, "10.98.0.11", "boot-1"), testIdentity(store, "10.98.0.12", "boot-2")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go first.Run(ctx)
+	if err := readyWithin(t, first); err != nil {
+		t.Fatal(err)
+	}
+	go copied.Run(ctx)
+	err := readyWithin(t, copied)
+	if err == nil {
+		t.Fatal("the copy got the host ID of a live machine")
+	}
+	for _, want := range []string{"host ID h1 is in use by another machine (address 10.98.0.11", "state folder", "copy", "rm -r /var/lib/tartan"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("the refusal does not say %q: %v", want, err)
+		}
+	}
+	if copied.Refused() == nil || first.Refused() != nil {
+		t.Fatalf("refused: first %v, copy %v", first.Refused(), copied.Refused())
+	}
+	if err := readyWithin(t, first); err != nil {
+		t.Fatalf("the first machine lost its identity to the copy: %v", err)
+	}
+}
+
+// A plugin process that died holding the claim (its session not lapsed yet)
+// is taken over at once by the next process of the same machine: same boot
+// (a crash, an upgrade), or the same address (a reboot).
+func TestIdentityTakesOverItsOwnMachine(t *testing.T) {
+	for _, c := range []struct{ name, address, boot string }{
+		{"same boot", "10.98.0.99", "boot-1"},
+		{"same address after a reboot", "10.98.0.11", "boot-2"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			store := kv.NewMemory()
+			dead, _ := json.Marshal(IdentityRecord{Instance: "dead", Boot: "boot-1", Address: "10.98.0.11"})
+			if held, _, _, err := store.Claim(context.Background(), IdentityPath("h1"), dead, time.Hour); err != nil || !held {
+				t.Fatalf("the dead process's claim: %v %v", held, err)
+			}
+			next := testIdentity(store, c.address, c.boot)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go next.Run(ctx)
+			if err := readyWithin(t, next); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// A claim nobody renews (another machine that stopped, or this one before
+// a restart under another address) lapses, and is taken then.
+func TestIdentityWaitsOutALapsingClaim(t *testing.T) {
+	store := kv.NewMemory()
+	other, _ := json.Marshal(IdentityRecord{Instance: "old", Boot: "boot-0", Address: "10.98.0.50"})
+	octx, ocancel := context.WithCancel(context.Background())
+	if held, _, _, err := store.Claim(octx, IdentityPath("h1"), other, time.Hour); err != nil || !held {
+		t.Fatalf("the old claim: %v %v", held, err)
+	}
+	id := testIdentity(store, "10.98.0.11", "boot-1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go id.Run(ctx)
+	time.Sleep(2 * id.ttl)
+	ocancel() // it lapses
+	if err := readyWithin(t, id); err != nil {
+		t.Fatalf("after the old claim lapsed: %v", err)
+	}
+}
+
+// The embedded store is one host's: its identity is held from the start.
+func TestIdentityWithoutClaims(t *testing.T) {
+	store, err := kv.OpenBolt(t.TempDir() + "/t.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := readyWithin(t, testIdentity(store, "", "")); err != nil {
+		t.Fatal(err)
+	}
+}
