@@ -104,7 +104,7 @@ docker29: docker28
 # make test that is stopped (kill, Ctrl-C) stops every step's processes with
 # it (their process group): the test binaries remove what they made, and the
 # next make test's clean-testbed removes whatever is left.
-TEST_STEPS := clean-testbed deps consul docker28 docker29 compose unit check-arm64 fuzz e2e e2e29 chaos
+TEST_STEPS := clean-testbed deps consul docker28 compose unit check-arm64 fuzz e2e e2e28 chaos
 test:
 	@mkdir -p $(BUILD); rm -f $(BUILD)/test-times; begin=$$(date +%s); \
 	trap 'trap "" TERM INT HUP; echo "make test: stopped: stopping every step"; kill -TERM 0; wait; exit 143' TERM INT HUP; \
@@ -191,8 +191,8 @@ e2e-legacy:
 	  $(GO) test -count=1 -tags e2e -timeout $(E2E_TIMEOUT) -parallel $(E2E_PARALLEL) -v -run '$(LEGACY_SUITE)' ./e2e/
 
 # The whole engine matrix, one engine after another (each run's tests side
-# by side); make test runs Docker 20.10 (make e2e) and 29 (make e2e29).
-ENGINE_RUNS := e2e26 e2e28 e2e29 e2e29nft e2e-legacy
+# by side); make test runs Docker 20.10 (make e2e) and 28 (make e2e28).
+ENGINE_RUNS := e2e26 e2e29 e2e29nft e2e-legacy
 test-engines: docker26 docker28 docker29 compose
 	@for r in $(ENGINE_RUNS); do $(MAKE) --no-print-directory $$r || exit 1; done
 
