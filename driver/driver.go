@@ -58,8 +58,10 @@ type Config struct {
 	// kernel path only).
 	FastPath *fastpath.FastPath
 	// Witness times the hosts' renewals on this host's clock, for
-	// routing (kv.Witness; nil: routing's own).
+	// routing (kv.Witness; nil: routing's own), and Now is that clock
+	// (nil: time.Now).
 	Witness *kv.Witness
+	Now     func() time.Time
 }
 
 // Addresses is the part of the IPAM the driver uses: macvlan host-access
@@ -155,7 +157,7 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 		d.descs = append(d.descs, b.Describe())
 	}
 	d.routes = routing.New(cluster, routing.Netlink{}, routing.Config{Host: cfg.Host, TTL: cfg.LeaseTTL, Replan: 10 * cfg.Resync,
-		Underlay: underlay, OnPeers: d.peersChanged, Witness: cfg.Witness, Log: log})
+		Underlay: underlay, OnPeers: d.peersChanged, Witness: cfg.Witness, Now: cfg.Now, Log: log})
 	return d
 }
 

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -211,6 +213,13 @@ func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) err
 	}, m.skipped); err != nil {
 		return err
 	}
+	// What the witness saw of blocks no longer listed goes (its memory
+	// follows the store).
+	m.cfg.Witness.Forget(kv.BlockPrefix(g.cidr), func(k string) bool {
+		p, err := kv.PrefixFromKey(strings.TrimPrefix(k, kv.BlockPrefix(g.cidr)))
+		_, ok := blocks[p]
+		return err == nil && ok
+	})
 	owner := func(ip netip.Addr) string {
 		for _, bits := range sizes {
 			if b, ok := blocks[netip.PrefixFrom(ip, bits).Masked()]; ok {
@@ -312,14 +321,20 @@ func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) err
 		}
 		got.Blocks++
 	}
-	// Feed entries their writer did not remove (it stopped meanwhile).
-	if _, err := kv.ListJSON(ctx, m.store, kv.BlockFeedPrefix(g.cidr), func(key string, ver uint64, c kv.BlockChange) error {
-		if g.now.Sub(c.At) > 2*kv.FeedRetention {
+	// Feed entries their writer did not remove (it stopped meanwhile): seen
+	// unchanged for twice the feed's retention by this host's clock (the
+	// time in the entry is its writer's).
+	listed := map[string]bool{}
+	if _, err := kv.ListJSON(ctx, m.store, kv.BlockFeedPrefix(g.cidr), func(key string, ver uint64, _ kv.BlockChange) error {
+		listed[key] = true
+		if g.now.Sub(m.cfg.Witness.Saw(key, strconv.FormatUint(ver, 10), g.now)) > 2*kv.FeedRetention {
 			g.fail(m.store.Delete(ctx, key, ver))
 		}
 		return nil
 	}, func(e *kv.DecodeError) { g.fail(m.store.Delete(ctx, e.Key, 0)) }); err != nil {
 		g.fail(err)
+	} else {
+		m.cfg.Witness.Forget(kv.BlockFeedPrefix(g.cidr), func(k string) bool { return listed[k] })
 	}
 	// A gone host's holder keys stay: a host that comes back from a long
 	// partition still uses its networks, and no release elsewhere may take

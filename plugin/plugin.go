@@ -93,6 +93,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	// this host's clock, for allocation, collection, routing and the
 	// operator's view alike.
 	witness := kv.NewWitness()
+	now := func() time.Time { return time.Now().Add(s.ClockSkew) } // CLOCK_SKEW: a machine whose clock is off
 	// One machine at a time serves as this host ID: nothing is claimed,
 	// registered or swept before the store confirms it (Identity).
 	address := ""
@@ -104,7 +105,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		go identity.Run(ctx)
 	}
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL,
-		Taken: kernel.OverlapsHostRoute, Witness: witness, Ready: identity.Ready}, entry.WithField("part", "ipam"))
+		Taken: kernel.OverlapsHostRoute, Witness: witness, Ready: identity.Ready, Now: now}, entry.WithField("part", "ipam"))
 	docker, noCluster := dockerAPI(s)
 	key, made, err := wireguard.LoadKey(s.StateDir, s.WireGuardRotate)
 	if err != nil {
@@ -120,8 +121,8 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	}
 	drv := driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
 		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync, NoClusterNetworks: noCluster,
-		WireGuard: wg, FastPath: fp, Witness: witness}, entry.WithField("part", "driver"))
-	reg := &Registrar{Store: cluster, Host: host, Advertise: s.Advertise, Fresh: RenewAfter(s.LeaseTTL), Lookup: kernel.FindUnderlay,
+		WireGuard: wg, FastPath: fp, Witness: witness, Now: now}, entry.WithField("part", "driver"))
+	reg := &Registrar{Store: cluster, Host: host, Advertise: s.Advertise, Fresh: RenewAfter(s.LeaseTTL), Lookup: kernel.FindUnderlay, Now: now,
 		WireGuard: func() (string, int) { return wg.PublicKey().String(), wg.Port() }}
 	if err := drv.Restore(ctx); err != nil {
 		return err
@@ -159,7 +160,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
 	h.SetMetrics(metrics)
 	h.SetRefusal(identity.Refused)
-	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: time.Now, Witness: witness, Docker: engineView(s.DockerSocket),
+	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: now, Witness: witness, Docker: engineView(s.DockerSocket),
 		RotateKey: (&keyRotator{wg: wg, reg: reg, s: s, log: entry}).rotate, Repair: repairNow(repairs)})
 	return serve(ctx, socket, h)
 }

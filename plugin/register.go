@@ -32,6 +32,8 @@ type Registrar struct {
 	// WireGuard is the host's WireGuard public key (base64) and port, which
 	// its record carries (nil: none).
 	WireGuard func() (key string, port int)
+	// Now is the host's clock (nil: time.Now).
+	Now func() time.Time
 	// Created, if set, is called when Register had to write the host's
 	// record anew: its first registration, or the record was gone (the
 	// host was collected while cut off, or a hand removed it). It must not
@@ -47,7 +49,11 @@ type Registrar struct {
 func (r *Registrar) Register(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := time.Now().UTC()
+	clock := r.Now
+	if clock == nil {
+		clock = time.Now
+	}
+	now := clock().UTC()
 	renew := r.renewed.IsZero() || now.Sub(r.renewed) >= r.Fresh
 	if renew {
 		// Who reads liveness from records only, once per renewal.

@@ -26,6 +26,10 @@ type Settings struct {
 	VXLANPort  int
 	LeaseTTL   time.Duration
 	Resync     time.Duration
+	// ClockSkew shifts this plugin's clock (CLOCK_SKEW, for tests): the
+	// times it writes and reads are those of a machine whose clock is that
+	// far off.
+	ClockSkew time.Duration
 	LogLevel   logrus.Level
 	AutoPool   netip.Prefix
 	AutoBits   int
@@ -149,6 +153,13 @@ func ParseSettings(env func(string) string) (Settings, error) {
 			return s, fmt.Errorf("RESYNC=%s: use a duration from 1s to 1h, such as 30s", v)
 		}
 		s.Resync = d
+	}
+	if v := strings.TrimSpace(env("CLOCK_SKEW")); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < -365*24*time.Hour || d > 365*24*time.Hour {
+			return s, fmt.Errorf("CLOCK_SKEW=%s: use a duration within a year either way, such as 72h or -72h (for tests: a machine whose clock is that far off)", v)
+		}
+		s.ClockSkew = d
 	}
 	if v := strings.TrimSpace(env("LOG_LEVEL")); v != "" {
 		l, err := logrus.ParseLevel(v)

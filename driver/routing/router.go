@@ -59,6 +59,9 @@ type Config struct {
 	// host's clock (kv.Witness); one per process, shared with the IPAM.
 	// Default: a new one.
 	Witness *kv.Witness
+	// Now is this host's clock, the one its witness is fed with (nil:
+	// time.Now).
+	Now func() time.Time
 	Log     logrus.FieldLogger
 }
 
@@ -152,6 +155,9 @@ func New(store kv.Store, k Kernel, cfg Config) *Router {
 	}
 	if cfg.Witness == nil {
 		cfg.Witness = kv.NewWitness()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if cfg.Log == nil {
 		cfg.Log = logrus.StandardLogger()
@@ -498,7 +504,7 @@ func (r *Router) viewLocked(pool netip.Prefix) (View, bool) {
 		return View{}, false
 	}
 	v := View{Hosts: r.hosts.hosts, Blocks: pc.blocks, Exceptions: pc.exceptions, BlockBits: pc.blockBits}
-	live := kv.Liveness{Hosts: r.hosts.hosts, Now: time.Now()}
+	live := kv.Liveness{Hosts: r.hosts.hosts, Now: r.cfg.Now()}
 	live.Observe(r.cfg.Witness, r.hosts.renewals)
 	live.ObserveBlocks(r.cfg.Witness, pc.blocks)
 	v.Seen, v.BlockSeen = live.Seen, live.BlockSeen
@@ -519,7 +525,7 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 	rearm := func(next time.Time) {
 		d := r.cfg.Replan - time.Duration(rand.Int64N(int64(r.cfg.Replan)/10+1))
 		if !next.IsZero() {
-			d = min(d, time.Until(next)+time.Second)
+			d = min(d, next.Sub(r.cfg.Now())+time.Second)
 		}
 		tick.Reset(max(d, time.Second))
 	}
@@ -566,7 +572,7 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 			tick.Reset(min(r.cfg.Replan, 30*time.Second))
 			continue
 		}
-		now := time.Now()
+		now := r.cfg.Now()
 		plan := Compute(Input{Self: r.cfg.Host, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: now, View: view, Memo: &w.memo})
 		if w.n.Pool6.IsValid() {
 			plan = Merge(plan, Compute6(Input{Self: r.cfg.Host, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: now, View: view6, Memo: &w.memo6}))
