@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,7 +21,7 @@ func TestMain(m *testing.M) {
 			ns := nsPrefix() + "leak"
 			RecordNS(ns)
 			_ = exec.Command("ip", "netns", "add", ns).Run()
-			in := exec.Command("ip", "netns", "exec", ns, "sleep", "600")
+			in := exec.Command("nsenter", "--net=/run/netns/"+ns, "sleep", "600")
 			out := exec.Command("sleep", "601")
 			for _, c := range []*exec.Cmd{in, out} {
 				if err := c.Start(); err != nil {
@@ -29,7 +30,7 @@ func TestMain(m *testing.M) {
 				}
 			}
 			RecordProcess(out.Process.Pid, "sleep")
-			fmt.Println("ready")
+			fmt.Println("ready", in.Process.Pid, out.Process.Pid)
 			select {}
 		}))
 	}
@@ -37,8 +38,10 @@ func TestMain(m *testing.M) {
 }
 
 // child starts the hanging run with its own namespace prefix (its own
-// group) and waits until it has made everything.
-func child(t *testing.T, prefix string, args ...string) *exec.Cmd {
+// group), waits until it has made everything, and returns the pids of the
+// processes it started; whatever happens, the child's group is swept at
+// the end of the test.
+func child(t *testing.T, prefix string, args ...string) (*exec.Cmd, []int) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "TESTBED_CHILD=1", "TARTAN_E2E_PREFIX="+prefix)
@@ -50,23 +53,34 @@ func child(t *testing.T, prefix string, args ...string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 16)
-	if n, err := out.Read(buf); err != nil || !strings.Contains(string(buf[:n]), "ready") {
-		t.Fatalf("the child run did not get ready: %q %v", buf[:n], err)
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		Sweep(childGroup(prefix), t.Logf)
+	})
+	var word string
+	pids := make([]int, 2)
+	if n, err := fmt.Fscan(out, &word, &pids[0], &pids[1]); err != nil || n != 3 || word != "ready" {
+		t.Fatalf("the child run did not get ready: %q %v %v", word, pids, err)
 	}
-	return cmd
+	return cmd, pids
 }
 
-// leftovers says what of a child run with prefix is still there.
-func leftovers(prefix string) []string {
+// childGroup is the run group of a child run with prefix.
+func childGroup(prefix string) string {
+	return filepath.Base(os.Args[0]) + "." + strings.TrimSuffix(prefix, "-")
+}
+
+// leftovers says what of a child run with prefix (and its processes) is
+// still there.
+func leftovers(prefix string, pids []int) []string {
 	var left []string
 	if _, err := os.Stat("/run/netns/" + prefix + "leak"); err == nil {
 		left = append(left, "namespace "+prefix+"leak")
 	}
-	for _, pid := range pids() {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if c := strings.ReplaceAll(string(b), "\x00", " "); (c == "sleep 600 " || c == "sleep 601 ") && !zombie(pid) {
-			left = append(left, fmt.Sprintf("process %d (%s)", pid, strings.TrimSpace(c)))
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && strings.HasPrefix(string(b), "sleep\x00") && !zombie(pid) {
+			left = append(left, fmt.Sprintf("process %d (%s)", pid, strings.ReplaceAll(string(b), "\x00", " ")))
 		}
 	}
 	return left
@@ -81,14 +95,14 @@ func requireRootNS(t *testing.T) {
 // next run of its group removes it first thing.
 func TestSweepAfterKill(t *testing.T) {
 	requireRootNS(t)
-	cmd := child(t, "tq1-")
+	cmd, pids := child(t, "tq1-")
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
-	if left := leftovers("tq1-"); len(left) != 2 {
-		t.Fatalf("the killed run left %v, want its namespace and process", left)
+	if left := leftovers("tq1-", pids); len(left) != 3 {
+		t.Fatalf("the killed run left %v, want its namespace and both processes", left)
 	}
-	Sweep(strings.Replace(Group(), ".tt", ".tq1", 1), t.Logf)
-	if left := leftovers("tq1-"); len(left) != 0 {
+	Sweep(childGroup("tq1-"), t.Logf)
+	if left := leftovers("tq1-", pids); len(left) != 0 {
 		t.Fatalf("after the sweep: %v", left)
 	}
 }
@@ -97,12 +111,12 @@ func TestSweepAfterKill(t *testing.T) {
 // made before it exits.
 func TestSweepOnSignal(t *testing.T) {
 	requireRootNS(t)
-	cmd := child(t, "tq2-")
+	cmd, pids := child(t, "tq2-")
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err == nil {
 		t.Fatal("the stopped run exited 0")
 	}
-	if left := leftovers("tq2-"); len(left) != 0 {
+	if left := leftovers("tq2-", pids); len(left) != 0 {
 		t.Fatalf("after SIGTERM the run left %v", left)
 	}
 }
@@ -111,7 +125,7 @@ func TestSweepOnSignal(t *testing.T) {
 // panic would (which runs no cleanup).
 func TestSweepAtDeadline(t *testing.T) {
 	requireRootNS(t)
-	cmd := child(t, "tq3-", "-test.timeout=10s")
+	cmd, pids := child(t, "tq3-", "-test.timeout=10s")
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
@@ -123,7 +137,7 @@ func TestSweepAtDeadline(t *testing.T) {
 		_ = cmd.Process.Kill()
 		t.Fatal("the run did not stop at its deadline")
 	}
-	if left := leftovers("tq3-"); len(left) != 0 {
+	if left := leftovers("tq3-", pids); len(left) != 0 {
 		t.Fatalf("after its deadline the run left %v", left)
 	}
 }
