@@ -144,9 +144,31 @@ func (m *IPAM) Reassert(ctx context.Context, id PoolID, ip, mac string) error {
 	}
 	if a, err := netip.ParseAddr(ip); err == nil {
 		pc.mark(a, true)
+		m.reclaimBlock(ctx, pc, a)
 	}
 	m.log.WithFields(logrus.Fields{"pool": rec.Pool, "ip": ip}).Warn("took back the address of a live endpoint whose record was gone")
 	return nil
+}
+
+// reclaimBlock takes back the block of an address Reassert took back, if
+// no host holds it (it went with this host's collection): its peers then
+// route the block here again at once. A block another host took meanwhile
+// stays that host's; the collection publishes the address's route
+// exception.
+func (m *IPAM) reclaimBlock(ctx context.Context, pc *poolCache, a netip.Addr) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	b := pc.layout.BlockOf(a)
+	if !b.IsValid() {
+		return
+	}
+	// This host's view may still count it as its own: the store says.
+	if _, err := m.store.Get(ctx, kv.BlockPath(pc.cidr, b.String())); !errors.Is(err, kv.ErrNotFound) {
+		return
+	}
+	if err := m.leaseLocked(ctx, pc, b, 0); err != nil && !errors.Is(err, kv.ErrConflict) {
+		m.log.WithFields(logrus.Fields{"pool": pc.cidr, "block": b}).Warnf("take back the block of a live endpoint: %v", err)
+	}
 }
 
 // ReassertHolder makes sure this host's holder key of a pool one of its

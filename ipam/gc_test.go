@@ -137,8 +137,8 @@ func TestReturnedHostKeepsItsPool(t *testing.T) {
 		e.clock.Add(150 * time.Minute) // a cut off for 2.5 lease lifetimes
 		register(t, e, "b")
 		got, err := b.CollectGone(ctx, nil)
-		if err != nil || got.Addresses != 2 || got.Hosts != 1 {
-			t.Fatalf("collected %+v %v, want a's two addresses and its record", got, err)
+		if err != nil || got.Addresses != 2 || got.Blocks != 2 || got.Hosts != 1 {
+			t.Fatalf("collected %+v %v, want a's two addresses, two blocks and its record", got, err)
 		}
 		// a comes back: registers, takes back what it uses.
 		register(t, e, "a")
@@ -158,6 +158,21 @@ func TestReturnedHostKeepsItsPool(t *testing.T) {
 			if _, err := kv.GetJSON(ctx, e.store, k, &rec); err != nil || rec.Host != "a" {
 				t.Fatalf("%s after a came back: %+v %v", k, rec, err)
 			}
+		}
+		// Its blocks, free since the collection, are its own again.
+		var blocks []string
+		for _, p := range []string{"10.84.0.0/24", "fd00:84::/64"} {
+			if _, err := kv.ListJSON(ctx, e.store, kv.BlockPrefix(p), func(_ string, _ uint64, b kv.Block) error {
+				if b.Host == "a" {
+					blocks = append(blocks, b.CIDR)
+				}
+				return nil
+			}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(blocks) != 2 {
+			t.Fatalf("a's blocks after it came back: %v", blocks)
 		}
 		if err := b.ReleasePool(ctx, id); err != nil {
 			t.Fatal(err)
