@@ -19,17 +19,17 @@ import (
 
 // Settings are the plugin's settings (docker plugin set tartan KEY=VALUE).
 type Settings struct {
-	Store      string // "" (embedded) or consul[+https]://host[:port][/prefix]
-	Consul     *kv.ConsulConfig
-	Advertise  string
-	Scope      string
-	VXLANPort  int
-	LeaseTTL   time.Duration
-	Resync     time.Duration
+	Store     string // "" (embedded) or consul[+https]://host[:port][/prefix]
+	Consul    *kv.ConsulConfig
+	Advertise string
+	Scope     string
+	VXLANPort int
+	LeaseTTL  time.Duration
+	Resync    time.Duration
 	// ClockSkew shifts this plugin's clock (CLOCK_SKEW, for tests): the
 	// times it writes and reads are those of a machine whose clock is that
 	// far off.
-	ClockSkew time.Duration
+	ClockSkew  time.Duration
 	LogLevel   logrus.Level
 	AutoPool   netip.Prefix
 	AutoBits   int

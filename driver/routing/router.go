@@ -62,7 +62,7 @@ type Config struct {
 	// Now is this host's clock, the one its witness is fed with (nil:
 	// time.Now).
 	Now func() time.Time
-	Log     logrus.FieldLogger
+	Log logrus.FieldLogger
 }
 
 // Router is the routing of one host.
