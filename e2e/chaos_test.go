@@ -14,8 +14,14 @@ import (
 	"github.com/tartan-net/tartan/e2e/testbed"
 )
 
-// chaosPerHost is how many containers each host starts per scenario.
-const chaosPerHost = 100
+// chaosPerHost is how many containers each host starts per scenario of
+// the faults of issue 9; trustPerHost per scenario of issue 24's (what the
+// fleet gets wrong without failing: the runs are the traffic, not the
+// fault).
+const (
+	chaosPerHost = 100
+	trustPerHost = 30
+)
 
 const chaosPool = "10.181.0.0/16"
 
@@ -23,8 +29,13 @@ const chaosPool = "10.181.0.0/16"
 // Consul, one vxlan network on every host, and per scenario 3 × 100
 // concurrent docker runs while a fault hits: the plugin of one host killed
 // (kill -9) twice; the Consul leader killed; one host cut off from Consul
-// for longer than LEASE_TTL. Runs that fail during the fault are retried
-// once it is over. After each scenario the suite prints and checks four
+// for longer than LEASE_TTL. Issue 24's scenarios, with 3 × 30 runs each:
+// host 3's clock three days ahead, then three days behind (both a correct
+// host and host 3 collect meanwhile); host 3 cut off for three lease
+// lifetimes and collected by host 1, then back with its containers; and a
+// fourth machine started with a copy of host 1's state folder (it must
+// refuse, and host 1's containers stay). Runs that fail during the fault
+// are retried once it is over. After each scenario the suite prints and checks four
 // numbers: duplicate addresses (every daemon's inspect output and the
 // store), leaked addresses (the store against the running endpoints),
 // unreachable container pairs (a sample across hosts) and kernel objects
@@ -38,17 +49,41 @@ func TestChaos(t *testing.T) {
 	for _, h := range c.Hosts {
 		h.MustDocker(t, "network", "create", tnet, tipam, "--subnet", chaosPool, "chaos")
 	}
+	// setPlugin changes one setting of a host's plugin (the containers
+	// keep running; requests meanwhile fail and are retried).
+	setPlugin := func(t *testing.T, h *testbed.Host, setting string) {
+		t.Helper()
+		h.MustDocker(t, "plugin", "disable", "-f", testbed.PluginName)
+		h.MustDocker(t, "plugin", "set", testbed.PluginName, setting)
+		h.MustDocker(t, "plugin", "enable", testbed.PluginName)
+		h.WaitPlugin(t)
+	}
+	// skewed runs host 3 with its clock off by skew for longer than two
+	// lease lifetimes, has both a correct host and host 3 collect, and puts
+	// the clock right again after the measure (undo).
+	skewed := func(skew string) func(t *testing.T) {
+		return func(t *testing.T) {
+			setPlugin(t, c.Hosts[2], "CLOCK_SKEW="+skew)
+			time.Sleep(25 * time.Second) // two lease lifetimes of every witness
+			for _, h := range []*testbed.Host{c.Hosts[0], c.Hosts[2]} {
+				t.Logf("tartan gc --yes on %s: %s", h.Name, strings.TrimSpace(h.Tartan(t, "gc", "--yes")))
+			}
+		}
+	}
+	unskew := func(t *testing.T) { setPlugin(t, c.Hosts[2], "CLOCK_SKEW=") }
 	scenarios := []struct {
-		name  string
-		fault func(t *testing.T)
+		name    string
+		perHost int
+		fault   func(t *testing.T)
+		undo    func(t *testing.T) // after the measure
 	}{
-		{"plugin killed twice (kill -9)", func(t *testing.T) {
+		{"plugin killed twice (kill -9)", chaosPerHost, func(t *testing.T) {
 			for k := 0; k < 2; k++ {
 				time.Sleep(3 * time.Second)
 				c.Hosts[0].KillPlugin(t)
 			}
-		}},
-		{"Consul leader killed", func(t *testing.T) {
+		}, nil},
+		{"Consul leader killed", chaosPerHost, func(t *testing.T) {
 			time.Sleep(3 * time.Second)
 			leader := consulLeader(t, c)
 			t.Logf("killing Consul server %s, the leader", leader.Addr)
@@ -56,8 +91,8 @@ func TestChaos(t *testing.T) {
 				t.Fatal(err)
 			}
 			time.Sleep(20 * time.Second) // the election, and runs against two servers
-		}},
-		{"host cut off from Consul past LEASE_TTL", func(t *testing.T) {
+		}, nil},
+		{"host cut off from Consul past LEASE_TTL", chaosPerHost, func(t *testing.T) {
 			h := c.Hosts[2]
 			cut := []string{"OUTPUT", "-p", "tcp", "-m", "iprange", "--dst-range", testbed.ConsulAddr + "-" + testbed.UnderlayPrefix + "102", "-j", "DROP"}
 			time.Sleep(3 * time.Second)
@@ -68,12 +103,32 @@ func TestChaos(t *testing.T) {
 			if out, err := h.Exec("iptables", append([]string{"-D"}, cut...)...); err != nil {
 				t.Fatalf("reconnect %s: %v %s", h.Name, err, out)
 			}
-		}},
+		}, nil},
+		// Issue 24: what a fleet gets wrong without failing.
+		{"host 3's clock 3 days ahead", trustPerHost, skewed("72h"), unskew},
+		{"host 3's clock 3 days behind", trustPerHost, skewed("-72h"), unskew},
+		{"host 3 cut off from Consul for over two lease lifetimes, collected, back", trustPerHost, func(t *testing.T) {
+			h := c.Hosts[2]
+			cut := []string{"OUTPUT", "-p", "tcp", "-m", "iprange", "--dst-range", testbed.ConsulAddr + "-" + testbed.UnderlayPrefix + "102", "-j", "DROP"}
+			time.Sleep(3 * time.Second)
+			if out, err := h.Exec("iptables", append([]string{"-I"}, cut...)...); err != nil {
+				t.Fatalf("cut %s off: %v %s", h.Name, err, out)
+			}
+			time.Sleep(30 * time.Second) // three lease lifetimes
+			// Host 1 collects host 3 (gone for two lease lifetimes).
+			t.Logf("tartan gc --yes on %s: %s", c.Hosts[0].Name, strings.TrimSpace(c.Hosts[0].Tartan(t, "gc", "--yes")))
+			if out, err := h.Exec("iptables", append([]string{"-D"}, cut...)...); err != nil {
+				t.Fatalf("reconnect %s: %v %s", h.Name, err, out)
+			}
+		}, nil},
 	}
 	for _, sc := range scenarios {
 		began := time.Now()
-		failed := chaosRuns(t, c, sc.fault)
+		failed := chaosRuns(t, c, sc.perHost, sc.fault)
 		dup, leaked, unreachable, leftover := chaosMeasure(t, c)
+		if sc.undo != nil {
+			sc.undo(t)
+		}
 		t.Logf("chaos %q: %d runs failed during the fault (retried after); duplicate addresses %d, leaked addresses %d, unreachable pairs %d, leftover kernel objects %d (%s)",
 			sc.name, failed, dup, leaked, unreachable, leftover, time.Since(began).Round(time.Second))
 		if dup+leaked+unreachable+leftover != 0 {
@@ -82,6 +137,7 @@ func TestChaos(t *testing.T) {
 		}
 		chaosClean(t, c)
 	}
+	chaosCopiedHost(t, c)
 	for _, h := range c.Hosts {
 		removeNetworks(t, h, "chaos")
 	}
@@ -99,10 +155,10 @@ func TestChaos(t *testing.T) {
 	})
 }
 
-// chaosRuns starts chaosPerHost containers on every host, four at a time
-// per host, while fault runs; runs that failed are retried after the fault.
+// chaosRuns starts perHost containers on every host, four at a time per
+// host, while fault runs; runs that failed are retried after the fault.
 // It returns how many runs failed the first time.
-func chaosRuns(t *testing.T, c *testbed.Cluster, fault func(t *testing.T)) int {
+func chaosRuns(t *testing.T, c *testbed.Cluster, perHost int, fault func(t *testing.T)) int {
 	t.Helper()
 	var mu sync.Mutex
 	var retry [][2]int // host, container
@@ -112,7 +168,7 @@ func chaosRuns(t *testing.T, c *testbed.Cluster, fault func(t *testing.T)) int {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for i := w; i < chaosPerHost; i += 4 {
+				for i := w; i < perHost; i += 4 {
 					if _, err := h.Docker("run", "-d", "--name", chaosName(hi, i), "--network", "chaos", "tbox", "sleep", "3600"); err != nil {
 						_, _ = h.Docker("rm", "-f", chaosName(hi, i)) // a failed run may leave a created container
 						mu.Lock()
@@ -396,4 +452,54 @@ func chaosClean(t *testing.T, c *testbed.Cluster) {
 		}()
 	}
 	wg.Wait()
+}
+
+// chaosCopiedHost (issue 24): a fourth machine whose state folder is a copy
+// of host 1's (a VM template, a disk image, a restored backup: the same host
+// ID) refuses to serve, naming the copy and the fix, and never registers,
+// claims or sweeps: host 1's record keeps its address, and hosts 1-3 keep
+// their containers with the four numbers at 0.
+func chaosCopiedHost(t *testing.T, c *testbed.Cluster) {
+	t.Helper()
+	began := time.Now()
+	failed := chaosRuns(t, c, 10, func(*testing.T) {})
+	id1 := hostID(t, c, 0)
+	h4 := c.AddBareHost(t)
+	settings := append(c.Settings(), "LEASE_TTL=10s", "RESYNC=2s")
+	h4.Mounts(t) // makes its state folder
+	testbed.MustRun(t, "cp", "-a", c.Hosts[0].StateDir()+"/.", h4.StateDir()+"/")
+	h4.InstallPlugin(t, settings...)
+	testbed.Eventually(t, 3*time.Minute, "the copy refuses to serve", func() error {
+		out, err := h4.Docker("network", "create", tnet, tipam, "--subnet", chaosPool, "chaos")
+		if err == nil {
+			t.Fatalf("the copy of host 1 created a network:\n%s", out)
+		}
+		if !strings.Contains(err.Error(), "is in use by another machine") {
+			return err
+		}
+		for _, want := range []string{"host ID " + id1, "state folder", "rm -r /var/lib/tartan"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Fatalf("the refusal does not say %q: %v", want, err)
+			}
+		}
+		return nil
+	})
+	if out, rc, _ := h4.TartanRC(t, "doctor"); rc != 1 || !strings.Contains(out, "identity: host ID "+id1+" is in use by another machine") {
+		t.Fatalf("tartan doctor on the copy: exit %d\n%s", rc, out)
+	}
+	// Nothing of the copy's reached the store: host 1's record keeps its
+	// address. The copy is set aside before the measure (hosts 1-3).
+	c.Hosts, c.Addr = c.Hosts[:3], c.Addr[:3]
+	if got := hostID(t, c, 0); got != id1 {
+		t.Fatalf("host 1's record changed hands: %s", got)
+	}
+	dup, leaked, unreachable, leftover := chaosMeasure(t, c)
+	t.Logf("chaos %q: %d runs failed (retried after); duplicate addresses %d, leaked addresses %d, unreachable pairs %d, leftover kernel objects %d (%s)",
+		"a copy of host 1's state folder started on a fourth machine", failed, dup, leaked, unreachable, leftover, time.Since(began).Round(time.Second))
+	if dup+leaked+unreachable+leftover != 0 {
+		t.Fatalf("a copy of host 1's state folder: duplicate addresses %d, leaked addresses %d, unreachable pairs %d, leftover kernel objects %d: want all 0",
+			dup, leaked, unreachable, leftover)
+	}
+	h4.MustDocker(t, "plugin", "disable", "-f", testbed.PluginName)
+	chaosClean(t, c)
 }
