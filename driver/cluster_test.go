@@ -245,3 +245,38 @@ func TestPoolReleaseWaitsForTheNetwork(t *testing.T) {
 		t.Fatalf("released %v, want %s once", p.released, id)
 	}
 }
+
+// Issue 24, audit M2: while a VXLAN network has no plan yet (after a start,
+// through a store outage), the VXLAN port admits the last complete peer
+// set the firewall held (kept in the local store across restarts), never
+// anyone; without one, nobody.
+func TestVXLANPortFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	local := kv.NewMemory()
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	d := New(kv.NewMemory(), local, nil, &firewall.Firewall{}, Config{Host: "a"}, log)
+	n := localNetwork{ID: "n1", Pool: "10.64.0.0/24", Backend: vxlan.Name, VNI: 300, Device: "tartan.300", Gateway: "169.254.1.1"}
+	d.st.networks[n.ID] = n
+	d.startRoutingLocked(n)
+	state := func() firewall.State {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.firewallStateLocked()
+	}
+	if st := state(); st.VXLANPort == 0 || st.Peers == nil || len(st.Peers) != 0 {
+		t.Fatalf("no plan and no peer set kept: want the port closed to all, got %+v", st.Peers)
+	}
+	kept := []netip.Addr{netip.MustParseAddr("10.98.0.12")}
+	d.keepPeers(kept)
+	restarted := New(kv.NewMemory(), local, nil, &firewall.Firewall{}, Config{Host: "a"}, log)
+	restarted.loadPeers(ctx)
+	restarted.st.networks[n.ID] = n
+	restarted.startRoutingLocked(n)
+	restarted.mu.Lock()
+	st := restarted.firewallStateLocked()
+	restarted.mu.Unlock()
+	if len(st.Peers) != 1 || st.Peers[0] != kept[0] {
+		t.Fatalf("after a restart with no plan yet: peers %v, want the kept %v", st.Peers, kept)
+	}
+}

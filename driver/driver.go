@@ -119,6 +119,10 @@ type Driver struct {
 	// fwGen numbers rendered firewall states.
 	fwPeers string
 	fwGen   uint64
+	// knownPeers is the last complete VXLAN peer set the firewall held
+	// (also in the local store): what the port stays open to while a
+	// network has no plan yet.
+	knownPeers []netip.Addr
 }
 
 // New returns a driver; Restore must run before it serves endpoints of
@@ -229,6 +233,7 @@ func (d *Driver) Restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load local state: %w", err)
 	}
+	d.loadPeers(ctx)
 	all := make([]localNetwork, 0, len(st.networks))
 	for id, n := range st.networks {
 		if n.Backend == "" {

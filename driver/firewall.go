@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/kv"
 )
 
 func (d *Driver) pokeFirewall() {
@@ -27,7 +29,8 @@ func (d *Driver) firewallWriter(ctx context.Context) {
 		case <-d.fwPoke:
 		}
 		d.mu.Lock()
-		changed := peersKey(d.routes.VXLANPeers()) != d.fwPeers
+		peers, _ := d.vxlanPeersLocked()
+		changed := peersKey(peers) != d.fwPeers
 		d.mu.Unlock()
 		if changed {
 			if err := d.writeFirewall(); err != nil {
@@ -53,6 +56,7 @@ func (d *Driver) writeFirewall() error {
 	}
 	d.mu.Lock()
 	st := d.firewallStateLocked()
+	_, complete := d.vxlanPeersLocked()
 	d.fwPeers = peersKey(st.Peers)
 	d.fwGen++
 	gen := d.fwGen
@@ -75,6 +79,9 @@ func (d *Driver) writeFirewall() error {
 	}
 	if err == nil {
 		d.fwWritten = gen // only a state in place stands for the older ones
+		if complete && st.VXLANPort != 0 {
+			d.keepPeers(st.Peers)
+		}
 	}
 	return err
 }
@@ -121,9 +128,57 @@ func (d *Driver) firewallStateLocked() firewall.State {
 	}
 	if vxlan {
 		st.VXLANPort = d.cfg.VXLANPort
-		st.Peers = d.routes.VXLANPeers()
+		st.Peers, _ = d.vxlanPeersLocked()
 	}
 	return st
+}
+
+// vxlanPeersLocked is who may send VXLAN here: the peers of every VXLAN
+// network's plan, and while a network has no plan yet (after a start, or
+// through a store outage), the last complete set as well (kept in the local
+// store across restarts). Never "anyone": the port fails closed (issue 24,
+// audit M2). complete says whether every plan was in. Called with d.mu held.
+func (d *Driver) vxlanPeersLocked() (peers []netip.Addr, complete bool) {
+	peers, complete = d.routes.VXLANPeers()
+	if !complete {
+		for _, a := range d.knownPeers {
+			if !slices.Contains(peers, a) {
+				peers = append(peers, a)
+			}
+		}
+		slices.SortFunc(peers, func(a, b netip.Addr) int { return a.Compare(b) })
+	}
+	return peers, complete
+}
+
+// knownPeersKey is where the last complete VXLAN peer set is kept.
+const knownPeersKey = "local/vxlan-peers"
+
+// keepPeers records a complete VXLAN peer set that the firewall now holds,
+// in memory and in the local store, when it changed. Called without d.mu.
+func (d *Driver) keepPeers(peers []netip.Addr) {
+	d.mu.Lock()
+	same := slices.Equal(peers, d.knownPeers)
+	if !same {
+		d.knownPeers = slices.Clone(peers)
+	}
+	d.mu.Unlock()
+	if same {
+		return
+	}
+	if _, err := kv.PutJSON(context.Background(), d.local, knownPeersKey, peers, kv.Any); err != nil {
+		d.log.Warnf("keep the VXLAN peer set in the local store: %v", err)
+	}
+}
+
+// loadPeers reads the last complete VXLAN peer set from the local store.
+func (d *Driver) loadPeers(ctx context.Context) {
+	var peers []netip.Addr
+	if _, err := kv.GetJSON(ctx, d.local, knownPeersKey, &peers); err == nil {
+		d.mu.Lock()
+		d.knownPeers = peers
+		d.mu.Unlock()
+	}
 }
 
 // peersKey tells peer sets apart, unknown (nil) from empty.

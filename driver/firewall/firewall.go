@@ -82,8 +82,9 @@ type State struct {
 	// connection tracking (the inner packets are tracked), closed to
 	// forwarded traffic, and open only to Peers.
 	VXLANPort int
-	// Peers are the underlay addresses of the cluster's other hosts; nil
-	// while they are not known yet (the VXLAN port then stays open).
+	// Peers are the underlay addresses of the cluster's other hosts that
+	// may send VXLAN here; the port is closed to everyone else, also while
+	// none is known (nil or empty: closed to all).
 	Peers []netip.Addr
 }
 
@@ -231,12 +232,10 @@ func render(st State, v6 bool) Rules {
 		//.
 		r.Raw = append(r.Raw, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --dst-type LOCAL -j NOTRACK", RawChain, st.VXLANPort))
 		r.RawOutput = append(r.RawOutput, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --src-type LOCAL -j NOTRACK", RawOutputChain, st.VXLANPort))
-		if st.Peers != nil {
-			for _, p := range peers {
-				r.Input = append(r.Input, fmt.Sprintf("-A %s -s %s/32 -p udp -m udp --dport %d -j RETURN", InputChain, p, st.VXLANPort))
-			}
-			r.Input = append(r.Input, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j DROP", InputChain, st.VXLANPort))
+		for _, p := range peers {
+			r.Input = append(r.Input, fmt.Sprintf("-A %s -s %s/32 -p udp -m udp --dport %d -j RETURN", InputChain, p, st.VXLANPort))
 		}
+		r.Input = append(r.Input, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j DROP", InputChain, st.VXLANPort))
 	}
 	return r
 }

@@ -183,8 +183,9 @@ func TestTunnelIngress(t *testing.T) {
 	}
 }
 
-// The VXLAN port admits the known peers only; while they are not known
-// (nil) it stays open, so that a restarted plugin does not cut tunnels.
+// The VXLAN port admits the known peers only, and nobody while none is
+// known (issue 24, audit M2: it was left open until every plan came, after
+// every plugin start).
 func TestVXLANPortPeers(t *testing.T) {
 	st := testState()
 	in := Render(st).Input
@@ -192,8 +193,8 @@ func TestVXLANPortPeers(t *testing.T) {
 		t.Fatalf("input rules:\n%s", strings.Join(in, "\n"))
 	}
 	st.Peers = nil
-	if in := Render(st).Input; len(in) != 0 {
-		t.Fatalf("peers unknown, yet input rules:\n%s", strings.Join(in, "\n"))
+	if in := Render(st).Input; len(in) != 1 || !strings.HasSuffix(in[0], "--dport 8472 -j DROP") {
+		t.Fatalf("peers unknown: want the port closed:\n%s", strings.Join(in, "\n"))
 	}
 	st.Peers = []netip.Addr{}
 	if in := Render(st).Input; len(in) != 1 {

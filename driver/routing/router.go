@@ -675,20 +675,21 @@ func (r *Router) Plan(id string) (Plan, bool) {
 	return Plan{}, false
 }
 
-// VXLANPeers is the underlay addresses of every VXLAN peer of every network,
-// or nil while a VXLAN network has no plan yet (its peers are not known: the
-// firewall keeps the port open until they are).
-func (r *Router) VXLANPeers() []netip.Addr {
+// VXLANPeers is the underlay addresses of every VXLAN peer of every network
+// that has a plan, sorted; complete is false while a VXLAN network has no
+// plan yet (its peers are not all known).
+func (r *Router) VXLANPeers() (peers []netip.Addr, complete bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	peers := []netip.Addr{}
+	peers, complete = []netip.Addr{}, true
 	seen := map[netip.Addr]bool{}
 	for _, w := range r.nets {
 		if w.n.Device == "" {
 			continue
 		}
 		if w.plan == nil {
-			return nil
+			complete = false
+			continue
 		}
 		for _, a := range w.plan.VXLANPeers() {
 			if !seen[a] {
@@ -698,7 +699,7 @@ func (r *Router) VXLANPeers() []netip.Addr {
 		}
 	}
 	slices.SortFunc(peers, func(a, b netip.Addr) int { return a.Compare(b) })
-	return peers
+	return peers, complete
 }
 
 // Tunnels is the WireGuard peers of every network routed through a tunnel

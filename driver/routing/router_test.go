@@ -129,10 +129,13 @@ func TestRouterAppliesDifferences(t *testing.T) {
 	if _, ok := r.Plan("n1"); ok || len(k.Routes()) != 0 {
 		t.Fatalf("planned without this host's own registration: %v", k.Routes())
 	}
+	if peers, complete := r.VXLANPeers(); complete || len(peers) != 0 {
+		t.Fatalf("VXLAN peers before the plan: %v, complete %v", peers, complete)
+	}
 	put(t, store, kv.HostPath("a"), `{"id":"a","address":"10.98.0.11","renewed":"2099-01-01T00:00:00Z"}`)
 	waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 1 })
-	if peers := r.VXLANPeers(); len(peers) != 1 || peers[0].String() != "10.98.0.12" {
-		t.Fatalf("VXLAN peers: %v", peers)
+	if peers, complete := r.VXLANPeers(); !complete || len(peers) != 1 || peers[0].String() != "10.98.0.12" {
+		t.Fatalf("VXLAN peers: %v, complete %v", peers, complete)
 	}
 	before := k.Ops()
 	// Block changes come through the feed, in the transaction that makes
