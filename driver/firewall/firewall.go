@@ -56,6 +56,11 @@ type Pool struct {
 	// NAT66: masquerade an IPv6 pool's traffic leaving it (off by default).
 	// Ignored for IPv4 pools, masqueraded unless Internal.
 	NAT66 bool
+	// Underlay: peers' traffic of the pool arrives in clear on the
+	// underlay (host-gw, direct routing). Otherwise the pool's own
+	// addresses are never taken from the underlay: a machine on the LAN
+	// cannot inject into a vxlan network (issue 24, audit M3).
+	Underlay bool
 }
 
 // Port is a published port: HostPort on the host (on HostIP only, when set)
@@ -177,9 +182,17 @@ func render(st State, v6 bool) Rules {
 	// the rule above).
 	// (A WireGuard pool's other hosts come through its tunnel only.)
 	for _, n := range nets {
-		ingress := append([]string{endpointIfs}, plainIngress(st)...)
-		if n.Tunnel != "" {
-			ingress = []string{endpointIfs, n.Tunnel}
+		ingress := []string{endpointIfs}
+		switch {
+		case n.Tunnel != "":
+			ingress = append(ingress, n.Tunnel)
+		default:
+			if n.Device != "" {
+				ingress = append(ingress, n.Device)
+			}
+			if n.Underlay && st.Underlay != "" {
+				ingress = append(ingress, st.Underlay)
+			}
 		}
 		for _, in := range ingress {
 			both("-i %s -s %s -d %s", in, n.Pool, n.Pool)

@@ -103,7 +103,7 @@ var (
 
 func testState() State {
 	return State{
-		Pools:    []Pool{{Pool: poolA, Device: "tartan.1"}, {Pool: poolB}, {Pool: poolI, Internal: true, Device: "tartan.3"}},
+		Pools:    []Pool{{Pool: poolA, Device: "tartan.1"}, {Pool: poolB, Underlay: true}, {Pool: poolI, Internal: true, Device: "tartan.3"}},
 		Ports:    []Port{{Proto: "tcp", HostPort: 8080, IP: netip.MustParseAddr("10.244.0.9"), Port: 80}},
 		Underlay: "eth1", Bridges: []string{"mybridge"}, VXLANPort: 8472,
 		Peers: []netip.Addr{netip.MustParseAddr("192.0.2.20")},
@@ -124,6 +124,11 @@ func TestForwardIsolation(t *testing.T) {
 		{"same network, same host", packet{in: "tn1", out: "tn2", src: "10.244.0.2", dst: "10.244.0.3", state: "NEW"}, "ACCEPT"},
 		{"same network, from a peer's VXLAN", packet{in: "tartan.1", out: "tn2", src: "10.244.1.2", dst: "10.244.0.3", state: "NEW"}, "ACCEPT"},
 		{"same network, host-gw peer", packet{in: "eth1", out: "tn2", src: "10.245.1.2", dst: "10.245.0.3", state: "NEW"}, "ACCEPT"},
+		// Issue 24, audit M3: a vxlan pool's peers send through its device,
+		// never on the underlay; internal or not.
+		{"vxlan pool injected on the underlay", packet{in: "eth1", out: "tn2", src: "10.244.1.2", dst: "10.244.0.3", state: "NEW"}, "DROP"},
+		{"internal vxlan pool injected on the underlay", packet{in: "eth1", out: "tn2", src: "10.246.1.2", dst: "10.246.0.3", state: "NEW"}, "DROP"},
+		{"vxlan pool from another network's device", packet{in: "tartan.3", out: "tn2", src: "10.244.1.2", dst: "10.244.0.3", state: "NEW"}, "DROP"},
 		{"other tartan network", packet{in: "tn1", out: "tn4", src: "10.244.0.2", dst: "10.245.0.3", state: "NEW"}, "DROP"},
 		{"VXLAN device carrying another pool", packet{in: "tartan.1", out: "tn4", src: "10.246.0.2", dst: "10.246.0.3", state: "NEW"}, "DROP"},
 		{"to Docker's bridge", packet{in: "tn1", out: "docker0", src: "10.244.0.2", dst: "172.17.0.2", state: "NEW"}, "DROP"},
@@ -269,7 +274,7 @@ var (
 // dual-stack networks contribute them.
 func dualStackState() State {
 	st := testState()
-	st.Pools = append(st.Pools, Pool{Pool: pool6A, Device: "tartan.1", NAT66: true}, Pool{Pool: pool6B}, Pool{Pool: pool6I, Internal: true, Device: "tartan.3"})
+	st.Pools = append(st.Pools, Pool{Pool: pool6A, Device: "tartan.1", NAT66: true}, Pool{Pool: pool6B, Underlay: true}, Pool{Pool: pool6I, Internal: true, Device: "tartan.3"})
 	return st
 }
 

@@ -8,6 +8,7 @@ package hostgw
 
 import (
 	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/routed"
 	"github.com/tartan-net/tartan/driver/routing"
 )
@@ -31,4 +32,12 @@ func (Backend) Describe() backend.Description {
 // Peers are routed on the underlay, each through its host's address.
 func (Backend) Peers(n backend.Network) (routing.Network, bool) {
 	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), HostGW: true}, true
+}
+
+// Firewall is the routed one, with the peers' traffic arriving in clear on
+// the underlay (a plain route per block).
+func (b Backend) Firewall(n backend.Network) (firewall.Pool, bool) {
+	p, ok := b.Base.Firewall(n)
+	p.Underlay = true
+	return p, ok
 }

@@ -225,7 +225,9 @@ func (Base) Info(_ backend.Network, e backend.Endpoint) map[string]string {
 	return map[string]string{"tartan.interface": e.HostIf}
 }
 
-// Firewall isolates the network's pool and NATs what leaves it.
+// Firewall isolates the network's pool and NATs what leaves it. Its peers'
+// traffic comes out of its VXLAN device, and with direct routing on the
+// underlay too.
 func (Base) Firewall(n backend.Network) (firewall.Pool, bool) {
-	return firewall.Pool{Pool: n.PoolPrefix(), Internal: n.Internal, Device: n.Device}, true
+	return firewall.Pool{Pool: n.PoolPrefix(), Internal: n.Internal, Device: n.Device, Underlay: n.Direct}, true
 }
