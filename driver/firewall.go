@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -82,8 +83,34 @@ func (d *Driver) writeFirewall() error {
 		if complete && st.VXLANPort != 0 {
 			d.keepPeers(st.Peers)
 		}
+		err = syncGuards(st.Pools)
 	}
 	return err
+}
+
+// syncGuards gives every routed pool of the host its guard route (an
+// unreachable route for the whole pool: kernel.EnsureGuard) and removes
+// the guard routes of pools it no longer has. Called with d.fwMu held.
+func syncGuards(pools []firewall.Pool) error {
+	want := map[netip.Prefix]bool{}
+	for _, p := range pools {
+		want[p.Pool.Masked()] = true
+	}
+	have, err := kernel.Guards()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range have {
+		if !want[p] {
+			errs = append(errs, kernel.DeleteGuard(p))
+		}
+		delete(want, p)
+	}
+	for p := range want {
+		errs = append(errs, kernel.EnsureGuard(p))
+	}
+	return errors.Join(errs...)
 }
 
 // hostFirewallState fills in what the firewall needs of the host's
@@ -104,7 +131,20 @@ func (d *Driver) FirewallDrift() ([]string, error) {
 	d.hostFirewallState(&st)
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
-	return d.fw.Check(st)
+	out, err := d.fw.Check(st)
+	if err != nil {
+		return nil, err
+	}
+	have, err := kernel.Guards()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range st.Pools {
+		if !slices.Contains(have, p.Pool.Masked()) {
+			out = append(out, fmt.Sprintf("the route \"unreachable %s\" that keeps the pool's unused addresses from leaving the host is missing", p.Pool.Masked()))
+		}
+	}
+	return out, nil
 }
 
 // firewallStateLocked is the desired firewall but for the host's

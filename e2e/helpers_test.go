@@ -168,8 +168,12 @@ func (s *single) kernelClean(t *testing.T) {
 				return fmt.Errorf("link left: %s", l)
 			}
 		}
-		if r := strings.TrimSpace(s.MustIP(t, "route", "show", "proto", "84")); r != "" {
-			return fmt.Errorf("routes left: %s", r)
+		for _, proto := range []string{"84", "85"} { // tartan's routes, its pools' guard routes
+			for _, family := range []string{"-4", "-6"} {
+				if r := strings.TrimSpace(s.MustIP(t, family, "route", "show", "proto", proto)); r != "" {
+					return fmt.Errorf("routes left: %s", r)
+				}
+			}
 		}
 		return nil
 	})

@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -44,6 +45,18 @@ func TestSingleHostEmbedded(t *testing.T) {
 	s.mustReach(t, "net-internal", "srv-internal")
 	s.mustNotReach(t, "net-internal", s.internet)
 	s.mustNotReach(t, "net-internal", s.ip(t, "srv-vxlan"))
+	// Issue 24, audit M4: nor through an unused address of its own pool,
+	// which followed the default route out of the host (unmasqueraded)
+	// before the pool had its unreachable route. Counted where it would
+	// arrive: the outside's raw table.
+	s.outside.MustExec(t, testbed.Iptables(), "-t", "raw", "-I", "PREROUTING", "-d", "10.32.0.0/16", "-j", "ACCEPT")
+	s.mustNotReach(t, "net-internal", "10.32.200.5")
+	if out := s.outside.MustExec(t, testbed.Iptables(), "-t", "raw", "-vnxL", "PREROUTING"); !regexp.MustCompile(`(?m)^\s+0\s+0\s+ACCEPT.*10\.32\.0\.0/16`).MatchString(out) {
+		t.Fatalf("an --internal container's packets to an unused address of its pool left the host:\n%s", out)
+	}
+	if r := s.MustIP(t, "route", "show", "proto", "85"); !strings.Contains(r, "unreachable 10.32.0.0/16") {
+		t.Fatalf("no unreachable route for the internal network's pool:\n%s", r)
+	}
 	// The VXLAN device and its MTU (underlay 1500 - 50).
 	if out := s.MustIP(t, "-d", "link", "show", "tartan.256"); !strings.Contains(out, "mtu 1450") || !strings.Contains(out, "dstport 8472") {
 		t.Fatalf("vxlan device:\n%s", out)

@@ -65,6 +65,16 @@ func (n NS) Exec(name string, args ...string) (string, error) {
 	return string(out), nil
 }
 
+// MustExec is Exec that fails the test on error.
+func (n NS) MustExec(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := n.Exec(name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // Command is a command to run inside the namespace, for one the test
 // starts and stops itself (a capture).
 func (n NS) Command(name string, args ...string) *exec.Cmd {
