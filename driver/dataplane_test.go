@@ -3,6 +3,8 @@ package driver_test
 import (
 	"context"
 	"fmt"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"net/netip"
@@ -353,7 +355,12 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	}
 	sh(t, "ip link del tnfoo 2>/dev/null || true")
 
-	// Deletes are idempotent and leave nothing behind.
+	// Deletes are idempotent and leave nothing behind, connection tracking
+	// entries included (issue 24, audit M6).
+	sh(t, "ping -c 1 -W 1 10.244.0.3 >/dev/null || true") // tracked on either path: the host's own
+	if n := conntrackOf(t, "10.244.0.3"); n == 0 {
+		t.Fatal("no connection tracking entry of 10.244.0.3 after the pings: the check below would prove nothing")
+	}
 	for _, ep := range []struct{ n, e string }{{"net-web", "01aaaaaaaaaaaa"}, {"net-web", "02aaaaaaaaaaaa"}, {"net-gw", "03bbbbbbbbbbbb"}, {"net-int", "04cccccccccccc"}, {"net-int", "05cccccccccccc"}} {
 		for i := 0; i < 2; i++ {
 			if err := b.drv.DeleteEndpoint(b.ctx, ep.e); err != nil {
@@ -369,8 +376,11 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	if left := sh(t, "ip -br link | grep -E '^(tn|tp|tartan\\.)' || true"); strings.TrimSpace(left) != "" {
 		t.Fatalf("links left: %s", left)
 	}
-	if left := sh(t, "ip route show proto 84"); strings.TrimSpace(left) != "" {
+	if left := sh(t, "ip route show proto 84; ip route show proto 85"); strings.TrimSpace(left) != "" {
 		t.Fatalf("routes left: %s", left)
+	}
+	if n := conntrackOf(t, "10.244.0.3"); n != 0 {
+		t.Fatalf("%d connection tracking entries of a deleted endpoint's address left", n)
 	}
 	if fw := sh(t, "iptables-save"); strings.Contains(fw, "TARTAN") {
 		t.Fatalf("firewall rules left with no network:\n%s", fw)
@@ -722,4 +732,23 @@ func (b *bed) counters() map[string]uint64 {
 		b.t.Fatal(err)
 	}
 	return c
+}
+
+// conntrackOf counts the connection tracking entries that name ip.
+func conntrackOf(t *testing.T, ip string) int {
+	t.Helper()
+	flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+	if err != nil {
+		t.Fatalf("list connection tracking entries: %v", err)
+	}
+	n := 0
+	for _, f := range flows {
+		for _, a := range []net.IP{f.Forward.SrcIP, f.Forward.DstIP, f.Reverse.SrcIP, f.Reverse.DstIP} {
+			if a.String() == ip {
+				n++
+				break
+			}
+		}
+	}
+	return n
 }

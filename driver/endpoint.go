@@ -181,6 +181,13 @@ func (d *Driver) removeEndpoint(ctx context.Context, id string) error {
 	delete(d.st.endpoints, e.ID)
 	d.mu.Unlock()
 	d.log.WithFields(logrus.Fields{"network": shortID(e.Network), "endpoint": shortID(e.ID), "ip": e.IP}).Info("endpoint deleted")
+	// Its flows go with it: the next endpoint given its address gets none
+	// of them.
+	for _, a := range []netip.Addr{e.Addr(), e.Addr6()} {
+		if err := kernel.FlushConntrack(a); err != nil {
+			d.log.WithField("endpoint", shortID(e.ID)).Warn(err)
+		}
+	}
 	if len(e.Ports) > 0 {
 		return d.writeFirewall()
 	}

@@ -80,8 +80,11 @@ func (d *Driver) writeFirewall() error {
 	}
 	if err == nil {
 		d.fwWritten = gen // only a state in place stands for the older ones
-		if complete && st.VXLANPort != 0 {
+		switch {
+		case complete && st.VXLANPort != 0:
 			d.keepPeers(st.Peers)
+		case st.VXLANPort == 0:
+			d.keepPeers(nil) // no VXLAN network left: nothing to keep
 		}
 		err = syncGuards(st.Pools)
 	}
@@ -206,7 +209,13 @@ func (d *Driver) keepPeers(peers []netip.Addr) {
 	if same {
 		return
 	}
-	if _, err := kv.PutJSON(context.Background(), d.local, knownPeersKey, peers, kv.Any); err != nil {
+	var err error
+	if peers == nil {
+		err = d.local.Delete(context.Background(), knownPeersKey, 0)
+	} else {
+		_, err = kv.PutJSON(context.Background(), d.local, knownPeersKey, peers, kv.Any)
+	}
+	if err != nil && !errors.Is(err, kv.ErrNotFound) {
 		d.log.Warnf("keep the VXLAN peer set in the local store: %v", err)
 	}
 }

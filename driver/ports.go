@@ -117,7 +117,35 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, asked []PortRe
 	if len(ports) > 0 {
 		d.log.WithFields(logrus.Fields{"endpoint": shortID(e.ID), "ports": ports}).Info("ports published")
 	}
+	// The flows of ports withdrawn go with them: a UDP flow to a port
+	// published again must reach its new container.
+	gone := map[string][]backend.Port{e.ID: withdrawn(prev, ports)}
+	for id, h := range held {
+		gone[id] = h.Ports
+	}
+	for id, ps := range gone {
+		ip := e.Addr()
+		if id != e.ID {
+			ip = held[id].Addr()
+		}
+		for _, p := range ps {
+			if err := kernel.FlushPortConntrack(ip, p.Proto, p.HostPort); err != nil {
+				d.log.WithField("endpoint", shortID(id)).Warn(err)
+			}
+		}
+	}
 	return nil
+}
+
+// withdrawn is what of was is not in now.
+func withdrawn(was, now []backend.Port) []backend.Port {
+	var out []backend.Port
+	for _, p := range was {
+		if !slices.Contains(now, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // choosePorts turns the requests into ports. A fixed host port is taken as
