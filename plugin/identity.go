@@ -165,7 +165,14 @@ func (id *Identity) Run(ctx context.Context) {
 			}
 		}
 		var h IdentityRecord
-		_ = json.Unmarshal(holder, &h)
+		if len(holder) == 0 || json.Unmarshal(holder, &h) != nil || h.Instance == "" {
+			// Nobody holds it, yet it could not be claimed: Consul's lock
+			// delay after a claim ended (this machine's previous process).
+			if !kv.Sleep(ctx, time.Second) {
+				return
+			}
+			continue
+		}
 		switch {
 		case h.Boot != "" && h.Boot == id.me.Boot, h.Address != "" && h.Address == id.me.Address:
 			// This machine's own previous process (it died holding the

@@ -113,3 +113,33 @@ func TestIdentityWithoutClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// flakyClaims refuses a claim a few times with nobody holding it (Consul's
+// lock delay after a session ended), then grants it.
+type flakyClaims struct {
+	kv.Store
+	refusals int
+}
+
+func (f *flakyClaims) Claim(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, []byte, <-chan struct{}, error) {
+	if f.refusals > 0 {
+		f.refusals--
+		return false, nil, nil, nil
+	}
+	return true, nil, make(chan struct{}), nil
+}
+
+func (f *flakyClaims) Break(context.Context, string) error { return nil }
+
+// A claim refused with nobody holding it (the lock delay after this
+// machine's previous process ended) is tried again; it is no other
+// machine's (the plugin refused itself after every restart on Consul).
+func TestIdentityRetriesAFreeKey(t *testing.T) {
+	id := testIdentity(&flakyClaims{Store: kv.NewMemory(), refusals: 3}, "10.98.0.11", "boot-1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go id.Run(ctx)
+	if err := readyWithin(t, id); err != nil {
+		t.Fatal(err)
+	}
+}
