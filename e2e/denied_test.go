@@ -44,7 +44,10 @@ func TestConsulDenied(t *testing.T) {
 		return tok.SecretID
 	}
 	read := token("tartan-read", `key_prefix "tartan/" { policy = "read" }`)
-	write := token("tartan-write", `key_prefix "tartan/" { policy = "write" }`)
+	// What tartan's token needs: its prefix, and sessions for the identity
+	// claim (plugin.Identity).
+	write := token("tartan-write", `key_prefix "tartan/" { policy = "write" }
+session_prefix "" { policy = "write" }`)
 
 	create := []string{"network", "create", tnet, tipam, "--subnet", "10.46.0.0/16", "acl"}
 	refused := func(what string) {

@@ -140,8 +140,22 @@ func (id *Identity) Run(ctx context.Context) {
 	var other string    // the other machine's instance we are waiting out
 	var since time.Time // since when
 	backoff := time.Second
+	denied := false
 	for ctx.Err() == nil {
 		held, holder, lost, err := id.claims.Claim(ctx, key, me, id.ttl)
+		if errors.Is(err, kv.ErrDenied) {
+			// A token from before the claim (Consul ACLs without session
+			// write): serve as before, unchecked, and say how to check.
+			if !denied {
+				denied = true
+				id.log.Warnf("%v: the check that no other machine serves as host %s (a copied state folder) is off until the token may write sessions: add session_prefix \"\" { policy = \"write\" } to its Consul ACL policy", err, id.host)
+			}
+			id.set(true, nil)
+			if !kv.Sleep(ctx, time.Minute) {
+				return
+			}
+			continue
+		}
 		if err != nil {
 			id.log.Debugf("identity claim: %v", err)
 			id.set(false, nil)

@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -136,6 +137,27 @@ func (f *flakyClaims) Break(context.Context, string) error { return nil }
 // machine's (the plugin refused itself after every restart on Consul).
 func TestIdentityRetriesAFreeKey(t *testing.T) {
 	id := testIdentity(&flakyClaims{Store: kv.NewMemory(), refusals: 3}, "10.98.0.11", "boot-1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go id.Run(ctx)
+	if err := readyWithin(t, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// deniedClaims is a store whose token may not write sessions.
+type deniedClaims struct{ kv.Store }
+
+func (deniedClaims) Claim(context.Context, string, []byte, time.Duration) (bool, []byte, <-chan struct{}, error) {
+	return false, nil, nil, fmt.Errorf("claim: %w", kv.ErrDenied)
+}
+
+func (deniedClaims) Break(context.Context, string) error { return nil }
+
+// A Consul token without session write (one from before the identity
+// claim) serves as before, unchecked, rather than refusing.
+func TestIdentityWithATokenThatMayNotClaim(t *testing.T) {
+	id := testIdentity(deniedClaims{kv.NewMemory()}, "10.98.0.11", "boot-1")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go id.Run(ctx)
