@@ -325,6 +325,9 @@ func guard(run func() int) int {
 	Sweep(group, logf)
 	me := os.Getpid()
 	forget := save(record{Kind: "runner", PID: me, Start: startTime(me), Name: strings.Join(os.Args, " ")})
+	// A run stopped with its parent (go test) gone writes into a closed
+	// pipe: that must not end it before it removed what it made.
+	signal.Ignore(syscall.SIGPIPE)
 	stopped := make(chan string, 1)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
