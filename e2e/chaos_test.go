@@ -93,33 +93,17 @@ func TestChaos(t *testing.T) {
 			time.Sleep(20 * time.Second) // the election, and runs against two servers
 		}, nil},
 		{"host cut off from Consul past LEASE_TTL", chaosPerHost, func(t *testing.T) {
-			h := c.Hosts[2]
-			cut := []string{"OUTPUT", "-p", "tcp", "-m", "iprange", "--dst-range", testbed.ConsulAddr + "-" + testbed.UnderlayPrefix + "102", "-j", "DROP"}
-			time.Sleep(3 * time.Second)
-			if out, err := h.Exec("iptables", append([]string{"-I"}, cut...)...); err != nil {
-				t.Fatalf("cut %s off: %v %s", h.Name, err, out)
-			}
-			time.Sleep(15 * time.Second)
-			if out, err := h.Exec("iptables", append([]string{"-D"}, cut...)...); err != nil {
-				t.Fatalf("reconnect %s: %v %s", h.Name, err, out)
-			}
+			cutOff(t, c.Hosts[2], func() { time.Sleep(15 * time.Second) })
 		}, nil},
 		// Issue 24: what a fleet gets wrong without failing.
 		{"host 3's clock 3 days ahead", trustPerHost, skewed("72h"), unskew},
 		{"host 3's clock 3 days behind", trustPerHost, skewed("-72h"), unskew},
 		{"host 3 cut off from Consul for over two lease lifetimes, collected, back", trustPerHost, func(t *testing.T) {
-			h := c.Hosts[2]
-			cut := []string{"OUTPUT", "-p", "tcp", "-m", "iprange", "--dst-range", testbed.ConsulAddr + "-" + testbed.UnderlayPrefix + "102", "-j", "DROP"}
-			time.Sleep(3 * time.Second)
-			if out, err := h.Exec("iptables", append([]string{"-I"}, cut...)...); err != nil {
-				t.Fatalf("cut %s off: %v %s", h.Name, err, out)
-			}
-			time.Sleep(30 * time.Second) // three lease lifetimes
-			// Host 1 collects host 3 (gone for two lease lifetimes).
-			t.Logf("tartan gc --yes on %s: %s", c.Hosts[0].Name, strings.TrimSpace(c.Hosts[0].Tartan(t, "gc", "--yes")))
-			if out, err := h.Exec("iptables", append([]string{"-D"}, cut...)...); err != nil {
-				t.Fatalf("reconnect %s: %v %s", h.Name, err, out)
-			}
+			cutOff(t, c.Hosts[2], func() {
+				time.Sleep(30 * time.Second) // three lease lifetimes
+				// Host 1 collects host 3 (gone for two lease lifetimes).
+				t.Logf("tartan gc --yes on %s: %s", c.Hosts[0].Name, strings.TrimSpace(c.Hosts[0].Tartan(t, "gc", "--yes")))
+			})
 		}, nil},
 	}
 	for _, sc := range scenarios {
@@ -502,4 +486,19 @@ func chaosCopiedHost(t *testing.T, c *testbed.Cluster) {
 	}
 	h4.MustDocker(t, "plugin", "disable", "-f", testbed.PluginName)
 	chaosClean(t, c)
+}
+
+// cutOff cuts h off from every Consul server while during runs (after
+// three seconds of the scenario's runs), then reconnects it.
+func cutOff(t *testing.T, h *testbed.Host, during func()) {
+	t.Helper()
+	cut := []string{"OUTPUT", "-p", "tcp", "-m", "iprange", "--dst-range", testbed.ConsulAddr + "-" + testbed.UnderlayPrefix + "102", "-j", "DROP"}
+	time.Sleep(3 * time.Second)
+	if out, err := h.Exec("iptables", append([]string{"-I"}, cut...)...); err != nil {
+		t.Fatalf("cut %s off: %v %s", h.Name, err, out)
+	}
+	during()
+	if out, err := h.Exec("iptables", append([]string{"-D"}, cut...)...); err != nil {
+		t.Fatalf("reconnect %s: %v %s", h.Name, err, out)
+	}
 }

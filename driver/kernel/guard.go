@@ -42,18 +42,15 @@ func DeleteGuard(p netip.Prefix) error {
 
 // Guards lists the pools that have a guard route, IPv4 and IPv6.
 func Guards() ([]netip.Prefix, error) {
-	filter := &netlink.Route{Protocol: GuardProtocol, Table: unix.RT_TABLE_MAIN}
+	rs, err := mainRoutes(GuardProtocol)
+	if err != nil {
+		return nil, err
+	}
 	var out []netip.Prefix
-	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rs, err := routeListFamily(family, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-		if err != nil {
-			return nil, fmt.Errorf("list guard routes: %w", err)
-		}
-		for _, r := range rs {
-			if r.Dst != nil {
-				ones, _ := r.Dst.Mask.Size()
-				out = append(out, netip.PrefixFrom(addrOf(r.Dst.IP), ones))
-			}
+	for _, r := range rs {
+		if r.Dst != nil {
+			ones, _ := r.Dst.Mask.Size()
+			out = append(out, netip.PrefixFrom(addrOf(r.Dst.IP), ones))
 		}
 	}
 	return out, nil

@@ -75,9 +75,9 @@ func ReplaceRoute(r Route) error {
 	return nil
 }
 
-// OwnedRoutes lists the main-table routes tartan installed, IPv4 and IPv6.
-func OwnedRoutes() ([]Route, error) {
-	filter := &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+// mainRoutes lists the main-table routes of one protocol, IPv4 and IPv6.
+func mainRoutes(proto netlink.RouteProtocol) ([]netlink.Route, error) {
+	filter := &netlink.Route{Protocol: proto, Table: unix.RT_TABLE_MAIN}
 	var rs []netlink.Route
 	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		got, err := routeListFamily(family, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
@@ -85,6 +85,15 @@ func OwnedRoutes() ([]Route, error) {
 			return nil, fmt.Errorf("list routes: %w", err)
 		}
 		rs = append(rs, got...)
+	}
+	return rs, nil
+}
+
+// OwnedRoutes lists the main-table routes tartan installed, IPv4 and IPv6.
+func OwnedRoutes() ([]Route, error) {
+	rs, err := mainRoutes(RouteProtocol)
+	if err != nil {
+		return nil, err
 	}
 	names := map[int]string{}
 	var out []Route
