@@ -122,7 +122,16 @@ func (d *Driver) hostFirewallState(st *firewall.State) {
 	if u, err := kernel.FindUnderlay(d.cfg.Advertise); err == nil {
 		st.Underlay = u.Interface
 	}
-	st.Bridges, _ = kernel.Bridges()
+	st.Uplinks = []string{st.Underlay}
+	if name, err := kernel.DefaultRouteInterface(); err == nil && name != st.Underlay {
+		st.Uplinks = append(st.Uplinks, name)
+	}
+	bridges, _ := kernel.Bridges()
+	for _, b := range bridges {
+		if !slices.Contains(st.Uplinks, b) {
+			st.Bridges = append(st.Bridges, b)
+		}
+	}
 }
 
 // FirewallDrift says how tartan's rules in the kernel differ from what it

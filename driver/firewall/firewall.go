@@ -83,6 +83,11 @@ type State struct {
 	// Bridges are the host's bridge interfaces (Docker's among them):
 	// tartan traffic never enters them except through a published port.
 	Bridges []string
+	// Uplinks are the interfaces the host's own traffic leaves by (the
+	// underlay, the default route's): never taken for Docker's bridges,
+	// whatever their name or kind (a br0 or vmbr0 that carries the host's
+	// uplink; issue 24, audit M5).
+	Uplinks []string
 	// VXLANPort, when set, is the port of the VXLAN devices: exempt from
 	// connection tracking (the inner packets are tracked), closed to
 	// forwarded traffic, and open only to Peers.
@@ -213,6 +218,12 @@ func render(st State, v6 bool) Rules {
 	// Docker's bridges; into a bridge otherwise never.
 	r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s -i %s -m conntrack --ctstate DNAT -j RETURN", IsolateChain, endpointIfs))
 	seen := map[string]bool{}
+	for _, u := range st.Uplinks {
+		if u != "" && !seen[u] {
+			seen[u] = true
+			r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s -i %s -o %s -j RETURN", IsolateChain, endpointIfs, u))
+		}
+	}
 	for _, b := range append([]string{"docker0", "br-+"}, st.Bridges...) {
 		if !seen[b] {
 			seen[b] = true

@@ -105,7 +105,7 @@ func testState() State {
 	return State{
 		Pools:    []Pool{{Pool: poolA, Device: "tartan.1"}, {Pool: poolB, Underlay: true}, {Pool: poolI, Internal: true, Device: "tartan.3"}},
 		Ports:    []Port{{Proto: "tcp", HostPort: 8080, IP: netip.MustParseAddr("10.244.0.9"), Port: 80}},
-		Underlay: "eth1", Bridges: []string{"mybridge"}, VXLANPort: 8472,
+		Underlay: "eth1", Bridges: []string{"mybridge"}, Uplinks: []string{"eth1", "br-lan"}, VXLANPort: 8472,
 		Peers: []netip.Addr{netip.MustParseAddr("192.0.2.20")},
 	}
 }
@@ -147,6 +147,9 @@ func TestForwardIsolation(t *testing.T) {
 		{"container to a peer's VXLAN port", packet{in: "tn1", out: "eth1", src: "10.244.0.2", dst: "192.0.2.20", state: "NEW", proto: "udp", port: 8472}, "DROP"},
 		{"bridge container to a peer's VXLAN port", packet{in: "docker0", out: "eth1", src: "172.17.0.2", dst: "192.0.2.20", state: "NEW", proto: "udp", port: 8472}, "DROP"},
 		{"Docker's own traffic is Docker's", packet{in: "docker0", out: "eth0", src: "172.17.0.2", dst: "198.51.100.1", state: "NEW"}, "RETURN"},
+		// Issue 24, audit M5: a bridge that carries the host's uplink is
+		// not one of Docker's, whatever its name.
+		{"to the outside through a bridged uplink", packet{in: "tn1", out: "br-lan", src: "10.244.0.2", dst: "198.51.100.1", state: "NEW"}, "ACCEPT"},
 	} {
 		if got := decide(t, r, c.p); got != c.want {
 			t.Errorf("%s: %s, want %s\n%s\n%s", c.name, got, c.want, strings.Join(r.Isolate, "\n"), strings.Join(r.Forward, "\n"))
