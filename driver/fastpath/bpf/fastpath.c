@@ -18,6 +18,7 @@
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
@@ -506,6 +507,17 @@ static __always_inline int encap_vxlan(struct __sk_buff *skb, struct device *dev
 	return ofib.ifindex;
 }
 
+// not_ours says whether a frame is the stack's alone to judge: one of
+// another VLAN (tc sees a trunk's tagged frames before the kernel
+// demultiplexes them, with the tag in the skb's metadata), or one not
+// addressed to this host (a NIC in promiscuous mode: a macvlan parent, a
+// bridge port, a capture). The stack drops what is not its own; the fast
+// path carried them into containers (issue 24, audit M1).
+static __always_inline int not_ours(struct __sk_buff *skb)
+{
+	return skb->vlan_present || skb->pkt_type != PACKET_HOST;
+}
+
 SEC("tc")
 int from_container(struct __sk_buff *skb)
 {
@@ -520,6 +532,10 @@ int from_container(struct __sk_buff *skb)
 
 	if (!ep)
 		return TC_ACT_UNSPEC;
+	if (not_ours(skb)) {
+		count(C_STACK_OTHER);
+		return TC_ACT_UNSPEC;
+	}
 	net = ep->net;
 	if (parse(skb, &p) < 0 || !is_src(&p, ep)) {
 		// Not IP, a fragment, or a source not the container's own (the
@@ -571,7 +587,13 @@ int from_peer(struct __sk_buff *skb)
 	struct pkt p = {};
 	int rc = 0;
 
-	if (!dev || parse(skb, &p) < 0)
+	if (!dev)
+		return TC_ACT_UNSPEC;
+	if (not_ours(skb)) {
+		count(C_STACK_OTHER);
+		return TC_ACT_UNSPEC;
+	}
+	if (parse(skb, &p) < 0)
 		return TC_ACT_UNSPEC;
 	src = pool_of(&p, 0);
 	if (!src)
