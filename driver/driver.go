@@ -161,7 +161,7 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 		d.descs = append(d.descs, b.Describe())
 	}
 	d.routes = routing.New(cluster, routing.Netlink{}, routing.Config{Host: cfg.Host, TTL: cfg.LeaseTTL, Replan: 10 * cfg.Resync,
-		Underlay: underlay, OnPeers: d.peersChanged, Witness: cfg.Witness, Now: cfg.Now, Log: log})
+		Underlay: underlay, OnPeers: d.peersChanged, Witness: cfg.Witness, Now: cfg.Now, Local: d.localAddress, Log: log})
 	return d
 }
 
@@ -337,6 +337,18 @@ func (d *Driver) LocalPools() []ipam.PoolID {
 	}
 	slices.SortFunc(out, func(a, b ipam.PoolID) int { return strings.Compare(a.String(), b.String()) })
 	return out
+}
+
+// localAddress says whether one of this host's endpoints has ip.
+func (d *Driver) localAddress(ip netip.Addr) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, e := range d.st.endpoints {
+		if e.Addr() == ip || e.Addr6() == ip {
+			return true
+		}
+	}
+	return false
 }
 
 // poolID is the IPAM's name of a network's pool.

@@ -165,3 +165,31 @@ func TestIdentityWithATokenThatMayNotClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Issue 24, audit L9: one plugin per host, also for a second plugin given
+// another state folder: the host's /run holds a lock of its own.
+func TestHostLock(t *testing.T) {
+	dir := t.TempDir()
+	env := func(k string) string {
+		if k == "XTABLES_LOCKFILE" {
+			return dir + "/xtables.lock"
+		}
+		return ""
+	}
+	first, err := hostLock(env)
+	if err != nil || first == nil {
+		t.Fatalf("first plugin: %v %v", first, err)
+	}
+	if second, err := hostLock(env); err != nil || second != nil {
+		t.Fatalf("second plugin got the host lock: %v %v", second, err)
+	}
+	first.Close()
+	third, err := hostLock(env)
+	if err != nil || third == nil {
+		t.Fatalf("after the first plugin stopped: %v %v", third, err)
+	}
+	third.Close()
+	if got, err := hostLock(func(string) string { return "" }); got != nil || err != nil {
+		t.Fatalf("without the host's /run: %v %v", got, err)
+	}
+}

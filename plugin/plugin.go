@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
 	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
@@ -51,12 +53,26 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if err := os.MkdirAll(s.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir %s: %w", s.StateDir, err)
 	}
-	local, err := kv.OpenBolt(filepath.Join(s.StateDir, "tartan.db"))
-	if errors.Is(err, kv.ErrLocked) {
+	// One tartan plugin per host: the state folder's store is locked while
+	// a plugin has it, and the host's /run holds a lock of its own, which
+	// a second plugin given another state folder still meets (issue 24,
+	// audit L9).
+	held, err := hostLock(env)
+	if err != nil {
+		return err
+	}
+	if held != nil {
+		defer held.Close()
+	}
+	var local *kv.Bolt
+	if held != nil || !hostLockWanted(env) {
+		local, err = kv.OpenBolt(filepath.Join(s.StateDir, "tartan.db"))
+	}
+	if (local == nil && err == nil) || errors.Is(err, kv.ErrLocked) {
 		// A second tartan plugin on this host: it must not touch the first
 		// one's links, routes and rules. It serves, so that Docker shows
 		// the reason to whoever uses it, and does nothing else.
-		why := errors.New("another tartan plugin is running on this host (it holds the state folder, /var/lib/tartan unless its state mount was moved): " +
+		why := errors.New("another tartan plugin is running on this host (it holds the host's tartan lock in /run, or the state folder, /var/lib/tartan unless its state mount was moved): " +
 			"use that plugin (docker plugin ls), or disable it first; one tartan plugin per host")
 		log.Error(why)
 		drv := driver.New(kv.NewMemory(), kv.NewMemory(), nil, &firewall.Firewall{}, driver.Config{Scope: s.Scope}, log)
@@ -163,6 +179,32 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: now, Witness: witness, Docker: engineView(s.DockerSocket),
 		RotateKey: (&keyRotator{wg: wg, reg: reg, s: s, log: entry}).rotate, Repair: repairNow(repairs)})
 	return serve(ctx, socket, h)
+}
+
+// hostLockWanted says whether the plugin runs with the host's /run mounted
+// (XTABLES_LOCKFILE points there), where the host-wide lock lives.
+func hostLockWanted(env func(string) string) bool { return env("XTABLES_LOCKFILE") != "" }
+
+// hostLock takes the host-wide lock (tartan.lock beside the xtables lock in
+// the host's /run), or returns nil when another plugin holds it or the
+// host's /run is not mounted.
+func hostLock(env func(string) string) (*os.File, error) {
+	if !hostLockWanted(env) {
+		return nil, nil
+	}
+	path := filepath.Join(filepath.Dir(env("XTABLES_LOCKFILE")), "tartan.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("host lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("host lock %s: %w", path, err)
+	}
+	return f, nil
 }
 
 // serve serves h on the unix socket until ctx ends.

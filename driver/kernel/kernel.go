@@ -32,6 +32,15 @@ func writeSysctl(path, value, what string) error {
 // EnableIPv6 turns IPv6 on for one interface (a host may default to it
 // off for new ones). Interface names may hold dots, so the path is built
 // here rather than from a dotted sysctl name.
+// Router advertisements and address autoconfiguration go off on it first:
+// a container's advertisement must not give the host a default route via
+// the container (a host whose default accept_ra is 2; issue 24, audit L7).
 func EnableIPv6(root, ifname string) error {
-	return writeSysctl(filepath.Join(root, "net", "ipv6", "conf", ifname, "disable_ipv6"), "0", "enable IPv6 on "+ifname)
+	conf := filepath.Join(root, "net", "ipv6", "conf", ifname)
+	for _, s := range []string{"accept_ra", "autoconf"} {
+		if err := writeSysctl(filepath.Join(conf, s), "0", s+"=0 on "+ifname); err != nil {
+			return err
+		}
+	}
+	return writeSysctl(filepath.Join(conf, "disable_ipv6"), "0", "enable IPv6 on "+ifname)
 }

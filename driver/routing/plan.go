@@ -97,7 +97,10 @@ func (n Network) pools() string {
 
 // Input is everything Compute needs; it does no I/O.
 type Input struct {
-	Self     string
+	Self string
+	// Local says whether an address is one of this host's own endpoints'
+	// (nil: none is): no record may route it elsewhere.
+	Local    func(netip.Addr) bool
 	Net      Network
 	Underlay kernel.Underlay
 	TTL      time.Duration // a host silent this long is gone
@@ -330,6 +333,12 @@ func Compute(in Input) Plan {
 		ip, err := netip.ParseAddr(a.IP)
 		if err != nil || !pool.Contains(ip) {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("address record %q of host %s ignored: not an address of the network's pool %s", a.IP, a.Host, pool))
+			continue
+		}
+		if a.Kind == kv.KindEndpoint && a.Host != in.Self && in.Local != nil && in.Local(ip) {
+			// A record (a bad one, or a duplicate) that would replace a
+			// local container's own route (issue 24, audit L10).
+			plan.Problems = append(plan.Problems, fmt.Sprintf("address record %s of host %s ignored: a container of this host has that address", a.IP, a.Host))
 			continue
 		}
 		if a.Kind != kv.KindEndpoint || a.Host == in.Self || !live.HostAlive(a.Host) {

@@ -260,3 +260,25 @@ func witnessed(in Input) Input {
 	in.View.Seen, in.View.BlockSeen = kvtest.Sightings(in.View.Hosts, in.View.Blocks, in.TTL)
 	return in
 }
+
+// Issue 24, audit L10: an address record naming another host for an
+// address a container of this host has (a bad record, or a duplicate) does
+// not replace the container's own route; the plan names it.
+func TestPlanSkipsRecordsOfLocalAddresses(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	in := Input{Self: "a", TTL: time.Hour, Now: now,
+		Underlay: kernel.Underlay{Interface: "eth1", Address: netip.MustParseAddr("10.98.0.11"), Prefix: netip.MustParsePrefix("10.98.0.0/24")},
+		Net:      Network{Pool: netip.MustParsePrefix("10.244.0.0/16"), HostGW: true},
+		Local:    func(a netip.Addr) bool { return a.String() == "10.244.0.5" },
+		View: View{BlockBits: 26,
+			Hosts:      map[string]kv.Host{"a": {ID: "a", Address: "10.98.0.11", Renewed: now}, "b": {ID: "b", Address: "10.98.0.12", Renewed: now}},
+			Blocks:     []kv.Block{{CIDR: "10.244.0.0/26", Host: "a", Expires: now.Add(time.Hour)}},
+			Exceptions: []kv.Address{{IP: "10.244.0.5", Host: "b", Kind: kv.KindEndpoint}, {IP: "10.244.0.6", Host: "b", Kind: kv.KindEndpoint}}}}
+	p := Compute(witnessed(in))
+	if got := routes(p); got != "10.244.0.6/32 via 10.98.0.12 dev eth1" {
+		t.Fatalf("routes: %s (want only the record of an address no local container has)", got)
+	}
+	if !strings.Contains(strings.Join(p.Problems, "\n"), "address record 10.244.0.5 of host b ignored: a container of this host has that address") {
+		t.Fatalf("problems: %v", p.Problems)
+	}
+}

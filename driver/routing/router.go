@@ -62,6 +62,9 @@ type Config struct {
 	// Now is this host's clock, the one its witness is fed with (nil:
 	// time.Now).
 	Now func() time.Time
+	// Local says whether an address is one of this host's endpoints' (nil:
+	// none is); called without the router's lock.
+	Local func(netip.Addr) bool
 	Log logrus.FieldLogger
 }
 
@@ -573,9 +576,9 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 			continue
 		}
 		now := r.cfg.Now()
-		plan := Compute(Input{Self: r.cfg.Host, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: now, View: view, Memo: &w.memo})
+		plan := Compute(Input{Self: r.cfg.Host, Local: r.cfg.Local, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: now, View: view, Memo: &w.memo})
 		if w.n.Pool6.IsValid() {
-			plan = Merge(plan, Compute6(Input{Self: r.cfg.Host, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: now, View: view6, Memo: &w.memo6}))
+			plan = Merge(plan, Compute6(Input{Self: r.cfg.Host, Local: r.cfg.Local, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: now, View: view6, Memo: &w.memo6}))
 		}
 		rearm(plan.Next)
 		changed, err := r.install(ctx, w, plan)

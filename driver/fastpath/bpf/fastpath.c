@@ -316,9 +316,15 @@ static __always_inline int is_dst(struct pkt *p, struct endpoint *ep)
 
 static __always_inline int is_src(struct pkt *p, struct endpoint *ep)
 {
+	__u64 w0, w1;
+
 	if (p->family == AF_INET)
 		return p->src4 == ep->ip4;
-	return same6(p->src6, ep->ip6);
+	// An endpoint without IPv6 has ip6 zero: "::" is no one's source (the
+	// kernel never forwards it; issue 24, audit L2).
+	__builtin_memcpy(&w0, ep->ip6, 8);
+	__builtin_memcpy(&w1, ep->ip6 + 8, 8);
+	return (w0 | w1) != 0 && same6(p->src6, ep->ip6);
 }
 
 // forward does what routing a packet does to it: one hop less, new MACs.
