@@ -65,7 +65,7 @@ type Config struct {
 	// Local says whether an address is one of this host's endpoints' (nil:
 	// none is); called without the router's lock.
 	Local func(netip.Addr) bool
-	Log logrus.FieldLogger
+	Log   logrus.FieldLogger
 }
 
 // Router is the routing of one host.
