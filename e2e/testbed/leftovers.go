@@ -318,6 +318,9 @@ func Main(m *testing.M) int { return guard(m.Run) }
 // guard is Main around run.
 func guard(run func() int) int {
 	flag.Parse()
+	if fuzzWorker() {
+		return run() // a worker of go test -fuzz: its coordinator guards
+	}
 	group := Group()
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "testbed: "+format+"\n", args...)
@@ -369,4 +372,11 @@ func guard(run func() int) int {
 		return 1
 	}
 	return rc
+}
+
+// fuzzWorker says whether this process is a worker that go test -fuzz
+// started (its coordinator is the run).
+func fuzzWorker() bool {
+	f := flag.Lookup("test.fuzzworker")
+	return f != nil && f.Value.String() == "true"
 }
