@@ -280,3 +280,27 @@ func TestVXLANPortFailsClosed(t *testing.T) {
 		t.Fatalf("after a restart with no plan yet: peers %v, want the kept %v", st.Peers, kept)
 	}
 }
+
+// Issue 24, audit L5: the address of an endpoint that a CreateEndpoint is
+// still making (here, waiting for another call on the endpoint) is held:
+// the orphan sweep does not take it for an orphan meanwhile.
+func TestHoldingCountsArrivingEndpoints(t *testing.T) {
+	d := testDriver("a", kv.NewMemory())
+	d.st.networks["n1"] = localNetwork{ID: "n1", Pool: "10.64.0.0/24", Backend: vxlan.Name, Gateway: "169.254.1.1"}
+	release := d.lockEndpoint("e1") // another call on the endpoint
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = d.CreateEndpoint(context.Background(), EndpointRequest{NetworkID: "n1", EndpointID: "e1", Addr: netip.MustParsePrefix("10.64.0.9/24")})
+	}()
+	deadline := time.Now().Add(time.Minute)
+	for !d.Holding()["10.64.0.0/24"]["10.64.0.9"] {
+		if time.Now().After(deadline) {
+			release()
+			t.Fatal("an arriving endpoint's address is not held")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	release()
+	<-done
+}

@@ -108,6 +108,9 @@ type Driver struct {
 	// inflight marks endpoints whose kernel objects a call is changing
 	// outside the lock; closed channels wake calls waiting for them.
 	inflight map[string]chan struct{}
+	// arriving are endpoints a CreateEndpoint is making, with their
+	// addresses (held: Holding), until it returns.
+	arriving map[string]localEndpoint
 	// orphans are links tartan owns but has no record of, with the time
 	// they were first seen so; they go only once proven dead (reconcile.go).
 	orphans map[string]time.Time
@@ -150,7 +153,7 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 		}
 		cfg.WireGuard = wireguard.NewDevice(wireguard.DeviceName, wireguard.DefaultPort, wireguard.ModeAuto, key, log)
 	}
-	d := &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{},
+	d := &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{}, arriving: map[string]localEndpoint{},
 		orphans: map[string]time.Time{}, creating: map[string]string{}, backends: map[string]backend.Backend{},
 		st:     localState{networks: map[string]localNetwork{}, endpoints: map[string]localEndpoint{}},
 		fwPoke: make(chan struct{}, 1), wg: cfg.WireGuard, wgPoke: make(chan struct{}, 1), fpPoke: make(chan struct{}, 1)}
@@ -390,13 +393,15 @@ func (d *Driver) Holding() map[string]map[string]bool {
 			out[n.Pool][n.ShimIP] = true // a macvlan host-access shim's, an endpoint-kind record too
 		}
 	}
-	for _, e := range d.st.endpoints {
-		n, ok := d.st.networks[e.Network]
-		if ok && out[n.Pool] != nil {
-			out[n.Pool][e.IP] = true
-		}
-		if ok && e.IP6 != "" && out[n.Pool6] != nil {
-			out[n.Pool6][e.IP6] = true
+	for _, eps := range []map[string]localEndpoint{d.st.endpoints, d.arriving} {
+		for _, e := range eps {
+			n, ok := d.st.networks[e.Network]
+			if ok && out[n.Pool] != nil && e.IP != "" {
+				out[n.Pool][e.IP] = true
+			}
+			if ok && e.IP6 != "" && out[n.Pool6] != nil {
+				out[n.Pool6][e.IP6] = true
+			}
 		}
 	}
 	return out

@@ -21,6 +21,17 @@ import (
 // the request had none.
 func (d *Driver) CreateEndpoint(ctx context.Context, r EndpointRequest) (picked string, err error) {
 	addr := r.Addr
+	// Its addresses are held from now (Holding): a call that waits here
+	// for the endpoint's lock, or on a slow store, must not find them swept
+	// as orphans when it records the endpoint (issue 24, audit L5).
+	d.mu.Lock()
+	d.arriving[r.EndpointID] = localEndpoint{ID: r.EndpointID, Network: r.NetworkID, IP: addr.Addr().String(), IP6: addrString(r.Addr6)}
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		delete(d.arriving, r.EndpointID)
+		d.mu.Unlock()
+	}()
 	release := d.lockEndpoint(r.EndpointID)
 	defer release()
 	d.mu.Lock()
@@ -247,4 +258,12 @@ func (d *Driver) Join(_ context.Context, endpointID string) (backend.Join, error
 // no-op, so a Revoke before the Leave (Docker up to 28) costs nothing.
 func (d *Driver) Leave(ctx context.Context, endpointID string) error {
 	return d.WithdrawPorts(ctx, endpointID)
+}
+
+// addrString is a prefix's address as text, "" for none.
+func addrString(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.Addr().String()
 }
