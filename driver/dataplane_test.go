@@ -752,3 +752,17 @@ func conntrackOf(t *testing.T, ip string) int {
 	}
 	return n
 }
+
+// Issue 24, audit L1: host IPsec policies are seen (the plugin then keeps
+// the fast path off: its packets would go around them).
+func TestIPsecPoliciesSeen(t *testing.T) {
+	testbed.Require(t, os.Getenv(inNetns) != "", "needs root: it runs in a network namespace of its own")
+	if has, err := kernel.HasIPsecPolicies(); err != nil || has {
+		t.Fatalf("before any policy: %v %v", has, err)
+	}
+	sh(t, "ip xfrm policy add src 10.0.0.1/32 dst 10.0.0.2/32 dir out tmpl proto esp mode transport")
+	defer sh(t, "ip xfrm policy flush")
+	if has, err := kernel.HasIPsecPolicies(); err != nil || !has {
+		t.Fatalf("with a policy: %v %v", has, err)
+	}
+}

@@ -508,6 +508,12 @@ func loadFastPath(mode string, log logrus.FieldLogger) *fastpath.FastPath {
 		log.Info("FASTPATH=off: routed networks take the kernel path (netfilter, conntrack, routing)")
 		return nil
 	}
+	// Host IPsec (strongSwan, libreswan transport mode between hosts): the
+	// fast path's packets leave by bpf_redirect, around xfrm, in clear.
+	if ipsec, err := kernel.HasIPsecPolicies(); err == nil && ipsec {
+		log.Warn("no eBPF fast path: this host has IPsec (xfrm) policies, which packets the fast path sends would go around: routed networks take the kernel path (FASTPATH=off says so without looking)")
+		return nil
+	}
 	fp, err := fastpath.Load(log)
 	if err != nil {
 		log.Warnf("no eBPF fast path: %v: routed networks take the kernel path (set FASTPATH=off to say so and not try)", err)

@@ -55,3 +55,14 @@ func Guards() ([]netip.Prefix, error) {
 	}
 	return out, nil
 }
+
+// HasIPsecPolicies says whether the host has IPsec (xfrm) policies: traffic
+// the eBPF fast path sends straight out of a device would go around them
+// (issue 24, audit L1).
+func HasIPsecPolicies() (bool, error) {
+	ps, err := netlink.XfrmPolicyList(netlink.FAMILY_ALL)
+	if err != nil {
+		return false, fmt.Errorf("list IPsec policies: %w", err)
+	}
+	return len(ps) > 0, nil
+}
