@@ -2,6 +2,8 @@ package kv
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -147,6 +149,17 @@ func failure(err error) error {
 	return nil
 }
 
+// tlsFailure says whether err is a TLS handshake's: a certificate that
+// does not verify, or TLS spoken to a server that does not.
+func tlsFailure(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var rh tls.RecordHeaderError
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &cv) || errors.As(err, &rh) || errors.As(err, &ua) || errors.As(err, &hn) || errors.As(err, &ci)
+}
+
 // deniedText recognises Consul's ACL refusals: "Permission denied" (the
 // token lacks a permission) and "ACL not found" (the token is unknown).
 func deniedText(msg string) bool {
@@ -163,6 +176,12 @@ func (c *Consul) classify(op, key string, err error) error {
 	}
 	switch failure(err) {
 	case ErrUnavailable:
+		if tlsFailure(err) {
+			// Named as what it is: a wrong CA looked like an outage
+			// (issue 24, audit L4).
+			return fmt.Errorf("%s %s: %s: %w: TLS with the server failed (%w): check CONSUL_CACERT (the CA that signed the server's certificate), the server's name in STORE and CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY",
+				op, key, c, ErrUnavailable, err)
+		}
 		return fmt.Errorf("%s %s: %s: %w (%w)", op, key, c, ErrUnavailable, err)
 	case ErrDenied:
 		return fmt.Errorf("%s %s: %s: %w (%w): set CONSUL_HTTP_TOKEN to a Consul token with write access to key_prefix %q",

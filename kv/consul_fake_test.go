@@ -139,3 +139,18 @@ func checkClass(t *testing.T, err error, class error, words []string) {
 		}
 	}
 }
+
+// Issue 24, audit L4: a server whose certificate does not verify (a wrong
+// CONSUL_CACERT) is named as a TLS failure, not as an outage alone.
+func TestConsulTLSFailureNamed(t *testing.T) {
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer srv.Close()
+	c, err := kv.NewConsul(kv.ConsulConfig{Addresses: []string{strings.TrimPrefix(srv.URL, "https://")}, Scheme: "https", Prefix: "tartan/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Get(context.Background(), "x")
+	if err == nil || !errors.Is(err, kv.ErrUnavailable) || !strings.Contains(err.Error(), "TLS with the server failed") || !strings.Contains(err.Error(), "CONSUL_CACERT") {
+		t.Fatalf("error: %v", err)
+	}
+}

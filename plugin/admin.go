@@ -194,6 +194,13 @@ func (h *Handler) ServeAdmin(a Admin) {
 			return done, err
 		}
 		for _, n := range gone {
+			// Docker asked again right before each removal: a network it
+			// made since the first listing stays (issue 24, audit L6).
+			if still, err := h.dockerGone(ctx, a); err != nil {
+				return done, err
+			} else if !slices.ContainsFunc(still, func(s driver.NetworkStatus) bool { return s.ID == n.ID }) {
+				continue
+			}
 			if err := h.drv.DeleteNetwork(ctx, n.ID); err != nil {
 				return done, fmt.Errorf("remove network record %s: %w", n.ID, err)
 			}

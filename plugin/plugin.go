@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -90,6 +91,9 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	}
 	entry := log.WithField("host", host)
 	var cluster kv.Store = local
+	if c := s.Consul; serr == nil && c != nil && c.Scheme == "http" && c.Token != "" && !loopbackOnly(c.Addresses) {
+		entry.Warnf("STORE=%s sends the Consul token in clear over plain HTTP to another machine: use consul+https://… with CONSUL_CACERT", s.Store)
+	}
 	if serr == nil && s.Consul != nil {
 		if cluster, err = kv.NewConsul(*s.Consul); err != nil {
 			serr = err
@@ -521,4 +525,20 @@ func loadFastPath(mode string, log logrus.FieldLogger) *fastpath.FastPath {
 	}
 	log.Info("eBPF fast path loaded: traffic within a routed network skips the host's IP stack (tcx programs on its veths, VXLAN devices and the underlay)")
 	return fp
+}
+
+// loopbackOnly says whether every address (host:port) is this machine's
+// loopback.
+func loopbackOnly(addrs []string) bool {
+	for _, a := range addrs {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			host = a
+		}
+		ip, err := netip.ParseAddr(host)
+		if (err != nil || !ip.IsLoopback()) && host != "localhost" {
+			return false
+		}
+	}
+	return true
 }

@@ -40,6 +40,25 @@ func TestSettings(t *testing.T) {
 	if err != nil || s.Consul.Addresses[0] != "10.0.0.5:8500" || s.Consul.Prefix != "cluster-a/" || s.Consul.Token != "tok" || s.Scope != "global" {
 		t.Fatalf("consul: %+v %+v %v", s, s.Consul, err)
 	}
+	// The token from a file (issue 24, audit L4); both, or an empty file,
+	// are refused naming the settings; CLOCK_SKEW is read.
+	tokenFile := filepath.Join(t.TempDir(), "consul.token")
+	if err := os.WriteFile(tokenFile, []byte(" filetok\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err = ParseSettings(envOf(map[string]string{"STORE": "consul://10.0.0.5", "CONSUL_HTTP_TOKEN_FILE": tokenFile, "CLOCK_SKEW": "-72h"}))
+	if err != nil || s.Consul.Token != "filetok" || s.ClockSkew != -72*time.Hour {
+		t.Fatalf("token file, clock skew: %+v %v", s, err)
+	}
+	for _, bad := range []map[string]string{
+		{"STORE": "consul://10.0.0.5", "CONSUL_HTTP_TOKEN_FILE": tokenFile, "CONSUL_HTTP_TOKEN": "tok"},
+		{"STORE": "consul://10.0.0.5", "CONSUL_HTTP_TOKEN_FILE": filepath.Join(t.TempDir(), "none")},
+		{"CLOCK_SKEW": "3y"},
+	} {
+		if _, err := ParseSettings(envOf(bad)); err == nil || (!strings.Contains(err.Error(), "CONSUL_HTTP_TOKEN_FILE") && !strings.Contains(err.Error(), "CLOCK_SKEW=3y")) {
+			t.Errorf("%v: error %v", bad, err)
+		}
+	}
 	s, err = ParseSettings(envOf(map[string]string{"STORE": "consul://a:8500,b,c:9500/x"}))
 	if err != nil || strings.Join(s.Consul.Addresses, " ") != "a:8500 b:8500 c:9500" || s.Consul.Prefix != "x/" {
 		t.Fatalf("several servers: %+v %v", s.Consul, err)

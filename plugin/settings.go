@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -88,6 +90,18 @@ func ParseSettings(env func(string) string) (Settings, error) {
 			return s, err
 		}
 		c.Token = env("CONSUL_HTTP_TOKEN")
+		// The token from a file keeps it out of docker plugin inspect
+		// and out of every child's environment (issue 24, audit L4).
+		if f := strings.TrimSpace(env("CONSUL_HTTP_TOKEN_FILE")); f != "" {
+			if c.Token != "" {
+				return s, fmt.Errorf("CONSUL_HTTP_TOKEN and CONSUL_HTTP_TOKEN_FILE are both set: keep one (the file keeps the token out of docker plugin inspect)")
+			}
+			b, err := os.ReadFile(f)
+			if err != nil || strings.TrimSpace(string(b)) == "" {
+				return s, fmt.Errorf("CONSUL_HTTP_TOKEN_FILE=%s: %v: put the token in a file the plugin sees, such as /var/lib/tartan/consul.token on the host (0600), and give its path inside: /host/var/lib/tartan/consul.token", f, cmp.Or(err, errors.New("the file is empty")))
+			}
+			c.Token = strings.TrimSpace(string(b))
+		}
 		c.CAFile, c.CertFile, c.KeyFile = env("CONSUL_CACERT"), env("CONSUL_CLIENT_CERT"), env("CONSUL_CLIENT_KEY")
 		for name, f := range map[string]string{"CONSUL_CACERT": c.CAFile, "CONSUL_CLIENT_CERT": c.CertFile, "CONSUL_CLIENT_KEY": c.KeyFile} {
 			if f != "" {
