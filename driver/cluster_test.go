@@ -303,4 +303,7 @@ func TestHoldingCountsArrivingEndpoints(t *testing.T) {
 	}
 	release()
 	<-done
+	if err := d.DeleteEndpoint(context.Background(), "e1"); err != nil { // its veth, if it was made
+		t.Fatal(err)
+	}
 }

@@ -20,13 +20,15 @@ import (
 )
 
 // What a test run makes (processes, namespaces, a dockerd's folders) is
-// recorded under RecordRoot before it is made, one folder per run group,
-// so that whatever outlives its run (a go test -timeout panic skips every
-// cleanup; a killed make test leaves its test binaries running) is found by
-// its records and removed: by the next run of the same group first thing,
-// by make clean-testbed for every group, and by the run itself when it is
-// stopped (a signal, its parent gone, its own deadline just before go test's).
-// Nothing that was not recorded is touched.
+// recorded under RecordRoot before it is made, in a folder of the run's own
+// inside its group's (RecordRoot/<group>/<run>), so that whatever outlives
+// its run (a go test -timeout panic skips every cleanup; a killed make test
+// leaves its test binaries running) is found by its records and removed: by
+// the next run of the same group first thing (the runs of its group that
+// are over, or whose go test is gone: never one that still runs beside it),
+// by make clean-testbed for every run, and by the run itself when it is
+// stopped (a signal, its parent gone, its own deadline just before go
+// test's). Nothing that was not recorded is touched.
 const RecordRoot = "/run/tartan-testbed"
 
 // record is one thing a run made.
@@ -35,6 +37,10 @@ type record struct {
 	PID   int    `json:"pid,omitempty"`
 	Start uint64 `json:"start,omitempty"` // the process's start time in clock ticks after boot: a reused pid has another
 	Name  string `json:"name,omitempty"`  // a namespace's name; a process's command, for the log
+	// A runner's parent (go test), by pid and start time: a runner whose
+	// parent is gone is a leftover even while it runs.
+	Parent      int    `json:"parent,omitempty"`
+	ParentStart uint64 `json:"parentStart,omitempty"`
 	// A dockerd's socket, exec-root and data folder.
 	Socket   string `json:"socket,omitempty"`
 	ExecRoot string `json:"execRoot,omitempty"`
@@ -56,10 +62,17 @@ func nsPrefix() string {
 	return "tt-"
 }
 
-// save writes r into this run's group; forget removes it again (once what
+// runDir is this process's run folder: its group's, then its pid and
+// start time.
+func runDir() string {
+	me := os.Getpid()
+	return filepath.Join(RecordRoot, Group(), fmt.Sprintf("%d-%d", me, startTime(me)))
+}
+
+// save writes r into this run's folder; forget removes it again (once what
 // it names is gone).
 func save(r record) (forget func()) {
-	dir := filepath.Join(RecordRoot, Group())
+	dir := runDir()
 	id := r.Kind + "-"
 	switch {
 	case r.Name != "" && r.Kind == "netns":
@@ -118,20 +131,56 @@ func startTime(pid int) uint64 {
 }
 
 // alive says whether the recorded process still runs (same pid, same start).
-func (r record) alive() bool { return r.PID > 0 && r.Start != 0 && startTime(r.PID) == r.Start }
+func (r record) alive() bool {
+	return r.PID > 0 && r.Start != 0 && startTime(r.PID) == r.Start && !zombie(r.PID)
+}
 
-// Sweep removes everything group's records name, and the records: test
-// binaries first (so that nothing makes more), then daemons with their
-// containers, their containerd shims and mounts, recorded processes, every
-// process inside a recorded namespace, folders, namespaces. It never stops
-// the calling process or its ancestors. logf says what it removed.
-func Sweep(group string, logf func(format string, args ...any)) {
+// Sweep removes what the runs of group left: every run that is over, or
+// whose parent (go test) is gone, with what it made; a run that still runs
+// beside this one (its go test alive) is left alone. logf says what it
+// removed.
+func Sweep(group string, logf func(format string, args ...any)) { sweepGroup(group, false, logf) }
+
+// SweepAll removes what every run of every group left, runs still going
+// included (make clean-testbed: no test run is meant to be going).
+func SweepAll(logf func(format string, args ...any)) {
+	entries, _ := os.ReadDir(RecordRoot)
+	for _, e := range entries {
+		if e.IsDir() {
+			sweepGroup(e.Name(), true, logf)
+		}
+	}
+}
+
+func sweepGroup(group string, all bool, logf func(format string, args ...any)) {
 	dir := filepath.Join(RecordRoot, group)
+	runs, _ := os.ReadDir(dir)
+	spare := ancestors()
+	for _, run := range runs {
+		path := filepath.Join(dir, run.Name())
+		if !run.IsDir() {
+			_ = os.Remove(path) // a record of a version without run folders
+			continue
+		}
+		if path == runDir() {
+			continue // this run's own: swept by its end (sweepRun)
+		}
+		sweepRun(path, all, spare, logf)
+	}
+	_ = os.Remove(dir) // when empty
+}
+
+// sweepRun removes what one run made, and its records: its test binary
+// first (so that nothing makes more), then daemons with their containers,
+// their containerd shims and mounts, recorded processes, every process
+// inside a recorded namespace, folders, namespaces. A run that still goes
+// with its parent alive is left alone unless all. It never stops the
+// calling process or its ancestors.
+func sweepRun(dir string, all bool, spare map[int]bool, logf func(format string, args ...any)) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
-	spare := ancestors()
 	var recs []record
 	var files []string
 	for _, e := range entries {
@@ -141,8 +190,11 @@ func Sweep(group string, logf func(format string, args ...any)) {
 			_ = os.Remove(filepath.Join(dir, e.Name()))
 			continue
 		}
+		if r.Kind == "runner" && r.alive() && !all && startTime(r.Parent) == r.ParentStart {
+			return // a run going on beside this one
+		}
 		if r.Kind == "runner" && spare[r.PID] {
-			continue // this run itself (or the run that started it)
+			continue // the run that started this one
 		}
 		recs = append(recs, r)
 		files = append(files, filepath.Join(dir, e.Name()))
@@ -181,17 +233,7 @@ func Sweep(group string, logf func(format string, args ...any)) {
 	for _, f := range files {
 		_ = os.Remove(f)
 	}
-	_ = os.Remove(dir) // when empty: this run's own runner record may remain
-}
-
-// SweepAll sweeps every group: make clean-testbed.
-func SweepAll(logf func(format string, args ...any)) {
-	entries, _ := os.ReadDir(RecordRoot)
-	for _, e := range entries {
-		if e.IsDir() {
-			Sweep(e.Name(), logf)
-		}
-	}
+	_ = os.Remove(dir) // when empty: the records of a spared runner may remain
 }
 
 // sweepDockerd stops a test host's daemon the way its cleanup does
@@ -326,8 +368,9 @@ func guard(run func() int) int {
 		fmt.Fprintf(os.Stderr, "testbed: "+format+"\n", args...)
 	}
 	Sweep(group, logf)
-	me := os.Getpid()
-	forget := save(record{Kind: "runner", PID: me, Start: startTime(me), Name: strings.Join(os.Args, " ")})
+	me, parent := os.Getpid(), os.Getppid()
+	forget := save(record{Kind: "runner", PID: me, Start: startTime(me), Name: strings.Join(os.Args, " "), Parent: parent, ParentStart: startTime(parent)})
+	own := func(logf func(string, ...any)) { sweepRun(runDir(), true, ancestors(), logf) }
 	// A run stopped with its parent (go test) gone writes into a closed
 	// pipe: that must not end it before it removed what it made.
 	signal.Ignore(syscall.SIGPIPE)
@@ -355,17 +398,18 @@ func guard(run func() int) int {
 		why := <-stopped
 		fmt.Fprintf(os.Stderr, "\ntestbed: the test run %s: where every goroutine was, then what it made is removed\n", why)
 		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
-		Sweep(group, logf)
+		own(logf)
 		forget()
 		os.Exit(1)
 	}()
 	rc := run()
 	left := 0
-	Sweep(group, func(format string, args ...any) {
+	own(func(format string, args ...any) {
 		left++
 		logf("left by a test: "+format, args...)
 	})
 	forget()
+	_ = os.Remove(runDir())
 	_ = os.Remove(filepath.Join(RecordRoot, group))
 	if left > 0 && rc == 0 {
 		fmt.Fprintf(os.Stderr, "testbed: the tests passed but left %d things running or in place (above): a cleanup is missing\n", left)

@@ -79,7 +79,8 @@ func leftovers(prefix string, pids []int) []string {
 	}
 	for _, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err == nil && strings.HasPrefix(string(b), "sleep\x00") && !zombie(pid) {
+		// nsenter becomes sleep once it has entered the namespace.
+		if err == nil && (strings.HasPrefix(string(b), "sleep\x00") || strings.HasPrefix(string(b), "nsenter\x00")) && !zombie(pid) {
 			left = append(left, fmt.Sprintf("process %d (%s)", pid, strings.ReplaceAll(string(b), "\x00", " ")))
 		}
 	}
@@ -139,5 +140,23 @@ func TestSweepAtDeadline(t *testing.T) {
 	}
 	if left := leftovers("tq3-", pids); len(left) != 0 {
 		t.Fatalf("after its deadline the run left %v", left)
+	}
+}
+
+// A run that still goes, its go test alive, is not another run's leftover:
+// a run of the same group started beside it (a developer's go test while
+// make test runs) leaves it alone; once it is over, it is swept.
+func TestSweepSparesARunningRun(t *testing.T) {
+	requireRootNS(t)
+	cmd, pids := child(t, "tq4-")
+	Sweep(childGroup("tq4-"), t.Logf)
+	if left := leftovers("tq4-", pids); len(left) != 3 {
+		t.Fatalf("a sweep beside a running run took %v of it", left)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	Sweep(childGroup("tq4-"), t.Logf)
+	if left := leftovers("tq4-", pids); len(left) != 0 {
+		t.Fatalf("after the run ended: %v", left)
 	}
 }
