@@ -201,7 +201,7 @@ test-engines: docker26 docker28 docker29 compose
 # per scenario while the plugin is killed, the Consul leader is killed, a host
 # is cut off from Consul; four numbers per scenario, all must be 0.
 chaos: deps consul
-	$(GO) test -count=1 -tags 'e2e chaos' -timeout 30m -v -run TestChaos ./e2e/
+	$(GO) test -count=1 -tags 'e2e chaos' -timeout 45m -v -run TestChaos ./e2e/
 
 # Throughput, latency and control-plane figures against the host's network and
 # Docker's own drivers, side by side; the table lands in build/bench.md.
