@@ -766,3 +766,42 @@ func TestIPsecPoliciesSeen(t *testing.T) {
 		t.Fatalf("with a policy: %v %v", has, err)
 	}
 }
+
+// Issue 29: tartan doctor names every difference of a local endpoint's host
+// side that the resync repairs: its route, its link-local gateway address,
+// its veth down; the resync repairs each, and doctor is clean again.
+func TestLocalEndpointDrift(t *testing.T) {
+	b := newBed(t)
+	if err := b.network("net-dr", "10.248.0.0/16", generic("tartan.backend", "vxlan")); err != nil {
+		t.Fatal(err)
+	}
+	b.container("net-dr", "0ddddddddddddd", "tdp-dr", "10.248.0.5")
+	t.Cleanup(func() {
+		_ = b.drv.DeleteEndpoint(b.ctx, "0ddddddddddddd")
+		_ = b.drv.DeleteNetwork(b.ctx, "net-dr")
+	})
+	if d, err := b.drv.EndpointDrift(); err != nil || len(d) != 0 {
+		t.Fatalf("drift of a healthy endpoint: %v %v", d, err)
+	}
+	host, _ := kernel.EndpointNames("0ddddddddddddd")
+	sh(t, fmt.Sprintf("ip route del 10.248.0.5/32 dev %[1]s; ip addr del 169.254.1.1/32 dev %[1]s; ip link set %[1]s down", host))
+	d, err := b.drv.EndpointDrift()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(d, "\n")
+	for _, want := range []string{"its link " + host + " is down", "lacks the gateway address 169.254.1.1", "missing route 10.248.0.5/32 dev " + host} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("drift does not say %q:\n%s", want, got)
+		}
+	}
+	if err := b.drv.Reconcile(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := b.drv.EndpointDrift(); err != nil || len(d) != 0 {
+		t.Fatalf("drift after the resync: %v %v", d, err)
+	}
+	if !pings("tdp-dr", "169.254.1.1") {
+		t.Fatal("the container does not reach its gateway after the repair")
+	}
+}

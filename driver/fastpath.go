@@ -45,6 +45,12 @@ func (d *Driver) writeFastPath() error {
 	}
 	d.fpMu.Lock()
 	defer d.fpMu.Unlock()
+	return fp.Sync(d.fastPathState())
+}
+
+// fastPathState is what the fast path should carry now, with the host's
+// interfaces. Called without d.mu held.
+func (d *Driver) fastPathState() fastpath.State {
 	d.mu.Lock()
 	st := d.fastPathStateLocked()
 	d.mu.Unlock()
@@ -56,7 +62,19 @@ func (d *Driver) writeFastPath() error {
 	if lo, hi, err := kernel.EphemeralPorts(); err == nil {
 		st.VXLANPort, st.PortMin, st.PortMax = d.cfg.VXLANPort, lo, hi
 	}
-	return fp.Sync(st)
+	return st
+}
+
+// FastPathDrift says how the fast path's maps and attachments differ from
+// what the next write would make them (tartan doctor), changing nothing.
+func (d *Driver) FastPathDrift() ([]string, error) {
+	fp := d.cfg.FastPath
+	if fp == nil {
+		return nil, nil
+	}
+	d.fpMu.Lock()
+	defer d.fpMu.Unlock()
+	return fp.Drift(d.fastPathState())
 }
 
 // fastPathStateLocked is what the fast path carries: the routed networks

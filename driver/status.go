@@ -128,6 +128,32 @@ func (d *Driver) EndpointRecords() []backend.Endpoint {
 	return out
 }
 
+// EndpointDrift lists, for this host's live endpoints, how the host's side
+// differs from what the resync makes it (tartan doctor): a link down, a
+// gateway address or a route to the container missing.
+func (d *Driver) EndpointDrift() ([]string, error) {
+	d.mu.Lock()
+	nets := maps.Clone(d.st.networks)
+	eps := maps.Clone(d.st.endpoints)
+	d.mu.Unlock()
+	var out []string
+	for _, id := range slices.Sorted(maps.Keys(eps)) {
+		e := eps[id]
+		n, ok := nets[e.Network]
+		if !ok {
+			continue
+		}
+		drift, err := d.backendOf(n).EndpointDrift(n, e)
+		if err != nil {
+			return nil, err
+		}
+		for _, x := range drift {
+			out = append(out, fmt.Sprintf("endpoint %s (%s on network %s): %s", shortID(id), e.IP, shortID(n.ID), x))
+		}
+	}
+	return out, nil
+}
+
 // LinkDrift lists the links this host's records name that the kernel lacks
 // (tartan doctor): a network's own devices, and each endpoint's, as its
 // backend tells whether it is still there.

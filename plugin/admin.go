@@ -342,6 +342,17 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 			out = append(out, Finding{Network: id, What: d, Fix: "tartan repair, or the next resync (RESYNC), repairs it"})
 		}
 	}
+	eps, err := h.drv.EndpointDrift()
+	if err != nil {
+		return nil, err
+	}
+	fp, err := h.drv.FastPathDrift()
+	if err != nil {
+		return nil, err
+	}
+	for _, x := range append(eps, fp...) {
+		out = append(out, Finding{What: x, Fix: "tartan repair, or the next resync (RESYNC), repairs it"})
+	}
 	for _, l := range h.drv.LinkDrift() {
 		out = append(out, Finding{What: l, Fix: "a network's device comes back with tartan repair or the next resync (RESYNC); an endpoint's record goes once its link stays gone for the grace period, or with docker rm of its container"})
 	}

@@ -53,6 +53,9 @@ type Backend interface {
 	// CheckEndpoint repairs the host's side of a live endpoint (reconcile)
 	// and reports its state and the routes it wants.
 	CheckEndpoint(n Network, e Endpoint) (EndpointState, error)
+	// EndpointDrift says how the host's side of a live endpoint differs
+	// from what CheckEndpoint makes it, changing nothing (tartan doctor).
+	EndpointDrift(n Network, e Endpoint) ([]string, error)
 	// Live says whether the endpoint's container may still be there.
 	Live(n Network, e Endpoint) bool
 	// Join says how the container is wired: its interface and routes.

@@ -349,3 +349,6 @@ func (Backend) Peers(backend.Network) (routing.Network, bool) { return routing.N
 
 // Firewall: none; the containers' frames never cross the host's IP stack.
 func (Backend) Firewall(backend.Network) (firewall.Pool, bool) { return firewall.Pool{}, false }
+
+// EndpointDrift is nothing to compare: a macvlan endpoint has no host side.
+func (Backend) EndpointDrift(backend.Network, backend.Endpoint) ([]string, error) { return nil, nil }

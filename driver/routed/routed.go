@@ -191,6 +191,20 @@ func (b Base) CheckEndpoint(n backend.Network, e backend.Endpoint) (backend.Endp
 	return st, b.configureHostSide(n, e)
 }
 
+// EndpointDrift says how the host's end of the endpoint's veth differs from
+// what CheckEndpoint makes it: down, without its gateway addresses, without
+// its routes to the container.
+func (Base) EndpointDrift(n backend.Network, e backend.Endpoint) ([]string, error) {
+	if !kernel.LinkExists(e.HostIf) {
+		return nil, nil // LinkDrift says so
+	}
+	var gw6, ip6 netip.Addr
+	if e.IP6 != "" {
+		gw6, ip6 = n.Gateway6Addr(), e.Addr6()
+	}
+	return kernel.HostSideDrift(e.HostIf, n.GatewayAddr(), e.Addr(), gw6, ip6)
+}
+
 // Live says whether the endpoint's veth is still there.
 func (Base) Live(_ backend.Network, e backend.Endpoint) bool { return kernel.LinkExists(e.HostIf) }
 
