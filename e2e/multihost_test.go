@@ -303,6 +303,14 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 	}
 	h.MustIP(t, "route", "del", route)
 	h.MustIP(t, "neigh", "replace", neigh, "lladdr", "02:00:00:00:00:99", "dev", vx.Device, "nud", "permanent")
+	// A local endpoint's host side (issue 29): its route, its link-local
+	// gateway address, its veth up.
+	epIP := h.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "mgw-1")
+	veth := strings.Fields(h.MustIP(t, "route", "show", epIP))[2]
+	epGW := strings.Fields(h.MustIP(t, "-4", "-br", "addr", "show", "dev", veth))[2]
+	h.MustIP(t, "route", "del", epIP+"/32", "dev", veth)
+	h.MustIP(t, "addr", "del", epGW, "dev", veth)
+	h.MustIP(t, "link", "set", veth, "down")
 	created := time.Now().Add(-5 * time.Minute).UTC().Format(time.RFC3339)
 	stray := fmt.Sprintf(`{"ip":"10.61.0.250","pool":"10.61.0.0/16","host":%q,"kind":"endpoint","created":%q}`, st.Host, created)
 	if out, err := c.Consul.CLI("kv", "put", "tartan/addrs/10.61.0.0-16/10.61.0.250", stray); err != nil {
@@ -315,7 +323,8 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 	}
 	for _, want := range []string{"network " + gw.ID[:12] + ": missing route " + route, "network " + vx.ID[:12] + ": missing neighbour " + neigh,
 		"extra neighbour " + neigh + " lladdr 02:00:00:00:00:99", `firewall: the jump "-A INPUT -j ` + firewall.InputChain + `" in table filter is missing`, "address 10.61.0.250 of pool 10.61.0.0/16", "fix: ",
-		"network feedfacefeed (pool 10.64.0.0/16) is in tartan's records, but Docker has no such network here"} {
+		"network feedfacefeed (pool 10.64.0.0/16) is in tartan's records, but Docker has no such network here",
+		"missing route " + epIP + "/32 dev " + veth, "its link " + veth + " is down", "lacks the gateway address " + strings.Split(epGW, "/")[0]} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("tartan doctor does not say %q:\n%s", want, out)
 		}
