@@ -60,7 +60,7 @@ func Guards() ([]netip.Prefix, error) {
 // the eBPF fast path sends straight out of a device would go around them
 // (issue 24, audit L1).
 func HasIPsecPolicies() (bool, error) {
-	ps, err := netlink.XfrmPolicyList(netlink.FAMILY_ALL)
+	ps, err := xfrmPolicyList(netlink.FAMILY_ALL)
 	if err != nil {
 		return false, fmt.Errorf("list IPsec policies: %w", err)
 	}

@@ -47,3 +47,7 @@ func routeListFamily(family int, filter *netlink.Route, mask uint64) ([]netlink.
 func neighList(linkIndex, family int) ([]netlink.Neigh, error) {
 	return whole(func() ([]netlink.Neigh, error) { return netlink.NeighList(linkIndex, family) })
 }
+
+func xfrmPolicyList(family int) ([]netlink.XfrmPolicy, error) {
+	return whole(func() ([]netlink.XfrmPolicy, error) { return netlink.XfrmPolicyList(family) })
+}
