@@ -30,6 +30,13 @@ func TestMain(m *testing.M) {
 				}
 			}
 			RecordProcess(out.Process.Pid, "sleep")
+			// Ready once nsenter has become sleep inside the namespace: a
+			// process caught in its exec has no command line to check.
+			for start := time.Now(); time.Since(start) < MinWait; time.Sleep(10 * time.Millisecond) {
+				if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", in.Process.Pid)); err == nil && strings.HasPrefix(string(b), "sleep\x00") {
+					break
+				}
+			}
 			fmt.Println("ready", in.Process.Pid, out.Process.Pid)
 			select {}
 		}))
@@ -79,8 +86,7 @@ func leftovers(prefix string, pids []int) []string {
 	}
 	for _, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		// nsenter becomes sleep once it has entered the namespace.
-		if err == nil && (strings.HasPrefix(string(b), "sleep\x00") || strings.HasPrefix(string(b), "nsenter\x00")) && !zombie(pid) {
+		if err == nil && strings.HasPrefix(string(b), "sleep\x00") && !zombie(pid) {
 			left = append(left, fmt.Sprintf("process %d (%s)", pid, strings.ReplaceAll(string(b), "\x00", " ")))
 		}
 	}
