@@ -147,8 +147,8 @@ func TestWireGuard(t *testing.T) {
 	}
 
 	// Forgery on the underlay: a machine on the segment sends pings with
-	// the source of host 1's container, in clear, to host 2's. On a plain
-	// vxlan network they arrive (the check can see them); on a wireguard
+	// the source of host 1's container, in clear, to host 2's. On a
+	// host-gw network they arrive (the check can see them); on a wireguard
 	// network they are dropped: its traffic between hosts comes only
 	// through WireGuard.
 	atk := c.AddRouter(t, "atk", "10.81.0.2/32")
@@ -176,11 +176,23 @@ func TestWireGuard(t *testing.T) {
 		_, _ = atk.Exec("ping", "-c", "3", "-W", "1", "-I", src, ips[net][1])
 		return inEchos(net+"-2") - before
 	}
-	if n := forged("plain", "10.83.0.2"); n == 0 {
-		t.Fatal("forged pings did not reach a plain vxlan network's container either: the check cannot tell anything")
+	// The check's control: a host-gw network takes its peers' traffic in
+	// clear from the underlay (it trusts its L2, as flannel's host-gw
+	// does), so forged pings into it arrive; a plain vxlan network takes
+	// its pool only from its VXLAN device (issue 24, M3).
+	h2 := c.Hosts[1]
+	h2.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.backend=host-gw", "--subnet", "10.85.0.0/16", "hgw")
+	h2.MustDocker(t, "run", "-d", "--name", "hgw-2", "--network", "hgw", "tbox", "sleep", "36000")
+	ips["hgw"] = []string{"", strings.TrimSpace(h2.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "hgw-2"))}
+	atk.MustIP(t, "addr", "add", "10.85.255.250/32", "dev", "eth1")
+	atk.MustIP(t, "route", "add", "10.85.0.0/16", "via", c.Addr[1])
+	if n := forged("hgw", "10.85.255.250"); n == 0 {
+		t.Fatal("forged pings did not reach a host-gw network's container either: the check cannot tell anything")
 	}
-	if n := forged("wgn", "10.81.0.2"); n != 0 {
-		t.Fatalf("%d forged pings in clear from the underlay reached a wireguard network's container", n)
+	for net, src := range map[string]string{"plain": "10.83.0.2", "wgn": "10.81.0.2"} {
+		if n := forged(net, src); n != 0 {
+			t.Fatalf("%d forged pings in clear from the underlay reached the %s network's container", n, net)
+		}
 	}
 
 	// A host record with a malformed key (and a block of the pool) gets no
@@ -211,9 +223,9 @@ func TestWireGuard(t *testing.T) {
 		t.Fatalf("a route to the bad host's block: %s", r)
 	}
 
-	// Keys: the private key is in the state folder, 0600, and nowhere in
-	// the store or the plugin's log; the record has the public key.
-	h2 := c.Hosts[1]
+	// Keys (host 2's): the private key is in the state folder, 0600, and
+	// nowhere in the store or the plugin's log; the record has the public
+	// key.
 	keyFile := filepath.Join(h2.StateDir(), "tartan", "wireguard.key")
 	fi, err := os.Stat(keyFile)
 	if err != nil || fi.Mode().Perm() != 0o600 {
