@@ -134,7 +134,7 @@ func TestClusterNetworks(t *testing.T) {
 	})
 	testbed.Eventually(t, 10*time.Second, "nothing of the network left in the store", func() error {
 		for _, k := range c.Consul.Keys(t, "tartan/") {
-			if !strings.HasPrefix(k, "tartan/hosts/") && !strings.HasPrefix(k, "tartan/renewals/") && k != "tartan/pools.guard" {
+			if !hostOwnKey(k) && k != "tartan/pools.guard" {
 				return fmt.Errorf("left: %s", k)
 			}
 		}

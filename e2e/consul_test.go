@@ -113,7 +113,7 @@ func TestConsulStore(t *testing.T) {
 	s.removeNetworks(t, "big")
 	s.kernelClean(t)
 	for _, k := range consul.Keys(t, "tartan/") {
-		if !strings.HasPrefix(k, "tartan/hosts/") && !strings.HasPrefix(k, "tartan/renewals/") && k != "tartan/pools.guard" {
+		if !hostOwnKey(k) && k != "tartan/pools.guard" {
 			t.Fatalf("left in Consul after docker network rm: %s", k)
 		}
 	}

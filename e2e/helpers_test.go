@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -193,3 +195,28 @@ func mustFail(t *testing.T, out string, err error, words ...string) {
 
 const tnet = "-d=tartan:latest"
 const tipam = "--ipam-driver=tartan:latest"
+
+// hostOwnKey says whether a store key is a host's own (its record, its
+// liveness renewals, its identity claim) rather than a network's: those
+// stay while the host runs the plugin, networks or not.
+func hostOwnKey(k string) bool {
+	for _, p := range []string{"tartan/hosts/", "tartan/renewals/", "tartan/identity/"} {
+		if strings.HasPrefix(k, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// buildStatic builds the e2e tool of that name (e2e/<name>) as a static
+// binary, which runs inside the test image's containers (docker cp).
+func buildStatic(t *testing.T, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command("go", "build", "-o", bin, filepath.Join(testbed.RepoRoot(t), "e2e", name))
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building e2e/%s: %v\n%s", name, err, out)
+	}
+	return bin
+}

@@ -26,6 +26,7 @@ func TestUnderlayInjection(t *testing.T) {
 	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox", "go")
 	raw := filepath.Join(t.TempDir(), "rawframe")
 	testbed.MustRun(t, "go", "build", "-o", raw, filepath.Join(testbed.RepoRoot(t), "e2e", "rawframe"))
+	listener := buildStatic(t, "stream") // the containers' UDP listener (busybox's nc has no UDP)
 	c := testbed.NewCluster(t, "ij", 1500)
 	h := c.AddHost(t)
 	lan := c.AddRouter(t, "lan", "198.51.100.7/32")
@@ -44,7 +45,9 @@ func TestUnderlayInjection(t *testing.T) {
 			args = append(args, "-o", "tartan.backend=host-gw")
 		}
 		h.MustDocker(t, append(args, n.name)...)
-		h.MustDocker(t, "run", "-d", "--name", n.name, "--network", n.name, "tbox", "sh", "-c", "while true; do nc -u -l -p 9000; done")
+		h.MustDocker(t, "run", "-d", "--name", n.name, "--network", n.name, "tbox", "sleep", "36000")
+		h.MustDocker(t, "cp", listener, n.name+":/stream")
+		h.MustDocker(t, "exec", "-d", n.name, "sh", "-c", "/stream -u :9000 > /udp.log 2>&1")
 		ips[n.name] = h.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", n.name)
 	}
 	mac := strings.Fields(h.MustIP(t, "-br", "link", "show", "eth1"))[2]
@@ -55,7 +58,7 @@ func TestUnderlayInjection(t *testing.T) {
 		}
 	}
 	got := func(name string) string {
-		out, _ := h.Docker("logs", name)
+		out, _ := h.Docker("exec", name, "cat", "/udp.log")
 		return out
 	}
 	send("ivx", "10.38.200.5", "into-vxlan", 0)

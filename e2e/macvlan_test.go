@@ -309,13 +309,13 @@ func macvlanBadInput(t *testing.T, c *testbed.Cluster) {
 	}
 }
 
-// onlyHostsChanged: host registrations and liveness renewals change on their
-// own.
+// onlyHostsChanged: host registrations, liveness renewals and identity
+// claims change on their own.
 func onlyHostsChanged(a, b string) bool {
 	strip := func(s string) string {
 		var out []string
 		for _, l := range strings.Split(s, "\n") {
-			if !strings.HasPrefix(l, "tartan/hosts/") && !strings.HasPrefix(l, "tartan/renewals/") {
+			if !hostOwnKey(l) {
 				out = append(out, l)
 			}
 		}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -35,12 +34,7 @@ func TestRotationSoak(t *testing.T) {
 		rounds = v
 	}
 	const gap = 5 * time.Second
-	stream := filepath.Join(t.TempDir(), "stream")
-	cmd := exec.Command("go", "build", "-o", stream, filepath.Join(testbed.RepoRoot(t), "e2e", "stream"))
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // it runs inside the containers
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the stream tool: %v\n%s", err, out)
-	}
+	stream := buildStatic(t, "stream")
 
 	c := testbed.NewCluster(t, "rk", 1500)
 	for i := 0; i < 3; i++ {

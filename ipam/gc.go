@@ -332,7 +332,11 @@ func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) err
 		// The block's lease must have gone unrenewed for a lease lifetime
 		// by this host's clock as well: its host's is never compared.
 		renewed := g.m.cfg.Witness.Block(b.rec, g.now) // every pass: the clock starts at the first
-		if !g.gone(b.rec.Host) || g.now.Sub(renewed) < g.m.cfg.LeaseTTL {
+		if !g.gone(b.rec.Host) {
+			continue
+		}
+		if g.now.Sub(renewed) < g.m.cfg.LeaseTTL {
+			g.holding[b.rec.Host] = true // its host's record stays while it holds a block
 			continue
 		}
 		b.rec.CIDR = p.String()

@@ -65,6 +65,52 @@ func TestCollectGone(t *testing.T) {
 	})
 }
 
+// A gone host's record stays while it holds a block this collector saw
+// renewed less than a lease lifetime ago (each block's clock is its own:
+// a collector that lists blocks less often than hosts sees a last renewal
+// later than the host's): the host and its block go together, at a later
+// pass.
+func TestGoneHostKeptWithItsYoungBlock(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a, b := e.host("a"), e.host("b")
+		register(t, e, "a")
+		register(t, e, "b")
+		id := pool(t, a, "10.83.0.0/24", "", nil)
+		pool(t, b, "10.83.0.0/24", "", nil)
+		addr(t, b, id, "", mac(1))
+		if got, err := a.CollectGone(ctx, nil); err != nil || got != (ipam.Collected{}) {
+			t.Fatalf("collected %+v %v at the first look", got, err)
+		}
+		e.clock.Add(150 * time.Minute) // b's record unrenewed for 2.5 lifetimes: gone
+		register(t, e, "a")
+		// b's block renewed last just now, as a's pass sees it.
+		var blocks []string
+		if _, err := kv.ListJSON(ctx, e.store, kv.BlockPrefix("10.83.0.0/24"), func(key string, ver uint64, bl kv.Block) error {
+			if bl.Host == "b" {
+				blocks = append(blocks, key)
+				bl.Expires = e.clock.Now().Add(time.Hour).UTC()
+				_, err := kv.PutJSON(ctx, e.store, key, bl, ver)
+				return err
+			}
+			return nil
+		}, nil); err != nil || len(blocks) != 1 {
+			t.Fatalf("b's blocks %v: %v", blocks, err)
+		}
+		got, err := a.CollectGone(ctx, nil)
+		if err != nil || got.Blocks != 0 || got.Hosts != 0 {
+			t.Fatalf("collected %+v %v, want b's young block and its record kept", got, err)
+		}
+		if _, err := e.store.Get(ctx, kv.HostPath("b")); err != nil {
+			t.Fatalf("b's record removed while it holds %s: %v", blocks[0], err)
+		}
+		e.clock.Add(time.Hour) // a lifetime since the block's renewal
+		register(t, e, "a")
+		if got, err := a.CollectGone(ctx, nil); err != nil || got.Blocks != 1 || got.Hosts != 1 {
+			t.Fatalf("collected %+v %v, want b's block and record", got, err)
+		}
+	})
+}
+
 // A record of this host's own that no endpoint has (the plugin killed
 // between RequestAddress and CreateEndpoint, a reply lost and the request
 // sent again, a release Docker gave up on) is released once it is older

@@ -5,6 +5,7 @@
 //
 //	stream -s :9000                          serve one stream, then exit
 //	stream -c 10.1.2.3:9000 -rate 1000000 -for 3m
+//	stream -u :9000                          print every UDP datagram's payload
 //
 // The client sends a known pattern, rate bytes a second for the given
 // time (catching up after a stall), closes its side and waits for the
@@ -38,7 +39,15 @@ func main() {
 	rate := flag.Int64("rate", 1<<20, "bytes a second the client sends")
 	length := flag.Duration("for", time.Minute, "how long the client sends")
 	wait := flag.Duration("wait", 5*time.Minute, "how long the client waits for the server's count once it has sent everything")
+	udp := flag.String("u", "", "print the payload of every UDP datagram to this address (host:port), one a line, until killed")
 	flag.Parse()
+	if *udp != "" {
+		if err := printDatagrams(*udp); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	var r Report
 	var err error
 	switch {
@@ -169,4 +178,22 @@ func send(addr string, rate int64, length, wait time.Duration) (Report, error) {
 		return r, fmt.Errorf("the server got %d of %d bytes", r.Received, r.Sent)
 	}
 	return r, nil
+}
+
+// printDatagrams prints the payload of every datagram that arrives at addr
+// (a test's injected frames), one a line.
+func printDatagrams(addr string) error {
+	c, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s\n", buf[:n])
+	}
 }
