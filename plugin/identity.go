@@ -54,6 +54,7 @@ type Identity struct {
 	mu      sync.Mutex
 	held    bool
 	refused error
+	lastErr error         // why the last claim attempt failed (nil: it did not)
 	changed chan struct{} // closed (and replaced) at every change of held or refused
 }
 
@@ -122,6 +123,15 @@ func (id *Identity) Ready(ctx context.Context) error {
 		select {
 		case <-changed:
 		case <-ctx.Done():
+			id.mu.Lock()
+			lastErr := id.lastErr
+			id.mu.Unlock()
+			if lastErr != nil {
+				// Name the store and what it answered (an unreachable
+				// address, a refused token): that is what to fix.
+				return fmt.Errorf("the store has not confirmed yet that this machine is the only one serving as host %s (its identity claim %s): %w; try again once the store answers (%w)",
+					id.host, IdentityPath(id.host), lastErr, ctx.Err())
+			}
 			return fmt.Errorf("the store has not confirmed yet that this machine is the only one serving as host %s (its identity claim %s): try again once the store answers: %w",
 				id.host, IdentityPath(id.host), ctx.Err())
 		}
@@ -156,6 +166,9 @@ func (id *Identity) Run(ctx context.Context) {
 			}
 			continue
 		}
+		id.mu.Lock()
+		id.lastErr = err
+		id.mu.Unlock()
 		if err != nil {
 			id.log.Debugf("identity claim: %v", err)
 			id.set(false, nil)

@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -142,6 +143,36 @@ func TestIdentityRetriesAFreeKey(t *testing.T) {
 	go id.Run(ctx)
 	if err := readyWithin(t, id); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// downClaims is a store that cannot be reached.
+type downClaims struct{ kv.Store }
+
+func (downClaims) Claim(context.Context, string, []byte, time.Duration) (bool, []byte, <-chan struct{}, error) {
+	return false, nil, nil, fmt.Errorf("consul at http://127.0.0.1:9: %w", kv.ErrUnavailable)
+}
+
+func (downClaims) Break(context.Context, string) error { return nil }
+
+// A request that waits for the claim while the store cannot be reached
+// fails naming the store and what went wrong with it, not only the claim:
+// the store's address is what the operator fixes.
+func TestIdentityNotReadyNamesTheStore(t *testing.T) {
+	id := testIdentity(downClaims{kv.NewMemory()}, "10.98.0.11", "boot-1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go id.Run(ctx)
+	done, stop := context.WithCancel(context.Background())
+	stop()
+	var err error
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if err = id.Ready(done); err != nil && strings.Contains(err.Error(), "consul at http://127.0.0.1:9") {
+			break
+		}
+	}
+	if err == nil || !strings.Contains(err.Error(), "consul at http://127.0.0.1:9") || !errors.Is(err, kv.ErrUnavailable) || !strings.Contains(err.Error(), "identity/h1") {
+		t.Fatalf("Ready with the store down = %v, want the claim and the store named, wrapping kv.ErrUnavailable", err)
 	}
 }
 
