@@ -2,7 +2,9 @@ package testbed
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -106,10 +108,13 @@ func launchConsul(bin string, ns *NS, bind string, httpPort int, mgmt string, jo
 		hcl += fmt.Sprintf(` acl { enabled = true, default_policy = "deny", tokens { initial_management = %q, agent = %q } }`, mgmt, mgmt)
 	}
 	hcl += extra
-	args := []string{"agent", "-dev", "-bind", bind, "-client", bind, "-data-dir", dir, "-hcl", hcl, "-log-level", "warn"}
+	// A node ID of its own: the server that answers at its address must
+	// be this one, not another run's that held the port first.
+	nodeID := newNodeID()
+	args := []string{"agent", "-dev", "-bind", bind, "-client", bind, "-data-dir", dir, "-hcl", hcl, "-log-level", "warn", "-node-id", nodeID}
 	if len(join) > 0 {
 		args = []string{"agent", "-server", "-bootstrap-expect", fmt.Sprint(len(join) + 1), "-bind", bind, "-client", bind,
-			"-data-dir", dir, "-hcl", hcl, "-log-level", "warn", "-node", "consul-" + bind}
+			"-data-dir", dir, "-hcl", hcl, "-log-level", "warn", "-node", "consul-" + bind, "-node-id", nodeID}
 		for _, j := range join {
 			args = append(args, "-retry-join", j)
 		}
@@ -158,6 +163,10 @@ func launchConsul(bin string, ns *NS, bind string, httpPort int, mgmt string, jo
 		}
 		out, err := c.CLI("operator", "raft", "list-peers")
 		if err == nil && strings.Contains(out, "leader") {
+			if self, serr := c.CLI("info"); serr != nil || !strings.Contains(self, nodeID) {
+				log := stop()
+				return nil, nil, fmt.Errorf("another Consul answers at %s (a port taken by another run?), not the one started here:\n%s", c.Addr, log)
+			}
 			return c, stop, nil
 		}
 		if time.Now().After(deadline) {
@@ -218,7 +227,8 @@ func (c *Consul) Get(t testing.TB, key string) string {
 }
 
 // MainWithConsul runs a package's tests with a Consul server on 127.0.0.1 at
-// httpPort when CONSUL_BIN is set, storing its address in *addr (left empty
+// httpPort, or the first of httpPort+10, +20, ... whose ports are free (two
+// runs of one package side by side), when CONSUL_BIN is set, storing its address in *addr (left empty
 // otherwise: tests needing it then fail in CI and skip loudly elsewhere), as
 // Main does: nothing outlives the run.
 func MainWithConsul(m *testing.M, httpPort int, addr *string) int {
@@ -227,7 +237,17 @@ func MainWithConsul(m *testing.M, httpPort int, addr *string) int {
 		if bin == "" || fuzzWorker() {
 			return m.Run() // no Consul, or a fuzz worker: fuzz targets use none
 		}
-		c, stop, err := LaunchConsul(bin, nil, "127.0.0.1", httpPort)
+		// Ports free a moment ago may be taken by another run starting
+		// beside this one: the next ones are tried then.
+		var c *Consul
+		var stop func() string
+		var err error
+		for try, port := 0, httpPort; try < 5; try, port = try+1, port+10 {
+			port = freeConsulPorts(port)
+			if c, stop, err = LaunchConsul(bin, nil, "127.0.0.1", port); err == nil {
+				break
+			}
+		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -236,4 +256,39 @@ func MainWithConsul(m *testing.M, httpPort int, addr *string) int {
 		*addr = c.Addr
 		return m.Run()
 	})
+}
+
+// freeConsulPorts is the first of base, base+10, ... whose three ports
+// (HTTP, server, serf LAN: base, base+1, base+2) are free on 127.0.0.1.
+func freeConsulPorts(base int) int {
+	for p := base; p < base+1000; p += 10 {
+		if portsFree(p, p+1, p+2) {
+			return p
+		}
+	}
+	return base
+}
+
+func portsFree(ports ...int) bool {
+	for _, p := range ports {
+		addr := fmt.Sprintf("127.0.0.1:%d", p)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return false
+		}
+		l.Close()
+		u, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return false
+		}
+		u.Close()
+	}
+	return true
+}
+
+// newNodeID is a random Consul node ID (a UUID).
+func newNodeID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
