@@ -31,7 +31,7 @@ func (Backend) Describe() backend.Description {
 
 // Peers are routed on the underlay, each through its host's address.
 func (Backend) Peers(n backend.Network) (routing.Network, bool) {
-	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), HostGW: true}, true
+	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), Peering: Peering{}}, true
 }
 
 // Firewall is the routed one, with the peers' traffic arriving in clear on

@@ -19,7 +19,7 @@ import (
 func TestUpdateMatchesApply(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	pool := netip.MustParsePrefix("10.244.0.0/16")
-	n := Network{ID: "n", Pool: pool, Device: "tartan.7", VNI: 7}
+	n := Network{ID: "n", Pool: pool, Device: "tartan.7", Peering: devicePeering{"tartan.7"}}
 	plan := func() Plan {
 		v := View{Hosts: map[string]kv.Host{}, BlockBits: 26}
 		for h := range 6 {

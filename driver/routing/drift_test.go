@@ -19,7 +19,7 @@ func TestDrift(t *testing.T) {
 	put(t, store, kv.HostPath("a"), `{"id":"a","address":"10.98.0.11","renewed":"2099-01-01T00:00:00Z"}`)
 	put(t, store, kv.HostPath("b"), `{"id":"b","address":"10.98.0.12","renewed":"2099-01-01T00:00:00Z"}`)
 	put(t, store, kv.BlockPath(pool, "10.244.0.64/26"), `{"cidr":"10.244.0.64/26","host":"b","expires":"2099-01-01T00:00:00Z"}`)
-	r, k := startRouter(t, store, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), Device: "tartan.7", VNI: 7})
+	r, k := startRouter(t, store, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), Device: "tartan.7", Peering: devicePeering{"tartan.7"}})
 	plan := waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 1 && len(p.Neighs) == 1 && len(p.FDBs) == 1 })
 	if d, err := r.Drift(); err != nil || len(d["n1"]) != 0 {
 		t.Fatalf("drift of a healthy kernel: %v %v", d, err)

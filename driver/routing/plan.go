@@ -1,7 +1,6 @@
 package routing
 
 import (
-	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -34,15 +33,15 @@ type View struct {
 	Problems []string
 }
 
-// Plan is the desired cross-host state of one network on this host:
-// flannel's three entries per remote host (neighbour, FDB, route per block)
-// for vxlan, plain routes for host-gw, and /32 routes for addresses that live
-// on a host other than their block's owner.
+// Plan is the desired cross-host state of one network on this host: the
+// entries its Peering asks for, for every block of another live host and
+// every address that lives on a host other than its block's owner (a /32
+// or /128 of its own).
 type Plan struct {
 	Routes []kernel.Route
 	Neighs []kernel.Neigh
 	FDBs   []kernel.FDB
-	// Tunnels are the WireGuard peers of a network with a Tunnel: one per
+	// Tunnels are the peers of a network with a Tunnel device: one per
 	// remote host, with the destinations it is routed for (its allowed
 	// addresses), sorted by host.
 	Tunnels  []Tunnel
@@ -60,20 +59,19 @@ type Network struct {
 	// blocks are routed to the same peers, through their IPv6 link-local
 	// addresses (Compute6).
 	Pool6 netip.Prefix
-	// HostGW: every peer is reached by a plain route on the underlay.
-	// Otherwise Device is the network's VXLAN device and VNI its VNI;
-	// Direct (directrouting) routes peers on the underlay's L2 directly.
-	HostGW bool
+	// Peering is the backend's rule for reaching another host's
+	// destinations (nil: none are routed).
+	Peering Peering
+	// Device is the device whose neighbour and FDB entries the plans own
+	// ("": none): a network's own encapsulating device.
 	Device string
-	VNI    int
-	Direct bool
-	// Tunnel is the WireGuard device that every peer is routed through
-	// (shared by the host's wireguard networks); the device picks the peer
+	// Tunnel is the tunnel device that every peer is routed through
+	// (a device may serve several networks); the device picks the peer
 	// of a packet by its destination among the Plan's Tunnels.
 	Tunnel string
 }
 
-// Tunnel is a remote host as a WireGuard device knows it: its public key,
+// Tunnel is a remote host as a tunnel device knows it: its public key,
 // its endpoint and the destinations routed to it.
 type Tunnel struct {
 	Host     string
@@ -243,10 +241,15 @@ func Compute(in Input) Plan {
 	}
 	plan.Routes = make([]kernel.Route, 0, len(blocks)+len(in.View.Exceptions))
 	badHost := map[string]bool{}
-	var tunnels map[string]*Tunnel
-	var shared map[string][]string // WireGuard keys more than one host registered
-	if in.Net.Tunnel != "" {
-		shared = sharedKeys(in.View.Hosts)
+	var judged map[string]string // hosts the peering refuses together
+	if j, ok := in.Net.Peering.(HostsJudge); ok {
+		judged = j.JudgeHosts(in.View.Hosts)
+	}
+	refuse := func(hostID, why string) {
+		if !badHost[hostID] {
+			badHost[hostID] = true
+			plan.Problems = append(plan.Problems, why)
+		}
 	}
 	add := func(dst netip.Prefix, hostID string) {
 		h, ok := in.View.Hosts[hostID]
@@ -254,72 +257,22 @@ func Compute(in Input) Plan {
 			plan.Problems = append(plan.Problems, fmt.Sprintf("%s belongs to host %s, which has no registered address", dst, hostID))
 			return
 		}
-		p := memo.peer(in, hostID, h)
+		if in.Net.Peering == nil {
+			return
+		}
+		p := memo.peer(&in, hostID, h)
 		if p.problem != "" {
-			if !badHost[hostID] {
-				badHost[hostID] = true
-				plan.Problems = append(plan.Problems, fmt.Sprintf("host record %s ignored: its address %q is %s; no routes to its blocks", hostID, h.Address, p.problem))
-			}
+			refuse(hostID, p.problem)
 			return
 		}
-		via := p.via
-		if in.Net.Tunnel != "" {
-			why := p.tunnelProblem
-			if others := shared[p.tunnel.Key]; why == "" && len(others) > 0 {
-				why = fmt.Sprintf("hosts %s registered the same WireGuard key (a copied state folder?): give each its own (tartan rotate-key on one)", strings.Join(others, ", "))
-			}
-			if why != "" {
-				if !badHost[hostID] {
-					badHost[hostID] = true
-					plan.Problems = append(plan.Problems, fmt.Sprintf("host %s (%s) cannot be reached through WireGuard: %s; no routes to its blocks", hostID, via, why))
-				}
-				return
-			}
-			hop := via // a TUN device has no neighbours: the next hop only names the peer
-			if in.V6 {
-				hop = kernel.LinkLocalOf(p.mac)
-			}
-			plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Net.Tunnel, Via: hop, Onlink: true})
-			if tunnels == nil {
-				tunnels = map[string]*Tunnel{}
-			}
-			t := tunnels[hostID]
-			if t == nil {
-				t = &Tunnel{Host: hostID, Key: p.tunnel.Key, Endpoint: p.tunnel.Endpoint}
-				tunnels[hostID] = t
-			}
-			t.Allowed = append(t.Allowed, dst)
+		if why := judged[hostID]; why != "" {
+			refuse(hostID, why)
 			return
 		}
-		onL2 := in.Underlay.Prefix.Contains(via)
-		direct := in.Net.HostGW || (in.Net.Direct && onL2)
-		if direct {
-			if !onL2 {
-				plan.Problems = append(plan.Problems, fmt.Sprintf("host %s (%s) is not on this host's L2 segment %s: host-gw cannot reach %s; use -o tartan.backend=vxlan -o tartan.directrouting=true",
-					hostID, via, in.Underlay.Prefix, dst))
-				return
-			}
-			hop := via
-			if in.V6 {
-				// An IPv6 route cannot have an IPv4 next hop: the peer's
-				// link-local address on the shared segment is it.
-				if hop, _ = netip.ParseAddr(h.LinkLocal6); !hop.Is6() || !hop.IsLinkLocalUnicast() {
-					plan.Problems = append(plan.Problems, fmt.Sprintf("host %s (%s) registered no IPv6 link-local address on its underlay interface: %s cannot be routed to it (enable IPv6 on its underlay interface)", hostID, via, dst))
-					return
-				}
-			}
-			plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Underlay.Interface, Via: hop})
-			return
-		}
-		hop := via
-		if in.V6 {
-			hop = kernel.LinkLocalOf(p.mac) // the peer's VTEP, as a next hop IPv6 routes take
-		}
-		plan.Routes = append(plan.Routes, kernel.Route{Dst: dst, Link: in.Net.Device, Via: hop, Onlink: true})
-		if p.done != memo.gen {
-			p.done = memo.gen
-			plan.Neighs = append(plan.Neighs, kernel.Neigh{Link: in.Net.Device, IP: hop, MAC: p.mac})
-			plan.FDBs = append(plan.FDBs, kernel.FDB{Link: in.Net.Device, MAC: p.mac, Dst: via})
+		p.Record = h
+		p.First, p.done = p.done != memo.gen, memo.gen
+		if why := in.Net.Peering.Entries(&in, dst, p, &plan); why != "" {
+			plan.Problems = append(plan.Problems, why)
 		}
 	}
 	for _, b := range blocks {
@@ -359,9 +312,6 @@ func Compute(in Input) Plan {
 	slices.SortFunc(plan.Routes, func(a, b kernel.Route) int { return comparePrefix(a.Dst, b.Dst) })
 	slices.SortFunc(plan.Neighs, compareNeigh)
 	slices.SortFunc(plan.FDBs, compareFDB)
-	for _, t := range tunnels {
-		plan.Tunnels = append(plan.Tunnels, *t)
-	}
 	plan.Tunnels = MergeTunnels(plan.Tunnels)
 	// One neighbour per address: hosts registered with the same underlay
 	// address cannot both be reached there.
@@ -386,23 +336,10 @@ func (p *Plan) until(t, now time.Time) {
 // refused) from one call to the next: a router keeps one per network, so
 // that a change costs little more than the work of what changed.
 type Memo struct {
-	peers  map[string]*peer
+	peers  map[string]*Peer
 	blocks map[string]memoBlock
 	key    string // what the block entries were judged against
 	gen    int    // this call's number
-}
-
-type peer struct {
-	address string // as registered
-	via     netip.Addr
-	problem string
-	mac     string
-	done    int // the call that planned its neighbour and FDB entry
-	// key and port as registered; tunnel is the host's WireGuard peer
-	// (its Key empty when they are unusable: tunnelProblem says why).
-	key, port     string
-	tunnel        Tunnel
-	tunnelProblem string
 }
 
 type memoBlock struct {
@@ -433,64 +370,25 @@ func (m *Memo) block(in Input, cidr string) (netip.Prefix, string) {
 	return b.p, b.why
 }
 
-func (m *Memo) peer(in Input, hostID string, h kv.Host) *peer {
+// peer is hostID's Peer: judged again when its address or WireGuard key
+// or port changed since the last call that judged it.
+func (m *Memo) peer(in *Input, hostID string, h kv.Host) *Peer {
 	port := strconv.Itoa(h.WireGuardPort)
 	if p, ok := m.peers[hostID]; ok && p.address == h.Address && p.key == h.WireGuardKey && p.port == port {
 		return p
 	}
 	via, err := netip.ParseAddr(h.Address)
-	p := &peer{address: h.Address, via: via, problem: in.hostAddrProblem(via, err), key: h.WireGuardKey, port: port}
-	if p.problem == "" && in.Net.Device != "" {
-		p.mac = kernel.VTEPMAC(hostID, in.Net.VNI).String()
-	}
-	if p.problem == "" && in.Net.Tunnel != "" {
-		p.mac = kernel.VTEPMAC(hostID, 0).String() // names the peer's IPv6 next hop
-		p.tunnelProblem = tunnelProblem(h)
-		if p.tunnelProblem == "" {
-			p.tunnel = Tunnel{Host: hostID, Key: h.WireGuardKey, Endpoint: netip.AddrPortFrom(via, uint16(h.WireGuardPort))}
-		}
+	p := &Peer{ID: hostID, Record: h, Via: via, address: h.Address, key: h.WireGuardKey, port: port}
+	if why := in.hostAddrProblem(via, err); why != "" {
+		p.problem = fmt.Sprintf("host record %s ignored: its address %q is %s; no routes to its blocks", hostID, h.Address, why)
+	} else {
+		p.problem = in.Net.Peering.Peer(p)
 	}
 	if m.peers == nil {
-		m.peers = map[string]*peer{}
+		m.peers = map[string]*Peer{}
 	}
 	m.peers[hostID] = p
 	return p
-}
-
-// sharedKeys maps each WireGuard key that more than one host registered to
-// those hosts, sorted: WireGuard knows a peer by its key alone, so such
-// hosts (this one among them) cannot be told apart.
-func sharedKeys(hosts map[string]kv.Host) map[string][]string {
-	by := map[string][]string{}
-	for id, h := range hosts {
-		if h.WireGuardKey != "" {
-			by[h.WireGuardKey] = append(by[h.WireGuardKey], id)
-		}
-	}
-	out := map[string][]string{}
-	for k, ids := range by {
-		if len(ids) > 1 {
-			slices.Sort(ids)
-			out[k] = ids
-		}
-	}
-	return out
-}
-
-// tunnelProblem says why a host's registered WireGuard key or port cannot
-// be used, or "".
-func tunnelProblem(h kv.Host) string {
-	switch {
-	case h.WireGuardKey == "":
-		return "it registered no WireGuard key (is its tartan older than this host's?)"
-	case h.WireGuardPort < 1 || h.WireGuardPort > 65535:
-		return fmt.Sprintf("its WireGuard port %d is not a UDP port", h.WireGuardPort)
-	}
-	b, err := base64.StdEncoding.DecodeString(h.WireGuardKey)
-	if err != nil || len(b) != 32 || !slices.ContainsFunc(b, func(c byte) bool { return c != 0 }) {
-		return fmt.Sprintf("its WireGuard key %q is malformed (not 32 bytes of base64)", h.WireGuardKey)
-	}
-	return ""
 }
 
 func comparePrefix(a, b netip.Prefix) int {

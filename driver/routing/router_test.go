@@ -90,7 +90,7 @@ func TestRouterSkipsUnreadableRecords(t *testing.T) {
 	put(t, store, kv.BlockPath(pool, "10.244.1.0/24"), `{"cidr":"10.244.1.0/24","host":"b","expires":"2099-01-01T00:00:00Z"}`)
 	put(t, store, kv.BlockPath(pool, "10.244.0.128/26"), "{")
 	put(t, store, kv.ExceptionPath(pool, "10.244.0.70"), "[]")
-	r, k := startRouter(t, store, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), Device: "tartan.7", VNI: 7})
+	r, k := startRouter(t, store, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), Device: "tartan.7", Peering: devicePeering{"tartan.7"}})
 	plan := waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 1 })
 	problems := strings.Join(plan.Problems, "\n")
 	for _, want := range []string{"hosts/zzz", "blocks/10.244.0.0-16/10.244.0.128-26", "routes/10.244.0.0-16/10.244.0.70", `"10.244.1.0/24" of host b ignored: pool 10.244.0.0/16 has /26 blocks`} {
@@ -105,7 +105,7 @@ func TestRouterSkipsUnreadableRecords(t *testing.T) {
 	// A pool record that cannot be read is a problem too, and the blocks
 	// are then checked against the pool alone.
 	put(t, store, kv.PoolPath("10.245.0.0/16"), "garbage")
-	r.Add(Network{ID: "n2", Pool: netip.MustParsePrefix("10.245.0.0/16"), HostGW: true})
+	r.Add(Network{ID: "n2", Pool: netip.MustParsePrefix("10.245.0.0/16"), Peering: underlayPeering{}})
 	defer r.Remove("n2")
 	plan = waitPlan(t, r, "n2", func(Plan) bool { return true })
 	if !strings.Contains(strings.Join(plan.Problems, "\n"), "pools/10.245.0.0-16") {
@@ -124,7 +124,7 @@ func TestRouterAppliesDifferences(t *testing.T) {
 	put(t, store, kv.PoolPath(pool), `{"cidr":"10.244.0.0/16","blockBits":26}`)
 	put(t, store, kv.HostPath("b"), `{"id":"b","address":"10.98.0.12","renewed":"2099-01-01T00:00:00Z"}`)
 	put(t, store, kv.BlockPath(pool, "10.244.0.64/26"), `{"cidr":"10.244.0.64/26","host":"b","expires":"2099-01-01T00:00:00Z"}`)
-	r, k := startRouter(t, store, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), Device: "tartan.7", VNI: 7})
+	r, k := startRouter(t, store, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), Device: "tartan.7", Peering: devicePeering{"tartan.7"}})
 	time.Sleep(100 * time.Millisecond)
 	if _, ok := r.Plan("n1"); ok || len(k.Routes()) != 0 {
 		t.Fatalf("planned without this host's own registration: %v", k.Routes())
@@ -203,7 +203,7 @@ func TestRouterReadsRenewals(t *testing.T) {
 		}
 	}()
 	t.Cleanup(func() { close(stop); <-done })
-	r, _ := startRouterWith(t, store, Config{TTL: 500 * time.Millisecond, Liveness: 20 * time.Millisecond}, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), HostGW: true})
+	r, _ := startRouterWith(t, store, Config{TTL: 500 * time.Millisecond, Liveness: 20 * time.Millisecond}, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), Peering: underlayPeering{}})
 	waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 2 }) // first sight: both
 	plan := waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 1 })
 	if got := routes(plan); got != "10.244.0.5/32 via 10.98.0.12 dev eth1" {
@@ -223,7 +223,7 @@ func TestRouterReplansWhenALeaseEnds(t *testing.T) {
 	put(t, store, kv.HostPath("a"), `{"id":"a","address":"10.98.0.11","renewed":"2099-01-01T00:00:00Z"}`)
 	put(t, store, kv.HostPath("b"), `{"id":"b","address":"10.98.0.12","renewed":"`+old+`"}`)
 	put(t, store, kv.BlockPath(pool, "10.244.0.64/26"), `{"cidr":"10.244.0.64/26","pool":"10.244.0.0/16","host":"b","expires":"2099-01-01T00:00:00Z"}`)
-	r, _ := startRouterWith(t, store, Config{TTL: 1500 * time.Millisecond, Liveness: time.Hour}, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), HostGW: true})
+	r, _ := startRouterWith(t, store, Config{TTL: 1500 * time.Millisecond, Liveness: time.Hour}, Network{ID: "n1", Pool: netip.MustParsePrefix(pool), Peering: underlayPeering{}})
 	plan := waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 1 })
 	if plan.Next.IsZero() {
 		t.Fatal("the plan does not say when its block's lease ends")

@@ -115,7 +115,8 @@ func (Backend) Remove(_ context.Context, n backend.Network, _ []backend.Network)
 // Peers are reached through the network's VXLAN device, or on the underlay
 // when directrouting is on and they share its segment.
 func (Backend) Peers(n backend.Network) (routing.Network, bool) {
-	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), Device: n.Device, VNI: n.VNI, Direct: n.Direct}, true
+	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), Device: n.Device,
+		Peering: Peering{Device: n.Device, VNI: n.VNI, Direct: n.Direct}}, true
 }
 
 // Info adds the network's VNI.

@@ -85,7 +85,8 @@ func (b Backend) Remove(_ context.Context, n backend.Network, others []backend.N
 // Peers are routed through the host's WireGuard device, each to its host's
 // key.
 func (b Backend) Peers(n backend.Network) (routing.Network, bool) {
-	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), Tunnel: b.Dev.Name()}, true
+	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), Tunnel: b.Dev.Name(),
+		Peering: Peering{Device: b.Dev.Name()}}, true
 }
 
 // Firewall is the routed network's, arriving on the WireGuard device.

@@ -33,6 +33,7 @@ import (
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/driver/routing/routingtest"
+	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/e2e/testbed"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
@@ -218,7 +219,7 @@ func newCluster(t *testing.T, consul string, n int) *cluster {
 	prefix := fmt.Sprintf("scale/%d-%d/", time.Now().UnixNano(), runs.Add(1))
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &cluster{t: t, ctx: ctx, cancel: cancel, arrivals: map[netip.Prefix]*arrival{},
-		net: routing.Network{ID: "scale-net", Pool: poolPrefix, Device: "tartan.256", VNI: 256}}
+		net: routing.Network{ID: "scale-net", Pool: poolPrefix, Device: "tartan.256", Peering: vxlan.Peering{Device: "tartan.256", VNI: 256}}}
 	for i := range n {
 		store, err := kv.NewConsul(kv.ConsulConfig{Addresses: []string{consul}, Scheme: "http", Prefix: prefix})
 		if err != nil {

@@ -61,3 +61,48 @@ func Routes(p routing.Plan) []string {
 	}
 	return out
 }
+
+// Segments is host "a"'s input for planning net over a cluster of four
+// hosts on 10.244.0.0/16: "a" (this host) and "b" on this host's segment
+// 10.98.0.0/24, "c" on another segment (10.97.5.13), "d" gone; b holds two
+// blocks, c one, and three endpoints live away from their block's owner
+// (10.244.0.70 at b in b's own block, 10.244.0.71 at c in b's block,
+// 10.244.0.5 at b in a's), beside a gateway record and a gone host's
+// endpoint. Its sightings are those a witness would hold.
+func Segments(net routing.Network) routing.Input {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	live := now.Add(time.Hour)
+	view := routing.View{
+		Hosts: map[string]kv.Host{
+			"a": {ID: "a", Address: "10.98.0.11", Renewed: now},
+			"b": {ID: "b", Address: "10.98.0.12", Renewed: now, LinkLocal6: "fe80::b"},
+			"c": {ID: "c", Address: "10.97.5.13", Renewed: now},
+			"d": {ID: "d", Address: "10.98.0.14", Renewed: now.Add(-48 * time.Hour)},
+		},
+		Blocks: []kv.Block{
+			{CIDR: "10.244.0.0/26", Host: "a", Expires: live},
+			{CIDR: "10.244.0.64/26", Host: "b", Expires: live},
+			{CIDR: "10.244.0.128/26", Host: "b", Expires: live},
+			{CIDR: "10.244.0.192/26", Host: "c", Expires: live},
+			{CIDR: "10.244.1.0/26", Host: "d", Expires: now.Add(-time.Hour)},
+		},
+		Exceptions: []kv.Address{
+			{IP: "10.244.0.70", Host: "b", Kind: kv.KindEndpoint},
+			{IP: "10.244.0.71", Host: "c", Kind: kv.KindEndpoint},
+			{IP: "10.244.0.5", Host: "b", Kind: kv.KindEndpoint},
+			{IP: "10.244.0.1", Host: "b", Kind: kv.KindGateway},
+			{IP: "10.244.1.9", Host: "d", Kind: kv.KindEndpoint},
+		},
+	}
+	in := routing.Input{Self: "a", TTL: 24 * time.Hour, Now: now, View: view, Net: net,
+		Underlay: kernel.Underlay{Interface: "eth1", Address: netip.MustParseAddr("10.98.0.11"), Prefix: netip.MustParsePrefix("10.98.0.0/24")}}
+	return Witnessed(in)
+}
+
+// Witnessed gives a hand-made view the sightings a witness would hold had
+// it seen each host renew when its record says and each lease renewed a
+// lease lifetime before it expires.
+func Witnessed(in routing.Input) routing.Input {
+	in.View.Seen, in.View.BlockSeen = kvtest.Sightings(in.View.Hosts, in.View.Blocks, in.TTL)
+	return in
+}
