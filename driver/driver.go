@@ -1,16 +1,17 @@
 // Package driver is tartan's network driver: it validates networks, keeps
 // this host's records of them and their endpoints, and asks each network's
 // backend (driver/backend: driver/vxlan, driver/hostgw, driver/macvlan) to
-// make the kernel objects; driver/routing keeps the routed networks' peers
-// and driver/firewall their rules.
+// make the kernel objects; driver/routing keeps the routed networks' peers,
+// and driver/hostplane writes the host-wide state (fast path, firewall,
+// WireGuard peers) from snapshots the driver takes (hoststate.go).
 //
-// Locks: d.mu guards the tables (records, endpoints in flight, the
-// firewall's generation) and is never held across a store, netlink or exec
-// call; helpers that need it say so in their names (…Locked). d.netMu
-// orders network creations, deletions and reconcile's repair of networks (it
-// is held across their I/O: no endpoint request waits on it); d.portsMu
-// orders changes of published ports; lockEndpoint keeps two calls for one
-// endpoint apart.
+// Locks: d.mu guards the tables (records, endpoints in flight) and is
+// never held across a store, netlink or exec call; helpers that need it say
+// so in their names (…Locked). d.netMu orders network creations, deletions
+// and reconcile's repair of networks (it is held across their I/O: no
+// endpoint request waits on it); d.portsMu orders changes of published
+// ports; lockEndpoint keeps two calls for one endpoint apart. The host
+// writer's turn comes before d.mu (its snapshot takes d.mu), never after.
 package driver
 
 import (
@@ -27,6 +28,7 @@ import (
 	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/hostgw"
+	"github.com/tartan-net/tartan/driver/hostplane"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/driver/macvlan"
 	"github.com/tartan-net/tartan/driver/routing"
@@ -90,18 +92,13 @@ type Driver struct {
 	backends map[string]backend.Backend
 	descs    []backend.Description // the backends in Backends' order
 	routes   *routing.Router
-	fwPoke   chan struct{} // wakes the firewall writer: VXLAN peers changed
 	wg       *wireguard.Device
-	wgPoke   chan struct{} // wakes the WireGuard writer: its peers changed
-	tunnelMu sync.Mutex    // orders writes of the WireGuard device's peers
-	fpPoke   chan struct{} // wakes the fast-path writer: endpoints changed
-	fpMu     sync.Mutex    // orders writes of the fast path's maps
+	// host writes the host-wide state (fast path, firewall, WireGuard
+	// peers) from one snapshot at a time (hoststate.go).
+	host *hostplane.Writer
 
 	netMu   sync.Mutex // orders CreateNetwork, DeleteNetwork and reconcile's Ensure
 	portsMu sync.Mutex // orders changes of published ports
-	fwMu    sync.Mutex // orders firewall writes; fwWritten under it
-	// fwWritten is the generation of the newest firewall written.
-	fwWritten uint64
 
 	mu sync.Mutex
 	st localState
@@ -118,10 +115,6 @@ type Driver struct {
 	missing map[string]time.Time
 	// creating maps pools to the networks being created on them.
 	creating map[string]string
-	// fwPeers is the VXLAN peer set the firewall was last rendered with;
-	// fwGen numbers rendered firewall states.
-	fwPeers string
-	fwGen   uint64
 	// knownPeers is the last complete VXLAN peer set the firewall held
 	// (also in the local store): what the port stays open to while a
 	// network has no plan yet.
@@ -155,8 +148,9 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 	}
 	d := &Driver{cluster: cluster, local: local, addrs: addrs, cfg: cfg, fw: fw, log: log, inflight: map[string]chan struct{}{}, arriving: map[string]localEndpoint{},
 		orphans: map[string]time.Time{}, creating: map[string]string{}, backends: map[string]backend.Backend{},
-		st:     localState{networks: map[string]localNetwork{}, endpoints: map[string]localEndpoint{}},
-		fwPoke: make(chan struct{}, 1), wg: cfg.WireGuard, wgPoke: make(chan struct{}, 1), fpPoke: make(chan struct{}, 1)}
+		st: localState{networks: map[string]localNetwork{}, endpoints: map[string]localEndpoint{}},
+		wg: cfg.WireGuard}
+	d.host = d.newHostWriter()
 	underlay := func() (kernel.Underlay, error) { return kernel.FindUnderlay(cfg.Advertise) }
 	host := backend.Host{ID: cfg.Host, VXLANPort: cfg.VXLANPort, SysctlRoot: cfg.SysctlRoot, Underlay: underlay, Log: log}
 	for _, b := range Backends(host, addrs, cluster, d.skipped, d.wg) {
@@ -189,8 +183,7 @@ const DefaultBackend = vxlan.Name
 // CreateNetwork keep only networks whose backend this host has).
 func (d *Driver) backendOf(n localNetwork) backend.Backend { return d.backends[n.Backend] }
 
-// Start runs the networks' routing and the firewall writer until ctx
-// ends. Call it after Restore.
+// Start runs the networks' routing and the host writer until ctx ends. Call it after Restore.
 func (d *Driver) Start(ctx context.Context) {
 	d.mu.Lock()
 	for _, n := range d.st.networks {
@@ -198,9 +191,7 @@ func (d *Driver) Start(ctx context.Context) {
 	}
 	d.mu.Unlock()
 	d.routes.Start(ctx)
-	go d.firewallWriter(ctx)
-	go d.tunnelWriter(ctx)
-	go d.fastPathWriter(ctx)
+	go d.host.Run(ctx, func(r hostplane.Result) { d.log.Warnf("host-wide state: %v", r.Error()) })
 }
 
 // startRoutingLocked gives a network that has peers its routing. Called

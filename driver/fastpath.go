@@ -1,59 +1,16 @@
 package driver
 
 import (
-	"context"
 	"net/netip"
 
 	"github.com/tartan-net/tartan/driver/fastpath"
+	"github.com/tartan-net/tartan/driver/hostplane"
 	"github.com/tartan-net/tartan/driver/kernel"
 )
 
-// pokeFastPath wakes the fast-path writer: an endpoint came or went.
-func (d *Driver) pokeFastPath() {
-	if d.cfg.FastPath == nil {
-		return
-	}
-	select {
-	case d.fpPoke <- struct{}{}:
-	default:
-	}
-}
-
-// fastPathWriter writes the fast path's maps when endpoints change (the
-// firewall's writes write them too, before the rules).
-func (d *Driver) fastPathWriter(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.fpPoke:
-		}
-		if err := d.writeFastPath(); err != nil {
-			d.log.Warnf("fast path: %v", err)
-		}
-	}
-}
-
-// writeFastPath gives the fast path the host's routed networks, their
-// endpoints and their published ports, as the records have them now.
-// Writes are serialised, each with the state read under its turn, so that
-// the last one written is the newest. Called without d.mu held.
-func (d *Driver) writeFastPath() error {
-	fp := d.cfg.FastPath
-	if fp == nil {
-		return nil
-	}
-	d.fpMu.Lock()
-	defer d.fpMu.Unlock()
-	return fp.Sync(d.fastPathState())
-}
-
-// fastPathState is what the fast path should carry now, with the host's
+// fastPathHost fills in what the fast path needs of the host's
 // interfaces. Called without d.mu held.
-func (d *Driver) fastPathState() fastpath.State {
-	d.mu.Lock()
-	st := d.fastPathStateLocked()
-	d.mu.Unlock()
+func (d *Driver) fastPathHost(st *fastpath.State) {
 	if u, err := kernel.FindUnderlay(d.cfg.Advertise); err == nil {
 		st.Underlay, st.Local = u.Interface, u.Address
 	}
@@ -62,19 +19,17 @@ func (d *Driver) fastPathState() fastpath.State {
 	if lo, hi, err := kernel.EphemeralPorts(); err == nil {
 		st.VXLANPort, st.PortMin, st.PortMax = d.cfg.VXLANPort, lo, hi
 	}
-	return st
 }
 
 // FastPathDrift says how the fast path's maps and attachments differ from
 // what the next write would make them (tartan doctor), changing nothing.
-func (d *Driver) FastPathDrift() ([]string, error) {
+func (d *Driver) FastPathDrift() (out []string, err error) {
 	fp := d.cfg.FastPath
 	if fp == nil {
 		return nil, nil
 	}
-	d.fpMu.Lock()
-	defer d.fpMu.Unlock()
-	return fp.Drift(d.fastPathState())
+	d.host.Locked(func() { out, err = fp.Drift(d.hostState(hostplane.FastPath).FastPath) })
+	return out, err
 }
 
 // fastPathStateLocked is what the fast path carries: the routed networks

@@ -9,65 +9,16 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
+	"github.com/tartan-net/tartan/driver/hostplane"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/kv"
 )
 
-func (d *Driver) pokeFirewall() {
-	select {
-	case d.fwPoke <- struct{}{}:
-	default:
-	}
-}
-
-// firewallWriter rewrites the firewall when the VXLAN peers changed: the
-// VXLAN port admits the current peers only.
-func (d *Driver) firewallWriter(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.fwPoke:
-		}
-		d.mu.Lock()
-		peers, _ := d.vxlanPeersLocked()
-		changed := peersKey(peers) != d.fwPeers
-		d.mu.Unlock()
-		if changed {
-			if err := d.writeFirewall(); err != nil {
-				d.log.Warnf("firewall for the new VXLAN peers: %v", err)
-			}
-		}
-	}
-}
-
-// writeFirewall renders the firewall from the local networks, their
-// published ports and the peers of the plans (under d.mu) and writes it
-// (without d.mu: iptables may wait for its lock, and no request of this
-// host waits on that). Writes are serialised and never go back
-// to an older state than one written; a write that failed stands for
-// nothing, so a caller is told nil only when its state, or a newer one, is
-// in place. Called without d.mu held.
-func (d *Driver) writeFirewall() error {
-	// The fast path first: a port published from now on must be left to
-	// the kernel path (its conntrack) before its DNAT rule is in place.
-	fpErr := d.writeFastPath()
-	if fpErr != nil {
-		d.log.Warnf("fast path: %v", fpErr)
-	}
-	d.mu.Lock()
-	st := d.firewallStateLocked()
-	_, complete := d.vxlanPeersLocked()
-	d.fwPeers = peersKey(st.Peers)
-	d.fwGen++
-	gen := d.fwGen
-	d.mu.Unlock()
-	d.hostFirewallState(&st)
-	d.fwMu.Lock()
-	defer d.fwMu.Unlock()
-	if gen < d.fwWritten {
-		return nil // a newer state, rendered after this one, is in place
-	}
+// applyFirewall writes the firewall of st (the host writer's firewall
+// part): tartan's rules, or none when the host has no routed pool and no
+// published port, and the pools' guard routes; a complete VXLAN peer set in
+// place is kept for the next start.
+func (d *Driver) applyFirewall(st firewall.State, complete bool) error {
 	var err error
 	if len(st.Pools) == 0 && len(st.Ports) == 0 {
 		err = d.fw.Remove()
@@ -78,22 +29,21 @@ func (d *Driver) writeFirewall() error {
 			d.log.WithFields(logrus.Fields{"was": was, "now": now}).Info("firewall flavour changed: Docker's chains are in the other iptables; tartan's rules moved there")
 		}
 	}
-	if err == nil {
-		d.fwWritten = gen // only a state in place stands for the older ones
-		switch {
-		case complete && st.VXLANPort != 0:
-			d.keepPeers(st.Peers)
-		case st.VXLANPort == 0:
-			d.keepPeers(nil) // no VXLAN network left: nothing to keep
-		}
-		err = syncGuards(st.Pools)
+	if err != nil {
+		return err
 	}
-	return err
+	switch {
+	case complete && st.VXLANPort != 0:
+		d.keepPeers(st.Peers)
+	case st.VXLANPort == 0:
+		d.keepPeers(nil) // no VXLAN network left: nothing to keep
+	}
+	return syncGuards(st.Pools)
 }
 
 // syncGuards gives every routed pool of the host its guard route (an
 // unreachable route for the whole pool: kernel.EnsureGuard) and removes
-// the guard routes of pools it no longer has. Called with d.fwMu held.
+// the guard routes of pools it no longer has (in the host writer's turn).
 func syncGuards(pools []firewall.Pool) error {
 	want := map[netip.Prefix]bool{}
 	for _, p := range pools {
@@ -136,31 +86,27 @@ func (d *Driver) hostFirewallState(st *firewall.State) {
 
 // FirewallDrift says how tartan's rules in the kernel differ from what it
 // would write now (tartan doctor), changing nothing.
-func (d *Driver) FirewallDrift() ([]string, error) {
-	d.mu.Lock()
-	st := d.firewallStateLocked()
-	d.mu.Unlock()
-	d.hostFirewallState(&st)
-	d.fwMu.Lock()
-	defer d.fwMu.Unlock()
-	out, err := d.fw.Check(st)
-	if err != nil {
-		return nil, err
-	}
-	have, err := kernel.Guards()
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range st.Pools {
-		if !slices.Contains(have, p.Pool.Masked()) {
-			out = append(out, fmt.Sprintf("the route \"unreachable %s\" that keeps the pool's unused addresses from leaving the host is missing", p.Pool.Masked()))
+func (d *Driver) FirewallDrift() (out []string, err error) {
+	d.host.Locked(func() {
+		st := d.hostState(hostplane.Firewall).Firewall
+		if out, err = d.fw.Check(st); err != nil {
+			return
 		}
-	}
-	return out, nil
+		var have []netip.Prefix
+		if have, err = kernel.Guards(); err != nil {
+			return
+		}
+		for _, p := range st.Pools {
+			if !slices.Contains(have, p.Pool.Masked()) {
+				out = append(out, fmt.Sprintf("the route \"unreachable %s\" that keeps the pool's unused addresses from leaving the host is missing", p.Pool.Masked()))
+			}
+		}
+	})
+	return out, err
 }
 
 // firewallStateLocked is the desired firewall but for the host's
-// interfaces (writeFirewall reads them). Called with d.mu held.
+// interfaces (hostFirewallState reads them). Called with d.mu held.
 func (d *Driver) firewallStateLocked() firewall.State {
 	st := firewall.State{Ports: portRules(d.st.endpoints)}
 	seen := map[string]bool{}
@@ -237,12 +183,4 @@ func (d *Driver) loadPeers(ctx context.Context) {
 		d.knownPeers = peers
 		d.mu.Unlock()
 	}
-}
-
-// peersKey tells peer sets apart, unknown (nil) from empty.
-func peersKey(p []netip.Addr) string {
-	if p == nil {
-		return "unknown"
-	}
-	return fmt.Sprint(p)
 }

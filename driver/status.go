@@ -59,10 +59,9 @@ func (d *Driver) Status() []NetworkStatus {
 
 // FirewallFlavour is the iptables flavour tartan's rules were last written
 // with (it follows Docker's: iptables-nft or iptables-legacy).
-func (d *Driver) FirewallFlavour() string {
-	d.fwMu.Lock()
-	defer d.fwMu.Unlock()
-	return d.fw.Flavour()
+func (d *Driver) FirewallFlavour() (flavour string) {
+	d.host.Locked(func() { flavour = d.fw.Flavour() })
+	return flavour
 }
 
 // Drift lists, per network ID, how the kernel differs from the network's

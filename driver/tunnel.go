@@ -1,8 +1,6 @@
 package driver
 
 import (
-	"context"
-
 	"github.com/tartan-net/tartan/driver/wireguard"
 )
 
@@ -13,46 +11,15 @@ func (d *Driver) tunnelOf(n localNetwork) string {
 	return p.Tunnel
 }
 
-// peersChanged is the router's word that a network's peers changed: the
-// firewall admits VXLAN from peers only, the fast path encapsulates for
-// the VXLAN peers, and the WireGuard device's peers are the wireguard
-// networks' hosts.
-func (d *Driver) peersChanged() {
-	d.pokeFirewall()
-	d.pokeFastPath() // the VXLAN peers' VTEPs
-	select {
-	case d.wgPoke <- struct{}{}:
-	default:
-	}
-}
-
-// tunnelWriter gives the WireGuard device the peers of the wireguard
-// networks' plans whenever they change.
-func (d *Driver) tunnelWriter(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.wgPoke:
-		}
-		if err := d.writeTunnels(); err != nil {
-			d.log.Warnf("WireGuard peers: %v", err)
-		}
-	}
-}
-
-// writeTunnels sets the device's peers from the plans. The plans hold only
-// keys Compute checked; one that does not parse is left out. The writer and
-// reconcile both call it: tunnelMu keeps an older reading of the plans from
-// landing after a newer one.
-func (d *Driver) writeTunnels() error {
-	d.tunnelMu.Lock()
-	defer d.tunnelMu.Unlock()
+// tunnelPeers is the WireGuard device's peers from the plans; planned is
+// false while a wireguard network has no plan yet. The plans hold only
+// keys Compute checked; one that does not parse is left out.
+func (d *Driver) tunnelPeers() (peers []wireguard.Peer, planned bool) {
 	tunnels, ok := d.routes.Tunnels()
 	if !ok {
-		return nil // a wireguard network has no plan yet: keep what the device has
+		return nil, false
 	}
-	peers := make([]wireguard.Peer, 0, len(tunnels))
+	peers = make([]wireguard.Peer, 0, len(tunnels))
 	for _, t := range tunnels {
 		k, err := wireguard.ParseKey(t.Key)
 		if err != nil {
@@ -60,7 +27,7 @@ func (d *Driver) writeTunnels() error {
 		}
 		peers = append(peers, wireguard.Peer{Key: k, Endpoint: t.Endpoint, Allowed: t.Allowed})
 	}
-	return d.wg.SetPeers(peers)
+	return peers, true
 }
 
 // TunnelReady says whether the WireGuard device is up with the peers of

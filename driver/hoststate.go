@@ -1,0 +1,69 @@
+package driver
+
+import (
+	"github.com/tartan-net/tartan/driver/hostplane"
+)
+
+// newHostWriter is the host's one writer of host-wide state, reading it
+// with hostState.
+func (d *Driver) newHostWriter() *hostplane.Writer {
+	ap := hostplane.Appliers{Firewall: d.applyFirewall, Tunnels: d.wg.SetPeers}
+	if fp := d.cfg.FastPath; fp != nil {
+		ap.FastPath = fp.Sync
+	}
+	return hostplane.New(d.hostState, ap)
+}
+
+// hostState is the snapshot the host writer applies: for each part asked
+// for, what the records and the plans say now, with the host's interfaces.
+// Called without d.mu held.
+func (d *Driver) hostState(parts hostplane.Part) hostplane.State {
+	var st hostplane.State
+	d.mu.Lock()
+	if parts&hostplane.Firewall != 0 {
+		st.Firewall = d.firewallStateLocked()
+		_, st.PeersComplete = d.vxlanPeersLocked()
+	}
+	if parts&hostplane.FastPath != 0 {
+		st.FastPath = d.fastPathStateLocked()
+	}
+	d.mu.Unlock()
+	if parts&hostplane.Firewall != 0 {
+		d.hostFirewallState(&st.Firewall)
+	}
+	if parts&hostplane.FastPath != 0 {
+		d.fastPathHost(&st.FastPath)
+	}
+	if parts&hostplane.Tunnels != 0 {
+		st.Tunnels, st.TunnelsPlanned = d.tunnelPeers()
+	}
+	return st
+}
+
+// writeFirewall writes the fast path and then the firewall from the state
+// of now, and returns once they (or a newer state) are in place: nil only
+// when the firewall was written (a fast path that failed is logged; the
+// kernel path carries its traffic). Called without d.mu held.
+func (d *Driver) writeFirewall() error {
+	r := d.host.Write(hostplane.FastPath | hostplane.Firewall)
+	if err := r.Err(hostplane.FastPath); err != nil {
+		d.log.Warnf("fast path: %v", err)
+	}
+	return r.Err(hostplane.Firewall)
+}
+
+// writeTunnels sets the WireGuard device's peers from the plans (reconcile:
+// a failed write is retried here).
+func (d *Driver) writeTunnels() error {
+	return d.host.Write(hostplane.Tunnels).Err(hostplane.Tunnels)
+}
+
+// pokeFastPath has the host writer write the fast path soon: an endpoint
+// came or went.
+func (d *Driver) pokeFastPath() { d.host.Poke(hostplane.FastPath) }
+
+// peersChanged is the router's word that a network's peers changed: the
+// firewall admits VXLAN from peers only, the fast path encapsulates for
+// the VXLAN peers, and the WireGuard device's peers are the wireguard
+// networks' hosts.
+func (d *Driver) peersChanged() { d.host.Poke(hostplane.All) }
