@@ -1,0 +1,261 @@
+package firewall
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+)
+
+// Interfaces tartan makes (driver/kernel names them).
+const (
+	endpointIfs = "tn+"      // host ends of endpoint veths
+	vxlanIfs    = "tartan.+" // VXLAN devices
+)
+
+// Pool is what the firewall needs to know of a routed network: its pool.
+// A dual-stack network has two: its IPv4 pool and its IPv6 pool.
+type Pool struct {
+	Pool     netip.Prefix
+	Internal bool
+	Device   string // the VXLAN device, if the network has one
+	// Tunnel is the WireGuard device its peers' traffic arrives on, if
+	// it has one (shared by networks: WireGuard itself admits from each
+	// peer only that peer's addresses); the pool's traffic is then never
+	// taken from the underlay or a VXLAN device.
+	Tunnel string
+	// NAT66: masquerade an IPv6 pool's traffic leaving it (off by default).
+	// Ignored for IPv4 pools, masqueraded unless Internal.
+	NAT66 bool
+	// Underlay: peers' traffic of the pool arrives in clear on the
+	// underlay (host-gw, direct routing). Otherwise the pool's own
+	// addresses are never taken from the underlay: a machine on the LAN
+	// cannot inject into a vxlan network (issue 24, audit M3).
+	Underlay bool
+}
+
+// Port is a published port: HostPort on the host (on HostIP only, when set)
+// forwarded to Port of the container at IP.
+type Port struct {
+	Proto    string // tcp, udp or sctp
+	HostIP   netip.Addr
+	HostPort int
+	IP       netip.Addr
+	Port     int
+}
+
+// State is everything the rules are rendered from.
+type State struct {
+	Pools []Pool
+	Ports []Port
+	// Underlay is the interface peers' host-gw and direct-routed packets
+	// arrive on ("" when unknown).
+	Underlay string
+	// Bridges are the host's bridge interfaces (Docker's among them):
+	// tartan traffic never enters them except through a published port.
+	Bridges []string
+	// Uplinks are the interfaces the host's own traffic leaves by (the
+	// underlay, the default route's): never taken for Docker's bridges,
+	// whatever their name or kind (a br0 or vmbr0 that carries the host's
+	// uplink; issue 24, audit M5).
+	Uplinks []string
+	// VXLANPort, when set, is the port of the VXLAN devices: exempt from
+	// connection tracking (the inner packets are tracked), closed to
+	// forwarded traffic, and open only to Peers.
+	VXLANPort int
+	// Peers are the underlay addresses of the cluster's other hosts that
+	// may send VXLAN here; the port is closed to everyone else, also while
+	// none is known (nil or empty: closed to all).
+	Peers []netip.Addr
+}
+
+// Rules is the rendered rule set, per chain.
+type Rules struct {
+	Forward, Isolate, Input, Postrouting, DNAT, Raw, RawOutput []string
+}
+
+// Render computes the IPv4 rule set, from the IPv4 pools. It does no I/O.
+//
+// Isolation (every DROP) lives in the mangle table's FORWARD chain, which
+// runs before any filter rule: Docker inserts its bridges' accept rules at
+// the top of filter FORWARD whenever it makes a bridge network, so a filter
+// rule of tartan's cannot stay ahead of "-i br-x ! -o br-x -j ACCEPT".
+// What tartan lets through Docker's DROP policy (every ACCEPT) lives in the
+// filter table, right below DOCKER-USER, so that operators' rules there hold
+// for tartan traffic as for Docker's.
+func Render(st State) Rules { return render(st, false) }
+
+// Render6 computes the ip6tables rule set, from the IPv6 pools: the same
+// isolation as Render's, without the VXLAN port's rules (the underlay is
+// IPv4) and without DNAT (ports are published on IPv4 only). Their traffic
+// leaving them is masqueraded only for pools with NAT66.
+func Render6(st State) Rules { return render(st, true) }
+
+// render computes the rule set of one address family.
+func render(st State, v6 bool) Rules {
+	if v6 {
+		// IPv4 only: published ports, the VXLAN underlay.
+		st.Ports, st.VXLANPort, st.Peers = nil, 0, nil
+	}
+	var r Rules
+	var nets []Pool
+	for _, n := range st.Pools {
+		if is6(n) == v6 {
+			nets = append(nets, n)
+		}
+	}
+	sort.Slice(nets, func(i, j int) bool { return nets[i].Pool.String() < nets[j].Pool.String() })
+	ports := append([]Port(nil), st.Ports...)
+	sort.Slice(ports, func(i, j int) bool { return portKey(ports[i]) < portKey(ports[j]) })
+	peers := append([]netip.Addr(nil), st.Peers...)
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Less(peers[j]) })
+	if len(nets) == 0 {
+		return r
+	}
+	both := func(format string, args ...any) { // RETURN in mangle, ACCEPT in filter
+		rule := fmt.Sprintf(format, args...)
+		r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s %s -j RETURN", IsolateChain, rule))
+		r.Forward = append(r.Forward, fmt.Sprintf("-A %s %s -j ACCEPT", ForwardChain, rule))
+	}
+	drop := func(format string, args ...any) {
+		r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s ", IsolateChain)+fmt.Sprintf(format, args...)+" -j DROP")
+	}
+	// A WireGuard pool's traffic from other hosts arrives through its
+	// tunnel, decrypted and checked against the sender's addresses: a
+	// packet with its source on the underlay or a VXLAN device is a
+	// forgery, whatever connection it claims to belong to.
+	for _, n := range nets {
+		if n.Tunnel != "" {
+			for _, in := range plainIngress(st) {
+				drop("-i %s -s %s", in, n.Pool)
+			}
+		}
+	}
+	for _, n := range nets {
+		both("-d %s -m conntrack --ctstate RELATED,ESTABLISHED", n.Pool)
+	}
+	// A VXLAN device carries its own pool only.
+	for _, n := range nets {
+		if n.Device != "" {
+			drop("-i %s ! -s %s", n.Device, n.Pool)
+		}
+	}
+	if st.VXLANPort != 0 {
+		// Containers never reach another host's VXLAN port.
+		drop("-i %s -p udp -m udp --dport %d", endpointIfs, st.VXLANPort)
+		for _, p := range peers {
+			drop("-d %s/32 -p udp -m udp --dport %d", p, st.VXLANPort)
+		}
+	}
+	// Published ports are reached through the host's address (DNAT), not
+	// directly at the container from other networks.
+	for _, p := range ports {
+		both("-d %s/32 -p %s -m %s --dport %d -m conntrack --ctstate DNAT", p.IP, p.Proto, p.Proto, p.Port)
+	}
+	// Within a network, from tartan's own interfaces only: a packet from a
+	// Docker bridge with a spoofed source in the pool gets nowhere (the
+	// endpoint veths have a strict reverse-path check, the VXLAN devices
+	// the rule above).
+	// (A WireGuard pool's other hosts come through its tunnel only.)
+	for _, n := range nets {
+		ingress := []string{endpointIfs}
+		switch {
+		case n.Tunnel != "":
+			ingress = append(ingress, n.Tunnel)
+		default:
+			if n.Device != "" {
+				ingress = append(ingress, n.Device)
+			}
+			if n.Underlay && st.Underlay != "" {
+				ingress = append(ingress, st.Underlay)
+			}
+		}
+		for _, in := range ingress {
+			both("-i %s -s %s -d %s", in, n.Pool, n.Pool)
+		}
+	}
+	// Nothing else enters a tartan network: other tartan networks, Docker's
+	// bridges, the outside.
+	for _, n := range nets {
+		drop("-d %s", n.Pool)
+	}
+	// Leaving: internal networks go nowhere else.
+	for _, n := range nets {
+		if n.Internal {
+			drop("-s %s", n.Pool)
+		}
+	}
+	// To a published port (DNAT), Docker's or tartan's rules decide, as for
+	// Docker's bridges; into a bridge otherwise never.
+	r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s -i %s -m conntrack --ctstate DNAT -j RETURN", IsolateChain, endpointIfs))
+	seen := map[string]bool{}
+	for _, u := range st.Uplinks {
+		if u != "" && !seen[u] {
+			seen[u] = true
+			r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s -i %s -o %s -j RETURN", IsolateChain, endpointIfs, u))
+		}
+	}
+	for _, b := range append([]string{"docker0", "br-+"}, st.Bridges...) {
+		if !seen[b] {
+			seen[b] = true
+			drop("-i %s -o %s", endpointIfs, b)
+		}
+	}
+	for _, n := range nets {
+		if !n.Internal {
+			r.Forward = append(r.Forward, fmt.Sprintf("-A %s -i %s -s %s -j ACCEPT", ForwardChain, endpointIfs, n.Pool))
+			if !v6 || n.NAT66 {
+				r.Postrouting = append(r.Postrouting, fmt.Sprintf("-A %s -s %s ! -d %s -j MASQUERADE", PostroutingChain, n.Pool, n.Pool))
+			}
+		}
+	}
+	for _, p := range ports {
+		dst := ""
+		if p.HostIP.IsValid() && !p.HostIP.IsUnspecified() {
+			dst = fmt.Sprintf(" -d %s/32", p.HostIP)
+		}
+		r.DNAT = append(r.DNAT, fmt.Sprintf("-A %s%s -p %s -m %s --dport %d -j DNAT --to-destination %s:%d", DNATChain, dst, p.Proto, p.Proto, p.HostPort, p.IP, p.Port))
+	}
+	// A container sends with its own address only: strict reverse-path
+	// check on the endpoint veths, whatever the host's rp_filter sysctls
+	// say (a container with CAP_NET_RAW spoofed another
+	// network's source).
+	r.Raw = append(r.Raw, fmt.Sprintf("-A %s -i %s -m rpfilter --invert -j DROP", RawChain, endpointIfs))
+	if st.VXLANPort != 0 {
+		// Only this host's own tunnels: forwarded container traffic to
+		// UDP/VXLANPort elsewhere is tracked (and masqueraded) as any other
+		//.
+		r.Raw = append(r.Raw, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --dst-type LOCAL -j NOTRACK", RawChain, st.VXLANPort))
+		r.RawOutput = append(r.RawOutput, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --src-type LOCAL -j NOTRACK", RawOutputChain, st.VXLANPort))
+		for _, p := range peers {
+			r.Input = append(r.Input, fmt.Sprintf("-A %s -s %s/32 -p udp -m udp --dport %d -j RETURN", InputChain, p, st.VXLANPort))
+		}
+		r.Input = append(r.Input, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j DROP", InputChain, st.VXLANPort))
+	}
+	return r
+}
+
+// plainIngress are the interfaces other hosts' traffic arrives on in clear:
+// the VXLAN devices and the underlay.
+func plainIngress(st State) []string {
+	if st.Underlay == "" {
+		return []string{vxlanIfs}
+	}
+	return []string{vxlanIfs, st.Underlay}
+}
+
+// is6 says whether a pool is IPv6; anything else goes with IPv4, as before.
+func is6(n Pool) bool { return n.Pool.Addr().Is6() }
+
+// has6 says whether st has an IPv6 pool.
+func has6(st State) bool {
+	for _, n := range st.Pools {
+		if is6(n) {
+			return true
+		}
+	}
+	return false
+}
+
+func portKey(p Port) string {
+	return fmt.Sprintf("%s/%05d/%s/%s", p.Proto, p.HostPort, p.HostIP, p.IP)
+}
