@@ -1,11 +1,12 @@
 // Package firewall keeps tartan's netfilter rules: its networks are let
 // through Docker's FORWARD policy (DROP on real hosts), isolated from each
-// other and from Docker's bridge networks both ways, by ingress interface; masqueraded to the outside unless
-// internal; and the VXLAN port is open to the cluster's hosts only. The whole
-// rule set is rendered from the desired state and swapped in with one
-// iptables-restore per table, in the flavour (nft or legacy) that Docker
-// itself uses on the host, detected again on every apply. IPv6 pools get the
-// same isolation in ip6tables, of the same flavour.
+// other and from Docker's bridge networks both ways, by ingress interface;
+// masqueraded to the outside unless internal; and the VXLAN port is open to
+// the cluster's hosts only. The whole rule set is rendered from the desired
+// state (render.go, no I/O) and swapped in with one iptables-restore per
+// table, in the flavour (nft or legacy) that Docker itself uses on the host,
+// detected again on every apply (iptables.go). IPv6 pools get the same
+// isolation in ip6tables, of the same flavour.
 package firewall
 
 import (

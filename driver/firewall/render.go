@@ -6,7 +6,9 @@ import (
 	"sort"
 )
 
-// Interfaces tartan makes (driver/kernel names them).
+// Interfaces tartan makes, as iptables patterns of the name prefixes
+// driver/kernel gives them (kernel.EndpointPrefix, kernel.VXLANPrefix; a
+// test holds them equal: firewall imports nothing of tartan's).
 const (
 	endpointIfs = "tn+"      // host ends of endpoint veths
 	vxlanIfs    = "tartan.+" // VXLAN devices
@@ -90,73 +92,117 @@ func Render(st State) Rules { return render(st, false) }
 // leaving them is masqueraded only for pools with NAT66.
 func Render6(st State) Rules { return render(st, true) }
 
-// render computes the rule set of one address family.
+// render computes the rule set of one address family, section by section
+// in a fixed order (the order of the rules within each chain).
 func render(st State, v6 bool) Rules {
 	if v6 {
 		// IPv4 only: published ports, the VXLAN underlay.
 		st.Ports, st.VXLANPort, st.Peers = nil, 0, nil
 	}
-	var r Rules
-	var nets []Pool
+	w := renderer{st: st, v6: v6}
 	for _, n := range st.Pools {
 		if is6(n) == v6 {
-			nets = append(nets, n)
+			w.nets = append(w.nets, n)
 		}
 	}
-	sort.Slice(nets, func(i, j int) bool { return nets[i].Pool.String() < nets[j].Pool.String() })
-	ports := append([]Port(nil), st.Ports...)
-	sort.Slice(ports, func(i, j int) bool { return portKey(ports[i]) < portKey(ports[j]) })
-	peers := append([]netip.Addr(nil), st.Peers...)
-	sort.Slice(peers, func(i, j int) bool { return peers[i].Less(peers[j]) })
-	if len(nets) == 0 {
-		return r
+	sort.Slice(w.nets, func(i, j int) bool { return w.nets[i].Pool.String() < w.nets[j].Pool.String() })
+	w.ports = append([]Port(nil), st.Ports...)
+	sort.Slice(w.ports, func(i, j int) bool { return portKey(w.ports[i]) < portKey(w.ports[j]) })
+	w.peers = append([]netip.Addr(nil), st.Peers...)
+	sort.Slice(w.peers, func(i, j int) bool { return w.peers[i].Less(w.peers[j]) })
+	if len(w.nets) == 0 {
+		return w.r
 	}
-	both := func(format string, args ...any) { // RETURN in mangle, ACCEPT in filter
-		rule := fmt.Sprintf(format, args...)
-		r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s %s -j RETURN", IsolateChain, rule))
-		r.Forward = append(r.Forward, fmt.Sprintf("-A %s %s -j ACCEPT", ForwardChain, rule))
-	}
-	drop := func(format string, args ...any) {
-		r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s ", IsolateChain)+fmt.Sprintf(format, args...)+" -j DROP")
-	}
-	// A WireGuard pool's traffic from other hosts arrives through its
-	// tunnel, decrypted and checked against the sender's addresses: a
-	// packet with its source on the underlay or a VXLAN device is a
-	// forgery, whatever connection it claims to belong to.
-	for _, n := range nets {
+	w.forgedIngress()
+	w.established()
+	w.vxlanIngress()
+	w.publishedForward()
+	w.isolation()
+	w.bridges()
+	w.outbound()
+	w.dnat()
+	w.raw()
+	w.vxlanPort()
+	return w.r
+}
+
+// renderer holds one address family's sorted state and the rules rendered
+// so far.
+type renderer struct {
+	st    State
+	v6    bool
+	nets  []Pool // the family's pools, by prefix
+	ports []Port
+	peers []netip.Addr
+	r     Rules
+}
+
+// both lets a packet through: RETURN in mangle, ACCEPT in filter.
+func (w *renderer) both(format string, args ...any) {
+	rule := fmt.Sprintf(format, args...)
+	w.r.Isolate = append(w.r.Isolate, fmt.Sprintf("-A %s %s -j RETURN", IsolateChain, rule))
+	w.r.Forward = append(w.r.Forward, fmt.Sprintf("-A %s %s -j ACCEPT", ForwardChain, rule))
+}
+
+// drop stops a packet, in mangle.
+func (w *renderer) drop(format string, args ...any) {
+	w.r.Isolate = append(w.r.Isolate, fmt.Sprintf("-A %s ", IsolateChain)+fmt.Sprintf(format, args...)+" -j DROP")
+}
+
+// forgedIngress: a WireGuard pool's traffic from other hosts arrives
+// through its tunnel, decrypted and checked against the sender's addresses:
+// a packet with its source on the underlay or a VXLAN device is a forgery,
+// whatever connection it claims to belong to.
+func (w *renderer) forgedIngress() {
+	for _, n := range w.nets {
 		if n.Tunnel != "" {
-			for _, in := range plainIngress(st) {
-				drop("-i %s -s %s", in, n.Pool)
+			for _, in := range plainIngress(w.st) {
+				w.drop("-i %s -s %s", in, n.Pool)
 			}
 		}
 	}
-	for _, n := range nets {
-		both("-d %s -m conntrack --ctstate RELATED,ESTABLISHED", n.Pool)
+}
+
+// established lets replies into every network.
+func (w *renderer) established() {
+	for _, n := range w.nets {
+		w.both("-d %s -m conntrack --ctstate RELATED,ESTABLISHED", n.Pool)
 	}
-	// A VXLAN device carries its own pool only.
-	for _, n := range nets {
+}
+
+// vxlanIngress: a VXLAN device carries its own pool only, and containers
+// never reach another host's VXLAN port.
+func (w *renderer) vxlanIngress() {
+	for _, n := range w.nets {
 		if n.Device != "" {
-			drop("-i %s ! -s %s", n.Device, n.Pool)
+			w.drop("-i %s ! -s %s", n.Device, n.Pool)
 		}
 	}
-	if st.VXLANPort != 0 {
-		// Containers never reach another host's VXLAN port.
-		drop("-i %s -p udp -m udp --dport %d", endpointIfs, st.VXLANPort)
-		for _, p := range peers {
-			drop("-d %s/32 -p udp -m udp --dport %d", p, st.VXLANPort)
+	if w.st.VXLANPort != 0 {
+		w.drop("-i %s -p udp -m udp --dport %d", endpointIfs, w.st.VXLANPort)
+		for _, p := range w.peers {
+			w.drop("-d %s/32 -p udp -m udp --dport %d", p, w.st.VXLANPort)
 		}
 	}
-	// Published ports are reached through the host's address (DNAT), not
-	// directly at the container from other networks.
-	for _, p := range ports {
-		both("-d %s/32 -p %s -m %s --dport %d -m conntrack --ctstate DNAT", p.IP, p.Proto, p.Proto, p.Port)
+}
+
+// publishedForward: published ports are reached through the host's address
+// (DNAT), not directly at the container from other networks.
+func (w *renderer) publishedForward() {
+	for _, p := range w.ports {
+		w.both("-d %s/32 -p %s -m %s --dport %d -m conntrack --ctstate DNAT", p.IP, p.Proto, p.Proto, p.Port)
 	}
-	// Within a network, from tartan's own interfaces only: a packet from a
-	// Docker bridge with a spoofed source in the pool gets nowhere (the
-	// endpoint veths have a strict reverse-path check, the VXLAN devices
-	// the rule above).
-	// (A WireGuard pool's other hosts come through its tunnel only.)
-	for _, n := range nets {
+}
+
+// isolation: within a network, from tartan's own interfaces only (a packet
+// from a Docker bridge with a spoofed source in the pool gets nowhere: the
+// endpoint veths have a strict reverse-path check, the VXLAN devices
+// vxlanIngress's rule; a WireGuard pool's other hosts come through its
+// tunnel only). Nothing else enters a tartan network (other tartan
+// networks, Docker's bridges, the outside), and internal networks go
+// nowhere else.
+func (w *renderer) isolation() {
+	for _, n := range w.nets {
 		ingress := []string{endpointIfs}
 		switch {
 		case n.Tunnel != "":
@@ -165,73 +211,91 @@ func render(st State, v6 bool) Rules {
 			if n.Device != "" {
 				ingress = append(ingress, n.Device)
 			}
-			if n.Underlay && st.Underlay != "" {
-				ingress = append(ingress, st.Underlay)
+			if n.Underlay && w.st.Underlay != "" {
+				ingress = append(ingress, w.st.Underlay)
 			}
 		}
 		for _, in := range ingress {
-			both("-i %s -s %s -d %s", in, n.Pool, n.Pool)
+			w.both("-i %s -s %s -d %s", in, n.Pool, n.Pool)
 		}
 	}
-	// Nothing else enters a tartan network: other tartan networks, Docker's
-	// bridges, the outside.
-	for _, n := range nets {
-		drop("-d %s", n.Pool)
+	for _, n := range w.nets {
+		w.drop("-d %s", n.Pool)
 	}
-	// Leaving: internal networks go nowhere else.
-	for _, n := range nets {
+	for _, n := range w.nets {
 		if n.Internal {
-			drop("-s %s", n.Pool)
+			w.drop("-s %s", n.Pool)
 		}
 	}
-	// To a published port (DNAT), Docker's or tartan's rules decide, as for
-	// Docker's bridges; into a bridge otherwise never.
-	r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s -i %s -m conntrack --ctstate DNAT -j RETURN", IsolateChain, endpointIfs))
+}
+
+// bridges: to a published port (DNAT), Docker's or tartan's rules decide,
+// as for Docker's bridges; out by an uplink, the other rules; into a bridge
+// otherwise never.
+func (w *renderer) bridges() {
+	w.r.Isolate = append(w.r.Isolate, fmt.Sprintf("-A %s -i %s -m conntrack --ctstate DNAT -j RETURN", IsolateChain, endpointIfs))
 	seen := map[string]bool{}
-	for _, u := range st.Uplinks {
+	for _, u := range w.st.Uplinks {
 		if u != "" && !seen[u] {
 			seen[u] = true
-			r.Isolate = append(r.Isolate, fmt.Sprintf("-A %s -i %s -o %s -j RETURN", IsolateChain, endpointIfs, u))
+			w.r.Isolate = append(w.r.Isolate, fmt.Sprintf("-A %s -i %s -o %s -j RETURN", IsolateChain, endpointIfs, u))
 		}
 	}
-	for _, b := range append([]string{"docker0", "br-+"}, st.Bridges...) {
+	for _, b := range append([]string{"docker0", "br-+"}, w.st.Bridges...) {
 		if !seen[b] {
 			seen[b] = true
-			drop("-i %s -o %s", endpointIfs, b)
+			w.drop("-i %s -o %s", endpointIfs, b)
 		}
 	}
-	for _, n := range nets {
+}
+
+// outbound lets a network that is not internal out, masqueraded (an IPv6
+// pool only with NAT66).
+func (w *renderer) outbound() {
+	for _, n := range w.nets {
 		if !n.Internal {
-			r.Forward = append(r.Forward, fmt.Sprintf("-A %s -i %s -s %s -j ACCEPT", ForwardChain, endpointIfs, n.Pool))
-			if !v6 || n.NAT66 {
-				r.Postrouting = append(r.Postrouting, fmt.Sprintf("-A %s -s %s ! -d %s -j MASQUERADE", PostroutingChain, n.Pool, n.Pool))
+			w.r.Forward = append(w.r.Forward, fmt.Sprintf("-A %s -i %s -s %s -j ACCEPT", ForwardChain, endpointIfs, n.Pool))
+			if !w.v6 || n.NAT66 {
+				w.r.Postrouting = append(w.r.Postrouting, fmt.Sprintf("-A %s -s %s ! -d %s -j MASQUERADE", PostroutingChain, n.Pool, n.Pool))
 			}
 		}
 	}
-	for _, p := range ports {
+}
+
+// dnat sends a published port (on its host address, when set) to its
+// container.
+func (w *renderer) dnat() {
+	for _, p := range w.ports {
 		dst := ""
 		if p.HostIP.IsValid() && !p.HostIP.IsUnspecified() {
 			dst = fmt.Sprintf(" -d %s/32", p.HostIP)
 		}
-		r.DNAT = append(r.DNAT, fmt.Sprintf("-A %s%s -p %s -m %s --dport %d -j DNAT --to-destination %s:%d", DNATChain, dst, p.Proto, p.Proto, p.HostPort, p.IP, p.Port))
+		w.r.DNAT = append(w.r.DNAT, fmt.Sprintf("-A %s%s -p %s -m %s --dport %d -j DNAT --to-destination %s:%d", DNATChain, dst, p.Proto, p.Proto, p.HostPort, p.IP, p.Port))
 	}
-	// A container sends with its own address only: strict reverse-path
-	// check on the endpoint veths, whatever the host's rp_filter sysctls
-	// say (a container with CAP_NET_RAW spoofed another
-	// network's source).
-	r.Raw = append(r.Raw, fmt.Sprintf("-A %s -i %s -m rpfilter --invert -j DROP", RawChain, endpointIfs))
-	if st.VXLANPort != 0 {
-		// Only this host's own tunnels: forwarded container traffic to
-		// UDP/VXLANPort elsewhere is tracked (and masqueraded) as any other
-		//.
-		r.Raw = append(r.Raw, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --dst-type LOCAL -j NOTRACK", RawChain, st.VXLANPort))
-		r.RawOutput = append(r.RawOutput, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --src-type LOCAL -j NOTRACK", RawOutputChain, st.VXLANPort))
-		for _, p := range peers {
-			r.Input = append(r.Input, fmt.Sprintf("-A %s -s %s/32 -p udp -m udp --dport %d -j RETURN", InputChain, p, st.VXLANPort))
-		}
-		r.Input = append(r.Input, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j DROP", InputChain, st.VXLANPort))
+}
+
+// raw: a container sends with its own address only: strict reverse-path
+// check on the endpoint veths, whatever the host's rp_filter sysctls say (a
+// container with CAP_NET_RAW spoofed another network's source).
+func (w *renderer) raw() {
+	w.r.Raw = append(w.r.Raw, fmt.Sprintf("-A %s -i %s -m rpfilter --invert -j DROP", RawChain, endpointIfs))
+}
+
+// vxlanPort: only this host's own tunnels are exempt from connection
+// tracking (forwarded container traffic to UDP/VXLANPort elsewhere is
+// tracked, and masqueraded, as any other), and the port is open to the
+// peers only.
+func (w *renderer) vxlanPort() {
+	port := w.st.VXLANPort
+	if port == 0 {
+		return
 	}
-	return r
+	w.r.Raw = append(w.r.Raw, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --dst-type LOCAL -j NOTRACK", RawChain, port))
+	w.r.RawOutput = append(w.r.RawOutput, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m addrtype --src-type LOCAL -j NOTRACK", RawOutputChain, port))
+	for _, p := range w.peers {
+		w.r.Input = append(w.r.Input, fmt.Sprintf("-A %s -s %s/32 -p udp -m udp --dport %d -j RETURN", InputChain, p, port))
+	}
+	w.r.Input = append(w.r.Input, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j DROP", InputChain, port))
 }
 
 // plainIngress are the interfaces other hosts' traffic arrives on in clear:
