@@ -18,7 +18,6 @@ import (
 func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr, error) {
 	cidr := r.Pool.CIDR.String()
 	kind := KindFor(r)
-	mac := r.Options[OptMACAddress]
 	var got netip.Addr
 	anyGateway := false
 	err := kv.Retry(ctx, func() error {
@@ -33,7 +32,7 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 		if !ip.IsValid() {
 			return kv.ErrRetry // a block changed hands; look again
 		}
-		rec := kv.Address{IP: ip.String(), Pool: cidr, Host: m.cfg.Host, Kind: kind, MAC: mac, Created: m.cfg.Now().UTC()}
+		rec := kv.Address{IP: ip.String(), Pool: cidr, Host: m.cfg.Host, Kind: kind, MAC: r.Options[OptMACAddress], Created: m.cfg.Now().UTC()}
 		err = m.create(ctx, pc, rec)
 		if err == nil {
 			m.log.WithFields(logrus.Fields{"pool": cidr, "ip": ip, "kind": kind}).Debug("address allocated")
@@ -46,50 +45,16 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 			}
 			return err
 		}
-		var cur kv.Address
-		var derr *kv.DecodeError
-		if _, gerr := kv.GetJSON(ctx, m.store, kv.AddressPath(cidr, rec.IP), &cur); gerr != nil {
-			if errors.As(gerr, &derr) && !want {
-				// The key exists, so its address is taken whatever the
-				// value says: look further.
-				m.skipped(derr)
-				pc.mark(ip, true)
-				return kv.ErrRetry
-			}
-			if errors.Is(gerr, kv.ErrNotFound) {
-				// The address is free: the pool record changed (a
-				// gateway noted, a release begun). Read it again.
-				pc.mark(ip, false)
-				pc.mu.Lock()
-				err := m.readPool(ctx, pc)
-				pc.mu.Unlock()
-				if err != nil {
-					return err
-				}
-				return kv.ErrRetry
-			}
-			return gerr
+		cur, err := m.holderOf(ctx, pc, ip, want)
+		if err != nil {
+			return err
 		}
-		pc.mark(ip, true)
 		if m.confirms(cur, rec) {
 			got = ip
 			return m.noteGateway(ctx, pc, kind, ip)
 		}
-		// The swarm manager allocates in the global space, without MACs:
-		// its replays confirm, and the node that runs the task (which asks
-		// in either space, with the task's MAC) takes the address over so
-		// that every other host routes it there.
-		swarm := kind == kv.KindEndpoint && cur.Kind == kv.KindEndpoint &&
-			(r.Pool.Space == GlobalSpace || (cur.MAC == "" && want))
-		if swarm {
-			if mac == "" {
-				got = ip
-				return nil
-			}
-			if err := m.takeOver(ctx, pc, rec); err != nil {
-				if errors.Is(err, kv.ErrConflict) {
-					return kv.ErrRetry
-				}
+		if swarmTask(r, rec, cur, want) {
+			if err := m.takeOverTask(ctx, pc, rec); err != nil {
 				return err
 			}
 			got = ip
@@ -114,6 +79,64 @@ func (m *IPAM) requestAddress(ctx context.Context, r AddressRequest) (netip.Addr
 		return netip.Addr{}, fmt.Errorf("allocate in pool %s: too many concurrent allocations: %w", cidr, err)
 	}
 	return got, err
+}
+
+// holderOf reads the record of an address whose create failed because its
+// key exists, and marks the address taken. kv.ErrRetry when the request
+// should look again: the record cannot be read (the key exists, so the
+// address is taken whatever the value says) and the address was picked, or
+// the address is free after all (the pool record changed: a gateway noted,
+// a release begun; it is read again).
+func (m *IPAM) holderOf(ctx context.Context, pc *poolCache, ip netip.Addr, want bool) (kv.Address, error) {
+	var cur kv.Address
+	var derr *kv.DecodeError
+	if _, gerr := kv.GetJSON(ctx, m.store, kv.AddressPath(pc.cidr, ip.String()), &cur); gerr != nil {
+		if errors.As(gerr, &derr) && !want {
+			m.skipped(derr)
+			pc.mark(ip, true)
+			return kv.Address{}, kv.ErrRetry
+		}
+		if errors.Is(gerr, kv.ErrNotFound) {
+			pc.mark(ip, false)
+			pc.mu.Lock()
+			err := m.readPool(ctx, pc)
+			pc.mu.Unlock()
+			if err != nil {
+				return kv.Address{}, err
+			}
+			return kv.Address{}, kv.ErrRetry
+		}
+		return kv.Address{}, gerr
+	}
+	pc.mark(ip, true)
+	return cur, nil
+}
+
+// swarmTask says whether an endpoint address held by cur is a swarm
+// allocation that this request (rec) confirms or takes over: the swarm
+// manager allocates in the global space, without MACs; its replays confirm,
+// and the node that runs the task (which asks in either space, with the
+// task's MAC) takes the address over so that every other host routes it
+// there.
+func swarmTask(r AddressRequest, rec, cur kv.Address, want bool) bool {
+	return rec.Kind == kv.KindEndpoint && cur.Kind == kv.KindEndpoint &&
+		(r.Pool.Space == GlobalSpace || (cur.MAC == "" && want))
+}
+
+// takeOverTask takes over a swarm allocation for the node that runs its
+// task (rec has the task's MAC); the manager's own replay (no MAC) takes
+// nothing. kv.ErrRetry when the record changed meanwhile.
+func (m *IPAM) takeOverTask(ctx context.Context, pc *poolCache, rec kv.Address) error {
+	if rec.MAC == "" {
+		return nil
+	}
+	if err := m.takeOver(ctx, pc, rec); err != nil {
+		if errors.Is(err, kv.ErrConflict) {
+			return kv.ErrRetry
+		}
+		return err
+	}
+	return nil
 }
 
 // choose is the address a request asks for (want: the gateway or an address
