@@ -35,7 +35,7 @@ export CONSUL_BIN COMPOSE_BIN
 all: build
 
 build:
-	CGO_ENABLED=0 GOARCH=$(ARCH) $(GO) build -trimpath -ldflags "-s -w -X github.com/tartan-net/tartan/plugin.Version=$(VERSION)" -o $(BUILD)/tartan ./plugin/tartan
+	CGO_ENABLED=0 GOARCH=$(ARCH) $(GO) build -trimpath -ldflags "-s -w -X github.com/tartan-net/tartan/plugin/api.Version=$(VERSION)" -o $(BUILD)/tartan ./plugin/tartan
 
 plugin-dir: build
 	ROOTFS_ARCH=$(ARCH) plugin/rootfs.sh $(BUILD)/tartan config.json $(BUILD)/plugin

@@ -32,6 +32,7 @@ import (
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/driver/wireguard"
+	"github.com/tartan-net/tartan/internal/dockerid"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -456,4 +457,5 @@ func (d *Driver) skipped(e *kv.DecodeError) {
 	d.log.WithField("key", e.Key).Warnf("ignoring a record: %v", e)
 }
 
-func shortID(id string) string { return backend.ShortID(id) }
+// shortID is dockerid.Short, for the many messages of this package.
+func shortID(id string) string { return dockerid.Short(id) }

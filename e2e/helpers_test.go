@@ -13,13 +13,13 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
-	"github.com/tartan-net/tartan/plugin"
+	"github.com/tartan-net/tartan/plugin/api"
 )
 
 // hostStatus is what tartan status --json says on h.
-func hostStatus(t testing.TB, h *testbed.Host) plugin.HostStatus {
+func hostStatus(t testing.TB, h *testbed.Host) api.HostStatus {
 	t.Helper()
-	var st plugin.HostStatus
+	var st api.HostStatus
 	if err := json.Unmarshal([]byte(h.Tartan(t, "status", "--json")), &st); err != nil {
 		t.Fatalf("tartan status --json on %s: %v", h.Name, err)
 	}

@@ -11,11 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/e2e/testbed"
 	"github.com/tartan-net/tartan/kv"
-	"github.com/tartan-net/tartan/plugin"
+	"github.com/tartan-net/tartan/plugin/api"
 )
 
 type mhNet struct {
@@ -178,7 +177,7 @@ func TestMultiHost(t *testing.T) {
 			t.Logf("tartan status on host 1:\n%s", human)
 		}
 	}
-	var hosts []kv.HostReport
+	var hosts []api.HostReport
 	if err := json.Unmarshal([]byte(c.Hosts[0].Tartan(t, "hosts", "--json")), &hosts); err != nil {
 		t.Fatal(err)
 	}
@@ -191,14 +190,14 @@ func TestMultiHost(t *testing.T) {
 		}
 	}
 	t.Logf("tartan hosts:\n%s", c.Hosts[0].Tartan(t, "hosts"))
-	var pools []kv.PoolReport
+	var pools []api.PoolReport
 	if err := json.Unmarshal([]byte(c.Hosts[1].Tartan(t, "networks", "--json")), &pools); err != nil {
 		t.Fatal(err)
 	}
 	if len(pools) != 3 || pools[0].Network == nil || pools[0].Network.Backend != "vxlan" || pools[1].Network.Backend != "host-gw" || pools[0].Blocks != 3 {
 		t.Fatalf("tartan networks: %+v", pools)
 	}
-	var addrs []plugin.AddressReport
+	var addrs []api.AddressReport
 	if err := json.Unmarshal([]byte(c.Hosts[0].Tartan(t, "addresses", "10.61.0.0/16", "--json")), &addrs); err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +270,7 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 	}
 	h := c.Hosts[0]
 	st := hostStatus(t, h)
-	var gw, vx *driver.NetworkStatus
+	var gw, vx *api.NetworkStatus
 	for i, n := range st.Networks {
 		switch n.Pool {
 		case "10.62.0.0/16":

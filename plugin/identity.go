@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -218,7 +219,7 @@ func (id *Identity) Run(ctx context.Context) {
 		case time.Since(since) > 3*id.ttl:
 			err := fmt.Errorf("host ID %s is in use by another machine (address %s, boot %s, running since %s by its clock): this machine's tartan state folder (/var/lib/tartan on the host) is a copy of that machine's (a VM template, a disk image or a restored backup), and two machines with one host ID take each other's addresses. "+
 				"This plugin serves no request until that is fixed: on this machine, docker plugin disable -f tartan:latest, rm -r /var/lib/tartan, docker plugin enable tartan:latest (a new host ID is made; this machine's containers on tartan networks must be started again)",
-				id.host, or(h.Address, "unknown"), or(h.Boot, "unknown"), h.Started.Format(time.RFC3339))
+				id.host, cmp.Or(h.Address, "unknown"), cmp.Or(h.Boot, "unknown"), h.Started.Format(time.RFC3339))
 			id.log.Error(err)
 			id.set(false, err)
 			return

@@ -18,8 +18,6 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
-
 	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
@@ -27,11 +25,10 @@ import (
 	"github.com/tartan-net/tartan/driver/wireguard"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/plugin/api"
 	"github.com/tartan-net/tartan/plugin/clusternet"
+	"golang.org/x/sys/unix"
 )
-
-// Version is set at build time.
-var Version = "dev"
 
 // RenewEvery is how often the host checks its registration and leases: a
 // tenth of the lease lifetime, at most a minute, so that a new underlay
@@ -157,7 +154,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if serr != nil {
 		entry.Errorf("settings: %v (every request will fail with this until it is fixed)", serr)
 	}
-	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "state": s.StateDir, "version": Version, "firewall": fw.Flavour()}).Info("tartan serving")
+	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "state": s.StateDir, "version": api.Version, "firewall": fw.Flavour()}).Info("tartan serving")
 	go warnEngine(ctx, s.DockerSocket, entry)
 	outbox := NewOutbox(local, im, drv, entry.WithField("part", "outbox"))
 	repairs := make(chan chan error)

@@ -167,6 +167,3 @@ type Host struct {
 	Underlay func() (kernel.Underlay, error)
 	Log      logrus.FieldLogger
 }
-
-// ShortID is the form of Docker IDs in messages and logs.
-func ShortID(id string) string { return id[:min(12, len(id))] }

@@ -30,7 +30,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/sirupsen/logrus"
-	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/internal/dockerid"
 	"github.com/vishvananda/netlink"
 )
 
@@ -253,7 +253,7 @@ func (f *FastPath) plan(st State) (desired, []error) {
 	for _, n := range st.Networks {
 		num := netNumber(n.ID)
 		if clash[num] {
-			problems = append(problems, fmt.Errorf("network %s shares its fast-path number with another network: its traffic takes the kernel path", backend.ShortID(n.ID)))
+			problems = append(problems, fmt.Errorf("network %s shares its fast-path number with another network: its traffic takes the kernel path", dockerid.Short(n.ID)))
 			continue
 		}
 		nets[n.ID] = num

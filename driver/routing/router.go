@@ -23,6 +23,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/internal/dockerid"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -293,13 +294,11 @@ func (r *Router) State() string {
 	var b strings.Builder
 	for id, w := range r.nets {
 		if w.plan != nil {
-			fmt.Fprintf(&b, "%s: %d routes, %d peers, problems %v\n", shortID(id), len(w.plan.Routes), len(w.plan.Neighs), w.plan.Problems)
+			fmt.Fprintf(&b, "%s: %d routes, %d peers, problems %v\n", dockerid.Short(id), len(w.plan.Routes), len(w.plan.Neighs), w.plan.Problems)
 		}
 	}
 	return b.String()
 }
-
-func shortID(id string) string { return id[:min(12, len(id))] }
 
 // Has says whether the network is routed.
 func (r *Router) Has(id string) bool {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/internal/dockerid"
 )
 
 // netWatch is one network's writer: its goroutine plans and applies.
@@ -49,7 +50,7 @@ func (r *Router) run(ctx context.Context, w *netWatch) {
 		}
 		tick.Reset(max(d, time.Second))
 	}
-	log := r.cfg.Log.WithFields(logrus.Fields{"network": shortID(w.n.ID), "pool": w.n.Pool})
+	log := r.cfg.Log.WithFields(logrus.Fields{"network": dockerid.Short(w.n.ID), "pool": w.n.Pool})
 	var lastProblems string
 	selfMissing := false
 	for {
