@@ -124,7 +124,7 @@ clean-testbed:
 # The scale harness's smoke (10 simulated hosts) runs here, under the race
 # detector; make scale runs its table.
 unit: lint consul
-	$(GO) test -race -count=1 ./errdefs/... ./kv/... ./ipam/... ./driver/... ./plugin/... ./e2e/scale/ ./e2e/testbed/
+	$(GO) test -race -count=1 ./errdefs/... ./kv/... ./ipam/... ./driver/... ./plugin/... ./internal/... ./e2e/scale/
 
 # The arm64 plugin, checked on this amd64 machine under qemu-user (Debian's
 # qemu-user-static, which make deps installs): its binary and its iptables

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/plugin/api"
 )
@@ -29,7 +30,7 @@ type mhNet struct {
 // remote host, nothing stale.
 func TestMultiHost(t *testing.T) {
 	t.Parallel()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
 	c := testbed.NewCluster(t, "m", 1500)
 	// Hosts 1 and 2 carry their networks on the eBPF fast path (the
 	// default), host 3 on the kernel path (FASTPATH=off): the two meet.
