@@ -1,7 +1,7 @@
 // Package driver is tartan's network driver: it validates networks, keeps
 // this host's records of them and their endpoints, and asks each network's
-// backend (driver/backend: driver/vxlan, driver/hostgw, driver/macvlan) to
-// make the kernel objects; driver/routing keeps the routed networks' peers
+// backend (driver/backend: driver/vxlan, driver/hostgw, driver/wireguard,
+// driver/macvlan) to make the kernel objects; driver/routing keeps the routed networks' peers
 // and driver/firewall their rules.
 //
 // Locks: d.mu guards the tables (records, endpoints in flight, the

@@ -41,7 +41,7 @@ type poolCache struct {
 	layout  Layout
 	version uint64 // of the pool record the fields below were read from
 	gateway string
-	routed  int8 // 0: not known yet, 1: vxlan or host-gw, -1: macvlan
+	routed  int8 // 0: not known yet, 1: routed (vxlan, host-gw, wireguard), -1: macvlan
 	own     map[netip.Prefix]ownBlock
 	used    map[netip.Addr]bool   // taken (or being taken) in own blocks
 	taken   map[netip.Prefix]bool // blocks other hosts hold, last seen
@@ -202,7 +202,8 @@ func (pc *poolCache) ownsLocked(ip netip.Addr) bool {
 	return ok
 }
 
-// routed says whether the pool's network is a routed one (vxlan, host-gw).
+// routed says whether the pool's network is a routed one (vxlan, host-gw,
+// wireguard): any backend but BackendBridged.
 // Before the driver has recorded the network, it is taken as routed.
 func (m *IPAM) routed(ctx context.Context, cidr string) bool {
 	m.mu.Lock()
@@ -223,7 +224,10 @@ func (m *IPAM) routed(ctx context.Context, cidr string) bool {
 	routed := n.Backend != BackendBridged
 	if pc != nil {
 		pc.mu.Lock()
-		pc.routed = map[bool]int8{true: 1, false: -1}[routed]
+		pc.routed = -1
+		if routed {
+			pc.routed = 1
+		}
 		pc.mu.Unlock()
 	}
 	return routed

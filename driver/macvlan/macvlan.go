@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 
 	"github.com/tartan-net/tartan/driver/backend"
@@ -77,9 +76,9 @@ func (Backend) Describe() backend.Description {
 			return nil
 		}},
 		{Key: OptHostAccess, Parse: func(o *backend.Options, v string) error {
-			b, err := strconv.ParseBool(v)
+			b, err := backend.BoolOption(OptHostAccess, v)
 			if err != nil {
-				return errdefs.Invalid("-o %s=%s is not a boolean: use true or false", OptHostAccess, v)
+				return err
 			}
 			if b && o.MacvlanMode != "" && o.MacvlanMode != DefaultMode {
 				return hostAccessNeedsBridge()

@@ -1,5 +1,5 @@
 // Package routing keeps the cross-host state of this host's routed networks
-// (vxlan, host-gw): it follows the store with one watch per prefix per host
+// (vxlan, host-gw, wireguard): it follows the store with one watch per prefix per host
 // (hosts/ once, and each pool's blocks and route exceptions once, whatever
 // the number of networks), keeps what each watch returns as its cache, plans
 // every network from the caches (Compute, no I/O) and applies the difference

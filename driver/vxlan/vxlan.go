@@ -54,9 +54,9 @@ func (Backend) Describe() backend.Description {
 	return routed.Describe(backend.Description{Name: Name, ClaimsVNI: true, Options: []backend.Option{
 		{Key: OptVNI, Parse: parseVNI},
 		{Key: OptDirectRouting, Parse: func(o *backend.Options, v string) error {
-			b, err := strconv.ParseBool(v)
+			b, err := backend.BoolOption(OptDirectRouting, v)
 			if err != nil {
-				return errdefs.Invalid("-o %s=%s is not a boolean: use true or false", OptDirectRouting, v)
+				return err
 			}
 			o.DirectRouting = b
 			return nil
