@@ -52,25 +52,7 @@ func (h *Handler) ServeAdmin(a Admin) {
 		a.Witness = kv.NewWitness()
 	}
 	h.admin("GET "+api.StatusPath, false, func(context.Context, *http.Request) (any, error) {
-		s := api.HostStatus{Host: a.Host, Version: api.Version, Store: a.Store, Scope: a.Scope, Networks: []api.NetworkStatus{}}
-		if err := h.refusal(); err != nil {
-			s.Settings = err.Error()
-		}
-		if h.drv != nil {
-			s.Networks, s.Firewall = each(h.drv.Status(), apiNetwork), h.drv.FirewallFlavour()
-			wg, err := h.drv.WireGuard().Status()
-			ws := apiWireGuard(wg)
-			s.WireGuard = &ws
-			if err != nil {
-				s.WireGuardError = err.Error()
-			}
-			on, attached, packets, err := h.drv.FastPath()
-			s.FastPath = &api.FastPathStatus{On: on, Attached: attached, Packets: packets}
-			if err != nil {
-				s.FastPath.Error = err.Error()
-			}
-		}
-		return s, nil
+		return h.status(a), nil
 	})
 	if a.RotateKey != nil {
 		h.admin("POST "+api.RotateKeyPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
@@ -109,32 +91,61 @@ func (h *Handler) ServeAdmin(a Admin) {
 		return h.gcPlan(ctx, a)
 	})
 	h.admin("POST "+api.GCPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
-		var done api.GCDone
-		gone, err := h.dockerGone(ctx, a)
-		if err != nil {
-			return done, err
-		}
-		for _, n := range gone {
-			// Docker asked again right before each removal: a network it
-			// made since the first listing stays (issue 24, audit L6).
-			if still, err := h.dockerGone(ctx, a); err != nil {
-				return done, err
-			} else if !slices.ContainsFunc(still, func(s driver.NetworkStatus) bool { return s.ID == n.ID }) {
-				continue
-			}
-			if err := h.drv.DeleteNetwork(ctx, n.ID); err != nil {
-				return done, fmt.Errorf("remove network record %s: %w", n.ID, err)
-			}
-			h.log.WithFields(logrus.Fields{"network": n.ID, "pool": n.Pool}).Info("removed a network record Docker no longer has (tartan gc --yes)")
-			done.Networks++
-		}
-		collected, err := h.ipam.CollectGone(ctx, h.drv.Holding)
-		done.Collected = apiCollected(collected)
-		if err == nil {
-			h.log.WithFields(logrus.Fields{"addresses": done.Addresses, "blocks": done.Blocks, "hosts": done.Hosts, "orphans": done.Orphans}).Info("collected on the operator's request (tartan gc --yes)")
-		}
-		return done, err
+		return h.collect(ctx, a)
 	})
+}
+
+// status is this host as the plugin sees it (tartan status).
+func (h *Handler) status(a Admin) api.HostStatus {
+	s := api.HostStatus{Host: a.Host, Version: api.Version, Store: a.Store, Scope: a.Scope, Networks: []api.NetworkStatus{}}
+	if err := h.refusal(); err != nil {
+		s.Settings = err.Error()
+	}
+	if h.drv != nil {
+		s.Networks, s.Firewall = each(h.drv.Status(), apiNetwork), h.drv.FirewallFlavour()
+		wg, err := h.drv.WireGuard().Status()
+		ws := apiWireGuard(wg)
+		s.WireGuard = &ws
+		if err != nil {
+			s.WireGuardError = err.Error()
+		}
+		on, attached, packets, err := h.drv.FastPath()
+		s.FastPath = &api.FastPathStatus{On: on, Attached: attached, Packets: packets}
+		if err != nil {
+			s.FastPath.Error = err.Error()
+		}
+	}
+	return s
+}
+
+// collect removes the network records Docker no longer has, then what gone
+// hosts held and this host's orphans (tartan gc --yes).
+func (h *Handler) collect(ctx context.Context, a Admin) (api.GCDone, error) {
+	var done api.GCDone
+	gone, err := h.dockerGone(ctx, a)
+	if err != nil {
+		return done, err
+	}
+	for _, n := range gone {
+		// Docker asked again right before each removal: a network it
+		// made since the first listing stays (issue 24, audit L6).
+		if still, err := h.dockerGone(ctx, a); err != nil {
+			return done, err
+		} else if !slices.ContainsFunc(still, func(s driver.NetworkStatus) bool { return s.ID == n.ID }) {
+			continue
+		}
+		if err := h.drv.DeleteNetwork(ctx, n.ID); err != nil {
+			return done, fmt.Errorf("remove network record %s: %w", n.ID, err)
+		}
+		h.log.WithFields(logrus.Fields{"network": n.ID, "pool": n.Pool}).Info("removed a network record Docker no longer has (tartan gc --yes)")
+		done.Networks++
+	}
+	collected, err := h.ipam.CollectGone(ctx, h.drv.Holding)
+	done.Collected = apiCollected(collected)
+	if err == nil {
+		h.log.WithFields(logrus.Fields{"addresses": done.Addresses, "blocks": done.Blocks, "hosts": done.Hosts, "orphans": done.Orphans}).Info("collected on the operator's request (tartan gc --yes)")
+	}
+	return done, err
 }
 
 // admin serves one operator endpoint: fn's answer as JSON, its error
@@ -258,41 +269,11 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]api.Finding, error) {
 	if h.drv == nil || h.ipam == nil || a.Cluster == nil {
 		return out, nil
 	}
-	drift, err := h.drv.Drift()
+	kernel, err := h.kernelFindings(a.Now)
 	if err != nil {
 		return nil, err
 	}
-	for _, id := range slices.Sorted(maps.Keys(drift)) {
-		for _, d := range drift[id] {
-			out = append(out, api.Finding{Network: id, What: d, Fix: "tartan repair, or the next resync (RESYNC), repairs it"})
-		}
-	}
-	eps, err := h.drv.EndpointDrift()
-	if err != nil {
-		return nil, err
-	}
-	fp, err := h.drv.FastPathDrift()
-	if err != nil {
-		return nil, err
-	}
-	for _, x := range append(eps, fp...) {
-		out = append(out, api.Finding{What: x, Fix: "tartan repair, or the next resync (RESYNC), repairs it"})
-	}
-	for _, l := range h.drv.LinkDrift() {
-		out = append(out, api.Finding{What: l, Fix: "a network's device comes back with tartan repair or the next resync (RESYNC); an endpoint's record goes once its link stays gone for the grace period, or with docker rm of its container"})
-	}
-	if wg, err := h.drv.WireGuard().Status(); err != nil {
-		out = append(out, api.Finding{What: "the WireGuard device's state could not be read: " + err.Error(), Fix: "see the plugin's log; docker plugin disable -f and enable makes the device again"})
-	} else {
-		out = append(out, wireguardFindings(wg, a.Now())...)
-	}
-	fw, err := h.drv.FirewallDrift()
-	if err != nil {
-		return nil, err
-	}
-	for _, f := range fw {
-		out = append(out, api.Finding{What: "firewall: " + f, Fix: "tartan repair, or the next resync (RESYNC), rewrites tartan's rules"})
-	}
+	out = append(out, kernel...)
 	if a.Docker != nil {
 		if view, err := a.Docker.TartanNetworks(ctx); err != nil {
 			out = append(out, api.Finding{What: "Docker's view of this host's networks could not be read: " + err.Error(),
@@ -324,6 +305,49 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]api.Finding, error) {
 		what := fmt.Sprintf("host %s (%s) lapsed: this host has not seen it renew since %s (by this host's clock), more than LEASE_TTL (%s); it still holds blocks %s",
 			hr.ID, cmp.Or(hr.Address, "no host record"), hr.Seen.UTC().Format(time.RFC3339), a.LeaseTTL, strings.Join(blocks, " "))
 		out = append(out, api.Finding{What: what, Fix: fmt.Sprintf("if the host is gone for good, its blocks and addresses are collected once it has not been seen renewing for %d lease lifetimes (tartan gc --yes then, rather than at the next pass); if it is alive, check its plugin and its path to the store", ipam.GoneAfter)})
+	}
+	return out, nil
+}
+
+// kernelFindings compare what the driver's records and plans say with the
+// kernel: peer entries, endpoints, the fast path's maps, links, the
+// WireGuard peers (by this host's clock, now) and the firewall.
+func (h *Handler) kernelFindings(now func() time.Time) ([]api.Finding, error) {
+	var out []api.Finding
+	drift, err := h.drv.Drift()
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range slices.Sorted(maps.Keys(drift)) {
+		for _, d := range drift[id] {
+			out = append(out, api.Finding{Network: id, What: d, Fix: "tartan repair, or the next resync (RESYNC), repairs it"})
+		}
+	}
+	eps, err := h.drv.EndpointDrift()
+	if err != nil {
+		return nil, err
+	}
+	fp, err := h.drv.FastPathDrift()
+	if err != nil {
+		return nil, err
+	}
+	for _, x := range append(eps, fp...) {
+		out = append(out, api.Finding{What: x, Fix: "tartan repair, or the next resync (RESYNC), repairs it"})
+	}
+	for _, l := range h.drv.LinkDrift() {
+		out = append(out, api.Finding{What: l, Fix: "a network's device comes back with tartan repair or the next resync (RESYNC); an endpoint's record goes once its link stays gone for the grace period, or with docker rm of its container"})
+	}
+	if wg, err := h.drv.WireGuard().Status(); err != nil {
+		out = append(out, api.Finding{What: "the WireGuard device's state could not be read: " + err.Error(), Fix: "see the plugin's log; docker plugin disable -f and enable makes the device again"})
+	} else {
+		out = append(out, wireguardFindings(wg, now())...)
+	}
+	fw, err := h.drv.FirewallDrift()
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range fw {
+		out = append(out, api.Finding{What: "firewall: " + f, Fix: "tartan repair, or the next resync (RESYNC), rewrites tartan's rules"})
 	}
 	return out, nil
 }

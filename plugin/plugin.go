@@ -87,11 +87,20 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		return err
 	}
 	entry := log.WithField("host", host)
+	cluster, metrics, serr := openCluster(s, serr, local, entry)
+	return runHost(ctx, socket, s, serr, local, cluster, metrics, host, entry)
+}
+
+// openCluster is the store the settings name, observed for the metrics
+// when METRICS is set; the local store when they name none, or when they
+// are broken or the store cannot be opened (serr then says why).
+func openCluster(s Settings, serr error, local *kv.Bolt, entry logrus.FieldLogger) (kv.Store, *Metrics, error) {
 	var cluster kv.Store = local
 	if c := s.Consul; serr == nil && c != nil && c.Scheme == "http" && c.Token != "" && !loopbackOnly(c.Addresses) {
 		entry.Warnf("STORE=%s sends the Consul token in clear over plain HTTP to another machine: use consul+https://… with CONSUL_CACERT", s.Store)
 	}
 	if serr == nil && s.Consul != nil {
+		var err error
 		if cluster, err = kv.NewConsul(*s.Consul); err != nil {
 			serr = err
 			cluster = local
@@ -102,6 +111,14 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		metrics = NewMetrics()
 		cluster = kv.Observed(cluster, metrics.Store)
 	}
+	return cluster, metrics, serr
+}
+
+// runHost makes the plugin's parts for this host (firewall, identity, IPAM,
+// WireGuard device, fast path, driver), starts the background work, and
+// serves until ctx ends. With serr (broken settings) it serves every
+// request that error and runs nothing in the background.
+func runHost(ctx context.Context, socket string, s Settings, serr error, local *kv.Bolt, cluster kv.Store, metrics *Metrics, host string, entry *logrus.Entry) error {
 	fw, err := firewall.New()
 	if err != nil {
 		return err
@@ -124,14 +141,10 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL,
 		Taken: kernel.OverlapsHostRoute, Witness: witness, Ready: identity.Ready, Now: now}, entry.WithField("part", "ipam"))
 	docker, noCluster := dockerAPI(s)
-	key, made, err := wireguard.LoadKey(s.StateDir, s.WireGuardRotate)
+	wg, made, err := wireGuardDevice(s, entry)
 	if err != nil {
 		return err
 	}
-	if made {
-		entry.WithField("publicKey", key.Public().String()).Info("made this host's WireGuard key pair (the private key stays in the state folder)")
-	}
-	wg := wireguard.NewDevice(wireguard.DeviceName, s.WireGuardPort, s.WireGuardMode, key, entry.WithField("part", "wireguard"))
 	fp := loadFastPath(s.FastPath, entry.WithField("part", "fastpath"))
 	if fp != nil {
 		defer fp.Close()
@@ -166,20 +179,41 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		}
 	}
 	go background(ctx, drv, im, outbox, reg, identity, returned, made, s, metrics, repairs, entry)
-	if metrics != nil {
-		metrics.Networks(drv)
-		go func() {
-			if err := metrics.Serve(ctx, s.Metrics); err != nil {
-				entry.Errorf("METRICS=%s: %v (metrics are off; the plugin serves on)", s.Metrics, err)
-			}
-		}()
-	}
+	serveMetrics(ctx, metrics, drv, s.Metrics, entry)
 	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
 	h.SetMetrics(metrics)
 	h.SetRefusal(identity.Refused)
 	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: now, Witness: witness, Docker: engineView(s.DockerSocket),
 		RotateKey: (&keyRotator{wg: wg, reg: reg, s: s, log: entry}).rotate, Repair: repairNow(repairs)})
 	return serve(ctx, socket, h)
+}
+
+// wireGuardDevice is this host's WireGuard device, with the key pair from
+// the state folder (made, and made says so, when there is none or
+// WG_ROTATE asks for a new one).
+func wireGuardDevice(s Settings, entry *logrus.Entry) (*wireguard.Device, bool, error) {
+	key, made, err := wireguard.LoadKey(s.StateDir, s.WireGuardRotate)
+	if err != nil {
+		return nil, false, err
+	}
+	if made {
+		entry.WithField("publicKey", key.Public().String()).Info("made this host's WireGuard key pair (the private key stays in the state folder)")
+	}
+	return wireguard.NewDevice(wireguard.DeviceName, s.WireGuardPort, s.WireGuardMode, key, entry.WithField("part", "wireguard")), made, nil
+}
+
+// serveMetrics serves the metrics (nil: METRICS is off) on addr until ctx
+// ends.
+func serveMetrics(ctx context.Context, metrics *Metrics, drv *driver.Driver, addr string, entry *logrus.Entry) {
+	if metrics == nil {
+		return
+	}
+	metrics.Networks(drv)
+	go func() {
+		if err := metrics.Serve(ctx, addr); err != nil {
+			entry.Errorf("METRICS=%s: %v (metrics are off; the plugin serves on)", addr, err)
+		}
+	}()
 }
 
 // hostLockWanted says whether the plugin runs with the host's /run mounted
@@ -287,67 +321,7 @@ func repairNow(repairs chan chan error) func(context.Context) error {
 // full reconcile, then periodic ones (and one for each tartan repair, sent
 // on repairs), host registration and lease renewal.
 func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, reg *Registrar, identity *Identity, returned <-chan struct{}, newKey bool, s Settings, metrics *Metrics, repairs chan chan error, log logrus.FieldLogger) {
-	doReconcile := func() error {
-		start := time.Now()
-		err := drv.Reconcile(ctx)
-		metrics.Resync(time.Since(start), err)
-		if err != nil {
-			log.Warnf("reconcile: %v", err)
-		}
-		// Releases queued while the store was unreachable, every resync
-		// (an empty queue costs a local listing).
-		c, cancel := context.WithTimeout(ctx, RequestTimeout)
-		defer cancel()
-		landed, left, ferr := outbox.Flush(c)
-		if ferr != nil {
-			log.Warnf("queued releases: %v", ferr)
-		}
-		if landed > 0 || left > 0 {
-			log.WithFields(logrus.Fields{"landed": landed, "left": left}).Info("queued address releases retried")
-		}
-		return errors.Join(err, ferr)
-	}
-	doRenew := func() {
-		c, cancel := context.WithTimeout(ctx, RequestTimeout)
-		defer cancel()
-		rerr := reg.Register(c)
-		if rerr != nil {
-			log.Warnf("host registration: %v", rerr)
-		}
-		lerr := im.RenewLeases(c)
-		if lerr != nil {
-			log.Warnf("lease renewal: %v", lerr)
-		}
-		metrics.Renewal(errors.Join(rerr, lerr))
-	}
-	// What this host uses goes back into the store if it is gone from it
-	// (collected while the host was cut off, or removed by a bug or a
-	// hand): its holder key of every pool its networks use, and the
-	// records of its live endpoints' addresses, IPv4 and IPv6.
-	doReassert := func(c context.Context) {
-		for _, id := range drv.LocalPools() {
-			if err := im.ReassertHolder(c, id); err != nil && !errors.Is(err, kv.ErrConflict) {
-				log.Errorf("holder key of a pool this host uses: %v", err)
-			}
-		}
-		for _, a := range drv.LocalAddresses() {
-			if err := im.Reassert(c, a.Pool, a.IP, a.MAC); err != nil {
-				log.Errorf("address of a live endpoint: %v", err)
-			}
-		}
-	}
-	doCollect := func() {
-		c, cancel := context.WithTimeout(ctx, time.Minute)
-		defer cancel()
-		doReassert(c)
-		got, err := im.CollectGone(c, drv.Holding)
-		if err != nil {
-			log.Warnf("collecting gone hosts: %v", err)
-		}
-		if got != (ipam.Collected{}) {
-			log.WithFields(logrus.Fields{"addresses": got.Addresses, "blocks": got.Blocks, "hosts": got.Hosts, "orphans": got.Orphans}).Info("collected what gone hosts held and this host's orphaned addresses")
-		}
-	}
+	w := chores{drv: drv, im: im, outbox: outbox, reg: reg, metrics: metrics, log: log}
 	// Three loops: a reconcile that is slow (a busy xtables lock, a slow
 	// kernel) must not stop the host's renewals, or every peer would take
 	// a live host for gone; gone hosts are collected at the
@@ -365,9 +339,9 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 			// WireGuard's 5-second handshake retry.
 			waitUntil(ctx, 15*time.Second, drv.TunnelReady)
 		}
-		every(ctx, RenewEvery(s.LeaseTTL), doRenew)
+		every(ctx, RenewEvery(s.LeaseTTL), func() { w.renew(ctx) })
 	}()
-	go every(ctx, max(s.LeaseTTL, time.Minute), doCollect)
+	go every(ctx, max(s.LeaseTTL, time.Minute), func() { w.collect(ctx) })
 	// A host record written anew (Registrar.Created) may mean this host was
 	// collected while it was away: what it uses goes back at once, not at
 	// the next collection.
@@ -378,7 +352,7 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 				return
 			case <-returned:
 				c, cancel := context.WithTimeout(ctx, time.Minute)
-				doReassert(c)
+				w.reassert(c)
 				cancel()
 			}
 		}
@@ -389,23 +363,103 @@ func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *
 	go func() {
 		select {
 		case <-time.After(2 * ipam.OrphanAfter):
-			doCollect()
+			w.collect(ctx)
 		case <-ctx.Done():
 		}
 	}()
 	t := time.NewTicker(s.Resync)
 	defer t.Stop()
-	_ = doReconcile()
+	_ = w.reconcile(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			_ = doReconcile()
+			_ = w.reconcile(ctx)
 		case done := <-repairs:
-			done <- doReconcile()
+			done <- w.reconcile(ctx)
 			t.Reset(s.Resync)
 		}
+	}
+}
+
+// chores are the host's periodic work: the resync, the host's registration
+// and leases, and the collection of what gone hosts held.
+type chores struct {
+	drv     *driver.Driver
+	im      *ipam.IPAM
+	outbox  *Outbox
+	reg     *Registrar
+	metrics *Metrics
+	log     logrus.FieldLogger
+}
+
+// reconcile is the resync: the driver's reconcile, then the releases
+// queued while the store was unreachable (an empty queue costs a local
+// listing).
+func (w chores) reconcile(ctx context.Context) error {
+	start := time.Now()
+	err := w.drv.Reconcile(ctx)
+	w.metrics.Resync(time.Since(start), err)
+	if err != nil {
+		w.log.Warnf("reconcile: %v", err)
+	}
+	c, cancel := context.WithTimeout(ctx, RequestTimeout)
+	defer cancel()
+	landed, left, ferr := w.outbox.Flush(c)
+	if ferr != nil {
+		w.log.Warnf("queued releases: %v", ferr)
+	}
+	if landed > 0 || left > 0 {
+		w.log.WithFields(logrus.Fields{"landed": landed, "left": left}).Info("queued address releases retried")
+	}
+	return errors.Join(err, ferr)
+}
+
+// renew renews the host's registration and its block leases.
+func (w chores) renew(ctx context.Context) {
+	c, cancel := context.WithTimeout(ctx, RequestTimeout)
+	defer cancel()
+	rerr := w.reg.Register(c)
+	if rerr != nil {
+		w.log.Warnf("host registration: %v", rerr)
+	}
+	lerr := w.im.RenewLeases(c)
+	if lerr != nil {
+		w.log.Warnf("lease renewal: %v", lerr)
+	}
+	w.metrics.Renewal(errors.Join(rerr, lerr))
+}
+
+// reassert puts what this host uses back into the store if it is gone from
+// it (collected while the host was cut off, or removed by a bug or a
+// hand): its holder key of every pool its networks use, and the records of
+// its live endpoints' addresses, IPv4 and IPv6.
+func (w chores) reassert(c context.Context) {
+	for _, id := range w.drv.LocalPools() {
+		if err := w.im.ReassertHolder(c, id); err != nil && !errors.Is(err, kv.ErrConflict) {
+			w.log.Errorf("holder key of a pool this host uses: %v", err)
+		}
+	}
+	for _, a := range w.drv.LocalAddresses() {
+		if err := w.im.Reassert(c, a.Pool, a.IP, a.MAC); err != nil {
+			w.log.Errorf("address of a live endpoint: %v", err)
+		}
+	}
+}
+
+// collect reasserts what this host uses, then collects what gone hosts
+// held and this host's orphaned addresses.
+func (w chores) collect(ctx context.Context) {
+	c, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	w.reassert(c)
+	got, err := w.im.CollectGone(c, w.drv.Holding)
+	if err != nil {
+		w.log.Warnf("collecting gone hosts: %v", err)
+	}
+	if got != (ipam.Collected{}) {
+		w.log.WithFields(logrus.Fields{"addresses": got.Addresses, "blocks": got.Blocks, "hosts": got.Hosts, "orphans": got.Orphans}).Info("collected what gone hosts held and this host's orphaned addresses")
 	}
 }
 

@@ -64,57 +64,89 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return 2
 	}
-	fs := flag.NewFlagSet("tartan "+args[0], flag.ContinueOnError)
+	inv, code, stop := parseArgs(args, stdout, stderr)
+	if stop {
+		return code
+	}
+	if inv.cmd == "version" {
+		return version(inv.socket, inv.json, stdout, stderr)
+	}
+	sock, err := findSocket(inv.socket)
+	if err != nil {
+		fmt.Fprintf(stderr, "tartan %s: %v\n", inv.cmd, err)
+		return 1
+	}
+	found, err := ask(output{c: client{socket: sock}, w: stdout, json: inv.json}, inv)
+	if err != nil {
+		fmt.Fprintf(stderr, "tartan %s: %v\n", inv.cmd, err)
+		return 1
+	}
+	if found {
+		return 1
+	}
+	return 0
+}
+
+// invocation is a subcommand with its flags and arguments.
+type invocation struct {
+	cmd        string
+	socket     string
+	json, yes  bool
+	positional []string
+}
+
+// parseArgs reads a known subcommand's flags and arguments; stop says to
+// exit with code (0 after --help, 2 for a usage error, which it printed).
+func parseArgs(args []string, stdout, stderr io.Writer) (inv invocation, code int, stop bool) {
+	inv.cmd = args[0]
+	fs := flag.NewFlagSet("tartan "+inv.cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "tartan %s: %s\n", args[0], Commands[args[0]])
+		fmt.Fprintf(fs.Output(), "tartan %s: %s\n", inv.cmd, Commands[inv.cmd])
 		fs.PrintDefaults()
 	}
 	socket := fs.String("socket", "", "the plugin's socket (default: the one tartan.sock under /run/docker/plugins)")
 	asJSON := fs.Bool("json", false, "print JSON, for scripts")
 	var yes *bool
-	if args[0] == "gc" {
+	if inv.cmd == "gc" {
 		yes = fs.Bool("yes", false, "remove what the collection would remove, now")
 	}
 	// Flags may come before or after the pool (tartan addresses POOL --json).
-	var positional []string
 	for rest := args[1:]; ; {
 		if err := fs.Parse(rest); errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
 			fs.Usage()
-			return 0
+			return inv, 0, true
 		} else if err != nil {
-			return 2
+			return inv, 2, true
 		}
 		if fs.NArg() == 0 {
 			break
 		}
-		positional = append(positional, fs.Arg(0))
+		inv.positional = append(inv.positional, fs.Arg(0))
 		rest = fs.Args()[1:]
 	}
 	want := 0
-	if args[0] == "addresses" {
+	if inv.cmd == "addresses" {
 		want = 1
 	}
-	if len(positional) != want {
+	if len(inv.positional) != want {
 		if want == 0 {
-			fmt.Fprintf(stderr, "tartan %s takes no arguments (got %q)\n", args[0], positional)
+			fmt.Fprintf(stderr, "tartan %s takes no arguments (got %q)\n", inv.cmd, inv.positional)
 		} else {
-			fmt.Fprintf(stderr, "tartan %s takes one pool, as a CIDR (tartan networks lists them): tartan %s 10.244.0.0/16\n", args[0], args[0])
+			fmt.Fprintf(stderr, "tartan %s takes one pool, as a CIDR (tartan networks lists them): tartan %s 10.244.0.0/16\n", inv.cmd, inv.cmd)
 		}
-		return 2
+		return inv, 2, true
 	}
-	if args[0] == "version" {
-		return version(*socket, *asJSON, stdout, stderr)
-	}
-	sock, err := findSocket(*socket)
-	if err != nil {
-		fmt.Fprintf(stderr, "tartan %s: %v\n", args[0], err)
-		return 1
-	}
-	out := output{c: client{socket: sock}, w: stdout, json: *asJSON}
+	inv.socket, inv.json, inv.yes = *socket, *asJSON, yes != nil && *yes
+	return inv, 0, false
+}
+
+// ask asks the plugin what the subcommand shows and prints it; found says
+// that tartan doctor found something wrong.
+func ask(out output, inv invocation) (found bool, err error) {
 	get := http.MethodGet
-	switch args[0] {
+	switch inv.cmd {
 	case "status":
 		_, err = query(out, get, api.StatusPath, printStatus)
 	case "hosts":
@@ -122,11 +154,11 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	case "networks":
 		_, err = query(out, get, api.NetworksPath, printPools)
 	case "addresses":
-		_, err = query(out, get, api.AddressesPath+"?pool="+url.QueryEscape(positional[0]), printAddresses)
+		_, err = query(out, get, api.AddressesPath+"?pool="+url.QueryEscape(inv.positional[0]), printAddresses)
 	case "ports":
 		_, err = query(out, get, api.PortsPath, printPorts)
 	case "gc":
-		if *yes {
+		if inv.yes {
 			_, err = query(out, http.MethodPost, api.GCPath, printCollected)
 		} else {
 			_, err = query(out, get, api.GCPath, printGCPlan)
@@ -141,15 +173,10 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		})
 	case "doctor":
 		var fs []api.Finding
-		if fs, err = query(out, get, api.DoctorPath, printFindings); err == nil && len(fs) > 0 {
-			return 1
-		}
+		fs, err = query(out, get, api.DoctorPath, printFindings)
+		found = err == nil && len(fs) > 0
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "tartan %s: %v\n", args[0], err)
-		return 1
-	}
-	return 0
+	return found, err
 }
 
 func usage(w io.Writer) {
