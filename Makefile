@@ -35,7 +35,7 @@ export CONSUL_BIN COMPOSE_BIN
 all: build
 
 build:
-	CGO_ENABLED=0 GOARCH=$(ARCH) $(GO) build -trimpath -ldflags "-s -w -X github.com/tartan-net/tartan/plugin.Version=$(VERSION)" -o $(BUILD)/tartan ./plugin/tartan
+	CGO_ENABLED=0 GOARCH=$(ARCH) $(GO) build -trimpath -ldflags "-s -w -X github.com/tartan-net/tartan/plugin/api.Version=$(VERSION)" -o $(BUILD)/tartan ./plugin/tartan
 
 plugin-dir: build
 	ROOTFS_ARCH=$(ARCH) plugin/rootfs.sh $(BUILD)/tartan config.json $(BUILD)/plugin
@@ -124,7 +124,7 @@ clean-testbed:
 # The scale harness's smoke (10 simulated hosts) runs here, under the race
 # detector; make scale runs its table.
 unit: lint consul
-	$(GO) test -race -count=1 ./errdefs/... ./kv/... ./ipam/... ./driver/... ./plugin/... ./e2e/scale/ ./e2e/testbed/
+	$(GO) test -race -count=1 ./errdefs/... ./kv/... ./ipam/... ./driver/... ./plugin/... ./internal/... ./e2e/scale/
 
 # The arm64 plugin, checked on this amd64 machine under qemu-user (Debian's
 # qemu-user-static, which make deps installs): its binary and its iptables

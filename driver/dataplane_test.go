@@ -21,7 +21,7 @@ import (
 	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
-	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -32,7 +32,7 @@ import (
 const inNetns = "TARTAN_TEST_IN_NETNS"
 
 func TestMain(m *testing.M) {
-	os.Exit(testbed.MainInOwnNetns(m, inNetns))
+	os.Exit(testkit.MainInOwnNetns(m, inNetns))
 }
 
 type bed struct {
@@ -43,15 +43,6 @@ type bed struct {
 	store kv.Store
 	fw    *firewall.Firewall
 	ctx   context.Context
-}
-
-func sh(t *testing.T, cmd string) string {
-	t.Helper()
-	out, err := exec.Command("sh", "-c", cmd).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", cmd, err, out)
-	}
-	return string(out)
 }
 
 // newFastBed is newBed with the eBPF fast path loaded, as the plugin
@@ -71,11 +62,11 @@ func newFastBed(t *testing.T) *bed {
 }
 
 func newBed(t *testing.T) *bed {
-	testbed.Require(t, os.Getenv(inNetns) != "", "data-plane tests need root and unshare (they run in their own network namespace)")
-	testbed.RequireRoot(t, "ip", "iptables", "busybox")
+	testkit.Require(t, os.Getenv(inNetns) != "", "data-plane tests need root and unshare (they run in their own network namespace)")
+	testkit.RequireRoot(t, "ip", "iptables", "busybox")
 	// An underlay: a veth with an address and a default route.
 	if !kernel.LinkExists("under0") {
-		sh(t, "ip link set lo up; ip link add under0 mtu 1500 type veth peer name under1 && ip addr add 10.77.0.1/24 dev under0 && ip link set under0 up && ip link set under1 up && ip route add default via 10.77.0.254")
+		testkit.Sh(t, "ip link set lo up; ip link add under0 mtu 1500 type veth peer name under1 && ip addr add 10.77.0.1/24 dev under0 && ip link set under0 up && ip link set under1 up && ip route add default via 10.77.0.254")
 	}
 	fw, err := firewall.New()
 	if err != nil {
@@ -121,19 +112,19 @@ func (b *bed) container(netID, epID, ns, ip string) {
 	if err != nil {
 		t.Fatalf("Join: %v", err)
 	}
-	forget := testbed.RecordNS(ns)
-	sh(t, fmt.Sprintf("ip netns del %[1]s 2>/dev/null; ip netns add %[1]s && ip link set %[2]s netns %[1]s && ip -n %[1]s link set %[2]s name eth0 && ip -n %[1]s addr add %[3]s/32 dev eth0 && ip -n %[1]s link set eth0 up && ip -n %[1]s link set lo up",
+	forget := testkit.RecordNS(ns)
+	testkit.Sh(t, fmt.Sprintf("ip netns del %[1]s 2>/dev/null; ip netns add %[1]s && ip link set %[2]s netns %[1]s && ip -n %[1]s link set %[2]s name eth0 && ip -n %[1]s addr add %[3]s/32 dev eth0 && ip -n %[1]s link set eth0 up && ip -n %[1]s link set lo up",
 		ns, j.Interface, ip))
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run(); forget() })
 	for _, r := range j.Routes {
 		if !r.NextHop.IsValid() {
-			sh(t, fmt.Sprintf("ip -n %s route add %s dev eth0", ns, r.Dst))
+			testkit.Sh(t, fmt.Sprintf("ip -n %s route add %s dev eth0", ns, r.Dst))
 		} else {
-			sh(t, fmt.Sprintf("ip -n %s route add %s via %s dev eth0", ns, r.Dst, r.NextHop))
+			testkit.Sh(t, fmt.Sprintf("ip -n %s route add %s via %s dev eth0", ns, r.Dst, r.NextHop))
 		}
 	}
 	if j.Gateway.IsValid() {
-		sh(t, fmt.Sprintf("ip -n %s route add default via %s dev eth0", ns, j.Gateway))
+		testkit.Sh(t, fmt.Sprintf("ip -n %s route add default via %s dev eth0", ns, j.Gateway))
 	}
 }
 
@@ -157,7 +148,7 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	if err := b.network("net-web", "10.244.0.0/16", generic("tartan.backend", "vxlan")); err != nil {
 		t.Fatal(err)
 	}
-	vx := sh(t, "ip -d link show tartan.256") // the first automatic VNI (kv.FirstAutoVNI)
+	vx := testkit.Sh(t, "ip -d link show tartan.256") // the first automatic VNI (kv.FirstAutoVNI)
 	for _, want := range []string{"mtu 1450", "vxlan id 256 ", "local 10.77.0.1", "dev under0", "dstport 8472", "nolearning"} {
 		if !strings.Contains(vx, want) {
 			t.Fatalf("vxlan device lacks %q:\n%s", want, vx)
@@ -187,7 +178,7 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	b.container("net-gw", "03bbbbbbbbbbbb", "tdp-c3", "10.246.0.2")
 	b.container("net-int", "04cccccccccccc", "tdp-c4", "10.247.0.2")
 	b.container("net-int", "05cccccccccccc", "tdp-c5", "10.247.0.3")
-	routes := sh(t, "ip route show proto 84")
+	routes := testkit.Sh(t, "ip route show proto 84")
 	for _, want := range []string{"10.244.0.2 dev tn01aaaaaaaaa", "10.246.0.2 dev tn03bbbbbbbbb"} {
 		if !strings.Contains(routes, want) {
 			t.Fatalf("routes lack %q:\n%s", want, routes)
@@ -208,7 +199,7 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 		t.Fatalf("fast path counters with the fast path off: %v", after)
 	}
 	if b.fp != nil {
-		attached := sh(t, "ip -br link | grep -c tn || true")
+		attached := testkit.Sh(t, "ip -br link | grep -c tn || true")
 		on, links, _, _ := b.drv.FastPath()
 		if !on || len(links) == 0 {
 			t.Fatalf("fast path on=%v attached to %v (%s endpoint links)", on, links, attached)
@@ -224,7 +215,7 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 		t.Fatal("an internal network is reachable from, or reaches, another network")
 	}
 	// Masquerade for non-internal networks only.
-	nat := sh(t, "iptables -t nat -S "+firewall.PostroutingChain)
+	nat := testkit.Sh(t, "iptables -t nat -S "+firewall.PostroutingChain)
 	if !strings.Contains(nat, "-s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE") || strings.Contains(nat, "10.247.0.0/16") {
 		t.Fatalf("nat rules:\n%s", nat)
 	}
@@ -234,10 +225,10 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	if err = b.drv.PublishPorts(b.ctx, "01aaaaaaaaaaaa", pm); err != nil {
 		t.Fatal(err)
 	}
-	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport 18080 -j DNAT --to-destination 10.244.0.2:8080") {
+	if out := testkit.Sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport 18080 -j DNAT --to-destination 10.244.0.2:8080") {
 		t.Fatalf("dnat rules:\n%s", out)
 	}
-	if out := sh(t, "iptables -S "+firewall.ForwardChain); !strings.Contains(out, "-d 10.244.0.2/32 -p tcp -m tcp --dport 8080 -m conntrack --ctstate DNAT -j ACCEPT") {
+	if out := testkit.Sh(t, "iptables -S "+firewall.ForwardChain); !strings.Contains(out, "-d 10.244.0.2/32 -p tcp -m tcp --dport 8080 -m conntrack --ctstate DNAT -j ACCEPT") {
 		t.Fatalf("forward rules:\n%s", out)
 	}
 	// Hairpin: a container of the same network reaches the published port
@@ -251,7 +242,7 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	if err := httpd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	forgetHTTPD := testbed.RecordProcess(httpd.Process.Pid, "httpd")
+	forgetHTTPD := testkit.RecordProcess(httpd.Process.Pid, "httpd")
 	t.Cleanup(func() { _ = httpd.Process.Kill(); _ = httpd.Wait(); forgetHTTPD() })
 	before = b.counters()
 	var got []byte
@@ -270,7 +261,7 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	if err := b.drv.WithdrawPorts(b.ctx, "01aaaaaaaaaaaa"); err != nil {
 		t.Fatal(err)
 	}
-	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); strings.Contains(out, "18080") {
+	if out := testkit.Sh(t, "iptables -t nat -S "+firewall.DNATChain); strings.Contains(out, "18080") {
 		t.Fatalf("dnat rule left after revoke:\n%s", out)
 	}
 	// Leave withdraws them too: Docker 29 may send Leave with no Revoke.
@@ -280,7 +271,7 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	if err := b.drv.Leave(b.ctx, "01aaaaaaaaaaaa"); err != nil {
 		t.Fatal(err)
 	}
-	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); strings.Contains(out, "18080") {
+	if out := testkit.Sh(t, "iptables -t nat -S "+firewall.DNATChain); strings.Contains(out, "18080") {
 		t.Fatalf("dnat rule left after leave:\n%s", out)
 	}
 	if err := b.drv.Leave(b.ctx, "01aaaaaaaaaaaa"); err != nil {
@@ -305,7 +296,7 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	if n, _ := strconv.Atoi(chosen); err != nil || n < lo || n > hi {
 		t.Fatalf("-P chose %s, outside the ephemeral range %d-%d (%v)", chosen, lo, hi, err)
 	}
-	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport "+chosen+" -j DNAT --to-destination 10.244.0.2:8080") {
+	if out := testkit.Sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport "+chosen+" -j DNAT --to-destination 10.244.0.2:8080") {
 		t.Fatalf("dnat rules after -P:\n%s", out)
 	}
 	if err := b.drv.PublishPorts(b.ctx, "01aaaaaaaaaaaa", anyPort); err != nil || portOf() != chosen {
@@ -325,16 +316,16 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	// grace period; the host end of a pair whose other end a container
 	// holds stays, whatever the records say (a reinstalled plugin
 	// with no records deleted every container's link).
-	sh(t, "ip link del tartan.256; ip route del 10.244.0.3/32; ip link add tn0123456789a type veth peer name tnfoo")
-	forget := testbed.RecordNS("tdp-held")
-	sh(t, "ip netns add tdp-held && ip link add tn0123456789b type veth peer name eth9 netns tdp-held")
+	testkit.Sh(t, "ip link del tartan.256; ip route del 10.244.0.3/32; ip link add tn0123456789a type veth peer name tnfoo")
+	forget := testkit.RecordNS("tdp-held")
+	testkit.Sh(t, "ip netns add tdp-held && ip link add tn0123456789b type veth peer name eth9 netns tdp-held")
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", "tdp-held").Run(); forget() })
 	b.restart()
 	if err := b.drv.Reconcile(b.ctx); err != nil {
 		t.Fatalf("reconcile: %v", err)
 	}
-	if !kernel.LinkExists("tartan.256") || !strings.Contains(sh(t, "ip route show proto 84"), "10.244.0.3 dev") {
-		t.Fatalf("reconcile did not repair the VXLAN device and the route:\n%s\n%s", sh(t, "ip -br link"), sh(t, "ip route show proto 84"))
+	if !kernel.LinkExists("tartan.256") || !strings.Contains(testkit.Sh(t, "ip route show proto 84"), "10.244.0.3 dev") {
+		t.Fatalf("reconcile did not repair the VXLAN device and the route:\n%s\n%s", testkit.Sh(t, "ip -br link"), testkit.Sh(t, "ip route show proto 84"))
 	}
 	if !kernel.LinkExists("tn0123456789a") {
 		t.Fatal("reconcile removed an unknown link before its grace period")
@@ -349,15 +340,15 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 	if !kernel.LinkExists("tn0123456789b") {
 		t.Fatal("reconcile removed a link whose other end a container holds")
 	}
-	sh(t, "ip link del tn0123456789b")
+	testkit.Sh(t, "ip link del tn0123456789b")
 	if !pings("tdp-c1", "10.244.0.3") {
 		t.Fatal("no connectivity after the restart")
 	}
-	sh(t, "ip link del tnfoo 2>/dev/null || true")
+	testkit.Sh(t, "ip link del tnfoo 2>/dev/null || true")
 
 	// Deletes are idempotent and leave nothing behind, connection tracking
 	// entries included (issue 24, audit M6).
-	sh(t, "ping -c 1 -W 1 10.244.0.3 >/dev/null || true") // tracked on either path: the host's own
+	testkit.Sh(t, "ping -c 1 -W 1 10.244.0.3 >/dev/null || true") // tracked on either path: the host's own
 	if n := conntrackOf(t, "10.244.0.3"); n == 0 {
 		t.Fatal("no connection tracking entry of 10.244.0.3 after the pings: the check below would prove nothing")
 	}
@@ -373,16 +364,16 @@ func testNetworkLifecycleAndDataPath(t *testing.T, b *bed) {
 			t.Fatalf("DeleteNetwork %s: %v", n, err)
 		}
 	}
-	if left := sh(t, "ip -br link | grep -E '^(tn|tp|tartan\\.)' || true"); strings.TrimSpace(left) != "" {
+	if left := testkit.Sh(t, "ip -br link | grep -E '^(tn|tp|tartan\\.)' || true"); strings.TrimSpace(left) != "" {
 		t.Fatalf("links left: %s", left)
 	}
-	if left := sh(t, "ip route show proto 84; ip route show proto 85"); strings.TrimSpace(left) != "" {
+	if left := testkit.Sh(t, "ip route show proto 84; ip route show proto 85"); strings.TrimSpace(left) != "" {
 		t.Fatalf("routes left: %s", left)
 	}
 	if n := conntrackOf(t, "10.244.0.3"); n != 0 {
 		t.Fatalf("%d connection tracking entries of a deleted endpoint's address left", n)
 	}
-	if fw := sh(t, "iptables-save"); strings.Contains(fw, "TARTAN") {
+	if fw := testkit.Sh(t, "iptables-save"); strings.Contains(fw, "TARTAN") {
 		t.Fatalf("firewall rules left with no network:\n%s", fw)
 	}
 	if ps, _, _ := b.local.List(b.ctx, "local/"); len(ps) != 0 {
@@ -467,11 +458,11 @@ func TestPublishedPortConflicts(t *testing.T) {
 	}
 	// A holder whose veth is gone (its container ended without Docker
 	// removing the endpoint) does not keep the port: its rule leads nowhere.
-	sh(t, "ip link del tn0bbbbbbbbbb")
+	testkit.Sh(t, "ip link del tn0bbbbbbbbbb")
 	if err := publish("0aaaaaaaaaaaaa", 6, "", 18090); err != nil {
 		t.Fatalf("18090 held by an endpoint without its veth: %v", err)
 	}
-	if out := sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport 18090 -j DNAT --to-destination 10.248.0.2:80") || strings.Contains(out, "10.248.0.3") {
+	if out := testkit.Sh(t, "iptables -t nat -S "+firewall.DNATChain); !strings.Contains(out, "--dport 18090 -j DNAT --to-destination 10.248.0.2:80") || strings.Contains(out, "10.248.0.3") {
 		t.Fatalf("dnat rules:\n%s", out)
 	}
 }
@@ -492,12 +483,12 @@ func (b *bed) macvlan(netID, epID, ns, ip string) backend.Join {
 	if len(j.Routes) != 0 {
 		t.Fatalf("a macvlan endpoint got routes: %+v", j.Routes)
 	}
-	forget := testbed.RecordNS(ns)
-	sh(t, fmt.Sprintf("ip netns del %[1]s 2>/dev/null; ip netns add %[1]s && ip link set %[2]s netns %[1]s && ip -n %[1]s link set %[2]s name eth0 && ip -n %[1]s addr add %[3]s/24 dev eth0 && ip -n %[1]s link set eth0 up && ip -n %[1]s link set lo up",
+	forget := testkit.RecordNS(ns)
+	testkit.Sh(t, fmt.Sprintf("ip netns del %[1]s 2>/dev/null; ip netns add %[1]s && ip link set %[2]s netns %[1]s && ip -n %[1]s link set %[2]s name eth0 && ip -n %[1]s addr add %[3]s/24 dev eth0 && ip -n %[1]s link set eth0 up && ip -n %[1]s link set lo up",
 		ns, j.Interface, ip))
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run(); forget() })
 	if j.Gateway.IsValid() {
-		sh(t, fmt.Sprintf("ip -n %s route add default via %s dev eth0", ns, j.Gateway))
+		testkit.Sh(t, fmt.Sprintf("ip -n %s route add default via %s dev eth0", ns, j.Gateway))
 	}
 	return j
 }
@@ -523,8 +514,8 @@ func TestMacvlan(t *testing.T) {
 	b := newBed(t)
 	// The "physical" segment: mvp0 here, mvp1 in a router namespace that
 	// holds the gateway 10.99.0.1 and, behind it, 198.51.100.1.
-	forget := testbed.RecordNS("tdp-rt")
-	sh(t, "ip link del mvp0 2>/dev/null; ip netns del tdp-rt 2>/dev/null; ip link add mvp0 mtu 1500 type veth peer name mvp1 && ip link set mvp0 up && ip netns add tdp-rt && ip link set mvp1 netns tdp-rt && ip -n tdp-rt addr add 10.99.0.1/24 dev mvp1 && ip -n tdp-rt link set mvp1 up && ip -n tdp-rt addr add 198.51.100.1/32 dev lo && ip -n tdp-rt link set lo up")
+	forget := testkit.RecordNS("tdp-rt")
+	testkit.Sh(t, "ip link del mvp0 2>/dev/null; ip netns del tdp-rt 2>/dev/null; ip link add mvp0 mtu 1500 type veth peer name mvp1 && ip link set mvp0 up && ip netns add tdp-rt && ip link set mvp1 netns tdp-rt && ip -n tdp-rt addr add 10.99.0.1/24 dev mvp1 && ip -n tdp-rt link set mvp1 up && ip -n tdp-rt addr add 198.51.100.1/32 dev lo && ip -n tdp-rt link set lo up")
 	t.Cleanup(func() { _ = exec.Command("sh", "-c", "ip netns del tdp-rt; ip link del mvp0").Run(); forget() })
 	mv := func(kv ...string) map[string]any {
 		return generic(append([]string{"tartan.backend", "macvlan"}, kv...)...)
@@ -550,7 +541,7 @@ func TestMacvlan(t *testing.T) {
 	// 802.1q, a clear error where it has not.
 	err := b.macvlanNetwork("mv-vlan", "10.97.0.0/24", "10.97.0.1/24", mv("parent", "mvp0.100"))
 	if err == nil {
-		if out := sh(t, "ip -d link show mvp0.100"); !strings.Contains(out, "vlan protocol 802.1Q id 100") {
+		if out := testkit.Sh(t, "ip -d link show mvp0.100"); !strings.Contains(out, "vlan protocol 802.1Q id 100") {
 			t.Fatalf("VLAN parent:\n%s", out)
 		}
 		if err := b.drv.DeleteNetwork(b.ctx, "mv-vlan"); err != nil {
@@ -572,7 +563,7 @@ func TestMacvlan(t *testing.T) {
 	if err := b.macvlanNetwork("mv-two", "10.96.0.0/24", "10.96.0.1/24", mv("parent", "mvp0", "macvlan_mode", "private")); err == nil || !strings.Contains(err.Error(), "parent mvp0 is already used by tartan macvlan network mv-net (bridge mode)") {
 		t.Fatalf("second network on a bridge-mode parent: %v", err)
 	}
-	shim := sh(t, "ip -d -4 addr show tmmv-net")
+	shim := testkit.Sh(t, "ip -d -4 addr show tmmv-net")
 	if !strings.Contains(shim, "macvlan mode bridge") || !strings.Contains(shim, "mtu 1500") {
 		t.Fatalf("shim:\n%s", shim)
 	}
@@ -581,19 +572,19 @@ func TestMacvlan(t *testing.T) {
 	if j.Gateway.String() != "10.99.0.1" {
 		t.Fatalf("gateway %q, want the physical router 10.99.0.1", j.Gateway)
 	}
-	if out := sh(t, "ip netns exec tdp-m1 ip -d link show eth0"); !strings.Contains(out, "macvlan mode bridge") {
+	if out := testkit.Sh(t, "ip netns exec tdp-m1 ip -d link show eth0"); !strings.Contains(out, "macvlan mode bridge") {
 		t.Fatalf("container link:\n%s", out)
 	}
 	for _, c := range [][2]string{{"tdp-m1", "10.99.0.12"}, {"tdp-m1", "10.99.0.1"}, {"tdp-m2", "198.51.100.1"}} {
 		if !pings(c[0], c[1]) {
-			t.Fatalf("%s does not reach %s (another container, the gateway, beyond it):\n%s", c[0], c[1], sh(t, "ip netns exec "+c[0]+" ip -d addr; ip netns exec "+c[0]+" ip route; ip -d link show mvp0"))
+			t.Fatalf("%s does not reach %s (another container, the gateway, beyond it):\n%s", c[0], c[1], testkit.Sh(t, "ip netns exec "+c[0]+" ip -d addr; ip netns exec "+c[0]+" ip route; ip -d link show mvp0"))
 		}
 	}
-	if out := sh(t, "ip netns exec tdp-m1 ip neigh show 10.99.0.12"); !strings.Contains(out, "02:42:0a:63:00:12") {
+	if out := testkit.Sh(t, "ip netns exec tdp-m1 ip neigh show 10.99.0.12"); !strings.Contains(out, "02:42:0a:63:00:12") {
 		t.Fatalf("neighbour 10.99.0.12 not resolved straight to the container's MAC:\n%s", out)
 	}
 	// Host access through the shim, with a route per local container.
-	routes := sh(t, "ip route show proto 84")
+	routes := testkit.Sh(t, "ip route show proto 84")
 	if !strings.Contains(routes, "10.99.0.11 dev tmmv-net") || !strings.Contains(routes, "10.99.0.12 dev tmmv-net") {
 		t.Fatalf("shim routes:\n%s", routes)
 	}
@@ -603,12 +594,12 @@ func TestMacvlan(t *testing.T) {
 	if err := b.drv.PublishPorts(b.ctx, "11dddddddddddd", []driver.PortRequest{{Proto: "tcp", Port: 80, HostPort: 8080}}); err == nil || !strings.Contains(err.Error(), "reachable at its own address 10.99.0.11") {
 		t.Fatalf("-p on macvlan: %v", err)
 	}
-	if nat := sh(t, "iptables-save -t nat"); strings.Contains(nat, "10.99.0.0") {
+	if nat := testkit.Sh(t, "iptables-save -t nat"); strings.Contains(nat, "10.99.0.0") {
 		t.Fatalf("macvlan network in the firewall:\n%s", nat)
 	}
 
 	// Restart: the shim and its routes come back, a stray shim goes.
-	sh(t, "ip link del tmmv-net; ip link add tm0123456789a link mvp0 type macvlan mode bridge")
+	testkit.Sh(t, "ip link del tmmv-net; ip link add tm0123456789a link mvp0 type macvlan mode bridge")
 	b.restart()
 	if err := b.drv.Reconcile(b.ctx); err != nil {
 		t.Fatalf("reconcile: %v", err)
@@ -634,7 +625,7 @@ func TestMacvlan(t *testing.T) {
 			t.Fatalf("DeleteNetwork: %v", err)
 		}
 	}
-	if left := sh(t, "ip -br link | grep -E '^(tn|tp|tm|tartan\\.)' || true; ip route show proto 84"); strings.TrimSpace(left) != "" {
+	if left := testkit.Sh(t, "ip -br link | grep -E '^(tn|tp|tm|tartan\\.)' || true; ip route show proto 84"); strings.TrimSpace(left) != "" {
 		t.Fatalf("left behind: %s", left)
 	}
 	addrs, _, _ := b.store.List(b.ctx, kv.AddressPrefix("10.99.0.0/24"))
@@ -676,19 +667,19 @@ func TestForeignBlockRecordsAreNotRouted(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	before := sh(t, "ip route show default")
+	before := testkit.Sh(t, "ip route show default")
 	b.drv.Start(ctx)
 	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(sh(t, "ip route show proto 84"), "10.232.0.64/26 via 10.77.0.2") {
+	for !strings.Contains(testkit.Sh(t, "ip route show proto 84"), "10.232.0.64/26 via 10.77.0.2") {
 		if time.Now().After(deadline) {
-			t.Fatalf("the peer's block was not routed:\n%s\n%s", sh(t, "ip route show proto 84"), b.drv.PeerState())
+			t.Fatalf("the peer's block was not routed:\n%s\n%s", testkit.Sh(t, "ip route show proto 84"), b.drv.PeerState())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if after := sh(t, "ip route show default"); after != before {
+	if after := testkit.Sh(t, "ip route show default"); after != before {
 		t.Fatalf("default route changed:\n%s\nnow\n%s", before, after)
 	}
-	if routes := sh(t, "ip route show proto 84"); strings.Contains(routes, "10.0.0.0/8") || strings.Contains(routes, "default") {
+	if routes := testkit.Sh(t, "ip route show proto 84"); strings.Contains(routes, "10.0.0.0/8") || strings.Contains(routes, "default") {
 		t.Fatalf("foreign blocks were routed:\n%s", routes)
 	}
 	if state := b.drv.PeerState(); strings.Count(state, "not inside the network's pool") != 2 {
@@ -703,7 +694,7 @@ func TestForeignBlockRecordsAreNotRouted(t *testing.T) {
 // left behind, and the create works once the port is free.
 func TestForeignVXLANDevice(t *testing.T) {
 	b := newBed(t)
-	sh(t, "ip link add fl.300 type vxlan id 300 dstport 8472 dev under0")
+	testkit.Sh(t, "ip link add fl.300 type vxlan id 300 dstport 8472 dev under0")
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "fl.300").Run() })
 	err := b.network("net-fl", "10.230.0.0/16", generic("tartan.vni", "300"))
 	if err == nil || !strings.Contains(err.Error(), "fl.300") || !strings.Contains(err.Error(), "VXLAN_PORT") || !strings.Contains(err.Error(), "tartan.vni") {
@@ -715,7 +706,7 @@ func TestForeignVXLANDevice(t *testing.T) {
 	if _, err := b.store.Get(b.ctx, kv.VNIPath(300)); err == nil {
 		t.Fatal("the refused network left its VNI claim behind")
 	}
-	sh(t, "ip link del fl.300")
+	testkit.Sh(t, "ip link del fl.300")
 	if err := b.network("net-fl", "10.230.0.0/16", generic("tartan.vni", "300")); err != nil {
 		t.Fatalf("once the port is free: %v", err)
 	}
@@ -756,12 +747,12 @@ func conntrackOf(t *testing.T, ip string) int {
 // Issue 24, audit L1: host IPsec policies are seen (the plugin then keeps
 // the fast path off: its packets would go around them).
 func TestIPsecPoliciesSeen(t *testing.T) {
-	testbed.Require(t, os.Getenv(inNetns) != "", "needs root: it runs in a network namespace of its own")
+	testkit.Require(t, os.Getenv(inNetns) != "", "needs root: it runs in a network namespace of its own")
 	if has, err := kernel.HasIPsecPolicies(); err != nil || has {
 		t.Fatalf("before any policy: %v %v", has, err)
 	}
-	sh(t, "ip xfrm policy add src 10.0.0.1/32 dst 10.0.0.2/32 dir out tmpl proto esp mode transport")
-	defer sh(t, "ip xfrm policy flush")
+	testkit.Sh(t, "ip xfrm policy add src 10.0.0.1/32 dst 10.0.0.2/32 dir out tmpl proto esp mode transport")
+	defer testkit.Sh(t, "ip xfrm policy flush")
 	if has, err := kernel.HasIPsecPolicies(); err != nil || !has {
 		t.Fatalf("with a policy: %v %v", has, err)
 	}
@@ -784,7 +775,7 @@ func TestLocalEndpointDrift(t *testing.T) {
 		t.Fatalf("drift of a healthy endpoint: %v %v", d, err)
 	}
 	host, _ := kernel.EndpointNames("0ddddddddddddd")
-	sh(t, fmt.Sprintf("ip route del 10.248.0.5/32 dev %[1]s; ip addr del 169.254.1.1/32 dev %[1]s; ip link set %[1]s down", host))
+	testkit.Sh(t, fmt.Sprintf("ip route del 10.248.0.5/32 dev %[1]s; ip addr del 169.254.1.1/32 dev %[1]s; ip link set %[1]s down", host))
 	d, err := b.drv.EndpointDrift()
 	if err != nil {
 		t.Fatal(err)

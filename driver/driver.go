@@ -1,9 +1,10 @@
 // Package driver is tartan's network driver: it validates networks, keeps
 // this host's records of them and their endpoints, and asks each network's
-// backend (driver/backend: driver/vxlan, driver/hostgw, driver/macvlan) to
-// make the kernel objects; driver/routing keeps the routed networks' peers,
-// and driver/hostplane writes the host-wide state (fast path, firewall,
-// WireGuard peers) from snapshots the driver takes (hoststate.go).
+// backend (driver/backend: driver/vxlan, driver/hostgw, driver/wireguard,
+// driver/macvlan) to make the kernel objects; driver/routing keeps the
+// routed networks' peers, and driver/hostplane writes the host-wide state
+// (fast path, firewall, WireGuard peers) from snapshots the driver takes
+// (hoststate.go).
 //
 // Locks: d.mu guards the tables (records, endpoints in flight) and is
 // never held across a store, netlink or exec call; helpers that need it say
@@ -34,6 +35,7 @@ import (
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/driver/wireguard"
+	"github.com/tartan-net/tartan/internal/dockerid"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -447,4 +449,5 @@ func (d *Driver) skipped(e *kv.DecodeError) {
 	d.log.WithField("key", e.Key).Warnf("ignoring a record: %v", e)
 }
 
-func shortID(id string) string { return backend.ShortID(id) }
+// shortID is dockerid.Short, for the many messages of this package.
+func shortID(id string) string { return dockerid.Short(id) }

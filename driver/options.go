@@ -111,15 +111,15 @@ func parseOption(o *Options, k, v string, chosen backend.Description, all []back
 	switch k {
 	case OptBackend:
 	case OptCluster:
-		o.Cluster, err = boolOption(k, v)
+		o.Cluster, err = backend.BoolOption(k, v)
 	case OptStoreID:
 		o.StoreID = v
 	case wireguard.OptEncrypted: // read by encrypted
 	case OptNAT66:
 		if !chosen.OwnGateway {
-			return true, errdefs.Invalid("-o %s is for routed networks (vxlan, host-gw): a %s network's containers sit on the segment, with no NAT", OptNAT66, chosen.Name)
+			return true, errdefs.Invalid("-o %s is for routed networks (vxlan, host-gw, wireguard): a %s network's containers sit on the segment, with no NAT", OptNAT66, chosen.Name)
 		}
-		o.NAT66, err = boolOption(k, v)
+		o.NAT66, err = backend.BoolOption(k, v)
 	case OptMTU:
 		n, err := strconv.Atoi(v)
 		if err != nil || n < minMTU || n > maxMTU {
@@ -219,15 +219,6 @@ func orList(names []string) string {
 		return strings.Join(names, "")
 	}
 	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
-}
-
-// boolOption reads a true/false -o option.
-func boolOption(k, v string) (bool, error) {
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, errdefs.Invalid("-o %s=%s is not a boolean: use true or false", k, v)
-	}
-	return b, nil
 }
 
 func truthy(v any) bool {

@@ -8,10 +8,10 @@ import (
 // Local endpoint records outlive their containers when Docker never calls
 // DeleteEndpoint (dockerd crashed or was down when the container died, the
 // plugin was unreachable during the delete). Reconcile then finds the record
-// without its veth and, until now, kept it and warned at every pass. A
-// record is only this host's note of an endpoint: dropping it loses nothing
-// Docker still needs (a later DeleteEndpoint for an unknown endpoint
-// succeeds), and the endpoint's address belongs to the IPAM, not to it.
+// without its veth, and drops it (staleEndpoints). A record is only this
+// host's note of an endpoint: dropping it loses nothing Docker still needs
+// (a later DeleteEndpoint for an unknown endpoint succeeds), and the
+// endpoint's address belongs to the IPAM, not to it.
 
 // staleInput is what staleEndpoints decides on.
 type staleInput struct {
@@ -52,10 +52,10 @@ type staleResult struct {
 // network's DeleteNetwork has run), those of routed networks whose veth
 // has been missing for at least Grace, and those whose veth no container
 // has taken for at least JoinGrace (the link goes later, as one tartan owns
-// and has no record of). The caller (Reconcile, with d.mu
-// held; the local store is written after) deletes each dropped record from the local store and d.st.endpoints,
-// rewrites the firewall when a dropped record had published ports, and keeps
-// Missing for its next pass.
+// and has no record of). The caller (Reconcile, with d.mu held; the local
+// store is written after) deletes each dropped record from the local store
+// and d.st.endpoints, rewrites the firewall when a dropped record had
+// published ports, and keeps Missing for its next pass.
 func staleEndpoints(in staleInput) staleResult {
 	out := staleResult{Missing: map[string]time.Time{}}
 	for id, e := range in.Endpoints {

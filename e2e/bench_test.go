@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // TestBench measures tartan against the host's own network and Docker's own
@@ -24,12 +25,12 @@ import (
 // It prints a markdown table and writes it to build/bench.md. It asserts
 // nothing about the figures: targets are read, not enforced.
 func TestBench(t *testing.T) {
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "iperf3")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "iperf3")
 	rounds := envInt("BENCH_ROUNDS", 5)
 	secs := envInt("BENCH_SECONDS", 3)
 	root := testbed.RepoRoot(t)
 	rr := filepath.Join(t.TempDir(), "rr")
-	testbed.MustRun(t, "go", "build", "-o", rr, filepath.Join(root, "e2e", "rr"))
+	testkit.MustRun(t, "go", "build", "-o", rr, filepath.Join(root, "e2e", "rr"))
 
 	c := testbed.NewCluster(t, "bn", 1500)
 	for i := 0; i < 3; i++ {
@@ -254,7 +255,7 @@ func espProblem() string {
 func peakRSS(pids []int) string {
 	var parts []string
 	for _, pid := range pids {
-		if v := testbed.PeakRSS(pid); v != "unknown" {
+		if v := testkit.PeakRSS(pid); v != "unknown" {
 			parts = append(parts, v)
 		}
 	}
@@ -290,7 +291,7 @@ func measure(t *testing.T, paths []benchPath, rounds, secs int, rr string) bench
 	}
 	time.Sleep(time.Second)
 	in := func(e endpoint, args ...string) string {
-		out, err := testbed.Run(t.Context(), "nsenter", append([]string{"--net=" + e.netns}, args...)...)
+		out, err := testkit.Run(t.Context(), "nsenter", append([]string{"--net=" + e.netns}, args...)...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -428,7 +429,7 @@ func profile(t *testing.T, out string, secs int, paths []benchPath, run func(ben
 		if err := rec.Start(); err != nil {
 			t.Fatalf("perf record: %v", err)
 		}
-		forget := testbed.RecordProcess(rec.Process.Pid, "perf record")
+		forget := testkit.RecordProcess(rec.Process.Pid, "perf record")
 		run(p)
 		err := rec.Wait()
 		forget()

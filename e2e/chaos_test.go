@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // chaosPerHost is how many containers each host starts per scenario of
@@ -41,7 +42,7 @@ const chaosPool = "10.181.0.0/16"
 // unreachable container pairs (a sample across hosts) and kernel objects
 // that no endpoint needs.
 func TestChaos(t *testing.T) {
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "iptables", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "iptables", "busybox")
 	c := testbed.NewClusterHA(t, "ch", 1500)
 	for i := 0; i < 3; i++ {
 		c.AddHost(t, "LEASE_TTL=10s", "RESYNC=2s")
@@ -398,7 +399,7 @@ func storeCLI(t *testing.T, c *testbed.Cluster, args ...string) string {
 }
 
 // consulLeader finds the server that leads the Raft cluster.
-func consulLeader(t *testing.T, c *testbed.Cluster) *testbed.Consul {
+func consulLeader(t *testing.T, c *testbed.Cluster) *testkit.Consul {
 	t.Helper()
 	for _, s := range c.Servers {
 		out, err := s.CLI("operator", "raft", "list-peers")
@@ -451,7 +452,7 @@ func chaosCopiedHost(t *testing.T, c *testbed.Cluster) {
 	h4 := c.AddBareHost(t)
 	settings := append(c.Settings(), "LEASE_TTL=10s", "RESYNC=2s")
 	h4.Mounts(t) // makes its state folder
-	testbed.MustRun(t, "cp", "-a", c.Hosts[0].StateDir()+"/.", h4.StateDir()+"/")
+	testkit.MustRun(t, "cp", "-a", c.Hosts[0].StateDir()+"/.", h4.StateDir()+"/")
 	h4.InstallPlugin(t, settings...)
 	testbed.Eventually(t, 3*time.Minute, "the copy refuses to serve", func() error {
 		out, err := h4.Docker("network", "create", tnet, tipam, "--subnet", chaosPool, "chaos")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // Hosts come and go: a fourth host is reachable from the others once its
@@ -18,7 +19,7 @@ import (
 // bench's business (its control-plane rows), not this test's.
 func TestMultiHostChurn(t *testing.T) {
 	t.Parallel()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	c := testbed.NewCluster(t, "ch", 1500)
 	settings := []string{"LEASE_TTL=12s", "RESYNC=3s"}
 	for i := 0; i < 3; i++ {

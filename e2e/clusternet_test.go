@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // A network created once with -o tartan.cluster=true appears on the other
@@ -17,7 +18,7 @@ import (
 // it was made removes it everywhere once no host has endpoints on it.
 func TestClusterNetworks(t *testing.T) {
 	t.Parallel()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	c := testbed.NewCluster(t, "cw", 1500)
 	for i := 0; i < 3; i++ {
 		c.AddHost(t, "LOG_LEVEL=debug")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // composeFiles are contrib's compose files as users run them, with an
@@ -32,7 +33,7 @@ func (s *single) compose(t *testing.T, dir string, args ...string) (string, erro
 	t.Helper()
 	bin := os.Getenv("COMPOSE_BIN")
 	if _, err := os.Stat(bin); err != nil {
-		testbed.Require(t, false, "no docker compose plugin (make compose, COMPOSE_BIN)")
+		testkit.Require(t, false, "no docker compose plugin (make compose, COMPOSE_BIN)")
 	}
 	cfg := filepath.Join(t.TempDir(), "docker-config")
 	if err := os.MkdirAll(filepath.Join(cfg, "cli-plugins"), 0o755); err != nil {

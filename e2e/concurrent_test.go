@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // onAll runs one docker command per host at the same moment and returns
@@ -43,7 +44,7 @@ func onAll(c *testbed.Cluster, args func(i int) []string) ([]string, []error) {
 //   - M2: see recreateWhileReleased.
 func TestConcurrentCreates(t *testing.T) {
 	t.Parallel()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	c := testbed.NewCluster(t, "cc", 1500)
 	for i := 0; i < 3; i++ {
 		c.AddHost(t)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // With STORE=consul://… against a real Consul server: the store holds the
@@ -20,7 +21,7 @@ import (
 func TestConsulStore(t *testing.T) {
 	t.Parallel()
 	s := newSingle(t, "c1", 2)
-	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
+	consul := testkit.StartConsul(t, &s.NS, "127.0.0.1", 8500)
 	s.InstallPlugin(t, "STORE=consul://127.0.0.1:8500", "LOG_LEVEL=debug")
 
 	s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "10.40.0.0/16", "big")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // Consul reports a write its ACLs refuse as a failed
@@ -27,7 +28,7 @@ func TestConsulDenied(t *testing.T) {
 	t.Parallel()
 	s := newSingle(t, "acl", 2)
 	const mgmt = "8d0c5a4e-1a43-4c7e-9d1e-6f1f3f7f0a01"
-	consul := testbed.StartConsulACL(t, &s.NS, "127.0.0.1", 8500, mgmt)
+	consul := testkit.StartConsulACL(t, &s.NS, "127.0.0.1", 8500, mgmt)
 	token := func(name, rules string) string {
 		t.Helper()
 		if out, err := consul.CLI("acl", "policy", "create", "-name", name, "-rules", rules); err != nil {

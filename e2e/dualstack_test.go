@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // TestDualStack: --ipv6 networks on three hosts with Consul. On a vxlan
@@ -22,7 +23,7 @@ import (
 // over IPv6. Bad IPv6 input is refused by name.
 func TestDualStack(t *testing.T) {
 	t.Parallel()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
 	c := testbed.NewCluster(t, "d", 1500)
 	for i := 0; i < 3; i++ {
 		c.AddHost(t)

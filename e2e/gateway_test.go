@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // Docker 28 asks a driver whether its networks need a gateway address from
@@ -18,7 +18,7 @@ import (
 func TestGatewayAllocation(t *testing.T) {
 	t.Parallel()
 	s := newSingle(t, "gw1", 2)
-	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
+	consul := testkit.StartConsul(t, &s.NS, "127.0.0.1", 8500)
 	s.InstallPlugin(t, "STORE=consul://127.0.0.1:8500")
 	skips := s.EngineMajor(t) >= 28
 	t.Logf("engine %d: gateway allocation skipped: %v", s.EngineMajor(t), skips)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // Docker 28's gw-priority picks which of a container's networks is its
@@ -22,7 +23,7 @@ import (
 func TestGatewayPriority(t *testing.T) {
 	t.Parallel()
 	s := newSingle(t, "gp1", 13)
-	testbed.Require(t, s.EngineMajor(t) >= 28, "gw-priority needs Docker 28 or later (make e2e28, e2e29)")
+	testkit.Require(t, s.EngineMajor(t) >= 28, "gw-priority needs Docker 28 or later (make e2e28, e2e29)")
 	s.InstallPlugin(t)
 	s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "10.52.0.0/24", "pa")
 	s.MustDocker(t, "network", "create", tnet, tipam, "-o", "tartan.backend=host-gw", "--subnet", "10.53.0.0/24", "pb")

@@ -13,13 +13,14 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
-	"github.com/tartan-net/tartan/plugin"
+	"github.com/tartan-net/tartan/internal/testkit"
+	"github.com/tartan-net/tartan/plugin/api"
 )
 
 // hostStatus is what tartan status --json says on h.
-func hostStatus(t testing.TB, h *testbed.Host) plugin.HostStatus {
+func hostStatus(t testing.TB, h *testbed.Host) api.HostStatus {
 	t.Helper()
-	var st plugin.HostStatus
+	var st api.HostStatus
 	if err := json.Unmarshal([]byte(h.Tartan(t, "status", "--json")), &st); err != nil {
 		t.Fatalf("tartan status --json on %s: %v", h.Name, err)
 	}
@@ -27,22 +28,22 @@ func hostStatus(t testing.TB, h *testbed.Host) plugin.HostStatus {
 }
 
 // TestMain removes what an earlier run of this group left, and what this
-// one makes if it is stopped or runs out of time (testbed.Main).
+// one makes if it is stopped or runs out of time (testkit.Main).
 func TestMain(m *testing.M) {
-	os.Exit(testbed.Main(m))
+	os.Exit(testkit.Main(m))
 }
 
 // single is one test host with an "outside" namespace behind its default
 // route: 198.18.<n>.1 stands for the internet.
 type single struct {
 	*testbed.Host
-	outside  testbed.NS
+	outside  testkit.NS
 	internet string
 }
 
 func newSingle(t *testing.T, name string, n int) *single {
 	t.Helper()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	hostNS, out, internet := plumb(t, name, n)
 	h := testbed.StartDockerd(t, hostNS)
 	h.Image(t)
@@ -51,11 +52,11 @@ func newSingle(t *testing.T, name string, n int) *single {
 
 // plumb makes a host namespace (tt-<name>) and its outside (tt-<name>o)
 // behind its default route, with 198.18.<n>.1 on the outside.
-func plumb(t *testing.T, name string, n int) (host, outside testbed.NS, internet string) {
+func plumb(t *testing.T, name string, n int) (host, outside testkit.NS, internet string) {
 	t.Helper()
-	host = testbed.NewNS(t, "tt-"+name)
-	outside = testbed.NewNS(t, "tt-"+name+"o")
-	testbed.Link(t, host, "ext0", fmt.Sprintf("10.99.%d.2/24", n), outside, "in0", fmt.Sprintf("10.99.%d.1/24", n), 1500)
+	host = testkit.NewNS(t, "tt-"+name)
+	outside = testkit.NewNS(t, "tt-"+name+"o")
+	testkit.Link(t, host, "ext0", fmt.Sprintf("10.99.%d.2/24", n), outside, "in0", fmt.Sprintf("10.99.%d.1/24", n), 1500)
 	host.MustIP(t, "route", "add", "default", "via", fmt.Sprintf("10.99.%d.1", n))
 	internet = fmt.Sprintf("198.18.%d.1", n)
 	outside.MustIP(t, "addr", "add", internet+"/32", "dev", "lo")

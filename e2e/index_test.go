@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // A plugin is one architecture, and a user should not have to pick a tag
@@ -22,7 +23,7 @@ import (
 func TestPluginIndex(t *testing.T) {
 	t.Parallel()
 	s := newSingle(t, "ix", 9)
-	testbed.RequireRoot(t, "docker-registry", "curl")
+	testkit.RequireRoot(t, "docker-registry", "curl")
 	reg := testbed.StartRegistry(t, s.NS, "127.0.0.1")
 	type plat struct{ arch, ref, digest, diffID string }
 	plats := []*plat{{arch: "amd64"}, {arch: "arm64"}}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // A machine on the underlay plays an attacker on the LAN and sends UDP
@@ -23,9 +24,9 @@ import (
 //     dropped frames came as far as the host.
 func TestUnderlayInjection(t *testing.T) {
 	t.Parallel()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox", "go")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox", "go")
 	raw := filepath.Join(t.TempDir(), "rawframe")
-	testbed.MustRun(t, "go", "build", "-o", raw, filepath.Join(testbed.RepoRoot(t), "e2e", "rawframe"))
+	testkit.MustRun(t, "go", "build", "-o", raw, filepath.Join(testbed.RepoRoot(t), "e2e", "rawframe"))
 	listener := buildStatic(t, "stream") // the containers' UDP listener (busybox's nc has no UDP)
 	c := testbed.NewCluster(t, "ij", 1500)
 	h := c.AddHost(t)

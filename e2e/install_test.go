@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // The way most users get the plugin: make push publishes it to a registry,
@@ -20,7 +21,7 @@ func TestInstallFromRegistry(t *testing.T) {
 	t.Parallel()
 	s := newSingle(t, "i1", 5)
 	reg := testbed.StartRegistry(t, s.NS, "127.0.0.1")
-	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
+	consul := testkit.StartConsul(t, &s.NS, "127.0.0.1", 8500)
 	s.Make(t, "push", "BUILD="+filepath.Join(s.Dir, "build"), "REGISTRY="+reg, "TAG=e2e")
 	ref := reg + "/tartan:e2e"
 	// What docker plugin install asks the user to grant (the privileges

@@ -13,6 +13,7 @@ import (
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // httpd starts a container on network that serves "ok" on port 7000 and
@@ -126,7 +127,7 @@ func TestIsolation(t *testing.T) {
 	gw := strings.Fields(s.MustDocker(t, "exec", "injector", "sh", "-c", "ip route | grep default"))[2]
 	in := func(args ...string) { // the host's iproute2 (busybox's has no vxlan) in the container's namespace
 		t.Helper()
-		if out, err := testbed.Run(context.Background(), "nsenter", append([]string{"--net=/proc/" + pid + "/ns/net", "ip"}, args...)...); err != nil {
+		if out, err := testkit.Run(context.Background(), "nsenter", append([]string{"--net=/proc/" + pid + "/ns/net", "ip"}, args...)...); err != nil {
 			t.Fatalf("ip %v in the injecting container: %v %s", args, err, out)
 		}
 	}
@@ -135,7 +136,7 @@ func TestIsolation(t *testing.T) {
 	in("link", "set", "vx0", "up")
 	in("neigh", "replace", ta, "lladdr", mac.String(), "dev", "vx0", "nud", "permanent")
 	out, _ = s.Docker("exec", "injector", "ping", "-c", "3", "-W", "1", ta)
-	if sent, _ := testbed.Run(context.Background(), "nsenter", "--net=/proc/"+pid+"/ns/net", "ip", "-s", "link", "show", "vx0"); !regexp.MustCompile(`TX:.*\n\s+\d+\s+[1-9]`).MatchString(sent) {
+	if sent, _ := testkit.Run(context.Background(), "nsenter", "--net=/proc/"+pid+"/ns/net", "ip", "-s", "link", "show", "vx0"); !regexp.MustCompile(`TX:.*\n\s+\d+\s+[1-9]`).MatchString(sent) {
 		t.Fatalf("the injecting container sent nothing through its VXLAN device:\n%s\n%s", sent, out)
 	}
 	if after := s.echoes(t, "ta1"); after != before {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // On a host where Docker uses iptables-legacy, a reboot starts
@@ -27,7 +28,7 @@ import (
 // daemon data: no links, no rules, no loaded tables, as after a real boot.
 func TestLegacyFirewallAfterReboot(t *testing.T) {
 	t.Parallel() // mostly waiting
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox", "iptables-legacy", "iptables-nft-save", "flock")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox", "iptables-legacy", "iptables-nft-save", "flock")
 	hostNS, out, internet := plumb(t, "lg", 10)
 	h := testbed.StartDockerdLegacy(t, hostNS)
 	h.Image(t)
@@ -112,7 +113,7 @@ func holdXtablesLock(t *testing.T, s *single) {
 	if err := hold.Start(); err != nil {
 		t.Fatal(err)
 	}
-	forget := testbed.RecordProcess(hold.Process.Pid, "flock")
+	forget := testkit.RecordProcess(hold.Process.Pid, "flock")
 	released := false
 	release := func() {
 		if !released {

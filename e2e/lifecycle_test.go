@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // pingEvery is the interval of the continuous pings that measure how long
@@ -101,9 +102,9 @@ func TestLifecycleSafety(t *testing.T) {
 	// (Docker refuses two plugins of the same content: this one differs in
 	// its description and a file.)
 	dir := filepath.Join(s.Dir, "plugin2")
-	testbed.MustRun(t, "cp", "-a", filepath.Join(s.Dir, "build", "plugin"), dir)
-	testbed.MustRun(t, "sed", "-i", "s/tartan: multi-host/tartan (second): multi-host/", filepath.Join(dir, "config.json"))
-	testbed.MustRun(t, "touch", filepath.Join(dir, "rootfs", "second"))
+	testkit.MustRun(t, "cp", "-a", filepath.Join(s.Dir, "build", "plugin"), dir)
+	testkit.MustRun(t, "sed", "-i", "s/tartan: multi-host/tartan (second): multi-host/", filepath.Join(dir, "config.json"))
+	testkit.MustRun(t, "touch", filepath.Join(dir, "rootfs", "second"))
 	s.MustDocker(t, "plugin", "create", "tartan2:latest", dir)
 	s.MustDocker(t, append([]string{"plugin", "set", "tartan2:latest"}, s.Mounts(t)...)...)
 	s.MustDocker(t, "plugin", "enable", "tartan2:latest")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -23,7 +24,7 @@ import (
 // --ip-range and never an --aux-address.
 func TestMacvlan(t *testing.T) {
 	t.Parallel()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
 	c := testbed.NewCluster(t, "mv", 1500)
 	for i := 0; i < 3; i++ {
 		c.AddHost(t, "LOG_LEVEL=debug")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // Large packets cross hosts whole: a full-size ping with "don't fragment" and
@@ -16,7 +17,7 @@ import (
 // for vxlan (MTU = underlay - 50) and host-gw (MTU = underlay).
 func TestLargePackets(t *testing.T) {
 	t.Parallel() // mostly waiting: runs beside the other waiting tests
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "ping", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "ping", "busybox")
 	for _, under := range []int{1500, 9000} {
 		t.Run(fmt.Sprint(under), func(t *testing.T) {
 			c := testbed.NewCluster(t, fmt.Sprintf("u%d", under/1000), under)
@@ -43,7 +44,7 @@ func TestLargePackets(t *testing.T) {
 					}
 				}
 				nsPing := func(size int) (string, error) {
-					return testbed.Run(t.Context(), "nsenter", "--net=/proc/"+pids[0]+"/ns/net", "ping", "-M", "do", "-c", "3", "-W", "2", "-s", fmt.Sprint(size), ips[1])
+					return testkit.Run(t.Context(), "nsenter", "--net=/proc/"+pids[0]+"/ns/net", "ping", "-M", "do", "-c", "3", "-W", "2", "-s", fmt.Sprint(size), ips[1])
 				}
 				testbed.Eventually(t, 20*time.Second, backend+": hosts connected", func() error { _, err := nsPing(56); return err })
 				if out, err := nsPing(mtu - 28); err != nil || !strings.Contains(out, " 0% packet loss") {

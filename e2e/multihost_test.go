@@ -11,11 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"github.com/tartan-net/tartan/kv"
-	"github.com/tartan-net/tartan/plugin"
+	"github.com/tartan-net/tartan/plugin/api"
 )
 
 type mhNet struct {
@@ -30,7 +30,7 @@ type mhNet struct {
 // remote host, nothing stale.
 func TestMultiHost(t *testing.T) {
 	t.Parallel()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "bridge", "curl", "busybox")
 	c := testbed.NewCluster(t, "m", 1500)
 	// Hosts 1 and 2 carry their networks on the eBPF fast path (the
 	// default), host 3 on the kernel path (FASTPATH=off): the two meet.
@@ -178,7 +178,7 @@ func TestMultiHost(t *testing.T) {
 			t.Logf("tartan status on host 1:\n%s", human)
 		}
 	}
-	var hosts []kv.HostReport
+	var hosts []api.HostReport
 	if err := json.Unmarshal([]byte(c.Hosts[0].Tartan(t, "hosts", "--json")), &hosts); err != nil {
 		t.Fatal(err)
 	}
@@ -191,14 +191,14 @@ func TestMultiHost(t *testing.T) {
 		}
 	}
 	t.Logf("tartan hosts:\n%s", c.Hosts[0].Tartan(t, "hosts"))
-	var pools []kv.PoolReport
+	var pools []api.PoolReport
 	if err := json.Unmarshal([]byte(c.Hosts[1].Tartan(t, "networks", "--json")), &pools); err != nil {
 		t.Fatal(err)
 	}
 	if len(pools) != 3 || pools[0].Network == nil || pools[0].Network.Backend != "vxlan" || pools[1].Network.Backend != "host-gw" || pools[0].Blocks != 3 {
 		t.Fatalf("tartan networks: %+v", pools)
 	}
-	var addrs []plugin.AddressReport
+	var addrs []api.AddressReport
 	if err := json.Unmarshal([]byte(c.Hosts[0].Tartan(t, "addresses", "10.61.0.0/16", "--json")), &addrs); err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func doctorDrift(t *testing.T, c *testbed.Cluster) {
 	}
 	h := c.Hosts[0]
 	st := hostStatus(t, h)
-	var gw, vx *driver.NetworkStatus
+	var gw, vx *api.NetworkStatus
 	for i, n := range st.Networks {
 		switch n.Pool {
 		case "10.62.0.0/16":

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // spanned is one tartan network created with the same subnet on every host
@@ -67,7 +68,7 @@ func (s *spanned) startAcross(c *testbed.Cluster, a, b string) string {
 // hand: a container started afterwards is reached from the other host.
 func TestConsulOutage(t *testing.T) {
 	t.Parallel() // mostly waiting: runs beside the other waiting tests
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox")
 	c := testbed.NewCluster(t, "out", 1500)
 	for i := 0; i < 2; i++ {
 		c.AddHost(t, "RESYNC=2s", "METRICS=127.0.0.1:9323")
@@ -139,7 +140,7 @@ func TestConsulOutage(t *testing.T) {
 // reached across hosts, existing ones never lose connectivity.
 func TestConsulServerLoss(t *testing.T) {
 	t.Parallel() // mostly waiting: runs beside the other waiting tests
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox")
 	c := testbed.NewClusterHA(t, "ha", 1500)
 	for i := 0; i < 2; i++ {
 		c.AddHost(t, "RESYNC=2s")

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // lastRelease is the newest version CHANGELOG.md names a commit for, and
@@ -34,8 +35,8 @@ func lastRelease(t *testing.T, root string) (version, commit string) {
 	if commit == "" {
 		t.Fatal("CHANGELOG.md names no released version with its commit")
 	}
-	_, err = testbed.Run(t.Context(), "git", "-C", root, "cat-file", "-e", commit+"^{commit}")
-	testbed.Require(t, err == nil, fmt.Sprintf("release %s's commit %s is not in this checkout (a shallow clone?): fetch it", version, commit))
+	_, err = testkit.Run(t.Context(), "git", "-C", root, "cat-file", "-e", commit+"^{commit}")
+	testkit.Require(t, err == nil, fmt.Sprintf("release %s's commit %s is not in this checkout (a shallow clone?): fetch it", version, commit))
 	return version, commit
 }
 
@@ -47,9 +48,9 @@ func buildRelease(t *testing.T, root, version, commit string) string {
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	testbed.MustRun(t, "sh", "-c", fmt.Sprintf("git -C %q archive --format=tar %s | tar -x -C %q", root, commit, src))
+	testkit.MustRun(t, "sh", "-c", fmt.Sprintf("git -C %q archive --format=tar %s | tar -x -C %q", root, commit, src))
 	build := filepath.Join(t.TempDir(), "build")
-	testbed.MustRun(t, "make", "-C", src, "plugin-dir", "BUILD="+build, "VERSION="+version)
+	testkit.MustRun(t, "make", "-C", src, "plugin-dir", "BUILD="+build, "VERSION="+version)
 	return filepath.Join(build, "plugin")
 }
 
@@ -61,7 +62,7 @@ func buildRelease(t *testing.T, root, version, commit string) string {
 // ping, and new containers work after each.
 func TestUpgradeFromRelease(t *testing.T) {
 	t.Parallel()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox", "docker-registry", "git", "tar")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox", "docker-registry", "git", "tar")
 	root := testbed.RepoRoot(t)
 	version, commit := lastRelease(t, root)
 	c := testbed.NewCluster(t, "rel", 1500)

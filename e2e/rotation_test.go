@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // TestRotationSoak: the key rotation soak of issue 29 (make chaos). A
@@ -29,7 +30,7 @@ import (
 // than 1 s of pings (10), when a ping is lost with no rotation under way,
 // or when the stream lost, repeated or broke a byte.
 func TestRotationSoak(t *testing.T) {
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox", "go")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox", "go")
 	rounds := 10
 	if v, err := strconv.Atoi(os.Getenv("ROTATION_ROUNDS")); err == nil && v > 0 {
 		rounds = v

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/plugin/api"
 )
 
 // The quick start on one host with the embedded store, for both backends:
@@ -143,7 +143,7 @@ func TestSingleHostEmbedded(t *testing.T) {
 // "port/proto" the endpoint with address ip publishes.
 func publishedPorts(t *testing.T, h *testbed.Host, ip string) map[string]int {
 	t.Helper()
-	var ps []driver.PublishedPorts
+	var ps []api.PublishedPorts
 	if err := json.Unmarshal([]byte(h.Tartan(t, "ports", "--json")), &ps); err != nil {
 		t.Fatalf("tartan ports --json: %v", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // The store is input, not truth; bad input gets a clear error (issue 9).
@@ -30,7 +31,7 @@ import (
 func TestStoreInput(t *testing.T) {
 	t.Parallel()
 	s := newSingle(t, "si1", 9)
-	consul := testbed.StartConsul(t, &s.NS, "127.0.0.1", 8500)
+	consul := testkit.StartConsul(t, &s.NS, "127.0.0.1", 8500)
 	s.InstallPlugin(t, "STORE=consul://127.0.0.1:8500", "LEASE_TTL=10s")
 	s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", "10.91.0.0/24", "si")
 	s.daemon(t, "c1", "si")

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // Swarm services on a tartan network in local scope (SCOPE=local, the
@@ -22,7 +23,7 @@ import (
 // up and down leaves no address behind.
 func TestSwarmLocalScope(t *testing.T) {
 	t.Parallel() // mostly waiting: runs beside the other waiting tests
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	c := testbed.NewCluster(t, "sw", 1500)
 	for i := 0; i < 3; i++ {
 		c.AddHost(t, "LOG_LEVEL=debug")
@@ -205,7 +206,7 @@ func answers(out string) []string {
 // node takes over its tasks' addresses and every other host routes them.
 func TestSwarmGlobalScope(t *testing.T) {
 	t.Parallel()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "curl", "busybox")
 	c := testbed.NewCluster(t, "sg", 1500)
 	for i := 0; i < 3; i++ {
 		c.AddHost(t, "LOG_LEVEL=debug", "SCOPE=global")

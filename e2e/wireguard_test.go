@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // TestWireGuard: encrypted networks on three hosts with Consul. A
@@ -30,7 +31,7 @@ import (
 // the packets lost and the time to recover.
 func TestWireGuard(t *testing.T) {
 	t.Parallel()
-	testbed.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "tcpdump", "busybox")
+	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "tcpdump", "busybox")
 	c := testbed.NewCluster(t, "w", 1500)
 	for i := 0; i < 3; i++ {
 		c.AddHost(t)

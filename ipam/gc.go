@@ -207,11 +207,24 @@ type poolGC struct {
 	now     time.Time
 	holding map[string]bool
 	errs    []error
+	got     *Collected
+
+	blocks     map[netip.Prefix]listed[kv.Block]
+	sizes      []int // the blocks' prefix lengths (kv.BlockHolding)
+	exceptions map[string]listed[kv.Address]
+	seen       map[string]bool // every address listed
+	own        []candidate     // this host's addresses old enough to be orphans
 }
 
 type listed[T any] struct {
 	ver uint64
 	rec T
+}
+
+// candidate is an address record that may be an orphan.
+type candidate struct {
+	ip  string
+	ver uint64
 }
 
 // collect removes what gone hosts hold in the pool and this host's orphans,
@@ -220,117 +233,164 @@ type listed[T any] struct {
 // that did not write them, a block that changed hands), and no exception
 // outlives its address.
 func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) error {
+	g.got = got
+	if err := g.listBlocks(ctx); err != nil {
+		return err
+	}
+	if err := g.listExceptions(ctx); err != nil {
+		return err
+	}
+	if err := g.sweepAddresses(ctx, local != nil); err != nil {
+		return err
+	}
+	g.dropDanglingExceptions(ctx)
+	if len(g.own) > 0 {
+		g.releaseOrphans(ctx, local()[g.cidr])
+	}
+	g.dropGoneBlocks(ctx)
+	g.dropStaleFeed(ctx)
+	// A gone host's holder keys stay: a host that comes back from a long
+	// partition still uses its networks, and no release elsewhere may take
+	// their pool for its last (ReleasePool wipes the pool with its last
+	// holder). A holder key costs one record; one of a host that is gone
+	// for good keeps its pool registered until it is deleted by hand
+	// (tartan doctor names it).
+	return errors.Join(g.errs...)
+}
+
+// listBlocks reads the pool's blocks. What the witness saw of blocks no
+// longer listed goes (its memory follows the store).
+func (g *poolGC) listBlocks(ctx context.Context) error {
 	m := g.m
-	blocks := map[netip.Prefix]listed[kv.Block]{}
-	var sizes []int
+	g.blocks = map[netip.Prefix]listed[kv.Block]{}
 	if _, err := kv.ListJSON(ctx, m.store, kv.BlockPrefix(g.cidr), func(_ string, ver uint64, b kv.Block) error {
 		b.Pool = g.cidr // the pool it is listed under, whatever the record says (the witness's key)
 		if p, err := netip.ParsePrefix(b.CIDR); err == nil {
-			blocks[p] = listed[kv.Block]{ver, b}
-			if !slices.Contains(sizes, p.Bits()) {
-				sizes = append(sizes, p.Bits())
+			g.blocks[p] = listed[kv.Block]{ver, b}
+			if !slices.Contains(g.sizes, p.Bits()) {
+				g.sizes = append(g.sizes, p.Bits())
 			}
 		}
 		return nil
 	}, m.skipped); err != nil {
 		return err
 	}
-	// What the witness saw of blocks no longer listed goes (its memory
-	// follows the store).
 	m.cfg.Witness.Forget(kv.BlockPrefix(g.cidr), func(k string) bool {
 		p, err := kv.PrefixFromKey(strings.TrimPrefix(k, kv.BlockPrefix(g.cidr)))
-		_, ok := blocks[p]
+		_, ok := g.blocks[p]
 		return err == nil && ok
 	})
-	owner := func(ip netip.Addr) string {
-		for _, bits := range sizes {
-			if b, ok := blocks[netip.PrefixFrom(ip, bits).Masked()]; ok {
-				return b.rec.Host
-			}
-		}
-		return ""
-	}
-	exceptions := map[string]listed[kv.Address]{}
-	if _, err := kv.ListJSON(ctx, m.store, kv.ExceptionPrefix(g.cidr), func(_ string, ver uint64, a kv.Address) error {
-		exceptions[a.IP] = listed[kv.Address]{ver, a}
+	return nil
+}
+
+// owner is the host of the block that holds ip ("" when none does).
+func (g *poolGC) owner(ip netip.Addr) string {
+	b, _ := kv.BlockHolding(g.blocks, g.sizes, ip)
+	return b.rec.Host
+}
+
+// listExceptions reads the pool's route exceptions.
+func (g *poolGC) listExceptions(ctx context.Context) error {
+	g.exceptions = map[string]listed[kv.Address]{}
+	_, err := kv.ListJSON(ctx, g.m.store, kv.ExceptionPrefix(g.cidr), func(_ string, ver uint64, a kv.Address) error {
+		g.exceptions[a.IP] = listed[kv.Address]{ver, a}
 		return nil
-	}, m.skipped); err != nil {
-		return err
-	}
-	type candidate struct {
-		ip  string
-		ver uint64
-	}
-	var own []candidate
-	seen := map[string]bool{}
-	if _, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(g.cidr), func(key string, ver uint64, a kv.Address) error {
-		seen[a.IP] = true
+	}, g.m.skipped)
+	return err
+}
+
+// sweepAddresses reads every address of the pool: a gone host's endpoint
+// addresses go, this host's old enough ones are noted as orphan candidates
+// (with orphans), and the others' route exceptions are made right.
+func (g *poolGC) sweepAddresses(ctx context.Context, orphans bool) error {
+	m := g.m
+	g.seen = map[string]bool{}
+	_, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(g.cidr), func(key string, ver uint64, a kv.Address) error {
+		g.seen[a.IP] = true
 		if a.Kind != kv.KindEndpoint {
 			return nil
 		}
-		if local != nil && m.orphanAge(a, g.now) {
-			own = append(own, candidate{a.IP, ver})
+		if orphans && m.orphanAge(a, g.now) {
+			g.own = append(g.own, candidate{a.IP, ver})
 		} else if g.gone(a.Host) {
 			if err := m.deleteAddress(ctx, g.cidr, a.IP, ver); err != nil {
 				g.holding[a.Host] = true
 				g.fail(err)
 				return nil
 			}
-			got.Addresses++
+			g.got.Addresses++
 			m.log.WithFields(logrus.Fields{"ip": a.IP, "host": a.Host}).Info("collected the address of a gone host")
 			return nil
 		}
-		ip, err := netip.ParseAddr(a.IP)
-		if err != nil {
-			return nil
-		}
-		e, has := exceptions[a.IP]
-		switch needs := owner(ip) != a.Host; {
-		case needs && (!has || e.rec.Host != a.Host):
-			b, err := json.Marshal(a)
-			if err != nil {
-				return err
-			}
-			exc := kv.Op{Key: kv.ExceptionPath(g.cidr, a.IP), Value: b, Version: e.ver}
-			if _, err := m.store.Txn(ctx, []kv.Op{{Key: key, Version: ver, Check: true}, exc}); err == nil {
-				m.log.WithFields(logrus.Fields{"ip": a.IP, "host": a.Host}).Info("published the route exception of an address away from its block's owner")
-			} else {
-				g.fail(err)
-			}
-		case !needs && has:
-			if _, err := m.store.Txn(ctx, []kv.Op{{Key: key, Version: ver, Check: true}, {Key: kv.ExceptionPath(g.cidr, a.IP), Delete: true, Version: e.ver}}); err != nil {
-				g.fail(err)
-			}
-		}
+		return g.repairException(ctx, key, ver, a)
+	}, m.skipped)
+	return err
+}
+
+// repairException gives an endpoint address away from its block's owner
+// its route exception, and takes it from one that is not, each only while
+// the address record is as read (key at ver).
+func (g *poolGC) repairException(ctx context.Context, key string, ver uint64, a kv.Address) error {
+	m := g.m
+	ip, err := netip.ParseAddr(a.IP)
+	if err != nil {
 		return nil
-	}, m.skipped); err != nil {
-		return err
 	}
-	for ip, e := range exceptions {
-		if !seen[ip] {
-			// Its address is gone (a version that did not remove them).
-			if _, err := m.store.Txn(ctx, []kv.Op{{Key: kv.AddressPath(g.cidr, ip), Check: true}, {Key: kv.ExceptionPath(g.cidr, ip), Delete: true, Version: e.ver}}); err != nil {
+	e, has := g.exceptions[a.IP]
+	switch needs := g.owner(ip) != a.Host; {
+	case needs && (!has || e.rec.Host != a.Host):
+		b, err := json.Marshal(a)
+		if err != nil {
+			return err
+		}
+		exc := kv.Op{Key: kv.ExceptionPath(g.cidr, a.IP), Value: b, Version: e.ver}
+		if _, err := m.store.Txn(ctx, []kv.Op{{Key: key, Version: ver, Check: true}, exc}); err == nil {
+			m.log.WithFields(logrus.Fields{"ip": a.IP, "host": a.Host}).Info("published the route exception of an address away from its block's owner")
+		} else {
+			g.fail(err)
+		}
+	case !needs && has:
+		if _, err := m.store.Txn(ctx, []kv.Op{{Key: key, Version: ver, Check: true}, {Key: kv.ExceptionPath(g.cidr, a.IP), Delete: true, Version: e.ver}}); err != nil {
+			g.fail(err)
+		}
+	}
+	return nil
+}
+
+// dropDanglingExceptions removes the route exceptions whose address is gone
+// (a version that did not remove them).
+func (g *poolGC) dropDanglingExceptions(ctx context.Context) {
+	for ip, e := range g.exceptions {
+		if !g.seen[ip] {
+			if _, err := g.m.store.Txn(ctx, []kv.Op{{Key: kv.AddressPath(g.cidr, ip), Check: true}, {Key: kv.ExceptionPath(g.cidr, ip), Delete: true, Version: e.ver}}); err != nil {
 				g.fail(err)
 			}
 		}
 	}
-	if len(own) > 0 {
-		held := local()[g.cidr]
-		for _, c := range own {
-			if held == nil || held[c.ip] {
-				continue
-			}
-			if err := m.deleteAddress(ctx, g.cidr, c.ip, c.ver); err != nil {
-				g.fail(err)
-				continue
-			}
-			got.Orphans++
-			m.log.WithFields(logrus.Fields{"pool": g.cidr, "ip": c.ip}).Warn("released an address of this host that no endpoint has (a request or a release failed half-way)")
+}
+
+// releaseOrphans releases the orphan candidates that no endpoint of this
+// host holds (held, asked after the listing: an endpoint created meanwhile
+// is seen; nil: the pool is not swept).
+func (g *poolGC) releaseOrphans(ctx context.Context, held map[string]bool) {
+	for _, c := range g.own {
+		if held == nil || held[c.ip] {
+			continue
 		}
+		if err := g.m.deleteAddress(ctx, g.cidr, c.ip, c.ver); err != nil {
+			g.fail(err)
+			continue
+		}
+		g.got.Orphans++
+		g.m.log.WithFields(logrus.Fields{"pool": g.cidr, "ip": c.ip}).Warn("released an address of this host that no endpoint has (a request or a release failed half-way)")
 	}
-	for p, b := range blocks {
-		// The block's lease must have gone unrenewed for a lease lifetime
-		// by this host's clock as well: its host's is never compared.
+}
+
+// dropGoneBlocks removes the blocks of gone hosts. The block's lease must
+// have gone unrenewed for a lease lifetime by this host's clock as well:
+// its host's is never compared.
+func (g *poolGC) dropGoneBlocks(ctx context.Context) {
+	for p, b := range g.blocks {
 		renewed := g.m.cfg.Witness.Block(b.rec, g.now) // every pass: the clock starts at the first
 		if !g.gone(b.rec.Host) {
 			continue
@@ -340,16 +400,20 @@ func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) err
 			continue
 		}
 		b.rec.CIDR = p.String()
-		if err := m.dropBlock(ctx, g.cidr, b.rec, b.ver); err != nil {
+		if err := g.m.dropBlock(ctx, g.cidr, b.rec, b.ver); err != nil {
 			g.holding[b.rec.Host] = true
 			g.fail(err)
 			continue
 		}
-		got.Blocks++
+		g.got.Blocks++
 	}
-	// Feed entries their writer did not remove (it stopped meanwhile): seen
-	// unchanged for twice the feed's retention by this host's clock (the
-	// time in the entry is its writer's).
+}
+
+// dropStaleFeed removes the feed entries their writer did not remove (it
+// stopped meanwhile): seen unchanged for twice the feed's retention by this
+// host's clock (the time in the entry is its writer's).
+func (g *poolGC) dropStaleFeed(ctx context.Context) {
+	m := g.m
 	listed := map[string]bool{}
 	if _, err := kv.ListJSON(ctx, m.store, kv.BlockFeedPrefix(g.cidr), func(key string, ver uint64, _ kv.BlockChange) error {
 		listed[key] = true
@@ -362,13 +426,6 @@ func (g *poolGC) collect(ctx context.Context, local Holding, got *Collected) err
 	} else {
 		m.cfg.Witness.Forget(kv.BlockFeedPrefix(g.cidr), func(k string) bool { return listed[k] })
 	}
-	// A gone host's holder keys stay: a host that comes back from a long
-	// partition still uses its networks, and no release elsewhere may take
-	// their pool for its last (ReleasePool wipes the pool with its last
-	// holder). A holder key costs one record; one of a host that is gone
-	// for good keeps its pool registered until it is deleted by hand
-	// (tartan doctor names it).
-	return errors.Join(g.errs...)
 }
 
 // fail notes an error; a lost compare-and-set is not one (a record changed

@@ -14,8 +14,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
-	"github.com/tartan-net/tartan/e2e/testbed"
 	"github.com/tartan-net/tartan/errdefs"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/kv/kvtest"
@@ -24,7 +24,7 @@ import (
 var consulAddr string
 
 func TestMain(m *testing.M) {
-	os.Exit(testbed.MainWithConsul(m, 18600, &consulAddr))
+	os.Exit(testkit.MainWithConsul(m, 18600, &consulAddr))
 }
 
 type clock struct {

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/kv/kvtest"
 	bolt "go.etcd.io/bbolt"
@@ -316,11 +316,11 @@ func TestConsulUnreachableIsClassified(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
-	os.Exit(testbed.MainWithConsul(m, 18500, &consulAddr))
+	os.Exit(testkit.MainWithConsul(m, 18500, &consulAddr))
 }
 
 func TestConsulFailsOver(t *testing.T) {
-	testbed.Require(t, consulAddr != "", "no consul server (run make consul, or set CONSUL_BIN)")
+	testkit.Require(t, consulAddr != "", "no consul server (run make consul, or set CONSUL_BIN)")
 	s, err := kv.NewConsul(kv.ConsulConfig{Addresses: []string{"127.0.0.1:1", consulAddr}, Scheme: "http", Prefix: "failover/"})
 	if err != nil {
 		t.Fatal(err)

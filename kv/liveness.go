@@ -2,6 +2,7 @@ package kv
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -41,6 +42,20 @@ func (l Liveness) HostAlive(id string) bool {
 func (l Liveness) BlockAlive(b Block) bool {
 	seen, ok := l.BlockSeen[BlockPath(b.Pool, b.CIDR)]
 	return !ok || l.Now.Sub(seen) < l.TTL || l.HostAlive(b.Host)
+}
+
+// BlockHolding is the block of blocks that holds ip, whatever the blocks'
+// sizes (records made with different block sizes may share a pool): sizes
+// are the prefix lengths of blocks, tried in order. It is the one rule for
+// "which block holds this address".
+func BlockHolding[T any](blocks map[netip.Prefix]T, sizes []int, ip netip.Addr) (T, bool) {
+	for _, bits := range sizes {
+		if b, ok := blocks[netip.PrefixFrom(ip, bits).Masked()]; ok {
+			return b, true
+		}
+	}
+	var none T
+	return none, false
 }
 
 // Witness times what it sees change on its own clock, as Kubernetes'

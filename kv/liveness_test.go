@@ -1,6 +1,7 @@
 package kv_test
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -56,5 +57,32 @@ func TestLivenessIgnoresWrittenTimes(t *testing.T) {
 		}
 		renewals["behind"] = renewals["behind"].Add(30 * time.Minute)
 		renewals["ahead"] = renewals["ahead"].Add(30 * time.Minute)
+	}
+}
+
+// The block that holds an address is found whatever the blocks' sizes, the
+// sizes tried in order.
+func TestBlockHolding(t *testing.T) {
+	blocks := map[netip.Prefix]string{
+		netip.MustParsePrefix("10.0.0.0/26"):  "a",
+		netip.MustParsePrefix("10.0.1.0/24"):  "b",
+		netip.MustParsePrefix("10.0.1.64/26"): "c",
+	}
+	for _, c := range []struct {
+		ip    string
+		sizes []int
+		want  string
+	}{
+		{"10.0.0.5", []int{26, 24}, "a"},
+		{"10.0.1.5", []int{26, 24}, "b"},
+		{"10.0.1.70", []int{26, 24}, "c"},
+		{"10.0.1.70", []int{24, 26}, "b"},
+		{"10.0.2.1", []int{26, 24}, ""},
+		{"10.0.0.5", nil, ""},
+	} {
+		got, ok := kv.BlockHolding(blocks, c.sizes, netip.MustParseAddr(c.ip))
+		if got != c.want || ok != (c.want != "") {
+			t.Errorf("BlockHolding(%s, %v) = %q, %v; want %q", c.ip, c.sizes, got, ok, c.want)
+		}
 	}
 }

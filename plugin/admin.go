@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,60 +18,8 @@ import (
 	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/plugin/api"
 )
-
-// Paths of the operator endpoints (they read, but for POST GCPath and
-// RotateKeyPath), served on the plugin's socket
-// beside libnetwork's (tartan status, tartan hosts).
-const (
-	StatusPath    = "/tartan/v1/status"
-	HostsPath     = "/tartan/v1/hosts"
-	DoctorPath    = "/tartan/v1/doctor"
-	NetworksPath  = "/tartan/v1/networks"
-	AddressesPath = "/tartan/v1/addresses" // ?pool=CIDR
-	PortsPath     = "/tartan/v1/ports"
-	GCPath        = "/tartan/v1/gc"               // GET: what a collection would remove; POST: collect now
-	RotateKeyPath = "/tartan/v1/wireguard/rotate" // POST: a new WireGuard key pair for this host
-	RepairPath    = "/tartan/v1/repair"           // POST: the resync now
-)
-
-// Repaired is tartan repair's answer: how long the resync took.
-type Repaired struct {
-	Took string `json:"took"`
-}
-
-// GCPlan is what the next collection would remove (tartan gc).
-type GCPlan struct {
-	// Orphans are address records of this host that no endpoint has.
-	Orphans []kv.Address `json:"orphans"`
-	// Gone are hosts not renewed for ipam.GoneAfter lease lifetimes: their
-	// records, blocks and endpoint addresses go.
-	Gone []kv.HostReport `json:"gone"`
-	// Networks are this host's network records that Docker no longer has
-	// and no endpoint uses: they go with what they made in the kernel.
-	Networks []driver.NetworkStatus `json:"networks"`
-}
-
-// GCDone is what tartan gc --yes removed.
-type GCDone struct {
-	ipam.Collected
-	Networks int `json:"networks"` // network records Docker no longer had
-}
-
-// AddressReport is one address of a pool, with the endpoint of this host
-// that has it, if one does (tartan addresses).
-type AddressReport struct {
-	kv.Address
-	Endpoint string `json:"endpoint,omitempty"`
-}
-
-// Finding is one thing tartan doctor found wrong on this host, with the
-// way to fix it.
-type Finding struct {
-	Network string `json:"network,omitempty"`
-	What    string `json:"what"`
-	Fix     string `json:"fix"`
-}
 
 // Admin is what the operator endpoints report from.
 type Admin struct {
@@ -94,125 +43,109 @@ type Admin struct {
 	Repair func(context.Context) error
 }
 
-// RotatedKey is tartan rotate-key's answer.
-type RotatedKey struct {
-	PublicKey string `json:"publicKey"`
-}
-
-// HostStatus is this host as its plugin sees it (tartan status).
-type HostStatus struct {
-	Host     string                 `json:"host"`
-	Version  string                 `json:"version"`
-	Store    string                 `json:"store"`
-	Firewall string                 `json:"firewall"`
-	Scope    string                 `json:"scope"`
-	Settings string                 `json:"settingsError,omitempty"` // why every request fails, if one does
-	Networks []driver.NetworkStatus `json:"networks"`
-	// WireGuard is the host's WireGuard device (its mode is empty while
-	// the host has no wireguard network); WireGuardError says why its
-	// state could not be read.
-	WireGuard      *wireguard.Status `json:"wireguard,omitempty"`
-	WireGuardError string            `json:"wireguardError,omitempty"`
-	// FastPath is the eBPF fast path: on or off, where its programs are
-	// attached, its packet counters.
-	FastPath *FastPathStatus `json:"fastpath,omitempty"`
-}
-
-// FastPathStatus is the eBPF fast path as tartan status shows it.
-type FastPathStatus struct {
-	On       bool              `json:"on"`
-	Attached []string          `json:"attached,omitempty"`
-	Packets  map[string]uint64 `json:"packets,omitempty"`
-	Error    string            `json:"error,omitempty"`
-}
-
-// ServeAdmin adds the operator endpoints. They only read, but for POST
-// GCPath and POST RotateKeyPath: what they show is what the driver and the
-// store hold at the time of the call.
+// ServeAdmin adds the operator endpoints (plugin/api), served on the
+// plugin's socket beside libnetwork's. They only read, but for POST
+// api.GCPath, api.RotateKeyPath and api.RepairPath: what they show is what
+// the driver and the store hold at the time of the call.
 func (h *Handler) ServeAdmin(a Admin) {
 	if a.Witness == nil {
 		a.Witness = kv.NewWitness()
 	}
-	h.admin("GET "+StatusPath, false, func(context.Context, *http.Request) (any, error) {
-		s := HostStatus{Host: a.Host, Version: Version, Store: a.Store, Scope: a.Scope, Networks: []driver.NetworkStatus{}}
-		if err := h.refusal(); err != nil {
-			s.Settings = err.Error()
-		}
-		if h.drv != nil {
-			s.Networks, s.Firewall = h.drv.Status(), h.drv.FirewallFlavour()
-			wg, err := h.drv.WireGuard().Status()
-			s.WireGuard = &wg
-			if err != nil {
-				s.WireGuardError = err.Error()
-			}
-			on, attached, packets, err := h.drv.FastPath()
-			s.FastPath = &FastPathStatus{On: on, Attached: attached, Packets: packets}
-			if err != nil {
-				s.FastPath.Error = err.Error()
-			}
-		}
-		return s, nil
+	h.admin("GET "+api.StatusPath, false, func(context.Context, *http.Request) (any, error) {
+		return h.status(a), nil
 	})
 	if a.RotateKey != nil {
-		h.admin("POST "+RotateKeyPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
+		h.admin("POST "+api.RotateKeyPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
 			pub, err := a.RotateKey(ctx)
-			return RotatedKey{PublicKey: pub}, err
+			return api.RotatedKey{PublicKey: pub}, err
 		})
 	}
 	if a.Repair != nil {
-		h.admin("POST "+RepairPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
+		h.admin("POST "+api.RepairPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
 			start := time.Now()
 			err := a.Repair(ctx)
-			return Repaired{Took: time.Since(start).Round(time.Millisecond).String()}, err
+			return api.Repaired{Took: time.Since(start).Round(time.Millisecond).String()}, err
 		})
 	}
-	h.admin("GET "+DoctorPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
+	h.admin("GET "+api.DoctorPath, false, func(ctx context.Context, _ *http.Request) (any, error) {
 		return h.doctor(ctx, a)
 	})
-	h.admin("GET "+HostsPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
-		return kv.Census(ctx, a.Cluster, a.Witness, a.Now(), a.LeaseTTL, nil)
+	h.admin("GET "+api.HostsPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
+		hosts, err := kv.Census(ctx, a.Cluster, a.Witness, a.Now(), a.LeaseTTL, nil)
+		return each(hosts, apiHost), err
 	})
-	h.admin("GET "+NetworksPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
-		return kv.Pools(ctx, a.Cluster, nil)
+	h.admin("GET "+api.NetworksPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
+		pools, err := kv.Pools(ctx, a.Cluster, nil)
+		return each(pools, apiPool), err
 	})
-	h.admin("GET "+AddressesPath, true, func(ctx context.Context, r *http.Request) (any, error) {
+	h.admin("GET "+api.AddressesPath, true, func(ctx context.Context, r *http.Request) (any, error) {
 		return h.addresses(ctx, a, r.URL.Query().Get("pool"))
 	})
-	h.admin("GET "+PortsPath, false, func(context.Context, *http.Request) (any, error) {
+	h.admin("GET "+api.PortsPath, false, func(context.Context, *http.Request) (any, error) {
 		if h.drv == nil {
-			return []driver.PublishedPorts{}, nil
+			return []api.PublishedPorts{}, nil
 		}
-		return h.drv.PublishedPorts(), nil
+		return each(h.drv.PublishedPorts(), apiPorts), nil
 	})
-	h.admin("GET "+GCPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
+	h.admin("GET "+api.GCPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
 		return h.gcPlan(ctx, a)
 	})
-	h.admin("POST "+GCPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
-		var done GCDone
-		gone, err := h.dockerGone(ctx, a)
-		if err != nil {
-			return done, err
-		}
-		for _, n := range gone {
-			// Docker asked again right before each removal: a network it
-			// made since the first listing stays (issue 24, audit L6).
-			if still, err := h.dockerGone(ctx, a); err != nil {
-				return done, err
-			} else if !slices.ContainsFunc(still, func(s driver.NetworkStatus) bool { return s.ID == n.ID }) {
-				continue
-			}
-			if err := h.drv.DeleteNetwork(ctx, n.ID); err != nil {
-				return done, fmt.Errorf("remove network record %s: %w", n.ID, err)
-			}
-			h.log.WithFields(logrus.Fields{"network": n.ID, "pool": n.Pool}).Info("removed a network record Docker no longer has (tartan gc --yes)")
-			done.Networks++
-		}
-		done.Collected, err = h.ipam.CollectGone(ctx, h.drv.Holding)
-		if err == nil {
-			h.log.WithFields(logrus.Fields{"addresses": done.Addresses, "blocks": done.Blocks, "hosts": done.Hosts, "orphans": done.Orphans}).Info("collected on the operator's request (tartan gc --yes)")
-		}
-		return done, err
+	h.admin("POST "+api.GCPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
+		return h.collect(ctx, a)
 	})
+}
+
+// status is this host as the plugin sees it (tartan status).
+func (h *Handler) status(a Admin) api.HostStatus {
+	s := api.HostStatus{Host: a.Host, Version: api.Version, Store: a.Store, Scope: a.Scope, Networks: []api.NetworkStatus{}}
+	if err := h.refusal(); err != nil {
+		s.Settings = err.Error()
+	}
+	if h.drv != nil {
+		s.Networks, s.Firewall = each(h.drv.Status(), apiNetwork), h.drv.FirewallFlavour()
+		wg, err := h.drv.WireGuard().Status()
+		ws := apiWireGuard(wg)
+		s.WireGuard = &ws
+		if err != nil {
+			s.WireGuardError = err.Error()
+		}
+		on, attached, packets, err := h.drv.FastPath()
+		s.FastPath = &api.FastPathStatus{On: on, Attached: attached, Packets: packets}
+		if err != nil {
+			s.FastPath.Error = err.Error()
+		}
+	}
+	return s
+}
+
+// collect removes the network records Docker no longer has, then what gone
+// hosts held and this host's orphans (tartan gc --yes).
+func (h *Handler) collect(ctx context.Context, a Admin) (api.GCDone, error) {
+	var done api.GCDone
+	gone, err := h.dockerGone(ctx, a)
+	if err != nil {
+		return done, err
+	}
+	for _, n := range gone {
+		// Docker asked again right before each removal: a network it
+		// made since the first listing stays (issue 24, audit L6).
+		if still, err := h.dockerGone(ctx, a); err != nil {
+			return done, err
+		} else if !slices.ContainsFunc(still, func(s driver.NetworkStatus) bool { return s.ID == n.ID }) {
+			continue
+		}
+		if err := h.drv.DeleteNetwork(ctx, n.ID); err != nil {
+			return done, fmt.Errorf("remove network record %s: %w", n.ID, err)
+		}
+		h.log.WithFields(logrus.Fields{"network": n.ID, "pool": n.Pool}).Info("removed a network record Docker no longer has (tartan gc --yes)")
+		done.Networks++
+	}
+	collected, err := h.ipam.CollectGone(ctx, h.drv.Holding)
+	done.Collected = apiCollected(collected)
+	if err == nil {
+		h.log.WithFields(logrus.Fields{"addresses": done.Addresses, "blocks": done.Blocks, "hosts": done.Hosts, "orphans": done.Orphans}).Info("collected on the operator's request (tartan gc --yes)")
+	}
+	return done, err
 }
 
 // admin serves one operator endpoint: fn's answer as JSON, its error
@@ -242,15 +175,15 @@ const StaleHandshake = 5 * time.Minute
 
 // wireguardFindings are the WireGuard peers that do not answer: sent to
 // and never heard from, or silent for StaleHandshake.
-func wireguardFindings(wg wireguard.Status, now time.Time) []Finding {
-	var out []Finding
+func wireguardFindings(wg wireguard.Status, now time.Time) []api.Finding {
+	var out []api.Finding
 	fix := fmt.Sprintf("check that UDP %d reaches that host from this one and back (a firewall on the path, a wrong ADVERTISE address), and that its plugin runs", wg.Port)
 	for _, p := range wg.Peers {
 		switch {
 		case p.LastHandshake.IsZero() && p.TxBytes > 0 && p.RxBytes == 0:
-			out = append(out, Finding{What: fmt.Sprintf("WireGuard peer %s at %s never answered (%d bytes sent, none received)", p.PublicKey, p.Endpoint, p.TxBytes), Fix: fix})
+			out = append(out, api.Finding{What: fmt.Sprintf("WireGuard peer %s at %s never answered (%d bytes sent, none received)", p.PublicKey, p.Endpoint, p.TxBytes), Fix: fix})
 		case !p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) > StaleHandshake:
-			out = append(out, Finding{What: fmt.Sprintf("WireGuard peer %s at %s has not handshaken for %s", p.PublicKey, p.Endpoint, now.Sub(p.LastHandshake).Round(time.Second)), Fix: fix})
+			out = append(out, api.Finding{What: fmt.Sprintf("WireGuard peer %s at %s has not handshaken for %s", p.PublicKey, p.Endpoint, now.Sub(p.LastHandshake).Round(time.Second)), Fix: fix})
 		}
 	}
 	return out
@@ -258,7 +191,7 @@ func wireguardFindings(wg wireguard.Status, now time.Time) []Finding {
 
 // addresses is a pool's addresses, with the endpoint of this host that has
 // each (tartan addresses).
-func (h *Handler) addresses(ctx context.Context, a Admin, given string) ([]AddressReport, error) {
+func (h *Handler) addresses(ctx context.Context, a Admin, given string) ([]api.AddressReport, error) {
 	pool, err := netip.ParsePrefix(given)
 	if err != nil || pool != pool.Masked() {
 		return nil, errdefs.Invalid("pool %q is not a subnet: give it as a CIDR, such as 10.244.0.0/16 (tartan networks lists them)", given)
@@ -274,9 +207,9 @@ func (h *Handler) addresses(ctx context.Context, a Admin, given string) ([]Addre
 		return nil, err
 	}
 	here := h.drv.EndpointsByAddress()[pool.String()]
-	out := make([]AddressReport, 0, len(addrs))
+	out := make([]api.AddressReport, 0, len(addrs))
 	for _, ad := range addrs {
-		rep := AddressReport{Address: ad}
+		rep := api.AddressReport{Address: apiAddress(ad)}
 		if ad.Host == a.Host {
 			rep.Endpoint = here[ad.IP]
 		}
@@ -286,19 +219,22 @@ func (h *Handler) addresses(ctx context.Context, a Admin, given string) ([]Addre
 }
 
 // gcPlan is what the next collection would remove (tartan gc).
-func (h *Handler) gcPlan(ctx context.Context, a Admin) (GCPlan, error) {
-	plan := GCPlan{Orphans: []kv.Address{}, Gone: []kv.HostReport{}}
-	var err error
-	if plan.Networks, err = h.dockerGone(ctx, a); err != nil {
+func (h *Handler) gcPlan(ctx context.Context, a Admin) (api.GCPlan, error) {
+	plan := api.GCPlan{Orphans: []api.Address{}, Gone: []api.HostReport{}}
+	gone, err := h.dockerGone(ctx, a)
+	plan.Networks = each(gone, apiNetwork)
+	if err != nil {
 		return plan, err
 	}
-	if plan.Orphans, err = h.ipam.Orphans(ctx, h.drv.Holding); err != nil {
+	orphans, err := h.ipam.Orphans(ctx, h.drv.Holding)
+	plan.Orphans = each(orphans, apiAddress)
+	if err != nil {
 		return plan, err
 	}
 	hosts, err := kv.Census(ctx, a.Cluster, a.Witness, a.Now(), ipam.GoneAfter*a.LeaseTTL, nil)
 	for _, hr := range hosts {
 		if hr.ID != a.Host && !hr.Alive {
-			plan.Gone = append(plan.Gone, hr)
+			plan.Gone = append(plan.Gone, apiHost(hr))
 		}
 	}
 	return plan, err
@@ -320,57 +256,27 @@ func (h *Handler) dockerGone(ctx context.Context, a Admin) ([]driver.NetworkStat
 // doctor compares what the driver's plans say with the kernel, the store
 // with this host's endpoints, and Docker's networks and endpoints with the
 // driver's records, changing nothing.
-func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
-	out := []Finding{}
+func (h *Handler) doctor(ctx context.Context, a Admin) ([]api.Finding, error) {
+	out := []api.Finding{}
 	if h.broken != nil {
-		out = append(out, Finding{What: "settings: " + h.broken.Error(), Fix: "docker plugin disable, docker plugin set the setting right, docker plugin enable"})
+		out = append(out, api.Finding{What: "settings: " + h.broken.Error(), Fix: "docker plugin disable, docker plugin set the setting right, docker plugin enable"})
 	} else if h.refused != nil {
 		if err := h.refused(); err != nil {
 			what, fix, _ := strings.Cut(err.Error(), ": on this machine, ")
-			out = append(out, Finding{What: "identity: " + what, Fix: "on this machine, " + fix})
+			out = append(out, api.Finding{What: "identity: " + what, Fix: "on this machine, " + fix})
 		}
 	}
 	if h.drv == nil || h.ipam == nil || a.Cluster == nil {
 		return out, nil
 	}
-	drift, err := h.drv.Drift()
+	kernel, err := h.kernelFindings(a.Now)
 	if err != nil {
 		return nil, err
 	}
-	for _, id := range slices.Sorted(maps.Keys(drift)) {
-		for _, d := range drift[id] {
-			out = append(out, Finding{Network: id, What: d, Fix: "tartan repair, or the next resync (RESYNC), repairs it"})
-		}
-	}
-	eps, err := h.drv.EndpointDrift()
-	if err != nil {
-		return nil, err
-	}
-	fp, err := h.drv.FastPathDrift()
-	if err != nil {
-		return nil, err
-	}
-	for _, x := range append(eps, fp...) {
-		out = append(out, Finding{What: x, Fix: "tartan repair, or the next resync (RESYNC), repairs it"})
-	}
-	for _, l := range h.drv.LinkDrift() {
-		out = append(out, Finding{What: l, Fix: "a network's device comes back with tartan repair or the next resync (RESYNC); an endpoint's record goes once its link stays gone for the grace period, or with docker rm of its container"})
-	}
-	if wg, err := h.drv.WireGuard().Status(); err != nil {
-		out = append(out, Finding{What: "the WireGuard device's state could not be read: " + err.Error(), Fix: "see the plugin's log; docker plugin disable -f and enable makes the device again"})
-	} else {
-		out = append(out, wireguardFindings(wg, a.Now())...)
-	}
-	fw, err := h.drv.FirewallDrift()
-	if err != nil {
-		return nil, err
-	}
-	for _, f := range fw {
-		out = append(out, Finding{What: "firewall: " + f, Fix: "tartan repair, or the next resync (RESYNC), rewrites tartan's rules"})
-	}
+	out = append(out, kernel...)
 	if a.Docker != nil {
 		if view, err := a.Docker.TartanNetworks(ctx); err != nil {
-			out = append(out, Finding{What: "Docker's view of this host's networks could not be read: " + err.Error(),
+			out = append(out, api.Finding{What: "Docker's view of this host's networks could not be read: " + err.Error(),
 				Fix: "point the plugin's docker mount at the engine's socket (docker plugin set tartan:latest docker.source=/var/run/docker.sock)"})
 		} else {
 			out = append(out, dockerDrift(view, h.drv.Status(), h.drv.EndpointRecords())...)
@@ -381,7 +287,7 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 		return nil, err
 	}
 	for _, o := range orphans {
-		out = append(out, Finding{What: fmt.Sprintf("address %s of pool %s is this host's in the store, but no endpoint here has it (since %s)", o.IP, o.Pool, o.Created.UTC().Format(time.RFC3339)),
+		out = append(out, api.Finding{What: fmt.Sprintf("address %s of pool %s is this host's in the store, but no endpoint here has it (since %s)", o.IP, o.Pool, o.Created.UTC().Format(time.RFC3339)),
 			Fix: "tartan gc --yes releases it now; the automatic collection does every LEASE_TTL"})
 	}
 	hosts, err := kv.Census(ctx, a.Cluster, a.Witness, a.Now(), a.LeaseTTL, nil)
@@ -397,17 +303,53 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]Finding, error) {
 			blocks = append(blocks, b.Block)
 		}
 		what := fmt.Sprintf("host %s (%s) lapsed: this host has not seen it renew since %s (by this host's clock), more than LEASE_TTL (%s); it still holds blocks %s",
-			hr.ID, or(hr.Address, "no host record"), hr.Seen.UTC().Format(time.RFC3339), a.LeaseTTL, strings.Join(blocks, " "))
-		out = append(out, Finding{What: what, Fix: fmt.Sprintf("if the host is gone for good, its blocks and addresses are collected once it has not been seen renewing for %d lease lifetimes (tartan gc --yes then, rather than at the next pass); if it is alive, check its plugin and its path to the store", ipam.GoneAfter)})
+			hr.ID, cmp.Or(hr.Address, "no host record"), hr.Seen.UTC().Format(time.RFC3339), a.LeaseTTL, strings.Join(blocks, " "))
+		out = append(out, api.Finding{What: what, Fix: fmt.Sprintf("if the host is gone for good, its blocks and addresses are collected once it has not been seen renewing for %d lease lifetimes (tartan gc --yes then, rather than at the next pass); if it is alive, check its plugin and its path to the store", ipam.GoneAfter)})
 	}
 	return out, nil
 }
 
-func or(s, dflt string) string {
-	if s == "" {
-		return dflt
+// kernelFindings compare what the driver's records and plans say with the
+// kernel: peer entries, endpoints, the fast path's maps, links, the
+// WireGuard peers (by this host's clock, now) and the firewall.
+func (h *Handler) kernelFindings(now func() time.Time) ([]api.Finding, error) {
+	var out []api.Finding
+	drift, err := h.drv.Drift()
+	if err != nil {
+		return nil, err
 	}
-	return s
+	for _, id := range slices.Sorted(maps.Keys(drift)) {
+		for _, d := range drift[id] {
+			out = append(out, api.Finding{Network: id, What: d, Fix: "tartan repair, or the next resync (RESYNC), repairs it"})
+		}
+	}
+	eps, err := h.drv.EndpointDrift()
+	if err != nil {
+		return nil, err
+	}
+	fp, err := h.drv.FastPathDrift()
+	if err != nil {
+		return nil, err
+	}
+	for _, x := range append(eps, fp...) {
+		out = append(out, api.Finding{What: x, Fix: "tartan repair, or the next resync (RESYNC), repairs it"})
+	}
+	for _, l := range h.drv.LinkDrift() {
+		out = append(out, api.Finding{What: l, Fix: "a network's device comes back with tartan repair or the next resync (RESYNC); an endpoint's record goes once its link stays gone for the grace period, or with docker rm of its container"})
+	}
+	if wg, err := h.drv.WireGuard().Status(); err != nil {
+		out = append(out, api.Finding{What: "the WireGuard device's state could not be read: " + err.Error(), Fix: "see the plugin's log; docker plugin disable -f and enable makes the device again"})
+	} else {
+		out = append(out, wireguardFindings(wg, now())...)
+	}
+	fw, err := h.drv.FirewallDrift()
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range fw {
+		out = append(out, api.Finding{What: "firewall: " + f, Fix: "tartan repair, or the next resync (RESYNC), rewrites tartan's rules"})
+	}
+	return out, nil
 }
 
 func errorText(err error) string {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/internal/dockerid"
+	"github.com/tartan-net/tartan/plugin/api"
 	"github.com/tartan-net/tartan/plugin/clusternet"
 )
 
@@ -24,8 +26,8 @@ type DockerView interface {
 // and the other lacks, an address they disagree on. A swarm-scoped network
 // with no container here is made on a node only when a task needs it, so
 // its absence from the records is no finding.
-func dockerDrift(docker []clusternet.NetworkView, nets []driver.NetworkStatus, eps []backend.Endpoint) []Finding {
-	var out []Finding
+func dockerDrift(docker []clusternet.NetworkView, nets []driver.NetworkStatus, eps []backend.Endpoint) []api.Finding {
+	var out []api.Finding
 	ours := map[string]driver.NetworkStatus{}
 	for _, n := range nets {
 		ours[n.ID] = n
@@ -46,7 +48,7 @@ func dockerDrift(docker []clusternet.NetworkView, nets []driver.NetworkStatus, e
 			if dn.Scope == "swarm" && len(dn.Endpoints) == 0 {
 				continue
 			}
-			out = append(out, Finding{Network: dn.ID, What: fmt.Sprintf("network %s is a tartan network in Docker, but the plugin has no record of it: its containers here have no routes", dn.Name),
+			out = append(out, api.Finding{Network: dn.ID, What: fmt.Sprintf("network %s is a tartan network in Docker, but the plugin has no record of it: its containers here have no routes", dn.Name),
 				Fix: fmt.Sprintf("docker network rm %s and create it again (Docker never sends a network's creation twice)", dn.Name)})
 			continue
 		}
@@ -54,12 +56,12 @@ func dockerDrift(docker []clusternet.NetworkView, nets []driver.NetworkStatus, e
 		for _, de := range dn.Endpoints {
 			e, ok := byID[de.ID]
 			if !ok {
-				out = append(out, Finding{Network: dn.ID, What: fmt.Sprintf("container %s on network %s (endpoint %s, %s) has no endpoint in tartan's records: no veth or route of tartan's serves it", de.Container, dn.Name, backend.ShortID(de.ID), de.IPv4),
+				out = append(out, api.Finding{Network: dn.ID, What: fmt.Sprintf("container %s on network %s (endpoint %s, %s) has no endpoint in tartan's records: no veth or route of tartan's serves it", de.Container, dn.Name, dockerid.Short(de.ID), de.IPv4),
 					Fix: fmt.Sprintf("docker restart %s (or docker network disconnect and connect it)", de.Container)})
 				continue
 			}
 			if w := mismatch(de, e); w != "" {
-				out = append(out, Finding{Network: dn.ID, What: fmt.Sprintf("container %s on network %s: %s", de.Container, dn.Name, w),
+				out = append(out, api.Finding{Network: dn.ID, What: fmt.Sprintf("container %s on network %s: %s", de.Container, dn.Name, w),
 					Fix: fmt.Sprintf("docker restart %s: its endpoint is made again with the addresses Docker holds", de.Container)})
 			}
 		}
@@ -68,16 +70,16 @@ func dockerDrift(docker []clusternet.NetworkView, nets []driver.NetworkStatus, e
 		switch {
 		case theirs[n.ID]:
 		case n.Endpoints == 0:
-			out = append(out, Finding{Network: n.ID, What: fmt.Sprintf("network %s (pool %s) is in tartan's records, but Docker has no such network here: it was removed while the plugin was away, and its record still holds the subnet on this host", backend.ShortID(n.ID), n.Pool),
+			out = append(out, api.Finding{Network: n.ID, What: fmt.Sprintf("network %s (pool %s) is in tartan's records, but Docker has no such network here: it was removed while the plugin was away, and its record still holds the subnet on this host", dockerid.Short(n.ID), n.Pool),
 				Fix: "tartan gc --yes removes the record and what it made in the kernel"})
 		default:
-			out = append(out, Finding{Network: n.ID, What: fmt.Sprintf("network %s (pool %s) is in tartan's records with %d endpoints, but Docker has no such network here", backend.ShortID(n.ID), n.Pool, n.Endpoints),
+			out = append(out, api.Finding{Network: n.ID, What: fmt.Sprintf("network %s (pool %s) is in tartan's records with %d endpoints, but Docker has no such network here", dockerid.Short(n.ID), n.Pool, n.Endpoints),
 				Fix: "remove the containers that were on it (docker rm -f); once the resync forgot their endpoints, tartan gc --yes removes the network's record"})
 		}
 	}
 	for _, e := range eps {
 		if theirs[e.Network] && !dockerEPs[e.ID] {
-			out = append(out, Finding{Network: e.Network, What: fmt.Sprintf("endpoint %s (%s) is in tartan's records, but Docker has no container with it on network %s (a container starting right now shows here for a moment)", backend.ShortID(e.ID), e.IP, backend.ShortID(e.Network)),
+			out = append(out, api.Finding{Network: e.Network, What: fmt.Sprintf("endpoint %s (%s) is in tartan's records, but Docker has no container with it on network %s (a container starting right now shows here for a moment)", dockerid.Short(e.ID), e.IP, dockerid.Short(e.Network)),
 				Fix: "the resync forgets it once its veth is gone or was never taken (a minute); docker network disconnect -f of the container, if it still shows in docker network inspect"})
 		}
 	}

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -147,8 +148,7 @@ func (id *Identity) Run(ctx context.Context) {
 	}
 	me, _ := json.Marshal(id.me)
 	key := IdentityPath(id.host)
-	var other string    // the other machine's instance we are waiting out
-	var since time.Time // since when
+	var other rival // the other machine's instance we are waiting out
 	backoff := time.Second
 	denied := false
 	for ctx.Err() == nil {
@@ -180,7 +180,7 @@ func (id *Identity) Run(ctx context.Context) {
 		}
 		backoff = time.Second
 		if held {
-			other = ""
+			other = rival{}
 			id.set(true, nil)
 			select {
 			case <-ctx.Done():
@@ -200,31 +200,53 @@ func (id *Identity) Run(ctx context.Context) {
 			}
 			continue
 		}
-		switch {
-		case h.Boot != "" && h.Boot == id.me.Boot, h.Address != "" && h.Address == id.me.Address:
-			// This machine's own previous process (it died holding the
-			// claim), or this machine before a reboot: take it over.
-			id.log.WithFields(logrus.Fields{"instance": h.Instance, "address": h.Address}).Info("taking over this host's identity claim from this machine's previous plugin process")
-			if err := id.claims.Break(ctx, key); err != nil {
-				id.log.Debugf("break the identity claim: %v", err)
-			}
-			continue
-		case h.Instance != other:
-			// Another machine, or this one under another address before
-			// a restart: a claim nobody renews lapses within twice its
-			// lifetime. Wait that out before deciding.
-			other, since = h.Instance, time.Now()
-			id.log.WithFields(logrus.Fields{"address": h.Address, "boot": h.Boot}).Warn("this host's identity is claimed by another process: waiting to see whether it is alive")
-		case time.Since(since) > 3*id.ttl:
-			err := fmt.Errorf("host ID %s is in use by another machine (address %s, boot %s, running since %s by its clock): this machine's tartan state folder (/var/lib/tartan on the host) is a copy of that machine's (a VM template, a disk image or a restored backup), and two machines with one host ID take each other's addresses. "+
-				"This plugin serves no request until that is fixed: on this machine, docker plugin disable -f tartan:latest, rm -r /var/lib/tartan, docker plugin enable tartan:latest (a new host ID is made; this machine's containers on tartan networks must be started again)",
-				id.host, or(h.Address, "unknown"), or(h.Boot, "unknown"), h.Started.Format(time.RFC3339))
+		again, err := id.contend(ctx, key, h, &other)
+		if err != nil {
 			id.log.Error(err)
 			id.set(false, err)
 			return
+		}
+		if again {
+			continue
 		}
 		if !kv.Sleep(ctx, id.ttl/2) {
 			return
 		}
 	}
+}
+
+// rival is another process that holds this host's identity claim, and
+// since when this one has seen it hold it.
+type rival struct {
+	instance string
+	since    time.Time
+}
+
+// contend decides about a claim another process (h) holds: this machine's
+// own previous process's claim is taken over (again: claim at once);
+// another's is waited out (other keeps whose, since when), and after three
+// claim lifetimes err says that another machine serves as this host.
+func (id *Identity) contend(ctx context.Context, key string, h IdentityRecord, other *rival) (again bool, err error) {
+	switch {
+	case h.Boot != "" && h.Boot == id.me.Boot, h.Address != "" && h.Address == id.me.Address:
+		// This machine's own previous process (it died holding the
+		// claim), or this machine before a reboot: take it over.
+		id.log.WithFields(logrus.Fields{"instance": h.Instance, "address": h.Address}).Info("taking over this host's identity claim from this machine's previous plugin process")
+		if err := id.claims.Break(ctx, key); err != nil {
+			id.log.Debugf("break the identity claim: %v", err)
+		}
+		return true, nil
+	case h.Instance != other.instance:
+		// Another machine, or this one under another address before
+		// a restart: a claim nobody renews lapses within twice its
+		// lifetime. Wait that out before deciding.
+		*other = rival{instance: h.Instance, since: time.Now()}
+		id.log.WithFields(logrus.Fields{"address": h.Address, "boot": h.Boot}).Warn("this host's identity is claimed by another process: waiting to see whether it is alive")
+	case time.Since(other.since) > 3*id.ttl:
+		err := fmt.Errorf("host ID %s is in use by another machine (address %s, boot %s, running since %s by its clock): this machine's tartan state folder (/var/lib/tartan on the host) is a copy of that machine's (a VM template, a disk image or a restored backup), and two machines with one host ID take each other's addresses. "+
+			"This plugin serves no request until that is fixed: on this machine, docker plugin disable -f tartan:latest, rm -r /var/lib/tartan, docker plugin enable tartan:latest (a new host ID is made; this machine's containers on tartan networks must be started again)",
+			id.host, cmp.Or(h.Address, "unknown"), cmp.Or(h.Boot, "unknown"), h.Started.Format(time.RFC3339))
+		return false, err
+	}
+	return false, nil
 }

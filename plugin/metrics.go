@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/internal/dockerid"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -161,7 +162,7 @@ func (c networkCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c networkCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, n := range c.drv.Status() {
-		labels := []string{n.ID[:min(12, len(n.ID))], n.Backend, n.Pool}
+		labels := []string{dockerid.Short(n.ID), n.Backend, n.Pool}
 		ch <- prometheus.MustNewConstMetric(c.endpoints, prometheus.GaugeValue, float64(n.Endpoints), labels...)
 		ch <- prometheus.MustNewConstMetric(c.routes, prometheus.GaugeValue, float64(n.Routes), labels...)
 		ch <- prometheus.MustNewConstMetric(c.neighbors, prometheus.GaugeValue, float64(n.Neighbors), labels...)

@@ -18,8 +18,6 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
-
 	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
@@ -27,20 +25,10 @@ import (
 	"github.com/tartan-net/tartan/driver/wireguard"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/plugin/api"
 	"github.com/tartan-net/tartan/plugin/clusternet"
+	"golang.org/x/sys/unix"
 )
-
-// Version is set at build time.
-var Version = "dev"
-
-// RenewEvery is how often the host checks its registration and leases: a
-// tenth of the lease lifetime, at most a minute, so that a new underlay
-// address is published within a minute and a live host never lapses.
-func RenewEvery(ttl time.Duration) time.Duration { return min(time.Minute, ttl/10) }
-
-// RenewAfter is how often a host renews its liveness (renewals/<id>, which
-// nobody watches): a quarter of the lease lifetime, at most an hour.
-func RenewAfter(ttl time.Duration) time.Duration { return min(time.Hour, ttl/4) }
 
 // Run serves the plugin on socket until ctx ends.
 func Run(ctx context.Context, socket string, env func(string) string, log *logrus.Logger) error {
@@ -90,11 +78,20 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		return err
 	}
 	entry := log.WithField("host", host)
+	cluster, metrics, serr := openCluster(s, serr, local, entry)
+	return runHost(ctx, socket, s, serr, local, cluster, metrics, host, entry)
+}
+
+// openCluster is the store the settings name, observed for the metrics
+// when METRICS is set; the local store when they name none, or when they
+// are broken or the store cannot be opened (serr then says why).
+func openCluster(s Settings, serr error, local *kv.Bolt, entry logrus.FieldLogger) (kv.Store, *Metrics, error) {
 	var cluster kv.Store = local
 	if c := s.Consul; serr == nil && c != nil && c.Scheme == "http" && c.Token != "" && !loopbackOnly(c.Addresses) {
 		entry.Warnf("STORE=%s sends the Consul token in clear over plain HTTP to another machine: use consul+https://… with CONSUL_CACERT", s.Store)
 	}
 	if serr == nil && s.Consul != nil {
+		var err error
 		if cluster, err = kv.NewConsul(*s.Consul); err != nil {
 			serr = err
 			cluster = local
@@ -105,6 +102,14 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		metrics = NewMetrics()
 		cluster = kv.Observed(cluster, metrics.Store)
 	}
+	return cluster, metrics, serr
+}
+
+// runHost makes the plugin's parts for this host (firewall, identity, IPAM,
+// WireGuard device, fast path, driver), starts the background work, and
+// serves until ctx ends. With serr (broken settings) it serves every
+// request that error and runs nothing in the background.
+func runHost(ctx context.Context, socket string, s Settings, serr error, local *kv.Bolt, cluster kv.Store, metrics *Metrics, host string, entry *logrus.Entry) error {
 	fw, err := firewall.New()
 	if err != nil {
 		return err
@@ -127,14 +132,10 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	im := ipam.New(cluster, ipam.Config{Host: host, AutoRange: s.AutoPool, AutoBits: s.AutoBits, LeaseTTL: s.LeaseTTL,
 		Taken: kernel.OverlapsHostRoute, Witness: witness, Ready: identity.Ready, Now: now}, entry.WithField("part", "ipam"))
 	docker, noCluster := dockerAPI(s)
-	key, made, err := wireguard.LoadKey(s.StateDir, s.WireGuardRotate)
+	wg, made, err := wireGuardDevice(s, entry)
 	if err != nil {
 		return err
 	}
-	if made {
-		entry.WithField("publicKey", key.Public().String()).Info("made this host's WireGuard key pair (the private key stays in the state folder)")
-	}
-	wg := wireguard.NewDevice(wireguard.DeviceName, s.WireGuardPort, s.WireGuardMode, key, entry.WithField("part", "wireguard"))
 	fp := loadFastPath(s.FastPath, entry.WithField("part", "fastpath"))
 	if fp != nil {
 		defer fp.Close()
@@ -157,7 +158,7 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 	if serr != nil {
 		entry.Errorf("settings: %v (every request will fail with this until it is fixed)", serr)
 	}
-	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "state": s.StateDir, "version": Version, "firewall": fw.Flavour()}).Info("tartan serving")
+	entry.WithFields(logrus.Fields{"socket": socket, "store": cluster.String(), "state": s.StateDir, "version": api.Version, "firewall": fw.Flavour()}).Info("tartan serving")
 	go warnEngine(ctx, s.DockerSocket, entry)
 	outbox := NewOutbox(local, im, drv, entry.WithField("part", "outbox"))
 	repairs := make(chan chan error)
@@ -169,20 +170,41 @@ func Run(ctx context.Context, socket string, env func(string) string, log *logru
 		}
 	}
 	go background(ctx, drv, im, outbox, reg, identity, returned, made, s, metrics, repairs, entry)
-	if metrics != nil {
-		metrics.Networks(drv)
-		go func() {
-			if err := metrics.Serve(ctx, s.Metrics); err != nil {
-				entry.Errorf("METRICS=%s: %v (metrics are off; the plugin serves on)", s.Metrics, err)
-			}
-		}()
-	}
+	serveMetrics(ctx, metrics, drv, s.Metrics, entry)
 	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
 	h.SetMetrics(metrics)
 	h.SetRefusal(identity.Refused)
 	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: now, Witness: witness, Docker: engineView(s.DockerSocket),
 		RotateKey: (&keyRotator{wg: wg, reg: reg, s: s, log: entry}).rotate, Repair: repairNow(repairs)})
 	return serve(ctx, socket, h)
+}
+
+// wireGuardDevice is this host's WireGuard device, with the key pair from
+// the state folder (made, and made says so, when there is none or
+// WG_ROTATE asks for a new one).
+func wireGuardDevice(s Settings, entry *logrus.Entry) (*wireguard.Device, bool, error) {
+	key, made, err := wireguard.LoadKey(s.StateDir, s.WireGuardRotate)
+	if err != nil {
+		return nil, false, err
+	}
+	if made {
+		entry.WithField("publicKey", key.Public().String()).Info("made this host's WireGuard key pair (the private key stays in the state folder)")
+	}
+	return wireguard.NewDevice(wireguard.DeviceName, s.WireGuardPort, s.WireGuardMode, key, entry.WithField("part", "wireguard")), made, nil
+}
+
+// serveMetrics serves the metrics (nil: METRICS is off) on addr until ctx
+// ends.
+func serveMetrics(ctx context.Context, metrics *Metrics, drv *driver.Driver, addr string, entry *logrus.Entry) {
+	if metrics == nil {
+		return
+	}
+	metrics.Networks(drv)
+	go func() {
+		if err := metrics.Serve(ctx, addr); err != nil {
+			entry.Errorf("METRICS=%s: %v (metrics are off; the plugin serves on)", addr, err)
+		}
+	}()
 }
 
 // hostLockWanted says whether the plugin runs with the host's /run mounted
@@ -267,151 +289,6 @@ func dockerAPI(s Settings) (*clusternet.API, error) {
 	return clusternet.NewAPI(s.DockerSocket)
 }
 
-// repairNow asks the background's resync loop for a resync now (tartan
-// repair) and waits for its outcome.
-func repairNow(repairs chan chan error) func(context.Context) error {
-	return func(ctx context.Context) error {
-		done := make(chan error, 1)
-		select {
-		case repairs <- done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		select {
-		case err := <-done:
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// background does the work that must never hold up a request: the first
-// full reconcile, then periodic ones (and one for each tartan repair, sent
-// on repairs), host registration and lease renewal.
-func background(ctx context.Context, drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, reg *Registrar, identity *Identity, returned <-chan struct{}, newKey bool, s Settings, metrics *Metrics, repairs chan chan error, log logrus.FieldLogger) {
-	doReconcile := func() error {
-		start := time.Now()
-		err := drv.Reconcile(ctx)
-		metrics.Resync(time.Since(start), err)
-		if err != nil {
-			log.Warnf("reconcile: %v", err)
-		}
-		// Releases queued while the store was unreachable, every resync
-		// (an empty queue costs a local listing).
-		c, cancel := context.WithTimeout(ctx, RequestTimeout)
-		defer cancel()
-		landed, left, ferr := outbox.Flush(c)
-		if ferr != nil {
-			log.Warnf("queued releases: %v", ferr)
-		}
-		if landed > 0 || left > 0 {
-			log.WithFields(logrus.Fields{"landed": landed, "left": left}).Info("queued address releases retried")
-		}
-		return errors.Join(err, ferr)
-	}
-	doRenew := func() {
-		c, cancel := context.WithTimeout(ctx, RequestTimeout)
-		defer cancel()
-		rerr := reg.Register(c)
-		if rerr != nil {
-			log.Warnf("host registration: %v", rerr)
-		}
-		lerr := im.RenewLeases(c)
-		if lerr != nil {
-			log.Warnf("lease renewal: %v", lerr)
-		}
-		metrics.Renewal(errors.Join(rerr, lerr))
-	}
-	// What this host uses goes back into the store if it is gone from it
-	// (collected while the host was cut off, or removed by a bug or a
-	// hand): its holder key of every pool its networks use, and the
-	// records of its live endpoints' addresses, IPv4 and IPv6.
-	doReassert := func(c context.Context) {
-		for _, id := range drv.LocalPools() {
-			if err := im.ReassertHolder(c, id); err != nil && !errors.Is(err, kv.ErrConflict) {
-				log.Errorf("holder key of a pool this host uses: %v", err)
-			}
-		}
-		for _, a := range drv.LocalAddresses() {
-			if err := im.Reassert(c, a.Pool, a.IP, a.MAC); err != nil {
-				log.Errorf("address of a live endpoint: %v", err)
-			}
-		}
-	}
-	doCollect := func() {
-		c, cancel := context.WithTimeout(ctx, time.Minute)
-		defer cancel()
-		doReassert(c)
-		got, err := im.CollectGone(c, drv.Holding)
-		if err != nil {
-			log.Warnf("collecting gone hosts: %v", err)
-		}
-		if got != (ipam.Collected{}) {
-			log.WithFields(logrus.Fields{"addresses": got.Addresses, "blocks": got.Blocks, "hosts": got.Hosts, "orphans": got.Orphans}).Info("collected what gone hosts held and this host's orphaned addresses")
-		}
-	}
-	// Three loops: a reconcile that is slow (a busy xtables lock, a slow
-	// kernel) must not stop the host's renewals, or every peer would take
-	// a live host for gone; gone hosts are collected at the
-	// pace of leases.
-	go func() {
-		// Registered only once this machine holds its host ID: a copy of
-		// another machine's state folder never registers.
-		if err := identity.Ready(ctx); err != nil {
-			return
-		}
-		if newKey {
-			// A new WireGuard key (WG_ROTATE, a removed key file) is
-			// registered once the device has its peers: a peer that
-			// re-keys at once and finds it not ready would wait out
-			// WireGuard's 5-second handshake retry.
-			waitUntil(ctx, 15*time.Second, drv.TunnelReady)
-		}
-		every(ctx, RenewEvery(s.LeaseTTL), doRenew)
-	}()
-	go every(ctx, max(s.LeaseTTL, time.Minute), doCollect)
-	// A host record written anew (Registrar.Created) may mean this host was
-	// collected while it was away: what it uses goes back at once, not at
-	// the next collection.
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-returned:
-				c, cancel := context.WithTimeout(ctx, time.Minute)
-				doReassert(c)
-				cancel()
-			}
-		}
-	}()
-	// A start is often the end of a crash, whose half-made requests left
-	// orphaned records: one more pass once they are old enough to sweep
-	// (the periodic one may be a lease lifetime away).
-	go func() {
-		select {
-		case <-time.After(2 * ipam.OrphanAfter):
-			doCollect()
-		case <-ctx.Done():
-		}
-	}()
-	t := time.NewTicker(s.Resync)
-	defer t.Stop()
-	_ = doReconcile()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			_ = doReconcile()
-		case done := <-repairs:
-			done <- doReconcile()
-			t.Reset(s.Resync)
-		}
-	}
-}
-
 // keyRotator gives the host a new WireGuard key pair while it runs
 // (tartan rotate-key), one rotation at a time.
 type keyRotator struct {
@@ -458,33 +335,6 @@ func (k *keyRotator) rotate(ctx context.Context) (string, error) {
 	pub := key.Public().String()
 	k.log.WithField("publicKey", pub).Info("rotated this host's WireGuard key pair (tartan rotate-key)")
 	return pub, nil
-}
-
-// waitUntil polls cond every 100 ms until it holds, ctx ends or limit
-// passes.
-func waitUntil(ctx context.Context, limit time.Duration, cond func() bool) {
-	deadline := time.Now().Add(limit)
-	for !cond() && time.Now().Before(deadline) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// every runs fn now and then every period until ctx ends.
-func every(ctx context.Context, period time.Duration, fn func()) {
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		fn()
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // hostID is generated once and kept in the local store.

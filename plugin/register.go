@@ -8,6 +8,7 @@ import (
 
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/plugin/api"
 )
 
 // Registrar keeps this host's registration. Its record (hosts/<id>, which
@@ -92,12 +93,12 @@ func (r *Registrar) Register(ctx context.Context) error {
 		if r.WireGuard != nil {
 			wgKey, wgPort = r.WireGuard()
 		}
-		same := exists && h.Address == addr && h.LinkLocal6 == ll && h.Version == Version && h.Renewals &&
+		same := exists && h.Address == addr && h.LinkLocal6 == ll && h.Version == api.Version && h.Renewals &&
 			h.WireGuardKey == wgKey && h.WireGuardPort == wgPort
 		if same && (!r.oldReaders || now.Sub(h.Renewed) < r.Fresh) {
 			return kv.ErrUnchanged
 		}
-		*h = kv.Host{ID: r.Host, Address: addr, LinkLocal6: ll, Version: Version, Renewed: now, Renewals: true,
+		*h = kv.Host{ID: r.Host, Address: addr, LinkLocal6: ll, Version: api.Version, Renewed: now, Renewals: true,
 			WireGuardKey: wgKey, WireGuardPort: wgPort}
 		return nil
 	})

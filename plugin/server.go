@@ -94,7 +94,16 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, log logrus.Fi
 	h.mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
 	})
-	// Network driver.
+	h.serveNetworkDriver()
+	h.serveIPAMDriver()
+	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusNotFound, errorBody{Err: fmt.Sprintf("tartan does not implement %s", r.URL.Path)})
+	})
+	return h
+}
+
+// serveNetworkDriver adds libnetwork's network driver calls.
+func (h *Handler) serveNetworkDriver() {
 	handle(h, "/NetworkDriver.GetCapabilities", func(context.Context, *struct{}) (any, error) {
 		return driverCapabilities{Scope: h.drv.Scope(), ConnectivityScope: network.GlobalScope, GwAllocChecker: true}, nil
 	})
@@ -129,6 +138,12 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, log logrus.Fi
 	handle(h, "/NetworkDriver.FreeNetwork", func(ctx context.Context, r *network.FreeNetworkRequest) (any, error) {
 		return nil, h.drv.FreeNetwork(ctx, r.NetworkID)
 	})
+	h.serveEndpoints()
+}
+
+// serveEndpoints adds the network driver's endpoint calls: create, join,
+// ports, leave, delete.
+func (h *Handler) serveEndpoints() {
 	handle(h, "/NetworkDriver.CreateEndpoint", func(ctx context.Context, r *network.CreateEndpointRequest) (any, error) {
 		req, err := endpointRequest(r)
 		if err != nil {
@@ -176,7 +191,10 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, log logrus.Fi
 	handle(h, "/NetworkDriver.RevokeExternalConnectivity", func(ctx context.Context, r *network.RevokeExternalConnectivityRequest) (any, error) {
 		return nil, h.drv.WithdrawPorts(ctx, r.EndpointID)
 	})
-	// IPAM driver.
+}
+
+// serveIPAMDriver adds libnetwork's IPAM driver calls.
+func (h *Handler) serveIPAMDriver() {
 	handle(h, "/IpamDriver.GetCapabilities", func(context.Context, *struct{}) (any, error) {
 		return ipamCapabilities{RequiresMACAddress: true, RequiresRequestReplay: true}, nil
 	})
@@ -236,10 +254,6 @@ func NewHandler(drv *driver.Driver, im *ipam.IPAM, outbox *Outbox, log logrus.Fi
 		}
 		return nil, err
 	})
-	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, http.StatusNotFound, errorBody{Err: fmt.Sprintf("tartan does not implement %s", r.URL.Path)})
-	})
-	return h
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }

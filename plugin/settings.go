@@ -85,35 +85,11 @@ func ParseSettings(env func(string) string) (Settings, error) {
 	}
 	s.Store = strings.TrimSpace(env("STORE"))
 	if s.Store != "" {
-		c, err := ParseStore(s.Store)
+		c, err := consulSettings(s.Store, env)
 		if err != nil {
 			return s, err
 		}
-		c.Token = env("CONSUL_HTTP_TOKEN")
-		// The token from a file keeps it out of docker plugin inspect
-		// and out of every child's environment (issue 24, audit L4).
-		if f := strings.TrimSpace(env("CONSUL_HTTP_TOKEN_FILE")); f != "" {
-			if c.Token != "" {
-				return s, fmt.Errorf("CONSUL_HTTP_TOKEN and CONSUL_HTTP_TOKEN_FILE are both set: keep one (the file keeps the token out of docker plugin inspect)")
-			}
-			b, err := os.ReadFile(f)
-			if err != nil || strings.TrimSpace(string(b)) == "" {
-				return s, fmt.Errorf("CONSUL_HTTP_TOKEN_FILE=%s: %v: put the token in a file the plugin sees, such as /var/lib/tartan/consul.token on the host (0600), and give its path inside: /host/var/lib/tartan/consul.token", f, cmp.Or(err, errors.New("the file is empty")))
-			}
-			c.Token = strings.TrimSpace(string(b))
-		}
-		c.CAFile, c.CertFile, c.KeyFile = env("CONSUL_CACERT"), env("CONSUL_CLIENT_CERT"), env("CONSUL_CLIENT_KEY")
-		for name, f := range map[string]string{"CONSUL_CACERT": c.CAFile, "CONSUL_CLIENT_CERT": c.CertFile, "CONSUL_CLIENT_KEY": c.KeyFile} {
-			if f != "" {
-				if _, err := os.Stat(f); err != nil {
-					return s, fmt.Errorf("%s=%s: %v: mount the file into the plugin and give its path inside", name, f, err)
-				}
-			}
-		}
-		if c.Scheme == "http" && (c.CAFile != "" || c.CertFile != "" || c.KeyFile != "") {
-			return s, fmt.Errorf("STORE=%s is plain HTTP but CONSUL_CACERT/CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY are set: use consul+https://… so that they are used (and the token is not sent in clear)", s.Store)
-		}
-		s.Consul = &c
+		s.Consul = c
 	}
 	switch v := strings.TrimSpace(env("SCOPE")); v {
 	case "", "local":
@@ -122,19 +98,11 @@ func ParseSettings(env func(string) string) (Settings, error) {
 	default:
 		return s, fmt.Errorf("SCOPE=%s: use local or global", v)
 	}
-	if v := strings.TrimSpace(env("VXLAN_PORT")); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 65535 {
-			return s, fmt.Errorf("VXLAN_PORT=%s: use a UDP port number from 1 to 65535 (default %d)", v, vxlan.DefaultPort)
-		}
-		s.VXLANPort = n
+	if err := portSetting(env, "VXLAN_PORT", &s.VXLANPort, vxlan.DefaultPort); err != nil {
+		return s, err
 	}
-	if v := strings.TrimSpace(env("WG_PORT")); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 65535 {
-			return s, fmt.Errorf("WG_PORT=%s: use a UDP port number from 1 to 65535 (default %d)", v, wireguard.DefaultPort)
-		}
-		s.WireGuardPort = n
+	if err := portSetting(env, "WG_PORT", &s.WireGuardPort, wireguard.DefaultPort); err != nil {
+		return s, err
 	}
 	if s.WireGuardPort == s.VXLANPort {
 		return s, fmt.Errorf("WG_PORT=%d is VXLAN_PORT too: give WireGuard and VXLAN different UDP ports", s.WireGuardPort)
@@ -154,26 +122,21 @@ func ParseSettings(env func(string) string) (Settings, error) {
 	default:
 		return s, fmt.Errorf("FASTPATH=%s: use auto (the eBPF fast path where the kernel takes it, else the kernel path) or off (the kernel path only)", v)
 	}
-	if v := strings.TrimSpace(env("LEASE_TTL")); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 10*time.Second {
-			return s, fmt.Errorf("LEASE_TTL=%s: use a duration of at least 10s, such as 24h", v)
+	const year = 365 * 24 * time.Hour
+	for _, d := range []struct {
+		name string
+		to   *time.Duration
+		ok   func(time.Duration) bool
+		use  string
+	}{
+		{"LEASE_TTL", &s.LeaseTTL, func(d time.Duration) bool { return d >= 10*time.Second }, "use a duration of at least 10s, such as 24h"},
+		{"RESYNC", &s.Resync, func(d time.Duration) bool { return d >= time.Second && d <= time.Hour }, "use a duration from 1s to 1h, such as 30s"},
+		{"CLOCK_SKEW", &s.ClockSkew, func(d time.Duration) bool { return d >= -year && d <= year },
+			"use a duration within a year either way, such as 72h or -72h (for tests: a machine whose clock is that far off)"},
+	} {
+		if err := durationSetting(env, d.name, d.to, d.ok, d.use); err != nil {
+			return s, err
 		}
-		s.LeaseTTL = d
-	}
-	if v := strings.TrimSpace(env("RESYNC")); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < time.Second || d > time.Hour {
-			return s, fmt.Errorf("RESYNC=%s: use a duration from 1s to 1h, such as 30s", v)
-		}
-		s.Resync = d
-	}
-	if v := strings.TrimSpace(env("CLOCK_SKEW")); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < -365*24*time.Hour || d > 365*24*time.Hour {
-			return s, fmt.Errorf("CLOCK_SKEW=%s: use a duration within a year either way, such as 72h or -72h (for tests: a machine whose clock is that far off)", v)
-		}
-		s.ClockSkew = d
 	}
 	if v := strings.TrimSpace(env("LOG_LEVEL")); v != "" {
 		l, err := logrus.ParseLevel(v)
@@ -182,10 +145,82 @@ func ParseSettings(env func(string) string) (Settings, error) {
 		}
 		s.LogLevel = l
 	}
+	err := addressSettings(env, &s)
+	return s, err
+}
+
+// consulSettings reads the Consul client's settings for STORE: its token
+// (CONSUL_HTTP_TOKEN, or the file CONSUL_HTTP_TOKEN_FILE names) and its TLS
+// files.
+func consulSettings(store string, env func(string) string) (*kv.ConsulConfig, error) {
+	c, err := ParseStore(store)
+	if err != nil {
+		return nil, err
+	}
+	c.Token = env("CONSUL_HTTP_TOKEN")
+	// The token from a file keeps it out of docker plugin inspect
+	// and out of every child's environment (issue 24, audit L4).
+	if f := strings.TrimSpace(env("CONSUL_HTTP_TOKEN_FILE")); f != "" {
+		if c.Token != "" {
+			return nil, fmt.Errorf("CONSUL_HTTP_TOKEN and CONSUL_HTTP_TOKEN_FILE are both set: keep one (the file keeps the token out of docker plugin inspect)")
+		}
+		b, err := os.ReadFile(f)
+		if err != nil || strings.TrimSpace(string(b)) == "" {
+			return nil, fmt.Errorf("CONSUL_HTTP_TOKEN_FILE=%s: %v: put the token in a file the plugin sees, such as /var/lib/tartan/consul.token on the host (0600), and give its path inside: /host/var/lib/tartan/consul.token", f, cmp.Or(err, errors.New("the file is empty")))
+		}
+		c.Token = strings.TrimSpace(string(b))
+	}
+	c.CAFile, c.CertFile, c.KeyFile = env("CONSUL_CACERT"), env("CONSUL_CLIENT_CERT"), env("CONSUL_CLIENT_KEY")
+	for name, f := range map[string]string{"CONSUL_CACERT": c.CAFile, "CONSUL_CLIENT_CERT": c.CertFile, "CONSUL_CLIENT_KEY": c.KeyFile} {
+		if f != "" {
+			if _, err := os.Stat(f); err != nil {
+				return nil, fmt.Errorf("%s=%s: %v: mount the file into the plugin and give its path inside", name, f, err)
+			}
+		}
+	}
+	if c.Scheme == "http" && (c.CAFile != "" || c.CertFile != "" || c.KeyFile != "") {
+		return nil, fmt.Errorf("STORE=%s is plain HTTP but CONSUL_CACERT/CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY are set: use consul+https://… so that they are used (and the token is not sent in clear)", store)
+	}
+	return &c, nil
+}
+
+// portSetting reads a UDP port setting into *port, when set; dflt is the
+// default the error names.
+func portSetting(env func(string) string, name string, port *int, dflt int) error {
+	v := strings.TrimSpace(env(name))
+	if v == "" {
+		return nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%s=%s: use a UDP port number from 1 to 65535 (default %d)", name, v, dflt)
+	}
+	*port = n
+	return nil
+}
+
+// durationSetting reads a duration setting into *d, when set: one that does
+// not parse, or that ok refuses, is an error saying use.
+func durationSetting(env func(string) string, name string, d *time.Duration, ok func(time.Duration) bool, use string) error {
+	v := strings.TrimSpace(env(name))
+	if v == "" {
+		return nil
+	}
+	x, err := time.ParseDuration(v)
+	if err != nil || !ok(x) {
+		return fmt.Errorf("%s=%s: %s", name, v, use)
+	}
+	*d = x
+	return nil
+}
+
+// addressSettings reads the settings that are addresses: AUTO_POOL,
+// METRICS and AUTO_POOL_SIZE.
+func addressSettings(env func(string) string, s *Settings) error {
 	if v := strings.TrimSpace(env("AUTO_POOL")); v != "" {
 		p, err := netip.ParsePrefix(v)
 		if err != nil || !p.Addr().Is4() || p.Masked() != p {
-			return s, fmt.Errorf("AUTO_POOL=%s: use an IPv4 CIDR such as 10.240.0.0/12", v)
+			return fmt.Errorf("AUTO_POOL=%s: use an IPv4 CIDR such as 10.240.0.0/12", v)
 		}
 		s.AutoPool = p
 	}
@@ -193,18 +228,18 @@ func ParseSettings(env func(string) string) (Settings, error) {
 		host, port, err := net.SplitHostPort(v)
 		n, perr := strconv.Atoi(port)
 		if err != nil || perr != nil || n < 1 || n > 65535 || (host != "" && net.ParseIP(host) == nil) {
-			return s, fmt.Errorf("METRICS=%s: use an address and TCP port to serve /metrics on, such as 127.0.0.1:9323 or :9323 (the plugin runs in the host's network namespace), or leave it empty", v)
+			return fmt.Errorf("METRICS=%s: use an address and TCP port to serve /metrics on, such as 127.0.0.1:9323 or :9323 (the plugin runs in the host's network namespace), or leave it empty", v)
 		}
 		s.Metrics = v
 	}
 	if v := strings.TrimSpace(env("AUTO_POOL_SIZE")); v != "" {
 		n, err := strconv.Atoi(strings.TrimPrefix(v, "/"))
 		if err != nil || n < s.AutoPool.Bits() || n > 30 {
-			return s, fmt.Errorf("AUTO_POOL_SIZE=%s: use a prefix length from %d to 30", v, s.AutoPool.Bits())
+			return fmt.Errorf("AUTO_POOL_SIZE=%s: use a prefix length from %d to 30", v, s.AutoPool.Bits())
 		}
 		s.AutoBits = n
 	}
-	return s, nil
+	return nil
 }
 
 // ParseStore reads a STORE URL: consul://host[:port][,host[:port]...][/prefix],

@@ -8,6 +8,7 @@ import (
 	"github.com/tartan-net/tartan/driver"
 	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/errdefs"
+	"github.com/tartan-net/tartan/internal/dockerid"
 	"github.com/tartan-net/tartan/ipam"
 )
 
@@ -95,7 +96,7 @@ func ipv4Pool(v4 []*network.IPAMData, anySpace bool) (netip.Prefix, *network.IPA
 // endpointRequest reads a CreateEndpoint request.
 func endpointRequest(r *network.CreateEndpointRequest) (driver.EndpointRequest, error) {
 	if r.Interface == nil || r.Interface.Address == "" {
-		return driver.EndpointRequest{}, errdefs.Invalid("endpoint %s has no IPv4 address: tartan networks need --ipam-driver tartan:latest", backend.ShortID(r.EndpointID))
+		return driver.EndpointRequest{}, errdefs.Invalid("endpoint %s has no IPv4 address: tartan networks need --ipam-driver tartan:latest", dockerid.Short(r.EndpointID))
 	}
 	addr, err := netip.ParsePrefix(r.Interface.Address)
 	if err != nil || !addr.Addr().Is4() {

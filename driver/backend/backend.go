@@ -5,24 +5,30 @@
 //
 //   - driver/vxlan: routed containers, peers behind a kernel VXLAN device
 //   - driver/hostgw: routed containers, peers routed on the underlay
+//   - driver/wireguard: routed containers, peers behind the host's
+//     WireGuard device (-o encrypted)
 //   - driver/macvlan: containers straight on a parent interface's segment
 //
-// driver/routed holds what the two routed backends share (veth, /32 route,
-// link-local gateway, isolation and NAT, cross-host routing).
+// driver/routed holds what the three routed backends share (veth, /32
+// route, link-local gateway, isolation and NAT, cross-host routing).
 //
-// Backends hold no lock and keep no state of their own: every method gets
+// Backends keep no state of their own in their methods: every method gets
 // the records it works on and may be called concurrently for different
-// networks and endpoints. Kernel calls must survive being made twice.
+// networks and endpoints (the one host-wide object a backend holds, the
+// WireGuard device, guards itself). Kernel calls must survive being made
+// twice.
 package backend
 
 import (
 	"context"
 	"net/netip"
+	"strconv"
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/driver/routing"
+	"github.com/tartan-net/tartan/errdefs"
 )
 
 // Backend is one way of carrying a network's traffic.
@@ -98,6 +104,16 @@ type Option struct {
 	Parse func(o *Options, value string) error
 }
 
+// BoolOption reads a true/false -o option: the one way a boolean option's
+// value is read, and refused.
+func BoolOption(key, value string) (bool, error) {
+	b, err := strconv.ParseBool(value)
+	if err != nil {
+		return false, errdefs.Invalid("-o %s=%s is not a boolean: use true or false", key, value)
+	}
+	return b, nil
+}
+
 // Options are a network's validated -o options.
 type Options struct {
 	Backend       string
@@ -167,6 +183,3 @@ type Host struct {
 	Underlay func() (kernel.Underlay, error)
 	Log      logrus.FieldLogger
 }
-
-// ShortID is the form of Docker IDs in messages and logs.
-func ShortID(id string) string { return id[:min(12, len(id))] }

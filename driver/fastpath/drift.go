@@ -12,7 +12,7 @@ import (
 // changing nothing (tartan doctor): what Sync would write, remove or
 // attach.
 func (f *FastPath) Drift(st State) ([]string, error) {
-	want, _ := f.plan(st)
+	want, _ := f.resolve(st)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	ifname := func(i uint32) string {

@@ -9,20 +9,20 @@ import (
 	"testing"
 
 	"github.com/sirupsen/logrus"
-	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // inNetns marks the test binary run again in a network namespace of its
 // own (TestMain): Sync attaches programs to interfaces.
 const inNetns = "TARTAN_TEST_FASTPATH_NETNS"
 
-func TestMain(m *testing.M) { os.Exit(testbed.MainInOwnNetns(m, inNetns)) }
+func TestMain(m *testing.M) { os.Exit(testkit.MainInOwnNetns(m, inNetns)) }
 
 // Issue 29: tartan doctor names a fast-path entry or attachment that
 // differs from what the next write makes (here an endpoint's entry deleted
 // and its program detached by hand), and Sync repairs both.
 func TestFastPathDrift(t *testing.T) {
-	testbed.Require(t, os.Getenv(inNetns) != "", "needs root: it runs in a network namespace of its own")
+	testkit.Require(t, os.Getenv(inNetns) != "", "needs root: it runs in a network namespace of its own")
 	if out, err := exec.Command("sh", "-c", "ip link set lo up && ip link add tfp0 type veth peer name tfp1 && ip link set tfp0 up && ip link set tfp1 up").CombinedOutput(); err != nil {
 		t.Fatalf("veth: %v %s", err, out)
 	}

@@ -30,8 +30,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/sirupsen/logrus"
-	"github.com/tartan-net/tartan/driver/backend"
-	"github.com/vishvananda/netlink"
+	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/internal/dockerid"
 )
 
 // Pool flags and device kinds, as bpf/fastpath.c has them.
@@ -186,7 +186,7 @@ type attachSpec struct {
 // no longer has go, interfaces that are gone are skipped. Running it twice
 // changes nothing.
 func (f *FastPath) Sync(st State) error {
-	want, problems := f.plan(st)
+	want, problems := f.resolve(st)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	// Stale entries go before new ones come: an ifindex the kernel gives
@@ -220,7 +220,7 @@ func (f *FastPath) Sync(st State) error {
 		}
 		l, err := link.AttachTCX(link.TCXOptions{Interface: w.ifindex, Program: prog, Attach: ebpf.AttachTCXIngress})
 		if err != nil {
-			if _, lerr := netlink.LinkByIndex(w.ifindex); lerr != nil {
+			if !kernel.IndexExists(w.ifindex) {
 				continue // it went meanwhile
 			}
 			errs = append(errs, fmt.Errorf("attach the fast path to %s: %w", name, err))
@@ -232,16 +232,42 @@ func (f *FastPath) Sync(st State) error {
 	return errors.Join(errs...)
 }
 
-// plan turns st into the maps' contents, looking up the interfaces.
-func (f *FastPath) plan(st State) (desired, []error) {
+// resolve turns st into the maps' contents, looking up the interfaces'
+// indexes in the kernel (driver/kernel).
+func (f *FastPath) resolve(st State) (desired, []error) {
 	want := desired{endpoints: map[uint32]fastpathEndpoint{}, pools4: map[fastpathLpm4Key]fastpathPool{}, pools6: map[fastpathLpm6Key]fastpathPool{},
 		devices: map[uint32]fastpathDevice{}, ports: map[fastpathPortKey]uint8{}, attach: map[string]attachSpec{},
 		fdb: map[fastpathFdbKey]uint32{}}
-	var problems []error
-	// Two networks whose numbers meet are left to the kernel path.
+	nets, problems := numbers(st.Networks)
+	underlay, vxlan := false, false
+	for _, n := range st.Networks {
+		num, ok := nets[n.ID]
+		if !ok {
+			continue
+		}
+		u, v := want.addNetwork(n, num)
+		underlay, vxlan = underlay || u, vxlan || v
+	}
+	if st.Underlay != "" && (underlay || vxlan) {
+		want.addUnderlay(st, underlay, vxlan)
+	}
+	for _, e := range st.Endpoints {
+		if num, ok := nets[e.Network]; ok {
+			want.addEndpoint(e, num)
+		}
+	}
+	for _, p := range st.Ports {
+		want.addPort(p)
+	}
+	return want, problems
+}
+
+// numbers are the fast-path numbers of the networks, by network ID. Two
+// networks whose numbers meet are left to the kernel path (a problem each).
+func numbers(networks []Network) (map[string]uint32, []error) {
 	owner := map[uint32]string{}
 	clash := map[uint32]bool{}
-	for _, n := range st.Networks {
+	for _, n := range networks {
 		num := netNumber(n.ID)
 		if o, ok := owner[num]; ok && o != n.ID {
 			clash[num] = true
@@ -249,93 +275,111 @@ func (f *FastPath) plan(st State) (desired, []error) {
 		owner[num] = n.ID
 	}
 	nets := map[string]uint32{}
-	underlay, vxlan := false, false
-	for _, n := range st.Networks {
+	var problems []error
+	for _, n := range networks {
 		num := netNumber(n.ID)
 		if clash[num] {
-			problems = append(problems, fmt.Errorf("network %s shares its fast-path number with another network: its traffic takes the kernel path", backend.ShortID(n.ID)))
+			problems = append(problems, fmt.Errorf("network %s shares its fast-path number with another network: its traffic takes the kernel path", dockerid.Short(n.ID)))
 			continue
 		}
 		nets[n.ID] = num
-		flags := uint32(0)
-		if n.Underlay {
-			flags, underlay = poolUnderlay, true
-		}
-		for _, p := range n.Pools {
-			p = p.Masked()
-			v := fastpathPool{Net: num, Flags: flags}
-			if p.Addr().Is4() {
-				want.pools4[fastpathLpm4Key{Prefixlen: uint32(p.Bits()), Addr: wire4(p.Addr())}] = v
-			} else {
-				want.pools6[fastpathLpm6Key{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As16()}] = v
-			}
-		}
-		if n.Device != "" {
-			if l, err := netlink.LinkByName(n.Device); err == nil {
-				want.devices[uint32(l.Attrs().Index)] = fastpathDevice{Net: num, Kind: kindTunnel, Vni: uint32(n.VNI)}
-				want.attach[n.Device] = attachSpec{ifindex: l.Attrs().Index}
-				for _, e := range n.FDB {
-					mac, err := net.ParseMAC(e.MAC)
-					if err != nil || len(mac) != 6 || !e.Dst.Is4() {
-						continue
-					}
-					k := fastpathFdbKey{Ifindex: uint32(l.Attrs().Index)}
-					copy(k.Mac[:], mac)
-					want.fdb[k] = wire4(e.Dst)
-				}
-				vxlan = vxlan || n.VNI > 0
-			}
-		}
 	}
-	if st.Underlay != "" && (underlay || vxlan) {
-		if l, err := netlink.LinkByName(st.Underlay); err == nil {
-			if underlay {
-				want.devices[uint32(l.Attrs().Index)] = fastpathDevice{Kind: kindUnderlay}
-				want.attach[st.Underlay] = attachSpec{ifindex: l.Attrs().Index}
-			}
-			if vxlan && st.VXLANPort > 0 && st.Local.Is4() && st.PortMax > st.PortMin && st.PortMin > 0 {
-				want.vxlan = fastpathVxlanConfig{LocalIp: wire4(st.Local), Underlay: uint32(l.Attrs().Index),
-					Port: wire16(st.VXLANPort), PortMin: uint16(st.PortMin), PortRange: uint16(st.PortMax - st.PortMin)}
-			}
-		}
+	return nets, problems
+}
+
+// addNetwork adds a network's pools, and its VXLAN device with the device's
+// forwarding entries; underlay says that its peers' traffic arrives on the
+// underlay, vxlan that it has a VXLAN device here.
+func (want *desired) addNetwork(n Network, num uint32) (underlay, vxlan bool) {
+	flags := uint32(0)
+	if n.Underlay {
+		flags, underlay = poolUnderlay, true
 	}
-	for _, e := range st.Endpoints {
-		num, ok := nets[e.Network]
-		if !ok || !e.IP.Is4() {
-			continue
-		}
-		mac, err := net.ParseMAC(e.MAC)
-		if err != nil || len(mac) != 6 {
-			continue
-		}
-		l, err := netlink.LinkByName(e.HostIf)
-		if err != nil || len(l.Attrs().HardwareAddr) != 6 {
-			continue // gone, or not made yet
-		}
-		v := fastpathEndpoint{Net: num, Ip4: wire4(e.IP)}
-		if e.IP6.IsValid() {
-			v.Ip6 = e.IP6.As16()
-		}
-		copy(v.Mac[:], mac)
-		copy(v.HostMac[:], l.Attrs().HardwareAddr)
-		want.endpoints[uint32(l.Attrs().Index)] = v
-		want.attach[e.HostIf] = attachSpec{ifindex: l.Attrs().Index, container: true}
-	}
-	for _, p := range st.Ports {
-		k := fastpathPortKey{Proto: protoNumber(p.Proto), Port: wire16(p.Port)}
-		if p.IP.Is4() {
-			a := p.IP.As4()
-			copy(k.Addr[:], a[:])
-			k.Family = 2 // AF_INET
+	for _, p := range n.Pools {
+		p = p.Masked()
+		v := fastpathPool{Net: num, Flags: flags}
+		if p.Addr().Is4() {
+			want.pools4[fastpathLpm4Key{Prefixlen: uint32(p.Bits()), Addr: wire4(p.Addr())}] = v
 		} else {
-			k.Addr = p.IP.As16()
-			k.Family = 10 // AF_INET6
-		}
-		if k.Proto != 0 {
-			want.ports[k] = 1
+			want.pools6[fastpathLpm6Key{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As16()}] = v
 		}
 	}
-	return want, problems
+	if n.Device == "" {
+		return underlay, false
+	}
+	index, _, err := kernel.LinkIndex(n.Device)
+	if err != nil {
+		return underlay, false
+	}
+	want.devices[uint32(index)] = fastpathDevice{Net: num, Kind: kindTunnel, Vni: uint32(n.VNI)}
+	want.attach[n.Device] = attachSpec{ifindex: index}
+	for _, e := range n.FDB {
+		mac, err := net.ParseMAC(e.MAC)
+		if err != nil || len(mac) != 6 || !e.Dst.Is4() {
+			continue
+		}
+		k := fastpathFdbKey{Ifindex: uint32(index)}
+		copy(k.Mac[:], mac)
+		want.fdb[k] = wire4(e.Dst)
+	}
+	return underlay, n.VNI > 0
+}
+
+// addUnderlay adds the underlay interface: a device the programs attach to
+// when a network's peers' traffic arrives there, and the VXLAN settings of
+// the fast path's own encapsulation when a network has a VXLAN device.
+func (want *desired) addUnderlay(st State, underlay, vxlan bool) {
+	index, _, err := kernel.LinkIndex(st.Underlay)
+	if err != nil {
+		return
+	}
+	if underlay {
+		want.devices[uint32(index)] = fastpathDevice{Kind: kindUnderlay}
+		want.attach[st.Underlay] = attachSpec{ifindex: index}
+	}
+	if vxlan && st.VXLANPort > 0 && st.Local.Is4() && st.PortMax > st.PortMin && st.PortMin > 0 {
+		want.vxlan = fastpathVxlanConfig{LocalIp: wire4(st.Local), Underlay: uint32(index),
+			Port: wire16(st.VXLANPort), PortMin: uint16(st.PortMin), PortRange: uint16(st.PortMax - st.PortMin)}
+	}
+}
+
+// addEndpoint adds an IPv4 endpoint of network num whose veth is here.
+func (want *desired) addEndpoint(e Endpoint, num uint32) {
+	if !e.IP.Is4() {
+		return
+	}
+	mac, err := net.ParseMAC(e.MAC)
+	if err != nil || len(mac) != 6 {
+		return
+	}
+	index, hostMAC, err := kernel.LinkIndex(e.HostIf)
+	if err != nil || len(hostMAC) != 6 {
+		return // gone, or not made yet
+	}
+	v := fastpathEndpoint{Net: num, Ip4: wire4(e.IP)}
+	if e.IP6.IsValid() {
+		v.Ip6 = e.IP6.As16()
+	}
+	copy(v.Mac[:], mac)
+	copy(v.HostMac[:], hostMAC)
+	want.endpoints[uint32(index)] = v
+	want.attach[e.HostIf] = attachSpec{ifindex: index, container: true}
+}
+
+// addPort adds a published port.
+func (want *desired) addPort(p Port) {
+	k := fastpathPortKey{Proto: protoNumber(p.Proto), Port: wire16(p.Port)}
+	if p.IP.Is4() {
+		a := p.IP.As4()
+		copy(k.Addr[:], a[:])
+		k.Family = 2 // AF_INET
+	} else {
+		k.Addr = p.IP.As16()
+		k.Family = 10 // AF_INET6
+	}
+	if k.Proto != 0 {
+		want.ports[k] = 1
+	}
 }
 
 func protoNumber(p string) uint8 {

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/sirupsen/logrus"
-	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // asPlugin marks the test binary re-executed with the plugin's capabilities.
@@ -33,12 +33,12 @@ func TestLoadsWithThePluginsCapabilities(t *testing.T) {
 		}
 		return
 	}
-	testbed.RequireRoot(t, "setpriv")
+	testkit.RequireRoot(t, "setpriv")
 	caps, err := pluginCapabilities()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("setpriv", append([]string{"--bounding-set=-all," + caps, "--inh-caps=-all"}, testbed.Self("-test.run=^TestLoadsWithThePluginsCapabilities$", "-test.v")...)...)
+	cmd := exec.Command("setpriv", append([]string{"--bounding-set=-all," + caps, "--inh-caps=-all"}, testkit.Self("-test.run=^TestLoadsWithThePluginsCapabilities$", "-test.v")...)...)
 	cmd.Env = append(os.Environ(), asPlugin+"=1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {

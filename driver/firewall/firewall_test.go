@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/tartan-net/tartan/driver/kernel"
 )
 
 // packet is what the rules match on.
@@ -429,5 +431,15 @@ func TestJumpsPerFamily(t *testing.T) {
 		if got := ip6Of(v4); got != v6 {
 			t.Errorf("ip6Of(%s) = %s", v4, got)
 		}
+	}
+}
+
+// The interface patterns are those of the names driver/kernel gives.
+func TestInterfacePatterns(t *testing.T) {
+	if want := kernel.EndpointPrefix + "+"; endpointIfs != want {
+		t.Errorf("endpointIfs = %q, want %q", endpointIfs, want)
+	}
+	if want := kernel.VXLANPrefix + "+"; vxlanIfs != want {
+		t.Errorf("vxlanIfs = %q, want %q", vxlanIfs, want)
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 const inNetns = "TARTAN_FIREWALL_TEST_IN_NETNS"
@@ -17,16 +17,7 @@ const inNetns = "TARTAN_FIREWALL_TEST_IN_NETNS"
 // TestMain runs the package's tests in a network namespace of their own when
 // root (the flavour test writes real rules).
 func TestMain(m *testing.M) {
-	os.Exit(testbed.MainInOwnNetns(m, inNetns))
-}
-
-func sh(t *testing.T, cmd string) string {
-	t.Helper()
-	out, err := exec.Command("sh", "-c", cmd).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", cmd, err, out)
-	}
-	return string(out)
+	os.Exit(testkit.MainInOwnNetns(m, inNetns))
 }
 
 // At boot a managed plugin starts before Docker makes its chains;
@@ -58,24 +49,24 @@ func TestFlavourFollowsDocker(t *testing.T) {
 		t.Fatalf("before Docker's chains: %s, want iptables-nft", f.Flavour())
 	}
 	// Docker starts, with legacy iptables.
-	sh(t, "iptables-legacy -N DOCKER-USER && iptables-legacy -A FORWARD -j DOCKER-USER && iptables-legacy -P FORWARD DROP")
+	testkit.Sh(t, "iptables-legacy -N DOCKER-USER && iptables-legacy -A FORWARD -j DOCKER-USER && iptables-legacy -P FORWARD DROP")
 	if err := f.Apply(st); err != nil {
 		t.Fatal(err)
 	}
 	if f.Flavour() != "iptables-legacy" {
 		t.Fatalf("after Docker made its chains in legacy: %s", f.Flavour())
 	}
-	fwd := sh(t, "iptables-legacy -S FORWARD")
+	fwd := testkit.Sh(t, "iptables-legacy -S FORWARD")
 	if !strings.Contains(fwd, "-A FORWARD -j DOCKER-USER\n-A FORWARD -j "+ForwardChain) {
 		t.Fatalf("legacy FORWARD:\n%s", fwd)
 	}
-	if nft := sh(t, "iptables-nft-save"); strings.Contains(nft, "TARTAN") {
+	if nft := testkit.Sh(t, "iptables-nft-save"); strings.Contains(nft, "TARTAN") {
 		t.Fatalf("rules left in the nft tables:\n%s", nft)
 	}
 	if err := f.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if left := sh(t, "iptables-legacy-save"); strings.Contains(left, "TARTAN") {
+	if left := testkit.Sh(t, "iptables-legacy-save"); strings.Contains(left, "TARTAN") {
 		t.Fatalf("rules left after Remove:\n%s", left)
 	}
 }
@@ -103,7 +94,7 @@ func TestCheck(t *testing.T) {
 	if got, err := f.Check(st); err != nil || len(got) != 0 {
 		t.Fatalf("check right after apply: %v %v", got, err)
 	}
-	sh(t, ipt+" -t nat -F "+DNATChain+" && "+ipt+" -D INPUT -j "+InputChain+" && "+ipt+" -t mangle -D "+IsolateChain+" 1")
+	testkit.Sh(t, ipt+" -t nat -F "+DNATChain+" && "+ipt+" -D INPUT -j "+InputChain+" && "+ipt+" -t mangle -D "+IsolateChain+" 1")
 	got, err := f.Check(st)
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +149,7 @@ func TestDualStack(t *testing.T) {
 	if got, err := f.Check(st); err != nil || len(got) != 0 {
 		t.Fatalf("check right after apply: %v %v", got, err)
 	}
-	save4, save6 := sh(t, ipt+"-save"), sh(t, ip6+"-save")
+	save4, save6 := testkit.Sh(t, ipt+"-save"), testkit.Sh(t, ip6+"-save")
 	if strings.Contains(save4, "fd00:a::") || !strings.Contains(save4, "-A "+IsolateChain+" -d 10.244.0.0/16 -j DROP") {
 		t.Fatalf("%s-save:\n%s", ipt, save4)
 	}
@@ -173,7 +164,7 @@ func TestDualStack(t *testing.T) {
 	}
 
 	// Drift in ip6tables is reported as ip6tables'.
-	sh(t, ip6+" -t mangle -D "+IsolateChain+" 1 && "+ip6+" -D INPUT -j "+InputChain)
+	testkit.Sh(t, ip6+" -t mangle -D "+IsolateChain+" 1 && "+ip6+" -D INPUT -j "+InputChain)
 	got, err := f.Check(st)
 	if err != nil {
 		t.Fatal(err)
@@ -200,7 +191,7 @@ func TestDualStack(t *testing.T) {
 	if err := f.Apply(st4); err != nil {
 		t.Fatal(err)
 	}
-	if s := sh(t, ip6+"-save"); strings.Contains(s, "TARTAN") {
+	if s := testkit.Sh(t, ip6+"-save"); strings.Contains(s, "TARTAN") {
 		t.Fatalf("IPv6 rules left without IPv6 pools:\n%s", s)
 	}
 	if got, err := f.Check(st4); err != nil || len(got) != 0 {
@@ -219,7 +210,7 @@ func TestDualStack(t *testing.T) {
 	if err := g.Apply(st4); err != nil {
 		t.Fatal(err)
 	}
-	if s := sh(t, ip6+"-save"); strings.Contains(s, "TARTAN") {
+	if s := testkit.Sh(t, ip6+"-save"); strings.Contains(s, "TARTAN") {
 		t.Fatalf("IPv6 rules left after a restart:\n%s", s)
 	}
 
@@ -230,7 +221,7 @@ func TestDualStack(t *testing.T) {
 	if err := g.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if s := sh(t, ipt+"-save; "+ip6+"-save"); strings.Contains(s, "TARTAN") {
+	if s := testkit.Sh(t, ipt+"-save; "+ip6+"-save"); strings.Contains(s, "TARTAN") {
 		t.Fatalf("rules left after Remove:\n%s", s)
 	}
 }
@@ -273,10 +264,10 @@ func TestDualStackWithoutIP6tables(t *testing.T) {
 	}
 	t.Setenv("PATH", path)
 	t.Cleanup(func() { _ = removeWith(ipt, false) })
-	if s := sh(t, ipt+"-save"); !strings.Contains(s, "-A "+IsolateChain+" -d 10.244.0.0/16 -j DROP") {
+	if s := testkit.Sh(t, ipt+"-save"); !strings.Contains(s, "-A "+IsolateChain+" -d 10.244.0.0/16 -j DROP") {
 		t.Fatalf("IPv4 rules not in place:\n%s", s)
 	}
-	if s := sh(t, ip6Of(ipt)+"-save"); strings.Contains(s, "TARTAN") {
+	if s := testkit.Sh(t, ip6Of(ipt)+"-save"); strings.Contains(s, "TARTAN") {
 		t.Fatalf("IPv6 rules:\n%s", s)
 	}
 	t.Setenv("PATH", dir)
@@ -284,7 +275,7 @@ func TestDualStackWithoutIP6tables(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("PATH", path)
-	if s := sh(t, ipt+"-save"); strings.Contains(s, "TARTAN") {
+	if s := testkit.Sh(t, ipt+"-save"); strings.Contains(s, "TARTAN") {
 		t.Fatalf("rules left after Remove:\n%s", s)
 	}
 }

@@ -126,6 +126,21 @@ func DeleteLink(name string) error {
 	return nil
 }
 
+// LinkIndex is an interface's index and hardware address.
+func LinkIndex(name string) (int, net.HardwareAddr, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0, nil, err
+	}
+	return l.Attrs().Index, l.Attrs().HardwareAddr, nil
+}
+
+// IndexExists says whether an interface has this index.
+func IndexExists(index int) bool {
+	_, err := netlink.LinkByIndex(index)
+	return err == nil
+}
+
 // LinkExists says whether a link of that name exists here.
 func LinkExists(name string) bool {
 	_, err := netlink.LinkByName(name)

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 
 	"github.com/tartan-net/tartan/driver/backend"
@@ -22,6 +21,7 @@ import (
 	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/errdefs"
+	"github.com/tartan-net/tartan/internal/dockerid"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 )
@@ -76,9 +76,9 @@ func (Backend) Describe() backend.Description {
 			return nil
 		}},
 		{Key: OptHostAccess, Parse: func(o *backend.Options, v string) error {
-			b, err := strconv.ParseBool(v)
+			b, err := backend.BoolOption(OptHostAccess, v)
 			if err != nil {
-				return errdefs.Invalid("-o %s=%s is not a boolean: use true or false", OptHostAccess, v)
+				return err
 			}
 			if b && o.MacvlanMode != "" && o.MacvlanMode != DefaultMode {
 				return hostAccessNeedsBridge()
@@ -136,7 +136,7 @@ func (b Backend) Create(ctx context.Context, n *backend.Network, req backend.Cre
 	for _, other := range sameParent(*n, req.Others) {
 		if exclusive(other.Mode) || exclusive(n.Mode) {
 			return errdefs.InUse("parent %s is already used by tartan macvlan network %s (%s mode): give -o parent= another interface or a VLAN sub-interface such as %s.<vlan>",
-				n.Parent, backend.ShortID(other.ID), other.Mode, n.Parent)
+				n.Parent, dockerid.Short(other.ID), other.Mode, n.Parent)
 		}
 	}
 	p, err := kernel.EnsureParent(n.Parent)
@@ -208,7 +208,7 @@ func (Backend) Ensure(n backend.Network) error {
 	}
 	ip, err := netip.ParseAddr(n.ShimIP)
 	if err != nil {
-		return fmt.Errorf("network %s: shim address %q: %w", backend.ShortID(n.ID), n.ShimIP, err)
+		return fmt.Errorf("network %s: shim address %q: %w", dockerid.Short(n.ID), n.ShimIP, err)
 	}
 	return kernel.EnsureShim(n.Shim, n.Parent, n.MTU, n.ShimMAC, ip)
 }
@@ -336,7 +336,7 @@ func (Backend) Join(n backend.Network, e backend.Endpoint) backend.Join {
 
 // PublishRefused: a macvlan container is reachable at its own address.
 func (Backend) PublishRefused(n backend.Network, e backend.Endpoint) error {
-	return errdefs.Invalid("ports cannot be published on macvlan network %s: the container is reachable at its own address %s on the parent's segment, remove -p", backend.ShortID(n.ID), e.IP)
+	return errdefs.Invalid("ports cannot be published on macvlan network %s: the container is reachable at its own address %s on the parent's segment, remove -p", dockerid.Short(n.ID), e.IP)
 }
 
 // Info shows the parent and the mode.

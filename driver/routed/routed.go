@@ -1,5 +1,5 @@
 // Package routed is what tartan's routed backends (driver/vxlan,
-// driver/hostgw) share, as Calico's libnetwork plugin wires containers:
+// driver/hostgw, driver/wireguard) share, as Calico's libnetwork plugin wires containers:
 // each container gets a veth pair whose host end carries a /32 route to it
 // and answers, as a link-local gateway, every ARP the container makes; the
 // host forwards between its containers and its peers, and the firewall

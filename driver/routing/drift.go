@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/internal/dockerid"
 )
 
 // Drift lists how the kernel differs from the networks' current plans,
@@ -22,7 +23,7 @@ func (r *Router) Drift() (map[string][]string, error) {
 			err = d.err
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("network %s: %w", shortID(w.n.ID), err))
+			errs = append(errs, fmt.Errorf("network %s: %w", dockerid.Short(w.n.ID), err))
 			return
 		}
 		slices.Sort(d.changes)

@@ -13,10 +13,8 @@ package routing
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -25,6 +23,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/internal/dockerid"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -77,61 +76,8 @@ type Router struct {
 	mu    sync.Mutex
 	ctx   context.Context // nil until Start
 	hosts *hostsCache
-	pools map[netip.Prefix]*poolCache
+	pools map[netip.Prefix]*poolView
 	nets  map[string]*netWatch
-}
-
-// hostsCache is the hosts/ prefix as its watch last returned it.
-type hostsCache struct {
-	cancel   context.CancelFunc
-	ready    bool
-	hosts    map[string]kv.Host
-	problems []string
-	renewals map[string]time.Time // read every Liveness, not watched
-}
-
-// poolCache is a pool's blocks and route exceptions, shared by every network
-// of the host on that pool. The blocks come from a listing of the pool's
-// blocks (at start and every Relist) with the block feed's recent changes
-// laid over it (kv.BlockFeedPrefix): every entry newer than what the cache
-// holds for its block wins.
-type poolCache struct {
-	users                 int
-	cancel                context.CancelFunc
-	relist                chan struct{}
-	blocksReady, excReady bool
-	byKey                 map[string]versioned // blocks by key (under the pool's prefix)
-	feed                  []kv.Pair            // the feed's last listing
-	blocks                []kv.Block
-	exceptions            []kv.Address
-	blockBits             int
-	bitsKnown             bool
-	blockProblems         []string
-	excProblems           []string
-	poolProblem           string
-}
-
-// versioned is a block as of a version; gone: removed at that version.
-type versioned struct {
-	version uint64
-	block   kv.Block
-	gone    bool
-}
-
-// netWatch is one network's writer: its goroutine plans and applies.
-type netWatch struct {
-	n      Network
-	poke   chan struct{}
-	cancel context.CancelFunc
-	done   chan struct{}
-	// turn is held while the kernel is changed for the network (by its
-	// goroutine or by Repair); applied is then what the kernel holds, nil
-	// when unknown (next time: a full Apply).
-	turn    sync.Mutex
-	applied *Plan
-	plan    *Plan // the last plan computed, under Router.mu
-	memo    Memo  // the writer's own
-	memo6   Memo  // the IPv6 pool's, on a dual-stack network
 }
 
 // New returns a router; Start runs it.
@@ -165,7 +111,7 @@ func New(store kv.Store, k Kernel, cfg Config) *Router {
 	if cfg.Log == nil {
 		cfg.Log = logrus.StandardLogger()
 	}
-	return &Router{store: store, k: k, cfg: cfg, pools: map[netip.Prefix]*poolCache{}, nets: map[string]*netWatch{}}
+	return &Router{store: store, k: k, cfg: cfg, pools: map[netip.Prefix]*poolView{}, nets: map[string]*netWatch{}}
 }
 
 // Start runs the watches of the networks added so far and of those added
@@ -224,7 +170,7 @@ func (r *Router) watchPoolLocked(pool netip.Prefix) {
 	pc, ok := r.pools[pool]
 	if !ok {
 		ctx, cancel := context.WithCancel(r.ctx)
-		pc = &poolCache{cancel: cancel, relist: make(chan struct{}, 1), byKey: map[string]versioned{}}
+		pc = &poolView{cancel: cancel, relist: make(chan struct{}, 1), byKey: map[string]versioned{}}
 		r.pools[pool] = pc
 		go r.listBlocks(ctx, pool, pc.relist)
 		go r.followWith(ctx, kv.BlockFeedPrefix(pool.String()), func(ps []kv.Pair) { r.feedListed(pool, ps) }, func() {
@@ -281,390 +227,6 @@ func (r *Router) Remove(id string) {
 	}
 	if w.n.Device != "" || w.n.Tunnel != "" {
 		r.cfg.OnPeers() // its VXLAN or WireGuard peers are no longer anyone's
-	}
-}
-
-func (w *netWatch) pokeNow() {
-	select {
-	case w.poke <- struct{}{}:
-	default:
-	}
-}
-
-// follow hands every changed listing of prefix to listed (kv.Follow).
-// Errors only delay: they never remove the cache.
-func (r *Router) follow(ctx context.Context, prefix string, listed func([]kv.Pair)) {
-	r.followWith(ctx, prefix, listed, nil)
-}
-
-// followWith is follow that calls gap, if set, when an answer comes after
-// the prefix went unwatched for longer than half the feed retention.
-func (r *Router) followWith(ctx context.Context, prefix string, listed func([]kv.Pair), gap func()) {
-	kv.Follow(ctx, r.store, prefix, kv.FollowOptions{Gap: r.gap, Late: gap, LateAfter: kv.FeedRetention / 2,
-		Failed: func(err error) { r.cfg.Log.WithField("prefix", prefix).Debugf("watch: %v", err) }}, listed)
-}
-
-// gap is the pause before a watch is asked again, longer the more it
-// returned: a prefix that changes all the time (a burst of claims fills the
-// block feed) is read at a bounded byte rate per host, a quiet one at once.
-func (r *Router) gap(listed int) time.Duration {
-	return min(r.cfg.Gap*time.Duration(1+listed/64), 20*r.cfg.Gap)
-}
-
-func (r *Router) hostsListed(ps []kv.Pair) {
-	hosts := map[string]kv.Host{}
-	var problems []string
-	_ = kv.DecodeJSON(r.store, ps, func(_ string, _ uint64, h kv.Host) error {
-		hosts[h.ID] = h
-		return nil
-	}, func(e *kv.DecodeError) { problems = append(problems, e.Error()) })
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.hosts == nil {
-		return
-	}
-	r.hosts.ready, r.hosts.hosts, r.hosts.problems = true, hosts, problems
-	for _, w := range r.nets {
-		w.pokeNow()
-	}
-}
-
-// readRenewals reads the hosts' liveness renewals now and every Liveness.
-func (r *Router) readRenewals(ctx context.Context) {
-	last := ""
-	for {
-		renewals, err := kv.ReadRenewals(ctx, r.store, func(e *kv.DecodeError) {
-			r.cfg.Log.WithField("key", e.Key).Warnf("ignoring a record: %v", e)
-		})
-		if err == nil {
-			if fp := fmt.Sprint(renewals); fp != last {
-				last = fp
-				r.mu.Lock()
-				if r.hosts != nil {
-					r.hosts.renewals = renewals
-					for _, w := range r.nets {
-						w.pokeNow()
-					}
-				}
-				r.mu.Unlock()
-			}
-		} else if ctx.Err() == nil {
-			r.cfg.Log.Debugf("read renewals: %v", err)
-		}
-		if !kv.Sleep(ctx, r.cfg.Liveness) {
-			return
-		}
-	}
-}
-
-// listBlocks reads the pool's whole block list now, every Relist, and when
-// asked on relist.
-func (r *Router) listBlocks(ctx context.Context, pool netip.Prefix, relist chan struct{}) {
-	backoff := time.Second
-	for {
-		ps, _, err := r.store.List(ctx, kv.BlockPrefix(pool.String()))
-		wait := r.cfg.Relist
-		if err == nil {
-			r.blocksListed(ctx, pool, ps)
-			backoff = time.Second
-		} else {
-			if ctx.Err() != nil {
-				return
-			}
-			r.cfg.Log.WithField("pool", pool).Debugf("list blocks: %v", err)
-			wait, backoff = backoff, min(2*backoff, 10*time.Second)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-relist:
-		case <-t.C:
-		}
-		t.Stop()
-	}
-}
-
-func (r *Router) blocksListed(ctx context.Context, pool netip.Prefix, ps []kv.Pair) {
-	byKey := map[string]versioned{}
-	var problems []string
-	prefix := kv.BlockPrefix(pool.String())
-	_ = kv.DecodeJSON(r.store, ps, func(key string, ver uint64, b kv.Block) error {
-		byKey[strings.TrimPrefix(key, prefix)] = versioned{version: ver, block: b}
-		return nil
-	}, func(e *kv.DecodeError) { problems = append(problems, e.Error()) })
-	r.mu.Lock()
-	pc := r.pools[pool]
-	known := pc != nil && pc.bitsKnown
-	r.mu.Unlock()
-	// The pool record says how large its blocks are (it never changes); a
-	// block record of another size is not one the IPAM made.
-	bits, bitsKnown, poolProblem := 0, known, ""
-	if !known {
-		var p kv.Pool
-		var derr *kv.DecodeError
-		_, err := kv.GetJSON(ctx, r.store, kv.PoolPath(pool.String()), &p)
-		switch {
-		case err == nil && p.BlockBits >= pool.Bits() && p.BlockBits <= pool.Addr().BitLen():
-			bits, bitsKnown = p.BlockBits, true
-		case err == nil:
-			poolProblem = fmt.Sprintf("pool record %s has block size /%d, which does not fit the pool: blocks are checked against the pool alone", pool, p.BlockBits)
-		case errors.As(err, &derr):
-			poolProblem = derr.Error()
-		}
-		// Released, or the store is down: blocks are checked against the
-		// pool alone until a later listing reads the record.
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if pc = r.pools[pool]; pc == nil {
-		return
-	}
-	if !pc.bitsKnown {
-		pc.blockBits, pc.bitsKnown = bits, bitsKnown
-	}
-	pc.byKey = byKey
-	pc.overlayLocked(r.store, pool, true)
-	pc.blocksReady, pc.blockProblems, pc.poolProblem = true, problems, poolProblem
-	r.pokePoolLocked(pool)
-}
-
-// feedListed lays the block feed's entries over the pool's blocks.
-func (r *Router) feedListed(pool netip.Prefix, ps []kv.Pair) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	pc := r.pools[pool]
-	if pc == nil {
-		return
-	}
-	pc.feed = ps
-	if pc.overlayLocked(r.store, pool, false) && pc.blocksReady {
-		r.pokePoolLocked(pool)
-	}
-}
-
-// overlayLocked applies the feed's entries that are newer than what the
-// cache holds for their block, rebuilds the block list (always, with
-// rebuild) and says whether it changed. Called with r.mu held.
-func (pc *poolCache) overlayLocked(store kv.Store, pool netip.Prefix, rebuild bool) bool {
-	prefix := kv.BlockFeedPrefix(pool.String())
-	changed := rebuild
-	_ = kv.DecodeJSON(store, pc.feed, func(key string, ver uint64, c kv.BlockChange) error {
-		k := strings.TrimPrefix(key, prefix)
-		if cur, ok := pc.byKey[k]; ok && cur.version >= ver {
-			return nil
-		}
-		pc.byKey[k] = versioned{version: ver, block: c.Block, gone: c.Deleted}
-		changed = true
-		return nil
-	}, func(*kv.DecodeError) {})
-	if !changed {
-		return false
-	}
-	blocks := make([]kv.Block, 0, len(pc.byKey))
-	for _, v := range pc.byKey {
-		if !v.gone {
-			b := v.block
-			b.Pool = pool.String() // the pool it is listed under (the witness's key)
-			blocks = append(blocks, b)
-		}
-	}
-	pc.blocks = blocks
-	return true
-}
-
-func (r *Router) exceptionsListed(pool netip.Prefix, ps []kv.Pair) {
-	var exc []kv.Address
-	var problems []string
-	_ = kv.DecodeJSON(r.store, ps, func(_ string, _ uint64, a kv.Address) error {
-		exc = append(exc, a)
-		return nil
-	}, func(e *kv.DecodeError) { problems = append(problems, e.Error()) })
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	pc := r.pools[pool]
-	if pc == nil {
-		return
-	}
-	pc.excReady, pc.exceptions, pc.excProblems = true, exc, problems
-	r.pokePoolLocked(pool)
-}
-
-func (r *Router) pokePoolLocked(pool netip.Prefix) {
-	for _, w := range r.nets {
-		if w.n.Pool == pool || w.n.Pool6 == pool {
-			w.pokeNow()
-		}
-	}
-}
-
-// viewLocked is a network's view from the caches, or false until every
-// watch it needs has answered once. Called with r.mu held.
-func (r *Router) viewLocked(pool netip.Prefix) (View, bool) {
-	pc := r.pools[pool]
-	if r.hosts == nil || !r.hosts.ready || pc == nil || !pc.blocksReady || !pc.excReady {
-		return View{}, false
-	}
-	v := View{Hosts: r.hosts.hosts, Blocks: pc.blocks, Exceptions: pc.exceptions, BlockBits: pc.blockBits}
-	live := kv.Liveness{Hosts: r.hosts.hosts, Now: r.cfg.Now()}
-	live.Observe(r.cfg.Witness, r.hosts.renewals)
-	live.ObserveBlocks(r.cfg.Witness, pc.blocks)
-	v.Seen, v.BlockSeen = live.Seen, live.BlockSeen
-	v.Problems = slices.Concat(r.hosts.problems, pc.blockProblems, pc.excProblems)
-	if pc.poolProblem != "" {
-		v.Problems = append(v.Problems, pc.poolProblem)
-	}
-	return v, true
-}
-
-// run is a network's writer: it plans on every change, when the last plan
-// said it would change (Plan.Next), and at least every Replan (jittered, so
-// that hosts started together do not plan together).
-func (r *Router) run(ctx context.Context, w *netWatch) {
-	defer close(w.done)
-	tick := time.NewTimer(r.cfg.Replan)
-	defer tick.Stop()
-	rearm := func(next time.Time) {
-		d := r.cfg.Replan - time.Duration(rand.Int64N(int64(r.cfg.Replan)/10+1))
-		if !next.IsZero() {
-			d = min(d, next.Sub(r.cfg.Now())+time.Second)
-		}
-		tick.Reset(max(d, time.Second))
-	}
-	log := r.cfg.Log.WithFields(logrus.Fields{"network": shortID(w.n.ID), "pool": w.n.Pool})
-	var lastProblems string
-	selfMissing := false
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-w.poke:
-		case <-tick.C:
-		}
-		r.mu.Lock()
-		view, ready := r.viewLocked(w.n.Pool)
-		var view6 View
-		if w.n.Pool6.IsValid() {
-			var ready6 bool
-			view6, ready6 = r.viewLocked(w.n.Pool6)
-			ready = ready && ready6
-		}
-		r.mu.Unlock()
-		if !ready {
-			tick.Reset(min(r.cfg.Replan, 30*time.Second))
-			continue
-		}
-		if _, ok := view.Hosts[r.cfg.Host]; !ok {
-			// A listing without this host's own registration is not the
-			// cluster: a token that lost read access to the prefix gets
-			// empty listings without an error, and pruning by them would
-			// withdraw every peer. The host registers within a
-			// renewal.
-			tick.Reset(min(r.cfg.Replan, 30*time.Second))
-			if !selfMissing {
-				selfMissing = true
-				log.Warnf("the store's listing of hosts lacks this host (%s): keeping the working state until it shows (does the store's token still read the prefix?)", r.cfg.Host)
-			}
-			continue
-		}
-		selfMissing = false
-		u, err := r.cfg.Underlay()
-		if err != nil {
-			log.Warnf("peer sync (working state kept): %v", err)
-			tick.Reset(min(r.cfg.Replan, 30*time.Second))
-			continue
-		}
-		now := r.cfg.Now()
-		plan := Compute(Input{Self: r.cfg.Host, Local: r.cfg.Local, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: now, View: view, Memo: &w.memo})
-		if w.n.Pool6.IsValid() {
-			plan = Merge(plan, Compute6(Input{Self: r.cfg.Host, Local: r.cfg.Local, Net: w.n, Underlay: u, TTL: r.cfg.TTL, Now: now, View: view6, Memo: &w.memo6}))
-		}
-		rearm(plan.Next)
-		changed, err := r.install(ctx, w, plan)
-		if err != nil && ctx.Err() == nil {
-			log.Warnf("peer sync: %v", err)
-		}
-		if changed {
-			r.cfg.OnPeers()
-		}
-		if p := strings.Join(plan.Problems, "; "); p != lastProblems {
-			lastProblems = p
-			for _, problem := range plan.Problems {
-				log.Warn(problem)
-			}
-		}
-	}
-}
-
-// install applies a plan in the network's turn and records it; changed
-// says whether its VXLAN peers or its WireGuard peers differ from the
-// previous plan's.
-func (r *Router) install(ctx context.Context, w *netWatch, plan Plan) (changed bool, err error) {
-	w.turn.Lock()
-	defer w.turn.Unlock()
-	if ctx.Err() != nil {
-		return false, nil // removed meanwhile: its device may be gone already
-	}
-	if w.applied == nil {
-		err = Apply(r.k, w.n, plan)
-	} else {
-		err = Update(r.k, w.n, *w.applied, plan)
-	}
-	w.applied = &plan
-	if err != nil {
-		w.applied = nil // the kernel is not known: the next apply is a full one
-	}
-	r.mu.Lock()
-	old := w.plan
-	w.plan = &plan
-	r.mu.Unlock()
-	if w.n.Device != "" {
-		changed = old == nil || !slices.Equal(old.VXLANPeers(), plan.VXLANPeers())
-	}
-	if w.n.Tunnel != "" {
-		changed = changed || old == nil || !slices.EqualFunc(old.Tunnels, plan.Tunnels, Tunnel.Equal)
-	}
-	return changed, err
-}
-
-// Repair applies every network's last plan in full (dumping the kernel's
-// tables): what was deleted by hand comes back, what was added goes. A
-// network without a plan yet keeps whatever is in its pool until its first.
-func (r *Router) Repair() error {
-	var errs []string
-	r.eachPlan(func(w *netWatch, plan *Plan) {
-		err := Apply(r.k, w.n, *plan)
-		w.applied = plan
-		if err != nil {
-			w.applied = nil
-			errs = append(errs, err.Error())
-		}
-	})
-	if len(errs) > 0 {
-		return fmt.Errorf("peer entries: %s", strings.Join(errs, "; "))
-	}
-	return nil
-}
-
-// eachPlan calls fn for every network that has a plan, in the network's
-// turn (w.turn held: no update of its entries runs meanwhile).
-func (r *Router) eachPlan(fn func(w *netWatch, plan *Plan)) {
-	r.mu.Lock()
-	ws := make([]*netWatch, 0, len(r.nets))
-	for _, w := range r.nets {
-		ws = append(ws, w)
-	}
-	r.mu.Unlock()
-	for _, w := range ws {
-		w.turn.Lock()
-		r.mu.Lock()
-		plan, live := w.plan, r.nets[w.n.ID] == w
-		r.mu.Unlock()
-		if plan != nil && live {
-			fn(w, plan)
-		}
-		w.turn.Unlock()
 	}
 }
 
@@ -732,13 +294,11 @@ func (r *Router) State() string {
 	var b strings.Builder
 	for id, w := range r.nets {
 		if w.plan != nil {
-			fmt.Fprintf(&b, "%s: %d routes, %d peers, problems %v\n", shortID(id), len(w.plan.Routes), len(w.plan.Neighs), w.plan.Problems)
+			fmt.Fprintf(&b, "%s: %d routes, %d peers, problems %v\n", dockerid.Short(id), len(w.plan.Routes), len(w.plan.Neighs), w.plan.Problems)
 		}
 	}
 	return b.String()
 }
-
-func shortID(id string) string { return id[:min(12, len(id))] }
 
 // Has says whether the network is routed.
 func (r *Router) Has(id string) bool {

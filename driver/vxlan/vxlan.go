@@ -18,6 +18,7 @@ import (
 	"github.com/tartan-net/tartan/driver/routed"
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/errdefs"
+	"github.com/tartan-net/tartan/internal/dockerid"
 )
 
 // Name is the backend's -o tartan.backend value.
@@ -53,9 +54,9 @@ func (Backend) Describe() backend.Description {
 	return routed.Describe(backend.Description{Name: Name, ClaimsVNI: true, Options: []backend.Option{
 		{Key: OptVNI, Parse: parseVNI},
 		{Key: OptDirectRouting, Parse: func(o *backend.Options, v string) error {
-			b, err := strconv.ParseBool(v)
+			b, err := backend.BoolOption(OptDirectRouting, v)
 			if err != nil {
-				return errdefs.Invalid("-o %s=%s is not a boolean: use true or false", OptDirectRouting, v)
+				return err
 			}
 			o.DirectRouting = b
 			return nil
@@ -95,7 +96,7 @@ func (b Backend) Ensure(n backend.Network) error {
 	why, err := kernel.EnsureVXLAN(kernel.VXLAN{Name: n.Device, VNI: n.VNI, Port: b.Host.VXLANPort, Local: u.Address, Parent: u.Interface,
 		MTU: n.MTU, MAC: kernel.VTEPMAC(b.Host.ID, n.VNI)})
 	if why != "" && b.Host.Log != nil {
-		b.Host.Log.WithFields(logrus.Fields{"if": n.Device, "network": backend.ShortID(n.ID)}).Warnf("made the VXLAN device again: the one found had %s", why)
+		b.Host.Log.WithFields(logrus.Fields{"if": n.Device, "network": dockerid.Short(n.ID)}).Warnf("made the VXLAN device again: the one found had %s", why)
 	}
 	if err == nil && n.Pool6 != "" {
 		err = kernel.EnableIPv6(b.Host.SysctlRoot, n.Device) // it carries the IPv6 pool too

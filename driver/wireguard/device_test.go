@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"github.com/vishvananda/netns"
 )
 
@@ -21,7 +21,7 @@ import (
 // per "host", joined by a veth pair: every link goes with them.
 const inNetns = "TARTAN_TEST_IN_NETNS"
 
-func TestMain(m *testing.M) { os.Exit(testbed.MainInOwnNetns(m, inNetns)) }
+func TestMain(m *testing.M) { os.Exit(testkit.MainInOwnNetns(m, inNetns)) }
 
 // host is a namespace with a WireGuard device and a "container" address.
 type host struct {
@@ -111,8 +111,8 @@ func (w testWriter) Write(p []byte) (int, error) {
 // carries UDP to the WireGuard port); a key rotation on one side heals once
 // the other has the new public key; Close removes the interface.
 func TestDeviceCarriesTraffic(t *testing.T) {
-	testbed.Require(t, os.Getenv(inNetns) != "", "WireGuard device tests need root and unshare (they run in their own network namespace)")
-	testbed.RequireRoot(t, "ip", "nsenter", "ping", "iperf3")
+	testkit.Require(t, os.Getenv(inNetns) != "", "WireGuard device tests need root and unshare (they run in their own network namespace)")
+	testkit.RequireRoot(t, "ip", "nsenter", "ping", "iperf3")
 	if out, err := exec.Command("sh", "-c", "ip link add wgtbr type bridge && ip link set wgtbr up").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
@@ -151,7 +151,7 @@ func TestDeviceCarriesTraffic(t *testing.T) {
 	b.sh(t, "iperf3 -s -D -1 -B 10.99.2.1 --logfile /dev/null")
 	time.Sleep(300 * time.Millisecond)
 	out := a.sh(t, "iperf3 -c 10.99.2.1 -B 10.99.1.1 -t 5 -f m | grep receiver")
-	t.Logf("iperf3 through two user-space WireGuard devices (both on this machine's cores): %s; this process's peak RSS %s", strings.TrimSpace(out), testbed.PeakRSS(0))
+	t.Logf("iperf3 through two user-space WireGuard devices (both on this machine's cores): %s; this process's peak RSS %s", strings.TrimSpace(out), testkit.PeakRSS(0))
 
 	// B rotates: until A has B's new key nothing passes; then it heals.
 	nk, err := NewPrivateKey()

@@ -2,19 +2,19 @@
 // (make clean-testbed; make test runs it first): the test binaries of a
 // killed run, test dockerds with their containers, shims and mounts, Consul
 // servers, test namespaces and folders. It finds them by the records every
-// run keeps under testbed.RecordRoot, and touches nothing else.
+// run keeps under testkit.RecordRoot, and touches nothing else.
 package main
 
 import (
 	"fmt"
 	"os"
 
-	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 func main() {
 	n := 0
-	testbed.SweepAll(func(format string, args ...any) {
+	testkit.SweepAll(func(format string, args ...any) {
 		n++
 		fmt.Fprintf(os.Stderr, "clean-testbed: "+format+"\n", args...)
 	})

@@ -34,7 +34,7 @@ import (
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/driver/routing/routingtest"
 	"github.com/tartan-net/tartan/driver/vxlan"
-	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/plugin"
@@ -443,7 +443,7 @@ type hostRow struct {
 	idleBytesPerMin               float64 // bytes per host per minute
 }
 
-func measureHosts(t *testing.T, consul *testbed.Consul, n int, s sizes) hostRow {
+func measureHosts(t *testing.T, consul *testkit.Consul, n int, s sizes) hostRow {
 	c := newCluster(t, consul.Addr, n)
 	joins, conflicts := c.register()
 	c.route()
@@ -690,7 +690,7 @@ func jsonBytes(v any) ([]byte, error) { return json.Marshal(v) }
 
 func TestScale(t *testing.T) {
 	s := fromEnv(t)
-	consul := testbed.StartConsulMany(t, "127.0.0.1", 18900)
+	consul := testkit.StartConsulMany(t, "127.0.0.1", 18900)
 	var hostRows []hostRow
 	for _, n := range s.hosts {
 		start := time.Now()
@@ -785,5 +785,5 @@ func render(s sizes, hs []hostRow, fs []fillRow) string {
 }
 
 // TestMain removes what an earlier run left (its Consul), and what this one
-// makes if it is stopped or runs out of time (testbed.Main).
-func TestMain(m *testing.M) { os.Exit(testbed.Main(m)) }
+// makes if it is stopped or runs out of time (testkit.Main).
+func TestMain(m *testing.M) { os.Exit(testkit.Main(m)) }

@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"fmt"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"testing"
 )
 
@@ -11,10 +12,10 @@ import (
 // on the same segment. Hosts have no default route.
 type Cluster struct {
 	Name    string
-	Switch  NS
+	Switch  testkit.NS
 	Hosts   []*Host
-	Consul  *Consul   // the first server
-	Servers []*Consul // every server (one, or three with NewClusterHA)
+	Consul  *testkit.Consul   // the first server
+	Servers []*testkit.Consul // every server (one, or three with NewClusterHA)
 	MTU     int
 	// Addr is each host's underlay address, by index.
 	Addr    []string
@@ -31,10 +32,10 @@ const (
 func NewCluster(t testing.TB, name string, mtu int) *Cluster {
 	t.Helper()
 	c := newSwitch(t, name, mtu)
-	cns := NewNS(t, "tt-"+name+"-cs")
+	cns := testkit.NewNS(t, "tt-"+name+"-cs")
 	c.plug(t, cns, "cs", ConsulAddr)
-	c.Consul = StartConsul(t, &cns, ConsulAddr, 8500)
-	c.Servers = []*Consul{c.Consul}
+	c.Consul = testkit.StartConsul(t, &cns, ConsulAddr, 8500)
+	c.Servers = []*testkit.Consul{c.Consul}
 	return c
 }
 
@@ -44,14 +45,14 @@ func NewClusterHA(t testing.TB, name string, mtu int) *Cluster {
 	t.Helper()
 	c := newSwitch(t, name, mtu)
 	addrs := []string{ConsulAddr, UnderlayPrefix + "101", UnderlayPrefix + "102"}
-	nss := make([]NS, 3)
+	nss := make([]testkit.NS, 3)
 	for i, a := range addrs {
-		nss[i] = NewNS(t, fmt.Sprintf("tt-%s-cs%d", name, i+1))
+		nss[i] = testkit.NewNS(t, fmt.Sprintf("tt-%s-cs%d", name, i+1))
 		c.plug(t, nss[i], fmt.Sprintf("cs%d", i+1), a)
 	}
-	bin := ConsulBin(t)
+	bin := testkit.ConsulBin(t)
 	type result struct {
-		c    *Consul
+		c    *testkit.Consul
 		stop func() string
 		err  error
 	}
@@ -65,7 +66,7 @@ func NewClusterHA(t testing.TB, name string, mtu int) *Cluster {
 			}
 		}
 		go func() {
-			s, stop, err := LaunchConsul(bin, &nss[i], addrs[i], 8500, join...)
+			s, stop, err := testkit.LaunchConsul(bin, &nss[i], addrs[i], 8500, join...)
 			results[i] <- result{s, stop, err}
 		}()
 	}
@@ -101,16 +102,16 @@ func (c *Cluster) StoreURL() string {
 func newSwitch(t testing.TB, name string, mtu int) *Cluster {
 	t.Helper()
 	c := &Cluster{Name: name, MTU: mtu}
-	c.Switch = NewNS(t, "tt-"+name+"-sw")
+	c.Switch = testkit.NewNS(t, "tt-"+name+"-sw")
 	c.Switch.MustIP(t, "link", "add", "br0", "mtu", fmt.Sprint(mtu), "type", "bridge")
 	c.Switch.MustIP(t, "link", "set", "br0", "up")
 	return c
 }
 
 // plug connects a namespace to the switch with underlay address addr.
-func (c *Cluster) plug(t testing.TB, ns NS, port, addr string) {
+func (c *Cluster) plug(t testing.TB, ns testkit.NS, port, addr string) {
 	t.Helper()
-	MustRun(t, "ip", "link", "add", "eth1", "mtu", fmt.Sprint(c.MTU), "netns", ns.Name, "type", "veth",
+	testkit.MustRun(t, "ip", "link", "add", "eth1", "mtu", fmt.Sprint(c.MTU), "netns", ns.Name, "type", "veth",
 		"peer", "name", port, "mtu", fmt.Sprint(c.MTU), "netns", c.Switch.Name)
 	c.Switch.MustIP(t, "link", "set", port, "master", "br0")
 	c.Switch.MustIP(t, "link", "set", port, "up")
@@ -132,7 +133,7 @@ func (c *Cluster) AddHost(t testing.TB, settings ...string) *Host {
 func (c *Cluster) AddBareHost(t testing.TB) *Host {
 	t.Helper()
 	i := len(c.Hosts) + 1
-	ns := NewNS(t, fmt.Sprintf("tt-%s-h%d", c.Name, i))
+	ns := testkit.NewNS(t, fmt.Sprintf("tt-%s-h%d", c.Name, i))
 	addr := fmt.Sprintf("%s%d", UnderlayPrefix, 10+i)
 	c.plug(t, ns, fmt.Sprintf("h%d", i), addr)
 	h := StartDockerd(t, ns)
@@ -150,10 +151,10 @@ func (c *Cluster) Settings() []string {
 
 // AddRouter plugs a namespace into the segment with an underlay address
 // (.200 and up) and addr, say the physical router of a macvlan network.
-func (c *Cluster) AddRouter(t testing.TB, name, addr string) NS {
+func (c *Cluster) AddRouter(t testing.TB, name, addr string) testkit.NS {
 	t.Helper()
 	c.routers++
-	ns := NewNS(t, fmt.Sprintf("tt-%s-%s", c.Name, name))
+	ns := testkit.NewNS(t, fmt.Sprintf("tt-%s-%s", c.Name, name))
 	c.plug(t, ns, name, fmt.Sprintf("%s%d", UnderlayPrefix, 199+c.routers))
 	ns.MustIP(t, "addr", "add", addr, "dev", "eth1")
 	ns.MustIP(t, "link", "set", "lo", "up")

@@ -1,12 +1,12 @@
 package testbed
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +20,7 @@ import (
 
 // Host is one test host: a namespace with its own dockerd.
 type Host struct {
-	NS
+	testkit.NS
 	Dir      string // data, logs
 	ExecRoot string // exec-root (short: plugin socket paths are limited)
 	Socket   string
@@ -66,7 +66,7 @@ func DockerdBin() string {
 
 // StartDockerd starts a dockerd inside ns and waits until it answers. It is
 // stopped (by its pid), and its mounts and directories removed, at cleanup.
-func StartDockerd(t testing.TB, ns NS) *Host {
+func StartDockerd(t testing.TB, ns testkit.NS) *Host {
 	t.Helper()
 	return startDockerd(t, ns, FirewallBackend() == "iptables-legacy")
 }
@@ -75,18 +75,18 @@ func StartDockerd(t testing.TB, ns NS) *Host {
 // iptables-legacy (a host where Docker uses the legacy tables): its PATH
 // starts with a folder where iptables, ip6tables and their -save and
 // -restore are the legacy ones.
-func StartDockerdLegacy(t testing.TB, ns NS) *Host {
+func StartDockerdLegacy(t testing.TB, ns testkit.NS) *Host {
 	t.Helper()
 	return startDockerd(t, ns, true)
 }
 
-func startDockerd(t testing.TB, ns NS, legacy bool) *Host {
+func startDockerd(t testing.TB, ns testkit.NS, legacy bool) *Host {
 	t.Helper()
 	h := &Host{NS: ns, Dir: filepath.Join(os.TempDir(), "tartan-e2e", ns.Name), ExecRoot: "/run/tt/" + ns.Name}
 	h.Socket = filepath.Join(h.ExecRoot, "docker.sock")
-	cleanDir(h.Dir)
-	cleanDir(h.ExecRoot)
-	forgetDirs := []func(){RecordDir(h.Dir), RecordDir(h.ExecRoot)}
+	testkit.CleanDir(h.Dir)
+	testkit.CleanDir(h.ExecRoot)
+	forgetDirs := []func(){testkit.RecordDir(h.Dir), testkit.RecordDir(h.ExecRoot)}
 	for _, d := range []string{h.Dir, h.ExecRoot, h.RunDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -95,7 +95,7 @@ func startDockerd(t testing.TB, ns NS, legacy bool) *Host {
 	h.log = filepath.Join(h.Dir, "dockerd.log")
 	if legacy {
 		multi, err := exec.LookPath("xtables-legacy-multi")
-		Require(t, err == nil, "no xtables-legacy-multi (Debian's iptables package has it)")
+		testkit.Require(t, err == nil, "no xtables-legacy-multi (Debian's iptables package has it)")
 		bin := filepath.Join(h.Dir, "legacy-bin")
 		if err := os.MkdirAll(bin, 0o755); err != nil {
 			t.Fatal(err)
@@ -147,7 +147,7 @@ func (h *Host) launch(t testing.TB) {
 	if err := h.cmd.Start(); err != nil {
 		t.Fatalf("start dockerd in %s: %v", h.Name, err)
 	}
-	h.forget = recordDockerd(h.cmd.Process.Pid, h)
+	h.forget = testkit.RecordDockerd(h.cmd.Process.Pid, h.Name, h.Socket, h.ExecRoot, h.Dir)
 	done := make(chan struct{})
 	h.done = done
 	go func() { _ = h.cmd.Wait(); logf.Close(); close(done) }()
@@ -196,7 +196,7 @@ func (h *Host) Restart(t testing.TB) {
 // fresh namespace: what a reboot is to Docker and the plugin (no links, no
 // routes, no firewall tables, not even loaded ones). Docker starts the
 // enabled plugin again before it makes its own chains.
-func (h *Host) Boot(t testing.TB, ns NS) {
+func (h *Host) Boot(t testing.TB, ns testkit.NS) {
 	t.Helper()
 	h.halt()
 	h.NS = ns
@@ -226,36 +226,11 @@ func (h *Host) stop(t testing.TB) {
 		_, _ = h.Docker(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
 	}
 	h.halt()
-	killShims(h.ExecRoot)
-	unmountUnder(h.Dir)
-	unmountUnder(h.ExecRoot)
-	cleanDir(h.Dir)
-	cleanDir(h.ExecRoot)
-}
-
-func cleanDir(dir string) {
-	unmountUnder(dir)
-	_ = os.RemoveAll(dir)
-}
-
-// unmountUnder lazily unmounts whatever a daemon left mounted below dir.
-func unmountUnder(dir string) {
-	f, err := os.Open("/proc/self/mounts")
-	if err != nil {
-		return
-	}
-	var mounts []string
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) > 1 && strings.HasPrefix(fields[1], dir+"/") {
-			mounts = append(mounts, fields[1])
-		}
-	}
-	f.Close()
-	for i := len(mounts) - 1; i >= 0; i-- {
-		_ = exec.Command("umount", "-l", mounts[i]).Run()
-	}
+	testkit.KillShims(h.ExecRoot)
+	testkit.UnmountUnder(h.Dir)
+	testkit.UnmountUnder(h.ExecRoot)
+	testkit.CleanDir(h.Dir)
+	testkit.CleanDir(h.ExecRoot)
 }
 
 // LogTail returns the last n lines of the daemon's log.
@@ -443,7 +418,7 @@ func (h *Host) pluginCall(name, path, body string) (string, error) {
 	sock := pluginSocket(ids)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return Run(ctx, "curl", "-sS", "--unix-socket", sock, "-w", "\n%{http_code}", "-X", "POST", "-d", body, "http://plugin"+path)
+	return testkit.Run(ctx, "curl", "-sS", "--unix-socket", sock, "-w", "\n%{http_code}", "-X", "POST", "-d", body, "http://plugin"+path)
 }
 
 var imageOnce sync.Mutex
@@ -471,7 +446,7 @@ func BusyboxTar(t testing.TB) string {
 		return tar
 	}
 	bb, err := exec.LookPath("busybox")
-	Require(t, err == nil, "busybox is not installed (apt-get install busybox-static)")
+	testkit.Require(t, err == nil, "busybox is not installed (apt-get install busybox-static)")
 	dir, err := os.MkdirTemp("", "tbox")
 	if err != nil {
 		t.Fatal(err)
@@ -480,13 +455,13 @@ func BusyboxTar(t testing.TB) string {
 	for _, d := range []string{"bin", "etc", "tmp", "proc", "sys", "dev"} {
 		_ = os.MkdirAll(filepath.Join(dir, d), 0o755)
 	}
-	MustRun(t, "cp", bb, filepath.Join(dir, "bin/busybox"))
+	testkit.MustRun(t, "cp", bb, filepath.Join(dir, "bin/busybox"))
 	for _, a := range []string{"sh", "ip", "ping", "nc", "sleep", "cat", "echo", "ls", "wc", "head", "dd", "seq",
 		"timeout", "hostname", "nslookup", "wget", "httpd", "kill", "sync", "md5sum", "true", "grep", "awk", "sed", "ifconfig", "route", "arp", "tr", "date", "sort", "uniq"} {
 		_ = os.Symlink("busybox", filepath.Join(dir, "bin", a))
 	}
 	tmp := tar + ".tmp"
-	MustRun(t, "tar", "-C", dir, "-cf", tmp, ".")
+	testkit.MustRun(t, "tar", "-C", dir, "-cf", tmp, ".")
 	if err := os.Rename(tmp, tar); err != nil {
 		t.Fatal(err)
 	}
@@ -536,27 +511,6 @@ func (h *Host) KillPlugin(t testing.TB) {
 		_, err := h.PluginCall("/Plugin.Activate", "{}")
 		return err
 	})
-}
-
-// killShims kills the containerd shims of a daemon that is gone (the
-// plugin's among them: docker ps does not list it), found by the containerd
-// address under its exec root; they outlive a killed daemon.
-func killShims(execRoot string) {
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") ||
-			!strings.Contains(string(b), "\x00-address\x00"+execRoot+"/") {
-			continue
-		}
-		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
 }
 
 // pluginSocket is the plugin's socket: Docker puts plugin sockets there

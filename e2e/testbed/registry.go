@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"fmt"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,10 +14,10 @@ import (
 // StartRegistry runs Debian's registry (distribution) on addr:5000 inside
 // ns, stopped at cleanup, and returns its host:port. Test daemons take any
 // registry on the underlay (UnderlayPrefix) or loopback over plain HTTP.
-func StartRegistry(t testing.TB, ns NS, addr string) string {
+func StartRegistry(t testing.TB, ns testkit.NS, addr string) string {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
-	Require(t, err == nil, "docker-registry is not installed (make deps)")
+	testkit.Require(t, err == nil, "docker-registry is not installed (make deps)")
 	dir := t.TempDir()
 	hostPort := addr + ":5000"
 	cfg := filepath.Join(dir, "config.yml")
@@ -32,7 +33,7 @@ func StartRegistry(t testing.TB, ns NS, addr string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	forget := RecordProcess(cmd.Process.Pid, "registry "+hostPort)
+	forget := testkit.RecordProcess(cmd.Process.Pid, "registry "+hostPort)
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan struct{})
@@ -60,7 +61,7 @@ const RegistryAddr = UnderlayPrefix + "150"
 // a namespace of its own, and returns its host:port.
 func (c *Cluster) AddRegistry(t testing.TB) string {
 	t.Helper()
-	ns := NewNS(t, "tt-"+c.Name+"-reg")
+	ns := testkit.NewNS(t, "tt-"+c.Name+"-reg")
 	c.plug(t, ns, "reg", RegistryAddr)
 	return StartRegistry(t, ns, RegistryAddr)
 }

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tartan-net/tartan/e2e/testbed"
+	"github.com/tartan-net/tartan/internal/testkit"
 	"github.com/tartan-net/tartan/kv"
 )
 
@@ -41,7 +41,7 @@ func Stores(consulAddr string) []Store {
 // other test uses.
 func Consul(t *testing.T, addr string) kv.Store {
 	t.Helper()
-	testbed.Require(t, addr != "", "no consul server (run make consul, or set CONSUL_BIN)")
+	testkit.Require(t, addr != "", "no consul server (run make consul, or set CONSUL_BIN)")
 	prefix := fmt.Sprintf("test/%s-%d/", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano())
 	s, err := kv.NewConsul(kv.ConsulConfig{Addresses: []string{addr}, Scheme: "http", Prefix: prefix})
 	if err != nil {

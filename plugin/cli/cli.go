@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,10 +18,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/tartan-net/tartan/driver"
-	"github.com/tartan-net/tartan/driver/fastpath"
-	"github.com/tartan-net/tartan/kv"
-	"github.com/tartan-net/tartan/plugin"
+	"github.com/tartan-net/tartan/internal/dockerid"
+	"github.com/tartan-net/tartan/plugin/api"
 )
 
 // SocketGlob is where Docker puts managed plugins' sockets, whatever its
@@ -65,92 +64,119 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return 2
 	}
-	fs := flag.NewFlagSet("tartan "+args[0], flag.ContinueOnError)
+	inv, code, stop := parseArgs(args, stdout, stderr)
+	if stop {
+		return code
+	}
+	if inv.cmd == "version" {
+		return version(inv.socket, inv.json, stdout, stderr)
+	}
+	sock, err := findSocket(inv.socket)
+	if err != nil {
+		fmt.Fprintf(stderr, "tartan %s: %v\n", inv.cmd, err)
+		return 1
+	}
+	found, err := ask(output{c: client{socket: sock}, w: stdout, json: inv.json}, inv)
+	if err != nil {
+		fmt.Fprintf(stderr, "tartan %s: %v\n", inv.cmd, err)
+		return 1
+	}
+	if found {
+		return 1
+	}
+	return 0
+}
+
+// invocation is a subcommand with its flags and arguments.
+type invocation struct {
+	cmd        string
+	socket     string
+	json, yes  bool
+	positional []string
+}
+
+// parseArgs reads a known subcommand's flags and arguments; stop says to
+// exit with code (0 after --help, 2 for a usage error, which it printed).
+func parseArgs(args []string, stdout, stderr io.Writer) (inv invocation, code int, stop bool) {
+	inv.cmd = args[0]
+	fs := flag.NewFlagSet("tartan "+inv.cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "tartan %s: %s\n", args[0], Commands[args[0]])
+		fmt.Fprintf(fs.Output(), "tartan %s: %s\n", inv.cmd, Commands[inv.cmd])
 		fs.PrintDefaults()
 	}
 	socket := fs.String("socket", "", "the plugin's socket (default: the one tartan.sock under /run/docker/plugins)")
 	asJSON := fs.Bool("json", false, "print JSON, for scripts")
 	var yes *bool
-	if args[0] == "gc" {
+	if inv.cmd == "gc" {
 		yes = fs.Bool("yes", false, "remove what the collection would remove, now")
 	}
 	// Flags may come before or after the pool (tartan addresses POOL --json).
-	var positional []string
 	for rest := args[1:]; ; {
 		if err := fs.Parse(rest); errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
 			fs.Usage()
-			return 0
+			return inv, 0, true
 		} else if err != nil {
-			return 2
+			return inv, 2, true
 		}
 		if fs.NArg() == 0 {
 			break
 		}
-		positional = append(positional, fs.Arg(0))
+		inv.positional = append(inv.positional, fs.Arg(0))
 		rest = fs.Args()[1:]
 	}
 	want := 0
-	if args[0] == "addresses" {
+	if inv.cmd == "addresses" {
 		want = 1
 	}
-	if len(positional) != want {
+	if len(inv.positional) != want {
 		if want == 0 {
-			fmt.Fprintf(stderr, "tartan %s takes no arguments (got %q)\n", args[0], positional)
+			fmt.Fprintf(stderr, "tartan %s takes no arguments (got %q)\n", inv.cmd, inv.positional)
 		} else {
-			fmt.Fprintf(stderr, "tartan %s takes one pool, as a CIDR (tartan networks lists them): tartan %s 10.244.0.0/16\n", args[0], args[0])
+			fmt.Fprintf(stderr, "tartan %s takes one pool, as a CIDR (tartan networks lists them): tartan %s 10.244.0.0/16\n", inv.cmd, inv.cmd)
 		}
-		return 2
+		return inv, 2, true
 	}
-	if args[0] == "version" {
-		return version(*socket, *asJSON, stdout, stderr)
-	}
-	sock, err := findSocket(*socket)
-	if err != nil {
-		fmt.Fprintf(stderr, "tartan %s: %v\n", args[0], err)
-		return 1
-	}
-	out := output{c: client{socket: sock}, w: stdout, json: *asJSON}
+	inv.socket, inv.json, inv.yes = *socket, *asJSON, yes != nil && *yes
+	return inv, 0, false
+}
+
+// ask asks the plugin what the subcommand shows and prints it; found says
+// that tartan doctor found something wrong.
+func ask(out output, inv invocation) (found bool, err error) {
 	get := http.MethodGet
-	switch args[0] {
+	switch inv.cmd {
 	case "status":
-		_, err = query(out, get, plugin.StatusPath, printStatus)
+		_, err = query(out, get, api.StatusPath, printStatus)
 	case "hosts":
-		_, err = query(out, get, plugin.HostsPath, printHosts)
+		_, err = query(out, get, api.HostsPath, printHosts)
 	case "networks":
-		_, err = query(out, get, plugin.NetworksPath, printPools)
+		_, err = query(out, get, api.NetworksPath, printPools)
 	case "addresses":
-		_, err = query(out, get, plugin.AddressesPath+"?pool="+url.QueryEscape(positional[0]), printAddresses)
+		_, err = query(out, get, api.AddressesPath+"?pool="+url.QueryEscape(inv.positional[0]), printAddresses)
 	case "ports":
-		_, err = query(out, get, plugin.PortsPath, printPorts)
+		_, err = query(out, get, api.PortsPath, printPorts)
 	case "gc":
-		if *yes {
-			_, err = query(out, http.MethodPost, plugin.GCPath, printCollected)
+		if inv.yes {
+			_, err = query(out, http.MethodPost, api.GCPath, printCollected)
 		} else {
-			_, err = query(out, get, plugin.GCPath, printGCPlan)
+			_, err = query(out, get, api.GCPath, printGCPlan)
 		}
 	case "rotate-key":
-		_, err = query(out, http.MethodPost, plugin.RotateKeyPath, func(w io.Writer, k plugin.RotatedKey) {
+		_, err = query(out, http.MethodPost, api.RotateKeyPath, func(w io.Writer, k api.RotatedKey) {
 			fmt.Fprintf(w, "new public key\t%s\n", k.PublicKey)
 		})
 	case "repair":
-		_, err = query(out, http.MethodPost, plugin.RepairPath, func(w io.Writer, r plugin.Repaired) {
+		_, err = query(out, http.MethodPost, api.RepairPath, func(w io.Writer, r api.Repaired) {
 			fmt.Fprintf(w, "repaired in %s (tartan doctor shows what is still wrong)\n", r.Took)
 		})
 	case "doctor":
-		var fs []plugin.Finding
-		if fs, err = query(out, get, plugin.DoctorPath, printFindings); err == nil && len(fs) > 0 {
-			return 1
-		}
+		var fs []api.Finding
+		fs, err = query(out, get, api.DoctorPath, printFindings)
+		found = err == nil && len(fs) > 0
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "tartan %s: %v\n", args[0], err)
-		return 1
-	}
-	return 0
+	return found, err
 }
 
 func usage(w io.Writer) {
@@ -250,7 +276,7 @@ func show[T any](w io.Writer, asJSON bool, v T, human func(io.Writer, T)) error 
 
 // fastPathLine is the eBPF fast path in one line: where it is attached and
 // the packets it carried or left to the kernel.
-func fastPathLine(fp plugin.FastPathStatus) string {
+func fastPathLine(fp api.FastPathStatus) string {
 	if !fp.On {
 		return "off (the kernel path; the plugin's log says why)"
 	}
@@ -258,23 +284,23 @@ func fastPathLine(fp plugin.FastPathStatus) string {
 		return "eBPF, counters unreadable: " + fp.Error
 	}
 	var parts []string
-	for _, name := range fastpath.CounterNames() {
+	for _, name := range api.FastPathCounters() {
 		parts = append(parts, fmt.Sprintf("%s %d", name, fp.Packets[name]))
 	}
 	return fmt.Sprintf("eBPF on %d interfaces; packets: %s", len(fp.Attached), strings.Join(parts, ", "))
 }
 
-func printStatus(w io.Writer, s plugin.HostStatus) {
+func printStatus(w io.Writer, s api.HostStatus) {
 	fmt.Fprintf(w, "host\t%s\n", s.Host)
 	fmt.Fprintf(w, "version\t%s\n", s.Version)
 	fmt.Fprintf(w, "store\t%s\n", s.Store)
-	fmt.Fprintf(w, "firewall\t%s\n", or(s.Firewall, "none yet"))
+	fmt.Fprintf(w, "firewall\t%s\n", cmp.Or(s.Firewall, "none yet"))
 	fmt.Fprintf(w, "scope\t%s\n", s.Scope)
 	if s.Settings != "" {
 		fmt.Fprintf(w, "SETTINGS ERROR\t%s\n", s.Settings)
 	}
 	if wg := s.WireGuard; wg != nil {
-		fmt.Fprintf(w, "wireguard\t%s port %d, public key %s\n", or(wg.Mode, "no device (no wireguard network here)"), wg.Port, wg.PublicKey)
+		fmt.Fprintf(w, "wireguard\t%s port %d, public key %s\n", cmp.Or(wg.Mode, "no device (no wireguard network here)"), wg.Port, wg.PublicKey)
 	}
 	if s.WireGuardError != "" {
 		fmt.Fprintf(w, "WIREGUARD ERROR\t%s\n", s.WireGuardError)
@@ -315,12 +341,12 @@ func printStatus(w io.Writer, s plugin.HostStatus) {
 		if n.Pool6 != "" {
 			pool += " " + n.Pool6
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", short(n.ID), backend, pool, vni, n.MTU, n.Endpoints,
-			peers[0], peers[1], peers[2], or(strings.Join(n.Problems, "; "), "none"))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", dockerid.Short(n.ID), backend, pool, vni, n.MTU, n.Endpoints,
+			peers[0], peers[1], peers[2], cmp.Or(strings.Join(n.Problems, "; "), "none"))
 	}
 }
 
-func printHosts(w io.Writer, hs []kv.HostReport) {
+func printHosts(w io.Writer, hs []api.HostReport) {
 	if len(hs) == 0 {
 		fmt.Fprintln(w, "no host in the store yet")
 		return
@@ -352,11 +378,11 @@ func printHosts(w io.Writer, hs []kv.HostReport) {
 		if !h.Seen.IsZero() {
 			seen = h.Seen.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.ID, or(h.Address, "-"), or(h.Version, "-"), state, seen, renewed, or(strings.Join(blocks, " "), "-"))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.ID, cmp.Or(h.Address, "-"), cmp.Or(h.Version, "-"), state, seen, renewed, cmp.Or(strings.Join(blocks, " "), "-"))
 	}
 }
 
-func printFindings(w io.Writer, fs []plugin.Finding) {
+func printFindings(w io.Writer, fs []api.Finding) {
 	if len(fs) == 0 {
 		fmt.Fprintln(w, "nothing wrong: the kernel holds what the plans say, every address of this host has its endpoint, every host is alive")
 		return
@@ -364,13 +390,13 @@ func printFindings(w io.Writer, fs []plugin.Finding) {
 	for _, f := range fs {
 		where := ""
 		if f.Network != "" {
-			where = "network " + short(f.Network) + ": "
+			where = "network " + dockerid.Short(f.Network) + ": "
 		}
 		fmt.Fprintf(w, "%s%s\n    fix: %s\n", where, f.What, f.Fix)
 	}
 }
 
-func printPools(w io.Writer, ps []kv.PoolReport) {
+func printPools(w io.Writer, ps []api.PoolReport) {
 	if len(ps) == 0 {
 		fmt.Fprintln(w, "no pool in the store")
 		return
@@ -399,39 +425,39 @@ func printPools(w io.Writer, ps []kv.PoolReport) {
 		if p.Releasing {
 			notes = append(notes, "being released")
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t/%d\t%s\t%d\t%d\t%s\n", p.Pool, backend, vni, p.BlockBits, or(p.Gateway, "-"), p.Blocks, p.Addresses, or(strings.Join(notes, ", "), "-"))
+		fmt.Fprintf(w, "%s\t%s\t%s\t/%d\t%s\t%d\t%d\t%s\n", p.Pool, backend, vni, p.BlockBits, cmp.Or(p.Gateway, "-"), p.Blocks, p.Addresses, cmp.Or(strings.Join(notes, ", "), "-"))
 	}
 }
 
-func printAddresses(w io.Writer, as []plugin.AddressReport) {
+func printAddresses(w io.Writer, as []api.AddressReport) {
 	if len(as) == 0 {
 		fmt.Fprintln(w, "no address allocated in this pool")
 		return
 	}
 	fmt.Fprintln(w, "ADDRESS\tHOST\tKIND\tMAC\tCREATED\tENDPOINT HERE")
 	for _, a := range as {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", a.IP, a.Host, a.Kind, or(a.MAC, "-"), a.Created.UTC().Format(time.RFC3339), or(short(a.Endpoint), "-"))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", a.IP, a.Host, a.Kind, cmp.Or(a.MAC, "-"), a.Created.UTC().Format(time.RFC3339), cmp.Or(dockerid.Short(a.Endpoint), "-"))
 	}
 }
 
-func printPorts(w io.Writer, ps []driver.PublishedPorts) {
+func printPorts(w io.Writer, ps []api.PublishedPorts) {
 	if len(ps) == 0 {
 		fmt.Fprintln(w, "no published port on this host")
 		return
 	}
 	fmt.Fprintln(w, "ENDPOINT\tNETWORK\tADDRESS\tPORTS")
 	for _, p := range ps {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", short(p.Endpoint), short(p.Network), p.IP, driver.PortsText(p.Ports))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", dockerid.Short(p.Endpoint), dockerid.Short(p.Network), p.IP, api.PortsText(p.Ports))
 	}
 }
 
-func printGCPlan(w io.Writer, p plugin.GCPlan) {
+func printGCPlan(w io.Writer, p api.GCPlan) {
 	if len(p.Orphans) == 0 && len(p.Gone) == 0 && len(p.Networks) == 0 {
 		fmt.Fprintln(w, "nothing to collect")
 		return
 	}
 	for _, n := range p.Networks {
-		fmt.Fprintf(w, "would remove network record %s (pool %s): Docker no longer has the network, no endpoint uses it\n", short(n.ID), n.Pool)
+		fmt.Fprintf(w, "would remove network record %s (pool %s): Docker no longer has the network, no endpoint uses it\n", dockerid.Short(n.ID), n.Pool)
 	}
 	for _, o := range p.Orphans {
 		fmt.Fprintf(w, "would release address %s of pool %s: this host's, no endpoint has it (since %s)\n", o.IP, o.Pool, o.Created.UTC().Format(time.RFC3339))
@@ -441,22 +467,13 @@ func printGCPlan(w io.Writer, p plugin.GCPlan) {
 		for _, b := range h.Blocks {
 			blocks = append(blocks, b.Block)
 		}
-		fmt.Fprintf(w, "would remove gone host %s (%s, last renewal %s), its blocks %s and their addresses\n", h.ID, or(h.Address, "no host record"),
-			h.Renewed.UTC().Format(time.RFC3339), or(strings.Join(blocks, " "), "(none)"))
+		fmt.Fprintf(w, "would remove gone host %s (%s, last renewal %s), its blocks %s and their addresses\n", h.ID, cmp.Or(h.Address, "no host record"),
+			h.Renewed.UTC().Format(time.RFC3339), cmp.Or(strings.Join(blocks, " "), "(none)"))
 	}
 	fmt.Fprintln(w, "tartan gc --yes removes these now")
 }
 
-func printCollected(w io.Writer, c plugin.GCDone) {
+func printCollected(w io.Writer, c api.GCDone) {
 	fmt.Fprintf(w, "released %d orphaned addresses of this host; removed %d gone hosts, %d of their blocks and %d of their addresses; %d network records Docker no longer had\n",
 		c.Orphans, c.Hosts, c.Blocks, c.Addresses, c.Networks)
-}
-
-func short(id string) string { return id[:min(12, len(id))] }
-
-func or(s, dflt string) string {
-	if s == "" {
-		return dflt
-	}
-	return s
 }

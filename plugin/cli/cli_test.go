@@ -21,6 +21,7 @@ import (
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/plugin"
+	"github.com/tartan-net/tartan/plugin/api"
 	"github.com/tartan-net/tartan/plugin/cli"
 )
 
@@ -77,7 +78,7 @@ func TestStatusAndHosts(t *testing.T) {
 	sock := serve(t, h)
 
 	rc, out, errs := run("status", "--socket", sock, "--json")
-	var st plugin.HostStatus
+	var st api.HostStatus
 	if rc != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Host != "h1" || st.Scope != "local" || st.Store != store.String() || st.Networks == nil {
 		t.Fatalf("status --json: rc %d, %q, stderr %q", rc, out, errs)
 	}
@@ -98,7 +99,7 @@ func TestStatusAndHosts(t *testing.T) {
 		t.Fatalf("hosts: rc %d\n%s", rc, out)
 	}
 	rc, out, _ = run("hosts", "--socket", sock, "--json")
-	var hs []kv.HostReport
+	var hs []api.HostReport
 	if rc != 0 || json.Unmarshal([]byte(out), &hs) != nil || len(hs) != 2 || len(hs[0].Blocks) != 1 {
 		t.Fatalf("hosts --json: rc %d\n%s", rc, out)
 	}
@@ -117,7 +118,7 @@ func TestStatusAndHosts(t *testing.T) {
 	if rc != 1 || !strings.Contains(out, "host h2 (10.0.0.2) lapsed") || !strings.Contains(out, "10.1.0.64/26") || !strings.Contains(out, "fix:") {
 		t.Fatalf("doctor with a lapsed host holding a block: rc %d\n%s", rc, out)
 	}
-	var fs []plugin.Finding
+	var fs []api.Finding
 	if rc, out, _ = run("doctor", "--socket", sock, "--json"); rc != 1 || json.Unmarshal([]byte(out), &fs) != nil || len(fs) != 1 {
 		t.Fatalf("doctor --json: rc %d\n%s", rc, out)
 	}

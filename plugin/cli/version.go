@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"runtime"
@@ -9,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tartan-net/tartan/plugin"
+	"github.com/tartan-net/tartan/plugin/api"
 )
 
 // VersionInfo is what tartan version prints: this binary, the machine it
@@ -30,15 +31,15 @@ type VersionInfo struct {
 
 // PluginVersion is the running plugin as tartan version shows it.
 type PluginVersion struct {
-	Version  string                 `json:"version"`
-	FastPath *plugin.FastPathStatus `json:"fastpath,omitempty"`
+	Version  string              `json:"version"`
+	FastPath *api.FastPathStatus `json:"fastpath,omitempty"`
 }
 
 // tcxSince is the first kernel with tcx, which the fast path attaches with.
 var tcxSince = [2]int{6, 6}
 
 func version(socket string, asJSON bool, stdout, stderr io.Writer) int {
-	v := VersionInfo{Version: plugin.Version, Go: runtime.Version(), Arch: runtime.GOOS + "/" + runtime.GOARCH}
+	v := VersionInfo{Version: api.Version, Go: runtime.Version(), Arch: runtime.GOOS + "/" + runtime.GOARCH}
 	var u unix.Utsname
 	if err := unix.Uname(&u); err == nil {
 		v.Kernel = unix.ByteSliceToString(u.Release[:])
@@ -47,8 +48,8 @@ func version(socket string, asJSON bool, stdout, stderr io.Writer) int {
 	if sock, err := findSocket(socket); err != nil {
 		v.PluginError = err.Error()
 	} else {
-		var st plugin.HostStatus
-		if err := (client{socket: sock}).do("GET", plugin.StatusPath, &st); err != nil {
+		var st api.HostStatus
+		if err := (client{socket: sock}).do("GET", api.StatusPath, &st); err != nil {
 			v.PluginError = err.Error()
 		} else {
 			v.Plugin = &PluginVersion{Version: st.Version, FastPath: st.FastPath}
@@ -68,7 +69,7 @@ func printVersion(w io.Writer, v VersionInfo) {
 	if !v.KernelFastPath {
 		fp = fmt.Sprintf("too old for the eBPF fast path (tcx needs Linux %d.%d): the kernel path", tcxSince[0], tcxSince[1])
 	}
-	fmt.Fprintf(w, "kernel\t%s, %s\n", or(v.Kernel, "unknown"), fp)
+	fmt.Fprintf(w, "kernel\t%s, %s\n", cmp.Or(v.Kernel, "unknown"), fp)
 	if v.Plugin == nil {
 		fmt.Fprintf(w, "plugin\tnone answers: %s\n", v.PluginError)
 		return

@@ -1,6 +1,7 @@
-package testbed
+package testkit
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -105,9 +106,10 @@ func RecordDir(dir string) (forget func()) { return save(record{Kind: "dir", Dir
 // it is made; what runs inside it is stopped with it.
 func RecordNS(name string) (forget func()) { return save(record{Kind: "netns", Name: name}) }
 
-// recordDockerd records a test host's daemon with its folders.
-func recordDockerd(pid int, h *Host) (forget func()) {
-	return save(record{Kind: "dockerd", PID: pid, Start: startTime(pid), Name: h.Name, Socket: h.Socket, ExecRoot: h.ExecRoot, Dir: h.Dir})
+// RecordDockerd records a test host's daemon (named name) with its socket,
+// exec-root and data folder.
+func RecordDockerd(pid int, name, socket, execRoot, dir string) (forget func()) {
+	return save(record{Kind: "dockerd", PID: pid, Start: startTime(pid), Name: name, Socket: socket, ExecRoot: execRoot, Dir: dir})
 }
 
 // startTime is a process's start time (field 22 of /proc/<pid>/stat), 0 if
@@ -223,10 +225,10 @@ func sweepRun(dir string, all bool, spare map[int]bool, logf func(format string,
 				_ = exec.Command("ip", "netns", "del", r.Name).Run()
 			}
 		case "dir":
-			killShims(r.Dir) // a daemon's exec-root: its shims outlive it
+			KillShims(r.Dir) // a daemon's exec-root: its shims outlive it
 			if _, err := os.Stat(r.Dir); err == nil {
 				logf("removing %s", r.Dir)
-				cleanDir(r.Dir)
+				CleanDir(r.Dir)
 			}
 		}
 	}
@@ -255,11 +257,11 @@ func sweepDockerd(r record, logf func(string, ...any)) {
 		stopProcess(r)
 	}
 	if r.ExecRoot != "" {
-		killShims(r.ExecRoot)
+		KillShims(r.ExecRoot)
 	}
 	for _, d := range []string{r.Dir, r.ExecRoot} {
 		if d != "" {
-			cleanDir(d)
+			CleanDir(d)
 		}
 	}
 }
@@ -423,4 +425,51 @@ func guard(run func() int) int {
 func fuzzWorker() bool {
 	f := flag.Lookup("test.fuzzworker")
 	return f != nil && f.Value.String() == "true"
+}
+
+// CleanDir removes a folder, after unmounting whatever is mounted below it.
+func CleanDir(dir string) {
+	UnmountUnder(dir)
+	_ = os.RemoveAll(dir)
+}
+
+// UnmountUnder lazily unmounts whatever a daemon left mounted below dir.
+func UnmountUnder(dir string) {
+	f, err := os.Open("/proc/self/mounts")
+	if err != nil {
+		return
+	}
+	var mounts []string
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) > 1 && strings.HasPrefix(fields[1], dir+"/") {
+			mounts = append(mounts, fields[1])
+		}
+	}
+	f.Close()
+	for i := len(mounts) - 1; i >= 0; i-- {
+		_ = exec.Command("umount", "-l", mounts[i]).Run()
+	}
+}
+
+// KillShims kills the containerd shims of a daemon that is gone (the
+// plugin's among them: docker ps does not list it), found by the containerd
+// address under its exec root; they outlive a killed daemon.
+func KillShims(execRoot string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") ||
+			!strings.Contains(string(b), "\x00-address\x00"+execRoot+"/") {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }

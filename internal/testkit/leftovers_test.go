@@ -1,4 +1,4 @@
-package testbed
+package testkit
 
 import (
 	"fmt"
@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 			RecordProcess(out.Process.Pid, "sleep")
 			// Ready once nsenter has become sleep inside the namespace: a
 			// process caught in its exec has no command line to check.
-			for start := time.Now(); time.Since(start) < MinWait; time.Sleep(10 * time.Millisecond) {
+			for start := time.Now(); time.Since(start) < 2*time.Minute; time.Sleep(10 * time.Millisecond) {
 				if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", in.Process.Pid)); err == nil && strings.HasPrefix(string(b), "sleep\x00") {
 					break
 				}
