@@ -86,55 +86,71 @@ func (d *Driver) setPorts(ctx context.Context, endpointID string, asked []PortRe
 	}
 	d.mu.Unlock()
 	if err := d.writeFirewall(); err != nil {
-		d.mu.Lock()
-		for id, h := range held {
-			if cur, ok := d.st.endpoints[id]; ok {
-				cur.Ports = h.Ports
-				d.st.endpoints[id] = cur
-			}
-		}
-		if cur, ok := d.st.endpoints[e.ID]; ok {
-			cur.Ports = prev
-			d.st.endpoints[e.ID] = cur
-		}
-		d.mu.Unlock()
+		d.restorePorts(e.ID, prev, held)
 		return err
 	}
-	for _, id := range append(dead, e.ID) {
-		d.mu.Lock()
-		cur, ok := d.st.endpoints[id]
-		d.mu.Unlock()
-		if !ok {
-			continue // deleted meanwhile
-		}
-		if id != e.ID {
-			d.log.WithFields(logrus.Fields{"endpoint": shortID(id), "ports": held[id].Ports}).Warn("withdrew the published ports of an endpoint whose veth is gone")
-		}
-		if err := putLocal(ctx, d.local, localEndpoints+id, cur); err != nil {
-			return fmt.Errorf("save endpoint %s: %w", shortID(id), err)
-		}
+	if err := d.savePorts(ctx, e.ID, dead, held); err != nil {
+		return err
 	}
 	if len(ports) > 0 {
 		d.log.WithFields(logrus.Fields{"endpoint": shortID(e.ID), "ports": ports}).Info("ports published")
 	}
-	// The flows of ports withdrawn go with them: a UDP flow to a port
-	// published again must reach its new container.
-	gone := map[string][]backend.Port{e.ID: withdrawn(prev, ports)}
-	for id, h := range held {
-		gone[id] = h.Ports
-	}
-	for id, ps := range gone {
-		ip := e.Addr()
-		if id != e.ID {
-			ip = held[id].Addr()
+	d.flushWithdrawn(e, withdrawn(prev, ports), held)
+	return nil
+}
+
+// restorePorts puts back the ports an endpoint and the dead holders had
+// before a change whose firewall could not be written.
+func (d *Driver) restorePorts(id string, prev []published, held map[string]localEndpoint) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for hid, h := range held {
+		if cur, ok := d.st.endpoints[hid]; ok {
+			cur.Ports = h.Ports
+			d.st.endpoints[hid] = cur
 		}
+	}
+	if cur, ok := d.st.endpoints[id]; ok {
+		cur.Ports = prev
+		d.st.endpoints[id] = cur
+	}
+}
+
+// savePorts keeps the records of the endpoint and of the dead holders
+// whose ports it took in the local store.
+func (d *Driver) savePorts(ctx context.Context, id string, dead []string, held map[string]localEndpoint) error {
+	for _, eid := range append(dead, id) {
+		d.mu.Lock()
+		cur, ok := d.st.endpoints[eid]
+		d.mu.Unlock()
+		if !ok {
+			continue // deleted meanwhile
+		}
+		if eid != id {
+			d.log.WithFields(logrus.Fields{"endpoint": shortID(eid), "ports": held[eid].Ports}).Warn("withdrew the published ports of an endpoint whose veth is gone")
+		}
+		if err := putLocal(ctx, d.local, localEndpoints+eid, cur); err != nil {
+			return fmt.Errorf("save endpoint %s: %w", shortID(eid), err)
+		}
+	}
+	return nil
+}
+
+// flushWithdrawn flushes the flows of ports withdrawn from e (gone) and
+// from the dead holders: a UDP flow to a port published again must reach
+// its new container.
+func (d *Driver) flushWithdrawn(e localEndpoint, gone []published, held map[string]localEndpoint) {
+	flush := func(id string, ip netip.Addr, ps []published) {
 		for _, p := range ps {
 			if err := kernel.FlushPortConntrack(ip, p.Proto, p.HostPort); err != nil {
 				d.log.WithField("endpoint", shortID(id)).Warn(err)
 			}
 		}
 	}
-	return nil
+	flush(e.ID, e.Addr(), gone)
+	for id, h := range held {
+		flush(id, h.Addr(), h.Ports)
+	}
 }
 
 // withdrawn is what of was is not in now.

@@ -200,115 +200,136 @@ func MergeTunnels(lists ...[]Tunnel) []Tunnel {
 // Compute plans the peer state of a network. Records that cannot be routed
 // safely are left out, each with a problem that says why.
 func Compute(in Input) Plan {
-	plan := Plan{Problems: append([]string(nil), in.View.Problems...)}
-	live := in.liveness()
-	pool := in.Net.Pool
-	memo := in.Memo
-	if memo == nil {
-		memo = &Memo{}
+	c := &planner{in: &in, live: in.liveness(), memo: in.Memo, badHost: map[string]bool{},
+		plan: Plan{Problems: append([]string(nil), in.View.Problems...)}}
+	if c.memo == nil {
+		c.memo = &Memo{}
 	}
-	memo.begin(in)
-	type owned struct {
-		p    netip.Prefix
-		host string
+	c.memo.begin(in)
+	if j, ok := in.Net.Peering.(HostsJudge); ok {
+		c.judged = j.JudgeHosts(in.View.Hosts)
 	}
+	blocks := c.liveBlocks()
+	c.plan.Routes = make([]kernel.Route, 0, len(blocks)+len(in.View.Exceptions))
+	for _, b := range blocks {
+		if b.host != in.Self {
+			c.add(b.p, b.host)
+		}
+	}
+	c.exceptions(blocks)
+	return c.finish()
+}
+
+// planner is one Compute call.
+type planner struct {
+	in      *Input
+	live    kv.Liveness
+	memo    *Memo
+	plan    Plan
+	badHost map[string]bool   // hosts refused (said once)
+	judged  map[string]string // hosts the peering refuses together
+}
+
+// owned is a live block and its host.
+type owned struct {
+	p    netip.Prefix
+	host string
+}
+
+// liveBlocks is the view's blocks that may be routed: well-formed, inside
+// the pool, alive.
+func (c *planner) liveBlocks() []owned {
+	in := c.in
 	blocks := make([]owned, 0, len(in.View.Blocks))
-	var owner map[netip.Prefix]string // only exceptions need it
-	if len(in.View.Exceptions) > 0 {
-		owner = make(map[netip.Prefix]string, len(in.View.Blocks))
-	}
-	var sizes []int // block prefix lengths (one, unless records disagree)
 	for _, b := range in.View.Blocks {
-		p, why := memo.block(in, b.CIDR)
+		p, why := c.memo.block(*in, b.CIDR)
 		if why != "" {
-			plan.Problems = append(plan.Problems, fmt.Sprintf("block record %q of host %s ignored: %s", b.CIDR, b.Host, why))
+			c.plan.Problems = append(c.plan.Problems, fmt.Sprintf("block record %q of host %s ignored: %s", b.CIDR, b.Host, why))
 			continue
 		}
-		if !live.BlockAlive(b) {
+		if !c.live.BlockAlive(b) {
 			continue
 		}
 		if seen, ok := in.View.BlockSeen[kv.BlockPath(b.Pool, b.CIDR)]; ok {
-			plan.until(seen.Add(in.TTL), in.Now)
+			c.plan.until(seen.Add(in.TTL), in.Now)
 		}
-		plan.until(live.LastSeen(b.Host).Add(in.TTL), in.Now)
+		c.plan.until(c.live.LastSeen(b.Host).Add(in.TTL), in.Now)
 		blocks = append(blocks, owned{p, b.Host})
-		if owner != nil {
-			owner[p] = b.Host
-		}
-		if !slices.Contains(sizes, p.Bits()) {
-			sizes = append(sizes, p.Bits())
-		}
 	}
-	plan.Routes = make([]kernel.Route, 0, len(blocks)+len(in.View.Exceptions))
-	badHost := map[string]bool{}
-	var judged map[string]string // hosts the peering refuses together
-	if j, ok := in.Net.Peering.(HostsJudge); ok {
-		judged = j.JudgeHosts(in.View.Hosts)
+	return blocks
+}
+
+// add asks the peering for the entries of dst at hostID.
+func (c *planner) add(dst netip.Prefix, hostID string) {
+	h, ok := c.in.View.Hosts[hostID]
+	if !ok || h.Address == "" {
+		c.plan.Problems = append(c.plan.Problems, fmt.Sprintf("%s belongs to host %s, which has no registered address", dst, hostID))
+		return
 	}
-	refuse := func(hostID, why string) {
-		if !badHost[hostID] {
-			badHost[hostID] = true
-			plan.Problems = append(plan.Problems, why)
-		}
+	if c.in.Net.Peering == nil {
+		return
 	}
-	add := func(dst netip.Prefix, hostID string) {
-		h, ok := in.View.Hosts[hostID]
-		if !ok || h.Address == "" {
-			plan.Problems = append(plan.Problems, fmt.Sprintf("%s belongs to host %s, which has no registered address", dst, hostID))
-			return
-		}
-		if in.Net.Peering == nil {
-			return
-		}
-		p := memo.peer(&in, hostID, h)
-		if p.problem != "" {
-			refuse(hostID, p.problem)
-			return
-		}
-		if why := judged[hostID]; why != "" {
-			refuse(hostID, why)
-			return
-		}
-		p.Record = h
-		p.First, p.done = p.done != memo.gen, memo.gen
-		if why := in.Net.Peering.Entries(&in, dst, p, &plan); why != "" {
-			plan.Problems = append(plan.Problems, why)
-		}
+	p := c.memo.peer(c.in, hostID, h)
+	why := p.problem
+	if why == "" {
+		why = c.judged[hostID]
 	}
+	if why != "" {
+		if !c.badHost[hostID] {
+			c.badHost[hostID] = true
+			c.plan.Problems = append(c.plan.Problems, why)
+		}
+		return
+	}
+	p.Record = h
+	p.First, p.done = p.done != c.memo.gen, c.memo.gen
+	if why := c.in.Net.Peering.Entries(c.in, dst, p, &c.plan); why != "" {
+		c.plan.Problems = append(c.plan.Problems, why)
+	}
+}
+
+// exceptions routes the addresses that live away from their block's owner
+// (borrowed, or allocated on a swarm manager for a task elsewhere): a /32
+// or /128 each.
+func (c *planner) exceptions(blocks []owned) {
+	in := c.in
+	if len(in.View.Exceptions) == 0 {
+		return
+	}
+	owner := make(map[netip.Prefix]string, len(blocks))
+	var sizes []int // block prefix lengths (one, unless records disagree)
 	for _, b := range blocks {
-		if b.host != in.Self {
-			add(b.p, b.host)
+		owner[b.p] = b.host
+		if !slices.Contains(sizes, b.p.Bits()) {
+			sizes = append(sizes, b.p.Bits())
 		}
 	}
-	// Addresses that live away from their block's owner (borrowed, or
-	// allocated on a swarm manager for a task elsewhere) get a /32.
+	pool := in.Net.Pool
 	for _, a := range in.View.Exceptions {
 		ip, err := netip.ParseAddr(a.IP)
 		if err != nil || !pool.Contains(ip) {
-			plan.Problems = append(plan.Problems, fmt.Sprintf("address record %q of host %s ignored: not an address of the network's pool %s", a.IP, a.Host, pool))
+			c.plan.Problems = append(c.plan.Problems, fmt.Sprintf("address record %q of host %s ignored: not an address of the network's pool %s", a.IP, a.Host, pool))
 			continue
 		}
 		if a.Kind == kv.KindEndpoint && a.Host != in.Self && in.Local != nil && in.Local(ip) {
 			// A record (a bad one, or a duplicate) that would replace a
 			// local container's own route (issue 24, audit L10).
-			plan.Problems = append(plan.Problems, fmt.Sprintf("address record %s of host %s ignored: a container of this host has that address", a.IP, a.Host))
+			c.plan.Problems = append(c.plan.Problems, fmt.Sprintf("address record %s of host %s ignored: a container of this host has that address", a.IP, a.Host))
 			continue
 		}
-		if a.Kind != kv.KindEndpoint || a.Host == in.Self || !live.HostAlive(a.Host) {
+		if a.Kind != kv.KindEndpoint || a.Host == in.Self || !c.live.HostAlive(a.Host) {
 			continue
 		}
-		plan.until(live.LastSeen(a.Host).Add(in.TTL), in.Now)
-		blockOwner := ""
-		for _, bits := range sizes {
-			if o, ok := owner[netip.PrefixFrom(ip, bits).Masked()]; ok {
-				blockOwner = o
-				break
-			}
-		}
-		if blockOwner != a.Host {
-			add(netip.PrefixFrom(ip, ip.BitLen()), a.Host)
+		c.plan.until(c.live.LastSeen(a.Host).Add(in.TTL), in.Now)
+		if blockOwner, _ := kv.BlockHolding(owner, sizes, ip); blockOwner != a.Host {
+			c.add(netip.PrefixFrom(ip, ip.BitLen()), a.Host)
 		}
 	}
+}
+
+// finish sorts the plan and reports hosts that share an underlay address.
+func (c *planner) finish() Plan {
+	plan := c.plan
 	slices.SortFunc(plan.Routes, func(a, b kernel.Route) int { return comparePrefix(a.Dst, b.Dst) })
 	slices.SortFunc(plan.Neighs, compareNeigh)
 	slices.SortFunc(plan.FDBs, compareFDB)
