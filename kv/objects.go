@@ -162,7 +162,7 @@ func HolderPath(pool, holder string) string { return HolderPrefix(pool) + holder
 // go after FeedRetention. Routing watches the feed, which stays small,
 // instead of the block list, which every claim would send in full to every
 // host; it reads the block list itself only now and then (issue 10).
-func BlockFeedPrefix(pool string) string { return "blockfeed/" + PoolKey(pool) + "/" }
+func BlockFeedPrefix(pool string) string { return BlockFeedRoot + PoolKey(pool) + "/" }
 
 // BlockFeedPath is the feed entry of one block.
 func BlockFeedPath(pool, block string) string { return BlockFeedPrefix(pool) + PoolKey(block) }
@@ -182,7 +182,7 @@ type BlockChange struct {
 // that live away from their block's owner (borrowed when every block was
 // taken, asked for with --ip inside another host's block, taken over from a
 // swarm manager). Routing watches these and never the pool's addresses.
-func ExceptionPrefix(pool string) string { return "routes/" + PoolKey(pool) + "/" }
+func ExceptionPrefix(pool string) string { return ExceptionRoot + PoolKey(pool) + "/" }
 
 // ExceptionPath is the exception of one address; it holds the address's
 // record and is written and deleted in the same transaction as it.
@@ -198,6 +198,11 @@ const (
 	RenewalsPrefix = "renewals/"
 	BlocksPrefix   = "blocks/"
 	VNIsPrefix     = "vnis/"
+	// BlockFeedRoot holds every pool's block feed (BlockFeedPrefix) and
+	// ExceptionRoot every pool's route exceptions (ExceptionPrefix): a host
+	// watches each once, whatever the number of its networks.
+	BlockFeedRoot = "blockfeed/"
+	ExceptionRoot = "routes/"
 	// ClusterNetsPrefix holds ReplicatedNetwork records by network name.
 	ClusterNetsPrefix = "clusternets/"
 )

@@ -19,6 +19,18 @@ type hostsCache struct {
 	hosts    map[string]kv.Host
 	problems []string
 	renewals map[string]time.Time // read every Liveness, not watched
+	// feeds and exceptions are every pool's block feed entries and route
+	// exceptions as their watches last returned them, by pool key
+	// (kv.PoolKey): the pools' views take theirs from here.
+	feeds               map[string][]kv.Pair
+	exceptions          map[string]poolExceptions
+	feedReady, excReady bool
+}
+
+// poolExceptions is one pool's route exceptions.
+type poolExceptions struct {
+	addrs    []kv.Address
+	problems []string
 }
 
 // poolView is a pool's blocks and route exceptions, shared by every network
@@ -188,18 +200,46 @@ func (r *Router) blocksListed(ctx context.Context, pool netip.Prefix, ps []kv.Pa
 	r.pokePoolLocked(pool)
 }
 
-// feedListed lays the block feed's entries over the pool's blocks.
-func (r *Router) feedListed(pool netip.Prefix, ps []kv.Pair) {
+// feedsListed lays every pool's block feed entries over its blocks.
+func (r *Router) feedsListed(ps []kv.Pair) {
+	byPool := groupByPool(ps, kv.BlockFeedRoot)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	pc := r.pools[pool]
-	if pc == nil {
+	if r.hosts == nil {
 		return
 	}
-	pc.feed = ps
-	if pc.overlayLocked(r.store, pool, false) && pc.blocksReady {
-		r.pokePoolLocked(pool)
+	r.hosts.feeds, r.hosts.feedReady = byPool, true
+	for pool, pc := range r.pools {
+		pc.feed = byPool[kv.PoolKey(pool.String())]
+		if pc.overlayLocked(r.store, pool, false) && pc.blocksReady {
+			r.pokePoolLocked(pool)
+		}
 	}
+}
+
+// feedGap is the word that the feed went unwatched for a while: entries
+// may have come and gone, so every pool's blocks are read again.
+func (r *Router) feedGap() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, pc := range r.pools {
+		select {
+		case pc.relist <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// groupByPool groups the pairs under root by the pool key that follows it
+// (root + pool key + "/" + the rest).
+func groupByPool(ps []kv.Pair, root string) map[string][]kv.Pair {
+	out := map[string][]kv.Pair{}
+	for _, p := range ps {
+		if pool, _, ok := strings.Cut(strings.TrimPrefix(p.Key, root), "/"); ok {
+			out[pool] = append(out[pool], p)
+		}
+	}
+	return out
 }
 
 // overlayLocked applies the feed's entries that are newer than what the
@@ -232,21 +272,33 @@ func (pc *poolView) overlayLocked(store kv.Store, pool netip.Prefix, rebuild boo
 	return true
 }
 
-func (r *Router) exceptionsListed(pool netip.Prefix, ps []kv.Pair) {
-	var exc []kv.Address
-	var problems []string
-	_ = kv.DecodeJSON(r.store, ps, func(_ string, _ uint64, a kv.Address) error {
-		exc = append(exc, a)
-		return nil
-	}, func(e *kv.DecodeError) { problems = append(problems, e.Error()) })
+// allExceptionsListed gives every pool its route exceptions.
+func (r *Router) allExceptionsListed(ps []kv.Pair) {
+	byPool := map[string]poolExceptions{}
+	for key, pairs := range groupByPool(ps, kv.ExceptionRoot) {
+		var e poolExceptions
+		_ = kv.DecodeJSON(r.store, pairs, func(_ string, _ uint64, a kv.Address) error {
+			e.addrs = append(e.addrs, a)
+			return nil
+		}, func(de *kv.DecodeError) { e.problems = append(e.problems, de.Error()) })
+		byPool[key] = e
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	pc := r.pools[pool]
-	if pc == nil {
+	if r.hosts == nil {
 		return
 	}
-	pc.excReady, pc.exceptions, pc.excProblems = true, exc, problems
-	r.pokePoolLocked(pool)
+	old := r.hosts.exceptions
+	r.hosts.exceptions, r.hosts.excReady = byPool, true
+	for pool, pc := range r.pools {
+		key := kv.PoolKey(pool.String())
+		e, was := byPool[key], old[key]
+		if pc.excReady && slices.Equal(e.addrs, was.addrs) && slices.Equal(e.problems, was.problems) {
+			continue // this pool's did not change
+		}
+		pc.excReady, pc.exceptions, pc.excProblems = true, e.addrs, e.problems
+		r.pokePoolLocked(pool)
+	}
 }
 
 func (r *Router) pokePoolLocked(pool netip.Prefix) {

@@ -154,6 +154,12 @@ func (r *Router) runLocked(w *netWatch) {
 		r.hosts = &hostsCache{cancel: cancel}
 		go r.follow(ctx, kv.HostsPrefix, r.hostsListed)
 		go r.readRenewals(ctx)
+		// One watch of every pool's block feed and one of every pool's
+		// route exceptions, whatever the number of networks: a blocking
+		// query holds a connection to Consul, whose agents allow 200 per
+		// client address (issue 24, audit M7).
+		go r.followWith(ctx, kv.BlockFeedRoot, r.feedsListed, r.feedGap)
+		go r.follow(ctx, kv.ExceptionRoot, r.allExceptionsListed)
 	}
 	for _, pool := range w.n.poolList() {
 		r.watchPoolLocked(pool)
@@ -165,7 +171,9 @@ func (r *Router) runLocked(w *netWatch) {
 }
 
 // watchPoolLocked counts one more user of a pool's cache, and starts its
-// watches for the first. Called with r.mu held.
+// block listing for the first; its feed entries and exceptions come from
+// the host's watches of every pool's (what they last returned, at once).
+// Called with r.mu held.
 func (r *Router) watchPoolLocked(pool netip.Prefix) {
 	pc, ok := r.pools[pool]
 	if !ok {
@@ -173,15 +181,14 @@ func (r *Router) watchPoolLocked(pool netip.Prefix) {
 		pc = &poolView{cancel: cancel, relist: make(chan struct{}, 1), byKey: map[string]versioned{}}
 		r.pools[pool] = pc
 		go r.listBlocks(ctx, pool, pc.relist)
-		go r.followWith(ctx, kv.BlockFeedPrefix(pool.String()), func(ps []kv.Pair) { r.feedListed(pool, ps) }, func() {
-			// The feed went unwatched for a while: entries may have
-			// come and gone; read the blocks again.
-			select {
-			case pc.relist <- struct{}{}:
-			default:
-			}
-		})
-		go r.follow(ctx, kv.ExceptionPrefix(pool.String()), func(ps []kv.Pair) { r.exceptionsListed(pool, ps) })
+		key := kv.PoolKey(pool.String())
+		if r.hosts.feedReady {
+			pc.feed = r.hosts.feeds[key]
+		}
+		if r.hosts.excReady {
+			e := r.hosts.exceptions[key]
+			pc.excReady, pc.exceptions, pc.excProblems = true, e.addrs, e.problems
+		}
 	}
 	pc.users++
 }

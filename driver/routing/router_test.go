@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,4 +230,66 @@ func TestRouterReplansWhenALeaseEnds(t *testing.T) {
 		t.Fatal("the plan does not say when its block's lease ends")
 	}
 	waitPlan(t, r, "n1", func(p Plan) bool { return len(p.Routes) == 0 })
+}
+
+// watchCounter is a store that counts the watches in flight per prefix.
+type watchCounter struct {
+	kv.Store
+	mu      sync.Mutex
+	now     map[string]int
+	maxSeen int
+}
+
+func (w *watchCounter) Watch(ctx context.Context, prefix string, index uint64) ([]kv.Pair, uint64, error) {
+	w.mu.Lock()
+	w.now[prefix]++
+	total := 0
+	for _, n := range w.now {
+		total += n
+	}
+	w.maxSeen = max(w.maxSeen, total)
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		w.now[prefix]--
+		w.mu.Unlock()
+	}()
+	return w.Store.Watch(ctx, prefix, index)
+}
+
+// Issue 24, audit M7: a host held two blocking queries per pool (its block
+// feed and its route exceptions), each a connection to Consul, whose
+// agents allow 200 per client address: a host with 100 networks had none
+// left. Now a host watches every pool's feed and every pool's exceptions
+// once: 3 watches (with hosts/) for 1 network or 100, and each network
+// still gets its own pool's exceptions.
+func TestRouterWatchesPerHostNotPerNetwork(t *testing.T) {
+	store := &watchCounter{Store: kv.NewMemory(), now: map[string]int{}}
+	put(t, store, kv.HostPath("a"), `{"id":"a","address":"10.98.0.11","renewed":"2099-01-01T00:00:00Z"}`)
+	put(t, store, kv.HostPath("b"), `{"id":"b","address":"10.98.0.12","renewed":"2099-01-01T00:00:00Z"}`)
+	var nets []Network
+	for i := 0; i < 100; i++ {
+		pool := fmt.Sprintf("10.%d.0.0/16", 100+i)
+		put(t, store, kv.PoolPath(pool), fmt.Sprintf(`{"cidr":%q,"blockBits":26}`, pool))
+		n := vxlanNet(pool)
+		n.ID = fmt.Sprintf("n%d", i)
+		nets = append(nets, n)
+	}
+	// An address of pool 57 that lives on b, away from any block.
+	txn(t, store, kv.Op{Key: kv.ExceptionPath("10.157.0.0/16", "10.157.0.9"), Value: []byte(`{"ip":"10.157.0.9","host":"b","kind":"endpoint"}`)})
+	r, _ := startRouter(t, store, nets...)
+	p := waitPlan(t, r, "n57", func(p Plan) bool { return len(p.Routes) == 1 })
+	if got := routes(p); got != "10.157.0.9/32 via 10.98.0.12 dev tartan.7 onlink" {
+		t.Fatalf("n57's routes: %s", got)
+	}
+	for _, id := range []string{"n0", "n99"} {
+		if p := waitPlan(t, r, id, func(Plan) bool { return true }); len(p.Routes) != 0 {
+			t.Fatalf("%s got another pool's exception: %s", id, routes(p))
+		}
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if store.maxSeen > 3 {
+		t.Fatalf("%d watches at once for 100 networks (%d prefixes), want 3: hosts, every pool's block feed, every pool's exceptions", store.maxSeen, len(store.now))
+	}
 }
