@@ -215,7 +215,7 @@ bench: plugin-dir
 # table lands in build/scale.md. About an hour on 2 cores.
 scale: consul
 	@mkdir -p $(BUILD)
-	TARTAN_SCALE=full TARTAN_SCALE_OUT=$(abspath $(BUILD)) $(GO) test -count=1 -timeout 4h -v -run TestScale ./e2e/scale/
+	TARTAN_SCALE=full TARTAN_SCALE_OUT=$(abspath $(BUILD)) $(GO) test -count=1 -timeout 4h -v -run 'TestScale|TestNetworksPerHost' ./e2e/scale/
 
 # The fast path's BPF objects, compiled from driver/fastpath/bpf/fastpath.c
 # with Debian's clang and libbpf headers (make deps installs them) and
