@@ -46,16 +46,27 @@ func (d *Driver) hostState(parts hostplane.Part) hostplane.State {
 // kernel path carries its traffic). Called without d.mu held.
 func (d *Driver) writeFirewall() error {
 	r := d.host.Write(hostplane.FastPath | hostplane.Firewall)
-	if err := r.Err(hostplane.FastPath); err != nil {
-		d.log.Warnf("fast path: %v", err)
-	}
+	d.logOthers(r, hostplane.Firewall)
 	return r.Err(hostplane.Firewall)
+}
+
+// logOthers logs the failures of a write in the parts its caller does not
+// answer for (a fast path that failed: the kernel path carries its
+// traffic; a part retried because its last write failed).
+func (d *Driver) logOthers(r hostplane.Result, answered hostplane.Part) {
+	for _, p := range []hostplane.Part{hostplane.FastPath, hostplane.Firewall, hostplane.Tunnels} {
+		if err := r.Err(p); err != nil && p != answered {
+			d.log.Warnf("%s: %v", p, err)
+		}
+	}
 }
 
 // writeTunnels sets the WireGuard device's peers from the plans (reconcile:
 // a failed write is retried here).
 func (d *Driver) writeTunnels() error {
-	return d.host.Write(hostplane.Tunnels).Err(hostplane.Tunnels)
+	r := d.host.Write(hostplane.Tunnels)
+	d.logOthers(r, hostplane.Tunnels)
+	return r.Err(hostplane.Tunnels)
 }
 
 // pokeFastPath has the host writer write the fast path soon: an endpoint

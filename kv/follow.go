@@ -10,7 +10,9 @@ import (
 // FollowOptions tune Follow; the zero value follows as fast as the store
 // answers and retries failed reads after 1 to 10 seconds.
 type FollowOptions struct {
-	// Gap is the pause after an answer of n keys before the next read, so
+	// Gap is the pause after an answer of n records (folder markers left
+	// out: a prefix over every pool holds one per pool) before the next
+	// read, so
 	// that a prefix that changes all the time costs the store a bounded
 	// rate of queries (nil: none).
 	Gap func(n int) time.Duration
@@ -63,7 +65,7 @@ func Follow(ctx context.Context, s Store, prefix string, o FollowOptions, listed
 			listed(ps)
 		}
 		index = max(next, 1)
-		if o.Gap != nil && !Sleep(ctx, o.Gap(len(ps))) {
+		if o.Gap != nil && !Sleep(ctx, o.Gap(records(ps))) {
 			return
 		}
 	}
@@ -88,4 +90,15 @@ func fingerprint(ps []Pair) string {
 		fmt.Fprintf(&b, "%s@%d\n", p.Key, p.Version)
 	}
 	return b.String()
+}
+
+// records counts the pairs that are records, not folder markers.
+func records(ps []Pair) int {
+	n := 0
+	for _, p := range ps {
+		if !IsFolder(p.Key) {
+			n++
+		}
+	}
+	return n
 }

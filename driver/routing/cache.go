@@ -31,6 +31,7 @@ type hostsCache struct {
 type poolExceptions struct {
 	addrs    []kv.Address
 	problems []string
+	version  string // its keys and their versions: what tells a change
 }
 
 // poolView is a pool's blocks and route exceptions, shared by every network
@@ -81,7 +82,7 @@ func (r *Router) gap(listed int) time.Duration {
 	return min(r.cfg.Gap*time.Duration(1+listed/64), 20*r.cfg.Gap)
 }
 
-func (r *Router) hostsListed(ps []kv.Pair) {
+func (r *Router) hostsListed(ctx context.Context, ps []kv.Pair) {
 	hosts := map[string]kv.Host{}
 	var problems []string
 	_ = kv.DecodeJSON(r.store, ps, func(_ string, _ uint64, h kv.Host) error {
@@ -90,7 +91,7 @@ func (r *Router) hostsListed(ps []kv.Pair) {
 	}, func(e *kv.DecodeError) { problems = append(problems, e.Error()) })
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.hosts == nil {
+	if r.hosts == nil || ctx.Err() != nil {
 		return
 	}
 	r.hosts.ready, r.hosts.hosts, r.hosts.problems = true, hosts, problems
@@ -110,7 +111,7 @@ func (r *Router) readRenewals(ctx context.Context) {
 			if fp := fmt.Sprint(renewals); fp != last {
 				last = fp
 				r.mu.Lock()
-				if r.hosts != nil {
+				if r.hosts != nil && ctx.Err() == nil {
 					r.hosts.renewals = renewals
 					for _, w := range r.nets {
 						w.pokeNow()
@@ -201,11 +202,11 @@ func (r *Router) blocksListed(ctx context.Context, pool netip.Prefix, ps []kv.Pa
 }
 
 // feedsListed lays every pool's block feed entries over its blocks.
-func (r *Router) feedsListed(ps []kv.Pair) {
+func (r *Router) feedsListed(ctx context.Context, ps []kv.Pair) {
 	byPool := groupByPool(ps, kv.BlockFeedRoot)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.hosts == nil {
+	if r.hosts == nil || ctx.Err() != nil {
 		return
 	}
 	r.hosts.feeds, r.hosts.feedReady = byPool, true
@@ -273,10 +274,15 @@ func (pc *poolView) overlayLocked(store kv.Store, pool netip.Prefix, rebuild boo
 }
 
 // allExceptionsListed gives every pool its route exceptions.
-func (r *Router) allExceptionsListed(ps []kv.Pair) {
+func (r *Router) allExceptionsListed(ctx context.Context, ps []kv.Pair) {
 	byPool := map[string]poolExceptions{}
 	for key, pairs := range groupByPool(ps, kv.ExceptionRoot) {
 		var e poolExceptions
+		var v strings.Builder
+		for _, p := range pairs {
+			fmt.Fprintf(&v, "%s@%d ", p.Key, p.Version)
+		}
+		e.version = v.String()
 		_ = kv.DecodeJSON(r.store, pairs, func(_ string, _ uint64, a kv.Address) error {
 			e.addrs = append(e.addrs, a)
 			return nil
@@ -285,7 +291,7 @@ func (r *Router) allExceptionsListed(ps []kv.Pair) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.hosts == nil {
+	if r.hosts == nil || ctx.Err() != nil {
 		return
 	}
 	old := r.hosts.exceptions
@@ -293,7 +299,7 @@ func (r *Router) allExceptionsListed(ps []kv.Pair) {
 	for pool, pc := range r.pools {
 		key := kv.PoolKey(pool.String())
 		e, was := byPool[key], old[key]
-		if pc.excReady && slices.Equal(e.addrs, was.addrs) && slices.Equal(e.problems, was.problems) {
+		if pc.excReady && e.version == was.version {
 			continue // this pool's did not change
 		}
 		pc.excReady, pc.exceptions, pc.excProblems = true, e.addrs, e.problems

@@ -14,7 +14,10 @@ import (
 // what every backend shares (liveness, block and address records, the
 // host's underlay address) and hands each live destination to the
 // network's Peering. Each routed backend's folder holds its own, so
-// routing names no backend.
+// routing names no backend. A Peering is a comparable value (Router.Add
+// compares networks), and what Peer derives may depend only on a host's
+// ID, address and WireGuard key and port (the Memo judges a host again
+// when one of those changes); Entries reads the rest of the record.
 type Peering interface {
 	// Peer judges a host's record, once per change of its address or
 	// WireGuard key and port (the Memo keeps the answer): it fills in what

@@ -152,14 +152,17 @@ func (r *Router) runLocked(w *netWatch) {
 	if r.hosts == nil {
 		ctx, cancel := context.WithCancel(r.ctx)
 		r.hosts = &hostsCache{cancel: cancel}
-		go r.follow(ctx, kv.HostsPrefix, r.hostsListed)
+		// Each answer is taken only while this cache is the router's: an
+		// answer of a watch cancelled with the last network must not land
+		// in the cache of the next (checked under r.mu, as Remove cancels).
+		go r.follow(ctx, kv.HostsPrefix, func(ps []kv.Pair) { r.hostsListed(ctx, ps) })
 		go r.readRenewals(ctx)
 		// One watch of every pool's block feed and one of every pool's
 		// route exceptions, whatever the number of networks: a blocking
 		// query holds a connection to Consul, whose agents allow 200 per
 		// client address (issue 24, audit M7).
-		go r.followWith(ctx, kv.BlockFeedRoot, r.feedsListed, r.feedGap)
-		go r.follow(ctx, kv.ExceptionRoot, r.allExceptionsListed)
+		go r.followWith(ctx, kv.BlockFeedRoot, func(ps []kv.Pair) { r.feedsListed(ctx, ps) }, r.feedGap)
+		go r.follow(ctx, kv.ExceptionRoot, func(ps []kv.Pair) { r.allExceptionsListed(ctx, ps) })
 	}
 	for _, pool := range w.n.poolList() {
 		r.watchPoolLocked(pool)
