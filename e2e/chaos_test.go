@@ -5,6 +5,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,6 +45,12 @@ const chaosPool = "10.181.0.0/16"
 // that no endpoint needs.
 func TestChaos(t *testing.T) {
 	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "iptables", "busybox")
+	// CHAOS_PER_HOST lightens the runs of issue 9's faults (make test runs
+	// 40 a host, to keep within its time; make chaos the full 100).
+	chaosPerHost := chaosPerHost
+	if v, err := strconv.Atoi(os.Getenv("CHAOS_PER_HOST")); err == nil && v > 0 {
+		chaosPerHost = v
+	}
 	c := testbed.NewClusterHA(t, "ch", 1500)
 	for i := 0; i < 3; i++ {
 		c.AddHost(t, "LEASE_TTL=10s", "RESYNC=2s")
