@@ -52,13 +52,13 @@ func NewConsul(cfg ConsulConfig) (*Consul, error) {
 	for _, addr := range cfg.Addresses {
 		// Pooled connections: a blocking query re-issued on a kept-alive
 		// connection costs no TCP (or TLS) setup. Keep enough idle ones
-		// for every watch of a host to find its own, and never more than
-		// MaxConns open: a burst (a plugin start reading every pool's
-		// blocks at once) waits for a connection rather than running into
-		// the agent's limit per client address.
+		// for every watch of a host to find its own. No cap on open
+		// connections: requests stuck on a dead connection (a partition)
+		// must not keep the next ones waiting once the network is back;
+		// the callers bound their bursts (routing lists a few pools at a
+		// time).
 		ac := api.DefaultConfig()
-		ac.Transport.MaxIdleConnsPerHost = MaxConns
-		ac.Transport.MaxConnsPerHost = MaxConns
+		ac.Transport.MaxIdleConnsPerHost = MaxIdleConns
 		ac.Address = addr
 		ac.Scheme = cfg.Scheme
 		ac.Token = cfg.Token
@@ -88,11 +88,11 @@ func (c *Consul) String() string {
 	return fmt.Sprintf("consul at %s://%s (prefix %q)", c.cfg.Scheme, strings.Join(c.cfg.Addresses, ","), c.prefix)
 }
 
-// MaxConns is how many connections a Consul store opens to one server at
-// most, and keeps idle: Consul allows 200 per client address by default
-// (http_max_conns_per_client), and a host's blocking queries hold 4 of
-// them whatever its number of networks.
-const MaxConns = 32
+// MaxIdleConns is how many idle connections a Consul store keeps per
+// server: Consul allows 200 per client address by default
+// (http_max_conns_per_client), idle ones included, and a host's blocking
+// queries hold 4 of them whatever its number of networks.
+const MaxIdleConns = 32
 
 // Close drops the store's idle connections.
 func (c *Consul) Close() error {

@@ -133,10 +133,21 @@ func (r *Router) readRenewals(ctx context.Context) {
 func (r *Router) listBlocks(ctx context.Context, pool netip.Prefix, relist chan struct{}) {
 	backoff := time.Second
 	for {
+		// A few pools' listings at a time: a start with many networks
+		// (or a relist of every pool after a gap) would otherwise open a
+		// connection to the store per pool at once.
+		select {
+		case r.listings <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		ps, _, err := r.store.List(ctx, kv.BlockPrefix(pool.String()))
-		wait := r.cfg.Relist
 		if err == nil {
 			r.blocksListed(ctx, pool, ps)
+		}
+		<-r.listings
+		wait := r.cfg.Relist
+		if err == nil {
 			backoff = time.Second
 		} else {
 			if ctx.Err() != nil {

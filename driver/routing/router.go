@@ -73,12 +73,18 @@ type Router struct {
 	k     Kernel
 	cfg   Config
 
+	// listings bounds the pools' block listings in flight (maxListings).
+	listings chan struct{}
+
 	mu    sync.Mutex
 	ctx   context.Context // nil until Start
 	hosts *hostsCache
 	pools map[netip.Prefix]*poolView
 	nets  map[string]*netWatch
 }
+
+// maxListings is how many pools' block listings run at once.
+const maxListings = 8
 
 // New returns a router; Start runs it.
 func New(store kv.Store, k Kernel, cfg Config) *Router {
@@ -111,7 +117,8 @@ func New(store kv.Store, k Kernel, cfg Config) *Router {
 	if cfg.Log == nil {
 		cfg.Log = logrus.StandardLogger()
 	}
-	return &Router{store: store, k: k, cfg: cfg, pools: map[netip.Prefix]*poolView{}, nets: map[string]*netWatch{}}
+	return &Router{store: store, k: k, cfg: cfg, pools: map[netip.Prefix]*poolView{}, nets: map[string]*netWatch{},
+		listings: make(chan struct{}, maxListings)}
 }
 
 // Start runs the watches of the networks added so far and of those added
