@@ -262,7 +262,8 @@ func TestVXLANPortFailsClosed(t *testing.T) {
 	state := func() firewall.State {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return d.firewallStateLocked()
+		st, _ := d.firewallStateLocked()
+		return st
 	}
 	if st := state(); st.VXLANPort == 0 || st.Peers == nil || len(st.Peers) != 0 {
 		t.Fatalf("no plan and no peer set kept: want the port closed to all, got %+v", st.Peers)
@@ -274,7 +275,7 @@ func TestVXLANPortFailsClosed(t *testing.T) {
 	restarted.st.networks[n.ID] = n
 	restarted.startRoutingLocked(n)
 	restarted.mu.Lock()
-	st := restarted.firewallStateLocked()
+	st, _ := restarted.firewallStateLocked()
 	restarted.mu.Unlock()
 	if len(st.Peers) != 1 || st.Peers[0] != kept[0] {
 		t.Fatalf("after a restart with no plan yet: peers %v, want the kept %v", st.Peers, kept)

@@ -106,9 +106,11 @@ func (d *Driver) FirewallDrift() (out []string, err error) {
 }
 
 // firewallStateLocked is the desired firewall but for the host's
-// interfaces (hostFirewallState reads them). Called with d.mu held.
-func (d *Driver) firewallStateLocked() firewall.State {
-	st := firewall.State{Ports: portRules(d.st.endpoints)}
+// interfaces (hostFirewallState reads them), and whether its VXLAN peers
+// were complete (every VXLAN network had a plan), from the one reading of
+// them. Called with d.mu held.
+func (d *Driver) firewallStateLocked() (st firewall.State, complete bool) {
+	st = firewall.State{Ports: portRules(d.st.endpoints)}
 	seen := map[string]bool{}
 	vxlan := false
 	for _, n := range d.st.networks {
@@ -126,9 +128,9 @@ func (d *Driver) firewallStateLocked() firewall.State {
 	}
 	if vxlan {
 		st.VXLANPort = d.cfg.VXLANPort
-		st.Peers, _ = d.vxlanPeersLocked()
+		st.Peers, complete = d.vxlanPeersLocked()
 	}
-	return st
+	return st, complete
 }
 
 // vxlanPeersLocked is who may send VXLAN here: the peers of every VXLAN

@@ -21,8 +21,7 @@ func (d *Driver) hostState(parts hostplane.Part) hostplane.State {
 	var st hostplane.State
 	d.mu.Lock()
 	if parts&hostplane.Firewall != 0 {
-		st.Firewall = d.firewallStateLocked()
-		_, st.PeersComplete = d.vxlanPeersLocked()
+		st.Firewall, st.PeersComplete = d.firewallStateLocked()
 	}
 	if parts&hostplane.FastPath != 0 {
 		st.FastPath = d.fastPathStateLocked()
