@@ -87,9 +87,12 @@ func (s *single) ip(t *testing.T, name string) string {
 
 func (s *single) mustReach(t *testing.T, network, target string) {
 	t.Helper()
-	if out, err := s.run(t, network, "ping -c 2 -W 2 "+target); err != nil {
-		t.Fatalf("a container on %s does not reach %s: %v\n%s", network, target, err, out)
-	}
+	testbed.Eventually(t, time.Minute, fmt.Sprintf("a container on %s reaches %s", network, target), func() error {
+		if out, err := s.run(t, network, "ping -c 1 -W 2 "+target); err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	})
 }
 
 func (s *single) mustNotReach(t *testing.T, network, target string) {
