@@ -59,6 +59,7 @@ func NewConsul(cfg ConsulConfig) (*Consul, error) {
 		// time).
 		ac := api.DefaultConfig()
 		ac.Transport.MaxIdleConnsPerHost = MaxIdleConns
+		ac.Transport.DialContext = dialer().DialContext // dead connections found in seconds (dial.go)
 		ac.Address = addr
 		ac.Scheme = cfg.Scheme
 		ac.Token = cfg.Token
