@@ -124,7 +124,7 @@ clean-testbed:
 # The scale harness's smoke (10 simulated hosts) runs here, under the race
 # detector; make scale runs its table.
 unit: lint consul
-	$(GO) test -race -count=1 ./errdefs/... ./kv/... ./ipam/... ./driver/... ./plugin/... ./internal/... ./e2e/scale/
+	$(GO) test -race -count=1 ./errdefs/... ./kv/... ./ipam/... ./policy/... ./driver/... ./plugin/... ./internal/... ./e2e/scale/
 
 # The arm64 plugin, checked on this amd64 machine under qemu-user (Debian's
 # qemu-user-static, which make deps installs): its binary and its iptables
@@ -145,6 +145,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzLayout -fuzztime=$(FUZZTIME) ./ipam
 	$(GO) test -run='^$$' -fuzz=FuzzRequestDecoding -fuzztime=$(FUZZTIME) ./plugin
 	$(GO) test -run='^$$' -fuzz=FuzzIPAMRequests -fuzztime=$(FUZZTIME) ./plugin
+	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./policy
 
 # Each test host builds and installs the plugin with make plugin (BUILD in
 # its own folder). Every e2e test runs in namespaces of its own and is

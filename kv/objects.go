@@ -205,7 +205,13 @@ const (
 	ExceptionRoot = "routes/"
 	// ClusterNetsPrefix holds ReplicatedNetwork records by network name.
 	ClusterNetsPrefix = "clusternets/"
+	// PoliciesPrefix holds the cluster's network policies by name
+	// (package policy).
+	PoliciesPrefix = "policies/"
 )
+
+// PolicyPath is the record of one network policy.
+func PolicyPath(name string) string { return PoliciesPrefix + name }
 
 // HoldersInKeys, in Pool.Holders, says that the pool's holders are its
 // holder keys (HolderPath).
