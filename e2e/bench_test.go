@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -213,8 +214,12 @@ func TestBench(t *testing.T) {
 	if host == "" {
 		host = machine()
 	}
-	fmt.Fprintf(&b, "Measured %s on %s; Docker %s; %d interleaved rounds of %ds per path, medians.\n\n",
+	fmt.Fprintf(&b, "Measured %s on %s; Docker %s; %d interleaved rounds of %ds per path: medians, and in brackets the range over the rounds (a ratio's round by round).\n\n",
 		time.Now().UTC().Format("2006-01-02"), host, h1.MustDocker(t, "version", "-f", "{{.Server.Version}}"), rounds, secs)
+	// The machine's own speed, so that two tables from two machines can be
+	// compared: its host-to-host path and a docker run on Docker's bridge.
+	fmt.Fprintf(&b, "This machine: host to host %s Gbit/s with one stream; `docker run --rm` on Docker's bridge %.0f ms (median of 30).\n\n",
+		spread(res.one[paths[0].name], "%.2f"), median(runB))
 	writeRows(&b, paths, res)
 	fmt.Fprintf(&b, "\nDocker overlay with `--opt encrypted` (IPsec ESP) cannot run on this kernel: %s. "+
 		"The tartan plugin's peak resident memory on host 1 after every row: %s.\n", espProblem(), peakRSS(h1.PluginPIDs(t)))
@@ -358,7 +363,10 @@ func measure(t *testing.T, paths []benchPath, rounds, secs int, rr string) bench
 }
 
 // writeRows writes the table of paths: each against the first (the
-// host-to-host path) and against the Docker driver it stands beside.
+// host-to-host path) and against the Docker driver it stands beside. Every
+// figure is the median of the rounds with its spread (min–max) beside it;
+// a ratio is taken round by round (the two paths ran side by side in it),
+// so that the spread is the ratio's own, not the two paths' drift.
 func writeRows(b *strings.Builder, paths []benchPath, res benchResults) {
 	fmt.Fprintf(b, "| path (container to container unless said) | 1 stream Gbit/s | × host | × Docker | 4 streams Gbit/s | × host | × Docker | RR p50 µs | RR p99 µs | CPU ms/Gbit, 1 stream | CPU ms/Gbit, 4 streams |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	hostName := paths[0].name
@@ -367,17 +375,41 @@ func writeRows(b *strings.Builder, paths []benchPath, res benchResults) {
 			if other == "" {
 				return "—"
 			}
-			return fmt.Sprintf("%.2f", median(m[p.name])/median(m[other]))
+			return spread(ratios(m[p.name], m[other]), "%.2f")
 		}
 		docker := map[string]string{"Docker overlay": "Docker overlay (swarm)", "Docker bridge": "Docker bridge, same host", "Docker macvlan": "Docker macvlan"}[p.versus]
 		hostRef := hostName
 		if p.name == hostName {
 			hostRef = ""
 		}
-		fmt.Fprintf(b, "| %s | %.2f | %s | %s | %.2f | %s | %s | %.0f | %.0f | %.0f | %.0f |\n", p.name,
-			median(res.one[p.name]), vs(res.one, hostRef), vs(res.one, docker), median(res.four[p.name]), vs(res.four, hostRef), vs(res.four, docker),
-			median(res.p50[p.name]), median(res.p99[p.name]), median(res.cost1[p.name]), median(res.cost4[p.name]))
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.name,
+			spread(res.one[p.name], "%.2f"), vs(res.one, hostRef), vs(res.one, docker), spread(res.four[p.name], "%.2f"), vs(res.four, hostRef), vs(res.four, docker),
+			spread(res.p50[p.name], "%.0f"), spread(res.p99[p.name], "%.0f"), spread(res.cost1[p.name], "%.0f"), spread(res.cost4[p.name], "%.0f"))
 	}
+}
+
+// ratios divides a by b round by round.
+func ratios(a, b []float64) []float64 {
+	out := make([]float64, 0, len(a))
+	for i := range min(len(a), len(b)) {
+		if b[i] > 0 {
+			out = append(out, a[i]/b[i])
+		}
+	}
+	return out
+}
+
+// spread is the median of v with its range over the rounds, "12.1
+// (11.8–12.5)"; one round has no range.
+func spread(v []float64, format string) string {
+	if len(v) == 0 {
+		return "—"
+	}
+	m := fmt.Sprintf(format, median(v))
+	if len(v) == 1 {
+		return m
+	}
+	return fmt.Sprintf("%s ("+format+"–"+format+")", m, slices.Min(v), slices.Max(v))
 }
 
 func median(v []float64) float64 {
