@@ -144,7 +144,7 @@ func (m *IPAM) Reassert(ctx context.Context, id PoolID, ip, mac string) error {
 	}
 	if a, err := netip.ParseAddr(ip); err == nil {
 		pc.mark(a, true)
-		m.reclaimBlock(ctx, pc, a)
+		m.reclaimBlock(ctx, pc, a, rec)
 	}
 	m.log.WithFields(logrus.Fields{"pool": rec.Pool, "ip": ip}).Warn("took back the address of a live endpoint whose record was gone")
 	return nil
@@ -153,9 +153,11 @@ func (m *IPAM) Reassert(ctx context.Context, id PoolID, ip, mac string) error {
 // reclaimBlock takes back the block of an address Reassert took back, if
 // no host holds it (it went with this host's collection): its peers then
 // route the block here again at once. A block another host took meanwhile
-// stays that host's; the collection publishes the address's route
-// exception.
-func (m *IPAM) reclaimBlock(ctx context.Context, pc *poolCache, a netip.Addr) {
+// stays that host's, and the address gets its route exception now (this
+// host's own view may still count the block as its own, so create wrote
+// none): waiting for the next collection to publish it left the container
+// unreachable from the other hosts for up to a collection period.
+func (m *IPAM) reclaimBlock(ctx context.Context, pc *poolCache, a netip.Addr, rec kv.Address) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	b := pc.layout.BlockOf(a)
@@ -163,12 +165,39 @@ func (m *IPAM) reclaimBlock(ctx context.Context, pc *poolCache, a netip.Addr) {
 		return
 	}
 	// This host's view may still count it as its own: the store says.
-	if _, err := m.store.Get(ctx, kv.BlockPath(pc.cidr, b.String())); !errors.Is(err, kv.ErrNotFound) {
+	var blk kv.Block
+	_, err := kv.GetJSON(ctx, m.store, kv.BlockPath(pc.cidr, b.String()), &blk)
+	switch {
+	case err == nil && blk.Host != m.cfg.Host:
+		m.publishExceptionLocked(ctx, pc, rec)
+		return
+	case !errors.Is(err, kv.ErrNotFound):
 		return
 	}
 	if err := m.leaseLocked(ctx, pc, b, 0); err != nil && !errors.Is(err, kv.ErrConflict) {
 		m.log.WithFields(logrus.Fields{"pool": pc.cidr, "block": b}).Warnf("take back the block of a live endpoint: %v", err)
 	}
+}
+
+// publishExceptionLocked writes the route exception of an address this
+// host holds in another host's block, while its record is this host's (the
+// next collection repairs what a failure here leaves).
+func (m *IPAM) publishExceptionLocked(ctx context.Context, pc *poolCache, rec kv.Address) {
+	var cur kv.Address
+	ver, err := kv.GetJSON(ctx, m.store, kv.AddressPath(pc.cidr, rec.IP), &cur)
+	if err != nil || cur.Host != m.cfg.Host {
+		return
+	}
+	b, err := json.Marshal(cur)
+	if err != nil {
+		return
+	}
+	ops := []kv.Op{{Key: kv.AddressPath(pc.cidr, rec.IP), Version: ver, Check: true}, {Key: kv.ExceptionPath(pc.cidr, rec.IP), Value: b, Version: kv.Any}}
+	if _, err := m.store.Txn(ctx, ops); err != nil {
+		m.log.WithFields(logrus.Fields{"pool": pc.cidr, "ip": rec.IP}).Warnf("route exception of a live endpoint in another host's block (the next collection retries): %v", err)
+		return
+	}
+	m.log.WithFields(logrus.Fields{"pool": pc.cidr, "ip": rec.IP}).Info("published the route exception of a live endpoint whose block another host took while this one was away")
 }
 
 // ReassertHolder makes sure this host's holder key of a pool one of its

@@ -261,3 +261,57 @@ func TestReassertHolder(t *testing.T) {
 		wantErr(t, a.ReassertHolder(ctx, id), nil, "10.85.0.0/24", "was released", "create it again")
 	})
 }
+
+// A host back from a long partition finds its address's block taken by
+// another host meanwhile: its address comes back with its route exception
+// at once (the other hosts route it there), not at the next collection;
+// a block nobody took comes back to it.
+func TestReassertInAnotherHostsBlock(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		const cidr = "10.84.0.0/24"
+		a, b := e.host("a"), e.host("b")
+		register(t, e, "a")
+		register(t, e, "b")
+		id := pool(t, a, cidr, "", nil)
+		pool(t, b, cidr, "", nil)
+		ipB := addr(t, b, id, "", mac(1)).Addr().String()
+		ipB2 := addr(t, b, id, "", mac(2)).Addr().String()
+		var blocks []kv.Block
+		if _, err := kv.ListJSON(ctx, e.store, kv.BlockPrefix(cidr), func(_ string, _ uint64, blk kv.Block) error {
+			blocks = append(blocks, blk)
+			return nil
+		}, nil); err != nil || len(blocks) != 1 || blocks[0].Host != "b" {
+			t.Fatalf("blocks: %+v %v", blocks, err)
+		}
+		// b collected while away: its records and block go, and a takes
+		// the block.
+		for _, ip := range []string{ipB, ipB2} {
+			if err := e.store.Delete(ctx, kv.AddressPath(cidr, ip), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		taken := kv.Block{CIDR: blocks[0].CIDR, Pool: cidr, Host: "a", Expires: e.clock.Now().Add(time.Hour).UTC()}
+		if _, err := kv.PutJSON(ctx, e.store, kv.BlockPath(cidr, blocks[0].CIDR), taken, kv.Any); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Reassert(ctx, id, ipB, mac(1)); err != nil {
+			t.Fatal(err)
+		}
+		var exc kv.Address
+		if _, err := kv.GetJSON(ctx, e.store, kv.ExceptionPath(cidr, ipB), &exc); err != nil || exc.Host != "b" || exc.IP != ipB {
+			t.Fatalf("the route exception of %s in a's block: %+v %v", ipB, exc, err)
+		}
+		// The block freed instead: b takes it back, and no exception is
+		// needed.
+		if err := e.store.Delete(ctx, kv.BlockPath(cidr, blocks[0].CIDR), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Reassert(ctx, id, ipB2, mac(2)); err != nil {
+			t.Fatal(err)
+		}
+		var blk kv.Block
+		if _, err := kv.GetJSON(ctx, e.store, kv.BlockPath(cidr, blocks[0].CIDR), &blk); err != nil || blk.Host != "b" {
+			t.Fatalf("the freed block is not b's again: %+v %v", blk, err)
+		}
+	})
+}
