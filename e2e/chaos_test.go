@@ -327,7 +327,7 @@ func chaosMeasure(t *testing.T, c *testbed.Cluster) (dup, leaked, unreachable, l
 				} else if pings > 1 {
 					late++
 					longest = max(longest, time.Since(began))
-					t.Logf("%s reached %s (host %d) after %d pings, %s", p.from, p.ip, hi+1, pings, time.Since(began).Round(100*time.Millisecond))
+					t.Logf("%s (on host %d) reached %s after %d pings, %s", p.from, hi+1, p.ip, pings, time.Since(began).Round(100*time.Millisecond))
 				}
 				mu.Unlock()
 			}
