@@ -518,8 +518,6 @@ func chaosCopiedHost(t *testing.T, c *testbed.Cluster) {
 	chaosClean(t, c)
 }
 
-// cutOff cuts h off from every Consul server while during runs (after
-// three seconds of the scenario's runs), then reconnects it.
 // chaosDump logs what a failed scenario's diagnosis needs: every host's
 // record and the chaos pool's blocks and exceptions in the store, every
 // host's routes of the pool, and the last lines of each plugin's log.
@@ -538,6 +536,8 @@ func chaosDump(t *testing.T, c *testbed.Cluster) {
 	}
 }
 
+// cutOff cuts h off from every Consul server while during runs (after
+// three seconds of the scenario's runs), then reconnects it.
 func cutOff(t *testing.T, h *testbed.Host, during func()) {
 	t.Helper()
 	cut := []string{"OUTPUT", "-p", "tcp", "-m", "iprange", "--dst-range", testbed.ConsulAddr + "-" + testbed.UnderlayPrefix + "102", "-j", "DROP"}

@@ -75,14 +75,20 @@ func NewIdentity(store kv.Store, host, address, boot string, log logrus.FieldLog
 	return id
 }
 
-// BootID is the kernel's boot ID (a new one at every boot of a machine),
-// or "" when it cannot be read.
+// BootID tells this machine's boot apart from every other machine's and
+// boot: the kernel's boot ID (a new one at every boot), and the network
+// namespace the plugin serves in (the host's), because machines can share
+// a kernel: network namespaces of a test bed, or nested Docker hosts each
+// in their own namespace, read one boot ID. "" when neither can be read.
 func BootID() string {
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		return ""
+	var parts []string
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		parts = append(parts, strings.TrimSpace(string(b)))
 	}
-	return strings.TrimSpace(string(b))
+	if ns, err := os.Readlink("/proc/self/ns/net"); err == nil {
+		parts = append(parts, ns) // net:[4026531840]
+	}
+	return strings.Join(parts, " ")
 }
 
 func (id *Identity) set(held bool, refused error) {
