@@ -66,7 +66,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r EndpointRequest) (picked 
 
 	b := d.backendOf(n)
 	e := localEndpoint{ID: r.EndpointID, Network: n.ID, IP: addr.Addr().String(), IP6: ip6, MAC: mac, HostIf: host, PeerIf: peer,
-		Block: d.blockOf(ctx, n.Pool, addr.Addr())}
+		Block: d.blockOf(ctx, n.Pool, addr.Addr()), Labels: r.Labels}
 	if err := b.EnsureEndpoint(n, e); err != nil {
 		_ = b.DeleteEndpoint(n, e)
 		return "", err
@@ -79,7 +79,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r EndpointRequest) (picked 
 	d.st.endpoints[e.ID] = e
 	d.mu.Unlock()
 	d.pokeFastPath()
-	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "endpoint": shortID(e.ID), "ip": e.IP, "ip6": e.IP6, "if": host}).Info("endpoint created")
+	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "endpoint": shortID(e.ID), "ip": e.IP, "ip6": e.IP6, "if": host, "labels": e.Labels}).Info("endpoint created")
 	return picked, nil
 }
 

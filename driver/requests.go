@@ -38,6 +38,9 @@ type EndpointRequest struct {
 	Addr       netip.Prefix // the address IPAM gave, with the pool's length
 	Addr6      netip.Prefix // its IPv6 address on a dual-stack network, or invalid
 	MAC        string       // "": the driver picks one
+	// Labels are the endpoint's identity for network policy (its
+	// tartan.label.<key> driver options), validated.
+	Labels map[string]string
 }
 
 // PortRequest is one port docker run -p or -P asks to publish. HostPort 0

@@ -10,6 +10,7 @@ import (
 	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/internal/dockerid"
 	"github.com/tartan-net/tartan/ipam"
+	"github.com/tartan-net/tartan/policy"
 )
 
 // The plugin speaks libnetwork's wire (go-plugins-helpers' types); the
@@ -102,7 +103,11 @@ func endpointRequest(r *network.CreateEndpointRequest) (driver.EndpointRequest, 
 	if err != nil || !addr.Addr().Is4() {
 		return driver.EndpointRequest{}, errdefs.Invalid("endpoint address %q is not an IPv4 CIDR", r.Interface.Address)
 	}
-	req := driver.EndpointRequest{NetworkID: r.NetworkID, EndpointID: r.EndpointID, Addr: addr, MAC: r.Interface.MacAddress}
+	labels, err := policy.EndpointLabels(r.Options)
+	if err != nil {
+		return driver.EndpointRequest{}, errdefs.Invalid("endpoint %s: %v", dockerid.Short(r.EndpointID), err)
+	}
+	req := driver.EndpointRequest{NetworkID: r.NetworkID, EndpointID: r.EndpointID, Addr: addr, MAC: r.Interface.MacAddress, Labels: labels}
 	if a6 := r.Interface.AddressIPv6; a6 != "" {
 		if req.Addr6, err = netip.ParsePrefix(a6); err != nil || !req.Addr6.Addr().Is6() || req.Addr6.Addr().Zone() != "" {
 			return req, errdefs.Invalid("endpoint IPv6 address %q is not an IPv6 CIDR", a6)

@@ -95,6 +95,26 @@ func TestWireRequests(t *testing.T) {
 	if err != nil || ep6.Addr6 != netip.MustParsePrefix("fd00::5/128") {
 		t.Fatalf("dual-stack endpoint: %+v %v", ep6, err)
 	}
+	// Labels from the endpoint's driver options; other owners' options pass.
+	lab, err := endpointRequest(&network.CreateEndpointRequest{NetworkID: "n", EndpointID: "e", Interface: &network.EndpointInterface{Address: "10.1.0.5/16"},
+		Options: map[string]any{"tartan.label.app": "api", "tartan.label.example.com/tier": "back", "com.docker.network.endpoint.exposedports": []any{}}})
+	if err != nil || len(lab.Labels) != 2 || lab.Labels["app"] != "api" || lab.Labels["example.com/tier"] != "back" {
+		t.Fatalf("labels: %+v %v", lab.Labels, err)
+	}
+	for opt, want := range map[string]string{
+		"tartan.lable.app":  "unknown endpoint option tartan.lable.app",
+		"tartan.label.a b":  "label key",
+		"tartan.label.app!": "label key",
+		"tartan.label.":     "label key",
+	} {
+		_, err := endpointRequest(&network.CreateEndpointRequest{EndpointID: "e", Interface: &network.EndpointInterface{Address: "10.1.0.5/16"}, Options: map[string]any{opt: "x"}})
+		if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), want) {
+			t.Errorf("option %s: %v, want ErrInvalid with %q", opt, err, want)
+		}
+	}
+	if _, err := endpointRequest(&network.CreateEndpointRequest{EndpointID: "e", Interface: &network.EndpointInterface{Address: "10.1.0.5/16"}, Options: map[string]any{"tartan.label.app": "not ok!"}}); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "tartan.label.app=not ok!") {
+		t.Errorf("a bad label value: %v", err)
+	}
 	for _, bad := range []*network.EndpointInterface{nil, {Address: "x"}, {Address: "fd00::5/64"}, {Address: "10.1.0.5/16", AddressIPv6: "10.1.0.6/16"}, {Address: "10.1.0.5/16", AddressIPv6: "nope"}} {
 		if _, err := endpointRequest(&network.CreateEndpointRequest{EndpointID: "e", Interface: bad}); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("%+v: %v, want ErrInvalid", bad, err)

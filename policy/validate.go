@@ -195,3 +195,36 @@ func validateSelector(s Selector) error {
 	}
 	return nil
 }
+
+// LabelOption prefixes an endpoint's labels among its driver options
+// (docker run --network name=web,driver-opt=tartan.label.app=api).
+const LabelOption = "tartan.label."
+
+// EndpointLabels reads an endpoint's labels from its driver options (what
+// Docker passes to CreateEndpoint and Join). Options of other owners pass;
+// a tartan option that is not a label, or a label that is not valid, is
+// refused by name.
+func EndpointLabels(opts map[string]any) (map[string]string, error) {
+	var labels map[string]string
+	for k, v := range opts {
+		if !strings.HasPrefix(k, "tartan.") {
+			continue
+		}
+		key, ok := strings.CutPrefix(k, LabelOption)
+		if !ok {
+			return nil, fmt.Errorf("unknown endpoint option %s: tartan takes %s<key>=<value> on an endpoint (--driver-opt)", k, LabelOption)
+		}
+		s, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf("endpoint option %s: the value must be a string, not %T", k, v)
+		}
+		if err := ValidateLabel(key, s); err != nil {
+			return nil, fmt.Errorf("endpoint option %s=%s: %w", k, s, err)
+		}
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		labels[key] = s
+	}
+	return labels, nil
+}

@@ -92,6 +92,8 @@ type Endpoint struct {
 	Ports []Port `json:"ports,omitempty"`
 	// IP6 is the endpoint's IPv6 address on a dual-stack network.
 	IP6 string `json:"ip6,omitempty"`
+	// Labels are the endpoint's identity for network policy.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Addr6 is the endpoint's IPv6 address (invalid when it has none).
