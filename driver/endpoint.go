@@ -78,6 +78,9 @@ func (d *Driver) CreateEndpoint(ctx context.Context, r EndpointRequest) (picked 
 	d.mu.Lock()
 	d.st.endpoints[e.ID] = e
 	d.mu.Unlock()
+	lctx, cancel := context.WithTimeout(ctx, labelsTimeout)
+	d.publishLabels(lctx, e)
+	cancel()
 	d.pokeFastPath()
 	d.log.WithFields(logrus.Fields{"network": shortID(n.ID), "endpoint": shortID(e.ID), "ip": e.IP, "ip6": e.IP6, "if": host, "labels": e.Labels}).Info("endpoint created")
 	return picked, nil
@@ -191,6 +194,9 @@ func (d *Driver) removeEndpoint(ctx context.Context, id string) error {
 	d.mu.Lock()
 	delete(d.st.endpoints, e.ID)
 	d.mu.Unlock()
+	lctx, cancel := context.WithTimeout(ctx, labelsTimeout)
+	d.withdrawLabels(lctx, e)
+	cancel()
 	d.log.WithFields(logrus.Fields{"network": shortID(e.Network), "endpoint": shortID(e.ID), "ip": e.IP}).Info("endpoint deleted")
 	// Its flows go with it: the next endpoint given its address gets none
 	// of them.

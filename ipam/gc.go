@@ -93,6 +93,9 @@ func (m *IPAM) CollectGone(ctx context.Context, local Holding) (Collected, error
 		if gone(host) && !holding[host] && len(errs) == 0 {
 			if _, err := m.store.Txn(ctx, []kv.Op{{Key: kv.HostPath(host), Delete: true, Version: ver}, {Key: kv.RenewalPath(host), Delete: true}}); err == nil {
 				got.Hosts++
+				// Its endpoints' labels go with it (it writes them again if
+				// it comes back: its reassert).
+				errs = append(errs, m.dropLabels(ctx, host))
 			}
 		}
 	}
@@ -100,6 +103,19 @@ func (m *IPAM) CollectGone(ctx context.Context, local Holding) (Collected, error
 		return got, fmt.Errorf("collect gone hosts: %w", err)
 	}
 	return got, nil
+}
+
+// dropLabels removes a gone host's endpoint label records.
+func (m *IPAM) dropLabels(ctx context.Context, host string) error {
+	ps, _, err := m.store.List(ctx, kv.EndpointLabelsPrefix(host))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range ps {
+		errs = append(errs, m.store.Delete(ctx, p.Key, p.Version))
+	}
+	return errors.Join(errs...)
 }
 
 // Reassert makes sure the record of an address a live endpoint of this host

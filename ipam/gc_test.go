@@ -32,6 +32,11 @@ func TestCollectGone(t *testing.T) {
 		pool(t, b, "10.82.0.0/24", "", nil)
 		ipB := addr(t, b, id, "", mac(1)).Addr().String()
 		ipA := addr(t, a, id, "", mac(2)).Addr().String()
+		for _, h := range []string{"a", "b"} { // each host's labelled endpoint
+			if _, err := kv.PutJSON(ctx, e.store, kv.EndpointLabelsPath(h, "e-"+h), kv.EndpointLabels{Host: h, Endpoint: "e-" + h, Labels: map[string]string{"app": "x"}}, kv.Any); err != nil {
+				t.Fatal(err)
+			}
+		}
 		// a's first pass: what it sees now starts its clock (its witness).
 		if got, err := a.CollectGone(ctx, nil); err != nil || got != (ipam.Collected{}) {
 			t.Fatalf("collected %+v %v at the first look", got, err)
@@ -47,7 +52,8 @@ func TestCollectGone(t *testing.T) {
 		if err != nil || got.Addresses != 1 || got.Blocks != 1 || got.Hosts != 1 {
 			t.Fatalf("collected %+v %v, want b's address, block and host record", got, err)
 		}
-		for k, want := range map[string]error{kv.AddressPath("10.82.0.0/24", ipB): kv.ErrNotFound, kv.AddressPath("10.82.0.0/24", ipA): nil, kv.HostPath("b"): kv.ErrNotFound} {
+		for k, want := range map[string]error{kv.AddressPath("10.82.0.0/24", ipB): kv.ErrNotFound, kv.AddressPath("10.82.0.0/24", ipA): nil, kv.HostPath("b"): kv.ErrNotFound,
+			kv.EndpointLabelsPath("b", "e-b"): kv.ErrNotFound, kv.EndpointLabelsPath("a", "e-a"): nil} {
 			if _, err := e.store.Get(ctx, k); !errors.Is(err, want) && !(want == nil && err == nil) {
 				t.Fatalf("%s: %v, want %v", k, err, want)
 			}

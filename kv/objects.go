@@ -208,7 +208,27 @@ const (
 	// PoliciesPrefix holds the cluster's network policies by name
 	// (package policy).
 	PoliciesPrefix = "policies/"
+	// EndpointLabelsRoot holds every host's EndpointLabels records, by
+	// host (EndpointLabelsPrefix): a host watches the root once.
+	EndpointLabelsRoot = "endpointlabels/"
 )
+
+// EndpointLabels is the identity of a labelled endpoint, for the network
+// policy of the other hosts: its addresses and labels, written by its host.
+type EndpointLabels struct {
+	IP       string            `json:"ip"`
+	IP6      string            `json:"ip6,omitempty"`
+	Pool     string            `json:"pool"` // its network's IPv4 pool: the network's identity
+	Endpoint string            `json:"endpoint"`
+	Host     string            `json:"host"`
+	Labels   map[string]string `json:"labels"`
+}
+
+// EndpointLabelsPrefix holds one host's EndpointLabels records.
+func EndpointLabelsPrefix(host string) string { return EndpointLabelsRoot + host + "/" }
+
+// EndpointLabelsPath is the record of one endpoint of host, by its ID.
+func EndpointLabelsPath(host, endpoint string) string { return EndpointLabelsPrefix(host) + endpoint }
 
 // PolicyPath is the record of one network policy.
 func PolicyPath(name string) string { return PoliciesPrefix + name }

@@ -155,8 +155,8 @@ func (w chores) renew(ctx context.Context) {
 
 // reassert puts what this host uses back into the store if it is gone from
 // it (collected while the host was cut off, or removed by a bug or a
-// hand): its holder key of every pool its networks use, and the records of
-// its live endpoints' addresses, IPv4 and IPv6.
+// hand): its holder key of every pool its networks use, the records of its
+// live endpoints' addresses, IPv4 and IPv6, and their label records.
 func (w chores) reassert(c context.Context) {
 	for _, id := range w.drv.LocalPools() {
 		if err := w.im.ReassertHolder(c, id); err != nil && !errors.Is(err, kv.ErrConflict) {
@@ -167,6 +167,13 @@ func (w chores) reassert(c context.Context) {
 		if err := w.im.Reassert(c, a.Pool, a.IP, a.MAC); err != nil {
 			w.log.Errorf("address of a live endpoint: %v", err)
 		}
+	}
+	wrote, removed, err := w.drv.SyncLabels(c)
+	if err != nil {
+		w.log.Warnf("labels of this host's endpoints: %v", err)
+	}
+	if wrote+removed > 0 {
+		w.log.WithFields(logrus.Fields{"written": wrote, "removed": removed}).Info("endpoint label records made right")
 	}
 }
 
