@@ -70,7 +70,11 @@ func (f *Firewall) Apply(st State) error {
 	}
 	f.iptables = flavour
 	f.removed = false
-	if err := install(f.iptables, Render(st), jumpsFor(false)); err != nil {
+	r4 := Render(st)
+	if err := ensureSets(r4.Sets); err != nil {
+		return err
+	}
+	if err := install(f.iptables, r4, jumpsFor(false)); err != nil {
 		return err
 	}
 	ip6 := ip6Of(f.iptables)
@@ -85,13 +89,20 @@ func (f *Firewall) Apply(st State) error {
 			}
 			f.v6 = false
 		}
-		return nil
+		return removeSets(r4.Sets)
 	}
 	if err := lookPath6(ip6); err != nil {
 		return err
 	}
 	f.v6, f.v6Probed = true, true
-	return install(ip6, Render6(st), jumpsFor(true))
+	r6 := Render6(st)
+	if err := ensureSets(r6.Sets); err != nil {
+		return err
+	}
+	if err := install(ip6, r6, jumpsFor(true)); err != nil {
+		return err
+	}
+	return removeSets(append(r4.Sets, r6.Sets...))
 }
 
 // Check says how tartan's chains and jumps in the kernel differ from the
@@ -135,6 +146,9 @@ func (f *Firewall) Remove() error {
 		} else {
 			f.v6 = false
 		}
+	}
+	if err == nil {
+		err = removeSets(nil) // no rule matches them any more
 	}
 	if err != nil {
 		return err

@@ -51,8 +51,33 @@ type chainRules struct {
 // layout lists tartan's chains, table by table, with r's rules: the same
 // for both address families.
 func layout(r Rules) []chainRules {
-	return []chainRules{{"filter", ForwardChain, r.Forward}, {"filter", InputChain, r.Input}, {"mangle", IsolateChain, r.Isolate},
-		{"nat", PostroutingChain, r.Postrouting}, {"nat", DNATChain, r.DNAT}, {"raw", RawChain, r.Raw}, {"raw", RawOutputChain, r.RawOutput}}
+	out := []chainRules{{"filter", ForwardChain, r.Forward}, {"filter", InputChain, r.Input}}
+	// Network policy's chains exist while they have rules (unused ones are
+	// removed after the restore: policyLeftovers), before TARTAN-ISOLATE,
+	// which jumps to them.
+	for _, c := range []chainRules{{"mangle", EgressChain, r.Egress}, {"mangle", IngressChain, r.Ingress}} {
+		if len(c.rules) > 0 {
+			out = append(out, c)
+		}
+	}
+	return append(out, chainRules{"mangle", IsolateChain, r.Isolate}, chainRules{"nat", PostroutingChain, r.Postrouting}, chainRules{"nat", DNATChain, r.DNAT},
+		chainRules{"raw", RawChain, r.Raw}, chainRules{"raw", RawOutputChain, r.RawOutput})
+}
+
+// allChains is every chain tartan may own, for its removal.
+func allChains() []chainRules {
+	return layout(Rules{Egress: []string{""}, Ingress: []string{""}})
+}
+
+// policyLeftovers removes network policy's chains that r has no rules for
+// (the jumps to them went with the restore's TARTAN-ISOLATE).
+func policyLeftovers(iptables string, r Rules) {
+	for _, c := range []chainRules{{"mangle", EgressChain, r.Egress}, {"mangle", IngressChain, r.Ingress}} {
+		if len(c.rules) == 0 {
+			_ = run(iptables, "-w", "5", "-t", c.table, "-F", c.chain)
+			_ = run(iptables, "-w", "5", "-t", c.table, "-X", c.chain)
+		}
+	}
 }
 
 // ip6Of names the ip6tables command of an iptables flavour:
@@ -129,6 +154,7 @@ func install(iptables string, r Rules, jumps []jump) error {
 			return err
 		}
 	}
+	policyLeftovers(iptables, r)
 	return nil
 }
 
@@ -273,8 +299,10 @@ func removeWith(iptables string, v6 bool) error {
 		}
 	}
 	var errs []string
-	for _, c := range layout(Rules{}) {
+	for _, c := range allChains() { // every chain emptied first: a chain jumped to is deleted only once nothing jumps to it
 		_ = run(iptables, "-w", "5", "-t", c.table, "-F", c.chain)
+	}
+	for _, c := range allChains() {
 		if out, err := output(iptables, "-w", "5", "-t", c.table, "-X", c.chain); err != nil && !strings.Contains(out, "No chain") && !strings.Contains(out, "does not exist") {
 			errs = append(errs, fmt.Sprintf("%s -X %s: %s", iptables, c.chain, out))
 		}

@@ -68,11 +68,18 @@ type State struct {
 	// may send VXLAN here; the port is closed to everyone else, also while
 	// none is known (nil or empty: closed to all).
 	Peers []netip.Addr
+	// Policed are the local endpoints network policy isolates in a
+	// direction, with their compiled rules (policy.go).
+	Policed []Policed
 }
 
 // Rules is the rendered rule set, per chain.
 type Rules struct {
 	Forward, Isolate, Input, Postrouting, DNAT, Raw, RawOutput []string
+	// Egress and Ingress are network policy's chains (empty: no endpoint
+	// of this host is isolated), and Sets the ipsets their rules match.
+	Egress, Ingress []string
+	Sets            []Set
 }
 
 // Render computes the IPv4 rule set, from the IPv4 pools. It does no I/O.
@@ -116,6 +123,7 @@ func render(st State, v6 bool) Rules {
 	w.forgedIngress()
 	w.established()
 	w.vxlanIngress()
+	w.policy() // before any RETURN of a published port's or a network's traffic
 	w.publishedForward()
 	w.isolation()
 	w.bridges()
