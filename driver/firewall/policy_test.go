@@ -87,7 +87,7 @@ func TestPolicyEnforced(t *testing.T) {
 		{"a", "b", "80", true}, {"a", "b", "8080", false}, {"c", "b", "80", false}, {"c", "b", "8080", false},
 	} {
 		if got := tcp(c.from, c.to, c.port); got != c.want {
-			t.Errorf("%s -> %s:%s connected %v, want %v\n%s", c.from, c.to, c.port, got, c.want, testkit.Sh(t, "iptables-save -t mangle -c"))
+			t.Errorf("%s -> %s:%s connected %v, want %v\n%s", c.from, c.to, c.port, got, c.want, testkit.Sh(t, f.Flavour()+"-save -t mangle -c"))
 		}
 	}
 	if _, err := ctr["c"].Exec("ping", "-c", "1", "-W", "2", addr["b"]); err == nil {
@@ -102,7 +102,7 @@ func TestPolicyEnforced(t *testing.T) {
 		t.Errorf("a pings c (a's egress and c's ingress are open; the reply is established): %v", err)
 	}
 	// The denied flows were logged (NFLOG rules counted them).
-	if m := testkit.Sh(t, "iptables-save -t mangle -c"); !strings.Contains(m, "NFLOG") {
+	if m := testkit.Sh(t, f.Flavour()+"-save -t mangle -c"); !strings.Contains(m, "NFLOG") {
 		t.Errorf("no deny log rule:\n%s", m)
 	}
 	// Remove with policy applied takes everything, sets included; the
