@@ -12,14 +12,15 @@ import (
 // flow and direction by direction: the kernel programs compiled from
 // Rules enforce the semantics Evaluate (and tartan policy explain) states.
 func TestCompileAgrees(t *testing.T) {
+	// A network is named by its IPv4 subnet.
+	nets := []string{"10.1.0.0/24", "10.2.0.0/24", "10.3.0.0/24", "10.4.0.0/24"}
 	pools := map[string][]netip.Prefix{
-		"a": {netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("fd00:1::/64")},
-		"b": {netip.MustParsePrefix("10.2.0.0/24")},
-		"c": {netip.MustParsePrefix("10.3.0.0/24")},
-		"d": {netip.MustParsePrefix("10.4.0.0/24")},
+		nets[0]: {netip.MustParsePrefix(nets[0]), netip.MustParsePrefix("fd00:1::/64")},
+		nets[1]: {netip.MustParsePrefix(nets[1])},
+		nets[2]: {netip.MustParsePrefix(nets[2])},
+		nets[3]: {netip.MustParsePrefix(nets[3])},
 	}
-	modes := map[string]Mode{"a": ModeAllow, "b": ModeAllow, "c": ModeIsolated, "d": ModeDefaultDeny}
-	nets := []string{"a", "b", "c", "d"}
+	modes := map[string]Mode{nets[0]: ModeAllow, nets[1]: ModeAllow, nets[2]: ModeIsolated, nets[3]: ModeDefaultDeny}
 	values := map[string][]string{"app": {"web", "api", "db"}, "tier": {"front", "back"}, "env": {"prod"}}
 	keys := []string{"app", "tier", "env"}
 	outside := []string{"192.0.2.7", "192.0.2.200", "203.0.113.9", "fd00:99::5"}
@@ -42,12 +43,13 @@ func TestCompileAgrees(t *testing.T) {
 		var view View
 		view.Pools = pools
 		for i := 0; i < 12; i++ {
-			n := nets[pick(len(nets))]
+			k := pick(len(nets))
+			n := nets[k]
 			var addr netip.Addr
-			if n == "a" && pick(3) == 0 {
+			if k == 0 && pick(3) == 0 {
 				addr = netip.MustParseAddr(fmt.Sprintf("fd00:1::%x", i+2))
 			} else {
-				addr = netip.AddrFrom4([4]byte{10, byte(n[0] - 'a' + 1), 0, byte(i + 2)})
+				addr = netip.AddrFrom4([4]byte{10, byte(k + 1), 0, byte(i + 2)})
 			}
 			view.Endpoints = append(view.Endpoints, Endpoint{Addr: addr, Network: n, Mode: modes[n], Labels: labels()})
 		}

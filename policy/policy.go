@@ -281,6 +281,9 @@ func (p *Policy) normalize() {
 		}
 	}
 	normalizeSelector(&p.Selector)
+	for i := range p.Networks {
+		p.Networks[i] = canonicalCIDR(p.Networks[i])
+	}
 	for _, rules := range [][]Rule{p.Ingress, p.Egress} {
 		for i := range rules {
 			for _, peers := range [][]Peer{rules[i].From, rules[i].To} {
@@ -288,10 +291,20 @@ func (p *Policy) normalize() {
 					if peers[j].Selector != nil {
 						normalizeSelector(peers[j].Selector)
 					}
+					peers[j].Network = canonicalCIDR(peers[j].Network)
 				}
 			}
 		}
 	}
+}
+
+// canonicalCIDR writes a subnet as netip does (" 10.1.0.0/16" and
+// "10.1.0.0/16" are one network); anything else is left for Validate.
+func canonicalCIDR(s string) string {
+	if p, err := ParseCIDR(s); err == nil {
+		return p.String()
+	}
+	return s
 }
 
 func normalizeSelector(s *Selector) {

@@ -12,7 +12,7 @@ const example = `
 name: api
 selector:
   labels: {app: api}
-networks: [web]
+networks: [10.1.0.0/16]
 ingress:
   - from:
       - selector: {labels: {app: web}}
@@ -88,6 +88,8 @@ func TestParseRefuses(t *testing.T) {
 		{"name: a\nselector: {}\ntypes: [sideways]", `types[0]: "sideways"`},
 		{"name: Bad_Name\nselector: {}", `policy "Bad_Name": name`},
 		{"name: a\nselector: {}\nnetworks: ['no spaces']", "networks[0]"},
+		{"name: a\nselector: {}\nnetworks: [web]", `networks[0]: "web": name a network by its IPv4 subnet`},
+		{"name: a\nselector: {}\ningress: [{from: [{network: 'fd00::/64'}]}]", "ingress[0].from[0].network"},
 		{"name: a\nselector: {}\n---\nname: a\nselector: {}", `policy "a" is in the file twice`},
 		{"# nothing\n", "no policy in the file"},
 		{"name: [1, 2]", "document 1"},
@@ -118,14 +120,14 @@ func TestEvaluate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	web := ep("10.1.0.2", "web", ModeAllow, "app", "web")
-	api := ep("10.1.0.3", "web", ModeAllow, "app", "api")
-	db := ep("10.1.0.4", "web", ModeAllow, "app", "db")
-	other := ep("10.1.0.5", "web", ModeAllow, "app", "other")
+	web := ep("10.1.0.2", "10.1.0.0/16", ModeAllow, "app", "web")
+	api := ep("10.1.0.3", "10.1.0.0/16", ModeAllow, "app", "api")
+	db := ep("10.1.0.4", "10.1.0.0/16", ModeAllow, "app", "db")
+	other := ep("10.1.0.5", "10.1.0.0/16", ModeAllow, "app", "other")
 	office := ep("192.0.2.10", "", "")
 	guest := ep("192.0.2.200", "", "")
 	outside := ep("203.0.113.1", "", "")
-	apiElsewhere := ep("10.2.0.3", "back", ModeAllow, "app", "api")
+	apiElsewhere := ep("10.2.0.3", "10.2.0.0/16", ModeAllow, "app", "api")
 	for _, c := range []struct {
 		name    string
 		f       Flow
@@ -156,8 +158,8 @@ func TestEvaluate(t *testing.T) {
 	}
 
 	// The network's defaults.
-	a := ep("10.3.0.2", "iso", ModeIsolated, "app", "a")
-	b := ep("10.3.0.3", "iso", ModeIsolated, "app", "b")
+	a := ep("10.3.0.2", "10.3.0.0/16", ModeIsolated, "app", "a")
+	b := ep("10.3.0.3", "10.3.0.0/16", ModeIsolated, "app", "b")
 	if v := Evaluate(nil, Flow{a, b, TCP, 80}); v.Allowed || !strings.Contains(v.Ingress.Reason, "isolated") {
 		t.Errorf("isolated: a reaches b: %+v", v)
 	}
@@ -174,8 +176,8 @@ func TestEvaluate(t *testing.T) {
 	if v := Evaluate(allowAB, Flow{a, b, TCP, 80}); !v.Allowed {
 		t.Errorf("isolated with a policy that allows a to b: %+v", v)
 	}
-	dd := ep("10.4.0.2", "dd", ModeDefaultDeny, "app", "b")
-	dd2 := ep("10.4.0.3", "dd", ModeDefaultDeny, "app", "a")
+	dd := ep("10.4.0.2", "10.4.0.0/16", ModeDefaultDeny, "app", "b")
+	dd2 := ep("10.4.0.3", "10.4.0.0/16", ModeDefaultDeny, "app", "a")
 	if v := Evaluate(nil, Flow{outside, dd, TCP, 80}); v.Allowed || !strings.Contains(v.Ingress.Reason, "default-deny") {
 		t.Errorf("default-deny lets the outside in: %+v", v)
 	}
@@ -186,7 +188,7 @@ func TestEvaluate(t *testing.T) {
 	if v := Evaluate(allowAB, Flow{dd2, dd, TCP, 80}); v.Allowed || !v.Ingress.Allowed || v.Egress.Allowed {
 		t.Errorf("default-deny: ingress allowed but egress not: %+v", v)
 	}
-	egressA, _ := Parse([]byte("name: a-out\nselector: {labels: {app: a}}\ntypes: [egress]\negress: [{to: [{network: dd}]}]"))
+	egressA, _ := Parse([]byte("name: a-out\nselector: {labels: {app: a}}\ntypes: [egress]\negress: [{to: [{network: 10.4.0.0/16}]}]"))
 	if v := Evaluate(append(allowAB, egressA...), Flow{dd2, dd, TCP, 80}); !v.Allowed {
 		t.Errorf("default-deny with both ends' rules: %+v", v)
 	}

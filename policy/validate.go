@@ -13,7 +13,6 @@ var (
 	nameRE       = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$`)
 	labelKeyRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?$`)
 	labelValueRE = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$`)
-	networkRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 )
 
 // ValidateLabel checks one label of an endpoint or a selector: a key of
@@ -42,8 +41,8 @@ func (p Policy) Validate() error {
 		return field("selector", err)
 	}
 	for i, n := range p.Networks {
-		if !networkRE.MatchString(n) {
-			return field(fmt.Sprintf("networks[%d]", i), fmt.Errorf("%q is not a Docker network name", n))
+		if err := validateNetwork(n); err != nil {
+			return field(fmt.Sprintf("networks[%d]", i), err)
 		}
 	}
 	for i, d := range p.Types {
@@ -117,8 +116,10 @@ func validatePeer(p Peer) *fieldError {
 			return &fieldError{"selector", err}
 		}
 	}
-	if p.Network != "" && !networkRE.MatchString(p.Network) {
-		return &fieldError{"network", fmt.Errorf("%q is not a Docker network name", p.Network)}
+	if p.Network != "" {
+		if err := validateNetwork(p.Network); err != nil {
+			return &fieldError{"network", err}
+		}
 	}
 	if p.CIDR == "" {
 		return nil
@@ -135,6 +136,17 @@ func validatePeer(p Peer) *fieldError {
 		if ex.Addr().Is4() != cidr.Addr().Is4() || !cidr.Contains(ex.Addr()) || ex.Bits() < cidr.Bits() {
 			return &fieldError{fmt.Sprintf("except[%d]", i), fmt.Errorf("%s is not inside the peer's cidr %s", e, p.CIDR)}
 		}
+	}
+	return nil
+}
+
+// validateNetwork checks a network's name in a policy: its IPv4 subnet,
+// the one identity a tartan network has on every host (Docker names
+// networks per host and never tells a driver the name).
+func validateNetwork(n string) error {
+	p, err := ParseCIDR(n)
+	if err != nil || !p.Addr().Is4() {
+		return fmt.Errorf("%q: name a network by its IPv4 subnet, the same on every host (docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' NAME); Docker's names differ from host to host", n)
 	}
 	return nil
 }
