@@ -56,8 +56,14 @@ func (d *Driver) fastPathStateLocked() fastpath.State {
 		st.Networks = append(st.Networks, fn)
 		routed[n.ID] = true
 	}
+	// An endpoint that network policy isolates takes the kernel path, where
+	// its rules are (the fast path's redirect skips netfilter).
+	policed := map[string]bool{}
+	for _, p := range d.policedLocked() {
+		policed[p.HostIf] = true
+	}
 	for _, e := range d.st.endpoints {
-		if routed[e.Network] {
+		if routed[e.Network] && !policed[e.HostIf] {
 			st.Endpoints = append(st.Endpoints, fastpath.Endpoint{Network: e.Network, HostIf: e.HostIf, IP: e.Addr(), IP6: e.Addr6(), MAC: e.MAC})
 		}
 	}

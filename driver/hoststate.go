@@ -22,6 +22,9 @@ func (d *Driver) hostState(parts hostplane.Part) hostplane.State {
 	d.mu.Lock()
 	if parts&hostplane.Firewall != 0 {
 		st.Firewall, st.PeersComplete = d.firewallStateLocked()
+		if len(st.Firewall.Pools) > 0 {
+			st.Firewall.Policed = d.policedLocked()
+		}
 	}
 	if parts&hostplane.FastPath != 0 {
 		st.FastPath = d.fastPathStateLocked()
@@ -68,9 +71,10 @@ func (d *Driver) writeTunnels() error {
 	return r.Err(hostplane.Tunnels)
 }
 
-// pokeFastPath has the host writer write the fast path soon: an endpoint
-// came or went.
-func (d *Driver) pokeFastPath() { d.host.Poke(hostplane.FastPath) }
+// pokeFastPath has the host writer write the fast path soon, and the
+// firewall (network policy's rules are per endpoint; the writer skips an
+// unchanged firewall): an endpoint came or went.
+func (d *Driver) pokeFastPath() { d.host.Poke(hostplane.FastPath | hostplane.Firewall) }
 
 // peersChanged is the router's word that a network's peers changed: the
 // firewall admits VXLAN from peers only, the fast path encapsulates for

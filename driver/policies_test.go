@@ -1,0 +1,55 @@
+package driver
+
+import (
+	"testing"
+
+	"github.com/tartan-net/tartan/driver/vxlan"
+	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/policy"
+)
+
+// TestPolicedEndpoints: the host's endpoints a policy isolates are compiled
+// for the firewall, with peers from this host's records and from other
+// hosts' label records; the others are not; without policies nothing is.
+func TestPolicedEndpoints(t *testing.T) {
+	d := testDriver("a", kv.NewMemory())
+	d.st.networks["n1"] = localNetwork{ID: "n1", Pool: "10.64.0.0/24", Backend: vxlan.Name}
+	d.st.endpoints["api"] = localEndpoint{ID: "api", Network: "n1", IP: "10.64.0.2", HostIf: "tnapi", Labels: map[string]string{"app": "api"}}
+	d.st.endpoints["web"] = localEndpoint{ID: "web", Network: "n1", IP: "10.64.0.3", HostIf: "tnweb", Labels: map[string]string{"app": "web"}}
+	if p := d.policedLocked(); len(p) != 0 {
+		t.Fatalf("policed without policies: %+v", p)
+	}
+	pols, err := policy.Parse([]byte("name: api\nselector: {labels: {app: api}}\ningress: [{from: [{selector: {labels: {app: web}}}], ports: [{port: 80}]}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.pol.policies = pols
+	d.pol.labels = []kv.EndpointLabels{
+		{IP: "10.64.0.70", Pool: "10.64.0.0/24", Endpoint: "remote-web", Host: "b", Labels: map[string]string{"app": "web"}},
+		{IP: "10.64.0.2", Pool: "10.64.0.0/24", Endpoint: "api", Host: "a", Labels: map[string]string{"app": "old"}}, // this host's own: its record decides
+	}
+	p := d.policedLocked()
+	if len(p) != 1 || p[0].HostIf != "tnapi" || !p[0].Rules.Ingress.Isolated || p[0].Rules.Egress.Isolated {
+		t.Fatalf("policed: %+v", p)
+	}
+	allows := p[0].Rules.Ingress.Allows
+	if len(allows) != 1 || allows[0].Protocol != policy.TCP || allows[0].Ports != (policy.PortRange{First: 80, Last: 80}) {
+		t.Fatalf("allows: %+v", allows)
+	}
+	var peers []string
+	for _, pr := range allows[0].Peers {
+		peers = append(peers, pr.String())
+	}
+	want := map[string]bool{"10.64.0.3/32": true, "10.64.0.70/32": true}
+	if len(peers) != 2 || !want[peers[0]] || !want[peers[1]] {
+		t.Fatalf("the web endpoints, local and remote: %v", peers)
+	}
+	// The isolated endpoint leaves the fast path; the other stays.
+	var fast []string
+	for _, e := range d.fastPathStateLocked().Endpoints {
+		fast = append(fast, e.HostIf)
+	}
+	if len(fast) != 1 || fast[0] != "tnweb" {
+		t.Fatalf("fast path endpoints: %v, want tnweb only", fast)
+	}
+}
