@@ -93,6 +93,7 @@ func (h *Handler) ServeAdmin(a Admin) {
 	h.admin("POST "+api.GCPath, true, func(ctx context.Context, _ *http.Request) (any, error) {
 		return h.collect(ctx, a)
 	})
+	h.servePolicies(a)
 }
 
 // status is this host as the plugin sees it (tartan status).

@@ -17,6 +17,7 @@ import (
 	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/policy"
 )
 
 const contentType = "application/vnd.docker.plugins.v1+json"
@@ -325,6 +326,8 @@ func Status(err error) int {
 		return http.StatusServiceUnavailable
 	case errors.Is(err, kv.ErrDenied):
 		return http.StatusForbidden
+	case errors.Is(err, policy.ErrNoPolicy):
+		return http.StatusNotFound
 	}
 	return http.StatusInternalServerError
 }

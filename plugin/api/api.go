@@ -32,7 +32,54 @@ const (
 	GCPath        = "/tartan/v1/gc"               // GET: what a collection would remove; POST: collect now
 	RotateKeyPath = "/tartan/v1/wireguard/rotate" // POST: a new WireGuard key pair for this host
 	RepairPath    = "/tartan/v1/repair"           // POST: the resync now
+	// PoliciesPath: GET the policies (?name=N: one, as stored), POST a
+	// policy file (YAML or JSON: applied whole or not at all), DELETE
+	// ?name=N.
+	PoliciesPath = "/tartan/v1/policies"
+	// ExplainPath: GET ?from=A&to=B&proto=P&port=N, the verdict of a flow
+	// between two addresses with the rules that decided it.
+	ExplainPath = "/tartan/v1/policies/explain"
 )
+
+// PolicySummary is one policy in a listing (tartan policy ls).
+type PolicySummary struct {
+	Name     string   `json:"name"`
+	Selector string   `json:"selector"`
+	Networks []string `json:"networks,omitempty"`
+	Types    []string `json:"types"`
+	Ingress  int      `json:"ingressRules"`
+	Egress   int      `json:"egressRules"`
+}
+
+// PoliciesApplied names the policies an apply wrote.
+type PoliciesApplied struct {
+	Applied []string `json:"applied"`
+}
+
+// PolicyRemoved names the policy a removal took.
+type PolicyRemoved struct {
+	Removed string `json:"removed"`
+}
+
+// Explained is a flow's verdict (tartan policy explain): the source's
+// egress and the destination's ingress, each with what decided it.
+type Explained struct {
+	From    string   `json:"from"`
+	To      string   `json:"to"`
+	Flow    string   `json:"flow"`
+	Allowed bool     `json:"allowed"`
+	Egress  Decision `json:"egress"`
+	Ingress Decision `json:"ingress"`
+}
+
+// Decision is one direction's answer: the policy and rule that allowed
+// the flow (none: Rule -1), and why in words.
+type Decision struct {
+	Allowed bool   `json:"allowed"`
+	Policy  string `json:"policy,omitempty"`
+	Rule    int    `json:"rule"`
+	Reason  string `json:"reason"`
+}
 
 // HostStatus is this host as its plugin sees it (tartan status).
 type HostStatus struct {

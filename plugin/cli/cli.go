@@ -41,11 +41,12 @@ var Commands = map[string]string{
 	"rotate-key": "give this host a new WireGuard key pair now (its record is written at once; peers re-key as their watch of the store delivers it)",
 	"repair":     "run the resync now: the plugin makes the kernel (devices, routes, neighbours, firewall, fast path, WireGuard peers) what its records and plans say, as it does every RESYNC",
 	"version":    "this binary's version, the Go and kernel it sees, and the fast path's state (the running plugin's, if one answers)",
+	"policy":     "network policy: apply -f FILE (YAML or JSON, all or nothing), ls, get NAME, rm NAME, explain FROM TO PORT/PROTO (the verdict and the rules that decide it; exit status 1 when denied)",
 	ServeCommand: "run the plugin (the network and IPAM driver on its socket): what Docker starts, from config.json; not for a shell",
 }
 
 // order is the order usage lists the commands in.
-var order = []string{"status", "hosts", "networks", "addresses", "ports", "doctor", "repair", "gc", "rotate-key", "version", ServeCommand}
+var order = []string{"status", "hosts", "networks", "addresses", "ports", "doctor", "repair", "gc", "rotate-key", "policy", "version", ServeCommand}
 
 // Run runs one subcommand (args[0]) and returns the exit status: 0 done, 1
 // failed (or, for doctor, found something), 2 misused. Without a command it
@@ -92,6 +93,7 @@ type invocation struct {
 	cmd        string
 	socket     string
 	json, yes  bool
+	file       string // tartan policy apply -f
 	positional []string
 }
 
@@ -111,6 +113,10 @@ func parseArgs(args []string, stdout, stderr io.Writer) (inv invocation, code in
 	if inv.cmd == "gc" {
 		yes = fs.Bool("yes", false, "remove what the collection would remove, now")
 	}
+	var file *string
+	if inv.cmd == "policy" {
+		file = fs.String("f", "", "with apply: the policy file (YAML or JSON; - reads standard input)")
+	}
 	// Flags may come before or after the pool (tartan addresses POOL --json).
 	for rest := args[1:]; ; {
 		if err := fs.Parse(rest); errors.Is(err, flag.ErrHelp) {
@@ -125,6 +131,14 @@ func parseArgs(args []string, stdout, stderr io.Writer) (inv invocation, code in
 		}
 		inv.positional = append(inv.positional, fs.Arg(0))
 		rest = fs.Args()[1:]
+	}
+	if inv.cmd == "policy" {
+		inv.socket, inv.json, inv.file = *socket, *asJSON, *file
+		if err := checkPolicyArgs(inv); err != nil {
+			fmt.Fprintf(stderr, "tartan policy: %v\n", err)
+			return inv, 2, true
+		}
+		return inv, 0, false
 	}
 	want := 0
 	if inv.cmd == "addresses" {
@@ -175,6 +189,8 @@ func ask(out output, inv invocation) (found bool, err error) {
 		var fs []api.Finding
 		fs, err = query(out, get, api.DoctorPath, printFindings)
 		found = err == nil && len(fs) > 0
+	case "policy":
+		found, err = askPolicy(out, inv)
 	}
 	return found, err
 }
@@ -210,7 +226,10 @@ func findSocket(given string) (string, error) {
 	return "", fmt.Errorf("several tartan plugin sockets (%s): pick one with --socket", strings.Join(found, ", "))
 }
 
-type client struct{ socket string }
+type client struct {
+	socket string
+	body   io.Reader // sent with the request (tartan policy apply)
+}
 
 func (c client) do(method, path string, v any) error {
 	hc := http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
@@ -218,7 +237,7 @@ func (c client) do(method, path string, v any) error {
 			return (&net.Dialer{}).DialContext(ctx, "unix", c.socket)
 		},
 	}}
-	req, err := http.NewRequest(method, "http://tartan"+path, nil)
+	req, err := http.NewRequest(method, "http://tartan"+path, c.body)
 	if err != nil {
 		return err
 	}
