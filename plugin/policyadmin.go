@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/tartan-net/tartan/errdefs"
+	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/plugin/api"
 	"github.com/tartan-net/tartan/policy"
@@ -45,6 +46,9 @@ func (h *Handler) servePolicies(a Admin) {
 		if err != nil {
 			return nil, errdefs.Invalid("%v", err)
 		}
+		if err := refuseMacvlan(ctx, a.Cluster, ps); err != nil {
+			return nil, err
+		}
 		if err := policy.Apply(ctx, a.Cluster, ps); err != nil {
 			return nil, err
 		}
@@ -66,6 +70,42 @@ func (h *Handler) servePolicies(a Admin) {
 	h.admin("GET "+api.ExplainPath, true, func(ctx context.Context, r *http.Request) (any, error) {
 		return explain(ctx, a.Cluster, r.URL.Query(), skipped)
 	})
+}
+
+// refuseMacvlan refuses policies that would select macvlan endpoints: a
+// macvlan network by its subnet, or a labelled endpoint of one. Their
+// traffic never crosses the host, so no rule of tartan's could hold it.
+func refuseMacvlan(ctx context.Context, s kv.Store, ps []policy.Policy) error {
+	ids, pools, err := identities(ctx, s)
+	if err != nil {
+		return err
+	}
+	reports, err := kv.Pools(ctx, s, nil)
+	if err != nil {
+		return fmt.Errorf("list pools in %s: %w", s, err)
+	}
+	macvlan := map[string]bool{}
+	for _, r := range reports {
+		if r.Network != nil && r.Network.Backend == ipam.BackendBridged {
+			macvlan[r.Pool] = true
+		}
+	}
+	if len(macvlan) == 0 {
+		return nil
+	}
+	for _, p := range ps {
+		for i, n := range p.Networks {
+			if macvlan[n] {
+				return errdefs.Invalid("policy %q: networks[%d]: %s is a macvlan network, whose traffic never crosses the host: no rule could hold it", p.Name, i, n)
+			}
+		}
+		for a, l := range ids {
+			if macvlan[l.Pool] && p.Applies(endpointAt(a, ids, pools)) {
+				return errdefs.Invalid("policy %q selects endpoint %s of macvlan network %s, whose traffic never crosses the host: narrow its selector or networks", p.Name, a, l.Pool)
+			}
+		}
+	}
+	return nil
 }
 
 // policySummary is one policy in a listing.

@@ -80,6 +80,27 @@ ingress:
 	if code := do(http.MethodGet, api.ExplainPath+"?from=10.70.0.3&to=10.70.0.2", "", &e); code != http.StatusBadRequest || !strings.Contains(e.Err, "give the destination port") {
 		t.Errorf("explain without a port: %d %q", code, e.Err)
 	}
+	// A macvlan network's endpoints cannot be held: a policy that selects
+	// one, by its subnet or its labels, is refused.
+	if _, err := kv.PutJSON(t.Context(), store, kv.PoolPath("10.71.0.0/24"), kv.Pool{CIDR: "10.71.0.0/24", BlockBits: 26}, kv.Any); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.PutJSON(t.Context(), store, kv.NetworkPath("10.71.0.0/24"), kv.PoolNetwork{Pool: "10.71.0.0/24", Backend: "macvlan"}, kv.Any); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.PutJSON(t.Context(), store, kv.EndpointLabelsPath("h1", "mv"), kv.EndpointLabels{IP: "10.71.0.5", Pool: "10.71.0.0/24", Host: "h1", Endpoint: "mv", Labels: map[string]string{"app": "mv"}}, kv.Any); err != nil {
+		t.Fatal(err)
+	}
+	for body, want := range map[string]string{
+		"name: m1\nselector: {}\nnetworks: [10.71.0.0/24]":   "networks[0]: 10.71.0.0/24 is a macvlan network",
+		"name: m2\nselector: {labels: {app: mv}}":            "selects endpoint 10.71.0.5 of macvlan network 10.71.0.0/24",
+		"name: m3\nselector: {}\nnetworks: [10.70.0.0/24]\n": "",
+	} {
+		code := do(http.MethodPost, api.PoliciesPath, body, &e)
+		if want == "" && code != http.StatusOK || want != "" && (code != http.StatusBadRequest || !strings.Contains(e.Err, want)) {
+			t.Errorf("apply %q: %d %q, want %q", body, code, e.Err, want)
+		}
+	}
 	var rm api.PolicyRemoved
 	if code := do(http.MethodDelete, api.PoliciesPath+"?name=api", "", &rm); code != http.StatusOK || rm.Removed != "api" {
 		t.Fatalf("rm: %d %+v", code, rm)
