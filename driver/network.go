@@ -94,7 +94,7 @@ func (d *Driver) createNetwork(ctx context.Context, r NetworkRequest, opts backe
 		return localNetwork{}, err
 	}
 	n := localNetwork{ID: r.ID, Pool: r.Pool.String(), Backend: rec.Backend, VNI: rec.VNI, Space: r.Space, Internal: opts.Internal, Direct: opts.DirectRouting,
-		NAT66: opts.NAT66}
+		NAT66: opts.NAT66, Policy: opts.Policy}
 	if r.Pool6.IsValid() {
 		n.Pool6 = r.Pool6.String()
 	}
@@ -227,7 +227,7 @@ func (d *Driver) clusterNetwork(ctx context.Context, pool, pool6 netip.Prefix, o
 			return fmt.Errorf("read network %s: %w", pool, err)
 		}
 		rec = kv.PoolNetwork{Pool: pool.String(), Pool6: p6, Backend: o.Backend, Internal: o.Internal, MTU: o.MTU, DirectRouting: o.DirectRouting,
-			Swarm: swarm, Options: o.Raw, Created: time.Now().UTC()}
+			Policy: o.Policy, Swarm: swarm, Options: o.Raw, Created: time.Now().UTC()}
 		vniCreated := false
 		if d.backends[o.Backend].Describe().ClaimsVNI {
 			if rec.VNI, vniCreated, err = kv.ClaimVNI(ctx, d.cluster, o.VNI, pool.String()); err != nil {
@@ -350,6 +350,8 @@ func agrees(pool netip.Prefix, cur kv.PoolNetwork, o backend.Options) error {
 		return errdefs.Invalid("subnet %s has -o %s=%d in the cluster: use the same value on every host", pool, OptMTU, cur.MTU)
 	case cur.DirectRouting != o.DirectRouting:
 		return errdefs.Invalid("subnet %s has -o %s=%t in the cluster: use the same value on every host", pool, vxlan.OptDirectRouting, cur.DirectRouting)
+	case cur.Policy != o.Policy:
+		return errdefs.Invalid("subnet %s has -o %s=%s in the cluster: use the same value on every host", pool, OptPolicy, cmp.Or(cur.Policy, "allow"))
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/driver/wireguard"
 	"github.com/tartan-net/tartan/errdefs"
+	"github.com/tartan-net/tartan/policy"
 )
 
 // Options are a network's validated -o options.
@@ -30,6 +31,11 @@ const (
 	// OptNAT66 masquerades what leaves a routed network's IPv6 pool (off
 	// by default: IPv6 pools are usually routed as they are).
 	OptNAT66 = "tartan.nat66"
+	// OptPolicy is the network's network-policy default: allow (what no
+	// policy selects passes), isolated (its endpoints reach each other only
+	// where a policy allows it) or default-deny (both ways, as if a policy
+	// without rules selected each endpoint).
+	OptPolicy = "tartan.policy"
 )
 
 // Docker's own keys in a CreateNetwork request.
@@ -120,6 +126,15 @@ func parseOption(o *Options, k, v string, chosen backend.Description, all []back
 			return true, errdefs.Invalid("-o %s is for routed networks (vxlan, host-gw, wireguard): a %s network's containers sit on the segment, with no NAT", OptNAT66, chosen.Name)
 		}
 		o.NAT66, err = backend.BoolOption(k, v)
+	case OptPolicy:
+		if !chosen.OwnGateway {
+			return true, errdefs.Invalid("-o %s is for routed networks (vxlan, host-gw, wireguard): a %s network's traffic never crosses the host, so no policy could hold it", OptPolicy, chosen.Name)
+		}
+		m, perr := policy.ParseMode(v)
+		if perr != nil {
+			return true, errdefs.Invalid("-o %v", perr)
+		}
+		o.Policy = string(m)
 	case OptMTU:
 		n, err := strconv.Atoi(v)
 		if err != nil || n < minMTU || n > maxMTU {
@@ -186,7 +201,7 @@ func findOption(b backend.Description, key string) (backend.Option, bool) {
 
 // knownOptions lists every -o option tartan takes.
 func knownOptions(all []backend.Description) []string {
-	out := []string{OptBackend, OptMTU, OptCluster, OptNAT66, wireguard.OptEncrypted}
+	out := []string{OptBackend, OptMTU, OptCluster, OptNAT66, OptPolicy, wireguard.OptEncrypted}
 	for _, b := range all {
 		for _, o := range b.Options {
 			out = append(out, o.Key)

@@ -53,6 +53,8 @@ func TestOptionErrors(t *testing.T) {
 		{optionsOf("encrypted", "", "tartan.vni", "7"), "-o tartan.vni cannot go with -o encrypted"},
 		{optionsOf("encrypted", "false", "tartan.backend", "wireguard"), "WireGuard always encrypts"},
 		{optionsOf("tartan.backend", "wireguard", "tartan.directrouting", "true"), "vxlan backend only"},
+		{optionsOf("tartan.policy", "deny"), "-o tartan.policy=deny: use allow, isolated or default-deny"},
+		{optionsOf("tartan.backend", "macvlan", "tartan.policy", "isolated"), "-o tartan.policy is for routed networks"},
 	} {
 		_, err := parse(c.opts)
 		if err == nil || !strings.Contains(err.Error(), c.word) {
@@ -62,6 +64,11 @@ func TestOptionErrors(t *testing.T) {
 	o, err := parse(optionsOf("tartan.backend", "vxlan", "tartan.vni", "42", "tartan.directrouting", "true", "com.docker.network.driver.mtu", "1400", "com.docker.network.bridge.name", "ignored"))
 	if err != nil || o.VNI != 42 || !o.DirectRouting || o.MTU != 1400 || o.IPv6 {
 		t.Fatalf("%+v %v", o, err)
+	}
+	for _, m := range []string{"allow", "isolated", "default-deny"} {
+		if o, err := parse(optionsOf("tartan.backend", "host-gw", "tartan.policy", m)); err != nil || o.Policy != m {
+			t.Errorf("tartan.policy=%s: %+v %v", m, o.Policy, err)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"cmp"
 	"context"
 	"net/netip"
 	"sync"
@@ -73,7 +74,11 @@ func (v *policyView) snapshot() ([]policy.Policy, []kv.EndpointLabels) {
 // firewall's Policed). Called with d.mu held.
 func (d *Driver) policedLocked() []firewall.Policed {
 	pols, labels := d.pol.snapshot()
-	if len(pols) == 0 {
+	modes := false
+	for _, n := range d.st.networks {
+		modes = modes || n.Policy != "" && n.Policy != string(policy.ModeAllow)
+	}
+	if len(pols) == 0 && !modes {
 		return nil
 	}
 	view := policy.View{Pools: map[string][]netip.Prefix{}}
@@ -110,7 +115,8 @@ func (d *Driver) policedLocked() []firewall.Policed {
 		if !routed[e.Network] {
 			continue
 		}
-		self := policy.Endpoint{Addr: e.Addr(), Network: d.st.networks[e.Network].PoolPrefix().String(), Mode: policy.ModeAllow, Labels: e.Labels}
+		n := d.st.networks[e.Network]
+		self := policy.Endpoint{Addr: e.Addr(), Network: n.PoolPrefix().String(), Mode: policy.Mode(cmp.Or(n.Policy, string(policy.ModeAllow))), Labels: e.Labels}
 		r := policy.Compile(pols, self, view)
 		if r.Ingress.Isolated || r.Egress.Isolated {
 			out = append(out, firewall.Policed{HostIf: e.HostIf, Rules: r})

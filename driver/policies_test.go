@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/tartan-net/tartan/driver/vxlan"
@@ -19,6 +20,17 @@ func TestPolicedEndpoints(t *testing.T) {
 	if p := d.policedLocked(); len(p) != 0 {
 		t.Fatalf("policed without policies: %+v", p)
 	}
+	// -o tartan.policy=isolated alone isolates the network's endpoints'
+	// ingress from each other (what comes from outside it passes).
+	n := d.st.networks["n1"]
+	n.Policy = string(policy.ModeIsolated)
+	d.st.networks["n1"] = n
+	if p := d.policedLocked(); len(p) != 2 || !p[0].Rules.Ingress.Isolated || p[0].Rules.Egress.Isolated ||
+		p[0].Rules.Ingress.Passes(netip.MustParseAddr("10.64.0.3"), policy.TCP, 80) || !p[0].Rules.Ingress.Passes(netip.MustParseAddr("192.0.2.1"), policy.TCP, 80) {
+		t.Fatalf("an isolated network: %+v", p)
+	}
+	n.Policy = ""
+	d.st.networks["n1"] = n
 	pols, err := policy.Parse([]byte("name: api\nselector: {labels: {app: api}}\ningress: [{from: [{selector: {labels: {app: web}}}], ports: [{port: 80}]}]"))
 	if err != nil {
 		t.Fatal(err)

@@ -77,9 +77,12 @@ type PoolNetwork struct {
 	// told whether the network is internal.
 	Swarm bool `json:"swarm,omitempty"`
 	// DirectRouting: vxlan peers on the same L2 are routed directly.
-	DirectRouting bool              `json:"directRouting,omitempty"`
-	Options       map[string]string `json:"options,omitempty"`
-	Created       time.Time         `json:"created"`
+	DirectRouting bool `json:"directRouting,omitempty"`
+	// Policy is the network's network-policy default (tartan.policy; ""
+	// is allow), the same on every host.
+	Policy  string            `json:"policy,omitempty"`
+	Options map[string]string `json:"options,omitempty"`
+	Created time.Time         `json:"created"`
 }
 
 // ReplicatedNetwork is a network created once and made on every host by each

@@ -126,6 +126,7 @@ type Options struct {
 	Cluster       bool   // created on every host by the replicator
 	IPv6          bool   // --ipv6: the network has an IPv6 pool too
 	NAT66         bool   // routed: masquerade what leaves the IPv6 pool
+	Policy        string // routed: the network policy default ("" is allow)
 	StoreID       string // swarm: the manager's store identity
 	Internal      bool
 	Raw           map[string]string // the -o options as given

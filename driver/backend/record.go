@@ -40,6 +40,9 @@ type Network struct {
 	Pool6    string `json:"pool6,omitempty"`
 	Gateway6 string `json:"gateway6,omitempty"`
 	NAT66    bool   `json:"nat66,omitempty"`
+	// Policy is the network's network-policy default (-o tartan.policy;
+	// "" is allow).
+	Policy string `json:"policy,omitempty"`
 	// ReleasePending6 is ReleasePending for the IPv6 pool.
 	ReleasePending6 bool `json:"releasePending6,omitempty"`
 }

@@ -203,6 +203,7 @@ type PoolNetwork struct {
 	Internal      bool              `json:"internal,omitempty"`
 	Swarm         bool              `json:"swarm,omitempty"`
 	DirectRouting bool              `json:"directRouting,omitempty"`
+	Policy        string            `json:"policy,omitempty"`
 	Options       map[string]string `json:"options,omitempty"`
 	Created       time.Time         `json:"created"`
 }
