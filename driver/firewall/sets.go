@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +23,7 @@ const setPrefix = "tartan-"
 // full.
 func ensureSets(sets []Set) error {
 	for _, s := range sets {
-		have, err := netlink.IpsetList(s.Name)
+		have, err := kernel.IpsetList(s.Name)
 		if err == nil && sameEntries(have.Entries, s.Prefixes) {
 			continue
 		}
@@ -113,7 +114,7 @@ func sameEntries(have []netlink.IPSetEntry, want []netip.Prefix) bool {
 // any more: call after the restore). Without any set wanted, a kernel
 // without ipset is not an error.
 func removeSets(keep []Set) error {
-	all, err := netlink.IpsetListAll()
+	all, err := kernel.IpsetListAll()
 	if err != nil {
 		if len(keep) == 0 {
 			return nil

@@ -51,3 +51,11 @@ func neighList(linkIndex, family int) ([]netlink.Neigh, error) {
 func xfrmPolicyList(family int) ([]netlink.XfrmPolicy, error) {
 	return whole(func() ([]netlink.XfrmPolicy, error) { return netlink.XfrmPolicyList(family) })
 }
+
+// IpsetList reads one ipset with its entries, whole.
+func IpsetList(name string) (*netlink.IPSetResult, error) {
+	return whole(func() (*netlink.IPSetResult, error) { return netlink.IpsetList(name) })
+}
+
+// IpsetListAll reads every ipset of this network namespace, whole.
+func IpsetListAll() ([]netlink.IPSetResult, error) { return whole(netlink.IpsetListAll) }
