@@ -117,8 +117,10 @@ type Driver struct {
 	missing map[string]time.Time
 	// creating maps pools to the networks being created on them.
 	creating map[string]string
-	// pol is the cluster's network policy as this host follows it.
-	pol policyView
+	// pol is the cluster's network policy as this host follows it, and
+	// deny the flows it denied here.
+	pol  policyView
+	deny denyLog
 	// knownPeers is the last complete VXLAN peer set the firewall held
 	// (also in the local store): what the port stays open to while a
 	// network has no plan yet.
@@ -196,6 +198,7 @@ func (d *Driver) Start(ctx context.Context) {
 	d.mu.Unlock()
 	d.routes.Start(ctx)
 	d.followPolicy(ctx)
+	go d.readDenyLog(ctx)
 	go d.host.Run(ctx, func(r hostplane.Result) { d.log.Warnf("host-wide state: %v", r.Error()) })
 }
 

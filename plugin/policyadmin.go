@@ -70,6 +70,19 @@ func (h *Handler) servePolicies(a Admin) {
 	h.admin("GET "+api.ExplainPath, true, func(ctx context.Context, r *http.Request) (any, error) {
 		return explain(ctx, a.Cluster, r.URL.Query(), skipped)
 	})
+	h.admin("GET "+api.DenyLogPath, false, func(context.Context, *http.Request) (any, error) {
+		out := api.DenyLog{Flows: []api.DeniedFlow{}, Total: map[string]uint64{}}
+		if h.drv == nil {
+			return out, nil
+		}
+		flows, total := h.drv.DeniedFlows()
+		for _, f := range flows {
+			out.Flows = append(out.Flows, api.DeniedFlow{Direction: f.Direction, Interface: f.Interface, Src: f.Src.String(), Dst: f.Dst.String(),
+				Proto: f.Proto, Port: f.Port, Count: f.Count, First: f.First, Last: f.Last})
+		}
+		out.Total = total
+		return out, nil
+	})
 }
 
 // refuseMacvlan refuses policies that would select macvlan endpoints: a

@@ -39,7 +39,30 @@ const (
 	// ExplainPath: GET ?from=A&to=B&proto=P&port=N, the verdict of a flow
 	// between two addresses with the rules that decided it.
 	ExplainPath = "/tartan/v1/policies/explain"
+	// DenyLogPath: GET the flows network policy denied on this host.
+	DenyLogPath = "/tartan/v1/policies/log"
 )
+
+// DenyLog is what network policy denied on this host (tartan policy log):
+// the flows, most recent first, and the denied connections counted per
+// direction since the plugin started.
+type DenyLog struct {
+	Flows []DeniedFlow      `json:"flows"`
+	Total map[string]uint64 `json:"total"`
+}
+
+// DeniedFlow is one denied flow with its count (driver.DeniedFlow).
+type DeniedFlow struct {
+	Direction string    `json:"direction"`
+	Interface string    `json:"interface"`
+	Src       string    `json:"src"`
+	Dst       string    `json:"dst"`
+	Proto     string    `json:"proto"`
+	Port      uint16    `json:"port,omitempty"`
+	Count     uint64    `json:"count"`
+	First     time.Time `json:"first"`
+	Last      time.Time `json:"last"`
+}
 
 // PolicySummary is one policy in a listing (tartan policy ls).
 type PolicySummary struct {

@@ -41,7 +41,7 @@ var Commands = map[string]string{
 	"rotate-key": "give this host a new WireGuard key pair now (its record is written at once; peers re-key as their watch of the store delivers it)",
 	"repair":     "run the resync now: the plugin makes the kernel (devices, routes, neighbours, firewall, fast path, WireGuard peers) what its records and plans say, as it does every RESYNC",
 	"version":    "this binary's version, the Go and kernel it sees, and the fast path's state (the running plugin's, if one answers)",
-	"policy":     "network policy: apply -f FILE (YAML or JSON, all or nothing), ls, get NAME, rm NAME, explain FROM TO PORT/PROTO (the verdict and the rules that decide it; exit status 1 when denied)",
+	"policy":     "network policy: apply -f FILE (YAML or JSON, all or nothing), ls, get NAME, rm NAME, explain FROM TO PORT/PROTO (the verdict and the rules that decide it; exit status 1 when denied), log (what this host denied)",
 	ServeCommand: "run the plugin (the network and IPAM driver on its socket): what Docker starts, from config.json; not for a shell",
 }
 

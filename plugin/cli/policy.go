@@ -15,7 +15,7 @@ import (
 // checkPolicyArgs checks tartan policy's subcommand and its arguments.
 func checkPolicyArgs(inv invocation) error {
 	if len(inv.positional) == 0 {
-		return fmt.Errorf("give a subcommand: apply -f FILE, ls, get NAME, rm NAME, explain FROM TO PORT/PROTO")
+		return fmt.Errorf("give a subcommand: apply -f FILE, ls, get NAME, rm NAME, explain FROM TO PORT/PROTO, log")
 	}
 	args := inv.positional[1:]
 	switch sub := inv.positional[0]; sub {
@@ -23,9 +23,9 @@ func checkPolicyArgs(inv invocation) error {
 		if inv.file == "" || len(args) != 0 {
 			return fmt.Errorf("apply takes the file with -f: tartan policy apply -f policy.yaml")
 		}
-	case "ls":
+	case "ls", "log":
 		if len(args) != 0 {
-			return fmt.Errorf("ls takes no arguments")
+			return fmt.Errorf("%s takes no arguments", inv.positional[0])
 		}
 	case "get", "rm":
 		if len(args) != 1 {
@@ -39,7 +39,7 @@ func checkPolicyArgs(inv invocation) error {
 			return err
 		}
 	default:
-		return fmt.Errorf("unknown subcommand %q: use apply, ls, get, rm or explain", sub)
+		return fmt.Errorf("unknown subcommand %q: use apply, ls, get, rm, explain or log", sub)
 	}
 	if inv.file != "" && inv.positional[0] != "apply" {
 		return fmt.Errorf("-f is for apply")
@@ -84,6 +84,8 @@ func askPolicy(out output, inv invocation) (found bool, err error) {
 		})
 	case "ls":
 		_, err = query(out, http.MethodGet, api.PoliciesPath, printPolicies)
+	case "log":
+		_, err = query(out, http.MethodGet, api.DenyLogPath, printDenyLog)
 	case "get":
 		var raw map[string]any
 		raw, err = query(out, http.MethodGet, api.PoliciesPath+"?name="+url.QueryEscape(args[0]), func(w io.Writer, v map[string]any) {})
@@ -112,6 +114,18 @@ func printPolicies(w io.Writer, ps []api.PolicySummary) {
 			nets = "(all)"
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\n", p.Name, p.Selector, nets, strings.Join(p.Types, ","), p.Ingress, p.Egress)
+	}
+}
+
+func printDenyLog(w io.Writer, l api.DenyLog) {
+	fmt.Fprintf(w, "denied since the plugin started: %d ingress, %d egress connections\n", l.Total["ingress"], l.Total["egress"])
+	fmt.Fprintln(w, "LAST\tDIRECTION\tENDPOINT\tSOURCE\tDESTINATION\tFLOW\tCOUNT")
+	for _, f := range l.Flows {
+		flow := f.Proto
+		if f.Port != 0 {
+			flow = fmt.Sprintf("%d/%s", f.Port, f.Proto)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", f.Last.Format("15:04:05"), f.Direction, f.Interface, f.Src, f.Dst, flow, f.Count)
 	}
 }
 

@@ -14,6 +14,8 @@ func TestPolicyArgs(t *testing.T) {
 	}{
 		{[]string{"policy", "apply", "-f", "p.yaml"}, ""},
 		{[]string{"policy", "ls", "--json"}, ""},
+		{[]string{"policy", "log"}, ""},
+		{[]string{"policy", "log", "x"}, "log takes no arguments"},
 		{[]string{"policy", "get", "api"}, ""},
 		{[]string{"policy", "rm", "api"}, ""},
 		{[]string{"policy", "explain", "10.1.0.2", "10.1.0.3", "80/tcp"}, ""},
