@@ -98,10 +98,10 @@ func TestCompileAgrees(t *testing.T) {
 				case 0:
 					rl.Ports = append(rl.Ports, Port{Protocol: ICMP})
 				case 1:
-					rl.Ports = append(rl.Ports, Port{Protocol: UDP, Port: PortRange{80, 443}})
+					rl.Ports = append(rl.Ports, Port{Protocol: UDP, Port: PortRange{First: 80, Last: 443}})
 				default:
 					p := ports[pick(len(ports))]
-					rl.Ports = append(rl.Ports, Port{Protocol: TCP, Port: PortRange{p, p}})
+					rl.Ports = append(rl.Ports, Port{Protocol: TCP, Port: PortRange{First: p, Last: p}})
 				}
 			}
 			return rl

@@ -117,10 +117,13 @@ const (
 // In a file it is a number (80) or a string ("80", "8000-8080").
 type PortRange struct {
 	First, Last uint16
+	// bad is what a file gave that is not a port or range; Validate
+	// refuses it, naming the field (a decoding error could not).
+	bad string
 }
 
 // IsZero says the range is every port.
-func (r PortRange) IsZero() bool { return r.First == 0 && r.Last == 0 }
+func (r PortRange) IsZero() bool { return r.First == 0 && r.Last == 0 && r.bad == "" }
 
 // Contains says whether port is in the range (every port is in the zero
 // range).
@@ -146,12 +149,17 @@ func (r PortRange) MarshalJSON() ([]byte, error) {
 	return json.Marshal(r.String())
 }
 
-// UnmarshalJSON reads 80, "80" or "8000-8080".
+// UnmarshalJSON reads 80, "80" or "8000-8080"; anything else is kept for
+// Validate to refuse with the field's path.
 func (r *PortRange) UnmarshalJSON(b []byte) error {
 	s := strings.Trim(string(b), `"`)
-	var err error
-	*r, err = ParsePortRange(s)
-	return err
+	p, err := ParsePortRange(s)
+	if err != nil {
+		*r = PortRange{bad: s}
+		return nil
+	}
+	*r = p
+	return nil
 }
 
 // ParsePortRange reads "80" or "8000-8080" (1 to 65535, first ≤ last).
@@ -162,7 +170,7 @@ func ParsePortRange(s string) (PortRange, error) {
 		return PortRange{}, err
 	}
 	if !isRange {
-		return PortRange{a, a}, nil
+		return PortRange{First: a, Last: a}, nil
 	}
 	b, err := parsePort(last)
 	if err != nil {
@@ -171,7 +179,7 @@ func ParsePortRange(s string) (PortRange, error) {
 	if b < a {
 		return PortRange{}, fmt.Errorf("port range %q ends before it starts: write it low-high", s)
 	}
-	return PortRange{a, b}, nil
+	return PortRange{First: a, Last: b}, nil
 }
 
 func parsePort(s string) (uint16, error) {

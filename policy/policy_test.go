@@ -45,7 +45,7 @@ func TestParseExample(t *testing.T) {
 		t.Fatalf("got %+v", ps)
 	}
 	api := ps[0]
-	if got := api.Ingress[0].Ports; got[0].Protocol != TCP || got[0].Port != (PortRange{80, 80}) || got[1].Port != (PortRange{8000, 8080}) || got[2].Protocol != ICMP {
+	if got := api.Ingress[0].Ports; got[0].Protocol != TCP || got[0].Port != (PortRange{First: 80, Last: 80}) || got[1].Port != (PortRange{First: 8000, Last: 8080}) || got[2].Protocol != ICMP {
 		t.Fatalf("ports: %+v", got)
 	}
 	if api.Egress[0].To[0].Selector.Match[0].Op != OpIn {
@@ -73,7 +73,7 @@ func TestParseRefuses(t *testing.T) {
 		{"name: a\nselector: {}\ningress: [{from: [{cidr: 10.1.2.3/8}]}]", "did you mean 10.0.0.0/8"},
 		{"name: a\nselector: {}\ningress: [{from: [{cidr: 10.0.0.0/8, except: [11.0.0.0/16]}]}]", "except[0]: 11.0.0.0/16 is not inside"},
 		{"name: a\nselector: {}\ningress: [{ports: [{port: 0}]}]", "port \"0\" is not a number from 1 to 65535"},
-		{"name: a\nselector: {}\ningress: [{ports: [{port: 70000}]}]", "is not a number from 1 to 65535"},
+		{"name: a\nselector: {}\ningress: [{ports: [{port: 70000}]}]", `ingress[0].ports[0]: port "70000" is not a number from 1 to 65535`},
 		{"name: a\nselector: {}\ningress: [{ports: [{port: 90-80}]}]", "ends before it starts"},
 		{"name: a\nselector: {}\ningress: [{ports: [{protocol: sctp}]}]", `ingress[0].ports[0]: protocol "sctp": use tcp, udp, icmp or any`},
 		{"name: a\nselector: {}\ningress: [{ports: [{protocol: icmp, port: 8}]}]", "protocol icmp has no ports"},

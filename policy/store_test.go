@@ -32,7 +32,7 @@ func TestStore(t *testing.T) {
 				t.Fatal(err)
 			}
 			got, err := Get(ctx, s, "api")
-			if err != nil || got.Ingress[0].Ports[1].Port != (PortRange{8000, 8080}) || got.Selector.Labels["app"] != "api" {
+			if err != nil || got.Ingress[0].Ports[1].Port != (PortRange{First: 8000, Last: 8080}) || got.Selector.Labels["app"] != "api" {
 				t.Fatalf("get api: %+v %v", got, err)
 			}
 			// A record written by hand that does not validate, one that
@@ -63,7 +63,7 @@ func TestStore(t *testing.T) {
 			if err := Apply(ctx, s, repl); err != nil {
 				t.Fatal(err)
 			}
-			if got, err := Get(ctx, s, "api"); err != nil || len(got.Ingress) != 1 || got.Ingress[0].Ports[0].Port != (PortRange{443, 443}) || len(got.Egress) != 0 {
+			if got, err := Get(ctx, s, "api"); err != nil || len(got.Ingress) != 1 || got.Ingress[0].Ports[0].Port != (PortRange{First: 443, Last: 443}) || len(got.Egress) != 0 {
 				t.Fatalf("replaced api: %+v %v", got, err)
 			}
 			if err := Remove(ctx, s, "api"); err != nil {

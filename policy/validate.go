@@ -165,6 +165,10 @@ func ParseCIDR(s string) (netip.Prefix, error) {
 }
 
 func validatePort(pt Port) error {
+	if pt.Port.bad != "" {
+		_, err := ParsePortRange(pt.Port.bad)
+		return err
+	}
 	switch pt.Protocol {
 	case TCP, UDP:
 	case ICMP, Any:
