@@ -20,6 +20,24 @@ func TestMain(m *testing.M) {
 	os.Exit(testkit.MainInOwnNetns(m, inNetns))
 }
 
+// applied is a firewall that applied st (removed at cleanup), checked to
+// hold exactly st's rules.
+func applied(t *testing.T, st State) *Firewall {
+	t.Helper()
+	f, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Apply(st); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Remove() })
+	if got, err := f.Check(st); err != nil || len(got) != 0 {
+		t.Fatalf("check right after apply: %v %v", got, err)
+	}
+	return f
+}
+
 // At boot a managed plugin starts before Docker makes its chains;
 // tartan picked nft once and for good, so on a host where Docker uses
 // iptables-legacy its rules sat in the wrong tables while Docker's DROP
@@ -82,18 +100,8 @@ func TestCheck(t *testing.T) {
 	}
 	st := State{Pools: []Pool{{Pool: netip.MustParsePrefix("10.244.0.0/16"), Device: "tartan.256"}}, VXLANPort: 8472, Peers: []netip.Addr{netip.MustParseAddr("10.98.0.12")},
 		Ports: []Port{{Proto: "tcp", HostPort: 18080, IP: netip.MustParseAddr("10.244.0.2"), Port: 80}}}
-	f, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Apply(st); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Remove() })
+	f := applied(t, st)
 	ipt := f.Flavour()
-	if got, err := f.Check(st); err != nil || len(got) != 0 {
-		t.Fatalf("check right after apply: %v %v", got, err)
-	}
 	testkit.Sh(t, ipt+" -t nat -F "+DNATChain+" && "+ipt+" -D INPUT -j "+InputChain+" && "+ipt+" -t mangle -D "+IsolateChain+" 1")
 	got, err := f.Check(st)
 	if err != nil {

@@ -79,17 +79,7 @@ func TestPolicyEnforced(t *testing.T) {
 		}
 	}()
 	t.Cleanup(cancel)
-	f, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Apply(st); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Remove() })
-	if got, err := f.Check(st); err != nil || len(got) != 0 {
-		t.Fatalf("check right after apply: %v %v", got, err)
-	}
+	f := applied(t, st)
 	if sets := tartanSets(t); len(sets) != 1 {
 		t.Fatalf("sets: %v, want one (a's address)", sets)
 	}
