@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/tartan-net/tartan/driver/fastpath"
+	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/hostplane"
 	"github.com/tartan-net/tartan/driver/kernel"
 )
@@ -36,7 +37,7 @@ func (d *Driver) FastPathDrift() (out []string, err error) {
 // whose traffic crosses the host in clear (not WireGuard's), their
 // endpoints, and the container side of every published port. Called with
 // d.mu held.
-func (d *Driver) fastPathStateLocked() fastpath.State {
+func (d *Driver) fastPathStateLocked(policed []firewall.Policed) fastpath.State {
 	var st fastpath.State
 	routed := map[string]bool{}
 	for _, n := range d.st.networks {
@@ -56,14 +57,14 @@ func (d *Driver) fastPathStateLocked() fastpath.State {
 		st.Networks = append(st.Networks, fn)
 		routed[n.ID] = true
 	}
-	// An endpoint that network policy isolates takes the kernel path, where
-	// its rules are (the fast path's redirect skips netfilter).
-	policed := map[string]bool{}
-	for _, p := range d.policedLocked() {
-		policed[p.HostIf] = true
+	// An endpoint that network policy isolates (policed) takes the kernel
+	// path, where its rules are (the fast path's redirect skips netfilter).
+	isolated := map[string]bool{}
+	for _, p := range policed {
+		isolated[p.HostIf] = true
 	}
 	for _, e := range d.st.endpoints {
-		if routed[e.Network] && !policed[e.HostIf] {
+		if routed[e.Network] && !isolated[e.HostIf] {
 			st.Endpoints = append(st.Endpoints, fastpath.Endpoint{Network: e.Network, HostIf: e.HostIf, IP: e.Addr(), IP6: e.Addr6(), MAC: e.MAC})
 		}
 	}

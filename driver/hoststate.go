@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/hostplane"
 )
 
@@ -20,14 +21,20 @@ func (d *Driver) newHostWriter() *hostplane.Writer {
 func (d *Driver) hostState(parts hostplane.Part) hostplane.State {
 	var st hostplane.State
 	d.mu.Lock()
+	// The endpoints network policy isolates: the firewall's rules, and
+	// which endpoints leave the fast path (compiled once per snapshot).
+	var policed []firewall.Policed
+	if parts&(hostplane.Firewall|hostplane.FastPath) != 0 {
+		policed = d.policedLocked()
+	}
 	if parts&hostplane.Firewall != 0 {
 		st.Firewall, st.PeersComplete = d.firewallStateLocked()
 		if len(st.Firewall.Pools) > 0 {
-			st.Firewall.Policed = d.policedLocked()
+			st.Firewall.Policed = policed
 		}
 	}
 	if parts&hostplane.FastPath != 0 {
-		st.FastPath = d.fastPathStateLocked()
+		st.FastPath = d.fastPathStateLocked(policed)
 	}
 	d.mu.Unlock()
 	if parts&hostplane.Firewall != 0 {

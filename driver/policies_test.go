@@ -58,7 +58,7 @@ func TestPolicedEndpoints(t *testing.T) {
 	}
 	// The isolated endpoint leaves the fast path; the other stays.
 	var fast []string
-	for _, e := range d.fastPathStateLocked().Endpoints {
+	for _, e := range d.fastPathStateLocked(d.policedLocked()).Endpoints {
 		fast = append(fast, e.HostIf)
 	}
 	if len(fast) != 1 || fast[0] != "tnweb" {
