@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -89,31 +90,21 @@ func (h *Handler) servePolicies(a Admin) {
 // macvlan network by its subnet, or a labelled endpoint of one. Their
 // traffic never crosses the host, so no rule of tartan's could hold it.
 func refuseMacvlan(ctx context.Context, s kv.Store, ps []policy.Policy) error {
-	ids, pools, err := identities(ctx, s)
+	v, err := identities(ctx, s)
 	if err != nil {
 		return err
 	}
-	reports, err := kv.Pools(ctx, s, nil)
-	if err != nil {
-		return fmt.Errorf("list pools in %s: %w", s, err)
-	}
-	macvlan := map[string]bool{}
-	for _, r := range reports {
-		if r.Network != nil && r.Network.Backend == ipam.BackendBridged {
-			macvlan[r.Pool] = true
-		}
-	}
-	if len(macvlan) == 0 {
+	if len(v.macvlan) == 0 {
 		return nil
 	}
 	for _, p := range ps {
 		for i, n := range p.Networks {
-			if macvlan[n] {
+			if v.macvlan[n] {
 				return errdefs.Invalid("policy %q: networks[%d]: %s is a macvlan network, whose traffic never crosses the host: no rule could hold it", p.Name, i, n)
 			}
 		}
-		for a, l := range ids {
-			if macvlan[l.Pool] && p.Applies(endpointAt(a, ids, pools)) {
+		for a, l := range v.ids {
+			if v.macvlan[l.Pool] && p.Applies(v.endpointAt(a)) {
 				return errdefs.Invalid("policy %q selects endpoint %s of macvlan network %s, whose traffic never crosses the host: narrow its selector or networks", p.Name, a, l.Pool)
 			}
 		}
@@ -181,7 +172,7 @@ func explain(ctx context.Context, s kv.Store, q map[string][]string, skipped pol
 	if err != nil {
 		return api.Explained{}, err
 	}
-	ids, pools, err := identities(ctx, s)
+	v, err := identities(ctx, s)
 	if err != nil {
 		return api.Explained{}, err
 	}
@@ -193,63 +184,70 @@ func explain(ctx context.Context, s kv.Store, q map[string][]string, skipped pol
 		if err != nil {
 			return api.Explained{}, errdefs.Invalid("%s %q is not an address: give a container's address (docker inspect) or an outside one", end.name, get(end.name))
 		}
-		*end.to = endpointAt(a.Unmap(), ids, pools)
+		*end.to = v.endpointAt(a.Unmap())
 	}
-	v := policy.Evaluate(pols, f)
+	verdict := policy.Evaluate(pols, f)
 	flow := f.Protocol
 	if f.Port != 0 {
 		flow = fmt.Sprintf("%d/%s", f.Port, f.Protocol)
 	}
-	return api.Explained{From: f.Src.Addr.String(), To: f.Dst.Addr.String(), Flow: flow, Allowed: v.Allowed, Egress: decision(v.Egress), Ingress: decision(v.Ingress)}, nil
+	return api.Explained{From: f.Src.Addr.String(), To: f.Dst.Addr.String(), Flow: flow, Allowed: verdict.Allowed, Egress: decision(verdict.Egress), Ingress: decision(verdict.Ingress)}, nil
 }
 
 func decision(d policy.Decision) api.Decision {
 	return api.Decision{Allowed: d.Allowed, Policy: d.Policy, Rule: d.Rule, Reason: d.Reason}
 }
 
-// identities are the cluster's labelled endpoints by address, and its
-// pools (a network's identity is its IPv4 pool; an IPv6 pool names its
-// IPv4 one).
-func identities(ctx context.Context, s kv.Store) (map[netip.Addr]kv.EndpointLabels, map[netip.Prefix]string, error) {
-	ids := map[netip.Addr]kv.EndpointLabels{}
+// clusterView is what explain and apply know of the cluster's endpoints:
+// the labelled ones by address, every pool with its network (a network's
+// identity is its IPv4 pool; an IPv6 pool names its IPv4 one), and the
+// macvlan networks' pools.
+type clusterView struct {
+	ids     map[netip.Addr]kv.EndpointLabels
+	pools   map[netip.Prefix]string
+	macvlan map[string]bool
+}
+
+// identities reads the cluster's view from the store: its label records and
+// its pools, once each.
+func identities(ctx context.Context, s kv.Store) (clusterView, error) {
+	v := clusterView{ids: map[netip.Addr]kv.EndpointLabels{}, pools: map[netip.Prefix]string{}, macvlan: map[string]bool{}}
 	if _, err := kv.ListJSON(ctx, s, kv.EndpointLabelsRoot, func(_ string, _ uint64, l kv.EndpointLabels) error {
 		for _, ip := range []string{l.IP, l.IP6} {
 			if a, err := netip.ParseAddr(ip); err == nil {
-				ids[a.Unmap()] = l
+				v.ids[a.Unmap()] = l
 			}
 		}
 		return nil
 	}, nil); err != nil {
-		return nil, nil, fmt.Errorf("list endpoint labels in %s: %w", s, err)
+		return v, fmt.Errorf("list endpoint labels in %s: %w", s, err)
 	}
-	pools := map[netip.Prefix]string{}
 	reports, err := kv.Pools(ctx, s, nil)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list pools in %s: %w", s, err)
+		return v, fmt.Errorf("list pools in %s: %w", s, err)
 	}
 	for _, r := range reports {
 		p, err := netip.ParsePrefix(r.Pool)
 		if err != nil || r.Network == nil {
 			continue
 		}
-		network := r.Pool
-		if r.Network.IPv4Pool != "" {
-			network = r.Network.IPv4Pool
+		if r.Network.Backend == ipam.BackendBridged {
+			v.macvlan[r.Pool] = true
 		}
-		pools[p] = network
+		v.pools[p] = cmp.Or(r.Network.IPv4Pool, r.Pool)
 	}
-	return ids, pools, nil
+	return v, nil
 }
 
 // endpointAt is the identity of address a.
-func endpointAt(a netip.Addr, ids map[netip.Addr]kv.EndpointLabels, pools map[netip.Prefix]string) policy.Endpoint {
+func (v clusterView) endpointAt(a netip.Addr) policy.Endpoint {
 	e := policy.Endpoint{Addr: a, Mode: policy.ModeAllow}
-	for p, network := range pools {
+	for p, network := range v.pools {
 		if p.Contains(a) {
 			e.Network = network
 		}
 	}
-	if l, ok := ids[a]; ok {
+	if l, ok := v.ids[a]; ok {
 		e.Network, e.Labels = l.Pool, l.Labels
 	}
 	return e
