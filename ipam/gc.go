@@ -355,7 +355,7 @@ func (g *poolGC) sweepAddresses(ctx context.Context, orphans bool) error {
 		if a.Kind != kv.KindEndpoint {
 			return nil
 		}
-		if orphans && m.orphanAge(a, g.now) {
+		if orphans && m.orphanAge(g.cidr, ver, a, g.now) {
 			g.own = append(g.own, candidate{a.IP, ver})
 		} else if g.gone(a.Host) {
 			if err := m.deleteAddress(ctx, g.cidr, a.IP, ver); err != nil {
@@ -369,6 +369,9 @@ func (g *poolGC) sweepAddresses(ctx context.Context, orphans bool) error {
 		}
 		return g.repairException(ctx, key, ver, a)
 	}, m.skipped)
+	if err == nil { // what the witness saw of addresses no longer listed goes
+		m.cfg.Witness.Forget(kv.AddressPrefix(g.cidr), func(k string) bool { return g.seen[strings.TrimPrefix(k, kv.AddressPrefix(g.cidr))] })
+	}
 	return err
 }
 
@@ -481,10 +484,20 @@ func (g *poolGC) fail(err error) {
 	}
 }
 
-// orphanAge says whether an address record is this host's and old enough
-// for the sweep to take it for an orphan when no endpoint has it.
-func (m *IPAM) orphanAge(a kv.Address, now time.Time) bool {
-	return a.Host == m.cfg.Host && now.Sub(a.Created) > OrphanAfter
+// orphanAge says whether an address record (at version ver) is this host's
+// and old enough for the sweep to take it for an orphan when no endpoint
+// has it: created more than OrphanAfter ago by the record, or first listed
+// by this process more than OrphanAfter ago (its witness). The second
+// holds when the record's time cannot be believed: a clock set back
+// after the record was written (NTP stepping a clock that ran days ahead,
+// a restored snapshot) makes every record look made in the future, and
+// orphans would stay until the clock caught up.
+func (m *IPAM) orphanAge(pool string, ver uint64, a kv.Address, now time.Time) bool {
+	if a.Host != m.cfg.Host {
+		return false
+	}
+	seen := m.cfg.Witness.Saw(kv.AddressPath(pool, a.IP), strconv.FormatUint(ver, 10), now)
+	return now.Sub(a.Created) > OrphanAfter || now.Sub(seen) > OrphanAfter
 }
 
 // Orphans lists, changing nothing, the address records that the next sweep
@@ -494,8 +507,8 @@ func (m *IPAM) Orphans(ctx context.Context, local Holding) ([]kv.Address, error)
 	now := m.cfg.Now()
 	var out []kv.Address
 	for pool, held := range local() {
-		if _, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(pool), func(_ string, _ uint64, a kv.Address) error {
-			if a.Kind == kv.KindEndpoint && m.orphanAge(a, now) && !held[a.IP] {
+		if _, err := kv.ListJSON(ctx, m.store, kv.AddressPrefix(pool), func(_ string, ver uint64, a kv.Address) error {
+			if a.Kind == kv.KindEndpoint && m.orphanAge(pool, ver, a, now) && !held[a.IP] {
 				out = append(out, a)
 			}
 			return nil

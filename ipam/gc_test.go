@@ -164,6 +164,40 @@ func TestCollectOrphans(t *testing.T) {
 	})
 }
 
+// A clock set back after records were written (a host that ran days
+// ahead, stepped back by NTP; issue 24's chaos scenario "clock 3 days
+// behind") makes this host's records look made in the future: their
+// orphans are still released, once this process has listed them for
+// OrphanAfter; a held record stays. Before, they stayed until the clock
+// caught up with them (days).
+func TestCollectOrphansAfterClockSetBack(t *testing.T) {
+	forEachStore(t, func(t *testing.T, e env) {
+		a := e.host("a")
+		register(t, e, "a")
+		id := pool(t, a, "10.85.0.0/24", "", nil)
+		held := addr(t, a, id, "", mac(1)).Addr().String()
+		orphan := addr(t, a, id, "", mac(2)).Addr().String()
+		holding := func() map[string]map[string]bool {
+			return map[string]map[string]bool{"10.85.0.0/24": {held: true}}
+		}
+		e.clock.Add(-72 * time.Hour)
+		register(t, e, "a")
+		if got, err := a.CollectGone(ctx, holding); err != nil || got != (ipam.Collected{}) {
+			t.Fatalf("collected %+v %v at the first look after the clock went back", got, err)
+		}
+		e.clock.Add(ipam.OrphanAfter + time.Second)
+		register(t, e, "a")
+		if got, err := a.CollectGone(ctx, holding); err != nil || got != (ipam.Collected{Orphans: 1}) {
+			t.Fatalf("collected %+v %v after the orphan was listed for OrphanAfter, want the one orphan", got, err)
+		}
+		for ip, want := range map[string]error{held: nil, orphan: kv.ErrNotFound} {
+			if _, err := e.store.Get(ctx, kv.AddressPath("10.85.0.0/24", ip)); !errors.Is(err, want) && !(want == nil && err == nil) {
+				t.Fatalf("%s: %v, want %v", ip, err, want)
+			}
+		}
+	})
+}
+
 // Audit H2 (issue 24): a host cut off for longer than GoneAfter lease
 // lifetimes is collected; when it comes back it takes its IPv4 and IPv6
 // addresses back, and the other holder's ReleasePool leaves the pool alone
