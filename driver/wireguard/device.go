@@ -70,6 +70,10 @@ type Device struct {
 	want    map[Key]Peer // the peers last set
 	wantSet bool         // SetPeers was called: peers not wanted may go
 	applied map[Key]Peer // what eng holds
+	// fresh are new peers watched for a crossed handshake (fresh.go);
+	// watching: a look is scheduled.
+	fresh    map[Key]*freshPeer
+	watching bool
 }
 
 // NewDevice returns the host's device, not made yet: Ensure makes it. mode
@@ -239,6 +243,7 @@ func (d *Device) applyLocked() error {
 		d.applied = map[Key]Peer{} // not known: all of it again next time
 		return fmt.Errorf("WireGuard peers of %s: %w", d.name, err)
 	}
+	d.watchNew(set, d.applied)
 	kept := d.applied
 	d.applied = make(map[Key]Peer, len(d.want))
 	for k, p := range d.want {

@@ -1,0 +1,105 @@
+package wireguard
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// countingEngine is an engine whose peers' counters the test sets; it
+// records the configure calls (the watch's logic, apart from a device).
+type countingEngine struct {
+	status []PeerStatus
+	calls  []string
+}
+
+func (*countingEngine) mode() string { return ModeUserspace }
+func (*countingEngine) close()       {}
+func (e *countingEngine) peers() ([]PeerStatus, error) {
+	return append([]PeerStatus(nil), e.status...), nil
+}
+func (e *countingEngine) configure(_ *Key, _ int, remove []Key, set []Peer) error {
+	for _, k := range remove {
+		e.calls = append(e.calls, "remove "+k.String())
+	}
+	for _, p := range set {
+		e.calls = append(e.calls, "set "+p.Key.String())
+	}
+	return nil
+}
+
+// A new peer this host sends to and that stays silent for two looks in a
+// row is set again (removed, added: a fresh handshake), at most
+// freshRetries times; one that answers, one not sent to, and a peer the
+// device held before are left alone; the watch ends after freshWindow.
+func TestSilentNewPeerSetAgain(t *testing.T) {
+	keys := make([]Key, 4)
+	for i := range keys {
+		k, err := NewPrivateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[i] = k.Public()
+	}
+	silent, answers, idle, old := keys[0], keys[1], keys[2], keys[3]
+	peer := func(k Key, n int) Peer {
+		return Peer{Key: k, Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(n)}), 51820)}
+	}
+	eng := &countingEngine{}
+	log := logrus.New()
+	log.SetOutput(testWriter{t})
+	d := NewDevice(DeviceName, DefaultPort, ModeUserspace, keys[0], log)
+	d.eng, d.applied = eng, map[Key]Peer{old: peer(old, 4)}
+	d.want = map[Key]Peer{silent: peer(silent, 1), answers: peer(answers, 2), idle: peer(idle, 3), old: peer(old, 4)}
+	d.wantSet = true
+	d.watching = true // the test looks itself: no look scheduled
+	if err := d.applyLocked(); err != nil {
+		t.Fatal(err)
+	}
+	if len(d.fresh) != 3 || d.fresh[old] != nil {
+		t.Fatalf("watched %v, want the three new peers", d.fresh)
+	}
+	eng.calls = nil
+	set := func(tx, rx uint64) {
+		eng.status = []PeerStatus{
+			{PublicKey: silent.String(), TxBytes: tx, RxBytes: 92},
+			{PublicKey: answers.String(), TxBytes: tx, RxBytes: rx},
+			{PublicKey: idle.String(), TxBytes: 148, RxBytes: 92},
+			{PublicKey: old.String(), TxBytes: tx, RxBytes: 0},
+		}
+	}
+	start := time.Now()
+	at := func(i int) time.Time { return start.Add(time.Duration(i) * freshCheck) }
+	set(1000, 500)
+	d.lookLocked(at(1)) // the first look: counters noted
+	set(2000, 900)
+	d.lookLocked(at(2)) // answers heard from: no longer watched; silent: once
+	if d.fresh[answers] != nil || len(eng.calls) != 0 {
+		t.Fatalf("after two looks: watched %v, calls %v", d.fresh, eng.calls)
+	}
+	set(3000, 900)
+	d.lookLocked(at(3)) // silent twice in a row: set again
+	want := []string{"remove " + silent.String(), "set " + silent.String()}
+	if len(eng.calls) != 2 || eng.calls[0] != want[0] || eng.calls[1] != want[1] {
+		t.Fatalf("calls %v, want %v", eng.calls, want)
+	}
+	// Still silent after each setting again: set again freshRetries times in all.
+	for i := 4; i < 4+3*(freshRetries+1); i++ {
+		set(uint64(i)*1000, 900)
+		d.lookLocked(at(i))
+	}
+	if got := len(eng.calls) / 2; got != freshRetries {
+		t.Fatalf("set again %d times (%v), want %d", got, eng.calls, freshRetries)
+	}
+	if d.fresh[silent] != nil {
+		t.Fatal("still watched after its retries")
+	}
+	if d.fresh[idle] == nil {
+		t.Fatal("a peer not sent to stopped being watched before the window ended")
+	}
+	if d.lookLocked(start.Add(freshWindow + time.Second)) {
+		t.Fatalf("watched after the window: %v", d.fresh)
+	}
+}
