@@ -125,6 +125,10 @@ type Driver struct {
 	// (also in the local store): what the port stays open to while a
 	// network has no plan yet.
 	knownPeers []netip.Addr
+	// published are the connectionless ports (UDP, SCTP) the firewall last
+	// written DNATs (the host writer's turn only): a port new in a write
+	// has its stale flows flushed after it.
+	published map[firewall.Port]bool
 }
 
 // New returns a driver; Restore must run before it serves endpoints of

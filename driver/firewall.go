@@ -32,6 +32,7 @@ func (d *Driver) applyFirewall(st firewall.State, complete bool) error {
 	if err != nil {
 		return err
 	}
+	d.flushNewlyPublished(st.Ports)
 	switch {
 	case complete && st.VXLANPort != 0:
 		d.keepPeers(st.Peers)
@@ -39,6 +40,31 @@ func (d *Driver) applyFirewall(st firewall.State, complete bool) error {
 		d.keepPeers(nil) // no VXLAN network left: nothing to keep
 	}
 	return syncGuards(st.Pools)
+}
+
+// flushNewlyPublished flushes, once their DNAT rules are in place, the
+// flows of connectionless ports that this write publishes and the last one
+// did not (every one at the first write of a start: the plugin may have
+// been down while the port changed hands). A UDP flow that went on while
+// the port was withdrawn (its entry: to the host, no DNAT) or held by a
+// removed container would otherwise never reach the new container; the
+// withdrawal's own flush (flushWithdrawn) cannot cover a datagram that
+// arrives between the two. Docker's bridge driver flushes the same.
+func (d *Driver) flushNewlyPublished(ports []firewall.Port) {
+	now := make(map[firewall.Port]bool, len(ports))
+	for _, p := range ports {
+		if p.Proto == "tcp" {
+			continue
+		}
+		now[p] = true
+		if d.published[p] {
+			continue
+		}
+		if err := kernel.FlushPublishedPort(p.Proto, p.HostIP, p.HostPort); err != nil {
+			d.log.WithFields(logrus.Fields{"port": p.HostPort, "proto": p.Proto}).Warn(err)
+		}
+	}
+	d.published = now
 }
 
 // syncGuards gives every routed pool of the host its guard route (an

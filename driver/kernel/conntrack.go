@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -47,6 +48,40 @@ func FlushPortConntrack(ip netip.Addr, proto string, hostPort int) error {
 		return err
 	}
 	return flush(ip, []netlink.CustomConntrackFilter{f})
+}
+
+// FlushPublishedPort removes the connectionless flows (UDP, SCTP) to a
+// port that is published from now on: an entry made while nothing, or
+// another container, held the port would keep the flow off the new DNAT
+// rule for as long as the flow goes on (every datagram renews it). Run
+// after the rule is in place. hostIP unset or unspecified: every address
+// of the host, both families. TCP flows are left alone (a new connection
+// makes a new entry).
+func FlushPublishedPort(proto string, hostIP netip.Addr, hostPort int) error {
+	p := protoNumber(proto)
+	if p == 0 || p == unix.IPPROTO_TCP {
+		return nil
+	}
+	var errs []error
+	for _, fam := range []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()} {
+		if hostIP.IsValid() && !hostIP.IsUnspecified() && hostIP.Unmap().Is4() != fam.Is4() {
+			continue
+		}
+		f := &netlink.ConntrackFilter{}
+		if err := f.AddProtocol(p); err != nil {
+			return err
+		}
+		if err := f.AddPort(netlink.ConntrackOrigDstPort, uint16(hostPort)); err != nil {
+			return err
+		}
+		if hostIP.IsValid() && !hostIP.IsUnspecified() {
+			if err := f.AddIP(netlink.ConntrackOrigDstIP, hostIP.Unmap().AsSlice()); err != nil {
+				return err
+			}
+		}
+		errs = append(errs, flush(fam, []netlink.CustomConntrackFilter{f}))
+	}
+	return errors.Join(errs...)
 }
 
 func flush(ip netip.Addr, filters []netlink.CustomConntrackFilter) error {
