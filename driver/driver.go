@@ -38,6 +38,7 @@ import (
 	"github.com/tartan-net/tartan/internal/dockerid"
 	"github.com/tartan-net/tartan/ipam"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/policy"
 )
 
 // Config holds the driver's settings.
@@ -129,6 +130,10 @@ type Driver struct {
 	// written DNATs (the host writer's turn only): a port new in a write
 	// has its stale flows flushed after it.
 	published map[firewall.Port]bool
+	// keptPoliced are the rules last applied to this host's policed
+	// endpoints, by host interface (also in the local store): what they
+	// keep until the policy view is live (policies.go).
+	keptPoliced map[string]policy.Rules
 }
 
 // New returns a driver; Restore must run before it serves endpoints of
@@ -240,6 +245,7 @@ func (d *Driver) Restore(ctx context.Context) error {
 		return fmt.Errorf("load local state: %w", err)
 	}
 	d.loadPeers(ctx)
+	d.loadPoliced(ctx)
 	all := make([]localNetwork, 0, len(st.networks))
 	for id, n := range st.networks {
 		if n.Backend == "" {

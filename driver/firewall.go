@@ -33,6 +33,7 @@ func (d *Driver) applyFirewall(st firewall.State, complete bool) error {
 		return err
 	}
 	d.flushNewlyPublished(st.Ports)
+	d.keepPoliced(st.Policed)
 	switch {
 	case complete && st.VXLANPort != 0:
 		d.keepPeers(st.Peers)

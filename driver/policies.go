@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"context"
 	"net/netip"
+	"reflect"
+	"slices"
 	"sync"
 
 	"github.com/tartan-net/tartan/driver/firewall"
@@ -20,7 +22,12 @@ type policyView struct {
 	mu       sync.Mutex
 	policies []policy.Policy
 	labels   []kv.EndpointLabels
-	warned   map[string]string // skipped records, logged once per reason
+	// policiesIn and labelsIn: each watch has answered since the start.
+	// Until both have, this host's endpoints keep the rules they had
+	// (keptPoliced): a restart, or a start with the store away, never
+	// opens what a policy closed.
+	policiesIn, labelsIn bool
+	warned               map[string]string // skipped records, logged once per reason
 }
 
 // followPolicy follows the policies and the endpoint labels until ctx ends;
@@ -44,7 +51,7 @@ func (d *Driver) followPolicy(ctx context.Context) {
 	go kv.Follow(ctx, d.cluster, kv.PoliciesPrefix, kv.FollowOptions{}, func(ps []kv.Pair) {
 		pols := policy.Decode(ps, skipped)
 		d.pol.mu.Lock()
-		d.pol.policies = pols
+		d.pol.policies, d.pol.policiesIn = pols, true
 		d.pol.mu.Unlock()
 		d.log.WithField("policies", len(pols)).Info("network policies changed")
 		d.host.Poke(hostplane.FastPath | hostplane.Firewall)
@@ -56,24 +63,28 @@ func (d *Driver) followPolicy(ctx context.Context) {
 			return nil
 		}, func(e *kv.DecodeError) { skipped(e.Key, e) })
 		d.pol.mu.Lock()
-		d.pol.labels = ls
+		d.pol.labels, d.pol.labelsIn = ls, true
 		d.pol.mu.Unlock()
 		d.host.Poke(hostplane.FastPath | hostplane.Firewall)
 	})
 }
 
-// snapshot is the policies and labels now.
-func (v *policyView) snapshot() ([]policy.Policy, []kv.EndpointLabels) {
+// snapshot is the policies and labels now, and whether both watches have
+// answered (live).
+func (v *policyView) snapshot() (pols []policy.Policy, labels []kv.EndpointLabels, live bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.policies, v.labels
+	return v.policies, v.labels, v.policiesIn && v.labelsIn
 }
 
 // policedLocked compiles this host's endpoints of routed networks under
 // the policies: those isolated in a direction, with their rules (the
 // firewall's Policed). Called with d.mu held.
 func (d *Driver) policedLocked() []firewall.Policed {
-	pols, labels := d.pol.snapshot()
+	pols, labels, live := d.pol.snapshot()
+	if !live && d.keptPoliced != nil {
+		return d.keptPolicedLocked()
+	}
 	modes := false
 	for _, n := range d.st.networks {
 		modes = modes || n.Policy != "" && n.Policy != string(policy.ModeAllow)
@@ -135,4 +146,59 @@ func policyEndpoints(ip, ip6, pool string, labels map[string]string) []policy.En
 		}
 	}
 	return out
+}
+
+// keptPolicedKey is where the rules last applied to this host's policed
+// endpoints are kept (by host interface), for the next start.
+const keptPolicedKey = "local/policed"
+
+// keptPolicedLocked is the kept rules of the endpoints this host still
+// has. Called with d.mu held.
+func (d *Driver) keptPolicedLocked() []firewall.Policed {
+	var out []firewall.Policed
+	for _, e := range d.st.endpoints {
+		if r, ok := d.keptPoliced[e.HostIf]; ok {
+			out = append(out, firewall.Policed{HostIf: e.HostIf, Rules: r})
+		}
+	}
+	slices.SortFunc(out, func(a, b firewall.Policed) int { return cmp.Compare(a.HostIf, b.HostIf) })
+	return out
+}
+
+// keepPoliced records the rules the firewall now holds for the policed
+// endpoints, in memory and in the local store, when they changed and were
+// compiled from a live view (the kept ones need no saving). Called without
+// d.mu, in the host writer's turn.
+func (d *Driver) keepPoliced(ps []firewall.Policed) {
+	if _, _, live := d.pol.snapshot(); !live {
+		return
+	}
+	kept := make(map[string]policy.Rules, len(ps))
+	for _, p := range ps {
+		kept[p.HostIf] = p.Rules
+	}
+	d.mu.Lock()
+	same := d.keptPoliced != nil && reflect.DeepEqual(kept, d.keptPoliced)
+	d.keptPoliced = kept
+	d.mu.Unlock()
+	if same {
+		return
+	}
+	if _, err := kv.PutJSON(context.Background(), d.local, keptPolicedKey, kept, kv.Any); err != nil {
+		d.log.Warnf("keep the network policy rules in the local store: %v", err)
+	}
+}
+
+// loadPoliced reads the rules kept by the last run (none kept: the view
+// decides from the start).
+func (d *Driver) loadPoliced(ctx context.Context) {
+	var kept map[string]policy.Rules
+	if _, err := kv.GetJSON(ctx, d.local, keptPolicedKey, &kept); err == nil {
+		if kept == nil {
+			kept = map[string]policy.Rules{}
+		}
+		d.mu.Lock()
+		d.keptPoliced = kept
+		d.mu.Unlock()
+	}
 }

@@ -1,9 +1,13 @@
 package driver
 
 import (
+	"context"
 	"net/netip"
+	"reflect"
 	"testing"
 
+	"github.com/sirupsen/logrus"
+	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/kv"
 	"github.com/tartan-net/tartan/policy"
@@ -63,5 +67,51 @@ func TestPolicedEndpoints(t *testing.T) {
 	}
 	if len(fast) != 1 || fast[0] != "tnweb" {
 		t.Fatalf("fast path endpoints: %v, want tnweb only", fast)
+	}
+}
+
+// Issue 26: a restarted plugin, until both policy watches have answered
+// (kill -9 and the store up, or a start with the store away), gives its
+// policed endpoints the rules they had, kept in the local store: nothing a
+// policy closed opens meanwhile (the probe matrix saw a denied flow pass
+// right after a kill). An endpoint gone since has none; once the view is
+// live it decides.
+func TestPolicedKeptAcrossRestart(t *testing.T) {
+	ctx := context.Background()
+	local := kv.NewMemory()
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	setUp := func(d *Driver) {
+		d.st.networks["n1"] = localNetwork{ID: "n1", Pool: "10.64.0.0/24", Backend: vxlan.Name}
+		d.st.endpoints["api"] = localEndpoint{ID: "api", Network: "n1", IP: "10.64.0.2", HostIf: "tnapi", Labels: map[string]string{"app": "api"}}
+		d.st.endpoints["web"] = localEndpoint{ID: "web", Network: "n1", IP: "10.64.0.3", HostIf: "tnweb", Labels: map[string]string{"app": "web"}}
+	}
+	d := New(kv.NewMemory(), local, nil, &firewall.Firewall{}, Config{Host: "a"}, log)
+	setUp(d)
+	pols, err := policy.Parse([]byte("name: api\nselector: {labels: {app: api}}\ningress: [{from: [{selector: {labels: {app: web}}}], ports: [{port: 80}, {protocol: udp}]}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.pol.policies, d.pol.policiesIn, d.pol.labelsIn = pols, true, true
+	applied := d.policedLocked()
+	if len(applied) != 1 {
+		t.Fatalf("policed: %+v", applied)
+	}
+	d.keepPoliced(applied)
+
+	restarted := New(kv.NewMemory(), local, nil, &firewall.Firewall{}, Config{Host: "a"}, log)
+	restarted.loadPoliced(ctx)
+	setUp(restarted)
+	if got := restarted.policedLocked(); !reflect.DeepEqual(got, applied) {
+		t.Fatalf("after a restart, before the policy view is live: %+v, want the kept %+v", got, applied)
+	}
+	delete(restarted.st.endpoints, "api")
+	if got := restarted.policedLocked(); len(got) != 0 {
+		t.Fatalf("a gone endpoint kept its rules: %+v", got)
+	}
+	setUp(restarted)
+	restarted.pol.policiesIn, restarted.pol.labelsIn = true, true // the store says: no policy now
+	if got := restarted.policedLocked(); len(got) != 0 {
+		t.Fatalf("the live view (no policy) did not decide: %+v", got)
 	}
 }

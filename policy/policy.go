@@ -141,17 +141,25 @@ func (r PortRange) String() string {
 	return fmt.Sprintf("%d-%d", r.First, r.Last)
 }
 
-// MarshalJSON writes a port as a number and a range as "first-last".
+// MarshalJSON writes a port as a number, a range as "first-last" and
+// every port as null.
 func (r PortRange) MarshalJSON() ([]byte, error) {
+	if r.IsZero() {
+		return []byte("null"), nil
+	}
 	if r.First == r.Last {
 		return json.Marshal(int(r.First))
 	}
 	return json.Marshal(r.String())
 }
 
-// UnmarshalJSON reads 80, "80" or "8000-8080"; anything else is kept for
-// Validate to refuse with the field's path.
+// UnmarshalJSON reads 80, "80" or "8000-8080", and null as every port;
+// anything else is kept for Validate to refuse with the field's path.
 func (r *PortRange) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*r = PortRange{}
+		return nil
+	}
 	s := strings.Trim(string(b), `"`)
 	p, err := ParsePortRange(s)
 	if err != nil {
