@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -25,8 +24,7 @@ import (
 func TestUnderlayInjection(t *testing.T) {
 	t.Parallel()
 	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox", "go")
-	raw := filepath.Join(t.TempDir(), "rawframe")
-	testkit.MustRun(t, "go", "build", "-o", raw, filepath.Join(testbed.RepoRoot(t), "e2e", "rawframe"))
+	raw := buildStatic(t, "rawframe")
 	listener := buildStatic(t, "stream") // the containers' UDP listener (busybox's nc has no UDP)
 	c := testbed.NewCluster(t, "ij", 1500)
 	h := c.AddHost(t)

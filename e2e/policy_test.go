@@ -30,18 +30,8 @@ func TestPolicyKernelPath(t *testing.T) {
 	for _, h := range []*testbed.Host{h1, h2} {
 		h.MustDocker(t, "network", "create", tnet, tipam, "--subnet", subnet, "pn")
 	}
-	// labelled starts a container on pn with labels (driver options of its
-	// endpoint: Docker 20.10's CLI has them on docker network connect).
 	labelled := func(h *testbed.Host, name, cmd string, labels ...string) string {
-		h.MustDocker(t, "create", "--name", name, "tbox", "sh", "-c", cmd)
-		h.MustDocker(t, "network", "disconnect", "bridge", name)
-		args := []string{"network", "connect"}
-		for _, l := range labels {
-			args = append(args, "--driver-opt", "tartan.label."+l)
-		}
-		h.MustDocker(t, append(args, "pn", name)...)
-		h.MustDocker(t, "start", name)
-		return h.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
+		return startLabelled(t, h, "pn", name, cmd, labels...)
 	}
 	servers := "mkdir -p /www && echo ok > /www/i && (httpd -p 80 -h /www; httpd -p 8080 -h /www; sleep 3600)"
 	apiIP := labelled(h1, "api", servers, "app=api")

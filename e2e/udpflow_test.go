@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -26,8 +25,7 @@ import (
 func TestUDPFlowFollowsPublishedPort(t *testing.T) {
 	t.Parallel()
 	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox", "go")
-	raw := filepath.Join(t.TempDir(), "rawframe")
-	testkit.MustRun(t, "go", "build", "-o", raw, filepath.Join(testbed.RepoRoot(t), "e2e", "rawframe"))
+	raw := buildStatic(t, "rawframe")
 	listener := buildStatic(t, "stream") // busybox's nc has no UDP
 	c := testbed.NewCluster(t, "uf", 1500)
 	h := c.AddHost(t)
