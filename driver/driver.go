@@ -126,9 +126,9 @@ type Driver struct {
 	// (also in the local store): what the port stays open to while a
 	// network has no plan yet.
 	knownPeers []netip.Addr
-	// published are the connectionless ports (UDP, SCTP) the firewall last
-	// written DNATs (the host writer's turn only): a port new in a write
-	// has its stale flows flushed after it.
+	// published are the UDP ports the firewall last written DNATs (the
+	// host writer's turn only): a port new in a write has its stale flows
+	// flushed after it.
 	published map[firewall.Port]bool
 	// keptPoliced are the rules last applied to this host's policed
 	// endpoints, by host interface (also in the local store): what they

@@ -33,7 +33,7 @@ func (d *Driver) applyFirewall(st firewall.State, complete bool) error {
 		return err
 	}
 	d.flushNewlyPublished(st.Ports)
-	d.keepPoliced(st.Policed)
+	d.keepPoliced(st.Policed, st.PolicedLive)
 	switch {
 	case complete && st.VXLANPort != 0:
 		d.keepPeers(st.Peers)
@@ -44,17 +44,17 @@ func (d *Driver) applyFirewall(st firewall.State, complete bool) error {
 }
 
 // flushNewlyPublished flushes, once their DNAT rules are in place, the
-// flows of connectionless ports that this write publishes and the last one
-// did not (every one at the first write of a start: the plugin may have
-// been down while the port changed hands). A UDP flow that went on while
-// the port was withdrawn (its entry: to the host, no DNAT) or held by a
-// removed container would otherwise never reach the new container; the
+// flows of UDP ports that this write publishes and the last one did not
+// (every one at the first write of a start: the plugin may have been down
+// while the port changed hands). A UDP flow that went on while the port
+// was withdrawn (its entry: to the host, no DNAT) or held by a removed
+// container would otherwise never reach the new container; the
 // withdrawal's own flush (flushWithdrawn) cannot cover a datagram that
 // arrives between the two. Docker's bridge driver flushes the same.
 func (d *Driver) flushNewlyPublished(ports []firewall.Port) {
 	now := make(map[firewall.Port]bool, len(ports))
 	for _, p := range ports {
-		if p.Proto == "tcp" {
+		if p.Proto != "udp" {
 			continue
 		}
 		now[p] = true

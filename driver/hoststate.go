@@ -24,11 +24,13 @@ func (d *Driver) hostState(parts hostplane.Part) hostplane.State {
 	// The endpoints network policy isolates: the firewall's rules, and
 	// which endpoints leave the fast path (compiled once per snapshot).
 	var policed []firewall.Policed
+	live := false
 	if parts&(hostplane.Firewall|hostplane.FastPath) != 0 {
-		policed = d.policedLocked()
+		policed, live = d.policedLocked()
 	}
 	if parts&hostplane.Firewall != 0 {
 		st.Firewall, st.PeersComplete = d.firewallStateLocked()
+		st.Firewall.PolicedLive = live
 		if len(st.Firewall.Pools) > 0 {
 			st.Firewall.Policed = policed
 		}

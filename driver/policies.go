@@ -79,18 +79,22 @@ func (v *policyView) snapshot() (pols []policy.Policy, labels []kv.EndpointLabel
 
 // policedLocked compiles this host's endpoints of routed networks under
 // the policies: those isolated in a direction, with their rules (the
-// firewall's Policed). Called with d.mu held.
-func (d *Driver) policedLocked() []firewall.Policed {
+// firewall's Policed). Until the view is live, an endpoint that had rules
+// keeps them (keptPoliced) and the others are compiled from what the view
+// has (their networks' defaults at least). live says the view was.
+// Called with d.mu held.
+func (d *Driver) policedLocked() (out []firewall.Policed, live bool) {
 	pols, labels, live := d.pol.snapshot()
-	if !live && d.keptPoliced != nil {
-		return d.keptPolicedLocked()
+	kept := d.keptPoliced
+	if live {
+		kept = nil
 	}
 	modes := false
 	for _, n := range d.st.networks {
 		modes = modes || n.Policy != "" && n.Policy != string(policy.ModeAllow)
 	}
-	if len(pols) == 0 && !modes {
-		return nil
+	if len(pols) == 0 && !modes && len(kept) == 0 {
+		return nil, live
 	}
 	view := policy.View{Pools: map[string][]netip.Prefix{}}
 	routed := map[string]bool{}
@@ -121,9 +125,12 @@ func (d *Driver) policedLocked() []firewall.Policed {
 			}
 		}
 	}
-	var out []firewall.Policed
 	for _, e := range d.st.endpoints {
 		if !routed[e.Network] {
+			continue
+		}
+		if r, ok := kept[e.HostIf]; ok {
+			out = append(out, firewall.Policed{HostIf: e.HostIf, Rules: r})
 			continue
 		}
 		n := d.st.networks[e.Network]
@@ -133,7 +140,8 @@ func (d *Driver) policedLocked() []firewall.Policed {
 			out = append(out, firewall.Policed{HostIf: e.HostIf, Rules: r})
 		}
 	}
-	return out
+	slices.SortFunc(out, func(a, b firewall.Policed) int { return cmp.Compare(a.HostIf, b.HostIf) })
+	return out, live
 }
 
 // policyEndpoints are an endpoint's identities for the view: one per
@@ -152,25 +160,12 @@ func policyEndpoints(ip, ip6, pool string, labels map[string]string) []policy.En
 // endpoints are kept (by host interface), for the next start.
 const keptPolicedKey = "local/policed"
 
-// keptPolicedLocked is the kept rules of the endpoints this host still
-// has. Called with d.mu held.
-func (d *Driver) keptPolicedLocked() []firewall.Policed {
-	var out []firewall.Policed
-	for _, e := range d.st.endpoints {
-		if r, ok := d.keptPoliced[e.HostIf]; ok {
-			out = append(out, firewall.Policed{HostIf: e.HostIf, Rules: r})
-		}
-	}
-	slices.SortFunc(out, func(a, b firewall.Policed) int { return cmp.Compare(a.HostIf, b.HostIf) })
-	return out
-}
-
 // keepPoliced records the rules the firewall now holds for the policed
-// endpoints, in memory and in the local store, when they changed and were
-// compiled from a live view (the kept ones need no saving). Called without
-// d.mu, in the host writer's turn.
-func (d *Driver) keepPoliced(ps []firewall.Policed) {
-	if _, _, live := d.pol.snapshot(); !live {
+// endpoints, in memory and in the local store, when they were compiled
+// from a live view (live: as the snapshot said) and changed. Called
+// without d.mu, in the host writer's turn.
+func (d *Driver) keepPoliced(ps []firewall.Policed, live bool) {
+	if !live {
 		return
 	}
 	kept := make(map[string]policy.Rules, len(ps))
@@ -179,14 +174,17 @@ func (d *Driver) keepPoliced(ps []firewall.Policed) {
 	}
 	d.mu.Lock()
 	same := d.keptPoliced != nil && reflect.DeepEqual(kept, d.keptPoliced)
-	d.keptPoliced = kept
 	d.mu.Unlock()
 	if same {
 		return
 	}
 	if _, err := kv.PutJSON(context.Background(), d.local, keptPolicedKey, kept, kv.Any); err != nil {
 		d.log.Warnf("keep the network policy rules in the local store: %v", err)
+		return // the next write tries again
 	}
+	d.mu.Lock()
+	d.keptPoliced = kept
+	d.mu.Unlock()
 }
 
 // loadPoliced reads the rules kept by the last run (none kept: the view

@@ -21,7 +21,7 @@ func TestPolicedEndpoints(t *testing.T) {
 	d.st.networks["n1"] = localNetwork{ID: "n1", Pool: "10.64.0.0/24", Backend: vxlan.Name}
 	d.st.endpoints["api"] = localEndpoint{ID: "api", Network: "n1", IP: "10.64.0.2", HostIf: "tnapi", Labels: map[string]string{"app": "api"}}
 	d.st.endpoints["web"] = localEndpoint{ID: "web", Network: "n1", IP: "10.64.0.3", HostIf: "tnweb", Labels: map[string]string{"app": "web"}}
-	if p := d.policedLocked(); len(p) != 0 {
+	if p, _ := d.policedLocked(); len(p) != 0 {
 		t.Fatalf("policed without policies: %+v", p)
 	}
 	// -o tartan.policy=isolated alone isolates the network's endpoints'
@@ -29,7 +29,7 @@ func TestPolicedEndpoints(t *testing.T) {
 	n := d.st.networks["n1"]
 	n.Policy = string(policy.ModeIsolated)
 	d.st.networks["n1"] = n
-	if p := d.policedLocked(); len(p) != 2 || !p[0].Rules.Ingress.Isolated || p[0].Rules.Egress.Isolated ||
+	if p, _ := d.policedLocked(); len(p) != 2 || !p[0].Rules.Ingress.Isolated || p[0].Rules.Egress.Isolated ||
 		p[0].Rules.Ingress.Passes(netip.MustParseAddr("10.64.0.3"), policy.TCP, 80) || !p[0].Rules.Ingress.Passes(netip.MustParseAddr("192.0.2.1"), policy.TCP, 80) {
 		t.Fatalf("an isolated network: %+v", p)
 	}
@@ -44,7 +44,7 @@ func TestPolicedEndpoints(t *testing.T) {
 		{IP: "10.64.0.70", Pool: "10.64.0.0/24", Endpoint: "remote-web", Host: "b", Labels: map[string]string{"app": "web"}},
 		{IP: "10.64.0.2", Pool: "10.64.0.0/24", Endpoint: "api", Host: "a", Labels: map[string]string{"app": "old"}}, // this host's own: its record decides
 	}
-	p := d.policedLocked()
+	p, _ := d.policedLocked()
 	if len(p) != 1 || p[0].HostIf != "tnapi" || !p[0].Rules.Ingress.Isolated || p[0].Rules.Egress.Isolated {
 		t.Fatalf("policed: %+v", p)
 	}
@@ -62,7 +62,8 @@ func TestPolicedEndpoints(t *testing.T) {
 	}
 	// The isolated endpoint leaves the fast path; the other stays.
 	var fast []string
-	for _, e := range d.fastPathStateLocked(d.policedLocked()).Endpoints {
+	policed, _ := d.policedLocked()
+	for _, e := range d.fastPathStateLocked(policed).Endpoints {
 		fast = append(fast, e.HostIf)
 	}
 	if len(fast) != 1 || fast[0] != "tnweb" {
@@ -93,25 +94,39 @@ func TestPolicedKeptAcrossRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.pol.policies, d.pol.policiesIn, d.pol.labelsIn = pols, true, true
-	applied := d.policedLocked()
-	if len(applied) != 1 {
-		t.Fatalf("policed: %+v", applied)
+	applied, live := d.policedLocked()
+	if len(applied) != 1 || !live {
+		t.Fatalf("policed: %+v (live %v)", applied, live)
 	}
-	d.keepPoliced(applied)
+	d.keepPoliced(applied, false) // compiled before the view was live: not kept
+	if d.keptPoliced != nil {
+		t.Fatalf("rules from a view not live were kept: %+v", d.keptPoliced)
+	}
+	d.keepPoliced(applied, live)
 
 	restarted := New(kv.NewMemory(), local, nil, &firewall.Firewall{}, Config{Host: "a"}, log)
 	restarted.loadPoliced(ctx)
 	setUp(restarted)
-	if got := restarted.policedLocked(); !reflect.DeepEqual(got, applied) {
-		t.Fatalf("after a restart, before the policy view is live: %+v, want the kept %+v", got, applied)
+	if got, live := restarted.policedLocked(); live || !reflect.DeepEqual(got, applied) {
+		t.Fatalf("after a restart, before the policy view is live: %+v (live %v), want the kept %+v", got, live, applied)
 	}
 	delete(restarted.st.endpoints, "api")
-	if got := restarted.policedLocked(); len(got) != 0 {
+	if got, _ := restarted.policedLocked(); len(got) != 0 {
 		t.Fatalf("a gone endpoint kept its rules: %+v", got)
 	}
+	// An endpoint with nothing kept (started since) gets its network's
+	// default meanwhile: isolated here.
+	n := restarted.st.networks["n1"]
+	n.Policy = string(policy.ModeIsolated)
+	restarted.st.networks["n1"] = n
+	if got, _ := restarted.policedLocked(); len(got) != 1 || got[0].HostIf != "tnweb" || !got[0].Rules.Ingress.Isolated {
+		t.Fatalf("an endpoint with no kept rules on an isolated network, before the view is live: %+v", got)
+	}
+	n.Policy = ""
+	restarted.st.networks["n1"] = n
 	setUp(restarted)
 	restarted.pol.policiesIn, restarted.pol.labelsIn = true, true // the store says: no policy now
-	if got := restarted.policedLocked(); len(got) != 0 {
+	if got, _ := restarted.policedLocked(); len(got) != 0 {
 		t.Fatalf("the live view (no policy) did not decide: %+v", got)
 	}
 }

@@ -500,7 +500,8 @@ func (m *IPAM) orphanAge(pool string, ver uint64, a kv.Address, now time.Time) b
 	return now.Sub(a.Created) > OrphanAfter || now.Sub(seen) > OrphanAfter
 }
 
-// Orphans lists, changing nothing, the address records that the next sweep
+// Orphans lists, changing nothing in the store (its witness notes what it
+// lists), the address records that the next sweep
 // of CollectGone would take for this host's orphans: endpoint addresses of
 // this host older than OrphanAfter that no endpoint of the host has.
 func (m *IPAM) Orphans(ctx context.Context, local Holding) ([]kv.Address, error) {

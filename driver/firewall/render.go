@@ -71,6 +71,10 @@ type State struct {
 	// Policed are the local endpoints network policy isolates in a
 	// direction, with their compiled rules (policy.go).
 	Policed []Policed
+	// PolicedLive says Policed was compiled from a live view of the
+	// cluster's policies (the driver keeps such rules for its next start);
+	// it is not rendered.
+	PolicedLive bool
 }
 
 // Rules is the rendered rule set, per chain.

@@ -50,16 +50,17 @@ func FlushPortConntrack(ip netip.Addr, proto string, hostPort int) error {
 	return flush(ip, []netlink.CustomConntrackFilter{f})
 }
 
-// FlushPublishedPort removes the connectionless flows (UDP, SCTP) to a
-// port that is published from now on: an entry made while nothing, or
-// another container, held the port would keep the flow off the new DNAT
-// rule for as long as the flow goes on (every datagram renews it). Run
-// after the rule is in place. hostIP unset or unspecified: every address
-// of the host, both families. TCP flows are left alone (a new connection
-// makes a new entry).
+// FlushPublishedPort removes the UDP flows to a port that is published
+// from now on: an entry made while nothing, or another container, held the
+// port would keep the flow off the new DNAT rule for as long as the flow
+// goes on (every datagram renews it). Run after the rule is in place.
+// hostIP unset or unspecified: every address of the host, both families.
+// TCP flows are left alone (a new connection makes a new entry); so are
+// SCTP's, which the netlink library reads without their ports (a filter
+// by port would match none).
 func FlushPublishedPort(proto string, hostIP netip.Addr, hostPort int) error {
 	p := protoNumber(proto)
-	if p == 0 || p == unix.IPPROTO_TCP {
+	if p != unix.IPPROTO_UDP {
 		return nil
 	}
 	var errs []error

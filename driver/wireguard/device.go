@@ -243,7 +243,11 @@ func (d *Device) applyLocked() error {
 		d.applied = map[Key]Peer{} // not known: all of it again next time
 		return fmt.Errorf("WireGuard peers of %s: %w", d.name, err)
 	}
-	d.watchNew(set, d.applied)
+	var removed []Peer
+	for _, k := range remove {
+		removed = append(removed, d.applied[k])
+	}
+	d.watchNew(set, removed)
 	kept := d.applied
 	d.applied = make(map[Key]Peer, len(d.want))
 	for k, p := range d.want {

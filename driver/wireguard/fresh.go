@@ -1,24 +1,27 @@
 package wireguard
 
 import (
+	"slices"
 	"time"
 
 	"github.com/sirupsen/logrus"
 )
 
-// A peer's new key (its host rotated it, or a new host) is met by two
-// handshakes at once more often than not: this host starts one as it sets
-// the peer (the persistent keepalive), and the peer, whose sessions its new
-// key ended, starts its own for the traffic it has to send. WireGuard meets
-// crossed initiations with a retry after REKEY_TIMEOUT (5 s), and
-// wireguard-go, whose handshake workers may take the two messages at once,
-// has been seen to keep a session the peer never had, sending into it until
-// it hears nothing for 15 s (issue 29's rotation soak: 151 pings lost
-// between two hosts). So a new peer is watched for its first seconds: one
-// that this host sends to and that sends nothing back for two checks in a
-// row is set again from scratch (removed and added: its sessions go, and
-// the keepalive starts one fresh handshake while the peer's own waits for
-// its retry), at most freshRetries times.
+// A peer's new key (its host rotated it) is met by two handshakes at once
+// more often than not: this host starts one as it sets the peer (the
+// persistent keepalive), and the peer, whose sessions its new key ended,
+// starts its own for the traffic it has to send. WireGuard meets crossed
+// initiations with a retry after REKEY_TIMEOUT (5 s), and wireguard-go,
+// whose handshake workers may take the two messages at once, has been seen
+// to keep a session the peer never had, sending into it until it hears
+// nothing for 15 s (issue 29's rotation soak: 151 pings lost between two
+// hosts). So a peer whose key replaced another at the same endpoint is
+// watched for its first seconds: one that this host sends to and that
+// sends nothing back for two looks in a row is set again from scratch
+// (removed and added: its sessions go, and the keepalive starts one fresh
+// handshake while the peer's own waits for its retry), at most
+// freshRetries times. New hosts and a restarted device's peers are not
+// watched (no crossing to fear, and one-way traffic would look silent).
 const (
 	freshCheck   = 250 * time.Millisecond // between two looks at a new peer's counters
 	freshWindow  = 5 * time.Second        // how long a new peer is watched
@@ -34,12 +37,14 @@ type freshPeer struct {
 	retries int
 }
 
-// watchNew puts the peers of set that the device did not hold before under
-// watch (with d.mu held) and starts the looks when none run.
-func (d *Device) watchNew(set []Peer, before map[Key]Peer) {
+// watchNew puts the peers of set whose key replaces, at the same
+// endpoint, a key of removed (a rotation) under watch (with d.mu held),
+// and starts the looks when none run.
+func (d *Device) watchNew(set []Peer, removed []Peer) {
 	now := time.Now()
 	for _, p := range set {
-		if _, held := before[p.Key]; held {
+		rotated := slices.ContainsFunc(removed, func(r Peer) bool { return r.Endpoint == p.Endpoint && r.Key != p.Key })
+		if !rotated || d.fresh[p.Key] != nil {
 			continue
 		}
 		if d.fresh == nil {
@@ -72,6 +77,7 @@ func (d *Device) lookLocked(now time.Time) bool {
 	status, err := d.eng.peers()
 	if err != nil {
 		d.log.Debugf("WireGuard peers under watch: %v", err)
+		return true // the next look reads them again
 	}
 	counters := map[string]PeerStatus{}
 	for _, s := range status {
@@ -108,8 +114,11 @@ func (d *Device) lookLocked(now time.Time) bool {
 			err = d.eng.configure(nil, 0, nil, []Peer{p})
 		}
 		if err != nil {
-			d.applied = map[Key]Peer{} // not known: all of it again next time
+			d.applied = map[Key]Peer{} // not known: all of it again, now
 			d.log.WithField("peer", k.String()).Warnf("WireGuard peer silent after its handshake; setting it again failed: %v", err)
+			if err := d.applyLocked(); err != nil {
+				d.log.Warn(err)
+			}
 			continue
 		}
 		d.log.WithFields(logrus.Fields{"peer": k.String(), "endpoint": p.Endpoint, "after": now.Sub(f.since).Round(time.Millisecond)}).

@@ -30,12 +30,13 @@ func (e *countingEngine) configure(_ *Key, _ int, remove []Key, set []Peer) erro
 	return nil
 }
 
-// A new peer this host sends to and that stays silent for two looks in a
-// row is set again (removed, added: a fresh handshake), at most
-// freshRetries times; one that answers, one not sent to, and a peer the
-// device held before are left alone; the watch ends after freshWindow.
+// A peer whose key replaced another at the same endpoint (a rotation),
+// that this host sends to and that stays silent for two looks in a row, is
+// set again (removed, added: a fresh handshake), at most freshRetries
+// times; one that answers, one not sent to, a peer the device held before
+// and a new host are left alone; the watch ends after freshWindow.
 func TestSilentNewPeerSetAgain(t *testing.T) {
-	keys := make([]Key, 4)
+	keys := make([]Key, 9)
 	for i := range keys {
 		k, err := NewPrivateKey()
 		if err != nil {
@@ -43,23 +44,25 @@ func TestSilentNewPeerSetAgain(t *testing.T) {
 		}
 		keys[i] = k.Public()
 	}
-	silent, answers, idle, old := keys[0], keys[1], keys[2], keys[3]
+	silent, answers, idle, old, newHost := keys[0], keys[1], keys[2], keys[3], keys[4]
 	peer := func(k Key, n int) Peer {
 		return Peer{Key: k, Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(n)}), 51820)}
 	}
 	eng := &countingEngine{}
 	log := logrus.New()
 	log.SetOutput(testWriter{t})
-	d := NewDevice(DeviceName, DefaultPort, ModeUserspace, keys[0], log)
-	d.eng, d.applied = eng, map[Key]Peer{old: peer(old, 4)}
-	d.want = map[Key]Peer{silent: peer(silent, 1), answers: peer(answers, 2), idle: peer(idle, 3), old: peer(old, 4)}
+	d := NewDevice(DeviceName, DefaultPort, ModeUserspace, keys[8], log)
+	// The device holds the rotated hosts' former keys (5, 6, 7 at the
+	// endpoints of silent, answers and idle) and old.
+	d.eng, d.applied = eng, map[Key]Peer{keys[5]: peer(keys[5], 1), keys[6]: peer(keys[6], 2), keys[7]: peer(keys[7], 3), old: peer(old, 4)}
+	d.want = map[Key]Peer{silent: peer(silent, 1), answers: peer(answers, 2), idle: peer(idle, 3), old: peer(old, 4), newHost: peer(newHost, 5)}
 	d.wantSet = true
 	d.watching = true // the test looks itself: no look scheduled
 	if err := d.applyLocked(); err != nil {
 		t.Fatal(err)
 	}
-	if len(d.fresh) != 3 || d.fresh[old] != nil {
-		t.Fatalf("watched %v, want the three new peers", d.fresh)
+	if len(d.fresh) != 3 || d.fresh[old] != nil || d.fresh[newHost] != nil {
+		t.Fatalf("watched %v, want the three rotated peers", d.fresh)
 	}
 	eng.calls = nil
 	set := func(tx, rx uint64) {
