@@ -15,9 +15,12 @@ import (
 // whose handshake workers may take the two messages at once, has been seen
 // to keep a session the peer never had, sending into it until it hears
 // nothing for 15 s (issue 29's rotation soak: 151 pings lost between two
-// hosts). So a peer whose key replaced another at the same endpoint is
-// watched for its first seconds: one that this host sends to and that
-// sends nothing back for two looks in a row is set again from scratch
+// hosts); and crossed initiations that each side answers, neither taking
+// the other's response, hold the traffic for WireGuard's 5 s retry (seen
+// in TestWireGuard on Docker 28). So a peer whose key replaced another at
+// the same endpoint is watched for its first seconds: one with no
+// completed handshake, or that this host sends to and that sends nothing
+// back, for two looks in a row is set again from scratch
 // (removed and added: its sessions go, and the keepalive starts one fresh
 // handshake while the peer's own waits for its retry), at most
 // freshRetries times. New hosts and a restarted device's peers are not
@@ -91,11 +94,15 @@ func (d *Device) lookLocked(now time.Time) bool {
 			continue
 		}
 		sent, heard := s.TxBytes > f.tx, s.RxBytes > f.rx
-		if f.sampled && heard {
+		shaken := !s.LastHandshake.IsZero() // a handshake with the new key completed
+		if f.sampled && heard && shaken {
 			delete(d.fresh, k) // it answers: the session works
 			continue
 		}
-		if f.sampled && sent {
+		// Stuck: sent to and silent, or no handshake completed (crossed
+		// initiations each answered and neither response taken: both
+		// sides wait for WireGuard's 5 s retry, holding the traffic).
+		if f.sampled && (sent && !heard || !shaken) {
 			f.silent++
 		} else {
 			f.silent = 0
