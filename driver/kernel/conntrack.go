@@ -37,17 +37,27 @@ func FlushPortConntrack(ip netip.Addr, proto string, hostPort int) error {
 	if !ip.IsValid() || p == 0 {
 		return nil
 	}
-	f := &netlink.ConntrackFilter{}
-	if err := f.AddProtocol(p); err != nil {
-		return err
-	}
-	if err := f.AddPort(netlink.ConntrackOrigDstPort, uint16(hostPort)); err != nil {
+	f, err := portFilter(p, hostPort)
+	if err != nil {
 		return err
 	}
 	if err := f.AddIP(netlink.ConntrackReplySrcIP, ip.AsSlice()); err != nil {
 		return err
 	}
 	return flush(ip, []netlink.CustomConntrackFilter{f})
+}
+
+// portFilter matches the flows of protocol p whose original destination
+// port is hostPort.
+func portFilter(p uint8, hostPort int) (*netlink.ConntrackFilter, error) {
+	f := &netlink.ConntrackFilter{}
+	if err := f.AddProtocol(p); err != nil {
+		return nil, err
+	}
+	if err := f.AddPort(netlink.ConntrackOrigDstPort, uint16(hostPort)); err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 // FlushPublishedPort removes the UDP flows to a port that is published
@@ -63,24 +73,21 @@ func FlushPublishedPort(proto string, hostIP netip.Addr, hostPort int) error {
 	if p != unix.IPPROTO_UDP {
 		return nil
 	}
+	f, err := portFilter(p, hostPort)
+	if err != nil {
+		return err
+	}
+	one := hostIP.IsValid() && !hostIP.IsUnspecified()
+	if one {
+		if err := f.AddIP(netlink.ConntrackOrigDstIP, hostIP.Unmap().AsSlice()); err != nil {
+			return err
+		}
+	}
 	var errs []error
 	for _, fam := range []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()} {
-		if hostIP.IsValid() && !hostIP.IsUnspecified() && hostIP.Unmap().Is4() != fam.Is4() {
-			continue
+		if !one || hostIP.Unmap().Is4() == fam.Is4() {
+			errs = append(errs, flush(fam, []netlink.CustomConntrackFilter{f}))
 		}
-		f := &netlink.ConntrackFilter{}
-		if err := f.AddProtocol(p); err != nil {
-			return err
-		}
-		if err := f.AddPort(netlink.ConntrackOrigDstPort, uint16(hostPort)); err != nil {
-			return err
-		}
-		if hostIP.IsValid() && !hostIP.IsUnspecified() {
-			if err := f.AddIP(netlink.ConntrackOrigDstIP, hostIP.Unmap().AsSlice()); err != nil {
-				return err
-			}
-		}
-		errs = append(errs, flush(fam, []netlink.CustomConntrackFilter{f}))
 	}
 	return errors.Join(errs...)
 }

@@ -36,7 +36,7 @@ type freshPeer struct {
 	since   time.Time
 	sampled bool   // tx and rx hold the last look's counters
 	tx, rx  uint64 // as of the last look
-	silent  int    // looks in a row that saw it sent to and not heard from
+	silent  int    // looks in a row that saw it stuck (sent to and not heard from, or no handshake)
 	retries int
 }
 
@@ -74,8 +74,7 @@ func (d *Device) lookAtNew() {
 }
 
 // lookLocked reads the counters of the peers under watch, sets again those
-// sent to and silent for two looks in a row, and says whether any is left
-// to watch.
+// stuck for two looks in a row, and says whether any is left to watch.
 func (d *Device) lookLocked(now time.Time) bool {
 	status, err := d.eng.peers()
 	if err != nil {
@@ -122,14 +121,14 @@ func (d *Device) lookLocked(now time.Time) bool {
 		}
 		if err != nil {
 			d.applied = map[Key]Peer{} // not known: all of it again, now
-			d.log.WithField("peer", k.String()).Warnf("WireGuard peer silent after its handshake; setting it again failed: %v", err)
+			d.log.WithField("peer", k.String()).Warnf("WireGuard peer stuck since its new key; setting it again failed: %v", err)
 			if err := d.applyLocked(); err != nil {
 				d.log.Warn(err)
 			}
 			continue
 		}
 		d.log.WithFields(logrus.Fields{"peer": k.String(), "endpoint": p.Endpoint, "after": now.Sub(f.since).Round(time.Millisecond)}).
-			Info("WireGuard peer sent to but silent since its new key's handshake (crossed handshakes): set again for a fresh one")
+			Info("WireGuard peer stuck since its new key (no handshake, or sent to and silent: crossed handshakes): set again for a fresh one")
 	}
 	return len(d.fresh) > 0
 }
