@@ -26,6 +26,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/driver/bgp"
+	"github.com/tartan-net/tartan/driver/bgp/speaker"
 	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/hostgw"
@@ -67,6 +69,9 @@ type Config struct {
 	// (nil: time.Now).
 	Witness *kv.Witness
 	Now     func() time.Time
+	// BGP is the host's BGP speaker (nil: BGP is off, and bgp networks
+	// are refused).
+	BGP *speaker.Speaker
 }
 
 // Addresses is the part of the IPAM the driver uses: macvlan host-access
@@ -168,7 +173,11 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 	d.host = d.newHostWriter()
 	underlay := func() (kernel.Underlay, error) { return kernel.FindUnderlay(cfg.Advertise) }
 	host := backend.Host{ID: cfg.Host, VXLANPort: cfg.VXLANPort, SysctlRoot: cfg.SysctlRoot, Underlay: underlay, Log: log}
-	for _, b := range Backends(host, addrs, cluster, d.skipped, d.wg) {
+	bgpOff := ""
+	if cfg.BGP == nil {
+		bgpOff = "BGP is off on this host: set its AS and its routers (docker plugin set tartan BGP_AS=64512 BGP_PEERS=10.0.0.1:64500), or use host-gw or vxlan"
+	}
+	for _, b := range Backends(host, addrs, cluster, d.skipped, d.wg, bgpOff) {
 		d.backends[b.Describe().Name] = b
 		d.descs = append(d.descs, b.Describe())
 	}
@@ -182,12 +191,14 @@ const DefaultResync = 30 * time.Second
 
 // Backends are the backends a host offers, the default first: the one
 // place that knows them all.
-func Backends(h backend.Host, addrs macvlan.Addresses, cluster kv.Store, skipped func(*kv.DecodeError), wg *wireguard.Device) []backend.Backend {
+// bgpOff says why bgp networks cannot be made ("": they can).
+func Backends(h backend.Host, addrs macvlan.Addresses, cluster kv.Store, skipped func(*kv.DecodeError), wg *wireguard.Device, bgpOff string) []backend.Backend {
 	return []backend.Backend{
 		vxlan.New(h, macvlan.Name),
 		hostgw.New(h, macvlan.Name),
 		macvlan.New(h, addrs, cluster, skipped),
 		wireguard.New(h, macvlan.Name, wg),
+		bgp.New(h, macvlan.Name, bgpOff),
 	}
 }
 

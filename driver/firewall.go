@@ -69,12 +69,19 @@ func (d *Driver) flushNewlyPublished(ports []firewall.Port) {
 }
 
 // syncGuards gives every routed pool of the host its guard route (an
-// unreachable route for the whole pool: kernel.EnsureGuard) and removes
-// the guard routes of pools it no longer has (in the host writer's turn).
+// unreachable route for the whole pool: kernel.EnsureGuard), an announced
+// pool one for each block this host holds (the rest of the pool is the
+// fabric's to route), and removes the guard routes of pools and blocks it
+// no longer has (in the host writer's turn).
 func syncGuards(pools []firewall.Pool) error {
 	want := map[netip.Prefix]bool{}
 	for _, p := range pools {
-		want[p.Pool.Masked()] = true
+		if !p.Announced {
+			want[p.Pool.Masked()] = true
+		}
+		for _, b := range p.Blocks {
+			want[b.Masked()] = true
+		}
 	}
 	have, err := kernel.Guards()
 	if err != nil {
@@ -142,6 +149,9 @@ func (d *Driver) firewallStateLocked() (st firewall.State, complete bool) {
 	vxlan := false
 	for _, n := range d.st.networks {
 		p, ok := d.backendOf(n).Firewall(n)
+		if ok && p.Announced {
+			p.Blocks = d.ownBlocks(n.ID)
+		}
 		if ok && !seen[n.Pool] {
 			seen[n.Pool] = true
 			st.Pools = append(st.Pools, p)
@@ -158,6 +168,22 @@ func (d *Driver) firewallStateLocked() (st firewall.State, complete bool) {
 		st.Peers, complete = d.vxlanPeersLocked()
 	}
 	return st, complete
+}
+
+// ownBlocks is the blocks this host announces for a network (its plan's
+// prefixes shorter than one address), sorted; none before its first plan.
+func (d *Driver) ownBlocks(id string) []netip.Prefix {
+	plan, ok := d.routes.Plan(id)
+	if !ok {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, p := range plan.Announce {
+		if p.Bits() < p.Addr().BitLen() {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // vxlanPeersLocked is who may send VXLAN here: the peers of every VXLAN

@@ -1,8 +1,13 @@
 package driver
 
 import (
+	"context"
+	"errors"
+
+	"github.com/tartan-net/tartan/driver/bgp/speaker"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/hostplane"
+	"github.com/tartan-net/tartan/driver/kernel"
 )
 
 // newHostWriter is the host's one writer of host-wide state, reading it
@@ -11,6 +16,9 @@ func (d *Driver) newHostWriter() *hostplane.Writer {
 	ap := hostplane.Appliers{Firewall: d.applyFirewall, Tunnels: d.wg.SetPeers}
 	if fp := d.cfg.FastPath; fp != nil {
 		ap.FastPath = fp.Sync
+	}
+	if sp := d.cfg.BGP; sp != nil {
+		ap.Announce = func(rs []speaker.Route) error { return sp.Announce(context.Background(), rs) }
 	}
 	return hostplane.New(d.hostState, ap)
 }
@@ -48,7 +56,32 @@ func (d *Driver) hostState(parts hostplane.Part) hostplane.State {
 	if parts&hostplane.Tunnels != 0 {
 		st.Tunnels, st.TunnelsPlanned = d.tunnelPeers()
 	}
+	if parts&hostplane.Announce != 0 {
+		st.Announce, st.AnnouncePlanned = d.announcements()
+	}
 	return st
+}
+
+// announcements is what this host announces to its BGP peers, each prefix
+// through its underlay address (IPv4: bgp networks are IPv4 only); planned
+// is false while a network that announces has no plan yet, or the
+// underlay has no address (the speaker keeps what it announces).
+func (d *Driver) announcements() (routes []speaker.Route, planned bool) {
+	prefixes, planned := d.routes.Announced()
+	if !planned {
+		return nil, false
+	}
+	u, err := kernel.FindUnderlay(d.cfg.Advertise)
+	if err != nil || !u.Address.Is4() {
+		return nil, false
+	}
+	routes = make([]speaker.Route, 0, len(prefixes))
+	for _, p := range prefixes {
+		if p.Addr().Is4() {
+			routes = append(routes, speaker.Route{Prefix: p, NextHop: u.Address})
+		}
+	}
+	return routes, true
 }
 
 // writeFirewall writes the fast path and then the firewall from the state
@@ -65,19 +98,19 @@ func (d *Driver) writeFirewall() error {
 // answer for (a fast path that failed: the kernel path carries its
 // traffic; a part retried because its last write failed).
 func (d *Driver) logOthers(r hostplane.Result, answered hostplane.Part) {
-	for _, p := range []hostplane.Part{hostplane.FastPath, hostplane.Firewall, hostplane.Tunnels} {
-		if err := r.Err(p); err != nil && p != answered {
+	for _, p := range []hostplane.Part{hostplane.FastPath, hostplane.Firewall, hostplane.Tunnels, hostplane.Announce} {
+		if err := r.Err(p); err != nil && answered&p == 0 {
 			d.log.Warnf("%s: %v", p, err)
 		}
 	}
 }
 
-// writeTunnels sets the WireGuard device's peers from the plans (reconcile:
-// a failed write is retried here).
-func (d *Driver) writeTunnels() error {
-	r := d.host.Write(hostplane.Tunnels)
-	d.logOthers(r, hostplane.Tunnels)
-	return r.Err(hostplane.Tunnels)
+// writePeers sets the WireGuard device's peers and what the BGP speaker
+// announces from the plans (reconcile: a failed write is retried here).
+func (d *Driver) writePeers() error {
+	r := d.host.Write(hostplane.Tunnels | hostplane.Announce)
+	d.logOthers(r, hostplane.Tunnels|hostplane.Announce)
+	return errors.Join(r.Err(hostplane.Tunnels), r.Err(hostplane.Announce))
 }
 
 // pokeFastPath has the host writer write the fast path soon, and the

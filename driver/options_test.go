@@ -14,7 +14,7 @@ import (
 // descriptions do no I/O).
 func parse(opts map[string]any) (Options, error) {
 	var descs []backend.Description
-	for _, b := range Backends(backend.Host{}, nil, nil, nil, wireguard.NewDevice(wireguard.DeviceName, wireguard.DefaultPort, wireguard.ModeAuto, wireguard.Key{}, nil)) {
+	for _, b := range Backends(backend.Host{}, nil, nil, nil, wireguard.NewDevice(wireguard.DeviceName, wireguard.DefaultPort, wireguard.ModeAuto, wireguard.Key{}, nil), "") {
 		descs = append(descs, b.Describe())
 	}
 	return ParseOptions(opts, descs)
@@ -33,7 +33,7 @@ func TestOptionErrors(t *testing.T) {
 		opts map[string]any
 		word string
 	}{
-		{optionsOf("tartan.backend", "ipvlan"), "unknown backend -o tartan.backend=ipvlan: use vxlan, host-gw, macvlan or wireguard"},
+		{optionsOf("tartan.backend", "ipvlan"), "unknown backend -o tartan.backend=ipvlan: use vxlan, host-gw, macvlan, wireguard or bgp"},
 		{optionsOf("tartan.vni", "0"), "use a number from 1 to 16777215"},
 		{optionsOf("tartan.vni", "5", "tartan.backend", "host-gw"), "vxlan backend only"},
 		{optionsOf("tartan.directrouting", "maybe"), "not a boolean"},

@@ -25,7 +25,7 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 	// Peer entries: every network's last plan applied in full, outside
 	// d.mu (this repairs what was deleted by hand), and the WireGuard
 	// device's peers set again (a failed write is retried here).
-	return errors.Join(err, d.routes.Repair(), d.writeTunnels())
+	return errors.Join(err, d.routes.Repair(), d.writePeers())
 }
 
 // reconcileLocal is Reconcile's part for this host's own objects. It holds

@@ -28,9 +28,10 @@ func hostStatus(t testing.TB, h *testbed.Host) api.HostStatus {
 }
 
 // TestMain removes what an earlier run of this group left, and what this
-// one makes if it is stopped or runs out of time (testkit.Main).
+// one makes if it is stopped or runs out of time (testkit.Main); the
+// plugin the run built once goes after the tests.
 func TestMain(m *testing.M) {
-	os.Exit(testkit.Main(m))
+	os.Exit(testkit.MainThen(m, testbed.RemoveTreeBuild))
 }
 
 // single is one test host with an "outside" namespace behind its default

@@ -102,7 +102,7 @@ func TestLifecycleSafety(t *testing.T) {
 	// (Docker refuses two plugins of the same content: this one differs in
 	// its description and a file.)
 	dir := filepath.Join(s.Dir, "plugin2")
-	testkit.MustRun(t, "cp", "-a", filepath.Join(s.Dir, "build", "plugin"), dir)
+	testkit.MustRun(t, "cp", "-a", filepath.Join(testbed.TreeBuild(t), "plugin"), dir)
 	testkit.MustRun(t, "sed", "-i", "s/tartan: multi-host/tartan (second): multi-host/", filepath.Join(dir, "config.json"))
 	testkit.MustRun(t, "touch", filepath.Join(dir, "rootfs", "second"))
 	s.MustDocker(t, "plugin", "create", "tartan2:latest", dir)

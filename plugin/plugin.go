@@ -19,6 +19,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/driver/bgp/speaker"
 	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/kernel"
@@ -140,9 +141,17 @@ func runHost(ctx context.Context, socket string, s Settings, serr error, local *
 	if fp != nil {
 		defer fp.Close()
 	}
+	var bgp *speaker.Speaker
+	if serr == nil {
+		if bgp, err = startBGP(ctx, s, entry.WithField("part", "bgp")); err != nil {
+			serr = err
+		} else if bgp != nil {
+			defer bgp.Stop()
+		}
+	}
 	drv := driver.New(cluster, local, im, fw, driver.Config{Host: host, Scope: s.Scope, VXLANPort: s.VXLANPort,
 		Advertise: s.Advertise, SysctlRoot: s.SysctlRoot, LeaseTTL: s.LeaseTTL, Resync: s.Resync, NoClusterNetworks: noCluster,
-		WireGuard: wg, FastPath: fp, Witness: witness, Now: now}, entry.WithField("part", "driver"))
+		WireGuard: wg, FastPath: fp, Witness: witness, Now: now, BGP: bgp}, entry.WithField("part", "driver"))
 	reg := &Registrar{Store: cluster, Host: host, Advertise: s.Advertise, Fresh: RenewAfter(s.LeaseTTL), Lookup: kernel.FindUnderlay, Now: now,
 		WireGuard: func() (string, int) { return wg.PublicKey().String(), wg.Port() }}
 	if err := drv.Restore(ctx); err != nil {

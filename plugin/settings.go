@@ -52,6 +52,8 @@ type Settings struct {
 	// FastPath is auto (the eBPF fast path where the kernel takes it) or
 	// off (the kernel path only).
 	FastPath string
+	// BGP is the BGP speaker's settings (nil: off).
+	BGP *BGPSettings
 }
 
 // FastPath settings.
@@ -144,6 +146,9 @@ func ParseSettings(env func(string) string) (Settings, error) {
 			return s, fmt.Errorf("LOG_LEVEL=%s: use debug, info, warn or error", v)
 		}
 		s.LogLevel = l
+	}
+	if err := bgpSettings(env, &s); err != nil {
+		return s, err
 	}
 	err := addressSettings(env, &s)
 	return s, err

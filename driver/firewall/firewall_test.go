@@ -3,6 +3,7 @@ package firewall
 import (
 	"net/netip"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -441,5 +442,41 @@ func TestInterfacePatterns(t *testing.T) {
 	}
 	if want := kernel.VXLANPrefix + "+"; vxlanIfs != want {
 		t.Errorf("vxlanIfs = %q, want %q", vxlanIfs, want)
+	}
+}
+
+// An announced (bgp) pool takes any address from the underlay, as the
+// fabric routes the outside to it, and leaves unmasqueraded; internal, it
+// stays closed to the outside. The other pools keep their rules.
+func TestAnnouncedPool(t *testing.T) {
+	st := testState()
+	poolG := netip.MustParsePrefix("10.248.0.0/16")
+	poolGI := netip.MustParsePrefix("10.249.0.0/16")
+	st.Pools = append(st.Pools, Pool{Pool: poolG, Underlay: true, Announced: true}, Pool{Pool: poolGI, Underlay: true, Announced: true, Internal: true})
+	r := Render(st)
+	for _, c := range []struct {
+		name string
+		p    packet
+		want string
+	}{
+		{"client of the fabric in", packet{in: "eth1", out: "tn2", src: "10.96.0.2", dst: "10.248.0.3", state: "NEW"}, "ACCEPT"},
+		{"another host's container", packet{in: "eth1", out: "tn2", src: "10.248.1.2", dst: "10.248.0.3", state: "NEW"}, "ACCEPT"},
+		{"out to the fabric", packet{in: "tn2", out: "eth1", src: "10.248.0.3", dst: "10.96.0.2", state: "NEW"}, "ACCEPT"},
+		{"internal: the outside stays out", packet{in: "eth1", out: "tn2", src: "10.96.0.2", dst: "10.249.0.3", state: "NEW"}, "DROP"},
+		{"internal: its own hosts' containers in", packet{in: "eth1", out: "tn2", src: "10.249.1.2", dst: "10.249.0.3", state: "NEW"}, "ACCEPT"},
+		{"from another interface than the underlay", packet{in: "eth0", out: "tn2", src: "10.96.0.2", dst: "10.248.0.3", state: "NEW"}, "DROP"},
+		{"host-gw pool: the outside stays out", packet{in: "eth1", out: "tn2", src: "10.96.0.2", dst: "10.245.0.3", state: "NEW"}, "DROP"},
+	} {
+		if got := decide(t, r, c.p); got != c.want {
+			t.Errorf("%s: %s, want %s\n%s\n%s", c.name, got, c.want, strings.Join(r.Isolate, "\n"), strings.Join(r.Forward, "\n"))
+		}
+	}
+	for _, rule := range r.Postrouting {
+		if strings.Contains(rule, poolG.String()) || strings.Contains(rule, poolGI.String()) {
+			t.Errorf("an announced pool is masqueraded: %s", rule)
+		}
+	}
+	if !slices.ContainsFunc(r.Postrouting, func(s string) bool { return strings.Contains(s, "-s "+poolB.String()) }) {
+		t.Errorf("the host-gw pool is no longer masqueraded: %q", r.Postrouting)
 	}
 }

@@ -33,6 +33,15 @@ type Pool struct {
 	// addresses are never taken from the underlay: a machine on the LAN
 	// cannot inject into a vxlan network (issue 24, audit M3).
 	Underlay bool
+	// Announced: the pool is announced to the fabric (BGP): any address
+	// may reach it from the underlay (not only the pool's own), and its
+	// traffic leaves it with its own source address (no masquerade).
+	// Internal pools stay closed to the outside.
+	Announced bool
+	// Blocks are an announced pool's blocks this host holds: the driver
+	// gives each, not the whole pool, an unreachable guard route (not
+	// rendered).
+	Blocks []netip.Prefix
 }
 
 // Port is a published port: HostPort on the host (on HostIP only, when set)
@@ -230,6 +239,9 @@ func (w *renderer) isolation() {
 		for _, in := range ingress {
 			w.both("-i %s -s %s -d %s", in, n.Pool, n.Pool)
 		}
+		if n.Announced && !n.Internal && w.st.Underlay != "" {
+			w.both("-i %s -d %s", w.st.Underlay, n.Pool)
+		}
 	}
 	for _, n := range w.nets {
 		w.drop("-d %s", n.Pool)
@@ -267,7 +279,7 @@ func (w *renderer) outbound() {
 	for _, n := range w.nets {
 		if !n.Internal {
 			w.r.Forward = append(w.r.Forward, fmt.Sprintf("-A %s -i %s -s %s -j ACCEPT", ForwardChain, endpointIfs, n.Pool))
-			if !w.v6 || n.NAT66 {
+			if !n.Announced && (!w.v6 || n.NAT66) {
 				w.r.Postrouting = append(w.r.Postrouting, fmt.Sprintf("-A %s -s %s ! -d %s -j MASQUERADE", PostroutingChain, n.Pool, n.Pool))
 			}
 		}

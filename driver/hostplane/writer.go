@@ -1,8 +1,10 @@
 // Package hostplane writes this host's host-wide state: the eBPF fast
-// path's maps, tartan's firewall rules and the WireGuard device's peers.
-// One Writer applies them from one snapshot of the host's desired state,
-// in a fixed order (fast path, firewall, WireGuard peers: a port published
-// from now on is left to the kernel path before its DNAT rule is in place),
+// path's maps, tartan's firewall rules, the WireGuard device's peers and
+// what the BGP speaker announces. One Writer applies them from one
+// snapshot of the host's desired state, in a fixed order (fast path,
+// firewall, WireGuard peers, BGP: a port published from now on is left to
+// the kernel path before its DNAT rule is in place; a prefix is announced
+// once the firewall and the tunnels take its traffic),
 // one write at a time; it is handed the snapshot and the appliers, never
 // the driver, so that a new host-wide part (policy) is one more part of
 // the snapshot.
@@ -15,6 +17,7 @@ import (
 	"reflect"
 	"sync"
 
+	"github.com/tartan-net/tartan/driver/bgp/speaker"
 	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/wireguard"
@@ -28,10 +31,11 @@ const (
 	FastPath Part = 1 << iota
 	Firewall
 	Tunnels
-	All = FastPath | Firewall | Tunnels
+	Announce
+	All = FastPath | Firewall | Tunnels | Announce
 )
 
-var order = []Part{FastPath, Firewall, Tunnels}
+var order = []Part{FastPath, Firewall, Tunnels, Announce}
 
 func (p Part) String() string {
 	switch p {
@@ -41,6 +45,8 @@ func (p Part) String() string {
 		return "firewall"
 	case Tunnels:
 		return "WireGuard peers"
+	case Announce:
+		return "BGP announcements"
 	}
 	return fmt.Sprintf("parts %#x", uint8(p))
 }
@@ -57,6 +63,11 @@ type State struct {
 	// TunnelsPlanned is false while a wireguard network has no plan yet:
 	// the device keeps the peers it has.
 	TunnelsPlanned bool
+	// Announce is what the BGP speaker announces; AnnouncePlanned is false
+	// while a network that announces has no plan yet (the speaker keeps
+	// what it announces).
+	Announce        []speaker.Route
+	AnnouncePlanned bool
 }
 
 // Appliers write each part into the kernel; a nil one is a part this host
@@ -65,6 +76,7 @@ type Appliers struct {
 	FastPath func(fastpath.State) error
 	Firewall func(st firewall.State, peersComplete bool) error
 	Tunnels  func([]wireguard.Peer) error
+	Announce func([]speaker.Route) error
 }
 
 // Result is what one write did: the parts it applied, and each failure.
@@ -179,6 +191,9 @@ func (w *Writer) writeLocked(parts Part, skipSame bool) Result {
 	if w.ap.Tunnels == nil {
 		parts &^= Tunnels
 	}
+	if w.ap.Announce == nil {
+		parts &^= Announce
+	}
 	w.gen++
 	r := Result{Gen: w.gen, errs: map[Part]error{}}
 	if parts == 0 {
@@ -187,6 +202,9 @@ func (w *Writer) writeLocked(parts Part, skipSame bool) Result {
 	st := w.snapshot(parts)
 	if parts&Tunnels != 0 && !st.TunnelsPlanned {
 		parts &^= Tunnels // not known yet: the device keeps its peers
+	}
+	if parts&Announce != 0 && !st.AnnouncePlanned {
+		parts &^= Announce // not known yet: the speaker keeps what it announces
 	}
 	if skipSame && w.failed&Firewall == 0 && w.lastFW != nil && reflect.DeepEqual(*w.lastFW, st.Firewall) {
 		parts &^= Firewall
@@ -218,6 +236,8 @@ func (w *Writer) writeLocked(parts Part, skipSame bool) Result {
 					w.lastWG = []wireguard.Peer{}
 				}
 			}
+		case Announce:
+			err = w.ap.Announce(st.Announce)
 		}
 		if err != nil {
 			r.errs[p] = err

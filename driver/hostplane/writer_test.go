@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tartan-net/tartan/driver/bgp/speaker"
 	"github.com/tartan-net/tartan/driver/fastpath"
 	"github.com/tartan-net/tartan/driver/firewall"
 	"github.com/tartan-net/tartan/driver/wireguard"
@@ -43,6 +44,7 @@ func (r *recorder) writer(fastPath bool) *Writer {
 	ap := Appliers{
 		Firewall: func(firewall.State, bool) error { return r.note("firewall") },
 		Tunnels:  func([]wireguard.Peer) error { return r.note("tunnels") },
+		Announce: func([]speaker.Route) error { return r.note("announce") },
 	}
 	if fastPath {
 		ap.FastPath = func(fastpath.State) error { return r.note("fastpath") }
@@ -56,23 +58,23 @@ func (r *recorder) writer(fastPath bool) *Writer {
 }
 
 // One write applies the parts in order, fast path, firewall, WireGuard
-// peers, from one snapshot; a part that failed is applied again by the
-// next write without the others that succeeded; a fast path that is off
-// is never called.
+// peers, BGP announcements, from one snapshot; a part that failed is
+// applied again by the next write without the others that succeeded; a
+// fast path that is off is never called.
 func TestWriterOrderAndRetry(t *testing.T) {
-	r := &recorder{fail: map[string]error{}, state: State{TunnelsPlanned: true}}
+	r := &recorder{fail: map[string]error{}, state: State{TunnelsPlanned: true, AnnouncePlanned: true}}
 	w := r.writer(true)
 	res := w.Write(All)
-	if got := r.taken(); !slices.Equal(got, []string{"fastpath", "firewall", "tunnels"}) || r.snaps != 1 || res.Error() != nil || res.Applied != All {
+	if got := r.taken(); !slices.Equal(got, []string{"fastpath", "firewall", "tunnels", "announce"}) || r.snaps != 1 || res.Error() != nil || res.Applied != All {
 		t.Fatalf("first write: calls %v, snapshots %d, result %+v", got, r.snaps, res)
 	}
 
 	r.fail["firewall"] = errors.New("iptables-restore: resource busy")
 	res = w.Write(All)
-	if got := r.taken(); !slices.Equal(got, []string{"fastpath", "firewall", "tunnels"}) {
+	if got := r.taken(); !slices.Equal(got, []string{"fastpath", "firewall", "tunnels", "announce"}) {
 		t.Fatalf("a failing firewall stops nothing after it: %v", got)
 	}
-	if !errors.Is(res.Err(Firewall), r.fail["firewall"]) || res.Err(Tunnels) != nil || res.Applied != FastPath|Tunnels {
+	if !errors.Is(res.Err(Firewall), r.fail["firewall"]) || res.Err(Tunnels) != nil || res.Applied != FastPath|Tunnels|Announce {
 		t.Fatalf("result: %+v (%v)", res, res.Error())
 	}
 
@@ -87,11 +89,12 @@ func TestWriterOrderAndRetry(t *testing.T) {
 		t.Fatalf("nothing failed any more: only what was asked")
 	}
 
-	// Tunnels not planned yet: the device keeps its peers.
-	r.state.TunnelsPlanned = false
+	// Tunnels and announcements not planned yet: the device keeps its
+	// peers, the speaker what it announces.
+	r.state.TunnelsPlanned, r.state.AnnouncePlanned = false, false
 	w.Write(All)
 	if got := r.taken(); !slices.Equal(got, []string{"fastpath", "firewall"}) {
-		t.Fatalf("unplanned tunnels: %v", got)
+		t.Fatalf("unplanned tunnels and announcements: %v", got)
 	}
 
 	// No fast path on this host.

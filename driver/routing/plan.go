@@ -44,7 +44,12 @@ type Plan struct {
 	// Tunnels are the peers of a network with a Tunnel device: one per
 	// remote host, with the destinations it is routed for (its allowed
 	// addresses), sorted by host.
-	Tunnels  []Tunnel
+	Tunnels []Tunnel
+	// Announce is what this host announces to its BGP peers for the
+	// network (Network.Announce): its own live blocks, and its containers'
+	// addresses away from their block's owner (a /32 or /128 each),
+	// sorted.
+	Announce []netip.Prefix
 	Problems []string // peers that cannot be reached, said plainly
 	// Next is the first time at which, with no change in the store, the
 	// plan would change (a lease or a host's liveness runs out); zero: none.
@@ -65,6 +70,9 @@ type Network struct {
 	// Device is the device whose neighbour and FDB entries the plans own
 	// ("": none): a network's own encapsulating device.
 	Device string
+	// Announce: this host announces its part of the pools to its BGP
+	// peers (Plan.Announce).
+	Announce bool
 	// Tunnel is the tunnel device that every peer is routed through
 	// (a device may serve several networks); the device picks the peer
 	// of a packet by its destination among the Plan's Tunnels.
@@ -162,13 +170,14 @@ func Compute6(in Input) Plan {
 // routes of both, and one neighbour and FDB entry per peer.
 func Merge(a, b Plan) Plan {
 	out := Plan{Routes: slices.Concat(a.Routes, b.Routes), Neighs: slices.Concat(a.Neighs, b.Neighs), FDBs: slices.Concat(a.FDBs, b.FDBs),
-		Tunnels: MergeTunnels(a.Tunnels, b.Tunnels), Problems: slices.Concat(a.Problems, b.Problems), Next: a.Next}
+		Tunnels: MergeTunnels(a.Tunnels, b.Tunnels), Announce: slices.Concat(a.Announce, b.Announce), Problems: slices.Concat(a.Problems, b.Problems), Next: a.Next}
 	out.until(b.Next, time.Time{})
 	slices.SortFunc(out.Routes, func(x, y kernel.Route) int { return comparePrefix(x.Dst, y.Dst) })
 	slices.SortFunc(out.Neighs, compareNeigh)
 	out.Neighs = slices.Compact(out.Neighs)
 	slices.SortFunc(out.FDBs, compareFDB)
 	out.FDBs = slices.Compact(out.FDBs)
+	slices.SortFunc(out.Announce, comparePrefix)
 	return out
 }
 
@@ -212,8 +221,11 @@ func Compute(in Input) Plan {
 	blocks := c.liveBlocks()
 	c.plan.Routes = make([]kernel.Route, 0, len(blocks)+len(in.View.Exceptions))
 	for _, b := range blocks {
-		if b.host != in.Self {
+		switch {
+		case b.host != in.Self:
 			c.add(b.p, b.host)
+		case in.Net.Announce:
+			c.plan.Announce = append(c.plan.Announce, b.p)
 		}
 	}
 	c.exceptions(blocks)
@@ -317,7 +329,18 @@ func (c *planner) exceptions(blocks []owned) {
 			c.plan.Problems = append(c.plan.Problems, fmt.Sprintf("address record %s of host %s ignored: a container of this host has that address", a.IP, a.Host))
 			continue
 		}
-		if a.Kind != kv.KindEndpoint || a.Host == in.Self || !c.live.HostAlive(a.Host) {
+		if a.Kind != kv.KindEndpoint {
+			continue
+		}
+		if a.Host == in.Self {
+			// This host's own container away from its block's owner:
+			// announced, when the network is.
+			if blockOwner, _ := kv.BlockHolding(owner, sizes, ip); in.Net.Announce && blockOwner != in.Self {
+				c.plan.Announce = append(c.plan.Announce, netip.PrefixFrom(ip, ip.BitLen()))
+			}
+			continue
+		}
+		if !c.live.HostAlive(a.Host) {
 			continue
 		}
 		c.plan.until(c.live.LastSeen(a.Host).Add(in.TTL), in.Now)
@@ -333,6 +356,8 @@ func (c *planner) finish() Plan {
 	slices.SortFunc(plan.Routes, func(a, b kernel.Route) int { return comparePrefix(a.Dst, b.Dst) })
 	slices.SortFunc(plan.Neighs, compareNeigh)
 	slices.SortFunc(plan.FDBs, compareFDB)
+	slices.SortFunc(plan.Announce, comparePrefix)
+	plan.Announce = slices.Compact(plan.Announce)
 	plan.Tunnels = MergeTunnels(plan.Tunnels)
 	// One neighbour per address: hosts registered with the same underlay
 	// address cannot both be reached there.

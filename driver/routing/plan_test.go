@@ -171,3 +171,45 @@ func TestPlanSkipsRecordsOfLocalAddresses(t *testing.T) {
 		t.Fatalf("problems: %v", p.Problems)
 	}
 }
+
+// A network that announces (bgp) puts in its plan this host's own live
+// blocks and its own containers' addresses away from their block's owner;
+// no other host's, no gateway record, nothing when it does not announce.
+func TestPlanAnnounce(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	live := now.Add(time.Hour)
+	view := View{
+		Hosts: map[string]kv.Host{
+			"a": {ID: "a", Address: "10.98.0.11", Renewed: now},
+			"b": {ID: "b", Address: "10.97.0.12", Renewed: now}, // another subnet: no matter
+		},
+		Blocks: []kv.Block{
+			{CIDR: "10.244.0.0/26", Host: "a", Expires: live},
+			{CIDR: "10.244.0.64/26", Host: "b", Expires: live},
+			{CIDR: "10.244.0.128/26", Host: "b", Expires: live},
+		},
+		Exceptions: []kv.Address{
+			{IP: "10.244.0.70", Host: "b", Kind: kv.KindEndpoint}, // in its own block
+			{IP: "10.244.0.5", Host: "b", Kind: kv.KindEndpoint},  // borrowed from a's block (--ip)
+			{IP: "10.244.0.65", Host: "a", Kind: kv.KindEndpoint}, // a's, in b's block
+			{IP: "10.244.0.1", Host: "b", Kind: kv.KindGateway},
+		},
+	}
+	under := kernel.Underlay{Interface: "eth1", Address: netip.MustParseAddr("10.97.0.12"), Prefix: netip.MustParsePrefix("10.97.0.0/24")}
+	in := Input{Self: "b", Underlay: under, TTL: 24 * time.Hour, Now: now, View: view,
+		Net: Network{Pool: netip.MustParsePrefix("10.244.0.0/16"), Announce: true}}
+	for _, c := range []struct {
+		self, want string
+		announce   bool
+	}{
+		{"b", "[10.244.0.5/32 10.244.0.64/26 10.244.0.128/26]", true},
+		{"a", "[10.244.0.0/26 10.244.0.65/32]", true},
+		{"b", "[]", false},
+	} {
+		in.Self, in.Net.Announce = c.self, c.announce
+		p := Compute(witnessed(in))
+		if got := fmt.Sprint(p.Announce); got != c.want || len(p.Routes) != 0 || len(p.Problems) != 0 {
+			t.Errorf("host %s (announce %v): announces %s, routes %v, problems %v; want %s and no route, no problem", c.self, c.announce, got, p.Routes, p.Problems, c.want)
+		}
+	}
+}

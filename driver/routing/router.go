@@ -50,8 +50,9 @@ type Config struct {
 	// Underlay finds the host's underlay interface and address.
 	Underlay func() (kernel.Underlay, error)
 	// OnPeers is called, without any lock held, after the VXLAN peer set of
-	// a network changed (the firewall admits VXLAN from peers only) or its
-	// WireGuard peers did (Tunnels), and after such a network is removed.
+	// a network changed (the firewall admits VXLAN from peers only), its
+	// WireGuard peers did (Tunnels) or what it announces did (Announced),
+	// and after such a network is removed.
 	// It must not block.
 	OnPeers func()
 	// Witness times the hosts' renewals and the blocks' leases on this
@@ -242,8 +243,8 @@ func (r *Router) Remove(id string) {
 	if w.done != nil {
 		<-w.done
 	}
-	if w.n.Device != "" || w.n.Tunnel != "" {
-		r.cfg.OnPeers() // its VXLAN or WireGuard peers are no longer anyone's
+	if w.n.Device != "" || w.n.Tunnel != "" || w.n.Announce {
+		r.cfg.OnPeers() // its VXLAN or WireGuard peers, or what it announced, are no longer anyone's
 	}
 }
 
@@ -302,6 +303,26 @@ func (r *Router) Tunnels() (tunnels []Tunnel, ok bool) {
 		lists = append(lists, w.plan.Tunnels)
 	}
 	return MergeTunnels(lists...), true
+}
+
+// Announced is what this host announces to its BGP peers, for every
+// network that announces, sorted and once each; complete is false while
+// such a network has no plan yet (the speaker keeps what it announces
+// until every one has).
+func (r *Router) Announced() (prefixes []netip.Prefix, complete bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.nets {
+		if !w.n.Announce {
+			continue
+		}
+		if w.plan == nil {
+			return nil, false
+		}
+		prefixes = append(prefixes, w.plan.Announce...)
+	}
+	slices.SortFunc(prefixes, comparePrefix)
+	return slices.Compact(prefixes), true
 }
 
 // State describes every network's plan, for logs and tests.

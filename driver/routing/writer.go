@@ -150,6 +150,9 @@ func (r *Router) install(ctx context.Context, w *netWatch, plan Plan) (changed b
 	if w.n.Tunnel != "" {
 		changed = changed || old == nil || !slices.EqualFunc(old.Tunnels, plan.Tunnels, Tunnel.Equal)
 	}
+	if w.n.Announce {
+		changed = changed || old == nil || !slices.Equal(old.Announce, plan.Announce)
+	}
 	return changed, err
 }
 

@@ -2,8 +2,10 @@ package testbed
 
 import (
 	"fmt"
-	"github.com/tartan-net/tartan/internal/testkit"
+	"strings"
 	"testing"
+
+	"github.com/tartan-net/tartan/internal/testkit"
 )
 
 // Cluster is N hosts on one isolated L2 underlay: a bridge inside a
@@ -18,8 +20,10 @@ type Cluster struct {
 	Servers []*testkit.Consul // every server (one, or three with NewClusterHA)
 	MTU     int
 	// Addr is each host's underlay address, by index.
-	Addr    []string
-	routers int
+	Addr []string
+	// ConsulNS is the first Consul server's namespace.
+	ConsulNS testkit.NS
+	routers  int
 }
 
 // Underlay addresses: 10.98.0.0/24; hosts from .11, Consul at .100.
@@ -34,6 +38,7 @@ func NewCluster(t testing.TB, name string, mtu int) *Cluster {
 	c := newSwitch(t, name, mtu)
 	cns := testkit.NewNS(t, "tt-"+name+"-cs")
 	c.plug(t, cns, "cs", ConsulAddr)
+	c.ConsulNS = cns
 	c.Consul = testkit.StartConsul(t, &cns, ConsulAddr, 8500)
 	c.Servers = []*testkit.Consul{c.Consul}
 	return c
@@ -111,12 +116,27 @@ func newSwitch(t testing.TB, name string, mtu int) *Cluster {
 // plug connects a namespace to the switch with underlay address addr.
 func (c *Cluster) plug(t testing.TB, ns testkit.NS, port, addr string) {
 	t.Helper()
-	testkit.MustRun(t, "ip", "link", "add", "eth1", "mtu", fmt.Sprint(c.MTU), "netns", ns.Name, "type", "veth",
+	c.PlugInto(t, ns, "br0", "eth1", port, addr+"/24")
+}
+
+// AddSegment adds another L2 segment to the switch: a bridge of its own,
+// which namespaces join with PlugInto (a router joins the segments).
+func (c *Cluster) AddSegment(t testing.TB, bridge string) {
+	t.Helper()
+	c.Switch.MustIP(t, "link", "add", bridge, "mtu", fmt.Sprint(c.MTU), "type", "bridge")
+	c.Switch.MustIP(t, "link", "set", bridge, "up")
+}
+
+// PlugInto connects a namespace to the switch's bridge by a veth pair:
+// ifname inside it with address addr (a CIDR), port on the bridge.
+func (c *Cluster) PlugInto(t testing.TB, ns testkit.NS, bridge, ifname, port, addr string) {
+	t.Helper()
+	testkit.MustRun(t, "ip", "link", "add", ifname, "mtu", fmt.Sprint(c.MTU), "netns", ns.Name, "type", "veth",
 		"peer", "name", port, "mtu", fmt.Sprint(c.MTU), "netns", c.Switch.Name)
-	c.Switch.MustIP(t, "link", "set", port, "master", "br0")
+	c.Switch.MustIP(t, "link", "set", port, "master", bridge)
 	c.Switch.MustIP(t, "link", "set", port, "up")
-	ns.MustIP(t, "addr", "add", addr+"/24", "dev", "eth1")
-	ns.MustIP(t, "link", "set", "eth1", "up")
+	ns.MustIP(t, "addr", "add", addr, "dev", ifname)
+	ns.MustIP(t, "link", "set", ifname, "up")
 }
 
 // AddHost adds host i (1-based) with dockerd, the test image and the plugin
@@ -132,10 +152,17 @@ func (c *Cluster) AddHost(t testing.TB, settings ...string) *Host {
 // plugin: the test installs one itself (with Settings).
 func (c *Cluster) AddBareHost(t testing.TB) *Host {
 	t.Helper()
+	return c.AddBareHostOn(t, "br0", fmt.Sprintf("%s%d/24", UnderlayPrefix, 11+len(c.Hosts)))
+}
+
+// AddBareHostOn is AddBareHost on another segment (AddSegment), with
+// underlay address addr (a CIDR) on its eth1.
+func (c *Cluster) AddBareHostOn(t testing.TB, bridge, addr string) *Host {
+	t.Helper()
 	i := len(c.Hosts) + 1
 	ns := testkit.NewNS(t, fmt.Sprintf("tt-%s-h%d", c.Name, i))
-	addr := fmt.Sprintf("%s%d", UnderlayPrefix, 10+i)
-	c.plug(t, ns, fmt.Sprintf("h%d", i), addr)
+	c.PlugInto(t, ns, bridge, "eth1", fmt.Sprintf("h%d", i), addr)
+	addr, _, _ = strings.Cut(addr, "/")
 	h := StartDockerd(t, ns)
 	h.Image(t)
 	c.Hosts = append(c.Hosts, h)

@@ -307,14 +307,58 @@ func (h *Host) Make(t testing.TB, args ...string) string {
 	return string(out)
 }
 
-// InstallPlugin installs the plugin the way a user does (make plugin), with
-// settings applied before it is enabled. The plugin's docker mount points at
-// this host's daemon socket (a real host's is /var/run/docker.sock, the
-// default).
+// treeBuild is the tree's plugin, built once per test run.
+var treeBuild struct {
+	sync.Mutex
+	dir    string
+	forget func()
+}
+
+// TreeBuild is the folder the tree's plugin is built in (make plugin-dir),
+// once per test run: its tartan binary and its plugin folder, which every
+// test host installs. A run stopped half way leaves it to the next run's
+// sweep.
+func TreeBuild(t testing.TB) string {
+	t.Helper()
+	treeBuild.Lock()
+	defer treeBuild.Unlock()
+	if treeBuild.dir != "" {
+		return treeBuild.dir
+	}
+	dir, err := os.MkdirTemp("", "tartan-e2e-build-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forget := testkit.RecordDir(dir)
+	cmd := exec.Command("make", "-C", RepoRoot(t), "plugin-dir", "BUILD="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		_ = os.RemoveAll(dir)
+		forget()
+		t.Fatalf("make plugin-dir: %v\n%s", err, out)
+	}
+	treeBuild.dir, treeBuild.forget = dir, forget
+	return dir
+}
+
+// RemoveTreeBuild removes the tree's build, once the tests are done.
+func RemoveTreeBuild() {
+	treeBuild.Lock()
+	defer treeBuild.Unlock()
+	if treeBuild.dir != "" {
+		_ = os.RemoveAll(treeBuild.dir)
+		treeBuild.forget()
+		treeBuild.dir = ""
+	}
+}
+
+// InstallPlugin installs the tree's plugin the way a user does (make
+// install: docker plugin create from the folder make plugin built, built
+// once per run with TreeBuild), with settings applied before it is
+// enabled. The plugin's docker mount points at this host's daemon socket
+// (a real host's is /var/run/docker.sock, the default).
 func (h *Host) InstallPlugin(t testing.TB, settings ...string) {
 	t.Helper()
-	// BUILD per host: tests (and two engines' runs) install at once.
-	args := []string{"plugin", "BUILD=" + filepath.Join(h.Dir, "build"),
+	args := []string{"install", "BUILD=" + TreeBuild(t),
 		"SETTINGS=" + strings.Join(append(h.Mounts(t), settings...), " ")}
 	h.Make(t, args...)
 	h.WaitPlugin(t)
@@ -389,7 +433,7 @@ func (h *Host) TartanRC(t testing.TB, args ...string) (stdout string, rc int, st
 	sock := pluginSocket(h.PluginID(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(h.Dir, "build", "tartan"), append(args, "--socket", sock)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(TreeBuild(t), "tartan"), append(args, "--socket", sock)...)
 	var errb bytes.Buffer
 	cmd.Stderr = &errb
 	out, err := cmd.Output()

@@ -20,11 +20,15 @@ import (
 const MinWait = 2 * time.Minute
 
 // Eventually polls fn until it returns nil, and fails the test only when it
-// has not after timeout or MinWait, whichever is longer.
+// has not after timeout or MinWait, whichever is longer. It polls at once,
+// then less and less often (from every 200 ms to every second): a poll
+// often runs docker exec, which costs a 2-core machine more than the wait
+// it shortens, and the suite runs several tests side by side.
 func Eventually(t testing.TB, timeout time.Duration, what string, fn func() error) {
 	t.Helper()
 	timeout = max(timeout, MinWait)
 	deadline := time.Now().Add(timeout)
+	pause := 200 * time.Millisecond
 	var err error
 	for {
 		if err = fn(); err == nil {
@@ -33,7 +37,8 @@ func Eventually(t testing.TB, timeout time.Duration, what string, fn func() erro
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(pause)
+		pause = min(pause*3/2, time.Second)
 	}
 }
 

@@ -359,6 +359,16 @@ func parent(pid int) int {
 // and exits 1. After the tests it sweeps again and reports what a test left.
 func Main(m *testing.M) int { return guard(m.Run) }
 
+// MainThen is Main with after run once the tests are done, before the
+// sweep that reports what a test left (what the whole run shares, such as
+// one build of the plugin).
+func MainThen(m *testing.M, after func()) int {
+	return guard(func() int {
+		defer after()
+		return m.Run()
+	})
+}
+
 // guard is Main around run.
 func guard(run func() int) int {
 	flag.Parse()

@@ -107,10 +107,14 @@ func rejectLearned(ctx context.Context, s *server.BgpServer) error {
 	return nil
 }
 
-// Stop ends every session at once, as a crash would (the peers keep this
-// host's routes for the restart time): the plugin stops this way, so that
-// an upgrade or a restart costs no route.
-func (sp *Speaker) Stop() { sp.s.Stop() }
+// Stop ends every session without a NOTIFICATION where graceful restart
+// was agreed, as a crash would: the peers keep this host's routes for the
+// restart time, so that a plugin restart or upgrade costs no route.
+func (sp *Speaker) Stop() {
+	if err := sp.s.StopBgp(context.Background(), &api.StopBgpRequest{AllowGracefulRestart: true}); err != nil {
+		sp.cfg.Log.Warnf("BGP: stop: %v", err)
+	}
+}
 
 // Announce makes routes the whole set this host announces: new ones are
 // announced, gone ones withdrawn. The first call adds the peers.
