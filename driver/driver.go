@@ -173,17 +173,21 @@ func New(cluster, local kv.Store, addrs Addresses, fw *firewall.Firewall, cfg Co
 	d.host = d.newHostWriter()
 	underlay := func() (kernel.Underlay, error) { return kernel.FindUnderlay(cfg.Advertise) }
 	host := backend.Host{ID: cfg.Host, VXLANPort: cfg.VXLANPort, SysctlRoot: cfg.SysctlRoot, Underlay: underlay, Log: log}
-	bgpOff := ""
-	if cfg.BGP == nil {
-		bgpOff = "BGP is off on this host: set its AS and its routers (docker plugin set tartan BGP_AS=64512 BGP_PEERS=10.0.0.1:64500), or use host-gw or vxlan"
-	}
-	for _, b := range Backends(host, addrs, cluster, d.skipped, d.wg, bgpOff) {
+	for _, b := range Backends(host, addrs, cluster, d.skipped, d.wg, d.bgpOff()) {
 		d.backends[b.Describe().Name] = b
 		d.descs = append(d.descs, b.Describe())
 	}
 	d.routes = routing.New(cluster, routing.Netlink{}, routing.Config{Host: cfg.Host, TTL: cfg.LeaseTTL, Replan: 10 * cfg.Resync,
 		Underlay: underlay, OnPeers: d.peersChanged, Witness: cfg.Witness, Now: cfg.Now, Local: d.localAddress, Log: log})
 	return d
+}
+
+// bgpOff says why this host cannot announce ("" when its BGP speaker runs).
+func (d *Driver) bgpOff() string {
+	if d.cfg.BGP != nil {
+		return ""
+	}
+	return "BGP is off on this host: set its AS and its routers (docker plugin set tartan BGP_AS=64512 BGP_PEERS=10.0.0.1:64500), or use host-gw or vxlan"
 }
 
 // DefaultResync is how often reconcile runs by default.

@@ -75,13 +75,8 @@ func (d *Driver) flushNewlyPublished(ports []firewall.Port) {
 // no longer has (in the host writer's turn).
 func syncGuards(pools []firewall.Pool) error {
 	want := map[netip.Prefix]bool{}
-	for _, p := range pools {
-		if !p.Announced {
-			want[p.Pool.Masked()] = true
-		}
-		for _, b := range p.Blocks {
-			want[b.Masked()] = true
-		}
+	for _, p := range guards(pools) {
+		want[p] = true
 	}
 	have, err := kernel.Guards()
 	if err != nil {
@@ -98,6 +93,22 @@ func syncGuards(pools []firewall.Pool) error {
 		errs = append(errs, kernel.EnsureGuard(p))
 	}
 	return errors.Join(errs...)
+}
+
+// guards are the prefixes whose unreachable guard route the host keeps:
+// each routed pool, or an announced pool's blocks of this host (the rest
+// of such a pool is the fabric's to route).
+func guards(pools []firewall.Pool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range pools {
+		if !p.Fabric {
+			out = append(out, p.Pool.Masked())
+		}
+		for _, b := range p.Blocks {
+			out = append(out, b.Masked())
+		}
+	}
+	return out
 }
 
 // hostFirewallState fills in what the firewall needs of the host's
@@ -130,9 +141,9 @@ func (d *Driver) FirewallDrift() (out []string, err error) {
 		if have, err = kernel.Guards(); err != nil {
 			return
 		}
-		for _, p := range st.Pools {
-			if !slices.Contains(have, p.Pool.Masked()) {
-				out = append(out, fmt.Sprintf("the route \"unreachable %s\" that keeps the pool's unused addresses from leaving the host is missing", p.Pool.Masked()))
+		for _, p := range guards(st.Pools) {
+			if !slices.Contains(have, p) {
+				out = append(out, fmt.Sprintf("the route \"unreachable %s\" that keeps the pool's unused addresses from leaving the host is missing", p))
 			}
 		}
 	})
@@ -149,7 +160,7 @@ func (d *Driver) firewallStateLocked() (st firewall.State, complete bool) {
 	vxlan := false
 	for _, n := range d.st.networks {
 		p, ok := d.backendOf(n).Firewall(n)
-		if ok && p.Announced {
+		if ok && p.Fabric {
 			p.Blocks = d.ownBlocks(n.ID)
 		}
 		if ok && !seen[n.Pool] {

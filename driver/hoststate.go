@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/tartan-net/tartan/driver/bgp/speaker"
 	"github.com/tartan-net/tartan/driver/firewall"
@@ -82,6 +83,39 @@ func (d *Driver) announcements() (routes []speaker.Route, planned bool) {
 		}
 	}
 	return routes, true
+}
+
+// AnnounceDrift says how what the BGP speaker announces differs from what
+// the plans say it should (tartan doctor), read in the host writer's turn;
+// nothing while BGP is off or a plan is missing.
+func (d *Driver) AnnounceDrift() []string {
+	sp := d.cfg.BGP
+	if sp == nil {
+		return nil
+	}
+	var out []string
+	d.host.Locked(func() {
+		want, planned := d.announcements()
+		if !planned {
+			return
+		}
+		have := map[speaker.Route]bool{}
+		for _, r := range sp.Announced() {
+			have[r] = true
+		}
+		for _, r := range want {
+			if !have[r] {
+				out = append(out, fmt.Sprintf("%s is this host's but not announced to its BGP peers (via %s)", r.Prefix, r.NextHop))
+			}
+			delete(have, r)
+		}
+		for _, r := range sp.Announced() {
+			if have[r] {
+				out = append(out, fmt.Sprintf("%s is announced to the BGP peers (via %s) but is no longer this host's", r.Prefix, r.NextHop))
+			}
+		}
+	})
+	return out
 }
 
 // writeFirewall writes the fast path and then the firewall from the state

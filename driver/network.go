@@ -11,6 +11,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver/backend"
+	"github.com/tartan-net/tartan/driver/routed"
 	"github.com/tartan-net/tartan/driver/routing"
 	"github.com/tartan-net/tartan/driver/vxlan"
 	"github.com/tartan-net/tartan/errdefs"
@@ -89,12 +90,15 @@ func (d *Driver) CreateNetwork(ctx context.Context, r NetworkRequest) error {
 // network and saves the local record; a failure takes back what it made.
 // Called with d.netMu held.
 func (d *Driver) createNetwork(ctx context.Context, r NetworkRequest, opts backend.Options, req backend.CreateRequest) (localNetwork, error) {
+	if off := d.bgpOff(); opts.Announce && off != "" {
+		return localNetwork{}, errdefs.Invalid("-o %s=true: %s", routed.OptAnnounce, strings.Replace(off, ", or use host-gw or vxlan", ", or leave the option out", 1))
+	}
 	rec, undoRecord, err := d.clusterNetwork(ctx, r.Pool, r.Pool6, opts, false)
 	if err != nil {
 		return localNetwork{}, err
 	}
 	n := localNetwork{ID: r.ID, Pool: r.Pool.String(), Backend: rec.Backend, VNI: rec.VNI, Space: r.Space, Internal: opts.Internal, Direct: opts.DirectRouting,
-		NAT66: opts.NAT66, Policy: opts.Policy}
+		NAT66: opts.NAT66, Policy: opts.Policy, Announce: opts.Announce}
 	if r.Pool6.IsValid() {
 		n.Pool6 = r.Pool6.String()
 	}

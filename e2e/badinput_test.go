@@ -21,6 +21,7 @@ func TestBadInput(t *testing.T) {
 	}{
 		{"unknown option", []string{tnet, tipam, "-o", "colour=red", "--subnet", "10.51.0.0/16"}, []string{"unknown option -o colour", "tartan.backend"}},
 		{"unknown backend", []string{tnet, tipam, "-o", "tartan.backend=ipsec", "--subnet", "10.52.0.0/16"}, []string{"unknown backend -o tartan.backend=ipsec", "vxlan, host-gw, macvlan, wireguard or bgp"}},
+		{"announced host-gw on a host without BGP", []string{tnet, tipam, "-o", "tartan.backend=host-gw", "-o", "tartan.bgp=true", "--subnet", "10.47.0.0/16"}, []string{"-o tartan.bgp=true", "BGP is off on this host", "leave the option out"}},
 		{"bgp on a host without BGP", []string{tnet, tipam, "-o", "tartan.backend=bgp", "--subnet", "10.57.0.0/16"}, []string{"-o tartan.backend=bgp", "BGP is off on this host", "BGP_AS"}},
 		{"encrypted host-gw", []string{tnet, tipam, "-o", "encrypted", "-o", "tartan.backend=host-gw", "--subnet", "10.62.0.0/16"}, []string{"tartan does not encrypt host-gw traffic", "tartan.backend=wireguard"}},
 		{"encrypted with a vni", []string{tnet, tipam, "-o", "encrypted", "-o", "tartan.vni=9", "--subnet", "10.63.0.0/16"}, []string{"-o tartan.vni cannot go with -o encrypted"}},
@@ -49,7 +50,7 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 	// Nothing half-made: every refused subnet works now.
-	for _, subnet := range []string{"10.51.0.0/16", "10.52.0.0/16", "10.53.0.0/16", "10.54.0.0/16", "10.55.0.0/16", "10.56.0.0/16", "10.57.0.0/16", "10.58.0.0/16"} {
+	for _, subnet := range []string{"10.51.0.0/16", "10.52.0.0/16", "10.53.0.0/16", "10.54.0.0/16", "10.55.0.0/16", "10.56.0.0/16", "10.57.0.0/16", "10.58.0.0/16", "10.47.0.0/16"} {
 		s.MustDocker(t, "network", "create", tnet, tipam, "--subnet", subnet, "retry")
 		s.removeNetworks(t, "retry")
 	}

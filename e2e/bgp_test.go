@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/tartan-net/tartan/e2e/testbed"
 	"github.com/tartan-net/tartan/internal/testkit"
 	"github.com/tartan-net/tartan/kv"
+	"github.com/tartan-net/tartan/plugin/api"
 )
 
 // bird is a BIRD 2 daemon the test runs in a namespace of its own: the
@@ -25,6 +27,7 @@ import (
 type bird struct {
 	ns   testkit.NS
 	sock string
+	stop func() // stops it (also at cleanup)
 }
 
 // startBird runs BIRD in ns with config conf (in the foreground, stopped
@@ -50,10 +53,16 @@ func startBird(t *testing.T, ns testkit.NS, conf string) *bird {
 		t.Fatal(err)
 	}
 	forget := testkit.RecordProcess(cmd.Process.Pid, "bird in "+ns.Name)
+	var once sync.Once
+	b.stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+			forget()
+		})
+	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		forget()
+		b.stop()
 		logf.Close()
 		if t.Failed() {
 			out, _ := os.ReadFile(logf.Name())
@@ -132,6 +141,11 @@ func blocksOf(t *testing.T, c *testbed.Cluster, pool string) []string {
 	return out
 }
 
+func sorted(s []string) []string {
+	slices.Sort(s)
+	return s
+}
+
 // capture runs tcpdump in ns on iface for the first packet that filter
 // matches, calling send meanwhile until it comes; it returns tcpdump's line.
 func capture(t *testing.T, ns testkit.NS, iface, filter string, send func()) string {
@@ -168,7 +182,14 @@ func capture(t *testing.T, ns testkit.NS, iface, filter string, send func()) str
 //     a capture on the router shows their own addresses.
 //   - The client reaches a container's address directly, no -p and no
 //     NAT: the container's host hands it the client's own address.
+//   - tartan bgp shows each host's session Established and its block
+//     announced; tartan doctor finds nothing.
+//   - A container on host 2 with an address of host 3's block (--ip) is
+//     announced as a /32 by host 2 and reached there, withdrawn with it.
+//   - Host 1's plugin killed: graceful restart keeps the router's route to
+//     host 1's block, b3's pings to b1 go on (at most 1 s lost).
 //   - Host 3's network removed: its block leaves the router's table.
+//   - The router gone: tartan doctor on host 1 names the session.
 func TestBGP(t *testing.T) {
 	t.Parallel()
 	testkit.RequireRoot(t, "dockerd", "docker", "nsenter", "ip", "busybox", "bird", "birdc", "tcpdump")
@@ -216,6 +237,13 @@ protocol bgp h3 from host { neighbor 10.97.0.13 as 64512; }
 	for _, h := range []*testbed.Host{h1, h2, h3} {
 		h.MustDocker(t, "network", "create", tnet, tipam, "--subnet", pool, "-o", "tartan.backend=bgp", "bgpnet")
 	}
+	// A host-gw network announced too (-o tartan.bgp=true), on hosts 1
+	// and 2 (host-gw needs one segment).
+	const hgPool = "10.183.0.0/16"
+	for _, h := range []*testbed.Host{h1, h2} {
+		h.MustDocker(t, "network", "create", tnet, tipam, "--subnet", hgPool, "-o", "tartan.backend=host-gw", "-o", "tartan.bgp=true", "hgnet")
+	}
+	h1.MustDocker(t, "run", "-d", "--name", "hg1", "--network", "hgnet", "tbox", "sleep", "36000")
 	h1.MustDocker(t, "run", "-d", "--name", "b1", "--network", "bgpnet", "tbox", "sleep", "36000")
 	h3.MustDocker(t, "run", "-d", "--name", "b3", "--network", "bgpnet", "tbox", "sleep", "36000")
 	ipOf := func(h *testbed.Host, name string) string {
@@ -226,14 +254,38 @@ protocol bgp h3 from host { neighbor 10.97.0.13 as 64512; }
 	// The router's table is the store's blocks, each via its host.
 	var want []string
 	testbed.Eventually(t, testbed.MinWait, "the router holds exactly the hosts' blocks", func() error {
-		want = blocksOf(t, c, pool)
+		want = sorted(append(blocksOf(t, c, pool), blocksOf(t, c, hgPool)...))
 		got, err := r.routes()
-		if err != nil || len(want) != 2 || !slices.Equal(got, want) {
+		if err != nil || len(want) != 3 || !slices.Equal(got, want) {
 			return fmt.Errorf("router %v (%v), store %v", got, err, want)
 		}
 		return nil
 	})
 	t.Logf("router's table: %v", want)
+	// tartan bgp on each host with a container: its session Established,
+	// its block announced through its own address.
+	for i, h := range []*testbed.Host{h1, h3} {
+		var st api.BGPStatus
+		if err := json.Unmarshal([]byte(h.Tartan(t, "bgp", "--json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		var mine []string
+		for _, r := range want {
+			if strings.HasSuffix(r, " via "+c.Addr[2*i]) {
+				mine = append(mine, r)
+			}
+		}
+		if !st.On || st.AS != 64512 || len(st.Sessions) != 1 || st.Sessions[0].State != "established" || st.Sessions[0].Since.IsZero() ||
+			st.Sessions[0].Sent != uint64(len(mine)) || !slices.Equal(st.Announced, mine) {
+			t.Errorf("tartan bgp on %s: %+v, want its session established, announcing %v", h.Name, st, mine)
+		}
+	}
+	testbed.Eventually(t, testbed.MinWait, "tartan doctor on host 1 finds nothing wrong", func() error {
+		if out, rc, _ := h1.TartanRC(t, "doctor"); rc != 0 {
+			return fmt.Errorf("exit %d: %s", rc, out)
+		}
+		return nil
+	})
 
 	// Host 1's container to host 3's across the router, no encapsulation.
 	testbed.Eventually(t, testbed.MinWait, "b1 reaches b3 across the two subnets", func() error {
@@ -269,15 +321,78 @@ protocol bgp h3 from host { neighbor 10.97.0.13 as 64512; }
 		_, _ = client.Exec("ping", "-c", "1", "-W", "1", ip3)
 	})
 	t.Logf("at the client: %s", seen)
+	// The announced host-gw network's container too.
+	testbed.Eventually(t, testbed.MinWait, "the outside client reaches hg1 on the announced host-gw network", func() error {
+		out, err := client.Exec("ping", "-c", "1", "-W", "2", ipOf(h1, "hg1"))
+		if err != nil {
+			return fmt.Errorf("%v %s", err, out)
+		}
+		return nil
+	})
+	h1.MustDocker(t, "rm", "-f", "hg1")
+	for _, h := range []*testbed.Host{h1, h2} {
+		h.MustDocker(t, "network", "rm", "hgnet")
+	}
+
+	// A container on host 2 with an address of host 3's block (--ip): its
+	// /32 is announced by host 2 and the client reaches it there; it goes
+	// with the container.
+	b3block, _ := netip.ParsePrefix(strings.Fields(want[slices.IndexFunc(want, func(r string) bool { return strings.HasSuffix(r, " via 10.97.0.13") })])[0])
+	ip2 := b3block.Addr().Next().Next().Next().Next().Next().String()
+	h2.MustDocker(t, "run", "-d", "--name", "b2", "--network", "bgpnet", "--ip", ip2, "tbox", "sleep", "36000")
+	exception := ip2 + "/32 via 10.98.0.12"
+	testbed.Eventually(t, testbed.MinWait, "the router holds host 2's container away from its block", func() error {
+		got, err := r.routes()
+		if err != nil || !slices.Equal(got, sorted(append(blocksOf(t, c, pool), exception))) {
+			return fmt.Errorf("router %v (%v), want the store's blocks and %s", got, err, exception)
+		}
+		out, err := client.Exec("ping", "-c", "1", "-W", "2", ip2)
+		if err != nil {
+			return fmt.Errorf("the client does not reach %s: %v %s", ip2, err, out)
+		}
+		return nil
+	})
+	h2.MustDocker(t, "rm", "-f", "b2")
+	testbed.Eventually(t, testbed.MinWait, "host 2's /32 withdrawn with its container", func() error {
+		got, err := r.routes()
+		if err != nil || slices.Contains(got, exception) {
+			return fmt.Errorf("router %v (%v)", got, err)
+		}
+		return nil
+	})
+
+	// Host 1's plugin killed (graceful restart): the router keeps host 1's
+	// block meanwhile, and b3's pings to b1 across the router go on.
+	startPinger(t, h3, "pinger", "bgpnet", ip1, 100)
+	time.Sleep(3 * time.Second)
+	h1.KillPlugin(t)
+	testbed.Eventually(t, testbed.MinWait, "host 1's session Established again", func() error {
+		if up, err := r.established(); err != nil || !up["h1"] {
+			return fmt.Errorf("sessions %v %v", up, err)
+		}
+		return nil
+	})
+	if lost := pingLoss(t, h3, "pinger", 100); lost > 1 {
+		t.Errorf("host 1's plugin restart cut b3 off from b1 for %.1f s (graceful restart: at most 1 s)", lost)
+	}
 
 	// Host 3's network goes: its block leaves the router's table.
-	h3.MustDocker(t, "rm", "-f", "b3")
+	h3.MustDocker(t, "rm", "-f", "b3", "pinger")
 	h3.MustDocker(t, "network", "rm", "bgpnet")
 	testbed.Eventually(t, testbed.MinWait, "host 3's block withdrawn from the router", func() error {
 		want = blocksOf(t, c, pool)
 		got, err := r.routes()
 		if err != nil || len(want) != 1 || !slices.Equal(got, want) {
 			return fmt.Errorf("router %v (%v), store %v", got, err, want)
+		}
+		return nil
+	})
+	// The router gone: doctor on host 1 names its session, with the fix.
+	r.stop()
+	testbed.Eventually(t, testbed.MinWait, "tartan doctor on host 1 reports its BGP session down", func() error {
+		out, rc, _ := h1.TartanRC(t, "doctor")
+		if rc != 1 || !strings.Contains(out, "BGP session with 10.98.0.1") || !strings.Contains(out, "TCP port 179") {
+			return fmt.Errorf("exit %d: %s", rc, out)
 		}
 		return nil
 	})

@@ -179,10 +179,11 @@ func TestMacvlan(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// In chunks: all removals at once overload a 2-core machine.
+			// In chunks: all removals at once overload a 2-core machine
+			// (Docker 20.10 then kills shims it waited too long for).
 			ids := strings.Fields(h.MustDocker(t, "ps", "-aq"))
 			for len(ids) > 0 {
-				n := min(25, len(ids))
+				n := min(10, len(ids))
 				if out, err := h.Docker(append([]string{"rm", "-f"}, ids[:n]...)...); err != nil {
 					t.Errorf("docker rm: %v\n%s", err, out)
 				}
@@ -193,7 +194,15 @@ func TestMacvlan(t *testing.T) {
 	wg.Wait()
 	testbed.Eventually(t, 90*time.Second, "every container address released", func() error {
 		if left := storeAddrs(t, c, subnet); len(left) != 3 {
-			return fmt.Errorf("store still holds %d addresses: %v", len(left), left)
+			// What each host still has of them: its containers, and
+			// the endpoints its plugin holds.
+			var still []string
+			for _, h := range c.Hosts {
+				ps, _ := h.Docker("ps", "-a", "--format", "{{.Names}} {{.Status}}")
+				addrs, _, _ := h.TartanRC(t, "addresses", subnet)
+				still = append(still, fmt.Sprintf("%s: containers [%s]; tartan addresses:\n%s", h.Name, ps, addrs))
+			}
+			return fmt.Errorf("store still holds %d addresses: %v\n%s", len(left), left, strings.Join(still, "\n"))
 		}
 		return nil
 	})

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/tartan-net/tartan/driver"
+	"github.com/tartan-net/tartan/driver/bgp/speaker"
 	"github.com/tartan-net/tartan/driver/wireguard"
 	"github.com/tartan-net/tartan/errdefs"
 	"github.com/tartan-net/tartan/ipam"
@@ -41,6 +42,8 @@ type Admin struct {
 	// Repair runs the resync now, in turn with the periodic one (nil: not
 	// offered).
 	Repair func(context.Context) error
+	// BGP is the host's BGP speaker (nil: BGP is off).
+	BGP *speaker.Speaker
 }
 
 // ServeAdmin adds the operator endpoints (plugin/api), served on the
@@ -94,6 +97,7 @@ func (h *Handler) ServeAdmin(a Admin) {
 		return h.collect(ctx, a)
 	})
 	h.servePolicies(a)
+	h.serveBGP(a.BGP)
 }
 
 // status is this host as the plugin sees it (tartan status).
@@ -275,6 +279,7 @@ func (h *Handler) doctor(ctx context.Context, a Admin) ([]api.Finding, error) {
 		return nil, err
 	}
 	out = append(out, kernel...)
+	out = append(out, bgpFindings(ctx, a.BGP, h.drv.AnnounceDrift())...)
 	if a.Docker != nil {
 		if view, err := a.Docker.TartanNetworks(ctx); err != nil {
 			out = append(out, api.Finding{What: "Docker's view of this host's networks could not be read: " + err.Error(),

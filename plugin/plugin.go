@@ -180,11 +180,12 @@ func runHost(ctx context.Context, socket string, s Settings, serr error, local *
 	}
 	go background(ctx, drv, im, outbox, reg, identity, returned, made, s, metrics, repairs, entry)
 	serveMetrics(ctx, metrics, drv, s.Metrics, entry)
+	metrics.BGP(bgp)
 	h := NewHandler(drv, im, outbox, entry.WithField("part", "api"), serr)
 	h.SetMetrics(metrics)
 	h.SetRefusal(identity.Refused)
 	h.ServeAdmin(Admin{Host: host, Store: cluster.String(), Scope: drv.Scope(), Cluster: cluster, LeaseTTL: s.LeaseTTL, Now: now, Witness: witness, Docker: engineView(s.DockerSocket),
-		RotateKey: (&keyRotator{wg: wg, reg: reg, s: s, log: entry}).rotate, Repair: repairNow(repairs)})
+		RotateKey: (&keyRotator{wg: wg, reg: reg, s: s, log: entry}).rotate, Repair: repairNow(repairs), BGP: bgp})
 	return serve(ctx, socket, h)
 }
 

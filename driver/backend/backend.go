@@ -127,6 +127,7 @@ type Options struct {
 	IPv6          bool   // --ipv6: the network has an IPv6 pool too
 	NAT66         bool   // routed: masquerade what leaves the IPv6 pool
 	Policy        string // routed: the network policy default ("" is allow)
+	Announce      bool   // host-gw, vxlan: -o tartan.bgp=true, the host's part of the pool announced over BGP
 	StoreID       string // swarm: the manager's store identity
 	Internal      bool
 	Raw           map[string]string // the -o options as given

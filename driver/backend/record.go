@@ -43,6 +43,10 @@ type Network struct {
 	// Policy is the network's network-policy default (-o tartan.policy;
 	// "" is allow).
 	Policy string `json:"policy,omitempty"`
+	// Announce: this host announces its part of the pool to its BGP peers
+	// (-o tartan.bgp=true on host-gw and vxlan networks; always on bgp
+	// ones).
+	Announce bool `json:"bgp,omitempty"`
 	// ReleasePending6 is ReleasePending for the IPv6 pool.
 	ReleasePending6 bool `json:"releasePending6,omitempty"`
 }

@@ -37,9 +37,9 @@ func New(h backend.Host, macvlan, off string) Backend {
 	return Backend{Base: routed.Base{Host: h, Macvlan: macvlan}, Off: off}
 }
 
-// Describe names the backend; it takes no options of its own.
+// Describe names the backend; -o tartan.bgp is always true on it.
 func (Backend) Describe() backend.Description {
-	return routed.Describe(backend.Description{Name: Name})
+	return routed.Describe(backend.Description{Name: Name, Options: []backend.Option{routed.AnnounceOption}})
 }
 
 // Create refuses a network the host cannot announce.
@@ -47,6 +47,10 @@ func (b Backend) Create(ctx context.Context, n *backend.Network, req backend.Cre
 	if b.Off != "" {
 		return errdefs.Invalid("-o tartan.backend=bgp: %s", b.Off)
 	}
+	if v, ok := req.Options.Raw[routed.OptAnnounce]; ok && !req.Options.Announce {
+		return errdefs.Invalid("-o %s=%s on a bgp network: a bgp network is always announced; use host-gw or vxlan for one that is not", routed.OptAnnounce, v)
+	}
+	n.Announce = true
 	if n.Pool6 != "" {
 		return errdefs.Invalid("-o tartan.backend=bgp does not take --ipv6 yet (IPv6 prefixes are not announced): use an IPv4 bgp network, or host-gw or vxlan for dual stack")
 	}
@@ -64,7 +68,7 @@ func (Backend) Peers(n backend.Network) (routing.Network, bool) {
 // source address.
 func (b Backend) Firewall(n backend.Network) (firewall.Pool, bool) {
 	p, ok := b.Base.Firewall(n)
-	p.Underlay, p.Announced = true, true
+	p.Underlay, p.Announced, p.Fabric = true, true, true
 	return p, ok
 }
 

@@ -38,9 +38,10 @@ type Pool struct {
 	// traffic leaves it with its own source address (no masquerade).
 	// Internal pools stay closed to the outside.
 	Announced bool
-	// Blocks are an announced pool's blocks this host holds: the driver
-	// gives each, not the whole pool, an unreachable guard route (not
-	// rendered).
+	// Fabric: the fabric routes the pool's other hosts' blocks (bgp), so
+	// the driver gives each of Blocks, this host's, an unreachable guard
+	// route, not the whole pool (neither is rendered).
+	Fabric bool
 	Blocks []netip.Prefix
 }
 

@@ -24,14 +24,15 @@ func New(h backend.Host, macvlan string) Backend {
 	return Backend{routed.Base{Host: h, Macvlan: macvlan}}
 }
 
-// Describe names the backend; it takes no options of its own.
+// Describe names the backend and its one option of its own: -o
+// tartan.bgp.
 func (Backend) Describe() backend.Description {
-	return routed.Describe(backend.Description{Name: Name})
+	return routed.Describe(backend.Description{Name: Name, Options: []backend.Option{routed.AnnounceOption}})
 }
 
 // Peers are routed on the underlay, each through its host's address.
 func (Backend) Peers(n backend.Network) (routing.Network, bool) {
-	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), Peering: Peering{}}, true
+	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), Peering: Peering{}, Announce: n.Announce}, true
 }
 
 // Firewall is the routed one, with the peers' traffic arriving in clear on

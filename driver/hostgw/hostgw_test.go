@@ -7,6 +7,7 @@ import (
 
 	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/backend/backendtest"
+	"github.com/tartan-net/tartan/driver/routed"
 )
 
 // TestPeers: host-gw routes each remote block on the underlay through its
@@ -22,7 +23,7 @@ func TestPeers(t *testing.T) {
 	if len(plan.Neighs) != 0 || len(plan.FDBs) != 0 || len(plan.Problems) != 1 || !strings.Contains(plan.Problems[0], "tartan.directrouting=true") {
 		t.Fatalf("entries %+v %+v, problems %q", plan.Neighs, plan.FDBs, plan.Problems)
 	}
-	if len(New(backend.Host{}, "macvlan").Describe().Options) != 0 {
-		t.Fatal("host-gw has options of its own")
+	if opts := New(backend.Host{}, "macvlan").Describe().Options; len(opts) != 1 || opts[0].Key != routed.OptAnnounce {
+		t.Fatalf("host-gw's options of its own: %+v, want -o %s alone", opts, routed.OptAnnounce)
 	}
 }

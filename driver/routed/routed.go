@@ -37,6 +37,18 @@ var (
 // OptMTU is Docker's name for a network's MTU option.
 const OptMTU = "com.docker.network.driver.mtu"
 
+// OptAnnounce announces the host's part of a host-gw or vxlan network's
+// pool over BGP (the bgp backend always does), so that the fabric routes
+// outside clients to its containers with no NAT.
+const OptAnnounce = "tartan.bgp"
+
+// AnnounceOption is -o tartan.bgp, for the backends that take it.
+var AnnounceOption = backend.Option{Key: OptAnnounce, Parse: func(o *backend.Options, v string) error {
+	b, err := backend.BoolOption(OptAnnounce, v)
+	o.Announce = b
+	return err
+}}
+
 // Base implements the backend methods the routed backends share; they embed
 // it and add how peers are reached.
 type Base struct {
@@ -243,5 +255,5 @@ func (Base) Info(_ backend.Network, e backend.Endpoint) map[string]string {
 // traffic comes out of its VXLAN device, and with direct routing on the
 // underlay too.
 func (Base) Firewall(n backend.Network) (firewall.Pool, bool) {
-	return firewall.Pool{Pool: n.PoolPrefix(), Internal: n.Internal, Device: n.Device, Underlay: n.Direct}, true
+	return firewall.Pool{Pool: n.PoolPrefix(), Internal: n.Internal, Device: n.Device, Underlay: n.Direct, Announced: n.Announce}, true
 }

@@ -61,6 +61,7 @@ func (Backend) Describe() backend.Description {
 			o.DirectRouting = b
 			return nil
 		}},
+		routed.AnnounceOption,
 	}})
 }
 
@@ -117,7 +118,7 @@ func (Backend) Remove(_ context.Context, n backend.Network, _ []backend.Network)
 // when directrouting is on and they share its segment.
 func (Backend) Peers(n backend.Network) (routing.Network, bool) {
 	return routing.Network{ID: n.ID, Pool: n.PoolPrefix(), Pool6: n.Pool6Prefix(), Device: n.Device,
-		Peering: Peering{Device: n.Device, VNI: n.VNI, Direct: n.Direct}}, true
+		Peering: Peering{Device: n.Device, VNI: n.VNI, Direct: n.Direct}, Announce: n.Announce}, true
 }
 
 // Info adds the network's VNI.

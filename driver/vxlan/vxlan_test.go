@@ -8,6 +8,7 @@ import (
 	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/backend/backendtest"
 	"github.com/tartan-net/tartan/driver/kernel"
+	"github.com/tartan-net/tartan/driver/routed"
 )
 
 // TestPeers: every remote host's block goes through the network's VXLAN
@@ -49,12 +50,19 @@ func TestCreateAndOptions(t *testing.T) {
 	}
 	var o backend.Options
 	for _, opt := range b.Describe().Options {
-		if err := opt.Parse(&o, map[string]string{OptVNI: "5", OptDirectRouting: "true"}[opt.Key]); err != nil {
+		if err := opt.Parse(&o, map[string]string{OptVNI: "5", OptDirectRouting: "true", routed.OptAnnounce: "true"}[opt.Key]); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if o.VNI != 5 || !o.DirectRouting || !b.Describe().ClaimsVNI {
+	if o.VNI != 5 || !o.DirectRouting || !o.Announce || !b.Describe().ClaimsVNI {
 		t.Fatalf("options %+v", o)
+	}
+	n.Announce = true
+	if p, _ := b.Peers(n); !p.Announce {
+		t.Fatal("-o tartan.bgp=true: the network's part of the pool is not announced")
+	}
+	if p, _ := b.Firewall(n); !p.Announced || p.Fabric {
+		t.Fatalf("-o tartan.bgp=true: firewall %+v, want the pool announced, its guard whole (tartan routes the peers)", p)
 	}
 	if info := b.Info(n, backend.Endpoint{HostIf: "tnx"}); info["tartan.vni"] != "42" || info["tartan.interface"] != "tnx" {
 		t.Fatalf("info %v", info)

@@ -41,7 +41,30 @@ const (
 	ExplainPath = "/tartan/v1/policies/explain"
 	// DenyLogPath: GET the flows network policy denied on this host.
 	DenyLogPath = "/tartan/v1/policies/log"
+	// BGPPath: GET this host's BGP speaker: its sessions and what it
+	// announces.
+	BGPPath = "/tartan/v1/bgp"
 )
+
+// BGPStatus is this host's BGP speaker (tartan bgp).
+type BGPStatus struct {
+	On        bool         `json:"on"` // BGP_AS is set
+	AS        uint32       `json:"as,omitempty"`
+	RouterID  string       `json:"routerId,omitempty"`
+	Sessions  []BGPSession `json:"sessions"`
+	Announced []string     `json:"announced"` // "prefix via next hop", sorted
+}
+
+// BGPSession is one peer's session.
+type BGPSession struct {
+	Peer     string    `json:"peer"`
+	AS       uint32    `json:"as"`
+	State    string    `json:"state"` // idle, connect, active, opensent, openconfirm, established
+	Since    time.Time `json:"since,omitzero"`
+	Sent     uint64    `json:"prefixesSent"`
+	Received uint64    `json:"prefixesReceived"`
+	Reason   string    `json:"lastDown,omitempty"`
+}
 
 // DenyLog is what network policy denied on this host (tartan policy log):
 // the flows, most recent first, and the denied connections counted per

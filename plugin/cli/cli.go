@@ -41,12 +41,13 @@ var Commands = map[string]string{
 	"rotate-key": "give this host a new WireGuard key pair now (its record is written at once; peers re-key as their watch of the store delivers it)",
 	"repair":     "run the resync now: the plugin makes the kernel (devices, routes, neighbours, firewall, fast path, WireGuard peers) what its records and plans say, as it does every RESYNC",
 	"version":    "this binary's version, the Go and kernel it sees, and the fast path's state (the running plugin's, if one answers)",
+	"bgp":        "this host's BGP speaker (BGP_AS): each session with its state, uptime and prefixes sent and received, and what the host announces",
 	"policy":     "network policy: apply -f FILE (YAML or JSON, all or nothing), ls, get NAME, rm NAME, explain FROM TO PORT/PROTO (the verdict and the rules that decide it; exit status 1 when denied), log (what this host denied)",
 	ServeCommand: "run the plugin (the network and IPAM driver on its socket): what Docker starts, from config.json; not for a shell",
 }
 
 // order is the order usage lists the commands in.
-var order = []string{"status", "hosts", "networks", "addresses", "ports", "doctor", "repair", "gc", "rotate-key", "policy", "version", ServeCommand}
+var order = []string{"status", "hosts", "networks", "addresses", "ports", "doctor", "repair", "gc", "rotate-key", "policy", "bgp", "version", ServeCommand}
 
 // Run runs one subcommand (args[0]) and returns the exit status: 0 done, 1
 // failed (or, for doctor, found something), 2 misused. Without a command it
@@ -191,6 +192,8 @@ func ask(out output, inv invocation) (found bool, err error) {
 		found = err == nil && len(fs) > 0
 	case "policy":
 		found, err = askPolicy(out, inv)
+	case "bgp":
+		_, err = query(out, get, api.BGPPath, printBGP)
 	}
 	return found, err
 }
@@ -456,6 +459,26 @@ func printAddresses(w io.Writer, as []api.AddressReport) {
 	fmt.Fprintln(w, "ADDRESS\tHOST\tKIND\tMAC\tCREATED\tENDPOINT HERE")
 	for _, a := range as {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", a.IP, a.Host, a.Kind, cmp.Or(a.MAC, "-"), a.Created.UTC().Format(time.RFC3339), cmp.Or(dockerid.Short(a.Endpoint), "-"))
+	}
+}
+
+func printBGP(w io.Writer, b api.BGPStatus) {
+	if !b.On {
+		fmt.Fprintln(w, "BGP is off on this host (docker plugin set tartan:latest BGP_AS=... BGP_PEERS=... turns it on)")
+		return
+	}
+	fmt.Fprintf(w, "AS %d, router ID %s\n\n", b.AS, b.RouterID)
+	fmt.Fprintln(w, "PEER\tAS\tSTATE\tUP FOR\tSENT\tRECEIVED\tLAST DOWN")
+	for _, s := range b.Sessions {
+		up := "-"
+		if !s.Since.IsZero() {
+			up = time.Since(s.Since).Round(time.Second).String()
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%d\t%s\n", s.Peer, s.AS, s.State, up, s.Sent, s.Received, cmp.Or(s.Reason, "-"))
+	}
+	fmt.Fprintf(w, "\nannounced (%d)\n", len(b.Announced))
+	for _, a := range b.Announced {
+		fmt.Fprintf(w, "  %s\n", a)
 	}
 }
 

@@ -163,6 +163,9 @@ func (sp *Speaker) Announce(ctx context.Context, routes []Route) error {
 	return nil
 }
 
+// Identity is the speaker's AS and router ID.
+func (sp *Speaker) Identity() (as uint32, routerID netip.Addr) { return sp.cfg.AS, sp.cfg.RouterID }
+
 // Announced is the set announced, sorted.
 func (sp *Speaker) Announced() []Route {
 	sp.mu.Lock()
