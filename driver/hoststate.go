@@ -64,9 +64,10 @@ func (d *Driver) hostState(parts hostplane.Part) hostplane.State {
 }
 
 // announcements is what this host announces to its BGP peers, each prefix
-// through its underlay address (IPv4: bgp networks are IPv4 only); planned
-// is false while a network that announces has no plan yet, or the
-// underlay has no address (the speaker keeps what it announces).
+// through its underlay address of the prefix's family (IPv6 prefixes only
+// while the underlay has a global IPv6 address); planned is false while a
+// network that announces has no plan yet, or the underlay has no IPv4
+// address (the speaker keeps what it announces).
 func (d *Driver) announcements() (routes []speaker.Route, planned bool) {
 	prefixes, planned := d.routes.Announced()
 	if !planned {
@@ -78,8 +79,11 @@ func (d *Driver) announcements() (routes []speaker.Route, planned bool) {
 	}
 	routes = make([]speaker.Route, 0, len(prefixes))
 	for _, p := range prefixes {
-		if p.Addr().Is4() {
+		switch {
+		case p.Addr().Is4():
 			routes = append(routes, speaker.Route{Prefix: p, NextHop: u.Address})
+		case u.Global6.IsValid():
+			routes = append(routes, speaker.Route{Prefix: p, NextHop: u.Global6})
 		}
 	}
 	return routes, true

@@ -182,6 +182,8 @@ func capture(t *testing.T, ns testkit.NS, iface, filter string, send func()) str
 //     a capture on the router shows their own addresses.
 //   - The client reaches a container's address directly, no -p and no
 //     NAT: the container's host hands it the client's own address.
+//   - A dual-stack bgp network: the IPv6 blocks announced through the
+//     hosts' IPv6 addresses, its containers reach each other over IPv6.
 //   - tartan bgp shows each host's session Established and its block
 //     announced; tartan doctor finds nothing.
 //   - A container on host 2 with an address of host 3's block (--ip) is
@@ -189,6 +191,8 @@ func capture(t *testing.T, ns testkit.NS, iface, filter string, send func()) str
 //   - Host 1's plugin killed: graceful restart keeps the router's route to
 //     host 1's block, b3's pings to b1 go on (at most 1 s lost).
 //   - Host 3's network removed: its block leaves the router's table.
+//   - Host 1 silent (its link down): its block leaves the router once the
+//     hold and restart times ran out, and comes back with the link.
 //   - The router gone: tartan doctor on host 1 names the session.
 func TestBGP(t *testing.T) {
 	t.Parallel()
@@ -201,16 +205,21 @@ func TestBGP(t *testing.T) {
 	client := testkit.NewNS(t, "tt-bg-cl")
 	testkit.Link(t, rt, "eth3", "10.96.0.1/24", client, "eth1", "10.96.0.2/24", 1500)
 	client.MustIP(t, "route", "add", "default", "via", "10.96.0.1")
-	rt.MustExec(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	rt.MustExec(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	// IPv6 on both subnets: the router fd98::1 and fd97::1.
+	rt.MustIP(t, "addr", "add", "fd98::1/64", "dev", "eth1", "nodad")
+	rt.MustIP(t, "addr", "add", "fd97::1/64", "dev", "eth2", "nodad")
 	c.ConsulNS.MustIP(t, "route", "add", "default", "via", "10.98.0.1") // host 3 reaches Consul through the router
 	r := startBird(t, rt, `router id 10.98.0.1;
 protocol device {}
 protocol kernel { ipv4 { import none; export all; }; }
+protocol kernel { ipv6 { import none; export all; }; }
 template bgp host {
   local as 64500;
   hold time 9;
   graceful restart on;
   ipv4 { import all; export none; };
+  ipv6 { import all; export none; };
 }
 protocol bgp h1 from host { neighbor 10.98.0.11 as 64512; }
 protocol bgp h2 from host { neighbor 10.98.0.12 as 64512; }
@@ -219,12 +228,14 @@ protocol bgp h3 from host { neighbor 10.97.0.13 as 64512; }
 	h1, h2 := c.AddBareHost(t), c.AddBareHost(t)
 	h3 := c.AddBareHostOn(t, "br1", "10.97.0.13/24")
 	for i, h := range []*testbed.Host{h1, h2, h3} {
-		gw := "10.98.0.1"
+		gw, addr6, gw6 := "10.98.0.1", fmt.Sprintf("fd98::%d/64", 11+i), "fd98::1"
 		if i == 2 {
-			gw = "10.97.0.1"
+			gw, addr6, gw6 = "10.97.0.1", "fd97::13/64", "fd97::1"
 		}
 		h.MustIP(t, "route", "add", "default", "via", gw)
-		h.InstallPlugin(t, append(c.Settings(), "BGP_AS=64512", "BGP_PEERS="+gw+":64500", "BGP_HOLD_TIME=9s")...)
+		h.MustIP(t, "addr", "add", addr6, "dev", "eth1", "nodad")
+		h.MustIP(t, "-6", "route", "add", "default", "via", gw6)
+		h.InstallPlugin(t, append(c.Settings(), "BGP_AS=64512", "BGP_PEERS="+gw+":64500", "BGP_HOLD_TIME=9s", "BGP_RESTART_TIME=30s")...)
 	}
 	testbed.Eventually(t, testbed.MinWait, "every host's BGP session Established at the router", func() error {
 		up, err := r.established()
@@ -334,6 +345,43 @@ protocol bgp h3 from host { neighbor 10.97.0.13 as 64512; }
 		h.MustDocker(t, "network", "rm", "hgnet")
 	}
 
+	// Dual stack: hosts 1 and 3 announce their IPv6 blocks through their
+	// global IPv6 addresses, and their containers reach each other across
+	// the router over IPv6.
+	const pool6 = "fd82::/64"
+	for _, h := range []*testbed.Host{h1, h3} {
+		h.MustDocker(t, "network", "create", tnet, tipam, "--ipv6", "--subnet", "10.184.0.0/16", "--subnet", pool6, "-o", "tartan.backend=bgp", "bgp6")
+	}
+	h1.MustDocker(t, "run", "-d", "--name", "d1", "--network", "bgp6", "tbox", "sleep", "36000")
+	h3.MustDocker(t, "run", "-d", "--name", "d3", "--network", "bgp6", "tbox", "sleep", "36000")
+	six := strings.NewReplacer("via 10.98.0.11", "via fd98::11", "via 10.97.0.13", "via fd97::13")
+	testbed.Eventually(t, testbed.MinWait, "the router holds both hosts' IPv6 blocks through their IPv6 addresses", func() error {
+		want6 := blocksOf(t, c, pool6)
+		for i := range want6 {
+			want6[i] = six.Replace(want6[i])
+		}
+		got, err := r.routes()
+		if err != nil || len(want6) != 2 || !slices.Equal(slices.DeleteFunc(got, func(r string) bool { return !strings.Contains(r, ":") }), want6) {
+			return fmt.Errorf("router %v (%v), want the IPv6 blocks %v", got, err, want6)
+		}
+		return nil
+	})
+	if got, err := r.routes(); err == nil {
+		t.Logf("router's table with the dual-stack network: %v", got)
+	}
+	d3 := h3.MustDocker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}", "d3")
+	testbed.Eventually(t, testbed.MinWait, "d1 reaches d3 over IPv6 across the router", func() error {
+		if out, err := h1.Docker("exec", "d1", "ping", "-c", "1", "-W", "2", d3); err != nil {
+			return fmt.Errorf("%v %s", err, out)
+		}
+		return nil
+	})
+	h1.MustDocker(t, "rm", "-f", "d1")
+	h3.MustDocker(t, "rm", "-f", "d3")
+	for _, h := range []*testbed.Host{h1, h3} {
+		h.MustDocker(t, "network", "rm", "bgp6")
+	}
+
 	// A container on host 2 with an address of host 3's block (--ip): its
 	// /32 is announced by host 2 and the client reaches it there; it goes
 	// with the container.
@@ -387,6 +435,35 @@ protocol bgp h3 from host { neighbor 10.97.0.13 as 64512; }
 		}
 		return nil
 	})
+	// Host 1 cut off from the router (its link down, no goodbye): its
+	// routes go once the hold time and the restart time have run out, and
+	// come back with the link.
+	h1Routes := func(r []string) (n int) {
+		for _, x := range r {
+			if strings.HasSuffix(x, " via 10.98.0.11") {
+				n++
+			}
+		}
+		return n
+	}
+	h1.MustIP(t, "link", "set", "eth1", "down")
+	testbed.Eventually(t, testbed.MinWait, "host 1's block withdrawn at the router once host 1 is silent past hold and restart time", func() error {
+		got, err := r.routes()
+		if err != nil || h1Routes(got) != 0 {
+			return fmt.Errorf("router %v (%v)", got, err)
+		}
+		return nil
+	})
+	h1.MustIP(t, "link", "set", "eth1", "up")
+	h1.MustIP(t, "route", "replace", "default", "via", "10.98.0.1")
+	testbed.Eventually(t, testbed.MinWait, "host 1's block back at the router with its link", func() error {
+		got, err := r.routes()
+		if err != nil || h1Routes(got) != 1 {
+			return fmt.Errorf("router %v (%v)", got, err)
+		}
+		return nil
+	})
+
 	// The router gone: doctor on host 1 names its session, with the fix.
 	r.stop()
 	testbed.Eventually(t, testbed.MinWait, "tartan doctor on host 1 reports its BGP session down", func() error {

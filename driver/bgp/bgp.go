@@ -52,7 +52,9 @@ func (b Backend) Create(ctx context.Context, n *backend.Network, req backend.Cre
 	}
 	n.Announce = true
 	if n.Pool6 != "" {
-		return errdefs.Invalid("-o tartan.backend=bgp does not take --ipv6 yet (IPv6 prefixes are not announced): use an IPv4 bgp network, or host-gw or vxlan for dual stack")
+		if u, err := b.Host.Underlay(); err != nil || !u.Global6.IsValid() {
+			return errdefs.Invalid("--ipv6 on a bgp network: this host's underlay %s has no global IPv6 address, the next hop its IPv6 blocks would be announced with: give it one, or leave --ipv6 out", u.Interface)
+		}
 	}
 	return b.Base.Create(ctx, n, req)
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/tartan-net/tartan/driver/backend"
 	"github.com/tartan-net/tartan/driver/backend/backendtest"
+	"github.com/tartan-net/tartan/driver/kernel"
 	"github.com/tartan-net/tartan/driver/routed"
 )
 
@@ -36,10 +37,10 @@ func TestCreateRefuses(t *testing.T) {
 		want string
 	}{
 		{"BGP is off on this host: set BGP_AS", backend.Network{Pool: "10.244.0.0/16"}, nil, "-o tartan.backend=bgp: BGP is off"},
-		{"", backend.Network{Pool: "10.244.0.0/16", Pool6: "fd00::/64"}, nil, "does not take --ipv6 yet"},
+		{"", backend.Network{Pool: "10.244.0.0/16", Pool6: "fd00::/64"}, nil, "--ipv6 on a bgp network: this host's underlay eth0 has no global IPv6 address"},
 		{"", backend.Network{Pool: "10.244.0.0/16"}, map[string]string{routed.OptAnnounce: "false"}, "always announced"},
 	} {
-		b := New(backend.Host{ID: "self"}, "macvlan", c.off)
+		b := New(backend.Host{ID: "self", Underlay: func() (kernel.Underlay, error) { return backendtest.Underlay, nil }}, "macvlan", c.off)
 		n := c.n
 		err := b.Create(t.Context(), &n, backend.CreateRequest{Options: backend.Options{Raw: c.raw}})
 		if err == nil || !strings.Contains(err.Error(), c.want) {

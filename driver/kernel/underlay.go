@@ -18,6 +18,9 @@ type Underlay struct {
 	// LinkLocal6 is the interface's IPv6 link-local address, when it has
 	// one: the next hop of peers' host-gw routes to dual-stack pools.
 	LinkLocal6 netip.Addr
+	// Global6 is its first global IPv6 address, when it has one: the next
+	// hop this host announces for its IPv6 prefixes over BGP.
+	Global6 netip.Addr
 }
 
 // FindUnderlay resolves ADVERTISE: an interface name, an IP address of this
@@ -70,9 +73,14 @@ func underlayOf(l netlink.Link, ip netip.Addr) (Underlay, error) {
 				// A tentative address (its duplicate address detection
 				// still running, right after the link came up) is the
 				// one the interface will have.
-				if ll := addrOf(a.IP); ll.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_DADFAILED == 0 {
-					u.LinkLocal6 = ll
-					break
+				if a.Flags&unix.IFA_F_DADFAILED != 0 {
+					continue
+				}
+				switch ip := addrOf(a.IP); {
+				case ip.IsLinkLocalUnicast() && !u.LinkLocal6.IsValid():
+					u.LinkLocal6 = ip
+				case ip.IsGlobalUnicast() && !u.Global6.IsValid():
+					u.Global6 = ip
 				}
 			}
 		}
