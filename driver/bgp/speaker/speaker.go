@@ -63,7 +63,7 @@ type Speaker struct {
 
 	mu        sync.Mutex // what follows
 	announced map[netip.Prefix]netip.Addr
-	peered    bool // the peers were added (after the first Announce)
+	added     map[netip.Addr]bool // the peers added (from the first Announce on)
 }
 
 // Start starts the speaker; its peers are added by the first Announce.
@@ -84,7 +84,7 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 		s.Stop()
 		return nil, err
 	}
-	return &Speaker{cfg: cfg, s: s, announced: map[netip.Prefix]netip.Addr{}}, nil
+	return &Speaker{cfg: cfg, s: s, announced: map[netip.Prefix]netip.Addr{}, added: map[netip.Addr]bool{}}, nil
 }
 
 // rejectLearned keeps every path a peer sends out of the table (the global
@@ -117,7 +117,8 @@ func (sp *Speaker) Stop() {
 }
 
 // Announce makes routes the whole set this host announces: new ones are
-// announced, gone ones withdrawn. The first call adds the peers.
+// announced, gone ones withdrawn. The first call adds the peers (a peer
+// that could not be added is tried again by the next).
 func (sp *Speaker) Announce(ctx context.Context, routes []Route) error {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
@@ -149,18 +150,19 @@ func (sp *Speaker) Announce(ctx context.Context, routes []Route) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	if !sp.peered {
-		for _, p := range sp.cfg.Peers {
-			if err := sp.s.AddPeer(ctx, &api.AddPeerRequest{Peer: sp.peerConf(p)}); err != nil {
-				errs = append(errs, fmt.Errorf("BGP peer %s: %w", p, err))
-			}
+	// The peers once the whole set is in; one that could not be added is
+	// tried again by the next call.
+	for _, p := range sp.cfg.Peers {
+		if sp.added[p.Addr] {
+			continue
 		}
-		if err := errors.Join(errs...); err != nil {
-			return err
+		if err := sp.s.AddPeer(ctx, &api.AddPeerRequest{Peer: sp.peerConf(p)}); err != nil {
+			errs = append(errs, fmt.Errorf("BGP peer %s: %w", p, err))
+			continue
 		}
-		sp.peered = true
+		sp.added[p.Addr] = true
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Identity is the speaker's AS and router ID.
