@@ -103,8 +103,9 @@ func (d *Driver) AnnounceDrift() []string {
 		if !planned {
 			return
 		}
+		announced := sp.Announced()
 		have := map[speaker.Route]bool{}
-		for _, r := range sp.Announced() {
+		for _, r := range announced {
 			have[r] = true
 		}
 		for _, r := range want {
@@ -113,7 +114,7 @@ func (d *Driver) AnnounceDrift() []string {
 			}
 			delete(have, r)
 		}
-		for _, r := range sp.Announced() {
+		for _, r := range announced {
 			if have[r] {
 				out = append(out, fmt.Sprintf("%s is announced to the BGP peers (via %s) but is no longer this host's", r.Prefix, r.NextHop))
 			}
